@@ -1,0 +1,156 @@
+//! Semantic checks that types cannot express. Each problem is one sentence that names the
+//! key and says what to do; all problems are reported at once.
+
+use super::Config;
+use std::collections::HashSet;
+
+impl Config {
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut p = Vec::new();
+        self.check_server(&mut p);
+        self.check_site(&mut p);
+        self.check_meters(&mut p);
+        self.check_devices(&mut p);
+        if p.is_empty() { Ok(()) } else { Err(p) }
+    }
+
+    fn check_server(&self, p: &mut Vec<String>) {
+        let s = &self.server;
+        if s.tls.is_none() && !s.listen.ip().is_loopback() {
+            p.push(format!(
+                "server.listen = \"{}\" is not a loopback address and [server.tls] is absent: \
+                 plain HTTP is allowed only on loopback (behind a tunnel that terminates TLS); \
+                 add [server.tls] cert/key or listen on 127.0.0.1",
+                s.listen
+            ));
+        }
+        if !s.path.starts_with('/') || s.path.contains(char::is_whitespace) {
+            p.push(format!(
+                "server.path = \"{}\" must start with '/' and contain no spaces",
+                s.path
+            ));
+        }
+        if matches!(s.path.as_str(), "/healthz" | "/metrics") {
+            p.push(format!(
+                "server.path = \"{}\" is reserved; choose another path",
+                s.path
+            ));
+        }
+        if s.max_body_bytes < 1024 {
+            p.push("server.max_body_bytes must be at least 1024".into());
+        }
+        if s.max_connections == 0 {
+            p.push("server.max_connections must be at least 1".into());
+        }
+        if s.read_timeout_secs == 0 {
+            p.push("server.read_timeout_secs must be at least 1".into());
+        }
+        let h = &self.auth.header;
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            p.push(format!(
+                "auth.header = \"{h}\" is not a valid HTTP header name"
+            ));
+        }
+        if self.auth.keys.is_empty() {
+            p.push(
+                "auth.keys is empty: add at least one key (the value Leap sends in auth.header)"
+                    .into(),
+            );
+        }
+        if self.auth.keys.iter().any(|k| k.expose().trim().len() < 8) {
+            p.push("auth.keys: every key must be at least 8 characters (no spaces only)".into());
+        }
+    }
+
+    fn check_site(&self, p: &mut Vec<String>) {
+        let s = &self.site;
+        if !(s.export_limit_kw >= 0.0 && s.export_limit_kw.is_finite()) {
+            p.push("site.export_limit_kw must be a number ≥ 0 (0 = never export)".into());
+        }
+        if !(s.import_margin_kw >= 0.0 && s.import_margin_kw.is_finite()) {
+            p.push("site.import_margin_kw must be a number ≥ 0".into());
+        }
+        if !(0.0..100.0).contains(&s.reserve_soc_pct) {
+            p.push("site.reserve_soc_pct must be between 0 and 100".into());
+        }
+        if !(s.fallback_site_load_kw >= 0.0 && s.fallback_site_load_kw.is_finite()) {
+            p.push("site.fallback_site_load_kw must be a number ≥ 0".into());
+        }
+        if !(100..=60_000).contains(&s.control_period_ms) {
+            p.push("site.control_period_ms must be between 100 and 60000".into());
+        }
+        if self.storage.retention_days == 0 {
+            p.push("storage.retention_days must be at least 1".into());
+        }
+    }
+
+    fn check_meters(&self, p: &mut Vec<String>) {
+        let mut seen = HashSet::new();
+        for (i, m) in self.meters.iter().enumerate() {
+            if m.id.trim().is_empty() {
+                p.push(format!("meters[{i}].id is empty: give Leap's meter id"));
+            }
+            if !seen.insert(m.id.to_ascii_lowercase()) {
+                p.push(format!("meters[{i}].id = \"{}\" appears twice", m.id));
+            }
+            if !self.devices.contains_key(&m.device) {
+                let known: Vec<&str> = self.devices.keys().map(String::as_str).collect();
+                p.push(format!(
+                    "meters[{i}].device = \"{}\" names no [devices.{}] table (known: {})",
+                    m.device,
+                    m.device,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+            if !(m.weight > 0.0 && m.weight.is_finite()) {
+                p.push(format!("meters[{i}].weight must be > 0"));
+            }
+        }
+    }
+
+    fn check_devices(&self, p: &mut Vec<String>) {
+        for (name, d) in &self.devices {
+            if d.host.trim().is_empty() {
+                p.push(format!("devices.{name}.host is empty"));
+            }
+            if d.port == 0 {
+                p.push(format!("devices.{name}.port must not be 0"));
+            }
+            if !(50..=60_000).contains(&d.timeout_ms) {
+                p.push(format!(
+                    "devices.{name}.timeout_ms must be between 50 and 60000"
+                ));
+            }
+            if d.reversion_secs < 4 {
+                p.push(format!(
+                    "devices.{name}.reversion_secs must be at least 4 (it is refreshed at half its period)"
+                ));
+            }
+            for (key, v) in [
+                ("max_discharge_kw", d.max_discharge_kw),
+                ("max_charge_kw", d.max_charge_kw),
+                ("capacity_kwh", d.capacity_kwh),
+            ] {
+                if let Some(v) = v.filter(|v| !(*v > 0.0 && v.is_finite())) {
+                    p.push(format!("devices.{name}.{key} = {v} must be > 0"));
+                }
+            }
+            let profile = self.devices_dir.join(format!("{}.toml", d.profile));
+            if !profile.is_file() {
+                p.push(format!(
+                    "devices.{name}.profile = \"{}\": no file {} (profiles live in devices_dir)",
+                    d.profile,
+                    profile.display()
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Configuration: strict TOML (every unknown key is an error naming file, line and the
+//! nearest valid key), then a semantic `check()` that catches what types cannot
+//! (plain HTTP on a public address, a meter pointing at a missing device, ...).
+//! `leap-edge config check` runs both and exits 78 (EX_CONFIG) on failure.
+
+mod check;
+mod schema;
+mod suggest;
+
+pub use schema::*;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "{path}: cannot read the configuration: {source} (give the right file with --config PATH)"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {}", problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The exit code for a bad configuration (sysexits EX_CONFIG), as ntpd-rs uses.
+pub const EXIT_CONFIG: u8 = 78;
+
+impl Config {
+    /// Read, parse and check a configuration file. Relative paths inside it are resolved
+    /// against the file's own folder, so the daemon behaves the same from any working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Config::parse_str(&text, path)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.check().map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Parse only (no semantic check, no path resolution); `path` names the source in errors.
+    pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: suggest::improve(e.message()),
+            }
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.storage.path);
+        fix(&mut self.admin.socket);
+        fix(&mut self.devices_dir);
+        if let Some(tls) = self.server.tls.as_mut() {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misspelled_key_names_line_and_suggestion() {
+        let text = "[server]\nlistn = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"k\"]\n";
+        let err = Config::parse_str(text, Path::new("site.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("site.toml:2:"), "{msg}");
+        assert!(msg.contains("unknown field `listn`"), "{msg}");
+        assert!(msg.contains("did you mean `listen`"), "{msg}");
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("a\nbc", 3), (2, 2));
+        assert_eq!(line_col("abc", 0), (1, 1));
+    }
+}

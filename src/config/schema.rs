@@ -1,0 +1,344 @@
+//! The configuration's shape. Every table denies unknown keys; every default is a named
+//! function so `config.toml` comments and code agree on one value.
+
+use crate::model::Strategy;
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub site: SiteConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub strategy: StrategyConfig,
+    #[serde(default)]
+    pub meters: Vec<MeterConfig>,
+    #[serde(default)]
+    pub devices: BTreeMap<String, DeviceConfig>,
+    /// Folder holding device profiles (`devices/*.toml`).
+    #[serde(default = "default_devices_dir")]
+    pub devices_dir: PathBuf,
+    #[serde(default)]
+    pub sim: SimConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "default_path")]
+    pub path: String,
+    pub tls: Option<TlsConfig>,
+    /// SPEC §3: bodies above this get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client that has not sent its headers (or its body) within this many seconds is
+    /// dropped, so a slow client cannot hold a connection slot.
+    #[serde(default = "default_read_timeout_secs")]
+    pub read_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The header Leap is configured to send (Leap sends names in lower case).
+    #[serde(default = "default_auth_header")]
+    pub header: String,
+    /// Accepted values; several during a key rotation.
+    pub keys: Vec<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "default_db_path")]
+    pub path: PathBuf,
+    /// SPEC §2.5: raw notifications are kept this long.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: default_db_path(),
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+/// SPEC §2.9 site limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Interconnection permit: the most the site may export (kW). 0 = never export.
+    #[serde(default)]
+    pub export_limit_kw: f64,
+    /// Under no-export caps, grid import is kept at or above this (kW).
+    #[serde(default = "default_import_margin_kw")]
+    pub import_margin_kw: f64,
+    /// State of charge (%) the battery is never discharged below.
+    #[serde(default = "default_reserve_soc_pct")]
+    pub reserve_soc_pct: f64,
+    /// Site load (kW) assumed when the site meter cannot be read and export is forbidden.
+    /// Keep it at or below the site's lowest plausible load.
+    #[serde(default)]
+    pub fallback_site_load_kw: f64,
+    /// Closed-loop control period.
+    #[serde(default = "default_control_period_ms")]
+    pub control_period_ms: u64,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig {
+            export_limit_kw: 0.0,
+            import_margin_kw: default_import_margin_kw(),
+            reserve_soc_pct: default_reserve_soc_pct(),
+            fallback_site_load_kw: 0.0,
+            control_period_ms: default_control_period_ms(),
+        }
+    }
+}
+
+/// SPEC §2.6: what test and communication notifications do to the battery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestPolicy {
+    Execute,
+    #[default]
+    DryRun,
+    Ignore,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(default)]
+    pub integration_test: TestPolicy,
+    #[serde(default)]
+    pub communication_test: TestPolicy,
+}
+
+/// SPEC §2.9 per-program strategy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyConfig {
+    #[serde(default)]
+    pub default: Strategy,
+    /// Program identifier (e.g. "ELRP") → strategy.
+    #[serde(default)]
+    pub programs: BTreeMap<String, Strategy>,
+}
+
+impl StrategyConfig {
+    /// The most conservative strategy any of the timeslot's programs asks for wins:
+    /// `maximize` only when every listed program is configured for it.
+    pub fn for_programs(&self, programs: &[String]) -> Strategy {
+        if programs.is_empty() {
+            return self.default;
+        }
+        let all_max = programs
+            .iter()
+            .all(|p| self.programs.get(p).copied().unwrap_or(self.default) == Strategy::Maximize);
+        if all_max {
+            Strategy::Maximize
+        } else {
+            Strategy::Award
+        }
+    }
+}
+
+/// SPEC §2.7: a Leap meter served by a local battery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterConfig {
+    /// Leap's meter id (uuid).
+    pub id: String,
+    /// Name of a `[devices.NAME]` table.
+    pub device: String,
+    /// Share of a group timeslot's `energy_kw` relative to the other local meters of the
+    /// group. Default: equal shares.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// A label for technicians.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// A profile name: a file `devices/NAME.toml`.
+    pub profile: String,
+    pub host: String,
+    #[serde(default = "default_modbus_port")]
+    pub port: u16,
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+    /// First register of the SunSpec map; absent = discover (0, 40000, 50000).
+    #[serde(default)]
+    pub base_address: Option<u16>,
+    /// Each Modbus call (connect, read, write) is abandoned after this long.
+    #[serde(default = "default_modbus_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Device-side reversion timeout (SPEC §2.10); the command is refreshed at half of it.
+    #[serde(default = "default_reversion_secs")]
+    pub reversion_secs: u32,
+    /// Nameplate limits (kW, kWh) when the device does not report them.
+    #[serde(default)]
+    pub max_discharge_kw: Option<f64>,
+    #[serde(default)]
+    pub max_charge_kw: Option<f64>,
+    #[serde(default)]
+    pub capacity_kwh: Option<f64>,
+}
+
+/// The built-in site simulator (`leap-edge sim`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    #[serde(default = "default_sim_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+    #[serde(default = "default_sunspec_base")]
+    pub base_address: u16,
+    #[serde(default = "default_sim_capacity_kwh")]
+    pub capacity_kwh: f64,
+    #[serde(default = "default_sim_max_power_kw")]
+    pub max_power_kw: f64,
+    #[serde(default = "default_sim_initial_soc_pct")]
+    pub initial_soc_pct: f64,
+    /// Ramp rate in kW per second.
+    #[serde(default = "default_sim_ramp_kw_per_s")]
+    pub ramp_kw_per_s: f64,
+    /// Site load: `constant:KW`, `steps:KW@SECS,KW@SECS,...` or `csv:PATH`.
+    #[serde(default = "default_sim_load")]
+    pub load: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            listen: default_sim_listen(),
+            unit_id: default_unit_id(),
+            base_address: default_sunspec_base(),
+            capacity_kwh: default_sim_capacity_kwh(),
+            max_power_kw: default_sim_max_power_kw(),
+            initial_soc_pct: default_sim_initial_soc_pct(),
+            ramp_kw_per_s: default_sim_ramp_kw_per_s(),
+            load: default_sim_load(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The CLI's control socket (mode 0660).
+    #[serde(default = "default_admin_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: default_admin_socket(),
+        }
+    }
+}
+
+pub fn default_path() -> String {
+    "/leap/dispatch".into()
+}
+pub fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+pub fn default_max_connections() -> usize {
+    64
+}
+pub fn default_read_timeout_secs() -> u64 {
+    10
+}
+pub fn default_auth_header() -> String {
+    "x-api-key".into()
+}
+pub fn default_db_path() -> PathBuf {
+    "/var/lib/leap-edge/leap-edge.db".into()
+}
+pub fn default_retention_days() -> u32 {
+    400
+}
+pub fn default_import_margin_kw() -> f64 {
+    0.5
+}
+pub fn default_reserve_soc_pct() -> f64 {
+    10.0
+}
+pub fn default_control_period_ms() -> u64 {
+    1000
+}
+pub fn default_weight() -> f64 {
+    1.0
+}
+pub fn default_devices_dir() -> PathBuf {
+    "/usr/share/leap-edge/devices".into()
+}
+pub fn default_modbus_port() -> u16 {
+    502
+}
+pub fn default_unit_id() -> u8 {
+    1
+}
+pub fn default_modbus_timeout_ms() -> u64 {
+    1000
+}
+pub fn default_reversion_secs() -> u32 {
+    60
+}
+pub fn default_sunspec_base() -> u16 {
+    40000
+}
+pub fn default_sim_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1502))
+}
+pub fn default_sim_capacity_kwh() -> f64 {
+    100.0
+}
+pub fn default_sim_max_power_kw() -> f64 {
+    50.0
+}
+pub fn default_sim_initial_soc_pct() -> f64 {
+    80.0
+}
+pub fn default_sim_ramp_kw_per_s() -> f64 {
+    25.0
+}
+pub fn default_sim_load() -> String {
+    "constant:30".into()
+}
+pub fn default_admin_socket() -> PathBuf {
+    "/run/leap-edge/admin.sock".into()
+}

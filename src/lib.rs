@@ -1,0 +1,9 @@
+//! leap-edge: receives Leap demand-response dispatches, keeps them in SQLite, and drives
+//! on-site batteries over Modbus TCP at each timeslot. See ARCHITECTURE in the README for
+//! the data path: ingest → store → plan → dispatch → control → device.
+
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod model;
+pub mod secret;

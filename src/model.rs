@@ -1,0 +1,211 @@
+//! The domain values every stage hands to the next: a Leap timeslot as we keep it, and the
+//! command a local meter must follow. Plain data; parsing lives in `ingest`, storage in
+//! `store`, and the rules that turn one into the other in `plan`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// SPEC §2.3: a timeslot is identified by (kind, event id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Meter,
+    Group,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Meter => "meter",
+            Kind::Group => "group",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "meter" => Some(Kind::Meter),
+            "group" => Some(Kind::Group),
+            _ => None,
+        }
+    }
+}
+
+/// SPEC §1 `performance_compensation_cap`. The raw text is always kept alongside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cap {
+    UpToNomination,
+    UpToSiteLoad,
+    GridExportsAllowed,
+}
+
+impl Cap {
+    /// SPEC §2.2: an unknown cap is treated as the most restrictive one.
+    pub fn from_leap(s: Option<&str>) -> Cap {
+        match s {
+            Some("up-to-site-load") => Cap::UpToSiteLoad,
+            Some("grid-exports-allowed") => Cap::GridExportsAllowed,
+            _ => Cap::UpToNomination,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cap::UpToNomination => "up-to-nomination",
+            Cap::UpToSiteLoad => "up-to-site-load",
+            Cap::GridExportsAllowed => "grid-exports-allowed",
+        }
+    }
+}
+
+/// `energy_kw` as Leap sent it. Null ("the maximum the site can manage") and absent are
+/// kept apart so the stored record says exactly what arrived; both dispatch the maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "kw")]
+pub enum EnergyKw {
+    #[default]
+    Absent,
+    Null,
+    Kw(f64),
+}
+
+impl EnergyKw {
+    pub fn kw(self) -> Option<f64> {
+        match self {
+            EnergyKw::Kw(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Leap's JSON form: a number, or null for both null and absent.
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            EnergyKw::Kw(v) => serde_json::json!(v),
+            _ => serde_json::Value::Null,
+        }
+    }
+}
+
+/// One accepted timeslot with its parent entry's context, as stored in a revision.
+/// Field names follow Leap's where Leap has them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timeslot {
+    pub kind: Kind,
+    /// `meter_event_id` or `market_group_event_id`.
+    pub event_id: String,
+    /// Meter dispatch: the one meter. Group dispatch: `meter_ids` of the group.
+    pub meter_ids: Vec<String>,
+    /// Group dispatch only.
+    pub market_group_id: Option<String>,
+    /// `partner_reference` (meter) or `partner_references` (group).
+    pub partner_references: Vec<String>,
+    pub start_time: DateTime<Utc>,
+    pub end_time: DateTime<Utc>,
+    pub cancelled: bool,
+    pub energy_kw: EnergyKw,
+    pub nomination_kw: Option<f64>,
+    /// The cap text as Leap sent it (None when absent); see [`Timeslot::cap`].
+    pub performance_compensation_cap: Option<String>,
+    /// 1 is highest. Absent is stored as None and planned as the lowest (10).
+    pub priority: Option<i64>,
+    pub is_voluntary: bool,
+    pub dispatch_event_types: Vec<String>,
+    pub programs: Vec<String>,
+    /// The per-timeslot flag some Leap answers carry.
+    pub communication_test: Option<bool>,
+    /// Notification-level flags, copied so a timeslot carries what its policy depends on.
+    pub integration_test_notification: bool,
+    pub notification_communication_test: bool,
+}
+
+/// Priority used for planning when Leap sent none: the lowest there is.
+pub const LOWEST_PRIORITY: i64 = 10;
+
+impl Timeslot {
+    pub fn cap(&self) -> Cap {
+        Cap::from_leap(self.performance_compensation_cap.as_deref())
+    }
+
+    pub fn plan_priority(&self) -> i64 {
+        self.priority.unwrap_or(LOWEST_PRIORITY)
+    }
+
+    /// True when this is a communication test at either level.
+    pub fn is_communication_test(&self) -> bool {
+        self.notification_communication_test || self.communication_test.unwrap_or(false)
+    }
+
+    pub fn is_active_at(&self, t: DateTime<Utc>) -> bool {
+        self.start_time <= t && t < self.end_time
+    }
+}
+
+/// A timeslot as the store hands it out: the effective revision plus bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredTimeslot {
+    pub timeslot: Timeslot,
+    /// SPEC §2.4: once seen cancelled, cancelled for good, whatever arrives later.
+    pub cancelled_final: bool,
+    /// A revision tried to un-cancel it (SPEC §2.4 conflict).
+    pub conflict: bool,
+    pub revisions: i64,
+    pub duplicates: i64,
+    pub first_received: DateTime<Utc>,
+    pub last_received: DateTime<Utc>,
+}
+
+impl StoredTimeslot {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled_final || self.timeslot.cancelled
+    }
+}
+
+/// Whether a command moves the battery (SPEC §2.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecMode {
+    Execute,
+    DryRun,
+}
+
+/// SPEC §2.9 per-program strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    #[default]
+    Award,
+    Maximize,
+}
+
+/// What the battery is asked for, before the closed loop sees the site.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "kw")]
+pub enum Target {
+    /// Reduce site import (or export) by this many kW.
+    Kw(f64),
+    /// The maximum the site can manage within the cap.
+    Maximum,
+}
+
+/// The command for one local meter over one plan interval (SPEC §2.9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub kind: Kind,
+    pub event_id: String,
+    pub mode: ExecMode,
+    pub target: Target,
+    pub cap: Cap,
+    /// Upper bound on the reduction in kW (up-to-nomination), if any.
+    pub limit_kw: Option<f64>,
+    /// Export the site may reach (kW, ≥ 0). 0 means grid import is held at the margin.
+    pub export_allowed_kw: f64,
+    /// Grid import kept at or above this when export is not allowed.
+    pub import_margin_kw: f64,
+    pub strategy: Strategy,
+    pub priority: i64,
+    pub programs: Vec<String>,
+    /// End of the governing timeslot: the closed loop spreads stored energy up to here.
+    pub until: DateTime<Utc>,
+    /// Why this timeslot governs (for schedule and logs).
+    pub reason: String,
+}
