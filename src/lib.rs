@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod dispatch;
 pub mod model;
 pub mod secret;

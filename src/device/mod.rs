@@ -1,0 +1,77 @@
+//! Devices: battery inverters and site meters over Modbus TCP, described by profiles in
+//! `devices/*.toml`. This file is the interface the control loop drives; the Modbus client,
+//! profile loading and SunSpec discovery live in the sibling modules.
+
+use crate::dispatch::BoxFuture;
+use serde::Serialize;
+
+/// One reading of a site's battery and meter. Signs: battery discharge and grid import are
+/// positive. Any value a device cannot give is `None`; the controller then falls back to
+/// its conservative assumptions.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Telemetry {
+    pub soc_pct: Option<f64>,
+    pub battery_kw: Option<f64>,
+    pub grid_kw: Option<f64>,
+    pub capacity_kwh: Option<f64>,
+    pub max_discharge_kw: Option<f64>,
+    pub max_charge_kw: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{device}: cannot connect to {addr}: {reason}")]
+    Connect {
+        device: String,
+        addr: String,
+        reason: String,
+    },
+    #[error("{device}: {op} timed out after {ms} ms (connection dropped, will reconnect)")]
+    Timeout { device: String, op: String, ms: u64 },
+    #[error("{device}: {op} failed: {reason}")]
+    Io {
+        device: String,
+        op: String,
+        reason: String,
+    },
+    #[error("{device}: {op}: Modbus exception {code}")]
+    Exception {
+        device: String,
+        op: String,
+        code: String,
+    },
+    #[error("{device}: wrote {wrote} to {point} but read back {read}")]
+    ReadBack {
+        device: String,
+        point: String,
+        wrote: String,
+        read: String,
+    },
+    #[error("{device}: value {value} for {point} is outside {min}..={max}")]
+    Range {
+        device: String,
+        point: String,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+    #[error("{device}: profile problem: {reason}")]
+    Profile { device: String, reason: String },
+}
+
+/// What the control loop needs from a battery. Implementations put every call under a
+/// timeout and reconnect after a failure; the loop just retries on its next period.
+pub trait Battery: Send {
+    fn name(&self) -> &str;
+
+    fn read(&mut self) -> BoxFuture<'_, Result<Telemetry, DeviceError>>;
+
+    /// Enter remote control (if needed) and hold `kw` (positive = discharge, negative =
+    /// charge), with the device reverting to normal by itself after `reversion_secs` unless
+    /// the command is written again.
+    fn set_power(&mut self, kw: f64, reversion_secs: u32)
+    -> BoxFuture<'_, Result<(), DeviceError>>;
+
+    /// Leave remote control: the battery returns to its own (self-consumption) mode.
+    fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>>;
+}
