@@ -4,7 +4,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod device;
 pub mod dispatch;
+pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod secret;
+pub mod server;
+pub mod store;

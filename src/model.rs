@@ -209,3 +209,47 @@ pub struct Command {
     /// Why this timeslot governs (for schedule and logs).
     pub reason: String,
 }
+
+/// What a technician sees in `leap-edge events` (issue: events listing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeslotStatus {
+    Upcoming,
+    Active,
+    Ended,
+    Cancelled,
+    Rejected,
+    UnmappedMeter,
+}
+
+impl TimeslotStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeslotStatus::Upcoming => "upcoming",
+            TimeslotStatus::Active => "active",
+            TimeslotStatus::Ended => "ended",
+            TimeslotStatus::Cancelled => "cancelled",
+            TimeslotStatus::Rejected => "rejected",
+            TimeslotStatus::UnmappedMeter => "unmapped-meter",
+        }
+    }
+}
+
+impl StoredTimeslot {
+    /// Cancellation wins over everything; a timeslot no local meter serves is flagged
+    /// (SPEC §2.7) whatever its time.
+    pub fn status(&self, now: DateTime<Utc>, has_local_meter: bool) -> TimeslotStatus {
+        let t = &self.timeslot;
+        if self.is_cancelled() {
+            TimeslotStatus::Cancelled
+        } else if !has_local_meter {
+            TimeslotStatus::UnmappedMeter
+        } else if now < t.start_time {
+            TimeslotStatus::Upcoming
+        } else if now < t.end_time {
+            TimeslotStatus::Active
+        } else {
+            TimeslotStatus::Ended
+        }
+    }
+}

@@ -1,3 +1,97 @@
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The technician's command line. Every subcommand takes `--config`; inspection commands
+//! take `--json` and then print one JSON document on stdout (SPEC §3).
+
+mod check;
+mod events;
+mod logging;
+mod table;
+
+use crate::config::{Config, EXIT_CONFIG};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "leap-edge",
+    version,
+    about = "Edge controller for on-site batteries driven by Leap dispatches"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "LEAP_EDGE_CONFIG",
+        default_value = "/etc/leap-edge/config.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: receive Leap webhooks, store them, dispatch the batteries.
+    Run,
+    /// Stored timeslots with their status (reads the database; works while the daemon runs).
+    Events(events::EventsArgs),
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Parse and check the configuration and every device profile it uses; exit 78 if bad.
+    Check,
+}
+
+/// Exit codes that scripts can rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Something failed at run time (database unreadable, daemon unreachable, ...).
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const CONFIG: u8 = super::EXIT_CONFIG;
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("leap-edge: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, u8> {
+    Config::load(path).map_err(|e| {
+        eprintln!("leap-edge: {e}");
+        exit::CONFIG
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Config(ConfigCommand::Check) => Ok(check::run(&cli.config)),
+        Command::Run => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            logging::init();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::daemon::run(config))?;
+            Ok(exit::OK)
+        }
+        Command::Events(args) => match load_config(&cli.config) {
+            Ok(c) => events::run(&c, &args),
+            Err(code) => Ok(code),
+        },
+    }
 }

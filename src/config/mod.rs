@@ -94,6 +94,23 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+impl Config {
+    /// The configured meter for a Leap meter id (ids compare case-insensitively: uuids).
+    pub fn meter(&self, leap_id: &str) -> Option<&MeterConfig> {
+        self.meters
+            .iter()
+            .find(|m| m.id.eq_ignore_ascii_case(leap_id))
+    }
+
+    /// SPEC §2.7: the local meters a timeslot applies to.
+    pub fn local_meters<'a>(&'a self, ts: &crate::model::Timeslot) -> Vec<&'a MeterConfig> {
+        ts.meter_ids
+            .iter()
+            .filter_map(|id| self.meter(id))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

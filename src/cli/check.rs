@@ -1,0 +1,41 @@
+//! `leap-edge config check`: parse, semantic check, then load what the config points at.
+
+use super::exit;
+use crate::config::Config;
+use std::path::Path;
+
+pub fn run(path: &Path) -> u8 {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("leap-edge: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let mut problems = Vec::new();
+    if let Some(tls) = &config.server.tls
+        && let Err(e) = crate::server::tls::acceptor(&tls.cert, &tls.key)
+    {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: OK ({} meter(s), {} device(s), listening on {}{})",
+            path.display(),
+            config.meters.len(),
+            config.devices.len(),
+            config.server.listen,
+            if config.server.tls.is_some() {
+                " with TLS"
+            } else {
+                ", plain HTTP on loopback"
+            }
+        );
+        exit::OK
+    } else {
+        for p in problems {
+            eprintln!("leap-edge: {}: {p}", path.display());
+        }
+        exit::CONFIG
+    }
+}

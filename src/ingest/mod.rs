@@ -1,0 +1,52 @@
+//! Ingest: turn the bytes of a Leap webhook into plain values — accepted timeslots and
+//! rejected ones with their reasons — without ever refusing a real dispatch over something
+//! we can handle (SPEC §2.2). Authentication of the request lives in [`auth`].
+
+pub mod auth;
+mod parse;
+mod timeslot;
+
+pub use parse::parse_notification;
+
+use crate::model::{Kind, Timeslot};
+use serde::Serialize;
+
+/// A notification that is Leap's (structurally), split into what we keep and what we reject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedNotification {
+    pub integration_test_notification: bool,
+    pub communication_test: bool,
+    pub timeslots: Vec<Timeslot>,
+    pub rejected: Vec<RejectedTimeslot>,
+}
+
+/// SPEC §2.2: one bad timeslot is stored with its reason; the rest of the notification stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejectedTimeslot {
+    pub kind: Kind,
+    pub event_id: Option<String>,
+    pub meter_ids: Vec<String>,
+    pub reason: String,
+    /// The timeslot object exactly as received.
+    pub raw: serde_json::Value,
+}
+
+/// Why a request body is not a Leap notification at all (→ 400).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotificationError {
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error(
+        "body is JSON but not an object; a Leap notification is an object with meter_dispatches or group_dispatches"
+    )]
+    NotObject,
+    #[error(
+        "neither meter_dispatches nor group_dispatches is present; this is not a Leap dispatch notification"
+    )]
+    NoDispatches,
+    #[error("{field}: expected {expected}")]
+    WrongType {
+        field: String,
+        expected: &'static str,
+    },
+}

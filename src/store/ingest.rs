@@ -1,0 +1,219 @@
+//! The ingest transaction: raw notification + every timeslot's revision, all or nothing.
+//! SPEC §2.3 idempotency and §2.4 final cancellation are decided here, against the stored
+//! state, inside the same transaction.
+
+use super::{StoreError, ts};
+use crate::ingest::{ParsedNotification, RejectedTimeslot};
+use crate::model::Timeslot;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+pub struct IngestRecord {
+    pub received_at: DateTime<Utc>,
+    pub peer: Option<String>,
+    pub headers: serde_json::Value,
+    pub body: String,
+    pub parsed: ParsedNotification,
+}
+
+/// Counts returned in the 200 body, and the ids whose plan may have changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct IngestOutcome {
+    pub notification_id: i64,
+    pub new: u32,
+    pub updated: u32,
+    pub duplicate: u32,
+    pub rejected: u32,
+    /// Revisions that tried to un-cancel a cancelled timeslot (SPEC §2.4).
+    pub conflict: u32,
+    #[serde(skip)]
+    pub conflicts: Vec<String>,
+    #[serde(skip)]
+    pub rejected_reasons: Vec<String>,
+}
+
+impl IngestOutcome {
+    pub fn changed(&self) -> bool {
+        self.new + self.updated > 0
+    }
+}
+
+enum SlotResult {
+    New,
+    Updated,
+    Duplicate,
+    Conflict,
+}
+
+pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome, StoreError> {
+    let tx = conn.transaction()?;
+    let now = ts(rec.received_at);
+    let p = &rec.parsed;
+    tx.execute(
+        "INSERT INTO notifications (received_at, peer, headers, body, integration_test,
+           communication_test, new_count, updated_count, duplicate_count, rejected_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0, 0)",
+        params![
+            now,
+            rec.peer,
+            rec.headers.to_string(),
+            rec.body,
+            p.integration_test_notification,
+            p.communication_test
+        ],
+    )?;
+    let nid = tx.last_insert_rowid();
+    let mut out = IngestOutcome {
+        notification_id: nid,
+        ..Default::default()
+    };
+    for slot in &p.timeslots {
+        match upsert(&tx, nid, &now, slot)? {
+            SlotResult::New => out.new += 1,
+            SlotResult::Updated => out.updated += 1,
+            SlotResult::Duplicate => out.duplicate += 1,
+            SlotResult::Conflict => {
+                out.conflict += 1;
+                out.conflicts.push(slot.event_id.clone());
+            }
+        }
+    }
+    for rej in &p.rejected {
+        record_rejected(&tx, nid, &now, rej)?;
+        out.rejected += 1;
+        out.rejected_reasons.push(rej.reason.clone());
+    }
+    tx.execute(
+        "UPDATE notifications SET new_count=?1, updated_count=?2, duplicate_count=?3,
+           rejected_count=?4 WHERE id=?5",
+        params![
+            out.new,
+            out.updated + out.conflict,
+            out.duplicate,
+            out.rejected,
+            nid
+        ],
+    )?;
+    tx.commit()?;
+    Ok(out)
+}
+
+fn upsert(
+    tx: &Transaction,
+    nid: i64,
+    now: &str,
+    slot: &Timeslot,
+) -> Result<SlotResult, StoreError> {
+    let kind = slot.kind.as_str();
+    let content = serde_json::to_string(slot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let existing: Option<(String, bool, i64)> = tx
+        .query_row(
+            "SELECT content, cancelled_final, revisions FROM timeslots WHERE kind=?1 AND event_id=?2",
+            params![kind, slot.event_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let add_revision = |revision: i64, conflict: bool| {
+        tx.execute(
+            "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id, received_at, content, conflict)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![kind, slot.event_id, revision, nid, now, content, conflict],
+        )
+    };
+    let Some((current, cancelled_final, revisions)) = existing else {
+        tx.execute(
+            "INSERT INTO timeslots (kind, event_id, content, start_time, end_time, cancelled_final,
+               revisions, first_received, last_received)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
+            params![
+                kind,
+                slot.event_id,
+                content,
+                ts(slot.start_time),
+                ts(slot.end_time),
+                slot.cancelled,
+                now
+            ],
+        )?;
+        add_revision(1, false)?;
+        return Ok(SlotResult::New);
+    };
+    if current == content {
+        tx.execute(
+            "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
+             WHERE kind=?1 AND event_id=?2",
+            params![kind, slot.event_id, now],
+        )?;
+        return Ok(SlotResult::Duplicate);
+    }
+    let revision = revisions + 1;
+    if cancelled_final && !slot.cancelled {
+        // SPEC §2.4: recorded once, but the cancelled version stays in force. The same stale
+        // retry arriving again is a duplicate of that conflict revision.
+        let seen: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
+               WHERE kind=?1 AND event_id=?2 AND conflict=1 AND content=?3)",
+            params![kind, slot.event_id, content],
+            |r| r.get(0),
+        )?;
+        if seen {
+            tx.execute(
+                "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
+                 WHERE kind=?1 AND event_id=?2",
+                params![kind, slot.event_id, now],
+            )?;
+            return Ok(SlotResult::Duplicate);
+        }
+        add_revision(revision, true)?;
+        tx.execute(
+            "UPDATE timeslots SET revisions=?3, conflict=1, last_received=?4 WHERE kind=?1 AND event_id=?2",
+            params![kind, slot.event_id, revision, now],
+        )?;
+        return Ok(SlotResult::Conflict);
+    }
+    add_revision(revision, false)?;
+    tx.execute(
+        "UPDATE timeslots SET content=?3, start_time=?4, end_time=?5,
+           cancelled_final = cancelled_final OR ?6, revisions=?7, last_received=?8
+         WHERE kind=?1 AND event_id=?2",
+        params![
+            kind,
+            slot.event_id,
+            content,
+            ts(slot.start_time),
+            ts(slot.end_time),
+            slot.cancelled,
+            revision,
+            now
+        ],
+    )?;
+    Ok(SlotResult::Updated)
+}
+
+fn record_rejected(
+    tx: &Transaction,
+    nid: i64,
+    now: &str,
+    rej: &RejectedTimeslot,
+) -> Result<(), StoreError> {
+    let raw = rej.raw.to_string();
+    let meters =
+        serde_json::to_string(&rej.meter_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO rejected_timeslots (kind, event_id, meter_ids, reason, raw, notification_id,
+           times_seen, first_received, last_received)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)
+         ON CONFLICT (raw) DO UPDATE SET times_seen = times_seen + 1, last_received = ?7",
+        params![
+            rej.kind.as_str(),
+            rej.event_id,
+            meters,
+            rej.reason,
+            raw,
+            nid,
+            now
+        ],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Storage: one SQLite file (WAL, `synchronous=FULL`) owned by one thread. Every write goes
+//! through that thread's queue, so concurrent deliveries of the same notification are
+//! applied one after another and still give one timeslot (SPEC §2.3). Readers outside the
+//! daemon (the CLI) open the file read-only; WAL lets them run beside the writer.
+
+mod ingest;
+mod migrations;
+pub mod query;
+
+pub use ingest::{IngestOutcome, IngestRecord};
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "database {path}: cannot open: {source} (check the folder exists and is writable by the leap-edge user)"
+    )]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "database schema version {found} is newer than this build supports ({supported}); install the newer leap-edge again"
+    )]
+    TooNew { found: i64, supported: i64 },
+    #[error("database: stored data is not valid: {0}")]
+    Corrupt(String),
+    #[error("database writer has stopped")]
+    Stopped,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A cheap handle to the owner thread. Clone it freely.
+#[derive(Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+/// Joins the owner thread when the last handle is dropped and the queue drained.
+pub struct StoreThread(std::thread::JoinHandle<()>);
+
+impl StoreThread {
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Store {
+    /// Open (creating it and its folder if needed), migrate, and start the owner thread.
+    pub fn open(path: &Path) -> Result<(Store, StoreThread), StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                    "{}: {e}",
+                    dir.display()
+                ))))
+            })?;
+        }
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        migrations::apply(&mut conn)?;
+        let (tx, mut rx) = mpsc::channel::<Job>(1024);
+        let thread = std::thread::Builder::new()
+            .name("leap-edge-store".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut conn);
+                }
+                // Dropping the connection checkpoints the WAL: a clean close.
+                drop(conn);
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
+        Ok((
+            Store {
+                jobs: tx,
+                path: path.to_path_buf(),
+            },
+            StoreThread(thread),
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` on the owner thread and wait for its answer.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Commit a notification and its timeslots in one transaction (SPEC §2.1).
+    pub async fn ingest(&self, record: IngestRecord) -> Result<IngestOutcome, StoreError> {
+        self.call(move |conn| ingest::ingest(conn, &record)).await
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // SPEC §2.1: the ack is sent after commit, so commits must survive power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// A read-only connection for the CLI, usable while the daemon writes.
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Fail with a clear message if this is not a leap-edge database.
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "{} is not a leap-edge database (no schema); is storage.path right?",
+            path.display()
+        )));
+    }
+    Ok(conn)
+}
+
+/// Times are stored as RFC 3339 UTC with milliseconds, which sort as text.
+pub fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn parse_ts(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| StoreError::Corrupt(format!("time {s:?}: {e}")))
+}

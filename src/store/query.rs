@@ -1,0 +1,171 @@
+//! Reads, shared by the daemon (through the owner thread) and the CLI (read-only file).
+
+use super::{StoreError, parse_ts, ts};
+use crate::model::{Kind, StoredTimeslot, Timeslot};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, Row, params};
+use serde::Serialize;
+
+const TIMESLOT_COLUMNS: &str = "content, cancelled_final, conflict, revisions, duplicates,
+    first_received, last_received";
+
+fn stored(row: &Row) -> Result<StoredTimeslot, StoreError> {
+    let content: String = row.get(0)?;
+    let timeslot: Timeslot =
+        serde_json::from_str(&content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(StoredTimeslot {
+        timeslot,
+        cancelled_final: row.get(1)?,
+        conflict: row.get(2)?,
+        revisions: row.get(3)?,
+        duplicates: row.get(4)?,
+        first_received: parse_ts(&row.get::<_, String>(5)?)?,
+        last_received: parse_ts(&row.get::<_, String>(6)?)?,
+    })
+}
+
+fn collect(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<StoredTimeslot>, StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query(args)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(stored(row)?);
+    }
+    Ok(out)
+}
+
+/// Every stored timeslot, ordered by start time.
+pub fn all_timeslots(conn: &Connection) -> Result<Vec<StoredTimeslot>, StoreError> {
+    collect(
+        conn,
+        &format!("SELECT {TIMESLOT_COLUMNS} FROM timeslots ORDER BY start_time, kind, event_id"),
+        [],
+    )
+}
+
+/// Timeslots that end after `from` (what planning from `from` on can need).
+pub fn timeslots_ending_after(
+    conn: &Connection,
+    from: DateTime<Utc>,
+) -> Result<Vec<StoredTimeslot>, StoreError> {
+    collect(
+        conn,
+        &format!(
+            "SELECT {TIMESLOT_COLUMNS} FROM timeslots WHERE end_time > ?1 ORDER BY start_time, kind, event_id"
+        ),
+        params![ts(from)],
+    )
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Revision {
+    pub revision: i64,
+    pub notification_id: i64,
+    pub received_at: String,
+    pub conflict: bool,
+    pub timeslot: Timeslot,
+}
+
+pub fn revisions(
+    conn: &Connection,
+    kind: Kind,
+    event_id: &str,
+) -> Result<Vec<Revision>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT revision, notification_id, received_at, conflict, content FROM timeslot_revisions
+         WHERE kind=?1 AND event_id=?2 ORDER BY revision",
+    )?;
+    let mut rows = stmt.query(params![kind.as_str(), event_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let content: String = r.get(4)?;
+        out.push(Revision {
+            revision: r.get(0)?,
+            notification_id: r.get(1)?,
+            received_at: r.get(2)?,
+            conflict: r.get(3)?,
+            timeslot: serde_json::from_str(&content)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub kind: String,
+    pub event_id: Option<String>,
+    pub meter_ids: Vec<String>,
+    pub reason: String,
+    pub raw: serde_json::Value,
+    pub times_seen: i64,
+    pub first_received: String,
+    pub last_received: String,
+}
+
+pub fn rejected(conn: &Connection) -> Result<Vec<Rejected>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT kind, event_id, meter_ids, reason, raw, times_seen, first_received, last_received
+         FROM rejected_timeslots ORDER BY first_received, id",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    let bad = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+    while let Some(r) = rows.next()? {
+        out.push(Rejected {
+            kind: r.get(0)?,
+            event_id: r.get(1)?,
+            meter_ids: serde_json::from_str(&r.get::<_, String>(2)?).map_err(bad)?,
+            reason: r.get(3)?,
+            raw: serde_json::from_str(&r.get::<_, String>(4)?).map_err(bad)?,
+            times_seen: r.get(5)?,
+            first_received: r.get(6)?,
+            last_received: r.get(7)?,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastNotification {
+    pub id: i64,
+    pub received_at: String,
+    pub peer: Option<String>,
+}
+
+pub fn last_notification(conn: &Connection) -> Result<Option<LastNotification>, StoreError> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT id, received_at, peer FROM notifications ORDER BY id DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(LastNotification {
+                    id: r.get(0)?,
+                    received_at: r.get(1)?,
+                    peer: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+pub fn notification_count(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM notifications", [], |r| r.get(0))?)
+}
+
+/// SPEC §2.5: drop raw notifications older than the retention. Timeslots and their
+/// revisions stay: they are small and are the dispatch record.
+pub fn prune_notifications(
+    conn: &Connection,
+    older_than: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM notifications WHERE received_at < ?1",
+        params![ts(older_than)],
+    )?)
+}
