@@ -110,8 +110,10 @@ async fn ingest(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Resp {
 
 async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (Resp, &'static str) {
     let cfg = &app.config;
+    let read = Duration::from_secs(cfg.server.read_timeout_secs);
     if !auth::authorized(req.headers(), &cfg.auth.header, &cfg.auth.keys) {
         tracing::warn!(%peer, "webhook rejected: missing or wrong credentials");
+        drain(req, cfg.server.max_body_bytes, read).await;
         return (
             error(StatusCode::UNAUTHORIZED, "missing or wrong credentials"),
             "unauthorized",
@@ -128,6 +130,7 @@ async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (R
         })
         .unwrap_or(false);
     if !is_json {
+        drain(req, cfg.server.max_body_bytes, read).await;
         return (
             error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -152,7 +155,6 @@ async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (R
         return (too_large(), "too_large");
     }
     let headers = auth::auditable_headers(req.headers(), &cfg.auth.header);
-    let read = Duration::from_secs(cfg.server.read_timeout_secs);
     let body =
         match tokio::time::timeout(read, Limited::new(req.into_body(), limit).collect()).await {
             Err(_) => {
@@ -184,6 +186,13 @@ async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (R
         }
     };
     commit(app, peer, headers, body, parsed).await
+}
+
+/// Read and discard a refused request's body (bounded), so the client gets a clean answer
+/// rather than a reset in the middle of its upload: Leap's test endpoint then reports the
+/// real status.
+async fn drain(req: Request<Incoming>, limit: usize, read: Duration) {
+    let _ = tokio::time::timeout(read, Limited::new(req.into_body(), limit).collect()).await;
 }
 
 async fn commit(

@@ -1,0 +1,284 @@
+//! Shared test harness: the real `leap-edge` binary on 127.0.0.1 port 0 with a TLS
+//! certificate made for the test, a real HTTPS client, and the real SQLite file.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "test-key-0123456789";
+pub const PATH: &str = "/leap/dispatch";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_leap-edge")
+}
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
+        .expect("fixture")
+}
+
+/// A daemon process with its own folder (config, TLS files, database, log).
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub cert_der: CertificateDer<'static>,
+    pub extra_config: String,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with("")
+    }
+
+    /// `extra` is appended to the generated config (meters, devices, site, policy...).
+    pub fn start_with(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("cert");
+        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        let mut d = Daemon {
+            dir,
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            cert_der: ck.cert.der().clone(),
+            extra_config: extra.to_string(),
+        };
+        d.write_config("127.0.0.1:0");
+        d.spawn();
+        d
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("leap-edge.db")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    fn write_config(&self, listen: &str) {
+        let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let text = format!(
+            "devices_dir = {devices:?}\n{extra}\n[server]\nlisten = \"{listen}\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n\
+             [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+             [auth]\nkeys = [\"{KEY}\", \"second-key-for-rotation\"]\n\
+             [storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n",
+            extra = self.extra_config
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Start (or restart, on the same port) the daemon and wait until it listens.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let start_len = std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
+        let child = Command::new(bin())
+            .args(["--config", self.config_path().to_str().unwrap(), "run"])
+            .env("LEAP_EDGE_LOG", "info,leap_edge=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn leap-edge");
+        self.child = Some(child);
+        self.addr = self.wait_listening(start_len);
+        // Restarts reuse the port, so the harness keeps talking to the same address.
+        self.write_config(&self.addr.to_string());
+    }
+
+    fn wait_listening(&mut self, from: u64) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            let text = &text[(from as usize).min(text.len())..];
+            if let Some(line) = text.lines().find(|l| l.contains("listening for Leap notifications")) {
+                let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap();
+                return addr.parse().unwrap();
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("leap-edge exited with {status} before listening:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "leap-edge did not start listening:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL on Unix
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return true };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        c.wait().unwrap().success()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr, self.cert_der.clone())
+    }
+
+    /// Run a CLI subcommand against this daemon's config; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    pub fn events_json(&self) -> serde_json::Value {
+        let (code, out, err) = self.cli(&["events", "--json"]);
+        assert_eq!(code, 0, "events failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("events --json is not JSON ({e}): {out}"))
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(self.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.db().query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+/// An HTTPS client trusting only the daemon's test certificate.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, cert: CertificateDer<'static>) -> Client {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Client { addr, tls: tokio_rustls::TlsConnector::from(Arc::new(config)) }
+    }
+
+    pub async fn connect(&self) -> SendRequest<Full<Bytes>> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
+        let tls = self.tls.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake");
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("http handshake");
+        tokio::spawn(conn);
+        send
+    }
+
+    /// POST on a fresh connection with the right key and JSON content type.
+    pub async fn post(&self, body: &str) -> Response {
+        self.request("POST", PATH, &[("x-api-key", KEY), ("content-type", "application/json")], body.as_bytes().to_vec()).await
+    }
+
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
+        let mut send = self.connect().await;
+        send_on(&mut send, method, path, headers, body).await
+    }
+}
+
+pub async fn send_on(
+    send: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Response {
+    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send.send_request(req.body(Full::new(Bytes::from(body))).unwrap()).await.expect("request");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Response { status, body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), text }
+}
+
+/// Leap's sample meter notification with its timeslots moved to start `offset_s` from now.
+pub fn timeslot_json(meter: &str, event: &str, start: chrono::DateTime<chrono::Utc>, secs: i64, kw: Option<f64>, extra: serde_json::Value) -> serde_json::Value {
+    let mut t = serde_json::json!({
+        "meter_event_id": event,
+        "start_time": start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "end_time": (start + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "cancelled": false,
+        "performance_compensation_cap": "up-to-site-load",
+        "priority": 1,
+        "is_voluntary": false,
+        "dispatch_event_types": ["day-ahead"],
+        "programs": ["DRAM"],
+        "energy_kw": kw,
+    });
+    if let (Some(t), Some(e)) = (t.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            t.insert(k.clone(), v.clone());
+        }
+    }
+    let _ = meter;
+    t
+}
+
+pub fn meter_notification(meter: &str, timeslots: Vec<serde_json::Value>) -> String {
+    serde_json::json!({
+        "integration_test_notification": false,
+        "communication_test": false,
+        "meter_dispatches": [{"meter_id": meter, "timeslots": timeslots}]
+    })
+    .to_string()
+}
+
+/// Raw bytes on a TLS connection, for clients that misbehave on purpose.
+pub async fn raw_tls(client_addr: SocketAddr, cert: CertificateDer<'static>) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let c = Client::new(client_addr, cert);
+    let tcp = tokio::net::TcpStream::connect(client_addr).await.unwrap();
+    c.tls.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+}
+
+pub fn write_file(path: &Path, text: &str) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+pub fn lines(path: &Path) -> Vec<String> {
+    std::io::BufReader::new(std::fs::File::open(path).unwrap()).lines().map_while(Result::ok).collect()
+}
