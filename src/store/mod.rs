@@ -3,6 +3,7 @@
 //! applied one after another and still give one timeslot (SPEC §2.3). Readers outside the
 //! daemon (the CLI) open the file read-only; WAL lets them run beside the writer.
 
+pub mod audit;
 mod ingest;
 mod migrations;
 pub mod query;

@@ -1,0 +1,123 @@
+//! The audit log: every command applied, released, or only "would apply" (dry-run), with
+//! its timing. Written by dispatch through the owner thread, read by `leap-edge history`.
+
+use super::{StoreError, ts};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Apply,
+    Release,
+    /// SPEC §2.6 dry-run: what would have been written; nothing was.
+    WouldApply,
+    /// A manual override held the meter while a dispatch governed.
+    Overridden,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Apply => "apply",
+            Action::Release => "release",
+            Action::WouldApply => "would-apply",
+            Action::Overridden => "overridden",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub meter_id: String,
+    pub action: Action,
+    pub kind: Option<String>,
+    pub event_id: Option<String>,
+    pub cap: Option<String>,
+    /// "10.0 kW", "maximum", or None for a release.
+    pub target: Option<String>,
+    /// The plan boundary this action belongs to.
+    pub boundary: Option<DateTime<Utc>>,
+    pub lateness_ms: Option<i64>,
+    pub error: Option<String>,
+    /// Free text: why (late start, cancellation, startup recovery, ...).
+    pub detail: Option<String>,
+}
+
+pub fn insert(conn: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO audit (at, meter_id, action, kind, event_id, cap, target, boundary,
+           lateness_ms, outcome, error, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            ts(e.at), e.meter_id, e.action.as_str(), e.kind, e.event_id, e.cap, e.target,
+            e.boundary.map(ts), e.lateness_ms,
+            if e.error.is_some() { "error" } else { "ok" }, e.error, e.detail
+        ],
+    )?;
+    Ok(())
+}
+
+/// One audit row as read back (times as stored text, for faithful display).
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: String,
+    pub meter_id: String,
+    pub action: String,
+    pub kind: Option<String>,
+    pub event_id: Option<String>,
+    pub performance_compensation_cap: Option<String>,
+    pub target: Option<String>,
+    pub boundary: Option<String>,
+    pub lateness_ms: Option<i64>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub meter: Option<String>,
+    pub event: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: Option<usize>,
+}
+
+pub fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, at, meter_id, action, kind, event_id, cap, target, boundary, lateness_ms,
+                outcome, error, detail
+         FROM audit
+         WHERE (?1 IS NULL OR meter_id = ?1 COLLATE NOCASE)
+           AND (?2 IS NULL OR event_id = ?2)
+           AND (?3 IS NULL OR at >= ?3)
+           AND (?4 IS NULL OR at < ?4)
+         ORDER BY id DESC LIMIT ?5",
+    )?;
+    let limit = f.limit.map_or(-1, |l| l as i64);
+    let mut rows = stmt.query(params![f.meter, f.event, f.since.map(ts), f.until.map(ts), limit])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(AuditRow {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            meter_id: r.get(2)?,
+            action: r.get(3)?,
+            kind: r.get(4)?,
+            event_id: r.get(5)?,
+            performance_compensation_cap: r.get(6)?,
+            target: r.get(7)?,
+            boundary: r.get(8)?,
+            lateness_ms: r.get(9)?,
+            outcome: r.get(10)?,
+            error: r.get(11)?,
+            detail: r.get(12)?,
+        });
+    }
+    out.reverse();
+    Ok(out)
+}
