@@ -7,4 +7,5 @@ pub mod config;
 pub mod device;
 pub mod dispatch;
 pub mod model;
+pub mod plan;
 pub mod secret;
