@@ -40,7 +40,11 @@ fn gen_slot() -> impl Strategy<Value = Gen> {
     (
         (prop::collection::vec(0usize..5, 1..4), any::<bool>()),
         (0i64..40, -1i64..16, prop::option::of(1i64..5)),
-        (any::<bool>(), prop::bool::weighted(0.15), prop::bool::weighted(0.1)),
+        (
+            any::<bool>(),
+            prop::bool::weighted(0.15),
+            prop::bool::weighted(0.1),
+        ),
         (prop::bool::weighted(0.2), prop::bool::weighted(0.15)),
     )
         .prop_map(
@@ -68,7 +72,12 @@ fn test_policy_strategy() -> impl Strategy<Value = TestPolicy> {
 }
 
 fn build(i: usize, g: &Gen) -> StoredTimeslot {
-    let mut t = slot(&format!("e{:02}", (i * 7) % 31), M1, at(g.start_q * Q), at(0));
+    let mut t = slot(
+        &format!("e{:02}", (i * 7) % 31),
+        M1,
+        at(g.start_q * Q),
+        at(0),
+    );
     t.end_time = at((g.start_q + g.len_q) * Q);
     t.kind = if g.group { Kind::Group } else { Kind::Meter };
     t.event_id.push_str(&format!("-{i}")); // unique, but not in input order
@@ -151,16 +160,26 @@ fn check_instants(input: &[StoredTimeslot], cfg: &PlanConfig, p: &Plan) {
                     let lowest = input
                         .iter()
                         .filter(|s| !s.is_cancelled() && s.timeslot.is_active_at(t))
-                        .filter(|s| s.timeslot.meter_ids.iter().any(|m| m.eq_ignore_ascii_case(meter)))
+                        .filter(|s| {
+                            s.timeslot
+                                .meter_ids
+                                .iter()
+                                .any(|m| m.eq_ignore_ascii_case(meter))
+                        })
                         .filter(|s| mode_of(&s.timeslot, cfg) == Some(mode))
                         .map(|s| s.timeslot.plan_priority())
                         .min();
                     assert_eq!(Some(c.priority), lowest, "at {t}");
                     if mode == ExecMode::DryRun {
-                        assert!(!input.iter().any(|s| !s.is_cancelled()
-                            && s.timeslot.is_active_at(t)
-                            && mode_of(&s.timeslot, cfg) == Some(ExecMode::Execute)
-                            && s.timeslot.meter_ids.iter().any(|m| m.eq_ignore_ascii_case(meter))));
+                        assert!(!input.iter().any(|s| {
+                            !s.is_cancelled()
+                                && s.timeslot.is_active_at(t)
+                                && mode_of(&s.timeslot, cfg) == Some(ExecMode::Execute)
+                                && s.timeslot
+                                    .meter_ids
+                                    .iter()
+                                    .any(|m| m.eq_ignore_ascii_case(meter))
+                        }));
                     }
                 }
                 (got, want) => panic!("{meter} at {t}: plan {got:?}, model {want:?}"),

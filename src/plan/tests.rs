@@ -77,7 +77,12 @@ pub(super) fn config() -> PlanConfig {
     }
 }
 
-pub(super) fn run(slots: Vec<Timeslot>, cfg: &PlanConfig, from: DateTime<Utc>, to: DateTime<Utc>) -> Plan {
+pub(super) fn run(
+    slots: Vec<Timeslot>,
+    cfg: &PlanConfig,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Plan {
     let stored: Vec<StoredTimeslot> = slots.into_iter().map(stored).collect();
     plan(&PlanInput {
         timeslots: &stored,
@@ -177,10 +182,9 @@ fn leap_sample_meter_notification_gives_three_intervals() {
     assert!(ivs[2].command.event_id.starts_with("33cf"));
     assert_eq!(ivs[2].command.until, h(5));
     assert!(
-        ivs[1]
-            .command
-            .reason
-            .starts_with("p1 commitment dry-run over p3 voluntary dry-run 33cfced0…: lower priority number"),
+        ivs[1].command.reason.starts_with(
+            "p1 commitment dry-run over p3 voluntary dry-run 33cfced0…: lower priority number"
+        ),
         "{}",
         ivs[1].command.reason
     );
@@ -191,14 +195,25 @@ fn leap_sample_meter_notification_gives_three_intervals() {
 #[test]
 fn scenario_2_back_to_back_hand_over_without_gap() {
     let a = slot("a", M1, h(0), h(1));
-    let b = with(slot("b", M1, h(1), h(2)), |t| t.energy_kw = EnergyKw::Kw(20.0));
+    let b = with(slot("b", M1, h(1), h(2)), |t| {
+        t.energy_kw = EnergyKw::Kw(20.0)
+    });
     let p = day(vec![b, a]);
     assert_eq!(
         shape(&p, M1),
         vec![(h(0), h(1), "a".into()), (h(1), h(2), "b".into())]
     );
-    assert_eq!(p.command_at(M1, h(1)).unwrap().command.target, Target::Kw(20.0));
-    assert_eq!(p.command_at(M1, h(1) - Duration::seconds(1)).unwrap().command.event_id, "a");
+    assert_eq!(
+        p.command_at(M1, h(1)).unwrap().command.target,
+        Target::Kw(20.0)
+    );
+    assert_eq!(
+        p.command_at(M1, h(1) - Duration::seconds(1))
+            .unwrap()
+            .command
+            .event_id,
+        "a"
+    );
     assert_eq!(p.command_at(M1, h(2)), None, "normal at T+2h");
 }
 
@@ -223,7 +238,12 @@ fn pieces_of_one_governing_timeslot_are_merged_and_overridden_is_reported() {
     let low = with(slot("low", M1, h(1), h(2)), |t| t.priority = Some(5));
     let p = day(vec![high, low]);
     assert_eq!(shape(&p, M1), vec![(h(0), h(4), "high".into())]);
-    assert!(p.meters[M1][0].command.reason.contains("over p5 commitment low"));
+    assert!(
+        p.meters[M1][0]
+            .command
+            .reason
+            .contains("over p5 commitment low")
+    );
     let ex = p.excluded.iter().find(|e| e.event_id == "low").unwrap();
     assert_eq!(
         (ex.meter_id.as_deref(), &ex.reason),
@@ -253,8 +273,14 @@ fn scenario_4_and_11_cancelled_timeslots_never_appear() {
         to: h(24),
     });
     assert!(p.meters.values().all(Vec::is_empty), "{p:#?}");
-    assert_eq!(reason_of(&p, "c"), vec![ExcludeReason::Cancelled { conflict: false }]);
-    assert_eq!(reason_of(&p, "r"), vec![ExcludeReason::Cancelled { conflict: true }]);
+    assert_eq!(
+        reason_of(&p, "c"),
+        vec![ExcludeReason::Cancelled { conflict: false }]
+    );
+    assert_eq!(
+        reason_of(&p, "r"),
+        vec![ExcludeReason::Cancelled { conflict: true }]
+    );
     assert_eq!(p.next_boundary_after(h(0)), None);
 }
 
@@ -281,7 +307,10 @@ fn invalid_times_are_excluded() {
     let backwards = slot("bw", M1, h(2), h(1));
     let p = day(vec![backwards]);
     assert!(p.meters[M1].is_empty());
-    assert!(matches!(reason_of(&p, "bw")[0], ExcludeReason::Invalid { .. }));
+    assert!(matches!(
+        reason_of(&p, "bw")[0],
+        ExcludeReason::Invalid { .. }
+    ));
 }
 
 pub(super) fn group(id: &str, meters: &[&str], kw: EnergyKw) -> Timeslot {
@@ -339,6 +368,9 @@ fn scenario_13_unmapped_meter_and_foreign_group() {
     assert!(p.meters.values().all(Vec::is_empty));
     assert!(!p.meters.contains_key(FOREIGN));
     assert_eq!(reason_of(&p, "u"), vec![ExcludeReason::UnmappedMeter]);
-    assert_eq!(reason_of(&p, "fg"), vec![ExcludeReason::NoLocalMeterInGroup]);
+    assert_eq!(
+        reason_of(&p, "fg"),
+        vec![ExcludeReason::NoLocalMeterInGroup]
+    );
     assert_eq!(reason_of(&p, "u")[0].to_string(), "unmapped meter");
 }

@@ -25,7 +25,11 @@ fn scenario_14_integration_test_is_dry_run_by_default() {
     let p = day(vec![itest("t")]);
     let c = &p.meters[M1][0].command;
     assert_eq!(c.mode, ExecMode::DryRun);
-    assert!(c.reason.ends_with("[dry-run: integration test policy]"), "{}", c.reason);
+    assert!(
+        c.reason.ends_with("[dry-run: integration test policy]"),
+        "{}",
+        c.reason
+    );
 }
 
 #[test]
@@ -45,7 +49,9 @@ fn test_policy_execute_and_ignore() {
 
 #[test]
 fn communication_test_at_either_level_uses_its_policy_and_the_stricter_wins() {
-    let per_slot = with(slot("s", M1, h(0), h(1)), |t| t.communication_test = Some(true));
+    let per_slot = with(slot("s", M1, h(0), h(1)), |t| {
+        t.communication_test = Some(true)
+    });
     let notif = with(slot("n", M2, h(0), h(1)), |t| {
         t.notification_communication_test = true
     });
@@ -81,7 +87,12 @@ fn a_real_dispatch_governs_over_a_dry_run_test_whatever_the_priority() {
     );
     let c = &p.meters[M1][1].command;
     assert_eq!(c.mode, ExecMode::Execute);
-    assert!(c.reason.contains("a real dispatch governs over a dry-run test"), "{}", c.reason);
+    assert!(
+        c.reason
+            .contains("a real dispatch governs over a dry-run test"),
+        "{}",
+        c.reason
+    );
 }
 
 #[test]
@@ -117,8 +128,15 @@ fn nomination(energy: EnergyKw, nom: Option<f64>) -> crate::model::Timeslot {
 #[test]
 fn scenario_22_maximize_never_exceeds_the_nomination() {
     let mut cfg = config();
-    cfg.strategy.programs.insert("PJM-CAPACITY".into(), Strategy::Maximize);
-    let p = run(vec![nomination(EnergyKw::Kw(8.0), Some(10.0))], &cfg, h(0), h(2));
+    cfg.strategy
+        .programs
+        .insert("PJM-CAPACITY".into(), Strategy::Maximize);
+    let p = run(
+        vec![nomination(EnergyKw::Kw(8.0), Some(10.0))],
+        &cfg,
+        h(0),
+        h(2),
+    );
     let c = &p.meters[M1][0].command;
     assert_eq!(c.strategy, Strategy::Maximize);
     assert_eq!((c.target, c.limit_kw), (Target::Maximum, Some(10.0)));
@@ -159,37 +177,55 @@ fn caps_set_limit_export_and_margin() {
         h(2),
     );
     let (s, e) = (&p.meters[M1][0].command, &p.meters[M2][0].command);
-    assert_eq!((s.cap, s.limit_kw, s.export_allowed_kw), (Cap::UpToSiteLoad, None, 0.0));
-    assert_eq!((e.cap, e.limit_kw, e.export_allowed_kw), (Cap::GridExportsAllowed, None, 7.5));
+    assert_eq!(
+        (s.cap, s.limit_kw, s.export_allowed_kw),
+        (Cap::UpToSiteLoad, None, 0.0)
+    );
+    assert_eq!(
+        (e.cap, e.limit_kw, e.export_allowed_kw),
+        (Cap::GridExportsAllowed, None, 7.5)
+    );
     assert_eq!((s.import_margin_kw, e.import_margin_kw), (0.8, 0.8));
 
     // SPEC §2.9: the default export limit 0 wins over grid-exports-allowed.
     let p = day(vec![cap("exp", M1, Some("grid-exports-allowed"))]);
     assert_eq!(p.meters[M1][0].command.export_allowed_kw, 0.0);
     // SPEC §2.2: an unknown (or absent) cap is the most restrictive.
-    let p = day(vec![cap("new", M1, Some("pay-as-you-go")), cap("none", M2, None)]);
+    let p = day(vec![
+        cap("new", M1, Some("pay-as-you-go")),
+        cap("none", M2, None),
+    ]);
     for m in [M1, M2] {
         let c = &p.meters[m][0].command;
-        assert_eq!((c.cap, c.limit_kw, c.export_allowed_kw), (Cap::UpToNomination, Some(10.0), 0.0));
+        assert_eq!(
+            (c.cap, c.limit_kw, c.export_allowed_kw),
+            (Cap::UpToNomination, Some(10.0), 0.0)
+        );
     }
 }
 
 #[test]
 fn command_at_and_next_boundaries() {
-    let p = day(vec![
-        slot("a", M1, h(1), h(2)),
-        slot("b", M2, at(90), h(3)),
-    ]);
+    let p = day(vec![slot("a", M1, h(1), h(2)), slot("b", M2, at(90), h(3))]);
     assert_eq!(p.command_at(M1, h(0)), None);
     assert_eq!(p.command_at(M1, h(1)).unwrap().command.event_id, "a");
-    assert_eq!(p.command_at(&M1.to_uppercase(), at(61)).unwrap().command.event_id, "a");
+    assert_eq!(
+        p.command_at(&M1.to_uppercase(), at(61))
+            .unwrap()
+            .command
+            .event_id,
+        "a"
+    );
     assert_eq!(p.command_at("nobody", h(1)), None);
     assert_eq!(p.next_boundary_after(h(0)), Some(h(1)));
     assert_eq!(p.next_boundary_after(h(1)), Some(at(90)));
     assert_eq!(p.next_boundary_after(at(90)), Some(h(2)));
     assert_eq!(p.next_boundary_after(h(2)), Some(h(3)));
     assert_eq!(p.next_boundary_after(h(3)), None);
-    assert_eq!(p.next_boundary_for(M1, h(1) + Duration::seconds(1)), Some(h(2)));
+    assert_eq!(
+        p.next_boundary_for(M1, h(1) + Duration::seconds(1)),
+        Some(h(2))
+    );
     assert_eq!(p.next_boundary_for(M2, h(0)), Some(at(90)));
 }
 
