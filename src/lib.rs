@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod secret;
 pub mod server;
 pub mod store;
