@@ -1,11 +1,16 @@
 //! `leap-edge run`: wire the stages together, serve until SIGTERM/SIGINT, then shut down in
-//! order — stop accepting, finish in-flight requests, release the batteries, close the
-//! database.
+//! order — stop accepting, finish in-flight requests, stop dispatch (which hands every
+//! battery back to normal operation), close the database.
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::dispatch::{Commander, DispatchStatus, Dispatcher, RecordingCommander};
 use crate::server::{self, App};
-use crate::store::Store;
+use crate::store::{Store, StoreThread};
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -17,7 +22,24 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// What a caller may substitute (tests: a recording commander, a controllable clock).
+pub struct Parts {
+    pub commander: Arc<dyn Commander>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A started daemon; [`Running::stop`] shuts it down in order.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub dispatch: Arc<DispatchStatus>,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
+    store_thread: StoreThread,
+}
+
+pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError> {
     let config = Arc::new(config);
     let (store, store_thread) = Store::open(&config.storage.path)?;
     tracing::info!(path = %config.storage.path.display(), "database open (WAL, synchronous=FULL)");
@@ -26,35 +48,47 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         None => None,
     };
     let listener = server::bind(config.server.listen).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| server::ServerError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
+    let addr = listener.local_addr().map_err(|source| server::ServerError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
     let app = Arc::new(App::new(config.clone(), store.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+    let (stop, stop_rx) = watch::channel(false);
+
+    let dispatcher = Dispatcher::new(config.clone(), store.clone(), parts.commander, parts.clock);
+    let dispatch = dispatcher.status();
+    app.add_source(dispatch.clone());
+    let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
+
+    let stopped = async move {
+        let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;
     };
-    let http = tokio::spawn(server::serve(
-        listener,
-        tls.clone(),
-        app.clone(),
-        stopped(stop_rx.clone()),
-    ));
+    let http = tokio::spawn(server::serve(listener, tls.clone(), app.clone(), stopped));
     tracing::info!(
         addr = %addr, path = %config.server.path, tls = tls.is_some(),
         "listening for Leap notifications"
     );
+    Ok(Running { addr, app, dispatch, stop, http, dispatcher, store_thread })
+}
+
+impl Running {
+    pub async fn stop(self) {
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = self.stop.send(true);
+        let _ = self.http.await;
+        let _ = self.dispatcher.await;
+        drop(self.app);
+        self.store_thread.join();
+        tracing::info!("stopped cleanly");
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let commander: Arc<dyn Commander> = Arc::new(RecordingCommander::default());
+    let running = start(config, Parts { commander, clock: Arc::new(SystemClock) }).await?;
     wait_for_signal().await?;
-    tracing::info!("shutting down: no new connections, finishing requests in flight");
-    let _ = stop_tx.send(true);
-    let _ = http.await;
-    drop(app);
-    drop(store);
-    store_thread.join();
-    tracing::info!("stopped cleanly");
+    running.stop().await;
     Ok(())
 }
 

@@ -1,0 +1,290 @@
+//! The dispatch loop. One task owns the clock: it plans from the store, gives every local
+//! meter the command its governing interval asks for, then sleeps until the next boundary
+//! — in naps of at most a second, re-reading the wall clock each time so an NTP step
+//! cannot make it fire early or miss a boundary — or until a notification changes a
+//! timeslot, whichever comes first.
+
+use super::status::{DispatchStatus, Wake};
+use super::{CommandError, Commander};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::model::{Command, ExecMode};
+use crate::plan::{self, Interval, Plan, PlanConfig, PlanInput};
+use crate::store::audit::{self, Action, AuditEntry};
+use crate::store::{Store, query};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Longest sleep between wall-clock checks (also the systemd watchdog cadence).
+const MAX_NAP: std::time::Duration = std::time::Duration::from_secs(1);
+/// Replan at least this often, so the 48 h horizon moves forward.
+const REPLAN_EVERY: i64 = 60;
+/// How far ahead each plan looks.
+pub const HORIZON_HOURS: i64 = 48;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Applied {
+    command: Command,
+    end: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct MeterState {
+    applied: Option<Applied>,
+    would: Option<Command>,
+}
+
+pub struct Dispatcher {
+    config: Arc<Config>,
+    plan_config: PlanConfig,
+    store: Store,
+    commander: Arc<dyn Commander>,
+    clock: Arc<dyn Clock>,
+    status: Arc<DispatchStatus>,
+    meters: BTreeMap<String, MeterState>,
+    /// Called once per loop turn (systemd watchdog).
+    heartbeat: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        commander: Arc<dyn Commander>,
+        clock: Arc<dyn Clock>,
+    ) -> Dispatcher {
+        let meters = config.meters.iter().map(|m| (m.id.clone(), MeterState::default())).collect();
+        Dispatcher {
+            plan_config: PlanConfig::from_config(&config),
+            status: Arc::new(DispatchStatus::new(&config)),
+            config,
+            store,
+            commander,
+            clock,
+            meters,
+            heartbeat: Box::new(|| {}),
+        }
+    }
+
+    pub fn with_heartbeat(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.heartbeat = Box::new(f);
+        self
+    }
+
+    pub fn status(&self) -> Arc<DispatchStatus> {
+        self.status.clone()
+    }
+
+    /// Run until `shutdown` turns true, then hand every meter back to normal operation.
+    pub async fn run(mut self, mut changes: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
+        let mut wake = Wake::Startup;
+        loop {
+            let now = self.clock.now();
+            let plan = self.plan(now).await;
+            if let Some(plan) = &plan {
+                self.apply_all(plan, now, wake).await;
+            }
+            let next = plan.as_ref().and_then(|p| p.next_boundary_after(now));
+            self.status.set_next_boundary(next);
+            wake = tokio::select! {
+                w = self.sleep_until(next, now, &mut changes) => w,
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+        }
+        self.release_all().await;
+    }
+
+    async fn plan(&mut self, now: DateTime<Utc>) -> Option<Plan> {
+        // Look back as far as ahead: the planner clips intervals at `from`, and a command
+        // resumed after a restart must know its true start to report its lateness.
+        let from = now - Duration::hours(HORIZON_HOURS);
+        let slots = self.store.call(move |c| query::timeslots_ending_after(c, from)).await;
+        match slots {
+            Ok(slots) => {
+                let input = PlanInput {
+                    timeslots: &slots,
+                    config: &self.plan_config,
+                    from,
+                    to: now + Duration::hours(HORIZON_HOURS),
+                };
+                self.status.set_plan_error(None);
+                Some(plan::plan(&input))
+            }
+            Err(e) => {
+                // Keep whatever the meters hold; the next turn (≤ 1 s) tries again.
+                tracing::error!(error = %e, "cannot read timeslots to plan; keeping current commands");
+                self.status.set_plan_error(Some(e.to_string()));
+                None
+            }
+        }
+    }
+
+    async fn sleep_until(
+        &self,
+        next: Option<DateTime<Utc>>,
+        planned_at: DateTime<Utc>,
+        changes: &mut watch::Receiver<u64>,
+    ) -> Wake {
+        loop {
+            (self.heartbeat)();
+            let now = self.clock.now();
+            if let Some(b) = next.filter(|b| now >= *b) {
+                return Wake::Boundary(b);
+            }
+            if now - planned_at >= Duration::seconds(REPLAN_EVERY) {
+                return Wake::Periodic;
+            }
+            let nap = next
+                .and_then(|b| (b - now).to_std().ok())
+                .map_or(MAX_NAP, |d| d.min(MAX_NAP));
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                r = changes.changed() => {
+                    if r.is_ok() {
+                        return Wake::Change(self.clock.now());
+                    }
+                    // The sender is gone (shutting down): keep timing boundaries only.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    async fn apply_all(&mut self, plan: &Plan, now: DateTime<Utc>, wake: Wake) {
+        let ids: Vec<String> = self.meters.keys().cloned().collect();
+        for meter in ids {
+            let iv = plan.command_at(&meter, now).cloned();
+            self.apply_one(&meter, iv, now, wake).await;
+        }
+    }
+
+    async fn apply_one(&mut self, meter: &str, iv: Option<Interval>, now: DateTime<Utc>, wake: Wake) {
+        let (exec, dry) = match iv {
+            Some(iv) if iv.command.mode == ExecMode::Execute => (Some(iv), None),
+            Some(iv) => (None, Some(iv)),
+            None => (None, None),
+        };
+        self.dry_run(meter, dry, now, wake).await;
+        let state = self.meters.get(meter).and_then(|s| s.applied.clone());
+        match (exec, state) {
+            (Some(iv), Some(a)) if a.command == iv.command => {
+                if let Some(s) = self.meters.get_mut(meter) {
+                    s.applied = Some(Applied { command: iv.command, end: iv.end });
+                }
+            }
+            (Some(iv), prev) => {
+                let same_event = prev.as_ref().is_some_and(|p| {
+                    p.command.event_id == iv.command.event_id && p.command.kind == iv.command.kind
+                });
+                // An update of the running event counts from when it was seen; a new
+                // governing event counts from its start (so late arrivals show as late).
+                let boundary = if same_event { wake.at(now) } else { iv.start };
+                let result = self.commander.apply(meter, &iv.command).await;
+                self.record(meter, Action::Apply, Some(&iv.command), boundary, now, wake, result).await;
+                if let Some(s) = self.meters.get_mut(meter) {
+                    s.applied = Some(Applied { command: iv.command.clone(), end: iv.end });
+                }
+                self.status.set_command(meter, Some(&iv));
+            }
+            (None, Some(a)) => {
+                let boundary = if now >= a.end { a.end } else { wake.at(now) };
+                let result = self.commander.release(meter).await;
+                self.record(meter, Action::Release, Some(&a.command), boundary, now, wake, result).await;
+                if let Some(s) = self.meters.get_mut(meter) {
+                    s.applied = None;
+                }
+                self.status.set_command(meter, None);
+            }
+            (None, None) if wake == Wake::Startup => {
+                // After a restart the device's state is unknown: make sure it is normal.
+                let result = self.commander.release(meter).await;
+                self.record(meter, Action::Release, None, now, now, wake, result).await;
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// SPEC §2.6 dry-run: audit what would be written, once per distinct command.
+    async fn dry_run(&mut self, meter: &str, dry: Option<Interval>, now: DateTime<Utc>, wake: Wake) {
+        let Some(state) = self.meters.get_mut(meter) else { return };
+        match dry {
+            Some(iv) if state.would.as_ref() != Some(&iv.command) => {
+                let same_event = state.would.as_ref().is_some_and(|w| w.event_id == iv.command.event_id);
+                state.would = Some(iv.command.clone());
+                let boundary = if same_event { wake.at(now) } else { iv.start };
+                self.record(meter, Action::WouldApply, Some(&iv.command), boundary, now, wake, Ok(())).await;
+            }
+            Some(_) => {}
+            None => state.would = None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        meter: &str,
+        action: Action,
+        cmd: Option<&Command>,
+        boundary: DateTime<Utc>,
+        now: DateTime<Utc>,
+        wake: Wake,
+        result: Result<(), CommandError>,
+    ) {
+        let lateness = (now - boundary).num_milliseconds().max(0);
+        let detail = wake.describe(lateness);
+        let error = result.err().map(|e| e.to_string());
+        let target = cmd.map(|c| match c.target {
+            crate::model::Target::Kw(kw) => format!("{kw:.2} kW"),
+            crate::model::Target::Maximum => "maximum".into(),
+        });
+        match (&error, cmd) {
+            (Some(e), _) => tracing::warn!(meter_id = meter, action = action.as_str(), error = %e, "command not taken yet; the device loop retries"),
+            (None, Some(c)) => tracing::info!(
+                meter_id = meter, action = action.as_str(), event_id = %c.event_id,
+                cap = c.cap.as_str(), target = ?target, lateness_ms = lateness, detail = ?detail,
+                "dispatch"
+            ),
+            (None, None) => tracing::info!(meter_id = meter, action = action.as_str(), detail = ?detail, "dispatch"),
+        }
+        if matches!(wake, Wake::Boundary(_)) && action != Action::WouldApply {
+            self.status.observe_lateness(lateness as f64 / 1000.0);
+        }
+        self.status.set_error(meter, error.clone());
+        let entry = AuditEntry {
+            at: now,
+            meter_id: meter.to_string(),
+            action,
+            kind: cmd.map(|c| c.kind.as_str().to_string()),
+            event_id: cmd.map(|c| c.event_id.clone()),
+            cap: cmd.map(|c| c.cap.as_str().to_string()),
+            target,
+            boundary: Some(boundary),
+            lateness_ms: Some(lateness),
+            error,
+            detail,
+        };
+        if let Err(e) = self.store.call(move |c| audit::insert(c, &entry)).await {
+            tracing::error!(meter_id = meter, error = %e, "cannot write the audit log");
+        }
+    }
+
+    /// SPEC §2.10: normal operation is restored on shutdown.
+    async fn release_all(&mut self) {
+        let now = self.clock.now();
+        let held: Vec<(String, Command)> = self
+            .meters
+            .iter()
+            .filter_map(|(m, s)| s.applied.as_ref().map(|a| (m.clone(), a.command.clone())))
+            .collect();
+        for (meter, cmd) in held {
+            let result = self.commander.release(&meter).await;
+            self.record(&meter, Action::Release, Some(&cmd), now, now, Wake::Shutdown, result).await;
+            if let Some(s) = self.meters.get_mut(&meter) {
+                s.applied = None;
+            }
+        }
+        let _ = &self.config;
+    }
+}

@@ -1,0 +1,126 @@
+//! What dispatch tells the rest of the daemon: per-meter current command, next boundary,
+//! last error, boundary lateness — for `leap-edge status`, `/metrics` and `/healthz`.
+
+use crate::config::Config;
+use crate::metrics::{Histogram, escape};
+use crate::plan::Interval;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+/// Why the dispatch loop woke up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Wake {
+    Startup,
+    Boundary(DateTime<Utc>),
+    Change(DateTime<Utc>),
+    Periodic,
+    Shutdown,
+}
+
+impl Wake {
+    /// The instant an action taken on this wake-up is measured from, when no plan boundary is.
+    pub fn at(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Wake::Boundary(t) | Wake::Change(t) => t,
+            _ => now,
+        }
+    }
+
+    pub fn describe(self, lateness_ms: i64) -> Option<String> {
+        let late = lateness_ms > 2000;
+        match self {
+            Wake::Startup if late => Some(format!("startup recovery: late start by {} s", lateness_ms / 1000)),
+            Wake::Startup => Some("startup".into()),
+            Wake::Change(_) if late => Some(format!(
+                "notification changed the plan; late start by {} s",
+                lateness_ms / 1000
+            )),
+            Wake::Change(_) => Some("notification changed the plan".into()),
+            Wake::Boundary(_) => None,
+            Wake::Periodic if late => Some(format!("late start by {} s", lateness_ms / 1000)),
+            Wake::Periodic => None,
+            Wake::Shutdown => Some("shutdown: back to normal operation".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MeterDispatch {
+    pub command: Option<Interval>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DispatchSnapshot {
+    pub meters: BTreeMap<String, MeterDispatch>,
+    pub next_boundary: Option<DateTime<Utc>>,
+    pub plan_error: Option<String>,
+}
+
+const LATENESS_BOUNDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+pub struct DispatchStatus {
+    inner: Mutex<DispatchSnapshot>,
+    lateness: Histogram,
+}
+
+impl DispatchStatus {
+    pub fn new(config: &Config) -> DispatchStatus {
+        let meters = config.meters.iter().map(|m| (m.id.clone(), MeterDispatch::default())).collect();
+        DispatchStatus {
+            inner: Mutex::new(DispatchSnapshot { meters, ..Default::default() }),
+            lateness: Histogram::new(LATENESS_BOUNDS),
+        }
+    }
+
+    pub fn snapshot(&self) -> DispatchSnapshot {
+        self.inner.lock().expect("status lock").clone()
+    }
+
+    pub fn set_command(&self, meter: &str, iv: Option<&Interval>) {
+        if let Some(m) = self.inner.lock().expect("status lock").meters.get_mut(meter) {
+            m.command = iv.cloned();
+        }
+    }
+
+    pub fn set_error(&self, meter: &str, error: Option<String>) {
+        if let Some(m) = self.inner.lock().expect("status lock").meters.get_mut(meter) {
+            m.last_error = error;
+        }
+    }
+
+    pub fn set_next_boundary(&self, t: Option<DateTime<Utc>>) {
+        self.inner.lock().expect("status lock").next_boundary = t;
+    }
+
+    pub fn set_plan_error(&self, e: Option<String>) {
+        self.inner.lock().expect("status lock").plan_error = e;
+    }
+
+    pub fn observe_lateness(&self, seconds: f64) {
+        self.lateness.observe(seconds);
+    }
+}
+
+impl crate::server::StatusSource for DispatchStatus {
+    fn render_metrics(&self, out: &mut String) {
+        self.lateness.render(
+            out,
+            "leap_edge_boundary_lateness_seconds",
+            "Delay from a plan boundary to the command being handed to the device.",
+        );
+        let snap = self.snapshot();
+        let _ = writeln!(out, "# HELP leap_edge_meter_dispatching 1 while a meter follows a dispatch command.");
+        let _ = writeln!(out, "# TYPE leap_edge_meter_dispatching gauge");
+        for (id, m) in &snap.meters {
+            let _ = writeln!(out, "leap_edge_meter_dispatching{{meter_id=\"{}\"}} {}", escape(id), u8::from(m.command.is_some()));
+        }
+    }
+
+    fn health_problems(&self) -> Vec<String> {
+        self.snapshot().plan_error.map(|e| format!("dispatch cannot plan: {e}")).into_iter().collect()
+    }
+}
