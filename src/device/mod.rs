@@ -2,6 +2,18 @@
 //! `devices/*.toml`. This file is the interface the control loop drives; the Modbus client,
 //! profile loading and SunSpec discovery live in the sibling modules.
 
+pub mod client;
+pub mod codec;
+pub mod driver;
+pub mod probe;
+pub mod profile;
+pub mod regs;
+pub mod sunspec;
+
+pub use client::{DeviceState, SharedState};
+pub use driver::{ModbusBattery, open};
+pub use probe::{ProbeReport, probe};
+
 use crate::dispatch::BoxFuture;
 use serde::Serialize;
 

@@ -1,0 +1,409 @@
+//! The Modbus battery: a profile bound to one device. Connects lazily (a device that is
+//! down at start must not stop the daemon), discovers the SunSpec map and picks, for each
+//! reading and for control, the first alternative the device offers; this is redone after
+//! every reconnect. Implements [`Battery`] for the control loop.
+
+use super::client::{ModbusClient, SharedState};
+use super::profile::{self, Addressing, ControlSpec, PowerSpec, Profile};
+use super::regs::{self, ResolvedReg};
+use super::sunspec::{self, SunSpecMap};
+use super::{Battery, DeviceError, Telemetry};
+use crate::config::DeviceConfig;
+use crate::dispatch::BoxFuture;
+use std::path::Path;
+use std::time::Duration;
+
+struct Bound {
+    generation: u64,
+    soc: Option<ResolvedReg>,
+    battery: Option<ResolvedReg>,
+    grid: Option<ResolvedReg>,
+    capacity_kwh: Option<f64>,
+    max_charge_kw: Option<f64>,
+    max_discharge_kw: Option<f64>,
+    control: Result<Control, String>,
+}
+
+struct Control {
+    label: String,
+    enter: Vec<ResolvedReg>,
+    leave: Vec<ResolvedReg>,
+    reversion: Option<ResolvedReg>,
+    power: Power,
+}
+
+enum Power {
+    Window {
+        discharge: ResolvedReg,
+        charge: ResolvedReg,
+        full_scale_w: f64,
+    },
+    Watts(ResolvedReg),
+    Grid(ResolvedReg),
+}
+
+pub struct ModbusBattery {
+    name: String,
+    profile: Profile,
+    cfg: DeviceConfig,
+    client: ModbusClient,
+    bound: Option<Bound>,
+}
+
+/// Build the battery for `[devices.NAME]`. Loads and checks the profile now; connects on
+/// first use.
+pub fn open(
+    name: &str,
+    cfg: &DeviceConfig,
+    devices_dir: &Path,
+) -> Result<ModbusBattery, DeviceError> {
+    let path = devices_dir.join(format!("{}.toml", cfg.profile));
+    let profile = profile::load(&path).map_err(|e| DeviceError::Profile {
+        device: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(ModbusBattery::new(name, profile, cfg))
+}
+
+impl ModbusBattery {
+    pub fn new(name: &str, profile: Profile, cfg: &DeviceConfig) -> Self {
+        let addr = if cfg.host.contains(':') && !cfg.host.starts_with('[') {
+            format!("[{}]:{}", cfg.host, cfg.port)
+        } else {
+            format!("{}:{}", cfg.host, cfg.port)
+        };
+        let client = ModbusClient::new(
+            name,
+            &addr,
+            cfg.unit_id,
+            Duration::from_millis(cfg.timeout_ms),
+        );
+        if let Ok(mut s) = client.state().lock() {
+            s.profile = cfg.profile.clone();
+        }
+        ModbusBattery {
+            name: name.to_string(),
+            profile,
+            cfg: cfg.clone(),
+            client,
+            bound: None,
+        }
+    }
+
+    /// Live connection state for status and metrics.
+    pub fn state(&self) -> SharedState {
+        self.client.state()
+    }
+
+    fn profile_err(&self, reason: String) -> DeviceError {
+        DeviceError::Profile {
+            device: self.name.clone(),
+            reason,
+        }
+    }
+
+    async fn bind(&mut self) -> Result<&Bound, DeviceError> {
+        let fresh = self.client.is_connected()
+            && self
+                .bound
+                .as_ref()
+                .is_some_and(|b| b.generation == self.client.generation());
+        if !fresh {
+            self.bound = None;
+            let b = self.discover_and_bind().await?;
+            self.bound = Some(b);
+        }
+        Ok(self.bound.as_ref().expect("bound above"))
+    }
+
+    async fn discover_and_bind(&mut self) -> Result<Bound, DeviceError> {
+        let addressing = self.profile.addressing;
+        let map = match addressing {
+            Addressing::Sunspec => {
+                Some(sunspec::discover(&mut self.client, self.cfg.base_address).await?)
+            }
+            Addressing::Fixed => None,
+        };
+        let m = map.as_ref();
+        let c = &mut self.client;
+        let read = self.profile.read.clone();
+        let soc = regs::resolve_first(c, addressing, m, &read.soc).await?;
+        let battery = regs::resolve_first(c, addressing, m, &read.battery_power).await?;
+        let grid = regs::resolve_first(c, addressing, m, &read.grid_power).await?;
+        let capacity = regs::resolve_first(c, addressing, m, &read.capacity).await?;
+        let max_ch = regs::resolve_first(c, addressing, m, &read.max_charge).await?;
+        let max_dis = regs::resolve_first(c, addressing, m, &read.max_discharge).await?;
+        let positive_kw =
+            |v: Option<(ResolvedReg, f64)>, div: f64| v.map(|(_, x)| x / div).filter(|x| *x > 0.0);
+        let max_charge_kw = positive_kw(max_ch, 1000.0).or(self.cfg.max_charge_kw);
+        let max_discharge_kw = positive_kw(max_dis, 1000.0).or(self.cfg.max_discharge_kw);
+        let mut control = Err("the profile lists no control method".to_string());
+        let mut why = Vec::new();
+        for spec in self.profile.control.clone() {
+            match self.bind_control(m, &spec, max_charge_kw).await? {
+                Ok(ctl) => {
+                    control = Ok(ctl);
+                    break;
+                }
+                Err(reason) => why.push(format!("{}: {reason}", spec.label)),
+            }
+        }
+        if control.is_err() && !why.is_empty() {
+            control = Err(why.join("; "));
+        }
+        let bound = Bound {
+            generation: self.client.generation(),
+            soc: soc.map(|x| x.0),
+            battery: battery.map(|x| x.0),
+            grid: grid.map(|x| x.0),
+            capacity_kwh: positive_kw(capacity, 1000.0).or(self.cfg.capacity_kwh),
+            max_charge_kw,
+            max_discharge_kw,
+            control,
+        };
+        self.publish(&bound, map.as_ref());
+        Ok(bound)
+    }
+
+    fn publish(&self, b: &Bound, map: Option<&SunSpecMap>) {
+        let mut points: Vec<String> = Vec::new();
+        for (what, r) in [
+            ("soc", &b.soc),
+            ("battery_power", &b.battery),
+            ("grid_power", &b.grid),
+        ] {
+            points.push(format!(
+                "{what}={}",
+                r.as_ref().map_or("none".into(), |r| r.label.clone())
+            ));
+        }
+        let control = match &b.control {
+            Ok(c) => Some(c.label.clone()),
+            Err(e) => {
+                tracing::warn!(device = %self.name, reason = %e, "no usable control method");
+                None
+            }
+        };
+        tracing::info!(device = %self.name, control = ?control, points = ?points, "device bound");
+        if let Ok(mut s) = self.client.state().lock() {
+            s.sunspec_base = map.map(|m| m.base);
+            s.models = map.map(|m| m.ids()).unwrap_or_default();
+            s.control = control;
+            s.points = points;
+        }
+    }
+
+    /// `Ok(Err(reason))`: this control method does not fit the device.
+    async fn bind_control(
+        &mut self,
+        map: Option<&SunSpecMap>,
+        spec: &ControlSpec,
+        max_charge_kw: Option<f64>,
+    ) -> Result<Result<Control, String>, DeviceError> {
+        let addressing = self.profile.addressing;
+        let c = &mut self.client;
+        let one = async |c: &mut ModbusClient,
+                         s: &profile::RegSpec|
+               -> Result<Result<ResolvedReg, String>, DeviceError> {
+            Ok(regs::resolve(c, addressing, map, s)
+                .await?
+                .ok_or_else(|| format!("device lacks {}", s.label())))
+        };
+        let mut enter = Vec::new();
+        for s in &spec.enter {
+            match one(c, s).await? {
+                Ok(r) => enter.push(r),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        let mut leave = Vec::new();
+        for s in &spec.leave {
+            match one(c, s).await? {
+                Ok(r) => leave.push(r),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        let reversion = match &spec.reversion {
+            Some(s) => match one(c, s).await? {
+                Ok(r) => Some(r),
+                Err(e) => return Ok(Err(e)),
+            },
+            None => None,
+        };
+        let power = match &spec.power {
+            PowerSpec::PercentWindow {
+                discharge,
+                charge,
+                reference,
+            } => {
+                let d = match one(c, discharge).await? {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let ch = match one(c, charge).await? {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let dev_w = regs::resolve_first(c, addressing, map, reference)
+                    .await?
+                    .map(|x| x.1)
+                    .filter(|w| *w > 0.0);
+                let Some(full_scale_w) = dev_w.or(max_charge_kw.map(|k| k * 1000.0)) else {
+                    return Ok(Err(
+                        "no reference power for 100 % (device reports none; set max_charge_kw)"
+                            .into(),
+                    ));
+                };
+                Power::Window {
+                    discharge: d,
+                    charge: ch,
+                    full_scale_w,
+                }
+            }
+            PowerSpec::Watts { setpoint } => match one(c, setpoint).await? {
+                Ok(r) => Power::Watts(r),
+                Err(e) => return Ok(Err(e)),
+            },
+            PowerSpec::GridSetpoint { setpoint } => match one(c, setpoint).await? {
+                Ok(r) => Power::Grid(r),
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        Ok(Ok(Control {
+            label: spec.label.clone(),
+            enter,
+            leave,
+            reversion,
+            power,
+        }))
+    }
+
+    pub async fn read_telemetry(&mut self) -> Result<Telemetry, DeviceError> {
+        self.bind().await?;
+        let b = self.bound.as_ref().expect("bound");
+        let (soc, bat, grid) = (b.soc.clone(), b.battery.clone(), b.grid.clone());
+        let mut t = Telemetry {
+            capacity_kwh: b.capacity_kwh,
+            max_charge_kw: b.max_charge_kw,
+            max_discharge_kw: b.max_discharge_kw,
+            ..Telemetry::default()
+        };
+        if let Some(r) = soc {
+            t.soc_pct = regs::read_value(&mut self.client, &r).await?;
+        }
+        if let Some(r) = bat {
+            t.battery_kw = regs::read_value(&mut self.client, &r)
+                .await?
+                .map(|w| w / 1000.0);
+        }
+        if let Some(r) = grid {
+            t.grid_kw = regs::read_value(&mut self.client, &r)
+                .await?
+                .map(|w| w / 1000.0);
+        }
+        Ok(t)
+    }
+
+    /// SPEC §2.10: the reversion timeout is written with every command so the device hands
+    /// the battery back by itself if the daemon stops refreshing.
+    pub async fn command(&mut self, kw: f64, reversion_secs: u32) -> Result<(), DeviceError> {
+        if !kw.is_finite() {
+            return Err(DeviceError::Range {
+                device: self.name.clone(),
+                point: "power".into(),
+                value: kw,
+                min: f64::MIN,
+                max: f64::MAX,
+            });
+        }
+        self.bind().await?;
+        let b = self.bound.as_ref().expect("bound");
+        let ctl = match &b.control {
+            Ok(c) => c,
+            Err(reason) => {
+                return Err(self.profile_err(format!("cannot command the battery: {reason}")));
+            }
+        };
+        let lo = -b.max_charge_kw.unwrap_or(f64::INFINITY);
+        let hi = b.max_discharge_kw.unwrap_or(f64::INFINITY);
+        let target = kw.clamp(lo, hi);
+        if target != kw {
+            tracing::warn!(device = %self.name, kw, clamped = target, "setpoint clamped to the battery's limits");
+        }
+        let (grid, bat) = (b.grid.clone(), b.battery.clone());
+        let reversion = ctl.reversion.clone();
+        let enter = ctl.enter.clone();
+        let power = match &ctl.power {
+            Power::Window {
+                discharge,
+                charge,
+                full_scale_w,
+            } => {
+                let pct = (target * 1000.0 / full_scale_w * 100.0).clamp(-100.0, 100.0);
+                vec![(discharge.clone(), pct), (charge.clone(), -pct)]
+            }
+            Power::Watts(r) => vec![(r.clone(), target * 1000.0)],
+            Power::Grid(r) => {
+                let (Some(g), Some(bt)) = (grid, bat) else {
+                    return Err(self.profile_err(
+                        "grid-setpoint control needs grid and battery power readings".into(),
+                    ));
+                };
+                let g = regs::read_value(&mut self.client, &g).await?.unwrap_or(0.0);
+                let bt = regs::read_value(&mut self.client, &bt)
+                    .await?
+                    .unwrap_or(0.0);
+                vec![(r.clone(), g + bt - target * 1000.0)]
+            }
+        };
+        if let Some(r) = reversion {
+            regs::write_value(&mut self.client, &r, reversion_secs as f64).await?;
+        }
+        for (r, v) in power {
+            regs::write_value(&mut self.client, &r, v).await?;
+        }
+        for r in enter {
+            regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
+        }
+        tracing::debug!(device = %self.name, kw = target, reversion_secs, "setpoint written and read back");
+        Ok(())
+    }
+
+    pub async fn release_control(&mut self) -> Result<(), DeviceError> {
+        self.bind().await?;
+        let b = self.bound.as_ref().expect("bound");
+        let leave = match &b.control {
+            Ok(c) => c.leave.clone(),
+            Err(reason) => {
+                return Err(self.profile_err(format!("cannot release the battery: {reason}")));
+            }
+        };
+        for r in leave {
+            regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
+        }
+        tracing::info!(device = %self.name, "battery released to its own mode");
+        Ok(())
+    }
+}
+
+impl Battery for ModbusBattery {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn read(&mut self) -> BoxFuture<'_, Result<Telemetry, DeviceError>> {
+        Box::pin(self.read_telemetry())
+    }
+
+    fn set_power(
+        &mut self,
+        kw: f64,
+        reversion_secs: u32,
+    ) -> BoxFuture<'_, Result<(), DeviceError>> {
+        Box::pin(self.command(kw, reversion_secs))
+    }
+
+    fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>> {
+        Box::pin(self.release_control())
+    }
+}

@@ -1,0 +1,428 @@
+//! Device profiles: what `devices/*.toml` may say. A profile names the registers a device
+//! offers for each reading (state of charge, battery power, site grid power, ...) and the
+//! writes for each control operation (enter and leave remote control, the power setpoint,
+//! the reversion timeout). Alternatives are listed in order; the driver uses the first one
+//! the device actually offers. Parsing is strict (unknown keys are errors with file and
+//! line); `check` then catches what types cannot.
+
+use super::client::Function;
+use super::codec::{RegType, WordOrder};
+use super::sunspec;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{path}: cannot read the device profile: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {}", problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    #[error("{dir}: no device profiles (*.toml) found")]
+    Empty { dir: PathBuf },
+}
+
+/// How the profile names registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Addressing {
+    /// `model` + `point`, resolved by SunSpec discovery; type and scale factor from the
+    /// SunSpec model.
+    Sunspec,
+    /// `address` + `type` (+ `scale`, `word_order`, `function`, `unit`).
+    Fixed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub addressing: Addressing,
+    pub read: ReadSpec,
+    #[serde(default)]
+    pub control: Vec<ControlSpec>,
+}
+
+/// Each reading: alternatives in order of preference. Units after scaling: % for SoC,
+/// W for powers (battery: discharge positive; grid: import positive), Wh for capacity.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadSpec {
+    #[serde(default)]
+    pub soc: Vec<RegSpec>,
+    #[serde(default)]
+    pub battery_power: Vec<RegSpec>,
+    #[serde(default)]
+    pub grid_power: Vec<RegSpec>,
+    #[serde(default)]
+    pub capacity: Vec<RegSpec>,
+    #[serde(default)]
+    pub max_charge: Vec<RegSpec>,
+    #[serde(default)]
+    pub max_discharge: Vec<RegSpec>,
+}
+
+/// One register. SunSpec profiles give `model` + `point`; fixed profiles give `address` +
+/// `type`. `value` is used only in `enter`/`leave` writes (engineering units).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegSpec {
+    pub model: Option<u16>,
+    pub point: Option<String>,
+    pub address: Option<u16>,
+    /// Modbus unit id when it differs from the device's (Victron GX: 100 for the system
+    /// and settings services, the VE.Bus unit for the inverter).
+    pub unit: Option<u8>,
+    #[serde(default)]
+    pub function: Function,
+    #[serde(rename = "type")]
+    pub ty: Option<RegType>,
+    #[serde(default)]
+    pub word_order: WordOrder,
+    /// Multiplier from the raw register value to the canonical unit (W, %, Wh, s). With
+    /// SunSpec it multiplies on top of the point's scale factor.
+    pub scale: Option<f64>,
+    /// Flip the sign (a meter that reports export as positive, an inverter that reports
+    /// charging as positive).
+    #[serde(default)]
+    pub negate: bool,
+    /// Written value (enter/leave only).
+    pub value: Option<f64>,
+    /// Engineering range a written value is clamped to.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSpec {
+    pub label: String,
+    /// Written (in order, each read back) after the setpoint, on every command refresh.
+    #[serde(default)]
+    pub enter: Vec<RegSpec>,
+    /// Written to hand the battery back to its own mode.
+    #[serde(default)]
+    pub leave: Vec<RegSpec>,
+    /// Device-side reversion timeout, seconds. Absent: the device has none (say so in the
+    /// profile header: the battery then keeps the last command if the daemon dies).
+    pub reversion: Option<RegSpec>,
+    pub power: PowerSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PowerSpec {
+    /// SunSpec 124 style: two signed percentages forming a window. Discharge at p % is
+    /// `discharge = p, charge = -p`; charge at p % is `discharge = -p, charge = p`.
+    /// `reference` gives the W that 100 % means (alternatives; else the configured limit).
+    PercentWindow {
+        discharge: RegSpec,
+        charge: RegSpec,
+        #[serde(default)]
+        reference: Vec<RegSpec>,
+    },
+    /// A signed watt setpoint, discharge positive (after `negate`).
+    Watts { setpoint: RegSpec },
+    /// A grid setpoint (import positive): the driver writes grid + battery − target so that
+    /// the battery ends at the target (Victron ESS mode 2).
+    GridSetpoint { setpoint: RegSpec },
+}
+
+impl ControlSpec {
+    /// Every register this control method needs.
+    pub fn regs(&self) -> Vec<&RegSpec> {
+        let mut v: Vec<&RegSpec> = self.enter.iter().chain(&self.leave).collect();
+        v.extend(self.reversion.as_ref());
+        match &self.power {
+            PowerSpec::PercentWindow {
+                discharge, charge, ..
+            } => v.extend([discharge, charge]),
+            PowerSpec::Watts { setpoint } | PowerSpec::GridSetpoint { setpoint } => {
+                v.push(setpoint)
+            }
+        }
+        v
+    }
+}
+
+impl RegSpec {
+    /// A short name for logs and status: `124.OutWRte` or `hr 2700@100`.
+    pub fn label(&self) -> String {
+        match (self.model, &self.point, self.address) {
+            (Some(m), Some(p), _) => format!("{m}.{p}"),
+            (_, _, Some(a)) => {
+                let f = match self.function {
+                    Function::Holding => "hr",
+                    Function::Input => "ir",
+                };
+                match self.unit {
+                    Some(u) => format!("{f} {a}@{u}"),
+                    None => format!("{f} {a}"),
+                }
+            }
+            _ => "(unnamed register)".into(),
+        }
+    }
+}
+
+/// Read and parse a profile; errors name the file and line.
+pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let profile = parse_str(&text, path)?;
+    let problems = check(&profile);
+    if !problems.is_empty() {
+        return Err(ProfileError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        });
+    }
+    Ok(profile)
+}
+
+pub fn parse_str(text: &str, path: &Path) -> Result<Profile, ProfileError> {
+    toml::from_str::<Profile>(text).map_err(|e| {
+        let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+        ProfileError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().to_string(),
+        }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Validate every `*.toml` in `dir`; returns how many files were checked. For
+/// `leap-edge config check` and CI.
+pub fn check_dir(dir: &Path) -> Result<usize, Vec<ProfileError>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| {
+        vec![ProfileError::Read {
+            path: dir.to_path_buf(),
+            source,
+        }]
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(vec![ProfileError::Empty {
+            dir: dir.to_path_buf(),
+        }]);
+    }
+    let errors: Vec<ProfileError> = files.iter().filter_map(|f| load(f).err()).collect();
+    if errors.is_empty() {
+        Ok(files.len())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Semantic checks: every register is addressable under the profile's addressing, SunSpec
+/// points exist, writes carry values, reads do not.
+pub fn check(p: &Profile) -> Vec<String> {
+    let mut out = Vec::new();
+    let reads = [
+        ("soc", &p.read.soc),
+        ("battery_power", &p.read.battery_power),
+        ("grid_power", &p.read.grid_power),
+        ("capacity", &p.read.capacity),
+        ("max_charge", &p.read.max_charge),
+        ("max_discharge", &p.read.max_discharge),
+    ];
+    for (name, list) in reads {
+        for (i, r) in list.iter().enumerate() {
+            check_reg(
+                p.addressing,
+                &format!("read.{name}[{i}]"),
+                r,
+                false,
+                &mut out,
+            );
+        }
+    }
+    if p.read.soc.is_empty() {
+        out.push("read.soc lists no register (the controller needs the state of charge)".into());
+    }
+    if p.control.is_empty() {
+        out.push("no [[control]] method: the battery could never be commanded".into());
+    }
+    for (ci, c) in p.control.iter().enumerate() {
+        let at = format!("control[{ci}] ({})", c.label);
+        for (i, r) in c.enter.iter().enumerate() {
+            check_reg(p.addressing, &format!("{at}.enter[{i}]"), r, true, &mut out);
+        }
+        for (i, r) in c.leave.iter().enumerate() {
+            check_reg(p.addressing, &format!("{at}.leave[{i}]"), r, true, &mut out);
+        }
+        if c.leave.is_empty() && !matches!(c.power, PowerSpec::GridSetpoint { .. }) {
+            out.push(format!(
+                "{at}: `leave` is empty: the battery could not be released"
+            ));
+        }
+        if let Some(r) = &c.reversion {
+            check_reg(p.addressing, &format!("{at}.reversion"), r, false, &mut out);
+        }
+        match &c.power {
+            PowerSpec::PercentWindow {
+                discharge,
+                charge,
+                reference,
+            } => {
+                check_reg(
+                    p.addressing,
+                    &format!("{at}.power.discharge"),
+                    discharge,
+                    false,
+                    &mut out,
+                );
+                check_reg(
+                    p.addressing,
+                    &format!("{at}.power.charge"),
+                    charge,
+                    false,
+                    &mut out,
+                );
+                for (i, r) in reference.iter().enumerate() {
+                    check_reg(
+                        p.addressing,
+                        &format!("{at}.power.reference[{i}]"),
+                        r,
+                        false,
+                        &mut out,
+                    );
+                }
+            }
+            PowerSpec::Watts { setpoint } => check_reg(
+                p.addressing,
+                &format!("{at}.power.setpoint"),
+                setpoint,
+                false,
+                &mut out,
+            ),
+            PowerSpec::GridSetpoint { setpoint } => {
+                check_reg(
+                    p.addressing,
+                    &format!("{at}.power.setpoint"),
+                    setpoint,
+                    false,
+                    &mut out,
+                );
+                if p.read.grid_power.is_empty() || p.read.battery_power.is_empty() {
+                    out.push(format!(
+                        "{at}: grid-setpoint control needs read.grid_power and read.battery_power"
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check_reg(addr: Addressing, at: &str, r: &RegSpec, write: bool, out: &mut Vec<String>) {
+    match addr {
+        Addressing::Sunspec => match (r.model, &r.point) {
+            (Some(m), Some(pt)) => {
+                match sunspec::point(m, pt) {
+                    None => out.push(format!(
+                        "{at}: SunSpec point {m}.{pt} is not one leap-edge knows"
+                    )),
+                    Some(d) if write && !d.writable => {
+                        out.push(format!("{at}: SunSpec point {m}.{pt} is read-only"))
+                    }
+                    Some(_) => {}
+                }
+                if r.address.is_some() || r.ty.is_some() {
+                    out.push(format!("{at}: give model+point OR address+type, not both"));
+                }
+            }
+            _ => out.push(format!(
+                "{at}: a SunSpec profile names registers by model and point"
+            )),
+        },
+        Addressing::Fixed => {
+            if r.address.is_none() || r.ty.is_none() {
+                out.push(format!("{at}: a fixed profile needs address and type"));
+            }
+            if r.model.is_some() || r.point.is_some() {
+                out.push(format!("{at}: model/point need addressing = \"sunspec\""));
+            }
+            if write && r.function == Function::Input {
+                out.push(format!("{at}: input registers cannot be written"));
+            }
+        }
+    }
+    if write != r.value.is_some() {
+        out.push(if write {
+            format!("{at}: a write needs `value`")
+        } else {
+            format!("{at}: `value` only belongs in enter/leave writes")
+        });
+    }
+    if r.scale == Some(0.0) || r.scale.is_some_and(|s| !s.is_finite()) {
+        out.push(format!("{at}: scale must be a finite non-zero number"));
+    }
+    if let (Some(lo), Some(hi)) = (r.min, r.max)
+        && lo > hi
+    {
+        out.push(format!("{at}: min {lo} > max {hi}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let text = "name = \"x\"\naddressing = \"fixed\"\n[read]\nsoc = [{ adress = 3, type = \"u16\" }]\n";
+        let e = parse_str(text, Path::new("devices/x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("devices/x.toml:4:"), "{e}");
+        assert!(e.contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn semantic_problems_are_listed() {
+        let text = r#"
+name = "x"
+addressing = "sunspec"
+[read]
+soc = [{ model = 713, point = "SoC" }]
+[[control]]
+label = "bad"
+enter = [{ model = 713, point = "SoC", value = 1 }]
+power = { kind = "watts", setpoint = { model = 704, point = "Nope" } }
+"#;
+        let p = parse_str(text, Path::new("x.toml")).unwrap();
+        let problems = check(&p).join("\n");
+        assert!(problems.contains("713.SoC is read-only"), "{problems}");
+        assert!(problems.contains("704.Nope"), "{problems}");
+        assert!(problems.contains("`leave` is empty"), "{problems}");
+    }
+}

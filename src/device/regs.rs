@@ -1,0 +1,190 @@
+//! Registers bound to a device: a profile's `RegSpec` resolved to an address, type and
+//! scale (SunSpec points through discovery and their scale factors), plus the checked read
+//! and the checked write (clamp, range-check, write, read back, compare).
+
+use super::DeviceError;
+use super::client::{Function, ModbusClient};
+use super::codec::{self, RegType, WordOrder};
+use super::profile::{Addressing, RegSpec};
+use super::sunspec::{self, SunSpecMap};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedReg {
+    pub label: String,
+    pub unit: Option<u8>,
+    pub function: Function,
+    pub addr: u16,
+    pub ty: RegType,
+    pub order: WordOrder,
+    /// raw × scale = value in the canonical unit (before `negate`).
+    pub scale: f64,
+    pub negate: bool,
+    /// SunSpec sentinels (0x8000, 0xFFFF, ...) mean "not implemented".
+    pub sunspec: bool,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub value: Option<f64>,
+}
+
+/// Bind a spec to the device. `Ok(None)`: the device does not offer it (model missing, too
+/// short, or its scale factor unimplemented). Transport errors are `Err`.
+pub async fn resolve(
+    client: &mut ModbusClient,
+    addressing: Addressing,
+    map: Option<&SunSpecMap>,
+    spec: &RegSpec,
+) -> Result<Option<ResolvedReg>, DeviceError> {
+    let mut r = ResolvedReg {
+        label: spec.label(),
+        unit: spec.unit,
+        function: spec.function,
+        addr: 0,
+        ty: spec.ty.unwrap_or(RegType::U16),
+        order: spec.word_order,
+        scale: spec.scale.unwrap_or(1.0),
+        negate: spec.negate,
+        sunspec: addressing == Addressing::Sunspec,
+        min: spec.min,
+        max: spec.max,
+        value: spec.value,
+    };
+    match addressing {
+        Addressing::Fixed => {
+            r.addr = spec.address.unwrap_or(0);
+            Ok(Some(r))
+        }
+        Addressing::Sunspec => {
+            let (Some(map), Some(model), Some(point)) = (map, spec.model, spec.point.as_deref())
+            else {
+                return Ok(None);
+            };
+            let Some(def) = sunspec::point(model, point) else {
+                return Ok(None);
+            };
+            let Some(addr) = map.address(def) else {
+                return Ok(None);
+            };
+            r.addr = addr;
+            r.ty = def.ty;
+            r.order = WordOrder::Big;
+            r.function = Function::Holding;
+            if let Some(sf_name) = def.sf {
+                let Some(sf_def) = sunspec::point(model, sf_name) else {
+                    return Ok(None);
+                };
+                let Some(sf_addr) = map.address(sf_def) else {
+                    return Ok(None);
+                };
+                let w = client.read(r.unit, Function::Holding, sf_addr, 1).await?;
+                if w[0] == 0x8000 {
+                    return Ok(None);
+                }
+                let sf = w[0] as i16;
+                if !(-10..=10).contains(&sf) {
+                    return Ok(None);
+                }
+                r.scale *= codec::pow10(sf);
+            }
+            Ok(Some(r))
+        }
+    }
+}
+
+/// Read a value in its canonical unit; `None` when the device marks it unimplemented.
+pub async fn read_value(
+    client: &mut ModbusClient,
+    r: &ResolvedReg,
+) -> Result<Option<f64>, DeviceError> {
+    let words = client
+        .read(r.unit, r.function, r.addr, r.ty.words())
+        .await?;
+    if r.sunspec && codec::is_sunspec_unimplemented(&words, r.ty, r.order) {
+        return Ok(None);
+    }
+    let raw = codec::decode(&words, r.ty, r.order).map_err(|e| DeviceError::Io {
+        device: client.device().to_string(),
+        op: format!("decode {}", r.label),
+        reason: e.to_string(),
+    })?;
+    let v = raw * r.scale;
+    Ok(Some(if r.negate { -v } else { v }))
+}
+
+/// First alternative the device offers and answers with an implemented value.
+pub async fn resolve_first(
+    client: &mut ModbusClient,
+    addressing: Addressing,
+    map: Option<&SunSpecMap>,
+    specs: &[RegSpec],
+) -> Result<Option<(ResolvedReg, f64)>, DeviceError> {
+    for spec in specs {
+        let Some(r) = resolve(client, addressing, map, spec).await? else {
+            continue;
+        };
+        match read_value(client, &r).await {
+            Ok(Some(v)) => return Ok(Some((r, v))),
+            Ok(None) | Err(DeviceError::Exception { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Clamp to the register's declared range, refuse what its type cannot hold, write, read
+/// back and compare. Returns the value actually written (after clamping).
+pub async fn write_value(
+    client: &mut ModbusClient,
+    r: &ResolvedReg,
+    value: f64,
+) -> Result<f64, DeviceError> {
+    let device = client.device().to_string();
+    let (lo, hi) = r.ty.raw_range();
+    let (elo, ehi) = eng_range(r, lo, hi);
+    if !value.is_finite() {
+        return Err(DeviceError::Range {
+            device,
+            point: r.label.clone(),
+            value,
+            min: elo,
+            max: ehi,
+        });
+    }
+    let clamped = value.clamp(r.min.unwrap_or(f64::MIN), r.max.unwrap_or(f64::MAX));
+    if clamped != value {
+        tracing::warn!(device = %device, point = %r.label, value, clamped, "value clamped to the register's range");
+    }
+    let signed = if r.negate { -clamped } else { clamped };
+    let words = codec::encode(signed / r.scale, r.ty, r.order).map_err(|_| DeviceError::Range {
+        device: device.clone(),
+        point: r.label.clone(),
+        value: clamped,
+        min: elo,
+        max: ehi,
+    })?;
+    client.write(r.unit, r.addr, &words).await?;
+    let back = client
+        .read(r.unit, r.function, r.addr, r.ty.words())
+        .await?;
+    if back != words {
+        let show = |w: &[u16]| {
+            codec::decode(w, r.ty, r.order)
+                .map(|raw| format!("{}", raw * r.scale))
+                .unwrap_or_else(|_| format!("{w:?}"))
+        };
+        return Err(DeviceError::ReadBack {
+            device,
+            point: r.label.clone(),
+            wrote: show(&words),
+            read: show(&back),
+        });
+    }
+    Ok(clamped)
+}
+
+/// The engineering range a register can take (for error messages).
+fn eng_range(r: &ResolvedReg, lo: f64, hi: f64) -> (f64, f64) {
+    let (a, b) = (lo * r.scale, hi * r.scale);
+    let (a, b) = if r.negate { (-b, -a) } else { (a, b) };
+    let (a, b) = (a.min(b), a.max(b));
+    (r.min.map_or(a, |m| m.max(a)), r.max.map_or(b, |m| m.min(b)))
+}
