@@ -28,7 +28,10 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn starting_at(origin: DateTime<Utc>) -> TokioClock {
-        TokioClock { origin, start: tokio::time::Instant::now() }
+        TokioClock {
+            origin,
+            start: tokio::time::Instant::now(),
+        }
     }
 }
 

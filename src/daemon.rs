@@ -48,10 +48,12 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         None => None,
     };
     let listener = server::bind(config.server.listen).await?;
-    let addr = listener.local_addr().map_err(|source| server::ServerError::Bind {
-        addr: config.server.listen,
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| server::ServerError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
     let app = Arc::new(App::new(config.clone(), store.clone()));
     let (stop, stop_rx) = watch::channel(false);
 
@@ -69,7 +71,15 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         addr = %addr, path = %config.server.path, tls = tls.is_some(),
         "listening for Leap notifications"
     );
-    Ok(Running { addr, app, dispatch, stop, http, dispatcher, store_thread })
+    Ok(Running {
+        addr,
+        app,
+        dispatch,
+        stop,
+        http,
+        dispatcher,
+        store_thread,
+    })
 }
 
 impl Running {
@@ -86,7 +96,14 @@ impl Running {
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let commander: Arc<dyn Commander> = Arc::new(RecordingCommander::default());
-    let running = start(config, Parts { commander, clock: Arc::new(SystemClock) }).await?;
+    let running = start(
+        config,
+        Parts {
+            commander,
+            clock: Arc::new(SystemClock),
+        },
+    )
+    .await?;
     wait_for_signal().await?;
     running.stop().await;
     Ok(())

@@ -3,6 +3,7 @@
 //! the data path: ingest → store → plan → dispatch → control → device.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod device;
@@ -14,4 +15,3 @@ pub mod plan;
 pub mod secret;
 pub mod server;
 pub mod store;
-pub mod clock;

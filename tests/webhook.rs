@@ -30,8 +30,16 @@ async fn leap_samples_are_stored_field_for_field() {
 
     // Every field of every timeslot in the samples comes back with Leap's name and value.
     for (name, kind, id_field) in [
-        ("leap-sample-meter.json", "meter_dispatches", "meter_event_id"),
-        ("leap-sample-group.json", "group_dispatches", "market_group_event_id"),
+        (
+            "leap-sample-meter.json",
+            "meter_dispatches",
+            "meter_event_id",
+        ),
+        (
+            "leap-sample-group.json",
+            "group_dispatches",
+            "market_group_event_id",
+        ),
     ] {
         let sample: Value = serde_json::from_str(&fixture(name)).unwrap();
         for entry in sample[kind].as_array().unwrap() {
@@ -40,8 +48,10 @@ async fn leap_samples_are_stored_field_for_field() {
                 for (k, v) in ts.as_object().unwrap() {
                     match k.as_str() {
                         "start_time" | "end_time" => {
-                            let a = chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
-                            let b = chrono::DateTime::parse_from_rfc3339(got[k].as_str().unwrap()).unwrap();
+                            let a =
+                                chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+                            let b = chrono::DateTime::parse_from_rfc3339(got[k].as_str().unwrap())
+                                .unwrap();
                             assert_eq!(a, b, "{k}");
                         }
                         _ => assert_eq!(&got[k], v, "field {k} of {}", ts[id_field]),
@@ -63,8 +73,16 @@ async fn leap_samples_are_stored_field_for_field() {
     assert_eq!(elrp["energy_kw"], Value::Null);
     assert_eq!(elrp["energy_kw_absent"], false);
     // Raw notifications are kept, with the credential header stripped.
-    let headers: String = d.db().query_row("SELECT headers FROM notifications LIMIT 1", [], |r| r.get(0)).unwrap();
-    assert!(!headers.contains(KEY) && headers.contains("content-type"), "{headers}");
+    let headers: String = d
+        .db()
+        .query_row("SELECT headers FROM notifications LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        !headers.contains(KEY) && headers.contains("content-type"),
+        "{headers}"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +109,12 @@ async fn optional_fields_and_time_formats() {
         }]
     });
     let r = d.client().post(&body.to_string()).await;
-    assert_eq!((r.status, r.body["new"].clone()), (200, json!(2)), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["new"].clone()),
+        (200, json!(2)),
+        "{}",
+        r.text
+    );
     let ev = d.events_json();
     let m = find(&ev, "e-frac");
     assert_eq!(m["energy_kw"], Value::Null);
@@ -113,7 +136,17 @@ async fn fifty_redeliveries_ten_concurrent_give_one_timeslot() {
     let d = Daemon::start();
     let c = d.client();
     let start = chrono::Utc::now() + chrono::Duration::hours(1);
-    let body = meter_notification("m-1", vec![timeslot_json("m-1", "e-dup", start, 3600, Some(5.0), json!({}))]);
+    let body = meter_notification(
+        "m-1",
+        vec![timeslot_json(
+            "m-1",
+            "e-dup",
+            start,
+            3600,
+            Some(5.0),
+            json!({}),
+        )],
+    );
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let (c, b) = (c.clone(), body.clone());
@@ -128,7 +161,10 @@ async fn fifty_redeliveries_ten_concurrent_give_one_timeslot() {
     let ev = d.events_json();
     let t = find(&ev, "e-dup");
     assert_eq!(ev["timeslots"].as_array().unwrap().len(), 1);
-    assert_eq!((t["revisions"].clone(), t["duplicates"].clone()), (json!(1), json!(49)));
+    assert_eq!(
+        (t["revisions"].clone(), t["duplicates"].clone()),
+        (json!(1), json!(49))
+    );
     assert_eq!(d.count("notifications"), 50, "every delivery is kept raw");
 }
 
@@ -137,16 +173,50 @@ async fn update_keeps_earlier_revision_and_cancel_is_final() {
     let d = Daemon::start();
     let c = d.client();
     let start = chrono::Utc::now() + chrono::Duration::hours(1);
-    let v1 = meter_notification("m-1", vec![timeslot_json("m-1", "e-up", start, 3600, Some(5.0), json!({}))]);
-    let v2 = meter_notification("m-1", vec![timeslot_json("m-1", "e-up", start, 3600, Some(8.0), json!({}))]);
-    let v3 = meter_notification("m-1", vec![timeslot_json("m-1", "e-up", start, 3600, Some(8.0), json!({"cancelled": true}))]);
+    let v1 = meter_notification(
+        "m-1",
+        vec![timeslot_json(
+            "m-1",
+            "e-up",
+            start,
+            3600,
+            Some(5.0),
+            json!({}),
+        )],
+    );
+    let v2 = meter_notification(
+        "m-1",
+        vec![timeslot_json(
+            "m-1",
+            "e-up",
+            start,
+            3600,
+            Some(8.0),
+            json!({}),
+        )],
+    );
+    let v3 = meter_notification(
+        "m-1",
+        vec![timeslot_json(
+            "m-1",
+            "e-up",
+            start,
+            3600,
+            Some(8.0),
+            json!({"cancelled": true}),
+        )],
+    );
     assert_eq!(c.post(&v1).await.body["new"], 1);
     assert_eq!(c.post(&v2).await.body["updated"], 1);
     assert_eq!(c.post(&v3).await.body["updated"], 1);
     // Older, un-cancelled retries arrive after the cancellation (SPEC §2.4).
     let r = c.post(&v2).await;
     assert_eq!(r.body["conflict"], 1, "{}", r.text);
-    assert_eq!(c.post(&v2).await.body["duplicate"], 1, "the same stale retry again is a duplicate");
+    assert_eq!(
+        c.post(&v2).await.body["duplicate"],
+        1,
+        "the same stale retry again is a duplicate"
+    );
     let ev = d.cli(&["events", "--json", "--event", "e-up"]).1;
     let ev: Value = serde_json::from_str(&ev).unwrap();
     let t = find(&ev, "e-up");
@@ -155,7 +225,10 @@ async fn update_keeps_earlier_revision_and_cancel_is_final() {
     assert_eq!(t["cancel_conflict"], true);
     assert_eq!(t["energy_kw"], 8.0);
     let hist = t["revision_history"].as_array().unwrap();
-    let kws: Vec<f64> = hist.iter().map(|r| r["timeslot"]["energy_kw"]["kw"].as_f64().unwrap()).collect();
+    let kws: Vec<f64> = hist
+        .iter()
+        .map(|r| r["timeslot"]["energy_kw"]["kw"].as_f64().unwrap())
+        .collect();
     assert_eq!(kws, vec![5.0, 8.0, 8.0, 8.0], "{hist:#?}");
     assert_eq!(hist[3]["conflict"], true);
     assert!(d.log().contains("stays cancelled"), "conflict is logged");
@@ -177,12 +250,28 @@ async fn one_bad_timeslot_does_not_sink_the_rest() {
     );
     let r = d.client().post(&body).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!((r.body["new"].clone(), r.body["rejected"].clone()), (json!(1), json!(2)));
+    assert_eq!(
+        (r.body["new"].clone(), r.body["rejected"].clone()),
+        (json!(1), json!(2))
+    );
     let ev = d.events_json();
     assert_eq!(ev["timeslots"].as_array().unwrap().len(), 1);
-    let reasons: Vec<&str> = ev["rejected"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
-    assert!(reasons.iter().any(|r| r.contains("is not after start_time")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("missing meter_event_id")), "{reasons:?}");
+    let reasons: Vec<&str> = ev["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("is not after start_time")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("missing meter_event_id")),
+        "{reasons:?}"
+    );
     let (_, table, _) = d.cli(&["events"]);
     assert!(table.contains("Rejected timeslots"), "{table}");
 }
@@ -194,34 +283,93 @@ async fn bad_requests_get_their_status_and_change_nothing() {
     let good = fixture("leap-sample-meter.json");
     let json_ct = ("content-type", "application/json");
     let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
-        ("wrong key", "POST", vec![("x-api-key", "nope-nope-nope"), json_ct], good.clone().into_bytes(), 401),
-        ("missing key", "POST", vec![json_ct], good.clone().into_bytes(), 401),
-        ("not JSON", "POST", vec![("x-api-key", KEY), json_ct], b"{not json".to_vec(), 400),
-        ("not a notification", "POST", vec![("x-api-key", KEY), json_ct], br#"{"hello":1}"#.to_vec(), 400),
-        ("wrong type", "POST", vec![("x-api-key", KEY), json_ct], br#"{"meter_dispatches":{}}"#.to_vec(), 400),
-        ("form body", "POST", vec![("x-api-key", KEY), ("content-type", "text/plain")], good.clone().into_bytes(), 415),
+        (
+            "wrong key",
+            "POST",
+            vec![("x-api-key", "nope-nope-nope"), json_ct],
+            good.clone().into_bytes(),
+            401,
+        ),
+        (
+            "missing key",
+            "POST",
+            vec![json_ct],
+            good.clone().into_bytes(),
+            401,
+        ),
+        (
+            "not JSON",
+            "POST",
+            vec![("x-api-key", KEY), json_ct],
+            b"{not json".to_vec(),
+            400,
+        ),
+        (
+            "not a notification",
+            "POST",
+            vec![("x-api-key", KEY), json_ct],
+            br#"{"hello":1}"#.to_vec(),
+            400,
+        ),
+        (
+            "wrong type",
+            "POST",
+            vec![("x-api-key", KEY), json_ct],
+            br#"{"meter_dispatches":{}}"#.to_vec(),
+            400,
+        ),
+        (
+            "form body",
+            "POST",
+            vec![("x-api-key", KEY), ("content-type", "text/plain")],
+            good.clone().into_bytes(),
+            415,
+        ),
         ("wrong method", "GET", vec![("x-api-key", KEY)], vec![], 405),
-        ("other path", "POST", vec![("x-api-key", KEY), json_ct], good.clone().into_bytes(), 404),
+        (
+            "other path",
+            "POST",
+            vec![("x-api-key", KEY), json_ct],
+            good.clone().into_bytes(),
+            404,
+        ),
     ];
     let mut unauthorized = Vec::new();
     for (name, method, headers, body, want) in cases {
-        let path = if name == "other path" { "/elsewhere" } else { PATH };
+        let path = if name == "other path" {
+            "/elsewhere"
+        } else {
+            PATH
+        };
         let r = c.request(method, path, &headers, body).await;
         assert_eq!(r.status, want, "{name}: {}", r.text);
         if want == 401 {
             unauthorized.push(r.text);
         }
     }
-    assert_eq!(unauthorized[0], unauthorized[1], "missing and wrong keys look the same");
+    assert_eq!(
+        unauthorized[0], unauthorized[1],
+        "missing and wrong keys look the same"
+    );
     // Over 1 MiB: announced by content-length (refused before upload) and unannounced (chunked).
     let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
-    let head = format!("POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1048577\r\n\r\n");
+    let head = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1048577\r\n\r\n"
+    );
     s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 64];
-    let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
-    let head = format!("POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n");
+    let head = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
     s.write_all(head.as_bytes()).await.unwrap();
     let chunk = format!("{:x}\r\n{}\r\n", 512 * 1024, " ".repeat(512 * 1024));
     let mut answer = Vec::new();
@@ -230,20 +378,40 @@ async fn bad_requests_get_their_status_and_change_nothing() {
             break;
         }
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut answer)).await;
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer));
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut answer),
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     // A slow client: headers that never finish are cut off by the read timeout.
     let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
-    s.write_all(b"POST /leap/dispatch HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    s.write_all(b"POST /leap/dispatch HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(20), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)).await;
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await;
     assert!(read.is_ok(), "slow client was not disconnected");
     // A slow body: headers complete, body never does → 408.
     let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
-    let head = format!("POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{");
+    let head = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    );
     s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await;
     let answer = String::from_utf8_lossy(&buf);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(d.count("notifications"), 0);
@@ -260,7 +428,11 @@ async fn acked_notification_survives_sigkill() {
     assert_eq!(r.status, 200);
     d.kill9();
     let ev = d.events_json();
-    assert_eq!(ev["timeslots"].as_array().unwrap().len(), 3, "acked data lost after SIGKILL");
+    assert_eq!(
+        ev["timeslots"].as_array().unwrap().len(),
+        3,
+        "acked data lost after SIGKILL"
+    );
     d.spawn();
     let r = d.client().post(&fixture("leap-sample-group.json")).await;
     assert_eq!(r.body["duplicate"], 3, "{}", r.text);
@@ -269,7 +441,13 @@ async fn acked_notification_survives_sigkill() {
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly() {
     let mut d = Daemon::start();
-    assert_eq!(d.client().post(&fixture("leap-sample-meter.json")).await.status, 200);
+    assert_eq!(
+        d.client()
+            .post(&fixture("leap-sample-meter.json"))
+            .await
+            .status,
+        200
+    );
     assert!(d.terminate(), "exit status after SIGTERM");
     assert!(d.log().contains("stopped cleanly"));
 }
@@ -278,15 +456,27 @@ async fn sigterm_shuts_down_cleanly() {
 fn config_check_names_the_line_of_a_misspelled_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    write_file(&path, "[server]\nlisten = \"127.0.0.1:8443\"\n\n[auth]\nkeys = [\"0123456789\"]\nheadr = \"x-api-key\"\n");
-    let out = std::process::Command::new(bin()).args(["--config", path.to_str().unwrap(), "config", "check"]).output().unwrap();
+    write_file(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:8443\"\n\n[auth]\nkeys = [\"0123456789\"]\nheadr = \"x-api-key\"\n",
+    );
+    let out = std::process::Command::new(bin())
+        .args(["--config", path.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("bad.toml:6:"), "{err}");
     assert!(err.contains("did you mean `header`"), "{err}");
     // Plain HTTP on a public address is refused by the semantic check.
-    write_file(&path, "[server]\nlisten = \"0.0.0.0:8443\"\n[auth]\nkeys = [\"0123456789\"]\n");
-    let out = std::process::Command::new(bin()).args(["--config", path.to_str().unwrap(), "config", "check"]).output().unwrap();
+    write_file(
+        &path,
+        "[server]\nlisten = \"0.0.0.0:8443\"\n[auth]\nkeys = [\"0123456789\"]\n",
+    );
+    let out = std::process::Command::new(bin())
+        .args(["--config", path.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }
@@ -294,6 +484,13 @@ fn config_check_names_the_line_of_a_misspelled_key() {
 #[test]
 fn repository_config_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let out = std::process::Command::new(bin()).args(["--config", path.to_str().unwrap(), "config", "check"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin())
+        .args(["--config", path.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -55,7 +55,11 @@ impl Dispatcher {
         commander: Arc<dyn Commander>,
         clock: Arc<dyn Clock>,
     ) -> Dispatcher {
-        let meters = config.meters.iter().map(|m| (m.id.clone(), MeterState::default())).collect();
+        let meters = config
+            .meters
+            .iter()
+            .map(|m| (m.id.clone(), MeterState::default()))
+            .collect();
         Dispatcher {
             plan_config: PlanConfig::from_config(&config),
             status: Arc::new(DispatchStatus::new(&config)),
@@ -78,7 +82,11 @@ impl Dispatcher {
     }
 
     /// Run until `shutdown` turns true, then hand every meter back to normal operation.
-    pub async fn run(mut self, mut changes: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut changes: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut wake = Wake::Startup;
         loop {
             let now = self.clock.now();
@@ -100,7 +108,10 @@ impl Dispatcher {
         // Look back as far as ahead: the planner clips intervals at `from`, and a command
         // resumed after a restart must know its true start to report its lateness.
         let from = now - Duration::hours(HORIZON_HOURS);
-        let slots = self.store.call(move |c| query::timeslots_ending_after(c, from)).await;
+        let slots = self
+            .store
+            .call(move |c| query::timeslots_ending_after(c, from))
+            .await;
         match slots {
             Ok(slots) => {
                 let input = PlanInput {
@@ -160,7 +171,13 @@ impl Dispatcher {
         }
     }
 
-    async fn apply_one(&mut self, meter: &str, iv: Option<Interval>, now: DateTime<Utc>, wake: Wake) {
+    async fn apply_one(
+        &mut self,
+        meter: &str,
+        iv: Option<Interval>,
+        now: DateTime<Utc>,
+        wake: Wake,
+    ) {
         let (exec, dry) = match iv {
             Some(iv) if iv.command.mode == ExecMode::Execute => (Some(iv), None),
             Some(iv) => (None, Some(iv)),
@@ -171,7 +188,10 @@ impl Dispatcher {
         match (exec, state) {
             (Some(iv), Some(a)) if a.command == iv.command => {
                 if let Some(s) = self.meters.get_mut(meter) {
-                    s.applied = Some(Applied { command: iv.command, end: iv.end });
+                    s.applied = Some(Applied {
+                        command: iv.command,
+                        end: iv.end,
+                    });
                 }
             }
             (Some(iv), prev) => {
@@ -182,16 +202,37 @@ impl Dispatcher {
                 // governing event counts from its start (so late arrivals show as late).
                 let boundary = if same_event { wake.at(now) } else { iv.start };
                 let result = self.commander.apply(meter, &iv.command).await;
-                self.record(meter, Action::Apply, Some(&iv.command), boundary, now, wake, result).await;
+                self.record(
+                    meter,
+                    Action::Apply,
+                    Some(&iv.command),
+                    boundary,
+                    now,
+                    wake,
+                    result,
+                )
+                .await;
                 if let Some(s) = self.meters.get_mut(meter) {
-                    s.applied = Some(Applied { command: iv.command.clone(), end: iv.end });
+                    s.applied = Some(Applied {
+                        command: iv.command.clone(),
+                        end: iv.end,
+                    });
                 }
                 self.status.set_command(meter, Some(&iv));
             }
             (None, Some(a)) => {
                 let boundary = if now >= a.end { a.end } else { wake.at(now) };
                 let result = self.commander.release(meter).await;
-                self.record(meter, Action::Release, Some(&a.command), boundary, now, wake, result).await;
+                self.record(
+                    meter,
+                    Action::Release,
+                    Some(&a.command),
+                    boundary,
+                    now,
+                    wake,
+                    result,
+                )
+                .await;
                 if let Some(s) = self.meters.get_mut(meter) {
                     s.applied = None;
                 }
@@ -200,21 +241,42 @@ impl Dispatcher {
             (None, None) if wake == Wake::Startup => {
                 // After a restart the device's state is unknown: make sure it is normal.
                 let result = self.commander.release(meter).await;
-                self.record(meter, Action::Release, None, now, now, wake, result).await;
+                self.record(meter, Action::Release, None, now, now, wake, result)
+                    .await;
             }
             (None, None) => {}
         }
     }
 
     /// SPEC §2.6 dry-run: audit what would be written, once per distinct command.
-    async fn dry_run(&mut self, meter: &str, dry: Option<Interval>, now: DateTime<Utc>, wake: Wake) {
-        let Some(state) = self.meters.get_mut(meter) else { return };
+    async fn dry_run(
+        &mut self,
+        meter: &str,
+        dry: Option<Interval>,
+        now: DateTime<Utc>,
+        wake: Wake,
+    ) {
+        let Some(state) = self.meters.get_mut(meter) else {
+            return;
+        };
         match dry {
             Some(iv) if state.would.as_ref() != Some(&iv.command) => {
-                let same_event = state.would.as_ref().is_some_and(|w| w.event_id == iv.command.event_id);
+                let same_event = state
+                    .would
+                    .as_ref()
+                    .is_some_and(|w| w.event_id == iv.command.event_id);
                 state.would = Some(iv.command.clone());
                 let boundary = if same_event { wake.at(now) } else { iv.start };
-                self.record(meter, Action::WouldApply, Some(&iv.command), boundary, now, wake, Ok(())).await;
+                self.record(
+                    meter,
+                    Action::WouldApply,
+                    Some(&iv.command),
+                    boundary,
+                    now,
+                    wake,
+                    Ok(()),
+                )
+                .await;
             }
             Some(_) => {}
             None => state.would = None,
@@ -240,13 +302,17 @@ impl Dispatcher {
             crate::model::Target::Maximum => "maximum".into(),
         });
         match (&error, cmd) {
-            (Some(e), _) => tracing::warn!(meter_id = meter, action = action.as_str(), error = %e, "command not taken yet; the device loop retries"),
+            (Some(e), _) => {
+                tracing::warn!(meter_id = meter, action = action.as_str(), error = %e, "command not taken yet; the device loop retries")
+            }
             (None, Some(c)) => tracing::info!(
                 meter_id = meter, action = action.as_str(), event_id = %c.event_id,
                 cap = c.cap.as_str(), target = ?target, lateness_ms = lateness, detail = ?detail,
                 "dispatch"
             ),
-            (None, None) => tracing::info!(meter_id = meter, action = action.as_str(), detail = ?detail, "dispatch"),
+            (None, None) => {
+                tracing::info!(meter_id = meter, action = action.as_str(), detail = ?detail, "dispatch")
+            }
         }
         if matches!(wake, Wake::Boundary(_)) && action != Action::WouldApply {
             self.status.observe_lateness(lateness as f64 / 1000.0);
@@ -280,7 +346,16 @@ impl Dispatcher {
             .collect();
         for (meter, cmd) in held {
             let result = self.commander.release(&meter).await;
-            self.record(&meter, Action::Release, Some(&cmd), now, now, Wake::Shutdown, result).await;
+            self.record(
+                &meter,
+                Action::Release,
+                Some(&cmd),
+                now,
+                now,
+                Wake::Shutdown,
+                result,
+            )
+            .await;
             if let Some(s) = self.meters.get_mut(&meter) {
                 s.applied = None;
             }

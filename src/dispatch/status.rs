@@ -32,7 +32,10 @@ impl Wake {
     pub fn describe(self, lateness_ms: i64) -> Option<String> {
         let late = lateness_ms > 2000;
         match self {
-            Wake::Startup if late => Some(format!("startup recovery: late start by {} s", lateness_ms / 1000)),
+            Wake::Startup if late => Some(format!(
+                "startup recovery: late start by {} s",
+                lateness_ms / 1000
+            )),
             Wake::Startup => Some("startup".into()),
             Wake::Change(_) if late => Some(format!(
                 "notification changed the plan; late start by {} s",
@@ -60,7 +63,9 @@ pub struct DispatchSnapshot {
     pub plan_error: Option<String>,
 }
 
-const LATENESS_BOUNDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const LATENESS_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 pub struct DispatchStatus {
     inner: Mutex<DispatchSnapshot>,
@@ -69,9 +74,16 @@ pub struct DispatchStatus {
 
 impl DispatchStatus {
     pub fn new(config: &Config) -> DispatchStatus {
-        let meters = config.meters.iter().map(|m| (m.id.clone(), MeterDispatch::default())).collect();
+        let meters = config
+            .meters
+            .iter()
+            .map(|m| (m.id.clone(), MeterDispatch::default()))
+            .collect();
         DispatchStatus {
-            inner: Mutex::new(DispatchSnapshot { meters, ..Default::default() }),
+            inner: Mutex::new(DispatchSnapshot {
+                meters,
+                ..Default::default()
+            }),
             lateness: Histogram::new(LATENESS_BOUNDS),
         }
     }
@@ -81,13 +93,25 @@ impl DispatchStatus {
     }
 
     pub fn set_command(&self, meter: &str, iv: Option<&Interval>) {
-        if let Some(m) = self.inner.lock().expect("status lock").meters.get_mut(meter) {
+        if let Some(m) = self
+            .inner
+            .lock()
+            .expect("status lock")
+            .meters
+            .get_mut(meter)
+        {
             m.command = iv.cloned();
         }
     }
 
     pub fn set_error(&self, meter: &str, error: Option<String>) {
-        if let Some(m) = self.inner.lock().expect("status lock").meters.get_mut(meter) {
+        if let Some(m) = self
+            .inner
+            .lock()
+            .expect("status lock")
+            .meters
+            .get_mut(meter)
+        {
             m.last_error = error;
         }
     }
@@ -113,14 +137,26 @@ impl crate::server::StatusSource for DispatchStatus {
             "Delay from a plan boundary to the command being handed to the device.",
         );
         let snap = self.snapshot();
-        let _ = writeln!(out, "# HELP leap_edge_meter_dispatching 1 while a meter follows a dispatch command.");
+        let _ = writeln!(
+            out,
+            "# HELP leap_edge_meter_dispatching 1 while a meter follows a dispatch command."
+        );
         let _ = writeln!(out, "# TYPE leap_edge_meter_dispatching gauge");
         for (id, m) in &snap.meters {
-            let _ = writeln!(out, "leap_edge_meter_dispatching{{meter_id=\"{}\"}} {}", escape(id), u8::from(m.command.is_some()));
+            let _ = writeln!(
+                out,
+                "leap_edge_meter_dispatching{{meter_id=\"{}\"}} {}",
+                escape(id),
+                u8::from(m.command.is_some())
+            );
         }
     }
 
     fn health_problems(&self) -> Vec<String> {
-        self.snapshot().plan_error.map(|e| format!("dispatch cannot plan: {e}")).into_iter().collect()
+        self.snapshot()
+            .plan_error
+            .map(|e| format!("dispatch cannot plan: {e}"))
+            .into_iter()
+            .collect()
     }
 }

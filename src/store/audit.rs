@@ -52,9 +52,18 @@ pub fn insert(conn: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
            lateness_ms, outcome, error, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
-            ts(e.at), e.meter_id, e.action.as_str(), e.kind, e.event_id, e.cap, e.target,
-            e.boundary.map(ts), e.lateness_ms,
-            if e.error.is_some() { "error" } else { "ok" }, e.error, e.detail
+            ts(e.at),
+            e.meter_id,
+            e.action.as_str(),
+            e.kind,
+            e.event_id,
+            e.cap,
+            e.target,
+            e.boundary.map(ts),
+            e.lateness_ms,
+            if e.error.is_some() { "error" } else { "ok" },
+            e.error,
+            e.detail
         ],
     )?;
     Ok(())
@@ -99,7 +108,13 @@ pub fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreE
          ORDER BY id DESC LIMIT ?5",
     )?;
     let limit = f.limit.map_or(-1, |l| l as i64);
-    let mut rows = stmt.query(params![f.meter, f.event, f.since.map(ts), f.until.map(ts), limit])?;
+    let mut rows = stmt.query(params![
+        f.meter,
+        f.event,
+        f.since.map(ts),
+        f.until.map(ts),
+        limit
+    ])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(AuditRow {

@@ -22,8 +22,12 @@ pub fn bin() -> &'static str {
 }
 
 pub fn fixture(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
-        .expect("fixture")
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture")
 }
 
 /// A daemon process with its own folder (config, TLS files, database, log).
@@ -43,7 +47,8 @@ impl Daemon {
     /// `extra` is appended to the generated config (meters, devices, site, policy...).
     pub fn start_with(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("cert");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("cert");
         std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
         let mut d = Daemon {
@@ -84,8 +89,14 @@ impl Daemon {
 
     /// Start (or restart, on the same port) the daemon and wait until it listens.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let start_len = std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let start_len = std::fs::metadata(self.log_path())
+            .map(|m| m.len())
+            .unwrap_or(0);
         let child = Command::new(bin())
             .args(["--config", self.config_path().to_str().unwrap(), "run"])
             .env("LEAP_EDGE_LOG", "info,leap_edge=debug")
@@ -105,14 +116,24 @@ impl Daemon {
         loop {
             let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
             let text = &text[(from as usize).min(text.len())..];
-            if let Some(line) = text.lines().find(|l| l.contains("listening for Leap notifications")) {
-                let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap();
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.contains("listening for Leap notifications"))
+            {
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .unwrap();
                 return addr.parse().unwrap();
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("leap-edge exited with {status} before listening:\n{text}");
             }
-            assert!(Instant::now() < deadline, "leap-edge did not start listening:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "leap-edge did not start listening:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -126,8 +147,12 @@ impl Daemon {
 
     /// SIGTERM and wait; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return true };
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         c.wait().unwrap().success()
     }
 
@@ -148,21 +173,32 @@ impl Daemon {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     pub fn events_json(&self) -> serde_json::Value {
         let (code, out, err) = self.cli(&["events", "--json"]);
         assert_eq!(code, 0, "events failed: {err}");
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("events --json is not JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("events --json is not JSON ({e}): {out}"))
     }
 
     pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(self.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+        rusqlite::Connection::open_with_flags(
+            self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
     }
 
     pub fn count(&self, table: &str) -> i64 {
-        self.db().query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+        self.db()
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
     }
 }
 
@@ -195,23 +231,46 @@ impl Client {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Client { addr, tls: tokio_rustls::TlsConnector::from(Arc::new(config)) }
+        Client {
+            addr,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        }
     }
 
     pub async fn connect(&self) -> SendRequest<Full<Bytes>> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
-        let tls = self.tls.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake");
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("http handshake");
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let tls = self
+            .tls
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("http handshake");
         tokio::spawn(conn);
         send
     }
 
     /// POST on a fresh connection with the right key and JSON content type.
     pub async fn post(&self, body: &str) -> Response {
-        self.request("POST", PATH, &[("x-api-key", KEY), ("content-type", "application/json")], body.as_bytes().to_vec()).await
+        self.request(
+            "POST",
+            PATH,
+            &[("x-api-key", KEY), ("content-type", "application/json")],
+            body.as_bytes().to_vec(),
+        )
+        .await
     }
 
-    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Response {
         let mut send = self.connect().await;
         send_on(&mut send, method, path, headers, body).await
     }
@@ -224,19 +283,36 @@ pub async fn send_on(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Response {
-    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = send.send_request(req.body(Full::new(Bytes::from(body))).unwrap()).await.expect("request");
+    let resp = send
+        .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .expect("request");
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    Response { status, body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), text }
+    Response {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        text,
+    }
 }
 
 /// Leap's sample meter notification with its timeslots moved to start `offset_s` from now.
-pub fn timeslot_json(meter: &str, event: &str, start: chrono::DateTime<chrono::Utc>, secs: i64, kw: Option<f64>, extra: serde_json::Value) -> serde_json::Value {
+pub fn timeslot_json(
+    meter: &str,
+    event: &str,
+    start: chrono::DateTime<chrono::Utc>,
+    secs: i64,
+    kw: Option<f64>,
+    extra: serde_json::Value,
+) -> serde_json::Value {
     let mut t = serde_json::json!({
         "meter_event_id": event,
         "start_time": start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -268,10 +344,16 @@ pub fn meter_notification(meter: &str, timeslots: Vec<serde_json::Value>) -> Str
 }
 
 /// Raw bytes on a TLS connection, for clients that misbehave on purpose.
-pub async fn raw_tls(client_addr: SocketAddr, cert: CertificateDer<'static>) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+pub async fn raw_tls(
+    client_addr: SocketAddr,
+    cert: CertificateDer<'static>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let c = Client::new(client_addr, cert);
     let tcp = tokio::net::TcpStream::connect(client_addr).await.unwrap();
-    c.tls.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+    c.tls
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 pub fn write_file(path: &Path, text: &str) {
@@ -280,5 +362,8 @@ pub fn write_file(path: &Path, text: &str) {
 }
 
 pub fn lines(path: &Path) -> Vec<String> {
-    std::io::BufReader::new(std::fs::File::open(path).unwrap()).lines().map_while(Result::ok).collect()
+    std::io::BufReader::new(std::fs::File::open(path).unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect()
 }

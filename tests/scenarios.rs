@@ -1,0 +1,529 @@
+//! SCENARIOS 1–15, 21, 22 through the real HTTPS endpoint and the real dispatch loop, with
+//! a recording commander in place of the devices (issue 3). Start times are a few seconds
+//! ahead; assertions are on what was commanded and audited, never on tight timings.
+
+mod common;
+
+use chrono::{DateTime, Duration, Utc};
+use common::Client;
+use leap_edge::clock::SystemClock;
+use leap_edge::daemon::{self, Parts, Running};
+use leap_edge::dispatch::{Recorded, RecordingCommander};
+use leap_edge::model::{Cap, Target};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const M1: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
+const M2: &str = "abae2779-e392-4f00-b0cf-32e716204f78";
+const M3: &str = "bbae2779-e392-4f00-b0cf-32e716204f78";
+const FOREIGN: &str = "ffff2779-e392-4f00-b0cf-32e716204f78";
+
+struct Site {
+    dir: tempfile::TempDir,
+    running: Option<Running>,
+    rec: RecordingCommander,
+    client: Client,
+    cert: rustls::pki_types::CertificateDer<'static>,
+}
+
+async fn site(extra: &str) -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let devices = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+    let mut text = format!(
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [auth]\nkeys = [\"{}\"]\n[storage]\npath = \"leap-edge.db\"\n{extra}\n",
+        common::KEY
+    );
+    for (i, m) in [M1, M2, M3].iter().enumerate() {
+        text.push_str(&format!(
+            "[[meters]]\nid = \"{m}\"\ndevice = \"bat{i}\"\n[devices.bat{i}]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n"
+        ));
+    }
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut s = Site {
+        client: Client::new("127.0.0.1:1".parse().unwrap(), ck.cert.der().clone()),
+        cert: ck.cert.der().clone(),
+        dir,
+        running: None,
+        rec: RecordingCommander::default(),
+    };
+    s.start().await;
+    s
+}
+
+impl Site {
+    async fn start(&mut self) {
+        let config = leap_edge::config::Config::load(&self.dir.path().join("config.toml")).unwrap();
+        let parts = Parts {
+            commander: Arc::new(self.rec.clone()),
+            clock: Arc::new(SystemClock),
+        };
+        let running = daemon::start(config, parts).await.unwrap();
+        self.client = Client::new(running.addr, self.cert.clone());
+        self.running = Some(running);
+    }
+
+    async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+
+    async fn post(&self, body: Value) -> Value {
+        let r = self.client.post(&body.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body
+    }
+
+    /// Calls for one meter after the startup release.
+    fn calls(&self, meter: &str) -> Vec<Recorded> {
+        let all: Vec<Recorded> = self
+            .rec
+            .calls()
+            .into_iter()
+            .filter(|c| match c {
+                Recorded::Apply { meter: m, .. } | Recorded::Release { meter: m } => m == meter,
+            })
+            .collect();
+        // The first call for every meter is the startup "make sure it is normal" release.
+        all.into_iter().skip(1).collect()
+    }
+
+    fn applies(&self, meter: &str) -> Vec<leap_edge::model::Command> {
+        self.calls(meter)
+            .into_iter()
+            .filter_map(|c| match c {
+                Recorded::Apply { command, .. } => Some(command),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn wait_calls(&self, meter: &str, n: usize, secs: i64) -> Vec<Recorded> {
+        let deadline = Utc::now() + Duration::seconds(secs);
+        loop {
+            let c = self.calls(meter);
+            if c.len() >= n || Utc::now() > deadline {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        let conn = rusqlite::Connection::open(self.dir.path().join("leap-edge.db")).unwrap();
+        let mut st = conn.prepare("SELECT meter_id, action, event_id, target, lateness_ms, detail FROM audit ORDER BY id").unwrap();
+        st.query_map([], |r| {
+            Ok(json!({"meter": r.get::<_, String>(0)?, "action": r.get::<_, String>(1)?, "event": r.get::<_, Option<String>>(2)?,
+                "target": r.get::<_, Option<String>>(3)?, "lateness_ms": r.get::<_, Option<i64>>(4)?, "detail": r.get::<_, Option<String>>(5)?}))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+}
+
+fn at(offset_ms: i64) -> DateTime<Utc> {
+    Utc::now() + Duration::milliseconds(offset_ms)
+}
+
+fn slot(
+    event: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    kw: Option<f64>,
+    extra: Value,
+) -> Value {
+    let mut t = json!({
+        "meter_event_id": event,
+        "start_time": start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "end_time": end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "cancelled": false, "performance_compensation_cap": "up-to-site-load", "priority": 1,
+        "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"], "energy_kw": kw,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        t[k] = v.clone();
+    }
+    t
+}
+
+fn meter_note(meter: &str, slots: Vec<Value>) -> Value {
+    json!({"integration_test_notification": false, "communication_test": false,
+           "meter_dispatches": [{"meter_id": meter, "timeslots": slots}]})
+}
+
+fn is_release(c: &Recorded) -> bool {
+    matches!(c, Recorded::Release { .. })
+}
+
+fn applied(c: &Recorded) -> &leap_edge::model::Command {
+    match c {
+        Recorded::Apply { command, .. } => command,
+        other => panic!("expected an apply, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn s01_single_timeslot_then_normal() {
+    let mut s = site("").await;
+    let (t, end) = (at(1500), at(3500));
+    s.post(meter_note(
+        M1,
+        vec![slot("s1", t, end, Some(10.0), json!({}))],
+    ))
+    .await;
+    let calls = s.wait_calls(M1, 2, 15).await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let c = applied(&calls[0]);
+    assert_eq!(
+        (c.event_id.as_str(), c.target, c.cap, c.export_allowed_kw),
+        ("s1", Target::Kw(10.0), Cap::UpToSiteLoad, 0.0)
+    );
+    assert!(is_release(&calls[1]));
+    assert!(Utc::now() >= end, "released only at the end");
+    let audit = s.audit();
+    let acts: Vec<&str> = audit
+        .iter()
+        .filter(|a| a["meter"] == M1)
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(acts, ["release", "apply", "release"], "{audit:#?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s02_back_to_back_without_passing_through_normal() {
+    let mut s = site("").await;
+    let (t, t1, t2) = (at(1500), at(3000), at(4500));
+    s.post(meter_note(
+        M1,
+        vec![
+            slot("a", t, t1, Some(10.0), json!({})),
+            slot("b", t1, t2, Some(20.0), json!({})),
+        ],
+    ))
+    .await;
+    let calls = s.wait_calls(M1, 3, 15).await;
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(applied(&calls[0]).target, Target::Kw(10.0));
+    assert_eq!(applied(&calls[1]).target, Target::Kw(20.0));
+    assert!(is_release(&calls[2]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s03_overlap_priority_then_exports_allowed() {
+    let mut s = site("[site]\nexport_limit_kw = 5.0\n").await;
+    let (t, t1, t2) = (at(1500), at(3000), at(4500));
+    s.post(meter_note(M1, vec![
+        slot("dram", t, t1, Some(20.0), json!({})),
+        slot("elrp", t, t2, None, json!({"priority": 3, "is_voluntary": true, "performance_compensation_cap": "grid-exports-allowed", "programs": ["ELRP"]})),
+    ])).await;
+    let calls = s.wait_calls(M1, 3, 15).await;
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let (a, b) = (applied(&calls[0]), applied(&calls[1]));
+    assert_eq!((a.event_id.as_str(), a.export_allowed_kw), ("dram", 0.0));
+    assert_eq!(
+        (b.event_id.as_str(), b.target, b.cap, b.export_allowed_kw),
+        ("elrp", Target::Maximum, Cap::GridExportsAllowed, 5.0)
+    );
+    assert!(is_release(&calls[2]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s04_cancelled_before_start_writes_nothing() {
+    let mut s = site("").await;
+    let (t, end) = (at(1500), at(2500));
+    s.post(meter_note(
+        M1,
+        vec![slot("c", t, end, Some(10.0), json!({}))],
+    ))
+    .await;
+    s.post(meter_note(
+        M1,
+        vec![slot("c", t, end, Some(10.0), json!({"cancelled": true}))],
+    ))
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    assert!(s.calls(M1).is_empty(), "{:?}", s.calls(M1));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s05_cancellation_during_timeslot_releases_at_once() {
+    let mut s = site("").await;
+    let (t, end) = (at(800), at(60_000));
+    s.post(meter_note(
+        M1,
+        vec![slot("c", t, end, Some(10.0), json!({}))],
+    ))
+    .await;
+    assert_eq!(s.wait_calls(M1, 1, 10).await.len(), 1);
+    s.post(meter_note(
+        M1,
+        vec![slot("c", t, end, Some(10.0), json!({"cancelled": true}))],
+    ))
+    .await;
+    let calls = s.wait_calls(M1, 2, 5).await;
+    assert!(calls.len() == 2 && is_release(&calls[1]), "{calls:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s06_s07_update_during_timeslot_new_target_and_later_end() {
+    let mut s = site("").await;
+    let (t, end, later) = (at(800), at(3000), at(4500));
+    s.post(meter_note(
+        M1,
+        vec![slot("u", t, end, Some(10.0), json!({}))],
+    ))
+    .await;
+    assert_eq!(s.wait_calls(M1, 1, 10).await.len(), 1);
+    s.post(meter_note(
+        M1,
+        vec![slot("u", t, end, Some(15.0), json!({}))],
+    ))
+    .await;
+    let calls = s.wait_calls(M1, 2, 5).await;
+    assert_eq!(applied(&calls[1]).target, Target::Kw(15.0));
+    s.post(meter_note(
+        M1,
+        vec![slot("u", t, later, Some(15.0), json!({}))],
+    ))
+    .await;
+    let calls = s.wait_calls(M1, 4, 15).await;
+    // The new end is followed: the release comes only after `later`.
+    let release_at = calls
+        .iter()
+        .position(is_release)
+        .expect("released at the end");
+    assert!(Utc::now() >= later, "released before the extended end");
+    assert!(
+        calls[..release_at]
+            .iter()
+            .all(|c| applied(c).event_id == "u")
+    );
+    let ev: Value = serde_json::from_str(&events_json(&s, "u")).unwrap();
+    assert_eq!(ev["timeslots"][0]["revisions"], 3);
+    s.stop().await;
+}
+
+fn events_json(s: &Site, event: &str) -> String {
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "--config",
+            s.dir.path().join("config.toml").to_str().unwrap(),
+            "events",
+            "--json",
+            "--event",
+            event,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn s08_late_notification_starts_at_once_and_records_lateness() {
+    let mut s = site("").await;
+    let (t, end) = (at(-5000), at(60_000));
+    s.post(meter_note(
+        M1,
+        vec![slot("late", t, end, Some(10.0), json!({}))],
+    ))
+    .await;
+    let calls = s.wait_calls(M1, 1, 5).await;
+    assert_eq!(applied(&calls[0]).event_id, "late");
+    let audit = s.audit();
+    let a = audit.iter().find(|a| a["action"] == "apply").unwrap();
+    assert!(a["lateness_ms"].as_i64().unwrap() >= 4000, "{a}");
+    assert!(a["detail"].as_str().unwrap().contains("late start"), "{a}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s09_already_ended_is_stored_never_dispatched() {
+    let mut s = site("").await;
+    let r = s
+        .post(meter_note(
+            M1,
+            vec![slot("old", at(-60_000), at(-1000), Some(10.0), json!({}))],
+        ))
+        .await;
+    assert_eq!(r["new"], 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(s.calls(M1).is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s10_fifty_deliveries_one_command_set() {
+    let mut s = site("").await;
+    let note = meter_note(
+        M1,
+        vec![slot("dup", at(1000), at(2500), Some(10.0), json!({}))],
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c, n) = (s.client.clone(), note.to_string());
+        tasks.push(tokio::spawn(async move { c.post(&n).await.status }));
+    }
+    for _ in 0..30 {
+        s.post(note.clone()).await;
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let calls = s.wait_calls(M1, 2, 10).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(s.calls(M1).len(), 2, "one apply, one release: {calls:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s11_cancel_then_stale_uncancelled_retry_stays_cancelled() {
+    let mut s = site("").await;
+    let (t, end) = (at(1500), at(3000));
+    let live = meter_note(M1, vec![slot("x", t, end, Some(10.0), json!({}))]);
+    s.post(live.clone()).await;
+    s.post(meter_note(
+        M1,
+        vec![slot("x", t, end, Some(10.0), json!({"cancelled": true}))],
+    ))
+    .await;
+    assert_eq!(s.post(live).await["conflict"], 1);
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    assert!(s.calls(M1).is_empty(), "{:?}", s.calls(M1));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s12_group_split_among_local_meters_foreign_ignored() {
+    let mut s = site("").await;
+    let (t, end) = (at(1000), at(2500));
+    let note = json!({"integration_test_notification": false, "communication_test": false, "group_dispatches": [{
+        "market_group_id": "g", "meter_ids": [M2, M3, FOREIGN],
+        "timeslots": [{"market_group_event_id": "grp", "start_time": t.to_rfc3339(), "end_time": end.to_rfc3339(),
+            "cancelled": false, "energy_kw": 30.0, "performance_compensation_cap": "up-to-site-load", "priority": 2,
+            "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"]}]}]});
+    s.post(note).await;
+    for m in [M2, M3] {
+        let calls = s.wait_calls(m, 2, 10).await;
+        assert_eq!(applied(&calls[0]).target, Target::Kw(10.0), "{m}");
+        assert!(is_release(&calls[1]));
+    }
+    assert!(s.calls(M1).is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s13_unmapped_meter_is_stored_and_flagged() {
+    let mut s = site("").await;
+    s.post(meter_note(
+        FOREIGN,
+        vec![slot("unm", at(500), at(1500), Some(10.0), json!({}))],
+    ))
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    assert!([M1, M2, M3].iter().all(|m| s.calls(m).is_empty()));
+    let ev: Value = serde_json::from_str(&events_json(&s, "unm")).unwrap();
+    assert_eq!(ev["timeslots"][0]["status"], "unmapped-meter");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s14_integration_test_is_dry_run_by_default() {
+    let mut s = site("").await;
+    let mut note = meter_note(
+        M1,
+        vec![slot("test", at(800), at(2000), Some(10.0), json!({}))],
+    );
+    note["integration_test_notification"] = json!(true);
+    s.post(note).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(s.calls(M1).is_empty(), "dry-run wrote: {:?}", s.calls(M1));
+    let audit = s.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["action"] == "would-apply" && a["event"] == "test"),
+        "{audit:#?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s15_restart_mid_timeslot_reapplies_with_lateness() {
+    let mut s = site("").await;
+    s.post(meter_note(
+        M1,
+        vec![slot("r", at(300), at(60_000), Some(10.0), json!({}))],
+    ))
+    .await;
+    assert_eq!(s.wait_calls(M1, 1, 10).await.len(), 1);
+    s.stop().await;
+    assert!(
+        is_release(s.calls(M1).last().unwrap()),
+        "shutdown hands the battery back"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    s.start().await;
+    let deadline = Utc::now() + Duration::seconds(10);
+    while s.applies(M1).len() < 2 && Utc::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(s.applies(M1).len(), 2, "re-applied after restart");
+    let audit = s.audit();
+    let last = audit.iter().rev().find(|a| a["action"] == "apply").unwrap();
+    assert!(last["lateness_ms"].as_i64().unwrap() >= 1000, "{last}");
+    assert!(
+        last["detail"].as_str().unwrap().contains("startup"),
+        "{last}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s21_equal_priority_commitment_governs_then_earliest_start() {
+    let mut s = site("").await;
+    let (t, end) = (at(1000), at(2500));
+    s.post(meter_note(
+        M1,
+        vec![
+            slot("vol", t, end, Some(5.0), json!({"is_voluntary": true})),
+            slot("com", t, end, Some(7.0), json!({})),
+        ],
+    ))
+    .await;
+    let calls = s.wait_calls(M1, 1, 10).await;
+    assert_eq!(applied(&calls[0]).event_id, "com");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn s22_up_to_nomination_maximize_never_above_nomination() {
+    let mut s = site("[strategy.programs]\nDRAM = \"maximize\"\n").await;
+    s.post(meter_note(
+        M1,
+        vec![slot(
+            "nom",
+            at(800),
+            at(2000),
+            Some(8.0),
+            json!({"performance_compensation_cap": "up-to-nomination", "nomination_kw": 10.0}),
+        )],
+    ))
+    .await;
+    let calls = s.wait_calls(M1, 1, 10).await;
+    let c = applied(&calls[0]);
+    assert_eq!(
+        (c.cap, c.limit_kw, c.export_allowed_kw),
+        (Cap::UpToNomination, Some(10.0), 0.0)
+    );
+    s.stop().await;
+}
