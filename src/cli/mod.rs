@@ -3,7 +3,9 @@
 
 mod check;
 mod events;
+mod history;
 mod logging;
+mod schedule;
 mod table;
 
 use crate::config::{Config, EXIT_CONFIG};
@@ -36,6 +38,10 @@ pub enum Command {
     Run,
     /// Stored timeslots with their status (reads the database; works while the daemon runs).
     Events(events::EventsArgs),
+    /// Per meter, what the plan will do over the next hours (default 48).
+    Schedule(schedule::ScheduleArgs),
+    /// The audit log of commands applied, released, or only "would apply" (dry-run).
+    History(history::HistoryArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -74,6 +80,16 @@ fn load_config(path: &std::path::Path) -> Result<Config, u8> {
     })
 }
 
+fn with_config(
+    path: &std::path::Path,
+    f: impl FnOnce(&Config) -> anyhow::Result<u8>,
+) -> anyhow::Result<u8> {
+    match load_config(path) {
+        Ok(c) => f(&c),
+        Err(code) => Ok(code),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Config(ConfigCommand::Check) => Ok(check::run(&cli.config)),
@@ -89,9 +105,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             rt.block_on(crate::daemon::run(config))?;
             Ok(exit::OK)
         }
-        Command::Events(args) => match load_config(&cli.config) {
-            Ok(c) => events::run(&c, &args),
-            Err(code) => Ok(code),
-        },
+        Command::Events(args) => with_config(&cli.config, |c| events::run(c, &args)),
+        Command::Schedule(args) => with_config(&cli.config, |c| schedule::run(c, &args)),
+        Command::History(args) => with_config(&cli.config, |c| history::run(c, &args)),
     }
 }

@@ -1,0 +1,182 @@
+//! `leap-edge schedule`: per local meter, what will happen over the next hours — the same
+//! pure plan the daemon follows, computed from the database (read-only).
+
+use super::{exit, table};
+use crate::config::Config;
+use crate::model::{Command, ExecMode, Kind, Target};
+use crate::plan::{self, Interval, PlanConfig, PlanInput};
+use crate::store::{self, query};
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+
+#[derive(clap::Args, Debug)]
+pub struct ScheduleArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Start of the window (RFC 3339); default now.
+    #[arg(long, value_parser = parse_time)]
+    pub from: Option<DateTime<Utc>>,
+    /// Length of the window in hours.
+    #[arg(long, default_value_t = 48)]
+    pub hours: i64,
+    /// Only this Leap meter id.
+    #[arg(long)]
+    pub meter: Option<String>,
+}
+
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-06-05T14:00:00Z: {e}"))
+}
+
+pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
+    if !(1..=24 * 31).contains(&args.hours) {
+        eprintln!("leap-edge: --hours must be between 1 and 744");
+        return Ok(exit::USAGE);
+    }
+    let conn = store::open_read_only(&config.storage.path)?;
+    let from = args.from.unwrap_or_else(Utc::now);
+    let to = from + Duration::hours(args.hours);
+    let slots = query::timeslots_ending_after(&conn, from)?;
+    let pc = PlanConfig::from_config(config);
+    let plan = plan::plan(&PlanInput {
+        timeslots: &slots,
+        config: &pc,
+        from,
+        to,
+    });
+    let meters: Vec<Value> = config
+        .meters
+        .iter()
+        .filter(|m| {
+            args.meter
+                .as_ref()
+                .is_none_or(|x| x.eq_ignore_ascii_case(&m.id))
+        })
+        .map(|m| {
+            let ivs = plan.meters.get(&m.id).map(Vec::as_slice).unwrap_or(&[]);
+            json!({"meter_id": m.id, "name": m.name, "device": m.device,
+                   "intervals": ivs.iter().map(interval_json).collect::<Vec<_>>()})
+        })
+        .collect();
+    if args.json {
+        let doc = json!({"from": store::ts(from), "to": store::ts(to), "meters": meters, "excluded": plan.excluded});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(exit::OK);
+    }
+    println!("Schedule {} → {} (UTC)", store::ts(from), store::ts(to));
+    for m in &config.meters {
+        if args
+            .meter
+            .as_ref()
+            .is_some_and(|x| !x.eq_ignore_ascii_case(&m.id))
+        {
+            continue;
+        }
+        let label = m
+            .name
+            .as_deref()
+            .map_or(String::new(), |n| format!(" ({n})"));
+        println!("\nMeter {}{label}, device {}", m.id, m.device);
+        print_meter(
+            plan.meters.get(&m.id).map(Vec::as_slice).unwrap_or(&[]),
+            from,
+            to,
+        );
+    }
+    if !plan.excluded.is_empty() {
+        println!("\nNot dispatched:");
+        let rows: Vec<Vec<String>> = plan
+            .excluded
+            .iter()
+            .filter(|e| !matches!(e.reason, plan::ExcludeReason::Ended))
+            .map(|e| {
+                vec![
+                    e.event_id.clone(),
+                    e.kind.as_str().into(),
+                    e.meter_id.clone().unwrap_or_default(),
+                    e.reason.to_string(),
+                ]
+            })
+            .collect();
+        table::print(&["EVENT", "KIND", "METER", "WHY"], &rows);
+    }
+    Ok(exit::OK)
+}
+
+fn target_text(c: &Command) -> String {
+    match c.target {
+        Target::Kw(kw) => format!("{kw:.2} kW"),
+        Target::Maximum => "maximum".into(),
+    }
+}
+
+fn interval_json(iv: &Interval) -> Value {
+    let c = &iv.command;
+    let mut v = json!({
+        "start_time": store::ts(iv.start), "end_time": store::ts(iv.end),
+        "mode": c.mode, "kind": c.kind, "performance_compensation_cap": c.cap.as_str(),
+        "target_kw": match c.target { Target::Kw(k) => json!(k), Target::Maximum => Value::Null },
+        "target": target_text(c), "limit_kw": c.limit_kw, "export_allowed_kw": c.export_allowed_kw,
+        "import_margin_kw": c.import_margin_kw, "strategy": c.strategy, "priority": c.priority,
+        "programs": c.programs, "reason": c.reason,
+    });
+    let id_key = if c.kind == Kind::Meter {
+        "meter_event_id"
+    } else {
+        "market_group_event_id"
+    };
+    v[id_key] = json!(c.event_id);
+    v
+}
+
+/// Intervals with the normal-operation gaps between them, and what happens at each edge.
+fn print_meter(ivs: &[Interval], from: DateTime<Utc>, to: DateTime<Utc>) {
+    let mut rows = Vec::new();
+    let mut cursor = from;
+    for iv in ivs {
+        if iv.start > cursor {
+            rows.push(vec![
+                store::ts(cursor),
+                store::ts(iv.start),
+                "normal".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "self-consumption".into(),
+            ]);
+        }
+        let c = &iv.command;
+        let mode = if c.mode == ExecMode::DryRun {
+            "dry-run (nothing written)"
+        } else {
+            "dispatch"
+        };
+        rows.push(vec![
+            store::ts(iv.start),
+            store::ts(iv.end),
+            mode.into(),
+            c.event_id.clone(),
+            c.cap.as_str().into(),
+            target_text(c),
+            c.reason.clone(),
+        ]);
+        cursor = iv.end;
+    }
+    if cursor < to {
+        rows.push(vec![
+            store::ts(cursor),
+            store::ts(to),
+            "normal".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "self-consumption".into(),
+        ]);
+    }
+    table::print(
+        &["FROM", "UNTIL", "WHAT", "EVENT", "CAP", "TARGET", "WHY"],
+        &rows,
+    );
+}
