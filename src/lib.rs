@@ -8,3 +8,4 @@ pub mod device;
 pub mod dispatch;
 pub mod model;
 pub mod secret;
+pub mod sim;
