@@ -62,6 +62,15 @@ pub fn open(
         device: name.to_string(),
         reason: e.to_string(),
     })?;
+    if profile.template {
+        return Err(DeviceError::Profile {
+            device: name.to_string(),
+            reason: format!(
+                "{} is a template: copy it to devices/<vendor>.toml, fill in the vendor's registers, set `template = false` and point devices.{name}.profile at the copy",
+                path.display()
+            ),
+        });
+    }
     Ok(ModbusBattery::new(name, profile, cfg))
 }
 

@@ -52,6 +52,9 @@ pub struct Profile {
     #[serde(default)]
     pub description: String,
     pub addressing: Addressing,
+    /// A template to copy and fill in: checked like any profile, but never driven.
+    #[serde(default)]
+    pub template: bool,
     pub read: ReadSpec,
     #[serde(default)]
     pub control: Vec<ControlSpec>,
@@ -102,6 +105,9 @@ pub struct RegSpec {
     pub negate: bool,
     /// Written value (enter/leave only).
     pub value: Option<f64>,
+    /// Reads only: registers added to this one (a meter that reports each phase).
+    #[serde(default)]
+    pub plus: Vec<RegSpec>,
     /// Engineering range a written value is clamped to.
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -375,6 +381,15 @@ fn check_reg(addr: Addressing, at: &str, r: &RegSpec, write: bool, out: &mut Vec
                 out.push(format!("{at}: input registers cannot be written"));
             }
         }
+    }
+    if !r.plus.is_empty() && write {
+        out.push(format!("{at}: `plus` only belongs in reads"));
+    }
+    for (i, extra) in r.plus.iter().enumerate() {
+        if !extra.plus.is_empty() {
+            out.push(format!("{at}.plus[{i}]: `plus` cannot nest"));
+        }
+        check_reg(addr, &format!("{at}.plus[{i}]"), extra, false, out);
     }
     if write != r.value.is_some() {
         out.push(if write {

@@ -5,7 +5,6 @@
 use leap_edge::config::{DeviceConfig, SimConfig};
 use leap_edge::device::{DeviceError, ModbusBattery};
 use leap_edge::sim::{self, SimHandle, SimOptions};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -67,11 +66,10 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
 }
 
 /// Retry an operation (the client pauses between failed connects) until it succeeds.
-pub async fn retry<T, F, Fut>(limit: Duration, mut op: F) -> Result<T, DeviceError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, DeviceError>>,
-{
+pub async fn retry<T>(
+    limit: Duration,
+    mut op: impl AsyncFnMut() -> Result<T, DeviceError>,
+) -> Result<T, DeviceError> {
     let end = Instant::now() + limit;
     loop {
         match op().await {
