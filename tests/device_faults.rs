@@ -40,19 +40,28 @@ async fn a_server_that_never_answers_times_out() {
             held.push(s);
         }
     });
-    let mut bat = leap_edge::device::open("bess", &device_cfg("sunspec", addr, 300), &devices_dir()).unwrap();
+    let mut bat =
+        leap_edge::device::open("bess", &device_cfg("sunspec", addr, 300), &devices_dir()).unwrap();
     let t0 = Instant::now();
     let e = bat.read().await.unwrap_err();
     assert!(matches!(e, DeviceError::Timeout { ms: 300, .. }), "{e}");
     assert!(t0.elapsed() >= Duration::from_millis(300));
-    assert!(!bat.state().lock().unwrap().connected, "connection dropped after a timeout");
+    assert!(
+        !bat.state().lock().unwrap().connected,
+        "connection dropped after a timeout"
+    );
     holder.abort();
 }
 
 #[tokio::test]
 async fn silent_device_times_out_then_the_driver_reconnects() {
     let sim = start_sim().await;
-    let mut bat = leap_edge::device::open("bess", &device_cfg("sunspec", sim.local_addr(), 300), &devices_dir()).unwrap();
+    let mut bat = leap_edge::device::open(
+        "bess",
+        &device_cfg("sunspec", sim.local_addr(), 300),
+        &devices_dir(),
+    )
+    .unwrap();
     bat.read().await.unwrap();
     sim.set_fault(Fault::Silent);
     let e = bat.read().await.unwrap_err();
@@ -60,7 +69,10 @@ async fn silent_device_times_out_then_the_driver_reconnects() {
     sim.set_fault(Fault::None);
     retry(LONG, async || bat.read().await).await.unwrap();
     let st = bat.state().lock().unwrap().clone();
-    assert_eq!(st.connects, 2, "a fresh connection after the timeout: {st:?}");
+    assert_eq!(
+        st.connects, 2,
+        "a fresh connection after the timeout: {st:?}"
+    );
     assert!(st.connected);
     bat.set_power(3.0, 30).await.unwrap();
     assert_eq!(sim.point(124, "OutWRte"), Some(6.0));
@@ -79,7 +91,11 @@ async fn modbus_exception_on_write_is_an_error_and_keeps_the_connection() {
     }
     sim.set_fault(Fault::None);
     bat.set_power(10.0, 30).await.unwrap();
-    assert_eq!(bat.state().lock().unwrap().connects, 1, "an exception is an answer: no reconnect");
+    assert_eq!(
+        bat.state().lock().unwrap().connects,
+        1,
+        "an exception is an answer: no reconnect"
+    );
     assert_eq!(sim.point(124, "StorCtl_Mod"), Some(3.0));
 }
 
@@ -90,10 +106,19 @@ async fn disconnect_mid_write_then_the_command_goes_through() {
     bat.read().await.unwrap();
     sim.set_fault(Fault::DropOnWrite);
     let e = bat.set_power(10.0, 30).await.unwrap_err();
-    assert!(matches!(e, DeviceError::Io { .. } | DeviceError::Timeout { .. }), "{e}");
-    assert_eq!(sim.point(124, "StorCtl_Mod"), Some(0.0), "nothing was applied");
+    assert!(
+        matches!(e, DeviceError::Io { .. } | DeviceError::Timeout { .. }),
+        "{e}"
+    );
+    assert_eq!(
+        sim.point(124, "StorCtl_Mod"),
+        Some(0.0),
+        "nothing was applied"
+    );
     sim.set_fault(Fault::None);
-    retry(LONG, async || bat.set_power(10.0, 30).await).await.unwrap();
+    retry(LONG, async || bat.set_power(10.0, 30).await)
+        .await
+        .unwrap();
     assert_eq!(sim.point(124, "StorCtl_Mod"), Some(3.0));
     assert!(bat.state().lock().unwrap().connects >= 2);
 }
@@ -105,7 +130,9 @@ async fn a_write_the_device_does_not_keep_is_a_read_back_error() {
     sim.set_fault(Fault::IgnoreWrites);
     let e = bat.set_power(10.0, 30).await.unwrap_err();
     match &e {
-        DeviceError::ReadBack { point, wrote, read, .. } => {
+        DeviceError::ReadBack {
+            point, wrote, read, ..
+        } => {
             assert_eq!(point, "124.InOutWRte_RvrtTms");
             assert_eq!((wrote.as_str(), read.as_str()), ("30", "0"));
         }
@@ -121,11 +148,16 @@ async fn device_offline_then_back_takes_the_command_on_return() {
     bat.set_power(8.0, 30).await.unwrap();
     sim.set_fault(Fault::Offline);
     let e = bat.set_power(9.0, 30).await.unwrap_err();
-    assert!(!matches!(e, DeviceError::ReadBack { .. } | DeviceError::Range { .. }), "{e}");
+    assert!(
+        !matches!(e, DeviceError::ReadBack { .. } | DeviceError::Range { .. }),
+        "{e}"
+    );
     let errors = bat.state().lock().unwrap().error_count;
     assert!(errors >= 1);
     sim.set_fault(Fault::None);
-    retry(LONG, async || bat.set_power(9.0, 30).await).await.unwrap();
+    retry(LONG, async || bat.set_power(9.0, 30).await)
+        .await
+        .unwrap();
     assert_eq!(sim.point(124, "OutWRte"), Some(18.0));
     assert!(eventually(LONG, || (sim.snapshot().battery_kw - 9.0).abs() < 0.01).await);
 }
