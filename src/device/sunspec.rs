@@ -187,7 +187,7 @@ pub async fn discover(
 async fn walk(client: &mut ModbusClient, base: u16) -> Result<SunSpecMap, DeviceError> {
     let mut models = Vec::new();
     let mut addr = base as u32 + 2;
-    while models.len() < MAX_MODELS && addr + 1 <= u16::MAX as u32 {
+    while models.len() < MAX_MODELS && addr < u16::MAX as u32 {
         let w = client.read(None, Function::Holding, addr as u16, 2).await?;
         if w[0] == END {
             return Ok(SunSpecMap { base, models });
