@@ -202,3 +202,31 @@ async fn probe_reports_identity_models_and_points() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["identity"]["model"], "site-simulator");
 }
+
+#[tokio::test]
+async fn victron_profile_drives_the_simulators_victron_face() {
+    let opts = SimOptions {
+        victron: true,
+        ..SimOptions::default()
+    };
+    let sim = start_sim_with(sim_cfg(), opts).await;
+    let cfg = device_cfg("victron-gx-ess", sim.local_addr(), 1000);
+    let mut bat = leap_edge::device::open("gx", &cfg, &devices_dir()).unwrap();
+    assert!(eventually(LONG, || (sim.snapshot().battery_kw - 30.0).abs() < 0.01).await);
+    let t = bat.read().await.unwrap();
+    assert!(
+        (t.battery_kw.unwrap() - 30.0).abs() < 0.01 && t.grid_kw.unwrap().abs() < 0.01,
+        "{t:?}"
+    );
+    // The driver turns a battery target into a grid setpoint: 30 kW load, 12 kW battery.
+    bat.set_power(12.0, 60).await.unwrap();
+    assert!(
+        eventually(LONG, || (sim.snapshot().battery_kw - 12.0).abs() < 0.01).await,
+        "{:?}",
+        sim.snapshot()
+    );
+    assert_eq!(sim.snapshot().mode, Mode::VictronSetpoint);
+    assert!((sim.snapshot().grid_kw - 18.0).abs() < 0.01);
+    bat.release().await.unwrap();
+    assert!(eventually(LONG, || sim.snapshot().mode == Mode::Normal).await);
+}

@@ -5,10 +5,14 @@
 //! the battery (discharge positive); model 203 W is the site's grid power, import positive
 //! (the SunSpec meter convention).
 
+mod cli;
 mod load;
 mod map;
 mod physics;
 mod server;
+mod victron;
+
+pub use cli::run_cli;
 
 pub use load::LoadProfile;
 pub use physics::Mode;
@@ -93,6 +97,7 @@ pub struct SimInner {
     last_command_at: Option<DateTime<Utc>>,
     writes: u64,
     requests: u64,
+    victron: Option<victron::VictronImage>,
 }
 
 /// Which control models the simulated inverter offers (both by default).
@@ -100,6 +105,8 @@ pub struct SimInner {
 pub struct SimOptions {
     pub model_124: bool,
     pub model_704: bool,
+    /// Also answer on unit 100 as a Victron GX in ESS mode 2 (see `victron`).
+    pub victron: bool,
     pub tick: Duration,
 }
 
@@ -108,6 +115,7 @@ impl Default for SimOptions {
         SimOptions {
             model_124: true,
             model_704: true,
+            victron: false,
             tick: Duration::from_millis(100),
         }
     }
@@ -216,6 +224,7 @@ fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
         last_command_at: None,
         writes: 0,
         requests: 0,
+        victron: opts.victron.then(victron::VictronImage::default),
     })
 }
 
@@ -256,8 +265,12 @@ async fn tick_loop(inner: Arc<Mutex<SimInner>>, tick: Duration) {
         let s = &mut *s;
         let secs = now.duration_since(s.started).as_secs_f64();
         s.physics.load_kw = s.load_override.unwrap_or_else(|| s.load.at(secs));
-        s.physics.step(&mut s.image, now, dt);
+        let sp = s.victron.as_ref().map(|v| v.setpoint_kw());
+        s.physics.step(&mut s.image, now, dt, sp);
         s.physics.publish(&mut s.image);
+        if let Some(v) = s.victron.as_mut() {
+            v.publish(&s.physics);
+        }
     }
 }
 
@@ -363,41 +376,6 @@ pub async fn serve(
 ) -> Result<(), SimError> {
     let mut handle = spawn(&cfg, listener)?;
     shutdown.await;
-    handle.shutdown();
-    Ok(())
-}
-
-/// `leap-edge sim [--listen ADDR]`: bind, print where it answers, print the site state
-/// every `every` until Ctrl-C.
-pub async fn run_cli(
-    cfg: &SimConfig,
-    listen: Option<SocketAddr>,
-    every: Duration,
-) -> Result<(), SimError> {
-    let addr = listen.unwrap_or(cfg.listen);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| SimError::Bind { addr, source })?;
-    let mut handle = spawn(cfg, listener)?;
-    println!(
-        "leap-edge sim: Modbus TCP on {} unit {}, SunSpec map at {} (models 1, 103, 124, 704, 713, 203); Ctrl-C stops",
-        handle.local_addr(),
-        cfg.unit_id,
-        cfg.base_address
-    );
-    let mut iv = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = iv.tick() => {
-                let s = handle.snapshot();
-                println!(
-                    "mode {:?}  SoC {:.1} %  battery {:+.2} kW (target {:+.2})  load {:.2} kW  grid {:+.2} kW",
-                    s.mode, s.soc_pct, s.battery_kw, s.target_kw, s.load_kw, s.grid_kw
-                );
-            }
-        }
-    }
     handle.shutdown();
     Ok(())
 }

@@ -24,6 +24,8 @@ pub enum Mode {
     Normal,
     Remote124,
     Remote704,
+    /// Victron face: holding a non-zero ESS grid setpoint (register 2700).
+    VictronSetpoint,
 }
 
 pub struct Physics {
@@ -46,7 +48,14 @@ impl Physics {
     }
 
     /// Apply reversion timeouts, pick the mode and target, move the battery.
-    pub fn step(&mut self, img: &mut Image, now: Instant, dt_s: f64) {
+    /// `grid_setpoint_kw`: the Victron face's ESS grid setpoint, when it is enabled.
+    pub fn step(
+        &mut self,
+        img: &mut Image,
+        now: Instant,
+        dt_s: f64,
+        grid_setpoint_kw: Option<f64>,
+    ) {
         self.revert_lapsed(img, now);
         let max = self.max_kw;
         let (mode, target) = if img.raw(704, "WSetEna") == Some(1) {
@@ -73,6 +82,8 @@ impl Physics {
                 self.load_kw.clamp(lo, hi)
             };
             (Mode::Remote124, t)
+        } else if let Some(sp) = grid_setpoint_kw.filter(|sp| *sp != 0.0) {
+            (Mode::VictronSetpoint, self.load_kw - sp)
         } else {
             (Mode::Normal, self.load_kw.max(0.0))
         };

@@ -3,7 +3,7 @@
 //! exception, as a real inverter answers), and the fault switches tests use: offline,
 //! silent, writes rejected, writes ignored, connection dropped on write.
 
-use super::{Fault, SimInner};
+use super::{Fault, SimInner, victron};
 use chrono::Utc;
 use std::io;
 use std::pin::Pin;
@@ -137,6 +137,9 @@ impl SimService {
         if s.fault == Fault::Silent {
             return Ok(None);
         }
+        if req.slave == victron::UNIT && s.victron.is_some() && s.unit != victron::UNIT {
+            return self.victron(&mut s, req.request);
+        }
         if req.slave != s.unit {
             return Err(ExceptionCode::GatewayTargetDevice);
         }
@@ -154,6 +157,32 @@ impl SimService {
                 self.write(&mut s, a, &words)?.map_or(Ok(None), |()| {
                     Ok(Some(Response::WriteMultipleRegisters(a, n)))
                 })
+            }
+            _ => Err(ExceptionCode::IllegalFunction),
+        }
+    }
+
+    fn victron(
+        &self,
+        s: &mut SimInner,
+        req: Request<'static>,
+    ) -> Result<Option<Response>, ExceptionCode> {
+        let v = s
+            .victron
+            .as_mut()
+            .ok_or(ExceptionCode::GatewayTargetDevice)?;
+        match req {
+            Request::ReadHoldingRegisters(a, n) => v
+                .read(a, n)
+                .map(|w| Some(Response::ReadHoldingRegisters(w)))
+                .ok_or(ExceptionCode::IllegalDataAddress),
+            Request::WriteSingleRegister(a, w) => {
+                if !v.write(a, &[w]) {
+                    return Err(ExceptionCode::IllegalDataAddress);
+                }
+                s.last_command_at = Some(Utc::now());
+                s.writes += 1;
+                Ok(Some(Response::WriteSingleRegister(a, w)))
             }
             _ => Err(ExceptionCode::IllegalFunction),
         }

@@ -5,11 +5,11 @@
 
 mod ops;
 
+use super::DeviceError;
 use super::client::{ModbusClient, SharedState};
 use super::profile::{self, Addressing, ControlSpec, PowerSpec, Profile};
 use super::regs::{self, ResolvedReg};
 use super::sunspec::{self, SunSpecMap};
-use super::DeviceError;
 use crate::config::DeviceConfig;
 use std::path::Path;
 use std::time::Duration;
