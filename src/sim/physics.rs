@@ -154,3 +154,61 @@ impl Physics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site() -> (Physics, Image) {
+        let mut img = Image::new(40000, true, true);
+        img.set_raw(124, "WChaMax_SF", 0);
+        img.set(124, "WChaMax", 10_000.0);
+        img.set_raw(124, "InOutWRte_SF", 0);
+        let p = Physics {
+            capacity_kwh: 10.0,
+            max_kw: 10.0,
+            ramp_kw_per_s: 2.0,
+            soc_pct: 50.0,
+            battery_kw: 0.0,
+            target_kw: 0.0,
+            load_kw: 4.0,
+            mode: Mode::Normal,
+            last_124_write: None,
+            last_704_write: None,
+            reversions: 0,
+        };
+        (p, img)
+    }
+
+    #[test]
+    fn ramp_limits_each_step_and_soc_integrates() {
+        let (mut p, mut img) = site();
+        let now = Instant::now();
+        p.step(&mut img, now, 1.0, None);
+        assert_eq!(
+            (p.mode, p.target_kw, p.battery_kw),
+            (Mode::Normal, 4.0, 2.0)
+        );
+        p.step(&mut img, now, 1.0, None);
+        assert_eq!(p.battery_kw, 4.0);
+        // 2 kW then 4 kW for a second each from 10 kWh: 6 kJ·h/3600 = 1/600 of 10 kWh.
+        assert!((p.soc_pct - (50.0 - 6.0 / 3600.0 / 10.0 * 100.0)).abs() < 1e-9);
+        assert_eq!(p.grid_kw(), 0.0);
+    }
+
+    #[test]
+    fn window_pins_the_battery_and_lapses_after_its_timeout() {
+        let (mut p, mut img) = site();
+        let t0 = Instant::now();
+        img.set_raw(124, "StorCtl_Mod", 3);
+        img.set(124, "OutWRte", -30.0);
+        img.set(124, "InWRte", 30.0);
+        img.set_raw(124, "InOutWRte_RvrtTms", 5);
+        p.last_124_write = Some(t0);
+        p.step(&mut img, t0, 10.0, None);
+        assert_eq!((p.mode, p.battery_kw), (Mode::Remote124, -3.0));
+        p.step(&mut img, t0 + std::time::Duration::from_secs(5), 10.0, None);
+        assert_eq!((p.mode, p.reversions), (Mode::Normal, 1));
+        assert_eq!(img.raw(124, "StorCtl_Mod"), Some(0));
+    }
+}
