@@ -161,3 +161,22 @@ async fn device_offline_then_back_takes_the_command_on_return() {
     assert_eq!(sim.point(124, "OutWRte"), Some(18.0));
     assert!(eventually(LONG, || (sim.snapshot().battery_kw - 9.0).abs() < 0.01).await);
 }
+
+#[tokio::test]
+async fn device_state_tells_a_technician_what_is_wrong() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let mut bat = battery(addr);
+    let _ = bat.read().await;
+    let st = bat.state().lock().unwrap().clone();
+    let text = st.to_string();
+    assert!(
+        text.contains("NOT connected") && text.contains("cannot connect"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&st).unwrap();
+    assert_eq!(json["connected"], false);
+    assert_eq!(json["error_count"], 1);
+    assert!(json["last_error_at"].is_string());
+}

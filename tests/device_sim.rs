@@ -193,7 +193,7 @@ async fn probe_reports_identity_models_and_points() {
         (id.manufacturer.as_str(), id.serial.as_str()),
         ("leap-edge", "SIM-0001")
     );
-    assert!(r.control.as_ref().unwrap().starts_with("SunSpec 124"));
+    assert!(r.control.as_deref().unwrap().starts_with("SunSpec 124"));
     let text = r.to_string();
     assert!(
         text.contains("storage control") && text.contains("SIM-0001"),
