@@ -230,3 +230,26 @@ async fn victron_profile_drives_the_simulators_victron_face() {
     bat.release().await.unwrap();
     assert!(eventually(LONG, || sim.snapshot().mode == Mode::Normal).await);
 }
+
+#[tokio::test]
+async fn base_address_and_unit_id_follow_the_configuration() {
+    let cfg = leap_edge::config::SimConfig {
+        base_address: 0,
+        unit_id: 7,
+        ..sim_cfg()
+    };
+    let sim = start_sim_with(cfg, SimOptions::default()).await;
+    // Wrong unit: the simulator answers with an exception, discovery finds nothing.
+    let mut wrong = battery(sim.local_addr());
+    assert!(wrong.read().await.is_err());
+    let mut dcfg = device_cfg("sunspec", sim.local_addr(), 1000);
+    dcfg.unit_id = 7;
+    let mut bat = leap_edge::device::open("bess", &dcfg, &devices_dir()).unwrap();
+    bat.read().await.unwrap();
+    assert_eq!(bat.state().lock().unwrap().sunspec_base, Some(0));
+    // A configured base is the only one tried.
+    dcfg.base_address = Some(40000);
+    let mut fixed = leap_edge::device::open("bess", &dcfg, &devices_dir()).unwrap();
+    let e = fixed.read().await.unwrap_err();
+    assert!(e.to_string().contains("no SunSpec marker"), "{e}");
+}

@@ -156,7 +156,8 @@ async fn read_identity(
     let Some(m) = map.model(1) else {
         return Ok(None);
     };
-    if m.len < 66 {
+    // Mn..SN span offsets 2..66; some devices end model 1 there (L = 65, no DA/Pad).
+    if m.len < 64 {
         return Ok(None);
     }
     let w = client.read(None, Function::Holding, m.addr + 2, 64).await?;

@@ -171,12 +171,19 @@ pub async fn discover(
     base: Option<u16>,
 ) -> Result<SunSpecMap, DeviceError> {
     let bases: Vec<u16> = base.map_or(BASES.to_vec(), |b| vec![b]);
+    let mut timed_out = None;
     for b in &bases {
         match client.read(None, Function::Holding, *b, 2).await {
             Ok(w) if w == MARKER => return walk(client, *b).await,
             Ok(_) | Err(DeviceError::Exception { .. }) => continue,
+            // Some devices never answer a read of an address they lack; the client has
+            // dropped the connection and reconnects for the next base.
+            Err(e @ DeviceError::Timeout { .. }) => timed_out = Some(e),
             Err(e) => return Err(e),
         }
+    }
+    if let Some(e) = timed_out {
+        return Err(e);
     }
     Err(DeviceError::Profile {
         device: client.device().to_string(),
