@@ -2,7 +2,7 @@
 //! addressing, SunSpec points exist (and are writable where written), writes carry values,
 //! reads do not.
 
-use super::{Addressing, PowerSpec, Profile, RegSpec};
+use super::{Addressing, ControlSpec, PowerSpec, Profile, RegSpec};
 use crate::device::client::Function;
 use crate::device::sunspec;
 
@@ -37,74 +37,78 @@ pub fn check(p: &Profile) -> Vec<String> {
     }
     for (ci, c) in p.control.iter().enumerate() {
         let at = format!("control[{ci}] ({})", c.label);
-        for (i, r) in c.enter.iter().enumerate() {
-            check_reg(p.addressing, &format!("{at}.enter[{i}]"), r, true, &mut out);
-        }
-        for (i, r) in c.leave.iter().enumerate() {
-            check_reg(p.addressing, &format!("{at}.leave[{i}]"), r, true, &mut out);
-        }
-        if c.leave.is_empty() && !matches!(c.power, PowerSpec::GridSetpoint { .. }) {
-            out.push(format!(
-                "{at}: `leave` is empty: the battery could not be released"
-            ));
-        }
-        if let Some(r) = &c.reversion {
-            check_reg(p.addressing, &format!("{at}.reversion"), r, false, &mut out);
-        }
-        match &c.power {
-            PowerSpec::PercentWindow {
+        check_control(p, c, &at, &mut out);
+    }
+    out
+}
+
+fn check_control(p: &Profile, c: &ControlSpec, at: &str, out: &mut Vec<String>) {
+    for (i, r) in c.enter.iter().enumerate() {
+        check_reg(p.addressing, &format!("{at}.enter[{i}]"), r, true, out);
+    }
+    for (i, r) in c.leave.iter().enumerate() {
+        check_reg(p.addressing, &format!("{at}.leave[{i}]"), r, true, out);
+    }
+    if c.leave.is_empty() && !matches!(c.power, PowerSpec::GridSetpoint { .. }) {
+        out.push(format!(
+            "{at}: `leave` is empty: the battery could not be released"
+        ));
+    }
+    if let Some(r) = &c.reversion {
+        check_reg(p.addressing, &format!("{at}.reversion"), r, false, out);
+    }
+    match &c.power {
+        PowerSpec::PercentWindow {
+            discharge,
+            charge,
+            reference,
+        } => {
+            check_reg(
+                p.addressing,
+                &format!("{at}.power.discharge"),
                 discharge,
+                false,
+                out,
+            );
+            check_reg(
+                p.addressing,
+                &format!("{at}.power.charge"),
                 charge,
-                reference,
-            } => {
+                false,
+                out,
+            );
+            for (i, r) in reference.iter().enumerate() {
                 check_reg(
                     p.addressing,
-                    &format!("{at}.power.discharge"),
-                    discharge,
+                    &format!("{at}.power.reference[{i}]"),
+                    r,
                     false,
-                    &mut out,
+                    out,
                 );
-                check_reg(
-                    p.addressing,
-                    &format!("{at}.power.charge"),
-                    charge,
-                    false,
-                    &mut out,
-                );
-                for (i, r) in reference.iter().enumerate() {
-                    check_reg(
-                        p.addressing,
-                        &format!("{at}.power.reference[{i}]"),
-                        r,
-                        false,
-                        &mut out,
-                    );
-                }
             }
-            PowerSpec::Watts { setpoint } => check_reg(
+        }
+        PowerSpec::Watts { setpoint } => check_reg(
+            p.addressing,
+            &format!("{at}.power.setpoint"),
+            setpoint,
+            false,
+            out,
+        ),
+        PowerSpec::GridSetpoint { setpoint } => {
+            check_reg(
                 p.addressing,
                 &format!("{at}.power.setpoint"),
                 setpoint,
                 false,
-                &mut out,
-            ),
-            PowerSpec::GridSetpoint { setpoint } => {
-                check_reg(
-                    p.addressing,
-                    &format!("{at}.power.setpoint"),
-                    setpoint,
-                    false,
-                    &mut out,
-                );
-                if p.read.grid_power.is_empty() || p.read.battery_power.is_empty() {
-                    out.push(format!(
-                        "{at}: grid-setpoint control needs read.grid_power and read.battery_power"
-                    ));
-                }
+                out,
+            );
+            if p.read.grid_power.is_empty() || p.read.battery_power.is_empty() {
+                out.push(format!(
+                    "{at}: grid-setpoint control needs read.grid_power and read.battery_power"
+                ));
             }
         }
     }
-    out
 }
 
 fn check_reg(addr: Addressing, at: &str, r: &RegSpec, write: bool, out: &mut Vec<String>) {
