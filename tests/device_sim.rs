@@ -253,3 +253,42 @@ async fn base_address_and_unit_id_follow_the_configuration() {
     let e = fixed.read().await.unwrap_err();
     assert!(e.to_string().contains("no SunSpec marker"), "{e}");
 }
+
+/// A fixed-address profile whose setpoint register is unsigned: a negative setpoint is
+/// refused before anything is written (the OpenEMS lesson in ARCHITECTURE).
+#[tokio::test]
+async fn a_negative_never_reaches_an_unsigned_register() {
+    let sim = start_sim().await;
+    // Sim layout at 40000: SunS(2) 1(68) 103(52) 124 at 40122 → WChaMax 40124,
+    // StorCtl_Mod 40127; 704(67) 713 at 40215 → SoC 40219.
+    assert_eq!(sim.registers(40122, 1), Some(vec![124]));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("unsigned.toml"),
+        r#"# test profile
+name = "unsigned setpoint"
+addressing = "fixed"
+[read]
+soc = [{ address = 40219, type = "u16", scale = 0.1 }]
+[[control]]
+label = "u16 watts"
+leave = [{ address = 40127, type = "u16", value = 0 }]
+power = { kind = "watts", setpoint = { address = 40124, type = "u16", scale = 1 } }
+"#,
+    )
+    .unwrap();
+    let cfg = device_cfg("unsigned", sim.local_addr(), 1000);
+    let mut bat = leap_edge::device::open("u", &cfg, dir.path()).unwrap();
+    let soc = bat.read().await.unwrap().soc_pct.unwrap();
+    assert!((soc - 80.0).abs() < 0.5, "{soc}");
+    let before = (sim.snapshot().writes, sim.point(124, "WChaMax"));
+    let e = bat.set_power(-5.0, 30).await.unwrap_err();
+    assert!(matches!(e, DeviceError::Range { .. }), "{e}");
+    assert_eq!(
+        (sim.snapshot().writes, sim.point(124, "WChaMax")),
+        before,
+        "nothing written"
+    );
+    bat.set_power(5.0, 30).await.unwrap();
+    assert_eq!(sim.registers(40124, 1), Some(vec![5000]), "raw W, as the profile says");
+}
