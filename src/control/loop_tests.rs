@@ -190,11 +190,12 @@ async fn shutdown_releases_every_battery() {
     cc.apply(METER, &command(10.0)).await.unwrap();
     sleep(Duration::from_secs(2)).await;
     cc.shutdown(Duration::from_secs(2)).await;
-    let s = st.lock().unwrap();
-    assert!(!s.releases().is_empty());
-    assert!(!s.remote());
-    let calls = s.calls.len();
-    drop(s);
+    let calls = {
+        let s = st.lock().unwrap();
+        assert!(!s.releases().is_empty());
+        assert!(!s.remote());
+        s.calls.len()
+    };
     sleep(Duration::from_secs(10)).await;
     assert_eq!(
         st.lock().unwrap().calls.len(),
