@@ -2,6 +2,7 @@
 //! on-site batteries over Modbus TCP at each timeslot. See ARCHITECTURE in the README for
 //! the data path: ingest → store → plan → dispatch → control → device.
 
+pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
