@@ -16,3 +16,4 @@ pub mod plan;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod sim;
