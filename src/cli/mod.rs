@@ -2,10 +2,14 @@
 //! take `--json` and then print one JSON document on stdout (SPEC §3).
 
 mod check;
+mod duration;
 mod events;
 mod history;
 mod logging;
+mod manual;
 mod schedule;
+mod send_test;
+mod status;
 mod table;
 
 use crate::config::{Config, EXIT_CONFIG};
@@ -36,12 +40,19 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: receive Leap webhooks, store them, dispatch the batteries.
     Run,
+    /// One screen: daemon, last notification, clock, and per meter the command and device.
+    Status(status::StatusArgs),
     /// Stored timeslots with their status (reads the database; works while the daemon runs).
     Events(events::EventsArgs),
     /// Per meter, what the plan will do over the next hours (default 48).
     Schedule(schedule::ScheduleArgs),
     /// The audit log of commands applied, released, or only "would apply" (dry-run).
     History(history::HistoryArgs),
+    /// A manual override that expires by itself (hold, charge, discharge, release, clear).
+    #[command(subcommand)]
+    Override(manual::OverrideCommand),
+    /// Post a Leap-shaped test notification to the running daemon (same path and auth).
+    SendTest(send_test::SendTestArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -106,6 +117,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Events(args) => with_config(&cli.config, |c| events::run(c, &args)),
+        Command::Status(args) => with_config(&cli.config, |c| status::run(c, &args)),
+        Command::Override(cmd) => with_config(&cli.config, |c| manual::run(c, &cmd)),
+        Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
         Command::Schedule(args) => with_config(&cli.config, |c| schedule::run(c, &args)),
         Command::History(args) => with_config(&cli.config, |c| history::run(c, &args)),
     }

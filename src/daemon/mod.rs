@@ -2,6 +2,8 @@
 //! order — stop accepting, finish in-flight requests, stop dispatch (which hands every
 //! battery back to normal operation), close the database.
 
+mod socket;
+
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::dispatch::{Commander, DispatchStatus, Dispatcher, RecordingCommander};
@@ -26,6 +28,8 @@ pub enum DaemonError {
 pub struct Parts {
     pub commander: Arc<dyn Commander>,
     pub clock: Arc<dyn Clock>,
+    /// Live per-meter device state for `status` (JSON object keyed by Leap meter id).
+    pub live: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
 /// A started daemon; [`Running::stop`] shuts it down in order.
@@ -36,6 +40,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
+    admin: JoinHandle<()>,
     store_thread: StoreThread,
 }
 
@@ -57,10 +62,33 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let app = Arc::new(App::new(config.clone(), store.clone()));
     let (stop, stop_rx) = watch::channel(false);
 
-    let dispatcher = Dispatcher::new(config.clone(), store.clone(), parts.commander, parts.clock);
+    let dispatcher = Dispatcher::new(
+        config.clone(),
+        store.clone(),
+        parts.commander,
+        parts.clock.clone(),
+    );
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
+    let handler = Arc::new(socket::Handler {
+        app: app.clone(),
+        dispatch: dispatch.clone(),
+        overrides: dispatcher.overrides(),
+        started_at: parts.clock.now(),
+        clock: parts.clock,
+        live: parts.live,
+    });
     let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
+    let admin_path = config.admin.socket.clone();
+    let mut admin_stop = stop_rx.clone();
+    let admin = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = crate::admin::serve(&admin_path, handler, stopped).await {
+            tracing::error!(path = %admin_path.display(), error = %e, "admin socket unavailable; the CLI cannot reach the daemon");
+        }
+    });
 
     let stopped = async move {
         let mut rx = stop_rx;
@@ -78,6 +106,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         stop,
         http,
         dispatcher,
+        admin,
         store_thread,
     })
 }
@@ -88,6 +117,7 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = self.http.await;
         let _ = self.dispatcher.await;
+        let _ = self.admin.await;
         drop(self.app);
         self.store_thread.join();
         tracing::info!("stopped cleanly");
@@ -101,6 +131,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Parts {
             commander,
             clock: Arc::new(SystemClock),
+            live: Arc::new(|| serde_json::json!({})),
         },
     )
     .await?;
