@@ -3,6 +3,7 @@
 //! channel; `apply`/`release` wait (bounded) for the loop's first outcome so dispatch can
 //! audit a failure, while the loop keeps retrying regardless.
 
+use super::law::Limits;
 use super::meter_loop::{Channels, Desired, LoopSettings, MeterLoop, Outcome, Request};
 use super::status::ControlStatus;
 use crate::clock::Clock;
@@ -113,8 +114,11 @@ impl ControlCommander {
                 period: Duration::from_millis(config.site.control_period_ms.max(1)),
                 reversion_secs: dev.reversion_secs,
                 site: config.site.clone(),
-                max_discharge_kw: dev.max_discharge_kw,
-                capacity_kwh: dev.capacity_kwh,
+                nameplate: Limits {
+                    max_discharge_kw: dev.max_discharge_kw,
+                    max_charge_kw: dev.max_charge_kw,
+                    capacity_kwh: dev.capacity_kwh,
+                },
             };
             let (req_tx, req_rx) = watch::channel(Request {
                 seq: 0,

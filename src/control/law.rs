@@ -14,6 +14,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Limits {
     pub max_discharge_kw: Option<f64>,
+    pub max_charge_kw: Option<f64>,
     pub capacity_kwh: Option<f64>,
 }
 
@@ -21,14 +22,11 @@ impl Limits {
     /// A configured nameplate may be a site-specific derating below what the device
     /// reports, and a device may report less than its nameplate when hot or degraded:
     /// the smaller known value is the safe one.
-    pub fn merge(
-        reported: &Telemetry,
-        max_discharge_kw: Option<f64>,
-        capacity_kwh: Option<f64>,
-    ) -> Limits {
+    pub fn merge(reported: &Telemetry, nameplate: Limits) -> Limits {
         Limits {
-            max_discharge_kw: min_known(reported.max_discharge_kw, max_discharge_kw),
-            capacity_kwh: min_known(reported.capacity_kwh, capacity_kwh),
+            max_discharge_kw: min_known(reported.max_discharge_kw, nameplate.max_discharge_kw),
+            max_charge_kw: min_known(reported.max_charge_kw, nameplate.max_charge_kw),
+            capacity_kwh: min_known(reported.capacity_kwh, nameplate.capacity_kwh),
         }
     }
 }
@@ -59,6 +57,10 @@ pub enum Bound {
     Reserve,
     /// State of charge unknown: the reserve cannot be guarded.
     SocUnknown,
+    /// The battery's maximum charge power (manual charge only).
+    MaxCharge,
+    /// The battery is full (manual charge only).
+    Full,
     /// Nothing bounded it (maximum requested, no limits known).
     Unbounded,
 }
@@ -84,11 +86,12 @@ pub struct Flags {
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Decision {
-    /// Battery setpoint, discharge positive; never negative during a dispatch.
+    /// Battery setpoint, discharge positive; never negative during a dispatch (only a
+    /// manual charge override is).
     pub setpoint_kw: f64,
     /// What the command asked for; None = the maximum within the cap.
     pub requested_kw: Option<f64>,
-    /// `requested_kw − setpoint_kw` when an award was not met (0 otherwise).
+    /// How much of the requested power (in magnitude) is not delivered; 0 for a maximum.
     pub shortfall_kw: f64,
     /// Site load (kW) the decision used: measured, or the fallback.
     pub site_load_kw: f64,
@@ -105,10 +108,16 @@ pub fn decide(
     site: &SiteConfig,
 ) -> Decision {
     let mut flags = Flags::default();
-    let requested_kw = match (cmd.target, cmd.strategy) {
+    let (requested_kw, spread) = match (cmd.target, cmd.strategy) {
+        (Target::Setpoint(kw), _) if finite_or_zero(kw) < 0.0 => {
+            return charge(-kw, tel, limits, site);
+        }
+        // A technician's exact power: not spread over time, but the reserve and the
+        // no-export rule still hold.
+        (Target::Setpoint(kw), _) => (Some(finite_or_zero(kw)), false),
         // SPEC §2.9 `maximize` over-performs up to the cap; Maximum = energy_kw null.
-        (_, Strategy::Maximize) | (Target::Maximum, _) => None,
-        (Target::Kw(kw), Strategy::Award) => Some(finite_or_zero(kw).max(0.0)),
+        (_, Strategy::Maximize) | (Target::Maximum, _) => (None, true),
+        (Target::Kw(kw), Strategy::Award) => (Some(finite_or_zero(kw).max(0.0)), true),
     };
     let (site_load_kw, fallback) = site_load(tel, site);
     flags.using_fallback_load = fallback;
@@ -141,11 +150,12 @@ pub fn decide(
             bound_by(0.0, Bound::Reserve);
         }
         (Some(soc), Some(cap_kwh)) => {
-            if let Some(kw) = spread_kw(soc, cap_kwh, site.reserve_soc_pct, cmd.until, now) {
+            let kw = spread_kw(soc, cap_kwh, site.reserve_soc_pct, cmd.until, now);
+            if let (Some(kw), true) = (kw, spread) {
                 bound_by(kw, Bound::Energy);
             }
         }
-        (Some(_), None) => flags.capacity_unknown = true,
+        (Some(_), None) => flags.capacity_unknown = spread,
     }
     let (limit, bound) = best;
     // SPEC §2.9: never charge from the grid during a dispatch.
@@ -165,6 +175,31 @@ pub fn decide(
         setpoint_kw,
         requested_kw,
         shortfall_kw,
+        site_load_kw,
+        bound,
+        flags,
+    }
+}
+
+/// A manual charge of `want_kw` (> 0), the only negative setpoint. Charging raises grid
+/// import, so neither the no-export rule nor the reserve can be broken by it; the
+/// battery's charge power and a full battery bound it.
+fn charge(want_kw: f64, tel: &Telemetry, limits: Limits, site: &SiteConfig) -> Decision {
+    let mut flags = Flags::default();
+    let (site_load_kw, fallback) = site_load(tel, site);
+    flags.using_fallback_load = fallback;
+    let (mut kw, mut bound) = (want_kw, Bound::Target);
+    if let Some(m) = limits.max_charge_kw.filter(|m| *m < kw) {
+        (kw, bound) = (m, Bound::MaxCharge);
+        flags.power_limited = true;
+    }
+    if tel.soc_pct.is_some_and(|s| s >= 100.0) {
+        (kw, bound) = (0.0, Bound::Full);
+    }
+    Decision {
+        setpoint_kw: -kw,
+        requested_kw: Some(-want_kw),
+        shortfall_kw: want_kw - kw,
         site_load_kw,
         bound,
         flags,

@@ -43,7 +43,7 @@ fn tel(grid: f64, battery: f64) -> Telemetry {
 }
 
 fn limits(t: &Telemetry) -> Limits {
-    Limits::merge(t, None, None)
+    Limits::merge(t, Limits::default())
 }
 
 fn run(c: &Command, t: &Telemetry) -> Decision {
@@ -142,16 +142,22 @@ fn max_discharge_power_bounds_the_setpoint() {
 #[test]
 fn a_configured_nameplate_below_the_report_wins() {
     let t = tel(80.0, 0.0);
-    let l = Limits::merge(&t, Some(12.0), Some(500.0));
+    let nameplate = Limits {
+        max_discharge_kw: Some(12.0),
+        max_charge_kw: None,
+        capacity_kwh: Some(500.0),
+    };
+    let l = Limits::merge(&t, nameplate);
     assert_eq!(l.max_discharge_kw, Some(12.0));
+    assert_eq!(l.max_charge_kw, Some(50.0));
     assert_eq!(l.capacity_kwh, Some(100.0));
-    let none = Limits::merge(&Telemetry::default(), None, Some(40.0));
+    let only_config = Limits {
+        capacity_kwh: Some(40.0),
+        ..Limits::default()
+    };
     assert_eq!(
-        none,
-        Limits {
-            max_discharge_kw: None,
-            capacity_kwh: Some(40.0)
-        }
+        Limits::merge(&Telemetry::default(), only_config),
+        only_config
     );
 }
 
@@ -274,7 +280,7 @@ fn any_telemetry() -> impl PStrategy<Value = Telemetry> {
             grid_kw: grid,
             capacity_kwh: cap,
             max_discharge_kw: max,
-            max_charge_kw: None,
+            max_charge_kw: max,
         })
 }
 
@@ -328,6 +334,82 @@ proptest! {
                     prop_assert!(sp * hours <= above + 1e-6, "{d:?}");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn a_manual_discharge_is_exact_but_keeps_the_reserve_and_no_export() {
+    // Scarce energy: a dispatch would spread it, a manual setpoint is not spread.
+    let mut t = tel(30.0, 0.0);
+    t.soc_pct = Some(11.0);
+    let d = run(&cmd(Target::Setpoint(8.0), Cap::UpToSiteLoad), &t);
+    assert_eq!(d.setpoint_kw, 8.0);
+    // No export: load 5 kW caps it at 4.5.
+    let d = run(
+        &cmd(Target::Setpoint(8.0), Cap::UpToSiteLoad),
+        &tel(5.0, 0.0),
+    );
+    assert!((d.setpoint_kw - 4.5).abs() < 1e-9);
+    t.soc_pct = Some(9.0);
+    let d = run(&cmd(Target::Setpoint(8.0), Cap::UpToSiteLoad), &t);
+    assert_eq!(d.setpoint_kw, 0.0);
+    assert!(d.flags.reserve_reached);
+}
+
+#[test]
+fn a_manual_charge_is_bounded_by_charge_power_and_a_full_battery() {
+    let d = run(
+        &cmd(Target::Setpoint(-10.0), Cap::UpToSiteLoad),
+        &tel(30.0, 0.0),
+    );
+    assert_eq!(d.setpoint_kw, -10.0);
+    assert_eq!(d.requested_kw, Some(-10.0));
+    let mut t = tel(30.0, 0.0);
+    t.max_charge_kw = Some(4.0);
+    let d = run(&cmd(Target::Setpoint(-10.0), Cap::UpToSiteLoad), &t);
+    assert_eq!(d.setpoint_kw, -4.0);
+    assert_eq!(d.shortfall_kw, 6.0);
+    assert!(d.flags.power_limited);
+    t.soc_pct = Some(100.0);
+    let d = run(&cmd(Target::Setpoint(-10.0), Cap::UpToSiteLoad), &t);
+    assert_eq!(d.setpoint_kw, 0.0);
+    assert_eq!(d.bound, Bound::Full);
+    // Hold: 0 kW.
+    let d = run(
+        &cmd(Target::Setpoint(0.0), Cap::UpToSiteLoad),
+        &tel(30.0, 0.0),
+    );
+    assert_eq!(d.setpoint_kw, 0.0);
+}
+
+proptest! {
+    #[test]
+    fn a_manual_setpoint_never_exports_never_crosses_the_reserve(
+        kw in -80.0..80.0f64,
+        t in any_telemetry(),
+        margin in 0.0..3.0f64,
+        reserve in 0.0..50.0f64,
+    ) {
+        let mut c = cmd(Target::Setpoint(kw), Cap::UpToSiteLoad);
+        c.import_margin_kw = margin;
+        let site = SiteConfig { reserve_soc_pct: reserve, ..SiteConfig::default() };
+        let l = limits(&t);
+        let d = decide(&c, t0(), &t, l, &site);
+        let sp = d.setpoint_kw;
+        prop_assert!(sp.is_finite());
+        // Same sign as asked, never more than asked.
+        prop_assert!(sp.abs() <= kw.abs() + 1e-9 && sp * kw >= 0.0, "{d:?}");
+        if sp > 0.0 {
+            let load = match (t.grid_kw, t.battery_kw) {
+                (Some(g), Some(b)) => g + b,
+                _ => 0.0,
+            };
+            prop_assert!(load - sp >= margin - 1e-9, "{d:?}");
+            prop_assert!(t.soc_pct.is_some_and(|s| s > reserve), "{d:?}");
+        }
+        if let (true, Some(max)) = (sp < 0.0, l.max_charge_kw) {
+            prop_assert!(-sp <= max + 1e-9);
         }
     }
 }

@@ -51,8 +51,7 @@ pub struct LoopSettings {
     pub reversion_secs: u32,
     pub site: SiteConfig,
     /// Configured nameplate (the smaller of this and the device's report is used).
-    pub max_discharge_kw: Option<f64>,
-    pub capacity_kwh: Option<f64>,
+    pub nameplate: Limits,
 }
 
 pub(crate) struct Channels {
@@ -187,7 +186,7 @@ impl MeterLoop {
     async fn follow(&mut self, cmd: &Command) -> Result<(), DeviceError> {
         let tel = self.battery.read().await?;
         self.account(cmd, &tel);
-        let limits = Limits::merge(&tel, self.s.max_discharge_kw, self.s.capacity_kwh);
+        let limits = Limits::merge(&tel, self.s.nameplate);
         let now = self.clock.now();
         let d = decide(cmd, now, &tel, limits, &self.s.site);
         self.log_flag_changes(cmd, &d);
