@@ -156,6 +156,18 @@ impl ControlCommander {
         })
     }
 
+    /// [`ControlCommander::start`] over the Modbus driver and the profiles in
+    /// `config.devices_dir` (what the daemon runs).
+    pub fn start_modbus(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<ControlCommander, ControlError> {
+        let dir = config.devices_dir.clone();
+        ControlCommander::start(config, clock, |name, dev| {
+            Ok(Box::new(crate::device::open(name, dev, &dir)?) as Box<dyn Battery>)
+        })
+    }
+
     pub fn with_apply_timeout(mut self, limit: Duration) -> ControlCommander {
         self.apply_timeout = limit;
         self

@@ -228,3 +228,23 @@ async fn an_unknown_meter_and_a_shared_device_are_refused() {
     assert!(matches!(r, Err(ControlError::SharedDevice { .. })));
     assert_eq!(super::check_meters(&config(60, true)).len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_updated_command_takes_effect_at_once() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    sleep(Duration::from_millis(2500)).await;
+    let asked = Instant::now();
+    cc.apply(METER, &command(20.0)).await.unwrap();
+    let writes = st.lock().unwrap().writes();
+    let (at, kw) = *writes.last().unwrap();
+    assert_eq!((at, kw), (asked, 20.0));
+    let s = cc.status().meter(METER).unwrap();
+    assert_eq!(s.command.unwrap().target, Target::Kw(20.0));
+    assert_eq!(s.last_written_kw, Some(20.0));
+    let mut out = String::new();
+    cc.status().render_metrics(&mut out);
+    let line =
+        format!("leap_edge_control_setpoint_kw{{meter_id=\"{METER}\",device=\"bess\"}} 20\n");
+    assert!(out.contains(&line), "{out}");
+}

@@ -12,6 +12,9 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+/// Failed steps in a row before a meter counts as unhealthy (one retry is normal).
+const UNHEALTHY_AFTER: u64 = 3;
+
 /// The command a loop follows, in short.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CommandSummary {
@@ -183,10 +186,19 @@ impl StatusSource for ControlStatus {
     fn health_problems(&self) -> Vec<String> {
         self.snapshot()
             .into_iter()
-            .filter(|m| m.command.is_some() && m.consecutive_errors > 0)
+            .filter(|m| {
+                // A battery that may be holding a command (following one, or not yet
+                // released) and whose device keeps failing.
+                (m.command.is_some() || !m.released) && m.consecutive_errors >= UNHEALTHY_AFTER
+            })
             .map(|m| {
+                let what = if m.command.is_some() {
+                    "command not held"
+                } else {
+                    "not released"
+                };
                 format!(
-                    "meter {} (device {}): command not held: {}",
+                    "meter {} (device {}): {what}: {}",
                     m.meter_id,
                     m.device,
                     m.last_error.as_deref().unwrap_or("unknown error")
