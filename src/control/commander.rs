@@ -34,23 +34,45 @@ pub enum ControlError {
         first: String,
         second: String,
     },
+    #[error(
+        "site.control_period_ms = {period_ms} is longer than half of devices.{device}.reversion_secs \
+         = {reversion_secs}: the command could not be refreshed before the device reverts \
+         (SPEC §2.10); shorten the period or lengthen the reversion timeout"
+    )]
+    PeriodTooLong {
+        device: String,
+        period_ms: u64,
+        reversion_secs: u32,
+    },
     #[error("meter {meter}: cannot open device: {source}")]
     Open { meter: String, source: DeviceError },
 }
 
 /// Configuration problems the control loop cannot run with, worded for `config check`.
-/// One loop per meter owns its battery: two meters on one device would fight over it.
+/// One loop per meter owns its battery: two meters on one device would fight over it; and
+/// the loop must be able to refresh a command before the device reverts it.
 pub fn check_meters(config: &Config) -> Vec<String> {
-    shared_devices(config)
+    control_problems(config)
         .iter()
         .map(ToString::to_string)
         .collect()
 }
 
-fn shared_devices(config: &Config) -> Vec<ControlError> {
+fn control_problems(config: &Config) -> Vec<ControlError> {
     let mut seen: HashMap<&str, &str> = HashMap::new();
     let mut problems = Vec::new();
     for m in &config.meters {
+        let period_ms = config.site.control_period_ms;
+        if let Some(d) = config.devices.get(&m.device)
+            && period_ms > u64::from(d.reversion_secs) * 500
+            && !seen.contains_key(m.device.as_str())
+        {
+            problems.push(ControlError::PeriodTooLong {
+                device: m.device.clone(),
+                period_ms,
+                reversion_secs: d.reversion_secs,
+            });
+        }
         if let Some(first) = seen.insert(&m.device, &m.id) {
             problems.push(ControlError::SharedDevice {
                 device: m.device.clone(),
@@ -90,7 +112,7 @@ impl ControlCommander {
     where
         F: FnMut(&str, &DeviceConfig) -> Result<Box<dyn Battery>, DeviceError>,
     {
-        if let Some(problem) = shared_devices(config).into_iter().next() {
+        if let Some(problem) = control_problems(config).into_iter().next() {
             return Err(problem);
         }
         let (shutdown, _) = watch::channel(None);

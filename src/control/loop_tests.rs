@@ -227,6 +227,9 @@ async fn an_unknown_meter_and_a_shared_device_are_refused() {
     });
     assert!(matches!(r, Err(ControlError::SharedDevice { .. })));
     assert_eq!(super::check_meters(&config(60, true)).len(), 1);
+    // A 1 s period cannot refresh a 1 s reversion timeout at half its period.
+    let problems = super::check_meters(&config(1, false));
+    assert!(problems[0].contains("control_period_ms"), "{problems:?}");
 }
 
 #[tokio::test(start_paused = true)]
