@@ -118,6 +118,20 @@ impl ControlStatus {
             .collect()
     }
 
+    /// Every meter's status as one JSON object keyed by Leap meter id (the daemon's
+    /// `live` source for `leap-edge status`).
+    pub fn live_json(&self) -> serde_json::Value {
+        let map = self
+            .snapshot()
+            .into_iter()
+            .map(|m| {
+                let id = m.meter_id.clone();
+                (id, serde_json::to_value(m).unwrap_or_default())
+            })
+            .collect::<serde_json::Map<_, _>>();
+        serde_json::Value::Object(map)
+    }
+
     pub fn meter(&self, meter_id: &str) -> Option<MeterStatus> {
         self.snapshot().into_iter().find(|m| m.meter_id == meter_id)
     }
