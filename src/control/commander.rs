@@ -115,10 +115,8 @@ impl ControlCommander {
         if let Some(problem) = control_problems(config).into_iter().next() {
             return Err(problem);
         }
-        let (shutdown, _) = watch::channel(None);
-        let mut status = ControlStatus::default();
-        let mut meters = BTreeMap::new();
-        let mut tasks = Vec::new();
+        // Open every device before starting any loop, so a failure leaves nothing running.
+        let mut opened = Vec::new();
         for m in &config.meters {
             let Some(dev) = config.devices.get(&m.device) else {
                 return Err(ControlError::UnknownDevice {
@@ -142,40 +140,53 @@ impl ControlCommander {
                     capacity_kwh: dev.capacity_kwh,
                 },
             };
-            let (req_tx, req_rx) = watch::channel(Request {
-                seq: 0,
-                desired: Desired::Normal,
-            });
-            let (out_tx, out_rx) = watch::channel(Outcome {
-                seq: 0,
-                result: Ok(()),
-            });
-            let channels = Channels {
-                requests: req_rx,
-                outcomes: out_tx,
-                shutdown: shutdown.subscribe(),
-            };
-            let st = status.add(&m.id, &m.device);
-            let lp = MeterLoop::new(settings, battery, clock.clone(), channels, st);
-            tasks.push(tokio::spawn(lp.run()));
-            meters.insert(
-                m.id.clone(),
-                MeterHandle {
-                    device: m.device.clone(),
-                    requests: req_tx,
-                    outcomes: out_rx,
-                    turn: tokio::sync::Mutex::new(()),
-                },
-            );
+            opened.push((settings, battery));
         }
-        Ok(ControlCommander {
-            meters,
+        let mut cc = ControlCommander {
+            meters: BTreeMap::new(),
             seq: AtomicU64::new(0),
-            shutdown,
-            tasks: std::sync::Mutex::new(tasks),
-            status,
+            shutdown: watch::channel(None).0,
+            tasks: std::sync::Mutex::new(Vec::new()),
+            status: ControlStatus::default(),
             apply_timeout: DEFAULT_APPLY_TIMEOUT,
-        })
+        };
+        for (settings, battery) in opened {
+            cc.spawn_loop(settings, battery, clock.clone());
+        }
+        Ok(cc)
+    }
+
+    fn spawn_loop(
+        &mut self,
+        settings: LoopSettings,
+        battery: Box<dyn Battery>,
+        clock: Arc<dyn Clock>,
+    ) {
+        let (req_tx, req_rx) = watch::channel(Request {
+            seq: 0,
+            desired: Desired::Normal,
+        });
+        let (out_tx, out_rx) = watch::channel(Outcome {
+            seq: 0,
+            result: Ok(()),
+        });
+        let channels = Channels {
+            requests: req_rx,
+            outcomes: out_tx,
+            shutdown: self.shutdown.subscribe(),
+        };
+        let (id, device) = (settings.meter_id.clone(), settings.device.clone());
+        let st = self.status.add(&id, &device);
+        let lp = MeterLoop::new(settings, battery, clock, channels, st);
+        let task = tokio::spawn(lp.run());
+        self.tasks.lock().expect("tasks lock").push(task);
+        let handle = MeterHandle {
+            device,
+            requests: req_tx,
+            outcomes: out_rx,
+            turn: tokio::sync::Mutex::new(()),
+        };
+        self.meters.insert(id, handle);
     }
 
     /// [`ControlCommander::start`] over the Modbus driver and the profiles in
