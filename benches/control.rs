@@ -3,6 +3,7 @@
 //!    (plain HTTP on loopback → SQLite → plan → dispatch timer → control loop → Modbus);
 //! 2. no-export violation after a load step: how long grid import stays below the margin
 //!    when the site load drops under the discharge during an up-to-site-load timeslot.
+//!
 //! Run: `cargo bench --bench control` (add `-- quick` for a shorter run).
 
 use bytes::Bytes;
@@ -85,7 +86,7 @@ async fn boundaries(n: usize) -> Vec<f64> {
     };
     let running = daemon::start(config, parts).await.unwrap();
     let t0 = Utc::now() + chrono::Duration::milliseconds(2000);
-    let kw = |k: usize| if k % 2 == 0 { 10.0 } else { 20.0 };
+    let kw = |k: usize| if k.is_multiple_of(2) { 10.0 } else { 20.0 };
     let at = |k: usize| t0 + chrono::Duration::milliseconds(1000 * k as i64);
     let slots: Vec<_> = (0..n)
         .map(|k| slot(format!("bench-{k}"), at(k), at(k + 1), kw(k)))
