@@ -31,8 +31,16 @@ fn body(n: usize, big: bool) -> String {
             "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"],
         })
     };
-    let meters: Vec<String> = (0..if big { 1000 } else { 2 }).map(|i| format!("{i:08x}-e392-4f00-b0cf-32e716204f78")).collect();
-    let refs: Vec<String> = if big { (0..1000).map(|i| format!("partner-reference-{i:06}-{:0>400}", n)).collect() } else { vec![] };
+    let meters: Vec<String> = (0..if big { 1000 } else { 2 })
+        .map(|i| format!("{i:08x}-e392-4f00-b0cf-32e716204f78"))
+        .collect();
+    let refs: Vec<String> = if big {
+        (0..1000)
+            .map(|i| format!("partner-reference-{i:06}-{:0>400}", n))
+            .collect()
+    } else {
+        vec![]
+    };
     let slots: Vec<_> = (0..if big { 2 } else { 6 }).map(ts).collect();
     serde_json::json!({"integration_test_notification": false, "communication_test": false,
         "group_dispatches": [{"market_group_id": "11aa7aae-24e5-455f-91e9-e0f5f145f2ae", "meter_ids": meters,
@@ -43,12 +51,17 @@ fn body(n: usize, big: bool) -> String {
 async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     send
 }
 
-async fn post(send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, body: String) -> Duration {
+async fn post(
+    send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    body: String,
+) -> Duration {
     let req = hyper::Request::post("/leap/dispatch")
         .header("host", "localhost")
         .header("x-api-key", KEY)
@@ -71,16 +84,33 @@ struct Row {
     max: f64,
 }
 
-async fn scenario(addr: SocketAddr, senders: usize, keepalive: bool, big: bool, total: usize, seq: Arc<AtomicUsize>) -> Row {
+async fn scenario(
+    addr: SocketAddr,
+    senders: usize,
+    keepalive: bool,
+    big: bool,
+    total: usize,
+    seq: Arc<AtomicUsize>,
+) -> Row {
     let per = total.div_ceil(senders);
     // Bodies are built before timing starts so only the server's work is measured.
-    let bodies: Vec<Vec<String>> = (0..senders).map(|_| (0..per).map(|_| body(seq.fetch_add(1, Ordering::Relaxed), big)).collect()).collect();
+    let bodies: Vec<Vec<String>> = (0..senders)
+        .map(|_| {
+            (0..per)
+                .map(|_| body(seq.fetch_add(1, Ordering::Relaxed), big))
+                .collect()
+        })
+        .collect();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for mine in bodies {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(mine.len());
-            let mut conn = if keepalive { Some(connect(addr).await) } else { None };
+            let mut conn = if keepalive {
+                Some(connect(addr).await)
+            } else {
+                None
+            };
             for b in mine {
                 let d = match conn.as_mut() {
                     Some(c) => post(c, b).await,
@@ -105,7 +135,12 @@ async fn scenario(addr: SocketAddr, senders: usize, keepalive: bool, big: bool, 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let pct = |p: f64| ms(all[((all.len() as f64 * p) as usize).min(all.len() - 1)]);
     Row {
-        name: format!("{} sender(s), {}, {}", senders, if keepalive { "keep-alive" } else { "new conn" }, if big { "500 KB" } else { "2 KB" }),
+        name: format!(
+            "{} sender(s), {}, {}",
+            senders,
+            if keepalive { "keep-alive" } else { "new conn" },
+            if big { "500 KB" } else { "2 KB" }
+        ),
         n: all.len(),
         rps: all.len() as f64 / elapsed,
         p50: pct(0.50),
@@ -117,10 +152,17 @@ async fn scenario(addr: SocketAddr, senders: usize, keepalive: bool, big: bool, 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores, {}", chrono::Utc::now().format("%Y-%m-%d"))
+    format!(
+        "{cpu}, {cores} cores, {}",
+        chrono::Utc::now().format("%Y-%m-%d")
+    )
 }
 
 fn main() {
@@ -131,23 +173,44 @@ fn main() {
     );
     std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
     let config = leap_edge::config::Config::load(&dir.path().join("config.toml")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let parts = Parts { commander: Arc::new(RecordingCommander::default()), clock: Arc::new(SystemClock), live: Arc::new(|| serde_json::json!({})) };
+        let parts = Parts {
+            commander: Arc::new(RecordingCommander::default()),
+            clock: Arc::new(SystemClock),
+            live: Arc::new(|| serde_json::json!({})),
+        };
         let running = daemon::start(config, parts).await.unwrap();
         let addr = running.addr;
         let seq = Arc::new(AtomicUsize::new(0));
         let small = if quick { 200 } else { 1000 };
         let large = if quick { 20 } else { 100 };
-        println!("ingest benchmark — {} — SQLite WAL, synchronous=FULL, plain HTTP on loopback", machine());
-        println!("{:<40} {:>6} {:>9} {:>9} {:>9} {:>9}", "scenario", "acks", "acks/s", "p50 ms", "p99 ms", "max ms");
+        println!(
+            "ingest benchmark — {} — SQLite WAL, synchronous=FULL, plain HTTP on loopback",
+            machine()
+        );
+        println!(
+            "{:<40} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            "scenario", "acks", "acks/s", "p50 ms", "p99 ms", "max ms"
+        );
         for (senders, keepalive, big, n) in [
-            (1, true, false, small), (8, true, false, small), (64, true, false, small),
-            (1, false, false, small), (8, false, false, small), (64, false, false, small),
-            (1, true, true, large), (8, true, true, large),
+            (1, true, false, small),
+            (8, true, false, small),
+            (64, true, false, small),
+            (1, false, false, small),
+            (8, false, false, small),
+            (64, false, false, small),
+            (1, true, true, large),
+            (8, true, true, large),
         ] {
             let r = scenario(addr, senders, keepalive, big, n, seq.clone()).await;
-            println!("{:<40} {:>6} {:>9.0} {:>9.2} {:>9.2} {:>9.2}", r.name, r.n, r.rps, r.p50, r.p99, r.max);
+            println!(
+                "{:<40} {:>6} {:>9.0} {:>9.2} {:>9.2} {:>9.2}",
+                r.name, r.n, r.rps, r.p50, r.p99, r.max
+            );
         }
         running.stop().await;
     });

@@ -15,5 +15,5 @@ pub mod model;
 pub mod plan;
 pub mod secret;
 pub mod server;
-pub mod store;
 pub mod sim;
+pub mod store;

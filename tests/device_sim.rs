@@ -290,5 +290,9 @@ power = { kind = "watts", setpoint = { address = 40124, type = "u16", scale = 1 
         "nothing written"
     );
     bat.set_power(5.0, 30).await.unwrap();
-    assert_eq!(sim.registers(40124, 1), Some(vec![5000]), "raw W, as the profile says");
+    assert_eq!(
+        sim.registers(40124, 1),
+        Some(vec![5000]),
+        "raw W, as the profile says"
+    );
 }

@@ -2,6 +2,7 @@
 //! take `--json` and then print one JSON document on stdout (SPEC §3).
 
 mod check;
+mod devices;
 mod duration;
 mod events;
 mod history;
@@ -9,6 +10,7 @@ mod logging;
 mod manual;
 mod schedule;
 mod send_test;
+mod sim;
 mod status;
 mod table;
 
@@ -53,6 +55,10 @@ pub enum Command {
     Override(manual::OverrideCommand),
     /// Post a Leap-shaped test notification to the running daemon (same path and auth).
     SendTest(send_test::SendTestArgs),
+    /// Live state of each configured device; `devices probe HOST[:PORT]` discovers one.
+    Devices(devices::DevicesArgs),
+    /// Run the site simulator (Modbus TCP: battery inverter + site meter, SunSpec map).
+    Sim(sim::SimArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -120,6 +126,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => with_config(&cli.config, |c| status::run(c, &args)),
         Command::Override(cmd) => with_config(&cli.config, |c| manual::run(c, &cmd)),
         Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
+        Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
+        Command::Sim(args) => with_config(&cli.config, |c| sim::run(c, &args)),
         Command::Schedule(args) => with_config(&cli.config, |c| schedule::run(c, &args)),
         Command::History(args) => with_config(&cli.config, |c| history::run(c, &args)),
     }

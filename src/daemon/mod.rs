@@ -20,6 +20,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error("site simulator: {0}")]
+    Sim(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -125,6 +127,22 @@ impl Running {
 }
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Development and dry runs: the simulator lives inside the daemon, so one command shows
+    // the whole chain. It is dropped (stopped) only after dispatch has released the meters.
+    let _sim = if config.sim.autostart {
+        let listener = tokio::net::TcpListener::bind(config.sim.listen)
+            .await
+            .map_err(|source| server::ServerError::Bind {
+                addr: config.sim.listen,
+                source,
+            })?;
+        let sim = crate::sim::spawn(&config.sim, listener)
+            .map_err(|e| DaemonError::Sim(e.to_string()))?;
+        tracing::info!(addr = %sim.local_addr(), "site simulator started (sim.autostart)");
+        Some(sim)
+    } else {
+        None
+    };
     let commander: Arc<dyn Commander> = Arc::new(RecordingCommander::default());
     let running = start(
         config,
