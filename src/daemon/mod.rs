@@ -2,6 +2,7 @@
 //! order — stop accepting, finish in-flight requests, stop dispatch (which hands every
 //! battery back to normal operation), close the database.
 
+mod housekeeping;
 mod socket;
 
 use crate::clock::{Clock, SystemClock};
@@ -84,6 +85,14 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let admin_path = config.admin.socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
+        let hk = Arc::new(housekeeping::Housekeeping::default());
+        app.add_source(hk.clone());
+        tokio::spawn(hk.run(
+            store.clone(),
+            config.storage.retention_days,
+            stop_rx.clone(),
+        ));
+
         let stopped = async move {
             let _ = admin_stop.wait_for(|s| *s).await;
         };
