@@ -82,17 +82,16 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         live: parts.live,
     });
     let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
+    let hk = Arc::new(housekeeping::Housekeeping::default());
+    app.add_source(hk.clone());
+    tokio::spawn(hk.run(
+        store.clone(),
+        config.storage.retention_days,
+        stop_rx.clone(),
+    ));
     let admin_path = config.admin.socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
-        let hk = Arc::new(housekeeping::Housekeeping::default());
-        app.add_source(hk.clone());
-        tokio::spawn(hk.run(
-            store.clone(),
-            config.storage.retention_days,
-            stop_rx.clone(),
-        ));
-
         let stopped = async move {
             let _ = admin_stop.wait_for(|s| *s).await;
         };
