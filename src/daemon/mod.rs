@@ -71,6 +71,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         parts.commander,
         parts.clock.clone(),
     );
+    let dispatcher = dispatcher.with_live_config(app.shared_config());
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
     let handler = Arc::new(socket::Handler {
