@@ -2,6 +2,7 @@
 //! order — stop accepting, finish in-flight requests, stop dispatch (which hands every
 //! battery back to normal operation), close the database.
 
+mod housekeeping;
 mod socket;
 
 use crate::clock::{Clock, SystemClock};
@@ -20,6 +21,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error("site simulator: {0}")]
+    Sim(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -68,6 +71,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         parts.commander,
         parts.clock.clone(),
     );
+    let dispatcher = dispatcher.with_live_config(app.shared_config());
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
     let handler = Arc::new(socket::Handler {
@@ -79,6 +83,13 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         live: parts.live,
     });
     let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
+    let hk = Arc::new(housekeeping::Housekeeping::default());
+    app.add_source(hk.clone());
+    tokio::spawn(hk.run(
+        store.clone(),
+        config.storage.retention_days,
+        stop_rx.clone(),
+    ));
     let admin_path = config.admin.socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
@@ -125,6 +136,22 @@ impl Running {
 }
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Development and dry runs: the simulator lives inside the daemon, so one command shows
+    // the whole chain. It is dropped (stopped) only after dispatch has released the meters.
+    let _sim = if config.sim.autostart {
+        let listener = tokio::net::TcpListener::bind(config.sim.listen)
+            .await
+            .map_err(|source| server::ServerError::Bind {
+                addr: config.sim.listen,
+                source,
+            })?;
+        let sim = crate::sim::spawn(&config.sim, listener)
+            .map_err(|e| DaemonError::Sim(e.to_string()))?;
+        tracing::info!(addr = %sim.local_addr(), "site simulator started (sim.autostart)");
+        Some(sim)
+    } else {
+        None
+    };
     let commander: Arc<dyn Commander> = Arc::new(RecordingCommander::default());
     let running = start(
         config,
