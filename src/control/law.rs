@@ -2,6 +2,11 @@
 //! limits, site settings) to a battery setpoint. No I/O and the clock passed in, so every
 //! SPEC §2.9 rule is unit- and property-tested here; the loop around it only reads, calls
 //! [`decide`] and writes.
+//!
+//! The setpoint is the battery's discharge power itself, not a reduction against a
+//! modelled baseline: an award of 10 kW is 10 kW of discharge. A battery that would have
+//! been charging in normal operation therefore over-delivers against Leap's baseline; a
+//! baseline model would be needed to net that out.
 
 use crate::config::SiteConfig;
 use crate::device::Telemetry;
