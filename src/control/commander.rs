@@ -216,15 +216,18 @@ impl ControlCommander {
     pub async fn shutdown(&self, limit: Duration) {
         self.shutdown.send_replace(Some(limit));
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
         let all = futures_join(tasks);
         if tokio::time::timeout(limit + Duration::from_millis(500), all)
             .await
             .is_err()
         {
+            // A loop stuck in a device call: the device reverts by its own timeout.
             tracing::error!(
                 timeout_ms = limit.as_millis() as u64,
-                "control: loops did not stop in time at shutdown"
+                "control: loops did not stop in time at shutdown; abandoning them"
             );
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
 

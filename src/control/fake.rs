@@ -24,6 +24,8 @@ pub(crate) struct FakeState {
     pub remote_until: Option<Instant>,
     pub reversions: u32,
     pub down: bool,
+    /// Calls never answer (a device that accepted the connection and went silent).
+    pub hang: bool,
     pub calls: Vec<(Instant, Call)>,
     updated: Instant,
 }
@@ -88,13 +90,26 @@ impl FakeBattery {
                 remote_until: None,
                 reversions: 0,
                 down: false,
+                hang: false,
                 calls: Vec::new(),
                 updated: Instant::now(),
             })),
         }
     }
 
-    fn op<T>(&self, call: Call, f: impl FnOnce(&mut FakeState) -> T) -> Result<T, DeviceError> {
+    fn op<T: Send + 'static>(
+        &self,
+        call: Call,
+        f: impl FnOnce(&mut FakeState) -> T,
+    ) -> BoxFuture<'static, Result<T, DeviceError>> {
+        let r = self.apply(call, f);
+        if self.state.lock().unwrap().hang {
+            return Box::pin(std::future::pending());
+        }
+        Box::pin(async move { r })
+    }
+
+    fn apply<T>(&self, call: Call, f: impl FnOnce(&mut FakeState) -> T) -> Result<T, DeviceError> {
         let mut s = self.state.lock().unwrap();
         s.advance();
         if s.down {
@@ -115,15 +130,14 @@ impl Battery for FakeBattery {
     }
 
     fn read(&mut self) -> BoxFuture<'_, Result<Telemetry, DeviceError>> {
-        let r = self.op(Call::Read, |s| Telemetry {
+        self.op(Call::Read, |s| Telemetry {
             soc_pct: Some(s.soc_pct),
             battery_kw: Some(s.battery_kw),
             grid_kw: Some(s.load_kw - s.battery_kw),
             capacity_kwh: Some(s.capacity_kwh),
             max_discharge_kw: Some(s.max_kw),
             max_charge_kw: Some(s.max_kw),
-        });
-        Box::pin(async move { r })
+        })
     }
 
     fn set_power(
@@ -131,18 +145,16 @@ impl Battery for FakeBattery {
         kw: f64,
         reversion_secs: u32,
     ) -> BoxFuture<'_, Result<(), DeviceError>> {
-        let r = self.op(Call::Set { kw, reversion_secs }, |s| {
+        self.op(Call::Set { kw, reversion_secs }, |s| {
             s.battery_kw = kw.clamp(-s.max_kw, s.max_kw);
             s.remote_until = Some(Instant::now() + Duration::from_secs(reversion_secs.into()));
-        });
-        Box::pin(async move { r })
+        })
     }
 
     fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>> {
-        let r = self.op(Call::Release, |s| {
+        self.op(Call::Release, |s| {
             s.battery_kw = 0.0;
             s.remote_until = None;
-        });
-        Box::pin(async move { r })
+        })
     }
 }

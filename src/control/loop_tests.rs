@@ -251,3 +251,24 @@ async fn an_updated_command_takes_effect_at_once() {
         format!("leap_edge_control_setpoint_kw{{meter_id=\"{METER}\",device=\"bess\"}} 20\n");
     assert!(out.contains(&line), "{out}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_device_bounds_apply_and_shutdown() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    st.lock().unwrap().hang = true;
+    let asked = Instant::now();
+    let err = cc.apply(METER, &command(20.0)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no answer within 2000 ms"),
+        "{err}"
+    );
+    assert_eq!(Instant::now() - asked, super::DEFAULT_APPLY_TIMEOUT);
+    let asked = Instant::now();
+    cc.shutdown(Duration::from_secs(1)).await;
+    let took = Instant::now() - asked;
+    assert!(
+        took <= Duration::from_millis(1500),
+        "shutdown took {took:?}"
+    );
+}
