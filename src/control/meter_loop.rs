@@ -213,6 +213,9 @@ impl MeterLoop {
             self.last_write = None;
             return Err(e);
         }
+        tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device,
+            kw = d.setpoint_kw, bound = ?d.bound, site_load_kw = d.site_load_kw,
+            "control: setpoint written");
         self.last_write = Some((Instant::now(), d.setpoint_kw));
         let mut st = self.lock();
         st.last_write_at = Some(self.clock.now());

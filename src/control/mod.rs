@@ -17,6 +17,8 @@ pub mod status;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
+mod law_props;
+#[cfg(test)]
 mod law_tests;
 #[cfg(test)]
 mod loop_tests;
