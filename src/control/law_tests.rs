@@ -1,4 +1,4 @@
-//! Unit and property tests of the control law, one per SPEC §2.9 rule.
+//! Unit tests of the control law, one per SPEC §2.9 rule (properties: `law_props`).
 
 use super::law::*;
 use crate::config::SiteConfig;
