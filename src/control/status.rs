@@ -156,8 +156,11 @@ impl StatusSource for ControlStatus {
         family(
             "leap_edge_control_setpoint_kw",
             "gauge",
-            "Battery setpoint last decided (discharge positive).",
-            &|m| m.last_decision.map(|d| d.setpoint_kw),
+            "Battery setpoint while following a command (discharge positive; 0 in normal operation).",
+            &|m| match (&m.command, m.last_decision) {
+                (Some(_), Some(d)) => Some(d.setpoint_kw),
+                _ => Some(0.0),
+            },
         );
         family(
             "leap_edge_control_following",
