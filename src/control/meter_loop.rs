@@ -144,6 +144,9 @@ impl MeterLoop {
         }
         self.desired = req.desired;
         self.pending = Some(req.seq);
+        // A new command starts its own flag transitions and violation accounting.
+        self.last_flags = Flags::default();
+        self.last_read = None;
         self.lock().command = summary;
     }
 
