@@ -171,6 +171,13 @@ impl MeterLoop {
 
     async fn ensure_released(&mut self) -> Result<(), DeviceError> {
         if self.released {
+            // Idle: keep reading so status, metrics and /healthz show the site as it is now
+            // and an unreachable device is noticed before the next dispatch needs it.
+            let tel = self.battery.read().await?;
+            let now = self.clock.now();
+            let mut st = self.lock();
+            st.last_telemetry = Some(tel);
+            st.last_telemetry_at = Some(now);
             return Ok(());
         }
         self.battery.release().await?;
@@ -316,6 +323,7 @@ impl MeterLoop {
             Some((m, at)) if *m == msg && now - *at < REPEAT_LOG_EVERY);
         let mut st = self.lock();
         st.consecutive_errors += 1;
+        st.errors_total += 1;
         st.last_error = Some(msg.clone());
         st.last_error_at = Some(self.clock.now());
         let failed_steps = st.consecutive_errors;

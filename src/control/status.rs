@@ -58,6 +58,8 @@ pub struct MeterStatus {
     pub last_error_at: Option<DateTime<Utc>>,
     /// Failed steps in a row (0 when the last one succeeded).
     pub consecutive_errors: u64,
+    /// Failed steps (Modbus errors) since start.
+    pub errors_total: u64,
     pub last_write_at: Option<DateTime<Utc>>,
     pub last_written_kw: Option<f64>,
     pub writes: u64,
@@ -85,6 +87,7 @@ impl MeterStatus {
             last_error: None,
             last_error_at: None,
             consecutive_errors: 0,
+            errors_total: 0,
             last_write_at: None,
             last_written_kw: None,
             writes: 0,
@@ -193,6 +196,30 @@ impl StatusSource for ControlStatus {
             &|m| Some(m.below_margin_secs),
         );
         family(
+            "leap_edge_modbus_errors_total",
+            "counter",
+            "Failed device steps (timeouts, I/O errors, exceptions, read-back mismatches).",
+            &|m| Some(m.errors_total as f64),
+        );
+        family(
+            "leap_edge_soc_percent",
+            "gauge",
+            "Battery state of charge from the last reading.",
+            &|m| m.last_telemetry.and_then(|t| t.soc_pct),
+        );
+        family(
+            "leap_edge_battery_kw",
+            "gauge",
+            "Battery power from the last reading (discharge positive).",
+            &|m| m.last_telemetry.and_then(|t| t.battery_kw),
+        );
+        family(
+            "leap_edge_grid_kw",
+            "gauge",
+            "Site grid power from the last reading (import positive).",
+            &|m| m.last_telemetry.and_then(|t| t.grid_kw),
+        );
+        family(
             "leap_edge_control_error_kw",
             "gauge",
             "|setpoint - measured battery power|.",
@@ -203,16 +230,15 @@ impl StatusSource for ControlStatus {
     fn health_problems(&self) -> Vec<String> {
         self.snapshot()
             .into_iter()
-            .filter(|m| {
-                // A battery that may be holding a command (following one, or not yet
-                // released) and whose device keeps failing.
-                (m.command.is_some() || !m.released) && m.consecutive_errors >= UNHEALTHY_AFTER
-            })
+            // Issue 5: healthy only when every device is reachable, dispatching or not.
+            .filter(|m| m.consecutive_errors >= UNHEALTHY_AFTER)
             .map(|m| {
                 let what = if m.command.is_some() {
                     "command not held"
-                } else {
+                } else if !m.released {
                     "not released"
+                } else {
+                    "device unreachable"
                 };
                 format!(
                     "meter {} (device {}): {what}: {}",
