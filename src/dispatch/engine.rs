@@ -4,14 +4,14 @@
 //! cannot make it fire early or miss a boundary — or until a notification changes a
 //! timeslot, whichever comes first.
 
+use super::Commander;
 use super::overrides::{self, Overrides};
 use super::status::{DispatchStatus, Wake};
-use super::{CommandError, Commander};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::model::{Command, ExecMode};
 use crate::plan::{self, Interval, Plan, PlanConfig, PlanInput};
-use crate::store::audit::{self, Action, AuditEntry};
+use crate::store::audit::Action;
 use crate::store::{Store, query};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
@@ -26,32 +26,32 @@ const REPLAN_EVERY: i64 = 60;
 pub const HORIZON_HOURS: i64 = 48;
 
 #[derive(Debug, Clone, PartialEq)]
-struct Applied {
-    command: Command,
-    end: DateTime<Utc>,
+pub(super) struct Applied {
+    pub(super) command: Command,
+    pub(super) end: DateTime<Utc>,
 }
 
 #[derive(Debug, Default)]
-struct MeterState {
-    applied: Option<Applied>,
-    would: Option<Command>,
+pub(super) struct MeterState {
+    pub(super) applied: Option<Applied>,
+    pub(super) would: Option<Command>,
     /// The Leap event last logged as overridden by a manual override.
-    overridden: Option<String>,
+    pub(super) overridden: Option<String>,
 }
 
 pub struct Dispatcher {
-    config: Arc<Config>,
-    plan_config: PlanConfig,
-    store: Store,
-    commander: Arc<dyn Commander>,
-    clock: Arc<dyn Clock>,
-    status: Arc<DispatchStatus>,
-    meters: BTreeMap<String, MeterState>,
-    overrides: Arc<Overrides>,
+    pub(super) config: Arc<Config>,
+    pub(super) plan_config: PlanConfig,
+    pub(super) store: Store,
+    pub(super) commander: Arc<dyn Commander>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) status: Arc<DispatchStatus>,
+    pub(super) meters: BTreeMap<String, MeterState>,
+    pub(super) overrides: Arc<Overrides>,
     /// Where policies and strategies reloaded by `leap-edge reload` come from.
-    live: Option<crate::config::SharedConfig>,
+    pub(super) live: Option<crate::config::SharedConfig>,
     /// Called once per loop turn (systemd watchdog).
-    heartbeat: Box<dyn Fn() + Send + Sync>,
+    pub(super) heartbeat: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Dispatcher {
@@ -350,82 +350,6 @@ impl Dispatcher {
             }
             Some(_) => {}
             None => state.would = None,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn record(
-        &self,
-        meter: &str,
-        action: Action,
-        cmd: Option<&Command>,
-        boundary: DateTime<Utc>,
-        now: DateTime<Utc>,
-        wake: Wake,
-        result: Result<(), CommandError>,
-    ) {
-        let lateness = (now - boundary).num_milliseconds().max(0);
-        let detail = wake.describe(lateness);
-        let error = result.err().map(|e| e.to_string());
-        let target = cmd.map(|c| c.target.to_string());
-        match (&error, cmd) {
-            (Some(e), _) => {
-                tracing::warn!(meter_id = meter, action = action.as_str(), error = %e, "command not taken yet; the device loop retries")
-            }
-            (None, Some(c)) => tracing::info!(
-                meter_id = meter, action = action.as_str(), event_id = %c.event_id,
-                cap = c.cap.as_str(), target = ?target, lateness_ms = lateness, detail = ?detail,
-                "dispatch"
-            ),
-            (None, None) => {
-                tracing::info!(meter_id = meter, action = action.as_str(), detail = ?detail, "dispatch")
-            }
-        }
-        if matches!(wake, Wake::Boundary(_)) && action != Action::WouldApply {
-            self.status.observe_lateness(lateness as f64 / 1000.0);
-        }
-        self.status.set_error(meter, error.clone());
-        let entry = AuditEntry {
-            at: now,
-            meter_id: meter.to_string(),
-            action,
-            kind: cmd.map(|c| c.kind.as_str().to_string()),
-            event_id: cmd.map(|c| c.event_id.clone()),
-            cap: cmd.map(|c| c.cap.as_str().to_string()),
-            target,
-            boundary: Some(boundary),
-            lateness_ms: Some(lateness),
-            error,
-            detail,
-        };
-        if let Err(e) = self.store.call(move |c| audit::insert(c, &entry)).await {
-            tracing::error!(meter_id = meter, error = %e, "cannot write the audit log");
-        }
-    }
-
-    /// SPEC §2.10: normal operation is restored on shutdown.
-    async fn release_all(&mut self) {
-        let now = self.clock.now();
-        let held: Vec<(String, Command)> = self
-            .meters
-            .iter()
-            .filter_map(|(m, s)| s.applied.as_ref().map(|a| (m.clone(), a.command.clone())))
-            .collect();
-        for (meter, cmd) in held {
-            let result = self.commander.release(&meter).await;
-            self.record(
-                &meter,
-                Action::Release,
-                Some(&cmd),
-                now,
-                now,
-                Wake::Shutdown,
-                result,
-            )
-            .await;
-            if let Some(s) = self.meters.get_mut(&meter) {
-                s.applied = None;
-            }
         }
     }
 }

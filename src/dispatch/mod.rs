@@ -4,6 +4,7 @@
 pub mod commander;
 pub mod engine;
 pub mod overrides;
+mod record;
 pub mod status;
 
 pub use commander::{BoxFuture, CommandError, Commander, Recorded, RecordingCommander};
