@@ -15,3 +15,4 @@ pub mod plan;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod systemd;
