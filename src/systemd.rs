@@ -205,7 +205,7 @@ mod tests {
     /// test binary, filtered to `child_reports_to_systemd`) with that environment and read
     /// what it sends.
     #[test]
-    fn child_started_like_systemd_would_notifies_through_the_environment() {
+    fn spawned_child_notifies_through_the_environment() {
         let (_dir, path, sock) = receiver();
         let status = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -229,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "run as a child process by child_started_like_systemd_would_notifies_through_the_environment"]
+    #[ignore = "run as a child process by spawned_child_notifies_through_the_environment"]
     fn child_reports_to_systemd() {
         if std::env::var_os("LEAP_EDGE_SYSTEMD_CHILD").is_none() {
             return;
@@ -246,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn outside_systemd_nothing_is_sent() {
+    fn spawned_child_outside_systemd_sends_nothing() {
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
                 "systemd::tests::child_outside_systemd",
@@ -264,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "run as a child process by outside_systemd_nothing_is_sent"]
+    #[ignore = "run as a child process by spawned_child_outside_systemd_sends_nothing"]
     fn child_outside_systemd() {
         if std::env::var_os("LEAP_EDGE_SYSTEMD_CHILD").is_none() {
             return;
