@@ -28,7 +28,8 @@ builder=${DEB_BUILDER:-cargo-deb}
 if [[ $builder == cargo-deb ]] && ! cargo deb --version >/dev/null 2>&1; then
   step "cargo install cargo-deb"
   t0=$SECONDS
-  if cargo install cargo-deb --locked; then
+  # Its own temporary target folder: a shared CARGO_TARGET_DIR would stay locked meanwhile.
+  if env -u CARGO_TARGET_DIR cargo install cargo-deb --locked; then
     echo "cargo-deb installed in $((SECONDS - t0)) s"
   else
     echo "cargo-deb could not be installed: building with dpkg-deb instead"
