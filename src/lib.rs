@@ -2,6 +2,7 @@
 //! on-site batteries over Modbus TCP at each timeslot. See ARCHITECTURE in the README for
 //! the data path: ingest → store → plan → dispatch → control → device.
 
+pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -14,5 +15,6 @@ pub mod model;
 pub mod plan;
 pub mod secret;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod systemd;

@@ -185,6 +185,9 @@ pub enum Target {
     Kw(f64),
     /// The maximum the site can manage within the cap.
     Maximum,
+    /// A technician's manual override: this battery power (kW, discharge positive, charge
+    /// negative), still inside the reserve and the no-export rule.
+    Setpoint(f64),
 }
 
 /// The command for one local meter over one plan interval (SPEC §2.9).
@@ -250,6 +253,18 @@ impl StoredTimeslot {
             TimeslotStatus::Active
         } else {
             TimeslotStatus::Ended
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Kw(kw) => write!(f, "{kw:.2} kW"),
+            Target::Maximum => f.write_str("maximum"),
+            Target::Setpoint(kw) if *kw < 0.0 => write!(f, "charge {:.2} kW (manual)", -kw),
+            Target::Setpoint(kw) if *kw > 0.0 => write!(f, "discharge {kw:.2} kW (manual)"),
+            Target::Setpoint(_) => f.write_str("hold (manual)"),
         }
     }
 }

@@ -34,7 +34,7 @@ async fn site(extra: &str) -> Site {
     let devices = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
     let mut text = format!(
         "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-         [auth]\nkeys = [\"{}\"]\n[storage]\npath = \"leap-edge.db\"\n{extra}\n",
+         [auth]\nkeys = [\"{}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n{extra}\n",
         common::KEY
     );
     for (i, m) in [M1, M2, M3].iter().enumerate() {
@@ -61,6 +61,7 @@ impl Site {
         let parts = Parts {
             commander: Arc::new(self.rec.clone()),
             clock: Arc::new(SystemClock),
+            live: Arc::new(|| json!({})),
         };
         let running = daemon::start(config, parts).await.unwrap();
         self.client = Client::new(running.addr, self.cert.clone());

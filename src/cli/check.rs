@@ -18,6 +18,15 @@ pub fn run(path: &Path) -> u8 {
     {
         problems.push(e.to_string());
     }
+    // Every shipped profile, and the one each device uses, must load cleanly.
+    if let Err(errs) = crate::device::profile::check_dir(&config.devices_dir) {
+        problems.extend(errs.iter().map(ToString::to_string));
+    }
+    for (name, d) in &config.devices {
+        if let Err(e) = crate::device::open(name, d, &config.devices_dir) {
+            problems.push(e.to_string());
+        }
+    }
     if problems.is_empty() {
         println!(
             "{}: OK ({} meter(s), {} device(s), listening on {}{})",

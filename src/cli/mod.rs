@@ -2,10 +2,16 @@
 //! take `--json` and then print one JSON document on stdout (SPEC §3).
 
 mod check;
+mod devices;
+mod duration;
 mod events;
 mod history;
 mod logging;
+mod manual;
 mod schedule;
+mod send_test;
+mod sim;
+mod status;
 mod table;
 
 use crate::config::{Config, EXIT_CONFIG};
@@ -36,12 +42,25 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: receive Leap webhooks, store them, dispatch the batteries.
     Run,
+    /// One screen: daemon, last notification, clock, and per meter the command and device.
+    Status(status::StatusArgs),
     /// Stored timeslots with their status (reads the database; works while the daemon runs).
     Events(events::EventsArgs),
     /// Per meter, what the plan will do over the next hours (default 48).
     Schedule(schedule::ScheduleArgs),
     /// The audit log of commands applied, released, or only "would apply" (dry-run).
     History(history::HistoryArgs),
+    /// A manual override that expires by itself (hold, charge, discharge, release, clear).
+    #[command(subcommand)]
+    Override(manual::OverrideCommand),
+    /// Post a Leap-shaped test notification to the running daemon (same path and auth).
+    SendTest(send_test::SendTestArgs),
+    /// Live state of each configured device; `devices probe HOST[:PORT]` discovers one.
+    Devices(devices::DevicesArgs),
+    /// Run the site simulator (Modbus TCP: battery inverter + site meter, SunSpec map).
+    Sim(sim::SimArgs),
+    /// Re-read the configuration in the running daemon (keys, policies, strategies).
+    Reload,
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -106,7 +125,33 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Events(args) => with_config(&cli.config, |c| events::run(c, &args)),
+        Command::Status(args) => with_config(&cli.config, |c| status::run(c, &args)),
+        Command::Override(cmd) => with_config(&cli.config, |c| manual::run(c, &cmd)),
+        Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
+        Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
+        Command::Sim(args) => with_config(&cli.config, |c| sim::run(c, &args)),
+        Command::Reload => with_config(&cli.config, reload),
         Command::Schedule(args) => with_config(&cli.config, |c| schedule::run(c, &args)),
         Command::History(args) => with_config(&cli.config, |c| history::run(c, &args)),
     }
+}
+
+fn reload(config: &Config) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body = rt.block_on(
+        crate::admin::AdminClient::new(&config.admin.socket).call(&crate::admin::Request::Reload),
+    )?;
+    println!("reloaded: {}", body["reloaded"]);
+    if let Some(r) = body["restart_needed_for"]
+        .as_array()
+        .filter(|r| !r.is_empty())
+    {
+        println!(
+            "changed but NOT applied (restart the service for these): {}",
+            serde_json::Value::Array(r.clone())
+        );
+    }
+    Ok(exit::OK)
 }

@@ -106,10 +106,7 @@ pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
 }
 
 fn target_text(c: &Command) -> String {
-    match c.target {
-        Target::Kw(kw) => format!("{kw:.2} kW"),
-        Target::Maximum => "maximum".into(),
-    }
+    c.target.to_string()
 }
 
 fn interval_json(iv: &Interval) -> Value {
@@ -117,7 +114,7 @@ fn interval_json(iv: &Interval) -> Value {
     let mut v = json!({
         "start_time": store::ts(iv.start), "end_time": store::ts(iv.end),
         "mode": c.mode, "kind": c.kind, "performance_compensation_cap": c.cap.as_str(),
-        "target_kw": match c.target { Target::Kw(k) => json!(k), Target::Maximum => Value::Null },
+        "target_kw": match c.target { Target::Kw(k) => json!(k), _ => Value::Null },
         "target": target_text(c), "limit_kw": c.limit_kw, "export_allowed_kw": c.export_allowed_kw,
         "import_margin_kw": c.import_margin_kw, "strategy": c.strategy, "priority": c.priority,
         "programs": c.programs, "reason": c.reason,

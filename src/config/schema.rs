@@ -32,6 +32,9 @@ pub struct Config {
     pub sim: SimConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The file this was loaded from (for `leap-edge reload`); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,6 +222,9 @@ pub struct DeviceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
+    /// Start the simulator inside `leap-edge run` (development and dry runs only).
+    #[serde(default)]
+    pub autostart: bool,
     #[serde(default = "default_sim_listen")]
     pub listen: SocketAddr,
     #[serde(default = "default_unit_id")]
@@ -242,6 +248,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
+            autostart: false,
             listen: default_sim_listen(),
             unit_id: default_unit_id(),
             base_address: default_sunspec_base(),

@@ -47,6 +47,51 @@ pub struct DeviceState {
 
 pub type SharedState = Arc<Mutex<DeviceState>>;
 
+/// One block per device for `leap-edge devices`.
+impl std::fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let when = |t: &Option<DateTime<Utc>>| {
+            t.map_or("never".to_string(), |t| {
+                t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+            })
+        };
+        writeln!(
+            f,
+            "{} ({}, unit {}, profile {}): {}",
+            self.name,
+            self.addr,
+            self.unit_id,
+            self.profile,
+            if self.connected {
+                "connected"
+            } else {
+                "NOT connected"
+            }
+        )?;
+        writeln!(f, "  last good read: {}", when(&self.last_ok_at))?;
+        if let Some(e) = &self.last_error {
+            writeln!(f, "  last error ({}): {e}", when(&self.last_error_at))?;
+        }
+        writeln!(
+            f,
+            "  errors: {}  connects: {}",
+            self.error_count, self.connects
+        )?;
+        if let Some(b) = self.sunspec_base {
+            writeln!(f, "  SunSpec map at {b}: models {:?}", self.models)?;
+        }
+        writeln!(
+            f,
+            "  control: {}",
+            self.control.as_deref().unwrap_or("none usable")
+        )?;
+        if !self.points.is_empty() {
+            writeln!(f, "  points: {}", self.points.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 

@@ -40,8 +40,8 @@ pub struct ProbeReport {
     pub sunspec_base: u16,
     pub models: Vec<ProbedModel>,
     pub identity: Option<Identity>,
-    /// The `[[control]]` method leap-edge would use, or why none fits.
-    pub control: Result<String, String>,
+    /// The `[[control]]` method leap-edge would use; `None`: none fits.
+    pub control: Option<String>,
     /// `soc=713.SoC`, ...: the points read for each value.
     pub points: Vec<String>,
     pub telemetry: Option<Telemetry>,
@@ -142,9 +142,7 @@ pub async fn probe(
             })
             .collect(),
         identity,
-        control: state.control.ok_or_else(|| {
-            "no control method of devices/sunspec.toml fits (needs model 124 or 704)".to_string()
-        }),
+        control: state.control,
         points: state.points,
         telemetry,
         telemetry_error,
@@ -158,7 +156,8 @@ async fn read_identity(
     let Some(m) = map.model(1) else {
         return Ok(None);
     };
-    if m.len < 66 {
+    // Mn..SN span offsets 2..66; some devices end model 1 there (L = 65, no DA/Pad).
+    if m.len < 64 {
         return Ok(None);
     }
     let w = client.read(None, Function::Holding, m.addr + 2, 64).await?;
@@ -194,8 +193,11 @@ impl fmt::Display for ProbeReport {
             )?;
         }
         match &self.control {
-            Ok(c) => writeln!(f, "  control: {c}")?,
-            Err(e) => writeln!(f, "  control: NONE: {e}")?,
+            Some(c) => writeln!(f, "  control: {c}")?,
+            None => writeln!(
+                f,
+                "  control: NONE: no control method of devices/sunspec.toml fits (needs model 124 or 704)"
+            )?,
         }
         writeln!(f, "  points: {}", self.points.join(", "))?;
         if let Some(t) = &self.telemetry {

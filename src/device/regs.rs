@@ -24,11 +24,31 @@ pub struct ResolvedReg {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub value: Option<f64>,
+    /// Read together and added (per-phase meters).
+    pub plus: Vec<ResolvedReg>,
 }
 
 /// Bind a spec to the device. `Ok(None)`: the device does not offer it (model missing, too
 /// short, or its scale factor unimplemented). Transport errors are `Err`.
 pub async fn resolve(
+    client: &mut ModbusClient,
+    addressing: Addressing,
+    map: Option<&SunSpecMap>,
+    spec: &RegSpec,
+) -> Result<Option<ResolvedReg>, DeviceError> {
+    let Some(mut r) = resolve_one(client, addressing, map, spec).await? else {
+        return Ok(None);
+    };
+    for extra in &spec.plus {
+        match resolve_one(client, addressing, map, extra).await? {
+            Some(x) => r.plus.push(x),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(r))
+}
+
+async fn resolve_one(
     client: &mut ModbusClient,
     addressing: Addressing,
     map: Option<&SunSpecMap>,
@@ -47,6 +67,7 @@ pub async fn resolve(
         min: spec.min,
         max: spec.max,
         value: spec.value,
+        plus: Vec::new(),
     };
     match addressing {
         Addressing::Fixed => {
@@ -90,8 +111,25 @@ pub async fn resolve(
     }
 }
 
-/// Read a value in its canonical unit; `None` when the device marks it unimplemented.
+/// Read a value in its canonical unit (with its `plus` registers added); `None` when the
+/// device marks any part unimplemented.
 pub async fn read_value(
+    client: &mut ModbusClient,
+    r: &ResolvedReg,
+) -> Result<Option<f64>, DeviceError> {
+    let Some(mut total) = read_single(client, r).await? else {
+        return Ok(None);
+    };
+    for extra in &r.plus {
+        match read_single(client, extra).await? {
+            Some(v) => total += v,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(total))
+}
+
+async fn read_single(
     client: &mut ModbusClient,
     r: &ResolvedReg,
 ) -> Result<Option<f64>, DeviceError> {

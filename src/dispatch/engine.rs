@@ -4,6 +4,7 @@
 //! cannot make it fire early or miss a boundary — or until a notification changes a
 //! timeslot, whichever comes first.
 
+use super::overrides::{self, Overrides};
 use super::status::{DispatchStatus, Wake};
 use super::{CommandError, Commander};
 use crate::clock::Clock;
@@ -34,6 +35,8 @@ struct Applied {
 struct MeterState {
     applied: Option<Applied>,
     would: Option<Command>,
+    /// The Leap event last logged as overridden by a manual override.
+    overridden: Option<String>,
 }
 
 pub struct Dispatcher {
@@ -44,6 +47,9 @@ pub struct Dispatcher {
     clock: Arc<dyn Clock>,
     status: Arc<DispatchStatus>,
     meters: BTreeMap<String, MeterState>,
+    overrides: Arc<Overrides>,
+    /// Where policies and strategies reloaded by `leap-edge reload` come from.
+    live: Option<crate::config::SharedConfig>,
     /// Called once per loop turn (systemd watchdog).
     heartbeat: Box<dyn Fn() + Send + Sync>,
 }
@@ -68,6 +74,8 @@ impl Dispatcher {
             commander,
             clock,
             meters,
+            overrides: Arc::new(Overrides::default()),
+            live: None,
             heartbeat: Box::new(|| {}),
         }
     }
@@ -75,6 +83,15 @@ impl Dispatcher {
     pub fn with_heartbeat(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.heartbeat = Box::new(f);
         self
+    }
+
+    pub fn with_live_config(mut self, live: crate::config::SharedConfig) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    pub fn overrides(&self) -> Arc<Overrides> {
+        self.overrides.clone()
     }
 
     pub fn status(&self) -> Arc<DispatchStatus> {
@@ -95,6 +112,10 @@ impl Dispatcher {
                 self.apply_all(plan, now, wake).await;
             }
             let next = plan.as_ref().and_then(|p| p.next_boundary_after(now));
+            let next = match (next, self.overrides.next_expiry().filter(|t| *t > now)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             self.status.set_next_boundary(next);
             wake = tokio::select! {
                 w = self.sleep_until(next, now, &mut changes) => w,
@@ -105,6 +126,12 @@ impl Dispatcher {
     }
 
     async fn plan(&mut self, now: DateTime<Utc>) -> Option<Plan> {
+        if let Some(live) = &self.live {
+            // Meters and site limits need a restart; policies and strategies apply here.
+            let c = live.get();
+            self.plan_config.policy = c.policy.clone();
+            self.plan_config.strategy = c.strategy.clone();
+        }
         // Look back as far as ahead: the planner clips intervals at `from`, and a command
         // resumed after a restart must know its true start to report its lateness.
         let from = now - Duration::hours(HORIZON_HOURS);
@@ -178,6 +205,7 @@ impl Dispatcher {
         now: DateTime<Utc>,
         wake: Wake,
     ) {
+        let iv = self.apply_override(meter, iv, now, wake).await;
         let (exec, dry) = match iv {
             Some(iv) if iv.command.mode == ExecMode::Execute => (Some(iv), None),
             Some(iv) => (None, Some(iv)),
@@ -248,6 +276,48 @@ impl Dispatcher {
         }
     }
 
+    /// A manual override replaces whatever the plan says; the Leap event it displaces is
+    /// audited as overridden (once per event).
+    async fn apply_override(
+        &mut self,
+        meter: &str,
+        iv: Option<Interval>,
+        now: DateTime<Utc>,
+        wake: Wake,
+    ) -> Option<Interval> {
+        let Some(o) = self.overrides.active(meter, now) else {
+            if let Some(s) = self.meters.get_mut(meter) {
+                s.overridden = None;
+            }
+            return iv;
+        };
+        let displaced = iv.filter(|iv| iv.command.mode == ExecMode::Execute);
+        if let Some(d) = displaced {
+            let noted = self.meters.get(meter).and_then(|s| s.overridden.clone());
+            if noted.as_deref() != Some(d.command.event_id.as_str()) {
+                if let Some(s) = self.meters.get_mut(meter) {
+                    s.overridden = Some(d.command.event_id.clone());
+                }
+                self.record(
+                    meter,
+                    Action::Overridden,
+                    Some(&d.command),
+                    now,
+                    now,
+                    wake,
+                    Ok(()),
+                )
+                .await;
+            }
+        }
+        let margin = self.config.site.import_margin_kw;
+        overrides::command(&o, margin).map(|command| Interval {
+            start: now,
+            end: o.until,
+            command,
+        })
+    }
+
     /// SPEC §2.6 dry-run: audit what would be written, once per distinct command.
     async fn dry_run(
         &mut self,
@@ -297,10 +367,7 @@ impl Dispatcher {
         let lateness = (now - boundary).num_milliseconds().max(0);
         let detail = wake.describe(lateness);
         let error = result.err().map(|e| e.to_string());
-        let target = cmd.map(|c| match c.target {
-            crate::model::Target::Kw(kw) => format!("{kw:.2} kW"),
-            crate::model::Target::Maximum => "maximum".into(),
-        });
+        let target = cmd.map(|c| c.target.to_string());
         match (&error, cmd) {
             (Some(e), _) => {
                 tracing::warn!(meter_id = meter, action = action.as_str(), error = %e, "command not taken yet; the device loop retries")
@@ -360,6 +427,5 @@ impl Dispatcher {
                 s.applied = None;
             }
         }
-        let _ = &self.config;
     }
 }

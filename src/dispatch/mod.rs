@@ -3,6 +3,7 @@
 
 pub mod commander;
 pub mod engine;
+pub mod overrides;
 pub mod status;
 
 pub use commander::{BoxFuture, CommandError, Commander, Recorded, RecordingCommander};

@@ -38,10 +38,10 @@ impl Wake {
             )),
             Wake::Startup => Some("startup".into()),
             Wake::Change(_) if late => Some(format!(
-                "notification changed the plan; late start by {} s",
+                "plan changed (notification or CLI); late start by {} s",
                 lateness_ms / 1000
             )),
-            Wake::Change(_) => Some("notification changed the plan".into()),
+            Wake::Change(_) => Some("plan changed (notification or CLI)".into()),
             Wake::Boundary(_) => None,
             Wake::Periodic if late => Some(format!("late start by {} s", lateness_ms / 1000)),
             Wake::Periodic => None,

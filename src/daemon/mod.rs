@@ -2,6 +2,9 @@
 //! order — stop accepting, finish in-flight requests, stop dispatch (which hands every
 //! battery back to normal operation), close the database.
 
+mod housekeeping;
+mod socket;
+
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::dispatch::{Commander, DispatchStatus, Dispatcher, RecordingCommander};
@@ -18,6 +21,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error("site simulator: {0}")]
+    Sim(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -26,6 +31,8 @@ pub enum DaemonError {
 pub struct Parts {
     pub commander: Arc<dyn Commander>,
     pub clock: Arc<dyn Clock>,
+    /// Live per-meter device state for `status` (JSON object keyed by Leap meter id).
+    pub live: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
 /// A started daemon; [`Running::stop`] shuts it down in order.
@@ -36,6 +43,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
+    admin: JoinHandle<()>,
     store_thread: StoreThread,
 }
 
@@ -57,10 +65,41 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let app = Arc::new(App::new(config.clone(), store.clone()));
     let (stop, stop_rx) = watch::channel(false);
 
-    let dispatcher = Dispatcher::new(config.clone(), store.clone(), parts.commander, parts.clock);
+    let dispatcher = Dispatcher::new(
+        config.clone(),
+        store.clone(),
+        parts.commander,
+        parts.clock.clone(),
+    );
+    let dispatcher = dispatcher.with_live_config(app.shared_config());
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
+    let handler = Arc::new(socket::Handler {
+        app: app.clone(),
+        dispatch: dispatch.clone(),
+        overrides: dispatcher.overrides(),
+        started_at: parts.clock.now(),
+        clock: parts.clock,
+        live: parts.live,
+    });
     let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
+    let hk = Arc::new(housekeeping::Housekeeping::default());
+    app.add_source(hk.clone());
+    tokio::spawn(hk.run(
+        store.clone(),
+        config.storage.retention_days,
+        stop_rx.clone(),
+    ));
+    let admin_path = config.admin.socket.clone();
+    let mut admin_stop = stop_rx.clone();
+    let admin = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = crate::admin::serve(&admin_path, handler, stopped).await {
+            tracing::error!(path = %admin_path.display(), error = %e, "admin socket unavailable; the CLI cannot reach the daemon");
+        }
+    });
 
     let stopped = async move {
         let mut rx = stop_rx;
@@ -78,6 +117,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         stop,
         http,
         dispatcher,
+        admin,
         store_thread,
     })
 }
@@ -88,6 +128,7 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = self.http.await;
         let _ = self.dispatcher.await;
+        let _ = self.admin.await;
         drop(self.app);
         self.store_thread.join();
         tracing::info!("stopped cleanly");
@@ -95,12 +136,29 @@ impl Running {
 }
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Development and dry runs: the simulator lives inside the daemon, so one command shows
+    // the whole chain. It is dropped (stopped) only after dispatch has released the meters.
+    let _sim = if config.sim.autostart {
+        let listener = tokio::net::TcpListener::bind(config.sim.listen)
+            .await
+            .map_err(|source| server::ServerError::Bind {
+                addr: config.sim.listen,
+                source,
+            })?;
+        let sim = crate::sim::spawn(&config.sim, listener)
+            .map_err(|e| DaemonError::Sim(e.to_string()))?;
+        tracing::info!(addr = %sim.local_addr(), "site simulator started (sim.autostart)");
+        Some(sim)
+    } else {
+        None
+    };
     let commander: Arc<dyn Commander> = Arc::new(RecordingCommander::default());
     let running = start(
         config,
         Parts {
             commander,
             clock: Arc::new(SystemClock),
+            live: Arc::new(|| serde_json::json!({})),
         },
     )
     .await?;

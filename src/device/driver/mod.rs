@@ -3,13 +3,14 @@
 //! reading and for control, the first alternative the device offers; this is redone after
 //! every reconnect. Implements [`Battery`] for the control loop.
 
+mod ops;
+
+use super::DeviceError;
 use super::client::{ModbusClient, SharedState};
 use super::profile::{self, Addressing, ControlSpec, PowerSpec, Profile};
 use super::regs::{self, ResolvedReg};
 use super::sunspec::{self, SunSpecMap};
-use super::{Battery, DeviceError, Telemetry};
 use crate::config::DeviceConfig;
-use crate::dispatch::BoxFuture;
 use std::path::Path;
 use std::time::Duration;
 
@@ -42,6 +43,28 @@ enum Power {
     Grid(ResolvedReg),
 }
 
+enum BindFail {
+    Device(DeviceError),
+    Unfit(String),
+}
+
+impl From<DeviceError> for BindFail {
+    fn from(e: DeviceError) -> Self {
+        BindFail::Device(e)
+    }
+}
+
+async fn need(
+    c: &mut ModbusClient,
+    addressing: Addressing,
+    map: Option<&SunSpecMap>,
+    s: &profile::RegSpec,
+) -> Result<ResolvedReg, BindFail> {
+    regs::resolve(c, addressing, map, s)
+        .await?
+        .ok_or_else(|| BindFail::Unfit(format!("device lacks {}", s.label())))
+}
+
 pub struct ModbusBattery {
     name: String,
     profile: Profile,
@@ -62,6 +85,15 @@ pub fn open(
         device: name.to_string(),
         reason: e.to_string(),
     })?;
+    if profile.template {
+        return Err(DeviceError::Profile {
+            device: name.to_string(),
+            reason: format!(
+                "{} is a template: copy it to devices/<vendor>.toml, fill in the vendor's registers, set `template = false` and point devices.{name}.profile at the copy",
+                path.display()
+            ),
+        });
+    }
     Ok(ModbusBattery::new(name, profile, cfg))
 }
 
@@ -140,12 +172,13 @@ impl ModbusBattery {
         let mut control = Err("the profile lists no control method".to_string());
         let mut why = Vec::new();
         for spec in self.profile.control.clone() {
-            match self.bind_control(m, &spec, max_charge_kw).await? {
+            match self.bind_control(m, &spec, max_charge_kw).await {
                 Ok(ctl) => {
                     control = Ok(ctl);
                     break;
                 }
-                Err(reason) => why.push(format!("{}: {reason}", spec.label)),
+                Err(BindFail::Unfit(reason)) => why.push(format!("{}: {reason}", spec.label)),
+                Err(BindFail::Device(e)) => return Err(e),
             }
         }
         if control.is_err() && !why.is_empty() {
@@ -193,41 +226,25 @@ impl ModbusBattery {
         }
     }
 
-    /// `Ok(Err(reason))`: this control method does not fit the device.
+    /// `Err(Unfit)`: this control method does not fit the device (try the next one).
     async fn bind_control(
         &mut self,
         map: Option<&SunSpecMap>,
         spec: &ControlSpec,
         max_charge_kw: Option<f64>,
-    ) -> Result<Result<Control, String>, DeviceError> {
+    ) -> Result<Control, BindFail> {
         let addressing = self.profile.addressing;
         let c = &mut self.client;
-        let one = async |c: &mut ModbusClient,
-                         s: &profile::RegSpec|
-               -> Result<Result<ResolvedReg, String>, DeviceError> {
-            Ok(regs::resolve(c, addressing, map, s)
-                .await?
-                .ok_or_else(|| format!("device lacks {}", s.label())))
-        };
         let mut enter = Vec::new();
         for s in &spec.enter {
-            match one(c, s).await? {
-                Ok(r) => enter.push(r),
-                Err(e) => return Ok(Err(e)),
-            }
+            enter.push(need(c, addressing, map, s).await?);
         }
         let mut leave = Vec::new();
         for s in &spec.leave {
-            match one(c, s).await? {
-                Ok(r) => leave.push(r),
-                Err(e) => return Ok(Err(e)),
-            }
+            leave.push(need(c, addressing, map, s).await?);
         }
         let reversion = match &spec.reversion {
-            Some(s) => match one(c, s).await? {
-                Ok(r) => Some(r),
-                Err(e) => return Ok(Err(e)),
-            },
+            Some(s) => Some(need(c, addressing, map, s).await?),
             None => None,
         };
         let power = match &spec.power {
@@ -236,174 +253,38 @@ impl ModbusBattery {
                 charge,
                 reference,
             } => {
-                let d = match one(c, discharge).await? {
-                    Ok(r) => r,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let ch = match one(c, charge).await? {
-                    Ok(r) => r,
-                    Err(e) => return Ok(Err(e)),
-                };
+                let discharge = need(c, addressing, map, discharge).await?;
+                let charge = need(c, addressing, map, charge).await?;
                 let dev_w = regs::resolve_first(c, addressing, map, reference)
                     .await?
                     .map(|x| x.1)
                     .filter(|w| *w > 0.0);
-                let Some(full_scale_w) = dev_w.or(max_charge_kw.map(|k| k * 1000.0)) else {
-                    return Ok(Err(
-                        "no reference power for 100 % (device reports none; set max_charge_kw)"
-                            .into(),
-                    ));
-                };
+                let full_scale_w =
+                    dev_w.or(max_charge_kw.map(|k| k * 1000.0)).ok_or_else(|| {
+                        BindFail::Unfit(
+                            "no reference power for 100 % (device reports none; set max_charge_kw)"
+                                .into(),
+                        )
+                    })?;
                 Power::Window {
-                    discharge: d,
-                    charge: ch,
+                    discharge,
+                    charge,
                     full_scale_w,
                 }
             }
-            PowerSpec::Watts { setpoint } => match one(c, setpoint).await? {
-                Ok(r) => Power::Watts(r),
-                Err(e) => return Ok(Err(e)),
-            },
-            PowerSpec::GridSetpoint { setpoint } => match one(c, setpoint).await? {
-                Ok(r) => Power::Grid(r),
-                Err(e) => return Ok(Err(e)),
-            },
+            PowerSpec::Watts { setpoint } => {
+                Power::Watts(need(c, addressing, map, setpoint).await?)
+            }
+            PowerSpec::GridSetpoint { setpoint } => {
+                Power::Grid(need(c, addressing, map, setpoint).await?)
+            }
         };
-        Ok(Ok(Control {
+        Ok(Control {
             label: spec.label.clone(),
             enter,
             leave,
             reversion,
             power,
-        }))
-    }
-
-    pub async fn read_telemetry(&mut self) -> Result<Telemetry, DeviceError> {
-        self.bind().await?;
-        let b = self.bound.as_ref().expect("bound");
-        let (soc, bat, grid) = (b.soc.clone(), b.battery.clone(), b.grid.clone());
-        let mut t = Telemetry {
-            capacity_kwh: b.capacity_kwh,
-            max_charge_kw: b.max_charge_kw,
-            max_discharge_kw: b.max_discharge_kw,
-            ..Telemetry::default()
-        };
-        if let Some(r) = soc {
-            t.soc_pct = regs::read_value(&mut self.client, &r).await?;
-        }
-        if let Some(r) = bat {
-            t.battery_kw = regs::read_value(&mut self.client, &r)
-                .await?
-                .map(|w| w / 1000.0);
-        }
-        if let Some(r) = grid {
-            t.grid_kw = regs::read_value(&mut self.client, &r)
-                .await?
-                .map(|w| w / 1000.0);
-        }
-        Ok(t)
-    }
-
-    /// SPEC §2.10: the reversion timeout is written with every command so the device hands
-    /// the battery back by itself if the daemon stops refreshing.
-    pub async fn command(&mut self, kw: f64, reversion_secs: u32) -> Result<(), DeviceError> {
-        if !kw.is_finite() {
-            return Err(DeviceError::Range {
-                device: self.name.clone(),
-                point: "power".into(),
-                value: kw,
-                min: f64::MIN,
-                max: f64::MAX,
-            });
-        }
-        self.bind().await?;
-        let b = self.bound.as_ref().expect("bound");
-        let ctl = match &b.control {
-            Ok(c) => c,
-            Err(reason) => {
-                return Err(self.profile_err(format!("cannot command the battery: {reason}")));
-            }
-        };
-        let lo = -b.max_charge_kw.unwrap_or(f64::INFINITY);
-        let hi = b.max_discharge_kw.unwrap_or(f64::INFINITY);
-        let target = kw.clamp(lo, hi);
-        if target != kw {
-            tracing::warn!(device = %self.name, kw, clamped = target, "setpoint clamped to the battery's limits");
-        }
-        let (grid, bat) = (b.grid.clone(), b.battery.clone());
-        let reversion = ctl.reversion.clone();
-        let enter = ctl.enter.clone();
-        let power = match &ctl.power {
-            Power::Window {
-                discharge,
-                charge,
-                full_scale_w,
-            } => {
-                let pct = (target * 1000.0 / full_scale_w * 100.0).clamp(-100.0, 100.0);
-                vec![(discharge.clone(), pct), (charge.clone(), -pct)]
-            }
-            Power::Watts(r) => vec![(r.clone(), target * 1000.0)],
-            Power::Grid(r) => {
-                let (Some(g), Some(bt)) = (grid, bat) else {
-                    return Err(self.profile_err(
-                        "grid-setpoint control needs grid and battery power readings".into(),
-                    ));
-                };
-                let g = regs::read_value(&mut self.client, &g).await?.unwrap_or(0.0);
-                let bt = regs::read_value(&mut self.client, &bt)
-                    .await?
-                    .unwrap_or(0.0);
-                vec![(r.clone(), g + bt - target * 1000.0)]
-            }
-        };
-        if let Some(r) = reversion {
-            regs::write_value(&mut self.client, &r, reversion_secs as f64).await?;
-        }
-        for (r, v) in power {
-            regs::write_value(&mut self.client, &r, v).await?;
-        }
-        for r in enter {
-            regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
-        }
-        tracing::debug!(device = %self.name, kw = target, reversion_secs, "setpoint written and read back");
-        Ok(())
-    }
-
-    pub async fn release_control(&mut self) -> Result<(), DeviceError> {
-        self.bind().await?;
-        let b = self.bound.as_ref().expect("bound");
-        let leave = match &b.control {
-            Ok(c) => c.leave.clone(),
-            Err(reason) => {
-                return Err(self.profile_err(format!("cannot release the battery: {reason}")));
-            }
-        };
-        for r in leave {
-            regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
-        }
-        tracing::info!(device = %self.name, "battery released to its own mode");
-        Ok(())
-    }
-}
-
-impl Battery for ModbusBattery {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn read(&mut self) -> BoxFuture<'_, Result<Telemetry, DeviceError>> {
-        Box::pin(self.read_telemetry())
-    }
-
-    fn set_power(
-        &mut self,
-        kw: f64,
-        reversion_secs: u32,
-    ) -> BoxFuture<'_, Result<(), DeviceError>> {
-        Box::pin(self.command(kw, reversion_secs))
-    }
-
-    fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>> {
-        Box::pin(self.release_control())
+        })
     }
 }

@@ -1,0 +1,114 @@
+//! Messages on the admin socket and their framing.
+
+use super::MAX_FRAME;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    Override(OverrideRequest),
+    OverrideClear { meter: Option<String> },
+    Reload,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "action", content = "kw", rename_all = "kebab-case")]
+pub enum OverrideAction {
+    /// Battery idle: neither charge nor discharge.
+    Hold,
+    Charge(f64),
+    Discharge(f64),
+    /// Normal (self-consumption) operation, whatever Leap asks.
+    Release,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OverrideRequest {
+    /// A Leap meter id; None = every local meter.
+    pub meter: Option<String>,
+    pub action: OverrideAction,
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub body: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(body: serde_json::Value) -> Response {
+        Response {
+            ok: true,
+            error: None,
+            body,
+        }
+    }
+
+    pub fn err(msg: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            body: serde_json::Value::Null,
+        }
+    }
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    if bytes.len() > MAX_FRAME {
+        return Err(std::io::Error::other("message over the admin frame limit"));
+    }
+    w.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    w.write_all(&bytes).await?;
+    w.flush().await
+}
+
+pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+) -> std::io::Result<T> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("admin frame of {len} bytes is over the limit"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    serde_json::from_slice(&buf)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversize_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let req = Request::Override(OverrideRequest {
+            meter: None,
+            action: OverrideAction::Charge(3.5),
+            seconds: 60,
+        });
+        write_frame(&mut a, &req).await.unwrap();
+        let got: Request = read_frame(&mut b).await.unwrap();
+        assert_eq!(got, req);
+        a.write_all(&((MAX_FRAME as u32) + 1).to_be_bytes())
+            .await
+            .unwrap();
+        let err = read_frame::<_, Request>(&mut b).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+}

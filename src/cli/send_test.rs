@@ -1,0 +1,142 @@
+//! `leap-edge send-test`: post a Leap-shaped test notification to the running daemon,
+//! through the same HTTP path and authentication Leap uses — as Leap's
+//! `POST /dispatch/meter/webhook/integration_test` would.
+
+use super::{duration, exit};
+use crate::config::Config;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct SendTestArgs {
+    /// Leap meter id (default: the first configured meter).
+    #[arg(long)]
+    pub meter: Option<String>,
+    /// Start this long from now.
+    #[arg(long = "in", value_parser = duration::parse, default_value = "10s")]
+    pub start_in: std::time::Duration,
+    /// Length of the timeslot.
+    #[arg(long, value_parser = duration::parse, default_value = "5m")]
+    pub duration: std::time::Duration,
+    /// energy_kw of the timeslot.
+    #[arg(long, default_value_t = 5.0)]
+    pub kw: f64,
+    /// performance_compensation_cap.
+    #[arg(long, default_value = "up-to-site-load")]
+    pub cap: String,
+    #[arg(long, default_value_t = 1)]
+    pub priority: i64,
+    /// Send it as a real dispatch (integration_test_notification = false).
+    #[arg(long)]
+    pub real: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
+    let Some(meter) = args
+        .meter
+        .clone()
+        .or_else(|| config.meters.first().map(|m| m.id.clone()))
+    else {
+        eprintln!("leap-edge: no meter configured; give --meter ID");
+        return Ok(exit::USAGE);
+    };
+    let start = chrono::Utc::now() + chrono::Duration::from_std(args.start_in)?;
+    let end = start + chrono::Duration::from_std(args.duration)?;
+    let event = format!("send-test-{}", start.timestamp_millis());
+    let body = json!({
+        "integration_test_notification": !args.real,
+        "communication_test": false,
+        "meter_dispatches": [{"meter_id": meter, "timeslots": [{
+            "meter_event_id": event,
+            "start_time": crate::store::ts(start), "end_time": crate::store::ts(end),
+            "cancelled": false, "energy_kw": args.kw, "performance_compensation_cap": args.cap,
+            "priority": args.priority, "is_voluntary": false,
+            "dispatch_event_types": ["standard"], "programs": ["CCA"],
+        }]}],
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, answer) = rt.block_on(post(config, body.to_string()))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"http_status": status, "meter_event_id": event, "body": answer})
+            )?
+        );
+    } else {
+        println!("HTTP {status}: {answer}");
+        println!(
+            "meter_event_id {event}: {} kW from {} to {}",
+            args.kw,
+            crate::store::ts(start),
+            crate::store::ts(end)
+        );
+    }
+    Ok(if (200..300).contains(&status) {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
+}
+
+async fn post(config: &Config, body: String) -> anyhow::Result<(u16, String)> {
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the daemon at {addr}: {e} (is it running?)"))?;
+    let key = config
+        .auth
+        .keys
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("auth.keys is empty"))?;
+    let req = hyper::Request::post(&config.server.path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header(config.auth.header.as_str(), key.expose())
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = match &config.server.tls {
+        None => send(TokioIo::new(tcp), req).await?,
+        Some(tls) => {
+            // Trust exactly the daemon's own certificate: this talks to ourselves.
+            use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(&tls.cert)? {
+                roots.add(c?)?;
+            }
+            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let name = ServerName::try_from("localhost")?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await?;
+            send(TokioIo::new(stream), req).await?
+        }
+    };
+    Ok(resp)
+}
+
+async fn send<T>(io: T, req: hyper::Request<Full<Bytes>>) -> anyhow::Result<(u16, String)>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}

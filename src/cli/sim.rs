@@ -1,0 +1,37 @@
+//! `leap-edge sim`: the site simulator in the foreground.
+
+use super::exit;
+use crate::config::Config;
+use crate::sim::{self, SimOptions};
+use std::net::SocketAddr;
+
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    /// Listen address (default: [sim] listen from the config, 127.0.0.1:1502).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Also answer on unit 100 as a Victron GX in ESS mode.
+    #[arg(long)]
+    pub victron: bool,
+    /// Seconds between state lines.
+    #[arg(long, default_value_t = 5)]
+    pub every: u64,
+}
+
+pub fn run(config: &Config, args: &SimArgs) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let opts = SimOptions {
+        victron: args.victron,
+        ..SimOptions::default()
+    };
+    rt.block_on(sim::run_cli(
+        &config.sim,
+        args.listen,
+        opts,
+        std::time::Duration::from_secs(args.every.max(1)),
+    ))?;
+    Ok(exit::OK)
+}

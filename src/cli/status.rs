@@ -1,0 +1,173 @@
+//! `leap-edge status`: one screen for a technician. Asks the running daemon over the admin
+//! socket; when the daemon is down, says so and shows what the database knows.
+
+use super::{exit, table};
+use crate::admin::{AdminClient, ClientError, Request};
+use crate::config::Config;
+use crate::store::{self, query};
+use serde_json::{Value, json};
+
+/// Exit code when the daemon is not running (as LSB `status` uses).
+pub const NOT_RUNNING: u8 = 3;
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(AdminClient::new(&config.admin.socket).call(&Request::Status)) {
+        Ok(body) => {
+            if args.json {
+                let mut body = body;
+                body["daemon"] = json!("running");
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print_running(&body);
+            }
+            Ok(exit::OK)
+        }
+        Err(ClientError::NotRunning(_)) => down(config, args),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn down(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
+    let last = store::open_read_only(&config.storage.path)
+        .ok()
+        .and_then(|c| query::last_notification(&c).ok().flatten());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"daemon": "not running", "last_notification": last, "clock_synchronised": crate::clock::synchronised()})
+            )?
+        );
+    } else {
+        println!(
+            "leap-edge daemon: NOT RUNNING (no admin socket at {})",
+            config.admin.socket.display()
+        );
+        match last {
+            Some(l) => println!(
+                "last notification: {} from {}",
+                l.received_at,
+                l.peer.unwrap_or_default()
+            ),
+            None => println!("last notification: none stored"),
+        }
+        println!(
+            "Start it with `systemctl start leap-edge`; `leap-edge schedule` shows what it would do."
+        );
+    }
+    Ok(NOT_RUNNING)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_running(b: &Value) {
+    let clock = match b["clock_synchronised"].as_bool() {
+        Some(true) => "synchronised",
+        Some(false) => "NOT SYNCHRONISED (dispatch timing may be off)",
+        None => "unknown",
+    };
+    println!(
+        "leap-edge {} running since {} ({} s)",
+        s(&b["version"]),
+        s(&b["started_at"]),
+        s(&b["uptime_secs"])
+    );
+    println!("listening on {}; clock {clock}", s(&b["listen"]));
+    let last = &b["last_notification"];
+    if last.is_null() {
+        println!("last notification: none yet");
+    } else {
+        println!(
+            "last notification: {} from {}",
+            s(&last["received_at"]),
+            s(&last["peer"])
+        );
+    }
+    println!("next plan boundary: {}", s(&b["next_boundary"]));
+    if !b["plan_error"].is_null() {
+        println!("PLAN ERROR: {}", s(&b["plan_error"]));
+    }
+    let rows: Vec<Vec<String>> = b["meters"]
+        .as_array()
+        .map(|ms| ms.iter().map(meter_row).collect())
+        .unwrap_or_default();
+    println!();
+    table::print(
+        &[
+            "METER",
+            "DEVICE",
+            "COMMAND",
+            "UNTIL",
+            "SOC",
+            "BATT KW",
+            "GRID KW",
+            "DEVICE STATE",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+}
+
+fn meter_row(m: &Value) -> Vec<String> {
+    let cmd = &m["command"];
+    let command = if let Some(o) = m["override"].as_object() {
+        format!(
+            "OVERRIDE {} until {}",
+            s(&o["action"]["action"]),
+            s(&o["until"])
+        )
+    } else if cmd.is_null() {
+        "normal".into()
+    } else {
+        let c = &cmd["command"];
+        format!(
+            "{} {} {}",
+            s(&c["event_id"]),
+            s(&c["cap"]),
+            target(&c["target"])
+        )
+    };
+    let live = &m["live"];
+    let num = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+    vec![
+        m["name"].as_str().map_or(s(&m["meter_id"]), |n| {
+            format!("{n} ({})", s(&m["meter_id"]))
+        }),
+        s(&m["device"]),
+        command,
+        s(&cmd["end"]),
+        num(&live["soc_pct"]),
+        num(&live["battery_kw"]),
+        num(&live["grid_kw"]),
+        s(&live["state"]),
+        m["last_error"]
+            .as_str()
+            .or(live["last_error"].as_str())
+            .unwrap_or("-")
+            .to_string(),
+    ]
+}
+
+fn target(t: &Value) -> String {
+    match t["kind"].as_str() {
+        Some("kw") => format!("{} kW", s(&t["kw"])),
+        Some("maximum") => "maximum".into(),
+        Some("setpoint") => format!("setpoint {} kW", s(&t["kw"])),
+        _ => s(t),
+    }
+}

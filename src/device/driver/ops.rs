@@ -1,0 +1,138 @@
+//! What the control loop calls: read the site, command a setpoint (clamped, written, read
+//! back, with the reversion timeout), release to normal.
+
+use super::{ModbusBattery, Power};
+use crate::device::regs;
+use crate::device::{Battery, DeviceError, Telemetry};
+use crate::dispatch::BoxFuture;
+
+impl ModbusBattery {
+    pub async fn read_telemetry(&mut self) -> Result<Telemetry, DeviceError> {
+        self.bind().await?;
+        let b = self.bound.as_ref().expect("bound");
+        let (soc, bat, grid) = (b.soc.clone(), b.battery.clone(), b.grid.clone());
+        let mut t = Telemetry {
+            capacity_kwh: b.capacity_kwh,
+            max_charge_kw: b.max_charge_kw,
+            max_discharge_kw: b.max_discharge_kw,
+            ..Telemetry::default()
+        };
+        if let Some(r) = soc {
+            t.soc_pct = regs::read_value(&mut self.client, &r).await?;
+        }
+        if let Some(r) = bat {
+            t.battery_kw = regs::read_value(&mut self.client, &r)
+                .await?
+                .map(|w| w / 1000.0);
+        }
+        if let Some(r) = grid {
+            t.grid_kw = regs::read_value(&mut self.client, &r)
+                .await?
+                .map(|w| w / 1000.0);
+        }
+        Ok(t)
+    }
+
+    /// SPEC §2.10: the reversion timeout is written with every command so the device hands
+    /// the battery back by itself if the daemon stops refreshing.
+    pub async fn command(&mut self, kw: f64, reversion_secs: u32) -> Result<(), DeviceError> {
+        if !kw.is_finite() {
+            return Err(DeviceError::Range {
+                device: self.name.clone(),
+                point: "power".into(),
+                value: kw,
+                min: f64::MIN,
+                max: f64::MAX,
+            });
+        }
+        self.bind().await?;
+        let b = self.bound.as_ref().expect("bound");
+        let ctl = match &b.control {
+            Ok(c) => c,
+            Err(reason) => {
+                return Err(self.profile_err(format!("cannot command the battery: {reason}")));
+            }
+        };
+        let lo = -b.max_charge_kw.unwrap_or(f64::INFINITY);
+        let hi = b.max_discharge_kw.unwrap_or(f64::INFINITY);
+        let target = kw.clamp(lo, hi);
+        if target != kw {
+            tracing::warn!(device = %self.name, kw, clamped = target, "setpoint clamped to the battery's limits");
+        }
+        let (grid, bat) = (b.grid.clone(), b.battery.clone());
+        let reversion = ctl.reversion.clone();
+        let enter = ctl.enter.clone();
+        let power = match &ctl.power {
+            Power::Window {
+                discharge,
+                charge,
+                full_scale_w,
+            } => {
+                let pct = (target * 1000.0 / full_scale_w * 100.0).clamp(-100.0, 100.0);
+                vec![(discharge.clone(), pct), (charge.clone(), -pct)]
+            }
+            Power::Watts(r) => vec![(r.clone(), target * 1000.0)],
+            Power::Grid(r) => {
+                let (Some(g), Some(bt)) = (grid, bat) else {
+                    return Err(self.profile_err(
+                        "grid-setpoint control needs grid and battery power readings".into(),
+                    ));
+                };
+                let g = regs::read_value(&mut self.client, &g).await?.unwrap_or(0.0);
+                let bt = regs::read_value(&mut self.client, &bt)
+                    .await?
+                    .unwrap_or(0.0);
+                vec![(r.clone(), g + bt - target * 1000.0)]
+            }
+        };
+        if let Some(r) = reversion {
+            regs::write_value(&mut self.client, &r, reversion_secs as f64).await?;
+        }
+        for (r, v) in power {
+            regs::write_value(&mut self.client, &r, v).await?;
+        }
+        for r in enter {
+            regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
+        }
+        tracing::debug!(device = %self.name, kw = target, reversion_secs, "setpoint written and read back");
+        Ok(())
+    }
+
+    pub async fn release_control(&mut self) -> Result<(), DeviceError> {
+        self.bind().await?;
+        let b = self.bound.as_ref().expect("bound");
+        let leave = match &b.control {
+            Ok(c) => c.leave.clone(),
+            Err(reason) => {
+                return Err(self.profile_err(format!("cannot release the battery: {reason}")));
+            }
+        };
+        for r in leave {
+            regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
+        }
+        tracing::info!(device = %self.name, "battery released to its own mode");
+        Ok(())
+    }
+}
+
+impl Battery for ModbusBattery {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn read(&mut self) -> BoxFuture<'_, Result<Telemetry, DeviceError>> {
+        Box::pin(self.read_telemetry())
+    }
+
+    fn set_power(
+        &mut self,
+        kw: f64,
+        reversion_secs: u32,
+    ) -> BoxFuture<'_, Result<(), DeviceError>> {
+        Box::pin(self.command(kw, reversion_secs))
+    }
+
+    fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>> {
+        Box::pin(self.release_control())
+    }
+}
