@@ -64,11 +64,17 @@ check "users leap-edge and leap-edge-tunnel exist" \
   bash -c 'getent passwd leap-edge && getent passwd leap-edge-tunnel && getent group leap-edge' >/dev/null
 check "config.toml is root:leap-edge 0640" \
   test "$(stat -c '%U:%G %a' /etc/leap-edge/config.toml)" = "root:leap-edge 640"
+check "config ownership is a dpkg stat override (survives conffile updates)" \
+  bash -c 'dpkg-statoverride --list /etc/leap-edge/config.toml | grep -q "root leap-edge 0640"'
 check "state dir is leap-edge 0750" \
   test "$(stat -c '%U:%G %a' /var/lib/leap-edge)" = "leap-edge:leap-edge 750"
 check "service enabled at boot" test -L /etc/systemd/system/multi-user.target.wants/leap-edge.service
 check "tunnel not enabled" test ! -e /etc/systemd/system/multi-user.target.wants/leap-edge-tunnel.service
-check "daemon not started" bash -c '! pgrep -x leap-edge >/dev/null'
+if [[ -d /run/systemd/system ]]; then
+  check "daemon not started" bash -c '! systemctl is-active --quiet leap-edge.service'
+else
+  check "daemon not started" bash -c '! pgrep -f "^/usr/bin/leap-edge run" >/dev/null'
+fi
 # Unconfigured on purpose: the daemon would refuse to start (exit 78, no restart loop).
 set +e
 out=$(/usr/bin/leap-edge config check --config /etc/leap-edge/config.toml 2>&1); rc=$?
@@ -84,6 +90,8 @@ echo "# edited by the technician" >>/etc/leap-edge/config.toml
 dpkg -i "$deb"
 check "technician's edit kept" grep -q "edited by the technician" /etc/leap-edge/config.toml
 check "still enabled" test -L /etc/systemd/system/multi-user.target.wants/leap-edge.service
+check "config still root:leap-edge 0640" \
+  test "$(stat -c '%U:%G %a' /etc/leap-edge/config.toml)" = "root:leap-edge 640"
 
 step "purge"
 touch /var/lib/leap-edge/leap-edge.db
@@ -94,6 +102,7 @@ for f in /usr/bin/leap-edge /usr/lib/systemd/system/leap-edge.service /usr/share
          /etc/systemd/system/multi-user.target.wants/leap-edge.service; do
   check "$f removed" test ! -e "$f" -a ! -L "$f"
 done
+check "stat overrides removed" bash -c '! dpkg-statoverride --list "/etc/leap-edge*" | grep -q .'
 echo "(system users leap-edge and leap-edge-tunnel are kept after purge, as Debian does)"
 
 step "done: $deb"
