@@ -65,7 +65,7 @@ check "users leap-edge and leap-edge-tunnel exist" \
 check "config.toml is root:leap-edge 0640" \
   test "$(stat -c '%U:%G %a' /etc/leap-edge/config.toml)" = "root:leap-edge 640"
 check "config ownership is a dpkg stat override (survives conffile updates)" \
-  bash -c 'dpkg-statoverride --list /etc/leap-edge/config.toml | grep -q "root leap-edge 0640"'
+  bash -c 'dpkg-statoverride --list /etc/leap-edge/config.toml | grep -q "root leap-edge 640"'
 check "state dir is leap-edge 0750" \
   test "$(stat -c '%U:%G %a' /var/lib/leap-edge)" = "leap-edge:leap-edge 750"
 check "service enabled at boot" test -L /etc/systemd/system/multi-user.target.wants/leap-edge.service
