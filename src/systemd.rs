@@ -9,6 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +112,24 @@ fn watchdog_from(usec: Option<&OsStr>, pid: Option<&OsStr>, my_pid: u32) -> Opti
     }
     let usec: u64 = usec?.to_str()?.parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// The dispatch loop's heartbeat: WATCHDOG=1 on every call when systemd watches this
+/// process (`WatchdogSec=`), nothing otherwise. A failing ping is logged once, not on every
+/// loop turn; systemd's restart then says the rest.
+pub fn watchdog_heartbeat() -> impl Fn() + Send + Sync + 'static {
+    let enabled = watchdog_interval().is_some();
+    let warned = AtomicBool::new(false);
+    move || {
+        if !enabled {
+            return;
+        }
+        if let Err(e) = notify_watchdog()
+            && !warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(error = %e, "systemd watchdog ping failed");
+        }
+    }
 }
 
 /// Whether systemd started us (its journal captures stderr, or it set an invocation id):
@@ -241,7 +260,7 @@ mod tests {
             under_systemd()
         );
         assert!(notify_status(&status).unwrap());
-        assert!(notify_watchdog().unwrap());
+        watchdog_heartbeat()();
         assert!(notify_stopping().unwrap());
     }
 
@@ -270,6 +289,7 @@ mod tests {
             return;
         }
         assert!(!notify_ready().unwrap());
+        watchdog_heartbeat()();
         assert_eq!(watchdog_interval(), None);
         assert!(!under_systemd());
     }
