@@ -7,7 +7,8 @@ mod socket;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::dispatch::{Commander, DispatchStatus, Dispatcher, RecordingCommander};
+use crate::control::ControlCommander;
+use crate::dispatch::{Commander, DispatchStatus, Dispatcher};
 use crate::server::{self, App};
 use crate::store::{Store, StoreThread};
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error("site simulator: {0}")]
     Sim(String),
     #[error("cannot install signal handlers: {0}")]
@@ -154,16 +157,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     } else {
         None
     };
-    let commander: Arc<dyn Commander> = Arc::new(RecordingCommander::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // One closed loop per meter drives its battery over Modbus (SPEC §2.9–2.10).
+    let control = Arc::new(ControlCommander::start_modbus(&config, clock.clone())?);
+    let status = control.status();
     let running = start(
         config,
         Parts {
-            commander,
-            clock: Arc::new(SystemClock),
-            live: Arc::new(|| serde_json::json!({})),
+            commander: control.clone(),
+            clock,
+            live: Arc::new(move || status.live_json()),
         },
     )
     .await?;
+    running.app.add_source(Arc::new(control.status()));
     // Type=notify: systemd counts the service as started only now, with the listener
     // bound and the database open.
     if let Err(e) = crate::systemd::notify_ready() {
@@ -172,6 +179,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     wait_for_signal().await?;
     let _ = crate::systemd::notify_stopping();
     running.stop().await;
+    // Dispatch has released every meter; make sure the loops wrote it before exiting.
+    control.shutdown(std::time::Duration::from_secs(5)).await;
     Ok(())
 }
 
