@@ -51,6 +51,9 @@ pub fn synchronised() -> Option<bool> {
     }
     let out = std::process::Command::new("timedatectl")
         .args(["show", "--property=NTPSynchronized", "--value"])
+        // systemd tools report their exit to $NOTIFY_SOCKET ("ERRNO=..."); under our unit
+        // systemd would log each as a rejected message from a foreign PID.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()

@@ -74,7 +74,9 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         parts.commander,
         parts.clock.clone(),
     );
-    let dispatcher = dispatcher.with_live_config(app.shared_config());
+    let dispatcher = dispatcher
+        .with_live_config(app.shared_config())
+        .with_heartbeat(crate::systemd::watchdog_heartbeat());
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
     let handler = Arc::new(socket::Handler {
@@ -169,7 +171,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )
     .await?;
     running.app.add_source(Arc::new(control.status()));
+    // Type=notify: systemd counts the service as started only now, with the listener
+    // bound and the database open.
+    if let Err(e) = crate::systemd::notify_ready() {
+        tracing::warn!(error = %e, "cannot tell systemd the daemon is ready");
+    }
     wait_for_signal().await?;
+    let _ = crate::systemd::notify_stopping();
     running.stop().await;
     // Dispatch has released every meter; make sure the loops wrote it before exiting.
     control.shutdown(std::time::Duration::from_secs(5)).await;
