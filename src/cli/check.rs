@@ -28,7 +28,7 @@ pub fn run(path: &Path) -> u8 {
         }
     }
     if problems.is_empty() {
-        println!(
+        crate::outln!(
             "{}: OK ({} meter(s), {} device(s), listening on {}{})",
             path.display(),
             config.meters.len(),

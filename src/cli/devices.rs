@@ -46,9 +46,9 @@ pub fn run(config: &Config, args: &DevicesArgs) -> anyhow::Result<u8> {
             match device::probe(target, *unit, Duration::from_millis(*timeout_ms)).await {
                 Ok(report) => {
                     if *json {
-                        println!("{}", serde_json::to_string_pretty(&report)?);
+                        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
                     } else {
-                        println!("{report}");
+                        crate::outln!("{report}");
                     }
                     Ok(exit::OK)
                 }
@@ -88,12 +88,12 @@ pub fn run(config: &Config, args: &DevicesArgs) -> anyhow::Result<u8> {
         all.push(entry);
     }
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"devices": all}))?
         );
     } else if all.is_empty() {
-        println!("No devices configured.");
+        crate::outln!("No devices configured.");
     } else {
         for d in &all {
             print_device(d);
@@ -113,17 +113,17 @@ fn print_device(d: &Value) {
                 .join(", ")
         })
         .unwrap_or_default();
-    println!("device {name} (meters: {meters})");
+    crate::outln!("device {name} (meters: {meters})");
     let st = &d["state"];
     if !st.is_null() {
-        println!(
+        crate::outln!(
             "  address {} unit {}  profile {}",
             st["addr"].as_str().unwrap_or("?"),
             st["unit_id"],
             st["profile"].as_str().unwrap_or("?")
         );
         if let Some(c) = st["control"].as_str() {
-            println!("  control via {c}");
+            crate::outln!("  control via {c}");
         }
     }
     let t = &d["telemetry"];
@@ -132,7 +132,7 @@ fn print_device(d: &Value) {
             t[k].as_f64()
                 .map_or("-".into(), |v| format!("{v:.2} {unit}"))
         };
-        println!(
+        crate::outln!(
             "  connected; SoC {}  battery {}  grid {}  capacity {}",
             f("soc_pct", "%"),
             f("battery_kw", "kW"),
@@ -141,6 +141,6 @@ fn print_device(d: &Value) {
         );
     }
     if let Some(e) = d["error"].as_str() {
-        println!("  ERROR: {e}");
+        crate::outln!("  ERROR: {e}");
     }
 }

@@ -56,7 +56,7 @@ pub fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<u8> {
         })
         .collect();
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"timeslots": slots, "rejected": rejected}))?
         );
@@ -156,7 +156,7 @@ fn print_table(slots: &[Value], rejected: &[Value]) {
         })
         .collect();
     if rows.is_empty() {
-        println!("No timeslots stored.");
+        crate::outln!("No timeslots stored.");
     } else {
         table::print(
             &[
@@ -167,7 +167,7 @@ fn print_table(slots: &[Value], rejected: &[Value]) {
         );
     }
     if !rejected.is_empty() {
-        println!("\nRejected timeslots (stored, never dispatched):");
+        crate::outln!("\nRejected timeslots (stored, never dispatched):");
         let rows: Vec<Vec<String>> = rejected
             .iter()
             .map(|r| {

@@ -37,14 +37,14 @@ pub fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
     };
     let rows = audit::query(&conn, &filter)?;
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"history": rows}))?
         );
         return Ok(exit::OK);
     }
     if rows.is_empty() {
-        println!("No commands recorded.");
+        crate::outln!("No commands recorded.");
         return Ok(exit::OK);
     }
     let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());

@@ -64,11 +64,11 @@ pub fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> {
         .build()?;
     let body = rt.block_on(AdminClient::new(&config.admin.socket).call(&req))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&body)?);
     } else if let Some(n) = body.get("cleared") {
-        println!("cleared {n} override(s)");
+        crate::outln!("cleared {n} override(s)");
     } else {
-        println!(
+        crate::outln!(
             "override set on {} until {}",
             body["meters"],
             body["until"].as_str().unwrap_or("?")

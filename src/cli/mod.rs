@@ -8,6 +8,7 @@ mod events;
 mod history;
 mod logging;
 mod manual;
+pub mod output;
 mod schedule;
 mod send_test;
 mod sim;
@@ -143,12 +144,12 @@ fn reload(config: &Config) -> anyhow::Result<u8> {
     let body = rt.block_on(
         crate::admin::AdminClient::new(&config.admin.socket).call(&crate::admin::Request::Reload),
     )?;
-    println!("reloaded: {}", body["reloaded"]);
+    crate::outln!("reloaded: {}", body["reloaded"]);
     if let Some(r) = body["restart_needed_for"]
         .as_array()
         .filter(|r| !r.is_empty())
     {
-        println!(
+        crate::outln!(
             "changed but NOT applied (restart the service for these): {}",
             serde_json::Value::Array(r.clone())
         );

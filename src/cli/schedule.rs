@@ -62,10 +62,10 @@ pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
         .collect();
     if args.json {
         let doc = json!({"from": store::ts(from), "to": store::ts(to), "meters": meters, "excluded": plan.excluded});
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(exit::OK);
     }
-    println!("Schedule {} → {} (UTC)", store::ts(from), store::ts(to));
+    crate::outln!("Schedule {} → {} (UTC)", store::ts(from), store::ts(to));
     for m in &config.meters {
         if args
             .meter
@@ -78,7 +78,7 @@ pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
             .name
             .as_deref()
             .map_or(String::new(), |n| format!(" ({n})"));
-        println!("\nMeter {}{label}, device {}", m.id, m.device);
+        crate::outln!("\nMeter {}{label}, device {}", m.id, m.device);
         print_meter(
             plan.meters.get(&m.id).map(Vec::as_slice).unwrap_or(&[]),
             from,
@@ -86,7 +86,7 @@ pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
         );
     }
     if !plan.excluded.is_empty() {
-        println!("\nNot dispatched:");
+        crate::outln!("\nNot dispatched:");
         let rows: Vec<Vec<String>> = plan
             .excluded
             .iter()

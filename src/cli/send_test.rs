@@ -64,15 +64,15 @@ pub fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
         .build()?;
     let (status, answer) = rt.block_on(post(config, body.to_string()))?;
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"http_status": status, "meter_event_id": event, "body": answer})
             )?
         );
     } else {
-        println!("HTTP {status}: {answer}");
-        println!(
+        crate::outln!("HTTP {status}: {answer}");
+        crate::outln!(
             "meter_event_id {event}: {} kW from {} to {}",
             args.kw,
             crate::store::ts(start),

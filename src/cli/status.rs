@@ -25,7 +25,7 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
             if args.json {
                 let mut body = body;
                 body["daemon"] = json!("running");
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 print_running(&body);
             }
@@ -41,26 +41,26 @@ fn down(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
         .ok()
         .and_then(|c| query::last_notification(&c).ok().flatten());
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"daemon": "not running", "last_notification": last, "clock_synchronised": crate::clock::synchronised()})
             )?
         );
     } else {
-        println!(
+        crate::outln!(
             "leap-edge daemon: NOT RUNNING (no admin socket at {})",
             config.admin.socket.display()
         );
         match last {
-            Some(l) => println!(
+            Some(l) => crate::outln!(
                 "last notification: {} from {}",
                 l.received_at,
                 l.peer.unwrap_or_default()
             ),
-            None => println!("last notification: none stored"),
+            None => crate::outln!("last notification: none stored"),
         }
-        println!(
+        crate::outln!(
             "Start it with `systemctl start leap-edge`; `leap-edge schedule` shows what it would do."
         );
     }
@@ -81,32 +81,32 @@ fn print_running(b: &Value) {
         Some(false) => "NOT SYNCHRONISED (dispatch timing may be off)",
         None => "unknown",
     };
-    println!(
+    crate::outln!(
         "leap-edge {} running since {} ({} s)",
         s(&b["version"]),
         s(&b["started_at"]),
         s(&b["uptime_secs"])
     );
-    println!("listening on {}; clock {clock}", s(&b["listen"]));
+    crate::outln!("listening on {}; clock {clock}", s(&b["listen"]));
     let last = &b["last_notification"];
     if last.is_null() {
-        println!("last notification: none yet");
+        crate::outln!("last notification: none yet");
     } else {
-        println!(
+        crate::outln!(
             "last notification: {} from {}",
             s(&last["received_at"]),
             s(&last["peer"])
         );
     }
-    println!("next plan boundary: {}", s(&b["next_boundary"]));
+    crate::outln!("next plan boundary: {}", s(&b["next_boundary"]));
     if !b["plan_error"].is_null() {
-        println!("PLAN ERROR: {}", s(&b["plan_error"]));
+        crate::outln!("PLAN ERROR: {}", s(&b["plan_error"]));
     }
     let rows: Vec<Vec<String>> = b["meters"]
         .as_array()
         .map(|ms| ms.iter().map(meter_row).collect())
         .unwrap_or_default();
-    println!();
+    crate::outln!();
     table::print(
         &[
             "METER",

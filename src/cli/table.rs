@@ -13,7 +13,7 @@ pub fn print(headers: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        crate::outln!("{}", parts.join("  ").trim_end());
     };
     line(headers.to_vec());
     for row in rows {

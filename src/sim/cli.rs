@@ -20,7 +20,7 @@ pub async fn run_cli(
         .await
         .map_err(|source| SimError::Bind { addr, source })?;
     let mut handle = spawn_with(cfg, listener, opts)?;
-    println!(
+    crate::outln!(
         "leap-edge sim: Modbus TCP on {} unit {}, SunSpec map at {} (models 1, 103, {}{}713, 203){}; Ctrl-C stops",
         handle.local_addr(),
         cfg.unit_id,
@@ -39,7 +39,7 @@ pub async fn run_cli(
             _ = tokio::signal::ctrl_c() => break,
             _ = iv.tick() => {
                 let s = handle.snapshot();
-                println!(
+                crate::outln!(
                     "mode {:?}  SoC {:.1} %  battery {:+.2} kW (target {:+.2})  load {:.2} kW  grid {:+.2} kW",
                     s.mode, s.soc_pct, s.battery_kw, s.target_kw, s.load_kw, s.grid_kw
                 );

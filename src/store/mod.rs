@@ -25,6 +25,8 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("no database at {0} yet: `leap-edge run` creates it on first start (is storage.path right?)")]
+    Missing(PathBuf),
     #[error(
         "database schema version {found} is newer than this build supports ({supported}); install the newer leap-edge again"
     )]
@@ -126,6 +128,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 
 /// A read-only connection for the CLI, usable while the daemon writes.
 pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Missing(path.to_path_buf()));
+    }
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
