@@ -25,7 +25,9 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("no database at {0} yet: `leap-edge run` creates it on first start (is storage.path right?)")]
+    #[error(
+        "no database at {0} yet: `leap-edge run` creates it on first start (is storage.path right?)"
+    )]
     Missing(PathBuf),
     #[error(
         "database schema version {found} is newer than this build supports ({supported}); install the newer leap-edge again"
