@@ -111,7 +111,11 @@ impl Dispatcher {
             if let Some(plan) = &plan {
                 self.apply_all(plan, now, wake).await;
             }
-            let next = plan.as_ref().and_then(|p| p.next_boundary_after(now));
+            let next = match &plan {
+                Some(p) => p.next_boundary_after(now),
+                // No plan (the store failed): try again in a second.
+                None => Some(now + Duration::seconds(1)),
+            };
             let next = match (next, self.overrides.next_expiry().filter(|t| *t > now)) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
