@@ -276,6 +276,56 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Like [`Client::post`] on a fresh connection, but every failure (refused, reset,
+    /// TLS cut short, no answer within `limit`) is an `Err`: senders that retry like Leap
+    /// use this while the daemon is being killed.
+    pub async fn try_post(&self, body: &str, limit: Duration) -> Result<Response, String> {
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let tls = self
+                .tls
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("http: {e}"))?;
+            tokio::spawn(conn);
+            let req = hyper::Request::builder()
+                .method("POST")
+                .uri(PATH)
+                .header("host", "localhost")
+                .header("x-api-key", KEY)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?
+                .to_bytes();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            Ok(Response {
+                status,
+                body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+                text,
+            })
+        };
+        tokio::time::timeout(limit, attempt)
+            .await
+            .map_err(|_| "no answer in time".to_string())?
+    }
+}
+
 pub async fn send_on(
     send: &mut SendRequest<Full<Bytes>>,
     method: &str,
