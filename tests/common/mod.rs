@@ -417,3 +417,32 @@ pub fn lines(path: &Path) -> Vec<String> {
         .map_while(Result::ok)
         .collect()
 }
+
+/// Config for an in-process daemon (`leap_edge::daemon::start`) in `dir`: a fresh TLS
+/// certificate, the test key, the database at `db` (relative to `dir`, or absolute), and
+/// one simulated-profile device per meter in `meters`. Returns the config path and the
+/// certificate the client must trust.
+pub fn inproc_config(
+    dir: &Path,
+    db: &str,
+    meters: &[&str],
+    extra: &str,
+) -> (PathBuf, CertificateDer<'static>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+    let mut text = format!(
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\npath = \"{PATH}\"\n\
+         [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [auth]\nkeys = [\"{KEY}\"]\n[storage]\npath = {db:?}\n[admin]\nsocket = \"admin.sock\"\n{extra}\n"
+    );
+    for (i, m) in meters.iter().enumerate() {
+        text.push_str(&format!(
+            "[[meters]]\nid = \"{m}\"\ndevice = \"bat{i}\"\n[devices.bat{i}]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n"
+        ));
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, ck.cert.der().clone())
+}
