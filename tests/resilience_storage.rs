@@ -2,7 +2,9 @@
 //! While the disk is full every POST gets 503 with Retry-After and nothing of it is
 //! stored (no notification row, no timeslot), `/healthz` reports the database as not
 //! writable, and once space returns the same daemon — no restart — acks again.
-//! Mounting needs root (CAP_SYS_ADMIN); elsewhere the test says so and passes.
+//! The same holds for a read-only database: the folder and files made immutable with
+//! `chattr +i` (which binds root too, unlike file modes), then mutable again.
+//! Mounting and chattr need root; elsewhere the tests say so and pass.
 
 mod common;
 
@@ -144,6 +146,92 @@ async fn full_disk_gives_503_stores_nothing_and_recovers_without_restart() {
     running.stop().await;
     eprintln!(
         "storage faults: full tmpfs -> 503 x5, recovered without restart, {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Files made immutable (`chattr +i`), made mutable again on drop.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn set(paths: &[PathBuf]) -> Result<Immutable, String> {
+        let mut done = Immutable(Vec::new());
+        for p in paths {
+            let out = Command::new("chattr")
+                .arg("+i")
+                .arg(p)
+                .output()
+                .map_err(|e| format!("cannot run chattr: {e}"))?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+            }
+            done.0.push(p.clone());
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = Command::new("chattr").arg("-i").arg(p).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_database_gives_503_stores_nothing_and_recovers_without_restart() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = data.join("leap-edge.db");
+    let (config, cert) = common::inproc_config(dir.path(), db.to_str().unwrap(), &[M1], "");
+    let running = daemon::start(
+        leap_edge::config::Config::load(&config).unwrap(),
+        Parts {
+            commander: Arc::new(RecordingCommander::default()),
+            clock: Arc::new(SystemClock),
+            live: Arc::new(|| serde_json::json!({})),
+        },
+    )
+    .await
+    .unwrap();
+    let client = common::Client::new(running.addr, cert);
+    let healthz = async || client.request("GET", "/healthz", &[], vec![]).await;
+    assert_eq!(client.post(&note(0)).await.status, 200);
+
+    let files: Vec<PathBuf> = ["", "-wal"]
+        .iter()
+        .map(|s| data.join(format!("leap-edge.db{s}")))
+        .chain([data.clone()])
+        .collect();
+    let frozen = match Immutable::set(&files) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("SKIPPED read-only-database test: chattr +i failed ({e}); needs root on ext2/3/4, xfs or btrfs");
+            running.stop().await;
+            return;
+        }
+    };
+    for n in 1..4 {
+        let r = client.post(&note(n)).await;
+        assert_eq!(r.status, 503, "read-only must not be acked: {}", r.text);
+    }
+    let h = healthz().await;
+    assert_eq!(h.status, 503, "{}", h.text);
+    drop(frozen);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM notifications"), 1);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM timeslots"), 20);
+
+    let r = client.post(&note(1)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["new"], 20, "{}", r.text);
+    assert_eq!(healthz().await.status, 200);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM timeslots"), 40);
+    running.stop().await;
+    eprintln!(
+        "storage faults: immutable database -> 503 x3, recovered without restart, {:.1} s",
         t0.elapsed().as_secs_f64()
     );
 }
