@@ -65,7 +65,10 @@ impl Commander for Stamped {
     }
 
     fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), CommandError>> {
-        self.calls.lock().unwrap().push((self.clock.now(), Call::Release));
+        self.calls
+            .lock()
+            .unwrap()
+            .push((self.clock.now(), Call::Release));
         Box::pin(async { Ok(()) })
     }
 }
@@ -77,7 +80,10 @@ async fn wait_calls(rec: &Stamped, n: usize) -> Vec<(DateTime<Utc>, Call)> {
         if calls.len() >= n {
             return calls;
         }
-        assert!(t.elapsed().as_secs() < 60, "waited for {n} calls: {calls:?}");
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "waited for {n} calls: {calls:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -126,7 +132,11 @@ async fn wall_clock_steps_neither_fire_early_nor_miss_a_boundary() {
     let (_changes, changes_rx) = tokio::sync::watch::channel(0u64);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(dispatcher.run(changes_rx, stop_rx));
-    assert_eq!(wait_calls(&rec, 1).await[0].1, Call::Release, "startup release");
+    assert_eq!(
+        wait_calls(&rec, 1).await[0].1,
+        Call::Release,
+        "startup release"
+    );
 
     // Forward, not reaching A (30 s of margin): nothing may fire.
     clock.step(30);

@@ -37,7 +37,10 @@ impl Rng {
 /// Notification `i`: two timeslots for the local meter, a day ahead so dispatch plans them
 /// but never acts during the soak (any apply in the audit would be a bug).
 fn notification(i: usize) -> String {
-    let base = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap();
+    let base = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
     let start = base.and_utc() + chrono::Duration::days(2) + chrono::Duration::minutes(i as i64);
     let slots = ["a", "b"]
         .iter()
@@ -233,6 +236,9 @@ async fn crash_soak_every_acked_notification_stored_exactly_once() {
     let events = d.events_json();
     let text = events.to_string();
     for i in [0, NOTIFICATIONS / 2, NOTIFICATIONS - 1] {
-        assert!(text.contains(&format!("soak-{i:04}-b")), "events --json misses {i}");
+        assert!(
+            text.contains(&format!("soak-{i:04}-b")),
+            "events --json misses {i}"
+        );
     }
 }

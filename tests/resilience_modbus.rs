@@ -107,9 +107,12 @@ async fn slow_answers_half_open_connection_and_device_restart_in_one_run() {
     let sim = start_sim().await;
     let sim_addr = sim.local_addr();
     let (proxy, addr) = Proxy::start(sim_addr).await;
-    let mut bat =
-        leap_edge::device::open("bess", &device_cfg("sunspec", addr, TIMEOUT_MS), &devices_dir())
-            .unwrap();
+    let mut bat = leap_edge::device::open(
+        "bess",
+        &device_cfg("sunspec", addr, TIMEOUT_MS),
+        &devices_dir(),
+    )
+    .unwrap();
     bat.set_power(10.0, 30).await.unwrap();
     assert!(eventually(LONG, || sim.snapshot().mode == Mode::Remote124).await);
 
@@ -119,14 +122,20 @@ async fn slow_answers_half_open_connection_and_device_restart_in_one_run() {
     bat.read().await.unwrap();
     bat.set_power(12.0, 30).await.unwrap();
     assert!(holds(&sim, 12.0).await, "{:?}", sim.snapshot());
-    assert_eq!(connects(&bat), before, "a slow answer is not a reason to reconnect");
+    assert_eq!(
+        connects(&bat),
+        before,
+        "a slow answer is not a reason to reconnect"
+    );
 
     // 2. Slower than the timeout: reported as a timeout; fine again once answers speed up.
     proxy.delay_ms.store(TIMEOUT_MS * 2, Ordering::SeqCst);
     let e = bat.read().await.unwrap_err();
     assert!(matches!(e, DeviceError::Timeout { .. }), "{e}");
     proxy.delay_ms.store(0, Ordering::SeqCst);
-    retry(LONG, async || bat.set_power(11.0, 30).await).await.unwrap();
+    retry(LONG, async || bat.set_power(11.0, 30).await)
+        .await
+        .unwrap();
     assert!(holds(&sim, 11.0).await, "{:?}", sim.snapshot());
 
     // 3. Half-open: the live connection goes silent without a FIN or RST.
@@ -135,8 +144,13 @@ async fn slow_answers_half_open_connection_and_device_restart_in_one_run() {
     let before = connects(&bat);
     let e = bat.set_power(8.0, 30).await.unwrap_err();
     assert!(matches!(e, DeviceError::Timeout { .. }), "{e}");
-    retry(LONG, async || bat.set_power(8.0, 30).await).await.unwrap();
-    assert!(connects(&bat) > before, "a fresh connection replaced the half-open one");
+    retry(LONG, async || bat.set_power(8.0, 30).await)
+        .await
+        .unwrap();
+    assert!(
+        connects(&bat) > before,
+        "a fresh connection replaced the half-open one"
+    );
     assert!(holds(&sim, 8.0).await, "{:?}", sim.snapshot());
 
     // 4. The device restarts in the middle of the timeslot: it comes back on the same
@@ -148,8 +162,14 @@ async fn slow_answers_half_open_connection_and_device_restart_in_one_run() {
     assert!(down.is_err(), "a device that is down cannot take a command");
     let listener = tokio::net::TcpListener::bind(sim_addr).await.unwrap();
     let sim = leap_edge::sim::spawn_with(&sim_cfg(), listener, Default::default()).unwrap();
-    assert_eq!(sim.snapshot().mode, Mode::Normal, "restarted device is fresh");
-    retry(LONG, async || bat.set_power(8.0, 30).await).await.unwrap();
+    assert_eq!(
+        sim.snapshot().mode,
+        Mode::Normal,
+        "restarted device is fresh"
+    );
+    retry(LONG, async || bat.set_power(8.0, 30).await)
+        .await
+        .unwrap();
     assert!(holds(&sim, 8.0).await, "{:?}", sim.snapshot());
     // End of the timeslot: handed back to normal operation.
     retry(LONG, async || bat.release().await).await.unwrap();

@@ -209,7 +209,9 @@ async fn read_only_database_gives_503_stores_nothing_and_recovers_without_restar
     let frozen = match Immutable::set(&files) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("SKIPPED read-only-database test: chattr +i failed ({e}); needs root on ext2/3/4, xfs or btrfs");
+            eprintln!(
+                "SKIPPED read-only-database test: chattr +i failed ({e}); needs root on ext2/3/4, xfs or btrfs"
+            );
             running.stop().await;
             return;
         }

@@ -37,14 +37,7 @@ async fn the_same_notification_1000_times_gives_one_timeslot_and_one_command() {
     // seconds for 1,000 TLS handshakes), so re-plans during a running command are covered.
     let start = chrono::Utc::now() + chrono::Duration::seconds(3);
     let end = start + chrono::Duration::seconds(3);
-    let slot = common::timeslot_json(
-        M1,
-        "storm",
-        start,
-        3,
-        Some(12.0),
-        serde_json::json!({}),
-    );
+    let slot = common::timeslot_json(M1, "storm", start, 3, Some(12.0), serde_json::json!({}));
     let body = Arc::new(common::meter_notification(M1, vec![slot]));
 
     let next = Arc::new(AtomicUsize::new(0));
