@@ -221,7 +221,8 @@ fn main() {
     let tck = clk_tck();
     let c0 = p.cpu_ticks();
     std::thread::sleep(Duration::from_secs(phase));
-    let idle_cpu = (p.cpu_ticks() - c0) as f64 / tck / phase as f64 * 100.0;
+    let idle_ticks = p.cpu_ticks() - c0;
+    let idle_cpu = idle_ticks as f64 / tck / phase as f64 * 100.0;
     let (idle_rss_after, _) = p.rss_kib();
 
     let client = common::Client::new(addr, cert);

@@ -70,6 +70,8 @@ struct Shared {
     attempts: AtomicUsize,
     acked: Mutex<BTreeSet<usize>>,
     done: AtomicBool,
+    /// Senders give up here, so a broken daemon fails the test instead of hanging it.
+    deadline: Instant,
 }
 
 /// One Leap-like sender: take the next notification, re-send it until a 2XX.
@@ -81,12 +83,17 @@ async fn sender(client: common::Client, shared: Arc<Shared>) {
         }
         // Spread the notifications over the kills: notification i waits for kill i/20, so
         // deliveries keep colliding with crashes until the very end.
-        while shared.kills.load(Ordering::SeqCst) * NOTIFICATIONS < i * MIN_KILLS {
+        while shared.kills.load(Ordering::SeqCst) * NOTIFICATIONS < i * MIN_KILLS
+            && Instant::now() < shared.deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let body = notification(i);
         let mut backoff = 20;
         loop {
+            if Instant::now() > shared.deadline {
+                return;
+            }
             shared.attempts.fetch_add(1, Ordering::SeqCst);
             match client.try_post(&body, Duration::from_secs(10)).await {
                 Ok(r) if (200..300).contains(&r.status) => break,
@@ -101,13 +108,16 @@ async fn sender(client: common::Client, shared: Arc<Shared>) {
 }
 
 /// Kill the daemon at random points (0–300 ms after it is ready) and restart it, until
-/// every notification is acked and at least `MIN_KILLS` kills happened.
+/// the senders are done and at least `MIN_KILLS` kills happened.
 fn killer(mut d: Daemon, shared: Arc<Shared>, seed: u64) -> Daemon {
     let mut rng = Rng(seed | 1);
     loop {
         std::thread::sleep(Duration::from_millis(rng.between(0, 300)));
-        let all_acked = shared.done.load(Ordering::SeqCst);
-        if all_acked && shared.kills.load(Ordering::SeqCst) >= MIN_KILLS {
+        let senders_done = shared.done.load(Ordering::SeqCst);
+        if senders_done
+            && (shared.kills.load(Ordering::SeqCst) >= MIN_KILLS
+                || Instant::now() > shared.deadline)
+        {
             return d;
         }
         d.kill9();
@@ -171,6 +181,7 @@ async fn crash_soak_every_acked_notification_stored_exactly_once() {
         attempts: AtomicUsize::new(0),
         acked: Mutex::new(BTreeSet::new()),
         done: AtomicBool::new(false),
+        deadline: started + Duration::from_secs(240),
     });
     let k = shared.clone();
     let killer = std::thread::spawn(move || killer(d, k, seed));
