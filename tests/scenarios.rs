@@ -115,6 +115,19 @@ impl Site {
         }
     }
 
+    /// The audit log once `done` holds for it: rows are written just after the command is
+    /// handed over, so a test that saw the command may be a moment early for the row.
+    async fn audit_when(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Utc::now() + Duration::seconds(10);
+        loop {
+            let a = self.audit();
+            if done(&a) || Utc::now() > deadline {
+                return a;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
     fn audit(&self) -> Vec<Value> {
         let conn = rusqlite::Connection::open(self.dir.path().join("leap-edge.db")).unwrap();
         let mut st = conn.prepare("SELECT meter_id, action, event_id, target, lateness_ms, detail FROM audit ORDER BY id").unwrap();
@@ -186,7 +199,9 @@ async fn s01_single_timeslot_then_normal() {
     );
     assert!(is_release(&calls[1]));
     assert!(Utc::now() >= end, "released only at the end");
-    let audit = s.audit();
+    let audit = s
+        .audit_when(|a| a.iter().filter(|a| a["meter"] == M1).count() >= 3)
+        .await;
     let acts: Vec<&str> = audit
         .iter()
         .filter(|a| a["meter"] == M1)
@@ -340,7 +355,9 @@ async fn s08_late_notification_starts_at_once_and_records_lateness() {
     .await;
     let calls = s.wait_calls(M1, 1, 5).await;
     assert_eq!(applied(&calls[0]).event_id, "late");
-    let audit = s.audit();
+    let audit = s
+        .audit_when(|a| a.iter().any(|a| a["action"] == "apply"))
+        .await;
     let a = audit.iter().find(|a| a["action"] == "apply").unwrap();
     assert!(a["lateness_ms"].as_i64().unwrap() >= 4000, "{a}");
     assert!(a["detail"].as_str().unwrap().contains("late start"), "{a}");
@@ -479,7 +496,9 @@ async fn s15_restart_mid_timeslot_reapplies_with_lateness() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(s.applies(M1).len(), 2, "re-applied after restart");
-    let audit = s.audit();
+    let audit = s
+        .audit_when(|a| a.iter().filter(|a| a["action"] == "apply").count() >= 2)
+        .await;
     let last = audit.iter().rev().find(|a| a["action"] == "apply").unwrap();
     assert!(last["lateness_ms"].as_i64().unwrap() >= 1000, "{last}");
     assert!(

@@ -282,8 +282,8 @@ async fn bad_requests_get_their_status_and_change_nothing() {
     let c = d.client();
     let good = fixture("leap-sample-meter.json");
     let json_ct = ("content-type", "application/json");
-    #[allow(clippy::type_complexity)]
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         (
             "wrong key",
             "POST",

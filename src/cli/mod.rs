@@ -59,6 +59,8 @@ pub enum Command {
     Devices(devices::DevicesArgs),
     /// Run the site simulator (Modbus TCP: battery inverter + site meter, SunSpec map).
     Sim(sim::SimArgs),
+    /// Re-read the configuration in the running daemon (keys, policies, strategies).
+    Reload,
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -128,7 +130,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
         Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
         Command::Sim(args) => with_config(&cli.config, |c| sim::run(c, &args)),
+        Command::Reload => with_config(&cli.config, reload),
         Command::Schedule(args) => with_config(&cli.config, |c| schedule::run(c, &args)),
         Command::History(args) => with_config(&cli.config, |c| history::run(c, &args)),
     }
+}
+
+fn reload(config: &Config) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body = rt.block_on(
+        crate::admin::AdminClient::new(&config.admin.socket).call(&crate::admin::Request::Reload),
+    )?;
+    println!("reloaded: {}", body["reloaded"]);
+    if let Some(r) = body["restart_needed_for"]
+        .as_array()
+        .filter(|r| !r.is_empty())
+    {
+        println!(
+            "changed but NOT applied (restart the service for these): {}",
+            serde_json::Value::Array(r.clone())
+        );
+    }
+    Ok(exit::OK)
 }

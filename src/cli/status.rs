@@ -143,7 +143,17 @@ fn meter_row(m: &Value) -> Vec<String> {
         )
     };
     let live = &m["live"];
+    let tel = &live["last_telemetry"];
     let num = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+    let state = if live.is_null() {
+        "-".to_string()
+    } else if live["consecutive_errors"].as_u64().unwrap_or(0) > 0 {
+        "ERROR".into()
+    } else if live["released"] == Value::Bool(true) && cmd.is_null() {
+        "normal".into()
+    } else {
+        "remote control".into()
+    };
     vec![
         m["name"].as_str().map_or(s(&m["meter_id"]), |n| {
             format!("{n} ({})", s(&m["meter_id"]))
@@ -151,10 +161,10 @@ fn meter_row(m: &Value) -> Vec<String> {
         s(&m["device"]),
         command,
         s(&cmd["end"]),
-        num(&live["soc_pct"]),
-        num(&live["battery_kw"]),
-        num(&live["grid_kw"]),
-        s(&live["state"]),
+        num(&tel["soc_pct"]),
+        num(&tel["battery_kw"]),
+        num(&tel["grid_kw"]),
+        state,
         m["last_error"]
             .as_str()
             .or(live["last_error"].as_str())

@@ -51,6 +51,7 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
+        cfg.source = Some(path.to_path_buf());
         cfg.check().map_err(|problems| ConfigError::Invalid {
             path: path.to_path_buf(),
             problems,
@@ -129,5 +130,68 @@ mod tests {
     fn line_col_counts_from_one() {
         assert_eq!(line_col("a\nbc", 3), (2, 2));
         assert_eq!(line_col("abc", 0), (1, 1));
+    }
+}
+
+/// The configuration in force, replaceable by `leap-edge reload` for the parts that can
+/// change without a restart (see [`Config::reload_diff`]).
+#[derive(Debug)]
+pub struct LiveConfig(std::sync::RwLock<std::sync::Arc<Config>>);
+
+pub type SharedConfig = std::sync::Arc<LiveConfig>;
+
+impl LiveConfig {
+    pub fn new(c: std::sync::Arc<Config>) -> LiveConfig {
+        LiveConfig(std::sync::RwLock::new(c))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        self.0.read().expect("config lock").clone()
+    }
+
+    pub fn set(&self, c: std::sync::Arc<Config>) {
+        *self.0.write().expect("config lock") = c;
+    }
+}
+
+impl Config {
+    /// Sections that differ between `self` (running) and `new` and that only a restart can
+    /// apply: listeners, storage, sockets, meters, devices and the control loop's limits.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let same = |a: &dyn erased::Ser, b: &dyn erased::Ser| a.json() == b.json();
+        let mut out = Vec::new();
+        if !same(&self.server, &new.server) {
+            out.push("server");
+        }
+        if self.storage.path != new.storage.path {
+            out.push("storage.path");
+        }
+        if !same(&self.site, &new.site) {
+            out.push("site");
+        }
+        if !same(&self.meters, &new.meters) {
+            out.push("meters");
+        }
+        if !same(&self.devices, &new.devices) || self.devices_dir != new.devices_dir {
+            out.push("devices");
+        }
+        if !same(&self.admin, &new.admin) {
+            out.push("admin");
+        }
+        if !same(&self.sim, &new.sim) {
+            out.push("sim");
+        }
+        out
+    }
+}
+
+mod erased {
+    pub trait Ser {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
     }
 }

@@ -32,6 +32,9 @@ pub struct Config {
     pub sim: SimConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The file this was loaded from (for `leap-edge reload`); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

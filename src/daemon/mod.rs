@@ -2,11 +2,13 @@
 //! order — stop accepting, finish in-flight requests, stop dispatch (which hands every
 //! battery back to normal operation), close the database.
 
+mod housekeeping;
 mod socket;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::dispatch::{Commander, DispatchStatus, Dispatcher, RecordingCommander};
+use crate::control::ControlCommander;
+use crate::dispatch::{Commander, DispatchStatus, Dispatcher};
 use crate::server::{self, App};
 use crate::store::{Store, StoreThread};
 use std::net::SocketAddr;
@@ -20,6 +22,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error("site simulator: {0}")]
     Sim(String),
     #[error("cannot install signal handlers: {0}")]
@@ -70,6 +74,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         parts.commander,
         parts.clock.clone(),
     );
+    let dispatcher = dispatcher.with_live_config(app.shared_config());
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
     let handler = Arc::new(socket::Handler {
@@ -81,6 +86,13 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         live: parts.live,
     });
     let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
+    let hk = Arc::new(housekeeping::Housekeeping::default());
+    app.add_source(hk.clone());
+    tokio::spawn(hk.run(
+        store.clone(),
+        config.storage.retention_days,
+        stop_rx.clone(),
+    ));
     let admin_path = config.admin.socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
@@ -143,18 +155,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     } else {
         None
     };
-    let commander: Arc<dyn Commander> = Arc::new(RecordingCommander::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // One closed loop per meter drives its battery over Modbus (SPEC §2.9–2.10).
+    let control = Arc::new(ControlCommander::start_modbus(&config, clock.clone())?);
+    let status = control.status();
     let running = start(
         config,
         Parts {
-            commander,
-            clock: Arc::new(SystemClock),
-            live: Arc::new(|| serde_json::json!({})),
+            commander: control.clone(),
+            clock,
+            live: Arc::new(move || status.live_json()),
         },
     )
     .await?;
+    running.app.add_source(Arc::new(control.status()));
     wait_for_signal().await?;
     running.stop().await;
+    // Dispatch has released every meter; make sure the loops wrote it before exiting.
+    control.shutdown(std::time::Duration::from_secs(5)).await;
     Ok(())
 }
 

@@ -32,9 +32,7 @@ impl AdminHandler for Handler {
                 self.app.changes.send_modify(|n| *n += 1);
                 Response::ok(json!({"cleared": n}))
             }
-            Request::Reload => Response::err(
-                "reload is not supported yet: restart the service (`systemctl restart leap-edge`) to apply a new configuration",
-            ),
+            Request::Reload => self.reload(),
         }
     }
 }
@@ -49,7 +47,7 @@ impl Handler {
             .await
             .ok()
             .flatten();
-        let config = &self.app.config;
+        let config = self.app.config();
         let snap = self.dispatch.snapshot();
         let overrides = self.overrides.snapshot();
         let live = (self.live)();
@@ -81,6 +79,32 @@ impl Handler {
         }))
     }
 
+    /// Re-read the configuration file. Auth keys, test policies, strategies and retention
+    /// apply at once; anything else that changed is reported as needing a restart and is
+    /// not applied, so the running daemon never runs a half-applied configuration.
+    fn reload(&self) -> Response {
+        let current = self.app.config();
+        let Some(path) = current.source.clone() else {
+            return Response::err("this daemon was not started from a file; restart it instead");
+        };
+        let new = match crate::config::Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => return Response::err(format!("configuration not reloaded: {e}")),
+        };
+        let restart = current.restart_needed(&new);
+        let mut merged = (*current).clone();
+        merged.auth = new.auth;
+        merged.policy = new.policy;
+        merged.strategy = new.strategy;
+        merged.storage.retention_days = new.storage.retention_days;
+        self.app.set_config(Arc::new(merged));
+        self.app.changes.send_modify(|n| *n += 1);
+        tracing::info!(path = %path.display(), restart_needed = ?restart, "configuration reloaded");
+        Response::ok(
+            json!({"reloaded": ["auth", "policy", "strategy", "storage.retention_days"], "restart_needed_for": restart}),
+        )
+    }
+
     fn set_override(
         &self,
         meter: Option<String>,
@@ -98,7 +122,7 @@ impl Handler {
         {
             return Response::err("the power must be a positive number of kW");
         }
-        let config = &self.app.config;
+        let config = self.app.config();
         let targets: Vec<String> = match &meter {
             Some(id) => match config.meter(id) {
                 Some(m) => vec![m.id.clone()],

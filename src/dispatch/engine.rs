@@ -48,6 +48,8 @@ pub struct Dispatcher {
     status: Arc<DispatchStatus>,
     meters: BTreeMap<String, MeterState>,
     overrides: Arc<Overrides>,
+    /// Where policies and strategies reloaded by `leap-edge reload` come from.
+    live: Option<crate::config::SharedConfig>,
     /// Called once per loop turn (systemd watchdog).
     heartbeat: Box<dyn Fn() + Send + Sync>,
 }
@@ -73,12 +75,18 @@ impl Dispatcher {
             clock,
             meters,
             overrides: Arc::new(Overrides::default()),
+            live: None,
             heartbeat: Box::new(|| {}),
         }
     }
 
     pub fn with_heartbeat(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.heartbeat = Box::new(f);
+        self
+    }
+
+    pub fn with_live_config(mut self, live: crate::config::SharedConfig) -> Self {
+        self.live = Some(live);
         self
     }
 
@@ -118,6 +126,12 @@ impl Dispatcher {
     }
 
     async fn plan(&mut self, now: DateTime<Utc>) -> Option<Plan> {
+        if let Some(live) = &self.live {
+            // Meters and site limits need a restart; policies and strategies apply here.
+            let c = live.get();
+            self.plan_config.policy = c.policy.clone();
+            self.plan_config.strategy = c.strategy.clone();
+        }
         // Look back as far as ahead: the planner clips intervals at `from`, and a command
         // resumed after a restart must know its true start to report its lateness.
         let from = now - Duration::hours(HORIZON_HOURS);

@@ -45,8 +45,8 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(app.config.server.max_connections));
-    let read_timeout = Duration::from_secs(app.config.server.read_timeout_secs);
+    let limit = Arc::new(Semaphore::new(app.config().server.max_connections));
+    let read_timeout = Duration::from_secs(app.config().server.read_timeout_secs);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -25,7 +25,7 @@ pub trait StatusSource: Send + Sync {
 
 /// Shared state of the webhook side.
 pub struct App {
-    pub config: Arc<Config>,
+    config: crate::config::SharedConfig,
     pub store: Store,
     pub metrics: IngestMetrics,
     /// Bumped after every commit that created or changed a timeslot; dispatch re-plans.
@@ -36,12 +36,25 @@ pub struct App {
 impl App {
     pub fn new(config: Arc<Config>, store: Store) -> App {
         App {
-            config,
+            config: Arc::new(crate::config::LiveConfig::new(config)),
             store,
             metrics: IngestMetrics::default(),
             changes: tokio::sync::watch::channel(0).0,
             sources: RwLock::new(Vec::new()),
         }
+    }
+
+    /// The configuration in force (auth keys and policies can change on reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
+    pub fn set_config(&self, c: Arc<Config>) {
+        self.config.set(c);
+    }
+
+    pub fn shared_config(&self) -> crate::config::SharedConfig {
+        self.config.clone()
     }
 
     pub fn add_source(&self, source: Arc<dyn StatusSource>) {
@@ -85,12 +98,13 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
+    let webhook = app.config().server.path.clone();
     let resp = match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => healthz(&app).await,
         (&Method::GET, "/metrics") => metrics(&app),
         (_, "/healthz" | "/metrics") => not_allowed("GET"),
-        (&Method::POST, p) if p == app.config.server.path => ingest(&app, peer, req).await,
-        (_, p) if p == app.config.server.path => not_allowed("POST"),
+        (&Method::POST, p) if *p == webhook => ingest(&app, peer, req).await,
+        (_, p) if *p == webhook => not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "no such path"),
     };
     Ok(resp)
@@ -109,7 +123,7 @@ async fn ingest(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Resp {
 }
 
 async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (Resp, &'static str) {
-    let cfg = &app.config;
+    let cfg = app.config();
     let read = Duration::from_secs(cfg.server.read_timeout_secs);
     if !auth::authorized(req.headers(), &cfg.auth.header, &cfg.auth.keys) {
         tracing::warn!(%peer, "webhook rejected: missing or wrong credentials");

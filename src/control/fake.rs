@@ -1,0 +1,160 @@
+//! A battery with simple physics for the loop's tests (the Modbus simulator is exercised
+//! by the integration tests): SoC integrates power, grid = load − battery, the device
+//! reverts to normal when not refreshed, and failures can be switched on.
+
+use crate::device::{Battery, DeviceError, Telemetry};
+use crate::dispatch::BoxFuture;
+use std::sync::{Arc, Mutex};
+use tokio::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Call {
+    Read,
+    Set { kw: f64, reversion_secs: u32 },
+    Release,
+}
+
+#[derive(Debug)]
+pub(crate) struct FakeState {
+    pub soc_pct: f64,
+    pub capacity_kwh: f64,
+    pub max_kw: f64,
+    pub load_kw: f64,
+    pub battery_kw: f64,
+    pub remote_until: Option<Instant>,
+    pub reversions: u32,
+    pub down: bool,
+    /// Calls never answer (a device that accepted the connection and went silent).
+    pub hang: bool,
+    pub calls: Vec<(Instant, Call)>,
+    updated: Instant,
+}
+
+impl FakeState {
+    fn advance(&mut self) {
+        let now = Instant::now();
+        if let Some(until) = self.remote_until
+            && now >= until
+        {
+            // Integrate up to the reversion, then normal (idle) operation.
+            self.integrate(until);
+            self.remote_until = None;
+            self.battery_kw = 0.0;
+            self.reversions += 1;
+        }
+        self.integrate(now);
+    }
+
+    fn integrate(&mut self, to: Instant) {
+        let h = (to - self.updated).as_secs_f64() / 3600.0;
+        self.soc_pct -= self.battery_kw * h / self.capacity_kwh * 100.0;
+        self.updated = to;
+    }
+
+    pub fn remote(&self) -> bool {
+        self.remote_until.is_some_and(|u| Instant::now() < u)
+    }
+
+    pub fn writes(&self) -> Vec<(Instant, f64)> {
+        self.calls
+            .iter()
+            .filter_map(|(t, c)| match c {
+                Call::Set { kw, .. } => Some((*t, *kw)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn releases(&self) -> Vec<Instant> {
+        self.calls
+            .iter()
+            .filter(|(_, c)| *c == Call::Release)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+}
+
+pub(crate) struct FakeBattery {
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeBattery {
+    pub fn new(soc_pct: f64, load_kw: f64) -> FakeBattery {
+        FakeBattery {
+            state: Arc::new(Mutex::new(FakeState {
+                soc_pct,
+                capacity_kwh: 100.0,
+                max_kw: 50.0,
+                load_kw,
+                battery_kw: 0.0,
+                remote_until: None,
+                reversions: 0,
+                down: false,
+                hang: false,
+                calls: Vec::new(),
+                updated: Instant::now(),
+            })),
+        }
+    }
+
+    fn op<T: Send + 'static>(
+        &self,
+        call: Call,
+        f: impl FnOnce(&mut FakeState) -> T,
+    ) -> BoxFuture<'static, Result<T, DeviceError>> {
+        let r = self.apply(call, f);
+        if self.state.lock().unwrap().hang {
+            return Box::pin(std::future::pending());
+        }
+        Box::pin(async move { r })
+    }
+
+    fn apply<T>(&self, call: Call, f: impl FnOnce(&mut FakeState) -> T) -> Result<T, DeviceError> {
+        let mut s = self.state.lock().unwrap();
+        s.advance();
+        if s.down {
+            return Err(DeviceError::Connect {
+                device: "fake".into(),
+                addr: "127.0.0.1:1".into(),
+                reason: "connection refused".into(),
+            });
+        }
+        s.calls.push((Instant::now(), call));
+        Ok(f(&mut s))
+    }
+}
+
+impl Battery for FakeBattery {
+    fn name(&self) -> &str {
+        "fake"
+    }
+
+    fn read(&mut self) -> BoxFuture<'_, Result<Telemetry, DeviceError>> {
+        self.op(Call::Read, |s| Telemetry {
+            soc_pct: Some(s.soc_pct),
+            battery_kw: Some(s.battery_kw),
+            grid_kw: Some(s.load_kw - s.battery_kw),
+            capacity_kwh: Some(s.capacity_kwh),
+            max_discharge_kw: Some(s.max_kw),
+            max_charge_kw: Some(s.max_kw),
+        })
+    }
+
+    fn set_power(
+        &mut self,
+        kw: f64,
+        reversion_secs: u32,
+    ) -> BoxFuture<'_, Result<(), DeviceError>> {
+        self.op(Call::Set { kw, reversion_secs }, |s| {
+            s.battery_kw = kw.clamp(-s.max_kw, s.max_kw);
+            s.remote_until = Some(Instant::now() + Duration::from_secs(reversion_secs.into()));
+        })
+    }
+
+    fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>> {
+        self.op(Call::Release, |s| {
+            s.battery_kw = 0.0;
+            s.remote_until = None;
+        })
+    }
+}

@@ -1,0 +1,274 @@
+//! The control loop and its commander under tokio's paused clock, against a battery with
+//! simple physics ([`super::fake`]).
+
+use super::fake::{Call, FakeBattery, FakeState};
+use super::{ControlCommander, ControlError};
+use crate::clock::TokioClock;
+use crate::config::Config;
+use crate::device::Battery;
+use crate::dispatch::{CommandError, Commander};
+use crate::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
+use crate::server::StatusSource;
+use chrono::{DateTime, TimeZone, Utc};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::time::{Duration, Instant, sleep};
+
+const METER: &str = "dd21c76c-0000-4000-8000-000000000001";
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 5, 18, 0, 0).unwrap()
+}
+
+fn config(reversion_secs: u32, extra_meter: bool) -> Config {
+    let mut text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:8443"
+[auth]
+keys = ["0123456789abcdef"]
+[site]
+control_period_ms = 1000
+[[meters]]
+id = "{METER}"
+device = "bess"
+[devices.bess]
+profile = "sunspec"
+host = "127.0.0.1"
+reversion_secs = {reversion_secs}
+"#
+    );
+    if extra_meter {
+        text.push_str("[[meters]]\nid = \"other\"\ndevice = \"bess\"\n");
+    }
+    Config::parse_str(&text, Path::new("test.toml")).unwrap()
+}
+
+fn command(kw: f64) -> Command {
+    Command {
+        kind: Kind::Meter,
+        event_id: "ev-1".into(),
+        mode: ExecMode::Execute,
+        target: Target::Kw(kw),
+        cap: Cap::UpToSiteLoad,
+        limit_kw: None,
+        export_allowed_kw: 0.0,
+        import_margin_kw: 0.5,
+        strategy: Strategy::Award,
+        priority: 1,
+        programs: vec!["DRAM".into()],
+        until: t0() + chrono::Duration::hours(1),
+        reason: "test".into(),
+    }
+}
+
+/// A commander over one fake battery (80 % SoC, 30 kW load), clock at `t0()`.
+fn start(reversion_secs: u32) -> (ControlCommander, Arc<Mutex<FakeState>>) {
+    let fake = FakeBattery::new(80.0, 30.0);
+    let state = fake.state.clone();
+    let mut slot = Some(fake);
+    let clock = Arc::new(TokioClock::starting_at(t0()));
+    let cc = ControlCommander::start(&config(reversion_secs, false), clock, |_, _| {
+        Ok(Box::new(slot.take().expect("one device")) as Box<dyn Battery>)
+    })
+    .unwrap();
+    (cc, state)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_is_written_at_once_and_refreshed_before_half_the_reversion() {
+    let (cc, st) = start(10);
+    let asked = Instant::now();
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    sleep(Duration::from_secs(120)).await;
+    let s = st.lock().unwrap();
+    let writes = s.writes();
+    assert_eq!(writes[0].0, asked, "first write not immediate");
+    assert!(writes.iter().all(|(_, kw)| *kw == 10.0));
+    let max_gap = writes.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
+    assert!(
+        max_gap <= Duration::from_secs(5),
+        "gap {max_gap:?} > reversion/2"
+    );
+    assert!(writes.last().unwrap().0 >= asked + Duration::from_secs(115));
+    assert_eq!(
+        s.reversions, 0,
+        "device reverted while the command was held"
+    );
+    assert!(s.remote());
+    assert!(s.calls.iter().any(|(_, c)| *c
+        == Call::Set {
+            kw: 10.0,
+            reversion_secs: 10
+        }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_returns_the_battery_to_normal_within_one_period() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    sleep(Duration::from_millis(5500)).await;
+    let asked = Instant::now();
+    cc.release(METER).await.unwrap();
+    sleep(Duration::from_secs(10)).await;
+    let s = st.lock().unwrap();
+    let last = *s.releases().last().expect("released");
+    assert!(
+        last - asked <= Duration::from_secs(1),
+        "released {:?} after",
+        last - asked
+    );
+    assert!(!s.remote());
+    assert_eq!(s.battery_kw, 0.0);
+    assert!(
+        s.writes().iter().all(|(t, _)| *t < last),
+        "written after release"
+    );
+    let status = cc.status().meter(METER).unwrap();
+    assert!(status.command.is_none() && status.released);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_down_at_the_start_gets_the_command_as_soon_as_it_is_back() {
+    let (cc, st) = start(60);
+    st.lock().unwrap().down = true;
+    let err = cc.apply(METER, &command(10.0)).await.unwrap_err();
+    assert!(
+        matches!(err, CommandError::Device { ref meter, .. } if meter == METER),
+        "{err}"
+    );
+    sleep(Duration::from_secs(120)).await;
+    let s = cc.status().meter(METER).unwrap();
+    assert!(s.consecutive_errors >= 100, "{s:?}");
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap()
+            .contains("connection refused")
+    );
+    assert!(!cc.status().health_problems().is_empty());
+    let back = Instant::now();
+    st.lock().unwrap().down = false;
+    sleep(Duration::from_secs(3)).await;
+    let writes = st.lock().unwrap().writes();
+    let (at, kw) = writes[0];
+    assert_eq!(kw, 10.0);
+    assert!(
+        at - back <= Duration::from_secs(1),
+        "applied {:?} after return",
+        at - back
+    );
+    let s = cc.status().meter(METER).unwrap();
+    assert_eq!(s.consecutive_errors, 0);
+    assert!(cc.status().health_problems().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn discharge_follows_a_load_step_down_within_one_period() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    sleep(Duration::from_millis(3500)).await;
+    st.lock().unwrap().load_kw = 6.0;
+    let step = Instant::now();
+    sleep(Duration::from_secs(5)).await;
+    let s = st.lock().unwrap();
+    let first_after = s.writes().into_iter().find(|(t, _)| *t > step).unwrap();
+    assert!(first_after.0 - step <= Duration::from_secs(1));
+    assert!((first_after.1 - 5.5).abs() < 1e-9, "{first_after:?}");
+    drop(s);
+    let status = cc.status().meter(METER).unwrap();
+    let d = status.last_decision.unwrap();
+    assert!(d.flags.cap_limited);
+    // The site exported for at most the one period before the loop saw the step.
+    assert!(status.export_violation_secs <= 1.0 + 1e-9, "{status:?}");
+    assert!(status.export_violation_secs > 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_every_battery() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    sleep(Duration::from_secs(2)).await;
+    cc.shutdown(Duration::from_secs(2)).await;
+    let calls = {
+        let s = st.lock().unwrap();
+        assert!(!s.releases().is_empty());
+        assert!(!s.remote());
+        s.calls.len()
+    };
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        st.lock().unwrap().calls.len(),
+        calls,
+        "loop still running after shutdown"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_command_writes_nothing() {
+    let (cc, st) = start(60);
+    let mut c = command(10.0);
+    c.mode = ExecMode::DryRun;
+    cc.apply(METER, &c).await.unwrap();
+    sleep(Duration::from_secs(5)).await;
+    assert!(st.lock().unwrap().writes().is_empty());
+    let s = cc.status().meter(METER).unwrap();
+    assert_eq!(s.last_decision.unwrap().setpoint_kw, 10.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_meter_and_a_shared_device_are_refused() {
+    let (cc, _st) = start(60);
+    let err = cc.apply("nope", &command(1.0)).await.unwrap_err();
+    assert!(matches!(err, CommandError::UnknownMeter { .. }));
+    let clock = Arc::new(TokioClock::starting_at(t0()));
+    let r = ControlCommander::start(&config(60, true), clock, |_, _| {
+        Ok(Box::new(FakeBattery::new(50.0, 1.0)) as Box<dyn Battery>)
+    });
+    assert!(matches!(r, Err(ControlError::SharedDevice { .. })));
+    assert_eq!(super::check_meters(&config(60, true)).len(), 1);
+    // A 1 s period cannot refresh a 1 s reversion timeout at half its period.
+    let problems = super::check_meters(&config(1, false));
+    assert!(problems[0].contains("control_period_ms"), "{problems:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_updated_command_takes_effect_at_once() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    sleep(Duration::from_millis(2500)).await;
+    let asked = Instant::now();
+    cc.apply(METER, &command(20.0)).await.unwrap();
+    let writes = st.lock().unwrap().writes();
+    let (at, kw) = *writes.last().unwrap();
+    assert_eq!((at, kw), (asked, 20.0));
+    let s = cc.status().meter(METER).unwrap();
+    assert_eq!(s.command.unwrap().target, Target::Kw(20.0));
+    assert_eq!(s.last_written_kw, Some(20.0));
+    let mut out = String::new();
+    cc.status().render_metrics(&mut out);
+    let line =
+        format!("leap_edge_control_setpoint_kw{{meter_id=\"{METER}\",device=\"bess\"}} 20\n");
+    assert!(out.contains(&line), "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_device_bounds_apply_and_shutdown() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    st.lock().unwrap().hang = true;
+    let asked = Instant::now();
+    let err = cc.apply(METER, &command(20.0)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no answer within 2000 ms"),
+        "{err}"
+    );
+    assert_eq!(Instant::now() - asked, super::DEFAULT_APPLY_TIMEOUT);
+    let asked = Instant::now();
+    cc.shutdown(Duration::from_secs(1)).await;
+    let took = Instant::now() - asked;
+    assert!(
+        took <= Duration::from_millis(1500),
+        "shutdown took {took:?}"
+    );
+}

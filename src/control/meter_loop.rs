@@ -1,0 +1,357 @@
+//! One task per local meter: every control period read the site, run the control law and
+//! write the setpoint; hand the battery back to normal when asked. Failures are logged,
+//! kept in status and retried on the next period (SCENARIOS 20), and a command that does
+//! not change is still re-written before the device's reversion timeout (SPEC §2.10).
+
+use super::law::{Decision, Flags, Limits, decide};
+use super::status::{CommandSummary, MeterStatus};
+use crate::clock::Clock;
+use crate::config::SiteConfig;
+use crate::device::{Battery, DeviceError, Telemetry};
+use crate::model::{Cap, Command, ExecMode};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// A setpoint differing from the last written one by less than this is not re-written
+/// (until the refresh is due): below any inverter's resolution.
+const DEADBAND_KW: f64 = 0.01;
+/// Grid readings this close to a bound are not counted as a violation (meter noise).
+const VIOLATION_TOLERANCE_KW: f64 = 0.05;
+/// A failure that repeats unchanged is logged at WARN at most this often.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// What dispatch wants from one meter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Desired {
+    Normal,
+    Follow(Command),
+}
+
+/// A numbered request; the loop answers each with the outcome of its first step.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub seq: u64,
+    pub desired: Desired,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub seq: u64,
+    pub result: Result<(), String>,
+}
+
+/// Fixed settings of one meter's loop.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    pub meter_id: String,
+    pub device: String,
+    pub period: Duration,
+    pub reversion_secs: u32,
+    pub site: SiteConfig,
+    /// Configured nameplate (the smaller of this and the device's report is used).
+    pub nameplate: Limits,
+}
+
+pub(crate) struct Channels {
+    pub requests: watch::Receiver<Request>,
+    pub outcomes: watch::Sender<Outcome>,
+    pub shutdown: watch::Receiver<Option<Duration>>,
+}
+
+pub(crate) struct MeterLoop {
+    s: LoopSettings,
+    battery: Box<dyn Battery>,
+    clock: Arc<dyn Clock>,
+    ch: Channels,
+    status: Arc<Mutex<MeterStatus>>,
+    desired: Desired,
+    /// Request awaiting its first outcome.
+    pending: Option<u64>,
+    /// True when the device is known to be in normal operation (nothing written since
+    /// the last acknowledged release). Unknown at start, so the first steps release it:
+    /// a daemon killed mid-dispatch may have left it under remote control.
+    released: bool,
+    last_write: Option<(Instant, f64)>,
+    last_read: Option<Instant>,
+    last_flags: Flags,
+    last_logged_error: Option<(String, Instant)>,
+}
+
+impl MeterLoop {
+    pub(crate) fn new(
+        s: LoopSettings,
+        battery: Box<dyn Battery>,
+        clock: Arc<dyn Clock>,
+        ch: Channels,
+        status: Arc<Mutex<MeterStatus>>,
+    ) -> MeterLoop {
+        MeterLoop {
+            s,
+            battery,
+            clock,
+            ch,
+            status,
+            desired: Desired::Normal,
+            pending: None,
+            released: false,
+            last_write: None,
+            last_read: None,
+            last_flags: Flags::default(),
+            last_logged_error: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.s.period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                r = self.ch.shutdown.changed() => {
+                    let limit = if r.is_ok() { *self.ch.shutdown.borrow() } else { None };
+                    self.stop(limit.unwrap_or(Duration::from_secs(5))).await;
+                    return;
+                }
+                r = self.ch.requests.changed() => {
+                    if r.is_err() {
+                        self.stop(Duration::from_secs(5)).await;
+                        return;
+                    }
+                    self.take_request();
+                    // A new command is acted on at once; the next period counts from here.
+                    tick.reset();
+                }
+                _ = tick.tick() => {}
+            }
+            self.step().await;
+        }
+    }
+
+    fn take_request(&mut self) {
+        let req = self.ch.requests.borrow_and_update().clone();
+        let summary = match &req.desired {
+            Desired::Follow(c) => Some(CommandSummary::from(c)),
+            Desired::Normal => None,
+        };
+        if let Desired::Follow(c) = &req.desired {
+            tracing::info!(
+                meter_id = %self.s.meter_id, device = %self.s.device, event_id = %c.event_id,
+                cap = c.cap.as_str(), target = ?c.target, until = %c.until,
+                "control: following command"
+            );
+        }
+        self.desired = req.desired;
+        self.pending = Some(req.seq);
+        // A new command starts its own flag transitions and violation accounting.
+        self.last_flags = Flags::default();
+        self.last_read = None;
+        self.lock().command = summary;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MeterStatus> {
+        self.status.lock().expect("meter status lock")
+    }
+
+    async fn step(&mut self) {
+        let result = match self.desired.clone() {
+            Desired::Normal => self.ensure_released().await,
+            Desired::Follow(cmd) => self.follow(&cmd).await,
+        };
+        match &result {
+            Ok(()) => self.note_success(),
+            Err(e) => self.note_error(e),
+        }
+        if let Some(seq) = self.pending.take() {
+            let result = result.map_err(|e| e.to_string());
+            self.ch.outcomes.send_replace(Outcome { seq, result });
+        }
+    }
+
+    async fn ensure_released(&mut self) -> Result<(), DeviceError> {
+        if self.released {
+            // Idle: keep reading so status, metrics and /healthz show the site as it is now
+            // and an unreachable device is noticed before the next dispatch needs it.
+            let tel = self.battery.read().await?;
+            let now = self.clock.now();
+            let mut st = self.lock();
+            st.last_telemetry = Some(tel);
+            st.last_telemetry_at = Some(now);
+            return Ok(());
+        }
+        self.battery.release().await?;
+        self.released = true;
+        self.last_write = None;
+        let now = self.clock.now();
+        let mut st = self.lock();
+        st.released = true;
+        st.last_release_at = Some(now);
+        drop(st);
+        tracing::info!(meter_id = %self.s.meter_id, device = %self.s.device,
+            "control: battery released to normal operation");
+        Ok(())
+    }
+
+    async fn follow(&mut self, cmd: &Command) -> Result<(), DeviceError> {
+        let tel = self.battery.read().await?;
+        self.account(cmd, &tel);
+        let limits = Limits::merge(&tel, self.s.nameplate);
+        let now = self.clock.now();
+        let d = decide(cmd, now, &tel, limits, &self.s.site);
+        self.log_flag_changes(cmd, &d);
+        {
+            let mut st = self.lock();
+            st.last_decision = Some(d);
+            st.last_decision_at = Some(now);
+        }
+        if cmd.mode == ExecMode::DryRun {
+            // SPEC §2.6: a dry run writes nothing; the battery stays (or goes) normal.
+            return self.ensure_released().await;
+        }
+        if !self.write_due(d.setpoint_kw) {
+            return Ok(());
+        }
+        self.released = false;
+        self.lock().released = false;
+        if let Err(e) = self
+            .battery
+            .set_power(d.setpoint_kw, self.s.reversion_secs)
+            .await
+        {
+            // Unknown what the device holds now: write again next period.
+            self.last_write = None;
+            return Err(e);
+        }
+        tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device,
+            kw = d.setpoint_kw, bound = ?d.bound, site_load_kw = d.site_load_kw,
+            "control: setpoint written");
+        self.last_write = Some((Instant::now(), d.setpoint_kw));
+        let mut st = self.lock();
+        st.last_write_at = Some(self.clock.now());
+        st.last_written_kw = Some(d.setpoint_kw);
+        st.writes += 1;
+        Ok(())
+    }
+
+    /// SPEC §2.10: write when the setpoint moved, when a new request waits for its first
+    /// outcome, and in any case before half the reversion timeout has passed — checked one
+    /// period early, since the next chance to write is a period away.
+    fn write_due(&self, kw: f64) -> bool {
+        let Some((at, last_kw)) = self.last_write else {
+            return true;
+        };
+        let refresh = Duration::from_millis(u64::from(self.s.reversion_secs) * 500);
+        self.pending.is_some()
+            || (kw - last_kw).abs() >= DEADBAND_KW
+            || at.elapsed() + self.s.period >= refresh
+    }
+
+    /// Status bookkeeping for a reading: telemetry, control error, violation time.
+    fn account(&mut self, cmd: &Command, tel: &Telemetry) {
+        let now = Instant::now();
+        // A gap in readings is not counted beyond two periods: what happened then is unknown.
+        let dt = self
+            .last_read
+            .map(|t| (now - t).min(self.s.period * 2).as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_read = Some(now);
+        let wall = self.clock.now();
+        let last_kw = self.last_write.map(|(_, kw)| kw);
+        let mut st = self.lock();
+        st.last_telemetry = Some(*tel);
+        st.last_telemetry_at = Some(wall);
+        st.control_error_kw = match (last_kw, tel.battery_kw) {
+            (Some(sp), Some(b)) => Some((sp - b).abs()),
+            _ => None,
+        };
+        let Some(grid) = tel.grid_kw else { return };
+        let no_export = cmd.cap == Cap::UpToSiteLoad || cmd.export_allowed_kw <= 0.0;
+        let allowed_export = if no_export {
+            0.0
+        } else {
+            cmd.export_allowed_kw
+        };
+        if grid < -allowed_export - VIOLATION_TOLERANCE_KW {
+            st.export_violation_secs += dt;
+        }
+        if no_export && grid < cmd.import_margin_kw - VIOLATION_TOLERANCE_KW {
+            st.below_margin_secs += dt;
+        }
+    }
+
+    fn log_flag_changes(&mut self, cmd: &Command, d: &Decision) {
+        let (was, now) = (self.last_flags, d.flags);
+        let (meter_id, event_id) = (&self.s.meter_id, &cmd.event_id);
+        if now.reserve_reached && !was.reserve_reached {
+            tracing::warn!(%meter_id, %event_id, shortfall_kw = d.shortfall_kw,
+                reserve_soc_pct = self.s.site.reserve_soc_pct,
+                "control: reserve state of charge reached, discharge stopped");
+        }
+        if now.energy_limited && !was.energy_limited {
+            tracing::info!(%meter_id, %event_id, setpoint_kw = d.setpoint_kw,
+                shortfall_kw = d.shortfall_kw, until = %cmd.until,
+                "control: not enough stored energy for the target, spreading it to the end");
+        }
+        if now.using_fallback_load && !was.using_fallback_load {
+            tracing::warn!(%meter_id, %event_id,
+                fallback_site_load_kw = self.s.site.fallback_site_load_kw,
+                "control: no site meter reading, assuming the configured fallback site load");
+        }
+        if now.soc_unknown && !was.soc_unknown {
+            tracing::warn!(%meter_id, %event_id,
+                "control: no state of charge reading, discharge withheld (reserve cannot be guarded)");
+        }
+        self.last_flags = now;
+    }
+
+    fn note_success(&mut self) {
+        let mut st = self.lock();
+        if st.consecutive_errors > 0 {
+            tracing::info!(meter_id = %self.s.meter_id, device = %self.s.device,
+                failed_steps = st.consecutive_errors, "control: device answering again");
+        }
+        st.consecutive_errors = 0;
+        drop(st);
+        self.last_logged_error = None;
+    }
+
+    fn note_error(&mut self, e: &DeviceError) {
+        let msg = e.to_string();
+        let now = Instant::now();
+        let repeat = matches!(&self.last_logged_error,
+            Some((m, at)) if *m == msg && now - *at < REPEAT_LOG_EVERY);
+        let mut st = self.lock();
+        st.consecutive_errors += 1;
+        st.errors_total += 1;
+        st.last_error = Some(msg.clone());
+        st.last_error_at = Some(self.clock.now());
+        let failed_steps = st.consecutive_errors;
+        drop(st);
+        if repeat {
+            tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device, error = %msg,
+                failed_steps, "control: device step failed again, retrying");
+        } else {
+            tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device, error = %msg,
+                failed_steps, "control: device step failed, retrying every period");
+            self.last_logged_error = Some((msg, now));
+        }
+    }
+
+    /// Shutdown (SPEC §2.10): hand the battery back before exit, bounded by `limit`.
+    async fn stop(&mut self, limit: Duration) {
+        self.desired = Desired::Normal;
+        self.lock().command = None;
+        if self.released {
+            return;
+        }
+        match tokio::time::timeout(limit, self.ensure_released()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(meter_id = %self.s.meter_id, device = %self.s.device,
+                error = %e, "control: release at shutdown failed; the device reverts by its own timeout"),
+            Err(_) => tracing::error!(meter_id = %self.s.meter_id, device = %self.s.device,
+                timeout_ms = limit.as_millis() as u64,
+                "control: release at shutdown timed out; the device reverts by its own timeout"),
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The closed loop per meter (SPEC §2.9–2.10): the pure control law, the loop that reads
+//! the site, decides and writes the battery setpoint every control period, and the
+//! [`ControlCommander`] through which dispatch drives it.
+//!
+//! One loop per meter, each owning its meter's device. Two meters on one device are
+//! refused by `config check` ([`check_meters`]): each loop would overwrite the other's
+//! setpoint, and a site meter shared by two batteries needs a joint law that does not exist
+//! yet. Daemon wiring: `ControlCommander::start_modbus(&config, clock)` as the commander,
+//! `status()` as a `/metrics`+`/healthz` source and `status().live_json()` for `status`,
+//! and `shutdown(timeout)` after dispatch has stopped.
+
+pub mod commander;
+pub mod law;
+pub mod meter_loop;
+pub mod status;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod law_props;
+#[cfg(test)]
+mod law_tests;
+#[cfg(test)]
+mod loop_tests;
+
+pub use commander::{ControlCommander, ControlError, DEFAULT_APPLY_TIMEOUT, check_meters};
+pub use law::{Bound, Decision, Flags, Limits, decide};
+pub use meter_loop::LoopSettings;
+pub use status::{CommandSummary, ControlStatus, MeterStatus};

@@ -1,0 +1,252 @@
+//! What each meter's loop is doing, for `leap-edge status`, `/metrics` and `/healthz`:
+//! the command it follows, its last decision and reading, errors and write times, and how
+//! long the site spent beyond what the cap allows. Loops update it; readers take a cheap
+//! snapshot (a clone under a short lock).
+
+use super::law::Decision;
+use crate::device::Telemetry;
+use crate::model::{Cap, Command, ExecMode, Kind, Target};
+use crate::server::StatusSource;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+/// Failed steps in a row before a meter counts as unhealthy (one retry is normal).
+const UNHEALTHY_AFTER: u64 = 3;
+
+/// The command a loop follows, in short.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandSummary {
+    pub kind: Kind,
+    /// Leap's event id (`meter_event_id` or `market_group_event_id`).
+    pub event_id: String,
+    pub mode: ExecMode,
+    pub target: Target,
+    pub performance_compensation_cap: Cap,
+    pub limit_kw: Option<f64>,
+    pub export_allowed_kw: f64,
+    pub until: DateTime<Utc>,
+}
+
+impl From<&Command> for CommandSummary {
+    fn from(c: &Command) -> Self {
+        CommandSummary {
+            kind: c.kind,
+            event_id: c.event_id.clone(),
+            mode: c.mode,
+            target: c.target,
+            performance_compensation_cap: c.cap,
+            limit_kw: c.limit_kw,
+            export_allowed_kw: c.export_allowed_kw,
+            until: c.until,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MeterStatus {
+    pub meter_id: String,
+    pub device: String,
+    /// None = normal operation asked for.
+    pub command: Option<CommandSummary>,
+    pub last_decision: Option<Decision>,
+    pub last_decision_at: Option<DateTime<Utc>>,
+    pub last_telemetry: Option<Telemetry>,
+    pub last_telemetry_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Failed steps in a row (0 when the last one succeeded).
+    pub consecutive_errors: u64,
+    /// Failed steps (Modbus errors) since start.
+    pub errors_total: u64,
+    pub last_write_at: Option<DateTime<Utc>>,
+    pub last_written_kw: Option<f64>,
+    pub writes: u64,
+    pub last_release_at: Option<DateTime<Utc>>,
+    /// True once the device acknowledged the release (normal operation).
+    pub released: bool,
+    /// Seconds the site exported beyond what the command allowed, while following one.
+    pub export_violation_secs: f64,
+    /// Seconds grid import was below the margin under a no-export command.
+    pub below_margin_secs: f64,
+    /// |last setpoint − battery power measured one period later| (kW).
+    pub control_error_kw: Option<f64>,
+}
+
+impl MeterStatus {
+    pub fn new(meter_id: &str, device: &str) -> MeterStatus {
+        MeterStatus {
+            meter_id: meter_id.to_string(),
+            device: device.to_string(),
+            command: None,
+            last_decision: None,
+            last_decision_at: None,
+            last_telemetry: None,
+            last_telemetry_at: None,
+            last_error: None,
+            last_error_at: None,
+            consecutive_errors: 0,
+            errors_total: 0,
+            last_write_at: None,
+            last_written_kw: None,
+            writes: 0,
+            last_release_at: None,
+            released: false,
+            export_violation_secs: 0.0,
+            below_margin_secs: 0.0,
+            control_error_kw: None,
+        }
+    }
+}
+
+/// Shared, cloneable view of every meter loop's status.
+#[derive(Debug, Clone, Default)]
+pub struct ControlStatus {
+    meters: Vec<Arc<Mutex<MeterStatus>>>,
+}
+
+impl ControlStatus {
+    pub(crate) fn add(&mut self, meter_id: &str, device: &str) -> Arc<Mutex<MeterStatus>> {
+        let s = Arc::new(Mutex::new(MeterStatus::new(meter_id, device)));
+        self.meters.push(s.clone());
+        s
+    }
+
+    /// A copy of every meter's status, in configuration order.
+    pub fn snapshot(&self) -> Vec<MeterStatus> {
+        self.meters
+            .iter()
+            .map(|m| m.lock().expect("meter status lock").clone())
+            .collect()
+    }
+
+    /// Every meter's status as one JSON object keyed by Leap meter id (the daemon's
+    /// `live` source for `leap-edge status`).
+    pub fn live_json(&self) -> serde_json::Value {
+        let map = self
+            .snapshot()
+            .into_iter()
+            .map(|m| {
+                let id = m.meter_id.clone();
+                (id, serde_json::to_value(m).unwrap_or_default())
+            })
+            .collect::<serde_json::Map<_, _>>();
+        serde_json::Value::Object(map)
+    }
+
+    pub fn meter(&self, meter_id: &str) -> Option<MeterStatus> {
+        self.snapshot().into_iter().find(|m| m.meter_id == meter_id)
+    }
+}
+
+impl StatusSource for ControlStatus {
+    fn render_metrics(&self, out: &mut String) {
+        let all = self.snapshot();
+        let mut family =
+            |name: &str, kind: &str, help: &str, v: &dyn Fn(&MeterStatus) -> Option<f64>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for m in &all {
+                    if let Some(x) = v(m) {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{meter_id=\"{}\",device=\"{}\"}} {x}",
+                            m.meter_id, m.device
+                        );
+                    }
+                }
+            };
+        family(
+            "leap_edge_control_setpoint_kw",
+            "gauge",
+            "Battery setpoint while following a command (discharge positive; 0 in normal operation).",
+            &|m| match (&m.command, m.last_decision) {
+                (Some(_), Some(d)) => Some(d.setpoint_kw),
+                _ => Some(0.0),
+            },
+        );
+        family(
+            "leap_edge_control_following",
+            "gauge",
+            "1 while the meter follows a dispatch command.",
+            &|m| Some(if m.command.is_some() { 1.0 } else { 0.0 }),
+        );
+        family(
+            "leap_edge_control_writes_total",
+            "counter",
+            "Setpoint writes acknowledged by the device.",
+            &|m| Some(m.writes as f64),
+        );
+        family(
+            "leap_edge_control_consecutive_errors",
+            "gauge",
+            "Failed control steps in a row.",
+            &|m| Some(m.consecutive_errors as f64),
+        );
+        family(
+            "leap_edge_control_export_violation_seconds_total",
+            "counter",
+            "Seconds the site exported beyond what the command allowed.",
+            &|m| Some(m.export_violation_secs),
+        );
+        family(
+            "leap_edge_control_below_margin_seconds_total",
+            "counter",
+            "Seconds grid import was below the margin under a no-export command.",
+            &|m| Some(m.below_margin_secs),
+        );
+        family(
+            "leap_edge_modbus_errors_total",
+            "counter",
+            "Failed device steps (timeouts, I/O errors, exceptions, read-back mismatches).",
+            &|m| Some(m.errors_total as f64),
+        );
+        family(
+            "leap_edge_soc_percent",
+            "gauge",
+            "Battery state of charge from the last reading.",
+            &|m| m.last_telemetry.and_then(|t| t.soc_pct),
+        );
+        family(
+            "leap_edge_battery_kw",
+            "gauge",
+            "Battery power from the last reading (discharge positive).",
+            &|m| m.last_telemetry.and_then(|t| t.battery_kw),
+        );
+        family(
+            "leap_edge_grid_kw",
+            "gauge",
+            "Site grid power from the last reading (import positive).",
+            &|m| m.last_telemetry.and_then(|t| t.grid_kw),
+        );
+        family(
+            "leap_edge_control_error_kw",
+            "gauge",
+            "|setpoint - measured battery power|.",
+            &|m| m.control_error_kw,
+        );
+    }
+
+    fn health_problems(&self) -> Vec<String> {
+        self.snapshot()
+            .into_iter()
+            // Issue 5: healthy only when every device is reachable, dispatching or not.
+            .filter(|m| m.consecutive_errors >= UNHEALTHY_AFTER)
+            .map(|m| {
+                let what = if m.command.is_some() {
+                    "command not held"
+                } else if !m.released {
+                    "not released"
+                } else {
+                    "device unreachable"
+                };
+                format!(
+                    "meter {} (device {}): {what}: {}",
+                    m.meter_id,
+                    m.device,
+                    m.last_error.as_deref().unwrap_or("unknown error")
+                )
+            })
+            .collect()
+    }
+}

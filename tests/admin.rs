@@ -1,0 +1,126 @@
+//! The technician CLI against a running daemon over the admin socket: status, overrides
+//! that expire, reload with a key rotation, and the daemon-down answers.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const METER: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
+
+fn with_meter() -> String {
+    format!(
+        "[[meters]]\nid = \"{METER}\"\ndevice = \"bat\"\n[devices.bat]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = 9\ntimeout_ms = 200\n"
+    )
+}
+
+#[tokio::test]
+async fn status_override_and_daemon_down() {
+    let mut d = Daemon::start_with(&with_meter());
+    assert_eq!(
+        d.client()
+            .post(&fixture("leap-sample-meter.json"))
+            .await
+            .status,
+        200
+    );
+    let (code, out, err) = d.cli(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["daemon"], "running");
+    assert!(s["last_notification"]["received_at"].is_string(), "{s:#}");
+    assert_eq!(s["meters"][0]["meter_id"], METER);
+
+    let (code, out, err) = d.cli(&["override", "discharge", "3", "--for", "1h", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let o: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(o["meters"][0], METER);
+    let s: Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
+    assert_eq!(s["meters"][0]["override"]["action"]["action"], "discharge");
+    let (_, table, _) = d.cli(&["status"]);
+    assert!(table.contains("OVERRIDE discharge"), "{table}");
+    // Bad input is refused with a reason, not applied.
+    let (code, _, err) = d.cli(&["override", "charge", "-5", "--for", "1h"]);
+    assert_ne!(code, 0);
+    assert!(!err.is_empty());
+    let (code, _, err) = d.cli(&[
+        "override",
+        "hold",
+        "--for",
+        "10m",
+        "--meter",
+        "not-a-local-meter",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not configured"), "{err}");
+    let (code, out, _) = d.cli(&["override", "clear"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("cleared 1"), "{out}");
+    let s: Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
+    assert!(s["meters"][0]["override"].is_null());
+
+    d.kill9();
+    let (code, out, _) = d.cli(&["status"]);
+    assert_eq!(code, 3, "status exits 3 when the daemon is down");
+    assert!(out.contains("NOT RUNNING"), "{out}");
+    // Read-only commands still work from the database.
+    let (code, out, _) = d.cli(&["events"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("11cfced0"), "{out}");
+    let (code, _, err) = d.cli(&["override", "hold", "--for", "1m"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not running"), "{err}");
+}
+
+#[tokio::test]
+async fn reload_rotates_keys_without_restart() {
+    let d = Daemon::start();
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let rotated = text
+        .replace(&format!("\"{KEY}\", "), "")
+        .replace("second-key-for-rotation", "brand-new-key-7777");
+    std::fs::write(d.config_path(), rotated).unwrap();
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("auth"), "{out}");
+    let c = d.client();
+    let old = c.post(&fixture("leap-sample-meter.json")).await;
+    assert_eq!(old.status, 401, "the removed key still works");
+    let new = c
+        .request(
+            "POST",
+            PATH,
+            &[
+                ("x-api-key", "brand-new-key-7777"),
+                ("content-type", "application/json"),
+            ],
+            fixture("leap-sample-meter.json").into_bytes(),
+        )
+        .await;
+    assert_eq!(new.status, 200, "{}", new.text);
+    // A broken file is refused and the running configuration stays.
+    let good = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(
+        d.config_path(),
+        good.replace("[auth]", "[auth]\nkeys_typo = 1"),
+    )
+    .unwrap();
+    let (code, _, err) = d.cli(&["reload"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("keys_typo"), "{err}");
+    let again = c
+        .request(
+            "POST",
+            PATH,
+            &[
+                ("x-api-key", "brand-new-key-7777"),
+                ("content-type", "application/json"),
+            ],
+            fixture("leap-sample-meter.json").into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        again.status, 200,
+        "the running configuration stays after a refused reload"
+    );
+}

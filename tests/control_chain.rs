@@ -1,0 +1,99 @@
+//! The whole chain on the simulator: a Leap notification over real HTTPS → SQLite → plan →
+//! dispatch timer → control loop → Modbus registers of the simulated inverter, and back to
+//! normal at the end. Also measures boundary → setpoint readable on the device.
+
+mod common;
+mod device_common;
+
+use chrono::{DateTime, Duration, Utc};
+use leap_edge::clock::SystemClock;
+use leap_edge::config::Config;
+use leap_edge::control::ControlCommander;
+use leap_edge::daemon::{self, Parts};
+use leap_edge::sim::Mode;
+use serde_json::json;
+use std::sync::Arc;
+
+const M1: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[tokio::test]
+async fn a_dispatch_reaches_the_inverter_registers_and_is_handed_back_at_the_end() {
+    let sim = device_common::start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let text = format!(
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [auth]\nkeys = [\"{key}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
+         [site]\ncontrol_period_ms = 500\n\
+         [[meters]]\nid = \"{M1}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 10\n",
+        devices = device_common::devices_dir(),
+        key = common::KEY,
+        port = sim.local_addr().port(),
+    );
+    std::fs::write(dir.path().join("config.toml"), text).unwrap();
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    assert!(config.check().is_ok());
+    let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
+    let status = cc.status();
+    let parts = Parts {
+        commander: cc.clone(),
+        clock: Arc::new(SystemClock),
+        live: Arc::new(move || status.live_json()),
+    };
+    let running = daemon::start(config, parts).await.unwrap();
+    let client = common::Client::new(running.addr, ck.cert.der().clone());
+
+    let start = Utc::now() + Duration::milliseconds(2000);
+    let end = start + Duration::milliseconds(4000);
+    let body = json!({"integration_test_notification": false, "communication_test": false,
+        "meter_dispatches": [{"meter_id": M1, "timeslots": [{
+            "meter_event_id": "chain-1", "start_time": ts(start), "end_time": ts(end),
+            "cancelled": false, "energy_kw": 10.0, "performance_compensation_cap": "up-to-site-load",
+            "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"]}]}]});
+    let r = client.post(&body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Before the start the inverter stays in its own mode.
+    let remote = || sim.point(124, "StorCtl_Mod") == Some(3.0);
+    let mut seen_at = None;
+    while Utc::now() < end {
+        if remote() && seen_at.is_none() {
+            seen_at = Some(Utc::now());
+            assert_eq!(sim.point(124, "OutWRte"), Some(20.0), "10 kW of 50 kW");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let seen_at = seen_at.expect("the command never reached the inverter");
+    let latency = seen_at - start;
+    eprintln!(
+        "CHAIN: boundary -> setpoint readable on the device: {} ms",
+        latency.num_milliseconds()
+    );
+    assert!(
+        latency >= Duration::zero(),
+        "written {latency} before the start"
+    );
+    assert!(latency < Duration::seconds(2), "{latency}");
+    assert!(
+        device_common::eventually(std::time::Duration::from_secs(10), || !remote()).await,
+        "not released at the end"
+    );
+    assert!(
+        device_common::eventually(std::time::Duration::from_secs(10), || sim.snapshot().mode
+            == Mode::Normal)
+        .await
+    );
+    assert_eq!(
+        sim.snapshot().reversions,
+        0,
+        "the device reverted by itself: the command was not refreshed"
+    );
+    running.stop().await;
+    cc.shutdown(std::time::Duration::from_secs(3)).await;
+}

@@ -1,0 +1,266 @@
+//! The closed loop against the site simulator over real Modbus TCP on 127.0.0.1: SCENARIOS
+//! 17 (load steps down under up-to-site-load), 18 (reserve), 19 (energy spreading) and 20
+//! (device unreachable, then back), checked in what the simulated device holds.
+
+mod device_common;
+
+use chrono::Utc;
+use device_common::*;
+use leap_edge::clock::SystemClock;
+use leap_edge::config::{Config, MeterConfig, SimConfig};
+use leap_edge::control::ControlCommander;
+use leap_edge::device::{self, Battery};
+use leap_edge::dispatch::{CommandError, Commander};
+use leap_edge::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
+use leap_edge::server::StatusSource;
+use leap_edge::sim::{Fault, Mode, SimHandle, SimOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const METER: &str = "dd21c76c-0000-4000-8000-000000000001";
+const LONG: Duration = Duration::from_secs(20);
+const PERIOD: Duration = Duration::from_millis(1000);
+
+fn config(sim: &SimHandle) -> Config {
+    let text = r#"
+[server]
+listen = "127.0.0.1:8443"
+[auth]
+keys = ["0123456789abcdef"]
+"#;
+    let mut c = Config::parse_str(text, Path::new("test.toml")).unwrap();
+    c.site.control_period_ms = PERIOD.as_millis() as u64;
+    c.devices_dir = devices_dir();
+    let mut dev = device_cfg("sunspec", sim.local_addr(), 500);
+    dev.reversion_secs = 10;
+    c.devices.insert("bess".into(), dev);
+    c.meters.push(MeterConfig {
+        id: METER.into(),
+        device: "bess".into(),
+        weight: 1.0,
+        name: None,
+    });
+    c
+}
+
+fn commander(sim: &SimHandle) -> ControlCommander {
+    let c = config(sim);
+    let dir = c.devices_dir.clone();
+    ControlCommander::start(&c, Arc::new(SystemClock), |name, dev| {
+        Ok(Box::new(device::open(name, dev, &dir)?) as Box<dyn Battery>)
+    })
+    .unwrap()
+}
+
+fn command(kw: f64, minutes: i64) -> Command {
+    Command {
+        kind: Kind::Meter,
+        event_id: "ev-sim".into(),
+        mode: ExecMode::Execute,
+        target: Target::Kw(kw),
+        cap: Cap::UpToSiteLoad,
+        limit_kw: None,
+        export_allowed_kw: 0.0,
+        import_margin_kw: 0.5,
+        strategy: Strategy::Award,
+        priority: 1,
+        programs: vec!["DRAM".into()],
+        until: Utc::now() + chrono::Duration::minutes(minutes),
+        reason: "test".into(),
+    }
+}
+
+/// Model 124 OutWRte is a percentage of WChaMax (50 kW in these sims).
+fn out_pct(kw: f64) -> f64 {
+    kw / 50.0 * 100.0
+}
+
+fn near(a: Option<f64>, b: f64, tol: f64) -> bool {
+    a.is_some_and(|a| (a - b).abs() <= tol)
+}
+
+#[tokio::test]
+async fn scenario_17_discharge_follows_the_load_down_within_one_period() {
+    let sim = start_sim().await;
+    let cc = commander(&sim);
+    cc.apply(METER, &command(10.0, 60)).await.unwrap();
+    assert!(
+        eventually(LONG, || near(
+            sim.point(124, "OutWRte"),
+            out_pct(10.0),
+            0.01
+        ))
+        .await
+    );
+    assert!(eventually(LONG, || (sim.snapshot().battery_kw - 10.0).abs() < 0.05).await);
+    assert_eq!(sim.snapshot().mode, Mode::Remote124);
+
+    sim.set_load(Some(6.0));
+    let step = Instant::now();
+    let mut last_below = step;
+    while step.elapsed() < Duration::from_secs(5) {
+        if sim.snapshot().grid_kw < 0.5 - 0.05 {
+            last_below = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let below = last_below - step;
+    eprintln!(
+        "SCENARIO 17: grid import below the margin for {below:?} after a 30 -> 6 kW load step (control period {PERIOD:?})"
+    );
+    // One control period, plus the simulator's 100 ms tick and a busy machine's slack.
+    assert!(below <= PERIOD + Duration::from_millis(1000), "{below:?}");
+    assert!(
+        near(sim.point(124, "OutWRte"), out_pct(5.5), 0.01),
+        "{:?}",
+        sim.point(124, "OutWRte")
+    );
+    let s = sim.snapshot();
+    assert!((s.grid_kw - 0.5).abs() < 0.05, "{s:?}");
+    let st = cc.status().meter(METER).unwrap();
+    assert!(st.last_decision.unwrap().flags.cap_limited);
+    assert!(st.below_margin_secs > 0.0, "{st:?}");
+
+    // The load comes back: the award is delivered again.
+    sim.set_load(Some(30.0));
+    assert!(
+        eventually(LONG, || near(
+            sim.point(124, "OutWRte"),
+            out_pct(10.0),
+            0.01
+        ))
+        .await
+    );
+    cc.shutdown(Duration::from_secs(3)).await;
+    assert_eq!(
+        sim.point(124, "StorCtl_Mod"),
+        Some(0.0),
+        "not released at shutdown"
+    );
+}
+
+#[tokio::test]
+async fn scenario_18_discharge_stops_at_the_reserve_and_the_shortfall_shows() {
+    let sim = start_sim().await;
+    let cc = commander(&sim);
+    cc.apply(METER, &command(10.0, 60)).await.unwrap();
+    assert!(eventually(LONG, || (sim.snapshot().battery_kw - 10.0).abs() < 0.05).await);
+    // The BMS recalibrates: the battery is at 9.9 %, below the 10 % reserve.
+    sim.set_soc(9.9);
+    assert!(eventually(LONG, || near(sim.point(124, "OutWRte"), 0.0, 0.001)).await);
+    assert!(eventually(LONG, || sim.snapshot().battery_kw.abs() < 0.01).await);
+    // Held in remote control at 0 kW: self-consumption would drain below the reserve.
+    assert_eq!(sim.snapshot().mode, Mode::Remote124);
+    let stopped_at = sim.snapshot().soc_pct;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        sim.snapshot().soc_pct >= stopped_at - 1e-6,
+        "{:?}",
+        sim.snapshot()
+    );
+    let d = cc.status().meter(METER).unwrap().last_decision.unwrap();
+    assert!(d.flags.reserve_reached, "{d:?}");
+    assert_eq!(d.shortfall_kw, 10.0);
+    cc.shutdown(Duration::from_secs(3)).await;
+}
+
+fn small_battery(capacity_kwh: f64, soc_pct: f64) -> SimConfig {
+    SimConfig {
+        capacity_kwh,
+        initial_soc_pct: soc_pct,
+        ..sim_cfg()
+    }
+}
+
+#[tokio::test]
+async fn scenario_19_scarce_energy_is_spread_to_the_end() {
+    // 20 % of 10 kWh over a 10 % reserve = 1 kWh; over 12 minutes that is 5 kW, not 10.
+    let sim = start_sim_with(small_battery(10.0, 20.0), SimOptions::default()).await;
+    let cc = commander(&sim);
+    cc.apply(METER, &command(10.0, 12)).await.unwrap();
+    assert!(
+        eventually(LONG, || near(sim.point(124, "OutWRte"), out_pct(5.0), 0.2)).await,
+        "{:?}",
+        sim.point(124, "OutWRte")
+    );
+    let st = cc.status().meter(METER).unwrap();
+    let d = st.last_decision.unwrap();
+    assert!(
+        d.flags.energy_limited && (d.shortfall_kw - 5.0).abs() < 0.2,
+        "{d:?}"
+    );
+    cc.shutdown(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn scenario_19_the_spread_energy_lasts_exactly_to_the_end() {
+    // 20 Wh at 60 %: 10 Wh above the reserve, to be spread over 8 s (4.5 kW, target 10).
+    let sim = start_sim_with(small_battery(0.02, 60.0), SimOptions::default()).await;
+    let cc = commander(&sim);
+    let mut c = command(10.0, 0);
+    c.until = Utc::now() + chrono::Duration::seconds(8);
+    let start = Instant::now();
+    cc.apply(METER, &c).await.unwrap();
+    let mut min_soc = f64::MAX;
+    let mut soc_half = None;
+    while start.elapsed() < Duration::from_millis(7800) {
+        let s = sim.snapshot();
+        min_soc = min_soc.min(s.soc_pct);
+        if soc_half.is_none() && start.elapsed() >= Duration::from_secs(4) {
+            soc_half = Some(s.soc_pct);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let end_soc = sim.snapshot().soc_pct;
+    cc.release(METER).await.unwrap();
+    eprintln!(
+        "SCENARIO 19: soc 60 % -> {soc_half:?} at half time -> {end_soc:.1} % at the end (reserve 10 %)"
+    );
+    let half = soc_half.unwrap();
+    assert!(
+        (25.0..=45.0).contains(&half),
+        "not spread evenly: {half} % at half time"
+    );
+    assert!(end_soc <= 20.0, "energy left unused: {end_soc} %");
+    assert!(min_soc >= 9.0, "crossed the reserve: {min_soc} %");
+    cc.shutdown(Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn scenario_20_an_unreachable_device_gets_the_command_when_it_returns() {
+    let sim = start_sim().await;
+    sim.set_fault(Fault::Offline);
+    let cc = commander(&sim);
+    let err = cc.apply(METER, &command(10.0, 60)).await.unwrap_err();
+    assert!(matches!(err, CommandError::Device { .. }), "{err}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let st = cc.status().meter(METER).unwrap();
+    assert!(st.consecutive_errors >= 2, "{st:?}");
+    assert!(
+        st.last_error.is_some() && st.last_write_at.is_none(),
+        "{st:?}"
+    );
+    assert_eq!(cc.status().health_problems().len(), 1);
+
+    sim.set_fault(Fault::None);
+    let back = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(30), || near(
+            sim.point(124, "OutWRte"),
+            out_pct(10.0),
+            0.01
+        ))
+        .await
+    );
+    let took = back.elapsed();
+    eprintln!("SCENARIO 20: command applied {took:?} after the device came back (5 s outage)");
+    // The driver's reconnect backoff is at most 10 s; then one control period.
+    assert!(
+        took <= Duration::from_secs(10) + PERIOD + Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(sim.point(124, "StorCtl_Mod"), Some(3.0));
+    assert!(eventually(LONG, || cc.status().health_problems().is_empty()).await);
+    cc.shutdown(Duration::from_secs(3)).await;
+}
