@@ -1,8 +1,9 @@
-//! Modbus faults in one run (issue 6), at the driver level (`device::open` → the SunSpec
-//! simulator over real TCP; the closed control loop is not in main yet, so the test plays
-//! its part: re-send the setpoint until it is taken). Between the driver and the device
-//! sits a TCP proxy the test controls, to make answers slow and to turn live connections
-//! into half-open ones (silent, never closed). In sequence, on one battery:
+//! Modbus faults in one run (issue 6), twice: at the driver level (`device::open`, the
+//! test re-sends like a control loop would) and through the closed control loop
+//! (`ControlCommander`, which must keep the timeslot's command on the device by itself).
+//! Both talk to the SunSpec simulator over real TCP through a proxy the test controls, to
+//! make answers slow and to turn live connections into half-open ones (silent, never
+//! closed). In sequence:
 //! 1. answers at half the timeout: every operation still succeeds, no reconnect;
 //! 2. answers slower than the timeout: a Timeout error, then recovery when speed returns;
 //! 3. half-open connection: the driver times out, drops it, reconnects, command taken;
@@ -12,7 +13,12 @@
 mod device_common;
 
 use device_common::*;
+use leap_edge::clock::SystemClock;
+use leap_edge::config::{Config, MeterConfig};
+use leap_edge::control::ControlCommander;
 use leap_edge::device::{Battery, DeviceError};
+use leap_edge::dispatch::Commander;
+use leap_edge::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
 use leap_edge::sim::Mode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -179,6 +185,114 @@ async fn slow_answers_half_open_connection_and_device_restart_in_one_run() {
         TIMEOUT_MS / 2,
         TIMEOUT_MS * 2,
         connects(&bat),
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+const METER: &str = "dd21c76c-0000-4000-8000-0000000000aa";
+
+fn control_config(device: SocketAddr) -> Config {
+    let text = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef\"]\n";
+    let mut c = Config::parse_str(text, std::path::Path::new("test.toml")).unwrap();
+    c.site.control_period_ms = 500;
+    c.devices_dir = devices_dir();
+    c.devices
+        .insert("bess".into(), device_cfg("sunspec", device, TIMEOUT_MS));
+    c.meters.push(MeterConfig {
+        id: METER.into(),
+        device: "bess".into(),
+        weight: 1.0,
+        name: None,
+    });
+    c
+}
+
+fn command(kw: f64) -> Command {
+    Command {
+        kind: Kind::Meter,
+        event_id: "ev-faults".into(),
+        mode: ExecMode::Execute,
+        target: Target::Kw(kw),
+        cap: Cap::UpToSiteLoad,
+        limit_kw: None,
+        export_allowed_kw: 0.0,
+        import_margin_kw: 0.5,
+        strategy: Strategy::Award,
+        priority: 1,
+        programs: vec!["DRAM".into()],
+        until: chrono::Utc::now() + chrono::Duration::minutes(30),
+        reason: "resilience".into(),
+    }
+}
+
+/// The device takes new writes from the loop (its write counter moves on).
+async fn writes_resume(sim: &leap_edge::sim::SimHandle) -> bool {
+    let before = sim.snapshot().writes;
+    eventually(LONG, || sim.snapshot().writes > before).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_loop_keeps_the_command_through_slow_half_open_and_restarted_devices() {
+    let t0 = Instant::now();
+    let sim = start_sim().await;
+    let sim_addr = sim.local_addr();
+    let (proxy, addr) = Proxy::start(sim_addr).await;
+    let cfg = control_config(addr);
+    let dir = cfg.devices_dir.clone();
+    let cc = ControlCommander::start(&cfg, Arc::new(SystemClock), |name, dev| {
+        Ok(Box::new(leap_edge::device::open(name, dev, &dir)?) as Box<dyn Battery>)
+    })
+    .unwrap();
+    let status = cc.status();
+    let errors = || status.meter(METER).unwrap().errors_total;
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    assert!(holds(&sim, 10.0).await, "{:?}", sim.snapshot());
+
+    // 1. Answers at half the timeout: the loop keeps writing, no error.
+    proxy.delay_ms.store(TIMEOUT_MS / 2, Ordering::SeqCst);
+    let e0 = errors();
+    assert!(writes_resume(&sim).await);
+    assert_eq!(errors(), e0, "{:?}", status.meter(METER));
+    assert!(holds(&sim, 10.0).await);
+
+    // 2. Slower than the timeout: errors, then writes again once the answers speed up.
+    proxy.delay_ms.store(TIMEOUT_MS * 2, Ordering::SeqCst);
+    assert!(eventually(LONG, || errors() > e0).await);
+    proxy.delay_ms.store(0, Ordering::SeqCst);
+    assert!(writes_resume(&sim).await);
+    assert!(holds(&sim, 10.0).await);
+
+    // 3. Half-open connection: the loop's next call times out, it reconnects, writes on.
+    let e1 = errors();
+    proxy.half_open_all();
+    assert!(eventually(LONG, || errors() > e1).await);
+    assert!(writes_resume(&sim).await);
+    assert!(holds(&sim, 10.0).await);
+
+    // 4. The device restarts mid-timeslot and comes back in normal mode: the loop puts
+    // the command back without any new apply from dispatch.
+    let mut sim = sim;
+    sim.shutdown();
+    drop(sim);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let listener = tokio::net::TcpListener::bind(sim_addr).await.unwrap();
+    let sim = leap_edge::sim::spawn_with(&sim_cfg(), listener, Default::default()).unwrap();
+    assert!(holds(&sim, 10.0).await, "{:?}", sim.snapshot());
+    assert!(
+        eventually(LONG, || status.meter(METER).unwrap().consecutive_errors
+            == 0)
+        .await,
+        "{:?}",
+        status.meter(METER)
+    );
+
+    // End of the timeslot: back to normal operation.
+    cc.release(METER).await.unwrap();
+    assert!(eventually(LONG, || sim.snapshot().mode == Mode::Normal).await);
+    cc.shutdown(Duration::from_secs(5)).await;
+    eprintln!(
+        "modbus faults through ControlCommander: {} failed steps in all; {:.1} s",
+        errors(),
         t0.elapsed().as_secs_f64()
     );
 }
