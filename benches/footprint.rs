@@ -1,5 +1,7 @@
 //! Footprint of the real daemon (issue 6): the release `leap-edge run` process with TLS,
-//! one configured meter and a fresh database. Measures, from /proc:
+//! one configured meter whose battery is the SunSpec simulator (run by this bench, outside
+//! the measured process, so the daemon's telemetry polling and control loop are counted)
+//! and a fresh database. Measures, from /proc:
 //! - time from spawn to ready (the "listening for Leap notifications" log line), median of 5;
 //! - idle RSS (VmRSS after settling);
 //! - CPU while idle (utime + stime over 10 s, from /proc/PID/stat);
@@ -36,6 +38,13 @@ impl Proc {
         self.child.id()
     }
 
+    fn alive_or_panic(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("leap-edge exited ({status}):\n{log}");
+        }
+    }
+
     /// VmRSS and VmHWM in KiB.
     fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -69,9 +78,31 @@ fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Config, TLS files and the meter in `dir`; returns the config path and the certificate.
-fn prepare(dir: &Path) -> (PathBuf, rustls::pki_types::CertificateDer<'static>) {
-    common::inproc_config(dir, "leap-edge.db", &[METER], "")
+/// Config, TLS files and the meter (its device at `device`) in `dir`; returns the config
+/// path and the certificate.
+fn prepare(
+    dir: &Path,
+    device: std::net::SocketAddr,
+) -> (PathBuf, rustls::pki_types::CertificateDer<'static>) {
+    let meter = format!(
+        "[[meters]]\nid = \"{METER}\"\ndevice = \"bess\"\n[devices.bess]\nprofile = \"sunspec\"\n\
+         host = \"{}\"\nport = {}\n",
+        device.ip(),
+        device.port()
+    );
+    common::inproc_config(dir, "leap-edge.db", &[], &meter)
+}
+
+/// The simulated battery, on its own runtime in this process.
+fn simulator(rt: &tokio::runtime::Runtime) -> leap_edge::sim::SimHandle {
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cfg = leap_edge::config::SimConfig {
+            load: "constant:30".into(),
+            ..Default::default()
+        };
+        leap_edge::sim::spawn(&cfg, l).unwrap()
+    })
 }
 
 /// Spawn and wait for the listening line; returns the process, its address and the time
@@ -202,7 +233,13 @@ fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let phase = if quick { 3 } else { 10 };
     let dir = tempfile::tempdir().unwrap();
-    let (config, cert) = prepare(dir.path());
+    let sim_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = simulator(&sim_rt);
+    let (config, cert) = prepare(dir.path(), sim.local_addr());
 
     // Start to ready: a fresh database the first time (migrations), then restarts.
     let mut starts = Vec::new();
@@ -215,7 +252,7 @@ fn main() {
     starts.sort();
     let median = starts[starts.len() / 2];
 
-    let (p, addr, _) = spawn(&config, dir.path());
+    let (mut p, addr, _) = spawn(&config, dir.path());
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, _) = p.rss_kib();
     let tck = clk_tck();
@@ -225,13 +262,14 @@ fn main() {
     let idle_cpu = idle_ticks as f64 / tck / phase as f64 * 100.0;
     let (idle_rss_after, _) = p.rss_kib();
 
+    p.alive_or_panic();
     let client = common::Client::new(addr, cert);
     let (load_rss, rate) = load(&p, client, phase);
     std::thread::sleep(Duration::from_secs(2));
     let (after_rss, hwm) = p.rss_kib();
 
     println!(
-        "footprint — release leap-edge run, TLS, 1 meter, SQLite WAL FULL — {}",
+        "footprint — release leap-edge run, TLS, 1 meter on the SunSpec simulator, SQLite WAL FULL — {}",
         machine()
     );
     println!("{:<44} {:>16}", "measure", "value");
@@ -250,7 +288,7 @@ fn main() {
         mib(idle_rss_after),
     );
     row(
-        &format!("CPU while idle ({phase} s)"),
+        &format!("CPU while idle ({phase} s; {idle_ticks} ticks of 1/{tck} s)"),
         format!("{idle_cpu:.2} %"),
     );
     row(
@@ -262,4 +300,10 @@ fn main() {
         "RSS 2 s after load / VmHWM",
         format!("{} / {}", mib(after_rss), mib(hwm)),
     );
+    row(
+        "Modbus requests answered by the simulator",
+        format!("{}", sim.snapshot().requests),
+    );
+    drop(p);
+    drop(sim);
 }
