@@ -23,6 +23,12 @@ if ! command -v rustup >/dev/null || ! rustup toolchain list | grep -q '^nightly
   exit 0
 fi
 
+# libfuzzer-sys compiles libFuzzer (C++) in its build script.
+if ! command -v c++ >/dev/null; then
+  echo "fuzz: SKIPPED — nightly is installed but no C++ compiler (c++) to build libFuzzer"
+  exit 0
+fi
+
 status=0
 for t in "${TARGETS[@]}"; do
   work="fuzz/target/corpus-work/$t"

@@ -8,7 +8,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(parsed) = leap_edge::ingest::parse_notification(data) {
         for t in &parsed.timeslots {
             let _ = serde_json::to_string(t).expect("an accepted timeslot serialises");
-            assert!(t.start_time < t.end_time, "accepted timeslot ends before it starts");
+            assert!(
+                t.start_time < t.end_time,
+                "accepted timeslot ends before it starts"
+            );
         }
         for r in &parsed.rejected {
             assert!(!r.reason.is_empty(), "a rejection always says why");
