@@ -35,6 +35,8 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
     #[error("database: stored data is not valid: {0}")]
     Corrupt(String),
+    #[error("database folder is not writable: {0}")]
+    NotWritable(String),
     #[error("database writer has stopped")]
     Stopped,
 }
@@ -113,6 +115,20 @@ impl Store {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// Whether a write would succeed now: the write lock can be taken and the database's
+    /// folder accepts a probe file of a typical transaction's size. `BEGIN IMMEDIATE;
+    /// COMMIT` alone writes nothing, so it passes on a full or read-only disk.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let probe = probe_path(&self.path);
+        self.call(move |c| {
+            c.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+            let written = write_probe(&probe);
+            let _ = std::fs::remove_file(&probe);
+            written.map_err(|e| StoreError::NotWritable(format!("{}: {e}", probe.display())))
+        })
+        .await
+    }
+
     /// Commit a notification and its timeslots in one transaction (SPEC §2.1).
     pub async fn ingest(&self, record: IngestRecord) -> Result<IngestOutcome, StoreError> {
         self.call(move |conn| ingest::ingest(conn, &record)).await
@@ -126,6 +142,24 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
+}
+
+/// Room for one ordinary ingest transaction (a few WAL frames). Not synced and removed at
+/// once: the filesystem reserves space at write(), so a full disk shows without wearing
+/// the gateway's flash on every health check.
+const PROBE_BYTES: usize = 16 * 1024;
+
+fn probe_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push("-healthz");
+    db.with_file_name(name)
+}
+
+fn write_probe(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(&[0u8; PROBE_BYTES])?;
+    f.flush()
 }
 
 /// A read-only connection for the CLI, usable while the daemon writes.

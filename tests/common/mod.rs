@@ -276,6 +276,56 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Like [`Client::post`] on a fresh connection, but every failure (refused, reset,
+    /// TLS cut short, no answer within `limit`) is an `Err`: senders that retry like Leap
+    /// use this while the daemon is being killed.
+    pub async fn try_post(&self, body: &str, limit: Duration) -> Result<Response, String> {
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let tls = self
+                .tls
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("http: {e}"))?;
+            tokio::spawn(conn);
+            let req = hyper::Request::builder()
+                .method("POST")
+                .uri(PATH)
+                .header("host", "localhost")
+                .header("x-api-key", KEY)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?
+                .to_bytes();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            Ok(Response {
+                status,
+                body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+                text,
+            })
+        };
+        tokio::time::timeout(limit, attempt)
+            .await
+            .map_err(|_| "no answer in time".to_string())?
+    }
+}
+
 pub async fn send_on(
     send: &mut SendRequest<Full<Bytes>>,
     method: &str,
@@ -366,4 +416,33 @@ pub fn lines(path: &Path) -> Vec<String> {
         .lines()
         .map_while(Result::ok)
         .collect()
+}
+
+/// Config for an in-process daemon (`leap_edge::daemon::start`) in `dir`: a fresh TLS
+/// certificate, the test key, the database at `db` (relative to `dir`, or absolute), and
+/// one simulated-profile device per meter in `meters`. Returns the config path and the
+/// certificate the client must trust.
+pub fn inproc_config(
+    dir: &Path,
+    db: &str,
+    meters: &[&str],
+    extra: &str,
+) -> (PathBuf, CertificateDer<'static>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+    let mut text = format!(
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\npath = \"{PATH}\"\n\
+         [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [auth]\nkeys = [\"{KEY}\"]\n[storage]\npath = {db:?}\n[admin]\nsocket = \"admin.sock\"\n{extra}\n"
+    );
+    for (i, m) in meters.iter().enumerate() {
+        text.push_str(&format!(
+            "[[meters]]\nid = \"{m}\"\ndevice = \"bat{i}\"\n[devices.bat{i}]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n"
+        ));
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, ck.cert.der().clone())
 }
