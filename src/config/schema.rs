@@ -243,6 +243,10 @@ pub struct SimConfig {
     /// Site load: `constant:KW`, `steps:KW@SECS,KW@SECS,...` or `csv:PATH`.
     #[serde(default = "default_sim_load")]
     pub load: String,
+    /// The battery's own behaviour when not remote-controlled: `self-consumption` (covers
+    /// the load down to 0 kW grid) or `idle` (stands by at 0 kW).
+    #[serde(default)]
+    pub normal: crate::sim::NormalMode,
 }
 
 impl Default for SimConfig {
@@ -257,6 +261,7 @@ impl Default for SimConfig {
             initial_soc_pct: default_sim_initial_soc_pct(),
             ramp_kw_per_s: default_sim_ramp_kw_per_s(),
             load: default_sim_load(),
+            normal: crate::sim::NormalMode::default(),
         }
     }
 }

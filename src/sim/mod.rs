@@ -15,7 +15,7 @@ mod victron;
 pub use cli::run_cli;
 
 pub use load::LoadProfile;
-pub use physics::Mode;
+pub use physics::{Mode, NormalMode};
 
 use crate::config::SimConfig;
 use chrono::{DateTime, Utc};
@@ -211,6 +211,7 @@ fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
         last_124_write: None,
         last_704_write: None,
         reversions: 0,
+        normal: cfg.normal,
     };
     physics.publish(&mut img);
     Ok(SimInner {

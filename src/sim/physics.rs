@@ -40,6 +40,19 @@ pub struct Physics {
     pub last_124_write: Option<Instant>,
     pub last_704_write: Option<Instant>,
     pub reversions: u64,
+    /// What the battery does in normal operation (`[sim] normal`).
+    pub normal: NormalMode,
+}
+
+/// The simulated battery's own behaviour when nobody controls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormalMode {
+    /// Covers the site load down to 0 kW grid import (a home battery without PV).
+    #[default]
+    SelfConsumption,
+    /// Stands by at 0 kW (a commercial battery kept for peaks and dispatches).
+    Idle,
 }
 
 impl Physics {
@@ -85,7 +98,11 @@ impl Physics {
         } else if let Some(sp) = grid_setpoint_kw.filter(|sp| *sp != 0.0) {
             (Mode::VictronSetpoint, self.load_kw - sp)
         } else {
-            (Mode::Normal, self.load_kw.max(0.0))
+            let own = match self.normal {
+                NormalMode::SelfConsumption => self.load_kw.max(0.0),
+                NormalMode::Idle => 0.0,
+            };
+            (Mode::Normal, own)
         };
         self.mode = mode;
         let mut target = target.clamp(-max, max);
@@ -172,6 +189,7 @@ mod tests {
             battery_kw: 0.0,
             target_kw: 0.0,
             load_kw: 4.0,
+            normal: NormalMode::SelfConsumption,
             mode: Mode::Normal,
             last_124_write: None,
             last_704_write: None,
