@@ -124,3 +124,36 @@ async fn reload_rotates_keys_without_restart() {
         "the running configuration stays after a refused reload"
     );
 }
+
+#[test]
+fn man_page_and_completions_cover_every_command() {
+    let man = std::process::Command::new(bin())
+        .arg("man")
+        .output()
+        .unwrap();
+    let man = String::from_utf8_lossy(&man.stdout);
+    let comp = std::process::Command::new(bin())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let comp = String::from_utf8_lossy(&comp.stdout);
+    for cmd in [
+        "run",
+        "status",
+        "events",
+        "schedule",
+        "history",
+        "override",
+        "send-test",
+        "reload",
+        "devices",
+        "sim",
+        "config",
+    ] {
+        assert!(
+            man.contains(&format!("LEAP-EDGE {}", cmd.to_uppercase())),
+            "man page lacks {cmd}"
+        );
+        assert!(comp.contains(cmd), "completions lack {cmd}");
+    }
+}

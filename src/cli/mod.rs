@@ -3,6 +3,7 @@
 
 mod check;
 mod devices;
+mod docs;
 mod duration;
 mod events;
 mod history;
@@ -62,6 +63,10 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Re-read the configuration in the running daemon (keys, policies, strategies).
     Reload,
+    /// Print shell completions (bash, zsh, fish, ...) for leap-edge.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff): `leap-edge man > /usr/local/share/man/man1/leap-edge.1`.
+    Man,
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -132,6 +137,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
         Command::Sim(args) => with_config(&cli.config, |c| sim::run(c, &args)),
         Command::Reload => with_config(&cli.config, reload),
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man => docs::man(),
         Command::Schedule(args) => with_config(&cli.config, |c| schedule::run(c, &args)),
         Command::History(args) => with_config(&cli.config, |c| history::run(c, &args)),
     }

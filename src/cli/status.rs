@@ -25,6 +25,7 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
             if args.json {
                 let mut body = body;
                 body["daemon"] = json!("running");
+                body["tunnel"] = json!(tunnel());
                 crate::outln!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 print_running(&body);
@@ -44,7 +45,7 @@ fn down(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
         crate::outln!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"daemon": "not running", "last_notification": last, "clock_synchronised": crate::clock::synchronised()})
+                &json!({"daemon": "not running", "last_notification": last, "clock_synchronised": crate::clock::synchronised(), "tunnel": tunnel()})
             )?
         );
     } else {
@@ -52,6 +53,7 @@ fn down(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
             "leap-edge daemon: NOT RUNNING (no admin socket at {})",
             config.admin.socket.display()
         );
+        crate::outln!("reverse tunnel: {}", tunnel());
         match last {
             Some(l) => crate::outln!(
                 "last notification: {} from {}",
@@ -88,6 +90,7 @@ fn print_running(b: &Value) {
         s(&b["uptime_secs"])
     );
     crate::outln!("listening on {}; clock {clock}", s(&b["listen"]));
+    crate::outln!("reverse tunnel: {}", tunnel());
     let last = &b["last_notification"];
     if last.is_null() {
         crate::outln!("last notification: none yet");
@@ -179,5 +182,36 @@ fn target(t: &Value) -> String {
         Some("maximum") => "maximum".into(),
         Some("setpoint") => format!("setpoint {} kW", s(&t["kw"])),
         _ => s(t),
+    }
+}
+
+/// The tunnel runs as its own systemd unit (systemd/leap-edge-tunnel.service); the CLI,
+/// unsandboxed, asks systemd about it. "not installed" when the unit is absent.
+pub fn tunnel() -> String {
+    let installed = [
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+        "/etc/systemd/system",
+    ]
+    .iter()
+    .any(|d| {
+        std::path::Path::new(d)
+            .join("leap-edge-tunnel.service")
+            .exists()
+    });
+    if !installed {
+        return "not installed".into();
+    }
+    let state = std::process::Command::new("systemctl")
+        .args(["is-active", "leap-edge-tunnel.service"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    match state.as_str() {
+        "active" => "up (leap-edge-tunnel.service active)".into(),
+        "" => "unknown (systemctl unavailable)".into(),
+        other => format!("DOWN (leap-edge-tunnel.service {other}): Leap cannot reach this gateway"),
     }
 }
