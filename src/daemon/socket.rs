@@ -43,7 +43,7 @@ impl Handler {
         let last = self
             .app
             .store
-            .call(|c| query::last_notification(c))
+            .read(|c| query::last_notification(c))
             .await
             .ok()
             .flatten();

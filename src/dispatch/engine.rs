@@ -141,7 +141,7 @@ impl Dispatcher {
         let from = now - Duration::hours(HORIZON_HOURS);
         let slots = self
             .store
-            .call(move |c| query::timeslots_ending_after(c, from))
+            .read(move |c| query::timeslots_ending_after(c, from))
             .await;
         match slots {
             Ok(slots) => {

@@ -42,19 +42,24 @@ pub enum StoreError {
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// A cheap handle to the owner thread. Clone it freely.
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::Sender<Job>,
+    /// Reads for planning and status run on their own connection and thread, so a large
+    /// replan never delays the commit (and the ack) of the next notification.
+    reads: mpsc::Sender<ReadJob>,
     path: PathBuf,
 }
 
 /// Joins the owner thread when the last handle is dropped and the queue drained.
-pub struct StoreThread(std::thread::JoinHandle<()>);
+pub struct StoreThread(std::thread::JoinHandle<()>, std::thread::JoinHandle<()>);
 
 impl StoreThread {
     pub fn join(self) {
+        let _ = self.1.join();
         let _ = self.0.join();
     }
 }
@@ -88,12 +93,25 @@ impl Store {
                 drop(conn);
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
+        let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (rtx, mut rrx) = mpsc::channel::<ReadJob>(256);
+        let read_thread = std::thread::Builder::new()
+            .name("leap-edge-store-read".into())
+            .spawn(move || {
+                while let Some(job) = rrx.blocking_recv() {
+                    job(&reader);
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
         Ok((
             Store {
                 jobs: tx,
+                reads: rtx,
                 path: path.to_path_buf(),
             },
-            StoreThread(thread),
+            StoreThread(thread, read_thread),
         ))
     }
 
@@ -112,6 +130,23 @@ impl Store {
             let _ = tx.send(f(conn));
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Run a read-only `f` on the reader connection (a consistent WAL snapshot).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        self.reads
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
