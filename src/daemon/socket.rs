@@ -43,7 +43,7 @@ impl Handler {
         let last = self
             .app
             .store
-            .read(|c| query::last_notification(c))
+            .read(query::last_notification)
             .await
             .ok()
             .flatten();
