@@ -20,3 +20,14 @@ macro_rules! outln {
     () => { $crate::cli::output::line(format_args!("")) };
     ($($arg:tt)*) => { $crate::cli::output::line(format_args!($($arg)*)) };
 }
+
+/// Red for problems a technician must act on — only on a terminal, and never when
+/// `NO_COLOR` is set, so scripts and logs get plain text.
+pub fn alarm(text: &str) -> String {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        format!("\x1b[1;31m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}

@@ -50,7 +50,8 @@ fn down(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
         );
     } else {
         crate::outln!(
-            "leap-edge daemon: NOT RUNNING (no admin socket at {})",
+            "leap-edge daemon: {} (no admin socket at {})",
+            super::output::alarm("NOT RUNNING"),
             config.admin.socket.display()
         );
         crate::outln!("reverse tunnel: {}", tunnel());
@@ -79,9 +80,9 @@ fn s(v: &Value) -> String {
 
 fn print_running(b: &Value) {
     let clock = match b["clock_synchronised"].as_bool() {
-        Some(true) => "synchronised",
-        Some(false) => "NOT SYNCHRONISED (dispatch timing may be off)",
-        None => "unknown",
+        Some(true) => "synchronised".to_string(),
+        Some(false) => super::output::alarm("NOT SYNCHRONISED (dispatch timing may be off)"),
+        None => "unknown".to_string(),
     };
     crate::outln!(
         "leap-edge {} running since {} ({} s)",
@@ -103,7 +104,11 @@ fn print_running(b: &Value) {
     }
     crate::outln!("next plan boundary: {}", s(&b["next_boundary"]));
     if !b["plan_error"].is_null() {
-        crate::outln!("PLAN ERROR: {}", s(&b["plan_error"]));
+        crate::outln!(
+            "{} {}",
+            super::output::alarm("PLAN ERROR:"),
+            s(&b["plan_error"])
+        );
     }
     let rows: Vec<Vec<String>> = b["meters"]
         .as_array()
@@ -212,6 +217,8 @@ pub fn tunnel() -> String {
     match state.as_str() {
         "active" => "up (leap-edge-tunnel.service active)".into(),
         "" => "unknown (systemctl unavailable)".into(),
-        other => format!("DOWN (leap-edge-tunnel.service {other}): Leap cannot reach this gateway"),
+        other => super::output::alarm(&format!(
+            "DOWN (leap-edge-tunnel.service {other}): Leap cannot reach this gateway"
+        )),
     }
 }
