@@ -130,7 +130,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             rt.block_on(crate::daemon::run(config))?;
             Ok(exit::OK)
         }
-        Command::Events(args) => with_config(&cli.config, |c| events::run(c, &args)),
+        Command::Events(args) => with_config(&cli.config, |c| {
+            note_if_down(c);
+            events::run(c, &args)
+        }),
         Command::Status(args) => with_config(&cli.config, |c| status::run(c, &args)),
         Command::Override(cmd) => with_config(&cli.config, |c| manual::run(c, &cmd)),
         Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
@@ -139,8 +142,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Reload => with_config(&cli.config, reload),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
-        Command::Schedule(args) => with_config(&cli.config, |c| schedule::run(c, &args)),
-        Command::History(args) => with_config(&cli.config, |c| history::run(c, &args)),
+        Command::Schedule(args) => with_config(&cli.config, |c| {
+            note_if_down(c);
+            schedule::run(c, &args)
+        }),
+        Command::History(args) => with_config(&cli.config, |c| {
+            note_if_down(c);
+            history::run(c, &args)
+        }),
     }
 }
 
@@ -162,4 +171,17 @@ fn reload(config: &Config) -> anyhow::Result<u8> {
         );
     }
     Ok(exit::OK)
+}
+
+/// Read-only commands work from the database whether or not the daemon runs; when it does
+/// not, say so (on stderr, so `--json` output stays one document).
+fn note_if_down(config: &Config) {
+    let down = std::os::unix::net::UnixStream::connect(&config.admin.socket)
+        .is_err_and(|e| e.kind() != std::io::ErrorKind::PermissionDenied);
+    if down {
+        eprintln!(
+            "leap-edge: note: the daemon is not running (no answer on {}); showing the database as last written",
+            config.admin.socket.display()
+        );
+    }
 }
