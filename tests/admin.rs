@@ -64,9 +64,10 @@ async fn status_override_and_daemon_down() {
     assert_eq!(code, 3, "status exits 3 when the daemon is down");
     assert!(out.contains("NOT RUNNING"), "{out}");
     // Read-only commands still work from the database.
-    let (code, out, _) = d.cli(&["events"]);
+    let (code, out, err) = d.cli(&["events"]);
     assert_eq!(code, 0);
     assert!(out.contains("11cfced0"), "{out}");
+    assert!(err.contains("daemon is not running"), "{err}");
     let (code, _, err) = d.cli(&["override", "hold", "--for", "1m"]);
     assert_eq!(code, 1);
     assert!(err.contains("not running"), "{err}");
