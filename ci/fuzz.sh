@@ -36,7 +36,8 @@ for t in "${TARGETS[@]}"; do
   echo "== fuzz $t for ${SECONDS_EACH}s"
   if cargo +nightly fuzz --version >/dev/null 2>&1; then
     (cd fuzz && cargo +nightly fuzz run "$t" "../$work" "corpus/$t" -- \
-      -max_total_time="$SECONDS_EACH" -artifact_prefix="artifacts/$t/" -print_final_stats=1) || status=1
+      -max_total_time="$SECONDS_EACH" -artifact_prefix="artifacts/$t/" -print_final_stats=1) \
+      >"fuzz/target/$t.log" 2>&1 || status=1
   else
     echo "   (cargo-fuzz not installed: building the libFuzzer binary with cargo +nightly)"
     host="$(rustc +nightly -vV | sed -n 's/^host: //p')"
@@ -45,8 +46,11 @@ for t in "${TARGETS[@]}"; do
       -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks" \
       cargo +nightly build --quiet --release --manifest-path fuzz/Cargo.toml --target "$host" --bin "$t"
     "fuzz/target/$host/release/$t" "$work" "fuzz/corpus/$t" \
-      -max_total_time="$SECONDS_EACH" -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 || status=1
+      -max_total_time="$SECONDS_EACH" -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 \
+      >"fuzz/target/$t.log" 2>&1 || status=1
   fi
+  # libFuzzer prints a line per new unit; keep CI's log to the summary (full log in fuzz/target).
+  grep -E '^(Done|stat::|==[0-9]+== ERROR|SUMMARY)' "fuzz/target/$t.log" || tail -n 20 "fuzz/target/$t.log"
 done
 if [ "$status" -ne 0 ]; then
   echo "fuzz: FOUND A CRASH — see fuzz/artifacts/; add it to tests/fuzz_regressions.rs"
