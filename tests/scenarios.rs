@@ -547,3 +547,70 @@ async fn s22_up_to_nomination_maximize_never_above_nomination() {
     );
     s.stop().await;
 }
+
+/// A commander whose device for M2 (first in meter order) hangs until released: the other
+/// meter's boundary must not wait for it.
+struct HangingM2 {
+    inner: RecordingCommander,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl leap_edge::dispatch::Commander for HangingM2 {
+    fn apply<'a>(
+        &'a self,
+        meter: &'a str,
+        command: &'a leap_edge::model::Command,
+    ) -> leap_edge::dispatch::BoxFuture<'a, Result<(), leap_edge::dispatch::CommandError>> {
+        Box::pin(async move {
+            if meter == M2 {
+                let _ = self.gate.acquire().await;
+            }
+            self.inner.apply(meter, command).await
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        meter: &'a str,
+    ) -> leap_edge::dispatch::BoxFuture<'a, Result<(), leap_edge::dispatch::CommandError>> {
+        self.inner.release(meter)
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_device_does_not_delay_another_meters_boundary() {
+    let mut s = site("").await;
+    s.stop().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let rec = RecordingCommander::default();
+    let config = leap_edge::config::Config::load(&s.dir.path().join("config.toml")).unwrap();
+    let commander = Arc::new(HangingM2 {
+        inner: rec.clone(),
+        gate: gate.clone(),
+    });
+    let parts = Parts {
+        commander,
+        clock: Arc::new(SystemClock),
+        live: Arc::new(|| json!({})),
+    };
+    let running = daemon::start(config, parts).await.unwrap();
+    let client = Client::new(running.addr, s.cert.clone());
+    let (t, end) = (at(800), at(60_000));
+    let note = json!({"integration_test_notification": false, "communication_test": false, "meter_dispatches": [
+        {"meter_id": M1, "timeslots": [slot("free", t, end, Some(5.0), json!({}))]},
+        {"meter_id": M2, "timeslots": [slot("hang", t, end, Some(5.0), json!({}))]}]});
+    assert_eq!(client.post(&note.to_string()).await.status, 200);
+    let deadline = Utc::now() + Duration::seconds(10);
+    let applied = |m: &str| {
+        rec.calls()
+            .iter()
+            .any(|c| matches!(c, Recorded::Apply { meter, .. } if meter == m))
+    };
+    while !applied(M1) && Utc::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(applied(M1), "M1 waited for M2's hanging device");
+    assert!(!applied(M2), "M2's device was supposed to be still hanging");
+    gate.add_permits(10);
+    running.stop().await;
+}

@@ -4,9 +4,9 @@
 //! cannot make it fire early or miss a boundary — or until a notification changes a
 //! timeslot, whichever comes first.
 
-use super::Commander;
-use super::overrides::{self, Overrides};
+use super::overrides::Overrides;
 use super::status::{DispatchStatus, Wake};
+use super::{CommandError, Commander};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::model::{Command, ExecMode};
@@ -29,6 +29,21 @@ pub const HORIZON_HOURS: i64 = 48;
 pub(super) struct Applied {
     pub(super) command: Command,
     pub(super) end: DateTime<Utc>,
+}
+
+/// One meter's change at a wake-up, decided before any device is called.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Same command as before; only its interval's end moved.
+    Extend { iv: Interval },
+    Apply {
+        iv: Interval,
+        boundary: DateTime<Utc>,
+    },
+    Release {
+        prev: Option<Command>,
+        boundary: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -196,36 +211,63 @@ impl Dispatcher {
 
     async fn apply_all(&mut self, plan: &Plan, now: DateTime<Utc>, wake: Wake) {
         let ids: Vec<String> = self.meters.keys().cloned().collect();
+        let mut steps = Vec::new();
         for meter in ids {
             let iv = plan.command_at(&meter, now).cloned();
-            self.apply_one(&meter, iv, now, wake).await;
+            let iv = self.apply_override(&meter, iv, now, wake).await;
+            let (exec, dry) = match iv {
+                Some(iv) if iv.command.mode == ExecMode::Execute => (Some(iv), None),
+                Some(iv) => (None, Some(iv)),
+                None => (None, None),
+            };
+            self.dry_run(&meter, dry, now, wake).await;
+            match self.step_for(&meter, exec, now, wake) {
+                Some(step @ Step::Extend { .. }) => {
+                    self.finish(&meter, step, now, wake, Ok(())).await
+                }
+                Some(step) => steps.push((meter, step)),
+                None => {}
+            }
+        }
+        // Every meter is handed its command at once: a device slow to answer (the
+        // commander waits up to its apply timeout) must not delay another meter's boundary.
+        let calls: Vec<_> = steps
+            .iter()
+            .map(|(meter, step)| {
+                let (commander, meter, step) =
+                    (self.commander.clone(), meter.clone(), step.clone());
+                tokio::spawn(async move {
+                    match &step {
+                        Step::Apply { iv, .. } => commander.apply(&meter, &iv.command).await,
+                        Step::Release { .. } => commander.release(&meter).await,
+                        Step::Extend { .. } => Ok(()),
+                    }
+                })
+            })
+            .collect();
+        for ((meter, step), call) in steps.into_iter().zip(calls) {
+            let result = call.await.unwrap_or_else(|e| {
+                Err(CommandError::Device {
+                    meter: meter.clone(),
+                    device: "?".into(),
+                    reason: format!("command task failed: {e}"),
+                })
+            });
+            self.finish(&meter, step, now, wake, result).await;
         }
     }
 
-    async fn apply_one(
-        &mut self,
+    /// What `meter` needs now, compared with what it was last given (None: nothing).
+    fn step_for(
+        &self,
         meter: &str,
-        iv: Option<Interval>,
+        exec: Option<Interval>,
         now: DateTime<Utc>,
         wake: Wake,
-    ) {
-        let iv = self.apply_override(meter, iv, now, wake).await;
-        let (exec, dry) = match iv {
-            Some(iv) if iv.command.mode == ExecMode::Execute => (Some(iv), None),
-            Some(iv) => (None, Some(iv)),
-            None => (None, None),
-        };
-        self.dry_run(meter, dry, now, wake).await;
+    ) -> Option<Step> {
         let state = self.meters.get(meter).and_then(|s| s.applied.clone());
         match (exec, state) {
-            (Some(iv), Some(a)) if a.command == iv.command => {
-                if let Some(s) = self.meters.get_mut(meter) {
-                    s.applied = Some(Applied {
-                        command: iv.command,
-                        end: iv.end,
-                    });
-                }
-            }
+            (Some(iv), Some(a)) if a.command == iv.command => Some(Step::Extend { iv }),
             (Some(iv), prev) => {
                 let same_event = prev.as_ref().is_some_and(|p| {
                     p.command.event_id == iv.command.event_id && p.command.kind == iv.command.kind
@@ -233,7 +275,42 @@ impl Dispatcher {
                 // An update of the running event counts from when it was seen; a new
                 // governing event counts from its start (so late arrivals show as late).
                 let boundary = if same_event { wake.at(now) } else { iv.start };
-                let result = self.commander.apply(meter, &iv.command).await;
+                Some(Step::Apply { iv, boundary })
+            }
+            (None, Some(a)) => {
+                let boundary = if now >= a.end { a.end } else { wake.at(now) };
+                Some(Step::Release {
+                    prev: Some(a.command),
+                    boundary,
+                })
+            }
+            // After a restart the device's state is unknown: make sure it is normal.
+            (None, None) if wake == Wake::Startup => Some(Step::Release {
+                prev: None,
+                boundary: now,
+            }),
+            (None, None) => None,
+        }
+    }
+
+    async fn finish(
+        &mut self,
+        meter: &str,
+        step: Step,
+        now: DateTime<Utc>,
+        wake: Wake,
+        result: Result<(), CommandError>,
+    ) {
+        match step {
+            Step::Extend { iv } => {
+                if let Some(s) = self.meters.get_mut(meter) {
+                    s.applied = Some(Applied {
+                        command: iv.command,
+                        end: iv.end,
+                    });
+                }
+            }
+            Step::Apply { iv, boundary } => {
                 self.record(
                     meter,
                     Action::Apply,
@@ -252,13 +329,11 @@ impl Dispatcher {
                 }
                 self.status.set_command(meter, Some(&iv));
             }
-            (None, Some(a)) => {
-                let boundary = if now >= a.end { a.end } else { wake.at(now) };
-                let result = self.commander.release(meter).await;
+            Step::Release { prev, boundary } => {
                 self.record(
                     meter,
                     Action::Release,
-                    Some(&a.command),
+                    prev.as_ref(),
                     boundary,
                     now,
                     wake,
@@ -270,56 +345,7 @@ impl Dispatcher {
                 }
                 self.status.set_command(meter, None);
             }
-            (None, None) if wake == Wake::Startup => {
-                // After a restart the device's state is unknown: make sure it is normal.
-                let result = self.commander.release(meter).await;
-                self.record(meter, Action::Release, None, now, now, wake, result)
-                    .await;
-            }
-            (None, None) => {}
         }
-    }
-
-    /// A manual override replaces whatever the plan says; the Leap event it displaces is
-    /// audited as overridden (once per event).
-    async fn apply_override(
-        &mut self,
-        meter: &str,
-        iv: Option<Interval>,
-        now: DateTime<Utc>,
-        wake: Wake,
-    ) -> Option<Interval> {
-        let Some(o) = self.overrides.active(meter, now) else {
-            if let Some(s) = self.meters.get_mut(meter) {
-                s.overridden = None;
-            }
-            return iv;
-        };
-        let displaced = iv.filter(|iv| iv.command.mode == ExecMode::Execute);
-        if let Some(d) = displaced {
-            let noted = self.meters.get(meter).and_then(|s| s.overridden.clone());
-            if noted.as_deref() != Some(d.command.event_id.as_str()) {
-                if let Some(s) = self.meters.get_mut(meter) {
-                    s.overridden = Some(d.command.event_id.clone());
-                }
-                self.record(
-                    meter,
-                    Action::Overridden,
-                    Some(&d.command),
-                    now,
-                    now,
-                    wake,
-                    Ok(()),
-                )
-                .await;
-            }
-        }
-        let margin = self.config.site.import_margin_kw;
-        overrides::command(&o, margin).map(|command| Interval {
-            start: now,
-            end: o.until,
-            command,
-        })
     }
 
     /// SPEC §2.6 dry-run: audit what would be written, once per distinct command.

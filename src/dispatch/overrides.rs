@@ -2,8 +2,11 @@
 //! meter for a bounded time and then expires by itself, so a forgotten override cannot keep
 //! a site out of the market. While it holds, Leap dispatches are logged as overridden.
 
+use super::status::Wake;
 use crate::admin::OverrideAction;
 use crate::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
+use crate::plan::Interval;
+use crate::store::audit::Action;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -94,4 +97,48 @@ pub fn command(o: &Override, import_margin_kw: f64) -> Option<Command> {
         until: o.until,
         reason: "manual override from the CLI".into(),
     })
+}
+
+impl super::engine::Dispatcher {
+    /// A manual override replaces whatever the plan says; the Leap event it displaces is
+    /// audited as overridden (once per event).
+    pub(super) async fn apply_override(
+        &mut self,
+        meter: &str,
+        iv: Option<Interval>,
+        now: DateTime<Utc>,
+        wake: Wake,
+    ) -> Option<Interval> {
+        let Some(o) = self.overrides.active(meter, now) else {
+            if let Some(s) = self.meters.get_mut(meter) {
+                s.overridden = None;
+            }
+            return iv;
+        };
+        let displaced = iv.filter(|iv| iv.command.mode == ExecMode::Execute);
+        if let Some(d) = displaced {
+            let noted = self.meters.get(meter).and_then(|s| s.overridden.clone());
+            if noted.as_deref() != Some(d.command.event_id.as_str()) {
+                if let Some(s) = self.meters.get_mut(meter) {
+                    s.overridden = Some(d.command.event_id.clone());
+                }
+                self.record(
+                    meter,
+                    Action::Overridden,
+                    Some(&d.command),
+                    now,
+                    now,
+                    wake,
+                    Ok(()),
+                )
+                .await;
+            }
+        }
+        let margin = self.config.site.import_margin_kw;
+        command(&o, margin).map(|command| Interval {
+            start: now,
+            end: o.until,
+            command,
+        })
+    }
 }
