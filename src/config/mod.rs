@@ -88,7 +88,8 @@ impl Config {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column of a byte offset, for `file:line:col` errors (config and profiles).
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -134,7 +135,7 @@ mod tests {
 }
 
 /// The configuration in force, replaceable by `leap-edge reload` for the parts that can
-/// change without a restart (see [`Config::reload_diff`]).
+/// change without a restart (see [`Config::restart_needed`]).
 #[derive(Debug)]
 pub struct LiveConfig(std::sync::RwLock<std::sync::Arc<Config>>);
 

@@ -217,12 +217,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Profile, ProfileError> {
     })
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
+use crate::config::line_col;
 
 /// Validate every `*.toml` in `dir`; returns how many files were checked. For
 /// `leap-edge config check` and CI.
