@@ -11,6 +11,7 @@ pub use check::check;
 
 use super::client::Function;
 use super::codec::{RegType, WordOrder};
+use crate::config::line_col;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -216,8 +217,6 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Profile, ProfileError> {
         }
     })
 }
-
-use crate::config::line_col;
 
 /// Validate every `*.toml` in `dir`; returns how many files were checked. For
 /// `leap-edge config check` and CI.
