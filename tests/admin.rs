@@ -38,7 +38,7 @@ async fn status_override_and_daemon_down() {
     let s: Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
     assert_eq!(s["meters"][0]["override"]["action"]["action"], "discharge");
     let (_, table, _) = d.cli(&["status"]);
-    assert!(table.contains("OVERRIDE discharge"), "{table}");
+    assert!(table.contains("manual discharge 3 kW"), "{table}");
     // Bad input is refused with a reason, not applied.
     let (code, _, err) = d.cli(&["override", "charge", "-5", "--for", "1h"]);
     assert_ne!(code, 0);

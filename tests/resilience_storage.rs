@@ -97,7 +97,7 @@ async fn full_disk_gives_503_stores_nothing_and_recovers_without_restart() {
         Parts {
             commander: Arc::new(RecordingCommander::default()),
             clock: Arc::new(SystemClock),
-            live: Arc::new(|| serde_json::json!({})),
+            live: Arc::new(Vec::new),
         },
     )
     .await
@@ -192,7 +192,7 @@ async fn read_only_database_gives_503_stores_nothing_and_recovers_without_restar
         Parts {
             commander: Arc::new(RecordingCommander::default()),
             clock: Arc::new(SystemClock),
-            live: Arc::new(|| serde_json::json!({})),
+            live: Arc::new(Vec::new),
         },
     )
     .await

@@ -1,14 +1,13 @@
 //! The CLI side of the admin socket.
 
-use super::protocol::{Request, Response, read_frame, write_frame};
+use super::protocol::{OverrideRequest, Request, Response, read_frame, write_frame};
+use super::state::{ClearReply, OverrideReply, ReloadReply, Reply, StatusReport};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "the daemon is not running (no socket at {0}); start it with `systemctl start leap-edge`"
-    )]
+    #[error("the daemon is not running (nothing listens on {0})")]
     NotRunning(PathBuf),
     #[error("permission denied on {0}: run as root or as a member of the leap-edge group")]
     Permission(PathBuf),
@@ -21,6 +20,10 @@ pub enum ClientError {
     Timeout,
     #[error("the daemon refused: {0}")]
     Refused(String),
+    #[error(
+        "the daemon answered a {0} request with something else; is it a different leap-edge version?"
+    )]
+    Mismatch(&'static str),
 }
 
 pub struct AdminClient {
@@ -34,7 +37,35 @@ impl AdminClient {
         }
     }
 
-    pub async fn call(&self, req: &Request) -> Result<serde_json::Value, ClientError> {
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        match self.call(&Request::Status).await? {
+            Reply::Status(s) => Ok(*s),
+            _ => Err(ClientError::Mismatch("status")),
+        }
+    }
+
+    pub async fn set_override(&self, req: OverrideRequest) -> Result<OverrideReply, ClientError> {
+        match self.call(&Request::Override(req)).await? {
+            Reply::Override(r) => Ok(r),
+            _ => Err(ClientError::Mismatch("override")),
+        }
+    }
+
+    pub async fn clear_override(&self, meter: Option<String>) -> Result<ClearReply, ClientError> {
+        match self.call(&Request::OverrideClear { meter }).await? {
+            Reply::Cleared(r) => Ok(r),
+            _ => Err(ClientError::Mismatch("override clear")),
+        }
+    }
+
+    pub async fn reload(&self) -> Result<ReloadReply, ClientError> {
+        match self.call(&Request::Reload).await? {
+            Reply::Reload(r) => Ok(r),
+            _ => Err(ClientError::Mismatch("reload")),
+        }
+    }
+
+    async fn call(&self, req: &Request) -> Result<Reply, ClientError> {
         let fut = async {
             let mut s = tokio::net::UnixStream::connect(&self.path)
                 .await
@@ -56,10 +87,10 @@ impl AdminClient {
             };
             write_frame(&mut s, req).await.map_err(io)?;
             let resp: Response = read_frame(&mut s).await.map_err(io)?;
-            if resp.ok {
-                Ok(resp.body)
-            } else {
-                Err(ClientError::Refused(resp.error.unwrap_or_default()))
+            match (resp.ok, resp.body) {
+                (true, Some(body)) => Ok(body),
+                (true, None) => Err(ClientError::Mismatch("any")),
+                (false, _) => Err(ClientError::Refused(resp.error.unwrap_or_default())),
             }
         };
         tokio::time::timeout(Duration::from_secs(10), fut)

@@ -14,7 +14,10 @@ mod schedule;
 mod send_test;
 mod sim;
 mod status;
+mod status_view;
 mod table;
+pub mod text;
+mod watch;
 
 use crate::config::{Config, EXIT_CONFIG};
 use clap::{Parser, Subcommand};
@@ -28,14 +31,10 @@ use std::process::ExitCode;
     about = "Edge controller for on-site batteries driven by Leap dispatches"
 )]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(
-        long,
-        global = true,
-        env = "LEAP_EDGE_CONFIG",
-        default_value = "/etc/leap-edge/config.toml"
-    )]
-    pub config: PathBuf,
+    /// Configuration file [default: /etc/leap-edge/config.toml]. `devices probe` and `sim`
+    /// need none: they read it only when given or present.
+    #[arg(long, global = true, env = "LEAP_EDGE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,7 +61,7 @@ pub enum Command {
     /// Run the site simulator (Modbus TCP: battery inverter + site meter, SunSpec map).
     Sim(sim::SimArgs),
     /// Re-read the configuration in the running daemon (keys, policies, strategies).
-    Reload,
+    Reload(ReloadArgs),
     /// Print shell completions (bash, zsh, fish, ...) for leap-edge.
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff): `leap-edge man > /usr/local/share/man/man1/leap-edge.1`.
@@ -115,11 +114,34 @@ fn with_config(
     }
 }
 
+/// Where the configuration is when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/leap-edge/config.toml";
+
+/// For commands that work without a configuration (commissioning: `devices probe`, `sim`):
+/// the file when given or present, else built-in defaults.
+fn optional_config(given: Option<&std::path::Path>) -> Result<Option<Config>, u8> {
+    let default = std::path::Path::new(DEFAULT_CONFIG);
+    match given {
+        Some(p) => load_config(p).map(Some),
+        None if default.exists() => load_config(default).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    let given = cli.config.clone();
+    let config_path = given
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     match cli.command {
-        Command::Config(ConfigCommand::Check) => Ok(check::run(&cli.config)),
+        Command::Devices(args) if args.probe.is_some() => devices::probe(&args),
+        Command::Sim(args) => match optional_config(given.as_deref()) {
+            Ok(c) => sim::run(c.as_ref().map(|c| &c.sim), &args),
+            Err(code) => Ok(code),
+        },
+        Command::Config(ConfigCommand::Check) => Ok(check::run(&config_path)),
         Command::Run => {
-            let config = match load_config(&cli.config) {
+            let config = match load_config(&config_path) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
@@ -130,47 +152,56 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             rt.block_on(crate::daemon::run(config))?;
             Ok(exit::OK)
         }
-        Command::Events(args) => with_config(&cli.config, |c| {
+        Command::Events(args) => with_config(&config_path, |c| {
             note_if_down(c);
             events::run(c, &args)
         }),
-        Command::Status(args) => with_config(&cli.config, |c| status::run(c, &args)),
-        Command::Override(cmd) => with_config(&cli.config, |c| manual::run(c, &cmd)),
-        Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
-        Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
-        Command::Sim(args) => with_config(&cli.config, |c| sim::run(c, &args)),
-        Command::Reload => with_config(&cli.config, reload),
+        Command::Status(args) => with_config(&config_path, |c| status::run(c, &args)),
+        Command::Override(cmd) => with_config(&config_path, |c| manual::run(c, &cmd)),
+        Command::SendTest(args) => with_config(&config_path, |c| send_test::run(c, &args)),
+        Command::Devices(args) => with_config(&config_path, |c| devices::run(c, &args)),
+        Command::Reload(args) => with_config(&config_path, |c| reload(c, &args)),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
-        Command::Schedule(args) => with_config(&cli.config, |c| {
+        Command::Schedule(args) => with_config(&config_path, |c| {
             note_if_down(c);
             schedule::run(c, &args)
         }),
-        Command::History(args) => with_config(&cli.config, |c| {
+        Command::History(args) => with_config(&config_path, |c| {
             note_if_down(c);
             history::run(c, &args)
         }),
     }
 }
 
-fn reload(config: &Config) -> anyhow::Result<u8> {
+fn reload(config: &Config, args: &ReloadArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let body = rt.block_on(
-        crate::admin::AdminClient::new(&config.admin.socket).call(&crate::admin::Request::Reload),
-    )?;
-    crate::outln!("reloaded: {}", body["reloaded"]);
-    if let Some(r) = body["restart_needed_for"]
-        .as_array()
-        .filter(|r| !r.is_empty())
-    {
+    let r = rt.block_on(crate::admin::AdminClient::new(&config.admin.socket).reload())?;
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(exit::OK);
+    }
+    if r.applied.is_empty() && r.restart_needed_for.is_empty() {
+        crate::outln!("reloaded: nothing changed");
+    } else if !r.applied.is_empty() {
+        crate::outln!("reloaded: applied {}", r.applied.join(", "));
+    }
+    if !r.restart_needed_for.is_empty() {
         crate::outln!(
             "changed but NOT applied (restart the service for these): {}",
-            serde_json::Value::Array(r.clone())
+            r.restart_needed_for.join(", ")
         );
     }
     Ok(exit::OK)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReloadArgs {
+    /// Print the daemon's reply as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Read-only commands work from the database whether or not the daemon runs; when it does

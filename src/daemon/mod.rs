@@ -3,7 +3,11 @@
 //! battery back to normal operation), close the database.
 
 mod housekeeping;
+pub mod lock;
+mod report;
 mod socket;
+
+pub use socket::describe as describe_override;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -26,6 +30,14 @@ pub enum DaemonError {
     Control(#[from] crate::control::ControlError),
     #[error("site simulator: {0}")]
     Sim(String),
+    #[error(
+        "cannot listen on {addr} for the site simulator: {reason} (set by sim.listen; change it, or set sim.autostart = false)"
+    )]
+    SimBind { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Admin(#[from] crate::admin::SocketError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -34,8 +46,8 @@ pub enum DaemonError {
 pub struct Parts {
     pub commander: Arc<dyn Commander>,
     pub clock: Arc<dyn Clock>,
-    /// Live per-meter device state for `status` (JSON object keyed by Leap meter id).
-    pub live: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Live per-meter device state for `status`, in configuration order.
+    pub live: Arc<dyn Fn() -> Vec<crate::control::MeterStatus> + Send + Sync>,
 }
 
 /// A started daemon; [`Running::stop`] shuts it down in order.
@@ -54,6 +66,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let config = Arc::new(config);
     let (store, store_thread) = Store::open(&config.storage.path)?;
     tracing::info!(path = %config.storage.path.display(), "database open (WAL, synchronous=FULL)");
+    let admin_listener = crate::admin::bind(&config.admin.socket)?;
     let tls = match &config.server.tls {
         Some(t) => Some(server::tls::acceptor(&t.cert, &t.key)?),
         None => None,
@@ -101,9 +114,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         let stopped = async move {
             let _ = admin_stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = crate::admin::serve(&admin_path, handler, stopped).await {
-            tracing::error!(path = %admin_path.display(), error = %e, "admin socket unavailable; the CLI cannot reach the daemon");
-        }
+        crate::admin::serve(admin_listener, &admin_path, handler, stopped).await;
     });
 
     let stopped = async move {
@@ -141,14 +152,16 @@ impl Running {
 }
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // First, before binding anything: a second daemon on this database says so plainly.
+    let _lock = lock::acquire(&config.storage.path, config.source.as_deref())?;
     // Development and dry runs: the simulator lives inside the daemon, so one command shows
     // the whole chain. It is dropped (stopped) only after dispatch has released the meters.
     let _sim = if config.sim.autostart {
         let listener = tokio::net::TcpListener::bind(config.sim.listen)
             .await
-            .map_err(|source| server::ServerError::Bind {
+            .map_err(|e| DaemonError::SimBind {
                 addr: config.sim.listen,
-                source,
+                reason: e.to_string(),
             })?;
         let sim = crate::sim::spawn(&config.sim, listener)
             .map_err(|e| DaemonError::Sim(e.to_string()))?;
@@ -166,7 +179,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Parts {
             commander: control.clone(),
             clock,
-            live: Arc::new(move || status.live_json()),
+            live: Arc::new(move || status.snapshot()),
         },
     )
     .await?;

@@ -30,11 +30,17 @@ impl Dispatcher {
             }
             (None, Some(c)) => tracing::info!(
                 meter_id = meter, action = action.as_str(), event_id = %c.event_id,
-                cap = c.cap.as_str(), target = ?target, lateness_ms = lateness, detail = ?detail,
+                cap = c.cap.as_str(), target = target.as_deref().unwrap_or("-"), lateness_ms = lateness,
+                detail = detail.as_deref().unwrap_or(""),
                 "dispatch"
             ),
             (None, None) => {
-                tracing::info!(meter_id = meter, action = action.as_str(), detail = ?detail, "dispatch")
+                tracing::info!(
+                    meter_id = meter,
+                    action = action.as_str(),
+                    detail = detail.as_deref().unwrap_or(""),
+                    "dispatch"
+                )
             }
         }
         if matches!(wake, Wake::Boundary(_)) && action != Action::WouldApply {
