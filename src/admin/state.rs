@@ -168,7 +168,7 @@ impl Limit {
     /// Words for a technician.
     pub fn describe(self) -> &'static str {
         match self {
-            Limit::ExportMargin => "no-export margin (site load)",
+            Limit::ExportMargin => "no-export margin",
             Limit::Nomination => "nomination cap",
             Limit::BatteryRating => "battery rating",
             Limit::StoredEnergy => "stored energy to the end",

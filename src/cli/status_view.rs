@@ -129,7 +129,10 @@ fn meters(r: &StatusReport, v: &View) -> Vec<String> {
         lines.extend(capture(&h, &rows));
         return lines;
     }
-    let rows: Vec<Vec<String>> = r.meters.iter().map(|m| row(m, r, v)).collect();
+    let mut rows: Vec<Vec<String>> = r.meters.iter().map(|m| row(m, r, v)).collect();
+    if !v.wide {
+        fit_first_column(&mut rows, 80);
+    }
     let h: &[&str] = if v.wide {
         &[
             "METER", "NAME", "DEVICE", "COMMAND", "EVENT", "UNTIL", "SOC", "BATTERY", "GRID",
@@ -149,9 +152,23 @@ fn meters(r: &StatusReport, v: &View) -> Vec<String> {
 
 fn meter_label(m: &MeterReport, v: &View) -> String {
     match (&m.name, v.wide) {
-        (_, true) => m.meter_id.clone(),
-        (Some(n), false) => fit(n, 9),
-        (None, false) => fit(&m.meter_id, 9),
+        (Some(n), false) => n.clone(),
+        _ => m.meter_id.clone(),
+    }
+}
+
+/// The meter column gets what the other columns leave of `width` (at least 9 characters).
+fn fit_first_column(rows: &mut [Vec<String>], width: usize) {
+    let Some(n) = rows.first().map(Vec::len) else {
+        return;
+    };
+    let others: usize = (1..n)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .sum::<usize>()
+        + 2 * (n - 1);
+    let room = width.saturating_sub(others).max(9);
+    for r in rows.iter_mut() {
+        r[0] = fit(&r[0], room);
     }
 }
 
@@ -233,14 +250,22 @@ fn down_row(m: &MeterReport, _r: &StatusReport, v: &View) -> Vec<String> {
     if v.wide {
         vec![meter_label(m, v), active, audit]
     } else {
-        vec![meter_label(m, v), fit(&active, 28), fit(&audit, 34)]
+        vec![
+            fit(&meter_label(m, v), 14),
+            fit(&active, 28),
+            fit(&audit, 34),
+        ]
     }
 }
 
 /// Below the table: requested vs achieved with the binding limit, and errors.
 fn notes(m: &MeterReport, v: &View) -> Vec<String> {
     let mut out = Vec::new();
-    let label = meter_label(m, v);
+    let label = if v.wide {
+        meter_label(m, v)
+    } else {
+        fit(&meter_label(m, v), 20)
+    };
     let max = if v.wide { usize::MAX } else { 80 };
     if let Some(d) = &m.device_state
         && (m.command.is_some() || m.manual_override.is_some())
@@ -250,16 +275,11 @@ fn notes(m: &MeterReport, v: &View) -> Vec<String> {
             .map_or("the maximum".to_string(), |k| kw(Some(k)));
         let line = match d.limited_by {
             Some(l) => format!(
-                "{label}: asked {asked}, setpoint {}, battery {}: limited by {}",
+                "{label}: asked {asked}, setpoint {}: limited by {}",
                 kw(d.setpoint_kw),
-                kw(d.battery_kw),
                 l.describe()
             ),
-            None => format!(
-                "{label}: asked {asked}, setpoint {}, battery {}",
-                kw(d.setpoint_kw),
-                kw(d.battery_kw)
-            ),
+            None => format!("{label}: asked {asked}, setpoint {}", kw(d.setpoint_kw)),
         };
         out.push(fit(&line, max));
     }

@@ -7,7 +7,7 @@ pub mod lock;
 mod report;
 mod socket;
 
-pub use socket::describe as describe_override;
+pub use socket::{describe as describe_override, not_configured as not_configured_meter};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -97,6 +97,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         dispatch: dispatch.clone(),
         overrides: dispatcher.overrides(),
         started_at: parts.clock.now(),
+        listen: addr,
         clock: parts.clock,
         live: parts.live,
     });

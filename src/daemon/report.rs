@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 pub(super) struct Inputs<'a> {
     pub config: &'a Config,
     pub now: DateTime<Utc>,
+    pub listen: std::net::SocketAddr,
     pub started_at: DateTime<Utc>,
     pub last: Option<crate::store::query::LastNotification>,
     pub snap: DispatchSnapshot,
@@ -60,7 +61,7 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
             received_at: l.received_at,
             peer: l.peer,
         }),
-        listen: Some(i.config.server.listen.to_string()),
+        listen: Some(i.listen.to_string()),
         next_boundary: i.snap.next_boundary,
         plan_error: i.snap.plan_error,
         tunnel: None,

@@ -21,6 +21,8 @@ pub struct Handler {
     pub overrides: Arc<Overrides>,
     pub clock: Arc<dyn Clock>,
     pub started_at: DateTime<Utc>,
+    /// The webhook listener's bound address (the configured one may say port 0).
+    pub listen: std::net::SocketAddr,
     /// Each control loop's state (devices), in configuration order.
     pub live: Arc<dyn Fn() -> Vec<MeterStatus> + Send + Sync>,
 }
@@ -52,6 +54,7 @@ impl Handler {
         let report = report::build(report::Inputs {
             config: &config,
             now: self.clock.now(),
+            listen: self.listen,
             started_at: self.started_at,
             last,
             snap: self.dispatch.snapshot(),
@@ -266,7 +269,7 @@ pub fn describe(a: OverrideAction) -> String {
     }
 }
 
-pub(crate) fn not_configured(id: &str, config: &crate::config::Config) -> String {
+pub fn not_configured(id: &str, config: &crate::config::Config) -> String {
     let ids: Vec<&str> = config.meters.iter().map(|m| m.id.as_str()).collect();
     if ids.is_empty() {
         format!("meter {id} is not configured here (no meters are configured)")

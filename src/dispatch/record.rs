@@ -20,8 +20,25 @@ impl Dispatcher {
         wake: Wake,
         result: Result<(), CommandError>,
     ) {
+        self.record_detail(meter, action, cmd, boundary, now, wake, result, None)
+            .await;
+    }
+
+    /// [`Dispatcher::record`] with the audit detail given (else it says why from `wake`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn record_detail(
+        &self,
+        meter: &str,
+        action: Action,
+        cmd: Option<&Command>,
+        boundary: DateTime<Utc>,
+        now: DateTime<Utc>,
+        wake: Wake,
+        result: Result<(), CommandError>,
+        detail: Option<String>,
+    ) {
         let lateness = (now - boundary).num_milliseconds().max(0);
-        let detail = wake.describe(lateness);
+        let detail = detail.or_else(|| wake.describe(lateness));
         let error = result.err().map(|e| e.to_string());
         let target = cmd.map(|c| c.target.to_string());
         match (&error, cmd) {
