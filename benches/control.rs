@@ -82,7 +82,7 @@ async fn boundaries(n: usize) -> Vec<f64> {
     let parts = Parts {
         commander: cc.clone(),
         clock: Arc::new(SystemClock),
-        live: Arc::new(|| serde_json::json!({})),
+        live: Arc::new(Vec::new),
     };
     let running = daemon::start(config, parts).await.unwrap();
     let t0 = Utc::now() + chrono::Duration::milliseconds(2000);

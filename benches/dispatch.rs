@@ -57,7 +57,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let parts = Parts { commander: Arc::new(Stamping(stamps.clone())), clock: Arc::new(SystemClock), live: Arc::new(|| serde_json::json!({})) };
+        let parts = Parts { commander: Arc::new(Stamping(stamps.clone())), clock: Arc::new(SystemClock), live: Arc::new(Vec::new) };
         let running = daemon::start(config, parts).await.unwrap();
         let t0 = Utc::now() + chrono::Duration::seconds(2);
         let mut starts = std::collections::HashMap::new();

@@ -181,7 +181,7 @@ fn main() {
         let parts = Parts {
             commander: Arc::new(RecordingCommander::default()),
             clock: Arc::new(SystemClock),
-            live: Arc::new(|| serde_json::json!({})),
+            live: Arc::new(Vec::new),
         };
         let running = daemon::start(config, parts).await.unwrap();
         let addr = running.addr;

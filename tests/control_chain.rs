@@ -44,7 +44,7 @@ async fn a_dispatch_reaches_the_inverter_registers_and_is_handed_back_at_the_end
     let parts = Parts {
         commander: cc.clone(),
         clock: Arc::new(SystemClock),
-        live: Arc::new(move || status.live_json()),
+        live: Arc::new(move || status.snapshot()),
     };
     let running = daemon::start(config, parts).await.unwrap();
     let client = common::Client::new(running.addr, ck.cert.der().clone());

@@ -61,7 +61,7 @@ impl Site {
         let parts = Parts {
             commander: Arc::new(self.rec.clone()),
             clock: Arc::new(SystemClock),
-            live: Arc::new(|| json!({})),
+            live: Arc::new(Vec::new),
         };
         let running = daemon::start(config, parts).await.unwrap();
         self.client = Client::new(running.addr, self.cert.clone());
@@ -600,7 +600,7 @@ async fn a_hanging_device_does_not_delay_another_meters_boundary() {
     let parts = Parts {
         commander,
         clock: Arc::new(SystemClock),
-        live: Arc::new(|| json!({})),
+        live: Arc::new(Vec::new),
     };
     let running = daemon::start(config, parts).await.unwrap();
     let client = Client::new(running.addr, s.cert.clone());
