@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 #[derive(clap::Args, Debug)]
 pub struct ScheduleArgs {
+    /// Print one JSON document instead of tables.
     #[arg(long)]
     pub json: bool,
     /// Start of the window (RFC 3339); default now.
