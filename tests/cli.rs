@@ -265,6 +265,9 @@ async fn second_daemon_refused_and_status_when_down() {
     // The stale socket does not stop the next start.
     d.spawn();
     assert_eq!(status(&d).daemon, DaemonState::Running);
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "reloaded: nothing changed");
 }
 
 #[test]

@@ -136,7 +136,11 @@ fn print_revisions(slots: &[Value], zone: Zone) {
         let Some(revs) = v["revision_history"].as_array() else {
             continue;
         };
-        crate::outln!("\nRevisions of {} {}:", s(&v["kind"]), s(&event_id(v)));
+        crate::outln!(
+            "\nRevisions of {} {}:",
+            s(&v["kind"]),
+            clean(&s(&event_id(v)))
+        );
         let rows: Vec<Vec<String>> = revs
             .iter()
             .map(|r| {
@@ -202,6 +206,8 @@ fn time(v: &Value, zone: Zone) -> String {
 fn energy(v: &Value) -> String {
     match v {
         Value::Null => "max".into(),
+        // A stored revision keeps Leap's null and absent apart: {"kind": "kw", "kw": 4.0}.
+        Value::Object(o) => o.get("kw").map_or("max".into(), energy),
         Value::Number(n) => n.as_f64().map_or("?".into(), |k| text::kw(Some(k))),
         other => s(other),
     }

@@ -185,7 +185,9 @@ fn reload(config: &Config, args: &ReloadArgs) -> anyhow::Result<u8> {
     }
     if r.applied.is_empty() && r.restart_needed_for.is_empty() {
         crate::outln!("reloaded: nothing changed");
-    } else if !r.applied.is_empty() {
+    } else if r.applied.is_empty() {
+        crate::outln!("reloaded: nothing applied");
+    } else {
         crate::outln!("reloaded: applied {}", r.applied.join(", "));
     }
     if !r.restart_needed_for.is_empty() {

@@ -73,7 +73,7 @@ pub fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
             )?
         );
     } else {
-        crate::outln!("HTTP {status}: {answer}");
+        crate::outln!("HTTP {status}: {}", super::text::clean(&answer.to_string()));
         crate::outln!(
             "meter_event_id {event}: {} kW from {} to {}",
             args.kw,

@@ -269,6 +269,7 @@ fn notes(m: &MeterReport, v: &View) -> Vec<String> {
     let max = if v.wide { usize::MAX } else { 80 };
     if let Some(d) = &m.device_state
         && (m.command.is_some() || m.manual_override.is_some())
+        && d.setpoint_kw.is_some()
     {
         let asked = d
             .requested_kw
