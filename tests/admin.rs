@@ -83,7 +83,20 @@ async fn reload_rotates_keys_without_restart() {
     std::fs::write(d.config_path(), rotated).unwrap();
     let (code, out, err) = d.cli(&["reload"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("auth"), "{out}");
+    assert!(out.contains("reloaded: applied auth"), "{out}");
+    // Issue 10 point 9: who reloaded is in the audit log.
+    let detail: String = d
+        .db()
+        .query_row(
+            "SELECT detail FROM audit WHERE action = 'manual' AND meter_id = '(site)'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        detail.starts_with("reload applied auth by uid "),
+        "{detail}"
+    );
     let c = d.client();
     let old = c.post(&fixture("leap-sample-meter.json")).await;
     assert_eq!(old.status, 401, "the removed key still works");

@@ -36,7 +36,7 @@ impl AdminHandler for Handler {
                 r.unwrap_or_else(Response::err)
             }
             Request::OverrideClear { meter } => self.clear(meter, peer).await,
-            Request::Reload => self.reload(peer),
+            Request::Reload => self.reload(peer).await,
         }
     }
 }
@@ -90,7 +90,7 @@ impl Handler {
     /// Re-read the configuration file. Auth keys, test policies, strategies and retention
     /// apply at once; anything else that changed is reported as needing a restart and is
     /// not applied, so the running daemon never runs a half-applied configuration.
-    fn reload(&self, peer: Peer) -> Response {
+    async fn reload(&self, peer: Peer) -> Response {
         let current = self.app.config();
         let Some(path) = current.source.clone() else {
             return Response::err("this daemon was not started from a file; restart it instead");
@@ -128,6 +128,11 @@ impl Handler {
         tracing::info!(path = %path.display(), applied = %list(&applied),
             restart_needed_for = %list(&restart), peer_uid = peer.uid, peer_pid = peer.pid,
             "configuration reloaded");
+        if !applied.is_empty() {
+            // Site-wide: the audit row names no single meter.
+            let detail = format!("reload applied {}", list(&applied));
+            self.audit(SITE, detail, None, peer).await;
+        }
         Response::ok(Reply::Reload(ReloadReply {
             applied,
             restart_needed_for: restart,
@@ -243,6 +248,9 @@ impl Handler {
         }
     }
 }
+
+/// The audit log's meter column for commands that concern the whole site (reload).
+const SITE: &str = "(site)";
 
 fn min(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
