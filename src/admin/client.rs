@@ -7,7 +7,9 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("the daemon is not running (nothing listens on {0})")]
+    #[error(
+        "the daemon is not running (nothing listens on {0}); `leap-edge status` tells how it was last run"
+    )]
     NotRunning(PathBuf),
     #[error("permission denied on {0}: run as root or as a member of the leap-edge group")]
     Permission(PathBuf),

@@ -1,6 +1,7 @@
 //! `leap-edge schedule`: per local meter, what will happen over the next hours — the same
 //! pure plan the daemon follows, computed from the database (read-only).
 
+use super::text::Zone;
 use super::{exit, table};
 use crate::config::Config;
 use crate::model::{Command, ExecMode, Kind, Target};
@@ -66,7 +67,7 @@ pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
         crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(exit::OK);
     }
-    crate::outln!("Schedule {} → {} (UTC)", store::ts(from), store::ts(to));
+    crate::outln!("Schedule {} → {}", Zone::Utc.time(from), Zone::Utc.time(to));
     for m in &config.meters {
         if args
             .meter
@@ -136,8 +137,8 @@ fn print_meter(ivs: &[Interval], from: DateTime<Utc>, to: DateTime<Utc>) {
     for iv in ivs {
         if iv.start > cursor {
             rows.push(vec![
-                store::ts(cursor),
-                store::ts(iv.start),
+                Zone::Utc.time(cursor),
+                Zone::Utc.time(iv.start),
                 "normal".into(),
                 "-".into(),
                 "-".into(),
@@ -152,8 +153,8 @@ fn print_meter(ivs: &[Interval], from: DateTime<Utc>, to: DateTime<Utc>) {
             "dispatch"
         };
         rows.push(vec![
-            store::ts(iv.start),
-            store::ts(iv.end),
+            Zone::Utc.time(iv.start),
+            Zone::Utc.time(iv.end),
             mode.into(),
             c.event_id.clone(),
             c.cap.as_str().into(),
@@ -164,8 +165,8 @@ fn print_meter(ivs: &[Interval], from: DateTime<Utc>, to: DateTime<Utc>) {
     }
     if cursor < to {
         rows.push(vec![
-            store::ts(cursor),
-            store::ts(to),
+            Zone::Utc.time(cursor),
+            Zone::Utc.time(to),
             "normal".into(),
             "-".into(),
             "-".into(),

@@ -177,7 +177,7 @@ impl Handler {
             }
             let detail = format!(
                 "override {words} until {} set from the CLI",
-                crate::store::ts(until)
+                until.format("%Y-%m-%d %H:%M:%S UTC")
             );
             self.audit(id, detail, Some(words.clone()), peer).await;
         }
