@@ -130,6 +130,15 @@ async fn status_is_the_typed_contract_fits_80_columns_and_names_the_limit() {
         let s = status(&d);
         s.meters[0].device_state.as_ref().and_then(|x| x.limited_by) == Some(Limit::ExportMargin)
     });
+    // The history says it too, once, in words.
+    wait_for("a limited audit entry", || {
+        d.cli(&["history"])
+            .1
+            .contains("limited by no-export margin")
+    });
+    let (_, history, _) = d.cli(&["history"]);
+    assert_eq!(history.matches("limited by").count(), 1, "{history}");
+    assert!(history.contains("asked 500 kW"), "{history}");
     let (code, table, _) = d.cli(&["status"]);
     assert_eq!(code, 0);
     for line in table.lines() {

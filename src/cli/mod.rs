@@ -16,7 +16,7 @@ mod sim;
 mod status;
 mod status_view;
 mod table;
-pub mod text;
+pub(crate) mod text;
 mod watch;
 
 use crate::config::{Config, EXIT_CONFIG};

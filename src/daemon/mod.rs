@@ -3,11 +3,12 @@
 //! battery back to normal operation), close the database.
 
 mod housekeeping;
-pub mod lock;
+mod limits;
+pub(crate) mod lock;
 mod report;
 mod socket;
 
-pub use socket::{describe as describe_override, not_configured as not_configured_meter};
+pub(crate) use socket::{describe as describe_override, not_configured as not_configured_meter};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -190,8 +191,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = crate::systemd::notify_ready() {
         tracing::warn!(error = %e, "cannot tell systemd the daemon is ready");
     }
+    let limits = tokio::spawn(limits::watch(control.status(), running.app.store.clone()));
     wait_for_signal().await?;
     let _ = crate::systemd::notify_stopping();
+    limits.abort();
     running.stop().await;
     // Dispatch has released every meter; make sure the loops wrote it before exiting.
     control.shutdown(std::time::Duration::from_secs(5)).await;

@@ -20,6 +20,8 @@ pub enum Action {
     /// A dispatch that governs again after an override or a restart (lateness measured
     /// from that moment, not from its start).
     Resumed,
+    /// What binds the battery below the request changed (no-export margin, rating, …).
+    Limited,
 }
 
 impl Action {
@@ -31,6 +33,7 @@ impl Action {
             Action::Overridden => "overridden",
             Action::Manual => "manual",
             Action::Resumed => "resumed",
+            Action::Limited => "limited",
         }
     }
 }
