@@ -13,10 +13,10 @@ pub enum ClientError {
     NotRunning(PathBuf),
     #[error("permission denied on {0}: run as root or as a member of the leap-edge group")]
     Permission(PathBuf),
-    #[error("admin socket {path}: {source}")]
+    #[error("admin socket {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the daemon did not answer within 10 s")]
     Timeout,
@@ -80,15 +80,20 @@ impl AdminClient {
                     }
                     _ => ClientError::Io {
                         path: self.path.clone(),
-                        source: e,
+                        error: e,
                     },
                 })?;
-            let io = |source| ClientError::Io {
+            let io = |error| ClientError::Io {
                 path: self.path.clone(),
-                source,
+                error,
             };
-            write_frame(&mut s, req).await.map_err(io)?;
-            let resp: Response = read_frame(&mut s).await.map_err(io)?;
+            // A daemon at its connection cap answers "busy" and closes without reading:
+            // the write then fails, but the answer is there to read.
+            let written = write_frame(&mut s, req).await;
+            let resp: Response = match read_frame(&mut s).await {
+                Ok(r) => r,
+                Err(e) => return Err(io(written.err().unwrap_or(e))),
+            };
             match (resp.ok, resp.body) {
                 (true, Some(body)) => Ok(body),
                 (true, None) => Err(ClientError::Mismatch("any")),
