@@ -123,6 +123,11 @@ fn optional_config(given: Option<&std::path::Path>) -> Result<Option<Config>, u8
     let default = std::path::Path::new(DEFAULT_CONFIG);
     match given {
         Some(p) => load_config(p).map(Some),
+        // Present but not readable by this user: commissioning still works, on defaults.
+        None if default.exists() && std::fs::File::open(default).is_err() => {
+            eprintln!("leap-edge: note: cannot read {DEFAULT_CONFIG}; using built-in defaults");
+            Ok(None)
+        }
         None if default.exists() => load_config(default).map(Some),
         None => Ok(None),
     }

@@ -132,7 +132,10 @@ fn meters(r: &StatusReport, v: &View) -> Vec<String> {
     let mut lines = Vec::new();
     let capture = |headers: &[&str], rows: &[Vec<String>]| table_lines(headers, rows);
     if r.daemon == DaemonState::NotRunning {
-        let rows: Vec<Vec<String>> = r.meters.iter().map(|m| down_row(m, r, v)).collect();
+        let mut rows: Vec<Vec<String>> = r.meters.iter().map(|m| down_row(m, r, v)).collect();
+        if !v.wide {
+            fit_first_column(&mut rows, 80);
+        }
         let h = ["METER", "ACTIVE NOW (database)", "LAST AUDIT"];
         lines.extend(capture(&h, &rows));
         return lines;
@@ -258,11 +261,7 @@ fn down_row(m: &MeterReport, _r: &StatusReport, v: &View) -> Vec<String> {
     if v.wide {
         vec![meter_label(m, v), active, audit]
     } else {
-        vec![
-            fit(&meter_label(m, v), 14),
-            fit(&active, 28),
-            fit(&audit, 34),
-        ]
+        vec![meter_label(m, v), fit(&active, 28), fit(&audit, 34)]
     }
 }
 

@@ -5,6 +5,7 @@
 
 use crate::admin::state::LastRun;
 use std::io::{Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,10 @@ pub fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, LockError
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
+    // Readable by the group, so `status` (a technician in the leap-edge group) can say how
+    // the daemon was last run.
     let mut file = std::fs::OpenOptions::new()
+        .mode(0o640)
         .read(true)
         .write(true)
         .create(true)
@@ -59,7 +63,12 @@ pub fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, LockError
         pid: std::process::id(),
         started_at: chrono::Utc::now(),
         systemd_unit: systemd_unit(),
-        config: config.map(|c| c.display().to_string()),
+        config: config.map(|c| {
+            std::fs::canonicalize(c)
+                .unwrap_or_else(|_| c.to_path_buf())
+                .display()
+                .to_string()
+        }),
     };
     let text = serde_json::to_string(&me).map_err(|e| io(std::io::Error::other(e)))?;
     file.set_len(0).map_err(io)?;
