@@ -189,6 +189,6 @@ pub fn tunnel() -> String {
     match state.as_str() {
         "active" => "up (leap-edge-tunnel.service active)".into(),
         "" => "unknown (systemctl unavailable)".into(),
-        other => format!("DOWN (leap-edge-tunnel.service {other}): Leap cannot reach this gateway"),
+        other => format!("DOWN, leap-edge-tunnel.service {other}: Leap cannot reach us"),
     }
 }

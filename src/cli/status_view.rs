@@ -54,10 +54,13 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         }
         DaemonState::NotRunning => out.extend(down_lines(r, config, v)),
     }
-    out.push(format!(
-        "reverse tunnel: {}",
-        r.tunnel.as_deref().unwrap_or("unknown")
-    ));
+    let tunnel = r.tunnel.as_deref().unwrap_or("unknown");
+    let tunnel = if tunnel.starts_with("DOWN") {
+        alarm(v, tunnel)
+    } else {
+        tunnel.to_string()
+    };
+    out.push(format!("reverse tunnel: {tunnel}"));
     out.push(match &r.last_notification {
         Some(l) => format!(
             "last notification: {} from {}",
@@ -74,7 +77,8 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         ));
     }
     if let Some(e) = &r.plan_error {
-        out.push(format!("{} {}", alarm(v, "PLAN ERROR:"), clean(e)));
+        let line = format!("PLAN ERROR: {}", clean(e));
+        out.push(alarm(v, &if v.wide { line } else { fit(&line, 80) }));
     }
     out
 }
