@@ -25,14 +25,8 @@ pub struct EventsArgs {
 }
 
 pub fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<u8> {
-    if let Some(m) = &args.meter
-        && config.meter(m).is_none()
-    {
-        eprintln!(
-            "leap-edge: {}",
-            clean(&crate::daemon::not_configured_meter(m, config))
-        );
-        return Ok(exit::USAGE);
+    if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
+        return Ok(code);
     }
     let conn = store::open_read_only(&config.storage.path)?;
     let now = chrono::Utc::now();

@@ -211,6 +211,19 @@ pub struct ReloadArgs {
     pub json: bool,
 }
 
+/// `--meter ID` that is not configured: an error listing the configured ids (exit 2).
+fn unknown_meter(config: &Config, meter: Option<&str>) -> Option<u8> {
+    let m = meter?;
+    if config.meter(m).is_some() {
+        return None;
+    }
+    eprintln!(
+        "leap-edge: {}",
+        text::clean(&crate::daemon::not_configured_meter(m, config))
+    );
+    Some(exit::USAGE)
+}
+
 /// Read-only commands work from the database whether or not the daemon runs; when it does
 /// not, say so (on stderr, so `--json` output stays one document).
 fn note_if_down(config: &Config) {

@@ -33,6 +33,9 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
+    if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
+        return Ok(code);
+    }
     if !(1..=24 * 31).contains(&args.hours) {
         eprintln!("leap-edge: --hours must be between 1 and 744");
         return Ok(exit::USAGE);
