@@ -91,10 +91,24 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("leap-edge: {e:#}");
+            eprintln!("leap-edge: {}", chain(&e));
             ExitCode::from(exit::FAILURE)
         }
     }
+}
+
+/// The error and its causes, each once: many messages already include their cause, and
+/// `{:#}` would print it again ("… Address in use …: Address in use").
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    text::clean(&out)
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, u8> {
