@@ -88,12 +88,15 @@ fn summary(r: &StatusReport) -> Vec<(String, String)> {
         if let Some(l) = m.device_state.as_ref().and_then(|d| d.limited_by) {
             line.push_str(&format!("; limited by {}", l.describe()));
         }
-        if let Some(e) = m
-            .last_error
+        // The state, not the message: an error's text changes with every retry.
+        if m.last_error.is_some() {
+            line.push_str("; dispatch ERROR (see status)");
+        }
+        if m.device_state
             .as_ref()
-            .or(m.device_state.as_ref().and_then(|d| d.last_error.as_ref()))
+            .is_some_and(|d| d.consecutive_errors > 0)
         {
-            line.push_str(&format!("; error: {e}"));
+            line.push_str("; device ERROR (see status)");
         }
         out.push((m.meter_id.clone(), super::text::clean(&line)));
     }
