@@ -137,7 +137,11 @@ async fn status_is_the_typed_contract_fits_80_columns_and_names_the_limit() {
             .contains("limited by no-export margin")
     });
     let (_, history, _) = d.cli(&["history"]);
-    assert_eq!(history.matches("limited by").count(), 1, "{history}");
+    assert_eq!(
+        history.matches("limited by no-export margin").count(),
+        1,
+        "{history}"
+    );
     assert!(history.contains("asked 500 kW"), "{history}");
     let (code, table, _) = d.cli(&["status"]);
     assert_eq!(code, 0);
