@@ -90,55 +90,7 @@ fn down(config: &Config) -> StatusReport {
     let meters = config
         .meters
         .iter()
-        .map(|m| {
-            let active = slots
-                .iter()
-                .filter(|s| !s.is_cancelled() && s.timeslot.is_active_at(now))
-                .filter(|s| {
-                    s.timeslot
-                        .meter_ids
-                        .iter()
-                        .any(|x| x.eq_ignore_ascii_case(&m.id))
-                })
-                .max_by_key(|s| s.timeslot.plan_priority())
-                .map(|s| ActiveTimeslot {
-                    kind: s.timeslot.kind,
-                    event_id: s.timeslot.event_id.clone(),
-                    start_time: s.timeslot.start_time,
-                    end_time: s.timeslot.end_time,
-                    energy_kw: s.timeslot.energy_kw.kw(),
-                    test: s.timeslot.is_communication_test()
-                        || s.timeslot.integration_test_notification,
-                });
-            let filter = audit::AuditFilter {
-                meter: Some(m.id.clone()),
-                limit: Some(1),
-                ..Default::default()
-            };
-            let last_audit = conn
-                .as_ref()
-                .and_then(|c| audit::query(c, &filter).ok())
-                .and_then(|rows| rows.into_iter().next())
-                .map(|r| AuditSummary {
-                    at: r.at,
-                    action: r.action,
-                    event_id: r.event_id,
-                    target: r.target,
-                    outcome: r.outcome,
-                    detail: r.detail,
-                });
-            MeterReport {
-                meter_id: m.id.clone(),
-                name: m.name.clone(),
-                device: m.device.clone(),
-                command: None,
-                manual_override: None,
-                device_state: None,
-                last_error: None,
-                active_timeslot: active,
-                last_audit,
-            }
-        })
+        .map(|m| down_meter(m, &slots, conn.as_ref(), now))
         .collect();
     StatusReport {
         daemon: DaemonState::NotRunning,
@@ -159,6 +111,60 @@ fn down(config: &Config) -> StatusReport {
         tunnel: Some(tunnel()),
         last_run: crate::daemon::lock::read(&crate::daemon::lock::path_for(&config.storage.path)),
         meters,
+    }
+}
+
+/// One configured meter as the database sees it: a timeslot active now, the last audit entry.
+fn down_meter(
+    m: &crate::config::MeterConfig,
+    slots: &[crate::model::StoredTimeslot],
+    conn: Option<&rusqlite::Connection>,
+    now: chrono::DateTime<Utc>,
+) -> MeterReport {
+    let active = slots
+        .iter()
+        .filter(|s| !s.is_cancelled() && s.timeslot.is_active_at(now))
+        .filter(|s| {
+            s.timeslot
+                .meter_ids
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(&m.id))
+        })
+        .max_by_key(|s| s.timeslot.plan_priority())
+        .map(|s| ActiveTimeslot {
+            kind: s.timeslot.kind,
+            event_id: s.timeslot.event_id.clone(),
+            start_time: s.timeslot.start_time,
+            end_time: s.timeslot.end_time,
+            energy_kw: s.timeslot.energy_kw.kw(),
+            test: s.timeslot.is_communication_test() || s.timeslot.integration_test_notification,
+        });
+    let filter = audit::AuditFilter {
+        meter: Some(m.id.clone()),
+        limit: Some(1),
+        ..Default::default()
+    };
+    let last_audit = conn
+        .and_then(|c| audit::query(c, &filter).ok())
+        .and_then(|rows| rows.into_iter().next())
+        .map(|r| AuditSummary {
+            at: r.at,
+            action: r.action,
+            event_id: r.event_id,
+            target: r.target,
+            outcome: r.outcome,
+            detail: r.detail,
+        });
+    MeterReport {
+        meter_id: m.id.clone(),
+        name: m.name.clone(),
+        device: m.device.clone(),
+        command: None,
+        manual_override: None,
+        device_state: None,
+        last_error: None,
+        active_timeslot: active,
+        last_audit,
     }
 }
 
