@@ -20,7 +20,7 @@ pub(crate) mod text;
 mod watch;
 
 use crate::config::{Config, EXIT_CONFIG};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,10 +31,16 @@ use std::process::ExitCode;
     about = "Edge controller for on-site batteries driven by Leap dispatches"
 )]
 pub struct Cli {
-    /// Configuration file [default: /etc/leap-edge/config.toml]. `devices probe` and `sim`
-    /// need none: they read it only when given or present.
-    #[arg(long, global = true, env = "LEAP_EDGE_CONFIG", value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    /// Configuration file. `devices probe` and `sim` need none: they read it only when
+    /// given or present.
+    #[arg(
+        long,
+        global = true,
+        env = "LEAP_EDGE_CONFIG",
+        default_value = DEFAULT_CONFIG,
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -87,8 +93,11 @@ pub mod exit {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    // Commissioning commands read the file only when it was named (flag or environment).
+    let named = matches.value_source("config") != Some(clap::parser::ValueSource::DefaultValue);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, named) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("leap-edge: {}", chain(&e));
@@ -147,20 +156,17 @@ fn optional_config(given: Option<&std::path::Path>) -> Result<Option<Config>, u8
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
-    let given = cli.config.clone();
-    let config_path = given
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
+    let given = config_named.then(|| cli.config.clone());
     match cli.command {
         Command::Devices(args) if args.probe.is_some() => devices::probe(&args),
         Command::Sim(args) => match optional_config(given.as_deref()) {
             Ok(c) => sim::run(c.as_ref().map(|c| &c.sim), &args),
             Err(code) => Ok(code),
         },
-        Command::Config(ConfigCommand::Check) => Ok(check::run(&config_path)),
+        Command::Config(ConfigCommand::Check) => Ok(check::run(&cli.config)),
         Command::Run => {
-            let config = match load_config(&config_path) {
+            let config = match load_config(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
@@ -171,22 +177,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             rt.block_on(crate::daemon::run(config))?;
             Ok(exit::OK)
         }
-        Command::Events(args) => with_config(&config_path, |c| {
+        Command::Events(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             events::run(c, &args)
         }),
-        Command::Status(args) => with_config(&config_path, |c| status::run(c, &args)),
-        Command::Override(cmd) => with_config(&config_path, |c| manual::run(c, &cmd)),
-        Command::SendTest(args) => with_config(&config_path, |c| send_test::run(c, &args)),
-        Command::Devices(args) => with_config(&config_path, |c| devices::run(c, &args)),
-        Command::Reload(args) => with_config(&config_path, |c| reload(c, &args)),
+        Command::Status(args) => with_config(&cli.config, |c| status::run(c, &args)),
+        Command::Override(cmd) => with_config(&cli.config, |c| manual::run(c, &cmd)),
+        Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
+        Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
+        Command::Reload(args) => with_config(&cli.config, |c| reload(c, &args)),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
-        Command::Schedule(args) => with_config(&config_path, |c| {
+        Command::Schedule(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             schedule::run(c, &args)
         }),
-        Command::History(args) => with_config(&config_path, |c| {
+        Command::History(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             history::run(c, &args)
         }),
