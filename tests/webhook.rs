@@ -459,7 +459,7 @@ fn config_check_names_the_line_of_a_misspelled_key() {
     let path = dir.path().join("bad.toml");
     write_file(
         &path,
-        "[server]\nlisten = \"127.0.0.1:8443\"\n\n[auth]\nkeys = [\"0123456789\"]\nheadr = \"x-api-key\"\n",
+        "[server]\nlisten = \"127.0.0.1:8443\"\n\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\nheadr = \"x-api-key\"\n",
     );
     let out = std::process::Command::new(bin())
         .args(["--config", path.to_str().unwrap(), "config", "check"])
@@ -472,7 +472,7 @@ fn config_check_names_the_line_of_a_misspelled_key() {
     // Plain HTTP on a public address is refused by the semantic check.
     write_file(
         &path,
-        "[server]\nlisten = \"0.0.0.0:8443\"\n[auth]\nkeys = [\"0123456789\"]\n",
+        "[server]\nlisten = \"0.0.0.0:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n",
     );
     let out = std::process::Command::new(bin())
         .args(["--config", path.to_str().unwrap(), "config", "check"])

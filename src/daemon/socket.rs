@@ -92,16 +92,37 @@ impl Handler {
             Err(e) => return Response::err(format!("configuration not reloaded: {e}")),
         };
         let restart = current.restart_needed(&new);
+        // Issue 10.3: certbot/ACME replace the files in place; re-read them first, so a
+        // broken renewal refuses the whole reload and the old pair stays in service.
+        let tls = match self.app.tls().map(|t| t.reload()).transpose() {
+            Ok(fp) => fp,
+            Err(e) => {
+                return Response::err(format!(
+                    "configuration not reloaded: {e}; the certificate in service is unchanged"
+                ));
+            }
+        };
         let mut merged = (*current).clone();
         merged.auth = new.auth;
         merged.policy = new.policy;
         merged.strategy = new.strategy;
+        merged.limits = new.limits;
         merged.storage.retention_days = new.storage.retention_days;
         self.app.set_config(Arc::new(merged));
         self.app.changes.send_modify(|n| *n += 1);
-        tracing::info!(path = %path.display(), restart_needed = ?restart, "configuration reloaded");
+        let mut reloaded = vec![
+            "auth",
+            "policy",
+            "strategy",
+            "limits",
+            "storage.retention_days",
+        ];
+        if tls.is_some() {
+            reloaded.push("server.tls (certificate and key files)");
+        }
+        tracing::info!(path = %path.display(), restart_needed = ?restart, tls_fingerprint = ?tls, "configuration reloaded");
         Response::ok(
-            json!({"reloaded": ["auth", "policy", "strategy", "storage.retention_days"], "restart_needed_for": restart}),
+            json!({"reloaded": reloaded, "tls_fingerprint": tls, "restart_needed_for": restart}),
         )
     }
 
