@@ -20,9 +20,9 @@ pub fn parse_bounded(
     limits: &crate::config::LimitsConfig,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<ParsedNotification, super::BoundedError> {
+    super::bounds::check_counts(body, limits)?;
     let value: Value =
         serde_json::from_slice(body).map_err(|e| NotificationError::NotJson(e.to_string()))?;
-    super::bounds::check_counts(&value, limits)?;
     Ok(parse_value(&value, &|ts| {
         super::bounds::timeslot_problem(ts, limits, now)
     })?)

@@ -39,6 +39,8 @@ pub struct Daemon {
     pub metrics_addr: SocketAddr,
     pub cert_der: CertificateDer<'static>,
     pub extra_config: String,
+    /// Lines added to `[server]` (limits, timeouts).
+    pub server_config: String,
 }
 
 impl Daemon {
@@ -48,6 +50,11 @@ impl Daemon {
 
     /// `extra` is appended to the generated config (meters, devices, site, policy...).
     pub fn start_with(extra: &str) -> Daemon {
+        Daemon::start_custom("", extra)
+    }
+
+    /// `server` lines go into `[server]`, `extra` at the top level (as in `start_with`).
+    pub fn start_custom(server: &str, extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("cert");
@@ -60,6 +67,7 @@ impl Daemon {
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             cert_der: ck.cert.der().clone(),
             extra_config: extra.to_string(),
+            server_config: server.to_string(),
         };
         d.write_config();
         d.spawn();
@@ -82,11 +90,12 @@ impl Daemon {
         let (listen, metrics) = (self.addr, self.metrics_addr);
         let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
         let text = format!(
-            "devices_dir = {devices:?}\n{extra}\n[server]\nlisten = \"{listen}\"\nmetrics_listen = \"{metrics}\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n\
+            "devices_dir = {devices:?}\n{extra}\n[server]\nlisten = \"{listen}\"\nmetrics_listen = \"{metrics}\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n{server}\n\
              [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
              [auth]\nkeys = [\"{KEY}\", \"second-key-for-rotation-0123456789\"]\n\
              [storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n",
-            extra = self.extra_config
+            extra = self.extra_config,
+            server = self.server_config
         );
         std::fs::write(self.config_path(), text).unwrap();
     }

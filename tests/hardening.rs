@@ -1,0 +1,475 @@
+//! Issue 10: the gateway tried as an attacker on Leap's network path, through the real
+//! listener, the real admin socket and the real files. Each test fails without its point.
+
+mod common;
+
+use common::{Daemon, KEY, PATH, fixture, local_get, raw_tls};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const M1: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
+
+/// 10.1: the configured maximum of connections, each pipelining requests without a key
+/// and never reading a reply, cannot keep a valid POST waiting past the read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_cannot_hold_the_connection_cap() {
+    let d = Daemon::start_custom("max_connections = 8", "");
+    let read_timeout = Duration::from_secs(2);
+    let mut attackers = Vec::new();
+    for _ in 0..8 {
+        let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
+        attackers.push(tokio::spawn(async move {
+            let burst = "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n".repeat(1000);
+            // Write until the daemon stops reading (buffers full) or drops us.
+            while s.write_all(burst.as_bytes()).await.is_ok() {}
+        }));
+    }
+    // Every slot is taken now; this POST waits for one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let r = d
+        .client()
+        .try_post(
+            &fixture("leap-sample-meter.json"),
+            read_timeout + Duration::from_secs(1),
+        )
+        .await
+        .expect("valid POST answered within read_timeout_secs + 1 s");
+    assert_eq!(r.status, 200, "{}", r.text);
+    eprintln!(
+        "valid POST answered in {:.2} s with 8 stalled connections",
+        started.elapsed().as_secs_f64()
+    );
+    for a in attackers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
+    }
+}
+
+/// 10.2: the webhook listener (the internet, through the tunnel) serves neither page; the
+/// loopback metrics listener serves both.
+#[tokio::test]
+async fn metrics_and_healthz_only_on_the_loopback_listener() {
+    let d = Daemon::start();
+    let c = d.client();
+    for path in ["/metrics", "/healthz"] {
+        let r = c.request("GET", path, &[], vec![]).await;
+        assert_eq!(r.status, 404, "{path} on the webhook listener: {}", r.text);
+        let r = c.request("GET", path, &[("x-api-key", KEY)], vec![]).await;
+        assert_eq!(r.status, 404, "{path} with the key: {}", r.text);
+    }
+    assert_ne!(d.metrics_addr, d.addr);
+    assert!(d.metrics_addr.ip().is_loopback());
+    let m = local_get(d.metrics_addr, "/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.text.contains("leap_edge_webhook_requests_total"),
+        "{}",
+        m.text
+    );
+    assert_eq!(local_get(d.metrics_addr, "/healthz").await.status, 200);
+    // The webhook path is not on the metrics listener either.
+    assert_eq!(local_get(d.metrics_addr, PATH).await.status, 404);
+}
+
+#[test]
+fn metrics_listen_must_be_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let key = "k".repeat(40);
+    common::write_file(
+        &path,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:8443\"\nmetrics_listen = \"0.0.0.0:9464\"\n[auth]\nkeys = [\"{key}\"]\n"
+        ),
+    );
+    let (code, err) = config_check(&path);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("server.metrics_listen"), "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+}
+
+fn config_check(path: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new(common::bin())
+        .args(["--config", path.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+/// The leaf certificate a TLS server presents, trusting `trust` only.
+async fn presented(
+    addr: std::net::SocketAddr,
+    trust: rustls::pki_types::CertificateDer<'static>,
+) -> Result<Vec<u8>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let certs = tls.get_ref().1.peer_certificates().unwrap();
+    Ok(certs[0].to_vec())
+}
+
+/// 10.3: a renewed certificate goes into service on `reload`; a broken renewal is refused
+/// and the certificate in service stays.
+#[tokio::test]
+async fn reload_puts_a_renewed_certificate_in_service() {
+    let d = Daemon::start();
+    let old = d.cert_der.clone();
+    assert_eq!(presented(d.addr, old.clone()).await.unwrap(), old.to_vec());
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let new = ck.cert.der().clone();
+    assert_ne!(new.to_vec(), old.to_vec());
+    std::fs::write(d.dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+    common::write_private_key(
+        &d.dir.path().join("key.pem"),
+        &ck.signing_key.serialize_pem(),
+    );
+    // Not before reload: the files alone change nothing.
+    assert!(presented(d.addr, new.clone()).await.is_err());
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("server.tls"), "{out}");
+    assert_eq!(presented(d.addr, new.clone()).await.unwrap(), new.to_vec());
+    assert!(presented(d.addr, old.clone()).await.is_err());
+    assert!(d.log().contains("tls_fingerprint"), "{}", d.log());
+
+    // A half-written renewal: refused, and the certificate in service stays.
+    std::fs::write(
+        d.dir.path().join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("certificate in service is unchanged"), "{err}");
+    assert_eq!(presented(d.addr, new.clone()).await.unwrap(), new.to_vec());
+}
+
+/// 10.5: a notification over a limit is answered 413 naming the limit and changes nothing;
+/// memory stays bounded while it is refused.
+#[tokio::test]
+async fn oversized_notifications_are_refused_naming_the_limit() {
+    let d = Daemon::start();
+    let c = d.client();
+    let pid = d.child.as_ref().unwrap().id();
+    let start = chrono::Utc::now() + chrono::Duration::hours(1);
+    // The issue's group notification: 25,000 meter ids x 20 timeslots, under 1 MiB.
+    let ids: Vec<String> = (0..25_000).map(|i| format!("{i:08x}")).collect();
+    let slots: Vec<serde_json::Value> = (0..20)
+        .map(|k| {
+            serde_json::json!({
+                "market_group_event_id": format!("g-{k}"),
+                "start_time": (start + chrono::Duration::hours(k)).to_rfc3339(),
+                "end_time": (start + chrono::Duration::hours(k + 1)).to_rfc3339(),
+                "energy_kw": 5.0,
+            })
+        })
+        .collect();
+    let group = serde_json::json!({
+        "group_dispatches": [{"market_group_id": "g", "meter_ids": ids, "timeslots": slots}]
+    })
+    .to_string();
+    assert!(group.len() < 1024 * 1024, "{}", group.len());
+    let before = rss_kb(pid);
+    let r = c.post(&group).await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert!(r.text.contains("limits.max_meter_ids"), "{}", r.text);
+
+    // 85,000 distinct invalid timeslots.
+    let bad: Vec<String> = (0..85_000).map(|i| format!(r#"{{"s":{i}}}"#)).collect();
+    let body = format!(
+        r#"{{"meter_dispatches":[{{"meter_id":"{M1}","timeslots":[{}]}}]}}"#,
+        bad.join(",")
+    );
+    assert!(body.len() < 1024 * 1024, "{}", body.len());
+    let r = c.post(&body).await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert!(r.text.contains("limits.max_timeslots"), "{}", r.text);
+    let after = rss_kb(pid);
+    eprintln!("RSS {before} kB -> {after} kB (peak) while refusing both");
+    assert!(
+        after < before + 48 * 1024,
+        "RSS grew from {before} to {after} kB"
+    );
+    assert_eq!(d.count("notifications"), 0);
+    assert_eq!(d.count("timeslots"), 0);
+    assert_eq!(d.count("timeslot_revisions"), 0);
+    assert_eq!(d.count("rejected_timeslots"), 0);
+    let log = d.log();
+    assert!(log.matches("timeslot rejected").count() <= 3, "{log}");
+}
+
+/// Peak resident memory (VmHWM) of a process, kB.
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 10.5: a timeslot from year 0000 to 9999, or starting a year ahead, is rejected with its
+/// reason; the rest of the notification stands.
+#[tokio::test]
+async fn timeslots_beyond_duration_or_horizon_are_rejected_with_reason() {
+    let d = Daemon::start();
+    let now = chrono::Utc::now();
+    let good = common::timeslot_json(
+        M1,
+        "ok-1",
+        now + chrono::Duration::hours(2),
+        3600,
+        Some(5.0),
+        serde_json::json!({}),
+    );
+    let mut centuries = good.clone();
+    centuries["meter_event_id"] = "forever".into();
+    centuries["start_time"] = "0000-01-01T00:00:00Z".into();
+    centuries["end_time"] = "9999-12-31T23:59:59Z".into();
+    let far = common::timeslot_json(
+        M1,
+        "next-year",
+        now + chrono::Duration::days(365),
+        3600,
+        Some(5.0),
+        serde_json::json!({}),
+    );
+    let r = d
+        .client()
+        .post(&common::meter_notification(M1, vec![good, centuries, far]))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["new"], 1, "{}", r.text);
+    assert_eq!(r.body["rejected"], 2, "{}", r.text);
+    let reasons: Vec<String> = d
+        .db()
+        .prepare("SELECT event_id || ': ' || reason FROM rejected_timeslots ORDER BY event_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        reasons[0].starts_with("forever: ") && reasons[0].contains("limits.max_timeslot_hours"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("next-year: ") && reasons[1].contains("limits.max_start_ahead_days"),
+        "{reasons:?}"
+    );
+    let m = local_get(d.metrics_addr, "/metrics").await.text;
+    assert!(
+        m.contains("leap_edge_timeslots_rejected_total{reason=\"over_limit\"} 2"),
+        "{m}"
+    );
+}
+
+/// 10.5: rejected timeslots and superseded revisions go with the raw notifications once
+/// past retention; each timeslot keeps its latest revision.
+#[tokio::test]
+async fn rejected_rows_and_old_revisions_are_pruned_with_retention() {
+    let mut d = Daemon::start();
+    let c = d.client();
+    let start = chrono::Utc::now() + chrono::Duration::hours(3);
+    let v1 = common::timeslot_json(M1, "rev", start, 3600, Some(5.0), serde_json::json!({}));
+    let v2 = common::timeslot_json(M1, "rev", start, 3600, Some(7.0), serde_json::json!({}));
+    let bad = serde_json::json!({"meter_event_id": "bad", "start_time": "nope"});
+    assert_eq!(
+        c.post(&common::meter_notification(M1, vec![v1, bad]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.post(&common::meter_notification(M1, vec![v2]))
+            .await
+            .status,
+        200
+    );
+    assert!(d.terminate());
+    {
+        let old = "2020-01-01T00:00:00.000Z";
+        let w = rusqlite::Connection::open(d.db_path()).unwrap();
+        w.execute("UPDATE notifications SET received_at = ?1", [old])
+            .unwrap();
+        w.execute("UPDATE rejected_timeslots SET last_received = ?1", [old])
+            .unwrap();
+        w.execute("UPDATE timeslot_revisions SET received_at = ?1", [old])
+            .unwrap();
+    }
+    assert_eq!(d.count("timeslot_revisions"), 2);
+    assert_eq!(d.count("rejected_timeslots"), 1);
+    // Housekeeping prunes once at start.
+    d.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.count("rejected_timeslots") > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(d.count("notifications"), 0);
+    assert_eq!(d.count("rejected_timeslots"), 0);
+    assert_eq!(
+        d.count("timeslot_revisions"),
+        1,
+        "the latest revision stays"
+    );
+    assert_eq!(d.count("timeslots"), 1);
+    let rev: i64 = d
+        .db()
+        .query_row("SELECT revision FROM timeslot_revisions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rev, 2);
+}
+
+/// 10.6: short keys and keys with surrounding whitespace are refused with how to make a
+/// good one; a key given with the wrong type is never echoed.
+#[test]
+fn key_rules_and_no_secret_in_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let write = |keys: &str| {
+        common::write_file(
+            &path,
+            &format!("[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = {keys}\n"),
+        )
+    };
+    write("[\"short-key-1234\"]");
+    let (code, err) = config_check(&path);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("auth.keys[0] is shorter than 32"), "{err}");
+    assert!(err.contains("openssl rand -hex 32"), "{err}");
+    assert!(!err.contains("short-key-1234"), "{err}");
+    let padded = format!(" {} ", "x".repeat(40));
+    write(&format!("[\"{padded}\"]"));
+    let (code, err) = config_check(&path);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("auth.keys[0] has spaces"), "{err}");
+    write("\"a-secret-given-as-a-string-not-a-list\"");
+    let (code, err) = config_check(&path);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("c.toml:4:"), "{err}");
+    assert!(!err.contains("a-secret-given"), "the key was echoed: {err}");
+}
+
+/// 10.6: `reload` of a configuration with the key given as a string does not echo it
+/// (the reload answer ends up in the journal under systemd).
+#[tokio::test]
+async fn reload_error_does_not_echo_the_key() {
+    let d = Daemon::start();
+    let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+    let broken = cfg.replace(
+        &format!("keys = [\"{KEY}\", \"second-key-for-rotation-0123456789\"]"),
+        "keys = \"typed-as-a-string-0123456789abcdef\"",
+    );
+    assert_ne!(broken, cfg);
+    std::fs::write(d.config_path(), broken).unwrap();
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_ne!(code, 0);
+    assert!(
+        !format!("{out}{err}").contains("typed-as-a-string"),
+        "{out}{err}"
+    );
+    assert!(!d.log().contains("typed-as-a-string"));
+}
+
+/// 10.8: requests without a key cost one log line per interval, are all counted, and the
+/// summary says how many were not logged.
+#[tokio::test]
+async fn unauthenticated_requests_are_logged_once_per_interval() {
+    let mut d = Daemon::start();
+    let c = d.client();
+    for _ in 0..40 {
+        let r = c
+            .request(
+                "POST",
+                PATH,
+                &[
+                    ("x-api-key", "wrong-wrong-wrong"),
+                    ("content-type", "application/json"),
+                ],
+                b"{}".to_vec(),
+            )
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let m = local_get(d.metrics_addr, "/metrics").await.text;
+    assert!(
+        m.contains("leap_edge_webhook_requests_total{result=\"unauthorized\"} 40"),
+        "{m}"
+    );
+    assert!(
+        m.contains("leap_edge_unauthorized_log_suppressed_total 39"),
+        "{m}"
+    );
+    assert!(d.terminate());
+    let log = d.log();
+    assert_eq!(
+        log.matches("webhook rejected: missing or wrong credentials")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("requests without a valid key in the last interval"),
+        "{log}"
+    );
+    assert!(log.contains("rejected=40"), "{log}");
+}
+
+/// 10.8: a request with both Content-Length and Transfer-Encoding gets 400 and stores
+/// nothing, in either header order, also after an ordinary request on the connection.
+#[tokio::test]
+async fn both_content_length_and_transfer_encoding_get_400() {
+    let d = Daemon::start();
+    let body = fixture("leap-sample-meter.json");
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    for (first, second) in [
+        (
+            format!("content-length: {}", body.len()),
+            "transfer-encoding: chunked".to_string(),
+        ),
+        (
+            "transfer-encoding: chunked".to_string(),
+            format!("content-length: {}", body.len()),
+        ),
+    ] {
+        let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
+        let head = format!(
+            "POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\n{first}\r\n{second}\r\n\r\n{chunked}"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("Transfer-Encoding"), "{answer}");
+    }
+    // Second request on a connection whose first was ordinary.
+    let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
+    let ok = format!(
+        "GET {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{{}}\
+         POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n{chunked}",
+        body.len()
+    );
+    s.write_all(ok.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert_eq!(d.count("notifications"), 0);
+}
