@@ -87,7 +87,8 @@ async fn leap_samples_are_stored_field_for_field() {
 
 #[tokio::test]
 async fn optional_fields_and_time_formats() {
-    let d = Daemon::start();
+    // Fixed dates years ahead: beyond the default limits.max_start_ahead_days.
+    let d = Daemon::start_with("[limits]\nmax_start_ahead_days = 36500\n");
     let body = json!({
         "integration_test_notification": false,
         "communication_test": true,
