@@ -212,6 +212,43 @@ async fn oversized_notifications_are_refused_naming_the_limit() {
     assert_eq!(d.count("rejected_timeslots"), 0);
     let log = d.log();
     assert!(log.matches("timeslot rejected").count() <= 3, "{log}");
+
+    // The most the defaults let one notification store: 200 timeslots of a 100-meter group
+    // (20,000 meter-id references).
+    let bytes = |d: &Daemon| -> i64 {
+        d.db()
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let before_db = bytes(&d);
+    let ids: Vec<String> = (0..100).map(|i| format!("{i:036}")).collect();
+    let slots: Vec<serde_json::Value> = (0..200)
+        .map(|k| {
+            serde_json::json!({
+                "market_group_event_id": format!("max-{k}"),
+                "start_time": (start + chrono::Duration::hours(k)).to_rfc3339(),
+                "end_time": (start + chrono::Duration::hours(k + 1)).to_rfc3339(),
+                "energy_kw": 5.0, "programs": ["DRAM"], "dispatch_event_types": ["day-ahead"],
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "group_dispatches": [{"market_group_id": "g", "meter_ids": ids, "timeslots": slots}]
+    })
+    .to_string();
+    let r = c.post(&body).await;
+    assert_eq!(r.body["new"], 200, "{}", r.text);
+    let grown = bytes(&d) - before_db;
+    eprintln!(
+        "a notification at the limits: {} kB sent, database +{} kB",
+        body.len() / 1024,
+        grown / 1024
+    );
+    assert!(grown < 8 * 1024 * 1024, "database grew {grown} bytes");
 }
 
 /// Peak resident memory (VmHWM) of a process, kB.

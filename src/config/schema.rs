@@ -344,7 +344,7 @@ pub fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 pub fn default_max_meter_ids() -> usize {
-    5000
+    20_000
 }
 pub fn default_max_timeslots() -> usize {
     200

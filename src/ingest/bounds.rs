@@ -29,9 +29,10 @@ pub enum BoundedError {
 /// Counted while reading the bytes, before any JSON tree is built: a 1 MiB body of tiny
 /// objects would otherwise cost some 60 MB as a tree before any count could refuse it.
 pub fn check_counts(body: &[u8], limits: &LimitsConfig) -> Result<(), BoundedError> {
-    let values_cap = values_cap(limits);
+    let (values_cap, objects_cap) = caps(limits);
     let mut t = Tally {
         cap: values_cap,
+        objects_cap,
         ..Tally::default()
     };
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -73,22 +74,36 @@ pub fn check_counts(body: &[u8], limits: &LimitsConfig) -> Result<(), BoundedErr
     ) {
         return Err(e);
     }
+    // Objects are the costliest values to hold as a tree (a map each).
+    if let Some(e) = over(
+        "JSON objects (more than a notification within max_timeslots has)",
+        "max_timeslots",
+        t.objects,
+        objects_cap,
+    ) {
+        return Err(e);
+    }
     Ok(())
 }
 
-/// A Leap timeslot has about twenty fields; room for 64 values each, every meter id twice,
-/// and the envelope.
-fn values_cap(l: &LimitsConfig) -> usize {
-    l.max_timeslots
+/// A Leap timeslot has about twenty fields: room for 64 values each, every meter id and
+/// the envelope; and for a few objects per timeslot (dispatch entries, the root).
+fn caps(l: &LimitsConfig) -> (usize, usize) {
+    let values = l
+        .max_timeslots
         .saturating_mul(64)
-        .saturating_add(l.max_meter_ids.saturating_mul(2))
-        .saturating_add(4096)
+        .saturating_add(l.max_meter_ids)
+        .saturating_add(4096);
+    let objects = l.max_timeslots.saturating_mul(4).saturating_add(1024);
+    (values, objects)
 }
 
 #[derive(Default)]
 struct Tally {
     cap: usize,
+    objects_cap: usize,
     values: usize,
+    objects: usize,
     meter_ids: usize,
     timeslots: usize,
     entry_ids: usize,
@@ -188,6 +203,10 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         self.count()?;
+        self.t.objects += 1;
+        if self.t.objects > self.t.objects_cap {
+            return Err(serde::de::Error::custom("over the object cap"));
+        }
         let entry = matches!(self.at, At::Entry);
         if entry {
             (self.t.entry_ids, self.t.entry_slots) = (0, 0);
@@ -275,6 +294,14 @@ mod tests {
         let bulk = format!(
             r#"{{"meter_dispatches":[],"x":[{}]}}"#,
             vec!["{}"; 20_000].join(",")
+        );
+        let e = check_counts(bulk.as_bytes(), &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("JSON objects"), "{e}");
+        let bulk = format!(
+            r#"{{"meter_dispatches":[],"x":[{}]}}"#,
+            vec!["1"; 20_000].join(",")
         );
         let e = check_counts(bulk.as_bytes(), &limits)
             .unwrap_err()
