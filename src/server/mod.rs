@@ -81,28 +81,17 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let accepted = tokio::time::Instant::now();
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let cfg = app.config();
-        let limits = conn::Limits {
-            read: Duration::from_secs(cfg.server.read_timeout_secs),
-            overall: Duration::from_secs(cfg.server.connection_max_secs),
-        };
         let acceptor = tls.as_ref().map(|t| t.acceptor());
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let Some(acceptor) = acceptor else {
-                return conn::serve(stream, app, peer, role, accepted, limits, stop).await;
-            };
-            // The handshake counts against the connection's first deadline.
-            let deadline = accepted + limits.read;
-            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => conn::serve(s, app, peer, role, accepted, limits, stop).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
+        tokio::spawn(connection(
+            stream,
+            peer,
+            acceptor,
+            app.clone(),
+            role,
+            accepted,
+            stop_rx.clone(),
+            permit,
+        ));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -118,5 +107,35 @@ pub async fn serve(
             listener = role.name(),
             "connections still open at shutdown; closing them"
         ),
+    }
+}
+
+/// One accepted connection: TLS handshake (within the first deadline), then HTTP.
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    app: Arc<App>,
+    role: Role,
+    accepted: tokio::time::Instant,
+    stop: watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let cfg = app.config();
+    let limits = conn::Limits {
+        read: Duration::from_secs(cfg.server.read_timeout_secs),
+        overall: Duration::from_secs(cfg.server.connection_max_secs),
+    };
+    let Some(acceptor) = acceptor else {
+        return conn::serve(stream, app, peer, role, accepted, limits, stop).await;
+    };
+    // The handshake counts against the connection's first deadline.
+    let deadline = accepted + limits.read;
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => conn::serve(s, app, peer, role, accepted, limits, stop).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
