@@ -115,6 +115,7 @@ if [[ $backend == daemon ]]; then
 devices_dir = "$REPO/devices"
 [server]
 listen = "127.0.0.1:$G"
+metrics_listen = "127.0.0.1:0"
 path = "/leap/dispatch"
 [auth]
 header = "x-api-key"
