@@ -43,6 +43,57 @@ async fn clients_that_never_read_cannot_hold_the_connection_cap() {
     }
 }
 
+/// 10.1: a client holding the key that stops reading its replies is dropped by the write
+/// deadline, not kept until `connection_max_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_client_that_stops_reading_is_dropped() {
+    let d = Daemon::start_custom("connection_max_secs = 600", "");
+    let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
+    // Shows the key (the body is not JSON: 400, but the connection is now trusted).
+    let first = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1\r\n\r\nx"
+    );
+    s.write_all(first.as_bytes()).await.unwrap();
+    let burst = format!("GET {PATH} HTTP/1.1\r\nhost: x\r\n\r\n").repeat(1000);
+    let started = Instant::now();
+    let flood = async { while s.write_all(burst.as_bytes()).await.is_ok() {} };
+    let dropped = tokio::time::timeout(Duration::from_secs(20), flood).await;
+    assert!(dropped.is_ok(), "a keyed client that never reads was kept");
+    eprintln!("dropped after {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// 10.1: even a connection that shows the key ends after `connection_max_secs`.
+#[tokio::test]
+async fn a_keyed_connection_ends_at_connection_max_secs() {
+    let d = Daemon::start_custom("connection_max_secs = 3", "");
+    let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
+    let post = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1\r\n\r\nx"
+    );
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    // Keep it busy: a keyed request every second, so no idle timeout can be what ends it.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if s.write_all(post.as_bytes()).await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "connection still open after 15 s");
+    let secs = started.elapsed().as_secs_f64();
+    assert!((2.5..8.0).contains(&secs), "ended after {secs:.1} s");
+    assert!(String::from_utf8_lossy(&answer).contains("HTTP/1.1 400"));
+}
+
 /// 10.2: the webhook listener (the internet, through the tunnel) serves neither page; the
 /// loopback metrics listener serves both.
 #[tokio::test]

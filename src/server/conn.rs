@@ -96,6 +96,10 @@ pub async fn serve<S>(
                     tracing::debug!(%peer, "connection dropped at its deadline");
                     return;
                 }
+                if Instant::now() < until {
+                    // The first deadline, passed after the key was shown: the full life applies.
+                    continue;
+                }
                 // Let the request in flight finish, then close.
                 conn.as_mut().graceful_shutdown();
                 draining = true;
