@@ -143,6 +143,7 @@ pub(crate) async fn handle(
         );
         r.headers_mut()
             .insert(CONNECTION, "close".parse().expect("static header"));
+        app.metrics.requests.inc("ambiguous_framing", 1);
         return Ok(r);
     }
     let path = req.uri().path().to_string();
