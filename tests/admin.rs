@@ -77,9 +77,10 @@ async fn status_override_and_daemon_down() {
 async fn reload_rotates_keys_without_restart() {
     let d = Daemon::start();
     let text = std::fs::read_to_string(d.config_path()).unwrap();
-    let rotated = text
-        .replace(&format!("\"{KEY}\", "), "")
-        .replace("second-key-for-rotation", "brand-new-key-7777");
+    let rotated = text.replace(&format!("\"{KEY}\", "), "").replace(
+        "second-key-for-rotation-0123456789",
+        "brand-new-key-7777-0123456789abcdef",
+    );
     std::fs::write(d.config_path(), rotated).unwrap();
     let (code, out, err) = d.cli(&["reload"]);
     assert_eq!(code, 0, "{err}");
@@ -105,7 +106,7 @@ async fn reload_rotates_keys_without_restart() {
             "POST",
             PATH,
             &[
-                ("x-api-key", "brand-new-key-7777"),
+                ("x-api-key", "brand-new-key-7777-0123456789abcdef"),
                 ("content-type", "application/json"),
             ],
             fixture("leap-sample-meter.json").into_bytes(),
@@ -127,7 +128,7 @@ async fn reload_rotates_keys_without_restart() {
             "POST",
             PATH,
             &[
-                ("x-api-key", "brand-new-key-7777"),
+                ("x-api-key", "brand-new-key-7777-0123456789abcdef"),
                 ("content-type", "application/json"),
             ],
             fixture("leap-sample-meter.json").into_bytes(),

@@ -219,4 +219,8 @@ pub struct ReloadReply {
     pub applied: Vec<String>,
     /// Changed keys that need a restart; not applied.
     pub restart_needed_for: Vec<String>,
+    /// SHA-256 fingerprint of the TLS certificate now in service, when TLS is on (it is
+    /// re-read from its files on every reload, for certificate renewals).
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
 }

@@ -174,8 +174,17 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(crate::daemon::run(config))?;
-            Ok(exit::OK)
+            match rt.block_on(crate::daemon::run(config)) {
+                Ok(()) => Ok(exit::OK),
+                // Issue 10.4: a read-only database or unusable TLS files are configuration
+                // problems: exit 78 so systemd does not restart in a loop.
+                Err(e) if e.is_config() => {
+                    tracing::error!(error = %e, "cannot start");
+                    eprintln!("leap-edge: {e}");
+                    Ok(exit::CONFIG)
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Command::Events(args) => with_config(&cli.config, |c| {
             note_if_down(c);
@@ -220,6 +229,9 @@ fn reload(config: &Config, args: &ReloadArgs) -> anyhow::Result<u8> {
             "changed but NOT applied (restart the service for these): {}",
             r.restart_needed_for.join(", ")
         );
+    }
+    if let Some(fp) = &r.tls_fingerprint {
+        crate::outln!("TLS certificate in service: {fp}");
     }
     Ok(exit::OK)
 }

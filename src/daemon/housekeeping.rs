@@ -89,7 +89,7 @@ impl Housekeeping {
             Ok(n) => tracing::info!(
                 pruned = n,
                 retention_days,
-                "raw notifications past retention removed"
+                "notifications, rejected timeslots and superseded revisions past retention removed"
             ),
             Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
         }

@@ -43,6 +43,18 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
+impl DaemonError {
+    /// Problems that a restart cannot fix, only a change to the configuration or the
+    /// files it names: `leap-edge run` exits 78 for them (systemd then does not loop).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::Store(crate::store::StoreError::ReadOnly { .. })
+                | DaemonError::Server(server::ServerError::Tls { .. })
+        )
+    }
+}
+
 /// What a caller may substitute (tests: a recording commander, a controllable clock).
 pub struct Parts {
     pub commander: Arc<dyn Commander>,
@@ -54,10 +66,13 @@ pub struct Parts {
 /// A started daemon; [`Running::stop`] shuts it down in order.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` and `/healthz` are served (plain HTTP, loopback).
+    pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
     pub dispatch: Arc<DispatchStatus>,
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
+    metrics_http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     admin: JoinHandle<()>,
     store_thread: StoreThread,
@@ -69,17 +84,16 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     tracing::info!(path = %config.storage.path.display(), "database open (WAL, synchronous=FULL)");
     let admin_listener = crate::admin::bind(&config.admin.socket)?;
     let tls = match &config.server.tls {
-        Some(t) => Some(server::tls::acceptor(&t.cert, &t.key)?),
+        Some(t) => Some(Arc::new(server::tls::ReloadableTls::load(&t.cert, &t.key)?)),
         None => None,
     };
-    let listener = server::bind(config.server.listen).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| server::ServerError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
+    let (listener, addr) = bind(config.server.listen).await?;
+    let (metrics_listener, metrics_addr) = bind(config.server.metrics_listen).await?;
     let app = Arc::new(App::new(config.clone(), store.clone()));
+    if let Some(t) = &tls {
+        app.set_tls(t.clone());
+        tracing::info!(fingerprint = %t.fingerprint(), "TLS certificate loaded");
+    }
     let (stop, stop_rx) = watch::channel(false);
 
     let dispatcher = Dispatcher::new(
@@ -119,17 +133,32 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         crate::admin::serve(admin_listener, &admin_path, handler, stopped).await;
     });
 
-    let stopped = async move {
-        let mut rx = stop_rx;
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let http = tokio::spawn(server::serve(listener, tls.clone(), app.clone(), stopped));
+    let metrics_http = tokio::spawn(server::serve(
+        metrics_listener,
+        None,
+        app.clone(),
+        server::Role::Metrics,
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(addr = %metrics_addr, "serving /metrics and /healthz (loopback only)");
+    let http = tokio::spawn(server::serve(
+        listener,
+        tls.clone(),
+        app.clone(),
+        server::Role::Webhook,
+        stopped(stop_rx),
+    ));
     tracing::info!(
         addr = %addr, path = %config.server.path, tls = tls.is_some(),
         "listening for Leap notifications"
     );
     Ok(Running {
         addr,
+        metrics_addr,
+        metrics_http,
         app,
         dispatch,
         stop,
@@ -145,12 +174,21 @@ impl Running {
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = self.stop.send(true);
         let _ = self.http.await;
+        let _ = self.metrics_http.await;
         let _ = self.dispatcher.await;
         let _ = self.admin.await;
         drop(self.app);
         self.store_thread.join();
         tracing::info!("stopped cleanly");
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), DaemonError> {
+    let listener = server::bind(addr).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| server::ServerError::Bind { addr, source })?;
+    Ok((listener, local))
 }
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {

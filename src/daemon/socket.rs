@@ -104,29 +104,28 @@ impl Handler {
             .into_iter()
             .map(String::from)
             .collect();
-        let json = |v: &dyn erased_json::Json| v.json();
-        let mut applied = Vec::new();
-        if current.auth.header != new.auth.header || current.auth.keys != new.auth.keys {
-            applied.push("auth".to_string());
-        }
-        if json(&current.policy) != json(&new.policy) {
-            applied.push("policy".into());
-        }
-        if json(&current.strategy) != json(&new.strategy) {
-            applied.push("strategy".into());
-        }
-        if current.storage.retention_days != new.storage.retention_days {
-            applied.push("storage.retention_days".into());
-        }
+        // Issue 10.3: certbot/ACME replace the files in place; re-read them first, so a
+        // broken renewal refuses the whole reload and the old pair stays in service.
+        let tls_before = self.app.tls().map(|t| t.fingerprint());
+        let tls = match self.app.tls().map(|t| t.reload()).transpose() {
+            Ok(fp) => fp,
+            Err(e) => {
+                return Response::err(format!(
+                    "configuration not reloaded: {e}; the certificate in service is unchanged"
+                ));
+            }
+        };
+        let applied = applied_sections(&current, &new, tls != tls_before);
         let mut merged = (*current).clone();
         merged.auth = new.auth;
         merged.policy = new.policy;
         merged.strategy = new.strategy;
+        merged.limits = new.limits;
         merged.storage.retention_days = new.storage.retention_days;
         self.app.set_config(Arc::new(merged));
         self.app.changes.send_modify(|n| *n += 1);
         tracing::info!(path = %path.display(), applied = %list(&applied),
-            restart_needed_for = %list(&restart), peer_uid = peer.uid, peer_pid = peer.pid,
+            restart_needed_for = %list(&restart), tls_fingerprint = tls.as_deref().unwrap_or("-"), peer_uid = peer.uid, peer_pid = peer.pid,
             "configuration reloaded");
         if !applied.is_empty() {
             // Site-wide: the audit row names no single meter.
@@ -136,6 +135,7 @@ impl Handler {
         Response::ok(Reply::Reload(ReloadReply {
             applied,
             restart_needed_for: restart,
+            tls_fingerprint: tls,
         }))
     }
 
@@ -265,6 +265,36 @@ fn list(v: &[String]) -> String {
     } else {
         v.join(", ")
     }
+}
+
+/// The live-reloadable sections whose values changed (only those are named, so "nothing
+/// changed" is true when it is said).
+fn applied_sections(
+    current: &crate::config::Config,
+    new: &crate::config::Config,
+    tls_renewed: bool,
+) -> Vec<String> {
+    let json = |v: &dyn erased_json::Json| v.json();
+    let mut applied = Vec::new();
+    if current.auth.header != new.auth.header || current.auth.keys != new.auth.keys {
+        applied.push("auth".to_string());
+    }
+    if json(&current.policy) != json(&new.policy) {
+        applied.push("policy".into());
+    }
+    if json(&current.strategy) != json(&new.strategy) {
+        applied.push("strategy".into());
+    }
+    if json(&current.limits) != json(&new.limits) {
+        applied.push("limits".into());
+    }
+    if current.storage.retention_days != new.storage.retention_days {
+        applied.push("storage.retention_days".into());
+    }
+    if tls_renewed {
+        applied.push("server.tls (renewed certificate)".into());
+    }
+    applied
 }
 
 /// An override in words: `discharge 5 kW`, `hold`.
