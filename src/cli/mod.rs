@@ -230,8 +230,10 @@ fn reload(config: &Config, args: &ReloadArgs) -> anyhow::Result<u8> {
             r.restart_needed_for.join(", ")
         );
     }
-    if let Some(fp) = &r.tls_fingerprint {
-        crate::outln!("TLS certificate in service: {fp}");
+    if let Some(fp) = &r.tls_fingerprint
+        && r.applied.iter().any(|a| a.starts_with("server.tls"))
+    {
+        crate::outln!("TLS certificate now in service: {fp}");
     }
     Ok(exit::OK)
 }
