@@ -11,6 +11,8 @@ pub enum Request {
     Override(OverrideRequest),
     OverrideClear { meter: Option<String> },
     Reload,
+    /// Run the Leap polling backstop once now (`leap-edge leap poll`).
+    LeapPoll { days: Option<u32> },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

@@ -3,6 +3,7 @@
 //! battery back to normal operation), close the database.
 
 mod housekeeping;
+mod schedule;
 mod socket;
 
 use crate::clock::{Clock, SystemClock};
@@ -47,6 +48,7 @@ pub struct Running {
     http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     admin: JoinHandle<()>,
+    scheduler: Option<tokio_cron_scheduler::JobScheduler>,
     store_thread: StoreThread,
 }
 
@@ -79,7 +81,16 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         .with_heartbeat(crate::systemd::watchdog_heartbeat());
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
+    // Issue 13: the polling backstop (a no-op without [leap] api_key).
+    let backstop = crate::leap::backstop::Backstop::new(
+        app.shared_config(),
+        store.clone(),
+        app.changes.clone(),
+    );
+    app.add_source(backstop.clone());
+    tokio::spawn(backstop.clone().run(stop_rx.clone()));
     let handler = Arc::new(socket::Handler {
+        backstop: backstop.clone(),
         app: app.clone(),
         dispatch: dispatch.clone(),
         overrides: dispatcher.overrides(),
@@ -90,11 +101,8 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
     let hk = Arc::new(housekeeping::Housekeeping::default());
     app.add_source(hk.clone());
-    tokio::spawn(hk.run(
-        store.clone(),
-        config.storage.retention_days,
-        stop_rx.clone(),
-    ));
+    tokio::spawn(hk.clone().run(stop_rx.clone()));
+    let scheduler = start_schedule(&app, &store, &hk, &backstop).await;
     let admin_path = config.admin.socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
@@ -123,8 +131,55 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         http,
         dispatcher,
         admin,
+        scheduler,
         store_thread,
     })
+}
+
+/// `[schedule]`: the poll, pruning and the integrity check on their cron expressions; the
+/// last two also run once at start, as they always have. A scheduler that cannot start is
+/// logged, not fatal: dispatch does not depend on housekeeping.
+async fn start_schedule(
+    app: &Arc<App>,
+    store: &Store,
+    hk: &Arc<housekeeping::Housekeeping>,
+    backstop: &Arc<crate::leap::backstop::Backstop>,
+) -> Option<tokio_cron_scheduler::JobScheduler> {
+    let cfg = app.config();
+    let (a, s1, h1) = (app.clone(), store.clone(), hk.clone());
+    let prune: schedule::Task = Arc::new(move || {
+        let (a, s, h) = (a.clone(), s1.clone(), h1.clone());
+        Box::pin(async move { h.prune(&s, a.config().storage.retention_days).await })
+    });
+    let (s2, h2) = (store.clone(), hk.clone());
+    let integrity: schedule::Task = Arc::new(move || {
+        let (s, h) = (s2.clone(), h2.clone());
+        Box::pin(async move { h.integrity(&s).await })
+    });
+    let b = backstop.clone();
+    let poll: schedule::Task = Arc::new(move || {
+        b.trigger("schedule");
+        Box::pin(async {})
+    });
+    tokio::spawn({
+        let (p, i) = (prune.clone(), integrity.clone());
+        async move {
+            p().await;
+            i().await;
+        }
+    });
+    let jobs = vec![
+        ("poll", cfg.schedule.poll.clone(), poll),
+        ("prune", cfg.schedule.prune.clone(), prune),
+        ("integrity", cfg.schedule.integrity.clone(), integrity),
+    ];
+    match schedule::start(jobs).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "housekeeping schedule not running");
+            None
+        }
+    }
 }
 
 impl Running {
@@ -134,6 +189,9 @@ impl Running {
         let _ = self.http.await;
         let _ = self.dispatcher.await;
         let _ = self.admin.await;
+        if let Some(mut s) = self.scheduler {
+            let _ = s.shutdown().await;
+        }
         drop(self.app);
         self.store_thread.join();
         tracing::info!("stopped cleanly");

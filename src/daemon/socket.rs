@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 pub struct Handler {
     pub app: Arc<App>,
+    pub backstop: Arc<crate::leap::backstop::Backstop>,
     pub dispatch: Arc<DispatchStatus>,
     pub overrides: Arc<Overrides>,
     pub clock: Arc<dyn Clock>,
@@ -33,6 +34,10 @@ impl AdminHandler for Handler {
                 Response::ok(json!({"cleared": n}))
             }
             Request::Reload => self.reload(),
+            Request::LeapPoll { days } => match self.backstop.run_now("cli", days).await {
+                Ok(report) => Response::ok(serde_json::to_value(report).unwrap_or_default()),
+                Err(e) => Response::err(e),
+            },
         }
     }
 }
@@ -76,7 +81,22 @@ impl Handler {
             "next_boundary": snap.next_boundary.map(crate::store::ts),
             "plan_error": snap.plan_error,
             "meters": meters,
+            "leap": self.leap_status(&config, now),
         }))
+    }
+
+    /// Issue 13: the polling backstop and the next fire time of each `[schedule]` job.
+    fn leap_status(&self, config: &crate::config::Config, now: DateTime<Utc>) -> Value {
+        let schedule: Vec<Value> = config
+            .schedule
+            .jobs()
+            .iter()
+            .map(|(key, expr)| {
+                json!({"job": key, "cron": expr,
+                       "next_fire": crate::leap::next_fire(expr, now).map(crate::store::ts)})
+            })
+            .collect();
+        json!({"backstop": self.backstop.status(), "schedule": schedule})
     }
 
     /// Re-read the configuration file. Auth keys, test policies, strategies and retention

@@ -8,7 +8,6 @@ pub mod client;
 mod config;
 mod http;
 pub mod poll;
-pub mod schedule;
 pub mod types;
 
 pub use client::LeapClient;
