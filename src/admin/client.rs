@@ -17,7 +17,7 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the daemon did not answer within 10 s")]
+    #[error("the daemon did not answer in time")]
     Timeout,
     #[error("the daemon refused: {0}")]
     Refused(String),
@@ -35,6 +35,15 @@ impl AdminClient {
     }
 
     pub async fn call(&self, req: &Request) -> Result<serde_json::Value, ClientError> {
+        self.call_within(req, Duration::from_secs(10)).await
+    }
+
+    /// [`AdminClient::call`] for requests that take longer (a Leap poll with retries).
+    pub async fn call_within(
+        &self,
+        req: &Request,
+        limit: Duration,
+    ) -> Result<serde_json::Value, ClientError> {
         let fut = async {
             let mut s = tokio::net::UnixStream::connect(&self.path)
                 .await
@@ -62,7 +71,7 @@ impl AdminClient {
                 Err(ClientError::Refused(resp.error.unwrap_or_default()))
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), fut)
+        tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| ClientError::Timeout)?
     }
