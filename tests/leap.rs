@@ -37,7 +37,11 @@ async fn wait_first_poll(d: &Daemon) -> Value {
         if !s["leap"]["backstop"]["last_success"].is_null() {
             return s;
         }
-        assert!(Instant::now() < deadline, "no successful poll: {s}\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "no successful poll: {s}\n{}",
+            d.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -60,7 +64,10 @@ async fn webhook_show_set_delete_bodies_headers_and_refusal() {
     assert_eq!(code, 0, "{out}{err}");
     let puts = fake.requests("/v2/dispatch/meter/webhook");
     let put = puts.iter().find(|r| r.method == "PUT").expect("a PUT");
-    assert_eq!(put.body, json!({"url": url, "headers": [{"name": "x-api-key", "value": KEY}]}));
+    assert_eq!(
+        put.body,
+        json!({"url": url, "headers": [{"name": "x-api-key", "value": KEY}]})
+    );
     assert_eq!(put.headers["authorization"], format!("Bearer {API_KEY}"));
     assert_eq!(put.headers["content-type"], "application/json");
     assert!(!out.contains(KEY), "the key must never be printed: {out}");
@@ -69,7 +76,10 @@ async fn webhook_show_set_delete_bodies_headers_and_refusal() {
     let other = "https://other.example.com/leap/dispatch";
     let (code, out, err) = cli(&d, &["leap", "webhook", "set", "--url", other]);
     assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("refusing without a terminal") && err.contains("--yes"), "{err}");
+    assert!(
+        err.contains("refusing without a terminal") && err.contains("--yes"),
+        "{err}"
+    );
     assert!(out.contains(url), "shows the current one first: {out}");
     assert_eq!(fake.state.lock().unwrap().hooks["meter"]["url"], url);
     let (code, _, err) = cli(&d, &["leap", "webhook", "set", "--url", other, "--yes"]);
@@ -79,14 +89,21 @@ async fn webhook_show_set_delete_bodies_headers_and_refusal() {
     let (code, out, _) = cli(&d, &["leap", "webhook", "show", "--json"]);
     assert_eq!(code, 0);
     let shown: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(shown["headers"][0], json!({"name": "x-api-key", "value": "MASKED", "matches": "auth.keys[0]"}));
+    assert_eq!(
+        shown["headers"][0],
+        json!({"name": "x-api-key", "value": "MASKED", "matches": "auth.keys[0]"})
+    );
 
     let (code, _, err) = cli(&d, &["leap", "webhook", "delete"]);
     assert_eq!(code, 2, "{err}");
     assert!(fake.state.lock().unwrap().hooks.contains_key("meter"));
     let (code, _, err) = cli(&d, &["leap", "webhook", "delete", "--yes"]);
     assert_eq!(code, 0, "{err}");
-    assert!(fake.requests("/webhook").iter().any(|r| r.method == "DELETE"));
+    assert!(
+        fake.requests("/webhook")
+            .iter()
+            .any(|r| r.method == "DELETE")
+    );
     assert!(!fake.state.lock().unwrap().hooks.contains_key("meter"));
 
     let (code, _, err) = cli(&d, &["leap", "webhook", "set", "--group", "--url", url]);
@@ -102,8 +119,15 @@ async fn wrong_api_key_is_a_clear_error_and_not_retried() {
     let before = fake.requests("/webhook").len();
     let (code, _, err) = cli(&d, &["leap", "webhook", "show"]);
     assert_eq!(code, 1);
-    assert!(err.contains("401 UNAUTHORIZED (DISPATCH_UNAUTHORIZED)") && err.contains("api_key"), "{err}");
-    assert_eq!(fake.requests("/webhook").len(), before + 1, "a 401 is final");
+    assert!(
+        err.contains("401 UNAUTHORIZED (DISPATCH_UNAUTHORIZED)") && err.contains("api_key"),
+        "{err}"
+    );
+    assert_eq!(
+        fake.requests("/webhook").len(),
+        before + 1,
+        "a 401 is final"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,19 +142,32 @@ async fn leap_test_round_trip_through_the_daemon() {
     assert_eq!(code, 0, "{out}{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["leap"]["http_status"], 200, "{r}");
-    assert!(r["leap"]["body"].as_str().unwrap().contains("\"status\":\"ok\""), "{r}");
+    assert!(
+        r["leap"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("\"status\":\"ok\""),
+        "{r}"
+    );
     assert_eq!(r["stored"][0]["source"], "push", "{r}");
     assert_eq!(r["stored"][0]["integration_test"], true, "{r}");
     let sent = &fake.requests("integration_test")[0].body;
     assert_eq!(sent["meter_dispatches"][0]["meter_id"], METER);
-    assert_eq!(sent["meter_dispatches"][0]["timeslots"][0]["energy_kw"], 5.0);
+    assert_eq!(
+        sent["meter_dispatches"][0]["timeslots"][0]["energy_kw"],
+        5.0
+    );
 
     // A webhook registered with a key the daemon does not accept: Leap reports the 401 and
     // nothing is stored; the command says so and fails.
-    fake.state.lock().unwrap().hooks.get_mut("meter").unwrap()["headers"][0]["value"] = json!("wrong-key-123");
+    fake.state.lock().unwrap().hooks.get_mut("meter").unwrap()["headers"][0]["value"] =
+        json!("wrong-key-123");
     let (code, out, _) = cli(&d, &["leap", "test"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("HTTP status from leap-edge: 401") && out.contains("NOT STORED"), "{out}");
+    assert!(
+        out.contains("HTTP status from leap-edge: 401") && out.contains("NOT STORED"),
+        "{out}"
+    );
 }
 
 fn meter_results(n: usize) -> Vec<Value> {
@@ -171,19 +208,27 @@ async fn backstop_pages_finds_unpushed_honours_cancel_and_counts_once() {
 
     // Pushed first, then also found by polling: stored once, not "first seen by polling".
     let pushed = slot("pushed-1", 7200, json!({}));
-    let resp = d.client().post(&common::meter_notification(METER, vec![pushed.clone()])).await;
+    let resp = d
+        .client()
+        .post(&common::meter_notification(METER, vec![pushed.clone()]))
+        .await;
     assert_eq!(resp.status, 200, "{}", resp.text);
     let mut cancelled = fake.state.lock().unwrap().meter_results[7].clone();
     cancelled["timeslots"][0]["cancelled"] = json!(true);
     {
         let mut st = fake.state.lock().unwrap();
-        st.meter_results.push(json!({"meter_id": METER, "timeslots": [pushed]}));
+        st.meter_results
+            .push(json!({"meter_id": METER, "timeslots": [pushed]}));
         st.meter_results[7] = cancelled.clone();
     }
     let (code, out, err) = cli(&d, &["leap", "poll", "--json"]);
     assert_eq!(code, 0, "{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((r["new"].as_u64(), r["updated"].as_u64()), (Some(0), Some(1)), "{r}");
+    assert_eq!(
+        (r["new"].as_u64(), r["updated"].as_u64()),
+        (Some(0), Some(1)),
+        "{r}"
+    );
     assert_eq!(r["duplicate"], 1202, "{r}");
     assert_eq!(timeslot_row(&d, "pushed-1"), ("push".into(), 1, false));
     assert_eq!(timeslot_row(&d, "polled-0007"), ("poll".into(), 2, true));
@@ -198,9 +243,17 @@ async fn backstop_pages_finds_unpushed_honours_cancel_and_counts_once() {
     assert_eq!(r["conflict"], 1, "{r}");
     assert!(timeslot_row(&d, "polled-0007").2, "still cancelled");
     let events = d.events_json();
-    let e = events["timeslots"].as_array().or(events.as_array()).unwrap().iter()
-        .find(|e| e["meter_event_id"] == "polled-0007" || e["event_id"] == "polled-0007").cloned();
-    assert!(e.is_some_and(|e| e.to_string().contains("cancel")), "events shows it cancelled");
+    let e = events["timeslots"]
+        .as_array()
+        .or(events.as_array())
+        .unwrap()
+        .iter()
+        .find(|e| e["meter_event_id"] == "polled-0007" || e["event_id"] == "polled-0007")
+        .cloned();
+    assert!(
+        e.is_some_and(|e| e.to_string().contains("cancel")),
+        "events shows it cancelled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,9 +270,16 @@ async fn backstop_retries_503_and_backs_off_on_429() {
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["new"], 1, "found after the faults: {r}");
     let tries = &fake.requests("/search")[before..];
-    assert_eq!(tries.len(), 4, "two 503s and a 429 retried, then the answer");
+    assert_eq!(
+        tries.len(),
+        4,
+        "two 503s and a 429 retried, then the answer"
+    );
     let gap = tries[3].at - tries[2].at;
-    assert!(gap >= Duration::from_secs(2), "Retry-After honoured: {gap:?}");
+    assert!(
+        gap >= Duration::from_secs(2),
+        "Retry-After honoured: {gap:?}"
+    );
     assert!(tries[1].at - tries[0].at >= Duration::from_millis(50));
     assert!(d.log().contains("Leap API call failed; retrying"));
 }
@@ -234,7 +294,10 @@ async fn schedule_fires_and_status_shows_next_fire() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = d.log();
-        let fired = |job: &str| log.matches(&format!("job=\"{job}\"")).count() + log.matches(&format!("job={job}")).count();
+        let fired = |job: &str| {
+            log.matches(&format!("job=\"{job}\"")).count()
+                + log.matches(&format!("job={job}")).count()
+        };
         if fired("prune") >= 2 && fired("integrity") >= 2 {
             break;
         }
@@ -248,7 +311,10 @@ async fn schedule_fires_and_status_shows_next_fire() {
     assert_eq!(poll["cron"], "0 */5 * * * *");
     let next = chrono::DateTime::parse_from_rfc3339(poll["next_fire"].as_str().unwrap()).unwrap();
     let ahead = next.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    assert!(ahead > chrono::Duration::zero() && ahead <= chrono::Duration::minutes(5), "{ahead}");
+    assert!(
+        ahead > chrono::Duration::zero() && ahead <= chrono::Duration::minutes(5),
+        "{ahead}"
+    );
 }
 
 #[test]
@@ -266,7 +332,16 @@ fn config_check_names_a_bad_schedule_and_a_too_frequent_poll() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
-    assert!(err.contains("schedule.prune = \"every night\" is not a cron expression"), "{err}");
-    assert!(err.contains("schedule.poll") && err.contains("once a minute"), "{err}");
-    assert!(err.contains("leap.base_url") && err.contains("loopback"), "{err}");
+    assert!(
+        err.contains("schedule.prune = \"every night\" is not a cron expression"),
+        "{err}"
+    );
+    assert!(
+        err.contains("schedule.poll") && err.contains("once a minute"),
+        "{err}"
+    );
+    assert!(
+        err.contains("leap.base_url") && err.contains("loopback"),
+        "{err}"
+    );
 }

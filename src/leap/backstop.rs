@@ -76,7 +76,7 @@ impl Backstop {
         let Some(mut rx) = self.rx.lock().expect("backstop lock").take() else {
             return;
         };
-        if let Ok(n) = self.store.read(|c| poll::first_seen_by_poll(c)).await {
+        if let Ok(n) = self.store.read(poll::first_seen_by_poll).await {
             self.state.lock().expect("backstop lock").first_seen_by_poll = n;
         }
         tokio::spawn(self.clone().watch_recoveries(stop.clone()));
@@ -116,7 +116,7 @@ impl Backstop {
         *last = Some(tokio::time::Instant::now());
         let started = Utc::now();
         let result = self.poll(days_back).await;
-        let first_seen = self.store.read(|c| poll::first_seen_by_poll(c)).await.ok();
+        let first_seen = self.store.read(poll::first_seen_by_poll).await.ok();
         let mut s = self.state.lock().expect("backstop lock");
         s.last_attempt = Some(started);
         s.last_trigger = Some(reason.to_string());
@@ -182,9 +182,14 @@ impl Backstop {
             }
             tunnel = now;
             let ok = self.store.check_writable().await.is_ok();
-            let failed_poll = self.status().last_error.is_some_and(|e| e.contains("storing"));
+            let failed_poll = self
+                .status()
+                .last_error
+                .is_some_and(|e| e.contains("storing"));
             if ok && (!storage_ok || failed_poll) {
-                tracing::info!("storage writable again; polling Leap for dispatches refused meanwhile");
+                tracing::info!(
+                    "storage writable again; polling Leap for dispatches refused meanwhile"
+                );
                 self.trigger("storage recovered");
             }
             storage_ok = ok;
@@ -200,8 +205,14 @@ fn log_report(reason: &str, r: &PollReport) {
         );
     }
     tracing::info!(
-        trigger = reason, pages = r.pages, results = r.results, new = r.new, updated = r.updated,
-        duplicate = r.duplicate, rejected = r.rejected, conflict = r.conflict,
+        trigger = reason,
+        pages = r.pages,
+        results = r.results,
+        new = r.new,
+        updated = r.updated,
+        duplicate = r.duplicate,
+        rejected = r.rejected,
+        conflict = r.conflict,
         "Leap poll done"
     );
 }
@@ -210,9 +221,13 @@ fn log_report(reason: &str, r: &PollReport) {
 /// cannot be asked (then reconnects are caught by the schedule instead).
 fn tunnel_active() -> Option<bool> {
     let unit = "leap-edge-tunnel.service";
-    let installed = ["/usr/lib/systemd/system", "/lib/systemd/system", "/etc/systemd/system"]
-        .iter()
-        .any(|d| std::path::Path::new(d).join(unit).exists());
+    let installed = [
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+        "/etc/systemd/system",
+    ]
+    .iter()
+    .any(|d| std::path::Path::new(d).join(unit).exists());
     if !installed {
         return None;
     }

@@ -60,7 +60,9 @@ impl FakeLeap {
         let st = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -90,7 +92,11 @@ impl FakeLeap {
 
     pub fn requests(&self, path_part: &str) -> Vec<Recorded> {
         let s = self.state.lock().unwrap();
-        s.requests.iter().filter(|r| r.path.contains(path_part)).cloned().collect()
+        s.requests
+            .iter()
+            .filter(|r| r.path.contains(path_part))
+            .cloned()
+            .collect()
     }
 }
 
@@ -100,12 +106,16 @@ fn reply(status: u16, body: Option<Value>) -> Resp {
     let bytes = body.map(|b| b.to_string()).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap();
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
 fn envelope(status: u16, code: &str, error_code: &str, message: &str) -> Resp {
-    reply(status, Some(json!({"code": code, "message": message, "error_code": error_code})))
+    reply(
+        status,
+        Some(json!({"code": code, "message": message, "error_code": error_code})),
+    )
 }
 
 async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
@@ -114,9 +124,19 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
     let headers: HashMap<String, String> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
-    let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     {
         let mut s = st.lock().unwrap();
@@ -128,29 +148,66 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
             at: Instant::now(),
         });
         if headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {API_KEY}")) {
-            return envelope(401, "UNAUTHORIZED", "DISPATCH_UNAUTHORIZED", "missing or invalid bearer token");
+            return envelope(
+                401,
+                "UNAUTHORIZED",
+                "DISPATCH_UNAUTHORIZED",
+                "missing or invalid bearer token",
+            );
         }
         if let Some((status, retry)) = s.faults.pop_front() {
             let mut r = if status == 429 {
-                envelope(429, "TOO_MANY_REQUESTS", "DISPATCH_RATE_LIMITED", "rate limit exceeded")
+                envelope(
+                    429,
+                    "TOO_MANY_REQUESTS",
+                    "DISPATCH_RATE_LIMITED",
+                    "rate limit exceeded",
+                )
             } else {
-                envelope(status, "SERVICE_UNAVAILABLE", "LEAP_DISPATCH_INTERNAL_ERROR_001", "try again")
+                envelope(
+                    status,
+                    "SERVICE_UNAVAILABLE",
+                    "LEAP_DISPATCH_INTERNAL_ERROR_001",
+                    "try again",
+                )
             };
             if let Some(secs) = retry {
-                r.headers_mut().insert("retry-after", secs.to_string().parse().unwrap());
+                r.headers_mut()
+                    .insert("retry-after", secs.to_string().parse().unwrap());
             }
             return r;
         }
     }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), parts.as_slice()) {
-        (m, ["v2", "dispatch", level @ ("meter" | "group"), "webhook"]) => webhook(&st, m, level, body),
-        ("POST", ["v2", "dispatch", level @ ("meter" | "group"), "webhook", "integration_test"]) => {
-            integration_test(&st, level, body).await
+        (m, ["v2", "dispatch", level @ ("meter" | "group"), "webhook"]) => {
+            webhook(&st, m, level, body)
         }
-        ("POST", ["v2", "dispatch", level @ ("meter" | "group"), "search"]) => search(&st, level, &body),
-        (_, ["v2", "dispatch", ..]) => envelope(405, "METHOD_NOT_ALLOWED", "DISPATCH_INVALID_INPUT", "method not allowed"),
-        _ => envelope(404, "NOT_FOUND", "DISPATCH_NO_ACCESS_TO_RESOURCE", "no such resource"),
+        (
+            "POST",
+            [
+                "v2",
+                "dispatch",
+                level @ ("meter" | "group"),
+                "webhook",
+                "integration_test",
+            ],
+        ) => integration_test(&st, level, body).await,
+        ("POST", ["v2", "dispatch", level @ ("meter" | "group"), "search"]) => {
+            search(&st, level, &body)
+        }
+        (_, ["v2", "dispatch", ..]) => envelope(
+            405,
+            "METHOD_NOT_ALLOWED",
+            "DISPATCH_INVALID_INPUT",
+            "method not allowed",
+        ),
+        _ => envelope(
+            404,
+            "NOT_FOUND",
+            "DISPATCH_NO_ACCESS_TO_RESOURCE",
+            "no such resource",
+        ),
     }
 }
 
@@ -163,12 +220,20 @@ fn webhook(st: &Mutex<State>, method: &str, level: &str, body: Value) -> Resp {
     match method {
         "GET" => match s.hooks.get(level) {
             Some(h) => reply(200, Some(h.clone())),
-            None => envelope(404, "NOT_FOUND", "DISPATCH_NO_ACCESS_TO_RESOURCE", "no webhook registered"),
+            None => envelope(
+                404,
+                "NOT_FOUND",
+                "DISPATCH_NO_ACCESS_TO_RESOURCE",
+                "no webhook registered",
+            ),
         },
         "PUT" => {
-            let url_ok = body["url"].as_str().is_some_and(|u| u.starts_with("https://"));
+            let url_ok = body["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("https://"));
             let headers_ok = body["headers"].as_array().is_some_and(|hs| {
-                hs.iter().all(|h| h["name"].is_string() && h["value"].is_string())
+                hs.iter()
+                    .all(|h| h["name"].is_string() && h["value"].is_string())
             });
             if !url_ok || !headers_ok {
                 return bad("url must be an https URL and headers a list of {name, value}");
@@ -181,12 +246,21 @@ fn webhook(st: &Mutex<State>, method: &str, level: &str, body: Value) -> Resp {
             s.hooks.remove(level);
             reply(204, None)
         }
-        _ => envelope(405, "METHOD_NOT_ALLOWED", "DISPATCH_INVALID_INPUT", "method not allowed"),
+        _ => envelope(
+            405,
+            "METHOD_NOT_ALLOWED",
+            "DISPATCH_INVALID_INPUT",
+            "method not allowed",
+        ),
     }
 }
 
 async fn integration_test(st: &Mutex<State>, level: &str, body: Value) -> Resp {
-    let key = if level == "meter" { "meter_dispatches" } else { "group_dispatches" };
+    let key = if level == "meter" {
+        "meter_dispatches"
+    } else {
+        "group_dispatches"
+    };
     if body[key].as_array().is_none_or(|a| a.is_empty()) {
         return bad(&format!("{key} must hold at least one item"));
     }
@@ -197,7 +271,8 @@ async fn integration_test(st: &Mutex<State>, level: &str, body: Value) -> Resp {
     let Some(hook) = hook else {
         return bad("no webhook registered for this account");
     };
-    let notification = json!({"integration_test_notification": true, "communication_test": false, key: body[key]});
+    let notification =
+        json!({"integration_test_notification": true, "communication_test": false, key: body[key]});
     let sent = Utc::now();
     let result = deliver(&hook, cert, notification.to_string()).await;
     let received = Utc::now();
@@ -218,7 +293,11 @@ async fn deliver(
     cert: Option<CertificateDer<'static>>,
     body: String,
 ) -> Result<(u16, Value, String), String> {
-    let url: hyper::Uri = hook["url"].as_str().unwrap_or_default().parse().map_err(|e| format!("{e}"))?;
+    let url: hyper::Uri = hook["url"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     let host = url.host().unwrap_or_default().to_string();
     let port = url.port_u16().unwrap_or(443);
     let attempt = async {
@@ -232,13 +311,17 @@ async fn deliver(
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let name = ServerName::try_from("localhost").unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let mut req = Request::builder()
             .method("POST")
@@ -259,8 +342,17 @@ async fn deliver(
             .iter()
             .map(|(k, v)| (k.to_string(), json!([v.to_str().unwrap_or_default()])))
             .collect();
-        let text = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, Value::Object(headers), String::from_utf8_lossy(&text).into_owned()))
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((
+            status,
+            Value::Object(headers),
+            String::from_utf8_lossy(&text).into_owned(),
+        ))
     };
     tokio::time::timeout(Duration::from_secs(10), attempt)
         .await
@@ -268,11 +360,16 @@ async fn deliver(
 }
 
 fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(v.as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn search(st: &Mutex<State>, level: &str, body: &Value) -> Resp {
-    let (Some(start), Some(end)) = (parse_time(&body["start_date"]), parse_time(&body["end_date"])) else {
+    let (Some(start), Some(end)) = (
+        parse_time(&body["start_date"]),
+        parse_time(&body["end_date"]),
+    ) else {
         return bad("start_date and end_date must be RFC 3339 times");
     };
     if end <= start || end - start > chrono::Duration::days(31) {
@@ -289,27 +386,61 @@ fn search(st: &Mutex<State>, level: &str, body: &Value) -> Resp {
         },
     };
     let (data, id_key, filter_key, flag) = if level == "meter" {
-        (&s.meter_results, "meter_id", "meter_ids", "communication_test")
+        (
+            &s.meter_results,
+            "meter_id",
+            "meter_ids",
+            "communication_test",
+        )
     } else {
-        (&s.group_results, "market_group_id", "market_group_ids", "is_communication_test")
+        (
+            &s.group_results,
+            "market_group_id",
+            "market_group_ids",
+            "is_communication_test",
+        )
     };
-    let wanted: Option<Vec<String>> = body[filter_key]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_ascii_lowercase)).collect());
+    let wanted: Option<Vec<String>> = body[filter_key].as_array().map(|a| {
+        a.iter()
+            .filter_map(|v| v.as_str().map(str::to_ascii_lowercase))
+            .collect()
+    });
     let all: Vec<Value> = data
         .iter()
-        .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(&r[id_key].as_str().unwrap_or_default().to_ascii_lowercase())))
+        .filter(|r| {
+            wanted.as_ref().is_none_or(|w| {
+                w.contains(&r[id_key].as_str().unwrap_or_default().to_ascii_lowercase())
+            })
+        })
         .filter_map(|r| {
-            let slots: Vec<Value> = r["timeslots"].as_array()?.iter().filter(|t| {
-                let (Some(ts), Some(te)) = (parse_time(&t["start_time"]), parse_time(&t["end_time"])) else { return false };
-                let rt = t["dispatch_event_types"].as_array().is_some_and(|a| a.iter().any(|x| x == "5m"));
-                ts < end && te > start && !(exclude_rt && rt) && !(exclude_vol && t["is_voluntary"] == true)
-            }).map(|t| {
-                let mut t = t.clone();
-                t[flag] = t.get(flag).cloned().unwrap_or(json!(false));
-                t
-            }).collect();
-            (!slots.is_empty()).then(|| { let mut r = r.clone(); r["timeslots"] = json!(slots); r })
+            let slots: Vec<Value> = r["timeslots"]
+                .as_array()?
+                .iter()
+                .filter(|t| {
+                    let (Some(ts), Some(te)) =
+                        (parse_time(&t["start_time"]), parse_time(&t["end_time"]))
+                    else {
+                        return false;
+                    };
+                    let rt = t["dispatch_event_types"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == "5m"));
+                    ts < end
+                        && te > start
+                        && !(exclude_rt && rt)
+                        && !(exclude_vol && t["is_voluntary"] == true)
+                })
+                .map(|t| {
+                    let mut t = t.clone();
+                    t[flag] = t.get(flag).cloned().unwrap_or(json!(false));
+                    t
+                })
+                .collect();
+            (!slots.is_empty()).then(|| {
+                let mut r = r.clone();
+                r["timeslots"] = json!(slots);
+                r
+            })
         })
         .collect();
     let page: Vec<Value> = all.iter().skip(offset).take(PAGE_SIZE).cloned().collect();
