@@ -345,3 +345,62 @@ fn config_check_names_a_bad_schedule_and_a_too_frequent_poll() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_dispatches_are_searched_for_groups_seen_before() {
+    const GROUP: &str = "11aa7aae-24e5-455f-91e9-e0f5f145f2ae";
+    let fake = FakeLeap::start().await;
+    let d = Daemon::start_with(&site(&fake, ""));
+    wait_first_poll(&d).await;
+    assert!(
+        fake.requests("/v2/dispatch/group/search").is_empty(),
+        "no group known yet"
+    );
+    let group_slot = |id: &str| {
+        let mut t = slot(id, 5400, json!({}));
+        let o = t.as_object_mut().unwrap();
+        o.remove("meter_event_id");
+        o.insert("market_group_event_id".into(), json!(id));
+        t
+    };
+    let pushed = group_slot("g-pushed");
+    let push = json!({"integration_test_notification": false, "communication_test": false,
+        "group_dispatches": [{"market_group_id": GROUP, "meter_ids": [METER], "timeslots": [pushed]}]});
+    assert_eq!(d.client().post(&push.to_string()).await.status, 200);
+    fake.state.lock().unwrap().group_results = vec![
+        json!({"market_group_id": GROUP, "meter_ids": [METER], "timeslots": [pushed, group_slot("g-missed")]}),
+    ];
+    let (code, out, err) = cli(&d, &["leap", "poll", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["new_event_ids"], json!(["g-missed"]), "{r}");
+    assert_eq!(r["duplicate"], 1, "{r}");
+    let searches = fake.requests("/v2/dispatch/group/search");
+    assert_eq!(searches[0].body["market_group_ids"], json!([GROUP]));
+    assert_eq!(searches[0].body["exclude_real_time_events"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_missed_while_down_is_dispatched_after_the_start_poll() {
+    let fake = FakeLeap::start().await;
+    // Pushed (and given up on by Leap) while the gateway was unreachable; still current.
+    fake.state.lock().unwrap().meter_results =
+        vec![json!({"meter_id": METER, "timeslots": [slot("missed-while-down", 2, json!({}))]})];
+    let d = Daemon::start_with(&site(&fake, ""));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, _) = cli(&d, &["history", "--json"]);
+        assert_eq!(code, 0);
+        if out.contains("missed-while-down") && out.contains("apply") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never dispatched: {out}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(timeslot_row(&d, "missed-while-down").0, "poll");
+    assert!(d.log().contains("never pushed"), "the operator is warned");
+}
