@@ -404,3 +404,62 @@ async fn a_dispatch_missed_while_down_is_dispatched_after_the_start_poll() {
     assert_eq!(timeslot_row(&d, "missed-while-down").0, "poll");
     assert!(d.log().contains("never pushed"), "the operator is warned");
 }
+
+/// `chattr +i` on the database and its folder, undone on drop.
+struct Frozen(Vec<std::path::PathBuf>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(p)
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and chattr on ext4 (.ci/run runs it); waits out the one-minute poll gap"]
+async fn storage_recovery_triggers_a_poll_that_finds_the_refused_dispatch() {
+    let fake = FakeLeap::start().await;
+    let d = Daemon::start_with(&site(&fake, ""));
+    wait_first_poll(&d).await;
+    let paths: Vec<_> = ["", "-wal"]
+        .iter()
+        .map(|s| std::path::PathBuf::from(format!("{}{s}", d.db_path().display())))
+        .chain([d.dir.path().to_path_buf()])
+        .collect();
+    let mut frozen = Frozen(Vec::new());
+    for p in &paths {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "chattr +i {}", p.display());
+        frozen.0.push(p.clone());
+    }
+    let refused = slot("refused-while-read-only", 3600, json!({}));
+    let r = d
+        .client()
+        .post(&common::meter_notification(METER, vec![refused.clone()]))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    // Leap gives up on the push; the dispatch is still in its search results.
+    fake.state.lock().unwrap().meter_results =
+        vec![json!({"meter_id": METER, "timeslots": [refused]})];
+    drop(frozen);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = status(&d);
+        if s["leap"]["backstop"]["last_trigger"] == "storage recovered"
+            && s["leap"]["backstop"]["last_report"]["new"] == 1
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no poll after recovery: {s}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(timeslot_row(&d, "refused-while-read-only").0, "poll");
+}

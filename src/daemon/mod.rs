@@ -82,10 +82,16 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
     // Issue 13: the polling backstop (a no-op without [leap] api_key).
+    // A weak handle: the App holds the backstop (as a status source), not the reverse.
+    let weak = Arc::downgrade(&app);
     let backstop = crate::leap::backstop::Backstop::new(
         app.shared_config(),
         store.clone(),
         app.changes.clone(),
+        Arc::new(move || {
+            weak.upgrade()
+                .map_or(0, |a| a.metrics.requests.get("storage_unavailable"))
+        }),
     );
     app.add_source(backstop.clone());
     tokio::spawn(backstop.clone().run(stop_rx.clone()));

@@ -17,7 +17,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// How often the tunnel and storage are looked at for a recovery.
-const WATCH_PERIOD: Duration = Duration::from_secs(15);
+const WATCH_PERIOD: Duration = Duration::from_secs(5);
+
+/// How many pushes the webhook has refused for lack of storage so far (503s).
+pub type RefusalCount = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BackstopStatus {
@@ -42,10 +45,16 @@ pub struct Backstop {
     running: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     triggers: mpsc::Sender<&'static str>,
     rx: Mutex<Option<mpsc::Receiver<&'static str>>>,
+    refusals: RefusalCount,
 }
 
 impl Backstop {
-    pub fn new(config: SharedConfig, store: Store, changes: watch::Sender<u64>) -> Arc<Backstop> {
+    pub fn new(
+        config: SharedConfig,
+        store: Store,
+        changes: watch::Sender<u64>,
+        refusals: RefusalCount,
+    ) -> Arc<Backstop> {
         let (tx, rx) = mpsc::channel(4);
         let enabled = config.get().leap.api_key.is_some();
         Arc::new(Backstop {
@@ -59,6 +68,7 @@ impl Backstop {
             running: tokio::sync::Mutex::new(None),
             triggers: tx,
             rx: Mutex::new(Some(rx)),
+            refusals,
         })
     }
 
@@ -165,10 +175,13 @@ impl Backstop {
     }
 
     /// Poll again when the tunnel reconnects or storage recovers: both mean pushes may
-    /// have been refused while Leap retried.
+    /// have been refused while Leap retried. Storage is probed only when there is a reason
+    /// (a refused push, a failed probe or a poll that could not store), so a healthy
+    /// gateway's flash is not written every few seconds.
     async fn watch_recoveries(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tunnel = tunnel_active();
-        let mut storage_ok = true;
+        let mut refused = (self.refusals)();
+        let mut suspect = false;
         let mut tick = tokio::time::interval(WATCH_PERIOD);
         loop {
             tokio::select! {
@@ -181,18 +194,20 @@ impl Backstop {
                 self.trigger("tunnel reconnected");
             }
             tunnel = now;
-            let ok = self.store.check_writable().await.is_ok();
-            let failed_poll = self
+            let r = (self.refusals)();
+            let poll_failed = self
                 .status()
                 .last_error
                 .is_some_and(|e| e.contains("storing"));
-            if ok && (!storage_ok || failed_poll) {
+            suspect |= r > refused || poll_failed;
+            refused = r;
+            if suspect && self.store.check_writable().await.is_ok() {
+                suspect = false;
                 tracing::info!(
                     "storage writable again; polling Leap for dispatches refused meanwhile"
                 );
                 self.trigger("storage recovered");
             }
-            storage_ok = ok;
         }
     }
 }
