@@ -7,17 +7,23 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+mod deliver;
+mod search;
+pub mod site;
+
+use deliver::integration_test;
+use search::search;
 
 pub const API_KEY: &str = "leap-partner-key-for-tests";
 pub const PAGE_SIZE: usize = 500;
@@ -43,8 +49,8 @@ pub struct State {
     pub faults: VecDeque<(u16, Option<u64>)>,
     /// The certificate the daemon under test serves (the fake trusts only it).
     pub daemon_cert: Option<CertificateDer<'static>>,
-    tokens: HashMap<String, usize>,
-    next_token: u64,
+    pub(crate) tokens: HashMap<String, usize>,
+    pub(crate) next_token: u64,
 }
 
 pub struct FakeLeap {
@@ -253,204 +259,4 @@ fn webhook(st: &Mutex<State>, method: &str, level: &str, body: Value) -> Resp {
             "method not allowed",
         ),
     }
-}
-
-async fn integration_test(st: &Mutex<State>, level: &str, body: Value) -> Resp {
-    let key = if level == "meter" {
-        "meter_dispatches"
-    } else {
-        "group_dispatches"
-    };
-    if body[key].as_array().is_none_or(|a| a.is_empty()) {
-        return bad(&format!("{key} must hold at least one item"));
-    }
-    let (hook, cert) = {
-        let s = st.lock().unwrap();
-        (s.hooks.get(level).cloned(), s.daemon_cert.clone())
-    };
-    let Some(hook) = hook else {
-        return bad("no webhook registered for this account");
-    };
-    let notification =
-        json!({"integration_test_notification": true, "communication_test": false, key: body[key]});
-    let sent = Utc::now();
-    let result = deliver(&hook, cert, notification.to_string()).await;
-    let received = Utc::now();
-    let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let answer = match result {
-        Ok((status, headers, text)) => json!({"http_status": status, "sent_time": ts(sent),
-            "received_time": ts(received), "headers": headers, "body": text, "error_message": null}),
-        Err(e) => json!({"http_status": null, "sent_time": ts(sent), "received_time": null,
-            "headers": {}, "body": null, "error_message": e}),
-    };
-    reply(200, Some(answer))
-}
-
-/// POST the notification to the registered URL as Leap would: its headers with lower-case
-/// names, a 10-second limit.
-async fn deliver(
-    hook: &Value,
-    cert: Option<CertificateDer<'static>>,
-    body: String,
-) -> Result<(u16, Value, String), String> {
-    let url: hyper::Uri = hook["url"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let host = url.host().unwrap_or_default().to_string();
-    let port = url.port_u16().unwrap_or(443);
-    let attempt = async {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(c) = cert {
-            roots.add(c).map_err(|e| e.to_string())?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method("POST")
-            .uri(url.path())
-            .header("host", format!("{host}:{port}"))
-            .header("content-type", "application/json");
-        for h in hook["headers"].as_array().into_iter().flatten() {
-            let name = h["name"].as_str().unwrap_or_default().to_ascii_lowercase();
-            req = req.header(name, h["value"].as_str().unwrap_or_default());
-        }
-        let resp = send
-            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let headers: serde_json::Map<String, Value> = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!([v.to_str().unwrap_or_default()])))
-            .collect();
-        let text = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((
-            status,
-            Value::Object(headers),
-            String::from_utf8_lossy(&text).into_owned(),
-        ))
-    };
-    tokio::time::timeout(Duration::from_secs(10), attempt)
-        .await
-        .map_err(|_| "no 2XX within 10 seconds".to_string())?
-}
-
-fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v.as_str()?)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-fn search(st: &Mutex<State>, level: &str, body: &Value) -> Resp {
-    let (Some(start), Some(end)) = (
-        parse_time(&body["start_date"]),
-        parse_time(&body["end_date"]),
-    ) else {
-        return bad("start_date and end_date must be RFC 3339 times");
-    };
-    if end <= start || end - start > chrono::Duration::days(31) {
-        return bad("end_date must be after start_date and at most 31 days later");
-    }
-    let exclude_rt = body["exclude_real_time_events"].as_bool().unwrap_or(true);
-    let exclude_vol = body["exclude_voluntary_events"].as_bool().unwrap_or(false);
-    let mut s = st.lock().unwrap();
-    let offset = match body["page_token"].as_str() {
-        None => 0,
-        Some(t) => match s.tokens.get(t) {
-            Some(o) => *o,
-            None => return bad("unknown page_token"),
-        },
-    };
-    let (data, id_key, filter_key, flag) = if level == "meter" {
-        (
-            &s.meter_results,
-            "meter_id",
-            "meter_ids",
-            "communication_test",
-        )
-    } else {
-        (
-            &s.group_results,
-            "market_group_id",
-            "market_group_ids",
-            "is_communication_test",
-        )
-    };
-    let wanted: Option<Vec<String>> = body[filter_key].as_array().map(|a| {
-        a.iter()
-            .filter_map(|v| v.as_str().map(str::to_ascii_lowercase))
-            .collect()
-    });
-    let all: Vec<Value> = data
-        .iter()
-        .filter(|r| {
-            wanted.as_ref().is_none_or(|w| {
-                w.contains(&r[id_key].as_str().unwrap_or_default().to_ascii_lowercase())
-            })
-        })
-        .filter_map(|r| {
-            let slots: Vec<Value> = r["timeslots"]
-                .as_array()?
-                .iter()
-                .filter(|t| {
-                    let (Some(ts), Some(te)) =
-                        (parse_time(&t["start_time"]), parse_time(&t["end_time"]))
-                    else {
-                        return false;
-                    };
-                    let rt = t["dispatch_event_types"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|x| x == "5m"));
-                    ts < end
-                        && te > start
-                        && !(exclude_rt && rt)
-                        && !(exclude_vol && t["is_voluntary"] == true)
-                })
-                .map(|t| {
-                    let mut t = t.clone();
-                    t[flag] = t.get(flag).cloned().unwrap_or(json!(false));
-                    t
-                })
-                .collect();
-            (!slots.is_empty()).then(|| {
-                let mut r = r.clone();
-                r["timeslots"] = json!(slots);
-                r
-            })
-        })
-        .collect();
-    let page: Vec<Value> = all.iter().skip(offset).take(PAGE_SIZE).cloned().collect();
-    let next = if offset + PAGE_SIZE < all.len() {
-        s.next_token += 1;
-        let token = format!("00000000-0000-4000-8000-{:012x}", s.next_token);
-        s.tokens.insert(token.clone(), offset + PAGE_SIZE);
-        Some(token)
-    } else {
-        None
-    };
-    reply(200, Some(json!({"next_page_token": next, "results": page})))
 }

@@ -1,174 +1,16 @@
-//! Issue 13 end to end: the real `leap-edge` binary (daemon and CLI) against the local fake
-//! of Leap's API (tests/fake_leap): webhook registration, the integration-test round trip
-//! through the real HTTPS daemon, the polling backstop, and the `[schedule]`.
+//! Issue 13, the polling backstop and the `[schedule]`: the real daemon against the local
+//! fake of Leap's API (tests/fake_leap): paging, never-pushed timeslots, cancellations
+//! found only by polling, 503/429 handling, push + poll counted once, group searches,
+//! recovery triggers, and cron jobs firing.
 
 mod common;
 mod fake_leap;
 
-use common::{Daemon, KEY};
-use fake_leap::{API_KEY, FakeLeap};
+use common::Daemon;
+use fake_leap::FakeLeap;
+use fake_leap::site::{METER, cli, site, slot, status, wait_first_poll};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-const METER: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
-
-fn site(fake: &FakeLeap, extra: &str) -> String {
-    format!(
-        "[[meters]]\nid = \"{METER}\"\ndevice = \"bat\"\n[devices.bat]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = 9\ntimeout_ms = 200\n{}{extra}\n",
-        fake.config()
-    )
-}
-
-/// The CLI blocks; let the fake keep serving on the other worker meanwhile.
-fn cli(d: &Daemon, args: &[&str]) -> (i32, String, String) {
-    tokio::task::block_in_place(|| d.cli(args))
-}
-
-fn status(d: &Daemon) -> Value {
-    let (code, out, err) = cli(d, &["status", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).unwrap()
-}
-
-async fn wait_first_poll(d: &Daemon) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(d);
-        if !s["leap"]["backstop"]["last_success"].is_null() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no successful poll: {s}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn slot(event: &str, start_in_s: i64, extra: Value) -> Value {
-    let start = chrono::Utc::now() + chrono::Duration::seconds(start_in_s);
-    common::timeslot_json(METER, event, start, 3600, Some(5.0), extra)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_show_set_delete_bodies_headers_and_refusal() {
-    let fake = FakeLeap::start().await;
-    let d = Daemon::start_with(&fake.config());
-    let (code, out, err) = cli(&d, &["leap", "webhook", "show"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("no webhook registered"), "{out}");
-
-    let url = "https://edge.example.com/leap/dispatch";
-    let (code, out, err) = cli(&d, &["leap", "webhook", "set", "--url", url]);
-    assert_eq!(code, 0, "{out}{err}");
-    let puts = fake.requests("/v2/dispatch/meter/webhook");
-    let put = puts.iter().find(|r| r.method == "PUT").expect("a PUT");
-    assert_eq!(
-        put.body,
-        json!({"url": url, "headers": [{"name": "x-api-key", "value": KEY}]})
-    );
-    assert_eq!(put.headers["authorization"], format!("Bearer {API_KEY}"));
-    assert_eq!(put.headers["content-type"], "application/json");
-    assert!(!out.contains(KEY), "the key must never be printed: {out}");
-
-    // One URL per account: replacing asks, and without a terminal or --yes it refuses.
-    let other = "https://other.example.com/leap/dispatch";
-    let (code, out, err) = cli(&d, &["leap", "webhook", "set", "--url", other]);
-    assert_eq!(code, 2, "{out}{err}");
-    assert!(
-        err.contains("refusing without a terminal") && err.contains("--yes"),
-        "{err}"
-    );
-    assert!(out.contains(url), "shows the current one first: {out}");
-    assert_eq!(fake.state.lock().unwrap().hooks["meter"]["url"], url);
-    let (code, _, err) = cli(&d, &["leap", "webhook", "set", "--url", other, "--yes"]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(fake.state.lock().unwrap().hooks["meter"]["url"], other);
-
-    let (code, out, _) = cli(&d, &["leap", "webhook", "show", "--json"]);
-    assert_eq!(code, 0);
-    let shown: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        shown["headers"][0],
-        json!({"name": "x-api-key", "value": "MASKED", "matches": "auth.keys[0]"})
-    );
-
-    let (code, _, err) = cli(&d, &["leap", "webhook", "delete"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(fake.state.lock().unwrap().hooks.contains_key("meter"));
-    let (code, _, err) = cli(&d, &["leap", "webhook", "delete", "--yes"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        fake.requests("/webhook")
-            .iter()
-            .any(|r| r.method == "DELETE")
-    );
-    assert!(!fake.state.lock().unwrap().hooks.contains_key("meter"));
-
-    let (code, _, err) = cli(&d, &["leap", "webhook", "set", "--group", "--url", url]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(fake.state.lock().unwrap().hooks["group"]["url"], url);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_api_key_is_a_clear_error_and_not_retried() {
-    let fake = FakeLeap::start().await;
-    let cfg = fake.config().replace(API_KEY, "not-the-partner-key");
-    let d = Daemon::start_with(&cfg);
-    let before = fake.requests("/webhook").len();
-    let (code, _, err) = cli(&d, &["leap", "webhook", "show"]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("401 UNAUTHORIZED (DISPATCH_UNAUTHORIZED)") && err.contains("api_key"),
-        "{err}"
-    );
-    assert_eq!(
-        fake.requests("/webhook").len(),
-        before + 1,
-        "a 401 is final"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leap_test_round_trip_through_the_daemon() {
-    let fake = FakeLeap::start().await;
-    let d = Daemon::start_with(&site(&fake, ""));
-    fake.state.lock().unwrap().daemon_cert = Some(d.cert_der.clone());
-    let url = format!("https://127.0.0.1:{}{}", d.addr.port(), common::PATH);
-    assert_eq!(cli(&d, &["leap", "webhook", "set", "--url", &url]).0, 0);
-
-    let (code, out, err) = cli(&d, &["leap", "test", "--json", "--in", "2m", "--kw", "5"]);
-    assert_eq!(code, 0, "{out}{err}");
-    let r: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(r["leap"]["http_status"], 200, "{r}");
-    assert!(
-        r["leap"]["body"]
-            .as_str()
-            .unwrap()
-            .contains("\"status\":\"ok\""),
-        "{r}"
-    );
-    assert_eq!(r["stored"][0]["source"], "push", "{r}");
-    assert_eq!(r["stored"][0]["integration_test"], true, "{r}");
-    let sent = &fake.requests("integration_test")[0].body;
-    assert_eq!(sent["meter_dispatches"][0]["meter_id"], METER);
-    assert_eq!(
-        sent["meter_dispatches"][0]["timeslots"][0]["energy_kw"],
-        5.0
-    );
-
-    // A webhook registered with a key the daemon does not accept: Leap reports the 401 and
-    // nothing is stored; the command says so and fails.
-    fake.state.lock().unwrap().hooks.get_mut("meter").unwrap()["headers"][0]["value"] =
-        json!("wrong-key-123");
-    let (code, out, _) = cli(&d, &["leap", "test"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("HTTP status from leap-edge: 401") && out.contains("NOT STORED"),
-        "{out}"
-    );
-}
 
 fn meter_results(n: usize) -> Vec<Value> {
     (0..n)
@@ -314,35 +156,6 @@ async fn schedule_fires_and_status_shows_next_fire() {
     assert!(
         ahead > chrono::Duration::zero() && ahead <= chrono::Duration::minutes(5),
         "{ahead}"
-    );
-}
-
-#[test]
-fn config_check_names_a_bad_schedule_and_a_too_frequent_poll() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = common::inproc_config(
-        dir.path(),
-        "x.db",
-        &[],
-        "[schedule]\nprune = \"every night\"\npoll = \"*/10 * * * * *\"\n[leap]\nbase_url = \"http://api.leap.energy\"\n",
-    );
-    let out = std::process::Command::new(common::bin())
-        .args(["--config", path.to_str().unwrap(), "config", "check"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{err}");
-    assert!(
-        err.contains("schedule.prune = \"every night\" is not a cron expression"),
-        "{err}"
-    );
-    assert!(
-        err.contains("schedule.poll") && err.contains("once a minute"),
-        "{err}"
-    );
-    assert!(
-        err.contains("leap.base_url") && err.contains("loopback"),
-        "{err}"
     );
 }
 
