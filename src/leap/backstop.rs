@@ -105,7 +105,11 @@ impl Backstop {
             }
             while rx.try_recv().is_ok() {}
             if self.status().enabled {
-                let _ = self.run_now(reason, None).await;
+                // Shutdown must not wait for Leap's retries: the database closes after us.
+                tokio::select! {
+                    _ = self.run_now(reason, None) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
             }
         }
     }
@@ -179,21 +183,26 @@ impl Backstop {
     /// (a refused push, a failed probe or a poll that could not store), so a healthy
     /// gateway's flash is not written every few seconds.
     async fn watch_recoveries(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut tunnel = tunnel_active();
+        let mut tunnel = tunnel_active().await;
         let mut refused = (self.refusals)();
         let mut suspect = false;
         let mut tick = tokio::time::interval(WATCH_PERIOD);
-        loop {
+        for n in 0u64.. {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let now = tunnel_active();
-            if tunnel == Some(false) && now == Some(true) {
-                tracing::info!("tunnel reconnected; polling Leap for dispatches pushed meanwhile");
-                self.trigger("tunnel reconnected");
+            // systemctl is a process: ask it every third tick only.
+            if n % 3 == 0 {
+                let now = tunnel_active().await;
+                if tunnel == Some(false) && now == Some(true) {
+                    tracing::info!(
+                        "tunnel reconnected; polling Leap for dispatches pushed meanwhile"
+                    );
+                    self.trigger("tunnel reconnected");
+                }
+                tunnel = now;
             }
-            tunnel = now;
             let r = (self.refusals)();
             let poll_failed = self
                 .status()
@@ -234,7 +243,14 @@ fn log_report(reason: &str, r: &PollReport) {
 
 /// Whether the reverse-tunnel unit is active; None when it is not installed or systemd
 /// cannot be asked (then reconnects are caught by the schedule instead).
-fn tunnel_active() -> Option<bool> {
+async fn tunnel_active() -> Option<bool> {
+    tokio::task::spawn_blocking(tunnel_active_blocking)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn tunnel_active_blocking() -> Option<bool> {
     let unit = "leap-edge-tunnel.service";
     let installed = [
         "/usr/lib/systemd/system",
