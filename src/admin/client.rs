@@ -18,7 +18,7 @@ pub enum ClientError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("the daemon did not answer within 10 s")]
+    #[error("the daemon did not answer in time")]
     Timeout,
     #[error("the daemon refused: {0}")]
     Refused(String),
@@ -67,7 +67,24 @@ impl AdminClient {
         }
     }
 
+    /// The polling backstop once, through the daemon. A poll with Leap's retries can take
+    /// longer than the usual exchange, so the caller gives the limit.
+    pub async fn leap_poll(
+        &self,
+        days: Option<u32>,
+        limit: Duration,
+    ) -> Result<crate::leap::poll::PollReport, ClientError> {
+        match self.call_within(&Request::LeapPoll { days }, limit).await? {
+            Reply::LeapPoll(r) => Ok(*r),
+            _ => Err(ClientError::Mismatch("leap poll")),
+        }
+    }
+
     async fn call(&self, req: &Request) -> Result<Reply, ClientError> {
+        self.call_within(req, Duration::from_secs(10)).await
+    }
+
+    async fn call_within(&self, req: &Request, limit: Duration) -> Result<Reply, ClientError> {
         let fut = async {
             let mut s = tokio::net::UnixStream::connect(&self.path)
                 .await
@@ -100,7 +117,7 @@ impl AdminClient {
                 (false, _) => Err(ClientError::Refused(resp.error.unwrap_or_default())),
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), fut)
+        tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| ClientError::Timeout)?
     }

@@ -17,6 +17,8 @@ pub enum Reply {
     Override(OverrideReply),
     Cleared(ClearReply),
     Reload(ReloadReply),
+    /// `leap-edge leap poll` run by the daemon (issue 13).
+    LeapPoll(Box<crate::leap::poll::PollReport>),
 }
 
 /// Whether the daemon answered.
@@ -49,6 +51,24 @@ pub struct StatusReport {
     /// How the daemon was last started (from its lock file), when it is down.
     pub last_run: Option<LastRun>,
     pub meters: Vec<MeterReport>,
+    /// Leap's polling backstop and the `[schedule]` jobs (issue 13); absent when down.
+    #[serde(default)]
+    pub leap: Option<LeapStatus>,
+}
+
+/// The polling backstop and the next fire time of each `[schedule]` job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeapStatus {
+    pub backstop: crate::leap::backstop::BackstopStatus,
+    pub schedule: Vec<ScheduleJob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScheduleJob {
+    /// The `[schedule]` key: `poll`, `prune`, `integrity`.
+    pub job: String,
+    pub cron: String,
+    pub next_fire: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

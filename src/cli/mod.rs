@@ -7,6 +7,9 @@ mod docs;
 mod duration;
 mod events;
 mod history;
+mod leap;
+mod leap_poll;
+mod leap_test;
 mod logging;
 mod manual;
 pub mod output;
@@ -75,6 +78,9 @@ pub enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Leap's API: webhook registration, the end-to-end test, the polling backstop.
+    #[command(subcommand)]
+    Leap(leap::LeapCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,6 +207,7 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
             note_if_down(c);
             schedule::run(c, &args)
         }),
+        Command::Leap(cmd) => with_config(&cli.config, |c| leap::run(c, &cmd)),
         Command::History(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             history::run(c, &args)

@@ -111,6 +111,7 @@ fn down(config: &Config) -> StatusReport {
         tunnel: Some(tunnel()),
         last_run: crate::daemon::lock::read(&crate::daemon::lock::path_for(&config.storage.path)),
         meters,
+        leap: None,
     }
 }
 

@@ -80,6 +80,51 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         let line = format!("PLAN ERROR: {}", clean(e));
         out.push(alarm(v, &if v.wide { line } else { fit(&line, 80) }));
     }
+    if let Some(l) = &r.leap {
+        out.extend(leap_lines(l, r.now, v));
+    }
+    out
+}
+
+/// Issue 13: the polling backstop (pushes that never arrived are an alarm) and the
+/// `[schedule]` jobs' next fire times.
+fn leap_lines(
+    l: &crate::admin::state::LeapStatus,
+    now: chrono::DateTime<chrono::Utc>,
+    v: &View,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = &l.backstop;
+    if b.enabled {
+        let first = b.first_seen_by_poll;
+        let seen = format!("{first} timeslot(s) first seen by polling");
+        let seen = if first > 0 {
+            alarm(v, &format!("{seen}: pushes did not arrive"))
+        } else {
+            seen
+        };
+        let last = b.last_success.map_or("never".into(), |t| v.zone.time(t));
+        out.push(format!("Leap poll: last success {last}; {seen}"));
+        if let Some(e) = &b.last_error {
+            let line = format!("LAST POLL FAILED: {}", clean(e));
+            out.push(alarm(v, &if v.wide { line } else { fit(&line, 80) }));
+        }
+    } else {
+        out.push("Leap poll: off (no [leap] api_key)".into());
+    }
+    let next: Vec<String> = l
+        .schedule
+        .iter()
+        .map(|j| match j.next_fire {
+            // Relative times keep the line within 80 columns; --json has the instants.
+            Some(t) => format!("{} in {}", j.job, text::duration((t - now).num_seconds())),
+            None => format!("{} never", j.job),
+        })
+        .collect();
+    if !next.is_empty() {
+        let line = format!("schedule: {}", next.join(", "));
+        out.push(if v.wide { line } else { fit(&line, 80) });
+    }
     out
 }
 

@@ -15,6 +15,7 @@ impl Config {
         self.check_site(&mut p);
         self.check_meters(&mut p);
         self.check_devices(&mut p);
+        crate::leap::check_config(self, &mut p);
         // One battery per meter, refreshable before it reverts (the control loop's needs).
         p.extend(crate::control::check_meters(self));
         if p.is_empty() { Ok(()) } else { Err(p) }

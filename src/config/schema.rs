@@ -34,6 +34,12 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Leap's APIs (registration, test notifications, polling backstop).
+    #[serde(default)]
+    pub leap: crate::leap::LeapConfig,
+    /// Housekeeping cron expressions (never dispatch boundaries).
+    #[serde(default)]
+    pub schedule: crate::leap::ScheduleConfig,
     /// The file this was loaded from (for `leap-edge reload`); not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,

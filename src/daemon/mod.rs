@@ -6,6 +6,7 @@ mod housekeeping;
 mod limits;
 pub(crate) mod lock;
 mod report;
+mod schedule;
 mod socket;
 
 pub(crate) use socket::{describe as describe_override, not_configured as not_configured_meter};
@@ -75,6 +76,7 @@ pub struct Running {
     metrics_http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     admin: JoinHandle<()>,
+    scheduler: Option<tokio_cron_scheduler::JobScheduler>,
     store_thread: StoreThread,
 }
 
@@ -107,7 +109,22 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         .with_heartbeat(crate::systemd::watchdog_heartbeat());
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
+    // Issue 13: the polling backstop (a no-op without [leap] api_key).
+    // A weak handle: the App holds the backstop (as a status source), not the reverse.
+    let weak = Arc::downgrade(&app);
+    let backstop = crate::leap::backstop::Backstop::new(
+        app.shared_config(),
+        store.clone(),
+        app.changes.clone(),
+        Arc::new(move || {
+            weak.upgrade()
+                .map_or(0, |a| a.metrics.requests.get("storage_unavailable"))
+        }),
+    );
+    app.add_source(backstop.clone());
+    tokio::spawn(backstop.clone().run(stop_rx.clone()));
     let handler = Arc::new(socket::Handler {
+        backstop: backstop.clone(),
         app: app.clone(),
         dispatch: dispatch.clone(),
         overrides: dispatcher.overrides(),
@@ -119,11 +136,8 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
     let hk = Arc::new(housekeeping::Housekeeping::default());
     app.add_source(hk.clone());
-    tokio::spawn(hk.run(
-        store.clone(),
-        config.storage.retention_days,
-        stop_rx.clone(),
-    ));
+    tokio::spawn(hk.clone().run(stop_rx.clone()));
+    let scheduler = start_schedule(&app, &hk, &backstop).await;
     let admin_path = config.admin.socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
@@ -165,8 +179,65 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         http,
         dispatcher,
         admin,
+        scheduler,
         store_thread,
     })
+}
+
+/// `[schedule]`: the poll, pruning and the integrity check on their cron expressions; the
+/// last two also run once at start, as they always have. A scheduler that cannot start is
+/// logged, not fatal: dispatch does not depend on housekeeping. The jobs hold only weak
+/// handles: the scheduler must never keep the database open past shutdown.
+async fn start_schedule(
+    app: &Arc<App>,
+    hk: &Arc<housekeeping::Housekeeping>,
+    backstop: &Arc<crate::leap::backstop::Backstop>,
+) -> Option<tokio_cron_scheduler::JobScheduler> {
+    let cfg = app.config();
+    let (a, h) = (Arc::downgrade(app), Arc::downgrade(hk));
+    let prune: schedule::Task = Arc::new(move || {
+        let (a, h) = (a.upgrade(), h.upgrade());
+        Box::pin(async move {
+            if let (Some(a), Some(h)) = (a, h) {
+                h.prune(&a.store, a.config().storage.retention_days).await;
+            }
+        })
+    });
+    let (a, h) = (Arc::downgrade(app), Arc::downgrade(hk));
+    let integrity: schedule::Task = Arc::new(move || {
+        let (a, h) = (a.upgrade(), h.upgrade());
+        Box::pin(async move {
+            if let (Some(a), Some(h)) = (a, h) {
+                h.integrity(&a.store).await;
+            }
+        })
+    });
+    let b = Arc::downgrade(backstop);
+    let poll: schedule::Task = Arc::new(move || {
+        if let Some(b) = b.upgrade() {
+            b.trigger("schedule");
+        }
+        Box::pin(async {})
+    });
+    tokio::spawn({
+        let (p, i) = (prune.clone(), integrity.clone());
+        async move {
+            p().await;
+            i().await;
+        }
+    });
+    let jobs = vec![
+        ("poll", cfg.schedule.poll.clone(), poll),
+        ("prune", cfg.schedule.prune.clone(), prune),
+        ("integrity", cfg.schedule.integrity.clone(), integrity),
+    ];
+    match schedule::start(jobs).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "housekeeping schedule not running");
+            None
+        }
+    }
 }
 
 impl Running {
@@ -177,6 +248,9 @@ impl Running {
         let _ = self.metrics_http.await;
         let _ = self.dispatcher.await;
         let _ = self.admin.await;
+        if let Some(mut s) = self.scheduler {
+            let _ = s.shutdown().await;
+        }
         drop(self.app);
         self.store_thread.join();
         tracing::info!("stopped cleanly");

@@ -67,6 +67,7 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
         tunnel: None,
         last_run: None,
         meters,
+        leap: None,
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 pub struct Handler {
     pub app: Arc<App>,
+    pub backstop: Arc<crate::leap::backstop::Backstop>,
     pub dispatch: Arc<DispatchStatus>,
     pub overrides: Arc<Overrides>,
     pub clock: Arc<dyn Clock>,
@@ -37,6 +38,10 @@ impl AdminHandler for Handler {
             }
             Request::OverrideClear { meter } => self.clear(meter, peer).await,
             Request::Reload => self.reload(peer).await,
+            Request::LeapPoll { days } => match self.backstop.run_now("cli", days).await {
+                Ok(report) => Response::ok(Reply::LeapPoll(Box::new(report))),
+                Err(e) => Response::err(e),
+            },
         }
     }
 }
@@ -61,6 +66,10 @@ impl Handler {
             overrides: self.overrides.snapshot(),
             live: (self.live)(),
         });
+        let report = crate::admin::state::StatusReport {
+            leap: Some(self.leap_status(&config, self.clock.now())),
+            ..report
+        };
         Response::ok(Reply::Status(Box::new(report)))
     }
 
@@ -85,6 +94,28 @@ impl Handler {
         }
         self.app.changes.send_modify(|n| *n += 1);
         Response::ok(Reply::Cleared(ClearReply { cleared: n }))
+    }
+
+    /// Issue 13: the polling backstop and the next fire time of each `[schedule]` job.
+    fn leap_status(
+        &self,
+        config: &crate::config::Config,
+        now: DateTime<Utc>,
+    ) -> crate::admin::state::LeapStatus {
+        let schedule = config
+            .schedule
+            .jobs()
+            .iter()
+            .map(|(key, expr)| crate::admin::state::ScheduleJob {
+                job: key.to_string(),
+                cron: expr.to_string(),
+                next_fire: crate::leap::next_fire(expr, now),
+            })
+            .collect();
+        crate::admin::state::LeapStatus {
+            backstop: self.backstop.status(),
+            schedule,
+        }
     }
 
     /// Re-read the configuration file. Auth keys, test policies, strategies and retention

@@ -285,6 +285,7 @@ async fn commit(
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
         parsed,
+        source: crate::store::Source::Push,
     };
     // SPEC §2.1: acknowledge only what is committed; otherwise 503 so Leap retries.
     let outcome = match app.store.ingest(record).await {

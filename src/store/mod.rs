@@ -9,7 +9,7 @@ mod ingest;
 mod migrations;
 pub mod query;
 
-pub use ingest::{IngestOutcome, IngestRecord};
+pub use ingest::{IngestOutcome, IngestRecord, Source};
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
