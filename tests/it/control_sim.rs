@@ -2,7 +2,7 @@
 //! 17 (load steps down under up-to-site-load), 18 (reserve), 19 (energy spreading) and 20
 //! (device unreachable, then back), checked in what the simulated device holds.
 
-mod device_common;
+use crate::device_common;
 
 use chrono::Utc;
 use device_common::*;

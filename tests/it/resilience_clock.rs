@@ -6,7 +6,7 @@
 //! clock. Steps happen seconds away from any boundary and every wait is generous, so a
 //! busy machine only makes the test slower.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Duration, Utc};
 use leap_edge::clock::Clock;

@@ -1,7 +1,7 @@
 //! Issue 2: receiving Leap's webhooks and keeping them safely, through the real binary,
 //! real HTTPS and the real SQLite file.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! never answers, a Modbus exception on write, a connection dropped mid-write, a write the
 //! device acknowledges but does not keep (read-back mismatch), a device offline and back.
 
-mod device_common;
+use crate::device_common;
 
 use device_common::*;
 use leap_edge::device::{Battery, DeviceError};

@@ -3,7 +3,7 @@
 //! root too (file modes do not), so those tests need root and are `#[ignore]`d: `.ci/run`
 //! runs them with `--ignored`.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, local_get};
 use std::os::unix::fs::PermissionsExt;

@@ -7,7 +7,7 @@
 //! Needs `mbpoll` (apt-get install -y mbpoll) and `pymodbus` for python3
 //! (pip install pymodbus); each test prints SKIP and passes when its tool is missing.
 
-mod device_common;
+use crate::device_common;
 
 use device_common::*;
 use leap_edge::device::Battery;

@@ -10,7 +10,7 @@
 //! 4. device restart in the middle of a timeslot: the restarted device (fresh state, same
 //!    address) gets the command again and is finally released.
 
-mod device_common;
+use crate::device_common;
 
 use device_common::*;
 use leap_edge::clock::SystemClock;

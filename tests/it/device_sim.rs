@@ -1,7 +1,7 @@
 //! The Modbus driver against the site simulator over real TCP on 127.0.0.1: discovery,
 //! commands visible in the device's registers, release, reversion, clamping.
 
-mod device_common;
+use crate::device_common;
 
 use device_common::*;
 use leap_edge::device::{Battery, DeviceError};

@@ -3,8 +3,8 @@
 //! found only by polling, 503/429 handling, push + poll counted once, group searches,
 //! recovery triggers, and cron jobs firing.
 
-mod common;
-mod fake_leap;
+use crate::common;
+use crate::fake_leap;
 
 use common::Daemon;
 use fake_leap::FakeLeap;

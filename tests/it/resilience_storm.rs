@@ -3,7 +3,7 @@
 //! revision and 999 duplicates, and the dispatch loop (recording commander) must command
 //! the meter once for it, then release it once at its end.
 
-mod common;
+use crate::common;
 
 use leap_edge::clock::SystemClock;
 use leap_edge::daemon::{self, Parts};

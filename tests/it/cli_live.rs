@@ -4,7 +4,7 @@
 //! revision table, control characters escaped, and the admin socket's peer record,
 //! connection cap and refusal to replace a file that is not a socket.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::io::Read;

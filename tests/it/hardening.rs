@@ -1,7 +1,7 @@
 //! Issue 10: the gateway tried as an attacker on Leap's network path, through the real
 //! listener, the real admin socket and the real files. Each test fails without its point.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, KEY, PATH, fixture, local_get, raw_tls};
 use std::time::{Duration, Instant};

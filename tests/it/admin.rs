@@ -1,7 +1,7 @@
 //! The technician CLI against a running daemon over the admin socket: status, overrides
 //! that expire, reload with a key rotation, and the daemon-down answers.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! and the real database: limits answered 413 naming the key, timeslots beyond a duration
 //! or horizon rejected with their reason, and pruning with the retention.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, local_get};
 use std::time::{Duration, Instant};

@@ -2,8 +2,8 @@
 //! dispatch timer → control loop → Modbus registers of the simulated inverter, and back to
 //! normal at the end. Also measures boundary → setpoint readable on the device.
 
-mod common;
-mod device_common;
+use crate::common;
+use crate::device_common;
 
 use chrono::{DateTime, Duration, Utc};
 use leap_edge::clock::SystemClock;

@@ -2,7 +2,7 @@
 //! a recording commander in place of the devices (issue 3). Start times are a few seconds
 //! ahead; assertions are on what was commanded and audited, never on tight timings.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Duration, Utc};
 use common::Client;

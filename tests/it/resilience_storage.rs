@@ -6,7 +6,7 @@
 //! `chattr +i` (which binds root too, unlike file modes), then mutable again.
 //! Mounting and chattr need root; elsewhere the tests say so and pass.
 
-mod common;
+use crate::common;
 
 use leap_edge::clock::SystemClock;
 use leap_edge::daemon::{self, Parts};

@@ -5,7 +5,7 @@
 //! missing, no half-stored notification) and the audit log holds no duplicate command.
 //! The figures are printed and written to `<target>/resilience-crash-soak.txt`.
 
-mod common;
+use crate::common;
 
 use common::Daemon;
 use std::collections::{BTreeMap, BTreeSet};

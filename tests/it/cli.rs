@@ -3,7 +3,7 @@
 //! battery, a second daemon refused, status with the daemon down, audit "resumed", events'
 //! revision table, and no Rust debug formatting anywhere a person reads.
 
-mod common;
+use crate::common;
 
 use common::*;
 use leap_edge::admin::state::{DaemonState, Limit, StatusReport};

@@ -3,8 +3,8 @@
 //! refusal rules, the integration-test round trip through the real HTTPS daemon, errors
 //! and timeouts, and `config check` of `[leap]`/`[schedule]`.
 
-mod common;
-mod fake_leap;
+use crate::common;
+use crate::fake_leap;
 
 use common::{Daemon, KEY};
 use fake_leap::site::{METER, cli, site};

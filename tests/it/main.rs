@@ -1,0 +1,29 @@
+//! The one integration test binary: every integration test is a module here, so the whole
+//! stack is linked once (`cargo test --test it <module>::` selects one area).
+
+mod common;
+mod device_common;
+mod fake_leap;
+
+mod admin;
+mod cli;
+mod cli_live;
+mod control_chain;
+mod control_sim;
+mod device_faults;
+mod device_interop;
+mod device_profiles;
+mod device_sim;
+mod fuzz_regressions;
+mod hardening;
+mod hardening_files;
+mod hardening_limits;
+mod leap_backstop;
+mod leap_cli;
+mod resilience_clock;
+mod resilience_crash;
+mod resilience_modbus;
+mod resilience_storage;
+mod resilience_storm;
+mod scenarios;
+mod webhook;
