@@ -10,7 +10,7 @@
 //!
 //! Run: `cargo bench --bench footprint` (add `-- quick` for 3 s phases).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 use crate::common;
 
 use common::*;
+use leap_edge::admin::{AdminClient, ClientError, OverrideAction, OverrideRequest};
 use serde_json::Value;
 
 const METER: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
@@ -39,10 +40,9 @@ async fn status_override_and_daemon_down() {
     assert_eq!(s["meters"][0]["override"]["action"]["action"], "discharge");
     let (_, table, _) = d.cli(&["status"]);
     assert!(table.contains("manual discharge 3 kW"), "{table}");
-    // Bad input is refused with a reason, not applied.
-    let (code, _, err) = d.cli(&["override", "charge", "-5", "--for", "1h"]);
-    assert_ne!(code, 0);
-    assert!(!err.is_empty());
+    // Bad input is refused with a reason, not applied. The CLI's parser already refuses a
+    // negative power, so the daemon's own check is reached through the socket directly.
+    refused_by_the_daemon(&d).await;
     let (code, _, err) = d.cli(&[
         "override",
         "hold",
@@ -171,4 +171,37 @@ fn man_page_and_completions_cover_every_command() {
         );
         assert!(comp.contains(cmd), "completions lack {cmd}");
     }
+}
+
+/// The daemon's own checks on an override, below the CLI: a power that is not a positive
+/// number of kW, and a duration of zero, are refused with a reason and change nothing.
+async fn refused_by_the_daemon(d: &Daemon) {
+    let admin = AdminClient::new(&d.dir.path().join("admin.sock"));
+    let bad = [
+        (OverrideAction::Charge(-5.0), 3600, "positive number of kW"),
+        (
+            OverrideAction::Discharge(0.0),
+            3600,
+            "positive number of kW",
+        ),
+        (OverrideAction::Hold, 0, "--for must be between"),
+    ];
+    for (action, seconds, why) in bad {
+        let req = OverrideRequest {
+            meter: None,
+            action,
+            seconds,
+        };
+        match admin.set_override(req).await {
+            Err(ClientError::Refused(msg)) => assert!(msg.contains(why), "{action:?}: {msg}"),
+            other => panic!("{action:?} for {seconds} s was not refused: {other:?}"),
+        }
+    }
+    let s: Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
+    let o = &s["meters"][0]["override"]["action"];
+    assert_eq!(
+        (o["action"].as_str(), o["kw"].as_f64()),
+        (Some("discharge"), Some(3.0)),
+        "{s:#}"
+    );
 }

@@ -21,6 +21,11 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_leap-edge")
 }
 
+/// The device profiles shipped in `devices/`.
+pub fn devices_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("devices")
+}
+
 pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -56,16 +61,13 @@ impl Daemon {
     /// `server` lines go into `[server]`, `extra` at the top level (as in `start_with`).
     pub fn start_custom(server: &str, extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("cert");
-        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-        write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
+        let cert_der = write_cert(dir.path());
         let mut d = Daemon {
             dir,
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            cert_der: ck.cert.der().clone(),
+            cert_der,
             extra_config: extra.to_string(),
             server_config: server.to_string(),
         };
@@ -87,17 +89,15 @@ impl Daemon {
     }
 
     fn write_config(&self) {
-        let (listen, metrics) = (self.addr, self.metrics_addr);
-        let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
-        let text = format!(
-            "devices_dir = {devices:?}\n{extra}\n[server]\nlisten = \"{listen}\"\nmetrics_listen = \"{metrics}\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n{server}\n\
-             [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-             [auth]\nkeys = [\"{KEY}\", \"second-key-for-rotation-0123456789\"]\n\
-             [storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n",
-            extra = self.extra_config,
-            server = self.server_config
-        );
-        std::fs::write(self.config_path(), text).unwrap();
+        TestConfig {
+            listen: self.addr,
+            metrics_listen: self.metrics_addr,
+            top: self.extra_config.clone(),
+            server: format!("read_timeout_secs = 2\n{}", self.server_config),
+            keys: vec![KEY, "second-key-for-rotation-0123456789"],
+            ..TestConfig::default()
+        }
+        .write(self.dir.path());
     }
 
     /// Start (or restart, on the same port) the daemon and wait until it listens.
@@ -446,6 +446,82 @@ pub fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A fresh self-signed certificate for `localhost` written as `cert.pem` and `key.pem`
+/// (0600) in `dir`, as every test config names them; returns what a client must trust.
+pub fn write_cert(dir: &Path) -> CertificateDer<'static> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("cert");
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    write_private_key(&dir.join("key.pem"), &ck.signing_key.serialize_pem());
+    ck.cert.der().clone()
+}
+
+/// The one config every test daemon starts from (the shipped device profiles, the TLS
+/// files of [`write_cert`], the test key, an admin socket in the folder), with the parts a
+/// test changes: `top` goes before `[server]`, `server` into it, `tail` after `[admin]`,
+/// and each of `meters` gets a simulated-profile device `bat<i>` on 127.0.0.1.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub top: String,
+    pub server: String,
+    pub keys: Vec<&'static str>,
+    /// The database, relative to the config's folder or absolute.
+    pub db: String,
+    pub tail: String,
+    pub meters: Vec<String>,
+}
+
+impl Default for TestConfig {
+    fn default() -> TestConfig {
+        TestConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+            top: String::new(),
+            server: String::new(),
+            keys: vec![KEY],
+            db: "leap-edge.db".into(),
+            tail: String::new(),
+            meters: Vec::new(),
+        }
+    }
+}
+
+impl TestConfig {
+    pub fn text(&self) -> String {
+        let devices = devices_dir();
+        let TestConfig {
+            listen,
+            metrics_listen,
+            top,
+            server,
+            keys,
+            db,
+            tail,
+            ..
+        } = self;
+        let mut text = format!(
+            "devices_dir = {devices:?}\n{top}\n[server]\nlisten = \"{listen}\"\nmetrics_listen = \"{metrics_listen}\"\npath = \"{PATH}\"\n{server}\n\
+             [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+             [auth]\nkeys = {keys:?}\n[storage]\npath = {db:?}\n[admin]\nsocket = \"admin.sock\"\n{tail}\n"
+        );
+        for (i, m) in self.meters.iter().enumerate() {
+            text.push_str(&format!(
+                "[[meters]]\nid = \"{m}\"\ndevice = \"bat{i}\"\n[devices.bat{i}]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n"
+            ));
+        }
+        text
+    }
+
+    /// Writes `config.toml` in `dir` and returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, self.text()).unwrap();
+        path
+    }
+}
+
 /// Config for an in-process daemon (`leap_edge::daemon::start`) in `dir`: a fresh TLS
 /// certificate, the test key, the database at `db` (relative to `dir`, or absolute), and
 /// one simulated-profile device per meter in `meters`. Returns the config path and the
@@ -456,21 +532,54 @@ pub fn inproc_config(
     meters: &[&str],
     extra: &str,
 ) -> (PathBuf, CertificateDer<'static>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    write_private_key(&dir.join("key.pem"), &ck.signing_key.serialize_pem());
-    let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
-    let mut text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npath = \"{PATH}\"\n\
-         [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-         [auth]\nkeys = [\"{KEY}\"]\n[storage]\npath = {db:?}\n[admin]\nsocket = \"admin.sock\"\n{extra}\n"
-    );
-    for (i, m) in meters.iter().enumerate() {
-        text.push_str(&format!(
-            "[[meters]]\nid = \"{m}\"\ndevice = \"bat{i}\"\n[devices.bat{i}]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n"
-        ));
+    let cert = write_cert(dir);
+    let config = TestConfig {
+        db: db.into(),
+        tail: extra.into(),
+        meters: meters.iter().map(|m| m.to_string()).collect(),
+        ..TestConfig::default()
+    };
+    (config.write(dir), cert)
+}
+
+/// An in-process daemon on the config at `config`, commanding through `commander`, on the
+/// system clock and with no live device readings.
+pub async fn start_inproc(
+    config: &Path,
+    commander: Arc<dyn leap_edge::dispatch::Commander>,
+) -> leap_edge::daemon::Running {
+    let config = leap_edge::config::Config::load(config).expect("test config loads");
+    let parts = leap_edge::daemon::Parts {
+        commander,
+        clock: Arc::new(leap_edge::clock::SystemClock),
+        live: Arc::new(Vec::new),
+    };
+    leap_edge::daemon::start(config, parts)
+        .await
+        .expect("daemon starts")
+}
+
+/// Poll `cond` every 25 ms until it holds or `limit` passes; returns whether it held.
+/// Generous limits: a busy machine must not fail a test, only a missing feature.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    (path, ck.cert.der().clone())
+    cond()
+}
+
+/// [`eventually`] for tests without a runtime (blocks the thread between polls).
+pub fn eventually_blocking(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    cond()
 }

@@ -6,12 +6,9 @@ use leap_edge::config::{DeviceConfig, SimConfig};
 use leap_edge::device::{DeviceError, ModbusBattery};
 use leap_edge::sim::{self, SimHandle, SimOptions};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub fn devices_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("devices")
-}
+pub use crate::common::devices_dir;
 
 pub fn sim_cfg() -> SimConfig {
     SimConfig {
@@ -52,18 +49,7 @@ pub fn battery(addr: SocketAddr) -> ModbusBattery {
     leap_edge::device::open("bess", &device_cfg("sunspec", addr, 1000), &devices_dir()).unwrap()
 }
 
-/// Poll `cond` every 50 ms until it holds or `limit` passes (generous limits: a busy
-/// machine must not fail a test, only a missing feature).
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cond()
-}
+pub use crate::common::eventually;
 
 /// Retry an operation (the client pauses between failed connects) until it succeeds.
 pub async fn retry<T>(

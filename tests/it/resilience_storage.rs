@@ -4,12 +4,11 @@
 //! writable, and once space returns the same daemon — no restart — acks again.
 //! The same holds for a read-only database: the folder and files made immutable with
 //! `chattr +i` (which binds root too, unlike file modes), then mutable again.
-//! Mounting and chattr need root; elsewhere the tests say so and pass.
+//! Mounting and chattr need root, so both tests are `#[ignore]`d: `.ci/run` runs them
+//! with `--ignored` (as root), where a failed mount or chattr fails the test.
 
 use crate::common;
 
-use leap_edge::clock::SystemClock;
-use leap_edge::daemon::{self, Parts};
 use leap_edge::dispatch::RecordingCommander;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,29 +78,16 @@ fn count(db: &Path, sql: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (mounts a 2 MB tmpfs); .ci/run runs it"]
 async fn full_disk_gives_503_stores_nothing_and_recovers_without_restart() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("data");
-    let _fs = match Tmpfs::mount(&mnt, "2m") {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("SKIPPED storage-fault test: cannot mount a tmpfs here ({e}); needs root");
-            return;
-        }
-    };
+    let _fs = Tmpfs::mount(&mnt, "2m")
+        .unwrap_or_else(|e| panic!("cannot mount a tmpfs here ({e}); needs root"));
     let db = mnt.join("leap-edge.db");
     let (config, cert) = common::inproc_config(dir.path(), db.to_str().unwrap(), &[M1], "");
-    let running = daemon::start(
-        leap_edge::config::Config::load(&config).unwrap(),
-        Parts {
-            commander: Arc::new(RecordingCommander::default()),
-            clock: Arc::new(SystemClock),
-            live: Arc::new(Vec::new),
-        },
-    )
-    .await
-    .unwrap();
+    let running = common::start_inproc(&config, Arc::new(RecordingCommander::default())).await;
     let client = common::Client::new(running.addr, cert);
     let metrics_addr = running.metrics_addr;
     let healthz = async || common::local_get(metrics_addr, "/healthz").await;
@@ -181,6 +167,7 @@ impl Drop for Immutable {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and chattr on ext2/3/4, xfs or btrfs; .ci/run runs it"]
 async fn read_only_database_gives_503_stores_nothing_and_recovers_without_restart() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -188,16 +175,7 @@ async fn read_only_database_gives_503_stores_nothing_and_recovers_without_restar
     std::fs::create_dir(&data).unwrap();
     let db = data.join("leap-edge.db");
     let (config, cert) = common::inproc_config(dir.path(), db.to_str().unwrap(), &[M1], "");
-    let running = daemon::start(
-        leap_edge::config::Config::load(&config).unwrap(),
-        Parts {
-            commander: Arc::new(RecordingCommander::default()),
-            clock: Arc::new(SystemClock),
-            live: Arc::new(Vec::new),
-        },
-    )
-    .await
-    .unwrap();
+    let running = common::start_inproc(&config, Arc::new(RecordingCommander::default())).await;
     let client = common::Client::new(running.addr, cert);
     let metrics_addr = running.metrics_addr;
     let healthz = async || common::local_get(metrics_addr, "/healthz").await;
@@ -208,16 +186,8 @@ async fn read_only_database_gives_503_stores_nothing_and_recovers_without_restar
         .map(|s| data.join(format!("leap-edge.db{s}")))
         .chain([data.clone()])
         .collect();
-    let frozen = match Immutable::set(&files) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!(
-                "SKIPPED read-only-database test: chattr +i failed ({e}); needs root on ext2/3/4, xfs or btrfs"
-            );
-            running.stop().await;
-            return;
-        }
-    };
+    let frozen = Immutable::set(&files)
+        .unwrap_or_else(|e| panic!("chattr +i failed ({e}); needs root on ext2/3/4, xfs or btrfs"));
     for n in 1..4 {
         let r = client.post(&note(n)).await;
         assert_eq!(r.status, 503, "read-only must not be acked: {}", r.text);

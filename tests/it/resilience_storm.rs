@@ -5,8 +5,6 @@
 
 use crate::common;
 
-use leap_edge::clock::SystemClock;
-use leap_edge::daemon::{self, Parts};
 use leap_edge::dispatch::{Recorded, RecordingCommander};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,16 +20,7 @@ async fn the_same_notification_1000_times_gives_one_timeslot_and_one_command() {
     let dir = tempfile::tempdir().unwrap();
     let (config, cert) = common::inproc_config(dir.path(), "leap-edge.db", &[M1], "");
     let rec = RecordingCommander::default();
-    let running = daemon::start(
-        leap_edge::config::Config::load(&config).unwrap(),
-        Parts {
-            commander: Arc::new(rec.clone()),
-            clock: Arc::new(SystemClock),
-            live: Arc::new(Vec::new),
-        },
-    )
-    .await
-    .unwrap();
+    let running = common::start_inproc(&config, Arc::new(rec.clone())).await;
     let client = common::Client::new(running.addr, cert);
     // The timeslot starts while the storm is still going on (a busy machine needs several
     // seconds for 1,000 TLS handshakes), so re-plans during a running command are covered.

@@ -6,8 +6,7 @@ use crate::common;
 
 use chrono::{DateTime, Duration, Utc};
 use common::Client;
-use leap_edge::clock::SystemClock;
-use leap_edge::daemon::{self, Parts, Running};
+use leap_edge::daemon::Running;
 use leap_edge::dispatch::{Recorded, RecordingCommander};
 use leap_edge::model::{Cap, Target};
 use serde_json::{Value, json};
@@ -28,25 +27,10 @@ struct Site {
 
 async fn site(extra: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-    common::write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
-    let devices = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
-    let mut text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-         [auth]\nkeys = [\"{}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n{extra}\n",
-        common::KEY
-    );
-    for (i, m) in [M1, M2, M3].iter().enumerate() {
-        text.push_str(&format!(
-            "[[meters]]\nid = \"{m}\"\ndevice = \"bat{i}\"\n[devices.bat{i}]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n"
-        ));
-    }
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, text).unwrap();
+    let (_, cert) = common::inproc_config(dir.path(), "leap-edge.db", &[M1, M2, M3], extra);
     let mut s = Site {
-        client: Client::new("127.0.0.1:1".parse().unwrap(), ck.cert.der().clone()),
-        cert: ck.cert.der().clone(),
+        client: Client::new("127.0.0.1:1".parse().unwrap(), cert.clone()),
+        cert,
         dir,
         running: None,
         rec: RecordingCommander::default(),
@@ -57,13 +41,8 @@ async fn site(extra: &str) -> Site {
 
 impl Site {
     async fn start(&mut self) {
-        let config = leap_edge::config::Config::load(&self.dir.path().join("config.toml")).unwrap();
-        let parts = Parts {
-            commander: Arc::new(self.rec.clone()),
-            clock: Arc::new(SystemClock),
-            live: Arc::new(Vec::new),
-        };
-        let running = daemon::start(config, parts).await.unwrap();
+        let config = self.dir.path().join("config.toml");
+        let running = common::start_inproc(&config, Arc::new(self.rec.clone())).await;
         self.client = Client::new(running.addr, self.cert.clone());
         self.running = Some(running);
     }
@@ -80,7 +59,8 @@ impl Site {
         r.body
     }
 
-    /// Calls for one meter after the startup release.
+    /// Calls for one meter after the start-up release, which must come first: the
+    /// dispatcher hands every meter back to normal operation when it starts.
     fn calls(&self, meter: &str) -> Vec<Recorded> {
         let all: Vec<Recorded> = self
             .rec
@@ -90,8 +70,33 @@ impl Site {
                 Recorded::Apply { meter: m, .. } | Recorded::Release { meter: m } => m == meter,
             })
             .collect();
-        // The first call for every meter is the startup "make sure it is normal" release.
-        all.into_iter().skip(1).collect()
+        match all.split_first() {
+            None => Vec::new(),
+            Some((first, rest)) => {
+                assert!(
+                    is_release(first),
+                    "{meter}: not the start-up release: {all:?}"
+                );
+                rest.to_vec()
+            }
+        }
+    }
+
+    /// Waits (bounded) for the start-up release of every meter, so a test that then sees
+    /// no call for a meter knows the dispatcher is alive.
+    async fn wait_startup_release(&self) {
+        let released = |m: &str| {
+            self.rec
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Recorded::Release { meter } if meter == m))
+        };
+        let all = || [M1, M2, M3].iter().all(|m| released(m));
+        assert!(
+            common::eventually(std::time::Duration::from_secs(10), all).await,
+            "no start-up release: {:?}",
+            self.rec.calls()
+        );
     }
 
     fn applies(&self, meter: &str) -> Vec<leap_edge::model::Command> {
@@ -104,28 +109,18 @@ impl Site {
             .collect()
     }
 
-    async fn wait_calls(&self, meter: &str, n: usize, secs: i64) -> Vec<Recorded> {
-        let deadline = Utc::now() + Duration::seconds(secs);
-        loop {
-            let c = self.calls(meter);
-            if c.len() >= n || Utc::now() > deadline {
-                return c;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
+    async fn wait_calls(&self, meter: &str, n: usize, secs: u64) -> Vec<Recorded> {
+        let limit = std::time::Duration::from_secs(secs);
+        common::eventually(limit, || self.calls(meter).len() >= n).await;
+        self.calls(meter)
     }
 
     /// The audit log once `done` holds for it: rows are written just after the command is
     /// handed over, so a test that saw the command may be a moment early for the row.
     async fn audit_when(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Utc::now() + Duration::seconds(10);
-        loop {
-            let a = self.audit();
-            if done(&a) || Utc::now() > deadline {
-                return a;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
+        let limit = std::time::Duration::from_secs(10);
+        common::eventually(limit, || done(&self.audit())).await;
+        self.audit()
     }
 
     fn audit(&self) -> Vec<Value> {
@@ -251,10 +246,31 @@ async fn s03_overlap_priority_then_exports_allowed() {
     s.stop().await;
 }
 
+/// M2 gets a live timeslot over the same window as the one under test on M1: seeing it
+/// applied and released proves the dispatcher ran through the window, so "no call for M1"
+/// cannot pass because dispatch is dead.
+fn control_slot(start: DateTime<Utc>, end: DateTime<Utc>) -> Value {
+    meter_note(M2, vec![slot("control", start, end, Some(4.0), json!({}))])
+}
+
+/// Waits for M2's control timeslot to be applied and then released.
+async fn wait_control_done(s: &Site) {
+    let calls = s.wait_calls(M2, 2, 15).await;
+    assert_eq!(
+        calls.len(),
+        2,
+        "the control timeslot on M2 did not run: {calls:?}"
+    );
+    assert_eq!(applied(&calls[0]).event_id, "control");
+    assert!(is_release(&calls[1]), "{calls:?}");
+}
+
 #[tokio::test]
 async fn s04_cancelled_before_start_writes_nothing() {
     let mut s = site("").await;
+    s.wait_startup_release().await;
     let (t, end) = (at(1500), at(2500));
+    s.post(control_slot(t, end)).await;
     s.post(meter_note(
         M1,
         vec![slot("c", t, end, Some(10.0), json!({}))],
@@ -265,7 +281,7 @@ async fn s04_cancelled_before_start_writes_nothing() {
         vec![slot("c", t, end, Some(10.0), json!({"cancelled": true}))],
     ))
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    wait_control_done(&s).await;
     assert!(s.calls(M1).is_empty(), "{:?}", s.calls(M1));
     s.stop().await;
 }
@@ -374,8 +390,10 @@ async fn s09_already_ended_is_stored_never_dispatched() {
         ))
         .await;
     assert_eq!(r["new"], 1);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert!(s.calls(M1).is_empty());
+    s.wait_startup_release().await;
+    s.post(control_slot(at(300), at(1300))).await;
+    wait_control_done(&s).await;
+    assert!(s.calls(M1).is_empty(), "{:?}", s.calls(M1));
     s.stop().await;
 }
 
@@ -406,7 +424,9 @@ async fn s10_fifty_deliveries_one_command_set() {
 #[tokio::test]
 async fn s11_cancel_then_stale_uncancelled_retry_stays_cancelled() {
     let mut s = site("").await;
+    s.wait_startup_release().await;
     let (t, end) = (at(1500), at(3000));
+    s.post(control_slot(t, end)).await;
     let live = meter_note(M1, vec![slot("x", t, end, Some(10.0), json!({}))]);
     s.post(live.clone()).await;
     s.post(meter_note(
@@ -415,7 +435,7 @@ async fn s11_cancel_then_stale_uncancelled_retry_stays_cancelled() {
     ))
     .await;
     assert_eq!(s.post(live).await["conflict"], 1);
-    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    wait_control_done(&s).await;
     assert!(s.calls(M1).is_empty(), "{:?}", s.calls(M1));
     s.stop().await;
 }
@@ -491,10 +511,8 @@ async fn s15_restart_mid_timeslot_reapplies_with_lateness() {
     );
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     s.start().await;
-    let deadline = Utc::now() + Duration::seconds(10);
-    while s.applies(M1).len() < 2 && Utc::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    let limit = std::time::Duration::from_secs(10);
+    common::eventually(limit, || s.applies(M1).len() >= 2).await;
     assert_eq!(s.applies(M1).len(), 2, "re-applied after restart");
     // Issue 15 point 9: the dispatch it was following before is resumed, late only from
     // the daemon's start (not from the timeslot's start, 1.5 s before).
@@ -531,6 +549,28 @@ async fn s21_equal_priority_commitment_governs_then_earliest_start() {
     .await;
     let calls = s.wait_calls(M1, 1, 10).await;
     assert_eq!(applied(&calls[0]).event_id, "com");
+
+    // Equal priority and both commitments: the earlier start keeps governing when the
+    // later one begins, although the later one's event id sorts first (the last tie-break).
+    let (t, t1, end) = (at(1000), at(2000), at(3500));
+    s.post(meter_note(
+        M2,
+        vec![
+            slot("b-early", t, end, Some(5.0), json!({})),
+            slot("a-later", t1, end, Some(7.0), json!({})),
+        ],
+    ))
+    .await;
+    let calls = s.wait_calls(M2, 2, 15).await;
+    let events: Vec<&str> = calls
+        .iter()
+        .map(|c| match c {
+            Recorded::Apply { command, .. } => command.event_id.as_str(),
+            Recorded::Release { .. } => "release",
+        })
+        .collect();
+    assert_eq!(events, ["b-early", "release"], "{calls:?}");
+    assert!(Utc::now() >= end, "released only at the end");
     s.stop().await;
 }
 
@@ -592,34 +632,33 @@ async fn a_hanging_device_does_not_delay_another_meters_boundary() {
     s.stop().await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let rec = RecordingCommander::default();
-    let config = leap_edge::config::Config::load(&s.dir.path().join("config.toml")).unwrap();
     let commander = Arc::new(HangingM2 {
         inner: rec.clone(),
         gate: gate.clone(),
     });
-    let parts = Parts {
-        commander,
-        clock: Arc::new(SystemClock),
-        live: Arc::new(Vec::new),
-    };
-    let running = daemon::start(config, parts).await.unwrap();
+    let running = common::start_inproc(&s.dir.path().join("config.toml"), commander).await;
     let client = Client::new(running.addr, s.cert.clone());
     let (t, end) = (at(800), at(60_000));
     let note = json!({"integration_test_notification": false, "communication_test": false, "meter_dispatches": [
         {"meter_id": M1, "timeslots": [slot("free", t, end, Some(5.0), json!({}))]},
         {"meter_id": M2, "timeslots": [slot("hang", t, end, Some(5.0), json!({}))]}]});
     assert_eq!(client.post(&note.to_string()).await.status, 200);
-    let deadline = Utc::now() + Duration::seconds(10);
     let applied = |m: &str| {
         rec.calls()
             .iter()
             .any(|c| matches!(c, Recorded::Apply { meter, .. } if meter == m))
     };
-    while !applied(M1) && Utc::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(applied(M1), "M1 waited for M2's hanging device");
-    assert!(!applied(M2), "M2's device was supposed to be still hanging");
+    let limit = std::time::Duration::from_secs(10);
+    let m1_applied = common::eventually(limit, || applied(M1)).await;
+    let m2_applied = applied(M2);
+    // Let the hanging device go before asserting: a failed assertion must not leave the
+    // daemon waiting on it forever.
     gate.add_permits(10);
+    assert!(
+        m1_applied,
+        "M1 waited for M2's hanging device: {:?}",
+        rec.calls()
+    );
+    assert!(!m2_applied, "M2's device was supposed to be still hanging");
     running.stop().await;
 }
