@@ -70,6 +70,9 @@ pub enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The fleet relay on the partner's public host (own config, default /etc/leap-edge/relay.toml).
+    #[command(subcommand)]
+    Relay(crate::relay::cli::RelayCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Reload => with_config(&cli.config, reload),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
+        Command::Relay(cmd) => crate::relay::cli::run(&cli.config, &cmd),
         Command::Schedule(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             schedule::run(c, &args)
@@ -151,6 +155,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             history::run(c, &args)
         }),
     }
+}
+
+pub(crate) fn init_logging() {
+    logging::init();
 }
 
 fn reload(config: &Config) -> anyhow::Result<u8> {

@@ -5,6 +5,9 @@ mod routes;
 pub mod tls;
 
 pub use routes::{App, StatusSource};
+pub(crate) use routes::{
+    Received, error_response, json_response, receive_notification, unavailable,
+};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -37,16 +40,46 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
+/// The answer type of every handler.
+pub type Response = hyper::Response<http_body_util::Full<bytes::Bytes>>;
+
+/// What the server asks of the side it serves: the gateway's [`App`] or the relay's handler.
+/// The connection handling (limits, timeouts, TLS, drain) is the same for both.
+pub trait Handler: Send + Sync + 'static {
+    /// (max_connections, read_timeout) as configured now.
+    fn limits(&self) -> (usize, Duration);
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = Result<Response, std::convert::Infallible>> + Send;
+}
+
+impl Handler for App {
+    fn limits(&self) -> (usize, Duration) {
+        let s = &self.config().server;
+        (s.max_connections, Duration::from_secs(s.read_timeout_secs))
+    }
+
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = Result<Response, std::convert::Infallible>> + Send {
+        routes::handle(self, peer, req)
+    }
+}
+
 /// Serve until `shutdown` resolves, then stop accepting and let in-flight requests finish
 /// (bounded by the read timeout plus a margin).
-pub async fn serve(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    app: Arc<App>,
+    app: Arc<H>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(app.config().server.max_connections));
-    let read_timeout = Duration::from_secs(app.config().server.read_timeout_secs);
+    let (max_connections, read_timeout) = app.limits();
+    let limit = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -72,7 +105,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |req| routes::handle(app.clone(), peer, req));
+            let service = service_fn(move |req| app.clone().handle(peer, req));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -68,7 +68,7 @@ impl App {
 
 type Resp = Response<Full<Bytes>>;
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -80,6 +80,29 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json_response(status, json!({"status": "error", "error": message.into()}))
+}
+
+pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> Resp {
+    error(status, message)
+}
+
+/// SPEC §2.1: storage failed, so no ack: 503 with Retry-After, and Leap retries.
+pub(crate) fn unavailable() -> Resp {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage unavailable; retry later",
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, "60".parse().expect("static header"));
+    r
+}
+
+/// A request that passed auth, content type, size and structure checks: a Leap notification.
+pub(crate) struct Received {
+    /// Headers minus credentials, for the audit copy (SPEC §2.5).
+    pub headers: serde_json::Value,
+    pub body: Bytes,
+    pub parsed: ingest::ParsedNotification,
 }
 
 fn not_allowed(allow: &'static str) -> Resp {
@@ -124,14 +147,29 @@ async fn ingest(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Resp {
 
 async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (Resp, &'static str) {
     let cfg = app.config();
-    let read = Duration::from_secs(cfg.server.read_timeout_secs);
-    if !auth::authorized(req.headers(), &cfg.auth.header, &cfg.auth.keys) {
+    match receive_notification(&cfg.server, &cfg.auth, peer, req).await {
+        Ok(r) => commit(app, peer, r.headers, r.body, r.parsed).await,
+        Err(answer) => answer,
+    }
+}
+
+/// Everything the gateway checks before it stores a notification, shared with the relay so
+/// bad input is answered the same way by both (SPEC §3 status codes). `Err` carries the
+/// answer and its metrics label.
+pub(crate) async fn receive_notification(
+    server: &crate::config::ServerConfig,
+    auth_cfg: &crate::config::AuthConfig,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Received, (Resp, &'static str)> {
+    let read = Duration::from_secs(server.read_timeout_secs);
+    if !auth::authorized(req.headers(), &auth_cfg.header, &auth_cfg.keys) {
         tracing::warn!(%peer, "webhook rejected: missing or wrong credentials");
-        drain(req, cfg.server.max_body_bytes, read).await;
-        return (
+        drain(req, server.max_body_bytes, read).await;
+        return Err((
             error(StatusCode::UNAUTHORIZED, "missing or wrong credentials"),
             "unauthorized",
-        );
+        ));
     }
     let is_json = req
         .headers()
@@ -144,16 +182,16 @@ async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (R
         })
         .unwrap_or(false);
     if !is_json {
-        drain(req, cfg.server.max_body_bytes, read).await;
-        return (
+        drain(req, server.max_body_bytes, read).await;
+        return Err((
             error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Content-Type must be application/json",
             ),
             "unsupported_media_type",
-        );
+        ));
     }
-    let limit = cfg.server.max_body_bytes;
+    let limit = server.max_body_bytes;
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -166,29 +204,29 @@ async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return (too_large(), "too_large");
+        return Err((too_large(), "too_large"));
     }
-    let headers = auth::auditable_headers(req.headers(), &cfg.auth.header);
+    let headers = auth::auditable_headers(req.headers(), &auth_cfg.header);
     let body =
         match tokio::time::timeout(read, Limited::new(req.into_body(), limit).collect()).await {
             Err(_) => {
                 tracing::warn!(%peer, "webhook body not received within the read timeout");
-                return (
+                return Err((
                     error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
                     "timeout",
-                );
+                ));
             }
             Ok(Err(e))
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
-                return (too_large(), "too_large");
+                return Err((too_large(), "too_large"));
             }
             Ok(Err(e)) => {
-                return (
+                return Err((
                     error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
                     "bad_request",
-                );
+                ));
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
@@ -196,10 +234,14 @@ async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (R
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "webhook body is not a Leap notification");
-            return (error(StatusCode::BAD_REQUEST, e.to_string()), "bad_request");
+            return Err((error(StatusCode::BAD_REQUEST, e.to_string()), "bad_request"));
         }
     };
-    commit(app, peer, headers, body, parsed).await
+    Ok(Received {
+        headers,
+        body,
+        parsed,
+    })
 }
 
 /// Read and discard a refused request's body (bounded), so the client gets a clean answer
@@ -229,13 +271,7 @@ async fn commit(
         Ok(o) => o,
         Err(e) => {
             tracing::error!(%peer, error = %e, "cannot store notification; answering 503 so Leap retries");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage unavailable; retry later",
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, "60".parse().expect("static header"));
-            return (r, "storage_unavailable");
+            return (unavailable(), "storage_unavailable");
         }
     };
     let m = &app.metrics;
