@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -25,9 +28,21 @@ fn relay_killed_repeatedly_and_a_gateway_down_loses_nothing_and_duplicates_nothi
     );
     let (a, b, mut c) = (Gateway::start(), Gateway::start(), Gateway::start());
     let mut relay = Relay::start(&[
-        GatewaySpec { name: "a", url: a.url(), meters: vec!["A"] },
-        GatewaySpec { name: "b", url: b.url(), meters: vec!["B"] },
-        GatewaySpec { name: "c", url: c.url(), meters: vec!["C"] },
+        GatewaySpec {
+            name: "a",
+            url: a.url(),
+            meters: vec!["A"],
+        },
+        GatewaySpec {
+            name: "b",
+            url: b.url(),
+            meters: vec!["B"],
+        },
+        GatewaySpec {
+            name: "c",
+            url: c.url(),
+            meters: vec!["C"],
+        },
     ]);
     c.0.kill9(); // site c's tunnel is down for the first half
     let client = relay.client();
@@ -36,7 +51,11 @@ fn relay_killed_repeatedly_and_a_gateway_down_loses_nothing_and_duplicates_nothi
     let sending = {
         let (acked, done) = (acked.clone(), done.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 let mut tasks = Vec::new();
                 for s in 0..senders {
@@ -92,7 +111,14 @@ fn relay_killed_repeatedly_and_a_gateway_down_loses_nothing_and_duplicates_nothi
     assert_eq!(c.events(), expect("g"), "gateway c");
     // Every unknown-meter entry is kept as unrouted (at least once each; a retried
     // notification the relay had committed before it was killed is stored again).
-    assert!(s["unrouted_count"].as_u64().unwrap() >= (senders * per_sender) as u64, "{s:#}");
+    assert!(
+        s["unrouted_count"].as_u64().unwrap() >= (senders * per_sender) as u64,
+        "{s:#}"
+    );
     assert_eq!(s["dead_letter_count"], 0, "{s:#}");
-    eprintln!("soak: {k} relay kills, {} notifications acked, relay stored {}", senders * per_sender, s["notifications"]);
+    eprintln!(
+        "soak: {k} relay kills, {} notifications acked, relay stored {}",
+        senders * per_sender,
+        s["notifications"]
+    );
 }
