@@ -338,3 +338,45 @@ fn relay_check_exits_78_naming_the_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn https_delivery_trusts_only_the_gateways_own_certificate() {
+    let (good, other) = (Gateway::start_tls(), Gateway::start_tls());
+    let dummy = format!("http://127.0.0.1:{}{PATH}", dead_port());
+    let mut relay = Relay::start(&[GatewaySpec {
+        name: "dummy",
+        url: dummy,
+        meters: vec!["D"],
+    }]);
+    let https = |name: &str, g: &Gateway, meter: &str| {
+        format!(
+            "[[gateways]]\nname = \"{name}\"\nurl = \"https://{}{PATH}\"\nkey = \"{GATEWAY_KEY}\"\n\
+             ca = {:?}\ntls_name = \"gateway.test\"\nmeters = [\"{meter}\"]\n",
+            g.0.addr,
+            good.cert_path()
+        )
+    };
+    // "impostor" presents another certificate than the one configured as its ca.
+    relay.gateways = https("site", &good, "G1") + &https("impostor", &other, "W1");
+    relay.write_config();
+    relay.p.kill9();
+    relay.restart();
+    let n =
+        json!({"meter_dispatches": [meter_entry("G1", &["tls-1"]), meter_entry("W1", &["tls-2"])]});
+    rt().block_on(relay.client().post_until_ok(&n.to_string()));
+    wait_for("delivery over HTTPS", Duration::from_secs(30), || {
+        good.event_ids() == ["tls-1"]
+    });
+    wait_for("the impostor's failure", Duration::from_secs(30), || {
+        let s = relay.status();
+        let g = s["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "impostor")
+            .unwrap()
+            .clone();
+        g["queue_depth"] == 1 && g["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
+    });
+    assert!(other.event_ids().is_empty());
+}

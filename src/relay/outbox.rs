@@ -136,11 +136,15 @@ fn route_notification(
             .collect();
         let out = route::body_for(&obj, &chosen);
         tx.execute(
-            "INSERT INTO relay_deliveries (notification_id, gateway, state, body, created_at, next_attempt_at)
-             VALUES (?1, ?2, 'pending', ?3, ?4, ?4)",
-            params![id, g, out.to_string(), ts(now)],
+            "INSERT INTO relay_deliveries (notification_id, gateway, state, created_at, next_attempt_at)
+             VALUES (?1, ?2, 'pending', ?3, ?3)",
+            params![id, g, ts(now)],
         )?;
         let did = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO relay_delivery_bodies (delivery_id, body) VALUES (?1, ?2)",
+            params![did, out.to_string()],
+        )?;
         for eid in set {
             tx.execute(
                 "INSERT INTO relay_delivery_entries (delivery_id, entry_id) VALUES (?1, ?2)",
@@ -245,8 +249,9 @@ pub(crate) struct Pending {
 pub(crate) fn head(conn: &Connection, gateway: &str) -> Result<Option<Pending>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT id, notification_id, body, attempts, next_attempt_at FROM relay_deliveries
-             WHERE gateway = ?1 AND state = 'pending' ORDER BY notification_id, id LIMIT 1",
+            "SELECT d.id, d.notification_id, b.body, d.attempts, d.next_attempt_at
+             FROM relay_deliveries d JOIN relay_delivery_bodies b ON b.delivery_id = d.id
+             WHERE d.gateway = ?1 AND d.state = 'pending' ORDER BY d.notification_id, d.id LIMIT 1",
             [gateway],
             |r| {
                 Ok((

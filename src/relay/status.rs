@@ -71,9 +71,13 @@ pub(crate) fn query(
             (n.clone(), g)
         })
         .collect();
+    // Counts come from the (state, gateway) index; only pending rows are joined for their age.
     let mut stmt = conn.prepare(
-        "SELECT d.gateway, d.state, COUNT(*), MIN(n.received_at) FROM relay_deliveries d
-         JOIN relay_notifications n ON n.id = d.notification_id GROUP BY d.gateway, d.state",
+        "SELECT d.gateway, d.state, COUNT(*),
+                CASE d.state WHEN 'pending' THEN (SELECT MIN(n.received_at) FROM relay_deliveries p
+                    JOIN relay_notifications n ON n.id = p.notification_id
+                    WHERE p.state = 'pending' AND p.gateway = d.gateway) END
+         FROM relay_deliveries d GROUP BY d.state, d.gateway",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
