@@ -186,16 +186,25 @@ async fn senders(
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let dir = tempfile::tempdir().unwrap();
+    // The gateways get their own runtime (as if on their own machines); the relay and the
+    // senders share the other.
+    let gw_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gateways: Vec<daemon::Running> = gw_rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 0..GATEWAYS {
+            v.push(start_gateway(dir.path(), i).await);
+        }
+        v
+    });
+    let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut gateways = Vec::new();
-        for i in 0..GATEWAYS {
-            gateways.push(start_gateway(dir.path(), i).await);
-        }
-        let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
         let relay = leap_edge::relay::start(relay_config(dir.path(), &addrs)).await.unwrap();
         let db = rusqlite::Connection::open_with_flags(
             dir.path().join("relay.db"),
@@ -211,6 +220,8 @@ fn main() {
             senders(relay.addr, &db, n, total, &seq).await;
         }
         relay.stop().await;
+    });
+    gw_rt.block_on(async {
         for g in gateways {
             g.stop().await;
         }

@@ -380,3 +380,24 @@ fn https_delivery_trusts_only_the_gateways_own_certificate() {
     });
     assert!(other.event_ids().is_empty());
 }
+
+#[test]
+fn deliveries_to_a_gateway_keep_arrival_order_across_an_outage() {
+    let mut g = Gateway::start();
+    let relay = Relay::start(&[spec("site", &g, &["M1"])]);
+    g.0.kill9();
+    // Five revisions of one timeslot while the gateway is away; the last one must win.
+    for kw in 1..=5 {
+        let mut slot = timeslot("meter", "ordered");
+        slot["energy_kw"] = json!(kw as f64);
+        let n = json!({"meter_dispatches": [{"meter_id": "M1", "timeslots": [slot]}]});
+        rt().block_on(relay.client().post_until_ok(&n.to_string()));
+    }
+    assert_eq!(relay.status()["gateways"][0]["queue_depth"], 5);
+    g.restart();
+    relay.wait_drained(Duration::from_secs(60));
+    let ev = g.0.cli_json(&["events", "--json"]);
+    let t = &ev["timeslots"][0];
+    assert_eq!(t["energy_kw"], json!(5.0), "{t:#}");
+    assert_eq!(t["revisions"], 5, "{t:#}");
+}
