@@ -401,3 +401,45 @@ fn deliveries_to_a_gateway_keep_arrival_order_across_an_outage() {
     assert_eq!(t["energy_kw"], json!(5.0), "{t:#}");
     assert_eq!(t["revisions"], 5, "{t:#}");
 }
+
+/// What `ssh -R /path.sock:127.0.0.1:PORT` does on the relay host: a Unix socket whose
+/// connections reach the gateway's TCP listener.
+fn unix_forward(sock: &std::path::Path, to: std::net::SocketAddr) {
+    use std::net::Shutdown;
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut u) = conn else { break };
+            let mut t = std::net::TcpStream::connect(to).unwrap();
+            let (mut u2, mut t2) = (u.try_clone().unwrap(), t.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut t2);
+                let _ = t2.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut t, &mut u);
+                let _ = u.shutdown(Shutdown::Write);
+            });
+        }
+    });
+}
+
+#[test]
+fn delivery_over_a_unix_socket_that_ssh_r_would_bind() {
+    let g = Gateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("site.sock");
+    unix_forward(&sock, g.0.addr);
+    let relay = Relay::start(&[GatewaySpec {
+        name: "site",
+        url: format!("unix:{}", sock.display()),
+        meters: vec!["M1"],
+    }]);
+    let n = json!({"meter_dispatches": [meter_entry("M1", &["unix-1"])]});
+    rt().block_on(relay.client().post_until_ok(&n.to_string()));
+    wait_for(
+        "delivery through the socket",
+        Duration::from_secs(30),
+        || g.event_ids() == ["unix-1"],
+    );
+}

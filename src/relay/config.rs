@@ -60,8 +60,12 @@ pub struct GatewayConfig {
     /// A short name for logs, metrics and `relay status` (letters, digits, `-`, `_`).
     pub name: String,
     /// The gateway's webhook as the relay reaches it: `http://127.0.0.1:PORT/leap/dispatch`
-    /// (its reverse-tunnel port) or `https://…` with `ca`.
+    /// (its reverse-tunnel port), `unix:/run/…/site.sock` (a socket `ssh -R` binds; then
+    /// `path` is the webhook path), or `https://…` with `ca`.
     pub url: String,
+    /// The webhook path for a `unix:` url (an http(s) url carries its own).
+    #[serde(default = "crate::config::default_path")]
+    pub path: String,
     /// The value the gateway accepts in its auth header.
     pub key: Secret,
     /// The header the gateway expects the key in.
