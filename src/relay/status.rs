@@ -71,7 +71,26 @@ pub(crate) fn query(
             (n.clone(), g)
         })
         .collect();
-    // Counts come from the (state, gateway) index; only pending rows are joined for their age.
+    queues(conn, &mut gws, now)?;
+    last_outcomes(conn, &mut gws)?;
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0).map(|n| n as u64));
+    Ok(RelayStatus {
+        notifications: count("SELECT COUNT(*) FROM relay_notifications")?,
+        unrouted_count: count("SELECT COUNT(*) FROM relay_entries WHERE unrouted = 1")?,
+        dead_letter_count: count("SELECT COUNT(*) FROM relay_deliveries WHERE state = 'dead'")?,
+        gateways: gws.into_values().collect(),
+        unrouted: unrouted(conn)?,
+        dead_letters: dead_letters(conn)?,
+    })
+}
+
+/// Per gateway: counts by state and the oldest undelivered notification. Counts come from
+/// the (state, gateway) index; only pending rows are joined for their age.
+fn queues(
+    conn: &Connection,
+    gws: &mut BTreeMap<String, GatewayStatus>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let mut stmt = conn.prepare(
         "SELECT d.gateway, d.state, COUNT(*),
                 CASE d.state WHEN 'pending' THEN (SELECT MIN(n.received_at) FROM relay_deliveries p
@@ -104,6 +123,13 @@ pub(crate) fn query(
             _ => g.dead_letters = n,
         }
     }
+    Ok(())
+}
+
+fn last_outcomes(
+    conn: &Connection,
+    gws: &mut BTreeMap<String, GatewayStatus>,
+) -> Result<(), StoreError> {
     let mut stmt = conn
         .prepare("SELECT name, last_success_at, last_error, last_error_at FROM relay_gateways")?;
     let rows = stmt.query_map([], |r| {
@@ -120,15 +146,7 @@ pub(crate) fn query(
             (g.last_success_at, g.last_error, g.last_error_at) = (ok, err, err_at);
         }
     }
-    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0).map(|n| n as u64));
-    Ok(RelayStatus {
-        notifications: count("SELECT COUNT(*) FROM relay_notifications")?,
-        unrouted_count: count("SELECT COUNT(*) FROM relay_entries WHERE unrouted = 1")?,
-        dead_letter_count: count("SELECT COUNT(*) FROM relay_deliveries WHERE state = 'dead'")?,
-        gateways: gws.into_values().collect(),
-        unrouted: unrouted(conn)?,
-        dead_letters: dead_letters(conn)?,
-    })
+    Ok(())
 }
 
 fn unrouted(conn: &Connection) -> Result<Vec<Unrouted>, StoreError> {
