@@ -402,3 +402,7 @@ pub(crate) fn requeue_dead(
     }
     Ok(n)
 }
+
+#[cfg(test)]
+#[path = "outbox_tests.rs"]
+mod tests;
