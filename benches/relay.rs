@@ -61,14 +61,14 @@ async fn start_gateway(dir: &Path, i: usize) -> daemon::Running {
     let d = dir.join(format!("gw{i}"));
     std::fs::create_dir_all(&d).unwrap();
     let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{GW_KEY}\"]\n[storage]\npath = \"gw.db\"\n[admin]\nsocket = \"admin.sock\"\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{GW_KEY}\"]\n[storage]\npath = \"gw.db\"\n[admin]\nsocket = \"admin.sock\"\n"
     );
     std::fs::write(d.join("config.toml"), cfg).unwrap();
     let config = leap_edge::config::Config::load(&d.join("config.toml")).unwrap();
     let parts = Parts {
         commander: Arc::new(RecordingCommander::default()),
         clock: Arc::new(SystemClock),
-        live: Arc::new(|| serde_json::json!({})),
+        live: Arc::new(Vec::new),
     };
     daemon::start(config, parts).await.unwrap()
 }

@@ -172,7 +172,7 @@ impl Gateway {
             ""
         };
         let text = format!(
-            "devices_dir = {devices:?}\n[server]\nlisten = \"{}\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n{tls}\
+            "devices_dir = {devices:?}\n[server]\nlisten = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n{tls}\
              [auth]\nkeys = [\"{GATEWAY_KEY}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n",
             self.0.addr
         );
