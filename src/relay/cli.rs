@@ -15,6 +15,7 @@ pub enum RelayCommand {
     Run,
     /// Per gateway: queue depth, oldest undelivered, last success and error; unrouted and dead letters.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
