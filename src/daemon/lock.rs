@@ -36,8 +36,7 @@ pub fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, LockError
         reason: e.to_string(),
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Created before the store opens: the same 0750 the store gives its folder.
-        crate::store::create_state_dir(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(io)?;
     }
     // Readable by the group, so `status` (a technician in the leap-edge group) can say how
     // the daemon was last run.

@@ -5,8 +5,6 @@
 
 pub mod audit;
 mod files;
-/// The daemon lock beside the database creates the same folder first (issue 10.10 modes).
-pub(crate) use files::create_state_dir;
 mod ingest;
 mod migrations;
 pub mod query;
