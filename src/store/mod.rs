@@ -4,7 +4,7 @@
 //! daemon (the CLI) open the file read-only; WAL lets them run beside the writer.
 
 pub mod audit;
-mod files;
+pub(crate) mod files;
 mod ingest;
 mod migrations;
 pub mod query;
