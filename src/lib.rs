@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod mqtt;
 pub mod plan;
 pub mod relay;
 pub mod secret;

@@ -32,9 +32,19 @@ pub struct Config {
     pub sim: SimConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Other ways notifications reach this gateway than its webhook (SPEC §2.12 fleets).
+    #[serde(default)]
+    pub uplink: UplinkConfig,
     /// The file this was loaded from (for `leap-edge reload`); not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Receive the relay's dispatches from an MQTT broker (dialling out: no inbound port).
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

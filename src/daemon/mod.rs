@@ -28,6 +28,8 @@ pub enum DaemonError {
     Sim(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("uplink.mqtt: {0}")]
+    Uplink(String),
 }
 
 /// What a caller may substitute (tests: a recording commander, a controllable clock).
@@ -47,6 +49,7 @@ pub struct Running {
     http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     admin: JoinHandle<()>,
+    uplink: Option<JoinHandle<()>>,
     store_thread: StoreThread,
 }
 
@@ -106,6 +109,14 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         }
     });
 
+    // SPEC §2.12: the relay's dispatches may also come through a broker the gateway dials.
+    let uplink = match &config.uplink.mqtt {
+        Some(m) => Some(
+            crate::mqtt::uplink::spawn(m.clone(), app.clone(), dispatch.clone(), stop_rx.clone())
+                .map_err(DaemonError::Uplink)?,
+        ),
+        None => None,
+    };
     let stopped = async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;
@@ -123,6 +134,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         http,
         dispatcher,
         admin,
+        uplink,
         store_thread,
     })
 }
@@ -134,6 +146,9 @@ impl Running {
         let _ = self.http.await;
         let _ = self.dispatcher.await;
         let _ = self.admin.await;
+        if let Some(u) = self.uplink {
+            let _ = u.await;
+        }
         drop(self.app);
         self.store_thread.join();
         tracing::info!("stopped cleanly");

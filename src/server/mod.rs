@@ -6,7 +6,8 @@ pub mod tls;
 
 pub use routes::{App, StatusSource};
 pub(crate) use routes::{
-    Received, error_response, json_response, receive_notification, unavailable,
+    Ingested, Received, error_response, ingest_body, json_response, receive_notification,
+    unavailable,
 };
 
 use hyper::service::service_fn;

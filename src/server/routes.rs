@@ -148,7 +148,7 @@ async fn ingest(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Resp {
 async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (Resp, &'static str) {
     let cfg = app.config();
     match receive_notification(&cfg.server, &cfg.auth, peer, req).await {
-        Ok(r) => commit(app, peer, r.headers, r.body, r.parsed).await,
+        Ok(r) => commit(app, &peer.to_string(), r.headers, r.body, r.parsed).await,
         Err(answer) => answer,
     }
 }
@@ -253,7 +253,7 @@ async fn drain(req: Request<Incoming>, limit: usize, read: Duration) {
 
 async fn commit(
     app: &App,
-    peer: SocketAddr,
+    peer: &str,
     headers: serde_json::Value,
     body: Bytes,
     parsed: ingest::ParsedNotification,
@@ -314,6 +314,35 @@ async fn commit(
     let mut body = serde_json::to_value(&outcome).unwrap_or_default();
     body["status"] = json!("ok");
     (json_response(StatusCode::OK, body), "accepted")
+}
+
+/// How a notification that came another way than HTTP (MQTT, SPEC §2.12) ended.
+pub(crate) enum Ingested {
+    /// Committed (or a duplicate of something committed): it may be acknowledged.
+    Committed,
+    /// Not a Leap notification: retrying cannot help.
+    Refused(String),
+    /// Storage failed; nothing committed.
+    Unavailable,
+}
+
+/// The webhook's ingest path (auth aside: the transport authenticated the sender): parse,
+/// commit, count, wake dispatch — the same code and metrics as an HTTP notification.
+pub(crate) async fn ingest_body(app: &App, origin: &str, body: Bytes) -> Ingested {
+    let parsed = match ingest::parse_notification(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            app.metrics.requests.inc("bad_request", 1);
+            return Ingested::Refused(e.to_string());
+        }
+    };
+    let (resp, label) = commit(app, origin, serde_json::json!({}), body, parsed).await;
+    app.metrics.requests.inc(label, 1);
+    if resp.status().is_success() {
+        Ingested::Committed
+    } else {
+        Ingested::Unavailable
+    }
 }
 
 async fn healthz(app: &App) -> Resp {
