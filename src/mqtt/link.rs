@@ -44,17 +44,24 @@ pub(crate) struct Link {
     session: Mutex<Option<Session>>,
     /// Bumped at every connection, so queued deliveries are tried at once.
     pub connected: watch::Sender<u64>,
-    seen: Mutex<HashMap<String, Seen>>,
+    on_status: OnStatus,
 }
 
+/// Called with (gateway, what it said) for every status message.
+pub(crate) type OnStatus = Box<dyn Fn(String, Seen) + Send + Sync>;
+
 impl Link {
-    pub fn start(config: MqttConfig, stop: watch::Receiver<bool>) -> Result<Arc<Link>, String> {
+    pub fn start(
+        config: MqttConfig,
+        on_status: OnStatus,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<Link>, String> {
         config.options()?;
         let link = Arc::new(Link {
             config,
             session: Mutex::new(None),
             connected: watch::channel(0).0,
-            seen: Mutex::default(),
+            on_status,
         });
         tokio::spawn(link.clone().run(stop));
         Ok(link)
@@ -70,10 +77,6 @@ impl Link {
 
     pub fn is_connected(&self) -> bool {
         self.session.lock().expect("mqtt session").is_some()
-    }
-
-    pub fn seen(&self) -> HashMap<String, Seen> {
-        self.seen.lock().expect("mqtt seen").clone()
     }
 
     /// Publish with QoS 1 and wait (bounded) for the broker's PUBACK. `Err`: not taken by
@@ -200,10 +203,7 @@ impl Link {
                     received_at: Utc::now(),
                     last_commit_at: m.last_commit_at,
                 };
-                self.seen
-                    .lock()
-                    .expect("mqtt seen")
-                    .insert(gateway.to_string(), seen);
+                (self.on_status)(gateway.to_string(), seen);
             }
             Err(e) => tracing::warn!(gateway, error = %e, "mqtt: unreadable gateway status"),
         }
