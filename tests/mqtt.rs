@@ -1,0 +1,472 @@
+//! The relay's MQTT transport against a real Mosquitto (Debian's `mosquitto`) started by
+//! each test on a loopback port with its own configuration, persistence and the shipped ACL
+//! (`packaging/mosquitto/leap-edge.acl`): relay in process, gateways as real daemons.
+//! `.ci/run` installs mosquitto and runs these with `--ignored`.
+
+mod common;
+
+use common::{Daemon, timeslot_json};
+use serde_json::json;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RELAY_KEY: &str = "relay-key-0123456789abcdef0123456789";
+
+/// A Mosquitto process with its own folder (config, passwords, persistence, log).
+struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(users: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let passwd = dir.path().join("passwd");
+        for (i, u) in users.iter().enumerate() {
+            let mut c = Command::new("mosquitto_passwd");
+            if i == 0 {
+                c.arg("-c");
+            }
+            let ok = c
+                .args(["-b", passwd.to_str().unwrap(), u, &password(u)])
+                .status()
+                .expect("mosquitto_passwd (apt-get install mosquitto)");
+            assert!(ok.success());
+        }
+        let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mosquitto/leap-edge.acl");
+        // Root would otherwise drop to the mosquitto user, who cannot write the temp folder.
+        let user = if is_root() { "user root\n" } else { "" };
+        let conf = format!(
+            "{user}per_listener_settings false\npersistence true\npersistence_location {}/\n\
+             allow_anonymous false\npassword_file {}\nacl_file {}\nlog_dest file {}/mosquitto.log\n\
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             listener {port} 127.0.0.1\nuse_username_as_clientid true\n",
+            dir.path().display(),
+            passwd.display(),
+            acl.display(),
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut b = Broker {
+            dir,
+            port,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (Mosquitto saves its persistence file) and wait.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            c.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn password(user: &str) -> String {
+    format!("pw-{user}-0123456789")
+}
+
+fn uplink(broker: &Broker, name: &str) -> String {
+    format!(
+        "[uplink.mqtt]\nurl = \"{}\"\nclient_id = \"{name}\"\nusername = \"{name}\"\npassword = \"{}\"\n",
+        broker.url(),
+        password(name)
+    )
+}
+
+/// A gateway daemon subscribed to its dispatch topic.
+fn gateway(broker: &Broker, name: &str) -> Daemon {
+    let d = Daemon::start_with(&uplink(broker, name));
+    wait_log(&d, "mqtt uplink connected", 1);
+    d
+}
+
+fn wait_log(d: &Daemon, needle: &str, times: usize) {
+    wait_for(&format!("{needle:?} ×{times}"), || {
+        d.log().matches(needle).count() >= times
+    });
+    // The subscription follows the connection.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Relay {
+    dir: tempfile::TempDir,
+    running: leap_edge::relay::Running,
+    client: common::Client,
+}
+
+async fn relay(broker: &Broker, gateways: &[(&str, &str)]) -> Relay {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npath = \"{}\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [auth]\nkeys = [\"{RELAY_KEY}\"]\n[storage]\npath = \"relay.db\"\n[relay]\nmetrics_listen = \"127.0.0.1:0\"\n\
+         delivery_timeout_secs = 3\n[mqtt]\nurl = \"{}\"\nclient_id = \"leap-edge-relay\"\n\
+         username = \"leap-edge-relay\"\npassword = \"{}\"\n",
+        common::PATH,
+        broker.url(),
+        password("leap-edge-relay")
+    );
+    for (name, meter) in gateways {
+        text.push_str(&format!(
+            "[[gateways]]\nname = \"{name}\"\ntransport = \"mqtt\"\nmeters = [\"{meter}\"]\n"
+        ));
+    }
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    let cfg = leap_edge::relay::RelayConfig::load(&path).expect("relay config");
+    let running = leap_edge::relay::start(cfg).await.expect("relay starts");
+    let client = common::Client::new(running.addr, ck.cert.der().clone());
+    // Wait until the relay is connected (it logs nothing we can read in process: poll).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Relay {
+        dir,
+        running,
+        client,
+    }
+}
+
+impl Relay {
+    async fn post(&self, body: &str) -> common::Response {
+        self.client
+            .request(
+                "POST",
+                common::PATH,
+                &[
+                    ("x-api-key", RELAY_KEY),
+                    ("content-type", "application/json"),
+                ],
+                body.as_bytes().to_vec(),
+            )
+            .await
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("relay.db")).unwrap()
+    }
+}
+
+fn notification(parts: &[(&str, &str)]) -> String {
+    let start = chrono::Utc::now() + chrono::Duration::hours(2);
+    let dispatches: Vec<_> = parts
+        .iter()
+        .map(|(meter, event)| {
+            json!({"meter_id": meter, "timeslots": [timeslot_json(meter, event, start, 900, Some(5.0), json!({}))]})
+        })
+        .collect();
+    json!({"integration_test_notification": false, "communication_test": false,
+           "meter_dispatches": dispatches})
+    .to_string()
+}
+
+/// (event id, revisions, duplicates) of every timeslot a gateway stored.
+fn stored(d: &Daemon) -> Vec<(String, i64, i64)> {
+    let db = d.db();
+    let mut stmt = db
+        .prepare("SELECT event_id, revisions, duplicates FROM timeslots ORDER BY event_id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn once(events: &[&str]) -> Vec<(String, i64, i64)> {
+    let mut v: Vec<_> = events.iter().map(|e| (e.to_string(), 1, 0)).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn a_mixed_notification_reaches_each_of_three_gateways_once() {
+    let broker = Broker::start(&["leap-edge-relay", "site-a", "site-b", "site-c"]);
+    let gws: Vec<Daemon> = ["site-a", "site-b", "site-c"]
+        .iter()
+        .map(|n| gateway(&broker, n))
+        .collect();
+    let relay = relay(
+        &broker,
+        &[
+            ("site-a", "meter-a"),
+            ("site-b", "meter-b"),
+            ("site-c", "meter-c"),
+        ],
+    )
+    .await;
+    let r = relay
+        .post(&notification(&[
+            ("meter-a", "ev-a"),
+            ("meter-b", "ev-b"),
+            ("meter-c", "ev-c"),
+        ]))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["mqtt_published"], true,
+        "PUBACKs before the answer: {}",
+        r.text
+    );
+    for (d, ev) in gws.iter().zip(["ev-a", "ev-b", "ev-c"]) {
+        wait_for(ev, || !stored(d).is_empty());
+    }
+    // Give a stray duplicate time to arrive before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (d, ev) in gws.iter().zip(["ev-a", "ev-b", "ev-c"]) {
+        assert_eq!(stored(d), once(&[ev]));
+        assert_eq!(d.count("notifications"), 1);
+    }
+    // relay status: every gateway online, with the time of its last status.
+    let online: i64 = relay
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM relay_mqtt_status WHERE online = 1 AND received_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(online, 3);
+    relay.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn an_offline_gateway_gets_all_three_in_order_when_back() {
+    let broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    let mut gw = gateway(&broker, "site-a");
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    assert!(gw.terminate(), "gateway stops cleanly");
+    for ev in ["ev-1", "ev-2", "ev-3"] {
+        let r = relay.post(&notification(&[("meter-a", ev)])).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            r.body["mqtt_published"], true,
+            "the broker queues for the session: {}",
+            r.text
+        );
+    }
+    wait_for("relay sees site-a offline", || {
+        relay
+            .db()
+            .query_row(
+                "SELECT online FROM relay_mqtt_status WHERE gateway = 'site-a'",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .is_ok_and(|online| !online)
+    });
+    assert!(stored(&gw).is_empty());
+    gw.spawn();
+    wait_for("three timeslots", || stored(&gw).len() == 3);
+    assert_eq!(stored(&gw), once(&["ev-1", "ev-2", "ev-3"]));
+    let bodies: Vec<String> = {
+        let db = gw.db();
+        let mut s = db
+            .prepare("SELECT body FROM notifications ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let order: Vec<&str> = bodies
+        .iter()
+        .map(|b| {
+            ["ev-1", "ev-2", "ev-3"]
+                .into_iter()
+                .find(|e| b.contains(e))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(order, ["ev-1", "ev-2", "ev-3"], "in publication order");
+    relay.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn sigkill_between_receipt_and_commit_means_redelivery_stored_once() {
+    let broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    let mut gw = gateway(&broker, "site-a");
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    gw.kill9();
+    // The same gateway, holding every message between receipt and commit.
+    let hold = gw.dir.path().join("held");
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(gw.log_path())
+        .unwrap();
+    let mut held = Command::new(common::bin())
+        .args(["--config", gw.config_path().to_str().unwrap(), "run"])
+        .env("LEAP_EDGE_TEST_MQTT_HOLD_FILE", &hold)
+        .env("LEAP_EDGE_LOG", "info,leap_edge=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let r = relay.post(&notification(&[("meter-a", "ev-k")])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for("the held message", || hold.exists());
+    held.kill().unwrap(); // SIGKILL
+    held.wait().unwrap();
+    assert!(stored(&gw).is_empty(), "nothing committed before the kill");
+    gw.spawn();
+    wait_for("redelivery", || !stored(&gw).is_empty());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stored(&gw), once(&["ev-k"]));
+    assert_eq!(gw.count("notifications"), 1);
+    relay.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
+    let mut broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    let gw = gateway(&broker, "site-a");
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    let events: Vec<String> = (0..24).map(|i| format!("ev-{i:02}")).collect();
+    let mut published = 0;
+    for (i, ev) in events.iter().enumerate() {
+        if i == 8 {
+            broker.stop();
+        }
+        if i == 16 {
+            broker.spawn();
+        }
+        let r = relay.post(&notification(&[("meter-a", ev)])).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        published += usize::from(r.body["mqtt_published"] == true);
+    }
+    assert!(
+        published < events.len(),
+        "some were answered from the outbox alone"
+    );
+    wait_for("every acknowledged notification", || {
+        stored(&gw).len() == events.len()
+    });
+    let want: Vec<&str> = events.iter().map(String::as_str).collect();
+    // Redeliveries after the restart are counted as duplicates; each timeslot is stored once.
+    let got: Vec<(String, i64)> = stored(&gw).into_iter().map(|(e, r, _)| (e, r)).collect();
+    let want: Vec<(String, i64)> = once(&want).into_iter().map(|(e, r, _)| (e, r)).collect();
+    assert_eq!(got, want);
+    relay.running.stop().await;
+}
+
+/// Mosquitto 2.0 grants the SUBACK but applies the read ACL to every message: what counts
+/// is that nothing published for site-b ever reaches site-a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn the_acl_keeps_a_gateway_off_another_gateways_topic() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let broker = Broker::start(&["leap-edge-relay", "site-a", "site-b"]);
+    let connect = |user: &str| {
+        let mut o = MqttOptions::new(user, "127.0.0.1", broker.port);
+        o.set_credentials(user, password(user));
+        AsyncClient::new(o, 16)
+    };
+    let (a, mut a_events) = connect("site-a");
+    a.subscribe("leap-edge/site-b/dispatch", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    a.subscribe("leap-edge/+/dispatch", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let received = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut subacks = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        while let Ok(ev) = tokio::time::timeout_at(deadline, a_events.poll()).await {
+            match ev.expect("site-a connection") {
+                Event::Incoming(Packet::SubAck(_)) => subacks += 1,
+                Event::Incoming(Packet::Publish(p)) => {
+                    got.push(String::from_utf8_lossy(&p.topic).into_owned())
+                }
+                _ => {}
+            }
+        }
+        (subacks, got)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (relay, mut relay_events) = connect("leap-edge-relay");
+    tokio::spawn(async move { while relay_events.poll().await.is_ok() {} });
+    for gw in ["site-b", "site-a", "site-b"] {
+        relay
+            .publish(
+                format!("leap-edge/{gw}/dispatch"),
+                QoS::AtLeastOnce,
+                false,
+                gw,
+            )
+            .await
+            .unwrap();
+    }
+    let (subacks, got) = received.await.unwrap();
+    assert_eq!(subacks, 2);
+    assert_eq!(
+        got,
+        ["leap-edge/site-a/dispatch"],
+        "site-a reads only its own dispatch topic"
+    );
+}
