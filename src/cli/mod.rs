@@ -70,7 +70,7 @@ pub enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// The fleet relay on the partner's public host (own config, default /etc/leap-edge/relay.toml).
+    /// The fleet relay on the partner's public host (own config, default /etc/leap-edge-relay/relay.toml).
     #[command(subcommand)]
     Relay(crate::relay::cli::RelayCommand),
 }

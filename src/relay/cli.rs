@@ -1,5 +1,5 @@
 //! `leap-edge relay run | status [--json] | check`. The relay reads its own file
-//! (default /etc/leap-edge/relay.toml); `status` reads the outbox read-only, so it works
+//! (default /etc/leap-edge-relay/relay.toml); `status` reads the outbox read-only, so it works
 //! whether or not the relay runs.
 
 use super::RelayConfig;
@@ -7,7 +7,7 @@ use super::status::{RelayStatus, query};
 use crate::cli::exit;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_CONFIG: &str = "/etc/leap-edge/relay.toml";
+pub const DEFAULT_CONFIG: &str = "/etc/leap-edge-relay/relay.toml";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum RelayCommand {

@@ -181,7 +181,7 @@ impl RelayConfig {
         if self.auth.keys.is_empty() {
             p.push("auth.keys is empty: add the key Leap sends in auth.header".into());
         }
-        if self.auth.keys.iter().any(|k| short(k)) {
+        if self.auth.keys.iter().any(short) {
             p.push(format!(
                 "auth.keys: every key must be at least {MIN_KEY_CHARS} characters (e.g. `openssl rand -hex 24`)"
             ));

@@ -12,7 +12,6 @@ use hyper::body::Incoming as Body;
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -228,20 +227,18 @@ impl Handler for RelayApp {
         limits(&self.config())
     }
 
-    fn handle(
+    async fn handle(
         self: Arc<Self>,
         peer: SocketAddr,
         req: Request<Body>,
-    ) -> impl Future<Output = Result<Response, Infallible>> + Send {
-        async move {
-            let webhook = self.config().server.path.clone();
-            let path = req.uri().path().to_string();
-            Ok(match (req.method(), path.as_str()) {
-                (&Method::POST, p) if p == webhook => self.webhook(peer, req).await,
-                (_, p) if p == webhook => method_not_allowed("POST"),
-                _ => server::error_response(StatusCode::NOT_FOUND, "no such path"),
-            })
-        }
+    ) -> Result<Response, Infallible> {
+        let webhook = self.config().server.path.clone();
+        let path = req.uri().path().to_string();
+        Ok(match (req.method(), path.as_str()) {
+            (&Method::POST, p) if p == webhook => self.webhook(peer, req).await,
+            (_, p) if p == webhook => method_not_allowed("POST"),
+            _ => server::error_response(StatusCode::NOT_FOUND, "no such path"),
+        })
     }
 }
 
@@ -253,19 +250,17 @@ impl Handler for Private {
         (8, limits(&self.0.config()).1)
     }
 
-    fn handle(
+    async fn handle(
         self: Arc<Self>,
         _peer: SocketAddr,
         req: Request<Body>,
-    ) -> impl Future<Output = Result<Response, Infallible>> + Send {
-        async move {
-            Ok(match (req.method(), req.uri().path()) {
-                (&Method::GET, "/metrics") => self.0.metrics().await,
-                (&Method::GET, "/healthz") => self.0.healthz().await,
-                (_, "/metrics" | "/healthz") => method_not_allowed("GET"),
-                _ => server::error_response(StatusCode::NOT_FOUND, "no such path"),
-            })
-        }
+    ) -> Result<Response, Infallible> {
+        Ok(match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => self.0.metrics().await,
+            (&Method::GET, "/healthz") => self.0.healthz().await,
+            (_, "/metrics" | "/healthz") => method_not_allowed("GET"),
+            _ => server::error_response(StatusCode::NOT_FOUND, "no such path"),
+        })
     }
 }
 
