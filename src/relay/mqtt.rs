@@ -21,16 +21,14 @@ pub(crate) fn mqtt_gateways(config: &RelayConfig, among: &[String]) -> Vec<Strin
 }
 
 fn pending_for(conn: &Connection, id: i64, gateways: &[String]) -> Result<usize, StoreError> {
-    let mut n = 0;
-    for g in gateways {
-        n += conn.query_row(
-            "SELECT COUNT(*) FROM relay_deliveries
-             WHERE notification_id = ?1 AND gateway = ?2 AND state = 'pending'",
-            params![id, g],
-            |r| r.get::<_, i64>(0),
-        )? as usize;
-    }
-    Ok(n)
+    let names = serde_json::to_string(gateways).unwrap_or_default();
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM relay_deliveries WHERE notification_id = ?1 AND state = 'pending'
+         AND gateway IN (SELECT value FROM json_each(?2))",
+        params![id, names],
+        |r| r.get(0),
+    )?;
+    Ok(n as usize)
 }
 
 /// SPEC §2.12: answer Leap after the broker's PUBACK for every MQTT part, or — broker down
