@@ -197,3 +197,34 @@ pub(crate) async fn on_connect(
         fleet.wake_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn check(extra: &str) -> Result<(), Vec<String>> {
+        let text =
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n{extra}");
+        toml::from_str::<RelayConfig>(&text).unwrap().check()
+    }
+
+    #[test]
+    fn an_mqtt_gateway_needs_the_broker_and_takes_no_url_or_key() {
+        let gw = "[[gateways]]\nname = \"a\"\ntransport = \"mqtt\"\nmeters = [\"M1\"]\n";
+        let err = check(gw).unwrap_err();
+        assert!(
+            err.iter().any(|e| e.contains("needs an [mqtt] table")),
+            "{err:?}"
+        );
+        let broker = "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"relay\"\n";
+        assert_eq!(check(&format!("{gw}{broker}")), Ok(()));
+        let with_url = "[[gateways]]\nname = \"a\"\ntransport = \"mqtt\"\nurl = \"http://127.0.0.1:1/x\"\nmeters = [\"M1\"]\n";
+        let err = check(&format!("{with_url}{broker}")).unwrap_err();
+        assert!(err.iter().any(|e| e.contains("takes no url")), "{err:?}");
+        let bad = "[mqtt]\nurl = \"mqtt://10.0.0.1:1883\"\nclient_id = \"relay\"\n";
+        let err = check(&format!("{gw}{bad}")).unwrap_err();
+        assert!(err.iter().any(|e| e.starts_with("mqtt.url")), "{err:?}");
+    }
+}
