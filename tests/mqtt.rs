@@ -201,6 +201,22 @@ impl Relay {
             .await
     }
 
+    /// `leap-edge relay status --json`, the operator's view.
+    fn status_json(&self) -> serde_json::Value {
+        let out = Command::new(common::bin())
+            .arg("--config")
+            .arg(self.dir.path().join("relay.toml"))
+            .args(["relay", "status", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.dir.path().join("relay.db")).unwrap()
     }
@@ -315,6 +331,11 @@ async fn an_offline_gateway_gets_all_three_in_order_when_back() {
             )
             .is_ok_and(|online| !online)
     });
+    let status = relay.status_json();
+    let a = &status["gateways"][0];
+    assert_eq!(a["name"], "site-a");
+    assert_eq!(a["mqtt"]["online"], false, "{status}");
+    assert!(a["mqtt"]["last_status_at"].is_string(), "{status}");
     assert!(stored(&gw).is_empty());
     gw.spawn();
     wait_for("three timeslots", || stored(&gw).len() == 3);
