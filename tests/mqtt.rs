@@ -18,10 +18,16 @@ struct Broker {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl Broker {
     fn start(users: &[&str]) -> Broker {
+        Broker::start_with(users, false)
+    }
+
+    /// With `tls`, the listener speaks TLS with a certificate made for `localhost`.
+    fn start_with(users: &[&str], tls: bool) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -43,11 +49,19 @@ impl Broker {
         let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mosquitto/leap-edge.acl");
         // Root would otherwise drop to the mosquitto user, who cannot write the temp folder.
         let user = if is_root() { "user root\n" } else { "" };
+        let mut tls_conf = String::new();
+        if tls {
+            let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            let (cert, key) = (dir.path().join("broker.pem"), dir.path().join("broker.key"));
+            std::fs::write(&cert, ck.cert.pem()).unwrap();
+            std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+            tls_conf = format!("certfile {}\nkeyfile {}\n", cert.display(), key.display());
+        }
         let conf = format!(
             "{user}per_listener_settings false\npersistence true\npersistence_location {}/\n\
              allow_anonymous false\npassword_file {}\nacl_file {}\nlog_dest file {}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
-             listener {port} 127.0.0.1\nuse_username_as_clientid true\n",
+             listener {port} 127.0.0.1\nuse_username_as_clientid true\n{tls_conf}",
             dir.path().display(),
             passwd.display(),
             acl.display(),
@@ -58,6 +72,7 @@ impl Broker {
             dir,
             port,
             child: None,
+            tls,
         };
         b.spawn();
         b
@@ -91,7 +106,20 @@ impl Broker {
     }
 
     fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        if self.tls {
+            format!("mqtts://localhost:{}", self.port)
+        } else {
+            format!("mqtt://127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// The `ca` line for a client's MQTT table (empty without TLS).
+    fn ca(&self) -> String {
+        if self.tls {
+            format!("ca = {:?}\n", self.dir.path().join("broker.pem"))
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -118,9 +146,10 @@ fn password(user: &str) -> String {
 
 fn uplink(broker: &Broker, name: &str) -> String {
     format!(
-        "[uplink.mqtt]\nurl = \"{}\"\nclient_id = \"{name}\"\nusername = \"{name}\"\npassword = \"{}\"\n",
+        "[uplink.mqtt]\nurl = \"{}\"\nclient_id = \"{name}\"\nusername = \"{name}\"\npassword = \"{}\"\n{}",
         broker.url(),
-        password(name)
+        password(name),
+        broker.ca()
     )
 }
 
@@ -162,10 +191,11 @@ async fn relay(broker: &Broker, gateways: &[(&str, &str)]) -> Relay {
         "[server]\nlisten = \"127.0.0.1:0\"\npath = \"{}\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
          [auth]\nkeys = [\"{RELAY_KEY}\"]\n[storage]\npath = \"relay.db\"\n[relay]\nmetrics_listen = \"127.0.0.1:0\"\n\
          delivery_timeout_secs = 3\n[mqtt]\nurl = \"{}\"\nclient_id = \"leap-edge-relay\"\n\
-         username = \"leap-edge-relay\"\npassword = \"{}\"\n",
+         username = \"leap-edge-relay\"\npassword = \"{}\"\n{}",
         common::PATH,
         broker.url(),
-        password("leap-edge-relay")
+        password("leap-edge-relay"),
+        broker.ca()
     );
     for (name, meter) in gateways {
         text.push_str(&format!(
@@ -302,6 +332,21 @@ async fn a_mixed_notification_reaches_each_of_three_gateways_once() {
         )
         .unwrap();
     assert_eq!(online, 3);
+    relay.running.stop().await;
+}
+
+/// The broker over TLS (rustls with ring, trusting only the broker's certificate), both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn relay_and_gateway_reach_the_broker_over_tls() {
+    let broker = Broker::start_with(&["leap-edge-relay", "site-a"], true);
+    let gw = gateway(&broker, "site-a");
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    let r = relay.post(&notification(&[("meter-a", "ev-tls")])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["mqtt_published"], true, "{}", r.text);
+    wait_for("ev-tls", || !stored(&gw).is_empty());
+    assert_eq!(stored(&gw), once(&["ev-tls"]));
     relay.running.stop().await;
 }
 
