@@ -67,6 +67,12 @@ pub fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
 }
 
 fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
+    if !config.storage.path.exists() {
+        anyhow::bail!(
+            "no relay outbox at {} yet: `leap-edge relay run` creates it on first start (is storage.path right?)",
+            config.storage.path.display()
+        );
+    }
     let conn = crate::store::open_read_only(&config.storage.path)?;
     if !super::outbox::is_relay_db(&conn)? {
         anyhow::bail!(

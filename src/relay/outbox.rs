@@ -68,6 +68,8 @@ pub(crate) fn commit(
     n: &Incoming,
     routes: &Routes,
 ) -> Result<Committed, StoreError> {
+    // Whatever ran before on this connection, this commit is fsynced before the ack.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     let tx = conn.transaction()?;
     tx.execute(
         "INSERT INTO relay_notifications (received_at, peer, headers, body) VALUES (?1, ?2, ?3, ?4)",
@@ -290,7 +292,24 @@ pub(crate) enum Attempt {
     },
 }
 
+/// Record how an attempt ended. Without an fsync of its own (`synchronous=NORMAL` for this
+/// one commit): in WAL mode the next notification's FULL commit makes it durable, and if
+/// power fails first, the outcome is lost in a consistent way — the delivery is sent again
+/// and the gateway counts a duplicate. This keeps delivery from taking fsyncs away from acks.
 pub(crate) fn record(
+    conn: &mut Connection,
+    gateway: &str,
+    id: i64,
+    attempt: &Attempt,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let written = record_tx(conn, gateway, id, attempt, now);
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    written
+}
+
+fn record_tx(
     conn: &mut Connection,
     gateway: &str,
     id: i64,
