@@ -54,7 +54,8 @@ fn broker(dir: &Path) -> (Kill, u16) {
     };
     let conf = format!(
         "{user}persistence true\npersistence_location {}/\nallow_anonymous true\n\
-         max_queued_messages 10000\nlistener {port} 127.0.0.1\n",
+         max_queued_messages 10000\nlog_dest file {}/mosquitto.log\nlistener {port} 127.0.0.1\n",
+        dir.display(),
         dir.display()
     );
     std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
@@ -87,6 +88,7 @@ async fn subscribers(port: u16, n: usize) -> Arc<AtomicUsize> {
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(86_400));
         o.set_keep_alive(Duration::from_secs(60));
+        o.set_max_packet_size(Some(leap_edge::mqtt::MAX_PACKET_BYTES));
         let (client, mut events) = AsyncClient::new(o, 8);
         client
             .subscribe(format!("leap-edge/{name}/dispatch"), QoS::AtLeastOnce)
@@ -95,7 +97,15 @@ async fn subscribers(port: u16, n: usize) -> Arc<AtomicUsize> {
         let (got, subscribed) = (got.clone(), subscribed.clone());
         tokio::spawn(async move {
             let _client = client;
-            while let Ok(ev) = events.poll().await {
+            loop {
+                let ev = match events.poll().await {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        eprintln!("subscriber: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
                 match ev {
                     Event::Incoming(Packet::SubAck(_)) => {
                         subscribed.fetch_add(1, Ordering::Relaxed);

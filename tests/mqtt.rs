@@ -322,6 +322,25 @@ async fn a_mixed_notification_reaches_each_of_three_gateways_once() {
         assert_eq!(stored(d), once(&[ev]));
         assert_eq!(d.count("notifications"), 1);
     }
+    // A group dispatch far above rumqttc's default 10 KiB packet limit still arrives.
+    let start = chrono::Utc::now() + chrono::Duration::hours(3);
+    let mut meters: Vec<String> = (0..1000).map(|i| format!("meter-x-{i:05}")).collect();
+    meters.push("meter-b".into());
+    let mut slot = timeslot_json("", "big", start, 900, Some(9.0), json!({}));
+    let id = slot
+        .as_object_mut()
+        .unwrap()
+        .remove("meter_event_id")
+        .unwrap();
+    slot["market_group_event_id"] = id;
+    let big = json!({"integration_test_notification": false, "communication_test": false,
+        "group_dispatches": [{"market_group_id": "g", "meter_ids": meters, "timeslots": [slot]}]})
+    .to_string();
+    assert!(big.len() > 16 * 1024);
+    let r = relay.post(&big).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["mqtt_published"], true, "{}", r.text);
+    wait_for("the big group dispatch", || stored(&gws[1]).len() == 2);
     // relay status: every gateway online, with the time of its last status.
     let online: i64 = relay
         .db()

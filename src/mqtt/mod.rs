@@ -20,6 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The largest MQTT packet either side accepts. rumqttc's default (10 KiB) is smaller than
+/// a group dispatch listing a few hundred meters; MQTT 5 brokers silently drop a message
+/// larger than the subscriber's limit, so this is well above the webhook's body limit.
+pub const MAX_PACKET_BYTES: u32 = 8 << 20;
+
 /// One day: a gateway offline for less than this gets everything published meanwhile.
 pub const MIN_SESSION_EXPIRY_SECS: u32 = 86_400;
 
@@ -189,6 +194,7 @@ impl MqttConfig {
         let mut o = MqttOptions::new(self.client_id.clone(), u.host, u.port);
         o.set_keep_alive(Duration::from_secs(self.keep_alive_secs));
         o.set_connection_timeout(10);
+        o.set_max_packet_size(Some(MAX_PACKET_BYTES));
         if let Some(user) = &self.username {
             let pass = self.password.as_ref().map(|s| s.expose()).unwrap_or("");
             o.set_credentials(user.clone(), pass.to_string());
