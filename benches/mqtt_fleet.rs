@@ -233,7 +233,7 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, port) = broker(dir.path());
+    let (broker, port) = broker(dir.path());
     let got = rt.block_on(subscribers(port, n));
     let config = relay_config(dir.path(), port, n);
     let (relay, addr) = spawn_relay(&config, dir.path());
@@ -284,5 +284,7 @@ fn main() {
         rss1,
         hwm
     );
+    let (mq_rss, mq_hwm, _) = proc_stats(broker.0.id());
+    println!("  mosquitto with {n} persistent sessions: RSS {mq_rss} KiB, peak {mq_hwm} KiB");
     drop(relay);
 }

@@ -45,7 +45,12 @@ pub(crate) struct Link {
     /// Bumped at every connection, so queued deliveries are tried at once.
     pub connected: watch::Sender<u64>,
     on_status: OnStatus,
+    /// Publishes in flight at most (the client's request queue is bounded): with thousands
+    /// of gateways, the rest wait here instead of failing and backing off.
+    slots: tokio::sync::Semaphore,
 }
+
+const REQUEST_QUEUE: usize = 4096;
 
 /// Called with (gateway, what it said) for every status message.
 pub(crate) type OnStatus = Box<dyn Fn(String, Seen) + Send + Sync>;
@@ -62,6 +67,7 @@ impl Link {
             session: Mutex::new(None),
             connected: watch::channel(0).0,
             on_status,
+            slots: tokio::sync::Semaphore::new(REQUEST_QUEUE - 64),
         });
         tokio::spawn(link.clone().run(stop));
         Ok(link)
@@ -87,6 +93,9 @@ impl Link {
         payload: String,
         timeout: Duration,
     ) -> Result<(), String> {
+        let _slot = tokio::time::timeout(timeout, self.slots.acquire())
+            .await
+            .map_err(|_| "too many publishes waiting for the broker".to_string())?;
         let rx = {
             let mut s = self.session.lock().expect("mqtt session");
             let s = s.as_mut().ok_or("broker not connected")?;
@@ -115,7 +124,7 @@ impl Link {
                 }
             };
             opts.set_clean_start(true);
-            let (client, mut events) = rumqttc::v5::AsyncClient::new(opts, 4096);
+            let (client, mut events) = rumqttc::v5::AsyncClient::new(opts, REQUEST_QUEUE);
             let mut pending = Some(client);
             loop {
                 let ev = tokio::select! {
