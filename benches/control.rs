@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "bench-key-0123456789";
+const KEY: &str = "bench-key-0123456789-abcdefghijklmn";
 const METER: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
 const PERIOD_MS: u64 = 1000;
 
@@ -38,7 +38,7 @@ async fn start_sim() -> SimHandle {
 fn config(dir: &Path, sim: &SimHandle) -> Config {
     let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
     let text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n\
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n\
          [storage]\npath = \"bench.db\"\n[admin]\nsocket = \"admin.sock\"\n[site]\ncontrol_period_ms = {PERIOD_MS}\n\
          [[meters]]\nid = \"{METER}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\n\
          host = \"127.0.0.1\"\nport = {}\nreversion_secs = 30\n",
@@ -82,7 +82,7 @@ async fn boundaries(n: usize) -> Vec<f64> {
     let parts = Parts {
         commander: cc.clone(),
         clock: Arc::new(SystemClock),
-        live: Arc::new(|| serde_json::json!({})),
+        live: Arc::new(Vec::new),
     };
     let running = daemon::start(config, parts).await.unwrap();
     let t0 = Utc::now() + chrono::Duration::milliseconds(2000);

@@ -14,7 +14,7 @@ use leap_edge::dispatch::{BoxFuture, CommandError, Commander};
 use leap_edge::model::Command;
 use std::sync::{Arc, Mutex};
 
-const KEY: &str = "bench-key-0123456789";
+const KEY: &str = "bench-key-0123456789-abcdefghijklmn";
 const METER: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
 const BOUNDARIES: usize = 200;
 const SLOT_MS: i64 = 100;
@@ -46,7 +46,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let devices = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
     let cfg = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n[storage]\npath = \"bench.db\"\n[admin]\nsocket = \"admin.sock\"\n\
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n[storage]\npath = \"bench.db\"\n[admin]\nsocket = \"admin.sock\"\n\
          [[meters]]\nid = \"{METER}\"\ndevice = \"b\"\n[devices.b]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n"
     );
     std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
@@ -57,7 +57,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let parts = Parts { commander: Arc::new(Stamping(stamps.clone())), clock: Arc::new(SystemClock), live: Arc::new(|| serde_json::json!({})) };
+        let parts = Parts { commander: Arc::new(Stamping(stamps.clone())), clock: Arc::new(SystemClock), live: Arc::new(Vec::new) };
         let running = daemon::start(config, parts).await.unwrap();
         let t0 = Utc::now() + chrono::Duration::seconds(2);
         let mut starts = std::collections::HashMap::new();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const KEY: &str = "bench-key-0123456789";
+const KEY: &str = "bench-key-0123456789-abcdefghijklmn";
 
 fn body(n: usize, big: bool) -> String {
     let start = chrono::Utc::now() + chrono::Duration::days(1);
@@ -169,7 +169,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 256\n[auth]\nkeys = [\"{KEY}\"]\n[storage]\npath = \"bench.db\"\n[admin]\nsocket = \"admin.sock\"\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nmax_connections = 256\n[auth]\nkeys = [\"{KEY}\"]\n[storage]\npath = \"bench.db\"\n[admin]\nsocket = \"admin.sock\"\n"
     );
     std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
     let config = leap_edge::config::Config::load(&dir.path().join("config.toml")).unwrap();
@@ -181,7 +181,7 @@ fn main() {
         let parts = Parts {
             commander: Arc::new(RecordingCommander::default()),
             clock: Arc::new(SystemClock),
-            live: Arc::new(|| serde_json::json!({})),
+            live: Arc::new(Vec::new),
         };
         let running = daemon::start(config, parts).await.unwrap();
         let addr = running.addr;

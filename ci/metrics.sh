@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# /metrics is valid Prometheus text: run the daemon (with the simulator) on a throwaway
+# /metrics (on the loopback metrics listener) is valid Prometheus text: run the daemon (with the simulator) on a throwaway
 # config, move a battery once, and feed the exposition to `promtool check metrics`.
 # Installs (apt): prometheus (for promtool), curl.
 set -euo pipefail
@@ -15,14 +15,15 @@ cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || tr
 trap cleanup EXIT
 sed -e "s#^devices_dir = .*#devices_dir = \"$PWD/devices\"#" \
     -e 's#^listen = "127.0.0.1:8443"#listen = "127.0.0.1:18443"#' \
+    -e 's#^metrics_listen = "127.0.0.1:9464"#metrics_listen = "127.0.0.1:19464"#' \
     -e 's#^listen = "127.0.0.1:1502"#listen = "127.0.0.1:11502"#' \
     -e 's#^port = 1502#port = 11502#' config.toml > "$dir/config.toml"
 "$bin" --config "$dir/config.toml" run 2>"$dir/log" &
 pid=$!
-for _ in $(seq 100); do curl -fs 127.0.0.1:18443/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do curl -fs 127.0.0.1:19464/healthz >/dev/null 2>&1 && break; sleep 0.1; done
 "$bin" --config "$dir/config.toml" send-test --in 1s --duration 3s >/dev/null
 sleep 3
-curl -fs 127.0.0.1:18443/metrics > "$dir/metrics"
+curl -fs 127.0.0.1:19464/metrics > "$dir/metrics"
 promtool check metrics < "$dir/metrics"
 grep -q '^leap_edge_soc_percent' "$dir/metrics"
 grep -q '^leap_edge_webhook_requests_total{result="accepted"} 1' "$dir/metrics"

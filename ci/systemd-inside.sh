@@ -14,7 +14,7 @@ fail() {
 check() { local what=$1; shift; if "$@"; then echo "ok: $what"; else fail "$what"; fi; }
 prop() { systemctl show -P "$1" leap-edge.service; }
 CFG=/etc/leap-edge/config.toml
-KEY=systemd-test-key-0123
+KEY=systemd-test-key-0123456789abcdefghij
 
 step "install the package"
 # As on a gateway: D-Bus up, so the daemon's clock check (timedatectl) can ask timedated.

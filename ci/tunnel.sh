@@ -119,10 +119,11 @@ if [[ $backend == daemon ]]; then
 devices_dir = "$REPO/devices"
 [server]
 listen = "127.0.0.1:$G"
+metrics_listen = "127.0.0.1:0"
 path = "/leap/dispatch"
 [auth]
 header = "x-api-key"
-keys = ["tunnel-test-key-0123"]
+keys = ["tunnel-test-key-0123456789abcdefghij"]
 [storage]
 path = "$work/gw/leap-edge.db"
 [admin]
@@ -138,7 +139,7 @@ port, out = int(sys.argv[1]), sys.argv[2]
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["content-length"]))
-        ok = self.path == "/leap/dispatch" and self.headers["x-api-key"] == "tunnel-test-key-0123"
+        ok = self.path == "/leap/dispatch" and self.headers["x-api-key"] == "tunnel-test-key-0123456789abcdefghij"
         if ok:
             with open(out, "ab") as f: f.write(body + b"\n")
         self.send_response(200 if ok else 401)
@@ -179,7 +180,7 @@ print(json.dumps({
 EOF
   local code
   code=$(curl -sS -o "$work/reply.json" -w '%{http_code}' --max-time 30 \
-    -H 'x-api-key: tunnel-test-key-0123' -H 'content-type: application/json' \
+    -H 'x-api-key: tunnel-test-key-0123456789abcdefghij' -H 'content-type: application/json' \
     --data-binary "@$work/note.json" "http://127.0.0.1:$R/leap/dispatch")
   [[ $code == 200 ]] || fail "POST through the tunnel answered $code: $(cat "$work/reply.json")"
   echo "POST via 127.0.0.1:$R -> 200 $(head -c 200 "$work/reply.json")"

@@ -84,6 +84,13 @@ pub fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
 pub fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
     let _ = writeln!(
         out,
@@ -158,6 +165,8 @@ pub fn reason_label(reason: &str) -> &'static str {
         || reason.starts_with("missing market_group_event_id")
     {
         "missing_event_id"
+    } else if reason.contains("limits.max_") {
+        "over_limit"
     } else if reason.contains("is not after") {
         "end_not_after_start"
     } else if reason.contains("RFC 3339") {

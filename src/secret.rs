@@ -16,6 +16,19 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// SHA-256 of the value: keys are compared as digests, so the comparison takes the same
+    /// time whatever the lengths of the key and of the guess (issue 10.6).
+    pub fn digest(&self) -> [u8; 32] {
+        sha256(self.0.as_bytes())
+    }
+}
+
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 impl fmt::Debug for Secret {

@@ -38,7 +38,7 @@ async fn status_override_and_daemon_down() {
     let s: Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
     assert_eq!(s["meters"][0]["override"]["action"]["action"], "discharge");
     let (_, table, _) = d.cli(&["status"]);
-    assert!(table.contains("OVERRIDE discharge"), "{table}");
+    assert!(table.contains("manual discharge 3 kW"), "{table}");
     // Bad input is refused with a reason, not applied.
     let (code, _, err) = d.cli(&["override", "charge", "-5", "--for", "1h"]);
     assert_ne!(code, 0);
@@ -77,13 +77,27 @@ async fn status_override_and_daemon_down() {
 async fn reload_rotates_keys_without_restart() {
     let d = Daemon::start();
     let text = std::fs::read_to_string(d.config_path()).unwrap();
-    let rotated = text
-        .replace(&format!("\"{KEY}\", "), "")
-        .replace("second-key-for-rotation", "brand-new-key-7777");
+    let rotated = text.replace(&format!("\"{KEY}\", "), "").replace(
+        "second-key-for-rotation-0123456789",
+        "brand-new-key-7777-0123456789abcdef",
+    );
     std::fs::write(d.config_path(), rotated).unwrap();
     let (code, out, err) = d.cli(&["reload"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("auth"), "{out}");
+    assert!(out.contains("reloaded: applied auth"), "{out}");
+    // Issue 10 point 9: who reloaded is in the audit log.
+    let detail: String = d
+        .db()
+        .query_row(
+            "SELECT detail FROM audit WHERE action = 'manual' AND meter_id = '(site)'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        detail.starts_with("reload applied auth by uid "),
+        "{detail}"
+    );
     let c = d.client();
     let old = c.post(&fixture("leap-sample-meter.json")).await;
     assert_eq!(old.status, 401, "the removed key still works");
@@ -92,7 +106,7 @@ async fn reload_rotates_keys_without_restart() {
             "POST",
             PATH,
             &[
-                ("x-api-key", "brand-new-key-7777"),
+                ("x-api-key", "brand-new-key-7777-0123456789abcdef"),
                 ("content-type", "application/json"),
             ],
             fixture("leap-sample-meter.json").into_bytes(),
@@ -114,7 +128,7 @@ async fn reload_rotates_keys_without_restart() {
             "POST",
             PATH,
             &[
-                ("x-api-key", "brand-new-key-7777"),
+                ("x-api-key", "brand-new-key-7777-0123456789abcdef"),
                 ("content-type", "application/json"),
             ],
             fixture("leap-sample-meter.json").into_bytes(),

@@ -26,9 +26,9 @@ async fn a_dispatch_reaches_the_inverter_registers_and_is_handed_back_at_the_end
     let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    common::write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
     let text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
          [auth]\nkeys = [\"{key}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
          [site]\ncontrol_period_ms = 500\n\
          [[meters]]\nid = \"{M1}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 10\n",
@@ -44,7 +44,7 @@ async fn a_dispatch_reaches_the_inverter_registers_and_is_handed_back_at_the_end
     let parts = Parts {
         commander: cc.clone(),
         clock: Arc::new(SystemClock),
-        live: Arc::new(move || status.live_json()),
+        live: Arc::new(move || status.snapshot()),
     };
     let running = daemon::start(config, parts).await.unwrap();
     let client = common::Client::new(running.addr, ck.cert.der().clone());

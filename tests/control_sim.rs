@@ -27,7 +27,7 @@ fn config(sim: &SimHandle) -> Config {
 [server]
 listen = "127.0.0.1:8443"
 [auth]
-keys = ["0123456789abcdef"]
+keys = ["0123456789abcdef0123456789abcdef"]
 "#;
     let mut c = Config::parse_str(text, Path::new("test.toml")).unwrap();
     c.site.control_period_ms = PERIOD.as_millis() as u64;

@@ -338,3 +338,108 @@ fn relay_check_exits_78_naming_the_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn https_delivery_trusts_only_the_gateways_own_certificate() {
+    let (good, other) = (Gateway::start_tls(), Gateway::start_tls());
+    let dummy = format!("http://127.0.0.1:{}{PATH}", dead_port());
+    let mut relay = Relay::start(&[GatewaySpec {
+        name: "dummy",
+        url: dummy,
+        meters: vec!["D"],
+    }]);
+    let https = |name: &str, g: &Gateway, meter: &str| {
+        format!(
+            "[[gateways]]\nname = \"{name}\"\nurl = \"https://{}{PATH}\"\nkey = \"{GATEWAY_KEY}\"\n\
+             ca = {:?}\ntls_name = \"gateway.test\"\nmeters = [\"{meter}\"]\n",
+            g.0.addr,
+            good.cert_path()
+        )
+    };
+    // "impostor" presents another certificate than the one configured as its ca.
+    relay.gateways = https("site", &good, "G1") + &https("impostor", &other, "W1");
+    relay.write_config();
+    relay.p.kill9();
+    relay.restart();
+    let n =
+        json!({"meter_dispatches": [meter_entry("G1", &["tls-1"]), meter_entry("W1", &["tls-2"])]});
+    rt().block_on(relay.client().post_until_ok(&n.to_string()));
+    wait_for("delivery over HTTPS", Duration::from_secs(30), || {
+        good.event_ids() == ["tls-1"]
+    });
+    wait_for("the impostor's failure", Duration::from_secs(30), || {
+        let s = relay.status();
+        let g = s["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "impostor")
+            .unwrap()
+            .clone();
+        g["queue_depth"] == 1 && g["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
+    });
+    assert!(other.event_ids().is_empty());
+}
+
+#[test]
+fn deliveries_to_a_gateway_keep_arrival_order_across_an_outage() {
+    let mut g = Gateway::start();
+    let relay = Relay::start(&[spec("site", &g, &["M1"])]);
+    g.0.kill9();
+    // Five revisions of one timeslot while the gateway is away; the last one must win.
+    for kw in 1..=5 {
+        let mut slot = timeslot("meter", "ordered");
+        slot["energy_kw"] = json!(kw as f64);
+        let n = json!({"meter_dispatches": [{"meter_id": "M1", "timeslots": [slot]}]});
+        rt().block_on(relay.client().post_until_ok(&n.to_string()));
+    }
+    assert_eq!(relay.status()["gateways"][0]["queue_depth"], 5);
+    g.restart();
+    relay.wait_drained(Duration::from_secs(60));
+    let ev = g.0.cli_json(&["events", "--json"]);
+    let t = &ev["timeslots"][0];
+    assert_eq!(t["energy_kw"], json!(5.0), "{t:#}");
+    assert_eq!(t["revisions"], 5, "{t:#}");
+}
+
+/// What `ssh -R /path.sock:127.0.0.1:PORT` does on the relay host: a Unix socket whose
+/// connections reach the gateway's TCP listener.
+fn unix_forward(sock: &std::path::Path, to: std::net::SocketAddr) {
+    use std::net::Shutdown;
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut u) = conn else { break };
+            let mut t = std::net::TcpStream::connect(to).unwrap();
+            let (mut u2, mut t2) = (u.try_clone().unwrap(), t.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut t2);
+                let _ = t2.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut t, &mut u);
+                let _ = u.shutdown(Shutdown::Write);
+            });
+        }
+    });
+}
+
+#[test]
+fn delivery_over_a_unix_socket_that_ssh_r_would_bind() {
+    let g = Gateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("site.sock");
+    unix_forward(&sock, g.0.addr);
+    let relay = Relay::start(&[GatewaySpec {
+        name: "site",
+        url: format!("unix:{}", sock.display()),
+        meters: vec!["M1"],
+    }]);
+    let n = json!({"meter_dispatches": [meter_entry("M1", &["unix-1"])]});
+    rt().block_on(relay.client().post_until_ok(&n.to_string()));
+    wait_for(
+        "delivery through the socket",
+        Duration::from_secs(30),
+        || g.event_ids() == ["unix-1"],
+    );
+}

@@ -120,6 +120,7 @@ async fn wall_clock_steps_neither_fire_early_nor_miss_a_boundary() {
             headers: serde_json::json!({}),
             body: body.clone(),
             parsed: leap_edge::ingest::parse_notification(body.as_bytes()).unwrap(),
+            source: leap_edge::store::Source::Push,
         })
         .await
         .unwrap();

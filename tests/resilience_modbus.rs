@@ -192,7 +192,7 @@ async fn slow_answers_half_open_connection_and_device_restart_in_one_run() {
 const METER: &str = "dd21c76c-0000-4000-8000-0000000000aa";
 
 fn control_config(device: SocketAddr) -> Config {
-    let text = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef\"]\n";
+    let text = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
     let mut c = Config::parse_str(text, std::path::Path::new("test.toml")).unwrap();
     c.site.control_period_ms = 500;
     c.devices_dir = devices_dir();

@@ -97,13 +97,14 @@ async fn full_disk_gives_503_stores_nothing_and_recovers_without_restart() {
         Parts {
             commander: Arc::new(RecordingCommander::default()),
             clock: Arc::new(SystemClock),
-            live: Arc::new(|| serde_json::json!({})),
+            live: Arc::new(Vec::new),
         },
     )
     .await
     .unwrap();
     let client = common::Client::new(running.addr, cert);
-    let healthz = async || client.request("GET", "/healthz", &[], vec![]).await;
+    let metrics_addr = running.metrics_addr;
+    let healthz = async || common::local_get(metrics_addr, "/healthz").await;
 
     for n in 0..3 {
         assert_eq!(client.post(&note(n)).await.status, 200);
@@ -192,13 +193,14 @@ async fn read_only_database_gives_503_stores_nothing_and_recovers_without_restar
         Parts {
             commander: Arc::new(RecordingCommander::default()),
             clock: Arc::new(SystemClock),
-            live: Arc::new(|| serde_json::json!({})),
+            live: Arc::new(Vec::new),
         },
     )
     .await
     .unwrap();
     let client = common::Client::new(running.addr, cert);
-    let healthz = async || client.request("GET", "/healthz", &[], vec![]).await;
+    let metrics_addr = running.metrics_addr;
+    let healthz = async || common::local_get(metrics_addr, "/healthz").await;
     assert_eq!(client.post(&note(0)).await.status, 200);
 
     let files: Vec<PathBuf> = ["", "-wal"]

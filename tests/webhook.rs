@@ -87,7 +87,8 @@ async fn leap_samples_are_stored_field_for_field() {
 
 #[tokio::test]
 async fn optional_fields_and_time_formats() {
-    let d = Daemon::start();
+    // Fixed dates years ahead: beyond the default limits.max_start_ahead_days.
+    let d = Daemon::start_with("[limits]\nmax_start_ahead_days = 36500\n");
     let body = json!({
         "integration_test_notification": false,
         "communication_test": true,
@@ -459,7 +460,7 @@ fn config_check_names_the_line_of_a_misspelled_key() {
     let path = dir.path().join("bad.toml");
     write_file(
         &path,
-        "[server]\nlisten = \"127.0.0.1:8443\"\n\n[auth]\nkeys = [\"0123456789\"]\nheadr = \"x-api-key\"\n",
+        "[server]\nlisten = \"127.0.0.1:8443\"\n\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\nheadr = \"x-api-key\"\n",
     );
     let out = std::process::Command::new(bin())
         .args(["--config", path.to_str().unwrap(), "config", "check"])
@@ -472,7 +473,7 @@ fn config_check_names_the_line_of_a_misspelled_key() {
     // Plain HTTP on a public address is refused by the semantic check.
     write_file(
         &path,
-        "[server]\nlisten = \"0.0.0.0:8443\"\n[auth]\nkeys = [\"0123456789\"]\n",
+        "[server]\nlisten = \"0.0.0.0:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n",
     );
     let out = std::process::Command::new(bin())
         .args(["--config", path.to_str().unwrap(), "config", "check"])

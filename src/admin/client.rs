@@ -1,26 +1,31 @@
 //! The CLI side of the admin socket.
 
-use super::protocol::{Request, Response, read_frame, write_frame};
+use super::protocol::{OverrideRequest, Request, Response, read_frame, write_frame};
+use super::state::{ClearReply, OverrideReply, ReloadReply, Reply, StatusReport};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "the daemon is not running (no socket at {0}); start it with `systemctl start leap-edge`"
+        "the daemon is not running (nothing listens on {0}); `leap-edge status` tells how it was last run"
     )]
     NotRunning(PathBuf),
     #[error("permission denied on {0}: run as root or as a member of the leap-edge group")]
     Permission(PathBuf),
-    #[error("admin socket {path}: {source}")]
+    #[error("admin socket {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("the daemon did not answer within 10 s")]
+    #[error("the daemon did not answer in time")]
     Timeout,
     #[error("the daemon refused: {0}")]
     Refused(String),
+    #[error(
+        "the daemon answered a {0} request with something else; is it a different leap-edge version?"
+    )]
+    Mismatch(&'static str),
 }
 
 pub struct AdminClient {
@@ -34,7 +39,52 @@ impl AdminClient {
         }
     }
 
-    pub async fn call(&self, req: &Request) -> Result<serde_json::Value, ClientError> {
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        match self.call(&Request::Status).await? {
+            Reply::Status(s) => Ok(*s),
+            _ => Err(ClientError::Mismatch("status")),
+        }
+    }
+
+    pub async fn set_override(&self, req: OverrideRequest) -> Result<OverrideReply, ClientError> {
+        match self.call(&Request::Override(req)).await? {
+            Reply::Override(r) => Ok(r),
+            _ => Err(ClientError::Mismatch("override")),
+        }
+    }
+
+    pub async fn clear_override(&self, meter: Option<String>) -> Result<ClearReply, ClientError> {
+        match self.call(&Request::OverrideClear { meter }).await? {
+            Reply::Cleared(r) => Ok(r),
+            _ => Err(ClientError::Mismatch("override clear")),
+        }
+    }
+
+    pub async fn reload(&self) -> Result<ReloadReply, ClientError> {
+        match self.call(&Request::Reload).await? {
+            Reply::Reload(r) => Ok(r),
+            _ => Err(ClientError::Mismatch("reload")),
+        }
+    }
+
+    /// The polling backstop once, through the daemon. A poll with Leap's retries can take
+    /// longer than the usual exchange, so the caller gives the limit.
+    pub async fn leap_poll(
+        &self,
+        days: Option<u32>,
+        limit: Duration,
+    ) -> Result<crate::leap::poll::PollReport, ClientError> {
+        match self.call_within(&Request::LeapPoll { days }, limit).await? {
+            Reply::LeapPoll(r) => Ok(*r),
+            _ => Err(ClientError::Mismatch("leap poll")),
+        }
+    }
+
+    async fn call(&self, req: &Request) -> Result<Reply, ClientError> {
+        self.call_within(req, Duration::from_secs(10)).await
+    }
+
+    async fn call_within(&self, req: &Request, limit: Duration) -> Result<Reply, ClientError> {
         let fut = async {
             let mut s = tokio::net::UnixStream::connect(&self.path)
                 .await
@@ -47,22 +97,27 @@ impl AdminClient {
                     }
                     _ => ClientError::Io {
                         path: self.path.clone(),
-                        source: e,
+                        error: e,
                     },
                 })?;
-            let io = |source| ClientError::Io {
+            let io = |error| ClientError::Io {
                 path: self.path.clone(),
-                source,
+                error,
             };
-            write_frame(&mut s, req).await.map_err(io)?;
-            let resp: Response = read_frame(&mut s).await.map_err(io)?;
-            if resp.ok {
-                Ok(resp.body)
-            } else {
-                Err(ClientError::Refused(resp.error.unwrap_or_default()))
+            // A daemon at its connection cap answers "busy" and closes without reading:
+            // the write then fails, but the answer is there to read.
+            let written = write_frame(&mut s, req).await;
+            let resp: Response = match read_frame(&mut s).await {
+                Ok(r) => r,
+                Err(e) => return Err(io(written.err().unwrap_or(e))),
+            };
+            match (resp.ok, resp.body) {
+                (true, Some(body)) => Ok(body),
+                (true, None) => Err(ClientError::Mismatch("any")),
+                (false, _) => Err(ClientError::Refused(resp.error.unwrap_or_default())),
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), fut)
+        tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| ClientError::Timeout)?
     }

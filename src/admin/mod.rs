@@ -1,15 +1,16 @@
 //! The local control socket: a Unix socket (mode 0660, for the `leap-edge` group) through
 //! which the CLI asks the running daemon for its state and gives it commands. Frames are a
 //! 4-byte big-endian length then JSON, capped in size so a bad client cannot make the
-//! daemon allocate without bound.
+//! daemon allocate without bound. [`state`] is the one typed contract both sides use.
 
 mod client;
 mod protocol;
 mod server;
+pub mod state;
 
 pub use client::{AdminClient, ClientError};
-pub use protocol::{OverrideAction, OverrideRequest, Request, Response};
-pub use server::{AdminHandler, serve};
+pub use protocol::{OverrideAction, OverrideRequest, Peer, Request, Response};
+pub use server::{AdminHandler, MAX_CONNECTIONS, SocketError, bind, serve};
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 1024 * 1024;

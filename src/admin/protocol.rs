@@ -1,6 +1,7 @@
 //! Messages on the admin socket and their framing.
 
 use super::MAX_FRAME;
+use super::state::Reply;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -9,8 +10,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub enum Request {
     Status,
     Override(OverrideRequest),
-    OverrideClear { meter: Option<String> },
+    OverrideClear {
+        meter: Option<String>,
+    },
     Reload,
+    /// Run the Leap polling backstop once now (`leap-edge leap poll`).
+    LeapPoll {
+        days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -32,21 +39,22 @@ pub struct OverrideRequest {
     pub seconds: u64,
 }
 
+/// The daemon's answer: a typed [`Reply`] or a refusal in words.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     #[serde(default)]
     pub error: Option<String>,
     #[serde(default)]
-    pub body: serde_json::Value,
+    pub body: Option<Reply>,
 }
 
 impl Response {
-    pub fn ok(body: serde_json::Value) -> Response {
+    pub fn ok(body: Reply) -> Response {
         Response {
             ok: true,
             error: None,
-            body,
+            body: Some(body),
         }
     }
 
@@ -54,8 +62,24 @@ impl Response {
         Response {
             ok: false,
             error: Some(msg.into()),
-            body: serde_json::Value::Null,
+            body: None,
         }
+    }
+}
+
+/// Who is on the other end of an admin connection (SO_PEERCRED), recorded with every
+/// command that changes state (issue 10 point 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Peer {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uid = self.uid.map_or("unknown".to_string(), |u| u.to_string());
+        let pid = self.pid.map_or("unknown".to_string(), |p| p.to_string());
+        write!(f, "uid {uid} pid {pid}")
     }
 }
 

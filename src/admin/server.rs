@@ -1,37 +1,92 @@
 //! The daemon side of the admin socket.
 
-use super::protocol::{Request, Response, read_frame, write_frame};
+use super::protocol::{Peer, Request, Response, read_frame, write_frame};
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 
-/// What the daemon does with each request.
-pub trait AdminHandler: Send + Sync + 'static {
-    fn handle(&self, req: Request) -> impl Future<Output = Response> + Send;
+/// Concurrent admin connections served; more are answered "busy" and closed, so a local
+/// client that opens connections without end cannot exhaust the daemon's tasks or files.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// A whole exchange (read the request, handle it, write the reply) must end within this.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error(
+        "admin.socket = {0}: another process is listening on this socket; is leap-edge already running?"
+    )]
+    InUse(PathBuf),
+    #[error(
+        "admin.socket = {path}: a {what} is in the way, not a socket; leap-edge only replaces a stale socket. Move it away or choose another admin.socket"
+    )]
+    NotASocket { path: PathBuf, what: &'static str },
+    #[error("admin.socket = {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
 }
 
-/// Bind the socket (replacing a stale one), restrict it to owner and group, and serve until
-/// `shutdown`. The socket file is removed on the way out.
+/// What the daemon does with each request. `peer` is who sent it.
+pub trait AdminHandler: Send + Sync + 'static {
+    fn handle(&self, req: Request, peer: Peer) -> impl Future<Output = Response> + Send;
+}
+
+/// Bind the socket and restrict it to owner and group. A socket left by a killed daemon is
+/// replaced; a live socket or any other kind of file at the path is refused.
+pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+    let io = |e: std::io::Error| SocketError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SocketError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        Ok(meta) => {
+            let t = meta.file_type();
+            let what = if t.is_dir() {
+                "directory"
+            } else if t.is_symlink() {
+                "symbolic link"
+            } else if t.is_file() {
+                "regular file"
+            } else {
+                "special file"
+            };
+            return Err(SocketError::NotASocket {
+                path: path.to_path_buf(),
+                what,
+            });
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serve until `shutdown`. The socket file is removed on the way out.
 pub async fn serve<H: AdminHandler>(
+    listener: UnixListener,
     path: &Path,
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // A socket left by a killed daemon would make bind fail; nobody else owns this path.
-    if path.exists() {
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
-        let (mut stream, _) = tokio::select! {
+        let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -42,22 +97,48 @@ pub async fn serve<H: AdminHandler>(
             },
             _ = &mut shutdown => break,
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            busy(&stream);
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
-            // One request per connection keeps the protocol trivial to reason about.
-            let req = tokio::time::timeout(
-                Duration::from_secs(5),
-                read_frame::<_, Request>(&mut stream),
-            )
-            .await;
-            let resp = match req {
-                Ok(Ok(req)) => handler.handle(req).await,
-                Ok(Err(e)) => Response::err(format!("bad request: {e}")),
-                Err(_) => return,
-            };
-            let _ = write_frame(&mut stream, &resp).await;
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &*handler)).await;
+            drop(permit);
         });
     }
     let _ = std::fs::remove_file(path);
-    Ok(())
+}
+
+/// One request per connection keeps the protocol trivial to reason about.
+async fn exchange<H: AdminHandler>(mut stream: UnixStream, handler: &H) {
+    let peer = stream
+        .peer_cred()
+        .map(|c| Peer {
+            uid: Some(c.uid()),
+            pid: c.pid(),
+        })
+        .unwrap_or_default();
+    let resp = match read_frame::<_, Request>(&mut stream).await {
+        Ok(req) => handler.handle(req, peer).await,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+        Err(e) => Response::err(format!("bad request: {e}")),
+    };
+    let _ = write_frame(&mut stream, &resp).await;
+}
+
+/// Over the cap: say so without waiting on the client (the frame fits any socket buffer).
+fn busy(stream: &UnixStream) {
+    tracing::warn!(
+        max = MAX_CONNECTIONS,
+        "admin connection refused: too many at once"
+    );
+    let resp = Response::err(format!(
+        "the daemon is busy ({MAX_CONNECTIONS} admin connections open); try again"
+    ));
+    if let Ok(body) = serde_json::to_vec(&resp) {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let _ = stream.try_write(&frame);
+    }
 }

@@ -14,7 +14,7 @@ pub fn run(path: &Path) -> u8 {
     };
     let mut problems = Vec::new();
     if let Some(tls) = &config.server.tls
-        && let Err(e) = crate::server::tls::acceptor(&tls.cert, &tls.key)
+        && let Err(e) = crate::server::tls::ReloadableTls::load(&tls.cert, &tls.key)
     {
         problems.push(e.to_string());
     }

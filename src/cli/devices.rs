@@ -3,6 +3,7 @@
 //! an unknown device — the first thing a technician runs on site.
 
 use super::exit;
+use super::text::clean;
 use crate::config::Config;
 use crate::device::{self, Battery};
 use serde_json::{Value, json};
@@ -12,6 +13,7 @@ use std::time::Duration;
 pub struct DevicesArgs {
     #[command(subcommand)]
     pub probe: Option<ProbeCommand>,
+    /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -22,43 +24,63 @@ pub enum ProbeCommand {
     Probe {
         /// Host name or address, optionally with :PORT (default 502).
         target: String,
+        /// Modbus unit id (slave address) of the inverter.
         #[arg(long, default_value_t = 1)]
         unit: u8,
+        /// Give up on each Modbus call after this many milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Print the probe report as JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `devices probe`: needs no configuration (the first thing run on an empty site).
+pub fn probe(args: &DevicesArgs) -> anyhow::Result<u8> {
+    let Some(ProbeCommand::Probe {
+        target,
+        unit,
+        timeout_ms,
+        json,
+    }) = &args.probe
+    else {
+        return Ok(exit::USAGE);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match device::probe(target, *unit, Duration::from_millis(*timeout_ms)).await {
+            Ok(report) => {
+                if *json {
+                    crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    crate::outln!("{}", clean_lines(&report.to_string()));
+                }
+                Ok(exit::OK)
+            }
+            Err(e) => {
+                eprintln!(
+                    "leap-edge: probe {} unit {unit}: {}",
+                    clean(target),
+                    clean(&e.to_string())
+                );
+                Ok(exit::FAILURE)
+            }
+        }
+    })
+}
+
+/// Device text escaped line by line (a device's identity strings are not trusted).
+fn clean_lines(s: &str) -> String {
+    s.lines().map(clean).collect::<Vec<_>>().join("\n")
 }
 
 pub fn run(config: &Config, args: &DevicesArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    if let Some(ProbeCommand::Probe {
-        target,
-        unit,
-        timeout_ms,
-        json,
-    }) = &args.probe
-    {
-        return rt.block_on(async {
-            match device::probe(target, *unit, Duration::from_millis(*timeout_ms)).await {
-                Ok(report) => {
-                    if *json {
-                        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
-                    } else {
-                        crate::outln!("{report}");
-                    }
-                    Ok(exit::OK)
-                }
-                Err(e) => {
-                    eprintln!("leap-edge: probe {target} unit {unit}: {e}");
-                    Ok(exit::FAILURE)
-                }
-            }
-        });
-    }
     let mut all = Vec::new();
     let mut any_down = false;
     for (name, cfg) in &config.devices {
@@ -113,17 +135,17 @@ fn print_device(d: &Value) {
                 .join(", ")
         })
         .unwrap_or_default();
-    crate::outln!("device {name} (meters: {meters})");
+    crate::outln!("device {} (meters: {})", clean(name), clean(&meters));
     let st = &d["state"];
     if !st.is_null() {
         crate::outln!(
             "  address {} unit {}  profile {}",
-            st["addr"].as_str().unwrap_or("?"),
+            clean(st["addr"].as_str().unwrap_or("?")),
             st["unit_id"],
-            st["profile"].as_str().unwrap_or("?")
+            clean(st["profile"].as_str().unwrap_or("?"))
         );
         if let Some(c) = st["control"].as_str() {
-            crate::outln!("  control via {c}");
+            crate::outln!("  control via {}", clean(c));
         }
     }
     let t = &d["telemetry"];
@@ -141,6 +163,6 @@ fn print_device(d: &Value) {
         );
     }
     if let Some(e) = d["error"].as_str() {
-        crate::outln!("  ERROR: {e}");
+        crate::outln!("  ERROR: {}", clean(e));
     }
 }

@@ -1,6 +1,7 @@
 //! `leap-edge events`: stored timeslots with status, Leap fields and bookkeeping.
 //! Reads the database read-only, so it works beside a running daemon.
 
+use super::text::{self, Zone, clean};
 use super::{exit, table};
 use crate::config::Config;
 use crate::model::{Kind, StoredTimeslot};
@@ -18,9 +19,15 @@ pub struct EventsArgs {
     /// Only this event id (meter_event_id or market_group_event_id); shows its revisions.
     #[arg(long)]
     pub event: Option<String>,
+    /// Times in local time (honours TZ) instead of UTC.
+    #[arg(long)]
+    pub local: bool,
 }
 
 pub fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<u8> {
+    if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
+        return Ok(code);
+    }
     let conn = store::open_read_only(&config.storage.path)?;
     let now = chrono::Utc::now();
     let keep = |kind_meters: &[String], event: Option<&str>| {
@@ -61,7 +68,11 @@ pub fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<u8> {
             serde_json::to_string_pretty(&json!({"timeslots": slots, "rejected": rejected}))?
         );
     } else {
-        print_table(&slots, &rejected);
+        let zone = Zone::from_flag(args.local);
+        print_table(&slots, &rejected, zone);
+        if args.event.is_some() {
+            print_revisions(&slots, zone);
+        }
     }
     Ok(exit::OK)
 }
@@ -113,27 +124,111 @@ pub fn timeslot_json(
     v
 }
 
-fn print_table(slots: &[Value], rejected: &[Value]) {
-    let s = |v: &Value| match v {
+/// `--event ID`: every revision Leap sent for it, oldest first.
+fn print_revisions(slots: &[Value], zone: Zone) {
+    for v in slots {
+        let Some(revs) = v["revision_history"].as_array() else {
+            continue;
+        };
+        crate::outln!(
+            "\nRevisions of {} {}:",
+            s(&v["kind"]),
+            clean(&s(&event_id(v)))
+        );
+        let rows: Vec<Vec<String>> = revs
+            .iter()
+            .map(|r| {
+                let t = &r["timeslot"];
+                let note = if r["conflict"] == json!(true) {
+                    "un-cancel ignored"
+                } else {
+                    ""
+                };
+                vec![
+                    s(&r["revision"]),
+                    zone.text(r["received_at"].as_str().unwrap_or("?")),
+                    s(&r["notification_id"]),
+                    time(&t["start_time"], zone),
+                    time(&t["end_time"], zone),
+                    energy(&t["energy_kw"]),
+                    if t["cancelled"] == json!(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                    .into(),
+                    note.into(),
+                ]
+            })
+            .collect();
+        table::print(
+            &[
+                "REV",
+                "RECEIVED",
+                "NOTIFICATION",
+                "START",
+                "END",
+                "KW",
+                "CANCELLED",
+                "NOTE",
+            ],
+            &rows,
+        );
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
         other => other.to_string(),
-    };
+    }
+}
+
+fn event_id(v: &Value) -> Value {
+    v.get("meter_event_id")
+        .or(v.get("market_group_event_id"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn time(v: &Value, zone: Zone) -> String {
+    v.as_str().map_or("-".into(), |t| zone.text(t))
+}
+
+fn energy(v: &Value) -> String {
+    match v {
+        Value::Null => "max".into(),
+        // A stored revision keeps Leap's null and absent apart: {"kind": "kw", "kw": 4.0}.
+        Value::Object(o) => o.get("kw").map_or("max".into(), energy),
+        Value::Number(n) => n.as_f64().map_or("?".into(), |k| text::kw(Some(k))),
+        other => s(other),
+    }
+}
+
+/// Leap's test flags in one word: a communication test, an integration test, or real.
+fn test_or_real(v: &Value) -> &'static str {
+    if v["integration_test_notification"] == json!(true) {
+        "integration test"
+    } else if v["communication_test"] == json!(true)
+        || v["notification_communication_test"] == json!(true)
+    {
+        "comm. test"
+    } else {
+        "real"
+    }
+}
+
+fn print_table(slots: &[Value], rejected: &[Value], zone: Zone) {
     let rows: Vec<Vec<String>> = slots
         .iter()
         .map(|v| {
-            let id = v
-                .get("meter_event_id")
-                .or(v.get("market_group_event_id"))
-                .unwrap_or(&Value::Null);
+            let id = &event_id(v);
             let meters = v.get("meter_id").cloned().unwrap_or_else(|| {
                 json!(v["meter_ids"].as_array().map_or(0, Vec::len).to_string() + " meters")
             });
-            let energy = if v["energy_kw"].is_null() {
-                "max".to_string()
-            } else {
-                s(&v["energy_kw"])
-            };
+            let energy = energy(&v["energy_kw"]);
             let mut status = s(&v["status"]);
             if v["cancel_conflict"] == json!(true) {
                 status.push_str(" (un-cancel ignored)");
@@ -141,16 +236,14 @@ fn print_table(slots: &[Value], rejected: &[Value]) {
             vec![
                 status,
                 s(id),
+                test_or_real(v).into(),
                 s(&meters),
-                s(&v["start_time"]),
-                s(&v["end_time"]),
+                time(&v["start_time"], zone),
+                time(&v["end_time"], zone),
                 energy,
                 s(&v["performance_compensation_cap"]),
                 s(&v["priority"]),
-                v["programs"]
-                    .as_array()
-                    .map(|p| p.iter().map(&s).collect::<Vec<_>>().join(","))
-                    .unwrap_or_default(),
+                s(&v["programs"]),
                 format!("{}/{}", s(&v["revisions"]), s(&v["duplicates"])),
             ]
         })
@@ -160,7 +253,16 @@ fn print_table(slots: &[Value], rejected: &[Value]) {
     } else {
         table::print(
             &[
-                "STATUS", "EVENT", "METER", "START", "END", "KW", "CAP", "PRIO", "PROGRAMS",
+                "STATUS",
+                "EVENT",
+                "TEST/REAL",
+                "METER",
+                "START",
+                "END",
+                "KW",
+                "CAP",
+                "PRIO",
+                "PROGRAMS",
                 "REV/DUP",
             ],
             &rows,

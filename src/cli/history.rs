@@ -1,18 +1,22 @@
 //! `leap-edge history`: the audit log — every command applied, released or only
 //! "would apply" (dry-run), with its lateness and outcome.
 
+use super::exit;
 use super::schedule::parse_time;
-use super::{exit, table};
+use super::text::{self, Zone};
 use crate::config::Config;
 use crate::store::{self, audit};
 use chrono::{DateTime, Utc};
 
 #[derive(clap::Args, Debug)]
 pub struct HistoryArgs {
+    /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only this Leap meter id.
     #[arg(long)]
     pub meter: Option<String>,
+    /// Only this event id (meter_event_id or market_group_event_id).
     #[arg(long)]
     pub event: Option<String>,
     /// Only entries at or after this time (RFC 3339).
@@ -24,11 +28,17 @@ pub struct HistoryArgs {
     /// Most recent N entries.
     #[arg(long, default_value_t = 200)]
     pub limit: usize,
+    /// Keep running and print new entries as they are written (like `journalctl -f`).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Times in local time (honours TZ) instead of UTC.
+    #[arg(long)]
+    pub local: bool,
 }
 
 pub fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
     let conn = store::open_read_only(&config.storage.path)?;
-    let filter = audit::AuditFilter {
+    let mut filter = audit::AuditFilter {
         meter: args.meter.clone(),
         event: args.event.clone(),
         since: args.since,
@@ -36,43 +46,71 @@ pub fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
         limit: Some(args.limit),
     };
     let rows = audit::query(&conn, &filter)?;
-    if args.json {
+    let zone = Zone::from_flag(args.local);
+    if args.json && !args.follow {
         crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"history": rows}))?
         );
         return Ok(exit::OK);
     }
-    if rows.is_empty() {
-        crate::outln!("No commands recorded.");
+    if !args.json {
+        if rows.is_empty() && !args.follow {
+            crate::outln!("No commands recorded.");
+            return Ok(exit::OK);
+        }
+        let table_rows: Vec<Vec<String>> = rows.iter().map(|r| row(r, zone)).collect();
+        for line in super::status_view::table_lines(HEADERS, &table_rows) {
+            crate::outln!("{line}");
+        }
+    } else {
+        for r in &rows {
+            crate::outln!("{}", serde_json::to_string(r)?);
+        }
+    }
+    if !args.follow {
         return Ok(exit::OK);
     }
+    // SPEC §3: the daemon writes, the CLI only reads; poll the read-only connection.
+    let mut last = rows.last().map_or(0, |r| r.id);
+    filter.since = None;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let new: Vec<_> = audit::query(&conn, &filter)?
+            .into_iter()
+            .filter(|r| r.id > last)
+            .collect();
+        for r in &new {
+            if args.json {
+                crate::outln!("{}", serde_json::to_string(r)?);
+            } else {
+                let cells = super::status_view::table_lines(HEADERS, &[row(r, zone)]);
+                crate::outln!("{}", cells.last().map_or("", String::as_str));
+            }
+            last = last.max(r.id);
+        }
+    }
+}
+
+const HEADERS: &[&str] = &[
+    "AT", "METER", "ACTION", "EVENT", "CAP", "TARGET", "LATE", "OUTCOME", "DETAIL",
+];
+
+fn row(r: &audit::AuditRow, zone: Zone) -> Vec<String> {
     let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let table_rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.at.clone(),
-                r.meter_id.clone(),
-                r.action.clone(),
-                o(&r.event_id),
-                o(&r.performance_compensation_cap),
-                o(&r.target),
-                r.lateness_ms.map_or("-".into(), |l| format!("{l} ms")),
-                if r.outcome == "ok" {
-                    "ok".into()
-                } else {
-                    format!("error: {}", o(&r.error))
-                },
-                o(&r.detail),
-            ]
-        })
-        .collect();
-    table::print(
-        &[
-            "AT", "METER", "ACTION", "EVENT", "CAP", "TARGET", "LATE", "OUTCOME", "DETAIL",
-        ],
-        &table_rows,
-    );
-    Ok(exit::OK)
+    vec![
+        zone.text(&r.at),
+        r.meter_id.clone(),
+        r.action.clone(),
+        o(&r.event_id),
+        o(&r.performance_compensation_cap),
+        o(&r.target),
+        r.lateness_ms.map_or("-".into(), text::millis),
+        if r.outcome == "ok" {
+            "ok".into()
+        } else {
+            format!("error: {}", o(&r.error))
+        },
+        o(&r.detail),
+    ]
 }

@@ -1,8 +1,9 @@
 //! `leap-edge override ...`: a manual override that expires by itself, sent to the running
 //! daemon over the admin socket.
 
+use super::text::{self, Zone, clean};
 use super::{duration, exit};
-use crate::admin::{AdminClient, OverrideAction, OverrideRequest, Request};
+use crate::admin::{AdminClient, OverrideAction, OverrideRequest};
 use crate::config::Config;
 
 #[derive(clap::Subcommand, Debug)]
@@ -11,22 +12,28 @@ pub enum OverrideCommand {
     Hold(Common),
     /// Charge at KW kilowatts.
     Charge {
+        /// Charging power in kW.
         kw: f64,
         #[command(flatten)]
         common: Common,
     },
     /// Discharge at KW kilowatts (still never into export).
     Discharge {
+        /// Discharging power in kW; above the battery's rating it runs at the rating (a warning says so).
         kw: f64,
         #[command(flatten)]
         common: Common,
     },
     /// Normal (self-consumption) operation, ignoring Leap dispatches.
     Release(Common),
-    /// End overrides now.
+    /// End overrides now; Leap dispatches govern again.
     Clear {
+        /// Only this Leap meter id (default: every meter).
         #[arg(long)]
         meter: Option<String>,
+        /// Print the daemon's reply as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -38,49 +45,54 @@ pub struct Common {
     /// Only this Leap meter id (default: every local meter).
     #[arg(long)]
     pub meter: Option<String>,
+    /// Print the daemon's reply as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> {
-    let (req, json) = match cmd {
-        OverrideCommand::Clear { meter } => (
-            Request::OverrideClear {
-                meter: meter.clone(),
-            },
-            false,
-        ),
-        OverrideCommand::Hold(c) => (request(c, OverrideAction::Hold), c.json),
-        OverrideCommand::Charge { kw, common } => {
-            (request(common, OverrideAction::Charge(*kw)), common.json)
-        }
-        OverrideCommand::Discharge { kw, common } => {
-            (request(common, OverrideAction::Discharge(*kw)), common.json)
-        }
-        OverrideCommand::Release(c) => (request(c, OverrideAction::Release), c.json),
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let body = rt.block_on(AdminClient::new(&config.admin.socket).call(&req))?;
-    if json {
-        crate::outln!("{}", serde_json::to_string_pretty(&body)?);
-    } else if let Some(n) = body.get("cleared") {
-        crate::outln!("cleared {n} override(s)");
-    } else {
-        crate::outln!(
-            "override set on {} until {}",
-            body["meters"],
-            body["until"].as_str().unwrap_or("?")
-        );
-    }
-    Ok(exit::OK)
-}
-
-fn request(c: &Common, action: OverrideAction) -> Request {
-    Request::Override(OverrideRequest {
+    let client = AdminClient::new(&config.admin.socket);
+    let (action, c) = match cmd {
+        OverrideCommand::Clear { meter, json } => {
+            let r = rt.block_on(client.clear_override(meter.clone()))?;
+            if *json {
+                crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else if r.cleared == 0 {
+                crate::outln!("no override was set");
+            } else {
+                crate::outln!(
+                    "cleared {} override(s); Leap dispatches govern again",
+                    r.cleared
+                );
+            }
+            return Ok(exit::OK);
+        }
+        OverrideCommand::Hold(c) => (OverrideAction::Hold, c),
+        OverrideCommand::Charge { kw, common } => (OverrideAction::Charge(*kw), common),
+        OverrideCommand::Discharge { kw, common } => (OverrideAction::Discharge(*kw), common),
+        OverrideCommand::Release(c) => (OverrideAction::Release, c),
+    };
+    let r = rt.block_on(client.set_override(OverrideRequest {
         meter: c.meter.clone(),
         action,
         seconds: c.duration.as_secs(),
-    })
+    }))?;
+    for w in &r.warnings {
+        eprintln!("leap-edge: warning: {}", clean(w));
+    }
+    if c.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        crate::outln!(
+            "override set on {}: {} until {} (in {})",
+            clean(&r.meters.join(", ")),
+            crate::daemon::describe_override(action),
+            Zone::Utc.time(r.until),
+            text::duration((r.until - chrono::Utc::now()).num_seconds().max(0) + 1),
+        );
+    }
+    Ok(exit::OK)
 }

@@ -7,6 +7,9 @@ mod docs;
 mod duration;
 mod events;
 mod history;
+mod leap;
+mod leap_poll;
+mod leap_test;
 mod logging;
 mod manual;
 pub mod output;
@@ -14,10 +17,13 @@ mod schedule;
 mod send_test;
 mod sim;
 mod status;
+mod status_view;
 mod table;
+pub(crate) mod text;
+mod watch;
 
 use crate::config::{Config, EXIT_CONFIG};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,12 +34,14 @@ use std::process::ExitCode;
     about = "Edge controller for on-site batteries driven by Leap dispatches"
 )]
 pub struct Cli {
-    /// Configuration file.
+    /// Configuration file. `devices probe` and `sim` need none: they read it only when
+    /// given or present.
     #[arg(
         long,
         global = true,
         env = "LEAP_EDGE_CONFIG",
-        default_value = "/etc/leap-edge/config.toml"
+        default_value = DEFAULT_CONFIG,
+        value_name = "PATH"
     )]
     pub config: PathBuf,
     #[command(subcommand)]
@@ -62,7 +70,7 @@ pub enum Command {
     /// Run the site simulator (Modbus TCP: battery inverter + site meter, SunSpec map).
     Sim(sim::SimArgs),
     /// Re-read the configuration in the running daemon (keys, policies, strategies).
-    Reload,
+    Reload(ReloadArgs),
     /// Print shell completions (bash, zsh, fish, ...) for leap-edge.
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff): `leap-edge man > /usr/local/share/man/man1/leap-edge.1`.
@@ -70,6 +78,9 @@ pub enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Leap's API: webhook registration, the end-to-end test, the polling backstop.
+    #[command(subcommand)]
+    Leap(leap::LeapCommand),
     /// The fleet relay on the partner's public host (own config, default /etc/leap-edge-relay/relay.toml).
     #[command(subcommand)]
     Relay(crate::relay::cli::RelayCommand),
@@ -91,14 +102,31 @@ pub mod exit {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    // Commissioning commands read the file only when it was named (flag or environment).
+    let named = matches.value_source("config") != Some(clap::parser::ValueSource::DefaultValue);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, named) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("leap-edge: {e:#}");
+            eprintln!("leap-edge: {}", chain(&e));
             ExitCode::from(exit::FAILURE)
         }
     }
+}
+
+/// The error and its causes, each once: many messages already include their cause, and
+/// `{:#}` would print it again ("… Address in use …: Address in use").
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    text::clean(&out)
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, u8> {
@@ -118,8 +146,33 @@ fn with_config(
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Where the configuration is when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/leap-edge/config.toml";
+
+/// For commands that work without a configuration (commissioning: `devices probe`, `sim`):
+/// the file when given or present, else built-in defaults.
+fn optional_config(given: Option<&std::path::Path>) -> Result<Option<Config>, u8> {
+    let default = std::path::Path::new(DEFAULT_CONFIG);
+    match given {
+        Some(p) => load_config(p).map(Some),
+        // Present but not readable by this user: commissioning still works, on defaults.
+        None if default.exists() && std::fs::File::open(default).is_err() => {
+            eprintln!("leap-edge: note: cannot read {DEFAULT_CONFIG}; using built-in defaults");
+            Ok(None)
+        }
+        None if default.exists() => load_config(default).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
+    let given = config_named.then(|| cli.config.clone());
     match cli.command {
+        Command::Devices(args) if args.probe.is_some() => devices::probe(&args),
+        Command::Sim(args) => match optional_config(given.as_deref()) {
+            Ok(c) => sim::run(c.as_ref().map(|c| &c.sim), &args),
+            Err(code) => Ok(code),
+        },
         Command::Config(ConfigCommand::Check) => Ok(check::run(&cli.config)),
         Command::Run => {
             let config = match load_config(&cli.config) {
@@ -130,8 +183,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(crate::daemon::run(config))?;
-            Ok(exit::OK)
+            match rt.block_on(crate::daemon::run(config)) {
+                Ok(()) => Ok(exit::OK),
+                // Issue 10.4: a read-only database or unusable TLS files are configuration
+                // problems: exit 78 so systemd does not restart in a loop.
+                Err(e) if e.is_config() => {
+                    tracing::error!(error = %e, "cannot start");
+                    eprintln!("leap-edge: {e}");
+                    Ok(exit::CONFIG)
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Command::Events(args) => with_config(&cli.config, |c| {
             note_if_down(c);
@@ -141,8 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Override(cmd) => with_config(&cli.config, |c| manual::run(c, &cmd)),
         Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
         Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
-        Command::Sim(args) => with_config(&cli.config, |c| sim::run(c, &args)),
-        Command::Reload => with_config(&cli.config, reload),
+        Command::Reload(args) => with_config(&cli.config, |c| reload(c, &args)),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Relay(cmd) => crate::relay::cli::run(&cli.config, &cmd),
@@ -150,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             note_if_down(c);
             schedule::run(c, &args)
         }),
+        Command::Leap(cmd) => with_config(&cli.config, |c| leap::run(c, &cmd)),
         Command::History(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             history::run(c, &args)
@@ -161,24 +223,54 @@ pub(crate) fn init_logging() {
     logging::init();
 }
 
-fn reload(config: &Config) -> anyhow::Result<u8> {
+fn reload(config: &Config, args: &ReloadArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let body = rt.block_on(
-        crate::admin::AdminClient::new(&config.admin.socket).call(&crate::admin::Request::Reload),
-    )?;
-    crate::outln!("reloaded: {}", body["reloaded"]);
-    if let Some(r) = body["restart_needed_for"]
-        .as_array()
-        .filter(|r| !r.is_empty())
-    {
+    let r = rt.block_on(crate::admin::AdminClient::new(&config.admin.socket).reload())?;
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(exit::OK);
+    }
+    if r.applied.is_empty() && r.restart_needed_for.is_empty() {
+        crate::outln!("reloaded: nothing changed");
+    } else if r.applied.is_empty() {
+        crate::outln!("reloaded: nothing applied");
+    } else {
+        crate::outln!("reloaded: applied {}", r.applied.join(", "));
+    }
+    if !r.restart_needed_for.is_empty() {
         crate::outln!(
             "changed but NOT applied (restart the service for these): {}",
-            serde_json::Value::Array(r.clone())
+            r.restart_needed_for.join(", ")
         );
     }
+    if let Some(fp) = &r.tls_fingerprint
+        && r.applied.iter().any(|a| a.starts_with("server.tls"))
+    {
+        crate::outln!("TLS certificate now in service: {fp}");
+    }
     Ok(exit::OK)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReloadArgs {
+    /// Print the daemon's reply as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--meter ID` that is not configured: an error listing the configured ids (exit 2).
+fn unknown_meter(config: &Config, meter: Option<&str>) -> Option<u8> {
+    let m = meter?;
+    if config.meter(m).is_some() {
+        return None;
+    }
+    eprintln!(
+        "leap-edge: {}",
+        text::clean(&crate::daemon::not_configured_meter(m, config))
+    );
+    Some(exit::USAGE)
 }
 
 /// Read-only commands work from the database whether or not the daemon runs; when it does

@@ -1,6 +1,7 @@
 //! `leap-edge schedule`: per local meter, what will happen over the next hours — the same
 //! pure plan the daemon follows, computed from the database (read-only).
 
+use super::text::Zone;
 use super::{exit, table};
 use crate::config::Config;
 use crate::model::{Command, ExecMode, Kind, Target};
@@ -11,6 +12,7 @@ use serde_json::{Value, json};
 
 #[derive(clap::Args, Debug)]
 pub struct ScheduleArgs {
+    /// Print one JSON document instead of tables.
     #[arg(long)]
     pub json: bool,
     /// Start of the window (RFC 3339); default now.
@@ -31,6 +33,9 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
+    if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
+        return Ok(code);
+    }
     if !(1..=24 * 31).contains(&args.hours) {
         eprintln!("leap-edge: --hours must be between 1 and 744");
         return Ok(exit::USAGE);
@@ -65,7 +70,7 @@ pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
         crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(exit::OK);
     }
-    crate::outln!("Schedule {} → {} (UTC)", store::ts(from), store::ts(to));
+    crate::outln!("Schedule {} → {}", Zone::Utc.time(from), Zone::Utc.time(to));
     for m in &config.meters {
         if args
             .meter
@@ -135,8 +140,8 @@ fn print_meter(ivs: &[Interval], from: DateTime<Utc>, to: DateTime<Utc>) {
     for iv in ivs {
         if iv.start > cursor {
             rows.push(vec![
-                store::ts(cursor),
-                store::ts(iv.start),
+                Zone::Utc.time(cursor),
+                Zone::Utc.time(iv.start),
                 "normal".into(),
                 "-".into(),
                 "-".into(),
@@ -151,8 +156,8 @@ fn print_meter(ivs: &[Interval], from: DateTime<Utc>, to: DateTime<Utc>) {
             "dispatch"
         };
         rows.push(vec![
-            store::ts(iv.start),
-            store::ts(iv.end),
+            Zone::Utc.time(iv.start),
+            Zone::Utc.time(iv.end),
             mode.into(),
             c.event_id.clone(),
             c.cap.as_str().into(),
@@ -163,8 +168,8 @@ fn print_meter(ivs: &[Interval], from: DateTime<Utc>, to: DateTime<Utc>) {
     }
     if cursor < to {
         rows.push(vec![
-            store::ts(cursor),
-            store::ts(to),
+            Zone::Utc.time(cursor),
+            Zone::Utc.time(to),
             "normal".into(),
             "-".into(),
             "-".into(),

@@ -27,11 +27,13 @@ pub struct SendTestArgs {
     /// performance_compensation_cap.
     #[arg(long, default_value = "up-to-site-load")]
     pub cap: String,
+    /// Leap's priority of the timeslot (a higher one displaces a lower one).
     #[arg(long, default_value_t = 1)]
     pub priority: i64,
     /// Send it as a real dispatch (integration_test_notification = false).
     #[arg(long)]
     pub real: bool,
+    /// Print the daemon's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -71,7 +73,7 @@ pub fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
             )?
         );
     } else {
-        crate::outln!("HTTP {status}: {answer}");
+        crate::outln!("HTTP {status}: {}", super::text::clean(&answer.to_string()));
         crate::outln!(
             "meter_event_id {event}: {} kW from {} to {}",
             args.kw,

@@ -1,7 +1,7 @@
 //! `leap-edge sim`: the site simulator in the foreground.
 
 use super::exit;
-use crate::config::Config;
+use crate::config::SimConfig;
 use crate::sim::{self, SimOptions};
 use std::net::SocketAddr;
 
@@ -18,7 +18,8 @@ pub struct SimArgs {
     pub every: u64,
 }
 
-pub fn run(config: &Config, args: &SimArgs) -> anyhow::Result<u8> {
+/// `config`: `[sim]` from the configuration when there is one, else the defaults.
+pub fn run(config: Option<&SimConfig>, args: &SimArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -27,8 +28,9 @@ pub fn run(config: &Config, args: &SimArgs) -> anyhow::Result<u8> {
         victron: args.victron,
         ..SimOptions::default()
     };
+    let defaults = SimConfig::default();
     rt.block_on(sim::run_cli(
-        &config.sim,
+        config.unwrap_or(&defaults),
         args.listen,
         opts,
         std::time::Duration::from_secs(args.every.max(1)),

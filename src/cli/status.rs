@@ -1,192 +1,171 @@
 //! `leap-edge status`: one screen for a technician. Asks the running daemon over the admin
-//! socket; when the daemon is down, says so and shows what the database knows.
+//! socket for its typed [`StatusReport`]; when the daemon is down, fills the same report
+//! from the configuration and the database (active timeslots, last audit entry per meter)
+//! and says how the daemon was last run. `--watch` refreshes it (see [`super::watch`]).
 
-use super::{exit, table};
-use crate::admin::{AdminClient, ClientError, Request};
+use super::text::Zone;
+use super::{exit, status_view};
+use crate::admin::state::{
+    ActiveTimeslot, AuditSummary, DaemonState, LastNotification, MeterReport, StatusReport,
+};
+use crate::admin::{AdminClient, ClientError};
 use crate::config::Config;
-use crate::store::{self, query};
-use serde_json::{Value, json};
+use crate::store::{self, audit, query};
+use chrono::Utc;
 
 /// Exit code when the daemon is not running (as LSB `status` uses).
 pub const NOT_RUNNING: u8 = 3;
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
+    /// Print the status report as one JSON document (the admin socket's own type).
     #[arg(long)]
     pub json: bool,
+    /// Full meter ids, device names, event ids and errors (wider than 80 columns).
+    #[arg(long)]
+    pub wide: bool,
+    /// Times in local time (honours TZ) instead of UTC.
+    #[arg(long)]
+    pub local: bool,
+    /// Keep refreshing: in place on a terminal, one line per change when piped.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
 }
 
 pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match rt.block_on(AdminClient::new(&config.admin.socket).call(&Request::Status)) {
-        Ok(body) => {
-            if args.json {
-                let mut body = body;
-                body["daemon"] = json!("running");
-                body["tunnel"] = json!(tunnel());
-                crate::outln!("{}", serde_json::to_string_pretty(&body)?);
-            } else {
-                print_running(&body);
-            }
-            Ok(exit::OK)
+    if args.watch {
+        return super::watch::status(&rt, config, args);
+    }
+    let report = rt.block_on(gather(config))?;
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let view = status_view::View {
+            wide: args.wide,
+            zone: Zone::from_flag(args.local),
+            color: true,
+        };
+        for line in status_view::render(&report, config, &view) {
+            crate::outln!("{line}");
         }
-        Err(ClientError::NotRunning(_)) => down(config, args),
+    }
+    Ok(code(&report))
+}
+
+pub fn code(r: &StatusReport) -> u8 {
+    match r.daemon {
+        DaemonState::Running => exit::OK,
+        DaemonState::NotRunning => NOT_RUNNING,
+    }
+}
+
+/// The daemon's report, or the database's when it is down.
+pub async fn gather(config: &Config) -> anyhow::Result<StatusReport> {
+    match AdminClient::new(&config.admin.socket).status().await {
+        Ok(mut r) => {
+            r.tunnel = Some(tunnel());
+            Ok(r)
+        }
+        Err(ClientError::NotRunning(_)) => Ok(down(config)),
         Err(e) => Err(e.into()),
     }
 }
 
-fn down(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
-    let last = store::open_read_only(&config.storage.path)
-        .ok()
-        .and_then(|c| query::last_notification(&c).ok().flatten());
-    if args.json {
-        crate::outln!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"daemon": "not running", "last_notification": last, "clock_synchronised": crate::clock::synchronised(), "tunnel": tunnel()})
-            )?
-        );
-    } else {
-        crate::outln!(
-            "leap-edge daemon: {} (no admin socket at {})",
-            super::output::alarm("NOT RUNNING"),
-            config.admin.socket.display()
-        );
-        crate::outln!("reverse tunnel: {}", tunnel());
-        match last {
-            Some(l) => crate::outln!(
-                "last notification: {} from {}",
-                l.received_at,
-                l.peer.unwrap_or_default()
-            ),
-            None => crate::outln!("last notification: none stored"),
-        }
-        crate::outln!(
-            "Start it with `systemctl start leap-edge`; `leap-edge schedule` shows what it would do."
-        );
-    }
-    Ok(NOT_RUNNING)
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn print_running(b: &Value) {
-    let clock = match b["clock_synchronised"].as_bool() {
-        Some(true) => "synchronised".to_string(),
-        Some(false) => super::output::alarm("NOT SYNCHRONISED (dispatch timing may be off)"),
-        None => "unknown".to_string(),
-    };
-    crate::outln!(
-        "leap-edge {} running since {} ({} s)",
-        s(&b["version"]),
-        s(&b["started_at"]),
-        s(&b["uptime_secs"])
-    );
-    crate::outln!("listening on {}; clock {clock}", s(&b["listen"]));
-    crate::outln!("reverse tunnel: {}", tunnel());
-    let last = &b["last_notification"];
-    if last.is_null() {
-        crate::outln!("last notification: none yet");
-    } else {
-        crate::outln!(
-            "last notification: {} from {}",
-            s(&last["received_at"]),
-            s(&last["peer"])
-        );
-    }
-    crate::outln!("next plan boundary: {}", s(&b["next_boundary"]));
-    if !b["plan_error"].is_null() {
-        crate::outln!(
-            "{} {}",
-            super::output::alarm("PLAN ERROR:"),
-            s(&b["plan_error"])
-        );
-    }
-    let rows: Vec<Vec<String>> = b["meters"]
-        .as_array()
-        .map(|ms| ms.iter().map(meter_row).collect())
+fn down(config: &Config) -> StatusReport {
+    let now = Utc::now();
+    let conn = store::open_read_only(&config.storage.path).ok();
+    let last = conn
+        .as_ref()
+        .and_then(|c| query::last_notification(c).ok().flatten());
+    let slots = conn
+        .as_ref()
+        .and_then(|c| query::all_timeslots(c).ok())
         .unwrap_or_default();
-    crate::outln!();
-    table::print(
-        &[
-            "METER",
-            "DEVICE",
-            "COMMAND",
-            "UNTIL",
-            "SOC",
-            "BATT KW",
-            "GRID KW",
-            "DEVICE STATE",
-            "LAST ERROR",
-        ],
-        &rows,
-    );
-}
-
-fn meter_row(m: &Value) -> Vec<String> {
-    let cmd = &m["command"];
-    let command = if let Some(o) = m["override"].as_object() {
-        format!(
-            "OVERRIDE {} until {}",
-            s(&o["action"]["action"]),
-            s(&o["until"])
-        )
-    } else if cmd.is_null() {
-        "normal".into()
-    } else {
-        let c = &cmd["command"];
-        format!(
-            "{} {} {}",
-            s(&c["event_id"]),
-            s(&c["cap"]),
-            target(&c["target"])
-        )
-    };
-    let live = &m["live"];
-    let tel = &live["last_telemetry"];
-    let num = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
-    let state = if live.is_null() {
-        "-".to_string()
-    } else if live["consecutive_errors"].as_u64().unwrap_or(0) > 0 {
-        "ERROR".into()
-    } else if live["released"] == Value::Bool(true) && cmd.is_null() {
-        "normal".into()
-    } else {
-        "remote control".into()
-    };
-    vec![
-        m["name"].as_str().map_or(s(&m["meter_id"]), |n| {
-            format!("{n} ({})", s(&m["meter_id"]))
+    let meters = config
+        .meters
+        .iter()
+        .map(|m| down_meter(m, &slots, conn.as_ref(), now))
+        .collect();
+    StatusReport {
+        daemon: DaemonState::NotRunning,
+        version: None,
+        pid: None,
+        started_at: None,
+        uptime_secs: None,
+        now,
+        clock_synchronised: crate::clock::synchronised(),
+        last_notification: last.map(|l| LastNotification {
+            id: l.id,
+            received_at: l.received_at,
+            peer: l.peer,
         }),
-        s(&m["device"]),
-        command,
-        s(&cmd["end"]),
-        num(&tel["soc_pct"]),
-        num(&tel["battery_kw"]),
-        num(&tel["grid_kw"]),
-        state,
-        m["last_error"]
-            .as_str()
-            .or(live["last_error"].as_str())
-            .unwrap_or("-")
-            .to_string(),
-    ]
+        listen: None,
+        next_boundary: None,
+        plan_error: None,
+        tunnel: Some(tunnel()),
+        last_run: crate::daemon::lock::read(&crate::daemon::lock::path_for(&config.storage.path)),
+        meters,
+        leap: None,
+    }
 }
 
-fn target(t: &Value) -> String {
-    match t["kind"].as_str() {
-        Some("kw") => format!("{} kW", s(&t["kw"])),
-        Some("maximum") => "maximum".into(),
-        Some("setpoint") => format!("setpoint {} kW", s(&t["kw"])),
-        _ => s(t),
+/// One configured meter as the database sees it: a timeslot active now, the last audit entry.
+fn down_meter(
+    m: &crate::config::MeterConfig,
+    slots: &[crate::model::StoredTimeslot],
+    conn: Option<&rusqlite::Connection>,
+    now: chrono::DateTime<Utc>,
+) -> MeterReport {
+    let active = slots
+        .iter()
+        .filter(|s| !s.is_cancelled() && s.timeslot.is_active_at(now))
+        .filter(|s| {
+            s.timeslot
+                .meter_ids
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(&m.id))
+        })
+        .max_by_key(|s| s.timeslot.plan_priority())
+        .map(|s| ActiveTimeslot {
+            kind: s.timeslot.kind,
+            event_id: s.timeslot.event_id.clone(),
+            start_time: s.timeslot.start_time,
+            end_time: s.timeslot.end_time,
+            energy_kw: s.timeslot.energy_kw.kw(),
+            test: s.timeslot.is_communication_test() || s.timeslot.integration_test_notification,
+        });
+    let filter = audit::AuditFilter {
+        meter: Some(m.id.clone()),
+        limit: Some(1),
+        ..Default::default()
+    };
+    let last_audit = conn
+        .and_then(|c| audit::query(c, &filter).ok())
+        .and_then(|rows| rows.into_iter().next())
+        .map(|r| AuditSummary {
+            at: r.at,
+            action: r.action,
+            event_id: r.event_id,
+            target: r.target,
+            outcome: r.outcome,
+            detail: r.detail,
+        });
+    MeterReport {
+        meter_id: m.id.clone(),
+        name: m.name.clone(),
+        device: m.device.clone(),
+        command: None,
+        manual_override: None,
+        device_state: None,
+        last_error: None,
+        active_timeslot: active,
+        last_audit,
     }
 }
 
@@ -217,8 +196,6 @@ pub fn tunnel() -> String {
     match state.as_str() {
         "active" => "up (leap-edge-tunnel.service active)".into(),
         "" => "unknown (systemctl unavailable)".into(),
-        other => super::output::alarm(&format!(
-            "DOWN (leap-edge-tunnel.service {other}): Leap cannot reach this gateway"
-        )),
+        other => format!("DOWN, leap-edge-tunnel.service {other}: Leap cannot reach us"),
     }
 }

@@ -4,6 +4,10 @@
 use super::Config;
 use std::collections::HashSet;
 
+/// The shortest accepted API key (issue 10.6): 32 characters of `openssl rand -hex` are
+/// 128 bits, beyond guessing through a webhook.
+pub const MIN_KEY_CHARS: usize = 32;
+
 impl Config {
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut p = Vec::new();
@@ -11,6 +15,7 @@ impl Config {
         self.check_site(&mut p);
         self.check_meters(&mut p);
         self.check_devices(&mut p);
+        crate::leap::check_config(self, &mut p);
         // One battery per meter, refreshable before it reverts (the control loop's needs).
         p.extend(crate::control::check_meters(self));
         if let Some(m) = &self.uplink.mqtt {
@@ -57,6 +62,32 @@ impl Config {
         if s.read_timeout_secs == 0 {
             p.push("server.read_timeout_secs must be at least 1".into());
         }
+        if s.connection_max_secs < s.read_timeout_secs {
+            p.push("server.connection_max_secs must be at least server.read_timeout_secs".into());
+        }
+        if !s.metrics_listen.ip().is_loopback() {
+            p.push(format!(
+                "server.metrics_listen = \"{}\" is not a loopback address: /metrics and /healthz \
+                 show the site's load and devices to anyone who can reach them; keep them on \
+                 127.0.0.1 and scrape through the gateway's own Prometheus agent or an SSH tunnel",
+                s.metrics_listen
+            ));
+        }
+        if s.metrics_listen.port() != 0 && s.metrics_listen == s.listen {
+            p.push("server.metrics_listen must differ from server.listen".into());
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("max_meter_ids", l.max_meter_ids),
+            ("max_timeslots", l.max_timeslots),
+            ("max_timeslot_hours", l.max_timeslot_hours as usize),
+            ("max_start_ahead_days", l.max_start_ahead_days as usize),
+        ] {
+            if v == 0 {
+                p.push(format!("limits.{key} must be at least 1"));
+            }
+        }
+        self.check_tls(p);
         let h = &self.auth.header;
         if h.is_empty()
             || !h
@@ -73,8 +104,45 @@ impl Config {
                     .into(),
             );
         }
-        if self.auth.keys.iter().any(|k| k.expose().trim().len() < 8) {
-            p.push("auth.keys: every key must be at least 8 characters (no spaces only)".into());
+        self.check_keys(p);
+    }
+
+    /// Issue 10.10: the TLS files exist, and the key is neither world-readable nor encrypted.
+    fn check_tls(&self, p: &mut Vec<String>) {
+        let Some(tls) = &self.server.tls else {
+            return;
+        };
+        for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if let Err(e) = std::fs::metadata(path) {
+                p.push(format!("server.tls.{key} = \"{}\": {e}", path.display()));
+            }
+        }
+        if let Some(problem) = crate::server::tls::key_problem(&tls.key) {
+            p.push(format!(
+                "server.tls.key = \"{}\": {problem}",
+                tls.key.display()
+            ));
+        }
+    }
+
+    /// Issue 10.6: long random keys, no stray whitespace. Messages name the key by its
+    /// position only: a key's value never reaches a terminal or the journal.
+    fn check_keys(&self, p: &mut Vec<String>) {
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            let v = k.expose();
+            if v.trim() != v {
+                p.push(format!(
+                    "auth.keys[{i}] has spaces or line breaks at its start or end; Leap sends the \
+                     key without them, so it could never match: remove them"
+                ));
+            }
+            if v.chars().count() < MIN_KEY_CHARS {
+                p.push(format!(
+                    "auth.keys[{i}] is shorter than {MIN_KEY_CHARS} characters; generate a key \
+                     with `openssl rand -hex 32` (64 characters), put it here and in Leap's \
+                     webhook headers"
+                ));
+            }
         }
     }
 

@@ -67,7 +67,7 @@ impl Config {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: suggest::improve(e.message()),
+                message: redact_secret(text, e.span(), suggest::improve(e.message())),
             }
         })
     }
@@ -89,6 +89,41 @@ impl Config {
             fix(&mut tls.key);
         }
     }
+}
+
+/// Issue 10.6: a type error inside `[auth]` (e.g. `keys = "…"` instead of a list) must
+/// not echo the key into a terminal or the journal: every quoted value in the message is
+/// replaced. Other tables keep their values, which help to find the mistake.
+fn redact_secret(text: &str, span: Option<std::ops::Range<usize>>, message: String) -> String {
+    let Some(span) = span else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let in_auth = before
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('['))
+        .is_some_and(|l| l.trim().trim_matches(['[', ']']).trim() == "auth");
+    let inline_auth = before
+        .rsplit('\n')
+        .next()
+        .is_some_and(|l| l.trim_start().starts_with("auth"));
+    if !(in_auth || inline_auth) {
+        return message;
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"(value hidden)");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// 1-based line and column of a byte offset, for `file:line:col` errors (config and profiles).
@@ -128,6 +163,23 @@ mod tests {
         assert!(msg.starts_with("site.toml:2:"), "{msg}");
         assert!(msg.contains("unknown field `listn`"), "{msg}");
         assert!(msg.contains("did you mean `listen`"), "{msg}");
+    }
+
+    #[test]
+    fn type_error_in_auth_never_echoes_the_key() {
+        let text = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = \"sup3r-s3cret-value\"\n";
+        let msg = Config::parse_str(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("c.toml:4:"), "{msg}");
+        assert!(!msg.contains("sup3r"), "{msg}");
+        assert!(msg.contains("value hidden"), "{msg}");
+        // Outside [auth], values stay visible.
+        let text = "[server]\nlisten = 5\n[auth]\nkeys = []\n";
+        let msg = Config::parse_str(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("5"), "{msg}");
     }
 
     #[test]
@@ -184,6 +236,12 @@ impl Config {
         }
         if !same(&self.sim, &new.sim) {
             out.push("sim");
+        }
+        if !same(&self.leap, &new.leap) || self.leap.api_key != new.leap.api_key {
+            out.push("leap");
+        }
+        if !same(&self.schedule, &new.schedule) {
+            out.push("schedule");
         }
         out
     }

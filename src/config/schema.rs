@@ -35,6 +35,14 @@ pub struct Config {
     /// Other ways notifications reach this gateway than its webhook (SPEC §2.12 fleets).
     #[serde(default)]
     pub uplink: UplinkConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Leap's APIs (registration, test notifications, polling backstop).
+    #[serde(default)]
+    pub leap: crate::leap::LeapConfig,
+    /// Housekeeping cron expressions (never dispatch boundaries).
+    #[serde(default)]
+    pub schedule: crate::leap::ScheduleConfig,
     /// The file this was loaded from (for `leap-edge reload`); not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -63,6 +71,16 @@ pub struct ServerConfig {
     /// dropped, so a slow client cannot hold a connection slot.
     #[serde(default = "default_read_timeout_secs")]
     pub read_timeout_secs: u64,
+    /// The longest a connection may live, however busy (issue 10.1). A connection that has
+    /// not shown a valid key lives at most `read_timeout_secs`; a reply the client does not
+    /// read within `read_timeout_secs` drops the connection.
+    #[serde(default = "default_connection_max_secs")]
+    pub connection_max_secs: u64,
+    /// `/metrics` and `/healthz` are served here (plain HTTP, loopback only), never on the
+    /// webhook listener: through the tunnel that listener is the public internet, and these
+    /// pages show the site's load, state of charge and devices (issue 10.2).
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +115,37 @@ impl Default for StorageConfig {
         StorageConfig {
             path: default_db_path(),
             retention_days: default_retention_days(),
+        }
+    }
+}
+
+/// Issue 10.5: what one notification may ask the gateway to store. Leap's own notifications
+/// stay far below these; a key holder cannot make the gateway store more than it sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Meter ids in one notification, each counted once per timeslot of its dispatch entry
+    /// (that is how they are stored); over it: 413.
+    #[serde(default = "default_max_meter_ids")]
+    pub max_meter_ids: usize,
+    /// Timeslots in one notification (valid and invalid together); over it: 413.
+    #[serde(default = "default_max_timeslots")]
+    pub max_timeslots: usize,
+    /// A timeslot longer than this is rejected with its reason (Leap's programs run hours).
+    #[serde(default = "default_max_timeslot_hours")]
+    pub max_timeslot_hours: u32,
+    /// A timeslot starting further ahead than this is rejected with its reason.
+    #[serde(default = "default_max_start_ahead_days")]
+    pub max_start_ahead_days: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_meter_ids: default_max_meter_ids(),
+            max_timeslots: default_max_timeslots(),
+            max_timeslot_hours: default_max_timeslot_hours(),
+            max_start_ahead_days: default_max_start_ahead_days(),
         }
     }
 }
@@ -303,6 +352,24 @@ pub fn default_max_connections() -> usize {
 }
 pub fn default_read_timeout_secs() -> u64 {
     10
+}
+pub fn default_connection_max_secs() -> u64 {
+    300
+}
+pub fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+pub fn default_max_meter_ids() -> usize {
+    20_000
+}
+pub fn default_max_timeslots() -> usize {
+    200
+}
+pub fn default_max_timeslot_hours() -> u32 {
+    24
+}
+pub fn default_max_start_ahead_days() -> u32 {
+    31
 }
 pub fn default_auth_header() -> String {
     "x-api-key".into()

@@ -26,7 +26,7 @@ fn config(reversion_secs: u32, extra_meter: bool) -> Config {
 [server]
 listen = "127.0.0.1:8443"
 [auth]
-keys = ["0123456789abcdef"]
+keys = ["0123456789abcdef0123456789abcdef"]
 [site]
 control_period_ms = 1000
 [[meters]]

@@ -138,7 +138,7 @@ impl MeterLoop {
         if let Desired::Follow(c) = &req.desired {
             tracing::info!(
                 meter_id = %self.s.meter_id, device = %self.s.device, event_id = %c.event_id,
-                cap = c.cap.as_str(), target = ?c.target, until = %c.until,
+                cap = c.cap.as_str(), target = %c.target, until = %c.until,
                 "control: following command"
             );
         }
@@ -224,7 +224,7 @@ impl MeterLoop {
             return Err(e);
         }
         tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device,
-            kw = d.setpoint_kw, bound = ?d.bound, site_load_kw = d.site_load_kw,
+            kw = d.setpoint_kw, limited_by = crate::admin::state::Limit::from_bound(d.bound).map_or("nothing", crate::admin::state::Limit::describe), site_load_kw = d.site_load_kw,
             "control: setpoint written");
         self.last_write = Some((Instant::now(), d.setpoint_kw));
         let mut st = self.lock();

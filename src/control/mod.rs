@@ -6,7 +6,7 @@
 //! refused by `config check` ([`check_meters`]): each loop would overwrite the other's
 //! setpoint, and a site meter shared by two batteries needs a joint law that does not exist
 //! yet. Daemon wiring: `ControlCommander::start_modbus(&config, clock)` as the commander,
-//! `status()` as a `/metrics`+`/healthz` source and `status().live_json()` for `status`,
+//! `status()` as a `/metrics`+`/healthz` source and `status().snapshot()` for `status`,
 //! and `shutdown(timeout)` after dispatch has stopped.
 
 pub mod commander;

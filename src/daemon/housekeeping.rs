@@ -1,7 +1,7 @@
 //! Periodic housekeeping, none of it timing-critical: retention pruning of raw
 //! notifications (SPEC §2.5), a daily database integrity check, and the clock-sync check
-//! (SPEC §2.11). Plain tokio intervals are enough at these periods; dispatch boundaries are
-//! timed by the dispatch loop, never here.
+//! (SPEC §2.11). Pruning and the integrity check run on `[schedule]` cron expressions
+//! (see `schedule.rs`); dispatch boundaries are timed by the dispatch loop, never here.
 
 use crate::metrics::gauge;
 use crate::server::StatusSource;
@@ -43,18 +43,11 @@ impl StatusSource for Housekeeping {
 }
 
 impl Housekeeping {
-    pub async fn run(
-        self: std::sync::Arc<Self>,
-        store: Store,
-        retention_days: u32,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
+    pub async fn run(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut clock = tokio::time::interval(Duration::from_secs(60));
-        let mut daily = tokio::time::interval(Duration::from_secs(24 * 3600));
         loop {
             tokio::select! {
                 _ = clock.tick() => self.check_clock().await,
-                _ = daily.tick() => self.daily(&store, retention_days).await,
                 r = stop.changed() => {
                     if r.is_err() || *stop.borrow() {
                         return;
@@ -79,7 +72,8 @@ impl Housekeeping {
         }
     }
 
-    async fn daily(&self, store: &Store, retention_days: u32) {
+    /// SPEC §2.5 retention (`[schedule] prune`).
+    pub async fn prune(&self, store: &Store, retention_days: u32) {
         let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
         match store
             .call(move |c| query::prune_notifications(c, cutoff))
@@ -89,10 +83,14 @@ impl Housekeeping {
             Ok(n) => tracing::info!(
                 pruned = n,
                 retention_days,
-                "raw notifications past retention removed"
+                "notifications, rejected timeslots and superseded revisions past retention removed"
             ),
             Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
         }
+    }
+
+    /// SQLite `quick_check` (`[schedule] integrity`).
+    pub async fn integrity(&self, store: &Store) {
         let check = store
             .call(|c| Ok(c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))?))
             .await;

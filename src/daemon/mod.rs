@@ -3,7 +3,13 @@
 //! battery back to normal operation), close the database.
 
 mod housekeeping;
+mod limits;
+pub(crate) mod lock;
+mod report;
+mod schedule;
 mod socket;
+
+pub(crate) use socket::{describe as describe_override, not_configured as not_configured_meter};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -26,30 +32,54 @@ pub enum DaemonError {
     Control(#[from] crate::control::ControlError),
     #[error("site simulator: {0}")]
     Sim(String),
+    #[error(
+        "cannot listen on {addr} for the site simulator: {reason} (set by sim.listen; change it, or set sim.autostart = false)"
+    )]
+    SimBind { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Admin(#[from] crate::admin::SocketError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("uplink.mqtt: {0}")]
     Uplink(String),
 }
 
+impl DaemonError {
+    /// Problems that a restart cannot fix, only a change to the configuration or the
+    /// files it names: `leap-edge run` exits 78 for them (systemd then does not loop).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::Store(crate::store::StoreError::ReadOnly { .. })
+                | DaemonError::Server(server::ServerError::Tls { .. })
+        )
+    }
+}
+
 /// What a caller may substitute (tests: a recording commander, a controllable clock).
 pub struct Parts {
     pub commander: Arc<dyn Commander>,
     pub clock: Arc<dyn Clock>,
-    /// Live per-meter device state for `status` (JSON object keyed by Leap meter id).
-    pub live: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Live per-meter device state for `status`, in configuration order.
+    pub live: Arc<dyn Fn() -> Vec<crate::control::MeterStatus> + Send + Sync>,
 }
 
 /// A started daemon; [`Running::stop`] shuts it down in order.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` and `/healthz` are served (plain HTTP, loopback).
+    pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
     pub dispatch: Arc<DispatchStatus>,
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
+    metrics_http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     admin: JoinHandle<()>,
     uplink: Option<JoinHandle<()>>,
+    scheduler: Option<tokio_cron_scheduler::JobScheduler>,
     store_thread: StoreThread,
 }
 
@@ -57,18 +87,18 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let config = Arc::new(config);
     let (store, store_thread) = Store::open(&config.storage.path)?;
     tracing::info!(path = %config.storage.path.display(), "database open (WAL, synchronous=FULL)");
+    let admin_listener = crate::admin::bind(&config.admin.socket)?;
     let tls = match &config.server.tls {
-        Some(t) => Some(server::tls::acceptor(&t.cert, &t.key)?),
+        Some(t) => Some(Arc::new(server::tls::ReloadableTls::load(&t.cert, &t.key)?)),
         None => None,
     };
-    let listener = server::bind(config.server.listen).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| server::ServerError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
+    let (listener, addr) = bind(config.server.listen).await?;
+    let (metrics_listener, metrics_addr) = bind(config.server.metrics_listen).await?;
     let app = Arc::new(App::new(config.clone(), store.clone()));
+    if let Some(t) = &tls {
+        app.set_tls(t.clone());
+        tracing::info!(fingerprint = %t.fingerprint(), "TLS certificate loaded");
+    }
     let (stop, stop_rx) = watch::channel(false);
 
     let dispatcher = Dispatcher::new(
@@ -82,31 +112,42 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         .with_heartbeat(crate::systemd::watchdog_heartbeat());
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
+    // Issue 13: the polling backstop (a no-op without [leap] api_key).
+    // A weak handle: the App holds the backstop (as a status source), not the reverse.
+    let weak = Arc::downgrade(&app);
+    let backstop = crate::leap::backstop::Backstop::new(
+        app.shared_config(),
+        store.clone(),
+        app.changes.clone(),
+        Arc::new(move || {
+            weak.upgrade()
+                .map_or(0, |a| a.metrics.requests.get("storage_unavailable"))
+        }),
+    );
+    app.add_source(backstop.clone());
+    tokio::spawn(backstop.clone().run(stop_rx.clone()));
     let handler = Arc::new(socket::Handler {
+        backstop: backstop.clone(),
         app: app.clone(),
         dispatch: dispatch.clone(),
         overrides: dispatcher.overrides(),
         started_at: parts.clock.now(),
+        listen: addr,
         clock: parts.clock,
         live: parts.live,
     });
     let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
     let hk = Arc::new(housekeeping::Housekeeping::default());
     app.add_source(hk.clone());
-    tokio::spawn(hk.run(
-        store.clone(),
-        config.storage.retention_days,
-        stop_rx.clone(),
-    ));
+    tokio::spawn(hk.clone().run(stop_rx.clone()));
+    let scheduler = start_schedule(&app, &hk, &backstop).await;
     let admin_path = config.admin.socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
         let stopped = async move {
             let _ = admin_stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = crate::admin::serve(&admin_path, handler, stopped).await {
-            tracing::error!(path = %admin_path.display(), error = %e, "admin socket unavailable; the CLI cannot reach the daemon");
-        }
+        crate::admin::serve(admin_listener, &admin_path, handler, stopped).await;
     });
 
     // SPEC §2.12: the relay's dispatches may also come through a broker the gateway dials.
@@ -117,17 +158,32 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         ),
         None => None,
     };
-    let stopped = async move {
-        let mut rx = stop_rx;
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let http = tokio::spawn(server::serve(listener, tls.clone(), app.clone(), stopped));
+    let metrics_http = tokio::spawn(server::serve(
+        metrics_listener,
+        None,
+        app.clone(),
+        server::Role::Metrics,
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(addr = %metrics_addr, "serving /metrics and /healthz (loopback only)");
+    let http = tokio::spawn(server::serve(
+        listener,
+        tls.clone(),
+        app.clone(),
+        server::Role::Webhook,
+        stopped(stop_rx),
+    ));
     tracing::info!(
         addr = %addr, path = %config.server.path, tls = tls.is_some(),
         "listening for Leap notifications"
     );
     Ok(Running {
         addr,
+        metrics_addr,
+        metrics_http,
         app,
         dispatch,
         stop,
@@ -135,8 +191,65 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         dispatcher,
         admin,
         uplink,
+        scheduler,
         store_thread,
     })
+}
+
+/// `[schedule]`: the poll, pruning and the integrity check on their cron expressions; the
+/// last two also run once at start, as they always have. A scheduler that cannot start is
+/// logged, not fatal: dispatch does not depend on housekeeping. The jobs hold only weak
+/// handles: the scheduler must never keep the database open past shutdown.
+async fn start_schedule(
+    app: &Arc<App>,
+    hk: &Arc<housekeeping::Housekeeping>,
+    backstop: &Arc<crate::leap::backstop::Backstop>,
+) -> Option<tokio_cron_scheduler::JobScheduler> {
+    let cfg = app.config();
+    let (a, h) = (Arc::downgrade(app), Arc::downgrade(hk));
+    let prune: schedule::Task = Arc::new(move || {
+        let (a, h) = (a.upgrade(), h.upgrade());
+        Box::pin(async move {
+            if let (Some(a), Some(h)) = (a, h) {
+                h.prune(&a.store, a.config().storage.retention_days).await;
+            }
+        })
+    });
+    let (a, h) = (Arc::downgrade(app), Arc::downgrade(hk));
+    let integrity: schedule::Task = Arc::new(move || {
+        let (a, h) = (a.upgrade(), h.upgrade());
+        Box::pin(async move {
+            if let (Some(a), Some(h)) = (a, h) {
+                h.integrity(&a.store).await;
+            }
+        })
+    });
+    let b = Arc::downgrade(backstop);
+    let poll: schedule::Task = Arc::new(move || {
+        if let Some(b) = b.upgrade() {
+            b.trigger("schedule");
+        }
+        Box::pin(async {})
+    });
+    tokio::spawn({
+        let (p, i) = (prune.clone(), integrity.clone());
+        async move {
+            p().await;
+            i().await;
+        }
+    });
+    let jobs = vec![
+        ("poll", cfg.schedule.poll.clone(), poll),
+        ("prune", cfg.schedule.prune.clone(), prune),
+        ("integrity", cfg.schedule.integrity.clone(), integrity),
+    ];
+    match schedule::start(jobs).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "housekeeping schedule not running");
+            None
+        }
+    }
 }
 
 impl Running {
@@ -144,10 +257,14 @@ impl Running {
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = self.stop.send(true);
         let _ = self.http.await;
+        let _ = self.metrics_http.await;
         let _ = self.dispatcher.await;
         let _ = self.admin.await;
         if let Some(u) = self.uplink {
             let _ = u.await;
+        }
+        if let Some(mut s) = self.scheduler {
+            let _ = s.shutdown().await;
         }
         drop(self.app);
         self.store_thread.join();
@@ -155,15 +272,25 @@ impl Running {
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), DaemonError> {
+    let listener = server::bind(addr).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| server::ServerError::Bind { addr, source })?;
+    Ok((listener, local))
+}
+
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // First, before binding anything: a second daemon on this database says so plainly.
+    let _lock = lock::acquire(&config.storage.path, config.source.as_deref())?;
     // Development and dry runs: the simulator lives inside the daemon, so one command shows
     // the whole chain. It is dropped (stopped) only after dispatch has released the meters.
     let _sim = if config.sim.autostart {
         let listener = tokio::net::TcpListener::bind(config.sim.listen)
             .await
-            .map_err(|source| server::ServerError::Bind {
+            .map_err(|e| DaemonError::SimBind {
                 addr: config.sim.listen,
-                source,
+                reason: e.to_string(),
             })?;
         let sim = crate::sim::spawn(&config.sim, listener)
             .map_err(|e| DaemonError::Sim(e.to_string()))?;
@@ -181,7 +308,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Parts {
             commander: control.clone(),
             clock,
-            live: Arc::new(move || status.live_json()),
+            live: Arc::new(move || status.snapshot()),
         },
     )
     .await?;
@@ -191,8 +318,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = crate::systemd::notify_ready() {
         tracing::warn!(error = %e, "cannot tell systemd the daemon is ready");
     }
+    let limits = tokio::spawn(limits::watch(control.status(), running.app.store.clone()));
     wait_for_signal().await?;
     let _ = crate::systemd::notify_stopping();
+    limits.abort();
     running.stop().await;
     // Dispatch has released every meter; make sure the loops wrote it before exiting.
     control.shutdown(std::time::Duration::from_secs(5)).await;

@@ -1,45 +1,53 @@
 //! The daemon's answers on the admin socket: the state snapshot behind `leap-edge status`,
-//! and the technician's commands (overrides).
+//! and the technician's commands (overrides, reload). Every command that changes state is
+//! logged and audited with the peer's uid and pid (issue 10 point 9).
 
-use crate::admin::{AdminHandler, OverrideAction, Request, Response};
+use super::report;
+use crate::admin::state::{ClearReply, OverrideReply, ReloadReply, Reply};
+use crate::admin::{AdminHandler, OverrideAction, Peer, Request, Response};
 use crate::clock::Clock;
+use crate::control::MeterStatus;
 use crate::dispatch::DispatchStatus;
 use crate::dispatch::overrides::{MAX_OVERRIDE_SECS, Override, Overrides};
 use crate::server::App;
+use crate::store::audit::{Action, AuditEntry};
 use crate::store::query;
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub struct Handler {
     pub app: Arc<App>,
+    pub backstop: Arc<crate::leap::backstop::Backstop>,
     pub dispatch: Arc<DispatchStatus>,
     pub overrides: Arc<Overrides>,
     pub clock: Arc<dyn Clock>,
     pub started_at: DateTime<Utc>,
-    /// Extra per-meter live state (devices), keyed by Leap meter id.
-    pub live: Arc<dyn Fn() -> Value + Send + Sync>,
+    /// The webhook listener's bound address (the configured one may say port 0).
+    pub listen: std::net::SocketAddr,
+    /// Each control loop's state (devices), in configuration order.
+    pub live: Arc<dyn Fn() -> Vec<MeterStatus> + Send + Sync>,
 }
 
 impl AdminHandler for Handler {
-    async fn handle(&self, req: Request) -> Response {
+    async fn handle(&self, req: Request, peer: Peer) -> Response {
         match req {
             Request::Status => self.status().await,
-            Request::Override(o) => self.set_override(o.meter, o.action, o.seconds),
-            Request::OverrideClear { meter } => {
-                let n = self.overrides.clear(meter.as_deref());
-                tracing::info!(meter_id = ?meter, cleared = n, "manual override cleared");
-                self.app.changes.send_modify(|n| *n += 1);
-                Response::ok(json!({"cleared": n}))
+            Request::Override(o) => {
+                let r = self.set_override(o.meter, o.action, o.seconds, peer).await;
+                r.unwrap_or_else(Response::err)
             }
-            Request::Reload => self.reload(),
+            Request::OverrideClear { meter } => self.clear(meter, peer).await,
+            Request::Reload => self.reload(peer).await,
+            Request::LeapPoll { days } => match self.backstop.run_now("cli", days).await {
+                Ok(report) => Response::ok(Reply::LeapPoll(Box::new(report))),
+                Err(e) => Response::err(e),
+            },
         }
     }
 }
 
 impl Handler {
     async fn status(&self) -> Response {
-        let now = self.clock.now();
         let last = self
             .app
             .store
@@ -48,41 +56,72 @@ impl Handler {
             .ok()
             .flatten();
         let config = self.app.config();
-        let snap = self.dispatch.snapshot();
-        let overrides = self.overrides.snapshot();
-        let live = (self.live)();
-        let meters: Vec<Value> = config
-            .meters
+        let report = report::build(report::Inputs {
+            config: &config,
+            now: self.clock.now(),
+            listen: self.listen,
+            started_at: self.started_at,
+            last,
+            snap: self.dispatch.snapshot(),
+            overrides: self.overrides.snapshot(),
+            live: (self.live)(),
+        });
+        let report = crate::admin::state::StatusReport {
+            leap: Some(self.leap_status(&config, self.clock.now())),
+            ..report
+        };
+        Response::ok(Reply::Status(Box::new(report)))
+    }
+
+    async fn clear(&self, meter: Option<String>, peer: Peer) -> Response {
+        let targets: Vec<String> = self
+            .overrides
+            .snapshot()
+            .into_keys()
+            .filter(|k| meter.as_ref().is_none_or(|m| m == k))
+            .collect();
+        let n = self.overrides.clear(meter.as_deref());
+        tracing::info!(
+            meter_id = meter.as_deref().unwrap_or("all"),
+            cleared = n,
+            peer_uid = peer.uid,
+            peer_pid = peer.pid,
+            "manual override cleared"
+        );
+        for id in &targets {
+            self.audit(id, "override cleared from the CLI".into(), None, peer)
+                .await;
+        }
+        self.app.changes.send_modify(|n| *n += 1);
+        Response::ok(Reply::Cleared(ClearReply { cleared: n }))
+    }
+
+    /// Issue 13: the polling backstop and the next fire time of each `[schedule]` job.
+    fn leap_status(
+        &self,
+        config: &crate::config::Config,
+        now: DateTime<Utc>,
+    ) -> crate::admin::state::LeapStatus {
+        let schedule = config
+            .schedule
+            .jobs()
             .iter()
-            .map(|m| {
-                let d = snap.meters.get(&m.id);
-                json!({
-                    "meter_id": m.id, "name": m.name, "device": m.device,
-                    "command": d.and_then(|d| d.command.as_ref()),
-                    "last_error": d.and_then(|d| d.last_error.clone()),
-                    "override": overrides.get(&m.id),
-                    "live": live.get(&m.id).cloned().unwrap_or(Value::Null),
-                })
+            .map(|(key, expr)| crate::admin::state::ScheduleJob {
+                job: key.to_string(),
+                cron: expr.to_string(),
+                next_fire: crate::leap::next_fire(expr, now),
             })
             .collect();
-        Response::ok(json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "started_at": crate::store::ts(self.started_at),
-            "uptime_secs": (now - self.started_at).num_seconds(),
-            "now": crate::store::ts(now),
-            "clock_synchronised": crate::clock::synchronised(),
-            "last_notification": last,
-            "listen": config.server.listen.to_string(),
-            "next_boundary": snap.next_boundary.map(crate::store::ts),
-            "plan_error": snap.plan_error,
-            "meters": meters,
-        }))
+        crate::admin::state::LeapStatus {
+            backstop: self.backstop.status(),
+            schedule,
+        }
     }
 
     /// Re-read the configuration file. Auth keys, test policies, strategies and retention
     /// apply at once; anything else that changed is reported as needing a restart and is
     /// not applied, so the running daemon never runs a half-applied configuration.
-    fn reload(&self) -> Response {
+    async fn reload(&self, peer: Peer) -> Response {
         let current = self.app.config();
         let Some(path) = current.source.clone() else {
             return Response::err("this daemon was not started from a file; restart it instead");
@@ -91,28 +130,55 @@ impl Handler {
             Ok(c) => c,
             Err(e) => return Response::err(format!("configuration not reloaded: {e}")),
         };
-        let restart = current.restart_needed(&new);
+        let restart: Vec<String> = current
+            .restart_needed(&new)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        // Issue 10.3: certbot/ACME replace the files in place; re-read them first, so a
+        // broken renewal refuses the whole reload and the old pair stays in service.
+        let tls_before = self.app.tls().map(|t| t.fingerprint());
+        let tls = match self.app.tls().map(|t| t.reload()).transpose() {
+            Ok(fp) => fp,
+            Err(e) => {
+                return Response::err(format!(
+                    "configuration not reloaded: {e}; the certificate in service is unchanged"
+                ));
+            }
+        };
+        let applied = applied_sections(&current, &new, tls != tls_before);
         let mut merged = (*current).clone();
         merged.auth = new.auth;
         merged.policy = new.policy;
         merged.strategy = new.strategy;
+        merged.limits = new.limits;
         merged.storage.retention_days = new.storage.retention_days;
         self.app.set_config(Arc::new(merged));
         self.app.changes.send_modify(|n| *n += 1);
-        tracing::info!(path = %path.display(), restart_needed = ?restart, "configuration reloaded");
-        Response::ok(
-            json!({"reloaded": ["auth", "policy", "strategy", "storage.retention_days"], "restart_needed_for": restart}),
-        )
+        tracing::info!(path = %path.display(), applied = %list(&applied),
+            restart_needed_for = %list(&restart), tls_fingerprint = tls.as_deref().unwrap_or("-"), peer_uid = peer.uid, peer_pid = peer.pid,
+            "configuration reloaded");
+        if !applied.is_empty() {
+            // Site-wide: the audit row names no single meter.
+            let detail = format!("reload applied {}", list(&applied));
+            self.audit(SITE, detail, None, peer).await;
+        }
+        Response::ok(Reply::Reload(ReloadReply {
+            applied,
+            restart_needed_for: restart,
+            tls_fingerprint: tls,
+        }))
     }
 
-    fn set_override(
+    async fn set_override(
         &self,
         meter: Option<String>,
         action: OverrideAction,
         seconds: u64,
-    ) -> Response {
+        peer: Peer,
+    ) -> Result<Response, String> {
         if seconds == 0 || seconds > MAX_OVERRIDE_SECS {
-            return Response::err(format!(
+            return Err(format!(
                 "--for must be between 1 s and {} h",
                 MAX_OVERRIDE_SECS / 3600
             ));
@@ -120,22 +186,177 @@ impl Handler {
         if let OverrideAction::Charge(kw) | OverrideAction::Discharge(kw) = action
             && !(kw > 0.0 && kw.is_finite())
         {
-            return Response::err("the power must be a positive number of kW");
+            return Err("the power must be a positive number of kW".into());
         }
         let config = self.app.config();
         let targets: Vec<String> = match &meter {
             Some(id) => match config.meter(id) {
                 Some(m) => vec![m.id.clone()],
-                None => return Response::err(format!("meter {id} is not configured here")),
+                None => return Err(not_configured(id, &config)),
             },
             None => config.meters.iter().map(|m| m.id.clone()).collect(),
         };
         let until = self.clock.now() + chrono::Duration::seconds(seconds as i64);
+        let words = describe(action);
+        let mut warnings = Vec::new();
         for id in &targets {
             self.overrides.set(id, Override { action, until });
-            tracing::warn!(meter_id = %id, ?action, until = %until, "manual override set");
+            tracing::warn!(meter_id = %id, action = %words, until = %until,
+                peer_uid = peer.uid, peer_pid = peer.pid, "manual override set");
+            if let Some(w) = self.over_rating(id, action) {
+                warnings.push(w);
+            }
+            let detail = format!(
+                "override {words} until {} set from the CLI",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+            self.audit(id, detail, Some(words.clone()), peer).await;
         }
         self.app.changes.send_modify(|n| *n += 1);
-        Response::ok(json!({"meters": targets, "until": crate::store::ts(until)}))
+        Ok(Response::ok(Reply::Override(OverrideReply {
+            meters: targets,
+            until,
+            warnings,
+        })))
+    }
+
+    /// An override above the battery's rating is applied at the rating; say so.
+    fn over_rating(&self, meter: &str, action: OverrideAction) -> Option<String> {
+        let config = self.app.config();
+        let dev = config
+            .meter(meter)
+            .and_then(|m| config.devices.get(&m.device));
+        let tel = (self.live)()
+            .into_iter()
+            .find(|m| m.meter_id == meter)
+            .and_then(|m| m.last_telemetry);
+        let (kw, rated, what) = match action {
+            OverrideAction::Discharge(kw) => (
+                kw,
+                min(
+                    tel.and_then(|t| t.max_discharge_kw),
+                    dev.and_then(|d| d.max_discharge_kw),
+                ),
+                "discharge",
+            ),
+            OverrideAction::Charge(kw) => (
+                kw,
+                min(
+                    tel.and_then(|t| t.max_charge_kw),
+                    dev.and_then(|d| d.max_charge_kw),
+                ),
+                "charge",
+            ),
+            _ => return None,
+        };
+        let rated = rated?;
+        (kw > rated).then(|| {
+            format!("meter {meter}: {kw} kW is above the battery's rated {what} of {rated} kW; it will {what} at most {rated} kW")
+        })
+    }
+
+    async fn audit(&self, meter: &str, detail: String, target: Option<String>, peer: Peer) {
+        let entry = AuditEntry {
+            at: self.clock.now(),
+            meter_id: meter.to_string(),
+            action: Action::Manual,
+            kind: None,
+            event_id: None,
+            cap: None,
+            target,
+            boundary: None,
+            lateness_ms: None,
+            error: None,
+            detail: Some(format!("{detail} by {peer}")),
+        };
+        let r = self
+            .app
+            .store
+            .call(move |c| crate::store::audit::insert(c, &entry))
+            .await;
+        if let Err(e) = r {
+            tracing::error!(meter_id = meter, error = %e, "cannot audit a manual command");
+        }
+    }
+}
+
+/// The audit log's meter column for commands that concern the whole site (reload).
+const SITE: &str = "(site)";
+
+fn min(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "nothing".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// The live-reloadable sections whose values changed (only those are named, so "nothing
+/// changed" is true when it is said).
+fn applied_sections(
+    current: &crate::config::Config,
+    new: &crate::config::Config,
+    tls_renewed: bool,
+) -> Vec<String> {
+    let json = |v: &dyn erased_json::Json| v.json();
+    let mut applied = Vec::new();
+    if current.auth.header != new.auth.header || current.auth.keys != new.auth.keys {
+        applied.push("auth".to_string());
+    }
+    if json(&current.policy) != json(&new.policy) {
+        applied.push("policy".into());
+    }
+    if json(&current.strategy) != json(&new.strategy) {
+        applied.push("strategy".into());
+    }
+    if json(&current.limits) != json(&new.limits) {
+        applied.push("limits".into());
+    }
+    if current.storage.retention_days != new.storage.retention_days {
+        applied.push("storage.retention_days".into());
+    }
+    if tls_renewed {
+        applied.push("server.tls (renewed certificate)".into());
+    }
+    applied
+}
+
+/// An override in words: `discharge 5 kW`, `hold`.
+pub fn describe(a: OverrideAction) -> String {
+    match a {
+        OverrideAction::Hold => "hold".into(),
+        OverrideAction::Release => "release".into(),
+        OverrideAction::Charge(kw) => format!("charge {kw} kW"),
+        OverrideAction::Discharge(kw) => format!("discharge {kw} kW"),
+    }
+}
+
+pub fn not_configured(id: &str, config: &crate::config::Config) -> String {
+    let ids: Vec<&str> = config.meters.iter().map(|m| m.id.as_str()).collect();
+    if ids.is_empty() {
+        format!("meter {id} is not configured here (no meters are configured)")
+    } else {
+        format!(
+            "meter {id} is not configured here; configured: {}",
+            ids.join(", ")
+        )
+    }
+}
+
+mod erased_json {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
     }
 }

@@ -78,7 +78,8 @@ impl std::fmt::Display for DeviceState {
             self.error_count, self.connects
         )?;
         if let Some(b) = self.sunspec_base {
-            writeln!(f, "  SunSpec map at {b}: models {:?}", self.models)?;
+            let models: Vec<String> = self.models.iter().map(u16::to_string).collect();
+            writeln!(f, "  SunSpec map at {b}: models {}", models.join(", "))?;
         }
         writeln!(
             f,

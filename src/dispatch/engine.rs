@@ -39,6 +39,8 @@ enum Step {
     Apply {
         iv: Interval,
         boundary: DateTime<Utc>,
+        /// Why this is a resumption (after an override or a restart), if it is one.
+        resumed: Option<String>,
     },
     Release {
         prev: Option<Command>,
@@ -52,6 +54,8 @@ pub(super) struct MeterState {
     pub(super) would: Option<Command>,
     /// The Leap event last logged as overridden by a manual override.
     pub(super) overridden: Option<String>,
+    /// Set for one wake-up when a displaced dispatch may govern again (see `resume.rs`).
+    pub(super) resume: Option<String>,
 }
 
 pub struct Dispatcher {
@@ -221,7 +225,12 @@ impl Dispatcher {
                 None => (None, None),
             };
             self.dry_run(&meter, dry, now, wake).await;
-            match self.step_for(&meter, exec, now, wake) {
+            self.note_restart(&meter, exec.as_ref(), wake).await;
+            let step = self.step_for(&meter, exec, now, wake);
+            if let Some(s) = self.meters.get_mut(&meter) {
+                s.resume = None;
+            }
+            match step {
                 Some(step @ Step::Extend { .. }) => {
                     self.finish(&meter, step, now, wake, Ok(())).await
                 }
@@ -274,8 +283,23 @@ impl Dispatcher {
                 });
                 // An update of the running event counts from when it was seen; a new
                 // governing event counts from its start (so late arrivals show as late).
-                let boundary = if same_event { wake.at(now) } else { iv.start };
-                Some(Step::Apply { iv, boundary })
+                // SPEC §2.6 audit truth: a dispatch that governs again after an override
+                // or a restart is late only from that moment.
+                let resumed = self
+                    .meters
+                    .get(meter)
+                    .and_then(|s| s.resume.clone())
+                    .filter(|_| !same_event && iv.start < wake.at(now));
+                let boundary = if same_event || resumed.is_some() {
+                    wake.at(now)
+                } else {
+                    iv.start
+                };
+                Some(Step::Apply {
+                    iv,
+                    boundary,
+                    resumed,
+                })
             }
             (None, Some(a)) => {
                 let boundary = if now >= a.end { a.end } else { wake.at(now) };
@@ -310,17 +334,19 @@ impl Dispatcher {
                     });
                 }
             }
-            Step::Apply { iv, boundary } => {
-                self.record(
-                    meter,
-                    Action::Apply,
-                    Some(&iv.command),
-                    boundary,
-                    now,
-                    wake,
-                    result,
-                )
-                .await;
+            Step::Apply {
+                iv,
+                boundary,
+                resumed,
+            } => {
+                let action = if resumed.is_some() {
+                    Action::Resumed
+                } else {
+                    Action::Apply
+                };
+                let cmd = Some(&iv.command);
+                self.record_detail(meter, action, cmd, boundary, now, wake, result, resumed)
+                    .await;
                 if let Some(s) = self.meters.get_mut(meter) {
                     s.applied = Some(Applied {
                         command: iv.command.clone(),

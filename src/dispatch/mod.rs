@@ -5,6 +5,7 @@ pub mod commander;
 pub mod engine;
 pub mod overrides;
 mod record;
+mod resume;
 pub mod status;
 
 pub use commander::{BoxFuture, CommandError, Commander, Recorded, RecordingCommander};

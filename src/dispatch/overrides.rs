@@ -110,8 +110,11 @@ impl super::engine::Dispatcher {
         wake: Wake,
     ) -> Option<Interval> {
         let Some(o) = self.overrides.active(meter, now) else {
-            if let Some(s) = self.meters.get_mut(meter) {
-                s.overridden = None;
+            if let Some(s) = self.meters.get_mut(meter)
+                && s.overridden.take().is_some()
+            {
+                // The displaced dispatch governs again from now (audited as resumed).
+                s.resume = Some("resumed after a manual override".into());
             }
             return iv;
         };

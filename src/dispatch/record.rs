@@ -20,8 +20,25 @@ impl Dispatcher {
         wake: Wake,
         result: Result<(), CommandError>,
     ) {
+        self.record_detail(meter, action, cmd, boundary, now, wake, result, None)
+            .await;
+    }
+
+    /// [`Dispatcher::record`] with the audit detail given (else it says why from `wake`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn record_detail(
+        &self,
+        meter: &str,
+        action: Action,
+        cmd: Option<&Command>,
+        boundary: DateTime<Utc>,
+        now: DateTime<Utc>,
+        wake: Wake,
+        result: Result<(), CommandError>,
+        detail: Option<String>,
+    ) {
         let lateness = (now - boundary).num_milliseconds().max(0);
-        let detail = wake.describe(lateness);
+        let detail = detail.or_else(|| wake.describe(lateness));
         let error = result.err().map(|e| e.to_string());
         let target = cmd.map(|c| c.target.to_string());
         match (&error, cmd) {
@@ -30,11 +47,17 @@ impl Dispatcher {
             }
             (None, Some(c)) => tracing::info!(
                 meter_id = meter, action = action.as_str(), event_id = %c.event_id,
-                cap = c.cap.as_str(), target = ?target, lateness_ms = lateness, detail = ?detail,
+                cap = c.cap.as_str(), target = target.as_deref().unwrap_or("-"), lateness_ms = lateness,
+                detail = detail.as_deref().unwrap_or(""),
                 "dispatch"
             ),
             (None, None) => {
-                tracing::info!(meter_id = meter, action = action.as_str(), detail = ?detail, "dispatch")
+                tracing::info!(
+                    meter_id = meter,
+                    action = action.as_str(),
+                    detail = detail.as_deref().unwrap_or(""),
+                    "dispatch"
+                )
             }
         }
         if matches!(wake, Wake::Boundary(_)) && action != Action::WouldApply {

@@ -3,10 +3,12 @@
 //! we can handle (SPEC §2.2). Authentication of the request lives in [`auth`].
 
 pub mod auth;
+mod bounds;
 mod parse;
 mod timeslot;
 
-pub use parse::parse_notification;
+pub use bounds::BoundedError;
+pub use parse::{parse_bounded, parse_notification};
 
 use crate::model::{Kind, Timeslot};
 use serde::Serialize;

@@ -10,6 +10,29 @@ use serde_json::{Map, Value};
 pub fn parse_notification(body: &[u8]) -> Result<ParsedNotification, NotificationError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| NotificationError::NotJson(e.to_string()))?;
+    parse_value(&value, &|_| None)
+}
+
+/// [`parse_notification`] within the configured limits (issue 10.5): counts are checked on
+/// the JSON before any timeslot is built, and each timeslot's duration and start.
+pub fn parse_bounded(
+    body: &[u8],
+    limits: &crate::config::LimitsConfig,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ParsedNotification, super::BoundedError> {
+    super::bounds::check_counts(body, limits)?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| NotificationError::NotJson(e.to_string()))?;
+    Ok(parse_value(&value, &|ts| {
+        super::bounds::timeslot_problem(ts, limits, now)
+    })?)
+}
+
+/// `check` may reject a well-formed timeslot with a reason (a configured limit).
+fn parse_value(
+    value: &Value,
+    check: &dyn Fn(&crate::model::Timeslot) -> Option<String>,
+) -> Result<ParsedNotification, NotificationError> {
     let obj = value.as_object().ok_or(NotificationError::NotObject)?;
     let integration_test = opt_bool(obj, "integration_test_notification")?;
     let communication_test = opt_bool(obj, "communication_test")?;
@@ -46,7 +69,16 @@ pub fn parse_notification(body: &[u8]) -> Result<ParsedNotification, Notificatio
                 .transpose()?;
             for raw in slots.into_iter().flatten() {
                 match parse_timeslot(&ctx, raw) {
-                    Ok(ts) => out.timeslots.push(ts),
+                    Ok(ts) => match check(&ts) {
+                        None => out.timeslots.push(ts),
+                        Some(reason) => out.rejected.push(super::RejectedTimeslot {
+                            kind: ts.kind,
+                            event_id: Some(ts.event_id),
+                            meter_ids: ts.meter_ids,
+                            reason,
+                            raw: raw.clone(),
+                        }),
+                    },
                     Err(rej) => out.rejected.push(rej),
                 }
             }

@@ -122,7 +122,7 @@ fn print_text(s: &RelayStatus, max_age: u64) {
             age,
             g.dead_letters,
             g.last_success_at.as_deref().unwrap_or("never"),
-            g.last_error.as_deref().unwrap_or("-")
+            printable(g.last_error.as_deref().unwrap_or("-"))
         );
     }
     for g in &s.gateways {
@@ -154,7 +154,14 @@ fn print_text(s: &RelayStatus, max_age: u64) {
             d.notification_id,
             d.gateway,
             d.answer_status.unwrap_or(0),
-            d.answer_body.as_deref().unwrap_or("")
+            printable(d.answer_body.as_deref().unwrap_or(""))
         );
     }
+}
+
+/// A gateway's answer is foreign text: never let it move the cursor or recolour the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }

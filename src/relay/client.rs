@@ -1,5 +1,6 @@
-//! A small HTTP/1.1 client for the relay's deliveries: plain HTTP to a loopback tunnel port,
-//! or HTTPS trusting only the gateway's own certificate (or its CA). One connection per
+//! A small HTTP/1.1 client for the relay's deliveries: plain HTTP to a loopback tunnel port
+//! or to a Unix socket that `ssh -R` binds (`unix:/path`), or HTTPS trusting only the
+//! gateway's own certificate (or its CA). One connection per
 //! worker, reused while the gateway keeps it open; every step bounded by a timeout.
 
 use super::config::GatewayConfig;
@@ -19,6 +20,8 @@ pub(crate) struct Target {
     path: String,
     authority: String,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// `unix:/path`: the socket to connect to instead of host:port.
+    unix: Option<std::path::PathBuf>,
 }
 
 /// At most this much of a gateway's answer is kept (for dead letters and logs).
@@ -26,12 +29,25 @@ const ANSWER_LIMIT: usize = 4096;
 
 impl Target {
     pub fn parse(g: &GatewayConfig) -> Result<Target, String> {
+        if let Some(sock) = g.url.strip_prefix("unix:") {
+            if !sock.starts_with('/') {
+                return Err("unix: needs an absolute socket path, e.g. unix:/run/leap-edge-relay/site-a.sock".into());
+            }
+            return Ok(Target {
+                host: "localhost".into(),
+                port: 0,
+                path: g.path.clone(),
+                authority: "localhost".into(),
+                tls: None,
+                unix: Some(sock.into()),
+            });
+        }
         let (https, rest) = if let Some(r) = g.url.strip_prefix("http://") {
             (false, r)
         } else if let Some(r) = g.url.strip_prefix("https://") {
             (true, r)
         } else {
-            return Err("must start with http:// or https://".into());
+            return Err("must start with http://, https:// or unix:".into());
         };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let path = if path.is_empty() { "/" } else { path };
@@ -57,6 +73,7 @@ impl Target {
             path: path.to_string(),
             authority: authority.to_string(),
             tls,
+            unix: None,
         })
     }
 
@@ -107,6 +124,12 @@ impl Target {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        if let Some(sock) = &self.unix {
+            let s = tokio::net::UnixStream::connect(sock)
+                .await
+                .map_err(|e| format!("connect {}: {e}", sock.display()))?;
+            return handshake(TokioIo::new(s)).await;
+        }
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("connect {}:{}: {e}", self.host, self.port))?;

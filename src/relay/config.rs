@@ -2,7 +2,7 @@
 //! `[server]`, `[auth]` and `[storage]` tables, plus one `[[gateways]]` per site.
 //! `leap-edge relay check` parses and checks it and exits 78 when it is bad.
 
-use crate::config::{AuthConfig, ConfigError, ServerConfig, StorageConfig};
+use crate::config::{AuthConfig, ConfigError, LimitsConfig, ServerConfig, StorageConfig};
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -21,6 +21,9 @@ pub struct RelayConfig {
     pub auth: AuthConfig,
     #[serde(default = "default_storage")]
     pub storage: StorageConfig,
+    /// The same notification bounds as the gateway's (over them: 413 naming the bound).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(default)]
     pub relay: RelaySettings,
     #[serde(default)]
@@ -66,9 +69,13 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub transport: Transport,
     /// The gateway's webhook as the relay reaches it: `http://127.0.0.1:PORT/leap/dispatch`
-    /// (its reverse-tunnel port) or `https://…` with `ca`. Not used with MQTT.
+    /// (its reverse-tunnel port), `unix:/run/…/site.sock` (a socket `ssh -R` binds; then
+    /// `path` is the webhook path), or `https://…` with `ca`. Not used with MQTT.
     #[serde(default)]
     pub url: String,
+    /// The webhook path for a `unix:` url (an http(s) url carries its own).
+    #[serde(default = "crate::config::default_path")]
+    pub path: String,
     /// The value the gateway accepts in its auth header. Not used with MQTT (the broker
     /// authenticates the gateway).
     #[serde(default)]
@@ -177,6 +184,27 @@ impl RelayConfig {
             p.push(
                 "server: max_body_bytes ≥ 1024, max_connections ≥ 1, read_timeout_secs ≥ 1".into(),
             );
+        }
+        if s.connection_max_secs < s.read_timeout_secs {
+            p.push("server.connection_max_secs must be at least server.read_timeout_secs".into());
+        }
+        if s.metrics_listen != crate::config::default_metrics_listen() {
+            p.push(
+                "server.metrics_listen is the gateway's setting; the relay's loopback listener \
+                 for /metrics and /healthz is relay.metrics_listen"
+                    .into(),
+            );
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("max_meter_ids", l.max_meter_ids),
+            ("max_timeslots", l.max_timeslots),
+            ("max_timeslot_hours", l.max_timeslot_hours as usize),
+            ("max_start_ahead_days", l.max_start_ahead_days as usize),
+        ] {
+            if v == 0 {
+                p.push(format!("limits.{key} must be at least 1"));
+            }
         }
         if self.auth.keys.is_empty() {
             p.push("auth.keys is empty: add the key Leap sends in auth.header".into());

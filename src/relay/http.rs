@@ -1,12 +1,13 @@
-//! The relay's two listeners, on the gateway's server code: the public webhook (Leap's one
-//! URL; only the webhook path answers) and a loopback one for `/metrics` and `/healthz`.
+//! The relay's two listeners, on the gateway's server code (so the same connection
+//! deadlines, bounds and quiet 401 logging): the public webhook (Leap's one URL; only the
+//! webhook path answers) and a loopback one for `/metrics` and `/healthz`.
 
 use super::config::RelayConfig;
 use super::deliver::Fleet;
 use super::outbox::{self, Incoming};
 use super::route::Routes;
 use crate::metrics::{Histogram, LabeledCounter};
-use crate::server::{self, Handler, Response};
+use crate::server::{self, ConnState, Handler, QuietLog, Response, Role, ServerLimits};
 use crate::store::Store;
 use hyper::body::Incoming as Body;
 use hyper::{Method, Request, StatusCode};
@@ -15,7 +16,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const ACK_BOUNDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0,
@@ -29,6 +30,8 @@ pub(crate) struct RelayApp {
     requests: LabeledCounter,
     ack_latency: Histogram,
     unrouted_total: AtomicU64,
+    /// Requests without a valid key: logged at most once per interval (issue 10.8).
+    unauthorized_log: QuietLog,
 }
 
 impl RelayApp {
@@ -41,6 +44,7 @@ impl RelayApp {
             requests: LabeledCounter::default(),
             ack_latency: Histogram::new(ACK_BOUNDS),
             unrouted_total: AtomicU64::new(0),
+            unauthorized_log: QuietLog::default(),
         }
     }
 
@@ -59,15 +63,20 @@ impl RelayApp {
         self.routes.read().expect("routes lock").clone()
     }
 
-    async fn webhook(&self, peer: SocketAddr, req: Request<Body>) -> Response {
+    async fn webhook(&self, peer: SocketAddr, conn: &ConnState, req: Request<Body>) -> Response {
         let started = Instant::now();
         let cfg = self.config();
+        let intake = server::Intake {
+            server: &cfg.server,
+            auth: &cfg.auth,
+            limits: &cfg.limits,
+            unauthorized_log: &self.unauthorized_log,
+        };
         // Same checks and answers as the gateway (SPEC §2.12: bad input answered the same).
-        let (resp, label) =
-            match server::receive_notification(&cfg.server, &cfg.auth, peer, req).await {
-                Err(answer) => answer,
-                Ok(r) => self.commit(peer, r).await,
-            };
+        let (resp, label) = match server::receive_notification(&intake, conn, peer, req).await {
+            Err(answer) => answer,
+            Ok(r) => self.commit(peer, r).await,
+        };
         self.requests.inc(label, 1);
         if resp.status().is_success() {
             self.ack_latency.observe(started.elapsed().as_secs_f64());
@@ -215,50 +224,37 @@ impl RelayApp {
     }
 }
 
-fn limits(c: &RelayConfig) -> (usize, Duration) {
-    (
-        c.server.max_connections,
-        Duration::from_secs(c.server.read_timeout_secs),
-    )
-}
-
 impl Handler for RelayApp {
-    fn limits(&self) -> (usize, Duration) {
-        limits(&self.config())
+    fn limits(&self) -> ServerLimits {
+        ServerLimits::of(&self.config().server)
+    }
+
+    fn unauthorized_log(&self) -> &QuietLog {
+        &self.unauthorized_log
     }
 
     async fn handle(
         self: Arc<Self>,
         peer: SocketAddr,
+        role: Role,
+        conn: Arc<ConnState>,
         req: Request<Body>,
     ) -> Result<Response, Infallible> {
+        if let Some(r) = server::refuse_ambiguous(&conn) {
+            self.requests.inc("ambiguous_framing", 1);
+            return Ok(r);
+        }
         let webhook = self.config().server.path.clone();
         let path = req.uri().path().to_string();
-        Ok(match (req.method(), path.as_str()) {
-            (&Method::POST, p) if p == webhook => self.webhook(peer, req).await,
-            (_, p) if p == webhook => method_not_allowed("POST"),
-            _ => server::error_response(StatusCode::NOT_FOUND, "no such path"),
-        })
-    }
-}
-
-/// The loopback listener for `/metrics` and `/healthz` (not public, like the gateway's).
-pub(crate) struct Private(pub Arc<RelayApp>);
-
-impl Handler for Private {
-    fn limits(&self) -> (usize, Duration) {
-        (8, limits(&self.0.config()).1)
-    }
-
-    async fn handle(
-        self: Arc<Self>,
-        _peer: SocketAddr,
-        req: Request<Body>,
-    ) -> Result<Response, Infallible> {
-        Ok(match (req.method(), req.uri().path()) {
-            (&Method::GET, "/metrics") => self.0.metrics().await,
-            (&Method::GET, "/healthz") => self.0.healthz().await,
-            (_, "/metrics" | "/healthz") => method_not_allowed("GET"),
+        Ok(match (role, req.method(), path.as_str()) {
+            // The loopback listener (relay.metrics_listen), never the public one.
+            (Role::Metrics, &Method::GET, "/metrics") => self.metrics().await,
+            (Role::Metrics, &Method::GET, "/healthz") => self.healthz().await,
+            (Role::Metrics, _, "/metrics" | "/healthz") => method_not_allowed("GET"),
+            (Role::Webhook, &Method::POST, p) if p == webhook => {
+                self.webhook(peer, &conn, req).await
+            }
+            (Role::Webhook, _, p) if p == webhook => method_not_allowed("POST"),
             _ => server::error_response(StatusCode::NOT_FOUND, "no such path"),
         })
     }

@@ -18,7 +18,7 @@ pub use config::RelayConfig;
 
 use crate::server;
 use crate::store::{Store, StoreThread};
-use http::{Private, RelayApp};
+use http::RelayApp;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +42,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     app: Arc<RelayApp>,
+    /// Re-read on reload, like the gateway's (certificate renewals, issue 10.3).
+    tls: Option<Arc<server::tls::ReloadableTls>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     store_thread: StoreThread,
@@ -60,7 +62,7 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
     let (store, store_thread) = Store::open_with_schema(&config.storage.path, outbox::migrate)?;
     tracing::info!(path = %config.storage.path.display(), "relay outbox open (WAL, synchronous=FULL)");
     let tls = match &config.server.tls {
-        Some(t) => Some(server::tls::acceptor(&t.cert, &t.key)?),
+        Some(t) => Some(Arc::new(server::tls::ReloadableTls::load(&t.cert, &t.key)?)),
         None => None,
     };
     let (public, addr) = listen(config.server.listen).await?;
@@ -83,14 +85,16 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
     let mut tasks = vec![
         tokio::spawn(server::serve(
             public,
-            tls,
+            tls.clone(),
             app.clone(),
+            server::Role::Webhook,
             until(stop_rx.clone()),
         )),
         tokio::spawn(server::serve(
             private,
             None,
-            Arc::new(Private(app.clone())),
+            app.clone(),
+            server::Role::Metrics,
             until(stop_rx.clone()),
         )),
         tokio::spawn(prune_loop(app.clone(), stop_rx.clone())),
@@ -115,6 +119,7 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
         addr,
         metrics_addr,
         app,
+        tls,
         stop,
         tasks,
         store_thread,
@@ -168,6 +173,22 @@ impl Running {
         }
         self.app.fleet.apply(&new.gateways);
         self.app.fleet.wake_all();
+        self.reload_tls();
+    }
+
+    /// Certificate renewals apply without a restart; a bad pair leaves the old one serving.
+    fn reload_tls(&self) {
+        let Some(tls) = &self.tls else { return };
+        let before = tls.fingerprint();
+        match tls.reload() {
+            Ok(fp) if fp != before => {
+                tracing::info!(fingerprint = %fp, "relay TLS certificate renewed")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "TLS files not reloaded; the old certificate stays")
+            }
+        }
     }
 
     pub async fn stop(self) {

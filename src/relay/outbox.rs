@@ -113,14 +113,15 @@ fn route_notification(
     let obj = value.as_object().cloned().unwrap_or_default();
     let entries = route::entries(&value);
     let ids = entry_ids(tx, id)?;
+    let eid = |e: &route::Entry| ids[&(e.array, e.index)];
     let done = units(tx, id, "state != 'pending'")?;
     let pending = units(tx, id, "state = 'pending'")?;
     let mut wanted: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
     for (g, idxs) in routes.plan(&entries) {
         for i in idxs {
-            let eid = ids[&(entries[i].array, entries[i].index)];
-            if !done.get(&g).is_some_and(|s| s.1.contains(&eid)) {
-                wanted.entry(g.clone()).or_default().insert(eid);
+            let e = eid(&entries[i]);
+            if !done.get(&g).is_some_and(|s| s.1.contains(&e)) {
+                wanted.entry(g.clone()).or_default().insert(e);
             }
         }
     }
@@ -130,39 +131,51 @@ fn route_notification(
         }
     }
     for (g, set) in &wanted {
-        if pending.get(g).is_some_and(|p| &p.1 == set) {
-            continue;
-        }
-        let chosen: Vec<&route::Entry> = entries
-            .iter()
-            .filter(|e| set.contains(&ids[&(e.array, e.index)]))
-            .collect();
-        let out = route::body_for(&obj, &chosen);
-        tx.execute(
-            "INSERT INTO relay_deliveries (notification_id, gateway, state, body, created_at, next_attempt_at)
-             VALUES (?1, ?2, 'pending', ?3, ?4, ?4)",
-            params![id, g, out.to_string(), ts(now)],
-        )?;
-        let did = tx.last_insert_rowid();
-        for eid in set {
-            tx.execute(
-                "INSERT INTO relay_delivery_entries (delivery_id, entry_id) VALUES (?1, ?2)",
-                [did, *eid],
-            )?;
+        if pending.get(g).is_none_or(|p| &p.1 != set) {
+            let chosen: Vec<&route::Entry> =
+                entries.iter().filter(|e| set.contains(&eid(e))).collect();
+            let out = route::body_for(&obj, &chosen).to_string();
+            insert_delivery(tx, id, g, &out, set, now)?;
         }
     }
     let mut unrouted = 0;
     for e in &entries {
-        let eid = ids[&(e.array, e.index)];
-        let taken = done.values().any(|(_, s)| s.contains(&eid));
+        let taken = done.values().any(|(_, s)| s.contains(&eid(e)));
         let lost = routes.gateways_for(&e.meter_ids).is_empty() && !taken;
         unrouted += usize::from(lost);
         tx.execute(
             "UPDATE relay_entries SET unrouted = ?1 WHERE id = ?2",
-            params![lost, eid],
+            params![lost, eid(e)],
         )?;
     }
     Ok((wanted.into_keys().collect(), unrouted))
+}
+
+fn insert_delivery(
+    tx: &Transaction,
+    notification: i64,
+    gateway: &str,
+    body: &str,
+    entries: &BTreeSet<i64>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO relay_deliveries (notification_id, gateway, state, created_at, next_attempt_at)
+         VALUES (?1, ?2, 'pending', ?3, ?3)",
+        params![notification, gateway, ts(now)],
+    )?;
+    let did = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO relay_delivery_bodies (delivery_id, body) VALUES (?1, ?2)",
+        params![did, body],
+    )?;
+    for e in entries {
+        tx.execute(
+            "INSERT INTO relay_delivery_entries (delivery_id, entry_id) VALUES (?1, ?2)",
+            [did, *e],
+        )?;
+    }
+    Ok(())
 }
 
 fn entry_ids(tx: &Transaction, id: i64) -> Result<HashMap<(&'static str, usize), i64>, StoreError> {
@@ -248,8 +261,9 @@ pub(crate) struct Pending {
 pub(crate) fn head(conn: &Connection, gateway: &str) -> Result<Option<Pending>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT id, notification_id, body, attempts, next_attempt_at FROM relay_deliveries
-             WHERE gateway = ?1 AND state = 'pending' ORDER BY notification_id, id LIMIT 1",
+            "SELECT d.id, d.notification_id, b.body, d.attempts, d.next_attempt_at
+             FROM relay_deliveries d JOIN relay_delivery_bodies b ON b.delivery_id = d.id
+             WHERE d.gateway = ?1 AND d.state = 'pending' ORDER BY d.notification_id, d.id LIMIT 1",
             [gateway],
             |r| {
                 Ok((
@@ -391,3 +405,7 @@ pub(crate) fn requeue_dead(
     }
     Ok(n)
 }
+
+#[cfg(test)]
+#[path = "outbox_tests.rs"]
+mod tests;

@@ -120,6 +120,7 @@ mod tests {
             url: "http://127.0.0.1:1/x".into(),
             key: crate::secret::Secret::new("k"),
             header: "x-api-key".into(),
+            path: "/leap/dispatch".into(),
             meters: meters.iter().map(|m| m.to_string()).collect(),
             ca: None,
             tls_name: None,

@@ -29,7 +29,6 @@ CREATE TABLE relay_deliveries (
     notification_id INTEGER NOT NULL REFERENCES relay_notifications(id) ON DELETE CASCADE,
     gateway         TEXT NOT NULL,
     state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
-    body            TEXT NOT NULL,
     created_at      TEXT NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at TEXT NOT NULL,
@@ -40,6 +39,14 @@ CREATE TABLE relay_deliveries (
 );
 CREATE INDEX relay_deliveries_queue ON relay_deliveries (gateway, state, notification_id);
 CREATE INDEX relay_deliveries_notification ON relay_deliveries (notification_id);
+-- Counts per state and gateway (status, metrics, healthz) from the index alone.
+CREATE INDEX relay_deliveries_state ON relay_deliveries (state, gateway);
+
+-- The body a gateway receives, apart so that delivery rows stay small and quick to scan.
+CREATE TABLE relay_delivery_bodies (
+    delivery_id INTEGER PRIMARY KEY REFERENCES relay_deliveries(id) ON DELETE CASCADE,
+    body        TEXT NOT NULL
+);
 
 CREATE TABLE relay_delivery_entries (
     delivery_id INTEGER NOT NULL REFERENCES relay_deliveries(id) ON DELETE CASCADE,

@@ -74,9 +74,32 @@ pub(crate) fn query(
             (n.clone(), g)
         })
         .collect();
+    queues(conn, &mut gws, now)?;
+    last_outcomes(conn, &mut gws)?;
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0).map(|n| n as u64));
+    Ok(RelayStatus {
+        notifications: count("SELECT COUNT(*) FROM relay_notifications")?,
+        unrouted_count: count("SELECT COUNT(*) FROM relay_entries WHERE unrouted = 1")?,
+        dead_letter_count: count("SELECT COUNT(*) FROM relay_deliveries WHERE state = 'dead'")?,
+        gateways: gws.into_values().collect(),
+        unrouted: unrouted(conn)?,
+        dead_letters: dead_letters(conn)?,
+    })
+}
+
+/// Per gateway: counts by state and the oldest undelivered notification. Counts come from
+/// the (state, gateway) index; only pending rows are joined for their age.
+fn queues(
+    conn: &Connection,
+    gws: &mut BTreeMap<String, GatewayStatus>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT d.gateway, d.state, COUNT(*), MIN(n.received_at) FROM relay_deliveries d
-         JOIN relay_notifications n ON n.id = d.notification_id GROUP BY d.gateway, d.state",
+        "SELECT d.gateway, d.state, COUNT(*),
+                CASE d.state WHEN 'pending' THEN (SELECT MIN(n.received_at) FROM relay_deliveries p
+                    JOIN relay_notifications n ON n.id = p.notification_id
+                    WHERE p.state = 'pending' AND p.gateway = d.gateway) END
+         FROM relay_deliveries d GROUP BY d.state, d.gateway",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -103,6 +126,13 @@ pub(crate) fn query(
             _ => g.dead_letters = n,
         }
     }
+    Ok(())
+}
+
+fn last_outcomes(
+    conn: &Connection,
+    gws: &mut BTreeMap<String, GatewayStatus>,
+) -> Result<(), StoreError> {
     let mut stmt = conn
         .prepare("SELECT name, last_success_at, last_error, last_error_at FROM relay_gateways")?;
     let rows = stmt.query_map([], |r| {
@@ -119,15 +149,7 @@ pub(crate) fn query(
             (g.last_success_at, g.last_error, g.last_error_at) = (ok, err, err_at);
         }
     }
-    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0).map(|n| n as u64));
-    Ok(RelayStatus {
-        notifications: count("SELECT COUNT(*) FROM relay_notifications")?,
-        unrouted_count: count("SELECT COUNT(*) FROM relay_entries WHERE unrouted = 1")?,
-        dead_letter_count: count("SELECT COUNT(*) FROM relay_deliveries WHERE state = 'dead'")?,
-        gateways: gws.into_values().collect(),
-        unrouted: unrouted(conn)?,
-        dead_letters: dead_letters(conn)?,
-    })
+    Ok(())
 }
 
 fn unrouted(conn: &Connection) -> Result<Vec<Unrouted>, StoreError> {

@@ -1,31 +1,32 @@
 //! The webhook server: hyper over TCP (plain on loopback behind a TLS-terminating tunnel, or
-//! rustls). Bounded connections, header and body read timeouts, graceful drain on shutdown.
+//! rustls). Bounded connections, each with deadlines (see [`conn`]), graceful drain on
+//! shutdown. `/metrics` and `/healthz` have their own loopback listener (issue 10.2).
 
+mod conn;
+mod quiet;
 mod routes;
 pub mod tls;
 
-pub use routes::{App, StatusSource};
+pub use conn::ConnState;
+pub use quiet::QuietLog;
+pub use routes::{App, Role, StatusSource};
 pub(crate) use routes::{
-    Ingested, Received, error_response, ingest_body, json_response, receive_notification,
-    unavailable,
+    Ingested, Intake, Received, error_response, ingest_body, json_response, receive_notification,
+    refuse_ambiguous, unavailable,
 };
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{Semaphore, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(
-        "cannot listen on {addr}: {source} (is another process using it? change server.listen)"
+        "cannot listen on {addr}: {source} (is another process using it? change server.listen or server.metrics_listen)"
     )]
     Bind {
         addr: SocketAddr,
@@ -41,33 +42,66 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
+/// Connections at once on the metrics listener: a scraper and a health check or two.
+const METRICS_CONNECTIONS: usize = 4;
+
 /// The answer type of every handler.
 pub type Response = hyper::Response<http_body_util::Full<bytes::Bytes>>;
 
-/// What the server asks of the side it serves: the gateway's [`App`] or the relay's handler.
-/// The connection handling (limits, timeouts, TLS, drain) is the same for both.
+/// The `[server]` settings a listener runs with: connection cap and deadlines (issue 10.1).
+pub struct ServerLimits {
+    max_connections: usize,
+    conn: conn::Limits,
+}
+
+impl ServerLimits {
+    pub fn of(s: &crate::config::ServerConfig) -> ServerLimits {
+        ServerLimits {
+            max_connections: s.max_connections,
+            conn: conn::Limits {
+                read: Duration::from_secs(s.read_timeout_secs),
+                overall: Duration::from_secs(s.connection_max_secs),
+            },
+        }
+    }
+}
+
+/// What the server asks of the side it serves: the gateway's [`App`] or the relay's. The
+/// connection handling (cap, deadlines, write deadline, CL+TE scan, TLS, drain, quiet 401
+/// logging) is the same for both.
 pub trait Handler: Send + Sync + 'static {
-    /// (max_connections, read_timeout) as configured now.
-    fn limits(&self) -> (usize, Duration);
+    /// The `[server]` settings in force now (they can change on reload).
+    fn limits(&self) -> ServerLimits;
+    /// Requests without a valid key, logged at most once per interval (issue 10.8).
+    fn unauthorized_log(&self) -> &QuietLog;
+    /// One request. Call [`refuse_ambiguous`] first, and `conn.authorize()` once the key is
+    /// valid ([`receive_notification`] does).
     fn handle(
         self: Arc<Self>,
         peer: SocketAddr,
+        role: Role,
+        conn: Arc<ConnState>,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> impl Future<Output = Result<Response, std::convert::Infallible>> + Send;
 }
 
 impl Handler for App {
-    fn limits(&self) -> (usize, Duration) {
-        let s = &self.config().server;
-        (s.max_connections, Duration::from_secs(s.read_timeout_secs))
+    fn limits(&self) -> ServerLimits {
+        ServerLimits::of(&self.config().server)
+    }
+
+    fn unauthorized_log(&self) -> &QuietLog {
+        &self.unauthorized_log
     }
 
     fn handle(
         self: Arc<Self>,
         peer: SocketAddr,
+        role: Role,
+        conn: Arc<ConnState>,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> impl Future<Output = Result<Response, std::convert::Infallible>> + Send {
-        routes::handle(self, peer, req)
+        routes::handle(self, peer, role, conn, req)
     }
 }
 
@@ -75,13 +109,20 @@ impl Handler for App {
 /// (bounded by the read timeout plus a margin).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::ReloadableTls>>,
     app: Arc<H>,
+    role: Role,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (max_connections, read_timeout) = app.limits();
-    let limit = Arc::new(Semaphore::new(max_connections));
-    let graceful = GracefulShutdown::new();
+    let limits = app.limits();
+    let max = match role {
+        Role::Webhook => limits.max_connections,
+        Role::Metrics => METRICS_CONNECTIONS,
+    };
+    let limit = Arc::new(Semaphore::new(max));
+    let read_timeout = limits.conn.read;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut summary = tokio::time::interval(quiet::INTERVAL);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -98,54 +139,65 @@ pub async fn serve<H: Handler>(
                     continue;
                 }
             },
+            _ = summary.tick() => {
+                drop(permit);
+                app.unauthorized_log().summarise();
+                continue;
+            }
             _ = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let tls = tls.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| app.clone().handle(peer, req));
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(read_timeout)
-                .keep_alive(true);
-            let result = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            watcher
-                                .watch(builder.serve_connection(TokioIo::new(s), service))
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        let accepted = tokio::time::Instant::now();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        tokio::spawn(connection(
+            stream,
+            peer,
+            acceptor,
+            app.clone(),
+            role,
+            accepted,
+            stop_rx.clone(),
+            permit,
+        ));
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("webhook connections drained"),
-        _ = tokio::time::sleep(read_timeout + Duration::from_secs(2)) => {
-            tracing::warn!("webhook connections still open at shutdown; closing them")
-        }
+    let _ = stop_tx.send(true);
+    app.unauthorized_log().summarise();
+    // Every connection task holds a permit: all of them back means all connections ended.
+    let drained = tokio::time::timeout(
+        read_timeout + Duration::from_secs(2),
+        limit.acquire_many(max as u32),
+    );
+    match drained.await {
+        Ok(_) => tracing::info!(listener = role.name(), "connections drained"),
+        Err(_) => tracing::warn!(
+            listener = role.name(),
+            "connections still open at shutdown; closing them"
+        ),
+    }
+}
+
+/// One accepted connection: TLS handshake (within the first deadline), then HTTP.
+#[allow(clippy::too_many_arguments)]
+async fn connection<H: Handler>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    app: Arc<H>,
+    role: Role,
+    accepted: tokio::time::Instant,
+    stop: watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = app.limits().conn;
+    let Some(acceptor) = acceptor else {
+        return conn::serve(stream, app, peer, role, accepted, limits, stop).await;
+    };
+    // The handshake counts against the connection's first deadline.
+    let deadline = accepted + limits.read;
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => conn::serve(s, app, peer, role, accepted, limits, stop).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }

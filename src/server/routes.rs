@@ -1,5 +1,7 @@
 //! Request handling: routing, auth, limits, parse, commit, answer (SPEC §3 status codes).
 
+use super::conn::ConnState;
+use super::quiet::QuietLog;
 use crate::config::Config;
 use crate::ingest::{self, auth};
 use crate::metrics::{IngestMetrics, reason_label};
@@ -7,7 +9,7 @@ use crate::store::{IngestRecord, Store};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use std::convert::Infallible;
@@ -31,6 +33,27 @@ pub struct App {
     /// Bumped after every commit that created or changed a timeslot; dispatch re-plans.
     pub changes: tokio::sync::watch::Sender<u64>,
     sources: RwLock<Vec<Arc<dyn StatusSource>>>,
+    /// Requests without a valid key: logged at most once per interval (issue 10.8).
+    pub unauthorized_log: QuietLog,
+    /// The TLS certificate in service, re-read by `leap-edge reload` (issue 10.3).
+    tls: std::sync::OnceLock<Arc<super::tls::ReloadableTls>>,
+}
+
+/// Which listener a request came in on: the webhook (public through the tunnel) or the
+/// loopback-only metrics listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Webhook,
+    Metrics,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Webhook => "webhook",
+            Role::Metrics => "metrics",
+        }
+    }
 }
 
 impl App {
@@ -41,6 +64,8 @@ impl App {
             metrics: IngestMetrics::default(),
             changes: tokio::sync::watch::channel(0).0,
             sources: RwLock::new(Vec::new()),
+            unauthorized_log: QuietLog::default(),
+            tls: std::sync::OnceLock::new(),
         }
     }
 
@@ -57,6 +82,14 @@ impl App {
         self.config.clone()
     }
 
+    pub fn set_tls(&self, tls: Arc<super::tls::ReloadableTls>) {
+        let _ = self.tls.set(tls);
+    }
+
+    pub fn tls(&self) -> Option<&Arc<super::tls::ReloadableTls>> {
+        self.tls.get()
+    }
+
     pub fn add_source(&self, source: Arc<dyn StatusSource>) {
         self.sources.write().expect("sources lock").push(source);
     }
@@ -67,6 +100,9 @@ impl App {
 }
 
 type Resp = Response<Full<Bytes>>;
+
+/// Rejected timeslots logged one by one per notification; the rest in one line.
+const LOGGED_REJECTIONS: usize = 3;
 
 pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -115,27 +151,48 @@ fn not_allowed(allow: &'static str) -> Resp {
     r
 }
 
-pub async fn handle(
+/// Issue 10.8: both framings in one request is how requests are smuggled past proxies.
+/// Every handler (gateway and relay) asks this first for each request.
+pub(crate) fn refuse_ambiguous(conn: &ConnState) -> Option<Resp> {
+    if !conn.next_request_is_ambiguous() {
+        return None;
+    }
+    let mut r = error(
+        StatusCode::BAD_REQUEST,
+        "both Content-Length and Transfer-Encoding are present; send only one",
+    );
+    r.headers_mut()
+        .insert(CONNECTION, "close".parse().expect("static header"));
+    Some(r)
+}
+
+pub(crate) async fn handle(
     app: Arc<App>,
     peer: SocketAddr,
+    role: Role,
+    conn: Arc<ConnState>,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
+    if let Some(r) = refuse_ambiguous(&conn) {
+        app.metrics.requests.inc("ambiguous_framing", 1);
+        return Ok(r);
+    }
     let path = req.uri().path().to_string();
     let webhook = app.config().server.path.clone();
-    let resp = match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => healthz(&app).await,
-        (&Method::GET, "/metrics") => metrics(&app),
-        (_, "/healthz" | "/metrics") => not_allowed("GET"),
-        (&Method::POST, p) if *p == webhook => ingest(&app, peer, req).await,
-        (_, p) if *p == webhook => not_allowed("POST"),
+    let resp = match (role, req.method(), path.as_str()) {
+        (Role::Metrics, &Method::GET, "/healthz") => healthz(&app).await,
+        (Role::Metrics, &Method::GET, "/metrics") => metrics(&app),
+        (Role::Metrics, _, "/healthz" | "/metrics") => not_allowed("GET"),
+        (Role::Webhook, &Method::POST, p) if *p == webhook => ingest(&app, peer, &conn, req).await,
+        (Role::Webhook, _, p) if *p == webhook => not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "no such path"),
     };
     Ok(resp)
 }
 
-async fn ingest(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+async fn ingest(app: &App, peer: SocketAddr, conn: &ConnState, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
-    let (resp, label) = ingest_inner(app, peer, req).await;
+    let (resp, label) = ingest_inner(app, peer, conn, req).await;
     app.metrics.requests.inc(label, 1);
     if resp.status().is_success() {
         app.metrics
@@ -145,32 +202,55 @@ async fn ingest(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     resp
 }
 
-async fn ingest_inner(app: &App, peer: SocketAddr, req: Request<Incoming>) -> (Resp, &'static str) {
+async fn ingest_inner(
+    app: &App,
+    peer: SocketAddr,
+    conn: &ConnState,
+    req: Request<Incoming>,
+) -> (Resp, &'static str) {
     let cfg = app.config();
-    match receive_notification(&cfg.server, &cfg.auth, peer, req).await {
+    let intake = Intake {
+        server: &cfg.server,
+        auth: &cfg.auth,
+        limits: &cfg.limits,
+        unauthorized_log: &app.unauthorized_log,
+    };
+    match receive_notification(&intake, conn, peer, req).await {
         Ok(r) => commit(app, &peer.to_string(), r.headers, r.body, r.parsed).await,
         Err(answer) => answer,
     }
 }
 
+/// The settings and state [`receive_notification`] checks a request against.
+pub(crate) struct Intake<'a> {
+    pub server: &'a crate::config::ServerConfig,
+    pub auth: &'a crate::config::AuthConfig,
+    pub limits: &'a crate::config::LimitsConfig,
+    /// Requests without a valid key are logged here, rate-limited (issue 10.8).
+    pub unauthorized_log: &'a QuietLog,
+}
+
 /// Everything the gateway checks before it stores a notification, shared with the relay so
-/// bad input is answered the same way by both (SPEC §3 status codes). `Err` carries the
-/// answer and its metrics label.
+/// bad input is answered the same way by both (SPEC §3 status codes, `[limits]` bounds).
+/// A valid key marks the connection authorized (its longer deadline, issue 10.1). `Err`
+/// carries the answer and its metrics label.
 pub(crate) async fn receive_notification(
-    server: &crate::config::ServerConfig,
-    auth_cfg: &crate::config::AuthConfig,
+    intake: &Intake<'_>,
+    conn: &ConnState,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Received, (Resp, &'static str)> {
+    let (server, auth_cfg) = (intake.server, intake.auth);
     let read = Duration::from_secs(server.read_timeout_secs);
     if !auth::authorized(req.headers(), &auth_cfg.header, &auth_cfg.keys) {
-        tracing::warn!(%peer, "webhook rejected: missing or wrong credentials");
+        intake.unauthorized_log.rejected(peer, req.uri().path());
         drain(req, server.max_body_bytes, read).await;
-        return Err((
-            error(StatusCode::UNAUTHORIZED, "missing or wrong credentials"),
-            "unauthorized",
-        ));
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
+        r.headers_mut()
+            .insert(CONNECTION, "close".parse().expect("static header"));
+        return Err((r, "unauthorized"));
     }
+    conn.authorize();
     let is_json = req
         .headers()
         .get(CONTENT_TYPE)
@@ -230,11 +310,18 @@ pub(crate) async fn receive_notification(
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
-    let parsed = match ingest::parse_notification(&body) {
+    let parsed = match ingest::parse_bounded(&body, intake.limits, chrono::Utc::now()) {
         Ok(p) => p,
-        Err(e) => {
+        Err(ingest::BoundedError::Invalid(e)) => {
             tracing::warn!(%peer, error = %e, "webhook body is not a Leap notification");
             return Err((error(StatusCode::BAD_REQUEST, e.to_string()), "bad_request"));
+        }
+        Err(e @ ingest::BoundedError::OverLimit { .. }) => {
+            tracing::warn!(%peer, error = %e, "notification over a configured limit; nothing stored");
+            return Err((
+                error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+                "over_limit",
+            ));
         }
     };
     Ok(Received {
@@ -265,6 +352,7 @@ async fn commit(
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
         parsed,
+        source: crate::store::Source::Push,
     };
     // SPEC §2.1: acknowledge only what is committed; otherwise 503 so Leap retries.
     let outcome = match app.store.ingest(record).await {
@@ -301,11 +389,19 @@ async fn commit(
             "un-cancel received for a cancelled timeslot; it stays cancelled (SPEC §2.4)"
         );
     }
-    for reason in &outcome.rejected_reasons {
+    // A few reasons are enough to diagnose; all of them are in the database (issue 10.5).
+    for reason in outcome.rejected_reasons.iter().take(LOGGED_REJECTIONS) {
         tracing::warn!(
             notification_id = outcome.notification_id,
             reason,
             "timeslot rejected"
+        );
+    }
+    if outcome.rejected_reasons.len() > LOGGED_REJECTIONS {
+        tracing::warn!(
+            notification_id = outcome.notification_id,
+            not_logged = outcome.rejected_reasons.len() - LOGGED_REJECTIONS,
+            "more timeslots rejected (all are listed by `leap-edge events`)"
         );
     }
     if outcome.changed() {
@@ -329,10 +425,22 @@ pub(crate) enum Ingested {
 /// The webhook's ingest path (auth aside: the transport authenticated the sender): parse,
 /// commit, count, wake dispatch — the same code and metrics as an HTTP notification.
 pub(crate) async fn ingest_body(app: &App, origin: &str, body: Bytes) -> Ingested {
-    let parsed = match ingest::parse_notification(&body) {
+    let cfg = app.config();
+    if body.len() > cfg.server.max_body_bytes {
+        app.metrics.requests.inc("too_large", 1);
+        return Ingested::Refused(format!(
+            "body is over the {}-byte limit (server.max_body_bytes)",
+            cfg.server.max_body_bytes
+        ));
+    }
+    let parsed = match ingest::parse_bounded(&body, &cfg.limits, chrono::Utc::now()) {
         Ok(p) => p,
         Err(e) => {
-            app.metrics.requests.inc("bad_request", 1);
+            let label = match e {
+                ingest::BoundedError::Invalid(_) => "bad_request",
+                ingest::BoundedError::OverLimit { .. } => "over_limit",
+            };
+            app.metrics.requests.inc(label, 1);
             return Ingested::Refused(e.to_string());
         }
     };
@@ -367,6 +475,12 @@ async fn healthz(app: &App) -> Resp {
 fn metrics(app: &App) -> Resp {
     let mut out = String::new();
     app.metrics.render(&mut out);
+    crate::metrics::counter(
+        &mut out,
+        "leap_edge_unauthorized_log_suppressed_total",
+        "Requests without a valid key that were counted but not logged (one summary line per minute).",
+        app.unauthorized_log.suppressed.load(Ordering::Relaxed),
+    );
     for s in app.sources() {
         s.render_metrics(&mut out);
     }

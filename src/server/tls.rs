@@ -1,13 +1,53 @@
-//! TLS termination with rustls (ring provider), TLS 1.2 and 1.3 only (SPEC §1).
+//! TLS termination with rustls (ring provider), TLS 1.2 and 1.3 only (SPEC §1). The
+//! certificate can be replaced while the daemon runs (`leap-edge reload` after a certbot or
+//! ACME renewal): new connections get the new one, connections in progress keep theirs.
 
 use super::ServerError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
-use std::sync::Arc;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use tokio_rustls::TlsAcceptor;
 
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
+/// The acceptor in force and where it came from; swapped whole, so a handshake sees either
+/// the old pair or the new one, never a mix.
+pub struct ReloadableTls {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<(TlsAcceptor, String)>,
+}
+
+impl ReloadableTls {
+    pub fn load(cert: &Path, key: &Path) -> Result<ReloadableTls, ServerError> {
+        let loaded = load_pair(cert, key)?;
+        Ok(ReloadableTls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: RwLock::new(loaded),
+        })
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.current.read().expect("tls lock").0.clone()
+    }
+
+    /// SHA-256 of the leaf certificate in service, as hex.
+    pub fn fingerprint(&self) -> String {
+        self.current.read().expect("tls lock").1.clone()
+    }
+
+    /// Re-read both files; on any problem the old pair stays in service and the error says
+    /// why. Returns the new fingerprint.
+    pub fn reload(&self) -> Result<String, ServerError> {
+        let loaded = load_pair(&self.cert, &self.key)?;
+        let fp = loaded.1.clone();
+        *self.current.write().expect("tls lock") = loaded;
+        Ok(fp)
+    }
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<(TlsAcceptor, String), ServerError> {
     let tls_err = |path: &Path, reason: String| ServerError::Tls {
         path: path.to_path_buf(),
         reason,
@@ -19,6 +59,10 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
     if certs.is_empty() {
         return Err(tls_err(cert, "holds no certificate".into()));
     }
+    if let Some(problem) = key_problem(key) {
+        return Err(tls_err(key, problem));
+    }
+    let fingerprint = hex(&crate::secret::sha256(certs[0].as_ref()));
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| tls_err(key, format!("cannot read a PEM private key: {e}")))?;
     // Two providers may be compiled in through dependencies; choose ring explicitly.
@@ -35,5 +79,35 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), fingerprint))
+}
+
+/// What is wrong with a private key file before rustls sees it (issue 10.10): readable by
+/// every user, or encrypted with a passphrase an unattended daemon cannot type. `None` if
+/// neither (or the file cannot be read: rustls then says so).
+pub(crate) fn key_problem(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Some(format!(
+            "the private key is readable by every user on this machine (mode {mode:04o}); \
+             run `chmod 0640 {p}` (owner root, group leap-edge)",
+            p = path.display()
+        ));
+    }
+    let text = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Some(format!(
+            "the private key is encrypted with a passphrase, which a service cannot type at \
+             start; write an unencrypted copy with `openssl pkey -in {p} -out {p}.plain`, \
+             `chmod 0640` it and point server.tls.key at it",
+            p = path.display()
+        ));
+    }
+    None
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

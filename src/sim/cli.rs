@@ -40,8 +40,8 @@ pub async fn run_cli(
             _ = iv.tick() => {
                 let s = handle.snapshot();
                 crate::outln!(
-                    "mode {:?}  SoC {:.1} %  battery {:+.2} kW (target {:+.2})  load {:.2} kW  grid {:+.2} kW",
-                    s.mode, s.soc_pct, s.battery_kw, s.target_kw, s.load_kw, s.grid_kw
+                    "mode {}  SoC {:.1} %  battery {:+.2} kW (target {:+.2})  load {:.2} kW  grid {:+.2} kW",
+                    s.mode.describe(), s.soc_pct, s.battery_kw, s.target_kw, s.load_kw, s.grid_kw
                 );
             }
         }

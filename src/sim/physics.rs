@@ -28,6 +28,18 @@ pub enum Mode {
     VictronSetpoint,
 }
 
+impl Mode {
+    /// Words for the `leap-edge sim` state line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Remote124 => "remote (model 124)",
+            Mode::Remote704 => "remote (model 704)",
+            Mode::VictronSetpoint => "remote (Victron ESS setpoint)",
+        }
+    }
+}
+
 pub struct Physics {
     pub capacity_kwh: f64,
     pub max_kw: f64,

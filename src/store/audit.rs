@@ -15,6 +15,13 @@ pub enum Action {
     WouldApply,
     /// A manual override held the meter while a dispatch governed.
     Overridden,
+    /// A technician's command on the admin socket (override set or cleared), with who.
+    Manual,
+    /// A dispatch that governs again after an override or a restart (lateness measured
+    /// from that moment, not from its start).
+    Resumed,
+    /// What binds the battery below the request changed (no-export margin, rating, …).
+    Limited,
 }
 
 impl Action {
@@ -24,6 +31,9 @@ impl Action {
             Action::Release => "release",
             Action::WouldApply => "would-apply",
             Action::Overridden => "overridden",
+            Action::Manual => "manual",
+            Action::Resumed => "resumed",
+            Action::Limited => "limited",
         }
     }
 }

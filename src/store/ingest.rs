@@ -15,6 +15,24 @@ pub struct IngestRecord {
     pub headers: serde_json::Value,
     pub body: String,
     pub parsed: ParsedNotification,
+    pub source: Source,
+}
+
+/// How a notification reached us (issue 13): Leap's push, or the polling backstop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Push,
+    Poll,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Push => "push",
+            Source::Poll => "poll",
+        }
+    }
 }
 
 /// Counts returned in the 200 body, and the ids whose plan may have changed.
@@ -52,15 +70,16 @@ pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome
     let p = &rec.parsed;
     tx.execute(
         "INSERT INTO notifications (received_at, peer, headers, body, integration_test,
-           communication_test, new_count, updated_count, duplicate_count, rejected_count)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0, 0)",
+           communication_test, new_count, updated_count, duplicate_count, rejected_count, source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0, 0, ?7)",
         params![
             now,
             rec.peer,
             rec.headers.to_string(),
             rec.body,
             p.integration_test_notification,
-            p.communication_test
+            p.communication_test,
+            rec.source.as_str()
         ],
     )?;
     let nid = tx.last_insert_rowid();
@@ -69,7 +88,7 @@ pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome
         ..Default::default()
     };
     for slot in &p.timeslots {
-        match upsert(&tx, nid, &now, slot)? {
+        match upsert(&tx, nid, &now, slot, rec.source)? {
             SlotResult::New => out.new += 1,
             SlotResult::Updated => out.updated += 1,
             SlotResult::Duplicate => out.duplicate += 1,
@@ -95,6 +114,11 @@ pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome
             nid
         ],
     )?;
+    // A poll that found nothing new keeps no raw copy: one every few minutes would
+    // otherwise fill the retention window with repeats. Duplicates only bump counters.
+    if rec.source == Source::Poll && out.new + out.updated + out.conflict + out.rejected == 0 {
+        tx.execute("DELETE FROM notifications WHERE id=?1", params![nid])?;
+    }
     tx.commit()?;
     Ok(out)
 }
@@ -104,16 +128,23 @@ fn upsert(
     nid: i64,
     now: &str,
     slot: &Timeslot,
+    source: Source,
 ) -> Result<SlotResult, StoreError> {
     let kind = slot.kind.as_str();
-    let content = serde_json::to_string(slot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let existing: Option<(String, bool, i64)> = tx
+    let existing: Option<(String, bool, i64, String)> = tx
         .query_row(
-            "SELECT content, cancelled_final, revisions FROM timeslots WHERE kind=?1 AND event_id=?2",
+            "SELECT content, cancelled_final, revisions, first_source FROM timeslots WHERE kind=?1 AND event_id=?2",
             params![kind, slot.event_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
+    let slot = &match &existing {
+        Some((current, _, _, first)) if source == Source::Poll || first != "push" => {
+            same_flags_as_stored(current, slot)
+        }
+        _ => slot.clone(),
+    };
+    let content = serde_json::to_string(slot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let add_revision = |revision: i64, conflict: bool| {
         tx.execute(
             "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id, received_at, content, conflict)
@@ -121,11 +152,11 @@ fn upsert(
             params![kind, slot.event_id, revision, nid, now, content, conflict],
         )
     };
-    let Some((current, cancelled_final, revisions)) = existing else {
+    let Some((current, cancelled_final, revisions, _)) = existing else {
         tx.execute(
             "INSERT INTO timeslots (kind, event_id, content, start_time, end_time, cancelled_final,
-               revisions, first_received, last_received)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
+               revisions, first_received, last_received, first_source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8)",
             params![
                 kind,
                 slot.event_id,
@@ -133,7 +164,8 @@ fn upsert(
                 ts(slot.start_time),
                 ts(slot.end_time),
                 slot.cancelled,
-                now
+                now,
+                source.as_str()
             ],
         )?;
         add_revision(1, false)?;
@@ -189,6 +221,23 @@ fn upsert(
         ],
     )?;
     Ok(SlotResult::Updated)
+}
+
+/// A search result and a push describe the same timeslot with different envelope flags (a
+/// push carries the notification's `integration_test_notification`/`communication_test`, a
+/// search result a per-timeslot `communication_test`). When they agree on what matters
+/// (is it a communication test?), keep the stored flags, so the same timeslot seen both
+/// ways is a duplicate rather than a new revision — counted once.
+fn same_flags_as_stored(current: &str, slot: &Timeslot) -> Timeslot {
+    let mut out = slot.clone();
+    if let Ok(stored) = serde_json::from_str::<Timeslot>(current)
+        && stored.is_communication_test() == slot.is_communication_test()
+    {
+        out.communication_test = stored.communication_test;
+        out.integration_test_notification = stored.integration_test_notification;
+        out.notification_communication_test = stored.notification_communication_test;
+    }
+    out
 }
 
 fn record_rejected(

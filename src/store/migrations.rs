@@ -7,6 +7,7 @@ use rusqlite::Connection;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_audit.sql")),
+    (3, include_str!("migrations/0003_source.sql")),
 ];
 
 pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {

@@ -4,11 +4,12 @@
 //! daemon (the CLI) open the file read-only; WAL lets them run beside the writer.
 
 pub mod audit;
+mod files;
 mod ingest;
 mod migrations;
 pub mod query;
 
-pub use ingest::{IngestOutcome, IngestRecord};
+pub use ingest::{IngestOutcome, IngestRecord, Source};
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,21 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database folder is not writable: {0}")]
     NotWritable(String),
+    /// Issue 10.4: SQLite would silently open a file it cannot write read-only; the daemon
+    /// then starts, and every webhook gets 503. Refuse at start instead.
+    #[error(
+        "database {path} can only be opened read-only (owner uid {uid}, gid {gid}, mode {mode:04o}); \
+         the service must be able to write it: `chown leap-edge:leap-edge {path}` and \
+         `chmod 0640 {path}` (and the same for its -wal and -shm files), or fix storage.path"
+    )]
+    ReadOnly {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+    #[error("database file has become read-only: {0}")]
+    BecameReadOnly(String),
     #[error("database writer has stopped")]
     Stopped,
 }
@@ -81,15 +97,25 @@ impl Store {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            files::create_state_dir(dir).map_err(|e| {
                 open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
                     "{}: {e}",
                     dir.display()
                 ))))
             })?;
         }
+        files::prepare_db_file(path).map_err(|e| {
+            open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                "{}: {e}",
+                path.display()
+            ))))
+        })?;
         let mut conn = Connection::open(path).map_err(open_err)?;
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            return Err(files::read_only_error(path));
+        }
         configure(&conn).map_err(open_err)?;
+        files::tighten_journal_files(path);
         migrate(&mut conn)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let thread = std::thread::Builder::new()
@@ -164,8 +190,12 @@ impl Store {
     /// COMMIT` alone writes nothing, so it passes on a full or read-only disk.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         let probe = probe_path(&self.path);
+        let db = self.path.clone();
         self.call(move |c| {
             c.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+            // Issue 10.4: the file itself may have become read-only (chattr, a read-only
+            // remount, a restore with the wrong owner) while its folder still takes files.
+            files::check_still_writable(&db)?;
             let written = write_probe(&probe);
             let _ = std::fs::remove_file(&probe);
             written.map_err(|e| StoreError::NotWritable(format!("{}: {e}", probe.display())))

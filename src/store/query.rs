@@ -158,14 +158,27 @@ pub fn notification_count(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM notifications", [], |r| r.get(0))?)
 }
 
-/// SPEC §2.5: drop raw notifications older than the retention. Timeslots and their
-/// revisions stay: they are small and are the dispatch record.
+/// SPEC §2.5: drop raw notifications older than the retention, and with them (issue 10.5)
+/// rejected timeslots last seen before it and superseded revisions received before it. Each
+/// timeslot keeps its row and its latest revision: they are the dispatch record.
 pub fn prune_notifications(
     conn: &Connection,
     older_than: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
-    Ok(conn.execute(
+    let cutoff = ts(older_than);
+    let notifications = conn.execute(
         "DELETE FROM notifications WHERE received_at < ?1",
-        params![ts(older_than)],
-    )?)
+        params![cutoff],
+    )?;
+    let rejected = conn.execute(
+        "DELETE FROM rejected_timeslots WHERE last_received < ?1",
+        params![cutoff],
+    )?;
+    let revisions = conn.execute(
+        "DELETE FROM timeslot_revisions AS r WHERE r.received_at < ?1
+           AND r.revision < (SELECT t.revisions FROM timeslots AS t
+                             WHERE t.kind = r.kind AND t.event_id = r.event_id)",
+        params![cutoff],
+    )?;
+    Ok(notifications + rejected + revisions)
 }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const KEY: &str = "test-key-0123456789";
+pub const KEY: &str = "test-key-0123456789-abcdefghijklmnop";
 pub const PATH: &str = "/leap/dispatch";
 
 pub fn bin() -> &'static str {
@@ -35,8 +35,12 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub addr: SocketAddr,
+    /// The loopback listener for `/metrics` and `/healthz` (plain HTTP).
+    pub metrics_addr: SocketAddr,
     pub cert_der: CertificateDer<'static>,
     pub extra_config: String,
+    /// Lines added to `[server]` (limits, timeouts).
+    pub server_config: String,
 }
 
 impl Daemon {
@@ -46,19 +50,26 @@ impl Daemon {
 
     /// `extra` is appended to the generated config (meters, devices, site, policy...).
     pub fn start_with(extra: &str) -> Daemon {
+        Daemon::start_custom("", extra)
+    }
+
+    /// `server` lines go into `[server]`, `extra` at the top level (as in `start_with`).
+    pub fn start_custom(server: &str, extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("cert");
         std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
         let mut d = Daemon {
             dir,
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
             cert_der: ck.cert.der().clone(),
             extra_config: extra.to_string(),
+            server_config: server.to_string(),
         };
-        d.write_config("127.0.0.1:0");
+        d.write_config();
         d.spawn();
         d
     }
@@ -75,14 +86,16 @@ impl Daemon {
         self.dir.path().join("daemon.log")
     }
 
-    fn write_config(&self, listen: &str) {
+    fn write_config(&self) {
+        let (listen, metrics) = (self.addr, self.metrics_addr);
         let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
         let text = format!(
-            "devices_dir = {devices:?}\n{extra}\n[server]\nlisten = \"{listen}\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n\
+            "devices_dir = {devices:?}\n{extra}\n[server]\nlisten = \"{listen}\"\nmetrics_listen = \"{metrics}\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n{server}\n\
              [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-             [auth]\nkeys = [\"{KEY}\", \"second-key-for-rotation\"]\n\
+             [auth]\nkeys = [\"{KEY}\", \"second-key-for-rotation-0123456789\"]\n\
              [storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n",
-            extra = self.extra_config
+            extra = self.extra_config,
+            server = self.server_config
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
@@ -106,20 +119,18 @@ impl Daemon {
             .spawn()
             .expect("spawn leap-edge");
         self.child = Some(child);
-        self.addr = self.wait_listening(start_len);
-        // Restarts reuse the port, so the harness keeps talking to the same address.
-        self.write_config(&self.addr.to_string());
+        self.addr = self.wait_listening(start_len, "listening for Leap notifications");
+        self.metrics_addr = self.wait_listening(start_len, "serving /metrics and /healthz");
+        // Restarts reuse the ports, so the harness keeps talking to the same addresses.
+        self.write_config();
     }
 
-    fn wait_listening(&mut self, from: u64) -> SocketAddr {
+    fn wait_listening(&mut self, from: u64, what: &str) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
             let text = &text[(from as usize).min(text.len())..];
-            if let Some(line) = text
-                .lines()
-                .find(|l| l.contains("listening for Leap notifications"))
-            {
+            if let Some(line) = text.lines().find(|l| l.contains(what)) {
                 let addr = line
                     .split("addr=")
                     .nth(1)
@@ -406,6 +417,23 @@ pub async fn raw_tls(
         .unwrap()
 }
 
+/// A TLS private key as an operator must keep it: not readable by others (issue 10.10).
+pub fn write_private_key(path: &Path, pem: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// GET on the loopback metrics listener (plain HTTP): `/metrics` and `/healthz`.
+pub async fn local_get(addr: SocketAddr, path: &str) -> Response {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("http handshake");
+    tokio::spawn(conn);
+    send_on(&mut send, "GET", path, &[], Vec::new()).await
+}
+
 pub fn write_file(path: &Path, text: &str) {
     let mut f = std::fs::File::create(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
@@ -430,10 +458,10 @@ pub fn inproc_config(
 ) -> (PathBuf, CertificateDer<'static>) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    write_private_key(&dir.join("key.pem"), &ck.signing_key.serialize_pem());
     let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
     let mut text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\npath = \"{PATH}\"\n\
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npath = \"{PATH}\"\n\
          [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
          [auth]\nkeys = [\"{KEY}\"]\n[storage]\npath = {db:?}\n[admin]\nsocket = \"admin.sock\"\n{extra}\n"
     );

@@ -143,10 +143,36 @@ impl Gateway {
         g
     }
 
+    /// A gateway that terminates TLS itself (certificate for "gateway.test" in cert.pem).
+    pub fn start_tls() -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["gateway.test".into()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        let mut g = Gateway(Proc {
+            dir,
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            args: vec!["run".into()],
+        });
+        g.write_config();
+        g.restart();
+        g
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.0.dir.path().join("cert.pem")
+    }
+
     fn write_config(&self) {
         let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let tls = if self.cert_path().exists() {
+            "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+        } else {
+            ""
+        };
         let text = format!(
-            "devices_dir = {devices:?}\n[server]\nlisten = \"{}\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n\
+            "devices_dir = {devices:?}\n[server]\nlisten = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\npath = \"{PATH}\"\nread_timeout_secs = 2\n{tls}\
              [auth]\nkeys = [\"{GATEWAY_KEY}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n",
             self.0.addr
         );

@@ -217,7 +217,7 @@ impl ModbusBattery {
                 None
             }
         };
-        tracing::info!(device = %self.name, control = ?control, points = ?points, "device bound");
+        tracing::info!(device = %self.name, control = control.as_deref().unwrap_or("none"), points = %points.join(", "), "device bound");
         if let Ok(mut s) = self.client.state().lock() {
             s.sunspec_base = map.map(|m| m.base);
             s.models = map.map(|m| m.ids()).unwrap_or_default();

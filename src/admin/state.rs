@@ -1,0 +1,246 @@
+//! What the admin socket carries back to the CLI: one set of types that the daemon
+//! serialises and the CLI deserialises, so the two sides cannot drift. `leap-edge status
+//! --json` (and the `--json` of `override` and `reload`) print these types as they are;
+//! field names are stable and use Leap's names where Leap has one
+//! (`meter_id`, `performance_compensation_cap`, `meter_event_id`/`market_group_event_id`).
+
+use super::protocol::OverrideAction;
+use crate::model::{Cap, ExecMode, Kind, Target};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A successful answer, by request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Reply {
+    Status(Box<StatusReport>),
+    Override(OverrideReply),
+    Cleared(ClearReply),
+    Reload(ReloadReply),
+    /// `leap-edge leap poll` run by the daemon (issue 13).
+    LeapPoll(Box<crate::leap::poll::PollReport>),
+}
+
+/// Whether the daemon answered.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DaemonState {
+    Running,
+    NotRunning,
+}
+
+/// `leap-edge status`: the daemon and every configured meter. With the daemon down the CLI
+/// fills the same type from the configuration and the database (`daemon: not-running`, no
+/// live fields).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub daemon: DaemonState,
+    pub version: Option<String>,
+    pub pid: Option<u32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub uptime_secs: Option<i64>,
+    pub now: DateTime<Utc>,
+    pub clock_synchronised: Option<bool>,
+    pub last_notification: Option<LastNotification>,
+    /// The webhook listener (`server.listen`).
+    pub listen: Option<String>,
+    pub next_boundary: Option<DateTime<Utc>>,
+    pub plan_error: Option<String>,
+    /// The reverse tunnel unit's state, filled in by the CLI (systemd, not the daemon).
+    pub tunnel: Option<String>,
+    /// How the daemon was last started (from its lock file), when it is down.
+    pub last_run: Option<LastRun>,
+    pub meters: Vec<MeterReport>,
+    /// Leap's polling backstop and the `[schedule]` jobs (issue 13); absent when down.
+    #[serde(default)]
+    pub leap: Option<LeapStatus>,
+}
+
+/// The polling backstop and the next fire time of each `[schedule]` job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeapStatus {
+    pub backstop: crate::leap::backstop::BackstopStatus,
+    pub schedule: Vec<ScheduleJob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScheduleJob {
+    /// The `[schedule]` key: `poll`, `prune`, `integrity`.
+    pub job: String,
+    pub cron: String,
+    pub next_fire: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastNotification {
+    pub id: i64,
+    pub received_at: String,
+    pub peer: Option<String>,
+}
+
+/// Written into the daemon's lock file at start; read back by `status` when it is down.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastRun {
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    /// The systemd unit that started it, or None when it was run by hand.
+    pub systemd_unit: Option<String>,
+    pub config: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MeterReport {
+    /// Leap's meter id.
+    pub meter_id: String,
+    pub name: Option<String>,
+    pub device: String,
+    /// The dispatch the plan gives this meter now (None: normal operation).
+    pub command: Option<CommandReport>,
+    #[serde(rename = "override")]
+    pub manual_override: Option<OverrideReport>,
+    /// What the battery does, from the control loop (None with the daemon down).
+    pub device_state: Option<DeviceReport>,
+    /// Dispatch's last error for this meter.
+    pub last_error: Option<String>,
+    /// Daemon down: a timeslot the database says is active now for this meter.
+    pub active_timeslot: Option<ActiveTimeslot>,
+    /// Daemon down: the meter's last audit entry.
+    pub last_audit: Option<AuditSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommandReport {
+    pub kind: Kind,
+    /// Leap's `meter_event_id` or `market_group_event_id`.
+    pub event_id: String,
+    pub mode: ExecMode,
+    pub target: Target,
+    pub performance_compensation_cap: Cap,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OverrideReport {
+    pub action: OverrideAction,
+    pub until: DateTime<Utc>,
+}
+
+/// The control loop's view of one battery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceReport {
+    pub soc_pct: Option<f64>,
+    /// Measured battery power, discharge positive.
+    pub battery_kw: Option<f64>,
+    /// Measured grid power, import positive.
+    pub grid_kw: Option<f64>,
+    /// What the command asked of the battery (None: the maximum).
+    pub requested_kw: Option<f64>,
+    /// The setpoint the loop wrote.
+    pub setpoint_kw: Option<f64>,
+    /// What held the setpoint below the request.
+    pub limited_by: Option<Limit>,
+    pub max_discharge_kw: Option<f64>,
+    pub max_charge_kw: Option<f64>,
+    /// True once the device acknowledged normal operation.
+    pub released: bool,
+    pub consecutive_errors: u64,
+    pub last_error: Option<String>,
+    pub last_telemetry_at: Option<DateTime<Utc>>,
+}
+
+/// The constraint that bound the battery's setpoint (SPEC §2.9).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Limit {
+    /// No export: the battery cannot discharge more than the site uses (less the margin).
+    ExportMargin,
+    /// The nomination (`limit_kw`).
+    Nomination,
+    /// The battery's rated power.
+    BatteryRating,
+    /// Stored energy spread over the time left.
+    StoredEnergy,
+    /// At the reserve state of charge.
+    ReserveSoc,
+    /// State of charge unknown: discharge withheld.
+    SocUnknown,
+    /// The battery is full (manual charge).
+    Full,
+}
+
+impl Limit {
+    /// The control law's bound in these words; None when the request itself governs.
+    pub fn from_bound(b: crate::control::Bound) -> Option<Limit> {
+        use crate::control::Bound;
+        match b {
+            Bound::Target | Bound::Unbounded => None,
+            Bound::SiteLoad => Some(Limit::ExportMargin),
+            Bound::Nomination => Some(Limit::Nomination),
+            Bound::MaxDischarge | Bound::MaxCharge => Some(Limit::BatteryRating),
+            Bound::Energy => Some(Limit::StoredEnergy),
+            Bound::Reserve => Some(Limit::ReserveSoc),
+            Bound::SocUnknown => Some(Limit::SocUnknown),
+            Bound::Full => Some(Limit::Full),
+        }
+    }
+
+    /// Words for a technician.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Limit::ExportMargin => "no-export margin",
+            Limit::Nomination => "nomination cap",
+            Limit::BatteryRating => "battery rating",
+            Limit::StoredEnergy => "stored energy to the end",
+            Limit::ReserveSoc => "reserve SoC reached",
+            Limit::SocUnknown => "SoC unknown",
+            Limit::Full => "battery full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActiveTimeslot {
+    pub kind: Kind,
+    pub event_id: String,
+    pub start_time: DateTime<Utc>,
+    pub end_time: DateTime<Utc>,
+    pub energy_kw: Option<f64>,
+    pub test: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditSummary {
+    pub at: String,
+    pub action: String,
+    pub event_id: Option<String>,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OverrideReply {
+    pub meters: Vec<String>,
+    pub until: DateTime<Utc>,
+    /// Things the technician should know (e.g. above the battery's rating).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClearReply {
+    pub cleared: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReloadReply {
+    /// Sections whose new values are now in force (only those that changed).
+    pub applied: Vec<String>,
+    /// Changed keys that need a restart; not applied.
+    pub restart_needed_for: Vec<String>,
+    /// SHA-256 fingerprint of the TLS certificate now in service, when TLS is on (it is
+    /// re-read from its files on every reload, for certificate renewals).
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
+}

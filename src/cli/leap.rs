@@ -1,0 +1,242 @@
+//! `leap-edge leap …`: the partner-side steps with Leap — register the webhook, prove the
+//! public path end to end with Leap's integration test, run the polling backstop once.
+
+use super::{duration, exit};
+use crate::config::Config;
+use crate::leap::LeapClient;
+use crate::leap::types::{Level, Webhook, WebhookHeader};
+use std::io::IsTerminal;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LeapCommand {
+    /// The webhook Leap posts dispatches to (one meter and one group URL per Leap account).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+    /// Ask Leap to send a test notification to the registered URL; show Leap's answer next
+    /// to what the daemon stored (the end-to-end check of DNS, TLS, relay, tunnel, daemon).
+    Test(TestArgs),
+    /// Run the polling backstop once (through the daemon when it runs) and print what it found.
+    Poll(PollArgs),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum WebhookCommand {
+    /// Show the URL and header names Leap has registered.
+    Show(WebhookArgs),
+    /// Register `--url` with [auth] header and the first of [auth] keys.
+    Set(WebhookArgs),
+    /// Remove the registration (Leap then sends nothing to this account's URL).
+    Delete(WebhookArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WebhookArgs {
+    /// The group webhook instead of the meter webhook.
+    #[arg(long)]
+    pub group: bool,
+    /// The public URL Leap should post to (set only), e.g. https://edge.example.com/leap/dispatch.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Replace or delete without asking (for scripts).
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// A group test notification instead of a meter one.
+    #[arg(long)]
+    pub group: bool,
+    /// The test timeslot starts this long from now.
+    #[arg(long = "in", value_parser = duration::parse, default_value = "2m")]
+    pub start_in: std::time::Duration,
+    /// energy_kw of the test timeslot.
+    #[arg(long, default_value_t = 5.0)]
+    pub kw: f64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PollArgs {
+    /// Search this many days back (default leap.poll_days_back); ahead stays as configured,
+    /// shortened so the window is at most 31 days.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=31))]
+    pub days: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(config: &Config, cmd: &LeapCommand) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cmd {
+        LeapCommand::Poll(a) => rt.block_on(super::leap_poll::run(config, a)),
+        LeapCommand::Test(a) => rt.block_on(super::leap_test::run(config, a)),
+        LeapCommand::Webhook(w) => {
+            let client = match LeapClient::from_config(&config.leap) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("leap-edge: {e}");
+                    return Ok(exit::CONFIG);
+                }
+            };
+            rt.block_on(webhook(config, &client, w))
+        }
+    }
+}
+
+fn level(group: bool) -> Level {
+    if group { Level::Group } else { Level::Meter }
+}
+
+async fn webhook(config: &Config, client: &LeapClient, cmd: &WebhookCommand) -> anyhow::Result<u8> {
+    match cmd {
+        WebhookCommand::Show(a) => {
+            let current = client.get_webhook(level(a.group)).await?;
+            print_hook(config, a, current.as_ref());
+            Ok(exit::OK)
+        }
+        WebhookCommand::Set(a) => set(config, client, a).await,
+        WebhookCommand::Delete(a) => {
+            let lv = level(a.group);
+            let Some(current) = client.get_webhook(lv).await? else {
+                crate::outln!("no {} webhook is registered; nothing to delete", lv.path());
+                return Ok(exit::OK);
+            };
+            print_hook(config, a, Some(&current));
+            if !confirm(
+                a,
+                &format!(
+                    "Delete the {} webhook for the whole Leap account?",
+                    lv.path()
+                ),
+            )? {
+                return Ok(exit::USAGE);
+            }
+            client.delete_webhook(lv).await?;
+            crate::outln!(
+                "deleted: Leap no longer posts {} dispatches to {}",
+                lv.path(),
+                current.url
+            );
+            Ok(exit::OK)
+        }
+    }
+}
+
+async fn set(config: &Config, client: &LeapClient, a: &WebhookArgs) -> anyhow::Result<u8> {
+    let Some(url) = a.url.clone() else {
+        eprintln!(
+            "leap-edge: give the public URL Leap should post to: --url https://…{}",
+            config.server.path
+        );
+        return Ok(exit::USAGE);
+    };
+    if !url.starts_with("https://") {
+        eprintln!("leap-edge: --url {url}: Leap posts over HTTPS only; give an https:// URL");
+        return Ok(exit::USAGE);
+    }
+    let Some(key) = config.auth.keys.first() else {
+        eprintln!("leap-edge: [auth] keys is empty: add the key Leap should send first");
+        return Ok(exit::CONFIG);
+    };
+    let lv = level(a.group);
+    let wanted = Webhook {
+        url,
+        // Leap delivers header names in lower case; register them so.
+        headers: vec![WebhookHeader {
+            name: config.auth.header.to_ascii_lowercase(),
+            value: key.expose().to_string(),
+        }],
+    };
+    let current = client.get_webhook(lv).await?;
+    if current.as_ref() == Some(&wanted) {
+        crate::outln!(
+            "the {} webhook is already {} with this key; nothing to change",
+            lv.path(),
+            wanted.url
+        );
+        return Ok(exit::OK);
+    }
+    if let Some(c) = &current {
+        crate::outln!(
+            "Leap keeps ONE {} webhook per account; currently:",
+            lv.path()
+        );
+        print_hook(config, a, Some(c));
+        if !confirm(a, &format!("Replace it with {}?", wanted.url))? {
+            return Ok(exit::USAGE);
+        }
+    }
+    let stored = client.put_webhook(lv, &wanted).await?;
+    crate::outln!("registered:");
+    print_hook(config, a, Some(&stored));
+    crate::outln!(
+        "next: `leap-edge leap test{}` proves the whole public path",
+        if a.group { " --group" } else { "" }
+    );
+    Ok(exit::OK)
+}
+
+/// Ask on the terminal; without one, refuse unless `--yes`.
+fn confirm(a: &WebhookArgs, question: &str) -> anyhow::Result<bool> {
+    if a.yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        eprintln!(
+            "leap-edge: refusing without a terminal: {question} Pass --yes to confirm in a script."
+        );
+        return Ok(false);
+    }
+    eprint!("{question} [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let yes = matches!(line.trim(), "y" | "Y" | "yes" | "YES");
+    if !yes {
+        eprintln!("leap-edge: nothing changed");
+    }
+    Ok(yes)
+}
+
+fn print_hook(config: &Config, a: &WebhookArgs, hook: Option<&Webhook>) {
+    let Some(h) = hook else {
+        if a.json {
+            crate::outln!("null");
+        } else {
+            crate::outln!("no webhook registered");
+        }
+        return;
+    };
+    // Values are credentials: say only whether each matches one of ours.
+    let headers: Vec<serde_json::Value> = h
+        .headers
+        .iter()
+        .map(|x| {
+            let ours = config.auth.keys.iter().position(|k| k.expose() == x.value);
+            let name_ok = x.name.eq_ignore_ascii_case(&config.auth.header);
+            serde_json::json!({"name": x.name, "value": "MASKED",
+                "matches": ours.filter(|_| name_ok).map(|i| format!("auth.keys[{i}]"))})
+        })
+        .collect();
+    if a.json {
+        crate::outln!("{}", serde_json::json!({"url": h.url, "headers": headers}));
+        return;
+    }
+    crate::outln!("  url:    {}", h.url);
+    for x in &headers {
+        let m = x["matches"]
+            .as_str()
+            .map_or("does NOT match [auth]".to_string(), |k| {
+                format!("matches {k}")
+            });
+        crate::outln!(
+            "  header: {} (value masked; {m})",
+            x["name"].as_str().unwrap_or_default()
+        );
+    }
+}

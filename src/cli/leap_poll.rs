@@ -1,0 +1,109 @@
+//! `leap-edge leap poll`: the backstop once. Through the daemon when it runs (so a found
+//! dispatch is planned at once); otherwise here, on the database directly.
+
+use super::exit;
+use super::leap::PollArgs;
+use crate::admin::{AdminClient, ClientError};
+use crate::config::Config;
+use crate::leap::LeapClient;
+use crate::leap::poll::{self, PollReport, Targets, Window};
+use std::time::Duration;
+
+pub async fn run(config: &Config, a: &PollArgs) -> anyhow::Result<u8> {
+    let client = match LeapClient::from_config(&config.leap) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("leap-edge: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    // Every attempt may take the full timeout plus the longest back-off.
+    let attempts = u64::from(config.leap.retries) + 1;
+    let limit = Duration::from_secs(attempts * (config.leap.timeout_secs + 60) * 2 + 30);
+    let report = match AdminClient::new(&config.admin.socket)
+        .leap_poll(a.days, limit)
+        .await
+    {
+        Ok(r) => r,
+        Err(ClientError::NotRunning(_)) => {
+            eprintln!(
+                "leap-edge: note: the daemon is not running; polling into the database directly"
+            );
+            match here(config, &client, a.days).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("leap-edge: poll failed: {e}");
+                    return Ok(exit::FAILURE);
+                }
+            }
+        }
+        Err(ClientError::Refused(e)) => {
+            eprintln!("leap-edge: poll failed: {e}");
+            return Ok(exit::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print(&report, a.json)?;
+    Ok(exit::OK)
+}
+
+async fn here(
+    config: &Config,
+    client: &LeapClient,
+    days: Option<u32>,
+) -> anyhow::Result<PollReport> {
+    let (store, thread) = crate::store::Store::open(&config.storage.path)?;
+    let window = Window::around(
+        chrono::Utc::now(),
+        days.unwrap_or(config.leap.poll_days_back),
+        config.leap.poll_days_ahead,
+    );
+    let configured = config.leap.market_group_ids.clone();
+    let groups = store
+        .read(move |c| poll::known_groups(c, &configured, window.start))
+        .await?;
+    let targets = Targets {
+        meter_ids: config.meters.iter().map(|m| m.id.clone()).collect(),
+        market_group_ids: groups,
+    };
+    let out = poll::poll_once(client, &store, &targets, window, &|| {}).await;
+    drop(store);
+    thread.join();
+    Ok(out?)
+}
+
+fn print(r: &PollReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    if let Some(w) = r.window {
+        crate::outln!(
+            "searched {} → {} ({} page(s), {} result(s))",
+            crate::store::ts(w.start),
+            crate::store::ts(w.end),
+            r.pages,
+            r.results
+        );
+    }
+    crate::outln!(
+        "new (never pushed): {}   updated: {}   already stored: {}   rejected: {}   un-cancel conflicts: {}",
+        r.new,
+        r.updated,
+        r.duplicate,
+        r.rejected,
+        r.conflict
+    );
+    for id in &r.new_event_ids {
+        crate::outln!("  first seen by polling: {id}");
+    }
+    if r.new > 0 {
+        crate::outln!(
+            "{}",
+            super::output::alarm(
+                "timeslots above were never pushed: check the public path with `leap-edge leap test`"
+            )
+        );
+    }
+    Ok(())
+}

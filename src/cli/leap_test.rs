@@ -1,0 +1,169 @@
+//! `leap-edge leap test`: Leap's integration-test endpoint posts a notification for the
+//! configured meters to the registered URL from Leap's own infrastructure; we print Leap's
+//! account of that delivery next to what the daemon stored for the same event ids.
+
+use super::exit;
+use super::leap::TestArgs;
+use crate::config::Config;
+use crate::leap::LeapClient;
+use crate::leap::types::{IntegrationTestAnswer, Level};
+use serde_json::{Value, json};
+
+pub async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
+    let client = match LeapClient::from_config(&config.leap) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("leap-edge: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    if config.meters.is_empty() {
+        eprintln!(
+            "leap-edge: no [[meters]] configured: the test notification needs Leap meter ids"
+        );
+        return Ok(exit::CONFIG);
+    }
+    let start = chrono::Utc::now() + chrono::Duration::from_std(a.start_in)?;
+    let end = start + chrono::Duration::minutes(5);
+    let (level, body, ids) = build(config, a, start, end);
+    let answer = client.integration_test(level, &body).await?;
+    let stored = stored(config, level, &ids);
+    let ok = answer.http_status.is_some_and(|s| (200..300).contains(&s))
+        && stored.iter().all(|s| !s.is_null());
+    if a.json {
+        let out = json!({"leap": answer, "event_ids": ids, "stored": stored, "ok": ok});
+        crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print(&answer, &ids, &stored, ok);
+    }
+    Ok(if ok { exit::OK } else { exit::FAILURE })
+}
+
+/// One test timeslot per configured meter (meter level), or one group timeslot for all of
+/// them (group level), with fresh event ids so the result is unambiguous.
+fn build(
+    config: &Config,
+    a: &TestArgs,
+    start: chrono::DateTime<chrono::Utc>,
+    end: chrono::DateTime<chrono::Utc>,
+) -> (Level, Value, Vec<String>) {
+    let slot = |id_field: &str, id: &str| {
+        json!({
+            id_field: id, "start_time": crate::store::ts(start), "end_time": crate::store::ts(end),
+            "cancelled": false, "energy_kw": a.kw, "performance_compensation_cap": "up-to-site-load",
+            "priority": 1, "is_voluntary": false, "dispatch_event_types": ["standard"],
+            "programs": ["CCA"],
+        })
+    };
+    if a.group {
+        let id = test_uuid(0);
+        let group = config
+            .leap
+            .market_group_ids
+            .first()
+            .cloned()
+            .unwrap_or_else(|| test_uuid(99));
+        let meters: Vec<&str> = config.meters.iter().map(|m| m.id.as_str()).collect();
+        let body = json!({"group_dispatches": [{"market_group_id": group, "meter_ids": meters,
+            "timeslots": [slot("market_group_event_id", &id)]}]});
+        return (Level::Group, body, vec![id]);
+    }
+    let mut ids = Vec::new();
+    let entries: Vec<Value> = config
+        .meters
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let id = test_uuid(i as u64);
+            let e = json!({"meter_id": m.id, "timeslots": [slot("meter_event_id", &id)]});
+            ids.push(id);
+            e
+        })
+        .collect();
+    (Level::Meter, json!({"meter_dispatches": entries}), ids)
+}
+
+/// A uuid-shaped id (Leap's ids are uuids) unique to this run.
+fn test_uuid(n: u64) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let nanos = t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        (nanos >> 32) as u32,
+        (nanos >> 16) as u16,
+        (nanos & 0xfff) as u16,
+        (n & 0xfff) as u16,
+        nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xffff_ffff_ffff
+    )
+}
+
+/// What the daemon's database holds for each event id (null: nothing arrived).
+fn stored(config: &Config, level: Level, ids: &[String]) -> Vec<Value> {
+    let Ok(conn) = crate::store::open_read_only(&config.storage.path) else {
+        return ids.iter().map(|_| Value::Null).collect();
+    };
+    let kind = level.path();
+    ids.iter()
+        .map(|id| {
+            conn.query_row(
+                "SELECT t.first_received, t.first_source, t.revisions, n.integration_test, n.id
+                 FROM timeslots t JOIN timeslot_revisions r ON r.kind=t.kind AND r.event_id=t.event_id AND r.revision=1
+                 LEFT JOIN notifications n ON n.id = r.notification_id
+                 WHERE t.kind=?1 AND t.event_id=?2",
+                rusqlite::params![kind, id],
+                |r| {
+                    Ok(json!({"event_id": id, "received_at": r.get::<_, String>(0)?,
+                        "source": r.get::<_, String>(1)?, "revisions": r.get::<_, i64>(2)?,
+                        "integration_test": r.get::<_, Option<bool>>(3)?,
+                        "notification_id": r.get::<_, Option<i64>>(4)?}))
+                },
+            )
+            .unwrap_or(Value::Null)
+        })
+        .collect()
+}
+
+fn print(answer: &IntegrationTestAnswer, ids: &[String], stored: &[Value], ok: bool) {
+    let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    crate::outln!("Leap's delivery");
+    crate::outln!(
+        "  HTTP status from leap-edge: {}",
+        answer
+            .http_status
+            .map_or("none (no answer)".into(), |s| s.to_string())
+    );
+    crate::outln!("  sent:      {}", or_dash(&answer.sent_time));
+    crate::outln!("  received:  {}", or_dash(&answer.received_time));
+    if let Some(e) = &answer.error_message {
+        crate::outln!("  error:     {e}");
+    }
+    if let Some(b) = &answer.body {
+        crate::outln!("  answer:    {}", b.chars().take(300).collect::<String>());
+    }
+    crate::outln!("What the daemon stored");
+    for (id, s) in ids.iter().zip(stored) {
+        if s.is_null() {
+            crate::outln!("  {id}: NOT STORED");
+        } else {
+            crate::outln!(
+                "  {id}: stored at {} (source {}, notification {}, integration test {})",
+                s["received_at"].as_str().unwrap_or("?"),
+                s["source"].as_str().unwrap_or("?"),
+                s["notification_id"],
+                s["integration_test"]
+            );
+        }
+    }
+    if ok {
+        crate::outln!("end to end: OK (DNS, TLS, relay, tunnel and daemon all work)");
+    } else {
+        crate::outln!(
+            "{}",
+            super::output::alarm(
+                "end to end: FAILED — see Leap's status and error above; `leap-edge leap webhook show` checks the URL and key"
+            )
+        );
+    }
+}

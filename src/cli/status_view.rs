@@ -1,0 +1,405 @@
+//! The status report as lines of text: 80 columns by default (meter names, short ids),
+//! everything with `--wide`. Pure, so `--watch` can redraw only when something changed.
+
+use super::table::fit;
+use super::text::{self, Zone, clean, kw};
+use crate::admin::OverrideAction;
+use crate::admin::state::{CommandReport, DaemonState, MeterReport, OverrideReport, StatusReport};
+use crate::config::Config;
+use crate::model::{ExecMode, Target};
+
+pub struct View {
+    pub wide: bool,
+    pub zone: Zone,
+    /// Red for problems (only on a terminal; never in `--watch` diffs).
+    pub color: bool,
+}
+
+pub fn render(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
+    let mut out = header(r, config, v);
+    out.push(String::new());
+    out.extend(meters(r, v));
+    out
+}
+
+fn alarm(v: &View, s: &str) -> String {
+    if v.color {
+        super::output::alarm(s)
+    } else {
+        s.to_string()
+    }
+}
+
+fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
+    let mut out = Vec::new();
+    let z = v.zone;
+    match r.daemon {
+        DaemonState::Running => {
+            out.push(format!(
+                "leap-edge {}: running (pid {}) since {} ({})",
+                r.version.as_deref().unwrap_or("?"),
+                r.pid.map_or("?".into(), |p| p.to_string()),
+                r.started_at.map_or("?".into(), |t| z.time(t)),
+                text::duration(r.uptime_secs.unwrap_or(0)),
+            ));
+            let clock = match r.clock_synchronised {
+                Some(true) => "synchronised".to_string(),
+                Some(false) => alarm(v, "NOT SYNCHRONISED"),
+                None => "unknown".to_string(),
+            };
+            out.push(format!(
+                "listening on {}; clock {clock}",
+                r.listen.as_deref().unwrap_or("?")
+            ));
+        }
+        DaemonState::NotRunning => out.extend(down_lines(r, config, v)),
+    }
+    let tunnel = r.tunnel.as_deref().unwrap_or("unknown");
+    let tunnel = if tunnel.starts_with("DOWN") {
+        alarm(v, tunnel)
+    } else {
+        tunnel.to_string()
+    };
+    out.push(format!("reverse tunnel: {tunnel}"));
+    out.push(match &r.last_notification {
+        Some(l) => format!(
+            "last notification: {} from {}",
+            z.text(&l.received_at),
+            clean(l.peer.as_deref().unwrap_or("?"))
+        ),
+        None => "last notification: none stored".into(),
+    });
+    if let Some(t) = r.next_boundary {
+        out.push(format!(
+            "next plan boundary: {} (in {})",
+            z.time(t),
+            text::duration((t - r.now).num_seconds())
+        ));
+    }
+    if let Some(e) = &r.plan_error {
+        let line = format!("PLAN ERROR: {}", clean(e));
+        out.push(alarm(v, &if v.wide { line } else { fit(&line, 80) }));
+    }
+    if let Some(l) = &r.leap {
+        out.extend(leap_lines(l, r.now, v));
+    }
+    out
+}
+
+/// Issue 13: the polling backstop (pushes that never arrived are an alarm) and the
+/// `[schedule]` jobs' next fire times.
+fn leap_lines(
+    l: &crate::admin::state::LeapStatus,
+    now: chrono::DateTime<chrono::Utc>,
+    v: &View,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = &l.backstop;
+    if b.enabled {
+        let first = b.first_seen_by_poll;
+        let seen = format!("{first} timeslot(s) first seen by polling");
+        let seen = if first > 0 {
+            alarm(v, &format!("{seen}: pushes did not arrive"))
+        } else {
+            seen
+        };
+        let last = b.last_success.map_or("never".into(), |t| v.zone.time(t));
+        out.push(format!("Leap poll: last success {last}; {seen}"));
+        if let Some(e) = &b.last_error {
+            let line = format!("LAST POLL FAILED: {}", clean(e));
+            out.push(alarm(v, &if v.wide { line } else { fit(&line, 80) }));
+        }
+    } else {
+        out.push("Leap poll: off (no [leap] api_key)".into());
+    }
+    let next: Vec<String> = l
+        .schedule
+        .iter()
+        .map(|j| match j.next_fire {
+            // Relative times keep the line within 80 columns; --json has the instants.
+            Some(t) => format!("{} in {}", j.job, text::duration((t - now).num_seconds())),
+            None => format!("{} never", j.job),
+        })
+        .collect();
+    if !next.is_empty() {
+        let line = format!("schedule: {}", next.join(", "));
+        out.push(if v.wide { line } else { fit(&line, 80) });
+    }
+    out
+}
+
+/// Daemon down: say so, what the socket looks like, and how to start it again the way it
+/// was last run.
+fn down_lines(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
+    let sock = &config.admin.socket;
+    let why = if std::fs::symlink_metadata(sock).is_ok() {
+        format!("stale socket {} (nothing listens)", sock.display())
+    } else {
+        format!("no socket at {}", sock.display())
+    };
+    let mut out = vec![format!(
+        "leap-edge daemon: {} ({why})",
+        alarm(v, "NOT RUNNING")
+    )];
+    if crate::daemon::lock::held(&config.storage.path) {
+        // Starting or stuck: it holds the database but does not answer.
+        out[0] = format!(
+            "leap-edge daemon: {} (it holds the database lock but does not answer on {})",
+            alarm(v, "NOT ANSWERING"),
+            sock.display()
+        );
+    }
+    match &r.last_run {
+        Some(l) => {
+            let how = match &l.systemd_unit {
+                Some(u) => format!("by systemd ({u})"),
+                None => "by hand".into(),
+            };
+            out.push(format!(
+                "last run {how}, pid {}, started {}",
+                l.pid,
+                v.zone.time(l.started_at)
+            ));
+            out.push(match (&l.systemd_unit, &l.config) {
+                (Some(u), _) => format!("start it with `systemctl start {u}`"),
+                (None, Some(c)) => format!("start it with `leap-edge --config {} run`", clean(c)),
+                (None, None) => "start it with `leap-edge run`".into(),
+            });
+        }
+        None => out.push(
+            "never run on this database; start it with `systemctl start leap-edge` or `leap-edge run`"
+                .into(),
+        ),
+    }
+    out
+}
+
+fn meters(r: &StatusReport, v: &View) -> Vec<String> {
+    if r.meters.is_empty() {
+        return vec!["No meters configured.".into()];
+    }
+    let mut lines = Vec::new();
+    let capture = |headers: &[&str], rows: &[Vec<String>]| table_lines(headers, rows);
+    if r.daemon == DaemonState::NotRunning {
+        let mut rows: Vec<Vec<String>> = r.meters.iter().map(|m| down_row(m, r, v)).collect();
+        if !v.wide {
+            fit_first_column(&mut rows, 80);
+        }
+        let h = ["METER", "ACTIVE NOW (database)", "LAST AUDIT"];
+        lines.extend(capture(&h, &rows));
+        return lines;
+    }
+    let mut rows: Vec<Vec<String>> = r.meters.iter().map(|m| row(m, r, v)).collect();
+    if !v.wide {
+        fit_first_column(&mut rows, 80);
+    }
+    let h: &[&str] = if v.wide {
+        &[
+            "METER", "NAME", "DEVICE", "COMMAND", "EVENT", "UNTIL", "SOC", "BATTERY", "GRID",
+            "STATE",
+        ]
+    } else {
+        &[
+            "METER", "COMMAND", "UNTIL", "SOC", "BATTERY", "GRID", "STATE",
+        ]
+    };
+    lines.extend(capture(h, &rows));
+    for m in &r.meters {
+        lines.extend(notes(m, v));
+    }
+    lines
+}
+
+fn meter_label(m: &MeterReport, v: &View) -> String {
+    match (&m.name, v.wide) {
+        (Some(n), false) => n.clone(),
+        _ => m.meter_id.clone(),
+    }
+}
+
+/// The meter column gets what the other columns leave of `width` (at least 9 characters).
+fn fit_first_column(rows: &mut [Vec<String>], width: usize) {
+    let Some(n) = rows.first().map(Vec::len) else {
+        return;
+    };
+    let others: usize = (1..n)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .sum::<usize>()
+        + 2 * (n - 1);
+    let room = width.saturating_sub(others).max(9);
+    for r in rows.iter_mut() {
+        r[0] = fit(&r[0], room);
+    }
+}
+
+fn row(m: &MeterReport, r: &StatusReport, v: &View) -> Vec<String> {
+    let (command, until, event) = match (&m.manual_override, &m.command) {
+        (Some(o), _) => (override_words(o), Some(o.until), "manual".to_string()),
+        (None, Some(c)) => (command_words(c), Some(c.end), c.event_id.clone()),
+        (None, None) => ("normal".to_string(), None, "-".into()),
+    };
+    let until = until.map_or("-".into(), |t| until_text(t, r, v));
+    let d = m.device_state.as_ref();
+    let soc = d
+        .and_then(|d| d.soc_pct)
+        .map_or("-".into(), |s| format!("{s:.0}%"));
+    let state = match d {
+        None => "-".to_string(),
+        Some(d) if d.consecutive_errors > 0 => "ERROR".into(),
+        Some(_) => "ok".into(),
+    };
+    let batt = kw(d.and_then(|d| d.battery_kw));
+    let grid = kw(d.and_then(|d| d.grid_kw));
+    if v.wide {
+        vec![
+            meter_label(m, v),
+            m.name.clone().unwrap_or("-".into()),
+            m.device.clone(),
+            command,
+            event,
+            until,
+            soc,
+            batt,
+            grid,
+            state,
+        ]
+    } else {
+        vec![
+            meter_label(m, v),
+            fit(&command, 26),
+            until,
+            soc,
+            fit(&batt, 8),
+            fit(&grid, 8),
+            state,
+        ]
+    }
+}
+
+/// Time of day when within a day, else the full time.
+fn until_text(t: chrono::DateTime<chrono::Utc>, r: &StatusReport, v: &View) -> String {
+    if v.wide || (t - r.now).num_hours() >= 24 {
+        v.zone.time(t)
+    } else {
+        v.zone.short(t, t)
+    }
+}
+
+fn down_row(m: &MeterReport, _r: &StatusReport, v: &View) -> Vec<String> {
+    let active = m.active_timeslot.as_ref().map_or("none".to_string(), |a| {
+        let what = a.energy_kw.map_or("maximum".into(), |k| kw(Some(k)));
+        let test = if a.test { " (test)" } else { "" };
+        let id = if v.wide {
+            format!(" {}", a.event_id)
+        } else {
+            String::new()
+        };
+        format!(
+            "{what}{test}{id} until {}",
+            v.zone.short(a.end_time, a.end_time)
+        )
+    });
+    let audit = m.last_audit.as_ref().map_or("none".to_string(), |a| {
+        let outcome = if a.outcome == "ok" {
+            String::new()
+        } else {
+            format!(" ({})", a.outcome)
+        };
+        format!("{} {}{outcome}", v.zone.text(&a.at), a.action)
+    });
+    if v.wide {
+        vec![meter_label(m, v), active, audit]
+    } else {
+        vec![meter_label(m, v), fit(&active, 28), fit(&audit, 34)]
+    }
+}
+
+/// Below the table: requested vs achieved with the binding limit, and errors.
+fn notes(m: &MeterReport, v: &View) -> Vec<String> {
+    let mut out = Vec::new();
+    let label = if v.wide {
+        meter_label(m, v)
+    } else {
+        fit(&meter_label(m, v), 20)
+    };
+    let max = if v.wide { usize::MAX } else { 80 };
+    if let Some(d) = &m.device_state
+        && (m.command.is_some() || m.manual_override.is_some())
+        && d.setpoint_kw.is_some()
+    {
+        let asked = d
+            .requested_kw
+            .map_or("the maximum".to_string(), |k| kw(Some(k)));
+        let line = match d.limited_by {
+            Some(l) => format!(
+                "{label}: asked {asked}, setpoint {}: limited by {}",
+                kw(d.setpoint_kw),
+                l.describe()
+            ),
+            None => format!("{label}: asked {asked}, setpoint {}", kw(d.setpoint_kw)),
+        };
+        out.push(fit(&line, max));
+    }
+    let err = m
+        .last_error
+        .as_ref()
+        .or(m.device_state.as_ref().and_then(|d| d.last_error.as_ref()));
+    if let Some(e) = err {
+        out.push(fit(
+            &format!("{label}: {} {}", alarm(v, "error:"), clean(e)),
+            max,
+        ));
+    }
+    out
+}
+
+pub fn command_words(c: &CommandReport) -> String {
+    let what = match c.target {
+        Target::Kw(k) => format!("reduce {}", kw(Some(k))),
+        Target::Maximum => "reduce maximum".into(),
+        Target::Setpoint(k) => format!("setpoint {}", kw(Some(k))),
+    };
+    match c.mode {
+        ExecMode::DryRun => format!("dry-run: {what}"),
+        ExecMode::Execute => what,
+    }
+}
+
+pub fn override_words(o: &OverrideReport) -> String {
+    match o.action {
+        OverrideAction::Hold => "manual hold".into(),
+        OverrideAction::Release => "manual normal operation".into(),
+        OverrideAction::Charge(k) => format!("manual charge {}", kw(Some(k))),
+        OverrideAction::Discharge(k) => format!("manual discharge {}", kw(Some(k))),
+    }
+}
+
+/// The table as lines (cells escaped), for printing or for `--watch` to compare.
+pub fn table_lines(headers: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(headers.to_vec())];
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
+    out
+}

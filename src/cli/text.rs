@@ -1,0 +1,141 @@
+//! How the CLI writes values for people: control characters escaped (anything read from
+//! the database or a device may carry terminal escapes), durations in human units, times to
+//! the second in UTC (or local time with `--local`, honouring `TZ`), and kW with units.
+
+use chrono::{DateTime, Local, Utc};
+
+/// `s` with every control character written as a visible escape (`\e[2J`, `\n`, `\u{7}`),
+/// so text from the database cannot move the cursor, clear the screen or forge lines.
+pub fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\x1b' => out.push_str("\\e"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `91 s`, `2 min 5 s`, `3 h 20 min`, `2 d 4 h`.
+pub fn duration(secs: i64) -> String {
+    let sign = if secs < 0 { "-" } else { "" };
+    let s = secs.unsigned_abs();
+    let (d, h, m, r) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let body = if d > 0 {
+        pair(d, "d", h, "h")
+    } else if h > 0 {
+        pair(h, "h", m, "min")
+    } else if m > 0 {
+        pair(m, "min", r, "s")
+    } else {
+        format!("{r} s")
+    };
+    format!("{sign}{body}")
+}
+
+fn pair(a: u64, ua: &str, b: u64, ub: &str) -> String {
+    if b == 0 {
+        format!("{a} {ua}")
+    } else {
+        format!("{a} {ua} {b} {ub}")
+    }
+}
+
+/// Milliseconds as a person reads them: `4 ms` below a second, else [`duration`].
+pub fn millis(ms: i64) -> String {
+    if ms.abs() < 1000 {
+        format!("{ms} ms")
+    } else {
+        duration(ms / 1000)
+    }
+}
+
+/// Whether times are shown in local time (`--local`) or UTC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Zone {
+    #[default]
+    Utc,
+    Local,
+}
+
+impl Zone {
+    pub fn from_flag(local: bool) -> Zone {
+        if local { Zone::Local } else { Zone::Utc }
+    }
+
+    /// `2026-11-29 16:58:39 UTC`, or `2026-11-29 17:58:39 +01:00` in local time.
+    pub fn time(self, t: DateTime<Utc>) -> String {
+        match self {
+            Zone::Utc => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            Zone::Local => t
+                .with_timezone(&Local)
+                .format("%Y-%m-%d %H:%M:%S %:z")
+                .to_string(),
+        }
+    }
+
+    /// Only the time of day when `t` is today (in this zone), else the full time.
+    pub fn short(self, t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+        let (a, b) = match self {
+            Zone::Utc => (t.date_naive(), now.date_naive()),
+            Zone::Local => (
+                t.with_timezone(&Local).date_naive(),
+                now.with_timezone(&Local).date_naive(),
+            ),
+        };
+        if a == b {
+            match self {
+                Zone::Utc => t.format("%H:%M:%S").to_string(),
+                Zone::Local => t.with_timezone(&Local).format("%H:%M:%S").to_string(),
+            }
+        } else {
+            self.time(t)
+        }
+    }
+
+    /// A stored RFC 3339 text time, shown like [`Zone::time`]; unparsable text is shown
+    /// escaped as it is.
+    pub fn text(self, s: &str) -> String {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| self.time(t.with_timezone(&Utc)))
+            .unwrap_or_else(|_| clean(s))
+    }
+}
+
+/// `12 kW`, `29.5 kW`, `-` when unknown.
+pub fn kw(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{} kW", num(x)))
+}
+
+/// A number without needless decimals: 12, 29.5, 0.25.
+pub fn num(x: f64) -> String {
+    let r = (x * 100.0).round() / 100.0;
+    let r = if r == 0.0 { 0.0 } else { r };
+    format!("{r}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_controls_and_writes_people_units() {
+        assert_eq!(clean("ev\x1b[2Jx\ny\u{7}"), "ev\\e[2Jx\\ny\\u{7}");
+        assert_eq!(duration(91), "1 min 31 s");
+        assert_eq!(duration(45), "45 s");
+        assert_eq!(duration(125), "2 min 5 s");
+        assert_eq!(duration(7200), "2 h");
+        assert_eq!(millis(4), "4 ms");
+        assert_eq!(kw(Some(29.5)), "29.5 kW");
+        assert_eq!(kw(Some(12.0)), "12 kW");
+        let t = DateTime::parse_from_rfc3339("2026-11-29T16:58:39.987Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(Zone::Utc.time(t), "2026-11-29 16:58:39 UTC");
+    }
+}

@@ -1,0 +1,104 @@
+//! Live views: `status --watch` (redrawn in place on a terminal, one line per change when
+//! piped, like `journalctl -f`) and `history --follow` (new audit entries as they are
+//! written). Both run until interrupted.
+
+use super::status::StatusArgs;
+use super::status_view::{self, View, command_words, override_words};
+use super::text::Zone;
+use super::{exit, status};
+use crate::admin::state::{DaemonState, StatusReport};
+use crate::config::Config;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+pub fn status(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    args: &StatusArgs,
+) -> anyhow::Result<u8> {
+    let zone = Zone::from_flag(args.local);
+    let every = Duration::from_secs(args.interval);
+    let terminal = std::io::stdout().is_terminal() && !args.json;
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let report = rt.block_on(status::gather(config))?;
+        if args.json {
+            // One compact document per refresh: a stream a script can read line by line.
+            crate::outln!("{}", serde_json::to_string(&report)?);
+        } else if terminal {
+            let view = View {
+                wide: args.wide,
+                zone,
+                color: true,
+            };
+            let mut screen = String::from("\x1b[H\x1b[2J");
+            for line in status_view::render(&report, config, &view) {
+                screen.push_str(&line);
+                screen.push('\n');
+            }
+            screen.push_str(&format!(
+                "\nevery {} s, {}; Ctrl-C to stop",
+                args.interval,
+                zone.time(report.now)
+            ));
+            print_raw(&screen);
+        } else {
+            for (key, line) in summary(&report) {
+                if seen.get(&key) != Some(&line) {
+                    crate::outln!("{} {line}", zone.time(report.now));
+                    seen.insert(key, line);
+                }
+            }
+        }
+        std::thread::sleep(every);
+    }
+}
+
+fn print_raw(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(s.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        std::process::exit(exit::OK.into());
+    }
+}
+
+/// One line per daemon and per meter, without the values that move every second (readings,
+/// uptime), so a pipe sees a line only when something a technician cares about changes.
+fn summary(r: &StatusReport) -> Vec<(String, String)> {
+    let daemon = match r.daemon {
+        DaemonState::Running => format!(
+            "daemon running (pid {})",
+            r.pid.map_or("?".into(), |p| p.to_string())
+        ),
+        DaemonState::NotRunning => "daemon NOT RUNNING".into(),
+    };
+    let mut out = vec![("".to_string(), daemon)];
+    for m in &r.meters {
+        let command = match (&m.manual_override, &m.command) {
+            (Some(o), _) => override_words(o),
+            (None, Some(c)) => format!("{} (event {})", command_words(c), c.event_id),
+            (None, None) => "normal".into(),
+        };
+        let mut line = format!("meter {}: {command}", m.meter_id);
+        if let Some(l) = m.device_state.as_ref().and_then(|d| d.limited_by) {
+            line.push_str(&format!("; limited by {}", l.describe()));
+        }
+        // The state, not the message: an error's text changes with every retry.
+        if m.last_error.is_some() {
+            line.push_str("; dispatch ERROR (see status)");
+        }
+        if m.device_state
+            .as_ref()
+            .is_some_and(|d| d.consecutive_errors > 0)
+        {
+            line.push_str("; device ERROR (see status)");
+        }
+        out.push((m.meter_id.clone(), super::text::clean(&line)));
+    }
+    out
+}

@@ -1,0 +1,77 @@
+//! Requested vs achieved in the audit log (issue 15 point 4): while a meter follows a
+//! command, each change of what binds its battery (no-export margin, battery rating,
+//! reserve, …) is written once as a `limited` entry, so `history` says why a dispatch
+//! delivered less than asked, not only `status` at the moment it happens.
+
+use crate::admin::state::Limit;
+use crate::cli::text::kw;
+use crate::control::{ControlStatus, MeterStatus};
+use crate::store::Store;
+use crate::store::audit::{self, Action, AuditEntry};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// (event id, limit) last audited per meter.
+type Seen = HashMap<String, (String, Option<Limit>)>;
+
+/// Runs until aborted (at shutdown), looking at the loops once a second.
+pub(super) async fn watch(status: ControlStatus, store: Store) {
+    let mut seen = Seen::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for m in status.snapshot() {
+            if let Some(entry) = change(&mut seen, &m) {
+                let r = store.call(move |c| audit::insert(c, &entry)).await;
+                if let Err(e) = r {
+                    tracing::error!(meter_id = %m.meter_id, error = %e, "cannot audit a limit");
+                }
+            }
+        }
+    }
+}
+
+/// The audit entry for `m` if what limits it changed since last time.
+fn change(seen: &mut Seen, m: &MeterStatus) -> Option<AuditEntry> {
+    let Some(cmd) = &m.command else {
+        seen.remove(&m.meter_id);
+        return None;
+    };
+    let d = m.last_decision?;
+    let limit = Limit::from_bound(d.bound);
+    let key = (cmd.event_id.clone(), limit);
+    let before = seen.insert(m.meter_id.clone(), key.clone());
+    if before.as_ref() == Some(&key) {
+        return None;
+    }
+    let asked = d
+        .requested_kw
+        .map_or("the maximum".to_string(), |k| kw(Some(k)));
+    let detail = match limit {
+        // Delivering what was asked: worth a line only when a limit stopped binding.
+        None if before.is_none_or(|(ev, l)| ev != cmd.event_id || l.is_none()) => return None,
+        None => format!(
+            "asked {asked}, setpoint {}: no longer limited",
+            kw(Some(d.setpoint_kw))
+        ),
+        Some(l) => format!(
+            "asked {asked}, setpoint {}: limited by {}",
+            kw(Some(d.setpoint_kw)),
+            l.describe()
+        ),
+    };
+    tracing::info!(meter_id = %m.meter_id, event_id = %cmd.event_id, detail = %detail, "control limit");
+    Some(AuditEntry {
+        at: m.last_decision_at.unwrap_or_else(chrono::Utc::now),
+        meter_id: m.meter_id.clone(),
+        action: Action::Limited,
+        kind: Some(cmd.kind.as_str().to_string()),
+        event_id: Some(cmd.event_id.clone()),
+        cap: Some(cmd.performance_compensation_cap.as_str().to_string()),
+        target: Some(cmd.target.to_string()),
+        boundary: None,
+        lateness_ms: None,
+        error: None,
+        detail: Some(detail),
+    })
+}

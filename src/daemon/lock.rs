@@ -1,0 +1,102 @@
+//! One daemon per database: `leap-edge run` takes an exclusive lock on `<database>.lock`
+//! (in the database's directory) before it binds anything, and writes who it is into the
+//! file. A second daemon on the same database refuses with the first one's pid; after a
+//! stop or a crash the file stays, and `status` reads it to say how the daemon was last run.
+
+use crate::admin::state::LastRun;
+use std::io::{Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "leap-edge is already running (pid {pid}) on the database {db}; stop it first (`systemctl stop leap-edge`, or kill {pid})"
+    )]
+    Held { pid: String, db: PathBuf },
+    #[error("cannot lock {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// Held for the daemon's life; the OS releases it when the process ends, however it ends.
+pub struct DaemonLock {
+    _file: std::fs::File,
+}
+
+pub fn path_for(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    db.with_file_name(name)
+}
+
+pub fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, LockError> {
+    let path = path_for(db);
+    let io = |e: std::io::Error| LockError::Io {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    // Readable by the group, so `status` (a technician in the leap-edge group) can say how
+    // the daemon was last run.
+    let mut file = std::fs::OpenOptions::new()
+        .mode(0o640)
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = read(&path).map_or("unknown".into(), |r| r.pid.to_string());
+            return Err(LockError::Held {
+                pid,
+                db: db.to_path_buf(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let me = LastRun {
+        pid: std::process::id(),
+        started_at: chrono::Utc::now(),
+        systemd_unit: systemd_unit(),
+        config: config.map(|c| {
+            std::fs::canonicalize(c)
+                .unwrap_or_else(|_| c.to_path_buf())
+                .display()
+                .to_string()
+        }),
+    };
+    let text = serde_json::to_string(&me).map_err(|e| io(std::io::Error::other(e)))?;
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    Ok(DaemonLock { _file: file })
+}
+
+/// What the last (or current) daemon on this database wrote; None if it never ran.
+pub fn read(path: &Path) -> Option<LastRun> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Whether a daemon holds the lock now (the file exists and cannot be locked).
+pub fn held(db: &Path) -> bool {
+    std::fs::File::open(path_for(db))
+        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
+/// systemd sets INVOCATION_ID for every unit it starts; the unit's name comes from the
+/// process's cgroup (`…/leap-edge.service`).
+fn systemd_unit() -> Option<String> {
+    std::env::var_os("INVOCATION_ID")?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let unit = cgroup
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .find(|s| s.ends_with(".service"))
+        .map_or_else(|| "a systemd unit".to_string(), str::to_string);
+    Some(unit)
+}

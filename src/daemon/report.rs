@@ -1,0 +1,105 @@
+//! Builds the typed status report ([`crate::admin::state`]) from the daemon's live parts:
+//! dispatch's commands, the overrides, and each control loop's last decision and reading.
+
+use crate::admin::state::{
+    CommandReport, DaemonState, DeviceReport, LastNotification, Limit, MeterReport, OverrideReport,
+    StatusReport,
+};
+use crate::config::Config;
+use crate::control::MeterStatus;
+use crate::dispatch::overrides::Override;
+use crate::dispatch::status::DispatchSnapshot;
+use crate::plan::Interval;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+pub(super) struct Inputs<'a> {
+    pub config: &'a Config,
+    pub now: DateTime<Utc>,
+    pub listen: std::net::SocketAddr,
+    pub started_at: DateTime<Utc>,
+    pub last: Option<crate::store::query::LastNotification>,
+    pub snap: DispatchSnapshot,
+    pub overrides: BTreeMap<String, Override>,
+    pub live: Vec<MeterStatus>,
+}
+
+pub(super) fn build(i: Inputs<'_>) -> StatusReport {
+    let meters = i
+        .config
+        .meters
+        .iter()
+        .map(|m| {
+            let d = i.snap.meters.get(&m.id);
+            let live = i.live.iter().find(|l| l.meter_id == m.id);
+            MeterReport {
+                meter_id: m.id.clone(),
+                name: m.name.clone(),
+                device: m.device.clone(),
+                command: d.and_then(|d| d.command.as_ref()).map(command),
+                manual_override: i.overrides.get(&m.id).map(|o| OverrideReport {
+                    action: o.action,
+                    until: o.until,
+                }),
+                device_state: live.map(device),
+                last_error: d.and_then(|d| d.last_error.clone()),
+                active_timeslot: None,
+                last_audit: None,
+            }
+        })
+        .collect();
+    StatusReport {
+        daemon: DaemonState::Running,
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        pid: Some(std::process::id()),
+        started_at: Some(i.started_at),
+        uptime_secs: Some((i.now - i.started_at).num_seconds()),
+        now: i.now,
+        clock_synchronised: crate::clock::synchronised(),
+        last_notification: i.last.map(|l| LastNotification {
+            id: l.id,
+            received_at: l.received_at,
+            peer: l.peer,
+        }),
+        listen: Some(i.listen.to_string()),
+        next_boundary: i.snap.next_boundary,
+        plan_error: i.snap.plan_error,
+        tunnel: None,
+        last_run: None,
+        meters,
+        leap: None,
+    }
+}
+
+fn command(iv: &Interval) -> CommandReport {
+    let c = &iv.command;
+    CommandReport {
+        kind: c.kind,
+        event_id: c.event_id.clone(),
+        mode: c.mode,
+        target: c.target,
+        performance_compensation_cap: c.cap,
+        start: iv.start,
+        end: iv.end,
+    }
+}
+
+fn device(m: &MeterStatus) -> DeviceReport {
+    let t = m.last_telemetry.unwrap_or_default();
+    let following = m.command.is_some();
+    let d = m.last_decision.filter(|_| following);
+    DeviceReport {
+        soc_pct: t.soc_pct,
+        battery_kw: t.battery_kw,
+        grid_kw: t.grid_kw,
+        requested_kw: d.and_then(|d| d.requested_kw),
+        setpoint_kw: d.map(|d| d.setpoint_kw),
+        limited_by: d.and_then(|d| Limit::from_bound(d.bound)),
+        max_discharge_kw: t.max_discharge_kw,
+        max_charge_kw: t.max_charge_kw,
+        released: m.released,
+        consecutive_errors: m.consecutive_errors,
+        last_error: m.last_error.clone(),
+        last_telemetry_at: m.last_telemetry_at,
+    }
+}

@@ -1,0 +1,208 @@
+//! The Leap API client: bearer key, base URL, per-attempt deadline, retries with back-off on
+//! connection errors, timeouts and 5XX, a longer back-off on 429 (Retry-After honoured),
+//! and Leap's error envelope turned into a message that says what to do.
+
+use super::LeapError;
+use super::http::{self, Answer, TransportError};
+use super::types::*;
+use crate::secret::Secret;
+use hyper::{Method, StatusCode, Uri};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest single back-off, whatever Retry-After says: the caller's window is minutes.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct LeapClient {
+    base: Uri,
+    key: Secret,
+    timeout: Duration,
+    retries: u32,
+    backoff: Duration,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for LeapClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LeapClient({})", self.base)
+    }
+}
+
+impl LeapClient {
+    /// From `[leap]`; fails when no `api_key` is configured or the base URL is refused.
+    pub fn from_config(c: &super::LeapConfig) -> Result<LeapClient, LeapError> {
+        let key = c.api_key.clone().ok_or(LeapError::NoApiKey)?;
+        let base = super::config::resolve_base_url(&c.base_url).map_err(LeapError::BaseUrl)?;
+        Ok(LeapClient {
+            base,
+            key,
+            timeout: Duration::from_secs(c.timeout_secs),
+            retries: c.retries,
+            backoff: Duration::from_millis(c.retry_base_ms),
+            tls: http::tls_config(),
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        self.base.to_string().trim_end_matches('/').to_string()
+    }
+
+    fn url(&self, path: &str) -> Result<Uri, LeapError> {
+        format!("{}{path}", self.base_url())
+            .parse()
+            .map_err(|e| LeapError::BaseUrl(format!("{path}: {e}")))
+    }
+
+    pub async fn get_webhook(&self, level: Level) -> Result<Option<Webhook>, LeapError> {
+        let path = format!("/v2/dispatch/{}/webhook", level.path());
+        match self.call::<(), Webhook>(Method::GET, &path, None).await {
+            Ok(w) => Ok(w),
+            // No webhook registered yet.
+            Err(LeapError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn put_webhook(&self, level: Level, hook: &Webhook) -> Result<Webhook, LeapError> {
+        let path = format!("/v2/dispatch/{}/webhook", level.path());
+        self.call(Method::PUT, &path, Some(hook))
+            .await?
+            .ok_or_else(|| LeapError::BadAnswer(format!("PUT {path}: empty answer")))
+    }
+
+    pub async fn delete_webhook(&self, level: Level) -> Result<(), LeapError> {
+        let path = format!("/v2/dispatch/{}/webhook", level.path());
+        self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Ask Leap to post a test notification to the registered URL; the body is
+    /// `{"meter_dispatches": …}` or `{"group_dispatches": …}`.
+    pub async fn integration_test<B: Serialize>(
+        &self,
+        level: Level,
+        body: &B,
+    ) -> Result<IntegrationTestAnswer, LeapError> {
+        let path = format!("/v2/dispatch/{}/webhook/integration_test", level.path());
+        self.call(Method::POST, &path, Some(body))
+            .await?
+            .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
+    }
+
+    pub async fn search<R: DeserializeOwned>(
+        &self,
+        level: Level,
+        req: &SearchRequest,
+    ) -> Result<SearchPage<R>, LeapError> {
+        let path = format!("/v2/dispatch/{}/search", level.path());
+        self.call(Method::POST, &path, Some(req))
+            .await?
+            .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
+    }
+
+    /// One call with retries. `Ok(None)` for an empty answer (204).
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Option<R>, LeapError> {
+        let uri = self.url(path)?;
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| LeapError::BadAnswer(e.to_string()))?;
+        let auth = [("authorization", format!("Bearer {}", self.key.expose()))];
+        let mut attempt = 0;
+        loop {
+            let got = http::exchange(
+                &self.tls,
+                method.clone(),
+                &uri,
+                &auth,
+                body.clone(),
+                self.timeout,
+            )
+            .await;
+            let wait = match &got {
+                Err(e) => retry_after_transport(e),
+                Ok(a) => retry_after_status(a),
+            };
+            match wait {
+                Some(hint) if attempt < self.retries => {
+                    let delay = hint.unwrap_or_else(|| self.backoff * 2u32.pow(attempt.min(16)));
+                    let delay = delay.min(MAX_BACKOFF);
+                    tracing::warn!(
+                        %method, path, attempt = attempt + 1, retry_in_ms = delay.as_millis() as u64,
+                        problem = %describe(&got),
+                        "Leap API call failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                _ => return finish(&method, path, got),
+            }
+        }
+    }
+}
+
+/// Some(None): retry with the usual back-off; Some(Some(d)): retry after d; None: final.
+fn retry_after_transport(_e: &TransportError) -> Option<Option<Duration>> {
+    Some(None)
+}
+
+fn retry_after_status(a: &Answer) -> Option<Option<Duration>> {
+    if a.status == StatusCode::TOO_MANY_REQUESTS {
+        let hinted = a
+            .headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // Without a hint, wait longer than for a 5XX: the limit is per minute.
+        return Some(Some(hinted.unwrap_or(Duration::from_secs(5))));
+    }
+    a.status.is_server_error().then_some(None)
+}
+
+fn describe(got: &Result<Answer, TransportError>) -> String {
+    match got {
+        Err(e) => e.to_string(),
+        Ok(a) => format!("HTTP {}", a.status.as_u16()),
+    }
+}
+
+fn finish<R: DeserializeOwned>(
+    method: &Method,
+    path: &str,
+    got: Result<Answer, TransportError>,
+) -> Result<Option<R>, LeapError> {
+    let a = got.map_err(|e| LeapError::Transport {
+        call: format!("{method} {path}"),
+        source: e,
+    })?;
+    if a.status.is_success() {
+        if a.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        return serde_json::from_slice(&a.body).map(Some).map_err(|e| {
+            LeapError::BadAnswer(format!(
+                "{method} {path}: answer is not what Leap documents: {e}"
+            ))
+        });
+    }
+    let env: ErrorEnvelope = serde_json::from_slice(&a.body).unwrap_or_default();
+    Err(LeapError::Api {
+        call: format!("{method} {path}"),
+        status: a.status.as_u16(),
+        code: env.code.unwrap_or_default(),
+        error_code: env.error_code.unwrap_or_default(),
+        message: env
+            .message
+            .unwrap_or_else(|| String::from_utf8_lossy(&a.body).chars().take(200).collect()),
+    })
+}

@@ -1,0 +1,267 @@
+//! `[leap]` (how to reach Leap's API) and `[schedule]` (housekeeping cron expressions), with
+//! the semantic checks `config check` runs on them.
+
+use crate::secret::Secret;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub(crate) const PRODUCTION: &str = "https://api.leap.energy";
+pub(crate) const STAGING: &str = "https://api.staging.leap.energy";
+/// Leap's limit on one search window (LEAP-API.md "Polling").
+pub(crate) const MAX_WINDOW_DAYS: u32 = 31;
+/// Leap: polling the search endpoints once per minute is within its rate limits.
+pub(crate) const MIN_POLL_GAP_SECS: i64 = 60;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeapConfig {
+    /// The partner API key (or JWT) sent as `Authorization: Bearer …`. Absent: no calls to
+    /// Leap, no polling backstop.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// `production` (default), `staging`, or a URL (https; plain http only on loopback, for a
+    /// local forward proxy or a test double).
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// Each attempt (connect, TLS, request, answer) is abandoned after this long.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Further attempts after a connection error, a timeout, a 5XX or a 429.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First back-off between attempts; doubled each time (capped at 60 s).
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// The polling backstop's window: this many days back …
+    #[serde(default = "default_poll_days_back")]
+    pub poll_days_back: u32,
+    /// … and this many days ahead (together at most 31, Leap's limit).
+    #[serde(default = "default_poll_days_ahead")]
+    pub poll_days_ahead: u32,
+    /// Market groups to search besides those learned from stored group dispatches.
+    #[serde(default)]
+    pub market_group_ids: Vec<String>,
+}
+
+impl Default for LeapConfig {
+    fn default() -> Self {
+        LeapConfig {
+            api_key: None,
+            base_url: default_base_url(),
+            timeout_secs: default_timeout_secs(),
+            retries: default_retries(),
+            retry_base_ms: default_retry_base_ms(),
+            poll_days_back: default_poll_days_back(),
+            poll_days_ahead: default_poll_days_ahead(),
+            market_group_ids: Vec::new(),
+        }
+    }
+}
+
+/// Cron expressions with seconds (`sec min hour day month weekday`), UTC. Housekeeping only:
+/// the scheduler may fire up to ~1 s early, so timeslot boundaries stay on the dispatch
+/// loop's own timer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// The polling backstop (at most once a minute).
+    #[serde(default = "default_poll_cron")]
+    pub poll: String,
+    /// Retention pruning of raw notifications (SPEC §2.5).
+    #[serde(default = "default_prune_cron")]
+    pub prune: String,
+    /// SQLite `quick_check`.
+    #[serde(default = "default_integrity_cron")]
+    pub integrity: String,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            poll: default_poll_cron(),
+            prune: default_prune_cron(),
+            integrity: default_integrity_cron(),
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// (key, expression) for every job, in display order.
+    pub fn jobs(&self) -> [(&'static str, &str); 3] {
+        [
+            ("poll", &self.poll),
+            ("prune", &self.prune),
+            ("integrity", &self.integrity),
+        ]
+    }
+}
+
+pub fn default_base_url() -> String {
+    "production".into()
+}
+pub fn default_timeout_secs() -> u64 {
+    20
+}
+pub fn default_retries() -> u32 {
+    4
+}
+pub fn default_retry_base_ms() -> u64 {
+    1000
+}
+pub fn default_poll_days_back() -> u32 {
+    1
+}
+pub fn default_poll_days_ahead() -> u32 {
+    7
+}
+pub fn default_poll_cron() -> String {
+    "0 */5 * * * *".into()
+}
+pub fn default_prune_cron() -> String {
+    "0 17 3 * * *".into()
+}
+pub fn default_integrity_cron() -> String {
+    "0 47 3 * * *".into()
+}
+
+/// Parse a cron expression the way tokio-cron-scheduler does (seconds required).
+pub(crate) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .map_err(|e| e.to_string())
+}
+
+/// The next time `expr` fires after `now` (None if it never does or does not parse).
+pub fn next_fire(expr: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    // Cron fires on whole seconds; carrying `now`'s fraction would show e.g. 03:17:00.819.
+    let now = chrono::Timelike::with_nanosecond(&now, 0).unwrap_or(now);
+    parse_cron(expr)
+        .ok()?
+        .find_next_occurrence(&now, false)
+        .ok()
+}
+
+/// The smallest gap between the next few fire times, in seconds.
+fn min_gap_secs(cron: &croner::Cron, from: DateTime<Utc>) -> Option<i64> {
+    let times: Vec<DateTime<Utc>> = cron.iter_after(from).take(8).collect();
+    times.windows(2).map(|w| (w[1] - w[0]).num_seconds()).min()
+}
+
+/// A resolved base URL: `production`/`staging` by name, or a checked URL.
+pub(crate) fn resolve_base_url(s: &str) -> Result<hyper::Uri, String> {
+    let text = match s.trim() {
+        "production" => PRODUCTION,
+        "staging" => STAGING,
+        other => other,
+    };
+    let uri: hyper::Uri = text
+        .parse()
+        .map_err(|e| format!("\"{s}\" is not a URL ({e}); use production, staging or https://…"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("\"{s}\" has no host; use production, staging or https://…"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(uri),
+        Some("http") if is_loopback(host) => Ok(uri),
+        Some("http") => Err(format!(
+            "\"{s}\": plain http is allowed only to a loopback address (a local forward proxy); use https"
+        )),
+        _ => Err(format!(
+            "\"{s}\" must start with https:// (or http:// to a loopback address)"
+        )),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `config check` for `[leap]` and `[schedule]`: each problem names its key.
+pub fn check_config(cfg: &crate::config::Config, p: &mut Vec<String>) {
+    let l = &cfg.leap;
+    if let Err(e) = resolve_base_url(&l.base_url) {
+        p.push(format!("leap.base_url = {e}"));
+    }
+    if l.api_key
+        .as_ref()
+        .is_some_and(|k| k.expose().trim().is_empty())
+    {
+        p.push(
+            "leap.api_key is empty: give the partner API key from Leap, or remove the key".into(),
+        );
+    }
+    if !(1..=300).contains(&l.timeout_secs) {
+        p.push("leap.timeout_secs must be between 1 and 300".into());
+    }
+    if l.retries > 10 {
+        p.push("leap.retries must be at most 10".into());
+    }
+    if !(10..=60_000).contains(&l.retry_base_ms) {
+        p.push("leap.retry_base_ms must be between 10 and 60000".into());
+    }
+    let days = l.poll_days_back + l.poll_days_ahead;
+    if days == 0 || days > MAX_WINDOW_DAYS {
+        p.push(format!(
+            "leap.poll_days_back + leap.poll_days_ahead = {days}: the search window must be 1 to {MAX_WINDOW_DAYS} days (Leap's limit)"
+        ));
+    }
+    let now = Utc::now();
+    for (key, expr) in cfg.schedule.jobs() {
+        match parse_cron(expr) {
+            Err(e) => p.push(format!(
+                "schedule.{key} = \"{expr}\" is not a cron expression ({e}); use six fields \
+                 `sec min hour day month weekday`, e.g. \"0 */5 * * * *\""
+            )),
+            Ok(c) if key == "poll" => {
+                if min_gap_secs(&c, now).is_some_and(|g| g < MIN_POLL_GAP_SECS) {
+                    p.push(format!(
+                        "schedule.poll = \"{expr}\" fires more often than once a minute (Leap's rate limit); use e.g. \"0 */5 * * * *\""
+                    ));
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_names_and_loopback_rule() {
+        assert_eq!(
+            resolve_base_url("production").unwrap().host(),
+            Some("api.leap.energy")
+        );
+        assert_eq!(
+            resolve_base_url("staging").unwrap().host(),
+            Some("api.staging.leap.energy")
+        );
+        assert!(resolve_base_url("http://127.0.0.1:9999").is_ok());
+        assert!(resolve_base_url("http://[::1]:9999/leap").is_ok());
+        assert!(resolve_base_url("http://localhost:3128").is_ok());
+        let e = resolve_base_url("http://api.leap.energy").unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
+        assert!(resolve_base_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn cron_expressions_and_poll_rate() {
+        assert!(parse_cron("0 */5 * * * *").is_ok());
+        assert!(parse_cron("every minute").is_err());
+        let c = parse_cron("*/10 * * * * *").unwrap();
+        assert_eq!(min_gap_secs(&c, Utc::now()), Some(10));
+        let c = parse_cron(&default_poll_cron()).unwrap();
+        assert_eq!(min_gap_secs(&c, Utc::now()), Some(300));
+        let next = next_fire("0 17 3 * * *", Utc::now()).unwrap();
+        assert_eq!(next.format("%H:%M:%S%.3f").to_string(), "03:17:00.000");
+    }
+}

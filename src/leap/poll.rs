@@ -1,0 +1,268 @@
+//! One run of the polling backstop (SPEC §2.14): search Leap's meter and group dispatches
+//! for this site's meters over a window, every page, and put each page through the same
+//! parse → ingest → store path as a push, recorded with source `poll`. Idempotency,
+//! revisions and final cancellation are the store's, exactly as for pushes.
+
+use super::types::{GroupResult, Level, MeterResult, SearchRequest};
+use super::{LeapClient, LeapError};
+use crate::ingest::parse_notification;
+use crate::store::{IngestOutcome, IngestRecord, Source, Store, StoreError};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A runaway guard: 2,000 pages of 500 results is far beyond one site's month.
+const MAX_PAGES: u32 = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Leap(#[from] LeapError),
+    #[error("storing search results: {0}")]
+    Store(#[from] StoreError),
+    #[error("Leap's search answer is not a dispatch list: {0}")]
+    Shape(String),
+}
+
+/// The search window: `start` inclusive, `end` exclusive (Leap's rule), ≤ 31 days.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl Window {
+    /// `back` days before `now` to `ahead` days after, shortened ahead to Leap's 31 days.
+    pub fn around(now: DateTime<Utc>, back: u32, ahead: u32) -> Window {
+        let back = back.min(super::MAX_WINDOW_DAYS);
+        let ahead = ahead.min(super::MAX_WINDOW_DAYS - back);
+        Window {
+            start: now - Duration::days(i64::from(back)),
+            end: now + Duration::days(i64::from(ahead)),
+        }
+    }
+}
+
+/// What one run found, for the log, `status` and `leap-edge leap poll`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PollReport {
+    pub window: Option<Window>,
+    pub pages: u32,
+    pub results: u32,
+    /// Timeslots first seen by this poll: pushes that never arrived.
+    pub new: u32,
+    pub updated: u32,
+    pub duplicate: u32,
+    pub rejected: u32,
+    pub conflict: u32,
+    pub new_event_ids: Vec<String>,
+    pub market_group_ids: Vec<String>,
+}
+
+impl PollReport {
+    fn add(&mut self, o: &IngestOutcome, new_ids: Vec<String>) {
+        self.new += o.new;
+        self.updated += o.updated;
+        self.duplicate += o.duplicate;
+        self.rejected += o.rejected;
+        self.conflict += o.conflict;
+        self.new_event_ids.extend(new_ids);
+    }
+
+    pub fn changed(&self) -> bool {
+        self.new + self.updated > 0
+    }
+}
+
+/// What to search: the configured meters and the market groups to ask about.
+pub struct Targets {
+    pub meter_ids: Vec<String>,
+    pub market_group_ids: Vec<String>,
+}
+
+/// Run the backstop once. `on_change` is called after each page that created or changed a
+/// timeslot, so dispatch re-plans as soon as a missed dispatch is stored.
+pub async fn poll_once(
+    client: &LeapClient,
+    store: &Store,
+    targets: &Targets,
+    window: Window,
+    on_change: &(dyn Fn() + Sync),
+) -> Result<PollReport, PollError> {
+    let mut report = PollReport {
+        window: Some(window),
+        market_group_ids: targets.market_group_ids.clone(),
+        ..Default::default()
+    };
+    if !targets.meter_ids.is_empty() {
+        let req = request(window, Some(targets.meter_ids.clone()), None);
+        search_all::<MeterResult>(client, store, Level::Meter, req, &mut report, on_change).await?;
+    }
+    if !targets.market_group_ids.is_empty() {
+        let req = request(window, None, Some(targets.market_group_ids.clone()));
+        search_all::<GroupResult>(client, store, Level::Group, req, &mut report, on_change).await?;
+    }
+    Ok(report)
+}
+
+fn request(w: Window, meters: Option<Vec<String>>, groups: Option<Vec<String>>) -> SearchRequest {
+    SearchRequest {
+        start_date: w.start,
+        end_date: w.end,
+        // Leap's default hides CAISO 5-minute real-time events; we want every dispatch.
+        exclude_real_time_events: false,
+        exclude_voluntary_events: false,
+        page_token: None,
+        meter_ids: meters,
+        market_group_ids: groups,
+    }
+}
+
+async fn search_all<R>(
+    client: &LeapClient,
+    store: &Store,
+    level: Level,
+    mut req: SearchRequest,
+    report: &mut PollReport,
+    on_change: &(dyn Fn() + Sync),
+) -> Result<(), PollError>
+where
+    R: Serialize + for<'de> Deserialize<'de>,
+{
+    loop {
+        let page = client.search::<R>(level, &req).await?;
+        report.pages += 1;
+        report.results += page.results.len() as u32;
+        if !page.results.is_empty() {
+            let (outcome, new_ids) = store_page(store, level, &page.results).await?;
+            if outcome.changed() {
+                on_change();
+            }
+            report.add(&outcome, new_ids);
+        }
+        match page.next_page_token {
+            Some(t) if report.pages < MAX_PAGES && req.page_token.as_ref() != Some(&t) => {
+                req.page_token = Some(t);
+            }
+            Some(_) => {
+                return Err(PollError::Shape(format!(
+                    "{} search did not end after {} pages (repeated or endless page_token)",
+                    level.path(),
+                    report.pages
+                )));
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+/// One page as one notification: the same parser as a push (so every rule of SPEC §2.2
+/// applies), the same transaction, source `poll`.
+async fn store_page<R: Serialize>(
+    store: &Store,
+    level: Level,
+    results: &[R],
+) -> Result<(IngestOutcome, Vec<String>), PollError> {
+    let key = match level {
+        Level::Meter => "meter_dispatches",
+        Level::Group => "group_dispatches",
+    };
+    let body = serde_json::json!({
+        "integration_test_notification": false,
+        "communication_test": false,
+        key: results,
+    })
+    .to_string();
+    let parsed =
+        parse_notification(body.as_bytes()).map_err(|e| PollError::Shape(e.to_string()))?;
+    let ids: Vec<(String, String)> = parsed
+        .timeslots
+        .iter()
+        .map(|t| (t.kind.as_str().to_string(), t.event_id.clone()))
+        .collect();
+    let received_at = Utc::now();
+    let record = IngestRecord {
+        received_at,
+        peer: None,
+        headers: serde_json::json!({}),
+        body,
+        parsed,
+        source: Source::Poll,
+    };
+    let outcome = store.ingest(record).await?;
+    let new_ids = if outcome.new > 0 {
+        let at = crate::store::ts(received_at);
+        store.read(move |c| first_seen_at(c, &ids, &at)).await?
+    } else {
+        Vec::new()
+    };
+    Ok((outcome, new_ids))
+}
+
+/// The event ids of this page that were created by it (first seen by polling, just now).
+fn first_seen_at(
+    c: &rusqlite::Connection,
+    ids: &[(String, String)],
+    at: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT 1 FROM timeslots WHERE kind=?1 AND event_id=?2 AND first_source='poll' AND first_received=?3",
+    )?;
+    let mut out = Vec::new();
+    for (kind, id) in ids {
+        if stmt.exists(rusqlite::params![kind, id, at])? {
+            out.push(id.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Market groups to search: configured ones plus those named by stored group dispatches
+/// for this site that are not over yet.
+pub fn known_groups(
+    c: &rusqlite::Connection,
+    configured: &[String],
+    since: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let mut out: Vec<String> = configured.to_vec();
+    let mut stmt = c.prepare(
+        "SELECT DISTINCT json_extract(content, '$.market_group_id') FROM timeslots
+         WHERE kind='group' AND end_time >= ?1 AND json_extract(content, '$.market_group_id') IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([crate::store::ts(since)], |r| r.get::<_, String>(0))?;
+    for g in rows {
+        let g = g?;
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(&g)) {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+/// Timeslots ever first seen by polling (the status counter survives restarts).
+pub fn first_seen_by_poll(c: &rusqlite::Connection) -> Result<u64, StoreError> {
+    Ok(c.query_row(
+        "SELECT COUNT(*) FROM timeslots WHERE first_source='poll'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_is_at_most_leaps_31_days() {
+        let now = Utc::now();
+        let w = Window::around(now, 1, 7);
+        assert_eq!((w.end - w.start).num_days(), 8);
+        assert_eq!(now - w.start, Duration::days(1));
+        let w = Window::around(now, 30, 7);
+        assert_eq!(
+            (w.end - w.start).num_days(),
+            31,
+            "ahead shortened, back kept"
+        );
+        assert_eq!(now - w.start, Duration::days(30));
+    }
+}

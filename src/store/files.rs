@@ -1,0 +1,94 @@
+//! The database's files on disk (issue 10.10): the state folder 0750 and the database 0640
+//! whatever the process umask (a daemon started by hand must not leave a world-readable
+//! database); SQLite gives its -wal and -shm files the database file's mode. Also the
+//! read-only checks of issue 10.4.
+
+use super::StoreError;
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+pub const DIR_MODE: u32 = 0o750;
+pub const DB_MODE: u32 = 0o640;
+
+/// Create the folder (and missing parents) with mode 0750; folders that already exist are
+/// left as they are (it may be a shared one the operator chose).
+pub fn create_state_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.as_os_str().is_empty() && !d.exists() {
+        missing.push(d.to_path_buf());
+        d = d.parent().unwrap_or(Path::new(""));
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    // The mode given at creation passes through the umask; set it exactly.
+    for m in missing {
+        std::fs::set_permissions(&m, Permissions::from_mode(DIR_MODE))?;
+    }
+    Ok(())
+}
+
+/// Create the database file 0640 before SQLite does, or take "other" access away from an
+/// existing one.
+pub fn prepare_db_file(path: &Path) -> io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o007 != 0 {
+                // Fails harmlessly when the file is not ours; then it is not ours to fix.
+                let _ = std::fs::set_permissions(path, Permissions::from_mode(mode & 0o770));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            OpenOptions::new().write(true).create_new(true).open(path)?;
+            std::fs::set_permissions(path, Permissions::from_mode(DB_MODE))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// -wal and -shm left by an earlier run under another umask get the database's mode too.
+pub fn tighten_journal_files(db: &Path) {
+    let Ok(mode) = std::fs::metadata(db).map(|m| m.permissions().mode() & 0o777) else {
+        return;
+    };
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.as_os_str().to_os_string();
+        name.push(suffix);
+        let p = Path::new(&name);
+        if let Ok(m) = std::fs::metadata(p)
+            && m.permissions().mode() & 0o777 != mode
+        {
+            let _ = std::fs::set_permissions(p, Permissions::from_mode(mode));
+        }
+    }
+}
+
+pub fn read_only_error(path: &Path) -> StoreError {
+    let (uid, gid, mode) = std::fs::metadata(path)
+        .map(|m| (m.uid(), m.gid(), m.permissions().mode() & 0o7777))
+        .unwrap_or((u32::MAX, u32::MAX, 0));
+    StoreError::ReadOnly {
+        path: path.to_path_buf(),
+        uid,
+        gid,
+        mode,
+    }
+}
+
+/// Opening the file for writing changes nothing, and fails as soon as it is immutable,
+/// on a read-only mount, or no longer ours to write.
+pub fn check_still_writable(db: &Path) -> Result<(), StoreError> {
+    match OpenOptions::new().write(true).open(db) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(StoreError::BecameReadOnly(format!("{}: {e}", db.display()))),
+    }
+}

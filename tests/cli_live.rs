@@ -1,0 +1,311 @@
+//! Live views and what people read (issue 15 points 3, 7, 8; issue 10 points 7 and 9):
+//! `status --watch` on a pseudo-terminal (util-linux `script`) and piped, `history
+//! --follow`, no Rust debug formatting in CLI output or the daemon's log, `events`
+//! revision table, control characters escaped, and the admin socket's peer record,
+//! connection cap and refusal to replace a file that is not a socket.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const METER: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
+
+fn with_meter() -> String {
+    format!(
+        "[[meters]]\nid = \"{METER}\"\ndevice = \"bat\"\nname = \"north roof\"\n[devices.bat]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = 9\ntimeout_ms = 200\n"
+    )
+}
+
+/// A child's stdout, read on a thread so the test can wait with a deadline.
+struct Output {
+    child: Child,
+    rx: mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl Output {
+    fn spawn(mut cmd: Command) -> Output {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Output {
+            child,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Everything read so far once it contains `needle` (panics after 20 s).
+    fn until(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = String::from_utf8_lossy(&self.seen).to_string();
+            if text.contains(needle) {
+                return text;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(b) => self.seen.extend(b),
+                Err(_) => panic!("no {needle:?} in output:\n{text}"),
+            }
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli_cmd(d: &Daemon, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("--config").arg(d.config_path()).args(args);
+    c
+}
+
+#[test]
+fn status_watch_redraws_on_a_terminal_and_prints_changes_when_piped() {
+    let d = Daemon::start_with(&with_meter());
+    // A pseudo-terminal: util-linux `script` runs the command on one.
+    let line = format!(
+        "{} --config {} status --watch --interval 1",
+        bin(),
+        d.config_path().display()
+    );
+    let mut tty = Output::spawn({
+        let mut c = Command::new("script");
+        c.args(["-qfec", &line, "/dev/null"]);
+        c
+    });
+    let first = tty.until("Ctrl-C to stop");
+    assert!(
+        first.contains("\x1b[H\x1b[2J"),
+        "redrawn in place: {first:?}"
+    );
+    assert!(first.contains("north roof"), "{first}");
+
+    let mut piped = Output::spawn(cli_cmd(&d, &["status", "--watch", "--interval", "1"]));
+    let text = piped.until(&format!("meter {METER}: normal"));
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal codes in a pipe: {text:?}"
+    );
+    let (code, _, err) = d.cli(&["override", "hold", "--for", "5m"]);
+    assert_eq!(code, 0, "{err}");
+    let text = piped.until("manual hold");
+    // One line per change: a meter's line is never repeated unchanged.
+    let meter_lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(" UTC ").map(|(_, rest)| rest))
+        .filter(|l| l.starts_with("meter "))
+        .collect();
+    assert!(meter_lines.len() >= 2, "{text}");
+    assert!(
+        meter_lines.windows(2).all(|w| w[0] != w[1]),
+        "a line repeated without a change: {text}"
+    );
+}
+
+#[test]
+fn history_follow_prints_new_entries() {
+    let d = Daemon::start_with(&with_meter());
+    let mut follow = Output::spawn(cli_cmd(&d, &["history", "--follow"]));
+    follow.until("startup");
+    let (code, _, err) = d.cli(&["override", "charge", "2", "--for", "5m"]);
+    assert_eq!(code, 0, "{err}");
+    let text = follow.until("charge 2 kW");
+    assert!(text.contains("manual"), "{text}");
+}
+
+#[tokio::test]
+async fn words_not_debug_events_revisions_and_escaped_control_characters() {
+    let d = Daemon::start_with(&with_meter());
+    let now = chrono::Utc::now();
+    let evil = "ev\u{1b}[2J\u{7}x";
+    let slot = |kw| {
+        timeslot_json(
+            METER,
+            evil,
+            now - chrono::Duration::seconds(5),
+            600,
+            Some(kw),
+            serde_json::json!({}),
+        )
+    };
+    let c = d.client();
+    assert_eq!(
+        c.post(&meter_notification(METER, vec![slot(4.0)]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.post(&meter_notification(METER, vec![slot(6.0)]))
+            .await
+            .status,
+        200
+    );
+    let mut all = String::new();
+    let mut run = |args: &[&str]| {
+        let (code, out, err) = d.cli(args);
+        assert!(code == 0, "{args:?}: {err}");
+        all.push_str(&out);
+        all.push_str(&err);
+        out
+    };
+    let events = run(&["events"]);
+    assert!(
+        events.contains("TEST/REAL") && events.contains("real"),
+        "{events}"
+    );
+    let revs = run(&["events", "--event", evil]);
+    assert!(revs.contains("Revisions of meter"), "{revs}");
+    assert!(
+        revs.contains("4 kW") && revs.contains("6 kW"),
+        "both revisions: {revs}"
+    );
+    run(&[
+        "override",
+        "discharge",
+        "3",
+        "--for",
+        "10m",
+        "--meter",
+        METER,
+    ]);
+    for args in [
+        &["status"][..],
+        &["status", "--wide"],
+        &["history"],
+        &["schedule"],
+        &["reload"],
+        &["override", "clear"],
+    ] {
+        run(args);
+    }
+    // The harness rewrote server.listen after the start (port 0 to the real port).
+    assert!(all.contains("reloaded: nothing applied"), "{all}");
+    assert!(
+        !all.contains('\x1b') && !all.contains('\u{7}'),
+        "raw control characters: {all:?}"
+    );
+    assert!(all.contains("ev\\e[2J\\u{7}x"), "escaped, visible: {all}");
+    let (code, _, err) = d.cli(&["events", "--meter", "nosuch"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("not configured") && err.contains(METER),
+        "{err}"
+    );
+    all.push_str(&d.log());
+    for debug in [
+        "Some(",
+        "None",
+        "[\"",
+        "Discharge(",
+        "Charge(",
+        "Setpoint(",
+        "Kw(",
+        "Remote124",
+        "SiteLoad",
+        "MaxDischarge",
+        "UpToSiteLoad",
+    ] {
+        assert!(
+            !all.contains(debug),
+            "Rust debug formatting {debug:?} in:\n{all}"
+        );
+    }
+}
+
+fn uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap()
+}
+
+#[test]
+fn admin_socket_records_the_peer_caps_connections_and_replaces_only_sockets() {
+    let d = Daemon::start_with(&with_meter());
+    let (code, _, err) = d.cli(&["override", "hold", "--for", "5m"]);
+    assert_eq!(code, 0, "{err}");
+    let detail: String = d
+        .db()
+        .query_row(
+            "SELECT detail FROM audit WHERE action = 'manual'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        detail.contains(&format!("by uid {} pid ", uid())),
+        "{detail}"
+    );
+    assert!(
+        d.log().contains(&format!("peer_uid={}", uid())),
+        "journal has the peer"
+    );
+
+    // Sixteen silent connections fill the cap; the next is told why, at once.
+    let sock = d.dir.path().join("admin.sock");
+    let held: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, _, err) = d.cli(&["status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("busy"), "{err}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.cli(&["status"]).0, 0, "served again once they left");
+
+    // A regular file where the socket goes is not deleted: the daemon refuses to start.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.sock"), "keep me").unwrap();
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        text.replace("leap-edge.db", "other.db"),
+    )
+    .unwrap();
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(d.dir.path().join(f), dir.path().join(f)).unwrap();
+    }
+    let out = Command::new(bin())
+        .args(["--config", "c.toml", "run"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("admin.socket") && err.contains("regular file"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("admin.sock")).unwrap(),
+        "keep me"
+    );
+}
