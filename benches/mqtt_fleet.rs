@@ -33,6 +33,12 @@ impl Drop for Kill {
     }
 }
 
+/// The relay refuses a private key other users can read.
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -133,6 +139,7 @@ fn relay_config(dir: &Path, port: u16, n: usize) -> std::path::PathBuf {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    set_private(&dir.join("key.pem"));
     std::fs::write(dir.join("cert.der"), ck.cert.der()).unwrap();
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\npath = \"{}\"\nmax_body_bytes = 4194304\n\

@@ -132,6 +132,12 @@ impl Drop for Broker {
     }
 }
 
+/// The relay refuses a private key other users can read.
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -187,6 +193,7 @@ async fn relay(broker: &Broker, gateways: &[(&str, &str)]) -> Relay {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    set_private(&dir.path().join("key.pem"));
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\npath = \"{}\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
          [auth]\nkeys = [\"{RELAY_KEY}\"]\n[storage]\npath = \"relay.db\"\n[relay]\nmetrics_listen = \"127.0.0.1:0\"\n\
