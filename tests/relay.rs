@@ -100,7 +100,12 @@ fn bad_input_is_answered_exactly_as_a_gateway_answers_and_nothing_is_queued() {
     let g = Gateway::start();
     let relay = Relay::start(&[spec("site", &g, &["M1"])]);
     let good = json!({"meter_dispatches": [meter_entry("M1", &["e1"])]}).to_string();
-    let cases: [(&str, &str, &str); 5] = [
+    // One timeslot over the default limits.max_timeslots (200), far under max_body_bytes:
+    // both answer 413 naming the bound.
+    let ids: Vec<String> = (0..201).map(|i| format!("over-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let over = json!({"meter_dispatches": [meter_entry("M1", &ids)]}).to_string();
+    let cases: [(&str, &str, &str); 6] = [
         (
             "wrong-key-wrong-key-wrong-key-wrong-key",
             "application/json",
@@ -114,6 +119,7 @@ fn bad_input_is_answered_exactly_as_a_gateway_answers_and_nothing_is_queued() {
             "application/json",
             "{\"meter_dispatches\": [{\"meter_id\": 5}]}",
         ),
+        ("", "application/json", &over),
     ];
     let client = relay.client();
     for (key, ctype, body) in cases {
@@ -129,6 +135,10 @@ fn bad_input_is_answered_exactly_as_a_gateway_answers_and_nothing_is_queued() {
         );
         assert_eq!(from_relay, from_gateway, "{ctype} {body}");
         assert!((400..500).contains(&from_relay.0), "{from_relay:?}");
+        if body == over {
+            assert_eq!(from_relay.0, 413, "{from_relay:?}");
+            assert!(from_relay.1.contains("max_timeslots"), "{from_relay:?}");
+        }
     }
     let big = format!(
         "{{\"meter_dispatches\": [], \"pad\": \"{}\"}}",
@@ -141,6 +151,34 @@ fn bad_input_is_answered_exactly_as_a_gateway_answers_and_nothing_is_queued() {
         matches!(from_relay, Ok((413, _)) | Err(_)),
         "{from_relay:?}"
     );
+    assert_eq!(relay.status()["notifications"], 0);
+}
+
+/// Harden's protections on the relay's public listener too (issues 10.1, 10.8): a
+/// connection that never shows the key ends at read_timeout_secs (2 s here) however busy,
+/// and wrong-key requests are logged once per interval, not once each.
+#[test]
+fn the_public_listener_has_the_keyless_deadline_and_quiet_401_logs() {
+    let g = Gateway::start();
+    let relay = Relay::start(&[spec("site", &g, &["M1"])]);
+    let client = relay.client();
+    let life = rt().block_on(client.keyless_connection_life(Duration::from_secs(8)));
+    assert!(
+        life < Duration::from_secs(5),
+        "keyless connection lived {life:?}"
+    );
+    let body = json!({"meter_dispatches": [meter_entry("M1", &["k1"])]}).to_string();
+    for _ in 0..5 {
+        let r = rt().block_on(client.post(
+            "wrong-key-0123456789abcdef-0123456789",
+            "application/json",
+            &body,
+        ));
+        assert_eq!(r.unwrap().0, 401);
+    }
+    let log = relay.p.log();
+    let lines = log.matches("missing or wrong credentials").count();
+    assert_eq!(lines, 1, "{log}");
     assert_eq!(relay.status()["notifications"], 0);
 }
 

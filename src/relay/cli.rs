@@ -15,6 +15,7 @@ pub enum RelayCommand {
     Run,
     /// Per gateway: queue depth, oldest undelivered, last success and error; unrouted and dead letters.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -59,8 +60,15 @@ pub fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(super::run(config))?;
-            Ok(exit::OK)
+            match rt.block_on(super::run(config)) {
+                Ok(()) => Ok(exit::OK),
+                Err(e) if e.is_config() => {
+                    tracing::error!(error = %e, "cannot start");
+                    eprintln!("leap-edge: {e}");
+                    Ok(exit::CONFIG)
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         RelayCommand::Status { json } => status(&config, *json),
     }

@@ -195,6 +195,14 @@ impl RelayConfig {
                     .into(),
             );
         }
+        if let Some(problem) = s
+            .tls
+            .as_ref()
+            .and_then(|t| crate::server::tls::key_problem(&t.key))
+        {
+            let key = &s.tls.as_ref().expect("checked above").key;
+            p.push(format!("server.tls.key = \"{}\": {problem}", key.display()));
+        }
         let l = &self.limits;
         for (key, v) in [
             ("max_meter_ids", l.max_meter_ids),

@@ -37,6 +37,18 @@ pub enum RelayError {
     Mqtt(String),
 }
 
+impl RelayError {
+    /// A read-only outbox or unusable TLS files are configuration problems: exit 78, so
+    /// systemd does not restart in a loop (as the gateway, issue 10.4).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            RelayError::Store(crate::store::StoreError::ReadOnly { .. })
+                | RelayError::Server(server::ServerError::Tls { .. })
+        )
+    }
+}
+
 /// A started relay; [`Running::stop`] shuts it down in order.
 pub struct Running {
     pub addr: SocketAddr,

@@ -148,7 +148,7 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let ck = rcgen::generate_simple_self_signed(vec!["gateway.test".into()]).unwrap();
         std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
         let mut g = Gateway(Proc {
             dir,
             child: None,
@@ -236,7 +236,7 @@ impl Relay {
         let dir = tempfile::tempdir().unwrap();
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
         let mut r = Relay {
             p: Proc {
                 dir,
@@ -408,6 +408,35 @@ impl Client {
             .map_err(|_| "timeout".to_string())?
     }
 
+    /// How long one keep-alive connection that never shows a key lasts while it sends a
+    /// request every 200 ms (capped at `cap`).
+    pub async fn keyless_connection_life(&self, cap: Duration) -> Duration {
+        let started = Instant::now();
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let tls = self
+            .tls
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        while started.elapsed() < cap {
+            let req = hyper::Request::builder()
+                .uri("/not-the-webhook")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let Ok(resp) = send.send_request(req).await else {
+                break;
+            };
+            let _ = resp.into_body().collect().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        started.elapsed()
+    }
+
     /// Like Leap: retry until a 2XX (bounded).
     pub async fn post_until_ok(&self, body: &str) -> (u16, String) {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -425,6 +454,16 @@ impl Client {
     }
 }
 
+/// A week ahead at midnight UTC, fixed for the whole test run (so a timeslot sent twice is
+/// the same revision), and within harden's `limits.max_start_ahead_days` (31).
+fn slot_start() -> chrono::DateTime<chrono::Utc> {
+    static START: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        let day = (chrono::Utc::now() + chrono::Duration::days(7)).date_naive();
+        day.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+    })
+}
+
 /// A Leap-shaped timeslot (valid, in the future).
 pub fn timeslot(kind: &str, id: &str) -> serde_json::Value {
     let id_field = if kind == "meter" {
@@ -434,7 +473,8 @@ pub fn timeslot(kind: &str, id: &str) -> serde_json::Value {
     };
     serde_json::json!({
         id_field: id,
-        "start_time": "2030-06-05T00:00:00Z", "end_time": "2030-06-05T01:00:00Z",
+        "start_time": slot_start().to_rfc3339(),
+        "end_time": (slot_start() + chrono::Duration::hours(1)).to_rfc3339(),
         "cancelled": false, "performance_compensation_cap": "up-to-site-load",
         "priority": 2, "is_voluntary": false, "dispatch_event_types": ["standard"],
         "programs": ["DRAM"], "energy_kw": 5.0
@@ -488,4 +528,11 @@ pub fn dead_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Harden's rule: a TLS private key readable by others is refused at start.
+fn write_private_key(path: &Path, pem: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
