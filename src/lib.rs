@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod leap;
 pub mod metrics;
 pub mod model;
+pub mod mqtt;
 pub mod plan;
 pub mod relay;
 pub mod secret;

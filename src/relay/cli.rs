@@ -89,7 +89,8 @@ fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
         );
     }
     let names: Vec<String> = config.gateways.iter().map(|g| g.name.clone()).collect();
-    let s = query(&conn, &names, chrono::Utc::now())?;
+    let mut s = query(&conn, &names, chrono::Utc::now())?;
+    super::mqtt::attach(&conn, config, &mut s)?;
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(&s)?);
     } else {
@@ -131,6 +132,17 @@ fn print_text(s: &RelayStatus, max_age: u64) {
             g.last_success_at.as_deref().unwrap_or("never"),
             printable(g.last_error.as_deref().unwrap_or("-"))
         );
+    }
+    for g in &s.gateways {
+        if let Some(m) = &g.mqtt {
+            crate::outln!(
+                "mqtt {:<16} {:<8} last status {}   last commit {}",
+                g.name,
+                if m.online { "online" } else { "OFFLINE" },
+                m.last_status_at.as_deref().unwrap_or("never"),
+                m.last_commit_at.as_deref().unwrap_or("-")
+            );
+        }
     }
     for p in s.problems(max_age) {
         crate::outln!("UNHEALTHY: {p}");

@@ -28,6 +28,8 @@ pub struct RelayConfig {
     pub relay: RelaySettings,
     #[serde(default)]
     pub gateways: Vec<GatewayConfig>,
+    /// The broker for `transport = "mqtt"` gateways (SPEC §2.12 fleets).
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
     #[serde(skip)]
     pub source: Option<PathBuf>,
 }
@@ -62,14 +64,21 @@ impl Default for RelaySettings {
 pub struct GatewayConfig {
     /// A short name for logs, metrics and `relay status` (letters, digits, `-`, `_`).
     pub name: String,
+    /// `http` (default): the relay posts to `url`. `mqtt`: the relay publishes to the
+    /// gateway's topic on the `[mqtt]` broker and the gateway dials out to it.
+    #[serde(default)]
+    pub transport: Transport,
     /// The gateway's webhook as the relay reaches it: `http://127.0.0.1:PORT/leap/dispatch`
     /// (its reverse-tunnel port), `unix:/run/…/site.sock` (a socket `ssh -R` binds; then
-    /// `path` is the webhook path), or `https://…` with `ca`.
+    /// `path` is the webhook path), or `https://…` with `ca`. Not used with MQTT.
+    #[serde(default)]
     pub url: String,
     /// The webhook path for a `unix:` url (an http(s) url carries its own).
     #[serde(default = "crate::config::default_path")]
     pub path: String,
-    /// The value the gateway accepts in its auth header.
+    /// The value the gateway accepts in its auth header. Not used with MQTT (the broker
+    /// authenticates the gateway).
+    #[serde(default)]
     pub key: Secret,
     /// The header the gateway expects the key in.
     #[serde(default = "crate::config::default_auth_header")]
@@ -80,6 +89,14 @@ pub struct GatewayConfig {
     pub ca: Option<PathBuf>,
     /// For `https` urls: the name in the gateway's certificate (default: the url's host).
     pub tls_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Http,
+    Mqtt,
 }
 
 pub fn default_storage() -> StorageConfig {
@@ -129,6 +146,9 @@ impl RelayConfig {
         if let Some(tls) = cfg.server.tls.as_mut() {
             fix(&mut tls.cert);
             fix(&mut tls.key);
+        }
+        if let Some(m) = cfg.mqtt.as_mut() {
+            m.resolve_paths(base);
         }
         for g in &mut cfg.gateways {
             if let Some(ca) = g.ca.as_mut() {
@@ -213,6 +233,9 @@ impl RelayConfig {
                 "relay.max_undelivered_age_secs and relay.delivery_timeout_secs must be ≥ 1".into(),
             );
         }
+        if let Some(m) = &self.mqtt {
+            p.extend(m.problems("mqtt"));
+        }
         if self.storage.retention_days == 0 {
             p.push("storage.retention_days must be at least 1".into());
         }
@@ -241,10 +264,12 @@ impl RelayConfig {
             if names.insert(g.name.clone(), i).is_some() {
                 p.push(format!("{at}.name = \"{}\" appears twice", g.name));
             }
-            if let Err(e) = super::client::Target::parse(g) {
+            if g.transport == Transport::Mqtt {
+                self.check_mqtt_gateway(g, &at, p);
+            } else if let Err(e) = super::client::Target::parse(g) {
                 p.push(format!("{at}.url = \"{}\": {e}", g.url));
             }
-            if short(&g.key) {
+            if g.transport == Transport::Http && short(&g.key) {
                 p.push(format!(
                     "{at}.key must be at least {MIN_KEY_CHARS} characters (the key that gateway accepts)"
                 ));
@@ -264,6 +289,21 @@ impl RelayConfig {
                     ));
                 }
             }
+        }
+    }
+}
+
+impl RelayConfig {
+    fn check_mqtt_gateway(&self, g: &GatewayConfig, at: &str, p: &mut Vec<String>) {
+        if !g.url.is_empty() {
+            p.push(format!(
+                "{at}: transport = \"mqtt\" takes no url (the gateway dials the broker); remove url or the transport"
+            ));
+        }
+        if self.mqtt.is_none() {
+            p.push(format!(
+                "{at}: transport = \"mqtt\" needs an [mqtt] table with the broker's url"
+            ));
         }
     }
 }

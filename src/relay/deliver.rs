@@ -5,9 +5,10 @@
 //! that retrying cannot fix, kept with the gateway's answer.
 
 use super::client::Target;
-use super::config::GatewayConfig;
+use super::config::{GatewayConfig, Transport};
 use super::outbox::{self, Attempt, Pending};
 use crate::metrics::LabeledCounter;
+use crate::mqtt::link::Link;
 use crate::store::Store;
 use chrono::Utc;
 use std::collections::HashMap;
@@ -59,6 +60,10 @@ pub(crate) struct Fleet {
     pub metrics: Arc<DeliveryMetrics>,
     workers: Mutex<HashMap<String, Worker>>,
     stop: watch::Receiver<bool>,
+    /// The broker connection for `transport = "mqtt"` gateways.
+    link: Option<Arc<Link>>,
+    /// Bumped after every recorded attempt, for answers that wait on deliveries.
+    pub progress: watch::Sender<u64>,
 }
 
 impl Fleet {
@@ -69,7 +74,18 @@ impl Fleet {
             metrics: Arc::default(),
             workers: Mutex::default(),
             stop,
+            link: None,
+            progress: watch::channel(0).0,
         }
+    }
+
+    pub fn with_link(mut self, link: Option<Arc<Link>>) -> Fleet {
+        self.link = link;
+        self
+    }
+
+    pub fn link(&self) -> Option<&Arc<Link>> {
+        self.link.as_ref()
     }
 
     /// Start workers for new gateways, hand changed settings to running ones, and stop the
@@ -100,6 +116,8 @@ impl Fleet {
                 store: self.store.clone(),
                 timeout: self.timeout,
                 metrics: self.metrics.clone(),
+                link: self.link.clone(),
+                progress: self.progress.clone(),
                 config: rx,
                 wake: wake.clone(),
                 stop: self.stop.clone(),
@@ -131,6 +149,8 @@ struct Run {
     store: Store,
     timeout: Duration,
     metrics: Arc<DeliveryMetrics>,
+    link: Option<Arc<Link>>,
+    progress: watch::Sender<u64>,
     config: watch::Receiver<Option<GatewayConfig>>,
     wake: Arc<Notify>,
     stop: watch::Receiver<bool>,
@@ -145,7 +165,7 @@ impl Run {
             let Some(cfg) = self.config.borrow_and_update().clone() else {
                 break;
             };
-            if target.as_ref().is_none_or(|(c, _)| *c != cfg) {
+            if cfg.transport == Transport::Http && target.as_ref().is_none_or(|(c, _)| *c != cfg) {
                 conn = None;
                 match Target::parse(&cfg) {
                     Ok(t) => target = Some((cfg.clone(), t)),
@@ -167,6 +187,11 @@ impl Run {
                 Ok(Some(p)) if p.next_attempt_at > Utc::now() => (p.next_attempt_at - Utc::now())
                     .to_std()
                     .unwrap_or_default(),
+                Ok(Some(p)) if cfg.transport == Transport::Mqtt => {
+                    let outcome = self.publish(&cfg, &p).await;
+                    self.settle(p, outcome).await;
+                    continue;
+                }
                 Ok(Some(p)) => {
                     let t = &target.as_ref().expect("target set above").1;
                     self.attempt(t, &cfg, &mut conn, p).await;
@@ -210,6 +235,24 @@ impl Run {
             Ok((status, answer)) => classify(status, answer, p.attempts),
             Err(e) => retry(e, p.attempts),
         };
+        self.settle(p, outcome).await;
+    }
+
+    /// SPEC §2.12 over MQTT: QoS 1 to `<prefix>/<gateway>/dispatch`; delivered when the
+    /// broker's PUBACK says it holds it for the gateway's session. Recorded with status 0
+    /// (there is no HTTP answer).
+    async fn publish(&self, cfg: &GatewayConfig, p: &Pending) -> Attempt {
+        let Some(link) = &self.link else {
+            return retry("no [mqtt] broker configured".into(), p.attempts);
+        };
+        let topic = crate::mqtt::dispatch_topic(link.prefix(), &cfg.name);
+        match link.publish(topic, p.body.clone(), self.timeout).await {
+            Ok(()) => Attempt::Delivered { status: 0 },
+            Err(e) => retry(format!("MQTT: {e}"), p.attempts),
+        }
+    }
+
+    async fn settle(&self, p: Pending, outcome: Attempt) {
         let g = self.name.as_str();
         match &outcome {
             Attempt::Delivered { status } => {
@@ -243,6 +286,7 @@ impl Run {
             tracing::error!(gateway = %self.name, error = %e, "cannot record the delivery outcome");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        self.progress.send_modify(|n| *n += 1);
     }
 }
 

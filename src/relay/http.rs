@@ -103,6 +103,16 @@ impl RelayApp {
         match done {
             Ok(c) => {
                 self.fleet.wake(&c.gateways);
+                let mqtt = super::mqtt::mqtt_gateways(&self.config(), &c.gateways);
+                let has_mqtt = !mqtt.is_empty();
+                let published = has_mqtt
+                    && super::mqtt::wait_published(
+                        &self.store,
+                        &self.fleet,
+                        c.notification_id,
+                        mqtt,
+                    )
+                    .await;
                 self.unrouted_total
                     .fetch_add(c.unrouted as u64, Ordering::Relaxed);
                 if c.unrouted > 0 {
@@ -115,6 +125,10 @@ impl RelayApp {
                 tracing::info!(notification_id = c.notification_id, %peer, gateways = ?c.gateways, "notification queued");
                 let mut body = serde_json::to_value(&c).unwrap_or_default();
                 body["status"] = json!("ok");
+                // true: the broker acknowledged every MQTT part; false: they wait in the outbox.
+                if has_mqtt {
+                    body["mqtt_published"] = json!(published);
+                }
                 (server::json_response(StatusCode::OK, body), "accepted")
             }
             Err(e) => {
@@ -125,14 +139,14 @@ impl RelayApp {
     }
 
     async fn status(&self) -> Result<super::status::RelayStatus, crate::store::StoreError> {
-        let names: Vec<String> = self
-            .config()
-            .gateways
-            .iter()
-            .map(|g| g.name.clone())
-            .collect();
+        let cfg = self.config();
         self.store
-            .read(move |c| super::status::query(c, &names, chrono::Utc::now()))
+            .read(move |c| {
+                let names: Vec<String> = cfg.gateways.iter().map(|g| g.name.clone()).collect();
+                let mut s = super::status::query(c, &names, chrono::Utc::now())?;
+                super::mqtt::attach(c, &cfg, &mut s)?;
+                Ok(s)
+            })
             .await
     }
 

@@ -9,6 +9,7 @@ mod client;
 pub mod config;
 mod deliver;
 mod http;
+mod mqtt;
 mod outbox;
 mod route;
 mod status;
@@ -32,6 +33,8 @@ pub enum RelayError {
     Server(#[from] server::ServerError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("mqtt: {0}")]
+    Mqtt(String),
 }
 
 impl RelayError {
@@ -78,7 +81,10 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
     let (private, metrics_addr) = listen(config.relay.metrics_listen).await?;
     let (stop, stop_rx) = watch::channel(false);
     let timeout = Duration::from_secs(config.relay.delivery_timeout_secs);
-    let fleet = Arc::new(deliver::Fleet::new(store.clone(), timeout, stop_rx.clone()));
+    let link = mqtt::start_link(&config, &store, stop_rx.clone()).map_err(RelayError::Mqtt)?;
+    let fleet = Arc::new(
+        deliver::Fleet::new(store.clone(), timeout, stop_rx.clone()).with_link(link.clone()),
+    );
     let app = Arc::new(RelayApp::new(config.clone(), store.clone(), fleet.clone()));
     // The configuration may have changed while the relay was down: re-route first.
     let routes = app.routes();
@@ -88,7 +94,7 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
     let until = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(server::serve(
             public,
             tls.clone(),
@@ -105,6 +111,20 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
         )),
         tokio::spawn(prune_loop(app.clone(), stop_rx.clone())),
     ];
+    if let Some(link) = link {
+        let a = app.clone();
+        let names = move || {
+            let all: Vec<String> = a.config().gateways.iter().map(|g| g.name.clone()).collect();
+            mqtt::mqtt_gateways(&a.config(), &all)
+        };
+        tasks.push(tokio::spawn(mqtt::on_connect(
+            link,
+            store.clone(),
+            fleet.clone(),
+            names,
+            stop_rx.clone(),
+        )));
+    }
     tracing::info!(%addr, path = %config.server.path, tls = config.server.tls.is_some(), "listening for Leap notifications");
     tracing::info!(addr = %metrics_addr, "relay /metrics and /healthz on loopback");
     Ok(Running {

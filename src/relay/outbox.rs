@@ -9,7 +9,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The relay schema's version (its own sequence: the relay has its own database file).
-const SCHEMA: &[(i64, &str)] = &[(1, include_str!("schema.sql"))];
+const SCHEMA: &[(i64, &str)] = &[
+    (1, include_str!("schema.sql")),
+    (2, include_str!("schema_mqtt.sql")),
+];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;

@@ -8,6 +8,7 @@ use serde_json::json;
 fn gw(name: &str, meters: &[&str]) -> GatewayConfig {
     GatewayConfig {
         name: name.into(),
+        transport: Default::default(),
         url: "http://127.0.0.1:1/x".into(),
         key: crate::secret::Secret::new("k"),
         header: "x-api-key".into(),

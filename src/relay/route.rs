@@ -116,6 +116,7 @@ mod tests {
     fn gw(name: &str, meters: &[&str]) -> GatewayConfig {
         GatewayConfig {
             name: name.into(),
+            transport: Default::default(),
             url: "http://127.0.0.1:1/x".into(),
             key: crate::secret::Secret::new("k"),
             header: "x-api-key".into(),

@@ -22,6 +22,9 @@ pub(crate) struct GatewayStatus {
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
+    /// For `transport = "mqtt"` gateways: online/offline from their status topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<super::mqtt::MqttSeen>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -11,8 +11,8 @@ pub use conn::ConnState;
 pub use quiet::QuietLog;
 pub use routes::{App, Role, StatusSource};
 pub(crate) use routes::{
-    Intake, Received, error_response, json_response, receive_notification, refuse_ambiguous,
-    unavailable,
+    Ingested, Intake, Received, error_response, ingest_body, json_response, receive_notification,
+    refuse_ambiguous, unavailable,
 };
 
 use std::future::Future;

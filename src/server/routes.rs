@@ -216,7 +216,7 @@ async fn ingest_inner(
         unauthorized_log: &app.unauthorized_log,
     };
     match receive_notification(&intake, conn, peer, req).await {
-        Ok(r) => commit(app, peer, r.headers, r.body, r.parsed).await,
+        Ok(r) => commit(app, &peer.to_string(), r.headers, r.body, r.parsed).await,
         Err(answer) => answer,
     }
 }
@@ -340,7 +340,7 @@ async fn drain(req: Request<Incoming>, limit: usize, read: Duration) {
 
 async fn commit(
     app: &App,
-    peer: SocketAddr,
+    peer: &str,
     headers: serde_json::Value,
     body: Bytes,
     parsed: ingest::ParsedNotification,
@@ -410,6 +410,47 @@ async fn commit(
     let mut body = serde_json::to_value(&outcome).unwrap_or_default();
     body["status"] = json!("ok");
     (json_response(StatusCode::OK, body), "accepted")
+}
+
+/// How a notification that came another way than HTTP (MQTT, SPEC §2.12) ended.
+pub(crate) enum Ingested {
+    /// Committed (or a duplicate of something committed): it may be acknowledged.
+    Committed,
+    /// Not a Leap notification: retrying cannot help.
+    Refused(String),
+    /// Storage failed; nothing committed.
+    Unavailable,
+}
+
+/// The webhook's ingest path (auth aside: the transport authenticated the sender): parse,
+/// commit, count, wake dispatch — the same code and metrics as an HTTP notification.
+pub(crate) async fn ingest_body(app: &App, origin: &str, body: Bytes) -> Ingested {
+    let cfg = app.config();
+    if body.len() > cfg.server.max_body_bytes {
+        app.metrics.requests.inc("too_large", 1);
+        return Ingested::Refused(format!(
+            "body is over the {}-byte limit (server.max_body_bytes)",
+            cfg.server.max_body_bytes
+        ));
+    }
+    let parsed = match ingest::parse_bounded(&body, &cfg.limits, chrono::Utc::now()) {
+        Ok(p) => p,
+        Err(e) => {
+            let label = match e {
+                ingest::BoundedError::Invalid(_) => "bad_request",
+                ingest::BoundedError::OverLimit { .. } => "over_limit",
+            };
+            app.metrics.requests.inc(label, 1);
+            return Ingested::Refused(e.to_string());
+        }
+    };
+    let (resp, label) = commit(app, origin, serde_json::json!({}), body, parsed).await;
+    app.metrics.requests.inc(label, 1);
+    if resp.status().is_success() {
+        Ingested::Committed
+    } else {
+        Ingested::Unavailable
+    }
 }
 
 async fn healthz(app: &App) -> Resp {
