@@ -99,6 +99,7 @@ dpkg --purge "$PKG"
 check "package gone" bash -c "! dpkg-query -W -f='\${Status}' $PKG 2>/dev/null | grep -q installed"
 for f in /usr/bin/leap-edge /usr/lib/systemd/system/leap-edge.service /usr/share/leap-edge \
          /etc/leap-edge /var/lib/leap-edge /usr/lib/sysusers.d/leap-edge.conf \
+         /usr/lib/systemd/system/leap-edge-relay.service /etc/leap-edge-relay /var/lib/leap-edge-relay \
          /etc/systemd/system/multi-user.target.wants/leap-edge.service; do
   check "$f removed" test ! -e "$f" -a ! -L "$f"
 done

@@ -9,7 +9,7 @@
 #
 # New inputs go to fuzz/target/corpus-work/<target> (not committed); crashes go to
 # fuzz/artifacts/<target>/ and make the script exit 1. Each crash must become a
-# regression test (tests/fuzz_regressions.rs) before the fix is merged.
+# regression test (tests/it/fuzz_regressions.rs) before the fix is merged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +53,6 @@ for t in "${TARGETS[@]}"; do
   grep -E '^(Done|stat::|==[0-9]+== ERROR|SUMMARY)' "fuzz/target/$t.log" || tail -n 20 "fuzz/target/$t.log"
 done
 if [ "$status" -ne 0 ]; then
-  echo "fuzz: FOUND A CRASH — see fuzz/artifacts/; add it to tests/fuzz_regressions.rs"
+  echo "fuzz: FOUND A CRASH — see fuzz/artifacts/; add it to tests/it/fuzz_regressions.rs"
 fi
 exit "$status"

@@ -9,7 +9,11 @@
 #   4. a Leap-shaped notification POSTed to the relay-side port R must show up in
 #      `leap-edge events --json`;
 #   5. the relay drops the SSH connection; autossh must bring the tunnel back, and a second
-#      notification must arrive too.
+#      notification must arrive too;
+#   6. the fleet (SPEC §2.12): two more gateways, each behind its own reverse tunnel (own key,
+#      own permitlisten port), and `leap-edge relay run` in front of both on the relay host.
+#      One notification with a meter of each site and a group spanning both, POSTed to the
+#      relay, must reach both gateways, each storing exactly its own entries.
 # Without a `leap-edge run` in the binary (or with TUNNEL_BACKEND=python) a small Python HTTP
 # server stands in for the daemon on G and the check is that it received the POST.
 #
@@ -211,5 +215,101 @@ id2=$(python3 -c 'import uuid; print(uuid.uuid4())')
 post "$id2"
 stored "$id2" || fail "event $id2 not stored after reconnect"
 echo "ok: event $id2 stored after reconnect"
+
+if [[ $backend == daemon ]]; then
+  step "fleet: two gateways behind their own tunnels, leap-edge relay in front"
+  FLEET_KEY=fleet-gateway-key-0123456789abcdef-01
+  start_site() { # start_site N: gateway daemon N on its own port, its tunnel to relay port
+    local n=$1 gp rp dir=$work/site$1
+    gp=$(free_port); rp=$(free_port)
+    mkdir -p "$dir/etc"
+    cat >"$dir/config.toml" <<EOF
+devices_dir = "$REPO/devices"
+[server]
+listen = "127.0.0.1:$gp"
+path = "/leap/dispatch"
+[auth]
+keys = ["$FLEET_KEY"]
+[storage]
+path = "$dir/leap-edge.db"
+[admin]
+socket = "$dir/admin.sock"
+EOF
+    spawn "site$n" "$LEAP_EDGE_BIN" run --config "$dir/config.toml"
+    wait_port "$gp" "gateway site$n"
+    ssh-keygen -q -t ed25519 -N '' -C "gw-site$n" -f "$dir/etc/tunnel_key"
+    printf 'restrict,port-forwarding,permitlisten="127.0.0.1:%s" %s\n' "$rp" \
+      "$(cat "$dir/etc/tunnel_key.pub")" >>"$work/relay/authorized_keys"
+    cp "$work/etc/tunnel_known_hosts" "$dir/etc/"
+    chmod 600 "$dir/etc/tunnel_key" "$dir/etc/tunnel_known_hosts"
+    sed -e "s/^RELAY_HOST=.*/RELAY_HOST=127.0.0.1/" -e "s/^RELAY_SSH_PORT=.*/RELAY_SSH_PORT=$SSH_PORT/" \
+        -e "s/^RELAY_USER=.*/RELAY_USER=$(id -un)/" -e "s/^RELAY_BIND=.*/RELAY_BIND=127.0.0.1/" \
+        -e "s/^RELAY_PORT=.*/RELAY_PORT=$rp/" -e "s/^GATEWAY_HOST=.*/GATEWAY_HOST=127.0.0.1/" \
+        -e "s/^GATEWAY_PORT=.*/GATEWAY_PORT=$gp/" systemd/tunnel.env.example >"$dir/etc/tunnel.env"
+    mapfile -d '' tcmd < <(python3 ci/unit_exec.py "$UNIT" /etc/leap-edge="$dir/etc" "$dir/creds")
+    spawn "tunnel$n" "${tcmd[@]}"
+    wait_port "$rp" "tunnel of site$n"
+    printf -v "SITE${n}_RELAY_PORT" '%s' "$rp"
+  }
+  start_site 2
+  start_site 3
+  RL=$(free_port); RM=$(free_port)
+  RELAY_KEY=fleet-relay-key-for-leap-0123456789abcdef
+  cat >"$work/relay/relay.toml" <<EOF
+[server]
+listen = "127.0.0.1:$RL"
+path = "/leap/dispatch"
+[auth]
+keys = ["$RELAY_KEY"]
+[storage]
+path = "$work/relay/relay.db"
+[relay]
+metrics_listen = "127.0.0.1:$RM"
+[[gateways]]
+name = "site2"
+url = "http://127.0.0.1:$SITE2_RELAY_PORT/leap/dispatch"
+key = "$FLEET_KEY"
+meters = ["m-site2"]
+[[gateways]]
+name = "site3"
+url = "http://127.0.0.1:$SITE3_RELAY_PORT/leap/dispatch"
+key = "$FLEET_KEY"
+meters = ["m-site3"]
+EOF
+  "$LEAP_EDGE_BIN" --config "$work/relay/relay.toml" relay check
+  spawn relay "$LEAP_EDGE_BIN" --config "$work/relay/relay.toml" relay run
+  wait_port "$RL" "leap-edge relay"
+  python3 - >"$work/fleet.json" <<'EOF'
+import json
+slot = lambda kind, i: {f"{kind}_event_id": i, "start_time": "2030-06-05T00:00:00Z",
+    "end_time": "2030-06-05T01:00:00Z", "cancelled": False,
+    "performance_compensation_cap": "up-to-site-load", "priority": 1, "is_voluntary": False,
+    "dispatch_event_types": ["standard"], "programs": ["DRAM"], "energy_kw": 4.0}
+print(json.dumps({"integration_test_notification": False, "communication_test": False,
+    "meter_dispatches": [{"meter_id": "m-site2", "timeslots": [slot("meter", "fleet-m2")]},
+                         {"meter_id": "m-site3", "timeslots": [slot("meter", "fleet-m3")]}],
+    "group_dispatches": [{"market_group_id": "g", "meter_ids": ["m-site2", "m-site3"],
+                          "timeslots": [slot("market_group", "fleet-g")]}]}))
+EOF
+  code=$(curl -sS -o "$work/reply.json" -w '%{http_code}' --max-time 30 \
+    -H "x-api-key: $RELAY_KEY" -H 'content-type: application/json' \
+    --data-binary "@$work/fleet.json" "http://127.0.0.1:$RL/leap/dispatch")
+  [[ $code == 200 ]] || fail "POST to the relay answered $code: $(cat "$work/reply.json")"
+  echo "POST to the relay -> 200 $(cat "$work/reply.json")"
+  events_of() { # events_of N: the event ids site N stored, sorted, space-separated
+    "$LEAP_EDGE_BIN" events --json --config "$work/site$1/config.toml" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(" ".join(sorted(t.get("meter_event_id") or t.get("market_group_event_id") for t in d["timeslots"])))'
+  }
+  for _ in $(seq 300); do
+    [[ $(events_of 2) == "fleet-g fleet-m2" && $(events_of 3) == "fleet-g fleet-m3" ]] && break
+    sleep 0.1
+  done
+  [[ $(events_of 2) == "fleet-g fleet-m2" ]] || fail "site2 has [$(events_of 2)], want [fleet-g fleet-m2]"
+  [[ $(events_of 3) == "fleet-g fleet-m3" ]] || fail "site3 has [$(events_of 3)], want [fleet-g fleet-m3]"
+  "$LEAP_EDGE_BIN" --config "$work/relay/relay.toml" relay status
+  echo "ok: each gateway stored exactly its own entries through its own tunnel"
+fi
 
 step "done (backend: $backend)"

@@ -117,6 +117,10 @@ The admin socket (admin.socket) through which the CLI talks to the daemon.
 .TP
 /usr/share/leap-edge/devices/*.toml
 Device profiles (devices_dir).
+.TP
+/etc/leap-edge-relay/relay.toml
+The fleet relay's own configuration (\fBrelay check\fR), on the partner's public host; its
+outbox is /var/lib/leap-edge-relay/relay.db (storage.path).
 .SH ENVIRONMENT
 .TP
 LEAP_EDGE_CONFIG
@@ -176,6 +180,8 @@ mod tests {
     #[test]
     fn man_page_refers_to_no_missing_page_and_has_the_sections() {
         let page = String::from_utf8(super::page(&mut Vec::new()).unwrap()).unwrap();
+        // The relay's folders are paths, not pages.
+        let page = page.replace("/leap-edge-relay/", "/");
         assert!(!page.contains("leap-edge-"), "refers to a separate page");
         for s in [
             "EXIT STATUS",

@@ -40,6 +40,7 @@ pub struct WebhookArgs {
     /// Replace or delete without asking (for scripts).
     #[arg(long)]
     pub yes: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -55,6 +56,7 @@ pub struct TestArgs {
     /// energy_kw of the test timeslot.
     #[arg(long, default_value_t = 5.0)]
     pub kw: f64,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -65,6 +67,7 @@ pub struct PollArgs {
     /// shortened so the window is at most 31 days.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=31))]
     pub days: Option<u32>,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -81,6 +81,9 @@ pub enum Command {
     /// Leap's API: webhook registration, the end-to-end test, the polling backstop.
     #[command(subcommand)]
     Leap(leap::LeapCommand),
+    /// The fleet relay on the partner's public host (own config, default /etc/leap-edge-relay/relay.toml).
+    #[command(subcommand)]
+    Relay(crate::relay::cli::RelayCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +206,7 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
         Command::Reload(args) => with_config(&cli.config, |c| reload(c, &args)),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
+        Command::Relay(cmd) => crate::relay::cli::run(&cli.config, &cmd),
         Command::Schedule(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             schedule::run(c, &args)
@@ -213,6 +217,10 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
             history::run(c, &args)
         }),
     }
+}
+
+pub(crate) fn init_logging() {
+    logging::init();
 }
 
 fn reload(config: &Config, args: &ReloadArgs) -> anyhow::Result<u8> {

@@ -18,6 +18,16 @@ impl Config {
         crate::leap::check_config(self, &mut p);
         // One battery per meter, refreshable before it reverts (the control loop's needs).
         p.extend(crate::control::check_meters(self));
+        if let Some(m) = &self.uplink.mqtt {
+            p.extend(m.problems("uplink.mqtt"));
+            if m.session_expiry_secs < crate::mqtt::MIN_SESSION_EXPIRY_SECS {
+                p.push(format!(
+                    "uplink.mqtt.session_expiry_secs must be at least {} (one day), so \
+                     dispatches published while the gateway is offline are kept",
+                    crate::mqtt::MIN_SESSION_EXPIRY_SECS
+                ));
+            }
+        }
         if p.is_empty() { Ok(()) } else { Err(p) }
     }
 

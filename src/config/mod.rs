@@ -81,6 +81,9 @@ impl Config {
         fix(&mut self.storage.path);
         fix(&mut self.admin.socket);
         fix(&mut self.devices_dir);
+        if let Some(m) = self.uplink.mqtt.as_mut() {
+            m.resolve_paths(base);
+        }
         if let Some(tls) = self.server.tls.as_mut() {
             fix(&mut tls.cert);
             fix(&mut tls.key);

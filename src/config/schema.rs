@@ -32,6 +32,9 @@ pub struct Config {
     pub sim: SimConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Other ways notifications reach this gateway than its webhook (SPEC §2.12 fleets).
+    #[serde(default)]
+    pub uplink: UplinkConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
     /// Leap's APIs (registration, test notifications, polling backstop).
@@ -43,6 +46,13 @@ pub struct Config {
     /// The file this was loaded from (for `leap-edge reload`); not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Receive the relay's dispatches from an MQTT broker (dialling out: no inbound port).
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

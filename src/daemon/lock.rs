@@ -36,7 +36,9 @@ pub fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, LockError
         reason: e.to_string(),
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // The lock comes before the store: create the state folder with the store's mode
+        // (issue 10.10), not the umask's.
+        crate::store::files::create_state_dir(dir).map_err(io)?;
     }
     // Readable by the group, so `status` (a technician in the leap-edge group) can say how
     // the daemon was last run.

@@ -42,6 +42,8 @@ pub enum DaemonError {
     Lock(#[from] lock::LockError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("uplink.mqtt: {0}")]
+    Uplink(String),
 }
 
 impl DaemonError {
@@ -76,6 +78,7 @@ pub struct Running {
     metrics_http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     admin: JoinHandle<()>,
+    uplink: Option<JoinHandle<()>>,
     scheduler: Option<tokio_cron_scheduler::JobScheduler>,
     store_thread: StoreThread,
 }
@@ -147,6 +150,14 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         crate::admin::serve(admin_listener, &admin_path, handler, stopped).await;
     });
 
+    // SPEC §2.12: the relay's dispatches may also come through a broker the gateway dials.
+    let uplink = match &config.uplink.mqtt {
+        Some(m) => Some(
+            crate::mqtt::uplink::spawn(m.clone(), app.clone(), dispatch.clone(), stop_rx.clone())
+                .map_err(DaemonError::Uplink)?,
+        ),
+        None => None,
+    };
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -179,6 +190,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         http,
         dispatcher,
         admin,
+        uplink,
         scheduler,
         store_thread,
     })
@@ -248,6 +260,9 @@ impl Running {
         let _ = self.metrics_http.await;
         let _ = self.dispatcher.await;
         let _ = self.admin.await;
+        if let Some(u) = self.uplink {
+            let _ = u.await;
+        }
         if let Some(mut s) = self.scheduler {
             let _ = s.shutdown().await;
         }

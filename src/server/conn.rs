@@ -4,7 +4,8 @@
 //! the key lives at most `connection_max_secs`. A reply the client does not read within
 //! `read_timeout_secs` drops the connection (the write deadline), whoever it is.
 
-use super::routes::{self, App, Role};
+use super::Handler;
+use super::routes::Role;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io;
@@ -53,9 +54,9 @@ pub struct Limits {
 
 /// Serve one accepted (and, with TLS, handshaken) connection until it ends, a deadline
 /// passes, or `stop` asks every connection to finish.
-pub async fn serve<S>(
+pub async fn serve<S, H: Handler>(
     io: S,
-    app: Arc<App>,
+    app: Arc<H>,
     peer: SocketAddr,
     role: Role,
     accepted: Instant,
@@ -66,7 +67,7 @@ pub async fn serve<S>(
 {
     let state = Arc::new(ConnState::default());
     let st = state.clone();
-    let service = service_fn(move |req| routes::handle(app.clone(), peer, role, st.clone(), req));
+    let service = service_fn(move |req| app.clone().handle(peer, role, st.clone(), req));
     let io = GuardedIo::new(io, limits.read, state.clone());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -7,7 +7,13 @@ mod quiet;
 mod routes;
 pub mod tls;
 
+pub use conn::ConnState;
+pub use quiet::QuietLog;
 pub use routes::{App, Role, StatusSource};
+pub(crate) use routes::{
+    Ingested, Intake, Received, error_response, ingest_body, json_response, receive_notification,
+    refuse_ambiguous, unavailable,
+};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,22 +45,82 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// Connections at once on the metrics listener: a scraper and a health check or two.
 const METRICS_CONNECTIONS: usize = 4;
 
+/// The answer type of every handler.
+pub type Response = hyper::Response<http_body_util::Full<bytes::Bytes>>;
+
+/// The `[server]` settings a listener runs with: connection cap and deadlines (issue 10.1).
+pub struct ServerLimits {
+    max_connections: usize,
+    conn: conn::Limits,
+}
+
+impl ServerLimits {
+    pub fn of(s: &crate::config::ServerConfig) -> ServerLimits {
+        ServerLimits {
+            max_connections: s.max_connections,
+            conn: conn::Limits {
+                read: Duration::from_secs(s.read_timeout_secs),
+                overall: Duration::from_secs(s.connection_max_secs),
+            },
+        }
+    }
+}
+
+/// What the server asks of the side it serves: the gateway's [`App`] or the relay's. The
+/// connection handling (cap, deadlines, write deadline, CL+TE scan, TLS, drain, quiet 401
+/// logging) is the same for both.
+pub trait Handler: Send + Sync + 'static {
+    /// The `[server]` settings in force now (they can change on reload).
+    fn limits(&self) -> ServerLimits;
+    /// Requests without a valid key, logged at most once per interval (issue 10.8).
+    fn unauthorized_log(&self) -> &QuietLog;
+    /// One request. Call [`refuse_ambiguous`] first, and `conn.authorize()` once the key is
+    /// valid ([`receive_notification`] does).
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        role: Role,
+        conn: Arc<ConnState>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = Result<Response, std::convert::Infallible>> + Send;
+}
+
+impl Handler for App {
+    fn limits(&self) -> ServerLimits {
+        ServerLimits::of(&self.config().server)
+    }
+
+    fn unauthorized_log(&self) -> &QuietLog {
+        &self.unauthorized_log
+    }
+
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        role: Role,
+        conn: Arc<ConnState>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = Result<Response, std::convert::Infallible>> + Send {
+        routes::handle(self, peer, role, conn, req)
+    }
+}
+
 /// Serve until `shutdown` resolves, then stop accepting and let in-flight requests finish
 /// (bounded by the read timeout plus a margin).
-pub async fn serve(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
     tls: Option<Arc<tls::ReloadableTls>>,
-    app: Arc<App>,
+    app: Arc<H>,
     role: Role,
     shutdown: impl Future<Output = ()>,
 ) {
-    let cfg = app.config();
+    let limits = app.limits();
     let max = match role {
-        Role::Webhook => cfg.server.max_connections,
+        Role::Webhook => limits.max_connections,
         Role::Metrics => METRICS_CONNECTIONS,
     };
     let limit = Arc::new(Semaphore::new(max));
-    let read_timeout = Duration::from_secs(cfg.server.read_timeout_secs);
+    let read_timeout = limits.conn.read;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut summary = tokio::time::interval(quiet::INTERVAL);
     tokio::pin!(shutdown);
@@ -75,7 +141,7 @@ pub async fn serve(
             },
             _ = summary.tick() => {
                 drop(permit);
-                app.unauthorized_log.summarise();
+                app.unauthorized_log().summarise();
                 continue;
             }
             _ = &mut shutdown => break,
@@ -95,7 +161,7 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    app.unauthorized_log.summarise();
+    app.unauthorized_log().summarise();
     // Every connection task holds a permit: all of them back means all connections ended.
     let drained = tokio::time::timeout(
         read_timeout + Duration::from_secs(2),
@@ -112,22 +178,18 @@ pub async fn serve(
 
 /// One accepted connection: TLS handshake (within the first deadline), then HTTP.
 #[allow(clippy::too_many_arguments)]
-async fn connection(
+async fn connection<H: Handler>(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    app: Arc<App>,
+    app: Arc<H>,
     role: Role,
     accepted: tokio::time::Instant,
     stop: watch::Receiver<bool>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let cfg = app.config();
-    let limits = conn::Limits {
-        read: Duration::from_secs(cfg.server.read_timeout_secs),
-        overall: Duration::from_secs(cfg.server.connection_max_secs),
-    };
+    let limits = app.limits().conn;
     let Some(acceptor) = acceptor else {
         return conn::serve(stream, app, peer, role, accepted, limits, stop).await;
     };

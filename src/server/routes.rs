@@ -104,7 +104,7 @@ type Resp = Response<Full<Bytes>>;
 /// Rejected timeslots logged one by one per notification; the rest in one line.
 const LOGGED_REJECTIONS: usize = 3;
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -118,6 +118,29 @@ fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json_response(status, json!({"status": "error", "error": message.into()}))
 }
 
+pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> Resp {
+    error(status, message)
+}
+
+/// SPEC §2.1: storage failed, so no ack: 503 with Retry-After, and Leap retries.
+pub(crate) fn unavailable() -> Resp {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage unavailable; retry later",
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, "60".parse().expect("static header"));
+    r
+}
+
+/// A request that passed auth, content type, size and structure checks: a Leap notification.
+pub(crate) struct Received {
+    /// Headers minus credentials, for the audit copy (SPEC §2.5).
+    pub headers: serde_json::Value,
+    pub body: Bytes,
+    pub parsed: ingest::ParsedNotification,
+}
+
 fn not_allowed(allow: &'static str) -> Resp {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -128,6 +151,21 @@ fn not_allowed(allow: &'static str) -> Resp {
     r
 }
 
+/// Issue 10.8: both framings in one request is how requests are smuggled past proxies.
+/// Every handler (gateway and relay) asks this first for each request.
+pub(crate) fn refuse_ambiguous(conn: &ConnState) -> Option<Resp> {
+    if !conn.next_request_is_ambiguous() {
+        return None;
+    }
+    let mut r = error(
+        StatusCode::BAD_REQUEST,
+        "both Content-Length and Transfer-Encoding are present; send only one",
+    );
+    r.headers_mut()
+        .insert(CONNECTION, "close".parse().expect("static header"));
+    Some(r)
+}
+
 pub(crate) async fn handle(
     app: Arc<App>,
     peer: SocketAddr,
@@ -135,14 +173,7 @@ pub(crate) async fn handle(
     conn: Arc<ConnState>,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
-    // Issue 10.8: both framings in one request is how requests are smuggled past proxies.
-    if conn.next_request_is_ambiguous() {
-        let mut r = error(
-            StatusCode::BAD_REQUEST,
-            "both Content-Length and Transfer-Encoding are present; send only one",
-        );
-        r.headers_mut()
-            .insert(CONNECTION, "close".parse().expect("static header"));
+    if let Some(r) = refuse_ambiguous(&conn) {
         app.metrics.requests.inc("ambiguous_framing", 1);
         return Ok(r);
     }
@@ -178,14 +209,46 @@ async fn ingest_inner(
     req: Request<Incoming>,
 ) -> (Resp, &'static str) {
     let cfg = app.config();
-    let read = Duration::from_secs(cfg.server.read_timeout_secs);
-    if !auth::authorized(req.headers(), &cfg.auth.header, &cfg.auth.keys) {
-        app.unauthorized_log.rejected(peer, req.uri().path());
-        drain(req, cfg.server.max_body_bytes, read).await;
+    let intake = Intake {
+        server: &cfg.server,
+        auth: &cfg.auth,
+        limits: &cfg.limits,
+        unauthorized_log: &app.unauthorized_log,
+    };
+    match receive_notification(&intake, conn, peer, req).await {
+        Ok(r) => commit(app, &peer.to_string(), r.headers, r.body, r.parsed).await,
+        Err(answer) => answer,
+    }
+}
+
+/// The settings and state [`receive_notification`] checks a request against.
+pub(crate) struct Intake<'a> {
+    pub server: &'a crate::config::ServerConfig,
+    pub auth: &'a crate::config::AuthConfig,
+    pub limits: &'a crate::config::LimitsConfig,
+    /// Requests without a valid key are logged here, rate-limited (issue 10.8).
+    pub unauthorized_log: &'a QuietLog,
+}
+
+/// Everything the gateway checks before it stores a notification, shared with the relay so
+/// bad input is answered the same way by both (SPEC §3 status codes, `[limits]` bounds).
+/// A valid key marks the connection authorized (its longer deadline, issue 10.1). `Err`
+/// carries the answer and its metrics label.
+pub(crate) async fn receive_notification(
+    intake: &Intake<'_>,
+    conn: &ConnState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Received, (Resp, &'static str)> {
+    let (server, auth_cfg) = (intake.server, intake.auth);
+    let read = Duration::from_secs(server.read_timeout_secs);
+    if !auth::authorized(req.headers(), &auth_cfg.header, &auth_cfg.keys) {
+        intake.unauthorized_log.rejected(peer, req.uri().path());
+        drain(req, server.max_body_bytes, read).await;
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
         r.headers_mut()
             .insert(CONNECTION, "close".parse().expect("static header"));
-        return (r, "unauthorized");
+        return Err((r, "unauthorized"));
     }
     conn.authorize();
     let is_json = req
@@ -199,16 +262,16 @@ async fn ingest_inner(
         })
         .unwrap_or(false);
     if !is_json {
-        drain(req, cfg.server.max_body_bytes, read).await;
-        return (
+        drain(req, server.max_body_bytes, read).await;
+        return Err((
             error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Content-Type must be application/json",
             ),
             "unsupported_media_type",
-        );
+        ));
     }
-    let limit = cfg.server.max_body_bytes;
+    let limit = server.max_body_bytes;
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -221,47 +284,51 @@ async fn ingest_inner(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return (too_large(), "too_large");
+        return Err((too_large(), "too_large"));
     }
-    let headers = auth::auditable_headers(req.headers(), &cfg.auth.header);
+    let headers = auth::auditable_headers(req.headers(), &auth_cfg.header);
     let body =
         match tokio::time::timeout(read, Limited::new(req.into_body(), limit).collect()).await {
             Err(_) => {
                 tracing::warn!(%peer, "webhook body not received within the read timeout");
-                return (
+                return Err((
                     error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
                     "timeout",
-                );
+                ));
             }
             Ok(Err(e))
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
-                return (too_large(), "too_large");
+                return Err((too_large(), "too_large"));
             }
             Ok(Err(e)) => {
-                return (
+                return Err((
                     error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
                     "bad_request",
-                );
+                ));
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
-    let parsed = match ingest::parse_bounded(&body, &cfg.limits, chrono::Utc::now()) {
+    let parsed = match ingest::parse_bounded(&body, intake.limits, chrono::Utc::now()) {
         Ok(p) => p,
         Err(ingest::BoundedError::Invalid(e)) => {
             tracing::warn!(%peer, error = %e, "webhook body is not a Leap notification");
-            return (error(StatusCode::BAD_REQUEST, e.to_string()), "bad_request");
+            return Err((error(StatusCode::BAD_REQUEST, e.to_string()), "bad_request"));
         }
         Err(e @ ingest::BoundedError::OverLimit { .. }) => {
             tracing::warn!(%peer, error = %e, "notification over a configured limit; nothing stored");
-            return (
+            return Err((
                 error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
                 "over_limit",
-            );
+            ));
         }
     };
-    commit(app, peer, headers, body, parsed).await
+    Ok(Received {
+        headers,
+        body,
+        parsed,
+    })
 }
 
 /// Read and discard a refused request's body (bounded), so the client gets a clean answer
@@ -273,7 +340,7 @@ async fn drain(req: Request<Incoming>, limit: usize, read: Duration) {
 
 async fn commit(
     app: &App,
-    peer: SocketAddr,
+    peer: &str,
     headers: serde_json::Value,
     body: Bytes,
     parsed: ingest::ParsedNotification,
@@ -292,13 +359,7 @@ async fn commit(
         Ok(o) => o,
         Err(e) => {
             tracing::error!(%peer, error = %e, "cannot store notification; answering 503 so Leap retries");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage unavailable; retry later",
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, "60".parse().expect("static header"));
-            return (r, "storage_unavailable");
+            return (unavailable(), "storage_unavailable");
         }
     };
     let m = &app.metrics;
@@ -349,6 +410,47 @@ async fn commit(
     let mut body = serde_json::to_value(&outcome).unwrap_or_default();
     body["status"] = json!("ok");
     (json_response(StatusCode::OK, body), "accepted")
+}
+
+/// How a notification that came another way than HTTP (MQTT, SPEC §2.12) ended.
+pub(crate) enum Ingested {
+    /// Committed (or a duplicate of something committed): it may be acknowledged.
+    Committed,
+    /// Not a Leap notification: retrying cannot help.
+    Refused(String),
+    /// Storage failed; nothing committed.
+    Unavailable,
+}
+
+/// The webhook's ingest path (auth aside: the transport authenticated the sender): parse,
+/// commit, count, wake dispatch — the same code and metrics as an HTTP notification.
+pub(crate) async fn ingest_body(app: &App, origin: &str, body: Bytes) -> Ingested {
+    let cfg = app.config();
+    if body.len() > cfg.server.max_body_bytes {
+        app.metrics.requests.inc("too_large", 1);
+        return Ingested::Refused(format!(
+            "body is over the {}-byte limit (server.max_body_bytes)",
+            cfg.server.max_body_bytes
+        ));
+    }
+    let parsed = match ingest::parse_bounded(&body, &cfg.limits, chrono::Utc::now()) {
+        Ok(p) => p,
+        Err(e) => {
+            let label = match e {
+                ingest::BoundedError::Invalid(_) => "bad_request",
+                ingest::BoundedError::OverLimit { .. } => "over_limit",
+            };
+            app.metrics.requests.inc(label, 1);
+            return Ingested::Refused(e.to_string());
+        }
+    };
+    let (resp, label) = commit(app, origin, serde_json::json!({}), body, parsed).await;
+    app.metrics.requests.inc(label, 1);
+    if resp.status().is_success() {
+        Ingested::Committed
+    } else {
+        Ingested::Unavailable
+    }
 }
 
 async fn healthz(app: &App) -> Resp {

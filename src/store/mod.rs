@@ -4,7 +4,7 @@
 //! daemon (the CLI) open the file read-only; WAL lets them run beside the writer.
 
 pub mod audit;
-mod files;
+pub(crate) mod files;
 mod ingest;
 mod migrations;
 pub mod query;
@@ -83,6 +83,15 @@ impl StoreThread {
 impl Store {
     /// Open (creating it and its folder if needed), migrate, and start the owner thread.
     pub fn open(path: &Path) -> Result<(Store, StoreThread), StoreError> {
+        Store::open_with_schema(path, migrations::apply)
+    }
+
+    /// [`Store::open`] for a database with another schema (the relay's outbox): the same
+    /// owner thread, pragmas (WAL, FULL) and reader, with `migrate` instead of the gateway's.
+    pub(crate) fn open_with_schema(
+        path: &Path,
+        migrate: fn(&mut Connection) -> Result<(), StoreError>,
+    ) -> Result<(Store, StoreThread), StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
@@ -107,7 +116,7 @@ impl Store {
         }
         configure(&conn).map_err(open_err)?;
         files::tighten_journal_files(path);
-        migrations::apply(&mut conn)?;
+        migrate(&mut conn)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let thread = std::thread::Builder::new()
             .name("leap-edge-store".into())

@@ -4,6 +4,8 @@
 mod common;
 mod device_common;
 mod fake_leap;
+mod mqtt_support;
+mod relay_support;
 
 mod admin;
 mod cli;
@@ -20,6 +22,10 @@ mod hardening_files;
 mod hardening_limits;
 mod leap_backstop;
 mod leap_cli;
+mod mqtt;
+mod relay;
+mod relay_soak;
+mod relay_storage;
 mod resilience_clock;
 mod resilience_crash;
 mod resilience_modbus;

@@ -1,0 +1,224 @@
+//! The relay's one connection to the broker. Delivery workers publish through it with QoS 1
+//! and wait for the broker's PUBACK; it also follows every gateway's retained status.
+//!
+//! rumqttc reports a publish's packet id only as an event of its event loop, in the order
+//! the publishes were queued, so the link pairs them first-in first-out. Each connection is
+//! a fresh client and event loop with a clean session: whatever was in flight when a
+//! connection broke fails, and the outbox publishes it again (the gateway's store drops the
+//! duplicate). That keeps the pairing exact across reconnects.
+
+use super::{MqttConfig, StatusMessage, reconnect_delay, status_topic};
+use chrono::{DateTime, Utc};
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+use rumqttc::v5::{AsyncClient, Event};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// One broker connection's pairing state.
+struct Session {
+    client: AsyncClient,
+    /// Published, packet id not yet known (in queue order).
+    queued: VecDeque<Waiter>,
+    /// Packet id known, PUBACK awaited.
+    inflight: HashMap<u16, Waiter>,
+}
+
+/// What the relay last heard on a gateway's status topic.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Seen {
+    pub online: bool,
+    /// The gateway's own time for the status (or the broker's will: when it went offline).
+    pub status_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    pub last_commit_at: Option<DateTime<Utc>>,
+}
+
+pub(crate) struct Link {
+    config: MqttConfig,
+    session: Mutex<Option<Session>>,
+    /// Bumped at every connection, so queued deliveries are tried at once.
+    pub connected: watch::Sender<u64>,
+    on_status: OnStatus,
+    /// Publishes in flight at most (the client's request queue is bounded): with thousands
+    /// of gateways, the rest wait here instead of failing and backing off.
+    slots: tokio::sync::Semaphore,
+}
+
+const REQUEST_QUEUE: usize = 4096;
+
+/// Called with (gateway, what it said) for every status message.
+pub(crate) type OnStatus = Box<dyn Fn(String, Seen) + Send + Sync>;
+
+impl Link {
+    pub fn start(
+        config: MqttConfig,
+        on_status: OnStatus,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<Link>, String> {
+        config.options()?;
+        let link = Arc::new(Link {
+            config,
+            session: Mutex::new(None),
+            connected: watch::channel(0).0,
+            on_status,
+            slots: tokio::sync::Semaphore::new(REQUEST_QUEUE - 64),
+        });
+        tokio::spawn(link.clone().run(stop));
+        Ok(link)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.config.topic_prefix
+    }
+
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.config.ack_wait_ms)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.session.lock().expect("mqtt session").is_some()
+    }
+
+    /// Publish with QoS 1 and wait (bounded) for the broker's PUBACK. `Err`: not taken by
+    /// the broker (down, refused, no session for that topic, or timed out).
+    pub async fn publish(
+        &self,
+        topic: String,
+        payload: String,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let _slot = tokio::time::timeout(timeout, self.slots.acquire())
+            .await
+            .map_err(|_| "too many publishes waiting for the broker".to_string())?;
+        let rx = {
+            let mut s = self.session.lock().expect("mqtt session");
+            let s = s.as_mut().ok_or("broker not connected")?;
+            s.client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                .map_err(|e| format!("cannot queue the publish: {e}"))?;
+            let (tx, rx) = oneshot::channel();
+            s.queued.push_back(tx);
+            rx
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("connection to the broker lost before its PUBACK".into()),
+            Err(_) => Err(format!("no PUBACK within {} ms", timeout.as_millis())),
+        }
+    }
+
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        while !*stop.borrow() {
+            let mut opts = match self.config.options() {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(error = %e, "mqtt: broker settings unusable");
+                    return;
+                }
+            };
+            opts.set_clean_start(true);
+            let (client, mut events) = rumqttc::v5::AsyncClient::new(opts, REQUEST_QUEUE);
+            let mut pending = Some(client);
+            loop {
+                let ev = tokio::select! {
+                    ev = events.poll() => ev,
+                    _ = stop.changed() => break,
+                };
+                match ev {
+                    Ok(ev) => {
+                        if let Some(c) = pending.take_if(|_| is_connack(&ev)) {
+                            failures = 0;
+                            self.connected_as(c).await;
+                        }
+                        self.on_event(ev);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(url = %self.config.url, error = %e, "mqtt: broker connection lost; deliveries wait in the outbox");
+                        break;
+                    }
+                }
+            }
+            // Dropping the session fails every waiter: the outbox keeps those parts.
+            *self.session.lock().expect("mqtt session") = None;
+            tokio::select! {
+                _ = tokio::time::sleep(reconnect_delay(failures)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn connected_as(&self, client: AsyncClient) {
+        let all = status_topic(&self.config.topic_prefix, "+");
+        if let Err(e) = client.subscribe(all, QoS::AtLeastOnce).await {
+            tracing::warn!(error = %e, "mqtt: cannot subscribe to gateway status");
+        }
+        *self.session.lock().expect("mqtt session") = Some(Session {
+            client,
+            queued: VecDeque::new(),
+            inflight: HashMap::new(),
+        });
+        tracing::info!(url = %self.config.url, "mqtt: connected to the broker");
+        self.connected.send_modify(|n| *n += 1);
+    }
+
+    fn on_event(&self, ev: Event) {
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let mut s = self.session.lock().expect("mqtt session");
+                if let Some(s) = s.as_mut()
+                    && let Some(w) = s.queued.pop_front()
+                {
+                    s.inflight.insert(pkid, w);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                let mut s = self.session.lock().expect("mqtt session");
+                if let Some(w) = s.as_mut().and_then(|s| s.inflight.remove(&ack.pkid)) {
+                    let r = match ack.reason {
+                        PubAckReason::Success => Ok(()),
+                        // No session subscribes to that topic (a gateway that never
+                        // connected): the broker would drop it, so the outbox keeps it.
+                        other => Err(format!("broker answered {other:?}")),
+                    };
+                    let _ = w.send(r);
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => self.on_status(&p.topic, &p.payload),
+            _ => {}
+        }
+    }
+
+    fn on_status(&self, topic: &[u8], payload: &[u8]) {
+        let topic = String::from_utf8_lossy(topic);
+        let Some(gateway) = topic
+            .strip_prefix(&format!("{}/", self.config.topic_prefix))
+            .and_then(|t| t.strip_suffix("/status"))
+        else {
+            return;
+        };
+        match serde_json::from_slice::<StatusMessage>(payload) {
+            Ok(m) => {
+                let seen = Seen {
+                    online: m.online,
+                    status_at: m.at,
+                    received_at: Utc::now(),
+                    last_commit_at: m.last_commit_at,
+                };
+                (self.on_status)(gateway.to_string(), seen);
+            }
+            Err(e) => tracing::warn!(gateway, error = %e, "mqtt: unreadable gateway status"),
+        }
+    }
+}
+
+fn is_connack(ev: &Event) -> bool {
+    matches!(ev, Event::Incoming(Packet::ConnAck(_)))
+}

@@ -1,0 +1,239 @@
+//! The gateway's side (`[uplink.mqtt]`): it dials out to the broker — no inbound port — with
+//! a persistent session, so what the relay published while it was offline arrives when it
+//! is back. Each message goes through the webhook's ingest path and is acknowledged to the
+//! broker only after the commit (SPEC §2.1): a crash in between means redelivery, and the
+//! store's idempotency (SPEC §2.3) turns that into exactly-once.
+
+use super::{MeterState, MqttConfig, StatusMessage, dispatch_topic, reconnect_delay, status_topic};
+use crate::dispatch::DispatchStatus;
+use crate::server::{App, Ingested, ingest_body};
+use chrono::{DateTime, Utc};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Test hook: when set, the gateway writes this file on receipt of a message and then waits
+/// (never committing, never acknowledging), so a test can SIGKILL it between the two.
+pub const HOLD_ENV: &str = "LEAP_EDGE_TEST_MQTT_HOLD_FILE";
+
+/// How often the retained status is refreshed without a change.
+const STATUS_PERIOD: Duration = Duration::from_secs(60);
+
+struct Uplink {
+    config: MqttConfig,
+    app: Arc<App>,
+    dispatch: Arc<DispatchStatus>,
+    client: AsyncClient,
+}
+
+/// Start the uplink; it runs until `stop`, then marks the gateway offline and disconnects.
+pub(crate) fn spawn(
+    config: MqttConfig,
+    app: Arc<App>,
+    dispatch: Arc<DispatchStatus>,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, String> {
+    let mut opts = config.options()?;
+    // Persistent session: the broker queues QoS 1 messages while the gateway is away.
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(config.session_expiry_secs));
+    opts.set_manual_acks(true);
+    let will = StatusMessage {
+        gateway: config.client_id.clone(),
+        online: false,
+        ..StatusMessage::default()
+    };
+    opts.set_last_will(LastWill::new(
+        status_topic(&config.topic_prefix, &config.client_id),
+        serde_json::to_vec(&will).unwrap_or_default(),
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
+    let (client, events) = AsyncClient::new(opts, 64);
+    let up = Arc::new(Uplink {
+        config,
+        app,
+        dispatch,
+        client,
+    });
+    tokio::spawn(up.clone().status_loop(stop.clone()));
+    Ok(tokio::spawn(up.run(events, stop)))
+}
+
+impl Uplink {
+    fn dispatch_topic(&self) -> String {
+        dispatch_topic(&self.config.topic_prefix, &self.config.client_id)
+    }
+
+    async fn run(self: Arc<Self>, mut events: EventLoop, mut stop: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        tracing::info!(url = %self.config.url, client_id = %self.config.client_id, topic = %self.dispatch_topic(), "mqtt uplink starting");
+        loop {
+            let ev = tokio::select! {
+                ev = events.poll() => ev,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    failures = 0;
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "mqtt uplink connected"
+                    );
+                    if let Err(e) = self
+                        .client
+                        .try_subscribe(self.dispatch_topic(), QoS::AtLeastOnce)
+                    {
+                        tracing::error!(error = %e, "mqtt uplink: cannot subscribe");
+                    }
+                    self.publish_status(true);
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    let refused: Vec<_> = s
+                        .return_codes
+                        .iter()
+                        .filter(|c| {
+                            !matches!(
+                                c,
+                                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                            )
+                        })
+                        .collect();
+                    if !refused.is_empty() {
+                        tracing::error!(codes = ?refused, topic = %self.dispatch_topic(), "mqtt uplink: the broker refused the subscription (check its ACL for this client id)");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => self.receive(p, &stop).await,
+                Ok(_) => {}
+                Err(e) => {
+                    failures += 1;
+                    let wait = reconnect_delay(failures);
+                    tracing::warn!(url = %self.config.url, error = %e, retry_in_secs = wait.as_secs(), "mqtt uplink: broker unreachable");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+            }
+        }
+        self.goodbye(&mut events).await;
+    }
+
+    /// Commit, then acknowledge; never the other way round.
+    async fn receive(&self, p: Publish, stop: &watch::Receiver<bool>) {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        if topic == self.dispatch_topic() {
+            if let Ok(path) = std::env::var(HOLD_ENV) {
+                let _ = std::fs::write(&path, &p.payload);
+                tracing::warn!(
+                    path,
+                    "test hook: holding a received message before its commit"
+                );
+                std::future::pending::<()>().await;
+            }
+            let origin = format!("mqtt:{topic}");
+            let mut failures = 0u32;
+            loop {
+                match ingest_body(&self.app, &origin, p.payload.clone()).await {
+                    Ingested::Committed => break,
+                    Ingested::Refused(e) => {
+                        // Not a Leap notification: redelivery cannot fix it.
+                        tracing::error!(topic, error = %e, "mqtt message is not a Leap notification; dropped");
+                        break;
+                    }
+                    Ingested::Unavailable if *stop.borrow() => return,
+                    Ingested::Unavailable => {
+                        // Not acknowledged: the broker keeps it; retry the commit here, in
+                        // order, as the next message must not overtake it.
+                        failures += 1;
+                        tokio::time::sleep(reconnect_delay(failures)).await;
+                    }
+                }
+            }
+        } else {
+            tracing::warn!(
+                topic,
+                "mqtt uplink: message on an unexpected topic; acknowledged and ignored"
+            );
+        }
+        if let Err(e) = self.client.try_ack(&p) {
+            tracing::warn!(error = %e, "mqtt uplink: cannot queue the acknowledgement; the broker will redeliver");
+        }
+        self.publish_status(true);
+    }
+
+    fn status(&self, online: bool) -> StatusMessage {
+        let snap = self.dispatch.snapshot();
+        let last = self
+            .app
+            .metrics
+            .last_notification_unix
+            .load(Ordering::Relaxed);
+        StatusMessage {
+            gateway: self.config.client_id.clone(),
+            online,
+            at: Some(Utc::now()),
+            last_commit_at: (last > 0)
+                .then(|| DateTime::from_timestamp(last as i64, 0))
+                .flatten(),
+            next_boundary: snap.next_boundary,
+            meters: snap
+                .meters
+                .into_iter()
+                .map(|(id, m)| {
+                    let state = MeterState {
+                        command: m
+                            .command
+                            .as_ref()
+                            .and_then(|iv| serde_json::to_string(&iv.command).ok()),
+                        until: m.command.as_ref().map(|iv| iv.end),
+                        last_error: m.last_error,
+                    };
+                    (id, state)
+                })
+                .collect(),
+        }
+    }
+
+    fn publish_status(&self, online: bool) {
+        let topic = status_topic(&self.config.topic_prefix, &self.config.client_id);
+        let body = serde_json::to_vec(&self.status(online)).unwrap_or_default();
+        if let Err(e) = self.client.try_publish(topic, QoS::AtLeastOnce, true, body) {
+            tracing::debug!(error = %e, "mqtt uplink: status not queued");
+        }
+    }
+
+    /// Refresh the retained status periodically and whenever the plan changes.
+    async fn status_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut changes = self.app.changes.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(STATUS_PERIOD) => {}
+                r = changes.changed() => if r.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            self.publish_status(true);
+        }
+    }
+
+    /// A clean stop: retained "offline" (a clean disconnect sends no will), then DISCONNECT.
+    async fn goodbye(&self, events: &mut EventLoop) {
+        self.publish_status(false);
+        let _ = self.client.try_disconnect();
+        let drain = async {
+            while let Ok(ev) = events.poll().await {
+                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        tracing::info!("mqtt uplink stopped");
+    }
+}

@@ -1,0 +1,175 @@
+//! `leap-edge relay run | status [--json] | check`. The relay reads its own file
+//! (default /etc/leap-edge-relay/relay.toml); `status` reads the outbox read-only, so it works
+//! whether or not the relay runs.
+
+use super::RelayConfig;
+use super::status::{RelayStatus, query};
+use crate::cli::exit;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG: &str = "/etc/leap-edge-relay/relay.toml";
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RelayCommand {
+    /// Run the relay: receive Leap's notifications for the whole fleet, deliver each gateway its own.
+    Run,
+    /// Per gateway: queue depth, oldest undelivered, last success and error; unrouted and dead letters.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Parse and check the relay configuration; exit 78 if bad.
+    Check,
+}
+
+/// The global `--config` names the gateway's file by default; the relay's default is its own.
+pub fn config_path(global: &Path) -> PathBuf {
+    if global == Path::new("/etc/leap-edge/config.toml") {
+        PathBuf::from(DEFAULT_CONFIG)
+    } else {
+        global.to_path_buf()
+    }
+}
+
+pub fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
+    let path = config_path(global);
+    let config = match RelayConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("leap-edge: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    match cmd {
+        RelayCommand::Check => {
+            crate::outln!(
+                "{}: OK ({} gateways, {} meters)",
+                path.display(),
+                config.gateways.len(),
+                config
+                    .gateways
+                    .iter()
+                    .map(|g| g.meters.len())
+                    .sum::<usize>()
+            );
+            Ok(exit::OK)
+        }
+        RelayCommand::Run => {
+            crate::cli::init_logging();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            match rt.block_on(super::run(config)) {
+                Ok(()) => Ok(exit::OK),
+                Err(e) if e.is_config() => {
+                    tracing::error!(error = %e, "cannot start");
+                    eprintln!("leap-edge: {e}");
+                    Ok(exit::CONFIG)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        RelayCommand::Status { json } => status(&config, *json),
+    }
+}
+
+fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
+    if !config.storage.path.exists() {
+        anyhow::bail!(
+            "no relay outbox at {} yet: `leap-edge relay run` creates it on first start (is storage.path right?)",
+            config.storage.path.display()
+        );
+    }
+    let conn = crate::store::open_read_only(&config.storage.path)?;
+    if !super::outbox::is_relay_db(&conn)? {
+        anyhow::bail!(
+            "{} is not a relay outbox (is storage.path right?)",
+            config.storage.path.display()
+        );
+    }
+    let names: Vec<String> = config.gateways.iter().map(|g| g.name.clone()).collect();
+    let mut s = query(&conn, &names, chrono::Utc::now())?;
+    super::mqtt::attach(&conn, config, &mut s)?;
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print_text(&s, config.relay.max_undelivered_age_secs);
+    }
+    Ok(exit::OK)
+}
+
+fn print_text(s: &RelayStatus, max_age: u64) {
+    crate::outln!(
+        "notifications {}   unrouted entries {}   dead letters {}",
+        s.notifications,
+        s.unrouted_count,
+        s.dead_letter_count
+    );
+    crate::outln!(
+        "{:<16} {:>6} {:>9} {:>6} {:<20} LAST ERROR",
+        "GATEWAY",
+        "QUEUE",
+        "OLDEST",
+        "DEAD",
+        "LAST SUCCESS"
+    );
+    for g in &s.gateways {
+        let age = g
+            .oldest_undelivered_age_secs
+            .map_or("-".into(), |a| format!("{a}s"));
+        let name = if g.configured {
+            g.name.clone()
+        } else {
+            format!("{} (removed)", g.name)
+        };
+        crate::outln!(
+            "{:<16} {:>6} {:>9} {:>6} {:<20} {}",
+            name,
+            g.queue_depth,
+            age,
+            g.dead_letters,
+            g.last_success_at.as_deref().unwrap_or("never"),
+            printable(g.last_error.as_deref().unwrap_or("-"))
+        );
+    }
+    for g in &s.gateways {
+        if let Some(m) = &g.mqtt {
+            crate::outln!(
+                "mqtt {:<16} {:<8} last status {}   last commit {}",
+                g.name,
+                if m.online { "online" } else { "OFFLINE" },
+                m.last_status_at.as_deref().unwrap_or("never"),
+                m.last_commit_at.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    for p in s.problems(max_age) {
+        crate::outln!("UNHEALTHY: {p}");
+    }
+    for u in &s.unrouted {
+        crate::outln!(
+            "unrouted: notification {} ({}) {} meters {:?}",
+            u.notification_id,
+            u.received_at,
+            u.entry,
+            u.meter_ids
+        );
+    }
+    for d in &s.dead_letters {
+        crate::outln!(
+            "dead letter: notification {} → {}: HTTP {} {}",
+            d.notification_id,
+            d.gateway,
+            d.answer_status.unwrap_or(0),
+            printable(d.answer_body.as_deref().unwrap_or(""))
+        );
+    }
+}
+
+/// A gateway's answer is foreign text: never let it move the cursor or recolour the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}

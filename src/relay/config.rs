@@ -1,0 +1,371 @@
+//! The relay's own configuration file (SPEC §2.12): strict like the gateway's, sharing its
+//! `[server]`, `[auth]` and `[storage]` tables, plus one `[[gateways]]` per site.
+//! `leap-edge relay check` parses and checks it and exits 78 when it is bad.
+
+use crate::config::{AuthConfig, ConfigError, LimitsConfig, ServerConfig, StorageConfig};
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Keys shorter than this are refused, for Leap's key and for every gateway's key alike: a
+/// relay key opens a whole fleet.
+pub(crate) const MIN_KEY_CHARS: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub server: ServerConfig,
+    /// The key Leap sends to the relay.
+    pub auth: AuthConfig,
+    #[serde(default = "default_storage")]
+    pub storage: StorageConfig,
+    /// The same notification bounds as the gateway's (over them: 413 naming the bound).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub relay: RelaySettings,
+    #[serde(default)]
+    pub gateways: Vec<GatewayConfig>,
+    /// The broker for `transport = "mqtt"` gateways (SPEC §2.12 fleets).
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySettings {
+    /// `/metrics` and `/healthz` are served here (loopback), never on the public listener.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+    /// `/healthz` fails when a gateway's oldest undelivered notification is older than this
+    /// (Leap itself stops retrying after 50 attempts, so a stuck queue must be seen early).
+    #[serde(default = "default_max_age_secs")]
+    pub max_undelivered_age_secs: u64,
+    /// Each delivery attempt gives up after this long (connect + answer).
+    #[serde(default = "default_delivery_timeout_secs")]
+    pub delivery_timeout_secs: u64,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            metrics_listen: default_metrics_listen(),
+            max_undelivered_age_secs: default_max_age_secs(),
+            delivery_timeout_secs: default_delivery_timeout_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// A short name for logs, metrics and `relay status` (letters, digits, `-`, `_`).
+    pub name: String,
+    /// `http` (default): the relay posts to `url`. `mqtt`: the relay publishes to the
+    /// gateway's topic on the `[mqtt]` broker and the gateway dials out to it.
+    #[serde(default)]
+    pub transport: Transport,
+    /// The gateway's webhook as the relay reaches it: `http://127.0.0.1:PORT/leap/dispatch`
+    /// (its reverse-tunnel port), `unix:/run/…/site.sock` (a socket `ssh -R` binds; then
+    /// `path` is the webhook path), or `https://…` with `ca`. Not used with MQTT.
+    #[serde(default)]
+    pub url: String,
+    /// The webhook path for a `unix:` url (an http(s) url carries its own).
+    #[serde(default = "crate::config::default_path")]
+    pub path: String,
+    /// The value the gateway accepts in its auth header. Not used with MQTT (the broker
+    /// authenticates the gateway).
+    #[serde(default)]
+    pub key: Secret,
+    /// The header the gateway expects the key in.
+    #[serde(default = "crate::config::default_auth_header")]
+    pub header: String,
+    /// Leap meter ids this gateway serves.
+    pub meters: Vec<String>,
+    /// For `https` urls: the gateway's certificate (or its CA), PEM. Only it is trusted.
+    pub ca: Option<PathBuf>,
+    /// For `https` urls: the name in the gateway's certificate (default: the url's host).
+    pub tls_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Http,
+    Mqtt,
+}
+
+pub fn default_storage() -> StorageConfig {
+    StorageConfig {
+        path: PathBuf::from("/var/lib/leap-edge-relay/relay.db"),
+        ..StorageConfig::default()
+    }
+}
+pub fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9465))
+}
+pub fn default_max_age_secs() -> u64 {
+    300
+}
+pub fn default_delivery_timeout_secs() -> u64 {
+    10
+}
+
+impl RelayConfig {
+    pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = toml::from_str::<RelayConfig>(&text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| crate::config::line_col(&text, s.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut cfg.storage.path);
+        if let Some(tls) = cfg.server.tls.as_mut() {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
+        if let Some(m) = cfg.mqtt.as_mut() {
+            m.resolve_paths(base);
+        }
+        for g in &mut cfg.gateways {
+            if let Some(ca) = g.ca.as_mut() {
+                fix(ca);
+            }
+        }
+        cfg.source = Some(path.to_path_buf());
+        cfg.check().map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Semantic checks; every problem names its key and says what to do.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut p = Vec::new();
+        let s = &self.server;
+        if s.tls.is_none() && !s.listen.ip().is_loopback() {
+            p.push(format!(
+                "server.listen = \"{}\" is not a loopback address and [server.tls] is absent: \
+                 Leap must reach the relay over HTTPS; add [server.tls] cert/key",
+                s.listen
+            ));
+        }
+        if !s.path.starts_with('/') || matches!(s.path.as_str(), "/healthz" | "/metrics") {
+            p.push(format!(
+                "server.path = \"{}\" must start with '/' and not be /healthz or /metrics",
+                s.path
+            ));
+        }
+        if s.max_body_bytes < 1024 || s.max_connections == 0 || s.read_timeout_secs == 0 {
+            p.push(
+                "server: max_body_bytes ≥ 1024, max_connections ≥ 1, read_timeout_secs ≥ 1".into(),
+            );
+        }
+        if s.connection_max_secs < s.read_timeout_secs {
+            p.push("server.connection_max_secs must be at least server.read_timeout_secs".into());
+        }
+        if s.metrics_listen != crate::config::default_metrics_listen() {
+            p.push(
+                "server.metrics_listen is the gateway's setting; the relay's loopback listener \
+                 for /metrics and /healthz is relay.metrics_listen"
+                    .into(),
+            );
+        }
+        if let Some(problem) = s
+            .tls
+            .as_ref()
+            .and_then(|t| crate::server::tls::key_problem(&t.key))
+        {
+            let key = &s.tls.as_ref().expect("checked above").key;
+            p.push(format!("server.tls.key = \"{}\": {problem}", key.display()));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("max_meter_ids", l.max_meter_ids),
+            ("max_timeslots", l.max_timeslots),
+            ("max_timeslot_hours", l.max_timeslot_hours as usize),
+            ("max_start_ahead_days", l.max_start_ahead_days as usize),
+        ] {
+            if v == 0 {
+                p.push(format!("limits.{key} must be at least 1"));
+            }
+        }
+        if self.auth.keys.is_empty() {
+            p.push("auth.keys is empty: add the key Leap sends in auth.header".into());
+        }
+        if self.auth.keys.iter().any(short) {
+            p.push(format!(
+                "auth.keys: every key must be at least {MIN_KEY_CHARS} characters (e.g. `openssl rand -hex 24`)"
+            ));
+        }
+        if !self.relay.metrics_listen.ip().is_loopback() {
+            p.push(format!(
+                "relay.metrics_listen = \"{}\" must be a loopback address: metrics are not public",
+                self.relay.metrics_listen
+            ));
+        }
+        if self.relay.max_undelivered_age_secs == 0 || self.relay.delivery_timeout_secs == 0 {
+            p.push(
+                "relay.max_undelivered_age_secs and relay.delivery_timeout_secs must be ≥ 1".into(),
+            );
+        }
+        if let Some(m) = &self.mqtt {
+            p.extend(m.problems("mqtt"));
+        }
+        if self.storage.retention_days == 0 {
+            p.push("storage.retention_days must be at least 1".into());
+        }
+        self.check_gateways(&mut p);
+        if p.is_empty() { Ok(()) } else { Err(p) }
+    }
+
+    fn check_gateways(&self, p: &mut Vec<String>) {
+        if self.gateways.is_empty() {
+            p.push("no [[gateways]]: add one per site (name, url, key, meters)".into());
+        }
+        let mut names = HashMap::new();
+        let mut meters: HashMap<String, &str> = HashMap::new();
+        for (i, g) in self.gateways.iter().enumerate() {
+            let at = format!("gateways[{i}]");
+            let valid_name = !g.name.is_empty()
+                && g.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_name {
+                p.push(format!(
+                    "{at}.name = \"{}\": use letters, digits, '-' or '_'",
+                    g.name
+                ));
+            }
+            if names.insert(g.name.clone(), i).is_some() {
+                p.push(format!("{at}.name = \"{}\" appears twice", g.name));
+            }
+            if g.transport == Transport::Mqtt {
+                self.check_mqtt_gateway(g, &at, p);
+            } else if let Err(e) = super::client::Target::parse(g) {
+                p.push(format!("{at}.url = \"{}\": {e}", g.url));
+            }
+            if g.transport == Transport::Http && short(&g.key) {
+                p.push(format!(
+                    "{at}.key must be at least {MIN_KEY_CHARS} characters (the key that gateway accepts)"
+                ));
+            }
+            if g.meters.is_empty() {
+                p.push(format!(
+                    "{at}.meters is empty: list the Leap meter ids of that site"
+                ));
+            }
+            for m in &g.meters {
+                let id = m.trim().to_ascii_lowercase();
+                if id.is_empty() {
+                    p.push(format!("{at}.meters has an empty id"));
+                } else if let Some(other) = meters.insert(id, &g.name) {
+                    p.push(format!(
+                        "{at}.meters: meter \"{m}\" is also served by gateway \"{other}\"; a meter belongs to one site"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl RelayConfig {
+    fn check_mqtt_gateway(&self, g: &GatewayConfig, at: &str, p: &mut Vec<String>) {
+        if !g.url.is_empty() {
+            p.push(format!(
+                "{at}: transport = \"mqtt\" takes no url (the gateway dials the broker); remove url or the transport"
+            ));
+        }
+        if self.mqtt.is_none() {
+            p.push(format!(
+                "{at}: transport = \"mqtt\" needs an [mqtt] table with the broker's url"
+            ));
+        }
+    }
+}
+
+fn short(k: &Secret) -> bool {
+    k.expose().trim().chars().count() < MIN_KEY_CHARS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn parse(gateways: &str) -> Result<(), Vec<String>> {
+        let text =
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n{gateways}");
+        toml::from_str::<RelayConfig>(&text).unwrap().check()
+    }
+
+    #[test]
+    fn a_meter_in_two_gateways_and_a_short_key_are_refused() {
+        let err = parse(&format!(
+            "[[gateways]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/x\"\nkey = \"{KEY}\"\nmeters = [\"M1\"]\n\
+             [[gateways]]\nname = \"b\"\nurl = \"http://127.0.0.1:2/x\"\nkey = \"short\"\nmeters = [\"m1\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.iter()
+                .any(|e| e.contains("also served by gateway \"a\"")),
+            "{err:?}"
+        );
+        assert!(err.iter().any(|e| e.contains("gateways[1].key")), "{err:?}");
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_and_https_needs_a_ca() {
+        let err = parse(&format!(
+            "[[gateways]]\nname = \"a\"\nurl = \"http://10.0.0.5:8443/x\"\nkey = \"{KEY}\"\nmeters = [\"M1\"]\n\
+             [[gateways]]\nname = \"b\"\nurl = \"https://127.0.0.1:8443/x\"\nkey = \"{KEY}\"\nmeters = [\"M2\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.iter().any(|e| e.contains("gateways[0].url")), "{err:?}");
+        assert!(
+            err.iter()
+                .any(|e| e.contains("gateways[1].url") && e.contains("ca")),
+            "{err:?}"
+        );
+        assert!(parse(&format!(
+            "[[gateways]]\nname = \"a\"\nurl = \"http://127.0.0.1:8443/x\"\nkey = \"{KEY}\"\nmeters = [\"M1\"]\n"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n[[gateways]]\nnme = \"a\"\n"
+        );
+        let e = toml::from_str::<RelayConfig>(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `nme`"), "{e}");
+    }
+}

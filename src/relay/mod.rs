@@ -1,0 +1,262 @@
+//! `leap-edge relay` (SPEC §2.12): the same binary on the partner's public host. Leap posts
+//! the whole fleet's dispatches to one URL; the relay checks them as a gateway would,
+//! commits them with one delivery per concerned gateway to its outbox, acks, and delivers
+//! each gateway its own entries, at least once, in order. It reuses the gateway's server,
+//! auth, parser and store thread; its outbox is its own SQLite file with its own schema.
+
+pub mod cli;
+mod client;
+pub mod config;
+mod deliver;
+mod http;
+mod mqtt;
+mod outbox;
+mod route;
+mod status;
+
+pub use config::RelayConfig;
+
+use crate::server;
+use crate::store::{Store, StoreThread};
+use http::RelayApp;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("mqtt: {0}")]
+    Mqtt(String),
+}
+
+impl RelayError {
+    /// A read-only outbox or unusable TLS files are configuration problems: exit 78, so
+    /// systemd does not restart in a loop (as the gateway, issue 10.4).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            RelayError::Store(crate::store::StoreError::ReadOnly { .. })
+                | RelayError::Server(server::ServerError::Tls { .. })
+        )
+    }
+}
+
+/// A started relay; [`Running::stop`] shuts it down in order.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    app: Arc<RelayApp>,
+    /// Re-read on reload, like the gateway's (certificate renewals, issue 10.3).
+    tls: Option<Arc<server::tls::ReloadableTls>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    store_thread: StoreThread,
+}
+
+async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), RelayError> {
+    let l = server::bind(addr).await?;
+    let local = l
+        .local_addr()
+        .map_err(|source| server::ServerError::Bind { addr, source })?;
+    Ok((l, local))
+}
+
+pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
+    let config = Arc::new(config);
+    let (store, store_thread) = Store::open_with_schema(&config.storage.path, outbox::migrate)?;
+    tracing::info!(path = %config.storage.path.display(), "relay outbox open (WAL, synchronous=FULL)");
+    let tls = match &config.server.tls {
+        Some(t) => Some(Arc::new(server::tls::ReloadableTls::load(&t.cert, &t.key)?)),
+        None => None,
+    };
+    let (public, addr) = listen(config.server.listen).await?;
+    let (private, metrics_addr) = listen(config.relay.metrics_listen).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let timeout = Duration::from_secs(config.relay.delivery_timeout_secs);
+    let link = mqtt::start_link(&config, &store, stop_rx.clone()).map_err(RelayError::Mqtt)?;
+    let fleet = Arc::new(
+        deliver::Fleet::new(store.clone(), timeout, stop_rx.clone()).with_link(link.clone()),
+    );
+    let app = Arc::new(RelayApp::new(config.clone(), store.clone(), fleet.clone()));
+    // The configuration may have changed while the relay was down: re-route first.
+    let routes = app.routes();
+    let n = store.call(move |c| outbox::reroute_all(c, &routes)).await?;
+    tracing::info!(notifications = n, "outbox re-routed at start");
+    fleet.apply(&config.gateways);
+    let until = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = vec![
+        tokio::spawn(server::serve(
+            public,
+            tls.clone(),
+            app.clone(),
+            server::Role::Webhook,
+            until(stop_rx.clone()),
+        )),
+        tokio::spawn(server::serve(
+            private,
+            None,
+            app.clone(),
+            server::Role::Metrics,
+            until(stop_rx.clone()),
+        )),
+        tokio::spawn(prune_loop(app.clone(), stop_rx.clone())),
+    ];
+    if let Some(link) = link {
+        let a = app.clone();
+        let names = move || {
+            let all: Vec<String> = a.config().gateways.iter().map(|g| g.name.clone()).collect();
+            mqtt::mqtt_gateways(&a.config(), &all)
+        };
+        tasks.push(tokio::spawn(mqtt::on_connect(
+            link,
+            store.clone(),
+            fleet.clone(),
+            names,
+            stop_rx.clone(),
+        )));
+    }
+    tracing::info!(%addr, path = %config.server.path, tls = config.server.tls.is_some(), "listening for Leap notifications");
+    tracing::info!(addr = %metrics_addr, "relay /metrics and /healthz on loopback");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        app,
+        tls,
+        stop,
+        tasks,
+        store_thread,
+    })
+}
+
+impl Running {
+    /// SPEC §2.12: re-read `[[gateways]]` (and the keys) without a restart. Undelivered items
+    /// follow a meter that moved; dead letters of a gateway whose url or key changed are
+    /// queued again (they were refused because of the old setting).
+    pub async fn reload(&self) {
+        let Some(path) = self.app.config().source.clone() else {
+            return;
+        };
+        let new = match RelayConfig::load(&path) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the configuration is not valid; keeping the old one");
+                return;
+            }
+        };
+        let old = self.app.config();
+        let changed: Vec<String> = new
+            .gateways
+            .iter()
+            .filter(|g| {
+                old.gateways.iter().any(|o| {
+                    o.name == g.name && (o.url != g.url || o.key != g.key || o.header != g.header)
+                })
+            })
+            .map(|g| g.name.clone())
+            .collect();
+        self.app.set_config(new.clone());
+        let routes = self.app.routes();
+        let done = self
+            .app
+            .store
+            .call(move |c| {
+                let requeued = outbox::requeue_dead(c, &changed)?;
+                Ok((requeued, outbox::reroute_all(c, &routes)?))
+            })
+            .await;
+        match done {
+            Ok((requeued, n)) => tracing::info!(
+                gateways = new.gateways.len(),
+                rerouted = n,
+                requeued,
+                "relay configuration reloaded"
+            ),
+            Err(e) => tracing::error!(error = %e, "reload: cannot re-route the outbox"),
+        }
+        self.app.fleet.apply(&new.gateways);
+        self.app.fleet.wake_all();
+        self.reload_tls();
+    }
+
+    /// Certificate renewals apply without a restart; a bad pair leaves the old one serving.
+    fn reload_tls(&self) {
+        let Some(tls) = &self.tls else { return };
+        let before = tls.fingerprint();
+        match tls.reload() {
+            Ok(fp) if fp != before => {
+                tracing::info!(fingerprint = %fp, "relay TLS certificate renewed")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "TLS files not reloaded; the old certificate stays")
+            }
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        drop(self.app);
+        let thread = self.store_thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+/// Hourly: forget settled notifications older than the retention.
+async fn prune_loop(app: Arc<RelayApp>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let days = i64::from(app.config().storage.retention_days);
+        let before = chrono::Utc::now() - chrono::Duration::days(days);
+        match app.store.call(move |c| outbox::prune(c, before)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                notifications = n,
+                "pruned settled notifications past retention"
+            ),
+            Err(e) => tracing::warn!(error = %e, "prune failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// `leap-edge relay run`: serve until SIGTERM/SIGINT; SIGHUP (`systemctl reload`) reloads.
+pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let running = start(config).await?;
+    let mut term = signal(SignalKind::terminate()).map_err(RelayError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RelayError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RelayError::Signals)?;
+    if let Err(e) = crate::systemd::notify_ready() {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let _ = crate::systemd::notify("RELOADING=1");
+                running.reload().await;
+                let _ = crate::systemd::notify_ready();
+            }
+        }
+    }
+    tracing::info!("relay stopping");
+    let _ = crate::systemd::notify_stopping();
+    running.stop().await;
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The relay's MQTT glue (SPEC §2.12 fleets): Leap's answer waits for the broker's PUBACKs,
+//! queued parts go out as soon as the broker is back, and what each gateway last said on
+//! its status topic is kept in the outbox for `relay status`.
+
+use super::config::{RelayConfig, Transport};
+use super::deliver::Fleet;
+use crate::mqtt::link::{Link, Seen};
+use crate::store::{Store, StoreError, ts};
+use chrono::Utc;
+use rusqlite::{Connection, params};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub(crate) fn mqtt_gateways(config: &RelayConfig, among: &[String]) -> Vec<String> {
+    config
+        .gateways
+        .iter()
+        .filter(|g| g.transport == Transport::Mqtt && among.contains(&g.name))
+        .map(|g| g.name.clone())
+        .collect()
+}
+
+fn pending_for(conn: &Connection, id: i64, gateways: &[String]) -> Result<usize, StoreError> {
+    let names = serde_json::to_string(gateways).unwrap_or_default();
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM relay_deliveries WHERE notification_id = ?1 AND state = 'pending'
+         AND gateway IN (SELECT value FROM json_each(?2))",
+        params![id, names],
+        |r| r.get(0),
+    )?;
+    Ok(n as usize)
+}
+
+/// SPEC §2.12: answer Leap after the broker's PUBACK for every MQTT part, or — broker down
+/// or slow — after `ack_wait` with the parts safe in the outbox (they are committed before
+/// this is called). Returns whether every part was acknowledged by the broker.
+pub(crate) async fn wait_published(
+    store: &Store,
+    fleet: &Fleet,
+    id: i64,
+    gateways: Vec<String>,
+) -> bool {
+    let Some(link) = fleet.link() else {
+        return false;
+    };
+    if gateways.is_empty() {
+        return true;
+    }
+    if !link.is_connected() {
+        return false;
+    }
+    let mut progress = fleet.progress.subscribe();
+    let deadline = tokio::time::Instant::now() + link.ack_wait();
+    loop {
+        let g = gateways.clone();
+        match store.read(move |c| pending_for(c, id, &g)).await {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox while waiting for PUBACKs");
+                return false;
+            }
+        }
+        if tokio::time::timeout_at(deadline, progress.changed())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+}
+
+/// Keep what a gateway said on its status topic (online, or its will: offline).
+fn save_seen(conn: &mut Connection, gateway: &str, s: &Seen) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO relay_mqtt_status (gateway, online, status_at, received_at, last_commit_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (gateway) DO UPDATE SET online = ?2, status_at = ?3, received_at = ?4,
+         last_commit_at = ?5",
+        params![
+            gateway,
+            s.online,
+            s.status_at.map(ts),
+            ts(s.received_at),
+            s.last_commit_at.map(ts)
+        ],
+    )?;
+    Ok(())
+}
+
+/// What `relay status` shows for an MQTT gateway.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct MqttSeen {
+    pub online: bool,
+    /// When the relay last received the gateway's status (or its will).
+    pub last_status_at: Option<String>,
+    /// The gateway's own time in that status (absent for a will).
+    pub status_at: Option<String>,
+    pub last_commit_at: Option<String>,
+}
+
+/// Add what each MQTT gateway last said to the status (never heard: offline, no time).
+pub(crate) fn attach(
+    conn: &Connection,
+    config: &RelayConfig,
+    s: &mut super::status::RelayStatus,
+) -> Result<(), StoreError> {
+    let mut seen = load_seen(conn)?;
+    for g in &mut s.gateways {
+        let mqtt = config
+            .gateways
+            .iter()
+            .any(|c| c.name == g.name && c.transport == Transport::Mqtt);
+        if mqtt {
+            g.mqtt = Some(seen.remove(&g.name).unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn load_seen(conn: &Connection) -> Result<std::collections::HashMap<String, MqttSeen>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT gateway, online, received_at, status_at, last_commit_at FROM relay_mqtt_status",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            MqttSeen {
+                online: r.get(1)?,
+                last_status_at: r.get(2)?,
+                status_at: r.get(3)?,
+                last_commit_at: r.get(4)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Start the broker link: statuses go to the outbox; on every (re)connection, the MQTT
+/// gateways' queued parts are due at once (no backoff left over from the outage).
+pub(crate) fn start_link(
+    config: &RelayConfig,
+    store: &Store,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<Arc<Link>>, String> {
+    let Some(m) = &config.mqtt else {
+        return Ok(None);
+    };
+    let s = store.clone();
+    let on_status = move |gateway: String, seen: Seen| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            if let Err(e) = s.call(move |c| save_seen(c, &gateway, &seen)).await {
+                tracing::warn!(error = %e, "cannot keep a gateway's MQTT status");
+            }
+        });
+    };
+    Link::start(m.clone(), Box::new(on_status), stop).map(Some)
+}
+
+/// After each connection to the broker: clear MQTT gateways' backoff and wake their workers.
+pub(crate) async fn on_connect(
+    link: Arc<Link>,
+    store: Store,
+    fleet: Arc<Fleet>,
+    mqtt_names: impl Fn() -> Vec<String> + Send + 'static,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connected = link.connected.subscribe();
+    loop {
+        tokio::select! {
+            r = connected.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let names = mqtt_names();
+        let now = ts(Utc::now());
+        let reset = store
+            .call(move |c| {
+                let mut n = 0;
+                for g in &names {
+                    n += c.execute(
+                        "UPDATE relay_deliveries SET next_attempt_at = ?2
+                         WHERE gateway = ?1 AND state = 'pending'",
+                        params![g, now],
+                    )?;
+                }
+                Ok(n)
+            })
+            .await;
+        match reset {
+            Ok(n) => tracing::info!(
+                queued = n,
+                "mqtt: broker reachable; publishing queued parts"
+            ),
+            Err(e) => tracing::warn!(error = %e, "mqtt: cannot reset the backoff"),
+        }
+        fleet.wake_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn check(extra: &str) -> Result<(), Vec<String>> {
+        let text =
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n{extra}");
+        toml::from_str::<RelayConfig>(&text).unwrap().check()
+    }
+
+    #[test]
+    fn an_mqtt_gateway_needs_the_broker_and_takes_no_url_or_key() {
+        let gw = "[[gateways]]\nname = \"a\"\ntransport = \"mqtt\"\nmeters = [\"M1\"]\n";
+        let err = check(gw).unwrap_err();
+        assert!(
+            err.iter().any(|e| e.contains("needs an [mqtt] table")),
+            "{err:?}"
+        );
+        let broker = "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"relay\"\n";
+        assert_eq!(check(&format!("{gw}{broker}")), Ok(()));
+        let with_url = "[[gateways]]\nname = \"a\"\ntransport = \"mqtt\"\nurl = \"http://127.0.0.1:1/x\"\nmeters = [\"M1\"]\n";
+        let err = check(&format!("{with_url}{broker}")).unwrap_err();
+        assert!(err.iter().any(|e| e.contains("takes no url")), "{err:?}");
+        let bad = "[mqtt]\nurl = \"mqtt://10.0.0.1:1883\"\nclient_id = \"relay\"\n";
+        let err = check(&format!("{gw}{bad}")).unwrap_err();
+        assert!(err.iter().any(|e| e.starts_with("mqtt.url")), "{err:?}");
+    }
+}

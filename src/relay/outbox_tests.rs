@@ -1,0 +1,132 @@
+//! The outbox's routing in SQL, on a real (in-memory) SQLite: what a gateway already took
+//! is never sent again, and undelivered entries follow a meter that moved.
+
+use super::*;
+use crate::relay::config::GatewayConfig;
+use serde_json::json;
+
+fn gw(name: &str, meters: &[&str]) -> GatewayConfig {
+    GatewayConfig {
+        name: name.into(),
+        transport: Default::default(),
+        url: "http://127.0.0.1:1/x".into(),
+        key: crate::secret::Secret::new("k"),
+        header: "x-api-key".into(),
+        path: "/leap/dispatch".into(),
+        meters: meters.iter().map(|m| m.to_string()).collect(),
+        ca: None,
+        tls_name: None,
+    }
+}
+
+fn db() -> Connection {
+    let mut c = Connection::open_in_memory().unwrap();
+    c.pragma_update(None, "foreign_keys", "ON").unwrap();
+    migrate(&mut c).unwrap();
+    c
+}
+
+fn incoming(body: serde_json::Value) -> Incoming {
+    Incoming {
+        received_at: Utc::now(),
+        peer: None,
+        headers: json!({}),
+        body: body.to_string(),
+    }
+}
+
+/// gateway → (state, meter ids in its body) for every delivery.
+fn deliveries(c: &Connection) -> Vec<(String, String, Vec<String>)> {
+    let mut stmt = c
+        .prepare(
+            "SELECT d.gateway, d.state, b.body FROM relay_deliveries d
+             JOIN relay_delivery_bodies b ON b.delivery_id = d.id ORDER BY d.gateway, d.id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        let body: String = r.get(2)?;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let meters = v["meter_dispatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["meter_id"].as_str().unwrap().to_string())
+            .collect();
+        Ok((r.get(0)?, r.get(1)?, meters))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+#[test]
+fn a_moved_meter_takes_its_undelivered_entry_and_nothing_taken_is_sent_again() {
+    let mut c = db();
+    let n = json!({"meter_dispatches": [
+        {"meter_id": "a1", "timeslots": []},
+        {"meter_id": "b1", "timeslots": []},
+        {"meter_id": "zz", "timeslots": []},
+    ]});
+    let before = Routes::new(&[gw("a", &["a1"]), gw("b", &["b1"])]);
+    let done = commit(&mut c, &incoming(n), &before).unwrap();
+    assert_eq!(done.gateways, ["a", "b"]);
+    assert_eq!(done.unrouted, 1);
+    // a took its entry; b's is still pending when b1 moves to a and zz gets a home at c.
+    let a_head = head(&c, "a").unwrap().unwrap();
+    record(
+        &mut c,
+        "a",
+        a_head.id,
+        &Attempt::Delivered { status: 200 },
+        Utc::now(),
+    )
+    .unwrap();
+    let after = Routes::new(&[gw("a", &["a1", "b1"]), gw("b", &[]), gw("c", &["zz"])]);
+    assert_eq!(reroute_all(&mut c, &after).unwrap(), 1);
+    assert_eq!(
+        deliveries(&c),
+        [
+            ("a".into(), "delivered".into(), vec!["a1".to_string()]),
+            ("a".into(), "pending".into(), vec!["b1".to_string()]),
+            ("c".into(), "pending".into(), vec!["zz".to_string()]),
+        ]
+    );
+    let unrouted: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM relay_entries WHERE unrouted = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unrouted, 0);
+    // Re-routing again with the same routes changes nothing (the pending ones keep their place).
+    let ids: Vec<i64> = {
+        let mut s = c
+            .prepare("SELECT id FROM relay_deliveries ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    reroute_all(&mut c, &after).unwrap();
+    let again: Vec<i64> = {
+        let mut s = c
+            .prepare("SELECT id FROM relay_deliveries ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(ids, again);
+}
+
+#[test]
+fn a_gateway_database_is_refused() {
+    let mut c = Connection::open_in_memory().unwrap();
+    c.execute_batch("CREATE TABLE notifications (id INTEGER); PRAGMA user_version = 1;")
+        .unwrap();
+    let e = migrate(&mut c).unwrap_err().to_string();
+    assert!(e.contains("not a relay outbox"), "{e}");
+}

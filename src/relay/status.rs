@@ -1,0 +1,247 @@
+//! What the relay reports (SPEC §2.12 visibility): per gateway the queue depth, the age of
+//! the oldest undelivered notification, last success and last error; unrouted entries and
+//! dead letters. One query feeds `relay status`, `/metrics` and `/healthz`.
+
+use crate::store::{StoreError, parse_ts};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct GatewayStatus {
+    pub name: String,
+    /// Listed in the configuration (false: only in the outbox, e.g. after a removal).
+    pub configured: bool,
+    pub queue_depth: u64,
+    pub oldest_undelivered_at: Option<DateTime<Utc>>,
+    pub oldest_undelivered_age_secs: Option<i64>,
+    pub delivered: u64,
+    pub dead_letters: u64,
+    pub last_success_at: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// For `transport = "mqtt"` gateways: online/offline from their status topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<super::mqtt::MqttSeen>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct DeadLetter {
+    pub delivery_id: i64,
+    pub notification_id: i64,
+    pub gateway: String,
+    pub answer_status: Option<u16>,
+    pub answer_body: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Unrouted {
+    pub notification_id: i64,
+    pub received_at: String,
+    pub entry: String,
+    pub meter_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RelayStatus {
+    pub notifications: u64,
+    pub gateways: Vec<GatewayStatus>,
+    pub unrouted_count: u64,
+    pub dead_letter_count: u64,
+    pub unrouted: Vec<Unrouted>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// How many unrouted entries and dead letters are listed (all are counted).
+const LIST_LIMIT: i64 = 50;
+
+pub(crate) fn query(
+    conn: &Connection,
+    configured: &[String],
+    now: DateTime<Utc>,
+) -> Result<RelayStatus, StoreError> {
+    let mut gws: BTreeMap<String, GatewayStatus> = configured
+        .iter()
+        .map(|n| {
+            let g = GatewayStatus {
+                name: n.clone(),
+                configured: true,
+                ..GatewayStatus::default()
+            };
+            (n.clone(), g)
+        })
+        .collect();
+    queues(conn, &mut gws, now)?;
+    last_outcomes(conn, &mut gws)?;
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0).map(|n| n as u64));
+    Ok(RelayStatus {
+        notifications: count("SELECT COUNT(*) FROM relay_notifications")?,
+        unrouted_count: count("SELECT COUNT(*) FROM relay_entries WHERE unrouted = 1")?,
+        dead_letter_count: count("SELECT COUNT(*) FROM relay_deliveries WHERE state = 'dead'")?,
+        gateways: gws.into_values().collect(),
+        unrouted: unrouted(conn)?,
+        dead_letters: dead_letters(conn)?,
+    })
+}
+
+/// Per gateway: counts by state and the oldest undelivered notification. Counts come from
+/// the (state, gateway) index; only pending rows are joined for their age.
+fn queues(
+    conn: &Connection,
+    gws: &mut BTreeMap<String, GatewayStatus>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT d.gateway, d.state, COUNT(*),
+                CASE d.state WHEN 'pending' THEN (SELECT MIN(n.received_at) FROM relay_deliveries p
+                    JOIN relay_notifications n ON n.id = p.notification_id
+                    WHERE p.state = 'pending' AND p.gateway = d.gateway) END
+         FROM relay_deliveries d GROUP BY d.state, d.gateway",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)? as u64,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (name, state, n, oldest) = row?;
+        let g = gws.entry(name.clone()).or_insert_with(|| GatewayStatus {
+            name,
+            ..GatewayStatus::default()
+        });
+        match state.as_str() {
+            "pending" => {
+                g.queue_depth = n;
+                let at = oldest.as_deref().map(parse_ts).transpose()?;
+                g.oldest_undelivered_at = at;
+                g.oldest_undelivered_age_secs = at.map(|t| (now - t).num_seconds().max(0));
+            }
+            "delivered" => g.delivered = n,
+            _ => g.dead_letters = n,
+        }
+    }
+    Ok(())
+}
+
+fn last_outcomes(
+    conn: &Connection,
+    gws: &mut BTreeMap<String, GatewayStatus>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT name, last_success_at, last_error, last_error_at FROM relay_gateways")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (name, ok, err, err_at) = row?;
+        if let Some(g) = gws.get_mut(&name) {
+            (g.last_success_at, g.last_error, g.last_error_at) = (ok, err, err_at);
+        }
+    }
+    Ok(())
+}
+
+fn unrouted(conn: &Connection) -> Result<Vec<Unrouted>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT e.notification_id, n.received_at, e.array, e.idx, e.meter_ids FROM relay_entries e
+         JOIN relay_notifications n ON n.id = e.notification_id
+         WHERE e.unrouted = 1 ORDER BY e.id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![LIST_LIMIT], |r| {
+        Ok(Unrouted {
+            notification_id: r.get(0)?,
+            received_at: r.get(1)?,
+            entry: format!("{}[{}]", r.get::<_, String>(2)?, r.get::<_, i64>(3)?),
+            meter_ids: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, notification_id, gateway, answer_status, answer_body, finished_at
+         FROM relay_deliveries WHERE state = 'dead' ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![LIST_LIMIT], |r| {
+        Ok(DeadLetter {
+            delivery_id: r.get(0)?,
+            notification_id: r.get(1)?,
+            gateway: r.get(2)?,
+            answer_status: r.get(3)?,
+            answer_body: r.get(4)?,
+            finished_at: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+impl RelayStatus {
+    /// SPEC §2.12: unhealthy when a gateway's oldest undelivered notification is too old.
+    pub fn problems(&self, max_age_secs: u64) -> Vec<String> {
+        self.gateways
+            .iter()
+            .filter_map(|g| {
+                let age = g.oldest_undelivered_age_secs?;
+                (age > max_age_secs as i64).then(|| {
+                    format!(
+                        "gateway {}: oldest undelivered notification is {age} s old (limit {max_age_secs} s); last error: {}",
+                        g.name,
+                        g.last_error.as_deref().unwrap_or("none")
+                    )
+                })
+            })
+            .collect()
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        let gauge =
+            |out: &mut String, name: &str, help: &str, f: &dyn Fn(&GatewayStatus) -> f64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for g in &self.gateways {
+                    let _ = writeln!(out, "{name}{{gateway=\"{}\"}} {}", g.name, f(g));
+                }
+            };
+        gauge(
+            out,
+            "leap_edge_relay_queue_depth",
+            "Undelivered notifications per gateway.",
+            &|g| g.queue_depth as f64,
+        );
+        gauge(
+            out,
+            "leap_edge_relay_oldest_undelivered_age_seconds",
+            "Age of the oldest undelivered notification per gateway (0 when none).",
+            &|g| g.oldest_undelivered_age_secs.unwrap_or(0) as f64,
+        );
+        gauge(
+            out,
+            "leap_edge_relay_dead_letters",
+            "Deliveries a gateway refused (4XX), kept.",
+            &|g| g.dead_letters as f64,
+        );
+        gauge(
+            out,
+            "leap_edge_relay_delivered",
+            "Deliveries acknowledged by the gateway (kept in the outbox).",
+            &|g| g.delivered as f64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP leap_edge_relay_unrouted_entries Entries no configured gateway serves (stored).\n\
+             # TYPE leap_edge_relay_unrouted_entries gauge\nleap_edge_relay_unrouted_entries {}",
+            self.unrouted_count
+        );
+    }
+}

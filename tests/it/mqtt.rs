@@ -1,0 +1,286 @@
+//! The relay's MQTT transport against a real Mosquitto (Debian's `mosquitto`) started by
+//! each test on a loopback port with its own configuration, persistence and the shipped ACL
+//! (`packaging/mosquitto/leap-edge.acl`): relay in process, gateways as real daemons.
+//! `.ci/run` installs mosquitto and runs these with `--ignored`.
+
+use crate::common;
+use crate::mqtt_support;
+
+use common::{Daemon, timeslot_json};
+use mqtt_support::*;
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn a_mixed_notification_reaches_each_of_three_gateways_once() {
+    let broker = Broker::start(&["leap-edge-relay", "site-a", "site-b", "site-c"]);
+    let gws: Vec<Daemon> = ["site-a", "site-b", "site-c"]
+        .iter()
+        .map(|n| gateway(&broker, n))
+        .collect();
+    let relay = relay(
+        &broker,
+        &[
+            ("site-a", "meter-a"),
+            ("site-b", "meter-b"),
+            ("site-c", "meter-c"),
+        ],
+    )
+    .await;
+    let r = relay
+        .post(&notification(&[
+            ("meter-a", "ev-a"),
+            ("meter-b", "ev-b"),
+            ("meter-c", "ev-c"),
+        ]))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["mqtt_published"], true,
+        "PUBACKs before the answer: {}",
+        r.text
+    );
+    for (d, ev) in gws.iter().zip(["ev-a", "ev-b", "ev-c"]) {
+        wait_for(ev, || !stored(d).is_empty());
+    }
+    // Give a stray duplicate time to arrive before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (d, ev) in gws.iter().zip(["ev-a", "ev-b", "ev-c"]) {
+        assert_eq!(stored(d), once(&[ev]));
+        assert_eq!(d.count("notifications"), 1);
+    }
+    // A group dispatch far above rumqttc's default 10 KiB packet limit still arrives.
+    let start = chrono::Utc::now() + chrono::Duration::hours(3);
+    let mut meters: Vec<String> = (0..1000).map(|i| format!("meter-x-{i:05}")).collect();
+    meters.push("meter-b".into());
+    let mut slot = timeslot_json("", "big", start, 900, Some(9.0), json!({}));
+    let id = slot
+        .as_object_mut()
+        .unwrap()
+        .remove("meter_event_id")
+        .unwrap();
+    slot["market_group_event_id"] = id;
+    let big = json!({"integration_test_notification": false, "communication_test": false,
+        "group_dispatches": [{"market_group_id": "g", "meter_ids": meters, "timeslots": [slot]}]})
+    .to_string();
+    assert!(big.len() > 16 * 1024);
+    let r = relay.post(&big).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["mqtt_published"], true, "{}", r.text);
+    wait_for("the big group dispatch", || stored(&gws[1]).len() == 2);
+    // relay status: every gateway online, with the time of its last status.
+    let online: i64 = relay
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM relay_mqtt_status WHERE online = 1 AND received_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(online, 3);
+    relay.running.stop().await;
+}
+
+/// The broker over TLS (rustls with ring, trusting only the broker's certificate), both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn relay_and_gateway_reach_the_broker_over_tls() {
+    let broker = Broker::start_with(&["leap-edge-relay", "site-a"], true);
+    let gw = gateway(&broker, "site-a");
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    let r = relay.post(&notification(&[("meter-a", "ev-tls")])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["mqtt_published"], true, "{}", r.text);
+    wait_for("ev-tls", || !stored(&gw).is_empty());
+    assert_eq!(stored(&gw), once(&["ev-tls"]));
+    relay.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn an_offline_gateway_gets_all_three_in_order_when_back() {
+    let broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    let mut gw = gateway(&broker, "site-a");
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    assert!(gw.terminate(), "gateway stops cleanly");
+    for ev in ["ev-1", "ev-2", "ev-3"] {
+        let r = relay.post(&notification(&[("meter-a", ev)])).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            r.body["mqtt_published"], true,
+            "the broker queues for the session: {}",
+            r.text
+        );
+    }
+    wait_for("relay sees site-a offline", || {
+        relay
+            .db()
+            .query_row(
+                "SELECT online FROM relay_mqtt_status WHERE gateway = 'site-a'",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .is_ok_and(|online| !online)
+    });
+    let status = relay.status_json();
+    let a = &status["gateways"][0];
+    assert_eq!(a["name"], "site-a");
+    assert_eq!(a["mqtt"]["online"], false, "{status}");
+    assert!(a["mqtt"]["last_status_at"].is_string(), "{status}");
+    assert!(stored(&gw).is_empty());
+    gw.spawn();
+    wait_for("three timeslots", || stored(&gw).len() == 3);
+    assert_eq!(stored(&gw), once(&["ev-1", "ev-2", "ev-3"]));
+    let bodies: Vec<String> = {
+        let db = gw.db();
+        let mut s = db
+            .prepare("SELECT body FROM notifications ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let order: Vec<&str> = bodies
+        .iter()
+        .map(|b| {
+            ["ev-1", "ev-2", "ev-3"]
+                .into_iter()
+                .find(|e| b.contains(e))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(order, ["ev-1", "ev-2", "ev-3"], "in publication order");
+    relay.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn sigkill_between_receipt_and_commit_means_redelivery_stored_once() {
+    let broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    let mut gw = gateway(&broker, "site-a");
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    gw.kill9();
+    // The same gateway, holding every message between receipt and commit.
+    let hold = gw.dir.path().join("held");
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(gw.log_path())
+        .unwrap();
+    let mut held = Command::new(common::bin())
+        .args(["--config", gw.config_path().to_str().unwrap(), "run"])
+        .env("LEAP_EDGE_TEST_MQTT_HOLD_FILE", &hold)
+        .env("LEAP_EDGE_LOG", "info,leap_edge=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let r = relay.post(&notification(&[("meter-a", "ev-k")])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for("the held message", || hold.exists());
+    held.kill().unwrap(); // SIGKILL
+    held.wait().unwrap();
+    assert!(stored(&gw).is_empty(), "nothing committed before the kill");
+    gw.spawn();
+    wait_for("redelivery", || !stored(&gw).is_empty());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stored(&gw), once(&["ev-k"]));
+    assert_eq!(gw.count("notifications"), 1);
+    relay.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
+    let mut broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    let gw = gateway(&broker, "site-a");
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    let events: Vec<String> = (0..24).map(|i| format!("ev-{i:02}")).collect();
+    let mut published = 0;
+    for (i, ev) in events.iter().enumerate() {
+        if i == 8 {
+            broker.stop();
+        }
+        if i == 16 {
+            broker.spawn();
+        }
+        let r = relay.post(&notification(&[("meter-a", ev)])).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        published += usize::from(r.body["mqtt_published"] == true);
+    }
+    assert!(
+        published < events.len(),
+        "some were answered from the outbox alone"
+    );
+    wait_for("every acknowledged notification", || {
+        stored(&gw).len() == events.len()
+    });
+    let want: Vec<&str> = events.iter().map(String::as_str).collect();
+    // Redeliveries after the restart are counted as duplicates; each timeslot is stored once.
+    let got: Vec<(String, i64)> = stored(&gw).into_iter().map(|(e, r, _)| (e, r)).collect();
+    let want: Vec<(String, i64)> = once(&want).into_iter().map(|(e, r, _)| (e, r)).collect();
+    assert_eq!(got, want);
+    relay.running.stop().await;
+}
+
+/// Mosquitto 2.0 grants the SUBACK but applies the read ACL to every message: what counts
+/// is that nothing published for site-b ever reaches site-a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn the_acl_keeps_a_gateway_off_another_gateways_topic() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let broker = Broker::start(&["leap-edge-relay", "site-a", "site-b"]);
+    let connect = |user: &str| {
+        let mut o = MqttOptions::new(user, "127.0.0.1", broker.port);
+        o.set_credentials(user, password(user));
+        AsyncClient::new(o, 16)
+    };
+    let (a, mut a_events) = connect("site-a");
+    a.subscribe("leap-edge/site-b/dispatch", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    a.subscribe("leap-edge/+/dispatch", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let received = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut subacks = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        while let Ok(ev) = tokio::time::timeout_at(deadline, a_events.poll()).await {
+            match ev.expect("site-a connection") {
+                Event::Incoming(Packet::SubAck(_)) => subacks += 1,
+                Event::Incoming(Packet::Publish(p)) => {
+                    got.push(String::from_utf8_lossy(&p.topic).into_owned())
+                }
+                _ => {}
+            }
+        }
+        (subacks, got)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (relay, mut relay_events) = connect("leap-edge-relay");
+    tokio::spawn(async move { while relay_events.poll().await.is_ok() {} });
+    for gw in ["site-b", "site-a", "site-b"] {
+        relay
+            .publish(
+                format!("leap-edge/{gw}/dispatch"),
+                QoS::AtLeastOnce,
+                false,
+                gw,
+            )
+            .await
+            .unwrap();
+    }
+    let (subacks, got) = received.await.unwrap();
+    assert_eq!(subacks, 2);
+    assert_eq!(
+        got,
+        ["leap-edge/site-a/dispatch"],
+        "site-a reads only its own dispatch topic"
+    );
+}
