@@ -9,7 +9,7 @@ use common::*;
 use leap_edge::admin::state::{DaemonState, Limit, StatusReport};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const METER: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
 
@@ -71,12 +71,9 @@ fn status(d: &Daemon) -> StatusReport {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not a StatusReport ({e}): {out}"))
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    let held = common::eventually_blocking(Duration::from_secs(20), f);
+    assert!(held, "timed out waiting for {what}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::{Daemon, local_get};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const M1: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
 
@@ -202,10 +202,10 @@ async fn rejected_rows_and_old_revisions_are_pruned_with_retention() {
     assert_eq!(d.count("rejected_timeslots"), 1);
     // Housekeeping prunes once at start.
     d.spawn();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.count("rejected_timeslots") > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(Duration::from_secs(10), || {
+        d.count("rejected_timeslots") == 0
+    })
+    .await;
     assert_eq!(d.count("notifications"), 0);
     assert_eq!(d.count("rejected_timeslots"), 0);
     assert_eq!(
