@@ -9,7 +9,7 @@ use common::{Daemon, local_get};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -54,15 +54,10 @@ fn under_umask_000(config: &Path, args: &str, log: &Path) -> std::process::Child
 }
 
 fn wait_for(log: &Path, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(what) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "no {what:?} in:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    let seen = common::eventually_blocking(Duration::from_secs(30), || text().contains(what));
+    assert!(seen, "no {what:?} in:\n{}", text());
+    text()
 }
 
 /// 10.10: folder 0750, database, WAL and shared-memory files 0640, whatever the umask.

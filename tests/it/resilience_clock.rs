@@ -74,18 +74,11 @@ impl Commander for Stamped {
 }
 
 async fn wait_calls(rec: &Stamped, n: usize) -> Vec<(DateTime<Utc>, Call)> {
-    let t = Instant::now();
-    loop {
-        let calls = rec.calls();
-        if calls.len() >= n {
-            return calls;
-        }
-        assert!(
-            t.elapsed().as_secs() < 60,
-            "waited for {n} calls: {calls:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let limit = std::time::Duration::from_secs(60);
+    common::eventually(limit, || rec.calls().len() >= n).await;
+    let calls = rec.calls();
+    assert!(calls.len() >= n, "waited for {n} calls: {calls:?}");
+    calls
 }
 
 async fn nap(ms: u64) {
