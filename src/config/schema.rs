@@ -244,9 +244,16 @@ pub struct SimConfig {
     #[serde(default = "default_sim_load")]
     pub load: String,
     /// The battery's own behaviour when not remote-controlled: `self-consumption` (covers
-    /// the load down to 0 kW grid) or `idle` (stands by at 0 kW).
+    /// the load down to 0 kW grid, and charges from a PV surplus) or `idle` (stands by).
     #[serde(default)]
     pub normal: crate::sim::NormalMode,
+    /// On-site PV generation, same forms as `load` (default none).
+    #[serde(default = "default_sim_pv")]
+    pub pv: String,
+    /// Site-meter fault from a moment on, for tests and drills: `exception:CODE@SECS`,
+    /// `timeout@SECS` or `value:KW@SECS` (the meter reads KW, saturated to its register).
+    #[serde(default)]
+    pub meter_fault: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -262,6 +269,8 @@ impl Default for SimConfig {
             ramp_kw_per_s: default_sim_ramp_kw_per_s(),
             load: default_sim_load(),
             normal: crate::sim::NormalMode::default(),
+            pv: default_sim_pv(),
+            meter_fault: None,
         }
     }
 }
@@ -350,6 +359,9 @@ pub fn default_sim_ramp_kw_per_s() -> f64 {
 }
 pub fn default_sim_load() -> String {
     "constant:30".into()
+}
+pub fn default_sim_pv() -> String {
+    "constant:0".into()
 }
 pub fn default_admin_socket() -> PathBuf {
     "/run/leap-edge/admin.sock".into()
