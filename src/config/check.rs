@@ -82,6 +82,11 @@ impl Config {
         if !(s.fallback_site_load_kw >= 0.0 && s.fallback_site_load_kw.is_finite()) {
             p.push("site.fallback_site_load_kw must be a number ≥ 0".into());
         }
+        if let Some(v) = s.service_kw.filter(|v| !(*v > 0.0 && v.is_finite())) {
+            p.push(format!(
+                "site.service_kw = {v} must be > 0 (the site's grid connection in kW)"
+            ));
+        }
         if !(100..=60_000).contains(&s.control_period_ms) {
             p.push("site.control_period_ms must be between 100 and 60000".into());
         }

@@ -111,6 +111,10 @@ pub struct SiteConfig {
     /// Closed-loop control period.
     #[serde(default = "default_control_period_ms")]
     pub control_period_ms: u64,
+    /// The site's service size (kW): a site-meter reading beyond it in either direction is
+    /// a broken or stuck meter, and the battery is handed back to normal (SPEC §2.13).
+    #[serde(default)]
+    pub service_kw: Option<f64>,
 }
 
 impl Default for SiteConfig {
@@ -121,6 +125,7 @@ impl Default for SiteConfig {
             reserve_soc_pct: default_reserve_soc_pct(),
             fallback_site_load_kw: 0.0,
             control_period_ms: default_control_period_ms(),
+            service_kw: None,
         }
     }
 }
