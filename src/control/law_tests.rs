@@ -86,7 +86,10 @@ fn spec_2_13_surplus_is_absorbed_not_exported() {
     let d = run(&cmd(Target::Kw(10.0), Cap::UpToSiteLoad), &tel(0.0, -10.0));
     assert!((d.setpoint_kw + 10.5).abs() < 1e-9, "{d:?}");
     assert_eq!(d.bound, Bound::SiteLoad);
-    assert!(d.flags.absorbing_surplus && !d.flags.export_unavoidable, "{d:?}");
+    assert!(
+        d.flags.absorbing_surplus && !d.flags.export_unavoidable,
+        "{d:?}"
+    );
     assert_eq!(d.shortfall_kw, 10.0);
     // Under a permit the battery absorbs only what is beyond it.
     let mut c = cmd(Target::Kw(10.0), Cap::GridExportsAllowed);
@@ -101,13 +104,19 @@ fn spec_2_13_export_beyond_the_charge_limit_or_a_full_battery_is_flagged() {
     let d = run(&cmd(Target::Kw(10.0), Cap::UpToSiteLoad), &tel(-60.0, 0.0));
     assert_eq!(d.setpoint_kw, -50.0);
     assert_eq!(d.bound, Bound::MaxCharge);
-    assert!(d.flags.export_unavoidable && d.flags.absorbing_surplus, "{d:?}");
+    assert!(
+        d.flags.export_unavoidable && d.flags.absorbing_surplus,
+        "{d:?}"
+    );
     let mut full = tel(-5.0, 0.0);
     full.soc_pct = Some(100.0);
     let d = run(&cmd(Target::Kw(10.0), Cap::UpToSiteLoad), &full);
     assert_eq!(d.setpoint_kw, 0.0);
     assert_eq!(d.bound, Bound::Full);
-    assert!(d.flags.export_unavoidable && !d.flags.absorbing_surplus, "{d:?}");
+    assert!(
+        d.flags.export_unavoidable && !d.flags.absorbing_surplus,
+        "{d:?}"
+    );
 }
 
 #[test]

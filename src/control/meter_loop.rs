@@ -305,7 +305,11 @@ impl MeterLoop {
         tracing::info!(meter_id = %self.s.meter_id, device = %self.s.device,
             event_id = %cmd.event_id, was = %why, since = ?since,
             "control: site readings trustworthy again, following the command");
-        self.push_event(cmd, "resumed", &format!("readings trustworthy again (was: {why})"));
+        self.push_event(
+            cmd,
+            "resumed",
+            &format!("readings trustworthy again (was: {why})"),
+        );
     }
 
     fn push_event(&self, cmd: &Command, what: &'static str, detail: &str) {

@@ -111,7 +111,11 @@ mod tests {
         assert!(why(&c, &t, &site).unwrap().contains("site-meter"));
         // A stuck register: 32 767 W on a 100 kW service is fine, 327.67 kW is not.
         assert_eq!(why(&c, &tel(32.767, 0.0), &site), None);
-        assert!(why(&c, &tel(327.67, 0.0), &site).unwrap().contains("service_kw"));
+        assert!(
+            why(&c, &tel(327.67, 0.0), &site)
+                .unwrap()
+                .contains("service_kw")
+        );
         // 50 kW battery reading 90 kW.
         assert!(why(&c, &tel(30.0, 90.0), &site).unwrap().contains("rating"));
         assert_eq!(why(&c, &tel(30.0, -50.0), &site), None);

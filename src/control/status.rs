@@ -134,7 +134,10 @@ impl MeterStatus {
 
     /// SPEC §2.13: the battery cannot prevent export (the site's generation).
     pub fn export_unavoidable(&self) -> bool {
-        self.command.is_some() && self.last_decision.is_some_and(|d| d.flags.export_unavoidable)
+        self.command.is_some()
+            && self
+                .last_decision
+                .is_some_and(|d| d.flags.export_unavoidable)
     }
 }
 

@@ -75,11 +75,26 @@ mod tests {
     #[test]
     fn forms() {
         let f = |s: &str| ScheduledFault::parse(s).map(|f| (f.fault, f.from_secs));
-        assert_eq!(f("exception:11@30").unwrap(), (MeterFault::Exception(11), 30.0));
-        assert_eq!(f("exception:0x0B").unwrap(), (MeterFault::Exception(11), 0.0));
+        assert_eq!(
+            f("exception:11@30").unwrap(),
+            (MeterFault::Exception(11), 30.0)
+        );
+        assert_eq!(
+            f("exception:0x0B").unwrap(),
+            (MeterFault::Exception(11), 0.0)
+        );
         assert_eq!(f("timeout@2.5").unwrap(), (MeterFault::Timeout, 2.5));
-        assert_eq!(f("value:32.767@1").unwrap(), (MeterFault::Value(32.767), 1.0));
-        for bad in ["exception@3", "exception:0", "value:x", "flaky@1", "timeout@-1"] {
+        assert_eq!(
+            f("value:32.767@1").unwrap(),
+            (MeterFault::Value(32.767), 1.0)
+        );
+        for bad in [
+            "exception@3",
+            "exception:0",
+            "value:x",
+            "flaky@1",
+            "timeout@-1",
+        ] {
             assert!(f(bad).is_err(), "{bad}");
         }
     }

@@ -248,9 +248,16 @@ mod tests {
             p.step(&mut img, now, 1.0, None);
         }
         // 4 kW load, 7 kW PV: the battery takes the 3 kW surplus, the grid stays at 0.
-        assert_eq!((p.mode, p.battery_kw, p.grid_kw()), (Mode::Normal, -3.0, 0.0));
+        assert_eq!(
+            (p.mode, p.battery_kw, p.grid_kw()),
+            (Mode::Normal, -3.0, 0.0)
+        );
         p.soc_pct = 100.0;
         p.step(&mut img, now, 1.0, None);
-        assert_eq!((p.battery_kw, p.grid_kw()), (0.0, -3.0), "a full battery exports");
+        assert_eq!(
+            (p.battery_kw, p.grid_kw()),
+            (0.0, -3.0),
+            "a full battery exports"
+        );
     }
 }

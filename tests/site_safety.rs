@@ -1,0 +1,276 @@
+//! Issue 9 on the sites partners have, end to end: a Leap notification over real HTTPS →
+//! SQLite → plan → dispatch → control loop → Modbus TCP → the simulator's physics, with
+//! assertions on what the simulated site meter shows.
+//! - a PV site whose battery charges from the surplus: an `up-to-site-load` event must not
+//!   turn that surplus into export (SPEC §2.13 surplus is not export);
+//! - a site meter that stops answering, times out or sticks mid-event: the battery is
+//!   handed back to its own logic within a control period (SPEC §2.13 blind is not safe).
+
+mod common;
+mod device_common;
+
+use chrono::{DateTime, Duration, Utc};
+use leap_edge::clock::SystemClock;
+use leap_edge::config::{Config, SimConfig};
+use leap_edge::control::ControlCommander;
+use leap_edge::daemon::{self, Parts, Running};
+use leap_edge::server::StatusSource;
+use leap_edge::sim::{MeterFault, Mode, SimHandle, SimOptions};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+const M1: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
+const PERIOD_MS: i64 = 500;
+const TOLERANCE_KW: f64 = 0.05;
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+struct Site {
+    _dir: tempfile::TempDir,
+    sim: SimHandle,
+    cc: Arc<ControlCommander>,
+    running: Option<Running>,
+    client: common::Client,
+}
+
+async fn site(sim_cfg: SimConfig, site_extra: &str) -> Site {
+    let sim = device_common::start_sim_with(sim_cfg, SimOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let text = format!(
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [auth]\nkeys = [\"{key}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
+         [site]\ncontrol_period_ms = {PERIOD_MS}\n{site_extra}\n\
+         [[meters]]\nid = \"{M1}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 30\ntimeout_ms = 200\n",
+        devices = device_common::devices_dir(),
+        key = common::KEY,
+        port = sim.local_addr().port(),
+    );
+    std::fs::write(dir.path().join("config.toml"), text).unwrap();
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    config.check().unwrap();
+    let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
+    let status = cc.status();
+    let parts = Parts {
+        commander: cc.clone(),
+        clock: Arc::new(SystemClock),
+        live: Arc::new(move || status.live_json()),
+    };
+    let running = daemon::start(config, parts).await.unwrap();
+    let client = common::Client::new(running.addr, ck.cert.der().clone());
+    Site {
+        _dir: dir,
+        sim,
+        cc,
+        running: Some(running),
+        client,
+    }
+}
+
+impl Site {
+    /// An `up-to-site-load` award of `kw` from `start` for `secs`.
+    async fn award(&self, id: &str, kw: f64, start: DateTime<Utc>, secs: i64) {
+        let end = start + Duration::seconds(secs);
+        let body = json!({"integration_test_notification": false, "communication_test": false,
+            "meter_dispatches": [{"meter_id": M1, "timeslots": [{
+                "meter_event_id": id, "start_time": ts(start), "end_time": ts(end),
+                "cancelled": false, "energy_kw": kw, "performance_compensation_cap": "up-to-site-load",
+                "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"],
+                "programs": ["DRAM"]}]}]});
+        let r = self.client.post(&body.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        self.cc.shutdown(StdDuration::from_secs(3)).await;
+    }
+}
+
+/// Seconds the simulated meter showed export (grid < 0), sampled every 10 ms between
+/// `from` and `to`, and the lowest grid power seen.
+async fn export_between(sim: &SimHandle, from: DateTime<Utc>, to: DateTime<Utc>) -> (f64, f64) {
+    while Utc::now() < from {
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+    let (mut secs, mut min) = (0.0, f64::MAX);
+    let mut last = Instant::now();
+    while Utc::now() < to {
+        let g = sim.snapshot().grid_kw;
+        let now = Instant::now();
+        if g < -TOLERANCE_KW {
+            secs += (now - last).as_secs_f64();
+        }
+        min = min.min(g);
+        last = now;
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    (secs, min)
+}
+
+fn pv_site(soc_pct: f64) -> SimConfig {
+    SimConfig {
+        load: "constant:20".into(),
+        pv: "constant:30".into(),
+        initial_soc_pct: soc_pct,
+        ..device_common::sim_cfg()
+    }
+}
+
+#[tokio::test]
+async fn solar_surplus_is_absorbed_not_exported_during_an_up_to_site_load_event() {
+    let s = site(pv_site(50.0), "").await;
+    // Self-consumption: the battery charges the 10 kW surplus, the grid is at 0.
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            let x = s.sim.snapshot();
+            (x.battery_kw + 10.0).abs() < 0.05 && x.grid_kw.abs() < 0.05
+        })
+        .await,
+        "{:?}",
+        s.sim.snapshot()
+    );
+    let start = Utc::now() + Duration::milliseconds(1500);
+    s.award("solar-1", 10.0, start, 6).await;
+    let settled = start + Duration::milliseconds(PERIOD_MS);
+    let end = start + Duration::seconds(6);
+    let (export_secs, min_grid) =
+        export_between(&s.sim, settled, end - Duration::milliseconds(200)).await;
+    eprintln!(
+        "SOLAR: export after the first control period: {export_secs:.2} s, lowest grid {min_grid:.2} kW"
+    );
+    assert_eq!(
+        export_secs, 0.0,
+        "the site exported (lowest grid {min_grid} kW)"
+    );
+    let st = s.cc.status().meter(M1).unwrap();
+    let d = st.last_decision.expect("a decision");
+    assert!(
+        d.flags.absorbing_surplus && !d.flags.export_unavoidable,
+        "{d:?}"
+    );
+    assert_eq!(
+        s.sim.snapshot().mode,
+        Mode::Remote124,
+        "not under remote control"
+    );
+    // Back to normal at the end: self-consumption takes the surplus again.
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || s.sim.snapshot().mode
+            == Mode::Normal)
+        .await
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_battery_cannot_absorb_the_surplus_and_says_so() {
+    let s = site(pv_site(100.0), "").await;
+    let start = Utc::now() + Duration::milliseconds(1000);
+    s.award("solar-full", 10.0, start, 30).await;
+    let status = s.cc.status();
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || status
+            .meter(M1)
+            .is_some_and(|m| m.export_unavoidable()))
+        .await,
+        "{:?}",
+        status.meter(M1)
+    );
+    let mut metrics = String::new();
+    status.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains(&format!(
+            "leap_edge_control_export_unavoidable{{meter_id=\"{M1}\",device=\"sim\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let events = status.take_events();
+    assert!(
+        events.iter().any(|e| e.what == "export-unavoidable"),
+        "{events:?}"
+    );
+    s.stop().await;
+}
+
+/// 30 kW load, discharging 10 kW; at the fault the load falls to 5 kW. Returns the export
+/// seconds counted from two control periods after the fault.
+async fn meter_fault_mid_event(fault: MeterFault) -> f64 {
+    let s = site(device_common::sim_cfg(), "service_kw = 100").await;
+    let start = Utc::now() + Duration::milliseconds(1000);
+    s.award("blind-1", 10.0, start, 60).await;
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            let x = s.sim.snapshot();
+            x.mode == Mode::Remote124 && (x.battery_kw - 10.0).abs() < 0.05
+        })
+        .await,
+        "{:?}",
+        s.sim.snapshot()
+    );
+    s.sim.set_meter_fault(Some(fault));
+    s.sim.set_load(Some(5.0));
+    let at = Utc::now();
+    let from = at + Duration::milliseconds(2 * PERIOD_MS);
+    let (export_secs, min_grid) = export_between(&s.sim, from, at + Duration::seconds(5)).await;
+    eprintln!(
+        "BLIND {fault:?}: export after two control periods: {export_secs:.2} s, lowest grid {min_grid:.2} kW"
+    );
+    let x = s.sim.snapshot();
+    assert_eq!(x.mode, Mode::Normal, "not handed back: {x:?}");
+    let st = s.cc.status().meter(M1).unwrap();
+    assert!(st.blind.is_some(), "{st:?}");
+    let problems = s.cc.status().health_problems();
+    assert!(
+        problems.iter().any(|p| p.contains("handed back")),
+        "{problems:?}"
+    );
+    assert!(
+        s.cc.status()
+            .take_events()
+            .iter()
+            .any(|e| e.what == "blind"),
+        "not audited"
+    );
+    // The meter answers again: the loop resumes by itself.
+    s.sim.set_meter_fault(None);
+    s.sim.set_load(Some(30.0));
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            let x = s.sim.snapshot();
+            x.mode == Mode::Remote124 && (x.battery_kw - 10.0).abs() < 0.05
+        })
+        .await,
+        "did not resume: {:?}",
+        s.sim.snapshot()
+    );
+    assert!(s.cc.status().meter(M1).unwrap().blind.is_none());
+    s.stop().await;
+    export_secs
+}
+
+#[tokio::test]
+async fn a_meter_answering_with_exception_0x0b_hands_the_battery_back() {
+    assert_eq!(
+        meter_fault_mid_event(MeterFault::Exception(0x0B)).await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_meter_that_times_out_hands_the_battery_back() {
+    assert_eq!(meter_fault_mid_event(MeterFault::Timeout).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_stuck_meter_register_hands_the_battery_back() {
+    // 32 767 W·10: a stuck i16 with scale factor 1 on a 100 kW service.
+    assert_eq!(meter_fault_mid_event(MeterFault::Value(327.67)).await, 0.0);
+}
