@@ -29,11 +29,12 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 struct Site {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     sim: SimHandle,
     cc: Arc<ControlCommander>,
     running: Option<Running>,
     client: common::Client,
+    audit: tokio::task::JoinHandle<()>,
 }
 
 async fn site(sim_cfg: SimConfig, site_extra: &str) -> Site {
@@ -62,13 +63,16 @@ async fn site(sim_cfg: SimConfig, site_extra: &str) -> Site {
         live: Arc::new(move || status.live_json()),
     };
     let running = daemon::start(config, parts).await.unwrap();
+    // As `leap-edge run` wires it: control events into the audit log.
+    let audit = daemon::control_audit::spawn(running.app.store.clone(), cc.status());
     let client = common::Client::new(running.addr, ck.cert.der().clone());
     Site {
-        _dir: dir,
+        dir,
         sim,
         cc,
         running: Some(running),
         client,
+        audit,
     }
 }
 
@@ -86,7 +90,30 @@ impl Site {
         assert_eq!(r.status, 200, "{}", r.text);
     }
 
+    /// `safety` rows of the audit log (their detail), as `leap-edge history` shows them.
+    async fn safety_audit(&self, what: &str) -> Vec<String> {
+        let db = self.dir.path().join("leap-edge.db");
+        let mut found = Vec::new();
+        for _ in 0..40 {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            let mut q = c
+                .prepare("SELECT detail FROM audit WHERE action = 'safety' ORDER BY id")
+                .unwrap();
+            found = q
+                .query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            if found.iter().any(|d| d.starts_with(what)) {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(100)).await;
+        }
+        found
+    }
+
     async fn stop(mut self) {
+        self.audit.abort();
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
@@ -192,10 +219,10 @@ async fn a_full_battery_cannot_absorb_the_surplus_and_says_so() {
         )),
         "{metrics}"
     );
-    let events = status.take_events();
+    let audit = s.safety_audit("export-unavoidable").await;
     assert!(
-        events.iter().any(|e| e.what == "export-unavoidable"),
-        "{events:?}"
+        audit.iter().any(|d| d.starts_with("export-unavoidable")),
+        "{audit:?}"
     );
     s.stop().await;
 }
@@ -232,13 +259,8 @@ async fn meter_fault_mid_event(fault: MeterFault) -> f64 {
         problems.iter().any(|p| p.contains("handed back")),
         "{problems:?}"
     );
-    assert!(
-        s.cc.status()
-            .take_events()
-            .iter()
-            .any(|e| e.what == "blind"),
-        "not audited"
-    );
+    let audit = s.safety_audit("blind").await;
+    assert!(audit.iter().any(|d| d.starts_with("blind")), "{audit:?}");
     // The meter answers again: the loop resumes by itself.
     s.sim.set_meter_fault(None);
     s.sim.set_load(Some(30.0));
@@ -252,6 +274,8 @@ async fn meter_fault_mid_event(fault: MeterFault) -> f64 {
         s.sim.snapshot()
     );
     assert!(s.cc.status().meter(M1).unwrap().blind.is_none());
+    let audit = s.safety_audit("resumed").await;
+    assert!(audit.iter().any(|d| d.starts_with("resumed")), "{audit:?}");
     s.stop().await;
     export_secs
 }

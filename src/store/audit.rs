@@ -15,6 +15,9 @@ pub enum Action {
     WouldApply,
     /// A manual override held the meter while a dispatch governed.
     Overridden,
+    /// SPEC §2.13: the control loop acted on its own for safety (readings untrusted and
+    /// the battery handed back, readings back, export unavoidable); `detail` says which.
+    Safety,
 }
 
 impl Action {
@@ -24,6 +27,7 @@ impl Action {
             Action::Release => "release",
             Action::WouldApply => "would-apply",
             Action::Overridden => "overridden",
+            Action::Safety => "safety",
         }
     }
 }
