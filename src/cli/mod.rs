@@ -10,6 +10,7 @@ mod history;
 mod logging;
 mod manual;
 pub mod output;
+mod release;
 mod schedule;
 mod send_test;
 mod sim;
@@ -63,6 +64,9 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Re-read the configuration in the running daemon (keys, policies, strategies).
     Reload,
+    /// Hand every configured battery back to normal operation over Modbus, without the
+    /// daemon (the systemd unit's ExecStopPost; usable by hand).
+    Release(release::ReleaseArgs),
     /// Print shell completions (bash, zsh, fish, ...) for leap-edge.
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff): `leap-edge man > /usr/local/share/man/man1/leap-edge.1`.
@@ -140,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
         Command::Sim(args) => with_config(&cli.config, |c| sim::run(c, &args)),
         Command::Reload => with_config(&cli.config, reload),
+        Command::Release(args) => with_config(&cli.config, |c| release::run(c, &args)),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Schedule(args) => with_config(&cli.config, |c| {

@@ -91,6 +91,9 @@ pub struct MeterStatus {
     pub blind_since: Option<DateTime<Utc>>,
     /// Times the loop went blind since start.
     pub blind_total: u64,
+    /// The device's profile sets no reversion timeout: after a crash the battery keeps its
+    /// last setpoint until `leap-edge release` runs (issue 9).
+    pub no_reversion: bool,
     /// Audit-worthy events not yet taken by the daemon.
     #[serde(skip)]
     pub pending_events: Vec<ControlEvent>,
@@ -121,6 +124,7 @@ impl MeterStatus {
             blind: None,
             blind_since: None,
             blind_total: 0,
+            no_reversion: false,
             pending_events: Vec::new(),
         }
     }
