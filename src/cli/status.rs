@@ -153,8 +153,15 @@ fn meter_row(m: &Value) -> Vec<String> {
     let live = &m["live"];
     let tel = &live["last_telemetry"];
     let num = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
-    let state = if live.is_null() {
+    // Issue 9: blind (readings untrusted, battery handed back) and export the battery
+    // cannot prevent come first: they are why a command is not being followed.
+    let flags = &live["last_decision"]["flags"];
+    let mut state = if live.is_null() {
         "-".to_string()
+    } else if live["blind"].is_string() && !cmd.is_null() {
+        "BLIND: handed back".into()
+    } else if flags["export_unavoidable"] == Value::Bool(true) && !cmd.is_null() {
+        "remote, EXPORT UNAVOIDABLE".into()
     } else if live["consecutive_errors"].as_u64().unwrap_or(0) > 0 {
         "ERROR".into()
     } else if live["released"] == Value::Bool(true) && cmd.is_null() {
@@ -162,6 +169,9 @@ fn meter_row(m: &Value) -> Vec<String> {
     } else {
         "remote control".into()
     };
+    if live["no_reversion"] == Value::Bool(true) {
+        state.push_str(" (no reversion)");
+    }
     vec![
         m["name"].as_str().map_or(s(&m["meter_id"]), |n| {
             format!("{n} ({})", s(&m["meter_id"]))
@@ -173,8 +183,9 @@ fn meter_row(m: &Value) -> Vec<String> {
         num(&tel["battery_kw"]),
         num(&tel["grid_kw"]),
         state,
-        m["last_error"]
+        live["blind"]
             .as_str()
+            .or(m["last_error"].as_str())
             .or(live["last_error"].as_str())
             .unwrap_or("-")
             .to_string(),
