@@ -28,12 +28,15 @@ pub fn parse_timeslot(ctx: &EntryContext, raw: &Value) -> Result<Timeslot, Rejec
         .and_then(Value::as_str)
         .filter(|s| !s.trim().is_empty())
         .map(str::to_string);
+    // SPEC §2.13: a cancellation always cancels, whatever else is wrong in the revision.
+    let cancels = event_id.is_some() && raw.get("cancelled") == Some(&Value::Bool(true));
     let reject = |reason: String| RejectedTimeslot {
         kind: ctx.kind,
         event_id: event_id.clone(),
         meter_ids: ctx.meter_ids.clone(),
         reason,
         raw: raw.clone(),
+        cancels,
     };
     let obj = raw
         .as_object()
