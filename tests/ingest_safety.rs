@@ -15,7 +15,7 @@ use std::sync::Arc;
 const M1: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
 
 struct Site {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     running: Running,
     rec: RecordingCommander,
     client: Client,
@@ -34,7 +34,7 @@ async fn site() -> Site {
     let running = daemon::start(config, parts).await.unwrap();
     let client = Client::new(running.addr, cert);
     Site {
-        _dir: dir,
+        dir,
         running,
         rec,
         client,
@@ -72,6 +72,19 @@ impl Site {
         let r = self.client.post(&body.to_string()).await;
         assert_eq!(r.status, 200, "{}", r.text);
         r.body
+    }
+
+    /// The stored timeslot's content (as `events --json` shows it).
+    fn stored(&self, event: &str) -> Value {
+        let c = rusqlite::Connection::open(self.dir.path().join("leap-edge.db")).unwrap();
+        let text: String = c
+            .query_row(
+                "SELECT content FROM timeslots WHERE event_id = ?1",
+                [event],
+                |r| r.get(0),
+            )
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
     }
 
     async fn wait_for(&self, what: impl Fn(&[Recorded]) -> bool, secs: i64) -> bool {
@@ -129,5 +142,87 @@ async fn a_cancellation_with_otherwise_invalid_fields_cancels_an_active_timeslot
     no_times["energy_kw"] = json!("lots");
     let body = s.post(&note(vec![no_times])).await;
     assert_eq!(body["rejected"], 1, "{body}");
+    s.running.stop().await;
+}
+
+fn warned(t: &Value, needle: &str) -> bool {
+    t["warnings"]
+        .as_array()
+        .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap_or("").contains(needle)))
+}
+
+#[tokio::test]
+async fn a_wrong_optional_field_is_a_warning_never_a_refusal() {
+    let s = site().await;
+    let (start, end) = (at(300), at(120_000));
+    let body = json!({"integration_test_notification": false, "communication_test": null,
+        "meter_dispatches": [{"meter_id": M1, "partner_reference": 42, "timeslots": [
+            slot("ev-opt", start, end, json!({"nomination_kw": "12", "priority": 0,
+                "programs": ["DRAM", null], "is_voluntary": "no"})),
+            slot("ev-comm", at(600_000), at(700_000),
+                json!({"communication_test": null, "is_communication_test": true, "priority": 99})),
+        ]}],
+        "group_dispatches": [{"market_group_id": "g-1", "meter_ids": [M1],
+            "partner_references": ["ref-1", null], "timeslots": [{
+                "market_group_event_id": "ev-group", "start_time": ts(at(800_000)),
+                "end_time": ts(at(900_000)), "cancelled": false, "energy_kw": 5.0,
+                "performance_compensation_cap": "up-to-site-load", "priority": 2}]}]});
+    let r = s.post(&body).await;
+    assert_eq!(
+        (r["new"].as_u64(), r["rejected"].as_u64()),
+        (Some(3), Some(0)),
+        "{r}"
+    );
+    let t = s.stored("ev-opt");
+    assert!(warned(&t, "partner_reference"), "{t}");
+    assert!(
+        warned(&t, "nomination_kw") && t["nomination_kw"].is_null(),
+        "{t}"
+    );
+    assert!(warned(&t, "clamped to 1") && t["priority"] == 1, "{t}");
+    assert!(
+        warned(&t, "programs") && t["programs"] == json!(["DRAM"]),
+        "{t}"
+    );
+    assert!(
+        warned(&t, "commitment") && t["is_voluntary"] == false,
+        "{t}"
+    );
+    let c = s.stored("ev-comm");
+    assert_eq!(c["communication_test"], true, "the cautious reading: {c}");
+    assert!(warned(&c, "clamped to 10") && c["priority"] == 10, "{c}");
+    let g = s.stored("ev-group");
+    assert!(
+        warned(&g, "partner_references") && g["partner_references"] == json!(["ref-1"]),
+        "{g}"
+    );
+    // And the flagged timeslot is dispatched like any other.
+    assert!(s.wait_for(applied, 10).await, "never applied");
+    s.running.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_event_twice_in_one_notification_last_wins_and_a_redelivery_is_duplicates() {
+    let s = site().await;
+    let (start, end) = (at(600_000), at(700_000));
+    let body = note(vec![
+        slot("ev-twice", start, end, json!({"energy_kw": 5.0})),
+        slot("ev-twice", start, end, json!({"energy_kw": 7.0})),
+    ]);
+    let r = s.post(&body).await;
+    assert_eq!(r["new"], 1, "{r}");
+    let t = s.stored("ev-twice");
+    assert_eq!(t["energy_kw"]["kw"], 7.0, "{t}");
+    assert!(warned(&t, "appears 2 times"), "{t}");
+    let r = s.post(&body).await;
+    assert_eq!(
+        (
+            r["new"].as_u64(),
+            r["updated"].as_u64(),
+            r["duplicate"].as_u64()
+        ),
+        (Some(0), Some(0), Some(1)),
+        "{r}"
+    );
     s.running.stop().await;
 }

@@ -51,6 +51,7 @@ pub(super) fn slot(id: &str, meter: &str, start: DateTime<Utc>, end: DateTime<Ut
         communication_test: None,
         integration_test_notification: false,
         notification_communication_test: false,
+        warnings: vec![],
     }
 }
 
