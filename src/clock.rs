@@ -58,7 +58,7 @@ fn kernel_synchronised() -> Option<bool> {
     // writes the kernel's state into it and changes nothing.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     let state = unsafe { libc::adjtimex(&mut tx) };
-    (state >= 0).then(|| state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
+    (state >= 0).then_some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
 }
 
 fn timedated_synchronised() -> Option<bool> {
