@@ -298,3 +298,183 @@ async fn a_stuck_meter_register_hands_the_battery_back() {
     // 32 767 W·10: a stuck i16 with scale factor 1 on a 100 kW service.
     assert_eq!(meter_fault_mid_event(MeterFault::Value(327.67)).await, 0.0);
 }
+
+// ---- SCENARIOS on the registers (issue 9 point 9): what the simulated site meter shows ----
+
+/// Sim samples (wall time, snapshot) every 20 ms until `until`.
+async fn record(sim: &SimHandle, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, Snapshot)> {
+    let mut out = Vec::new();
+    while Utc::now() < until {
+        out.push((Utc::now(), sim.snapshot()));
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    out
+}
+
+fn window(
+    s: &[(DateTime<Utc>, Snapshot)],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<&Snapshot> {
+    let w: Vec<&Snapshot> = s
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .map(|(_, x)| x)
+        .collect();
+    assert!(!w.is_empty(), "no samples between {from} and {to}");
+    w
+}
+
+/// Settled (one second after a change): the battery delivers `kw` within ±2 %, under remote
+/// control, and the grid import stays at or above `min_grid_kw`.
+fn holds(
+    s: &[(DateTime<Utc>, Snapshot)],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    kw: f64,
+    min_grid_kw: f64,
+) {
+    for x in window(s, from + Duration::seconds(1), to) {
+        assert_ne!(x.mode, Mode::Normal, "normal during {from}..{to}: {x:?}");
+        assert!(
+            (x.battery_kw - kw).abs() <= kw.abs() * 0.02 + 0.05,
+            "not {kw} kW during {from}..{to}: {x:?}"
+        );
+        assert!(
+            x.grid_kw >= min_grid_kw - TOLERANCE_KW,
+            "grid below {min_grid_kw} during {from}..{to}: {x:?}"
+        );
+    }
+}
+
+fn normal(s: &[(DateTime<Utc>, Snapshot)], from: DateTime<Utc>, to: DateTime<Utc>) {
+    for x in window(s, from, to) {
+        assert_eq!(
+            x.mode,
+            Mode::Normal,
+            "not normal during {from}..{to}: {x:?}"
+        );
+    }
+}
+
+fn slot_json(
+    id: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut t = json!({"meter_event_id": id, "start_time": ts(start), "end_time": ts(end),
+        "cancelled": false, "energy_kw": 10.0, "performance_compensation_cap": "up-to-site-load",
+        "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"]});
+    for (k, v) in extra.as_object().unwrap() {
+        t[k] = v.clone();
+    }
+    t
+}
+
+impl Site {
+    async fn send(&self, slots: Vec<serde_json::Value>) {
+        let body = json!({"integration_test_notification": false, "communication_test": false,
+            "meter_dispatches": [{"meter_id": M1, "timeslots": slots}]});
+        let r = self.client.post(&body.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+}
+
+use leap_edge::sim::Snapshot;
+
+fn t(base: DateTime<Utc>, ms: i64) -> DateTime<Utc> {
+    base + Duration::milliseconds(ms)
+}
+
+#[tokio::test]
+async fn scenarios_1_and_2_back_to_back_awards_on_the_registers() {
+    let s = site(device_common::sim_cfg(), "").await;
+    let base = Utc::now() + Duration::milliseconds(1500);
+    s.send(vec![
+        slot_json("s1", base, t(base, 3000), json!({})),
+        slot_json(
+            "s2",
+            t(base, 3000),
+            t(base, 6000),
+            json!({"energy_kw": 20.0}),
+        ),
+    ])
+    .await;
+    let rec = record(&s.sim, t(base, 8000)).await;
+    normal(&rec, t(base, -1000), t(base, -200));
+    holds(&rec, base, t(base, 3000), 10.0, 0.5);
+    holds(&rec, t(base, 3000), t(base, 6000), 20.0, 0.5);
+    // No pass through normal at the seam.
+    for x in window(&rec, t(base, 2500), t(base, 3500)) {
+        assert_ne!(x.mode, Mode::Normal, "normal at the seam: {x:?}");
+    }
+    normal(&rec, t(base, 6000 + PERIOD_MS + 500), t(base, 8000));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn scenario_3_overlap_then_exports_up_to_the_permit() {
+    let s = site(device_common::sim_cfg(), "export_limit_kw = 5").await;
+    let base = Utc::now() + Duration::milliseconds(1500);
+    s.send(vec![
+        slot_json("p1", base, t(base, 3000), json!({"energy_kw": 20.0})),
+        slot_json(
+            "p3",
+            base,
+            t(base, 6000),
+            json!({"energy_kw": null, "priority": 3,
+            "is_voluntary": true, "programs": ["ELRP"],
+            "performance_compensation_cap": "grid-exports-allowed"}),
+        ),
+    ])
+    .await;
+    let rec = record(&s.sim, t(base, 6000)).await;
+    holds(&rec, base, t(base, 3000), 20.0, 0.5);
+    // Maximum available, exporting up to the 5 kW permit: 30 kW load + 5 = 35 kW.
+    holds(&rec, t(base, 3000), t(base, 6000), 35.0, -5.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn scenarios_5_to_8_changes_during_an_event_on_the_registers() {
+    let s = site(device_common::sim_cfg(), "").await;
+    // 8: it arrives after its start: starts at once.
+    let base = Utc::now() - Duration::seconds(5);
+    let sent = Utc::now();
+    s.send(vec![slot_json("ev", base, t(sent, 3000), json!({}))])
+        .await;
+    // 6: a new energy_kw during the event.
+    let rec = record(&s.sim, t(sent, 2000)).await;
+    holds(&rec, sent, t(sent, 2000), 10.0, 0.5);
+    s.send(vec![slot_json(
+        "ev",
+        base,
+        t(sent, 3000),
+        json!({"energy_kw": 15.0}),
+    )])
+    .await;
+    let changed = Utc::now();
+    // 7: a later end while active.
+    s.send(vec![slot_json(
+        "ev",
+        base,
+        t(sent, 60_000),
+        json!({"energy_kw": 15.0}),
+    )])
+    .await;
+    let rec = record(&s.sim, t(sent, 5000)).await;
+    holds(&rec, t(changed, PERIOD_MS - 1000), t(sent, 5000), 15.0, 0.5);
+    // 5: a cancellation during the event: normal within one control period.
+    s.send(vec![slot_json(
+        "ev",
+        base,
+        t(sent, 60_000),
+        json!({"energy_kw": 15.0, "cancelled": true}),
+    )])
+    .await;
+    let cancelled = Utc::now();
+    let rec = record(&s.sim, t(cancelled, 3000)).await;
+    normal(&rec, t(cancelled, PERIOD_MS + 300), t(cancelled, 3000));
+    s.stop().await;
+}
