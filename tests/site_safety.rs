@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 const M1: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
+const M2: &str = "abae2779-e392-4f00-b0cf-32e716204f78";
+const FOREIGN: &str = "ffff2779-e392-4f00-b0cf-32e716204f78";
 const PERIOD_MS: i64 = 500;
 const TOLERANCE_KW: f64 = 0.05;
 
@@ -31,6 +33,8 @@ fn ts(t: DateTime<Utc>) -> String {
 struct Site {
     dir: tempfile::TempDir,
     sim: SimHandle,
+    /// A second local meter's battery (M2), when asked for.
+    sim2: Option<SimHandle>,
     cc: Arc<ControlCommander>,
     running: Option<Running>,
     client: common::Client,
@@ -38,7 +42,15 @@ struct Site {
 }
 
 async fn site(sim_cfg: SimConfig, site_extra: &str) -> Site {
+    site_with(sim_cfg, site_extra, None).await
+}
+
+async fn site_with(sim_cfg: SimConfig, site_extra: &str, second: Option<SimConfig>) -> Site {
     let sim = device_common::start_sim_with(sim_cfg, SimOptions::default()).await;
+    let sim2 = match second {
+        Some(c) => Some(device_common::start_sim_with(c, SimOptions::default()).await),
+        None => None,
+    };
     let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
@@ -52,6 +64,13 @@ async fn site(sim_cfg: SimConfig, site_extra: &str) -> Site {
         key = common::KEY,
         port = sim.local_addr().port(),
     );
+    let mut text = text;
+    if let Some(s2) = &sim2 {
+        text.push_str(&format!(
+            "[[meters]]\nid = \"{M2}\"\ndevice = \"sim2\"\n[devices.sim2]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {}\nreversion_secs = 30\ntimeout_ms = 200\n",
+            s2.local_addr().port()
+        ));
+    }
     std::fs::write(dir.path().join("config.toml"), text).unwrap();
     let config = Config::load(&dir.path().join("config.toml")).unwrap();
     config.check().unwrap();
@@ -69,6 +88,7 @@ async fn site(sim_cfg: SimConfig, site_extra: &str) -> Site {
     Site {
         dir,
         sim,
+        sim2,
         cc,
         running: Some(running),
         client,
@@ -476,5 +496,74 @@ async fn scenarios_5_to_8_changes_during_an_event_on_the_registers() {
     let cancelled = Utc::now();
     let rec = record(&s.sim, t(cancelled, 3000)).await;
     normal(&rec, t(cancelled, PERIOD_MS + 300), t(cancelled, 3000));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn scenario_10_fifty_deliveries_one_set_of_commands() {
+    let s = site(device_common::sim_cfg(), "").await;
+    let base = Utc::now() + Duration::milliseconds(1500);
+    let body = json!({"integration_test_notification": false, "communication_test": false,
+        "meter_dispatches": [{"meter_id": M1, "timeslots": [slot_json("s10", base, t(base, 4000), json!({}))]}]})
+    .to_string();
+    let mut counts = (0, 0);
+    for _ in 0..5 {
+        let posts: Vec<_> = (0..10).map(|_| s.client.post(&body)).collect();
+        for r in futures_all(posts).await {
+            assert_eq!(r.status, 200, "{}", r.text);
+            counts.0 += r.body["new"].as_u64().unwrap();
+            counts.1 += r.body["duplicate"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(counts, (1, 49));
+    let rec = record(&s.sim, t(base, 4000)).await;
+    holds(&rec, base, t(base, 4000), 10.0, 0.5);
+    s.stop().await;
+}
+
+/// Await every future concurrently (one task each).
+async fn futures_all<F>(fs: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future,
+{
+    let mut out = Vec::new();
+    let mut pinned: Vec<_> = fs.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, d) in pinned.iter_mut().zip(done.iter_mut()) {
+            if d.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *d = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.extend(done.into_iter().flatten());
+    out
+}
+
+#[tokio::test]
+async fn scenario_12_group_shares_reach_both_local_batteries() {
+    let s = site_with(device_common::sim_cfg(), "", Some(device_common::sim_cfg())).await;
+    let base = Utc::now() + Duration::milliseconds(1500);
+    let body = json!({"integration_test_notification": false, "communication_test": false,
+        "group_dispatches": [{"market_group_id": "g", "meter_ids": [M1, M2, FOREIGN], "timeslots": [{
+            "market_group_event_id": "g12", "start_time": ts(base), "end_time": ts(t(base, 4000)),
+            "cancelled": false, "energy_kw": 30.0, "performance_compensation_cap": "up-to-site-load",
+            "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"]}]}]});
+    let r = s.client.post(&body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sim2 = s.sim2.as_ref().unwrap();
+    let (rec1, rec2) = tokio::join!(record(&s.sim, t(base, 4000)), record(sim2, t(base, 4000)));
+    holds(&rec1, base, t(base, 4000), 10.0, 0.5);
+    holds(&rec2, base, t(base, 4000), 10.0, 0.5);
     s.stop().await;
 }
