@@ -108,7 +108,7 @@ fn released_after_apply(c: &[Recorded]) -> bool {
     first_apply.is_some_and(|i| c[i..].iter().any(|c| matches!(c, Recorded::Release { .. })))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_with_otherwise_invalid_fields_cancels_an_active_timeslot() {
     let s = site().await;
     let (start, end) = (at(300), at(120_000));
@@ -151,7 +151,7 @@ fn warned(t: &Value, needle: &str) -> bool {
         .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap_or("").contains(needle)))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_optional_field_is_a_warning_never_a_refusal() {
     let s = site().await;
     let (start, end) = (at(300), at(120_000));
@@ -201,7 +201,7 @@ async fn a_wrong_optional_field_is_a_warning_never_a_refusal() {
     s.running.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_twice_in_one_notification_last_wins_and_a_redelivery_is_duplicates() {
     let s = site().await;
     let (start, end) = (at(600_000), at(700_000));

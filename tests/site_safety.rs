@@ -171,7 +171,7 @@ fn pv_site(soc_pct: f64) -> SimConfig {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn solar_surplus_is_absorbed_not_exported_during_an_up_to_site_load_event() {
     let s = site(pv_site(50.0), "").await;
     // Self-consumption: the battery charges the 10 kW surplus, the grid is at 0.
@@ -217,7 +217,7 @@ async fn solar_surplus_is_absorbed_not_exported_during_an_up_to_site_load_event(
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_battery_cannot_absorb_the_surplus_and_says_so() {
     let s = site(pv_site(100.0), "").await;
     let start = Utc::now() + Duration::milliseconds(1000);
@@ -300,7 +300,7 @@ async fn meter_fault_mid_event(fault: MeterFault) -> f64 {
     export_secs
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meter_answering_with_exception_0x0b_hands_the_battery_back() {
     assert_eq!(
         meter_fault_mid_event(MeterFault::Exception(0x0B)).await,
@@ -308,12 +308,12 @@ async fn a_meter_answering_with_exception_0x0b_hands_the_battery_back() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meter_that_times_out_hands_the_battery_back() {
     assert_eq!(meter_fault_mid_event(MeterFault::Timeout).await, 0.0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_meter_register_hands_the_battery_back() {
     // 32 767 W·10: a stuck i16 with scale factor 1 on a 100 kW service.
     assert_eq!(meter_fault_mid_event(MeterFault::Value(327.67)).await, 0.0);
@@ -407,7 +407,7 @@ fn t(base: DateTime<Utc>, ms: i64) -> DateTime<Utc> {
     base + Duration::milliseconds(ms)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenarios_1_and_2_back_to_back_awards_on_the_registers() {
     let s = site(device_common::sim_cfg(), "").await;
     let base = Utc::now() + Duration::milliseconds(1500);
@@ -433,7 +433,7 @@ async fn scenarios_1_and_2_back_to_back_awards_on_the_registers() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_3_overlap_then_exports_up_to_the_permit() {
     let s = site(device_common::sim_cfg(), "export_limit_kw = 5").await;
     let base = Utc::now() + Duration::milliseconds(1500);
@@ -456,7 +456,7 @@ async fn scenario_3_overlap_then_exports_up_to_the_permit() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenarios_5_to_8_changes_during_an_event_on_the_registers() {
     let s = site(device_common::sim_cfg(), "").await;
     // 8: it arrives after its start: starts at once.
@@ -499,7 +499,7 @@ async fn scenarios_5_to_8_changes_during_an_event_on_the_registers() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_10_fifty_deliveries_one_set_of_commands() {
     let s = site(device_common::sim_cfg(), "").await;
     let base = Utc::now() + Duration::milliseconds(1500);
@@ -550,7 +550,7 @@ where
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_12_group_shares_reach_both_local_batteries() {
     let s = site_with(device_common::sim_cfg(), "", Some(device_common::sim_cfg())).await;
     let base = Utc::now() + Duration::milliseconds(1500);
