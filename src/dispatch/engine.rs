@@ -197,6 +197,16 @@ impl Dispatcher {
             if now - planned_at >= Duration::seconds(REPLAN_EVERY) {
                 return Wake::Periodic;
             }
+            // Issue 9: the wall clock stepped back (NTP correction). The plan was made for
+            // a "now" that has not happened yet: an active timeslot may not have started
+            // against the corrected clock. Recompute at once (forward steps are caught by
+            // the boundary check above).
+            if now < planned_at {
+                tracing::warn!(planned_at = %planned_at, now = %now,
+                    step_ms = (planned_at - now).num_milliseconds(),
+                    "dispatch: wall clock stepped back, recomputing the plan");
+                return Wake::Periodic;
+            }
             let nap = next
                 .and_then(|b| (b - now).to_std().ok())
                 .map_or(MAX_NAP, |d| d.min(MAX_NAP));

@@ -102,6 +102,12 @@ pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome
         record_rejected(&tx, nid, &now, rej)?;
         out.rejected += 1;
         out.rejected_reasons.push(rej.reason.clone());
+        if let Some(slot) = cancellation_of(&tx, rej)? {
+            match upsert(&tx, nid, &now, &slot, rec.source)? {
+                SlotResult::Updated | SlotResult::New => out.updated += 1,
+                SlotResult::Duplicate | SlotResult::Conflict => out.duplicate += 1,
+            }
+        }
     }
     tx.execute(
         "UPDATE notifications SET new_count=?1, updated_count=?2, duplicate_count=?3,
@@ -238,6 +244,33 @@ fn same_flags_as_stored(current: &str, slot: &Timeslot) -> Timeslot {
         out.notification_communication_test = stored.notification_communication_test;
     }
     out
+}
+
+/// SPEC §2.13: a rejected revision that says `cancelled: true` still cancels. The stored
+/// timeslot's current content, cancelled, becomes the new revision (so the plan, history
+/// and "cancellation is final" work as for any cancellation); None when there is nothing
+/// stored to cancel or it is cancelled already.
+fn cancellation_of(
+    tx: &Transaction,
+    rej: &RejectedTimeslot,
+) -> Result<Option<Timeslot>, StoreError> {
+    let (true, Some(event_id)) = (rej.cancels, rej.event_id.as_deref()) else {
+        return Ok(None);
+    };
+    let current: Option<(String, bool)> = tx
+        .query_row(
+            "SELECT content, cancelled_final FROM timeslots WHERE kind=?1 AND event_id=?2",
+            params![rej.kind.as_str(), event_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((content, false)) = current else {
+        return Ok(None);
+    };
+    let mut slot: Timeslot =
+        serde_json::from_str(&content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    slot.cancelled = true;
+    Ok(Some(slot))
 }
 
 fn record_rejected(
