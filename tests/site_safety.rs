@@ -54,9 +54,9 @@ async fn site_with(sim_cfg: SimConfig, site_extra: &str, second: Option<SimConfi
     let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    common::write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
     let text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
          [auth]\nkeys = [\"{key}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
          [site]\ncontrol_period_ms = {PERIOD_MS}\n{site_extra}\n\
          [[meters]]\nid = \"{M1}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 30\ntimeout_ms = 200\n",

@@ -294,7 +294,7 @@ mod tests {
 
     fn config(devices_dir: &Path, profile: &str, site: &str) -> Config {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef\"]\n{site}\n\
+            "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n{site}\n\
              [[meters]]\nid = \"m1\"\ndevice = \"bess\"\n[devices.bess]\nprofile = \"{profile}\"\nhost = \"127.0.0.1\"\n"
         );
         let mut c = Config::parse_str(&text, Path::new("test.toml")).unwrap();
