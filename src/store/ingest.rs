@@ -6,7 +6,7 @@ use super::{StoreError, ts};
 use crate::ingest::{ParsedNotification, RejectedTimeslot};
 use crate::model::Timeslot;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 pub struct IngestRecord {
@@ -39,6 +39,12 @@ impl IngestOutcome {
     }
 }
 
+/// Run a statement through the connection's prepared-statement cache: the ingest path
+/// runs the same few statements for every notification.
+fn exec(tx: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(args)
+}
+
 enum SlotResult {
     New,
     Updated,
@@ -46,11 +52,13 @@ enum SlotResult {
     Conflict,
 }
 
-pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome, StoreError> {
-    let tx = conn.transaction()?;
+/// Apply one notification inside the caller's transaction (the writer's group commit,
+/// `writer.rs`): the caller commits, and only then may the request be acknowledged.
+pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcome, StoreError> {
     let now = ts(rec.received_at);
     let p = &rec.parsed;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO notifications (received_at, peer, headers, body, integration_test,
            communication_test, new_count, updated_count, duplicate_count, rejected_count)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0, 0)",
@@ -84,7 +92,8 @@ pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome
         out.rejected += 1;
         out.rejected_reasons.push(rej.reason.clone());
     }
-    tx.execute(
+    exec(
+        tx,
         "UPDATE notifications SET new_count=?1, updated_count=?2, duplicate_count=?3,
            rejected_count=?4 WHERE id=?5",
         params![
@@ -95,34 +104,31 @@ pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome
             nid
         ],
     )?;
-    tx.commit()?;
     Ok(out)
 }
 
-fn upsert(
-    tx: &Transaction,
-    nid: i64,
-    now: &str,
-    slot: &Timeslot,
-) -> Result<SlotResult, StoreError> {
+fn upsert(tx: &Connection, nid: i64, now: &str, slot: &Timeslot) -> Result<SlotResult, StoreError> {
     let kind = slot.kind.as_str();
     let content = serde_json::to_string(slot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let existing: Option<(String, bool, i64)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT content, cancelled_final, revisions FROM timeslots WHERE kind=?1 AND event_id=?2",
+        )?
+        .query_row(
             params![kind, slot.event_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
     let add_revision = |revision: i64, conflict: bool| {
-        tx.execute(
+        exec(tx,
             "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id, received_at, content, conflict)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![kind, slot.event_id, revision, nid, now, content, conflict],
         )
     };
     let Some((current, cancelled_final, revisions)) = existing else {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO timeslots (kind, event_id, content, start_time, end_time, cancelled_final,
                revisions, first_received, last_received)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
@@ -140,7 +146,8 @@ fn upsert(
         return Ok(SlotResult::New);
     };
     if current == content {
-        tx.execute(
+        exec(
+            tx,
             "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
              WHERE kind=?1 AND event_id=?2",
             params![kind, slot.event_id, now],
@@ -151,14 +158,15 @@ fn upsert(
     if cancelled_final && !slot.cancelled {
         // SPEC §2.4: recorded once, but the cancelled version stays in force. The same stale
         // retry arriving again is a duplicate of that conflict revision.
-        let seen: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
+        let seen: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
                WHERE kind=?1 AND event_id=?2 AND conflict=1 AND content=?3)",
-            params![kind, slot.event_id, content],
-            |r| r.get(0),
-        )?;
+            )?
+            .query_row(params![kind, slot.event_id, content], |r| r.get(0))?;
         if seen {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
                  WHERE kind=?1 AND event_id=?2",
                 params![kind, slot.event_id, now],
@@ -166,14 +174,16 @@ fn upsert(
             return Ok(SlotResult::Duplicate);
         }
         add_revision(revision, true)?;
-        tx.execute(
+        exec(
+            tx,
             "UPDATE timeslots SET revisions=?3, conflict=1, last_received=?4 WHERE kind=?1 AND event_id=?2",
             params![kind, slot.event_id, revision, now],
         )?;
         return Ok(SlotResult::Conflict);
     }
     add_revision(revision, false)?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE timeslots SET content=?3, start_time=?4, end_time=?5,
            cancelled_final = cancelled_final OR ?6, revisions=?7, last_received=?8
          WHERE kind=?1 AND event_id=?2",
@@ -192,7 +202,7 @@ fn upsert(
 }
 
 fn record_rejected(
-    tx: &Transaction,
+    tx: &Connection,
     nid: i64,
     now: &str,
     rej: &RejectedTimeslot,
@@ -200,7 +210,8 @@ fn record_rejected(
     let raw = rej.raw.to_string();
     let meters =
         serde_json::to_string(&rej.meter_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO rejected_timeslots (kind, event_id, meter_ids, reason, raw, notification_id,
            times_seen, first_received, last_received)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)
