@@ -10,6 +10,7 @@ pub mod query;
 mod writer;
 
 pub use ingest::{IngestOutcome, IngestRecord};
+pub use writer::BatchStats;
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,7 @@ pub struct Store {
     /// replan never delays the commit (and the ack) of the next notification.
     reads: mpsc::Sender<ReadJob>,
     path: PathBuf,
+    stats: std::sync::Arc<BatchStats>,
 }
 
 /// Joins the owner thread when the last handle is dropped and the queue drained.
@@ -86,10 +88,12 @@ impl Store {
         configure(&conn).map_err(open_err)?;
         migrations::apply(&mut conn)?;
         let (tx, mut rx) = mpsc::channel::<writer::Work>(1024);
+        let stats = std::sync::Arc::new(BatchStats::default());
+        let writer_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("leap-edge-store".into())
             .spawn(move || {
-                writer::run(&mut conn, &mut rx);
+                writer::run(&mut conn, &mut rx, &writer_stats);
                 // Dropping the connection checkpoints the WAL: a clean close.
                 drop(conn);
             })
@@ -112,6 +116,7 @@ impl Store {
                 jobs: tx,
                 reads: rtx,
                 path: path.to_path_buf(),
+                stats,
             },
             StoreThread(thread, read_thread),
         ))
@@ -119,6 +124,16 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Group-commit counters (issue 17): commits and the notifications they held.
+    pub fn batch_stats(&self) -> &BatchStats {
+        &self.stats
+    }
+
+    /// Writes waiting for the owner thread (ingests and jobs).
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
     }
 
     /// Run `f` on the owner thread and wait for its answer.

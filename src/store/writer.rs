@@ -7,7 +7,17 @@
 use super::ingest::{self, IngestOutcome, IngestRecord};
 use super::{Job, StoreError};
 use rusqlite::{Connection, TransactionBehavior};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
+
+/// Counts for `/metrics`: notifications per commit is what group commit buys.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// Ingest transactions committed.
+    pub commits: AtomicU64,
+    /// Notifications acknowledged by those commits.
+    pub notifications: AtomicU64,
+}
 
 /// Most notifications in one transaction: bounds the time a commit keeps the write lock
 /// and the latency the first request of a batch waits for the last one's statements.
@@ -28,7 +38,7 @@ pub(crate) enum Work {
 
 /// Serve the queue until every sender is gone. A job that arrives behind ingests runs
 /// after their batch commits, so the queue's order is the order of effects.
-pub(crate) fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Work>) {
+pub(crate) fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Work>, stats: &BatchStats) {
     let mut next = rx.blocking_recv();
     while let Some(work) = next.take() {
         match work {
@@ -36,7 +46,7 @@ pub(crate) fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Work>) {
             Work::Ingest(rec, reply) => {
                 let mut batch = vec![(rec, reply)];
                 next = fill(&mut batch, rx);
-                commit_batch(conn, batch);
+                commit_batch(conn, batch, stats);
             }
         }
         if next.is_none() {
@@ -69,7 +79,7 @@ fn fill(
 /// that fails (a constraint, a bad row) is rolled back and answered with its error while
 /// the rest commit. Within the transaction each notification sees the ones before it:
 /// two deliveries of one timeslot in a batch give one new and one duplicate (SPEC §2.3).
-fn commit_batch(conn: &mut Connection, batch: Vec<(Box<IngestRecord>, Reply)>) {
+fn commit_batch(conn: &mut Connection, batch: Vec<(Box<IngestRecord>, Reply)>, stats: &BatchStats) {
     let mut results: Vec<Result<IngestOutcome, StoreError>> = Vec::with_capacity(batch.len());
     let committed = (|| -> Result<(), StoreError> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -97,6 +107,11 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Box<IngestRecord>, Reply)>) {
     })();
     match committed {
         Ok(()) => {
+            let stored = results.iter().filter(|r| r.is_ok()).count();
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .notifications
+                .fetch_add(stored as u64, Ordering::Relaxed);
             for ((_, reply), result) in batch.into_iter().zip(results) {
                 let _ = reply.send(result);
             }
