@@ -157,6 +157,7 @@ impl Dispatcher {
         }
         // Look back as far as ahead: the planner clips intervals at `from`, and a command
         // resumed after a restart must know its true start to report its lateness.
+        self.status.count_replan();
         let from = now - Duration::hours(HORIZON_HOURS);
         let to = now + Duration::hours(HORIZON_HOURS);
         let slots = self
