@@ -22,7 +22,10 @@ fn record(body: String) -> IngestRecord {
 }
 
 fn note(event: &str, kw: f64) -> String {
-    let start = chrono::Utc::now() + chrono::Duration::hours(1);
+    // A fixed start, so two calls with the same arguments are the same delivery.
+    let start = chrono::DateTime::parse_from_rfc3339("2030-06-05T01:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
     let slot = common::timeslot_json(M1, event, start, 600, Some(kw), serde_json::json!({}));
     common::meter_notification(M1, vec![slot])
 }
