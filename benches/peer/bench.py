@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -137,12 +138,29 @@ def measure(which, args, folder, slow, py, senders, template):
     try:
         return wrk(port, senders, args.duration, template)
     finally:
-        proc.terminate()
+        stop(proc)
+
+
+def stop(proc):
+    """SIGTERM the server. Under strace, the server is strace's child and strace would only
+    detach from it on SIGTERM, so the child is told first; strace exits after it."""
+    try:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except OSError:
+        children = []
+    for pid in children:
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    if not children:
+        proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def row(label, senders, rnd, a, b):
