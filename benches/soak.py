@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -186,6 +187,8 @@ def main():
         proc.wait(timeout=30)
     counts, slots = audit_counts(os.path.join(folder, "leap-edge.db"))
     print(f"timeslots stored: {slots}; audit: {counts}")
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
     if counts.get("apply/ok", 0) == 0:
         sys.exit("soak: no dispatch reached the simulator")
 
