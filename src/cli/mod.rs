@@ -183,6 +183,7 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            crate::alloc::tune();
             logging::init();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
