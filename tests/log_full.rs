@@ -18,9 +18,10 @@ async fn daemon_keeps_acknowledging_when_its_log_cannot_be_written() {
         .local_addr()
         .unwrap()
         .port();
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "\nlisten = \"127.0.0.1:0\"",
+        &format!("\nlisten = \"127.0.0.1:{port}\""),
+    );
     std::fs::write(&path, text).unwrap();
     let full = || {
         std::fs::OpenOptions::new()
