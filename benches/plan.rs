@@ -77,6 +77,7 @@ fn timeslot(rng: &mut Rng, i: usize, origin: DateTime<Utc>, span_min: u64) -> St
         communication_test: None,
         integration_test_notification: rng.below(50) == 0,
         notification_communication_test: false,
+        warnings: vec![],
     };
     StoredTimeslot {
         timeslot,

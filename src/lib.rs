@@ -3,6 +3,7 @@
 //! the data path: ingest → store → plan → dispatch → control → device.
 
 pub mod admin;
+pub mod alloc;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -116,6 +116,10 @@ pub struct Timeslot {
     /// Notification-level flags, copied so a timeslot carries what its policy depends on.
     pub integration_test_notification: bool,
     pub notification_communication_test: bool,
+    /// SPEC §2.2: what was wrong in optional fields (wrong type, out of range) and how it
+    /// was read instead; the timeslot is dispatched all the same. Not part of Leap's data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Priority used for planning when Leap sent none: the lowest there is.

@@ -147,6 +147,18 @@ pub struct DeviceReport {
     pub consecutive_errors: u64,
     pub last_error: Option<String>,
     pub last_telemetry_at: Option<DateTime<Utc>>,
+    /// SPEC §2.13: why the readings cannot be trusted; the battery is handed back to normal
+    /// operation until they can (None while they can).
+    #[serde(default)]
+    pub blind: Option<String>,
+    /// The site exports although the battery charges all it can (its own generation, not
+    /// the dispatch).
+    #[serde(default)]
+    pub export_unavoidable: bool,
+    /// The device cannot revert by itself: after a crash only `leap-edge release` (the
+    /// unit's ExecStopPost) hands it back.
+    #[serde(default)]
+    pub no_reversion: bool,
 }
 
 /// The constraint that bound the battery's setpoint (SPEC §2.9).

@@ -27,6 +27,10 @@ pub fn run(path: &Path) -> u8 {
             problems.push(e.to_string());
         }
     }
+    // Allowed, but a technician must know (issue 9: devices without reversion).
+    for w in config.warnings() {
+        eprintln!("leap-edge: {}: warning: {w}", path.display());
+    }
     if problems.is_empty() {
         crate::outln!(
             "{}: OK ({} meter(s), {} device(s), listening on {}{})",

@@ -25,6 +25,9 @@ pub fn init() {
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        // A failed log write (stderr to a full disk) is otherwise reported with eprintln!,
+        // which panics on the same failed write and aborts the daemon (found by the soak).
+        .log_internal_errors(false)
         .try_init();
 }
 

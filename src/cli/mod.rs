@@ -13,6 +13,7 @@ mod leap_test;
 mod logging;
 mod manual;
 pub mod output;
+mod release;
 mod schedule;
 mod send_test;
 mod sim;
@@ -71,6 +72,9 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Re-read the configuration in the running daemon (keys, policies, strategies).
     Reload(ReloadArgs),
+    /// Hand every configured battery back to normal operation over Modbus, without the
+    /// daemon (the systemd unit's ExecStopPost; usable by hand).
+    Release(release::ReleaseArgs),
     /// Print shell completions (bash, zsh, fish, ...) for leap-edge.
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff): `leap-edge man > /usr/local/share/man/man1/leap-edge.1`.
@@ -179,6 +183,7 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            crate::alloc::tune();
             logging::init();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -204,6 +209,7 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
         Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
         Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
         Command::Reload(args) => with_config(&cli.config, |c| reload(c, &args)),
+        Command::Release(args) => with_config(&cli.config, |c| release::run(c, &args)),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Relay(cmd) => crate::relay::cli::run(&cli.config, &cmd),

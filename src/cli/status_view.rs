@@ -4,7 +4,9 @@
 use super::table::fit;
 use super::text::{self, Zone, clean, kw};
 use crate::admin::OverrideAction;
-use crate::admin::state::{CommandReport, DaemonState, MeterReport, OverrideReport, StatusReport};
+use crate::admin::state::{
+    CommandReport, DaemonState, DeviceReport, MeterReport, OverrideReport, StatusReport,
+};
 use crate::config::Config;
 use crate::model::{ExecMode, Target};
 
@@ -243,11 +245,18 @@ fn row(m: &MeterReport, r: &StatusReport, v: &View) -> Vec<String> {
     let soc = d
         .and_then(|d| d.soc_pct)
         .map_or("-".into(), |s| format!("{s:.0}%"));
-    let state = match d {
+    // Issue 9: blind and unavoidable export come first: they say why a command is not
+    // being followed; the notes below the table say more.
+    let mut state = match d {
         None => "-".to_string(),
+        Some(d) if d.blind.is_some() => alarm(v, "BLIND"),
+        Some(d) if d.export_unavoidable => alarm(v, "EXPORTS"),
         Some(d) if d.consecutive_errors > 0 => "ERROR".into(),
         Some(_) => "ok".into(),
     };
+    if d.is_some_and(|d| d.no_reversion) {
+        state.push('*');
+    }
     let batt = kw(d.and_then(|d| d.battery_kw));
     let grid = kw(d.and_then(|d| d.grid_kw));
     if v.wide {
@@ -340,6 +349,7 @@ fn notes(m: &MeterReport, v: &View) -> Vec<String> {
         };
         out.push(fit(&line, max));
     }
+    out.extend(safety_notes(m.device_state.as_ref(), &label, v, max));
     let err = m
         .last_error
         .as_ref()
@@ -349,6 +359,35 @@ fn notes(m: &MeterReport, v: &View) -> Vec<String> {
             &format!("{label}: {} {}", alarm(v, "error:"), clean(e)),
             max,
         ));
+    }
+    out
+}
+
+/// SPEC §2.13 in words: blind, export the battery cannot prevent, no device reversion.
+fn safety_notes(d: Option<&DeviceReport>, label: &str, v: &View, max: usize) -> Vec<String> {
+    let Some(d) = d else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(why) = &d.blind {
+        let line = format!(
+            "{label}: {} {}: battery handed back to normal operation",
+            alarm(v, "BLIND:"),
+            clean(why)
+        );
+        out.push(fit(&line, max));
+    }
+    if d.export_unavoidable {
+        let line = format!(
+            "{label}: {} site generation exceeds what the battery can absorb",
+            alarm(v, "EXPORTS:")
+        );
+        out.push(fit(&line, max));
+    }
+    if d.no_reversion {
+        let line =
+            format!("{label}: * device cannot revert by itself; `leap-edge release` hands it back");
+        out.push(fit(&line, max));
     }
     out
 }

@@ -170,6 +170,10 @@ pub struct SiteConfig {
     /// Closed-loop control period.
     #[serde(default = "default_control_period_ms")]
     pub control_period_ms: u64,
+    /// The site's service size (kW): a site-meter reading beyond it in either direction is
+    /// a broken or stuck meter, and the battery is handed back to normal (SPEC §2.13).
+    #[serde(default)]
+    pub service_kw: Option<f64>,
 }
 
 impl Default for SiteConfig {
@@ -180,6 +184,7 @@ impl Default for SiteConfig {
             reserve_soc_pct: default_reserve_soc_pct(),
             fallback_site_load_kw: 0.0,
             control_period_ms: default_control_period_ms(),
+            service_kw: None,
         }
     }
 }
@@ -303,9 +308,16 @@ pub struct SimConfig {
     #[serde(default = "default_sim_load")]
     pub load: String,
     /// The battery's own behaviour when not remote-controlled: `self-consumption` (covers
-    /// the load down to 0 kW grid) or `idle` (stands by at 0 kW).
+    /// the load down to 0 kW grid, and charges from a PV surplus) or `idle` (stands by).
     #[serde(default)]
     pub normal: crate::sim::NormalMode,
+    /// On-site PV generation, same forms as `load` (default none).
+    #[serde(default = "default_sim_pv")]
+    pub pv: String,
+    /// Site-meter fault from a moment on, for tests and drills: `exception:CODE@SECS`,
+    /// `timeout@SECS` or `value:KW@SECS` (the meter reads KW, saturated to its register).
+    #[serde(default)]
+    pub meter_fault: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -321,6 +333,8 @@ impl Default for SimConfig {
             ramp_kw_per_s: default_sim_ramp_kw_per_s(),
             load: default_sim_load(),
             normal: crate::sim::NormalMode::default(),
+            pv: default_sim_pv(),
+            meter_fault: None,
         }
     }
 }
@@ -427,6 +441,9 @@ pub fn default_sim_ramp_kw_per_s() -> f64 {
 }
 pub fn default_sim_load() -> String {
     "constant:30".into()
+}
+pub fn default_sim_pv() -> String {
+    "constant:0".into()
 }
 pub fn default_admin_socket() -> PathBuf {
     "/run/leap-edge/admin.sock".into()

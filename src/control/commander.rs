@@ -140,7 +140,11 @@ impl ControlCommander {
                     capacity_kwh: dev.capacity_kwh,
                 },
             };
-            opened.push((settings, battery));
+            // Issue 9: shown in status, so nobody relies on a reversion that is not there.
+            let profile = config.devices_dir.join(format!("{}.toml", dev.profile));
+            let no_reversion =
+                crate::device::profile::load(&profile).is_ok_and(|p| !p.reverts_by_itself());
+            opened.push((settings, battery, no_reversion));
         }
         let mut cc = ControlCommander {
             meters: BTreeMap::new(),
@@ -150,8 +154,8 @@ impl ControlCommander {
             status: ControlStatus::default(),
             apply_timeout: DEFAULT_APPLY_TIMEOUT,
         };
-        for (settings, battery) in opened {
-            cc.spawn_loop(settings, battery, clock.clone());
+        for (settings, battery, no_reversion) in opened {
+            cc.spawn_loop(settings, battery, clock.clone(), no_reversion);
         }
         Ok(cc)
     }
@@ -161,6 +165,7 @@ impl ControlCommander {
         settings: LoopSettings,
         battery: Box<dyn Battery>,
         clock: Arc<dyn Clock>,
+        no_reversion: bool,
     ) {
         let (req_tx, req_rx) = watch::channel(Request {
             seq: 0,
@@ -177,6 +182,7 @@ impl ControlCommander {
         };
         let (id, device) = (settings.meter_id.clone(), settings.device.clone());
         let st = self.status.add(&id, &device);
+        st.lock().expect("meter status lock").no_reversion = no_reversion;
         let lp = MeterLoop::new(settings, battery, clock, channels, st);
         let task = tokio::spawn(lp.run());
         self.tasks.lock().expect("tasks lock").push(task);

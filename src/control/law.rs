@@ -87,12 +87,19 @@ pub struct Flags {
     pub soc_unknown: bool,
     /// No capacity known: energy spreading not possible (the reserve still stops it).
     pub capacity_unknown: bool,
+    /// SPEC §2.13: the setpoint is a charge that absorbs on-site generation the site
+    /// would otherwise export (not charging from the grid).
+    pub absorbing_surplus: bool,
+    /// SPEC §2.13: even the most the battery can absorb (charge limit, full battery)
+    /// leaves the site exporting: the site's generation, not the dispatch.
+    pub export_unavoidable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Decision {
-    /// Battery setpoint, discharge positive; never negative during a dispatch (only a
-    /// manual charge override is).
+    /// Battery setpoint, discharge positive. Negative during a dispatch only to absorb
+    /// on-site generation under the site's export bound (SPEC §2.13), or for a manual
+    /// charge override.
     pub setpoint_kw: f64,
     /// What the command asked for; None = the maximum within the cap.
     pub requested_kw: Option<f64>,
@@ -162,20 +169,33 @@ pub fn decide(
         }
         (Some(_), None) => flags.capacity_unknown = spread,
     }
-    let (limit, bound) = best;
-    // SPEC §2.9: never charge from the grid during a dispatch.
+    let (limit, mut bound) = best;
+    let absorb = absorb_floor(cmd, tel, limits, bound, site_load_kw);
+    let floor = absorb.map_or(0.0, |a| a.0);
     let setpoint_kw = if limit.is_finite() {
-        limit.max(0.0)
+        limit.max(floor)
     } else {
         0.0
     };
+    flags.absorbing_surplus = setpoint_kw < 0.0;
+    if let Some((floor, why)) = absorb
+        && limit < floor
+    {
+        bound = why;
+        // Export (not just import below the margin) remains: the site's generation.
+        let export_kw = setpoint_kw - site_load_kw;
+        flags.export_unavoidable = export_kw > allowed_export_kw(cmd) + EXPORT_TOLERANCE_KW;
+    }
     match bound {
         Bound::SiteLoad | Bound::Nomination => flags.cap_limited = true,
+        // Absorbing a surplus: the charge limit or a full battery is what bounds it.
+        Bound::MaxCharge | Bound::Full => flags.cap_limited = true,
         Bound::MaxDischarge => flags.power_limited = true,
         Bound::Energy => flags.energy_limited = true,
         _ => {}
     }
-    let shortfall_kw = requested_kw.map_or(0.0, |r| (r - setpoint_kw).max(0.0));
+    // A charge delivers none of a discharge award, and no less than none.
+    let shortfall_kw = requested_kw.map_or(0.0, |r| (r - setpoint_kw.max(0.0)).max(0.0));
     Decision {
         setpoint_kw,
         requested_kw,
@@ -208,6 +228,54 @@ fn charge(want_kw: f64, tel: &Telemetry, limits: Limits, site: &SiteConfig) -> D
         site_load_kw,
         bound,
         flags,
+    }
+}
+
+/// Grid readings and bounds this close are the same (meter noise, rounding).
+const EXPORT_TOLERANCE_KW: f64 = 0.05;
+
+/// SPEC §2.9 said "never charge from the grid during a dispatch"; SPEC §2.13 refines it:
+/// surplus is not export. The lowest setpoint allowed, and what sets it:
+/// - Only the site's export bound (no export: grid import ≥ margin; or the export
+///   permit) may push the setpoint below 0, and only while the site has a surplus
+///   (net site load = grid + battery < 0: generation exceeds consumption). The battery
+///   then charges to absorb it: with grid = load − battery, a charge of |bound| leaves
+///   grid import exactly at the margin (or export exactly at the permit). The charge is
+///   at most surplus + margin, so the only grid import a dispatch adds over normal
+///   self-consumption is the margin the no-export rule itself requires; without a
+///   surplus it never charges (that would be charging from the grid).
+/// - The charge is bounded by the battery's charge limit and stops at 100 % SoC.
+/// - A technician's exact setpoint keeps its sign (manual overrides are not re-aimed).
+///
+/// Returns (floor, the bound that sets it when the site bound is below it); None when
+/// the setpoint may not go below 0.
+fn absorb_floor(
+    cmd: &Command,
+    tel: &Telemetry,
+    limits: Limits,
+    bound: Bound,
+    site_load_kw: f64,
+) -> Option<(f64, Bound)> {
+    if bound != Bound::SiteLoad || site_load_kw >= 0.0 || matches!(cmd.target, Target::Setpoint(_))
+    {
+        return None;
+    }
+    if tel.soc_pct.is_some_and(|s| s >= 100.0) {
+        return Some((0.0, Bound::Full));
+    }
+    Some(match limits.max_charge_kw {
+        Some(m) => (-m, Bound::MaxCharge),
+        None => (f64::NEG_INFINITY, Bound::SiteLoad),
+    })
+}
+
+/// The export the command allows (kW, ≥ 0): 0 under any no-export cap.
+pub(crate) fn allowed_export_kw(cmd: &Command) -> f64 {
+    let export = finite_or_zero(cmd.export_allowed_kw).max(0.0);
+    if cmd.cap == Cap::UpToSiteLoad || export == 0.0 {
+        0.0
+    } else {
+        export
     }
 }
 

@@ -74,8 +74,29 @@ proptest! {
         let l = limits(&t);
         let d = decide(&c, t0(), &t, l, &site);
         let sp = d.setpoint_kw;
-        // Never negative (never charge from the grid), always a number.
-        prop_assert!(sp.is_finite() && sp >= 0.0, "{d:?}");
+        prop_assert!(sp.is_finite(), "{d:?}");
+        let load = match (t.grid_kw, t.battery_kw) {
+            (Some(g), Some(b)) => g + b,
+            _ => fallback,
+        };
+        let no_export = c.cap == Cap::UpToSiteLoad || c.export_allowed_kw == 0.0;
+        // SPEC §2.13: a charge only absorbs a surplus (never from the grid): at most the
+        // surplus plus the margin, within the charge limit, never into a full battery.
+        if sp < 0.0 {
+            prop_assert!(load < 0.0, "charged without a surplus: {d:?}");
+            let margin = if no_export { c.import_margin_kw } else { 0.0 };
+            prop_assert!(-sp <= -load + margin + 1e-9, "{d:?}");
+            if let Some(m) = l.max_charge_kw { prop_assert!(-sp <= m + 1e-9, "{d:?}"); }
+            prop_assert!(t.soc_pct.is_none_or(|s| s < 100.0), "{d:?}");
+        }
+        // Export that remains is flagged as the site's, and only then.
+        let allowed = if no_export { 0.0 } else { c.export_allowed_kw };
+        let export_after = sp - load;
+        if d.flags.export_unavoidable {
+            prop_assert!(export_after > allowed, "{d:?}");
+        } else {
+            prop_assert!(export_after <= allowed + 0.05 + 1e-9 || load >= 0.0 || sp > 0.0, "{d:?}");
+        }
         // Never above the nomination, the battery's power, or the award.
         if let Some(limit) = c.limit_kw { prop_assert!(sp <= limit + 1e-9); }
         if let Some(max) = l.max_discharge_kw { prop_assert!(sp <= max + 1e-9); }
@@ -84,13 +105,9 @@ proptest! {
         }
         // Never export beyond what is allowed, given the measured (or assumed) load:
         // the grid after the change is load − setpoint.
-        let load = match (t.grid_kw, t.battery_kw) {
-            (Some(g), Some(b)) => g + b,
-            _ => fallback,
-        };
         if sp > 0.0 {
             let grid_after = load - sp;
-            if c.cap == Cap::UpToSiteLoad || c.export_allowed_kw == 0.0 {
+            if no_export {
                 prop_assert!(grid_after >= c.import_margin_kw - 1e-9, "{d:?}");
             } else {
                 prop_assert!(grid_after >= -c.export_allowed_kw - 1e-9, "{d:?}");
@@ -99,8 +116,8 @@ proptest! {
         // Never below the reserve: no discharge at/below it or without SoC, and never
         // faster than the energy above it lasts to the end.
         match t.soc_pct {
-            None => prop_assert_eq!(sp, 0.0),
-            Some(soc) if soc <= reserve => prop_assert_eq!(sp, 0.0),
+            None => prop_assert!(sp <= 0.0),
+            Some(soc) if soc <= reserve => prop_assert!(sp <= 0.0),
             Some(soc) => {
                 let hours = (c.until - t0()).num_seconds() as f64 / 3600.0;
                 if let (Some(cap), true) = (l.capacity_kwh, hours > 0.0) {

@@ -69,12 +69,54 @@ fn up_to_site_load_keeps_grid_import_at_the_margin() {
 }
 
 #[test]
-fn a_load_below_the_margin_means_no_discharge_and_never_charge() {
+fn a_load_below_the_margin_means_no_discharge_and_no_charge_from_the_grid() {
     let d = run(&cmd(Target::Kw(10.0), Cap::UpToSiteLoad), &tel(0.2, 0.0));
     assert_eq!(d.setpoint_kw, 0.0);
-    // The site is exporting 3 kW while the battery discharges 1 kW: stop, never charge.
+    assert!(!d.flags.absorbing_surplus && !d.flags.export_unavoidable);
+    // The site exports 3 kW while the battery discharges 1 kW: a 2 kW surplus, which the
+    // battery absorbs, plus the margin (SPEC §2.13).
     let d = run(&cmd(Target::Kw(10.0), Cap::UpToSiteLoad), &tel(-3.0, 1.0));
+    assert!((d.setpoint_kw + 2.5).abs() < 1e-9, "{d:?}");
+}
+
+#[test]
+fn spec_2_13_surplus_is_absorbed_not_exported() {
+    // 20 kW load, 30 kW PV, the battery charging 10 kW in self-consumption, grid 0: an
+    // up-to-site-load award must not stop the charging (the site would export 10 kW).
+    let d = run(&cmd(Target::Kw(10.0), Cap::UpToSiteLoad), &tel(0.0, -10.0));
+    assert!((d.setpoint_kw + 10.5).abs() < 1e-9, "{d:?}");
+    assert_eq!(d.bound, Bound::SiteLoad);
+    assert!(
+        d.flags.absorbing_surplus && !d.flags.export_unavoidable,
+        "{d:?}"
+    );
+    assert_eq!(d.shortfall_kw, 10.0);
+    // Under a permit the battery absorbs only what is beyond it.
+    let mut c = cmd(Target::Kw(10.0), Cap::GridExportsAllowed);
+    c.export_allowed_kw = 4.0;
+    let d = run(&c, &tel(0.0, -10.0));
+    assert!((d.setpoint_kw + 6.0).abs() < 1e-9, "{d:?}");
+}
+
+#[test]
+fn spec_2_13_export_beyond_the_charge_limit_or_a_full_battery_is_flagged() {
+    // Surplus 60 kW, the battery charges at most 50 kW: 10 kW export is the site's.
+    let d = run(&cmd(Target::Kw(10.0), Cap::UpToSiteLoad), &tel(-60.0, 0.0));
+    assert_eq!(d.setpoint_kw, -50.0);
+    assert_eq!(d.bound, Bound::MaxCharge);
+    assert!(
+        d.flags.export_unavoidable && d.flags.absorbing_surplus,
+        "{d:?}"
+    );
+    let mut full = tel(-5.0, 0.0);
+    full.soc_pct = Some(100.0);
+    let d = run(&cmd(Target::Kw(10.0), Cap::UpToSiteLoad), &full);
     assert_eq!(d.setpoint_kw, 0.0);
+    assert_eq!(d.bound, Bound::Full);
+    assert!(
+        d.flags.export_unavoidable && !d.flags.absorbing_surplus,
+        "{d:?}"
+    );
 }
 
 #[test]

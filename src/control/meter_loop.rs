@@ -4,7 +4,8 @@
 //! not change is still re-written before the device's reversion timeout (SPEC §2.10).
 
 use super::law::{Decision, Flags, Limits, decide};
-use super::status::{CommandSummary, MeterStatus};
+use super::sanity::{blind_reason, stale_reason};
+use super::status::{CommandSummary, ControlEvent, MeterStatus};
 use crate::clock::Clock;
 use crate::config::SiteConfig;
 use crate::device::{Battery, DeviceError, Telemetry};
@@ -142,6 +143,10 @@ impl MeterLoop {
                 "control: following command"
             );
         }
+        if req.desired == Desired::Normal {
+            // Blindness is about a command's needs; normal operation needs no readings.
+            self.lock().blind = None;
+        }
         self.desired = req.desired;
         self.pending = Some(req.seq);
         // A new command starts its own flag transitions and violation accounting.
@@ -194,9 +199,30 @@ impl MeterLoop {
     }
 
     async fn follow(&mut self, cmd: &Command) -> Result<(), DeviceError> {
-        let tel = self.battery.read().await?;
-        self.account(cmd, &tel);
+        let asked = Instant::now();
+        let tel = match self.battery.read().await {
+            Ok(tel) => tel,
+            Err(e) => {
+                if let Err(re) = self.blind(cmd, format!("reading failed: {e}")).await {
+                    tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
+                        error = %re, "control: release after a failed reading failed too");
+                }
+                return Err(e);
+            }
+        };
         let limits = Limits::merge(&tel, self.s.nameplate);
+        let untrusted = stale_reason(asked.elapsed(), self.s.period)
+            .or_else(|| blind_reason(cmd, &tel, limits, &self.s.site));
+        if let Some(why) = untrusted {
+            {
+                let mut st = self.lock();
+                st.last_telemetry = Some(tel);
+                st.last_telemetry_at = Some(self.clock.now());
+            }
+            return self.blind(cmd, why).await;
+        }
+        self.see_again(cmd);
+        self.account(cmd, &tel);
         let now = self.clock.now();
         let d = decide(cmd, now, &tel, limits, &self.s.site);
         self.log_flag_changes(cmd, &d);
@@ -232,6 +258,68 @@ impl MeterLoop {
         st.last_written_kw = Some(d.setpoint_kw);
         st.writes += 1;
         Ok(())
+    }
+
+    /// SPEC §2.13 blind is not safe: a reading the decision depends on failed, is stale or
+    /// out of range. Hand the battery back to its own logic in this very step (no later
+    /// than the next control period after the fault) rather than hold a setpoint computed
+    /// from what the site was; the loop keeps reading and resumes by itself.
+    async fn blind(&mut self, cmd: &Command, why: String) -> Result<(), DeviceError> {
+        let now = self.clock.now();
+        let first = {
+            let mut st = self.lock();
+            let first = st.blind.is_none();
+            if first {
+                st.blind_since = Some(now);
+                st.blind_total += 1;
+            }
+            st.blind = Some(why.clone());
+            first
+        };
+        if first {
+            tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
+                event_id = %cmd.event_id, reason = %why,
+                "control: cannot trust the site readings, battery handed back to normal operation");
+            self.push_event(cmd, "blind", &why);
+        }
+        // What happened while blind is unknown: no violation accounting across the gap.
+        self.last_read = None;
+        if self.released {
+            return Ok(());
+        }
+        self.battery.release().await?;
+        self.released = true;
+        self.last_write = None;
+        let mut st = self.lock();
+        st.released = true;
+        st.last_release_at = Some(self.clock.now());
+        Ok(())
+    }
+
+    /// Readings are trustworthy again: say so once; the caller decides and writes.
+    fn see_again(&mut self, cmd: &Command) {
+        let mut st = self.lock();
+        let Some(why) = st.blind.take() else { return };
+        let since = st.blind_since.take();
+        drop(st);
+        tracing::info!(meter_id = %self.s.meter_id, device = %self.s.device,
+            event_id = %cmd.event_id, was = %why, since = ?since,
+            "control: site readings trustworthy again, following the command");
+        self.push_event(
+            cmd,
+            "resumed",
+            &format!("readings trustworthy again (was: {why})"),
+        );
+    }
+
+    fn push_event(&self, cmd: &Command, what: &'static str, detail: &str) {
+        self.lock().push_event(ControlEvent {
+            at: self.clock.now(),
+            meter_id: self.s.meter_id.clone(),
+            event_id: cmd.event_id.clone(),
+            what,
+            detail: detail.to_string(),
+        });
     }
 
     /// SPEC §2.10: write when the setpoint moved, when a new request waits for its first
@@ -297,6 +385,16 @@ impl MeterLoop {
             tracing::warn!(%meter_id, %event_id,
                 fallback_site_load_kw = self.s.site.fallback_site_load_kw,
                 "control: no site meter reading, assuming the configured fallback site load");
+        }
+        if now.export_unavoidable && !was.export_unavoidable {
+            tracing::warn!(%meter_id, %event_id, setpoint_kw = d.setpoint_kw,
+                site_load_kw = d.site_load_kw,
+                "control: the site's generation exceeds what the battery can absorb, export unavoidable");
+            let detail = format!(
+                "site load {:.1} kW, battery at {:.1} kW ({:?}): export is the site's generation",
+                d.site_load_kw, d.setpoint_kw, d.bound
+            );
+            self.push_event(cmd, "export-unavoidable", &detail);
         }
         if now.soc_unknown && !was.soc_unknown {
             tracing::warn!(%meter_id, %event_id,

@@ -12,6 +12,7 @@
 pub mod commander;
 pub mod law;
 pub mod meter_loop;
+mod sanity;
 pub mod status;
 
 #[cfg(test)]
@@ -26,4 +27,4 @@ mod loop_tests;
 pub use commander::{ControlCommander, ControlError, DEFAULT_APPLY_TIMEOUT, check_meters};
 pub use law::{Bound, Decision, Flags, Limits, decide};
 pub use meter_loop::LoopSettings;
-pub use status::{CommandSummary, ControlStatus, MeterStatus};
+pub use status::{CommandSummary, ControlEvent, ControlStatus, MeterStatus};

@@ -14,6 +14,19 @@ use std::sync::{Arc, Mutex};
 
 /// Failed steps in a row before a meter counts as unhealthy (one retry is normal).
 const UNHEALTHY_AFTER: u64 = 3;
+/// Control events kept for the audit log until the daemon takes them.
+const MAX_PENDING_EVENTS: usize = 64;
+
+/// Something the loop decided on its own that belongs in the audit log (SPEC §2.13):
+/// `blind` (readings untrusted, battery handed back), `resumed`, `export-unavoidable`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControlEvent {
+    pub at: DateTime<Utc>,
+    pub meter_id: String,
+    pub event_id: String,
+    pub what: &'static str,
+    pub detail: String,
+}
 
 /// The command a loop follows, in short.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -72,6 +85,18 @@ pub struct MeterStatus {
     pub below_margin_secs: f64,
     /// |last setpoint − battery power measured one period later| (kW).
     pub control_error_kw: Option<f64>,
+    /// SPEC §2.13: why the readings cannot be trusted and the battery was handed back to
+    /// normal operation while a command is in force; None while they can.
+    pub blind: Option<String>,
+    pub blind_since: Option<DateTime<Utc>>,
+    /// Times the loop went blind since start.
+    pub blind_total: u64,
+    /// The device's profile sets no reversion timeout: after a crash the battery keeps its
+    /// last setpoint until `leap-edge release` runs (issue 9).
+    pub no_reversion: bool,
+    /// Audit-worthy events not yet taken by the daemon.
+    #[serde(skip)]
+    pub pending_events: Vec<ControlEvent>,
 }
 
 impl MeterStatus {
@@ -96,7 +121,27 @@ impl MeterStatus {
             export_violation_secs: 0.0,
             below_margin_secs: 0.0,
             control_error_kw: None,
+            blind: None,
+            blind_since: None,
+            blind_total: 0,
+            no_reversion: false,
+            pending_events: Vec::new(),
         }
+    }
+
+    pub(crate) fn push_event(&mut self, e: ControlEvent) {
+        if self.pending_events.len() >= MAX_PENDING_EVENTS {
+            self.pending_events.remove(0);
+        }
+        self.pending_events.push(e);
+    }
+
+    /// SPEC §2.13: the battery cannot prevent export (the site's generation).
+    pub fn export_unavoidable(&self) -> bool {
+        self.command.is_some()
+            && self
+                .last_decision
+                .is_some_and(|d| d.flags.export_unavoidable)
     }
 }
 
@@ -133,6 +178,17 @@ impl ControlStatus {
             })
             .collect::<serde_json::Map<_, _>>();
         serde_json::Value::Object(map)
+    }
+
+    /// Take the control events waiting for the audit log, oldest first.
+    pub fn take_events(&self) -> Vec<ControlEvent> {
+        let mut out: Vec<ControlEvent> = self
+            .meters
+            .iter()
+            .flat_map(|m| std::mem::take(&mut m.lock().expect("meter status lock").pending_events))
+            .collect();
+        out.sort_by_key(|e| e.at);
+        out
     }
 
     pub fn meter(&self, meter_id: &str) -> Option<MeterStatus> {
@@ -196,6 +252,24 @@ impl StatusSource for ControlStatus {
             &|m| Some(m.below_margin_secs),
         );
         family(
+            "leap_edge_control_blind",
+            "gauge",
+            "1 while a command is in force but the site readings cannot be trusted (battery handed back).",
+            &|m| Some(if m.blind.is_some() { 1.0 } else { 0.0 }),
+        );
+        family(
+            "leap_edge_control_blind_total",
+            "counter",
+            "Times the loop handed the battery back for failed, stale or out-of-range readings.",
+            &|m| Some(m.blind_total as f64),
+        );
+        family(
+            "leap_edge_control_export_unavoidable",
+            "gauge",
+            "1 while the site's generation exceeds what the battery can absorb under the export bound.",
+            &|m| Some(if m.export_unavoidable() { 1.0 } else { 0.0 }),
+        );
+        family(
             "leap_edge_modbus_errors_total",
             "counter",
             "Failed device steps (timeouts, I/O errors, exceptions, read-back mismatches).",
@@ -228,10 +302,20 @@ impl StatusSource for ControlStatus {
     }
 
     fn health_problems(&self) -> Vec<String> {
-        self.snapshot()
-            .into_iter()
+        let all = self.snapshot();
+        let blind = all.iter().filter(|m| m.command.is_some()).filter_map(|m| {
+            m.blind.as_ref().map(|why| {
+                format!(
+                    "meter {} (device {}): command not followed, battery handed back to normal: {why}",
+                    m.meter_id, m.device
+                )
+            })
+        });
+        let blind: Vec<String> = blind.collect();
+        // A blind meter is reported once, with its reason (below).
+        all.into_iter()
             // Issue 5: healthy only when every device is reachable, dispatching or not.
-            .filter(|m| m.consecutive_errors >= UNHEALTHY_AFTER)
+            .filter(|m| m.consecutive_errors >= UNHEALTHY_AFTER && m.blind.is_none())
             .map(|m| {
                 let what = if m.command.is_some() {
                     "command not held"
@@ -247,6 +331,7 @@ impl StatusSource for ControlStatus {
                     m.last_error.as_deref().unwrap_or("unknown error")
                 )
             })
+            .chain(blind)
             .collect()
     }
 }

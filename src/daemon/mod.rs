@@ -2,6 +2,7 @@
 //! order — stop accepting, finish in-flight requests, stop dispatch (which hands every
 //! battery back to normal operation), close the database.
 
+pub mod control_audit;
 mod housekeeping;
 mod limits;
 pub(crate) mod lock;
@@ -313,6 +314,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )
     .await?;
     running.app.add_source(Arc::new(control.status()));
+    let control_audit = control_audit::spawn(running.app.store.clone(), control.status());
     // Type=notify: systemd counts the service as started only now, with the listener
     // bound and the database open.
     if let Err(e) = crate::systemd::notify_ready() {
@@ -322,6 +324,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     wait_for_signal().await?;
     let _ = crate::systemd::notify_stopping();
     limits.abort();
+    control_audit.abort();
+    control_audit::flush(&running.app.store, &control.status()).await;
     running.stop().await;
     // Dispatch has released every meter; make sure the loops wrote it before exiting.
     control.shutdown(std::time::Duration::from_secs(5)).await;

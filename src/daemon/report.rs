@@ -101,5 +101,8 @@ fn device(m: &MeterStatus) -> DeviceReport {
         consecutive_errors: m.consecutive_errors,
         last_error: m.last_error.clone(),
         last_telemetry_at: m.last_telemetry_at,
+        blind: m.blind.clone().filter(|_| following),
+        export_unavoidable: m.export_unavoidable(),
+        no_reversion: m.no_reversion,
     }
 }

@@ -22,6 +22,10 @@ use tokio::sync::watch;
 const MAX_NAP: std::time::Duration = std::time::Duration::from_secs(1);
 /// Replan at least this often, so the 48 h horizon moves forward.
 const REPLAN_EVERY: i64 = 60;
+/// How long a change signal waits for the rest of its burst before the replan. Small
+/// beside Leap's timescales (a dispatch starts at the earliest a few seconds after it is
+/// sent), large beside one commit, so a retry storm replans a few times a second at most.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(50);
 /// How far ahead each plan looks.
 pub const HORIZON_HOURS: i64 = 48;
 
@@ -157,10 +161,12 @@ impl Dispatcher {
         }
         // Look back as far as ahead: the planner clips intervals at `from`, and a command
         // resumed after a restart must know its true start to report its lateness.
+        self.status.count_replan();
         let from = now - Duration::hours(HORIZON_HOURS);
+        let to = now + Duration::hours(HORIZON_HOURS);
         let slots = self
             .store
-            .read(move |c| query::timeslots_ending_after(c, from))
+            .read(move |c| query::timeslots_for_plan(c, from, now, to))
             .await;
         match slots {
             Ok(slots) => {
@@ -168,7 +174,7 @@ impl Dispatcher {
                     timeslots: &slots,
                     config: &self.plan_config,
                     from,
-                    to: now + Duration::hours(HORIZON_HOURS),
+                    to,
                 };
                 self.status.set_plan_error(None);
                 Some(plan::plan(&input))
@@ -197,6 +203,16 @@ impl Dispatcher {
             if now - planned_at >= Duration::seconds(REPLAN_EVERY) {
                 return Wake::Periodic;
             }
+            // Issue 9: the wall clock stepped back (NTP correction). The plan was made for
+            // a "now" that has not happened yet: an active timeslot may not have started
+            // against the corrected clock. Recompute at once (forward steps are caught by
+            // the boundary check above).
+            if now < planned_at {
+                tracing::warn!(planned_at = %planned_at, now = %now,
+                    step_ms = (planned_at - now).num_milliseconds(),
+                    "dispatch: wall clock stepped back, recomputing the plan");
+                return Wake::Periodic;
+            }
             let nap = next
                 .and_then(|b| (b - now).to_std().ok())
                 .map_or(MAX_NAP, |d| d.min(MAX_NAP));
@@ -204,7 +220,12 @@ impl Dispatcher {
                 _ = tokio::time::sleep(nap) => {}
                 r = changes.changed() => {
                     if r.is_ok() {
-                        return Wake::Change(self.clock.now());
+                        let seen = self.clock.now();
+                        // Issue 18: a burst of notifications is one replan, not one each.
+                        // Everything committed within the window is in the next read.
+                        tokio::time::sleep(COALESCE).await;
+                        changes.borrow_and_update();
+                        return Wake::Change(seen);
                     }
                     // The sender is gone (shutting down): keep timing boundaries only.
                     std::future::pending::<()>().await;

@@ -70,6 +70,8 @@ const LATENESS_BOUNDS: &[f64] = &[
 pub struct DispatchStatus {
     inner: Mutex<DispatchSnapshot>,
     lateness: Histogram,
+    /// Plans made (issue 18: a burst of notifications is one replan).
+    replans: std::sync::atomic::AtomicU64,
 }
 
 impl DispatchStatus {
@@ -85,7 +87,18 @@ impl DispatchStatus {
                 ..Default::default()
             }),
             lateness: Histogram::new(LATENESS_BOUNDS),
+            replans: Default::default(),
         }
+    }
+
+    pub fn count_replan(&self) {
+        self.replans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Plans made since start.
+    pub fn replans(&self) -> u64 {
+        self.replans.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> DispatchSnapshot {
@@ -135,6 +148,11 @@ impl crate::server::StatusSource for DispatchStatus {
             out,
             "leap_edge_boundary_lateness_seconds",
             "Delay from a plan boundary to the command being handed to the device.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP leap_edge_replans_total Plans made from the store (a burst of notifications is one).\n# TYPE leap_edge_replans_total counter\nleap_edge_replans_total {}",
+            self.replans()
         );
         let snap = self.snapshot();
         let _ = writeln!(

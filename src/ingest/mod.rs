@@ -31,6 +31,9 @@ pub struct RejectedTimeslot {
     pub reason: String,
     /// The timeslot object exactly as received.
     pub raw: serde_json::Value,
+    /// SPEC §2.13: it says `cancelled: true` under a valid event id. The cancellation is
+    /// applied to the stored timeslot even though the rest of the revision is rejected.
+    pub cancels: bool,
 }
 
 /// Why a request body is not a Leap notification at all (→ 400).

@@ -4,8 +4,9 @@
 
 use super::timeslot::{EntryContext, parse_timeslot};
 use super::{NotificationError, ParsedNotification};
-use crate::model::Kind;
+use crate::model::{Kind, Timeslot};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 pub fn parse_notification(body: &[u8]) -> Result<ParsedNotification, NotificationError> {
     let value: Value =
@@ -72,6 +73,8 @@ fn parse_value(
                     Ok(ts) => match check(&ts) {
                         None => out.timeslots.push(ts),
                         Some(reason) => out.rejected.push(super::RejectedTimeslot {
+                            // SPEC §2.13: over a bound, a cancellation still cancels.
+                            cancels: ts.cancelled,
                             kind: ts.kind,
                             event_id: Some(ts.event_id),
                             meter_ids: ts.meter_ids,
@@ -84,6 +87,7 @@ fn parse_value(
             }
         }
     }
+    out.timeslots = last_occurrence_wins(out.timeslots);
     Ok(out)
 }
 
@@ -98,38 +102,56 @@ fn entry_context(
         field: format!("{field}.{f}"),
         expected,
     };
-    let opt_str = |f: &str| -> Result<Option<String>, NotificationError> {
+    // Issue 9: only the meter ids are required here; a wrong optional field is a warning
+    // on every timeslot of the entry, never a 400 for the whole notification.
+    let mut warnings = Vec::new();
+    let mut opt_str = |f: &str| -> Option<String> {
         match entry.get(f) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(wrong(f, "a string")),
-        }
-    };
-    let str_list = |f: &str| -> Result<Vec<String>, NotificationError> {
-        match entry.get(f) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or(wrong(f, "an array of strings"))
-                })
-                .collect(),
-            Some(_) => Err(wrong(f, "an array of strings")),
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(v) => {
+                warnings.push(format!("{field}.{f} = {v} is not a string; read as absent"));
+                None
+            }
         }
     };
     let (meter_ids, group_id, refs) = match kind {
         Kind::Meter => {
-            let meter = opt_str("meter_id")?;
-            let refs = opt_str("partner_reference")?.into_iter().collect();
+            let meter = match entry.get("meter_id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => return Err(wrong("meter_id", "a string")),
+            };
+            let refs = opt_str("partner_reference").into_iter().collect();
             (meter.into_iter().collect(), None, refs)
         }
-        Kind::Group => (
-            str_list("meter_ids")?,
-            opt_str("market_group_id")?,
-            str_list("partner_references")?,
-        ),
+        Kind::Group => {
+            let group = opt_str("market_group_id");
+            let meters =
+                str_list(entry, "meter_ids").ok_or(wrong("meter_ids", "an array of strings"))?;
+            let refs = match entry.get("partner_references") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(items)) => {
+                    let refs: Vec<String> = items
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect();
+                    if refs.len() != items.len() {
+                        warnings.push(format!(
+                            "{field}.partner_references holds items that are not strings; left out"
+                        ));
+                    }
+                    refs
+                }
+                Some(v) => {
+                    warnings.push(format!(
+                        "{field}.partner_references = {v} is not an array of strings; read as empty"
+                    ));
+                    Vec::new()
+                }
+            };
+            (meters, group, refs)
+        }
     };
     Ok(EntryContext {
         kind,
@@ -138,7 +160,48 @@ fn entry_context(
         partner_references: refs,
         integration_test_notification: integration_test,
         notification_communication_test: communication_test,
+        warnings,
     })
+}
+
+/// A required list of strings; None when it has the wrong type.
+fn str_list(entry: &Map<String, Value>, f: &str) -> Option<Vec<String>> {
+    match entry.get(f) {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(_) => None,
+    }
+}
+
+/// Issue 9: the same event id twice in one notification. The last occurrence wins (the
+/// order Leap wrote them in is the only order there is), flagged; so a redelivery of the
+/// notification stores the same content again and counts as duplicates.
+fn last_occurrence_wins(slots: Vec<Timeslot>) -> Vec<Timeslot> {
+    let mut count: HashMap<(Kind, String), usize> = HashMap::new();
+    for t in &slots {
+        *count.entry((t.kind, t.event_id.clone())).or_default() += 1;
+    }
+    let mut seen: HashMap<(Kind, String), usize> = HashMap::new();
+    let mut out = Vec::new();
+    for mut t in slots {
+        let key = (t.kind, t.event_id.clone());
+        let n = count[&key];
+        let i = seen.entry(key).or_default();
+        *i += 1;
+        if *i < n {
+            continue;
+        }
+        if n > 1 {
+            t.warnings.push(format!(
+                "event id appears {n} times in this notification; the last occurrence is used"
+            ));
+        }
+        out.push(t);
+    }
+    out
 }
 
 fn opt_bool(obj: &Map<String, Value>, field: &str) -> Result<bool, NotificationError> {

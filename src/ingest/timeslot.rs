@@ -1,7 +1,7 @@
 //! One timeslot object → a [`Timeslot`], or a [`RejectedTimeslot`] naming the field at fault.
 
 use super::RejectedTimeslot;
-use crate::model::{EnergyKw, Kind, Timeslot};
+use crate::model::{EnergyKw, Kind, LOWEST_PRIORITY, Timeslot};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
@@ -13,6 +13,8 @@ pub struct EntryContext {
     pub partner_references: Vec<String>,
     pub integration_test_notification: bool,
     pub notification_communication_test: bool,
+    /// Entry-level optional fields that were wrong (SPEC §2.2), copied to each timeslot.
+    pub warnings: Vec<String>,
 }
 
 /// Leap's documented range for `energy_kw` and `nomination_kw` (SPEC §1).
@@ -28,12 +30,15 @@ pub fn parse_timeslot(ctx: &EntryContext, raw: &Value) -> Result<Timeslot, Rejec
         .and_then(Value::as_str)
         .filter(|s| !s.trim().is_empty())
         .map(str::to_string);
+    // SPEC §2.13: a cancellation always cancels, whatever else is wrong in the revision.
+    let cancels = event_id.is_some() && raw.get("cancelled") == Some(&Value::Bool(true));
     let reject = |reason: String| RejectedTimeslot {
         kind: ctx.kind,
         event_id: event_id.clone(),
         meter_ids: ctx.meter_ids.clone(),
         reason,
         raw: raw.clone(),
+        cancels,
     };
     let obj = raw
         .as_object()
@@ -64,17 +69,36 @@ fn fields(
         Some(Value::Null) => EnergyKw::Null,
         Some(v) => EnergyKw::Kw(kw(v, "energy_kw")?),
     };
+    let cancelled = opt_bool_field(obj, "cancelled")?.unwrap_or(false);
+    // Issue 9: from here on every field is optional: a wrong one is read as absent (or
+    // clamped) and flagged on the timeslot, never a reason to refuse the dispatch.
+    let mut w = Warnings(ctx.warnings.clone());
     let nomination_kw = match obj.get("nomination_kw") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(kw(v, "nomination_kw")?),
+        Some(v) => w.keep(kw(v, "nomination_kw").map(Some), None, "read as absent"),
     };
-    let communication_test = match (
-        obj.get("communication_test"),
-        obj.get("is_communication_test"),
-    ) {
-        (Some(v), _) | (None, Some(v)) => opt_bool(v, "communication_test")?,
-        (None, None) => None,
-    };
+    let communication_test = communication_test(obj, &mut w);
+    let priority = w.keep(priority(obj), None, "read as absent (the lowest, 10)");
+    let priority = priority.map(|p| {
+        let clamped = p.clamp(1, LOWEST_PRIORITY);
+        if clamped != p {
+            w.0.push(format!(
+                "priority = {p} is outside 1–10; clamped to {clamped}"
+            ));
+        }
+        clamped
+    });
+    let cap_how = "read as absent (the most restrictive cap)";
+    let cap = w.keep(
+        opt_string(obj, "performance_compensation_cap"),
+        None,
+        cap_how,
+    );
+    let voluntary = opt_bool_field(obj, "is_voluntary");
+    // Absent means a commitment: the stricter reading when penalties are at stake.
+    let is_voluntary = w
+        .keep(voluntary, None, "read as a commitment")
+        .unwrap_or(false);
     Ok(Timeslot {
         kind: ctx.kind,
         event_id,
@@ -83,19 +107,45 @@ fn fields(
         partner_references: ctx.partner_references.clone(),
         start_time,
         end_time,
-        cancelled: opt_bool_field(obj, "cancelled")?.unwrap_or(false),
+        cancelled,
         energy_kw,
         nomination_kw,
-        performance_compensation_cap: opt_string(obj, "performance_compensation_cap")?,
-        priority: priority(obj)?,
-        // Absent means a commitment: the stricter reading when penalties are at stake.
-        is_voluntary: opt_bool_field(obj, "is_voluntary")?.unwrap_or(false),
-        dispatch_event_types: strings(obj, "dispatch_event_types")?,
-        programs: strings(obj, "programs")?,
+        performance_compensation_cap: cap,
+        priority,
+        is_voluntary,
+        dispatch_event_types: strings(obj, "dispatch_event_types", &mut w),
+        programs: strings(obj, "programs", &mut w),
         communication_test,
         integration_test_notification: ctx.integration_test_notification,
         notification_communication_test: ctx.notification_communication_test,
+        warnings: w.0,
     })
+}
+
+/// What was wrong in optional fields, in words a technician can act on.
+struct Warnings(Vec<String>);
+
+impl Warnings {
+    fn keep<T>(&mut self, r: Result<T, String>, fallback: T, how: &str) -> T {
+        r.unwrap_or_else(|e| {
+            self.0.push(format!("{e}; {how}"));
+            fallback
+        })
+    }
+}
+
+/// `communication_test` and `is_communication_test` both read; the most cautious wins
+/// (one saying true makes it a test, so `communication_test: null` cannot hide
+/// `is_communication_test: true`).
+fn communication_test(obj: &Map<String, Value>, w: &mut Warnings) -> Option<bool> {
+    let mut seen = None;
+    for field in ["communication_test", "is_communication_test"] {
+        let Some(v) = obj.get(field) else { continue };
+        if let Some(b) = w.keep(opt_bool(v, field), None, "read as absent") {
+            seen = Some(seen.unwrap_or(false) || b);
+        }
+    }
+    seen
 }
 
 fn time(obj: &Map<String, Value>, field: &str) -> Result<DateTime<Utc>, String> {
@@ -151,18 +201,26 @@ fn opt_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, S
     }
 }
 
-/// Unknown identifiers are kept as text (SPEC §2.2): only the JSON type is checked.
-fn strings(obj: &Map<String, Value>, field: &str) -> Result<Vec<String>, String> {
+/// Unknown identifiers are kept as text (SPEC §2.2): only the JSON type is checked, and
+/// an item of the wrong type is left out with a warning.
+fn strings(obj: &Map<String, Value>, field: &str, w: &mut Warnings) -> Vec<String> {
     match obj.get(field) {
-        None | Some(Value::Null) => Ok(Vec::new()),
+        None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("{field} holds {v}, not a string"))
+            .filter_map(|v| {
+                let s = v.as_str().map(str::to_string);
+                if s.is_none() {
+                    w.0.push(format!("{field} holds {v}, not a string; left out"));
+                }
+                s
             })
             .collect(),
-        Some(other) => Err(format!("{field} = {other} is not an array of strings")),
+        Some(other) => {
+            w.0.push(format!(
+                "{field} = {other} is not an array of strings; read as empty"
+            ));
+            Vec::new()
+        }
     }
 }

@@ -58,12 +58,12 @@ pub(super) fn select<'a>(input: &PlanInput<'a>) -> Selection<'a> {
                 continue;
             }
         };
-        let total_weight: f64 = meters.iter().map(|m| weight(*m, cfg)).sum();
+        let total_weight = total_weight(&meters, cfg);
         for m in meters.iter().filter_map(|m| *m) {
             let share = |kw: f64| match ts.kind {
                 Kind::Meter => kw,
                 // SPEC §2.7 + SCENARIOS 12: the group's award is split over ALL its meters;
-                // a foreign meter keeps its own share (weight 1), which is not ours to deliver.
+                // a foreign meter keeps its own share, which is not ours to deliver.
                 Kind::Group => kw * cfg.meters[m].weight / total_weight,
             };
             sel.by_meter[m].push(sel.candidates.len());
@@ -97,8 +97,24 @@ fn group_meters(ts: &Timeslot, local: &HashMap<String, usize>) -> Vec<Option<usi
     out
 }
 
-fn weight(m: Option<usize>, cfg: &PlanConfig) -> f64 {
-    m.map_or(1.0, |i| cfg.meters[i].weight)
+/// Issue 9, the one weight rule: weights are relative among the group's LOCAL meters, and a
+/// foreign meter (one this gateway does not serve) counts as the local meters' mean weight
+/// — what an unweighted meter is worth in this group. Shares are therefore independent of
+/// the weights' absolute scale (0.3/0.1 and 30/10 split the same way), and with equal
+/// weights every meter, local or foreign, gets an equal share (SCENARIOS 12).
+fn total_weight(meters: &[Option<usize>], cfg: &PlanConfig) -> f64 {
+    let local: Vec<f64> = meters
+        .iter()
+        .filter_map(|m| m.map(|i| cfg.meters[i].weight))
+        .collect();
+    let local_sum: f64 = local.iter().sum();
+    let foreign = meters.len() - local.len();
+    let mean = if local.is_empty() {
+        1.0
+    } else {
+        local_sum / local.len() as f64
+    };
+    local_sum + foreign as f64 * mean
 }
 
 /// Ok(mode) when the timeslot is planned, else why not. The order of the checks decides

@@ -51,6 +51,7 @@ pub(super) fn slot(id: &str, meter: &str, start: DateTime<Utc>, end: DateTime<Ut
         communication_test: None,
         integration_test_notification: false,
         notification_communication_test: false,
+        warnings: vec![],
     }
 }
 
@@ -340,16 +341,38 @@ fn scenario_12_group_share_counts_the_foreign_meter() {
 fn group_shares_follow_weights_and_split_nomination() {
     let mut cfg = config();
     cfg.meters[0].weight = 2.0;
-    let g = group("g", &[M1, M2, FOREIGN], EnergyKw::Kw(40.0));
+    let g = group("g", &[M1, M2, FOREIGN], EnergyKw::Kw(45.0));
     let g = with(g, |t| {
-        t.nomination_kw = Some(20.0);
+        t.nomination_kw = Some(22.5);
         t.performance_compensation_cap = Some("up-to-nomination".into());
     });
     let p = run(vec![g], &cfg, h(0), h(2));
     let (c1, c2) = (&p.meters[M1][0].command, &p.meters[M2][0].command);
-    // weights 2 : 1 : 1 (foreign) → 40 kW gives 20 / 10; nomination 20 gives 10 / 5.
+    // weights 2 : 1, the foreign meter counting as their mean 1.5 → 45 kW gives 20 / 10;
+    // nomination 22.5 gives 10 / 5.
     assert_eq!((c1.limit_kw, c2.limit_kw), (Some(10.0), Some(5.0)));
     assert_eq!((c1.target, c2.target), (Target::Kw(10.0), Target::Kw(5.0)));
+}
+
+#[test]
+fn group_shares_do_not_depend_on_the_weights_scale() {
+    let shares = |w1: f64, w2: f64| {
+        let mut cfg = config();
+        cfg.meters[0].weight = w1;
+        cfg.meters[1].weight = w2;
+        let g = group("g", &[M1, M2, FOREIGN], EnergyKw::Kw(60.0));
+        let p = run(vec![g], &cfg, h(0), h(2));
+        let kw = |m: &str| match p.meters[m][0].command.target {
+            Target::Kw(k) => (k * 1e6).round() / 1e6,
+            other => panic!("{other:?}"),
+        };
+        (kw(M1), kw(M2))
+    };
+    // 0.3 : 0.1, the foreign meter as their mean 0.2: 60 × 0.3/0.6 = 30, 60 × 0.1/0.6 = 10.
+    assert_eq!(shares(0.3, 0.1), (30.0, 10.0));
+    assert_eq!(shares(30.0, 10.0), (30.0, 10.0));
+    // Equal weights of any size: equal shares with the foreign meter (SCENARIOS 12).
+    assert_eq!(shares(5.0, 5.0), (20.0, 20.0));
 }
 
 #[test]

@@ -453,6 +453,34 @@ pub(crate) async fn ingest_body(app: &App, origin: &str, body: Bytes) -> Ingeste
     }
 }
 
+/// Group commit at work (issue 17): notifications ÷ commits is the mean batch.
+fn render_store(store: &Store, out: &mut String) {
+    use std::fmt::Write as _;
+    let s = store.batch_stats();
+    for (name, help, v) in [
+        (
+            "leap_edge_store_commits_total",
+            "Ingest transactions committed (group commit).",
+            s.commits.load(Ordering::Relaxed),
+        ),
+        (
+            "leap_edge_store_committed_notifications_total",
+            "Notifications acknowledged by those commits.",
+            s.notifications.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let q = store.queued();
+    let _ = writeln!(
+        out,
+        "# HELP leap_edge_store_queue_depth Writes waiting for the database thread.\n# TYPE leap_edge_store_queue_depth gauge\nleap_edge_store_queue_depth {q}"
+    );
+}
+
 async fn healthz(app: &App) -> Resp {
     let mut problems = Vec::new();
     // Writable means the write lock can be taken and the disk takes a transaction's worth.
@@ -481,6 +509,7 @@ fn metrics(app: &App) -> Resp {
         "Requests without a valid key that were counted but not logged (one summary line per minute).",
         app.unauthorized_log.suppressed.load(Ordering::Relaxed),
     );
+    render_store(&app.store, &mut out);
     for s in app.sources() {
         s.render_metrics(&mut out);
     }

@@ -119,6 +119,14 @@ impl Image {
         self.write_raw(a, &w);
     }
 
+    /// Whether a read of `count` registers at `addr` touches the point.
+    pub fn overlaps(&self, model: u16, name: &str, addr: u16, count: u16) -> bool {
+        self.loc(model, name).is_some_and(|(a, d)| {
+            let (lo, hi) = (u32::from(addr), u32::from(addr) + u32::from(count));
+            u32::from(a) < hi && lo < u32::from(a) + u32::from(d.ty.words())
+        })
+    }
+
     pub fn raw(&self, model: u16, name: &str) -> Option<i64> {
         let (a, d) = self.loc(model, name)?;
         let w = self.read(a, d.ty.words())?;

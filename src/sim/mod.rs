@@ -8,6 +8,7 @@
 mod cli;
 mod load;
 mod map;
+mod meter_fault;
 mod physics;
 mod server;
 mod victron;
@@ -15,6 +16,7 @@ mod victron;
 pub use cli::run_cli;
 
 pub use load::LoadProfile;
+pub use meter_fault::{MeterFault, ScheduledFault};
 pub use physics::{Mode, NormalMode};
 
 use crate::config::SimConfig;
@@ -35,6 +37,10 @@ use tokio::task::JoinHandle;
 pub enum SimError {
     #[error("sim.load = \"{spec}\": {reason}")]
     Load { spec: String, reason: String },
+    #[error("sim.pv = \"{spec}\": {reason}")]
+    Pv { spec: String, reason: String },
+    #[error("sim.meter_fault = \"{spec}\": {reason}")]
+    MeterFault { spec: String, reason: String },
     #[error("sim: {what} = {value} is out of range ({expected})")]
     Config {
         what: &'static str,
@@ -78,12 +84,15 @@ pub struct Snapshot {
     /// Positive = import.
     pub grid_kw: f64,
     pub load_kw: f64,
+    pub pv_kw: f64,
     pub mode: Mode,
     pub last_command_at: Option<DateTime<Utc>>,
     pub reversions: u64,
     pub writes: u64,
     pub requests: u64,
     pub fault: Fault,
+    /// The site-meter fault in force now, if any.
+    pub meter_fault: Option<MeterFault>,
 }
 
 pub struct SimInner {
@@ -91,6 +100,9 @@ pub struct SimInner {
     physics: Physics,
     load: LoadProfile,
     load_override: Option<f64>,
+    pv: LoadProfile,
+    pv_override: Option<f64>,
+    meter_fault: Option<ScheduledFault>,
     started: Instant,
     fault: Fault,
     unit: u8,
@@ -171,13 +183,22 @@ fn check_cfg(cfg: &SimConfig) -> Result<(), SimError> {
 fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
     check_cfg(cfg)?;
     let load = LoadProfile::parse(&cfg.load)?;
+    let pv = LoadProfile::parse(&cfg.pv).map_err(|e| match e {
+        SimError::Load { spec, reason } => SimError::Pv { spec, reason },
+        e => e,
+    })?;
+    let meter_fault = cfg
+        .meter_fault
+        .as_deref()
+        .map(ScheduledFault::parse)
+        .transpose()?;
     let mut img = Image::new(cfg.base_address, opts.model_124, opts.model_704);
     img.set_string(1, 2, 16, "leap-edge");
     img.set_string(1, 18, 16, "site-simulator");
     img.set_string(1, 42, 8, env!("CARGO_PKG_VERSION"));
     img.set_string(1, 50, 16, "SIM-0001");
     img.set_raw(1, "DA", cfg.unit_id as i64);
-    let w_sf = map::sf_for((load.max_kw() + cfg.max_power_kw) * 1000.0);
+    let w_sf = map::sf_for((load.max_kw() + pv.max_kw() + cfg.max_power_kw) * 1000.0);
     img.set_raw(103, "W_SF", w_sf as i64);
     img.set_raw(203, "W_SF", w_sf as i64);
     let wmax_sf = map::sf_for(cfg.max_power_kw * 1000.0);
@@ -207,6 +228,7 @@ fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
         battery_kw: 0.0,
         target_kw: 0.0,
         load_kw: load.at(0.0),
+        pv_kw: pv.at(0.0).max(0.0),
         mode: Mode::Normal,
         last_124_write: None,
         last_704_write: None,
@@ -219,6 +241,9 @@ fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
         physics,
         load,
         load_override: None,
+        pv,
+        pv_override: None,
+        meter_fault,
         started: Instant::now(),
         fault: Fault::None,
         unit: cfg.unit_id,
@@ -227,6 +252,15 @@ fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
         requests: 0,
         victron: opts.victron.then(victron::VictronImage::default),
     })
+}
+
+impl SimInner {
+    fn active_meter_fault(&self) -> Option<MeterFault> {
+        let secs = self.started.elapsed().as_secs_f64();
+        self.meter_fault
+            .filter(|f| secs >= f.from_secs)
+            .map(|f| f.fault)
+    }
 }
 
 /// Start the simulator on `listener` (tasks on the current tokio runtime).
@@ -266,9 +300,13 @@ async fn tick_loop(inner: Arc<Mutex<SimInner>>, tick: Duration) {
         let s = &mut *s;
         let secs = now.duration_since(s.started).as_secs_f64();
         s.physics.load_kw = s.load_override.unwrap_or_else(|| s.load.at(secs));
+        s.physics.pv_kw = s.pv_override.unwrap_or_else(|| s.pv.at(secs)).max(0.0);
         let sp = s.victron.as_ref().map(|v| v.setpoint_kw());
         s.physics.step(&mut s.image, now, dt, sp);
         s.physics.publish(&mut s.image);
+        if let Some(MeterFault::Value(kw)) = s.active_meter_fault() {
+            s.image.set(203, "W", kw * 1000.0);
+        }
         if let Some(v) = s.victron.as_mut() {
             v.publish(&s.physics);
         }
@@ -315,13 +353,27 @@ impl SimHandle {
             target_kw: s.physics.target_kw,
             grid_kw: s.physics.grid_kw(),
             load_kw: s.physics.load_kw,
+            pv_kw: s.physics.pv_kw,
             mode: s.physics.mode,
             last_command_at: s.last_command_at,
             reversions: s.physics.reversions,
             writes: s.writes,
             requests: s.requests,
             fault: s.fault,
+            meter_fault: s.active_meter_fault(),
         }
+    }
+
+    /// Override the PV profile (`None`: back to the profile).
+    pub fn set_pv(&self, kw: Option<f64>) {
+        self.inner.lock().expect("sim state").pv_override = kw;
+    }
+
+    /// Start a site-meter fault now (`None`: the meter answers again).
+    pub fn set_meter_fault(&self, fault: Option<MeterFault>) {
+        let mut s = self.inner.lock().expect("sim state");
+        let from_secs = s.started.elapsed().as_secs_f64();
+        s.meter_fault = fault.map(|fault| ScheduledFault { fault, from_secs });
     }
 
     /// Override the load profile (`None`: back to the profile).

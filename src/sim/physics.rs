@@ -2,8 +2,9 @@
 //! limits and a ramp, SoC integrates power over capacity, grid = load − battery, and a
 //! remote command that is not refreshed within its reversion timeout lapses.
 //!
-//! Normal mode is self-consumption: the battery covers the site load down to 0 kW grid
-//! import (within its limits; there is no PV, so it never charges on its own).
+//! Normal mode is self-consumption: the battery covers the net site load (load − PV) down
+//! to 0 kW grid, discharging for a deficit and charging from a PV surplus (within its
+//! limits and 0–100 % SoC).
 //! Remote control:
 //! - model 124 with StorCtl_Mod ≠ 0: self-consumption inside the window
 //!   [−InWRte %, +OutWRte %] of WChaMax (bit 0 activates the charge limit InWRte, bit 1 the
@@ -48,6 +49,8 @@ pub struct Physics {
     pub battery_kw: f64,
     pub target_kw: f64,
     pub load_kw: f64,
+    /// On-site generation (kW, ≥ 0).
+    pub pv_kw: f64,
     pub mode: Mode,
     pub last_124_write: Option<Instant>,
     pub last_704_write: Option<Instant>,
@@ -69,7 +72,12 @@ pub enum NormalMode {
 
 impl Physics {
     pub fn grid_kw(&self) -> f64 {
-        self.load_kw - self.battery_kw
+        self.net_load_kw() - self.battery_kw
+    }
+
+    /// What the site draws before the battery: consumption less generation.
+    pub fn net_load_kw(&self) -> f64 {
+        self.load_kw - self.pv_kw
     }
 
     /// Apply reversion timeouts, pick the mode and target, move the battery.
@@ -104,14 +112,14 @@ impl Physics {
             let t = if lo > hi {
                 hi
             } else {
-                self.load_kw.clamp(lo, hi)
+                self.net_load_kw().clamp(lo, hi)
             };
             (Mode::Remote124, t)
         } else if let Some(sp) = grid_setpoint_kw.filter(|sp| *sp != 0.0) {
-            (Mode::VictronSetpoint, self.load_kw - sp)
+            (Mode::VictronSetpoint, self.net_load_kw() - sp)
         } else {
             let own = match self.normal {
-                NormalMode::SelfConsumption => self.load_kw.max(0.0),
+                NormalMode::SelfConsumption => self.net_load_kw(),
                 NormalMode::Idle => 0.0,
             };
             (Mode::Normal, own)
@@ -201,6 +209,7 @@ mod tests {
             battery_kw: 0.0,
             target_kw: 0.0,
             load_kw: 4.0,
+            pv_kw: 0.0,
             normal: NormalMode::SelfConsumption,
             mode: Mode::Normal,
             last_124_write: None,
@@ -240,5 +249,27 @@ mod tests {
         p.step(&mut img, t0 + std::time::Duration::from_secs(5), 10.0, None);
         assert_eq!((p.mode, p.reversions), (Mode::Normal, 1));
         assert_eq!(img.raw(124, "StorCtl_Mod"), Some(0));
+    }
+
+    #[test]
+    fn self_consumption_charges_from_a_pv_surplus() {
+        let (mut p, mut img) = site();
+        p.pv_kw = 7.0;
+        let now = Instant::now();
+        for _ in 0..3 {
+            p.step(&mut img, now, 1.0, None);
+        }
+        // 4 kW load, 7 kW PV: the battery takes the 3 kW surplus, the grid stays at 0.
+        assert_eq!(
+            (p.mode, p.battery_kw, p.grid_kw()),
+            (Mode::Normal, -3.0, 0.0)
+        );
+        p.soc_pct = 100.0;
+        p.step(&mut img, now, 1.0, None);
+        assert_eq!(
+            (p.battery_kw, p.grid_kw()),
+            (0.0, -3.0),
+            "a full battery exports"
+        );
     }
 }

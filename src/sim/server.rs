@@ -3,7 +3,7 @@
 //! exception, as a real inverter answers), and the fault switches tests use: offline,
 //! silent, writes rejected, writes ignored, connection dropped on write.
 
-use super::{Fault, SimInner, victron};
+use super::{Fault, MeterFault, SimInner, victron};
 use chrono::Utc;
 use std::io;
 use std::pin::Pin;
@@ -144,6 +144,17 @@ impl SimService {
             return Err(ExceptionCode::GatewayTargetDevice);
         }
         match req.request {
+            Request::ReadHoldingRegisters(a, n) if s.image.overlaps(203, "W", a, n) => {
+                match s.active_meter_fault() {
+                    Some(MeterFault::Exception(code)) => Err(ExceptionCode::new(code)),
+                    Some(MeterFault::Timeout) => Ok(None),
+                    _ => s
+                        .image
+                        .read(a, n)
+                        .map(|w| Some(Response::ReadHoldingRegisters(w)))
+                        .ok_or(ExceptionCode::IllegalDataAddress),
+                }
+            }
             Request::ReadHoldingRegisters(a, n) => s
                 .image
                 .read(a, n)

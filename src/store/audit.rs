@@ -22,6 +22,9 @@ pub enum Action {
     Resumed,
     /// What binds the battery below the request changed (no-export margin, rating, …).
     Limited,
+    /// SPEC §2.13: the control loop acted on its own for safety (readings untrusted and
+    /// the battery handed back, readings back, export unavoidable); `detail` says which.
+    Safety,
 }
 
 impl Action {
@@ -34,6 +37,7 @@ impl Action {
             Action::Manual => "manual",
             Action::Resumed => "resumed",
             Action::Limited => "limited",
+            Action::Safety => "safety",
         }
     }
 }

@@ -6,7 +6,7 @@ use super::{StoreError, ts};
 use crate::ingest::{ParsedNotification, RejectedTimeslot};
 use crate::model::Timeslot;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 pub struct IngestRecord {
@@ -57,6 +57,12 @@ impl IngestOutcome {
     }
 }
 
+/// Run a statement through the connection's prepared-statement cache: the ingest path
+/// runs the same few statements for every notification.
+fn exec(tx: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(args)
+}
+
 enum SlotResult {
     New,
     Updated,
@@ -64,31 +70,23 @@ enum SlotResult {
     Conflict,
 }
 
-pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome, StoreError> {
-    let tx = conn.transaction()?;
+/// Apply one notification inside the caller's transaction (the writer's group commit,
+/// `writer.rs`): the caller commits, and only then may the request be acknowledged.
+pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcome, StoreError> {
     let now = ts(rec.received_at);
     let p = &rec.parsed;
-    tx.execute(
-        "INSERT INTO notifications (received_at, peer, headers, body, integration_test,
-           communication_test, new_count, updated_count, duplicate_count, rejected_count, source)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0, 0, ?7)",
-        params![
-            now,
-            rec.peer,
-            rec.headers.to_string(),
-            rec.body,
-            p.integration_test_notification,
-            p.communication_test,
-            rec.source.as_str()
-        ],
-    )?;
-    let nid = tx.last_insert_rowid();
+    // The id SQLite would give the row (one writer, so nobody takes it meanwhile). The row
+    // itself is written last, with its final counts: updating it afterwards would make
+    // SQLite read and rewrite the whole raw body (500 KB for a 1,000-meter group).
+    let nid: i64 = tx
+        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM notifications")?
+        .query_row([], |r| r.get(0))?;
     let mut out = IngestOutcome {
         notification_id: nid,
         ..Default::default()
     };
     for slot in &p.timeslots {
-        match upsert(&tx, nid, &now, slot, rec.source)? {
+        match upsert(tx, nid, &now, slot, rec.source)? {
             SlotResult::New => out.new += 1,
             SlotResult::Updated => out.updated += 1,
             SlotResult::Duplicate => out.duplicate += 1,
@@ -99,32 +97,47 @@ pub fn ingest(conn: &mut Connection, rec: &IngestRecord) -> Result<IngestOutcome
         }
     }
     for rej in &p.rejected {
-        record_rejected(&tx, nid, &now, rej)?;
+        record_rejected(tx, nid, &now, rej)?;
         out.rejected += 1;
         out.rejected_reasons.push(rej.reason.clone());
+        if let Some(slot) = cancellation_of(tx, rej)? {
+            match upsert(tx, nid, &now, &slot, rec.source)? {
+                SlotResult::Updated | SlotResult::New => out.updated += 1,
+                SlotResult::Duplicate | SlotResult::Conflict => out.duplicate += 1,
+            }
+        }
     }
-    tx.execute(
-        "UPDATE notifications SET new_count=?1, updated_count=?2, duplicate_count=?3,
-           rejected_count=?4 WHERE id=?5",
+    // A poll that found nothing new keeps no raw copy: one every few minutes would
+    // otherwise fill the retention window with repeats. Duplicates only bump counters.
+    let nothing_new = out.new + out.updated + out.conflict + out.rejected == 0;
+    if rec.source == Source::Poll && nothing_new {
+        return Ok(out);
+    }
+    exec(
+        tx,
+        "INSERT INTO notifications (id, received_at, peer, headers, body, integration_test,
+           communication_test, new_count, updated_count, duplicate_count, rejected_count, source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
+            nid,
+            now,
+            rec.peer,
+            rec.headers.to_string(),
+            rec.body,
+            p.integration_test_notification,
+            p.communication_test,
             out.new,
             out.updated + out.conflict,
             out.duplicate,
             out.rejected,
-            nid
+            rec.source.as_str(),
         ],
     )?;
-    // A poll that found nothing new keeps no raw copy: one every few minutes would
-    // otherwise fill the retention window with repeats. Duplicates only bump counters.
-    if rec.source == Source::Poll && out.new + out.updated + out.conflict + out.rejected == 0 {
-        tx.execute("DELETE FROM notifications WHERE id=?1", params![nid])?;
-    }
-    tx.commit()?;
     Ok(out)
 }
 
 fn upsert(
-    tx: &Transaction,
+    tx: &Connection,
     nid: i64,
     now: &str,
     slot: &Timeslot,
@@ -132,8 +145,10 @@ fn upsert(
 ) -> Result<SlotResult, StoreError> {
     let kind = slot.kind.as_str();
     let existing: Option<(String, bool, i64, String)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT content, cancelled_final, revisions, first_source FROM timeslots WHERE kind=?1 AND event_id=?2",
+        )?
+        .query_row(
             params![kind, slot.event_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
@@ -146,14 +161,15 @@ fn upsert(
     };
     let content = serde_json::to_string(slot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let add_revision = |revision: i64, conflict: bool| {
-        tx.execute(
+        exec(tx,
             "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id, received_at, content, conflict)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![kind, slot.event_id, revision, nid, now, content, conflict],
         )
     };
     let Some((current, cancelled_final, revisions, _)) = existing else {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO timeslots (kind, event_id, content, start_time, end_time, cancelled_final,
                revisions, first_received, last_received, first_source)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8)",
@@ -172,7 +188,8 @@ fn upsert(
         return Ok(SlotResult::New);
     };
     if current == content {
-        tx.execute(
+        exec(
+            tx,
             "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
              WHERE kind=?1 AND event_id=?2",
             params![kind, slot.event_id, now],
@@ -183,14 +200,15 @@ fn upsert(
     if cancelled_final && !slot.cancelled {
         // SPEC §2.4: recorded once, but the cancelled version stays in force. The same stale
         // retry arriving again is a duplicate of that conflict revision.
-        let seen: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
+        let seen: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
                WHERE kind=?1 AND event_id=?2 AND conflict=1 AND content=?3)",
-            params![kind, slot.event_id, content],
-            |r| r.get(0),
-        )?;
+            )?
+            .query_row(params![kind, slot.event_id, content], |r| r.get(0))?;
         if seen {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
                  WHERE kind=?1 AND event_id=?2",
                 params![kind, slot.event_id, now],
@@ -198,14 +216,16 @@ fn upsert(
             return Ok(SlotResult::Duplicate);
         }
         add_revision(revision, true)?;
-        tx.execute(
+        exec(
+            tx,
             "UPDATE timeslots SET revisions=?3, conflict=1, last_received=?4 WHERE kind=?1 AND event_id=?2",
             params![kind, slot.event_id, revision, now],
         )?;
         return Ok(SlotResult::Conflict);
     }
     add_revision(revision, false)?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE timeslots SET content=?3, start_time=?4, end_time=?5,
            cancelled_final = cancelled_final OR ?6, revisions=?7, last_received=?8
          WHERE kind=?1 AND event_id=?2",
@@ -240,8 +260,35 @@ fn same_flags_as_stored(current: &str, slot: &Timeslot) -> Timeslot {
     out
 }
 
+/// SPEC §2.13: a rejected revision that says `cancelled: true` still cancels. The stored
+/// timeslot's current content, cancelled, becomes the new revision (so the plan, history
+/// and "cancellation is final" work as for any cancellation); None when there is nothing
+/// stored to cancel or it is cancelled already.
+fn cancellation_of(
+    tx: &Connection,
+    rej: &RejectedTimeslot,
+) -> Result<Option<Timeslot>, StoreError> {
+    let (true, Some(event_id)) = (rej.cancels, rej.event_id.as_deref()) else {
+        return Ok(None);
+    };
+    let current: Option<(String, bool)> = tx
+        .query_row(
+            "SELECT content, cancelled_final FROM timeslots WHERE kind=?1 AND event_id=?2",
+            params![rej.kind.as_str(), event_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((content, false)) = current else {
+        return Ok(None);
+    };
+    let mut slot: Timeslot =
+        serde_json::from_str(&content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    slot.cancelled = true;
+    Ok(Some(slot))
+}
+
 fn record_rejected(
-    tx: &Transaction,
+    tx: &Connection,
     nid: i64,
     now: &str,
     rej: &RejectedTimeslot,
@@ -249,7 +296,8 @@ fn record_rejected(
     let raw = rej.raw.to_string();
     let meters =
         serde_json::to_string(&rej.meter_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO rejected_timeslots (kind, event_id, meter_ids, reason, raw, notification_id,
            times_seen, first_received, last_received)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)

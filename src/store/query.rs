@@ -29,7 +29,7 @@ fn collect(
     sql: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<StoredTimeslot>, StoreError> {
-    let mut stmt = conn.prepare(sql)?;
+    let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(args)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
@@ -58,6 +58,30 @@ pub fn timeslots_ending_after(
             "SELECT {TIMESLOT_COLUMNS} FROM timeslots WHERE end_time > ?1 ORDER BY start_time, kind, event_id"
         ),
         params![ts(from)],
+    )
+}
+
+/// What a plan made at `now` can need (issue 18: a replan must not cost more as history
+/// grows): timeslots that start before `to` and are still running or upcoming, plus the
+/// ended ones that overlap them (an ended higher priority that split a running timeslot
+/// sets the true start of its interval, which lateness is measured from). Never earlier
+/// than `lookback`. Both subqueries walk the `timeslots_end` index from `now` on.
+pub fn timeslots_for_plan(
+    conn: &Connection,
+    lookback: DateTime<Utc>,
+    now: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<StoredTimeslot>, StoreError> {
+    collect(
+        conn,
+        &format!(
+            "SELECT {TIMESLOT_COLUMNS} FROM timeslots
+             WHERE end_time > max(?1, (SELECT coalesce(min(start_time), ?2) FROM timeslots
+                                       WHERE end_time > ?2))
+               AND start_time < ?3
+             ORDER BY start_time, kind, event_id"
+        ),
+        params![ts(lookback), ts(now), ts(to)],
     )
 }
 

@@ -179,3 +179,70 @@ async fn wall_clock_steps_neither_fire_early_nor_miss_a_boundary() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// Issue 9: an NTP correction of an hour backwards while a timeslot is active. Against the
+/// corrected clock the timeslot has not started: normal operation at once (the plan is
+/// recomputed for the new "now"), and the timeslot applies again when the clock gets there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_hour_backward_step_during_an_active_timeslot_is_honoured_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = common::inproc_config(dir.path(), "leap-edge.db", &[M1], "");
+    let config = Arc::new(leap_edge::config::Config::load(&config).unwrap());
+    let (store, thread) = Store::open(&config.storage.path).unwrap();
+    let origin = Utc::now();
+    let clock = Arc::new(SteppedClock {
+        origin,
+        start: Instant::now(),
+        offset_ms: AtomicI64::new(0),
+    });
+    let a_start = origin + Duration::seconds(2);
+    let slots = vec![common::timeslot_json(
+        M1,
+        "A",
+        a_start,
+        7200,
+        Some(5.0),
+        serde_json::json!({}),
+    )];
+    let body = common::meter_notification(M1, slots);
+    store
+        .ingest(IngestRecord {
+            received_at: origin,
+            peer: None,
+            headers: serde_json::json!({}),
+            body: body.clone(),
+            parsed: leap_edge::ingest::parse_notification(body.as_bytes()).unwrap(),
+            source: leap_edge::store::Source::Push,
+        })
+        .await
+        .unwrap();
+    let rec = Arc::new(Stamped {
+        clock: clock.clone(),
+        calls: Mutex::new(Vec::new()),
+    });
+    let dispatcher = Dispatcher::new(config, store.clone(), rec.clone(), clock.clone());
+    let (_changes, changes_rx) = tokio::sync::watch::channel(0u64);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(dispatcher.run(changes_rx, stop_rx));
+    let calls = wait_calls(&rec, 2).await;
+    assert_eq!(calls[1].1, Call::Apply("A".into()), "{calls:?}");
+
+    let stepped_at = Instant::now();
+    clock.step(-3600);
+    let calls = wait_calls(&rec, 3).await;
+    let took = stepped_at.elapsed();
+    eprintln!("clock step -1 h during A: released {took:?} after the step");
+    assert_eq!(calls[2].1, Call::Release, "{calls:?}");
+    assert!(calls[2].0 < a_start, "{calls:?}");
+    assert!(took.as_secs() < 5, "not at once: {took:?}");
+    // The clock is corrected forward again: A applies again, once.
+    clock.step(3600);
+    let calls = wait_calls(&rec, 4).await;
+    assert_eq!(calls[3].1, Call::Apply("A".into()), "{calls:?}");
+    nap(1500).await;
+    assert_eq!(rec.calls().len(), 4, "{:?}", rec.calls());
+    let _ = stop.send(true);
+    task.await.unwrap();
+    drop(store);
+    thread.join();
+}

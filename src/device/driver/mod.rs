@@ -14,8 +14,13 @@ use crate::config::DeviceConfig;
 use std::path::Path;
 use std::time::Duration;
 
+/// SPEC §2.13: scale factors (and the rest of the binding) are re-read at least this
+/// often, not only after a reconnect: a device may change a scale factor at run time.
+const REBIND_EVERY: Duration = Duration::from_secs(60);
+
 struct Bound {
     generation: u64,
+    at: std::time::Instant,
     soc: Option<ResolvedReg>,
     battery: Option<ResolvedReg>,
     grid: Option<ResolvedReg>,
@@ -71,6 +76,9 @@ pub struct ModbusBattery {
     cfg: DeviceConfig,
     client: ModbusClient,
     bound: Option<Bound>,
+    /// The registers that hand the battery back, from the last successful binding: a
+    /// release must not depend on a rebinding that a dead meter point can fail.
+    last_leave: Option<Vec<ResolvedReg>>,
 }
 
 /// Build the battery for `[devices.NAME]`. Loads and checks the profile now; connects on
@@ -119,6 +127,7 @@ impl ModbusBattery {
             cfg: cfg.clone(),
             client,
             bound: None,
+            last_leave: None,
         }
     }
 
@@ -136,13 +145,15 @@ impl ModbusBattery {
 
     async fn bind(&mut self) -> Result<&Bound, DeviceError> {
         let fresh = self.client.is_connected()
-            && self
-                .bound
-                .as_ref()
-                .is_some_and(|b| b.generation == self.client.generation());
+            && self.bound.as_ref().is_some_and(|b| {
+                b.generation == self.client.generation() && b.at.elapsed() < REBIND_EVERY
+            });
         if !fresh {
             self.bound = None;
             let b = self.discover_and_bind().await?;
+            if let Ok(c) = &b.control {
+                self.last_leave = Some(c.leave.clone());
+            }
             self.bound = Some(b);
         }
         Ok(self.bound.as_ref().expect("bound above"))
@@ -186,6 +197,7 @@ impl ModbusBattery {
         }
         let bound = Bound {
             generation: self.client.generation(),
+            at: std::time::Instant::now(),
             soc: soc.map(|x| x.0),
             battery: battery.map(|x| x.0),
             grid: grid.map(|x| x.0),

@@ -99,13 +99,24 @@ impl ModbusBattery {
     }
 
     pub async fn release_control(&mut self) -> Result<(), DeviceError> {
-        self.bind().await?;
-        let b = self.bound.as_ref().expect("bound");
-        let leave = match &b.control {
-            Ok(c) => c.leave.clone(),
-            Err(reason) => {
-                return Err(self.profile_err(format!("cannot release the battery: {reason}")));
-            }
+        let leave = match self.bind().await {
+            Ok(b) => match &b.control {
+                Ok(c) => c.leave.clone(),
+                Err(reason) => {
+                    let reason = reason.clone();
+                    return Err(self.profile_err(format!("cannot release the battery: {reason}")));
+                }
+            },
+            // A meter point that stopped answering fails the binding; the control
+            // registers are what matters now (SPEC §2.13).
+            Err(e) => match self.last_leave.clone() {
+                Some(leave) => {
+                    tracing::warn!(device = %self.name, error = %e,
+                        "binding failed, releasing through the last known control registers");
+                    leave
+                }
+                None => return Err(e),
+            },
         };
         for r in leave {
             regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;

@@ -190,6 +190,14 @@ impl RegSpec {
 }
 
 /// Read and parse a profile; errors name the file and line.
+impl Profile {
+    /// Every control method sets a device-side reversion timeout (SPEC §2.10): a daemon
+    /// that dies leaves no setpoint behind for long. False for e.g. Victron ESS mode 2.
+    pub fn reverts_by_itself(&self) -> bool {
+        !self.control.is_empty() && self.control.iter().all(|c| c.reversion.is_some())
+    }
+}
+
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
     let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
         path: path.to_path_buf(),

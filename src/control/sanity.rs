@@ -1,0 +1,139 @@
+//! SPEC §2.13 "blind is not safe": whether the readings a decision depends on can be
+//! trusted. Pure, so every rule is unit-tested; the loop hands the battery back to normal
+//! operation (the device's own logic) whenever this returns a reason.
+//!
+//! A decision depends on the state of charge always (the reserve, a full battery) and on
+//! the site meter under any no-export bound (without it the law cannot tell export from
+//! import). Values a healthy device cannot report are treated like missing ones: a stuck
+//! register (32 767 W) would otherwise read as a huge load and drive the battery at full
+//! power into export.
+
+use super::law::{Limits, allowed_export_kw};
+use crate::config::SiteConfig;
+use crate::device::Telemetry;
+use crate::model::Command;
+use std::time::Duration;
+
+/// Battery power may exceed its rating by this share before the reading counts as wrong
+/// (inverters overshoot briefly, ratings are rounded).
+const RATING_SLACK: f64 = 0.25;
+/// And by this much in absolute terms (small batteries, meter resolution).
+const RATING_SLACK_KW: f64 = 1.0;
+
+/// Why the readings cannot be trusted for `cmd`, or None when they can.
+pub(crate) fn blind_reason(
+    cmd: &Command,
+    tel: &Telemetry,
+    limits: Limits,
+    site: &SiteConfig,
+) -> Option<String> {
+    match tel.soc_pct {
+        None => return Some("no state-of-charge reading".into()),
+        Some(s) if !s.is_finite() || !(0.0..=100.0).contains(&s) => {
+            return Some(format!("state of charge {s} % is outside 0–100 %"));
+        }
+        Some(_) => {}
+    }
+    let needs_meter = allowed_export_kw(cmd) == 0.0;
+    match tel.grid_kw {
+        None if needs_meter => {
+            return Some("no site-meter reading under a no-export bound".into());
+        }
+        Some(g) if !g.is_finite() => return Some("site-meter reading is not a number".into()),
+        Some(g) => {
+            if let Some(service) = site.service_kw.filter(|s| *s > 0.0)
+                && g.abs() > service
+            {
+                return Some(format!(
+                    "site-meter reading {g:.1} kW is beyond the site's service size ({service} kW, [site] service_kw)"
+                ));
+            }
+        }
+        None => {}
+    }
+    if let Some(b) = tel.battery_kw {
+        let rating = limits
+            .max_discharge_kw
+            .into_iter()
+            .chain(limits.max_charge_kw)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        if !b.is_finite() {
+            return Some("battery power reading is not a number".into());
+        }
+        if let Some(r) = rating
+            && b.abs() > r * (1.0 + RATING_SLACK) + RATING_SLACK_KW
+        {
+            return Some(format!(
+                "battery power reading {b:.1} kW is beyond the battery's rating ({r} kW)"
+            ));
+        }
+    }
+    None
+}
+
+/// A reading that took longer than two control periods describes a site that may have
+/// changed since: stale.
+pub(crate) fn stale_reason(took: Duration, period: Duration) -> Option<String> {
+    (took > period * 2).then(|| {
+        format!(
+            "reading took {} ms, more than two control periods ({} ms)",
+            took.as_millis(),
+            (period * 2).as_millis()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::law_tests::{cmd, limits, tel};
+    use crate::model::{Cap, Target};
+
+    fn why(c: &Command, t: &Telemetry, site: &SiteConfig) -> Option<String> {
+        blind_reason(c, t, limits(t), site)
+    }
+
+    #[test]
+    fn missing_or_impossible_readings_are_blind() {
+        let c = cmd(Target::Kw(10.0), Cap::UpToSiteLoad);
+        let site = SiteConfig {
+            service_kw: Some(100.0),
+            ..SiteConfig::default()
+        };
+        assert_eq!(why(&c, &tel(30.0, 0.0), &site), None);
+        let mut t = tel(30.0, 0.0);
+        t.soc_pct = None;
+        assert!(why(&c, &t, &site).unwrap().contains("state-of-charge"));
+        t.soc_pct = Some(101.0);
+        assert!(why(&c, &t, &site).unwrap().contains("outside 0–100"));
+        let mut t = tel(30.0, 0.0);
+        t.grid_kw = None;
+        assert!(why(&c, &t, &site).unwrap().contains("site-meter"));
+        // A stuck register: 32 767 W on a 100 kW service is fine, 327.67 kW is not.
+        assert_eq!(why(&c, &tel(32.767, 0.0), &site), None);
+        assert!(
+            why(&c, &tel(327.67, 0.0), &site)
+                .unwrap()
+                .contains("service_kw")
+        );
+        // 50 kW battery reading 90 kW.
+        assert!(why(&c, &tel(30.0, 90.0), &site).unwrap().contains("rating"));
+        assert_eq!(why(&c, &tel(30.0, -50.0), &site), None);
+    }
+
+    #[test]
+    fn the_meter_is_optional_only_where_export_is_allowed() {
+        let mut c = cmd(Target::Kw(10.0), Cap::GridExportsAllowed);
+        c.export_allowed_kw = 5.0;
+        let mut t = tel(30.0, 0.0);
+        t.grid_kw = None;
+        assert_eq!(why(&c, &t, &SiteConfig::default()), None);
+    }
+
+    #[test]
+    fn a_slow_reading_is_stale() {
+        let p = Duration::from_millis(1000);
+        assert_eq!(stale_reason(Duration::from_millis(1900), p), None);
+        assert!(stale_reason(Duration::from_millis(2100), p).is_some());
+    }
+}

@@ -1,0 +1,61 @@
+//! SPEC §2.13: what a control loop decided on its own — readings untrusted and the battery
+//! handed back, readings back, export the battery cannot prevent — goes into the audit log
+//! next to dispatch's own entries, so `leap-edge history` tells the whole story of an event.
+
+use crate::control::{ControlEvent, ControlStatus};
+use crate::store::Store;
+use crate::store::audit::{self, Action, AuditEntry};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How often pending control events are written (they wait in memory, bounded).
+const EVERY: Duration = Duration::from_millis(500);
+
+/// Write control events to the audit log until the task is aborted.
+pub fn spawn(store: Store, status: ControlStatus) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            flush(&store, &status).await;
+        }
+    })
+}
+
+/// Write what is pending now (also called once at shutdown).
+pub async fn flush(store: &Store, status: &ControlStatus) {
+    let events = status.take_events();
+    if events.is_empty() {
+        return;
+    }
+    let entries: Vec<AuditEntry> = events.into_iter().map(entry).collect();
+    let n = entries.len();
+    let r = store
+        .call(move |c| {
+            for e in &entries {
+                audit::insert(c, e)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, events = n, "cannot write control events to the audit log");
+    }
+}
+
+fn entry(e: ControlEvent) -> AuditEntry {
+    AuditEntry {
+        at: e.at,
+        meter_id: e.meter_id,
+        action: Action::Safety,
+        kind: None,
+        event_id: Some(e.event_id),
+        cap: None,
+        target: None,
+        boundary: None,
+        lateness_ms: None,
+        error: None,
+        detail: Some(format!("{}: {}", e.what, e.detail)),
+    }
+}

@@ -1,0 +1,127 @@
+//! The owner thread's loop, with group commit (issue 17): every ingest waiting in the queue
+//! when the thread gets to it goes into one transaction with one FULL commit (one fsync
+//! for the batch, not one per notification), and each waiting request is answered only
+//! after the commit that contains its notification (SPEC §2.1). A failed commit answers
+//! every request of the batch with an error (503, so Leap retries).
+
+use super::ingest::{self, IngestOutcome, IngestRecord};
+use super::{Job, StoreError};
+use rusqlite::{Connection, TransactionBehavior};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{mpsc, oneshot};
+
+/// Counts for `/metrics`: notifications per commit is what group commit buys.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// Ingest transactions committed.
+    pub commits: AtomicU64,
+    /// Notifications acknowledged by those commits.
+    pub notifications: AtomicU64,
+}
+
+/// Most notifications in one transaction: bounds the time a commit keeps the write lock
+/// and the latency the first request of a batch waits for the last one's statements.
+pub(crate) const MAX_BATCH: usize = 64;
+/// Most body bytes in one transaction (a few large group notifications fill a batch):
+/// bounds the WAL written between two commits.
+pub(crate) const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
+pub(crate) type Reply = oneshot::Sender<Result<IngestOutcome, StoreError>>;
+
+/// What the owner thread is asked to do, in arrival order.
+pub(crate) enum Work {
+    /// Any other write or read-your-writes job, run alone.
+    Job(Job),
+    /// One notification to commit; batched with the ingests queued behind it.
+    Ingest(Box<IngestRecord>, Reply),
+}
+
+/// Serve the queue until every sender is gone. A job that arrives behind ingests runs
+/// after their batch commits, so the queue's order is the order of effects.
+pub(crate) fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Work>, stats: &BatchStats) {
+    let mut next = rx.blocking_recv();
+    while let Some(work) = next.take() {
+        match work {
+            Work::Job(job) => job(conn),
+            Work::Ingest(rec, reply) => {
+                let mut batch = vec![(rec, reply)];
+                next = fill(&mut batch, rx);
+                commit_batch(conn, batch, stats);
+            }
+        }
+        if next.is_none() {
+            next = rx.blocking_recv();
+        }
+    }
+}
+
+/// Take the ingests already queued (without waiting), up to the bounds. Returns the first
+/// job that is not an ingest, to run after this batch.
+fn fill(
+    batch: &mut Vec<(Box<IngestRecord>, Reply)>,
+    rx: &mut mpsc::Receiver<Work>,
+) -> Option<Work> {
+    let mut bytes: usize = batch.iter().map(|(r, _)| r.body.len()).sum();
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(Work::Ingest(rec, reply)) => {
+                bytes += rec.body.len();
+                batch.push((rec, reply));
+            }
+            Ok(job) => return Some(job),
+            Err(_) => break,
+        }
+    }
+    None
+}
+
+/// One transaction for the batch. Each notification runs in its own savepoint, so one
+/// that fails (a constraint, a bad row) is rolled back and answered with its error while
+/// the rest commit. Within the transaction each notification sees the ones before it:
+/// two deliveries of one timeslot in a batch give one new and one duplicate (SPEC §2.3).
+fn commit_batch(conn: &mut Connection, batch: Vec<(Box<IngestRecord>, Reply)>, stats: &BatchStats) {
+    let mut results: Vec<Result<IngestOutcome, StoreError>> = Vec::with_capacity(batch.len());
+    let committed = (|| -> Result<(), StoreError> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (rec, _) in &batch {
+            let sp = tx.savepoint()?;
+            match ingest::ingest(&sp, rec) {
+                Ok(outcome) => {
+                    sp.commit()?;
+                    results.push(Ok(outcome));
+                }
+                Err(e) => {
+                    // Dropping the savepoint rolls its writes back (rusqlite's default).
+                    drop(sp);
+                    // An I/O error can make SQLite abandon the whole transaction; then
+                    // nothing of the batch is safe to acknowledge.
+                    if tx.is_autocommit() {
+                        return Err(e);
+                    }
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    match committed {
+        Ok(()) => {
+            let stored = results.iter().filter(|r| r.is_ok()).count();
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .notifications
+                .fetch_add(stored as u64, Ordering::Relaxed);
+            for ((_, reply), result) in batch.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            tracing::error!(notifications = batch.len(), error = %why, "batch not committed; every request in it is answered 503");
+            for (_, reply) in batch {
+                let _ = reply.send(Err(StoreError::BatchFailed(why.clone())));
+            }
+        }
+    }
+}

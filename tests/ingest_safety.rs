@@ -1,0 +1,228 @@
+//! Issue 9 points 4 and 5 through the real HTTPS endpoint, SQLite and the dispatch loop
+//! (a recording commander in place of the devices): a cancellation always cancels, and an
+//! optional field never costs a dispatch.
+
+mod common;
+
+use chrono::{DateTime, Duration, Utc};
+use common::Client;
+use leap_edge::clock::SystemClock;
+use leap_edge::daemon::{self, Parts, Running};
+use leap_edge::dispatch::{Recorded, RecordingCommander};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const M1: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
+
+struct Site {
+    dir: tempfile::TempDir,
+    running: Running,
+    rec: RecordingCommander,
+    client: Client,
+}
+
+async fn site() -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, cert) = common::inproc_config(dir.path(), "leap-edge.db", &[M1], "");
+    let config = leap_edge::config::Config::load(&path).unwrap();
+    let rec = RecordingCommander::default();
+    let parts = Parts {
+        commander: Arc::new(rec.clone()),
+        clock: Arc::new(SystemClock),
+        live: Arc::new(Vec::new),
+    };
+    let running = daemon::start(config, parts).await.unwrap();
+    let client = Client::new(running.addr, cert);
+    Site {
+        dir,
+        running,
+        rec,
+        client,
+    }
+}
+
+fn at(offset_ms: i64) -> DateTime<Utc> {
+    Utc::now() + Duration::milliseconds(offset_ms)
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn slot(event: &str, start: DateTime<Utc>, end: DateTime<Utc>, extra: Value) -> Value {
+    let mut t = json!({
+        "meter_event_id": event, "start_time": ts(start), "end_time": ts(end),
+        "cancelled": false, "performance_compensation_cap": "up-to-site-load", "priority": 1,
+        "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"],
+        "energy_kw": 5.0,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        t[k] = v.clone();
+    }
+    t
+}
+
+fn note(slots: Vec<Value>) -> Value {
+    json!({"integration_test_notification": false, "communication_test": false,
+        "meter_dispatches": [{"meter_id": M1, "timeslots": slots}]})
+}
+
+impl Site {
+    async fn post(&self, body: &Value) -> Value {
+        let r = self.client.post(&body.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body
+    }
+
+    /// The stored timeslot's content (as `events --json` shows it).
+    fn stored(&self, event: &str) -> Value {
+        let c = rusqlite::Connection::open(self.dir.path().join("leap-edge.db")).unwrap();
+        let text: String = c
+            .query_row(
+                "SELECT content FROM timeslots WHERE event_id = ?1",
+                [event],
+                |r| r.get(0),
+            )
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    async fn wait_for(&self, what: impl Fn(&[Recorded]) -> bool, secs: i64) -> bool {
+        let deadline = Utc::now() + Duration::seconds(secs);
+        while Utc::now() < deadline {
+            if what(&self.rec.calls()) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        what(&self.rec.calls())
+    }
+}
+
+fn applied(c: &[Recorded]) -> bool {
+    c.iter().any(|c| matches!(c, Recorded::Apply { .. }))
+}
+
+fn released_after_apply(c: &[Recorded]) -> bool {
+    let first_apply = c.iter().position(|c| matches!(c, Recorded::Apply { .. }));
+    first_apply.is_some_and(|i| c[i..].iter().any(|c| matches!(c, Recorded::Release { .. })))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_with_otherwise_invalid_fields_cancels_an_active_timeslot() {
+    let s = site().await;
+    let (start, end) = (at(300), at(120_000));
+    s.post(&note(vec![slot("ev-c", start, end, json!({}))]))
+        .await;
+    assert!(s.wait_for(applied, 10).await, "never applied");
+    // The cancelling revision is otherwise broken: end before start, energy out of range,
+    // and it is retried without its times at all.
+    let broken = slot(
+        "ev-c",
+        end,
+        start,
+        json!({"cancelled": true, "energy_kw": -3.0}),
+    );
+    let asked = Utc::now();
+    let body = s.post(&note(vec![broken])).await;
+    assert_eq!(body["rejected"], 1, "{body}");
+    assert!(
+        s.wait_for(released_after_apply, 5).await,
+        "not released: {:?}",
+        s.rec.calls()
+    );
+    let took = Utc::now() - asked;
+    eprintln!(
+        "CANCEL: normal operation restored {} ms after the cancellation",
+        took.num_milliseconds()
+    );
+    assert!(took < Duration::seconds(2), "{took}");
+    // A redelivery changes nothing more and is no error.
+    let mut no_times = json!({"meter_event_id": "ev-c", "cancelled": true});
+    no_times["energy_kw"] = json!("lots");
+    let body = s.post(&note(vec![no_times])).await;
+    assert_eq!(body["rejected"], 1, "{body}");
+    s.running.stop().await;
+}
+
+fn warned(t: &Value, needle: &str) -> bool {
+    t["warnings"]
+        .as_array()
+        .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap_or("").contains(needle)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_optional_field_is_a_warning_never_a_refusal() {
+    let s = site().await;
+    let (start, end) = (at(300), at(120_000));
+    let body = json!({"integration_test_notification": false, "communication_test": null,
+        "meter_dispatches": [{"meter_id": M1, "partner_reference": 42, "timeslots": [
+            slot("ev-opt", start, end, json!({"nomination_kw": "12", "priority": 0,
+                "programs": ["DRAM", null], "is_voluntary": "no"})),
+            slot("ev-comm", at(600_000), at(700_000),
+                json!({"communication_test": null, "is_communication_test": true, "priority": 99})),
+        ]}],
+        "group_dispatches": [{"market_group_id": "g-1", "meter_ids": [M1],
+            "partner_references": ["ref-1", null], "timeslots": [{
+                "market_group_event_id": "ev-group", "start_time": ts(at(800_000)),
+                "end_time": ts(at(900_000)), "cancelled": false, "energy_kw": 5.0,
+                "performance_compensation_cap": "up-to-site-load", "priority": 2}]}]});
+    let r = s.post(&body).await;
+    assert_eq!(
+        (r["new"].as_u64(), r["rejected"].as_u64()),
+        (Some(3), Some(0)),
+        "{r}"
+    );
+    let t = s.stored("ev-opt");
+    assert!(warned(&t, "partner_reference"), "{t}");
+    assert!(
+        warned(&t, "nomination_kw") && t["nomination_kw"].is_null(),
+        "{t}"
+    );
+    assert!(warned(&t, "clamped to 1") && t["priority"] == 1, "{t}");
+    assert!(
+        warned(&t, "programs") && t["programs"] == json!(["DRAM"]),
+        "{t}"
+    );
+    assert!(
+        warned(&t, "commitment") && t["is_voluntary"] == false,
+        "{t}"
+    );
+    let c = s.stored("ev-comm");
+    assert_eq!(c["communication_test"], true, "the cautious reading: {c}");
+    assert!(warned(&c, "clamped to 10") && c["priority"] == 10, "{c}");
+    let g = s.stored("ev-group");
+    assert!(
+        warned(&g, "partner_references") && g["partner_references"] == json!(["ref-1"]),
+        "{g}"
+    );
+    // And the flagged timeslot is dispatched like any other.
+    assert!(s.wait_for(applied, 10).await, "never applied");
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_twice_in_one_notification_last_wins_and_a_redelivery_is_duplicates() {
+    let s = site().await;
+    let (start, end) = (at(600_000), at(700_000));
+    let body = note(vec![
+        slot("ev-twice", start, end, json!({"energy_kw": 5.0})),
+        slot("ev-twice", start, end, json!({"energy_kw": 7.0})),
+    ]);
+    let r = s.post(&body).await;
+    assert_eq!(r["new"], 1, "{r}");
+    let t = s.stored("ev-twice");
+    assert_eq!(t["energy_kw"]["kw"], 7.0, "{t}");
+    assert!(warned(&t, "appears 2 times"), "{t}");
+    let r = s.post(&body).await;
+    assert_eq!(
+        (
+            r["new"].as_u64(),
+            r["updated"].as_u64(),
+            r["duplicate"].as_u64()
+        ),
+        (Some(0), Some(0), Some(1)),
+        "{r}"
+    );
+    s.running.stop().await;
+}

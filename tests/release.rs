@@ -1,0 +1,73 @@
+//! `leap-edge release` (issue 9): the real binary hands a battery left under remote
+//! control back to normal operation over Modbus TCP with no daemon running, and the
+//! systemd unit runs it after every stop.
+
+mod common;
+mod device_common;
+
+use leap_edge::sim::Mode;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_hands_a_battery_left_under_remote_control_back() {
+    let sim = device_common::start_sim().await;
+    // A daemon killed mid-dispatch left a 10 kW discharge behind.
+    let mut b = device_common::battery(sim.local_addr());
+    device_common::retry(Duration::from_secs(10), async || b.command(10.0, 600).await)
+        .await
+        .unwrap();
+    assert!(
+        device_common::eventually(Duration::from_secs(5), || sim.snapshot().mode
+            == Mode::Remote124)
+        .await
+    );
+    drop(b);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{key}\"]\n\
+             [storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
+             [[meters]]\nid = \"m1\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\n",
+            devices = device_common::devices_dir(),
+            key = common::KEY,
+            port = sim.local_addr().port(),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::bin())
+            .args(["--config", config.to_str().unwrap(), "release"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("sim: released"), "{stdout}");
+    assert_eq!(sim.point(124, "StorCtl_Mod"), Some(0.0));
+    assert!(
+        device_common::eventually(Duration::from_secs(5), || sim.snapshot().mode
+            == Mode::Normal)
+        .await
+    );
+}
+
+#[test]
+fn the_unit_releases_every_device_after_any_stop() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/leap-edge.service"),
+    )
+    .unwrap();
+    let line = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStopPost="))
+        .expect("no ExecStopPost= in the unit");
+    assert!(line.contains("leap-edge release"), "{line}");
+}

@@ -1,0 +1,569 @@
+//! Issue 9 on the sites partners have, end to end: a Leap notification over real HTTPS →
+//! SQLite → plan → dispatch → control loop → Modbus TCP → the simulator's physics, with
+//! assertions on what the simulated site meter shows.
+//! - a PV site whose battery charges from the surplus: an `up-to-site-load` event must not
+//!   turn that surplus into export (SPEC §2.13 surplus is not export);
+//! - a site meter that stops answering, times out or sticks mid-event: the battery is
+//!   handed back to its own logic within a control period (SPEC §2.13 blind is not safe).
+
+mod common;
+mod device_common;
+
+use chrono::{DateTime, Duration, Utc};
+use leap_edge::clock::SystemClock;
+use leap_edge::config::{Config, SimConfig};
+use leap_edge::control::ControlCommander;
+use leap_edge::daemon::{self, Parts, Running};
+use leap_edge::server::StatusSource;
+use leap_edge::sim::{MeterFault, Mode, SimHandle, SimOptions};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+const M1: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
+const M2: &str = "abae2779-e392-4f00-b0cf-32e716204f78";
+const FOREIGN: &str = "ffff2779-e392-4f00-b0cf-32e716204f78";
+const PERIOD_MS: i64 = 500;
+const TOLERANCE_KW: f64 = 0.05;
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    sim: SimHandle,
+    /// A second local meter's battery (M2), when asked for.
+    sim2: Option<SimHandle>,
+    cc: Arc<ControlCommander>,
+    running: Option<Running>,
+    client: common::Client,
+    audit: tokio::task::JoinHandle<()>,
+}
+
+async fn site(sim_cfg: SimConfig, site_extra: &str) -> Site {
+    site_with(sim_cfg, site_extra, None).await
+}
+
+async fn site_with(sim_cfg: SimConfig, site_extra: &str, second: Option<SimConfig>) -> Site {
+    let sim = device_common::start_sim_with(sim_cfg, SimOptions::default()).await;
+    let sim2 = match second {
+        Some(c) => Some(device_common::start_sim_with(c, SimOptions::default()).await),
+        None => None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+    common::write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
+    let text = format!(
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [auth]\nkeys = [\"{key}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
+         [site]\ncontrol_period_ms = {PERIOD_MS}\n{site_extra}\n\
+         [[meters]]\nid = \"{M1}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 30\ntimeout_ms = 200\n",
+        devices = device_common::devices_dir(),
+        key = common::KEY,
+        port = sim.local_addr().port(),
+    );
+    let mut text = text;
+    if let Some(s2) = &sim2 {
+        text.push_str(&format!(
+            "[[meters]]\nid = \"{M2}\"\ndevice = \"sim2\"\n[devices.sim2]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {}\nreversion_secs = 30\ntimeout_ms = 200\n",
+            s2.local_addr().port()
+        ));
+    }
+    std::fs::write(dir.path().join("config.toml"), text).unwrap();
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    config.check().unwrap();
+    let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
+    let status = cc.status();
+    let parts = Parts {
+        commander: cc.clone(),
+        clock: Arc::new(SystemClock),
+        live: Arc::new(move || status.snapshot()),
+    };
+    let running = daemon::start(config, parts).await.unwrap();
+    // As `leap-edge run` wires it: control events into the audit log.
+    let audit = daemon::control_audit::spawn(running.app.store.clone(), cc.status());
+    let client = common::Client::new(running.addr, ck.cert.der().clone());
+    Site {
+        dir,
+        sim,
+        sim2,
+        cc,
+        running: Some(running),
+        client,
+        audit,
+    }
+}
+
+impl Site {
+    /// An `up-to-site-load` award of `kw` from `start` for `secs`.
+    async fn award(&self, id: &str, kw: f64, start: DateTime<Utc>, secs: i64) {
+        let end = start + Duration::seconds(secs);
+        let body = json!({"integration_test_notification": false, "communication_test": false,
+            "meter_dispatches": [{"meter_id": M1, "timeslots": [{
+                "meter_event_id": id, "start_time": ts(start), "end_time": ts(end),
+                "cancelled": false, "energy_kw": kw, "performance_compensation_cap": "up-to-site-load",
+                "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"],
+                "programs": ["DRAM"]}]}]});
+        let r = self.client.post(&body.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+
+    /// `safety` rows of the audit log (their detail), as `leap-edge history` shows them.
+    async fn safety_audit(&self, what: &str) -> Vec<String> {
+        let db = self.dir.path().join("leap-edge.db");
+        let mut found = Vec::new();
+        for _ in 0..40 {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            let mut q = c
+                .prepare("SELECT detail FROM audit WHERE action = 'safety' ORDER BY id")
+                .unwrap();
+            found = q
+                .query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            if found.iter().any(|d| d.starts_with(what)) {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(100)).await;
+        }
+        found
+    }
+
+    async fn stop(mut self) {
+        self.audit.abort();
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        self.cc.shutdown(StdDuration::from_secs(3)).await;
+    }
+}
+
+/// Seconds the simulated meter showed export (grid < 0), sampled every 10 ms between
+/// `from` and `to`, and the lowest grid power seen.
+async fn export_between(sim: &SimHandle, from: DateTime<Utc>, to: DateTime<Utc>) -> (f64, f64) {
+    while Utc::now() < from {
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+    let (mut secs, mut min) = (0.0, f64::MAX);
+    let mut last = Instant::now();
+    while Utc::now() < to {
+        let g = sim.snapshot().grid_kw;
+        let now = Instant::now();
+        if g < -TOLERANCE_KW {
+            secs += (now - last).as_secs_f64();
+        }
+        min = min.min(g);
+        last = now;
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    (secs, min)
+}
+
+fn pv_site(soc_pct: f64) -> SimConfig {
+    SimConfig {
+        load: "constant:20".into(),
+        pv: "constant:30".into(),
+        initial_soc_pct: soc_pct,
+        ..device_common::sim_cfg()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn solar_surplus_is_absorbed_not_exported_during_an_up_to_site_load_event() {
+    let s = site(pv_site(50.0), "").await;
+    // Self-consumption: the battery charges the 10 kW surplus, the grid is at 0.
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            let x = s.sim.snapshot();
+            (x.battery_kw + 10.0).abs() < 0.05 && x.grid_kw.abs() < 0.05
+        })
+        .await,
+        "{:?}",
+        s.sim.snapshot()
+    );
+    let start = Utc::now() + Duration::milliseconds(1500);
+    s.award("solar-1", 10.0, start, 6).await;
+    let settled = start + Duration::milliseconds(PERIOD_MS);
+    let end = start + Duration::seconds(6);
+    let (export_secs, min_grid) =
+        export_between(&s.sim, settled, end - Duration::milliseconds(200)).await;
+    eprintln!(
+        "SOLAR: export after the first control period: {export_secs:.2} s, lowest grid {min_grid:.2} kW"
+    );
+    assert_eq!(
+        export_secs, 0.0,
+        "the site exported (lowest grid {min_grid} kW)"
+    );
+    let st = s.cc.status().meter(M1).unwrap();
+    let d = st.last_decision.expect("a decision");
+    assert!(
+        d.flags.absorbing_surplus && !d.flags.export_unavoidable,
+        "{d:?}"
+    );
+    assert_eq!(
+        s.sim.snapshot().mode,
+        Mode::Remote124,
+        "not under remote control"
+    );
+    // Back to normal at the end: self-consumption takes the surplus again.
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || s.sim.snapshot().mode
+            == Mode::Normal)
+        .await
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_battery_cannot_absorb_the_surplus_and_says_so() {
+    let s = site(pv_site(100.0), "").await;
+    let start = Utc::now() + Duration::milliseconds(1000);
+    s.award("solar-full", 10.0, start, 30).await;
+    let status = s.cc.status();
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || status
+            .meter(M1)
+            .is_some_and(|m| m.export_unavoidable()))
+        .await,
+        "{:?}",
+        status.meter(M1)
+    );
+    let mut metrics = String::new();
+    status.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains(&format!(
+            "leap_edge_control_export_unavoidable{{meter_id=\"{M1}\",device=\"sim\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let audit = s.safety_audit("export-unavoidable").await;
+    assert!(
+        audit.iter().any(|d| d.starts_with("export-unavoidable")),
+        "{audit:?}"
+    );
+    s.stop().await;
+}
+
+/// 30 kW load, discharging 10 kW; at the fault the load falls to 5 kW. Returns the export
+/// seconds counted from two control periods after the fault.
+async fn meter_fault_mid_event(fault: MeterFault) -> f64 {
+    let s = site(device_common::sim_cfg(), "service_kw = 100").await;
+    let start = Utc::now() + Duration::milliseconds(1000);
+    s.award("blind-1", 10.0, start, 60).await;
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            let x = s.sim.snapshot();
+            x.mode == Mode::Remote124 && (x.battery_kw - 10.0).abs() < 0.05
+        })
+        .await,
+        "{:?}",
+        s.sim.snapshot()
+    );
+    s.sim.set_meter_fault(Some(fault));
+    s.sim.set_load(Some(5.0));
+    let at = Utc::now();
+    let from = at + Duration::milliseconds(2 * PERIOD_MS);
+    let (export_secs, min_grid) = export_between(&s.sim, from, at + Duration::seconds(5)).await;
+    eprintln!(
+        "BLIND {fault:?}: export after two control periods: {export_secs:.2} s, lowest grid {min_grid:.2} kW"
+    );
+    let x = s.sim.snapshot();
+    assert_eq!(x.mode, Mode::Normal, "not handed back: {x:?}");
+    let st = s.cc.status().meter(M1).unwrap();
+    assert!(st.blind.is_some(), "{st:?}");
+    let problems = s.cc.status().health_problems();
+    assert!(
+        problems.iter().any(|p| p.contains("handed back")),
+        "{problems:?}"
+    );
+    let audit = s.safety_audit("blind").await;
+    assert!(audit.iter().any(|d| d.starts_with("blind")), "{audit:?}");
+    // The meter answers again: the loop resumes by itself.
+    s.sim.set_meter_fault(None);
+    s.sim.set_load(Some(30.0));
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            let x = s.sim.snapshot();
+            x.mode == Mode::Remote124 && (x.battery_kw - 10.0).abs() < 0.05
+        })
+        .await,
+        "did not resume: {:?}",
+        s.sim.snapshot()
+    );
+    assert!(s.cc.status().meter(M1).unwrap().blind.is_none());
+    let audit = s.safety_audit("resumed").await;
+    assert!(audit.iter().any(|d| d.starts_with("resumed")), "{audit:?}");
+    s.stop().await;
+    export_secs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_answering_with_exception_0x0b_hands_the_battery_back() {
+    assert_eq!(
+        meter_fault_mid_event(MeterFault::Exception(0x0B)).await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_that_times_out_hands_the_battery_back() {
+    assert_eq!(meter_fault_mid_event(MeterFault::Timeout).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_meter_register_hands_the_battery_back() {
+    // 32 767 W·10: a stuck i16 with scale factor 1 on a 100 kW service.
+    assert_eq!(meter_fault_mid_event(MeterFault::Value(327.67)).await, 0.0);
+}
+
+// ---- SCENARIOS on the registers (issue 9 point 9): what the simulated site meter shows ----
+
+/// Sim samples (wall time, snapshot) every 20 ms until `until`.
+async fn record(sim: &SimHandle, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, Snapshot)> {
+    let mut out = Vec::new();
+    while Utc::now() < until {
+        out.push((Utc::now(), sim.snapshot()));
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    out
+}
+
+fn window(
+    s: &[(DateTime<Utc>, Snapshot)],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<&Snapshot> {
+    let w: Vec<&Snapshot> = s
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .map(|(_, x)| x)
+        .collect();
+    assert!(!w.is_empty(), "no samples between {from} and {to}");
+    w
+}
+
+/// Settled (one second after a change): the battery delivers `kw` within ±2 %, under remote
+/// control, and the grid import stays at or above `min_grid_kw`.
+fn holds(
+    s: &[(DateTime<Utc>, Snapshot)],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    kw: f64,
+    min_grid_kw: f64,
+) {
+    for x in window(s, from + Duration::seconds(1), to) {
+        assert_ne!(x.mode, Mode::Normal, "normal during {from}..{to}: {x:?}");
+        assert!(
+            (x.battery_kw - kw).abs() <= kw.abs() * 0.02 + 0.05,
+            "not {kw} kW during {from}..{to}: {x:?}"
+        );
+        assert!(
+            x.grid_kw >= min_grid_kw - TOLERANCE_KW,
+            "grid below {min_grid_kw} during {from}..{to}: {x:?}"
+        );
+    }
+}
+
+fn normal(s: &[(DateTime<Utc>, Snapshot)], from: DateTime<Utc>, to: DateTime<Utc>) {
+    for x in window(s, from, to) {
+        assert_eq!(
+            x.mode,
+            Mode::Normal,
+            "not normal during {from}..{to}: {x:?}"
+        );
+    }
+}
+
+fn slot_json(
+    id: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut t = json!({"meter_event_id": id, "start_time": ts(start), "end_time": ts(end),
+        "cancelled": false, "energy_kw": 10.0, "performance_compensation_cap": "up-to-site-load",
+        "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"]});
+    for (k, v) in extra.as_object().unwrap() {
+        t[k] = v.clone();
+    }
+    t
+}
+
+impl Site {
+    async fn send(&self, slots: Vec<serde_json::Value>) {
+        let body = json!({"integration_test_notification": false, "communication_test": false,
+            "meter_dispatches": [{"meter_id": M1, "timeslots": slots}]});
+        let r = self.client.post(&body.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+}
+
+use leap_edge::sim::Snapshot;
+
+fn t(base: DateTime<Utc>, ms: i64) -> DateTime<Utc> {
+    base + Duration::milliseconds(ms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_1_and_2_back_to_back_awards_on_the_registers() {
+    let s = site(device_common::sim_cfg(), "").await;
+    let base = Utc::now() + Duration::milliseconds(1500);
+    s.send(vec![
+        slot_json("s1", base, t(base, 3000), json!({})),
+        slot_json(
+            "s2",
+            t(base, 3000),
+            t(base, 6000),
+            json!({"energy_kw": 20.0}),
+        ),
+    ])
+    .await;
+    let rec = record(&s.sim, t(base, 8000)).await;
+    normal(&rec, t(base, -1000), t(base, -200));
+    holds(&rec, base, t(base, 3000), 10.0, 0.5);
+    holds(&rec, t(base, 3000), t(base, 6000), 20.0, 0.5);
+    // No pass through normal at the seam.
+    for x in window(&rec, t(base, 2500), t(base, 3500)) {
+        assert_ne!(x.mode, Mode::Normal, "normal at the seam: {x:?}");
+    }
+    normal(&rec, t(base, 6000 + PERIOD_MS + 500), t(base, 8000));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_3_overlap_then_exports_up_to_the_permit() {
+    let s = site(device_common::sim_cfg(), "export_limit_kw = 5").await;
+    let base = Utc::now() + Duration::milliseconds(1500);
+    s.send(vec![
+        slot_json("p1", base, t(base, 3000), json!({"energy_kw": 20.0})),
+        slot_json(
+            "p3",
+            base,
+            t(base, 6000),
+            json!({"energy_kw": null, "priority": 3,
+            "is_voluntary": true, "programs": ["ELRP"],
+            "performance_compensation_cap": "grid-exports-allowed"}),
+        ),
+    ])
+    .await;
+    let rec = record(&s.sim, t(base, 6000)).await;
+    holds(&rec, base, t(base, 3000), 20.0, 0.5);
+    // Maximum available, exporting up to the 5 kW permit: 30 kW load + 5 = 35 kW.
+    holds(&rec, t(base, 3000), t(base, 6000), 35.0, -5.0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_5_to_8_changes_during_an_event_on_the_registers() {
+    let s = site(device_common::sim_cfg(), "").await;
+    // 8: it arrives after its start: starts at once.
+    let base = Utc::now() - Duration::seconds(5);
+    let sent = Utc::now();
+    s.send(vec![slot_json("ev", base, t(sent, 3000), json!({}))])
+        .await;
+    // 6: a new energy_kw during the event.
+    let rec = record(&s.sim, t(sent, 2000)).await;
+    holds(&rec, sent, t(sent, 2000), 10.0, 0.5);
+    s.send(vec![slot_json(
+        "ev",
+        base,
+        t(sent, 3000),
+        json!({"energy_kw": 15.0}),
+    )])
+    .await;
+    let changed = Utc::now();
+    // 7: a later end while active.
+    s.send(vec![slot_json(
+        "ev",
+        base,
+        t(sent, 60_000),
+        json!({"energy_kw": 15.0}),
+    )])
+    .await;
+    let rec = record(&s.sim, t(sent, 5000)).await;
+    holds(&rec, t(changed, PERIOD_MS - 1000), t(sent, 5000), 15.0, 0.5);
+    // 5: a cancellation during the event: normal within one control period.
+    s.send(vec![slot_json(
+        "ev",
+        base,
+        t(sent, 60_000),
+        json!({"energy_kw": 15.0, "cancelled": true}),
+    )])
+    .await;
+    let cancelled = Utc::now();
+    let rec = record(&s.sim, t(cancelled, 3000)).await;
+    normal(&rec, t(cancelled, PERIOD_MS + 300), t(cancelled, 3000));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_10_fifty_deliveries_one_set_of_commands() {
+    let s = site(device_common::sim_cfg(), "").await;
+    let base = Utc::now() + Duration::milliseconds(1500);
+    let body = json!({"integration_test_notification": false, "communication_test": false,
+        "meter_dispatches": [{"meter_id": M1, "timeslots": [slot_json("s10", base, t(base, 4000), json!({}))]}]})
+    .to_string();
+    let mut counts = (0, 0);
+    for _ in 0..5 {
+        let posts: Vec<_> = (0..10).map(|_| s.client.post(&body)).collect();
+        for r in futures_all(posts).await {
+            assert_eq!(r.status, 200, "{}", r.text);
+            counts.0 += r.body["new"].as_u64().unwrap();
+            counts.1 += r.body["duplicate"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(counts, (1, 49));
+    let rec = record(&s.sim, t(base, 4000)).await;
+    holds(&rec, base, t(base, 4000), 10.0, 0.5);
+    s.stop().await;
+}
+
+/// Await every future concurrently (one task each).
+async fn futures_all<F>(fs: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future,
+{
+    let mut out = Vec::new();
+    let mut pinned: Vec<_> = fs.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, d) in pinned.iter_mut().zip(done.iter_mut()) {
+            if d.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *d = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.extend(done.into_iter().flatten());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_12_group_shares_reach_both_local_batteries() {
+    let s = site_with(device_common::sim_cfg(), "", Some(device_common::sim_cfg())).await;
+    let base = Utc::now() + Duration::milliseconds(1500);
+    let body = json!({"integration_test_notification": false, "communication_test": false,
+        "group_dispatches": [{"market_group_id": "g", "meter_ids": [M1, M2, FOREIGN], "timeslots": [{
+            "market_group_event_id": "g12", "start_time": ts(base), "end_time": ts(t(base, 4000)),
+            "cancelled": false, "energy_kw": 30.0, "performance_compensation_cap": "up-to-site-load",
+            "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"]}]}]});
+    let r = s.client.post(&body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sim2 = s.sim2.as_ref().unwrap();
+    let (rec1, rec2) = tokio::join!(record(&s.sim, t(base, 4000)), record(sim2, t(base, 4000)));
+    holds(&rec1, base, t(base, 4000), 10.0, 0.5);
+    holds(&rec2, base, t(base, 4000), 10.0, 0.5);
+    s.stop().await;
+}
