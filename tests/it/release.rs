@@ -2,8 +2,8 @@
 //! control back to normal operation over Modbus TCP with no daemon running, and the
 //! systemd unit runs it after every stop.
 
-mod common;
-mod device_common;
+use crate::common;
+use crate::device_common;
 
 use leap_edge::sim::Mode;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! (a recording commander in place of the devices): a cancellation always cancels, and an
 //! optional field never costs a dispatch.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Duration, Utc};
 use common::Client;

@@ -2,7 +2,7 @@
 //! disk under the log filled up and the daemon aborted). Real process, stderr on
 //! /dev/full (every write fails with ENOSPC), real HTTPS, real SQLite file.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

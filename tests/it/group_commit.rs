@@ -3,7 +3,7 @@
 //! inside the batch (SPEC §2.1, §2.3). A batch that cannot commit answers every request in
 //! it with an error and stores nothing. Real SQLite files.
 
-mod common;
+use crate::common;
 
 use leap_edge::store::{IngestOutcome, IngestRecord, Store, StoreError};
 use std::sync::atomic::Ordering;

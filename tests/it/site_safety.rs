@@ -6,8 +6,8 @@
 //! - a site meter that stops answering, times out or sticks mid-event: the battery is
 //!   handed back to its own logic within a control period (SPEC §2.13 blind is not safe).
 
-mod common;
-mod device_common;
+use crate::common;
+use crate::device_common;
 
 use chrono::{DateTime, Duration, Utc};
 use leap_edge::clock::SystemClock;

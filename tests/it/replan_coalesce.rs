@@ -2,7 +2,7 @@
 //! connections costs a few replans, not one per notification, and the change that arrives
 //! alone afterwards is still planned. Real HTTPS, real SQLite, recording commander.
 
-mod common;
+use crate::common;
 
 use leap_edge::clock::SystemClock;
 use leap_edge::daemon::{self, Parts};
