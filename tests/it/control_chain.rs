@@ -24,19 +24,17 @@ fn ts(t: DateTime<Utc>) -> String {
 async fn a_dispatch_reaches_the_inverter_registers_and_is_handed_back_at_the_end() {
     let sim = device_common::start_sim().await;
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-    common::write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
-    let text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-         [auth]\nkeys = [\"{key}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
-         [site]\ncontrol_period_ms = 500\n\
+    let cert = common::write_cert(dir.path());
+    let tail = format!(
+        "[site]\ncontrol_period_ms = 500\n\
          [[meters]]\nid = \"{M1}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 10\n",
-        devices = device_common::devices_dir(),
-        key = common::KEY,
         port = sim.local_addr().port(),
     );
-    std::fs::write(dir.path().join("config.toml"), text).unwrap();
+    let config = common::TestConfig {
+        tail,
+        ..Default::default()
+    };
+    config.write(dir.path());
     let config = Config::load(&dir.path().join("config.toml")).unwrap();
     assert!(config.check().is_ok());
     let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
@@ -47,7 +45,7 @@ async fn a_dispatch_reaches_the_inverter_registers_and_is_handed_back_at_the_end
         live: Arc::new(move || status.snapshot()),
     };
     let running = daemon::start(config, parts).await.unwrap();
-    let client = common::Client::new(running.addr, ck.cert.der().clone());
+    let client = common::Client::new(running.addr, cert);
 
     let start = Utc::now() + Duration::milliseconds(2000);
     let end = start + Duration::milliseconds(4000);

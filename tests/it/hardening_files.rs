@@ -17,24 +17,17 @@ fn mode(p: &Path) -> u32 {
 
 /// A config for a daemon whose database lives in a folder that does not exist yet.
 fn config(dir: &Path, tls_key_mode: u32) -> std::path::PathBuf {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    common::write_cert(dir);
     std::fs::set_permissions(
         dir.join("key.pem"),
         std::fs::Permissions::from_mode(tls_key_mode),
     )
     .unwrap();
-    let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
-    let text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-         [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[auth]\nkeys = [\"{}\"]\n\
-         [storage]\npath = \"state/leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n",
-        common::KEY
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let config = common::TestConfig {
+        db: "state/leap-edge.db".into(),
+        ..Default::default()
+    };
+    config.write(dir)
 }
 
 /// `leap-edge ARGS` under umask 000 (a hand-run daemon in a careless shell).

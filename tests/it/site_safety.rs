@@ -52,26 +52,23 @@ async fn site_with(sim_cfg: SimConfig, site_extra: &str, second: Option<SimConfi
         None => None,
     };
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-    common::write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
-    let text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-         [auth]\nkeys = [\"{key}\"]\n[storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
-         [site]\ncontrol_period_ms = {PERIOD_MS}\n{site_extra}\n\
+    let cert = common::write_cert(dir.path());
+    let mut tail = format!(
+        "[site]\ncontrol_period_ms = {PERIOD_MS}\n{site_extra}\n\
          [[meters]]\nid = \"{M1}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 30\ntimeout_ms = 200\n",
-        devices = device_common::devices_dir(),
-        key = common::KEY,
         port = sim.local_addr().port(),
     );
-    let mut text = text;
     if let Some(s2) = &sim2 {
-        text.push_str(&format!(
+        tail.push_str(&format!(
             "[[meters]]\nid = \"{M2}\"\ndevice = \"sim2\"\n[devices.sim2]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {}\nreversion_secs = 30\ntimeout_ms = 200\n",
             s2.local_addr().port()
         ));
     }
-    std::fs::write(dir.path().join("config.toml"), text).unwrap();
+    let config = common::TestConfig {
+        tail,
+        ..Default::default()
+    };
+    config.write(dir.path());
     let config = Config::load(&dir.path().join("config.toml")).unwrap();
     config.check().unwrap();
     let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
@@ -84,7 +81,7 @@ async fn site_with(sim_cfg: SimConfig, site_extra: &str, second: Option<SimConfi
     let running = daemon::start(config, parts).await.unwrap();
     // As `leap-edge run` wires it: control events into the audit log.
     let audit = daemon::control_audit::spawn(running.app.store.clone(), cc.status());
-    let client = common::Client::new(running.addr, ck.cert.der().clone());
+    let client = common::Client::new(running.addr, cert);
     Site {
         dir,
         sim,
