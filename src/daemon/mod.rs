@@ -50,6 +50,7 @@ pub struct Running {
     admin: JoinHandle<()>,
     scheduler: Option<tokio_cron_scheduler::JobScheduler>,
     store_thread: StoreThread,
+    recorder: Option<JoinHandle<()>>,
 }
 
 pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError> {
@@ -133,6 +134,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         admin,
         scheduler,
         store_thread,
+        recorder: None,
     })
 }
 
@@ -183,12 +185,24 @@ async fn start_schedule(
 }
 
 impl Running {
+    /// Issue 14: record 15-minute interval energy from these readings (the control loops').
+    pub fn record_intervals(
+        &mut self,
+        readings: tokio::sync::broadcast::Receiver<crate::intervals::MeterReading>,
+    ) {
+        let task = crate::intervals::task::run(self.app.store.clone(), readings, self.stop.subscribe());
+        self.recorder = Some(tokio::spawn(task));
+    }
+
     pub async fn stop(self) {
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = self.stop.send(true);
         let _ = self.http.await;
         let _ = self.dispatcher.await;
         let _ = self.admin.await;
+        if let Some(r) = self.recorder {
+            let _ = r.await;
+        }
         if let Some(mut s) = self.scheduler {
             let _ = s.shutdown().await;
         }
@@ -219,7 +233,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // One closed loop per meter drives its battery over Modbus (SPEC §2.9–2.10).
     let control = Arc::new(ControlCommander::start_modbus(&config, clock.clone())?);
     let status = control.status();
-    let running = start(
+    let readings = control.readings();
+    let mut running = start(
         config,
         Parts {
             commander: control.clone(),
@@ -229,6 +244,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )
     .await?;
     running.app.add_source(Arc::new(control.status()));
+    running.record_intervals(readings);
     // Type=notify: systemd counts the service as started only now, with the listener
     // bound and the database open.
     if let Err(e) = crate::systemd::notify_ready() {

@@ -1,0 +1,112 @@
+//! The daemon's interval recorder: readings from the control loops in, intervals out to
+//! SQLite. A finished interval is written at once; the open one every [`FLUSH_EVERY`] and
+//! at shutdown, so a restart resumes it (and, with accumulators, stays exact).
+
+use super::MeterReading;
+use super::db;
+use super::recorder::{Acc, Recorder};
+use crate::store::Store;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// How often the open interval is saved: the most a SIGKILL can lose from it.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(15);
+
+pub async fn run(
+    store: Store,
+    mut readings: broadcast::Receiver<MeterReading>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut meters: HashMap<String, Recorder> = HashMap::new();
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { break },
+            r = readings.recv() => match r {
+                Ok(reading) => take(&store, &mut meters, reading).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "intervals: recorder fell behind, readings skipped");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = flush.tick() => save_open(&store, &meters).await,
+        }
+    }
+    save_open(&store, &meters).await;
+}
+
+async fn take(store: &Store, meters: &mut HashMap<String, Recorder>, reading: MeterReading) {
+    let Some(sample) = reading.sample() else {
+        return;
+    };
+    if !meters.contains_key(&reading.meter_id) {
+        let id = reading.meter_id.clone();
+        let open = store
+            .read(move |c| db::load_open(c, &id))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "intervals: cannot resume the open interval");
+                None
+            });
+        meters.insert(reading.meter_id.clone(), Recorder::resume(open));
+    }
+    let rec = meters.get_mut(&reading.meter_id).expect("inserted above");
+    let done = rec.push(sample);
+    if done.is_empty() {
+        return;
+    }
+    for acc in &done {
+        log_done(&reading.meter_id, acc);
+    }
+    let id = reading.meter_id.clone();
+    let open = rec.open.clone();
+    let saved = store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            for acc in &done {
+                db::save(&tx, &id, acc, false)?;
+            }
+            if let Some(o) = &open {
+                db::save(&tx, &id, o, true)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = saved {
+        tracing::error!(meter_id = %reading.meter_id, error = %e, "intervals: cannot store a finished interval");
+    }
+}
+
+fn log_done(meter_id: &str, acc: &Acc) {
+    let start = super::csv::utc(acc.start);
+    match acc.energy() {
+        Some(e) => tracing::debug!(%meter_id, %start, import_wh = e.import_wh,
+            export_wh = e.export_wh, source = e.source.as_str(), "intervals: interval complete"),
+        None => tracing::info!(%meter_id, %start, covered_s = acc.covered_ms / 1000,
+            "intervals: interval incomplete (readings missing), kept as a gap"),
+    }
+}
+
+async fn save_open(store: &Store, meters: &HashMap<String, Recorder>) {
+    let open: Vec<(String, Acc)> = meters
+        .iter()
+        .filter_map(|(id, r)| r.open.clone().map(|o| (id.clone(), o)))
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let saved = store
+        .call(move |c| {
+            for (id, o) in &open {
+                db::save(c, id, o, true)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "intervals: cannot save the open interval");
+    }
+}
