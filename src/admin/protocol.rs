@@ -9,10 +9,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub enum Request {
     Status,
     Override(OverrideRequest),
-    OverrideClear { meter: Option<String> },
+    OverrideClear {
+        meter: Option<String>,
+    },
     Reload,
     /// Run the Leap polling backstop once now (`leap-edge leap poll`).
-    LeapPoll { days: Option<u32> },
+    LeapPoll {
+        days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

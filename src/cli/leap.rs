@@ -108,11 +108,21 @@ async fn webhook(config: &Config, client: &LeapClient, cmd: &WebhookCommand) -> 
                 return Ok(exit::OK);
             };
             print_hook(config, a, Some(&current));
-            if !confirm(a, &format!("Delete the {} webhook for the whole Leap account?", lv.path()))? {
+            if !confirm(
+                a,
+                &format!(
+                    "Delete the {} webhook for the whole Leap account?",
+                    lv.path()
+                ),
+            )? {
                 return Ok(exit::USAGE);
             }
             client.delete_webhook(lv).await?;
-            crate::outln!("deleted: Leap no longer posts {} dispatches to {}", lv.path(), current.url);
+            crate::outln!(
+                "deleted: Leap no longer posts {} dispatches to {}",
+                lv.path(),
+                current.url
+            );
             Ok(exit::OK)
         }
     }
@@ -120,7 +130,10 @@ async fn webhook(config: &Config, client: &LeapClient, cmd: &WebhookCommand) -> 
 
 async fn set(config: &Config, client: &LeapClient, a: &WebhookArgs) -> anyhow::Result<u8> {
     let Some(url) = a.url.clone() else {
-        eprintln!("leap-edge: give the public URL Leap should post to: --url https://…{}", config.server.path);
+        eprintln!(
+            "leap-edge: give the public URL Leap should post to: --url https://…{}",
+            config.server.path
+        );
         return Ok(exit::USAGE);
     };
     if !url.starts_with("https://") {
@@ -142,11 +155,18 @@ async fn set(config: &Config, client: &LeapClient, a: &WebhookArgs) -> anyhow::R
     };
     let current = client.get_webhook(lv).await?;
     if current.as_ref() == Some(&wanted) {
-        crate::outln!("the {} webhook is already {} with this key; nothing to change", lv.path(), wanted.url);
+        crate::outln!(
+            "the {} webhook is already {} with this key; nothing to change",
+            lv.path(),
+            wanted.url
+        );
         return Ok(exit::OK);
     }
     if let Some(c) = &current {
-        crate::outln!("Leap keeps ONE {} webhook per account; currently:", lv.path());
+        crate::outln!(
+            "Leap keeps ONE {} webhook per account; currently:",
+            lv.path()
+        );
         print_hook(config, a, Some(c));
         if !confirm(a, &format!("Replace it with {}?", wanted.url))? {
             return Ok(exit::USAGE);
@@ -155,7 +175,10 @@ async fn set(config: &Config, client: &LeapClient, a: &WebhookArgs) -> anyhow::R
     let stored = client.put_webhook(lv, &wanted).await?;
     crate::outln!("registered:");
     print_hook(config, a, Some(&stored));
-    crate::outln!("next: `leap-edge leap test{}` proves the whole public path", if a.group { " --group" } else { "" });
+    crate::outln!(
+        "next: `leap-edge leap test{}` proves the whole public path",
+        if a.group { " --group" } else { "" }
+    );
     Ok(exit::OK)
 }
 
@@ -165,7 +188,9 @@ fn confirm(a: &WebhookArgs, question: &str) -> anyhow::Result<bool> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        eprintln!("leap-edge: refusing without a terminal: {question} Pass --yes to confirm in a script.");
+        eprintln!(
+            "leap-edge: refusing without a terminal: {question} Pass --yes to confirm in a script."
+        );
         return Ok(false);
     }
     eprint!("{question} [y/N] ");
@@ -204,7 +229,14 @@ fn print_hook(config: &Config, a: &WebhookArgs, hook: Option<&Webhook>) {
     }
     crate::outln!("  url:    {}", h.url);
     for x in &headers {
-        let m = x["matches"].as_str().map_or("does NOT match [auth]".to_string(), |k| format!("matches {k}"));
-        crate::outln!("  header: {} (value masked; {m})", x["name"].as_str().unwrap_or_default());
+        let m = x["matches"]
+            .as_str()
+            .map_or("does NOT match [auth]".to_string(), |k| {
+                format!("matches {k}")
+            });
+        crate::outln!(
+            "  header: {} (value masked; {m})",
+            x["name"].as_str().unwrap_or_default()
+        );
     }
 }

@@ -21,10 +21,15 @@ pub async fn run(config: &Config, a: &PollArgs) -> anyhow::Result<u8> {
     let attempts = u64::from(config.leap.retries) + 1;
     let limit = Duration::from_secs(attempts * (config.leap.timeout_secs + 60) * 2 + 30);
     let req = Request::LeapPoll { days: a.days };
-    let report = match AdminClient::new(&config.admin.socket).call_within(&req, limit).await {
+    let report = match AdminClient::new(&config.admin.socket)
+        .call_within(&req, limit)
+        .await
+    {
         Ok(body) => serde_json::from_value::<PollReport>(body)?,
         Err(ClientError::NotRunning(_)) => {
-            eprintln!("leap-edge: note: the daemon is not running; polling into the database directly");
+            eprintln!(
+                "leap-edge: note: the daemon is not running; polling into the database directly"
+            );
             match here(config, &client, a.days).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -43,7 +48,11 @@ pub async fn run(config: &Config, a: &PollArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-async fn here(config: &Config, client: &LeapClient, days: Option<u32>) -> anyhow::Result<PollReport> {
+async fn here(
+    config: &Config,
+    client: &LeapClient,
+    days: Option<u32>,
+) -> anyhow::Result<PollReport> {
     let (store, thread) = crate::store::Store::open(&config.storage.path)?;
     let window = Window::around(
         chrono::Utc::now(),
@@ -70,19 +79,32 @@ fn print(r: &PollReport, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(w) = r.window {
-        crate::outln!("searched {} → {} ({} page(s), {} result(s))",
-            crate::store::ts(w.start), crate::store::ts(w.end), r.pages, r.results);
+        crate::outln!(
+            "searched {} → {} ({} page(s), {} result(s))",
+            crate::store::ts(w.start),
+            crate::store::ts(w.end),
+            r.pages,
+            r.results
+        );
     }
     crate::outln!(
         "new (never pushed): {}   updated: {}   already stored: {}   rejected: {}   un-cancel conflicts: {}",
-        r.new, r.updated, r.duplicate, r.rejected, r.conflict
+        r.new,
+        r.updated,
+        r.duplicate,
+        r.rejected,
+        r.conflict
     );
     for id in &r.new_event_ids {
         crate::outln!("  first seen by polling: {id}");
     }
     if r.new > 0 {
-        crate::outln!("{}", super::output::alarm(
-            "timeslots above were never pushed: check the public path with `leap-edge leap test`"));
+        crate::outln!(
+            "{}",
+            super::output::alarm(
+                "timeslots above were never pushed: check the public path with `leap-edge leap test`"
+            )
+        );
     }
     Ok(())
 }

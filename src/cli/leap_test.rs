@@ -18,7 +18,9 @@ pub async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
         }
     };
     if config.meters.is_empty() {
-        eprintln!("leap-edge: no [[meters]] configured: the test notification needs Leap meter ids");
+        eprintln!(
+            "leap-edge: no [[meters]] configured: the test notification needs Leap meter ids"
+        );
         return Ok(exit::CONFIG);
     }
     let start = chrono::Utc::now() + chrono::Duration::from_std(a.start_in)?;
@@ -128,7 +130,9 @@ fn print(answer: &IntegrationTestAnswer, ids: &[String], stored: &[Value], ok: b
     crate::outln!("Leap's delivery");
     crate::outln!(
         "  HTTP status from leap-edge: {}",
-        answer.http_status.map_or("none (no answer)".into(), |s| s.to_string())
+        answer
+            .http_status
+            .map_or("none (no answer)".into(), |s| s.to_string())
     );
     crate::outln!("  sent:      {}", or_dash(&answer.sent_time));
     crate::outln!("  received:  {}", or_dash(&answer.received_time));
@@ -155,7 +159,11 @@ fn print(answer: &IntegrationTestAnswer, ids: &[String], stored: &[Value], ok: b
     if ok {
         crate::outln!("end to end: OK (DNS, TLS, relay, tunnel and daemon all work)");
     } else {
-        crate::outln!("{}", super::output::alarm(
-            "end to end: FAILED — see Leap's status and error above; `leap-edge leap webhook show` checks the URL and key"));
+        crate::outln!(
+            "{}",
+            super::output::alarm(
+                "end to end: FAILED — see Leap's status and error above; `leap-edge leap webhook show` checks the URL and key"
+            )
+        );
     }
 }

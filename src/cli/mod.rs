@@ -7,6 +7,7 @@ mod docs;
 mod duration;
 mod events;
 mod history;
+mod intervals;
 mod leap;
 mod leap_poll;
 mod leap_test;
@@ -76,6 +77,8 @@ pub enum Command {
     /// Leap's API: webhook registration, the end-to-end test, the polling backstop.
     #[command(subcommand)]
     Leap(leap::LeapCommand),
+    /// 15-minute interval energy per meter, as recorded for Leap (`--csv`: Leap's load CSV).
+    Intervals(intervals::IntervalsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             schedule::run(c, &args)
         }),
         Command::Leap(cmd) => with_config(&cli.config, |c| leap::run(c, &cmd)),
+        Command::Intervals(args) => with_config(&cli.config, |c| intervals::run(c, &args)),
         Command::History(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             history::run(c, &args)

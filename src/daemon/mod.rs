@@ -190,7 +190,8 @@ impl Running {
         &mut self,
         readings: tokio::sync::broadcast::Receiver<crate::intervals::MeterReading>,
     ) {
-        let task = crate::intervals::task::run(self.app.store.clone(), readings, self.stop.subscribe());
+        let task =
+            crate::intervals::task::run(self.app.store.clone(), readings, self.stop.subscribe());
         self.recorder = Some(tokio::spawn(task));
     }
 

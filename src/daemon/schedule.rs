@@ -12,9 +12,7 @@ pub(crate) type Task = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> 
 
 /// Start a scheduler running each `(key, cron expression, task)`; the expressions were
 /// validated by `config check`, so a failure here names the key and stops the start.
-pub(crate) async fn start(
-    jobs: Vec<(&'static str, String, Task)>,
-) -> Result<JobScheduler, String> {
+pub(crate) async fn start(jobs: Vec<(&'static str, String, Task)>) -> Result<JobScheduler, String> {
     let sched = JobScheduler::new()
         .await
         .map_err(|e| format!("cannot start the housekeeping scheduler: {e}"))?;

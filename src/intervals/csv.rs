@@ -78,7 +78,16 @@ mod tests {
             line(&i, "CAISO").unwrap(),
             "m1,2026-11-29T00:00:00Z,2026-11-29T00:15:00Z,-0.765,1.235,2.000,true,CAISO"
         );
-        assert_eq!(line(&Interval { energy: None, ..i.clone() }, ""), None);
+        assert_eq!(
+            line(
+                &Interval {
+                    energy: None,
+                    ..i.clone()
+                },
+                ""
+            ),
+            None
+        );
         assert_eq!(line(&Interval { open: true, ..i }, ""), None);
     }
 }

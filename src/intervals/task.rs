@@ -10,17 +10,21 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
-/// How often the open interval is saved: the most a SIGKILL can lose from it.
+/// How often (in reading time) the open interval is saved: the most a SIGKILL loses.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(15);
+
+#[derive(Default)]
+struct Meter {
+    rec: Recorder,
+    saved_at_ms: i64,
+}
 
 pub async fn run(
     store: Store,
     mut readings: broadcast::Receiver<MeterReading>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut meters: HashMap<String, Recorder> = HashMap::new();
-    let mut flush = tokio::time::interval(FLUSH_EVERY);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut meters: HashMap<String, Meter> = HashMap::new();
     while !*stop.borrow() {
         tokio::select! {
             r = stop.changed() => if r.is_err() { break },
@@ -31,13 +35,12 @@ pub async fn run(
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            _ = flush.tick() => save_open(&store, &meters).await,
         }
     }
     save_open(&store, &meters).await;
 }
 
-async fn take(store: &Store, meters: &mut HashMap<String, Recorder>, reading: MeterReading) {
+async fn take(store: &Store, meters: &mut HashMap<String, Meter>, reading: MeterReading) {
     let Some(sample) = reading.sample() else {
         return;
     };
@@ -50,18 +53,24 @@ async fn take(store: &Store, meters: &mut HashMap<String, Recorder>, reading: Me
                 tracing::warn!(error = %e, "intervals: cannot resume the open interval");
                 None
             });
-        meters.insert(reading.meter_id.clone(), Recorder::resume(open));
+        let m = Meter {
+            rec: Recorder::resume(open),
+            saved_at_ms: sample.at_ms,
+        };
+        meters.insert(reading.meter_id.clone(), m);
     }
-    let rec = meters.get_mut(&reading.meter_id).expect("inserted above");
-    let done = rec.push(sample);
-    if done.is_empty() {
+    let m = meters.get_mut(&reading.meter_id).expect("inserted above");
+    let done = m.rec.push(sample);
+    let due = sample.at_ms - m.saved_at_ms >= FLUSH_EVERY.as_millis() as i64;
+    if done.is_empty() && !due {
         return;
     }
+    m.saved_at_ms = sample.at_ms;
     for acc in &done {
         log_done(&reading.meter_id, acc);
     }
     let id = reading.meter_id.clone();
-    let open = rec.open.clone();
+    let open = m.rec.open.clone();
     let saved = store
         .call(move |c| {
             let tx = c.transaction()?;
@@ -76,7 +85,7 @@ async fn take(store: &Store, meters: &mut HashMap<String, Recorder>, reading: Me
         })
         .await;
     if let Err(e) = saved {
-        tracing::error!(meter_id = %reading.meter_id, error = %e, "intervals: cannot store a finished interval");
+        tracing::error!(meter_id = %reading.meter_id, error = %e, "intervals: cannot store intervals");
     }
 }
 
@@ -90,10 +99,10 @@ fn log_done(meter_id: &str, acc: &Acc) {
     }
 }
 
-async fn save_open(store: &Store, meters: &HashMap<String, Recorder>) {
+async fn save_open(store: &Store, meters: &HashMap<String, Meter>) {
     let open: Vec<(String, Acc)> = meters
         .iter()
-        .filter_map(|(id, r)| r.open.clone().map(|o| (id.clone(), o)))
+        .filter_map(|(id, m)| m.rec.open.clone().map(|o| (id.clone(), o)))
         .collect();
     if open.is_empty() {
         return;

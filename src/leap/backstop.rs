@@ -182,9 +182,14 @@ impl Backstop {
             }
             tunnel = now;
             let ok = self.store.check_writable().await.is_ok();
-            let failed_poll = self.status().last_error.is_some_and(|e| e.contains("storing"));
+            let failed_poll = self
+                .status()
+                .last_error
+                .is_some_and(|e| e.contains("storing"));
             if ok && (!storage_ok || failed_poll) {
-                tracing::info!("storage writable again; polling Leap for dispatches refused meanwhile");
+                tracing::info!(
+                    "storage writable again; polling Leap for dispatches refused meanwhile"
+                );
                 self.trigger("storage recovered");
             }
             storage_ok = ok;
@@ -200,8 +205,14 @@ fn log_report(reason: &str, r: &PollReport) {
         );
     }
     tracing::info!(
-        trigger = reason, pages = r.pages, results = r.results, new = r.new, updated = r.updated,
-        duplicate = r.duplicate, rejected = r.rejected, conflict = r.conflict,
+        trigger = reason,
+        pages = r.pages,
+        results = r.results,
+        new = r.new,
+        updated = r.updated,
+        duplicate = r.duplicate,
+        rejected = r.rejected,
+        conflict = r.conflict,
         "Leap poll done"
     );
 }
@@ -210,9 +221,13 @@ fn log_report(reason: &str, r: &PollReport) {
 /// cannot be asked (then reconnects are caught by the schedule instead).
 fn tunnel_active() -> Option<bool> {
     let unit = "leap-edge-tunnel.service";
-    let installed = ["/usr/lib/systemd/system", "/lib/systemd/system", "/etc/systemd/system"]
-        .iter()
-        .any(|d| std::path::Path::new(d).join(unit).exists());
+    let installed = [
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+        "/etc/systemd/system",
+    ]
+    .iter()
+    .any(|d| std::path::Path::new(d).join(unit).exists());
     if !installed {
         return None;
     }

@@ -119,7 +119,15 @@ impl LeapClient {
         let auth = [("authorization", format!("Bearer {}", self.key.expose()))];
         let mut attempt = 0;
         loop {
-            let got = http::exchange(&self.tls, method.clone(), &uri, &auth, body.clone(), self.timeout).await;
+            let got = http::exchange(
+                &self.tls,
+                method.clone(),
+                &uri,
+                &auth,
+                body.clone(),
+                self.timeout,
+            )
+            .await;
             let wait = match &got {
                 Err(e) => retry_after_transport(e),
                 Ok(a) => retry_after_status(a),

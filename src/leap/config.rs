@@ -136,16 +136,16 @@ pub(crate) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
 
 /// The next time `expr` fires after `now` (None if it never does or does not parse).
 pub fn next_fire(expr: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    parse_cron(expr).ok()?.find_next_occurrence(&now, false).ok()
+    parse_cron(expr)
+        .ok()?
+        .find_next_occurrence(&now, false)
+        .ok()
 }
 
 /// The smallest gap between the next few fire times, in seconds.
 fn min_gap_secs(cron: &croner::Cron, from: DateTime<Utc>) -> Option<i64> {
     let times: Vec<DateTime<Utc>> = cron.iter_after(from).take(8).collect();
-    times
-        .windows(2)
-        .map(|w| (w[1] - w[0]).num_seconds())
-        .min()
+    times.windows(2).map(|w| (w[1] - w[0]).num_seconds()).min()
 }
 
 /// A resolved base URL: `production`/`staging` by name, or a checked URL.
@@ -187,8 +187,13 @@ pub fn check_config(cfg: &crate::config::Config, p: &mut Vec<String>) {
     if let Err(e) = resolve_base_url(&l.base_url) {
         p.push(format!("leap.base_url = {e}"));
     }
-    if l.api_key.as_ref().is_some_and(|k| k.expose().trim().is_empty()) {
-        p.push("leap.api_key is empty: give the partner API key from Leap, or remove the key".into());
+    if l.api_key
+        .as_ref()
+        .is_some_and(|k| k.expose().trim().is_empty())
+    {
+        p.push(
+            "leap.api_key is empty: give the partner API key from Leap, or remove the key".into(),
+        );
     }
     if !(1..=300).contains(&l.timeout_secs) {
         p.push("leap.timeout_secs must be between 1 and 300".into());
@@ -230,7 +235,10 @@ mod tests {
 
     #[test]
     fn base_url_names_and_loopback_rule() {
-        assert_eq!(resolve_base_url("production").unwrap().host(), Some("api.leap.energy"));
+        assert_eq!(
+            resolve_base_url("production").unwrap().host(),
+            Some("api.leap.energy")
+        );
         assert_eq!(
             resolve_base_url("staging").unwrap().host(),
             Some("api.staging.leap.energy")

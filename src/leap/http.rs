@@ -83,7 +83,10 @@ async fn exchange_inner(
     let https = uri.scheme_str() == Some("https");
     let host = uri.host().unwrap_or_default().to_string();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
         .await
         .map_err(|source| TransportError::Connect {
@@ -92,14 +95,15 @@ async fn exchange_inner(
             source,
         })?;
     let _ = tcp.set_nodelay(true);
-    let mut req = Request::builder().method(method).uri(
-        uri.path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/"),
-    );
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let authority = uri.authority().map(|a| a.as_str()).unwrap_or(&host);
     req = req.header(hyper::header::HOST, authority);
-    req = req.header(hyper::header::USER_AGENT, concat!("leap-edge/", env!("CARGO_PKG_VERSION")));
+    req = req.header(
+        hyper::header::USER_AGENT,
+        concat!("leap-edge/", env!("CARGO_PKG_VERSION")),
+    );
     req = req.header(hyper::header::ACCEPT, "application/json");
     for (k, v) in headers {
         req = req.header(*k, v.as_str());

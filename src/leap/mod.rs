@@ -21,7 +21,9 @@ pub enum LeapError {
     NoApiKey,
     #[error("leap.base_url = {0}")]
     BaseUrl(String),
-    #[error("{call}: Leap could not be reached: {source} (check DNS, the uplink, and leap.base_url)")]
+    #[error(
+        "{call}: Leap could not be reached: {source} (check DNS, the uplink, and leap.base_url)"
+    )]
     Transport {
         call: String,
         source: http::TransportError,
@@ -64,7 +66,10 @@ mod tests {
             message: "invalid token".into(),
         };
         let s = e.to_string();
-        assert!(s.contains("401 UNAUTHORIZED (DISPATCH_UNAUTHORIZED): invalid token"), "{s}");
+        assert!(
+            s.contains("401 UNAUTHORIZED (DISPATCH_UNAUTHORIZED): invalid token"),
+            "{s}"
+        );
         assert!(s.contains("api_key"), "{s}");
     }
 }

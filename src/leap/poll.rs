@@ -95,13 +95,11 @@ pub async fn poll_once(
     };
     if !targets.meter_ids.is_empty() {
         let req = request(window, Some(targets.meter_ids.clone()), None);
-        search_all::<MeterResult>(client, store, Level::Meter, req, &mut report, on_change)
-            .await?;
+        search_all::<MeterResult>(client, store, Level::Meter, req, &mut report, on_change).await?;
     }
     if !targets.market_group_ids.is_empty() {
         let req = request(window, None, Some(targets.market_group_ids.clone()));
-        search_all::<GroupResult>(client, store, Level::Group, req, &mut report, on_change)
-            .await?;
+        search_all::<GroupResult>(client, store, Level::Group, req, &mut report, on_change).await?;
     }
     Ok(report)
 }
@@ -174,7 +172,8 @@ async fn store_page<R: Serialize>(
         key: results,
     })
     .to_string();
-    let parsed = parse_notification(body.as_bytes()).map_err(|e| PollError::Shape(e.to_string()))?;
+    let parsed =
+        parse_notification(body.as_bytes()).map_err(|e| PollError::Shape(e.to_string()))?;
     let ids: Vec<(String, String)> = parsed
         .timeslots
         .iter()
@@ -192,9 +191,7 @@ async fn store_page<R: Serialize>(
     let outcome = store.ingest(record).await?;
     let new_ids = if outcome.new > 0 {
         let at = crate::store::ts(received_at);
-        store
-            .read(move |c| first_seen_at(c, &ids, &at))
-            .await?
+        store.read(move |c| first_seen_at(c, &ids, &at)).await?
     } else {
         Vec::new()
     };

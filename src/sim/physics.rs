@@ -165,8 +165,16 @@ impl Physics {
         img.set(103, "W", self.battery_kw * 1000.0);
         img.set(203, "W", self.grid_kw() * 1000.0);
         // acc32 with TotWh_SF = 0: whole Wh, wrapping like a real counter.
-        img.set_raw(203, "TotWhImp", (self.import_wh.floor() as i64) & 0xFFFF_FFFF);
-        img.set_raw(203, "TotWhExp", (self.export_wh.floor() as i64) & 0xFFFF_FFFF);
+        img.set_raw(
+            203,
+            "TotWhImp",
+            (self.import_wh.floor() as i64) & 0xFFFF_FFFF,
+        );
+        img.set_raw(
+            203,
+            "TotWhExp",
+            (self.export_wh.floor() as i64) & 0xFFFF_FFFF,
+        );
         img.set(124, "ChaState", self.soc_pct);
         let st = if self.battery_kw > 0.05 {
             3
