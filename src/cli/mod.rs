@@ -14,6 +14,7 @@ mod leap_test;
 mod logging;
 mod manual;
 pub mod output;
+mod report;
 mod schedule;
 mod send_test;
 mod sim;
@@ -79,6 +80,8 @@ pub enum Command {
     Leap(leap::LeapCommand),
     /// 15-minute interval energy per meter, as recorded for Leap (`--csv`: Leap's load CSV).
     Intervals(intervals::IntervalsArgs),
+    /// Per ended event: award, delivered energy, site import per 15 minutes, and a verdict.
+    Report(report::ReportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }),
         Command::Leap(cmd) => with_config(&cli.config, |c| leap::run(c, &cmd)),
         Command::Intervals(args) => with_config(&cli.config, |c| intervals::run(c, &args)),
+        Command::Report(args) => with_config(&cli.config, |c| report::run(c, &args)),
         Command::History(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             history::run(c, &args)

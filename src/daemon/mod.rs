@@ -190,8 +190,12 @@ impl Running {
         &mut self,
         readings: tokio::sync::broadcast::Receiver<crate::intervals::MeterReading>,
     ) {
-        let task =
-            crate::intervals::task::run(self.app.store.clone(), readings, self.stop.subscribe());
+        let task = crate::intervals::task::run(
+            self.app.store.clone(),
+            Some(self.app.config()),
+            readings,
+            self.stop.subscribe(),
+        );
         self.recorder = Some(tokio::spawn(task));
     }
 

@@ -8,7 +8,9 @@
 
 pub mod csv;
 pub mod db;
+pub mod gather;
 pub mod recorder;
+pub mod report;
 pub mod task;
 
 use serde::{Deserialize, Serialize};

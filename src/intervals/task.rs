@@ -5,8 +5,10 @@
 use super::MeterReading;
 use super::db;
 use super::recorder::{Acc, Recorder};
+use crate::config::Config;
 use crate::store::Store;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
@@ -19,8 +21,10 @@ struct Meter {
     saved_at_ms: i64,
 }
 
+/// `config`: the meters (and group weights) that event reports are written for.
 pub async fn run(
     store: Store,
+    config: Option<Arc<Config>>,
     mut readings: broadcast::Receiver<MeterReading>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -29,7 +33,12 @@ pub async fn run(
         tokio::select! {
             r = stop.changed() => if r.is_err() { break },
             r = readings.recv() => match r {
-                Ok(reading) => take(&store, &mut meters, reading).await,
+                Ok(reading) => {
+                    let at = reading.at;
+                    if take(&store, &mut meters, reading).await {
+                        audit_ended(&store, config.as_ref(), at).await;
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "intervals: recorder fell behind, readings skipped");
                 }
@@ -40,9 +49,10 @@ pub async fn run(
     save_open(&store, &meters).await;
 }
 
-async fn take(store: &Store, meters: &mut HashMap<String, Meter>, reading: MeterReading) {
+/// Record one reading; true when it saved something (then also time to audit).
+async fn take(store: &Store, meters: &mut HashMap<String, Meter>, reading: MeterReading) -> bool {
     let Some(sample) = reading.sample() else {
-        return;
+        return false;
     };
     if !meters.contains_key(&reading.meter_id) {
         let id = reading.meter_id.clone();
@@ -63,7 +73,7 @@ async fn take(store: &Store, meters: &mut HashMap<String, Meter>, reading: Meter
     let done = m.rec.push(sample);
     let due = sample.at_ms - m.saved_at_ms >= FLUSH_EVERY.as_millis() as i64;
     if done.is_empty() && !due {
-        return;
+        return false;
     }
     m.saved_at_ms = sample.at_ms;
     for acc in &done {
@@ -86,6 +96,24 @@ async fn take(store: &Store, meters: &mut HashMap<String, Meter>, reading: Meter
         .await;
     if let Err(e) = saved {
         tracing::error!(meter_id = %reading.meter_id, error = %e, "intervals: cannot store intervals");
+    }
+    true
+}
+
+/// Issue 14 point 4: the summary of each timeslot that ended goes to the audit log.
+async fn audit_ended(
+    store: &Store,
+    config: Option<&Arc<Config>>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let Some(config) = config.cloned() else {
+        return;
+    };
+    if let Err(e) = store
+        .call(move |c| super::gather::audit_ended(c, &config, now))
+        .await
+    {
+        tracing::warn!(error = %e, "report: cannot write event summaries to the audit log");
     }
 }
 

@@ -15,6 +15,8 @@ pub enum Action {
     WouldApply,
     /// A manual override held the meter while a dispatch governed.
     Overridden,
+    /// Issue 14: the performance summary of a timeslot that ended (detail: the verdict).
+    Report,
 }
 
 impl Action {
@@ -24,6 +26,7 @@ impl Action {
             Action::Release => "release",
             Action::WouldApply => "would-apply",
             Action::Overridden => "overridden",
+            Action::Report => "report",
         }
     }
 }

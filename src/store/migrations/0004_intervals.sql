@@ -30,3 +30,4 @@ CREATE TABLE intervals (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (meter_id, start_ts)
 );
+
