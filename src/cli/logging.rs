@@ -9,7 +9,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub fn init() {
     let filter = std::env::var("LEAP_EDGE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        // tokio-cron-scheduler logs routine INFO lines of its own; our jobs log what matters.
+        .unwrap_or_else(|_| "info,tokio_cron_scheduler=warn".into());
     if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {

@@ -110,6 +110,7 @@ fn print_running(b: &Value) {
             s(&b["plan_error"])
         );
     }
+    leap_lines(&b["leap"]);
     let rows: Vec<Vec<String>> = b["meters"]
         .as_array()
         .map(|ms| ms.iter().map(meter_row).collect())
@@ -129,6 +130,39 @@ fn print_running(b: &Value) {
         ],
         &rows,
     );
+}
+
+/// Issue 13: the polling backstop and the `[schedule]` jobs' next fire times.
+fn leap_lines(l: &Value) {
+    let b = &l["backstop"];
+    if b["enabled"] == Value::Bool(true) {
+        let first = b["first_seen_by_poll"].as_u64().unwrap_or(0);
+        let seen = format!("{first} timeslot(s) first seen by polling");
+        let seen = if first > 0 {
+            super::output::alarm(&format!("{seen}: pushes did not arrive"))
+        } else {
+            seen
+        };
+        crate::outln!("Leap poll: last success {}; {seen}", s(&b["last_success"]));
+        if !b["last_error"].is_null() {
+            crate::outln!(
+                "{} {}",
+                super::output::alarm("LAST POLL FAILED:"),
+                s(&b["last_error"])
+            );
+        }
+    } else if !l.is_null() {
+        crate::outln!("Leap poll: off (no [leap] api_key)");
+    }
+    let next: Vec<String> = l["schedule"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|j| format!("{} {}", s(&j["job"]), s(&j["next_fire"])))
+        .collect();
+    if !next.is_empty() {
+        crate::outln!("next: {}", next.join(", "));
+    }
 }
 
 fn meter_row(m: &Value) -> Vec<String> {

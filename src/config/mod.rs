@@ -182,6 +182,12 @@ impl Config {
         if !same(&self.sim, &new.sim) {
             out.push("sim");
         }
+        if !same(&self.leap, &new.leap) || self.leap.api_key != new.leap.api_key {
+            out.push("leap");
+        }
+        if !same(&self.schedule, &new.schedule) {
+            out.push("schedule");
+        }
         out
     }
 }

@@ -83,10 +83,16 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
     // Issue 13: the polling backstop (a no-op without [leap] api_key).
+    // A weak handle: the App holds the backstop (as a status source), not the reverse.
+    let weak = Arc::downgrade(&app);
     let backstop = crate::leap::backstop::Backstop::new(
         app.shared_config(),
         store.clone(),
         app.changes.clone(),
+        Arc::new(move || {
+            weak.upgrade()
+                .map_or(0, |a| a.metrics.requests.get("storage_unavailable"))
+        }),
     );
     app.add_source(backstop.clone());
     tokio::spawn(backstop.clone().run(stop_rx.clone()));
@@ -103,7 +109,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     let hk = Arc::new(housekeeping::Housekeeping::default());
     app.add_source(hk.clone());
     tokio::spawn(hk.clone().run(stop_rx.clone()));
-    let scheduler = start_schedule(&app, &store, &hk, &backstop).await;
+    let scheduler = start_schedule(&app, &hk, &backstop).await;
     let admin_path = config.admin.socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
@@ -140,27 +146,37 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
 
 /// `[schedule]`: the poll, pruning and the integrity check on their cron expressions; the
 /// last two also run once at start, as they always have. A scheduler that cannot start is
-/// logged, not fatal: dispatch does not depend on housekeeping.
+/// logged, not fatal: dispatch does not depend on housekeeping. The jobs hold only weak
+/// handles: the scheduler must never keep the database open past shutdown.
 async fn start_schedule(
     app: &Arc<App>,
-    store: &Store,
     hk: &Arc<housekeeping::Housekeeping>,
     backstop: &Arc<crate::leap::backstop::Backstop>,
 ) -> Option<tokio_cron_scheduler::JobScheduler> {
     let cfg = app.config();
-    let (a, s1, h1) = (app.clone(), store.clone(), hk.clone());
+    let (a, h) = (Arc::downgrade(app), Arc::downgrade(hk));
     let prune: schedule::Task = Arc::new(move || {
-        let (a, s, h) = (a.clone(), s1.clone(), h1.clone());
-        Box::pin(async move { h.prune(&s, a.config().storage.retention_days).await })
+        let (a, h) = (a.upgrade(), h.upgrade());
+        Box::pin(async move {
+            if let (Some(a), Some(h)) = (a, h) {
+                h.prune(&a.store, a.config().storage.retention_days).await;
+            }
+        })
     });
-    let (s2, h2) = (store.clone(), hk.clone());
+    let (a, h) = (Arc::downgrade(app), Arc::downgrade(hk));
     let integrity: schedule::Task = Arc::new(move || {
-        let (s, h) = (s2.clone(), h2.clone());
-        Box::pin(async move { h.integrity(&s).await })
+        let (a, h) = (a.upgrade(), h.upgrade());
+        Box::pin(async move {
+            if let (Some(a), Some(h)) = (a, h) {
+                h.integrity(&a.store).await;
+            }
+        })
     });
-    let b = backstop.clone();
+    let b = Arc::downgrade(backstop);
     let poll: schedule::Task = Arc::new(move || {
-        b.trigger("schedule");
+        if let Some(b) = b.upgrade() {
+            b.trigger("schedule");
+        }
         Box::pin(async {})
     });
     tokio::spawn({

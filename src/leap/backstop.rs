@@ -17,7 +17,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// How often the tunnel and storage are looked at for a recovery.
-const WATCH_PERIOD: Duration = Duration::from_secs(15);
+const WATCH_PERIOD: Duration = Duration::from_secs(5);
+
+/// How many pushes the webhook has refused for lack of storage so far (503s).
+pub type RefusalCount = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BackstopStatus {
@@ -42,10 +45,16 @@ pub struct Backstop {
     running: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     triggers: mpsc::Sender<&'static str>,
     rx: Mutex<Option<mpsc::Receiver<&'static str>>>,
+    refusals: RefusalCount,
 }
 
 impl Backstop {
-    pub fn new(config: SharedConfig, store: Store, changes: watch::Sender<u64>) -> Arc<Backstop> {
+    pub fn new(
+        config: SharedConfig,
+        store: Store,
+        changes: watch::Sender<u64>,
+        refusals: RefusalCount,
+    ) -> Arc<Backstop> {
         let (tx, rx) = mpsc::channel(4);
         let enabled = config.get().leap.api_key.is_some();
         Arc::new(Backstop {
@@ -59,6 +68,7 @@ impl Backstop {
             running: tokio::sync::Mutex::new(None),
             triggers: tx,
             rx: Mutex::new(Some(rx)),
+            refusals,
         })
     }
 
@@ -76,7 +86,7 @@ impl Backstop {
         let Some(mut rx) = self.rx.lock().expect("backstop lock").take() else {
             return;
         };
-        if let Ok(n) = self.store.read(|c| poll::first_seen_by_poll(c)).await {
+        if let Ok(n) = self.store.read(poll::first_seen_by_poll).await {
             self.state.lock().expect("backstop lock").first_seen_by_poll = n;
         }
         tokio::spawn(self.clone().watch_recoveries(stop.clone()));
@@ -95,7 +105,11 @@ impl Backstop {
             }
             while rx.try_recv().is_ok() {}
             if self.status().enabled {
-                let _ = self.run_now(reason, None).await;
+                // Shutdown must not wait for Leap's retries: the database closes after us.
+                tokio::select! {
+                    _ = self.run_now(reason, None) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
             }
         }
     }
@@ -116,7 +130,7 @@ impl Backstop {
         *last = Some(tokio::time::Instant::now());
         let started = Utc::now();
         let result = self.poll(days_back).await;
-        let first_seen = self.store.read(|c| poll::first_seen_by_poll(c)).await.ok();
+        let first_seen = self.store.read(poll::first_seen_by_poll).await.ok();
         let mut s = self.state.lock().expect("backstop lock");
         s.last_attempt = Some(started);
         s.last_trigger = Some(reason.to_string());
@@ -165,34 +179,44 @@ impl Backstop {
     }
 
     /// Poll again when the tunnel reconnects or storage recovers: both mean pushes may
-    /// have been refused while Leap retried.
+    /// have been refused while Leap retried. Storage is probed only when there is a reason
+    /// (a refused push, a failed probe or a poll that could not store), so a healthy
+    /// gateway's flash is not written every few seconds.
     async fn watch_recoveries(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut tunnel = tunnel_active();
-        let mut storage_ok = true;
+        let mut tunnel = tunnel_active().await;
+        let mut refused = (self.refusals)();
+        let mut suspect = false;
         let mut tick = tokio::time::interval(WATCH_PERIOD);
-        loop {
+        for n in 0u64.. {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let now = tunnel_active();
-            if tunnel == Some(false) && now == Some(true) {
-                tracing::info!("tunnel reconnected; polling Leap for dispatches pushed meanwhile");
-                self.trigger("tunnel reconnected");
+            // systemctl is a process: ask it every third tick only.
+            if n % 3 == 0 {
+                let now = tunnel_active().await;
+                if tunnel == Some(false) && now == Some(true) {
+                    tracing::info!(
+                        "tunnel reconnected; polling Leap for dispatches pushed meanwhile"
+                    );
+                    self.trigger("tunnel reconnected");
+                }
+                tunnel = now;
             }
-            tunnel = now;
-            let ok = self.store.check_writable().await.is_ok();
-            let failed_poll = self
+            let r = (self.refusals)();
+            let poll_failed = self
                 .status()
                 .last_error
                 .is_some_and(|e| e.contains("storing"));
-            if ok && (!storage_ok || failed_poll) {
+            suspect |= r > refused || poll_failed;
+            refused = r;
+            if suspect && self.store.check_writable().await.is_ok() {
+                suspect = false;
                 tracing::info!(
                     "storage writable again; polling Leap for dispatches refused meanwhile"
                 );
                 self.trigger("storage recovered");
             }
-            storage_ok = ok;
         }
     }
 }
@@ -219,7 +243,14 @@ fn log_report(reason: &str, r: &PollReport) {
 
 /// Whether the reverse-tunnel unit is active; None when it is not installed or systemd
 /// cannot be asked (then reconnects are caught by the schedule instead).
-fn tunnel_active() -> Option<bool> {
+async fn tunnel_active() -> Option<bool> {
+    tokio::task::spawn_blocking(tunnel_active_blocking)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn tunnel_active_blocking() -> Option<bool> {
     let unit = "leap-edge-tunnel.service";
     let installed = [
         "/usr/lib/systemd/system",

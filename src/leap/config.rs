@@ -136,6 +136,8 @@ pub(crate) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
 
 /// The next time `expr` fires after `now` (None if it never does or does not parse).
 pub fn next_fire(expr: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    // Cron fires on whole seconds; carrying `now`'s fraction would show e.g. 03:17:00.819.
+    let now = chrono::Timelike::with_nanosecond(&now, 0).unwrap_or(now);
     parse_cron(expr)
         .ok()?
         .find_next_occurrence(&now, false)
@@ -259,5 +261,7 @@ mod tests {
         assert_eq!(min_gap_secs(&c, Utc::now()), Some(10));
         let c = parse_cron(&default_poll_cron()).unwrap();
         assert_eq!(min_gap_secs(&c, Utc::now()), Some(300));
+        let next = next_fire("0 17 3 * * *", Utc::now()).unwrap();
+        assert_eq!(next.format("%H:%M:%S%.3f").to_string(), "03:17:00.000");
     }
 }

@@ -246,3 +246,23 @@ pub fn first_seen_by_poll(c: &rusqlite::Connection) -> Result<u64, StoreError> {
         |r| r.get::<_, i64>(0),
     )? as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_is_at_most_leaps_31_days() {
+        let now = Utc::now();
+        let w = Window::around(now, 1, 7);
+        assert_eq!((w.end - w.start).num_days(), 8);
+        assert_eq!(now - w.start, Duration::days(1));
+        let w = Window::around(now, 30, 7);
+        assert_eq!(
+            (w.end - w.start).num_days(),
+            31,
+            "ahead shortened, back kept"
+        );
+        assert_eq!(now - w.start, Duration::days(30));
+    }
+}
