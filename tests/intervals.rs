@@ -151,7 +151,7 @@ fn check_leap_rules(csv: &str, meters: &[&str]) -> Vec<(String, DateTime<Utc>, f
             .unwrap()
             .with_timezone(&Utc);
         assert!(
-            s.minute() % 15 == 0 && s.second() == 0 && s.nanosecond() == 0,
+            s.minute().is_multiple_of(15) && s.second() == 0 && s.nanosecond() == 0,
             "STM_0003 {line}"
         );
         assert_eq!(e - s, CDuration::minutes(15), "DTR_0003 {line}");
@@ -236,7 +236,7 @@ async fn a_simulated_day_gives_a_csv_that_passes_leaps_rules() {
         }
         if t == kill_at {
             // Let the recorder take what was sent, then kill it without a goodbye.
-            while tx.len() > 0 {
+            while !tx.is_empty() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -245,7 +245,7 @@ async fn a_simulated_day_gives_a_csv_that_passes_leaps_rules() {
         }
         t += CDuration::seconds(step);
     }
-    while tx.len() > 0 {
+    while !tx.is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.send_replace(true);

@@ -10,7 +10,10 @@ use crate::store;
 use chrono::{DateTime, Utc};
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct IntervalsArgs {
+    #[command(subcommand)]
+    pub command: Option<IntervalsCommand>,
     /// Intervals starting at or after this time (RFC 3339; default 24 hours ago).
     #[arg(long, value_parser = parse_time)]
     pub from: Option<DateTime<Utc>>,
@@ -27,8 +30,20 @@ pub struct IntervalsArgs {
     pub json: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum IntervalsCommand {
+    /// Uploads to Leap: job id, when, rows, Leap's status and the rows it refused.
+    Uploads {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 pub fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
     let conn = store::open_read_only(&config.storage.path)?;
+    if let Some(IntervalsCommand::Uploads { json }) = &args.command {
+        return uploads(&conn, *json);
+    }
     let now = Utc::now();
     let range = Range {
         from: Some(
@@ -154,4 +169,42 @@ fn json(i: &Interval) -> serde_json::Value {
         "export_seconds": i.export_ms / 1000,
         "min_soc_pct": i.min_soc_pct,
     })
+}
+
+fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
+    let jobs = crate::intervals::upload::jobs(conn)?;
+    if json {
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"uploads": jobs}))?
+        );
+        return Ok(exit::OK);
+    }
+    if jobs.is_empty() {
+        crate::outln!(
+            "No interval data uploaded to Leap yet (schedule.upload, default 02:15 UTC)."
+        );
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.uploaded_at.clone(),
+                j.job_id.clone(),
+                j.rows.to_string(),
+                j.status.clone(),
+                j.errors.len().to_string(),
+            ]
+        })
+        .collect();
+    table::print(&["UPLOADED", "JOB", "ROWS", "STATUS", "FAILED ROWS"], &rows);
+    for j in jobs.iter().filter(|j| !j.errors.is_empty()) {
+        crate::outln!();
+        crate::outln!("Job {}: rows Leap refused", j.job_id);
+        for e in &j.errors {
+            crate::outln!("  {e}");
+        }
+    }
+    Ok(exit::OK)
 }

@@ -186,7 +186,18 @@ async fn start_schedule(
             i().await;
         }
     });
+    // Weak, like the others: a job must not keep the store open past shutdown.
+    let a = Arc::downgrade(app);
+    let upload: schedule::Task = Arc::new(move || {
+        let a = a.upgrade();
+        Box::pin(async move {
+            if let Some(a) = a {
+                daily_upload(&a.config(), &a.store).await;
+            }
+        })
+    });
     let jobs = vec![
+        ("upload", cfg.schedule.upload.clone(), upload),
         ("poll", cfg.schedule.poll.clone(), poll),
         ("prune", cfg.schedule.prune.clone(), prune),
         ("integrity", cfg.schedule.integrity.clone(), integrity),
@@ -196,6 +207,25 @@ async fn start_schedule(
         Err(e) => {
             tracing::error!(error = %e, "housekeeping schedule not running");
             None
+        }
+    }
+}
+
+/// Issue 14: `[schedule] upload`. Without `[leap] api_key` there is nobody to send to.
+async fn daily_upload(config: &Config, store: &Store) {
+    let client = match crate::leap::LeapClient::from_config(&config.leap) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(reason = %e, "upload: interval data not sent to Leap");
+            return;
+        }
+    };
+    let now = chrono::Utc::now();
+    match crate::intervals::upload::run_once(&client, store, config, now).await {
+        Ok(s) => tracing::info!(sent = s.sent_rows, job_id = ?s.job_id, accepted = s.rows_accepted,
+            failed_rows = s.rows_failed, missing = s.missing_named, "upload: done"),
+        Err(e) => {
+            tracing::warn!(error = %e, "upload: interval data upload failed; the next run retries")
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod gather;
 pub mod recorder;
 pub mod report;
 pub mod task;
+pub mod upload;
 
 use serde::{Deserialize, Serialize};
 

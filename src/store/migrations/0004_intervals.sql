@@ -31,3 +31,25 @@ CREATE TABLE intervals (
     PRIMARY KEY (meter_id, start_ts)
 );
 
+
+-- Uploads to Leap (POST /v1.1/interval-data?schema=load). An interval is `accepted` once a
+-- job that carried it completed without an error on its line: it is never sent again.
+ALTER TABLE intervals ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE interval_uploads (
+    job_id TEXT PRIMARY KEY,
+    uploaded_at TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    -- 'SENT' until Leap reports QUEUED, PROCESSING, COMPLETED or FAILED.
+    status TEXT NOT NULL,
+    -- Leap's row errors, one "line N column C CODE: message" per line.
+    errors TEXT,
+    checked_at TEXT
+);
+-- Which interval went on which CSV line (line 1 is the header).
+CREATE TABLE interval_upload_rows (
+    job_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    meter_id TEXT NOT NULL,
+    start_ts INTEGER NOT NULL,
+    PRIMARY KEY (job_id, line)
+);
