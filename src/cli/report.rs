@@ -14,11 +14,29 @@ pub struct ReportArgs {
     pub event: Option<String>,
     #[arg(long)]
     pub json: bool,
+    /// Draw the event (the one given by --event, else the latest ended) as an SVG chart.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
 }
 
 pub fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
     let conn = store::open_read_only(&config.storage.path)?;
     let reports = gather::reports(&conn, config, args.event.as_deref(), chrono::Utc::now())?;
+    if let Some(path) = &args.svg {
+        let Some(r) = reports.iter().max_by_key(|r| r.end_time) else {
+            eprintln!("leap-edge: no ended event to draw (see `leap-edge events`)");
+            return Ok(exit::FAILURE);
+        };
+        std::fs::write(path, crate::intervals::svg::render(r))
+            .map_err(|e| anyhow::anyhow!("{}: cannot write the chart: {e}", path.display()))?;
+        crate::outln!(
+            "{}: event {} meter {}",
+            path.display(),
+            r.event_id,
+            r.meter_id
+        );
+        return Ok(exit::OK);
+    }
     if args.json {
         crate::outln!(
             "{}",

@@ -11,6 +11,7 @@ pub mod db;
 pub mod gather;
 pub mod recorder;
 pub mod report;
+pub mod svg;
 pub mod task;
 pub mod upload;
 
