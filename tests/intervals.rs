@@ -433,9 +433,26 @@ async fn report_on_a_simulated_event_shows_the_award_delivered() {
         text.contains("BASELINE*") && text.contains("MET:"),
         "{text}"
     );
+    let chart = dir.path().join("event.svg");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leap-edge"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .args(["report", "--event", "report-1", "--svg"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.contains("report-1") && svg.contains("delivered (kW)"),
+        "{svg}"
+    );
+    running.stop().await;
     cc.shutdown(Duration::from_secs(3)).await;
-    // Not awaited: see the report (the store thread's join did not return in this test).
-    drop(tokio::spawn(running.stop()));
 }
 
 fn gather_delay() -> i64 {
