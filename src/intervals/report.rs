@@ -186,3 +186,7 @@ pub fn verdict(r: &EventReport) -> String {
         r.event_id, r.meter_id, r.export_seconds
     )
 }
+
+#[cfg(test)]
+#[path = "report_tests.rs"]
+mod tests;
