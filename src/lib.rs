@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod device;
 pub mod dispatch;
 pub mod ingest;
+pub mod intervals;
 pub mod leap;
 pub mod metrics;
 pub mod model;

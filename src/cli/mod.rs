@@ -7,6 +7,7 @@ mod docs;
 mod duration;
 mod events;
 mod history;
+mod intervals;
 mod leap;
 mod leap_poll;
 mod leap_test;
@@ -14,6 +15,7 @@ mod logging;
 mod manual;
 pub mod output;
 mod release;
+mod report;
 mod schedule;
 mod send_test;
 mod sim;
@@ -88,6 +90,10 @@ pub enum Command {
     /// The fleet relay on the partner's public host (own config, default /etc/leap-edge-relay/relay.toml).
     #[command(subcommand)]
     Relay(crate::relay::cli::RelayCommand),
+    /// 15-minute interval energy per meter, as recorded for Leap (`--csv`: Leap's load CSV).
+    Intervals(intervals::IntervalsArgs),
+    /// Per ended event: award, delivered energy, site import per 15 minutes, and a verdict.
+    Report(report::ReportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -218,6 +224,8 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
             schedule::run(c, &args)
         }),
         Command::Leap(cmd) => with_config(&cli.config, |c| leap::run(c, &cmd)),
+        Command::Intervals(args) => with_config(&cli.config, |c| intervals::run(c, &args)),
+        Command::Report(args) => with_config(&cli.config, |c| report::run(c, &args)),
         Command::History(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             history::run(c, &args)

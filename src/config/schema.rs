@@ -43,6 +43,9 @@ pub struct Config {
     /// Housekeeping cron expressions (never dispatch boundaries).
     #[serde(default)]
     pub schedule: crate::leap::ScheduleConfig,
+    /// Interval data for Leap (issue 14).
+    #[serde(default)]
+    pub intervals: crate::intervals::IntervalsConfig,
     /// The file this was loaded from (for `leap-edge reload`); not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -99,6 +99,7 @@ pub struct ControlCommander {
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     status: ControlStatus,
     apply_timeout: Duration,
+    readings: tokio::sync::broadcast::Sender<crate::intervals::MeterReading>,
 }
 
 impl ControlCommander {
@@ -153,6 +154,8 @@ impl ControlCommander {
             tasks: std::sync::Mutex::new(Vec::new()),
             status: ControlStatus::default(),
             apply_timeout: DEFAULT_APPLY_TIMEOUT,
+            // Room for a few seconds of readings from every meter while the recorder writes.
+            readings: tokio::sync::broadcast::channel(1024).0,
         };
         for (settings, battery, no_reversion) in opened {
             cc.spawn_loop(settings, battery, clock.clone(), no_reversion);
@@ -179,6 +182,7 @@ impl ControlCommander {
             requests: req_rx,
             outcomes: out_tx,
             shutdown: self.shutdown.subscribe(),
+            readings: self.readings.clone(),
         };
         let (id, device) = (settings.meter_id.clone(), settings.device.clone());
         let st = self.status.add(&id, &device);
@@ -205,6 +209,11 @@ impl ControlCommander {
         ControlCommander::start(config, clock, |name, dev| {
             Ok(Box::new(crate::device::open(name, dev, &dir)?) as Box<dyn Battery>)
         })
+    }
+
+    /// Every meter's readings as the loops take them (issue 14: the interval recorder).
+    pub fn readings(&self) -> tokio::sync::broadcast::Receiver<crate::intervals::MeterReading> {
+        self.readings.subscribe()
     }
 
     pub fn with_apply_timeout(mut self, limit: Duration) -> ControlCommander {

@@ -137,6 +137,7 @@ impl Battery for FakeBattery {
             capacity_kwh: Some(s.capacity_kwh),
             max_discharge_kw: Some(s.max_kw),
             max_charge_kw: Some(s.max_kw),
+            ..Telemetry::default()
         })
     }
 

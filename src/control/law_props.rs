@@ -55,6 +55,7 @@ fn any_telemetry() -> impl PStrategy<Value = Telemetry> {
             capacity_kwh: cap,
             max_discharge_kw: max,
             max_charge_kw: max,
+            ..Telemetry::default()
         })
 }
 

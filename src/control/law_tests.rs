@@ -37,6 +37,7 @@ pub(super) fn tel(grid: f64, battery: f64) -> Telemetry {
         capacity_kwh: Some(100.0),
         max_discharge_kw: Some(50.0),
         max_charge_kw: Some(50.0),
+        ..Telemetry::default()
     }
 }
 

@@ -59,6 +59,8 @@ pub(crate) struct Channels {
     pub requests: watch::Receiver<Request>,
     pub outcomes: watch::Sender<Outcome>,
     pub shutdown: watch::Receiver<Option<Duration>>,
+    /// Issue 14: every successful reading, for the interval recorder (none listening: dropped).
+    pub readings: tokio::sync::broadcast::Sender<crate::intervals::MeterReading>,
 }
 
 pub(crate) struct MeterLoop {
@@ -180,6 +182,7 @@ impl MeterLoop {
             // and an unreachable device is noticed before the next dispatch needs it.
             let tel = self.battery.read().await?;
             let now = self.clock.now();
+            self.hand_reading(&tel, now);
             let mut st = self.lock();
             st.last_telemetry = Some(tel);
             st.last_telemetry_at = Some(now);
@@ -345,6 +348,7 @@ impl MeterLoop {
             .unwrap_or(0.0);
         self.last_read = Some(now);
         let wall = self.clock.now();
+        self.hand_reading(tel, wall);
         let last_kw = self.last_write.map(|(_, kw)| kw);
         let mut st = self.lock();
         st.last_telemetry = Some(*tel);
@@ -366,6 +370,15 @@ impl MeterLoop {
         if no_export && grid < cmd.import_margin_kw - VIOLATION_TOLERANCE_KW {
             st.below_margin_secs += dt;
         }
+    }
+
+    /// Issue 14: the interval recorder gets every reading the loop takes.
+    fn hand_reading(&self, tel: &Telemetry, at: chrono::DateTime<chrono::Utc>) {
+        let _ = self.ch.readings.send(crate::intervals::MeterReading {
+            meter_id: self.s.meter_id.clone(),
+            at,
+            telemetry: *tel,
+        });
     }
 
     fn log_flag_changes(&mut self, cmd: &Command, d: &Decision) {

@@ -82,6 +82,7 @@ pub struct Running {
     uplink: Option<JoinHandle<()>>,
     scheduler: Option<tokio_cron_scheduler::JobScheduler>,
     store_thread: StoreThread,
+    recorder: Option<JoinHandle<()>>,
 }
 
 pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError> {
@@ -194,6 +195,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         uplink,
         scheduler,
         store_thread,
+        recorder: None,
     })
 }
 
@@ -239,7 +241,18 @@ async fn start_schedule(
             i().await;
         }
     });
+    // Weak, like the others: a job must not keep the store open past shutdown.
+    let a = Arc::downgrade(app);
+    let upload: schedule::Task = Arc::new(move || {
+        let a = a.upgrade();
+        Box::pin(async move {
+            if let Some(a) = a {
+                daily_upload(&a.config(), &a.store).await;
+            }
+        })
+    });
     let jobs = vec![
+        ("upload", cfg.schedule.upload.clone(), upload),
         ("poll", cfg.schedule.poll.clone(), poll),
         ("prune", cfg.schedule.prune.clone(), prune),
         ("integrity", cfg.schedule.integrity.clone(), integrity),
@@ -253,7 +266,40 @@ async fn start_schedule(
     }
 }
 
+/// Issue 14: `[schedule] upload`. Without `[leap] api_key` there is nobody to send to.
+async fn daily_upload(config: &Config, store: &Store) {
+    let client = match crate::leap::LeapClient::from_config(&config.leap) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(reason = %e, "upload: interval data not sent to Leap");
+            return;
+        }
+    };
+    let now = chrono::Utc::now();
+    match crate::intervals::upload::run_once(&client, store, config, now).await {
+        Ok(s) => tracing::info!(sent = s.sent_rows, job_id = ?s.job_id, accepted = s.rows_accepted,
+            failed_rows = s.rows_failed, missing = s.missing_named, "upload: done"),
+        Err(e) => {
+            tracing::warn!(error = %e, "upload: interval data upload failed; the next run retries")
+        }
+    }
+}
+
 impl Running {
+    /// Issue 14: record 15-minute interval energy from these readings (the control loops').
+    pub fn record_intervals(
+        &mut self,
+        readings: tokio::sync::broadcast::Receiver<crate::intervals::MeterReading>,
+    ) {
+        let task = crate::intervals::task::run(
+            self.app.store.clone(),
+            Some(self.app.config()),
+            readings,
+            self.stop.subscribe(),
+        );
+        self.recorder = Some(tokio::spawn(task));
+    }
+
     pub async fn stop(self) {
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = self.stop.send(true);
@@ -263,6 +309,9 @@ impl Running {
         let _ = self.admin.await;
         if let Some(u) = self.uplink {
             let _ = u.await;
+        }
+        if let Some(r) = self.recorder {
+            let _ = r.await;
         }
         if let Some(mut s) = self.scheduler {
             let _ = s.shutdown().await;
@@ -304,7 +353,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // One closed loop per meter drives its battery over Modbus (SPEC §2.9–2.10).
     let control = Arc::new(ControlCommander::start_modbus(&config, clock.clone())?);
     let status = control.status();
-    let running = start(
+    let readings = control.readings();
+    let mut running = start(
         config,
         Parts {
             commander: control.clone(),
@@ -315,6 +365,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     .await?;
     running.app.add_source(Arc::new(control.status()));
     let control_audit = control_audit::spawn(running.app.store.clone(), control.status());
+    running.record_intervals(readings);
     // Type=notify: systemd counts the service as started only now, with the listener
     // bound and the database open.
     if let Err(e) = crate::systemd::notify_ready() {

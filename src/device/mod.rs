@@ -28,6 +28,9 @@ pub struct Telemetry {
     pub capacity_kwh: Option<f64>,
     pub max_discharge_kw: Option<f64>,
     pub max_charge_kw: Option<f64>,
+    /// The site meter's energy accumulators, Wh (imported from / exported to the grid).
+    pub grid_import_wh: Option<f64>,
+    pub grid_export_wh: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

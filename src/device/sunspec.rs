@@ -82,8 +82,14 @@ pub static POINTS: &[PointDef] = &[
     // model 203, wye-connected three-phase meter (int + SF)
     p(203, "W", 18, I16, Some("W_SF")),
     p(203, "W_SF", 22, I16, None),
+    // Energy accumulators (acc32, Wh with TotWh_SF): exact interval energy (issue 14)
+    p(203, "TotWhExp", 38, U32, Some("TotWh_SF")),
+    p(203, "TotWhImp", 46, U32, Some("TotWh_SF")),
+    p(203, "TotWh_SF", 54, I16, None),
     // model 213, the same meter in float32
     p(213, "W", 28, F32, None),
+    p(213, "TotWhExp", 60, F32, None),
+    p(213, "TotWhImp", 68, F32, None),
     // model 701, DER AC measurement
     p(701, "W", 10, I16, Some("W_SF")),
     p(701, "W_SF", 116, I16, None),

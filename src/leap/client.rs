@@ -104,6 +104,47 @@ impl LeapClient {
             .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
     }
 
+    /// Issue 14: `POST /v1.1/interval-data?schema=load` with Leap's load CSV.
+    pub async fn upload_load_csv(&self, csv: String) -> Result<UploadAnswer, LeapError> {
+        let path = "/v1.1/interval-data?schema=load";
+        self.call_bytes(Method::POST, path, Some(csv.into_bytes()), "text/csv")
+            .await?
+            .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
+    }
+
+    /// `GET /v1.1/jobs/interval-data-uploads/{job_id}`: the job's row errors.
+    pub async fn upload_job(&self, job_id: &str) -> Result<UploadJob, LeapError> {
+        let path = format!("/v1.1/jobs/interval-data-uploads/{job_id}");
+        self.call::<(), UploadJob>(Method::GET, &path, None)
+            .await?
+            .ok_or_else(|| LeapError::BadAnswer(format!("GET {path}: empty answer")))
+    }
+
+    /// `GET /v1.1/jobs/interval-data-uploads?from=&to=`: one page of uploads with status.
+    pub async fn upload_list(
+        &self,
+        from: &str,
+        to: &str,
+        page_token: Option<&str>,
+    ) -> Result<UploadList, LeapError> {
+        let mut path =
+            format!("/v1.1/jobs/interval-data-uploads?from={from}&to={to}&page_size=500");
+        if let Some(t) = page_token {
+            path.push_str(&format!("&page_token={t}"));
+        }
+        self.call::<(), UploadList>(Method::GET, &path, None)
+            .await?
+            .ok_or_else(|| LeapError::BadAnswer(format!("GET {path}: empty answer")))
+    }
+
+    /// `POST /v1.1/missing-interval-data/search`: one page.
+    pub async fn missing_intervals(&self, req: &MissingSearch) -> Result<MissingPage, LeapError> {
+        let path = "/v1.1/missing-interval-data/search";
+        self.call(Method::POST, path, Some(req))
+            .await?
+            .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
+    }
+
     /// One call with retries. `Ok(None)` for an empty answer (204).
     async fn call<B: Serialize, R: DeserializeOwned>(
         &self,
@@ -111,12 +152,27 @@ impl LeapClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<Option<R>, LeapError> {
-        let uri = self.url(path)?;
         let body = body
             .map(serde_json::to_vec)
             .transpose()
             .map_err(|e| LeapError::BadAnswer(e.to_string()))?;
-        let auth = [("authorization", format!("Bearer {}", self.key.expose()))];
+        self.call_bytes(method, path, body, "application/json")
+            .await
+    }
+
+    /// [`Self::call`] with a body already encoded as `content_type` (issue 14: text/csv).
+    async fn call_bytes<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> Result<Option<R>, LeapError> {
+        let uri = self.url(path)?;
+        let mut auth = vec![("authorization", format!("Bearer {}", self.key.expose()))];
+        if body.is_some() {
+            auth.push(("content-type", content_type.to_string()));
+        }
         let mut attempt = 0;
         loop {
             let got = http::exchange(

@@ -73,6 +73,9 @@ pub struct ScheduleConfig {
     /// SQLite `quick_check`.
     #[serde(default = "default_integrity_cron")]
     pub integrity: String,
+    /// Issue 14: the daily interval-data upload to Leap (Leap recommends daily).
+    #[serde(default = "default_upload_cron")]
+    pub upload: String,
 }
 
 impl Default for ScheduleConfig {
@@ -81,17 +84,19 @@ impl Default for ScheduleConfig {
             poll: default_poll_cron(),
             prune: default_prune_cron(),
             integrity: default_integrity_cron(),
+            upload: default_upload_cron(),
         }
     }
 }
 
 impl ScheduleConfig {
     /// (key, expression) for every job, in display order.
-    pub fn jobs(&self) -> [(&'static str, &str); 3] {
+    pub fn jobs(&self) -> [(&'static str, &str); 4] {
         [
             ("poll", &self.poll),
             ("prune", &self.prune),
             ("integrity", &self.integrity),
+            ("upload", &self.upload),
         ]
     }
 }
@@ -120,6 +125,10 @@ pub fn default_poll_cron() -> String {
 pub fn default_prune_cron() -> String {
     "0 17 3 * * *".into()
 }
+pub fn default_upload_cron() -> String {
+    "0 15 2 * * *".into()
+}
+
 pub fn default_integrity_cron() -> String {
     "0 47 3 * * *".into()
 }

@@ -108,7 +108,10 @@ async fn exchange_inner(
     for (k, v) in headers {
         req = req.header(*k, v.as_str());
     }
-    if body.is_some() {
+    let typed = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    if body.is_some() && !typed {
         req = req.header(hyper::header::CONTENT_TYPE, "application/json");
     }
     let req = req

@@ -130,3 +130,66 @@ mod rfc3339 {
             .map_err(serde::de::Error::custom)
     }
 }
+
+/// Issue 14: `POST /v1.1/interval-data?schema=load` → `{"job_id"}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UploadAnswer {
+    pub job_id: String,
+}
+
+/// `GET /v1.1/jobs/interval-data-uploads/{job_id}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UploadJob {
+    pub job_id: String,
+    #[serde(default)]
+    pub errors: Vec<RowError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowError {
+    pub line: Option<i64>,
+    pub column: Option<String>,
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+/// `GET /v1.1/jobs/interval-data-uploads`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UploadList {
+    #[serde(default)]
+    pub uploads: Vec<UploadStatus>,
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UploadStatus {
+    pub last_job_id: Option<String>,
+    /// QUEUED, PROCESSING, COMPLETED or FAILED.
+    pub status: String,
+}
+
+/// `POST /v1.1/missing-interval-data/search`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MissingSearch {
+    pub meter_ids: Vec<String>,
+    pub missing_interval_window_start_date_time_utc: String,
+    pub missing_interval_window_end_date_time_utc: String,
+    pub state: String,
+    pub page_size: u32,
+    pub page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct MissingPage {
+    #[serde(default)]
+    pub missing_intervals: Vec<MissingInterval>,
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct MissingInterval {
+    pub meter_id: String,
+    pub data_type: String,
+    pub start_date_time_utc: DateTime<Utc>,
+    pub end_date_time_utc: DateTime<Utc>,
+}

@@ -201,6 +201,7 @@ fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
     let w_sf = map::sf_for((load.max_kw() + pv.max_kw() + cfg.max_power_kw) * 1000.0);
     img.set_raw(103, "W_SF", w_sf as i64);
     img.set_raw(203, "W_SF", w_sf as i64);
+    img.set_raw(203, "TotWh_SF", 0);
     let wmax_sf = map::sf_for(cfg.max_power_kw * 1000.0);
     img.set_raw(124, "WChaMax_SF", wmax_sf as i64);
     img.set(124, "WChaMax", cfg.max_power_kw * 1000.0);
@@ -234,6 +235,9 @@ fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
         last_704_write: None,
         reversions: 0,
         normal: cfg.normal,
+        // A meter in service has counted before: start well away from zero.
+        import_wh: 1_234_567.0,
+        export_wh: 7_654.0,
     };
     physics.publish(&mut img);
     Ok(SimInner {

@@ -57,6 +57,9 @@ pub struct Physics {
     pub reversions: u64,
     /// What the battery does in normal operation (`[sim] normal`).
     pub normal: NormalMode,
+    /// The site meter's energy accumulators (SunSpec 203 TotWhImp/TotWhExp), Wh.
+    pub import_wh: f64,
+    pub export_wh: f64,
 }
 
 /// The simulated battery's own behaviour when nobody controls it.
@@ -138,6 +141,13 @@ impl Physics {
         {
             self.battery_kw = 0.0;
         }
+        // The meter counts what flowed over this step, import and export apart.
+        let grid_wh = self.grid_kw() * 1000.0 * dt_s / 3600.0;
+        if grid_wh > 0.0 {
+            self.import_wh += grid_wh;
+        } else {
+            self.export_wh -= grid_wh;
+        }
         if self.capacity_kwh > 0.0 {
             self.soc_pct -= self.battery_kw * dt_s / 3600.0 / self.capacity_kwh * 100.0;
             self.soc_pct = self.soc_pct.clamp(0.0, 100.0);
@@ -174,6 +184,17 @@ impl Physics {
     pub fn publish(&self, img: &mut Image) {
         img.set(103, "W", self.battery_kw * 1000.0);
         img.set(203, "W", self.grid_kw() * 1000.0);
+        // acc32 with TotWh_SF = 0: whole Wh, wrapping like a real counter.
+        img.set_raw(
+            203,
+            "TotWhImp",
+            (self.import_wh.floor() as i64) & 0xFFFF_FFFF,
+        );
+        img.set_raw(
+            203,
+            "TotWhExp",
+            (self.export_wh.floor() as i64) & 0xFFFF_FFFF,
+        );
         img.set(124, "ChaState", self.soc_pct);
         let st = if self.battery_kw > 0.05 {
             3
@@ -215,6 +236,8 @@ mod tests {
             last_124_write: None,
             last_704_write: None,
             reversions: 0,
+            import_wh: 0.0,
+            export_wh: 0.0,
         };
         (p, img)
     }

@@ -25,6 +25,8 @@ pub enum Action {
     /// SPEC §2.13: the control loop acted on its own for safety (readings untrusted and
     /// the battery handed back, readings back, export unavoidable); `detail` says which.
     Safety,
+    /// Issue 14: the performance summary of a timeslot that ended (detail: the verdict).
+    Report,
 }
 
 impl Action {
@@ -38,6 +40,7 @@ impl Action {
             Action::Resumed => "resumed",
             Action::Limited => "limited",
             Action::Safety => "safety",
+            Action::Report => "report",
         }
     }
 }

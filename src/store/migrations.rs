@@ -9,6 +9,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_audit.sql")),
     (3, include_str!("migrations/0003_source.sql")),
     (4, include_str!("migrations/0004_rowid_timeslots.sql")),
+    (5, include_str!("migrations/0005_intervals.sql")),
 ];
 
 pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {

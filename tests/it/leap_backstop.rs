@@ -148,7 +148,10 @@ async fn schedule_fires_and_status_shows_next_fire() {
     }
     let s = status(&d);
     let jobs = s["leap"]["schedule"].as_array().unwrap();
-    assert_eq!(jobs.len(), 3);
+    assert_eq!(jobs.len(), 4);
+    // Issue 14: the daily interval-data upload is listed with its default time.
+    let upload = jobs.iter().find(|j| j["job"] == "upload").unwrap();
+    assert_eq!(upload["cron"], "0 15 2 * * *");
     let poll = jobs.iter().find(|j| j["job"] == "poll").unwrap();
     assert_eq!(poll["cron"], "0 */5 * * * *");
     let next = chrono::DateTime::parse_from_rfc3339(poll["next_fire"].as_str().unwrap()).unwrap();

@@ -24,6 +24,8 @@ struct Bound {
     soc: Option<ResolvedReg>,
     battery: Option<ResolvedReg>,
     grid: Option<ResolvedReg>,
+    grid_import: Option<ResolvedReg>,
+    grid_export: Option<ResolvedReg>,
     capacity_kwh: Option<f64>,
     max_charge_kw: Option<f64>,
     max_discharge_kw: Option<f64>,
@@ -173,6 +175,8 @@ impl ModbusBattery {
         let soc = regs::resolve_first(c, addressing, m, &read.soc).await?;
         let battery = regs::resolve_first(c, addressing, m, &read.battery_power).await?;
         let grid = regs::resolve_first(c, addressing, m, &read.grid_power).await?;
+        let grid_import = regs::resolve_first(c, addressing, m, &read.grid_import_energy).await?;
+        let grid_export = regs::resolve_first(c, addressing, m, &read.grid_export_energy).await?;
         let capacity = regs::resolve_first(c, addressing, m, &read.capacity).await?;
         let max_ch = regs::resolve_first(c, addressing, m, &read.max_charge).await?;
         let max_dis = regs::resolve_first(c, addressing, m, &read.max_discharge).await?;
@@ -201,6 +205,8 @@ impl ModbusBattery {
             soc: soc.map(|x| x.0),
             battery: battery.map(|x| x.0),
             grid: grid.map(|x| x.0),
+            grid_import: grid_import.map(|x| x.0),
+            grid_export: grid_export.map(|x| x.0),
             capacity_kwh: positive_kw(capacity, 1000.0).or(self.cfg.capacity_kwh),
             max_charge_kw,
             max_discharge_kw,
@@ -216,6 +222,8 @@ impl ModbusBattery {
             ("soc", &b.soc),
             ("battery_power", &b.battery),
             ("grid_power", &b.grid),
+            ("grid_import_energy", &b.grid_import),
+            ("grid_export_energy", &b.grid_export),
         ] {
             points.push(format!(
                 "{what}={}",

@@ -11,6 +11,7 @@ impl ModbusBattery {
         self.bind().await?;
         let b = self.bound.as_ref().expect("bound");
         let (soc, bat, grid) = (b.soc.clone(), b.battery.clone(), b.grid.clone());
+        let (imp, exp) = (b.grid_import.clone(), b.grid_export.clone());
         let mut t = Telemetry {
             capacity_kwh: b.capacity_kwh,
             max_charge_kw: b.max_charge_kw,
@@ -29,6 +30,15 @@ impl ModbusBattery {
             t.grid_kw = regs::read_value(&mut self.client, &r)
                 .await?
                 .map(|w| w / 1000.0);
+        }
+        // Issue 14: both accumulators or neither, so an interval never mixes sources.
+        if let (Some(i), Some(e)) = (imp, exp) {
+            let i = regs::read_value(&mut self.client, &i).await?;
+            let e = regs::read_value(&mut self.client, &e).await?;
+            if let (Some(i), Some(e)) = (i, e) {
+                t.grid_import_wh = Some(i);
+                t.grid_export_wh = Some(e);
+            }
         }
         Ok(t)
     }

@@ -17,6 +17,8 @@ pub fn check(p: &Profile) -> Vec<String> {
         ("capacity", &p.read.capacity),
         ("max_charge", &p.read.max_charge),
         ("max_discharge", &p.read.max_discharge),
+        ("grid_import_energy", &p.read.grid_import_energy),
+        ("grid_export_energy", &p.read.grid_export_energy),
     ];
     for (name, list) in reads {
         for (i, r) in list.iter().enumerate() {

@@ -81,6 +81,13 @@ pub struct ReadSpec {
     pub max_charge: Vec<RegSpec>,
     #[serde(default)]
     pub max_discharge: Vec<RegSpec>,
+    /// Site meter energy accumulators, Wh, ever increasing: imported from and exported to
+    /// the grid. Absent: interval energy is integrated from `grid_power` and marked
+    /// estimated (issue 14).
+    #[serde(default)]
+    pub grid_import_energy: Vec<RegSpec>,
+    #[serde(default)]
+    pub grid_export_energy: Vec<RegSpec>,
 }
 
 /// One register. SunSpec profiles give `model` + `point`; fixed profiles give `address` +

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 mod deliver;
+pub mod interval_data;
 mod search;
 pub mod site;
 
@@ -49,6 +50,8 @@ pub struct State {
     pub faults: VecDeque<(u16, Option<u64>)>,
     /// The certificate the daemon under test serves (the fake trusts only it).
     pub daemon_cert: Option<CertificateDer<'static>>,
+    /// Issue 14: uploads, jobs and missing intervals.
+    pub intervals: interval_data::IntervalData,
     pub(crate) tokens: HashMap<String, usize>,
     pub(crate) next_token: u64,
 }
@@ -127,6 +130,7 @@ fn envelope(status: u16, code: &str, error_code: &str, message: &str) -> Resp {
 async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
     let headers: HashMap<String, String> = req
         .headers()
         .iter()
@@ -202,6 +206,14 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
         ("POST", ["v2", "dispatch", level @ ("meter" | "group"), "search"]) => {
             search(&st, level, &body)
         }
+        (m, ["v1.1", ..]) => interval_data::handle(
+            &st,
+            m,
+            &parts,
+            &query,
+            &String::from_utf8_lossy(&bytes),
+            &body,
+        ),
         (_, ["v2", "dispatch", ..]) => envelope(
             405,
             "METHOD_NOT_ALLOWED",

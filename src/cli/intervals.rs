@@ -1,0 +1,210 @@
+//! `leap-edge intervals`: the 15-minute interval energy the gateway recorded per meter
+//! (issue 14). `--csv` prints exactly Leap's load CSV (complete intervals only); the table
+//! and `--json` also show gaps, so an analyst sees what will never be sent.
+
+use super::schedule::parse_time;
+use super::{exit, table};
+use crate::config::Config;
+use crate::intervals::{INTERVAL_SECS, Interval, Range, Source, csv, db};
+use crate::store;
+use chrono::{DateTime, Utc};
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct IntervalsArgs {
+    #[command(subcommand)]
+    pub command: Option<IntervalsCommand>,
+    /// Intervals starting at or after this time (RFC 3339; default 24 hours ago).
+    #[arg(long, value_parser = parse_time)]
+    pub from: Option<DateTime<Utc>>,
+    /// Intervals starting before this time (RFC 3339; default now).
+    #[arg(long, value_parser = parse_time)]
+    pub to: Option<DateTime<Utc>>,
+    /// One Leap meter id.
+    #[arg(long)]
+    pub meter: Option<String>,
+    /// Leap's load CSV on stdout (header and complete intervals only).
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum IntervalsCommand {
+    /// Uploads to Leap: job id, when, rows, Leap's status and the rows it refused.
+    Uploads {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
+    let conn = store::open_read_only(&config.storage.path)?;
+    if let Some(IntervalsCommand::Uploads { json }) = &args.command {
+        return uploads(&conn, *json);
+    }
+    let now = Utc::now();
+    let range = Range {
+        from: Some(
+            args.from
+                .unwrap_or(now - chrono::Duration::hours(24))
+                .timestamp(),
+        ),
+        to: Some(args.to.unwrap_or(now).timestamp()),
+        meter: args.meter.clone(),
+    };
+    let rows = db::list(&conn, &range)?;
+    if args.csv {
+        crate::outln!(
+            "{}",
+            csv::render(&rows, &config.intervals.region).trim_end()
+        );
+        return Ok(exit::OK);
+    }
+    let rows = with_gaps(rows);
+    if args.json {
+        let list: Vec<_> = rows.iter().map(json).collect();
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"intervals": list}))?
+        );
+        return Ok(exit::OK);
+    }
+    if rows.is_empty() {
+        crate::outln!("No intervals recorded in that range.");
+        return Ok(exit::OK);
+    }
+    let kwh = |wh: f64| format!("{:.3}", wh / 1000.0);
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|i| {
+            let (cons, generated, net) = match i.energy {
+                Some(e) => (
+                    kwh(e.import_wh),
+                    kwh(e.export_wh),
+                    kwh(e.import_wh - e.export_wh),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            vec![
+                i.meter_id.clone(),
+                csv::utc(i.start),
+                cons,
+                generated,
+                net,
+                state(i).into(),
+                kwh(i.battery_wh),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "METER",
+            "START (UTC)",
+            "CONSUMED kWh",
+            "GENERATED kWh",
+            "NET kWh",
+            "SOURCE",
+            "BATTERY kWh",
+        ],
+        &table_rows,
+    );
+    Ok(exit::OK)
+}
+
+fn state(i: &Interval) -> &'static str {
+    match (i.open, i.energy.map(|e| e.source)) {
+        (true, _) => "recording",
+        (false, Some(Source::Meter)) => "meter",
+        (false, Some(Source::Estimated)) => "estimated",
+        (false, None) if i.covered_ms == 0 && i.battery_wh == 0.0 => "gap (no readings)",
+        (false, None) => "gap (incomplete)",
+    }
+}
+
+/// The stored intervals plus, per meter, a gap row for every quarter hour between its
+/// first and last stored interval that has no row at all (the daemon or meter was down).
+fn with_gaps(rows: Vec<Interval>) -> Vec<Interval> {
+    let mut by_meter: std::collections::BTreeMap<String, Vec<Interval>> = Default::default();
+    for r in rows {
+        by_meter.entry(r.meter_id.clone()).or_default().push(r);
+    }
+    let mut out = Vec::new();
+    for (meter, list) in by_meter {
+        let mut next: Option<i64> = None;
+        for r in list {
+            while let Some(n) = next.filter(|n| *n < r.start) {
+                out.push(Interval {
+                    meter_id: meter.clone(),
+                    start: n,
+                    energy: None,
+                    battery_wh: 0.0,
+                    covered_ms: 0,
+                    export_ms: 0,
+                    min_soc_pct: None,
+                    open: false,
+                });
+                next = Some(n + INTERVAL_SECS);
+            }
+            next = Some(r.start + INTERVAL_SECS);
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| (a.start, &a.meter_id).cmp(&(b.start, &b.meter_id)));
+    out
+}
+
+fn json(i: &Interval) -> serde_json::Value {
+    let kwh = |wh: f64| wh.round() / 1000.0;
+    serde_json::json!({
+        "meter_id": i.meter_id,
+        "interval_start_time_utc": csv::utc(i.start),
+        "interval_end_time_utc": csv::utc(i.start + INTERVAL_SECS),
+        "energy_consumed_kwh": i.energy.map(|e| kwh(e.import_wh)),
+        "energy_generated_kwh": i.energy.map(|e| kwh(e.export_wh)),
+        "energy_net_kwh": i.energy.map(|e| kwh(e.import_wh - e.export_wh)),
+        "source": state(i),
+        "battery_discharged_kwh": kwh(i.battery_wh),
+        "export_seconds": i.export_ms / 1000,
+        "min_soc_pct": i.min_soc_pct,
+    })
+}
+
+fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
+    let jobs = crate::intervals::upload::jobs(conn)?;
+    if json {
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"uploads": jobs}))?
+        );
+        return Ok(exit::OK);
+    }
+    if jobs.is_empty() {
+        crate::outln!(
+            "No interval data uploaded to Leap yet (schedule.upload, default 02:15 UTC)."
+        );
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.uploaded_at.clone(),
+                j.job_id.clone(),
+                j.rows.to_string(),
+                j.status.clone(),
+                j.errors.len().to_string(),
+            ]
+        })
+        .collect();
+    table::print(&["UPLOADED", "JOB", "ROWS", "STATUS", "FAILED ROWS"], &rows);
+    for j in jobs.iter().filter(|j| !j.errors.is_empty()) {
+        crate::outln!();
+        crate::outln!("Job {}: rows Leap refused", j.job_id);
+        for e in &j.errors {
+            crate::outln!("  {e}");
+        }
+    }
+    Ok(exit::OK)
+}

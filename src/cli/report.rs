@@ -1,0 +1,114 @@
+//! `leap-edge report`: per ended event and local meter, what the battery delivered against
+//! the award per 15-minute interval, with a one-line verdict (issue 14 point 4).
+
+use super::{exit, table};
+use crate::config::Config;
+use crate::intervals::gather;
+use crate::intervals::report::EventReport;
+use crate::store;
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Only this event (`meter_event_id` or `market_group_event_id`).
+    #[arg(long)]
+    pub event: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    /// Draw the event (the one given by --event, else the latest ended) as an SVG chart.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
+}
+
+pub fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
+    let conn = store::open_read_only(&config.storage.path)?;
+    let reports = gather::reports(&conn, config, args.event.as_deref(), chrono::Utc::now())?;
+    if let Some(path) = &args.svg {
+        let Some(r) = reports.iter().max_by_key(|r| r.end_time) else {
+            eprintln!("leap-edge: no ended event to draw (see `leap-edge events`)");
+            return Ok(exit::FAILURE);
+        };
+        std::fs::write(path, crate::intervals::svg::render(r))
+            .map_err(|e| anyhow::anyhow!("{}: cannot write the chart: {e}", path.display()))?;
+        crate::outln!(
+            "{}: event {} meter {}",
+            path.display(),
+            r.event_id,
+            r.meter_id
+        );
+        return Ok(exit::OK);
+    }
+    if args.json {
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"reports": reports}))?
+        );
+        return Ok(exit::OK);
+    }
+    if reports.is_empty() {
+        crate::outln!(
+            "No ended events{} for the configured meters.",
+            args.event
+                .as_ref()
+                .map_or(String::new(), |e| format!(" with id {e}"))
+        );
+        return Ok(if args.event.is_some() {
+            exit::FAILURE
+        } else {
+            exit::OK
+        });
+    }
+    for (n, r) in reports.iter().enumerate() {
+        if n > 0 {
+            crate::outln!();
+        }
+        print_one(r);
+    }
+    Ok(exit::OK)
+}
+
+fn print_one(r: &EventReport) {
+    crate::outln!(
+        "Event {} ({}) meter {}  {} .. {}  programs {}",
+        r.event_id,
+        r.kind,
+        r.meter_id,
+        r.start_time.format("%Y-%m-%d %H:%M"),
+        r.end_time.format("%H:%M UTC"),
+        r.programs.join(",")
+    );
+    let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
+    let rows: Vec<Vec<String>> = r
+        .intervals
+        .iter()
+        .map(|i| {
+            vec![
+                i.interval_start_time_utc.clone(),
+                f(i.award_kwh),
+                f(i.delivered_kwh),
+                f(i.site_net_import_kwh),
+                f(i.baseline_estimate_kwh),
+                i.export_seconds.to_string(),
+                i.min_soc_pct.map_or("-".into(), |s| format!("{s:.0}")),
+                i.data.to_string(),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "INTERVAL (UTC)",
+            "AWARD kWh",
+            "DELIVERED kWh",
+            "SITE NET kWh",
+            "BASELINE* kWh",
+            "EXPORT s",
+            "MIN SoC %",
+            "DATA",
+        ],
+        &rows,
+    );
+    crate::outln!(
+        "* estimate: mean of the same intervals over {} previous non-event day(s); Leap computes the settlement baseline.",
+        r.baseline_days
+    );
+    crate::outln!("{}", r.verdict);
+}

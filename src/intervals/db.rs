@@ -1,0 +1,161 @@
+//! The `intervals` table (migration 4): save an interval (open or finished), load the open
+//! one after a restart, and read finished ones for the CLI, the upload and the report.
+
+use super::recorder::{Acc, Energy, Sample, Source};
+use crate::store::StoreError;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+/// One stored interval as the CLI and the uploader see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interval {
+    pub meter_id: String,
+    /// Unix seconds.
+    pub start: i64,
+    /// `None`: a gap (incomplete).
+    pub energy: Option<Energy>,
+    pub battery_wh: f64,
+    pub covered_ms: i64,
+    pub export_ms: i64,
+    pub min_soc_pct: Option<f64>,
+    pub open: bool,
+}
+
+/// Store `acc`; `open` while it is still being recorded.
+pub fn save(conn: &Connection, meter_id: &str, acc: &Acc, open: bool) -> Result<(), StoreError> {
+    let energy = if open { None } else { acc.energy() };
+    let state = match (open, energy) {
+        (true, _) => "open",
+        (false, Some(_)) => "complete",
+        (false, None) => "incomplete",
+    };
+    let l = acc.last;
+    conn.execute(
+        "INSERT OR REPLACE INTO intervals (meter_id, start_ts, state, source, import_wh,
+            export_wh, imp_start_wh, exp_start_wh, imp_end_wh, exp_end_wh, est_import_wh,
+            est_export_wh, battery_wh, covered_ms, export_ms, min_soc_pct, metered,
+            last_at_ms, last_grid_kw, last_battery_kw, last_soc_pct, last_imp_wh, last_exp_wh,
+            updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+        params![
+            meter_id,
+            acc.start,
+            state,
+            energy.map(|e| e.source.as_str()),
+            energy.map(|e| e.import_wh),
+            energy.map(|e| e.export_wh),
+            acc.imp_start,
+            acc.exp_start,
+            acc.imp_end,
+            acc.exp_end,
+            acc.est_imp_wh,
+            acc.est_exp_wh,
+            acc.battery_wh,
+            acc.covered_ms,
+            acc.export_ms,
+            acc.min_soc,
+            acc.metered,
+            l.map(|s| s.at_ms),
+            l.map(|s| s.grid_kw),
+            l.and_then(|s| s.battery_kw),
+            l.and_then(|s| s.soc_pct),
+            l.and_then(|s| s.imp_wh),
+            l.and_then(|s| s.exp_wh),
+            crate::store::ts(chrono::Utc::now()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The interval a previous run was recording for `meter_id`, to resume it.
+pub fn load_open(conn: &Connection, meter_id: &str) -> Result<Option<Acc>, StoreError> {
+    let acc = conn
+        .query_row(
+            "SELECT start_ts, imp_start_wh, exp_start_wh, imp_end_wh, exp_end_wh,
+                est_import_wh, est_export_wh, battery_wh, covered_ms, export_ms, min_soc_pct,
+                metered, last_at_ms, last_grid_kw, last_battery_kw, last_soc_pct,
+                last_imp_wh, last_exp_wh
+             FROM intervals WHERE meter_id = ?1 AND state = 'open'
+             ORDER BY start_ts DESC LIMIT 1",
+            params![meter_id],
+            acc_from_row,
+        )
+        .optional()?;
+    Ok(acc)
+}
+
+fn acc_from_row(r: &Row<'_>) -> rusqlite::Result<Acc> {
+    let last = match (r.get::<_, Option<i64>>(12)?, r.get::<_, Option<f64>>(13)?) {
+        (Some(at_ms), Some(grid_kw)) => Some(Sample {
+            at_ms,
+            grid_kw,
+            battery_kw: r.get(14)?,
+            soc_pct: r.get(15)?,
+            imp_wh: r.get(16)?,
+            exp_wh: r.get(17)?,
+        }),
+        _ => None,
+    };
+    Ok(Acc {
+        start: r.get(0)?,
+        imp_start: r.get(1)?,
+        exp_start: r.get(2)?,
+        imp_end: r.get(3)?,
+        exp_end: r.get(4)?,
+        est_imp_wh: r.get(5)?,
+        est_exp_wh: r.get(6)?,
+        battery_wh: r.get(7)?,
+        covered_ms: r.get(8)?,
+        export_ms: r.get(9)?,
+        min_soc: r.get(10)?,
+        metered: r.get(11)?,
+        last,
+    })
+}
+
+/// What to read: `[from, to)` in unix seconds, optionally one meter.
+#[derive(Debug, Clone, Default)]
+pub struct Range {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub meter: Option<String>,
+}
+
+/// Stored intervals in `range`, by start then meter.
+pub fn list(conn: &Connection, range: &Range) -> Result<Vec<Interval>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT meter_id, start_ts, state, source, import_wh, export_wh, battery_wh,
+            covered_ms, export_ms, min_soc_pct
+         FROM intervals
+         WHERE (?1 IS NULL OR start_ts >= ?1) AND (?2 IS NULL OR start_ts < ?2)
+           AND (?3 IS NULL OR meter_id = ?3)
+         ORDER BY start_ts, meter_id",
+    )?;
+    let rows = stmt.query_map(params![range.from, range.to, range.meter], |r| {
+        let state: String = r.get(2)?;
+        let source: Option<String> = r.get(3)?;
+        let energy = match (source.as_deref(), r.get(4)?, r.get(5)?) {
+            (Some(s), Some(import_wh), Some(export_wh)) => Some(Energy {
+                import_wh,
+                export_wh,
+                source: if s == "meter" {
+                    Source::Meter
+                } else {
+                    Source::Estimated
+                },
+            }),
+            _ => None,
+        };
+        Ok(Interval {
+            meter_id: r.get(0)?,
+            start: r.get(1)?,
+            energy,
+            battery_wh: r.get(6)?,
+            covered_ms: r.get(7)?,
+            export_ms: r.get(8)?,
+            min_soc_pct: r.get(9)?,
+            open: state == "open",
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,156 @@
+//! Reads what [`super::report`] needs from the database: ended timeslots, each local
+//! meter's intervals and event days, and the first setpoint's lateness from the audit log.
+
+use super::db::{self, Range};
+use super::report::{self, EventReport, Input};
+use crate::config::Config;
+use crate::model::{Kind, StoredTimeslot};
+use crate::store::{StoreError, audit, query};
+use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::Connection;
+use std::collections::HashSet;
+
+/// Reports for every ended, non-cancelled timeslot (or only `event`), per local meter.
+pub fn reports(
+    conn: &Connection,
+    config: &Config,
+    event: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventReport>, StoreError> {
+    let all = query::all_timeslots(conn)?;
+    let mut out = Vec::new();
+    for st in all.iter().filter(|s| wanted(s, event, now)) {
+        out.extend(for_timeslot(conn, config, st, &all)?);
+    }
+    Ok(out)
+}
+
+fn wanted(s: &StoredTimeslot, event: Option<&str>, now: DateTime<Utc>) -> bool {
+    !s.cancelled_final
+        && !s.timeslot.cancelled
+        && s.timeslot.end_time <= now
+        && event.is_none_or(|e| s.timeslot.event_id == e)
+}
+
+/// One report per local meter of `st`.
+pub fn for_timeslot(
+    conn: &Connection,
+    config: &Config,
+    st: &StoredTimeslot,
+    all: &[StoredTimeslot],
+) -> Result<Vec<EventReport>, StoreError> {
+    let ts = &st.timeslot;
+    let weight = |id: &str| {
+        config
+            .meters
+            .iter()
+            .find(|m| m.id == id)
+            .map_or(1.0, |m| m.weight)
+    };
+    let total_weight: f64 = ts.meter_ids.iter().map(|m| weight(m)).sum();
+    let mut out = Vec::new();
+    for m in config
+        .meters
+        .iter()
+        .filter(|m| ts.meter_ids.contains(&m.id))
+    {
+        // SPEC §2.7: a group's energy_kw is shared by weight.
+        let share = match ts.kind {
+            Kind::Meter => 1.0,
+            Kind::Group => m.weight / total_weight.max(f64::MIN_POSITIVE),
+        };
+        let event_days: HashSet<NaiveDate> = all
+            .iter()
+            .filter(|o| o.timeslot.meter_ids.contains(&m.id) && !o.cancelled_final)
+            .flat_map(|o| {
+                [
+                    o.timeslot.start_time.date_naive(),
+                    o.timeslot.end_time.date_naive(),
+                ]
+            })
+            .collect();
+        let range = Range {
+            from: Some(ts.start_time.timestamp() - 31 * 86_400),
+            to: Some(ts.end_time.timestamp()),
+            meter: Some(m.id.clone()),
+        };
+        let intervals = db::list(conn, &range)?;
+        let lateness = first_lateness(conn, &m.id, &ts.event_id)?;
+        out.push(report::build(&Input {
+            timeslot: ts,
+            meter_id: &m.id,
+            award_kw: ts.energy_kw.kw().map(|kw| kw * share),
+            intervals: &intervals,
+            event_days: &event_days,
+            first_setpoint_lateness_ms: lateness,
+        }));
+    }
+    Ok(out)
+}
+
+fn first_lateness(conn: &Connection, meter: &str, event: &str) -> Result<Option<i64>, StoreError> {
+    let rows = audit::query(
+        conn,
+        &audit::AuditFilter {
+            meter: Some(meter.to_string()),
+            event: Some(event.to_string()),
+            ..Default::default()
+        },
+    )?;
+    Ok(rows
+        .iter()
+        .filter(|r| r.action == "apply" || r.action == "would-apply")
+        .min_by(|a, b| a.at.cmp(&b.at))
+        .and_then(|r| r.lateness_ms))
+}
+
+/// A timeslot's summary goes to the audit log this long after it ended: the readings up to
+/// its end have been saved by then (the open interval is saved every 15 s of readings).
+pub const AUDIT_AFTER_SECS: i64 = 20;
+
+/// Write the report of every timeslot that ended (in the last two days, at least
+/// [`AUDIT_AFTER_SECS`] ago) and has none yet to the audit log; returns how many.
+pub fn audit_ended(
+    conn: &Connection,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let all = query::timeslots_ending_after(conn, now - chrono::Duration::days(2))?;
+    let mut written = 0;
+    for st in all
+        .iter()
+        .filter(|s| wanted(s, None, now - chrono::Duration::seconds(AUDIT_AFTER_SECS)))
+    {
+        let done: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM audit WHERE action = 'report' AND event_id = ?1 AND kind = ?2)",
+            rusqlite::params![st.timeslot.event_id, st.timeslot.kind.as_str()],
+            |r| r.get(0),
+        )?;
+        if done {
+            continue;
+        }
+        for r in for_timeslot(conn, config, st, &all)? {
+            tracing::info!(event_id = %r.event_id, meter_id = %r.meter_id,
+                delivered_kwh = r.delivered_kwh, award_kwh = ?r.award_kwh, verdict = %r.verdict,
+                "report: timeslot ended");
+            audit::insert(
+                conn,
+                &audit::AuditEntry {
+                    at: now,
+                    meter_id: r.meter_id.clone(),
+                    action: audit::Action::Report,
+                    kind: Some(r.kind.to_string()),
+                    event_id: Some(r.event_id.clone()),
+                    cap: st.timeslot.performance_compensation_cap.clone(),
+                    target: r.award_kw.map(|kw| format!("{kw:.1} kW")),
+                    boundary: Some(r.end_time),
+                    lateness_ms: r.first_setpoint_lateness_ms,
+                    error: None,
+                    detail: Some(r.verdict.clone()),
+                },
+            )?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}

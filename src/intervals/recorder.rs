@@ -1,0 +1,218 @@
+//! The pure part of interval recording: readings in, finished 15-minute intervals out.
+//! With the meter's accumulators (TotWhImp/TotWhExp) an interval's energy is the counter
+//! difference between its two boundaries, each interpolated between the readings on either
+//! side of it; so it stays exact across a restart that does not hide a boundary for long.
+//! Without them, grid power is integrated and the interval is marked estimated. An
+//! interval whose energy cannot be known (a boundary inside an outage, too little coverage)
+//! is incomplete: a gap, never filled in.
+
+/// Leap's interval length (LEAP-API.md: exactly 15 minutes, aligned to the quarter hour).
+pub const INTERVAL_SECS: i64 = 900;
+const INTERVAL_MS: i64 = INTERVAL_SECS * 1000;
+/// A power reading stands for the time until the next one only when that comes within
+/// this; a longer silence is uncovered time (a few control periods of slack).
+pub const HOLD_MS: i64 = 10_000;
+/// Accumulator values at a boundary are interpolated only between readings at most this
+/// far apart: the counters make the total exact, the split at the boundary is linear.
+pub const BRIDGE_MS: i64 = 60_000;
+/// An estimated interval counts as complete when readings covered at least this share of
+/// it (a restart of a few seconds); its energy is then scaled to the whole interval.
+pub const MIN_COVERAGE: f64 = 0.95;
+/// Grid power below minus this counts as export (meter noise around zero does not).
+const EXPORT_KW: f64 = 0.05;
+
+/// One reading of the site meter (and the battery beside it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub at_ms: i64,
+    /// Import positive.
+    pub grid_kw: f64,
+    /// Discharge positive.
+    pub battery_kw: Option<f64>,
+    pub soc_pct: Option<f64>,
+    pub imp_wh: Option<f64>,
+    pub exp_wh: Option<f64>,
+}
+
+/// Where an interval's energy comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The meter's own accumulators.
+    Meter,
+    /// Integrated from power readings.
+    Estimated,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Meter => "meter",
+            Source::Estimated => "estimated",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Energy {
+    pub import_wh: f64,
+    pub export_wh: f64,
+    pub source: Source,
+}
+
+/// One interval being (or having been) recorded; also what is stored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Acc {
+    /// Unix seconds, a multiple of 900.
+    pub start: i64,
+    pub imp_start: Option<f64>,
+    pub exp_start: Option<f64>,
+    pub imp_end: Option<f64>,
+    pub exp_end: Option<f64>,
+    pub est_imp_wh: f64,
+    pub est_exp_wh: f64,
+    pub battery_wh: f64,
+    pub covered_ms: i64,
+    pub export_ms: i64,
+    pub min_soc: Option<f64>,
+    /// Some reading in this interval carried accumulators.
+    pub metered: bool,
+    /// The latest reading (kept so a restarted daemon can bridge to the next one).
+    pub last: Option<Sample>,
+}
+
+impl Acc {
+    pub fn new(start: i64) -> Acc {
+        Acc {
+            start,
+            ..Acc::default()
+        }
+    }
+
+    pub fn end(&self) -> i64 {
+        self.start + INTERVAL_SECS
+    }
+
+    /// The interval's energy, or `None` for a gap.
+    pub fn energy(&self) -> Option<Energy> {
+        if let (Some(i0), Some(i1), Some(e0), Some(e1)) =
+            (self.imp_start, self.imp_end, self.exp_start, self.exp_end)
+        {
+            let (import_wh, export_wh) = (i1 - i0, e1 - e0);
+            // A counter that went backwards was reset or wrapped: unknown, not negative.
+            return (import_wh >= 0.0 && export_wh >= 0.0).then_some(Energy {
+                import_wh,
+                export_wh,
+                source: Source::Meter,
+            });
+        }
+        if self.metered {
+            return None;
+        }
+        let covered = self.covered_ms as f64 / INTERVAL_MS as f64;
+        (covered >= MIN_COVERAGE).then(|| Energy {
+            import_wh: self.est_imp_wh / covered.min(1.0),
+            export_wh: self.est_exp_wh / covered.min(1.0),
+            source: Source::Estimated,
+        })
+    }
+
+    fn integrate(&mut self, held: &Sample, from_ms: i64, to_ms: i64) {
+        let ms = to_ms - from_ms;
+        if ms <= 0 {
+            return;
+        }
+        let wh = held.grid_kw * ms as f64 / 3600.0;
+        if wh > 0.0 {
+            self.est_imp_wh += wh;
+        } else {
+            self.est_exp_wh -= wh;
+        }
+        self.battery_wh += held.battery_kw.unwrap_or(0.0) * ms as f64 / 3600.0;
+        self.covered_ms += ms;
+        if held.grid_kw < -EXPORT_KW {
+            self.export_ms += ms;
+        }
+    }
+
+    fn take(&mut self, s: &Sample) {
+        if let Some(soc) = s.soc_pct {
+            self.min_soc = Some(self.min_soc.map_or(soc, |m: f64| m.min(soc)));
+        }
+        self.metered |= s.imp_wh.is_some() && s.exp_wh.is_some();
+        self.last = Some(*s);
+    }
+}
+
+/// The quarter hour (unix seconds) that contains `at_ms`.
+pub fn interval_start(at_ms: i64) -> i64 {
+    at_ms.div_euclid(INTERVAL_MS) * INTERVAL_SECS
+}
+
+fn interpolate(a: Option<f64>, b: Option<f64>, frac: f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b >= a => Some(a + (b - a) * frac),
+        _ => None,
+    }
+}
+
+/// One meter's recorder.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub open: Option<Acc>,
+}
+
+impl Recorder {
+    /// Continue from the stored open interval (after a restart).
+    pub fn resume(open: Option<Acc>) -> Recorder {
+        Recorder { open }
+    }
+
+    /// Take one reading; returns the intervals it closed, oldest first.
+    pub fn push(&mut self, s: Sample) -> Vec<Acc> {
+        let mut done = Vec::new();
+        let cur = self
+            .open
+            .get_or_insert_with(|| Acc::new(interval_start(s.at_ms)));
+        let last = cur.last;
+        if last.is_some_and(|l| s.at_ms <= l.at_ms) {
+            return done; // a repeated or out-of-order reading adds nothing
+        }
+        let gap = last.map(|l| s.at_ms - l.at_ms);
+        match last {
+            Some(l) if gap.is_some_and(|g| g <= BRIDGE_MS) => {
+                let hold = gap.is_some_and(|g| g <= HOLD_MS);
+                let mut from = l.at_ms.max(cur.start * 1000);
+                while s.at_ms >= cur.end() * 1000 {
+                    let b = cur.end() * 1000;
+                    if hold {
+                        cur.integrate(&l, from, b);
+                    }
+                    let frac = (b - l.at_ms) as f64 / (s.at_ms - l.at_ms) as f64;
+                    let mut next = Acc::new(cur.end());
+                    next.imp_start = interpolate(l.imp_wh, s.imp_wh, frac);
+                    next.exp_start = interpolate(l.exp_wh, s.exp_wh, frac);
+                    cur.imp_end = next.imp_start;
+                    cur.exp_end = next.exp_start;
+                    done.push(std::mem::replace(cur, next));
+                    from = b;
+                }
+                if hold {
+                    cur.integrate(&l, from, s.at_ms);
+                }
+            }
+            _ => {
+                // A first reading or a long silence: nothing is known about the time since.
+                if s.at_ms >= cur.end() * 1000 {
+                    let next = Acc::new(interval_start(s.at_ms));
+                    done.push(std::mem::replace(cur, next));
+                }
+            }
+        }
+        cur.take(&s);
+        done
+    }
+}
+
+#[cfg(test)]
+#[path = "recorder_tests.rs"]
+mod tests;

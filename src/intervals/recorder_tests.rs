@@ -1,0 +1,110 @@
+use super::*;
+
+/// 2026-11-29T00:00:00Z in ms.
+const T0: i64 = 1_795_910_400_000;
+
+/// A site importing `kw` steadily, with accumulators when `metered`.
+fn sample(at_ms: i64, kw: f64, metered: bool) -> Sample {
+    let wh = kw * (at_ms - T0) as f64 / 3600.0;
+    Sample {
+        at_ms,
+        grid_kw: kw,
+        battery_kw: Some(1.0),
+        soc_pct: Some(80.0 - (at_ms - T0) as f64 / 1e6),
+        imp_wh: metered.then_some(5_000.0 + wh),
+        exp_wh: metered.then_some(10.0),
+    }
+}
+
+fn run(r: &mut Recorder, from_s: i64, to_s: i64, kw: f64, metered: bool) -> Vec<Acc> {
+    (from_s..to_s)
+        .flat_map(|s| r.push(sample(T0 + s * 1000, kw, metered)))
+        .collect()
+}
+
+#[test]
+fn accumulators_give_the_counter_difference_between_boundaries() {
+    let mut r = Recorder::default();
+    let done = run(&mut r, 0, 1801, 4.0, true);
+    assert_eq!(done.len(), 2);
+    // Nothing is known before the first reading, even one on the boundary: a gap.
+    assert_eq!(done[0].energy(), None);
+    let e = done[1].energy().expect("second interval complete");
+    assert_eq!(e.source, Source::Meter);
+    assert!((e.import_wh - 1000.0).abs() < 1e-6, "{e:?}");
+    assert_eq!(e.export_wh, 0.0);
+    assert_eq!(done[1].start, T0 / 1000 + 900);
+}
+
+#[test]
+fn power_is_integrated_and_marked_estimated() {
+    let mut r = Recorder::default();
+    let done = run(&mut r, -1, 901, 4.0, false);
+    let e = done[1].energy().expect("complete");
+    assert_eq!(e.source, Source::Estimated);
+    assert!((e.import_wh - 1000.0).abs() < 1e-6, "{e:?}");
+    assert!((done[1].battery_wh - 250.0).abs() < 1e-6);
+}
+
+#[test]
+fn an_outage_leaves_gaps_and_never_fills_them() {
+    for metered in [true, false] {
+        let mut r = Recorder::default();
+        let mut done = run(&mut r, -1, 300, 4.0, metered);
+        // Meter silent from 00:05 to 00:50: 00:00, 00:15, 00:30 and 00:45 are unknown.
+        done.extend(run(&mut r, 3000, 4501, 4.0, metered));
+        let starts: Vec<_> = done.iter().map(|a| (a.start - T0 / 1000) / 60).collect();
+        assert_eq!(starts, vec![-15, 0, 45, 60], "metered {metered}");
+        assert_eq!(done[1].energy(), None);
+        assert_eq!(done[2].energy(), None);
+        let e = done[3].energy().expect("01:00 interval complete");
+        assert!((e.import_wh - 1000.0).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn a_restart_inside_an_interval_keeps_accumulator_energy_exact() {
+    let mut r = Recorder::default();
+    run(&mut r, -5, 400, 4.0, true);
+    // The daemon restarts: the recorder resumes from what was stored, 200 s later.
+    let stored = r.open.clone();
+    let mut r = Recorder::resume(stored);
+    let done = run(&mut r, 600, 901, 4.0, true);
+    let e = done[0].energy().expect("exact across the restart");
+    assert_eq!(e.source, Source::Meter);
+    assert!((e.import_wh - 1000.0).abs() < 1e-6);
+    // The same restart without accumulators loses 200 s of 900: a gap.
+    let mut r = Recorder::default();
+    run(&mut r, -5, 400, 4.0, false);
+    let mut r = Recorder::resume(r.open.clone());
+    assert_eq!(run(&mut r, 600, 901, 4.0, false)[0].energy(), None);
+}
+
+#[test]
+fn a_short_restart_across_a_boundary_is_bridged_by_the_counters() {
+    let mut r = Recorder::default();
+    run(&mut r, -5, 890, 4.0, true);
+    let mut r = Recorder::resume(r.open.clone());
+    let done = run(&mut r, 920, 1801, 4.0, true);
+    for a in &done {
+        let e = a.energy().expect("both intervals exact");
+        assert!((e.import_wh - 1000.0).abs() < 1e-6, "{e:?}");
+    }
+    assert_eq!(done.len(), 2);
+}
+
+#[test]
+fn a_counter_reset_is_a_gap_not_negative_energy() {
+    let mut r = Recorder::default();
+    run(&mut r, -5, 1000, 4.0, true);
+    // The meter is replaced at 00:16:40 and counts again from zero.
+    let done: Vec<Acc> = (1000..1801)
+        .flat_map(|t| {
+            let mut s = sample(T0 + t * 1000, 4.0, true);
+            s.imp_wh = Some(4.0 * (t - 1000) as f64 / 3.6);
+            r.push(s)
+        })
+        .collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].energy(), None);
+}

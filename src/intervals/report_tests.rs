@@ -1,0 +1,90 @@
+use super::*;
+use crate::intervals::recorder::{Energy, Source};
+use crate::model::{EnergyKw, Kind};
+use chrono::TimeZone;
+
+fn timeslot(start: DateTime<Utc>, minutes: i64) -> Timeslot {
+    Timeslot {
+        kind: Kind::Meter,
+        event_id: "ev-1".into(),
+        meter_ids: vec!["m1".into()],
+        market_group_id: None,
+        partner_references: vec![],
+        start_time: start,
+        end_time: start + chrono::Duration::minutes(minutes),
+        cancelled: false,
+        energy_kw: EnergyKw::Kw(20.0),
+        nomination_kw: None,
+        performance_compensation_cap: Some("up-to-site-load".into()),
+        priority: Some(1),
+        is_voluntary: false,
+        dispatch_event_types: vec![],
+        programs: vec!["DRAM".into()],
+        communication_test: None,
+        integration_test_notification: false,
+        notification_communication_test: false,
+        warnings: vec![],
+    }
+}
+
+fn interval(start: i64, net_kwh: f64, battery_kwh: f64) -> Interval {
+    Interval {
+        meter_id: "m1".into(),
+        start,
+        energy: Some(Energy {
+            import_wh: net_kwh * 1000.0,
+            export_wh: 0.0,
+            source: Source::Meter,
+        }),
+        battery_wh: battery_kwh * 1000.0,
+        covered_ms: 900_000,
+        export_ms: 0,
+        min_soc_pct: Some(50.0),
+        open: false,
+    }
+}
+
+#[test]
+fn baseline_is_the_mean_of_ten_previous_non_event_days_and_delivery_is_judged() {
+    let start = Utc.with_ymd_and_hms(2026, 11, 20, 17, 0, 0).unwrap();
+    let t0 = start.timestamp();
+    // Day d before the event imported d kWh in both quarter hours; day 3 had an event.
+    let mut ivs: Vec<Interval> = (1..=12)
+        .flat_map(|d| [0, 900].map(|o| interval(t0 - d * 86_400 + o, d as f64, 0.0)))
+        .collect();
+    ivs.push(interval(t0, 1.0, 5.0));
+    ivs.push(interval(t0 + 900, 1.2, 4.95));
+    let day3 = (start - chrono::Duration::days(3)).date_naive();
+    let event_days = HashSet::from([day3, start.date_naive()]);
+    let ts = timeslot(start, 30);
+    let input = Input {
+        timeslot: &ts,
+        meter_id: "m1",
+        award_kw: Some(20.0),
+        intervals: &ivs,
+        event_days: &event_days,
+        first_setpoint_lateness_ms: Some(4),
+    };
+    let r = build(&input);
+    assert_eq!(r.baseline_days, 10);
+    // Days 1, 2, 4..=11: (1 + 2 + 4 + … + 11) / 10 = 6.3.
+    let b = r.intervals[0].baseline_estimate_kwh.unwrap();
+    assert!((b - 6.3).abs() < 1e-9, "{b}");
+    assert_eq!(r.award_kwh, Some(10.0));
+    assert!((r.delivered_kwh - 9.95).abs() < 1e-9);
+    assert!(r.verdict.starts_with("MET:"), "{}", r.verdict);
+    assert!(
+        r.verdict.contains("first setpoint 4 ms late"),
+        "{}",
+        r.verdict
+    );
+
+    // Without the second interval's data the verdict says so instead of judging.
+    let fewer = &ivs[..ivs.len() - 1];
+    let r = build(&Input {
+        intervals: fewer,
+        ..input
+    });
+    assert_eq!(r.gaps, 1);
+    assert!(r.verdict.starts_with("INCOMPLETE DATA"), "{}", r.verdict);
+}

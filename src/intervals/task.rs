@@ -1,0 +1,149 @@
+//! The daemon's interval recorder: readings from the control loops in, intervals out to
+//! SQLite. A finished interval is written at once; the open one every [`FLUSH_EVERY`] and
+//! at shutdown, so a restart resumes it (and, with accumulators, stays exact).
+
+use super::MeterReading;
+use super::db;
+use super::recorder::{Acc, Recorder};
+use crate::config::Config;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// How often (in reading time) the open interval is saved: the most a SIGKILL loses.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(15);
+
+#[derive(Default)]
+struct Meter {
+    rec: Recorder,
+    saved_at_ms: i64,
+}
+
+/// `config`: the meters (and group weights) that event reports are written for.
+pub async fn run(
+    store: Store,
+    config: Option<Arc<Config>>,
+    mut readings: broadcast::Receiver<MeterReading>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut meters: HashMap<String, Meter> = HashMap::new();
+    while !*stop.borrow() {
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { break },
+            r = readings.recv() => match r {
+                Ok(reading) => {
+                    let at = reading.at;
+                    if take(&store, &mut meters, reading).await {
+                        audit_ended(&store, config.as_ref(), at).await;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "intervals: recorder fell behind, readings skipped");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        }
+    }
+    save_open(&store, &meters).await;
+}
+
+/// Record one reading; true when it saved something (then also time to audit).
+async fn take(store: &Store, meters: &mut HashMap<String, Meter>, reading: MeterReading) -> bool {
+    let Some(sample) = reading.sample() else {
+        return false;
+    };
+    if !meters.contains_key(&reading.meter_id) {
+        let id = reading.meter_id.clone();
+        let open = store
+            .read(move |c| db::load_open(c, &id))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "intervals: cannot resume the open interval");
+                None
+            });
+        let m = Meter {
+            rec: Recorder::resume(open),
+            saved_at_ms: sample.at_ms,
+        };
+        meters.insert(reading.meter_id.clone(), m);
+    }
+    let m = meters.get_mut(&reading.meter_id).expect("inserted above");
+    let done = m.rec.push(sample);
+    let due = sample.at_ms - m.saved_at_ms >= FLUSH_EVERY.as_millis() as i64;
+    if done.is_empty() && !due {
+        return false;
+    }
+    m.saved_at_ms = sample.at_ms;
+    for acc in &done {
+        log_done(&reading.meter_id, acc);
+    }
+    let id = reading.meter_id.clone();
+    let open = m.rec.open.clone();
+    let saved = store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            for acc in &done {
+                db::save(&tx, &id, acc, false)?;
+            }
+            if let Some(o) = &open {
+                db::save(&tx, &id, o, true)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = saved {
+        tracing::error!(meter_id = %reading.meter_id, error = %e, "intervals: cannot store intervals");
+    }
+    true
+}
+
+/// Issue 14 point 4: the summary of each timeslot that ended goes to the audit log.
+async fn audit_ended(
+    store: &Store,
+    config: Option<&Arc<Config>>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let Some(config) = config.cloned() else {
+        return;
+    };
+    if let Err(e) = store
+        .call(move |c| super::gather::audit_ended(c, &config, now))
+        .await
+    {
+        tracing::warn!(error = %e, "report: cannot write event summaries to the audit log");
+    }
+}
+
+fn log_done(meter_id: &str, acc: &Acc) {
+    let start = super::csv::utc(acc.start);
+    match acc.energy() {
+        Some(e) => tracing::debug!(%meter_id, %start, import_wh = e.import_wh,
+            export_wh = e.export_wh, source = e.source.as_str(), "intervals: interval complete"),
+        None => tracing::info!(%meter_id, %start, covered_s = acc.covered_ms / 1000,
+            "intervals: interval incomplete (readings missing), kept as a gap"),
+    }
+}
+
+async fn save_open(store: &Store, meters: &HashMap<String, Meter>) {
+    let open: Vec<(String, Acc)> = meters
+        .iter()
+        .filter_map(|(id, m)| m.rec.open.clone().map(|o| (id.clone(), o)))
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let saved = store
+        .call(move |c| {
+            for (id, o) in &open {
+                db::save(c, id, o, true)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "intervals: cannot save the open interval");
+    }
+}

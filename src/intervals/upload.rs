@@ -1,0 +1,317 @@
+//! The daily upload to Leap (issue 14 point 3, LEAP-API.md "Interval data"): follow up the
+//! jobs sent before (status, row errors; rows of a completed job without an error become
+//! `accepted` and are never sent again), ask Leap which intervals it misses, then send every
+//! complete interval of the last [`UPLOAD_DAYS`] days — and the missing ones Leap named, up
+//! to [`MISSING_DAYS`] back — that is neither accepted nor in a job still pending.
+
+use super::csv;
+use super::db::Interval;
+use super::recorder::{Energy, INTERVAL_SECS, Source};
+use crate::config::Config;
+use crate::leap::LeapError;
+use crate::leap::client::LeapClient;
+use crate::leap::types::{MissingSearch, RowError};
+use crate::store::{Store, StoreError};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+use std::collections::{HashMap, HashSet};
+
+pub const UPLOAD_DAYS: i64 = 7;
+pub const MISSING_DAYS: i64 = 60;
+const PENDING: &str = "('SENT', 'QUEUED', 'PROCESSING')";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Leap(#[from] LeapError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub jobs_followed: usize,
+    pub rows_accepted: usize,
+    pub rows_failed: usize,
+    pub missing_named: usize,
+    pub sent_rows: usize,
+    pub job_id: Option<String>,
+}
+
+pub async fn run_once(
+    client: &LeapClient,
+    store: &Store,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<Summary, UploadError> {
+    let mut sum = follow_up(client, store, now).await?;
+    let missing = missing(client, config, now).await?;
+    sum.missing_named = missing.len();
+    let rows = store
+        .call(move |c| candidates(c, now.timestamp(), &missing))
+        .await?;
+    if rows.is_empty() {
+        tracing::info!("upload: no new complete intervals for Leap");
+        return Ok(sum);
+    }
+    let body = csv::render(&rows, &config.intervals.region);
+    let job = client.upload_load_csv(body).await?;
+    sum.sent_rows = rows.len();
+    sum.job_id = Some(job.job_id.clone());
+    tracing::info!(job_id = %job.job_id, rows = rows.len(), "upload: interval data sent to Leap");
+    let id = job.job_id;
+    store.call(move |c| record_job(c, &id, &rows, now)).await?;
+    Ok(sum)
+}
+
+/// Update every pending job from Leap's job list and, once it finished, its row errors.
+async fn follow_up(
+    client: &LeapClient,
+    store: &Store,
+    now: DateTime<Utc>,
+) -> Result<Summary, UploadError> {
+    let pending: Vec<(String, String)> = store
+        .call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT job_id, uploaded_at FROM interval_uploads WHERE status IN {PENDING}"
+            ))?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    let mut sum = Summary::default();
+    let Some(oldest) = pending.iter().map(|p| p.1.clone()).min() else {
+        return Ok(sum);
+    };
+    let from = crate::store::parse_ts(&oldest)? - chrono::Duration::days(1);
+    let mut status: HashMap<String, String> = HashMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client
+            .upload_list(
+                &csv::utc(from.timestamp()),
+                &csv::utc(now.timestamp()),
+                token.as_deref(),
+            )
+            .await?;
+        for u in page.uploads {
+            if let Some(id) = u.last_job_id {
+                status.insert(id, u.status);
+            }
+        }
+        token = page.next_page_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    for (job_id, _) in pending {
+        let Some(st) = status.get(&job_id).cloned() else {
+            continue;
+        };
+        let errors = if st == "COMPLETED" || st == "FAILED" {
+            client.upload_job(&job_id).await?.errors
+        } else {
+            Vec::new()
+        };
+        sum.jobs_followed += 1;
+        sum.rows_failed += errors.len();
+        let at = crate::store::ts(now);
+        let accepted = store
+            .call(move |c| settle(c, &job_id, &st, &errors, &at))
+            .await?;
+        sum.rows_accepted += accepted;
+    }
+    Ok(sum)
+}
+
+/// Store a job's status and errors; a completed job's rows without an error are accepted.
+fn settle(
+    c: &mut Connection,
+    job_id: &str,
+    status: &str,
+    errors: &[RowError],
+    at: &str,
+) -> Result<usize, StoreError> {
+    let text: Vec<String> = errors
+        .iter()
+        .map(|e| {
+            format!(
+                "line {} column {} {}: {}",
+                e.line.map_or("?".into(), |l| l.to_string()),
+                e.column.as_deref().unwrap_or("?"),
+                e.code.as_deref().unwrap_or("?"),
+                e.message.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    let bad: HashSet<i64> = errors.iter().filter_map(|e| e.line).collect();
+    let tx = c.transaction()?;
+    tx.execute(
+        "UPDATE interval_uploads SET status = ?2, errors = ?3, checked_at = ?4 WHERE job_id = ?1",
+        params![
+            job_id,
+            status,
+            (!text.is_empty()).then(|| text.join("\n")),
+            at
+        ],
+    )?;
+    let mut accepted = 0;
+    if status == "COMPLETED" {
+        let rows: Vec<(i64, String, i64)> = {
+            let mut st = tx.prepare(
+                "SELECT line, meter_id, start_ts FROM interval_upload_rows WHERE job_id = ?1",
+            )?;
+            let it = st.query_map(params![job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            it.collect::<Result<_, _>>()?
+        };
+        for (_, meter, start) in rows.iter().filter(|r| !bad.contains(&r.0)) {
+            accepted += tx.execute(
+                "UPDATE intervals SET accepted = 1 WHERE meter_id = ?1 AND start_ts = ?2",
+                params![meter, start],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(accepted)
+}
+
+/// Quarter hours Leap reports missing for the configured meters (load data, open).
+async fn missing(
+    client: &LeapClient,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<HashSet<(String, i64)>, UploadError> {
+    let mut out = HashSet::new();
+    let meter_ids: Vec<String> = config.meters.iter().map(|m| m.id.clone()).collect();
+    if meter_ids.is_empty() {
+        return Ok(out);
+    }
+    let mut token = None;
+    loop {
+        let req = MissingSearch {
+            meter_ids: meter_ids.clone(),
+            missing_interval_window_start_date_time_utc: csv::utc(
+                (now - chrono::Duration::days(MISSING_DAYS)).timestamp(),
+            ),
+            missing_interval_window_end_date_time_utc: csv::utc(now.timestamp()),
+            state: "OPEN".into(),
+            page_size: 500,
+            page_token: token,
+        };
+        let page = client.missing_intervals(&req).await?;
+        for m in page
+            .missing_intervals
+            .iter()
+            .filter(|m| m.data_type == "LOAD_DATA")
+        {
+            let mut s = m.start_date_time_utc.timestamp().div_euclid(INTERVAL_SECS) * INTERVAL_SECS;
+            while s < m.end_date_time_utc.timestamp() {
+                out.insert((m.meter_id.clone(), s));
+                s += INTERVAL_SECS;
+            }
+        }
+        token = page.next_page_token;
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// Complete intervals to send: ended, not accepted, not in a pending job, and recent or
+/// named missing by Leap.
+fn candidates(
+    c: &mut Connection,
+    now: i64,
+    missing: &HashSet<(String, i64)>,
+) -> Result<Vec<Interval>, StoreError> {
+    let mut st = c.prepare(&format!(
+        "SELECT meter_id, start_ts, source, import_wh, export_wh FROM intervals i
+         WHERE state = 'complete' AND accepted = 0 AND start_ts + ?1 <= ?2 AND start_ts >= ?3
+           AND NOT EXISTS (SELECT 1 FROM interval_upload_rows r JOIN interval_uploads u
+                ON u.job_id = r.job_id
+                WHERE r.meter_id = i.meter_id AND r.start_ts = i.start_ts AND u.status IN {PENDING})
+         ORDER BY start_ts, meter_id"
+    ))?;
+    let recent = now - UPLOAD_DAYS * 86_400;
+    let oldest = now - MISSING_DAYS * 86_400;
+    let rows = st.query_map(params![INTERVAL_SECS, now, oldest], |r| {
+        let source: String = r.get(2)?;
+        Ok(Interval {
+            meter_id: r.get(0)?,
+            start: r.get(1)?,
+            energy: Some(Energy {
+                import_wh: r.get(3)?,
+                export_wh: r.get(4)?,
+                source: if source == "meter" {
+                    Source::Meter
+                } else {
+                    Source::Estimated
+                },
+            }),
+            battery_wh: 0.0,
+            covered_ms: 0,
+            export_ms: 0,
+            min_soc_pct: None,
+            open: false,
+        })
+    })?;
+    let all: Vec<Interval> = rows.collect::<Result<_, _>>()?;
+    Ok(all
+        .into_iter()
+        .filter(|i| i.start >= recent || missing.contains(&(i.meter_id.clone(), i.start)))
+        .collect())
+}
+
+fn record_job(
+    c: &mut Connection,
+    job_id: &str,
+    rows: &[Interval],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    tx.execute(
+        "INSERT INTO interval_uploads (job_id, uploaded_at, rows, status) VALUES (?1, ?2, ?3, 'SENT')",
+        params![job_id, crate::store::ts(now), rows.len() as i64],
+    )?;
+    for (n, r) in rows.iter().enumerate() {
+        // Line 1 is the header, as Leap counts lines in its row errors.
+        tx.execute(
+            "INSERT INTO interval_upload_rows (job_id, line, meter_id, start_ts) VALUES (?1, ?2, ?3, ?4)",
+            params![job_id, n as i64 + 2, r.meter_id, r.start],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// One job for `intervals uploads`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobRow {
+    pub job_id: String,
+    pub uploaded_at: String,
+    pub rows: i64,
+    pub status: String,
+    pub errors: Vec<String>,
+    pub checked_at: Option<String>,
+}
+
+pub fn jobs(c: &Connection) -> Result<Vec<JobRow>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT job_id, uploaded_at, rows, status, errors, checked_at FROM interval_uploads
+         ORDER BY uploaded_at DESC",
+    )?;
+    let rows = st.query_map([], |r| {
+        let errors: Option<String> = r.get(4)?;
+        Ok(JobRow {
+            job_id: r.get(0)?,
+            uploaded_at: r.get(1)?,
+            rows: r.get(2)?,
+            status: r.get(3)?,
+            errors: errors
+                .map(|e| e.lines().map(String::from).collect())
+                .unwrap_or_default(),
+            checked_at: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

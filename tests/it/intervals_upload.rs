@@ -1,0 +1,179 @@
+//! Issue 14 point 3: the upload to Leap against the fake Leap's interval-data endpoints:
+//! the CSV passes Leap's row rules, the job id is stored, the job's status and row errors
+//! are followed up and shown by `leap-edge intervals uploads`, intervals Leap reports missing
+//! are re-sent, and nothing Leap accepted is ever sent again.
+
+use crate::fake_leap;
+
+use chrono::{DateTime, Utc};
+use fake_leap::FakeLeap;
+use leap_edge::config::Config;
+use leap_edge::intervals::{Acc, db, upload};
+use leap_edge::leap::LeapClient;
+use leap_edge::store::Store;
+use serde_json::json;
+
+const KNOWN: &str = "dd21c76c-0000-4000-8000-00000000000a";
+const UNKNOWN: &str = "dd21c76c-0000-4000-8000-00000000000b";
+
+fn complete(start: i64, wh: f64) -> Acc {
+    Acc {
+        start,
+        imp_start: Some(1_000.0),
+        imp_end: Some(1_000.0 + wh),
+        exp_start: Some(50.0),
+        exp_end: Some(50.0),
+        covered_ms: 900_000,
+        ..Acc::default()
+    }
+}
+
+fn csv_rows(fake: &FakeLeap, job: usize) -> Vec<String> {
+    let s = fake.state.lock().unwrap();
+    s.intervals.jobs[job]
+        .3
+        .lines()
+        .skip(1)
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
+    let fake = FakeLeap::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("leap-edge.db");
+    let cfg_text = format!(
+        "devices_dir = {:?}\n[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef\"]\n[storage]\npath = {:?}\n\
+         [[meters]]\nid = \"{KNOWN}\"\ndevice = \"d1\"\n[[meters]]\nid = \"{UNKNOWN}\"\ndevice = \"d2\"\n\
+         [devices.d1]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n[devices.d2]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n{}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/devices"),
+        db_path.display().to_string(),
+        fake.config()
+    );
+    let cfg_path = dir.path().join("config.toml");
+    std::fs::write(&cfg_path, &cfg_text).unwrap();
+    let config = Config::load(&cfg_path).unwrap();
+    let client = LeapClient::from_config(&config.leap).unwrap();
+
+    let now = Utc::now();
+    let q = now.timestamp().div_euclid(900) * 900;
+    let old = q - 20 * 86_400; // outside the daily window: sent only when Leap says missing
+    let (store, thread) = Store::open(&db_path).unwrap();
+    store
+        .call(move |c| {
+            for k in 1..=4 {
+                db::save(c, KNOWN, &complete(q - k * 900, 2_500.0), false)?;
+                db::save(c, UNKNOWN, &complete(q - k * 900, 1_000.0), false)?;
+            }
+            db::save(c, KNOWN, &complete(old, 1_234.0), false)?;
+            db::save(c, KNOWN, &complete(old + 900, 1_234.0), false)?;
+            // The interval still being recorded is never sent.
+            db::save(c, KNOWN, &complete(q, 10.0), true)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let iso = |s: i64| {
+        DateTime::from_timestamp(s, 0)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.intervals.known_meters = vec![KNOWN.into()];
+        s.intervals.missing = vec![json!({"meter_id": KNOWN, "data_type": "LOAD_DATA",
+            "start_date_time_utc": iso(old), "end_date_time_utc": iso(old + 900),
+            "submission_deadline_date_time_utc": iso(q + 86_400), "status": "OPEN"})];
+    }
+
+    // Day 1: 4 + 4 recent rows and the one Leap misses; the other old one is not asked for.
+    let s1 = upload::run_once(&client, &store, &config, now)
+        .await
+        .unwrap();
+    assert_eq!((s1.sent_rows, s1.missing_named), (9, 1), "{s1:?}");
+    let rows = csv_rows(&fake, 0);
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with(&format!("{KNOWN},{}", iso(old)))),
+        "{rows:?}"
+    );
+    let starts = |t: i64| {
+        rows.iter()
+            .any(|r| r.starts_with(&format!("{KNOWN},{},", iso(t))))
+    };
+    assert!(!starts(old + 900), "not missing, not recent: {rows:?}");
+    assert!(!starts(q), "open interval sent: {rows:?}");
+    assert!(
+        rows.contains(&format!(
+            "{KNOWN},{},{},2.500,2.500,0.000,true,",
+            iso(q - 900),
+            iso(q)
+        )),
+        "{rows:?}"
+    );
+    {
+        let s = fake.state.lock().unwrap();
+        let (_, status, errors, _) = &s.intervals.jobs[0];
+        assert_eq!(status, "COMPLETED");
+        assert_eq!(errors.len(), 4, "the unknown meter's rows: {errors:?}");
+        assert!(errors.iter().all(|e| e["code"] == "MTR_0003"));
+        assert!(
+            s.intervals.missing.is_empty(),
+            "Leap got the missing interval"
+        );
+        let upload = s
+            .requests
+            .iter()
+            .find(|r| r.path == "/v1.1/interval-data")
+            .unwrap();
+        assert_eq!(upload.headers["content-type"], "text/csv");
+    }
+    // The same day again, before the follow-up learned anything new: the job is pending
+    // until followed up, so nothing is sent twice.
+    let s2 = upload::run_once(&client, &store, &config, now)
+        .await
+        .unwrap();
+    assert_eq!(s2.jobs_followed, 1, "{s2:?}");
+    assert_eq!(s2.rows_accepted, 5, "known meter's rows accepted: {s2:?}");
+    assert_eq!(s2.rows_failed, 4);
+    // The refused rows go again (the meter may have been registered since); accepted never.
+    let rows = csv_rows(&fake, 1);
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows.iter().all(|r| r.starts_with(UNKNOWN)), "{rows:?}");
+    let s3 = upload::run_once(&client, &store, &config, now)
+        .await
+        .unwrap();
+    assert_eq!(s3.sent_rows, 4);
+    {
+        let s = fake.state.lock().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for (m, t) in &s.intervals.accepted {
+            assert!(seen.insert((m.clone(), *t)), "accepted twice: {m} {t}");
+        }
+    }
+    drop(store);
+    thread.join();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leap-edge"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .args(["intervals", "uploads"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("00000000-0000-4000-8000-000000000001") && text.contains("COMPLETED"),
+        "{text}"
+    );
+    assert!(
+        text.contains("MTR_0003") && text.contains("line 2"),
+        "{text}"
+    );
+}
