@@ -29,7 +29,7 @@ async fn accumulators_come_from_the_simulator_over_modbus() {
     let mut cfg = sim_cfg();
     cfg.normal = leap_edge::sim::NormalMode::Idle; // the site imports its 30 kW load
     let sim = start_sim_with(cfg, leap_edge::sim::SimOptions::default()).await;
-    let text = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef\"]\n";
+    let text = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
     let mut c = Config::parse_str(text, Path::new("test.toml")).unwrap();
     c.site.control_period_ms = 200;
     c.devices_dir = devices_dir();
@@ -257,7 +257,7 @@ async fn a_simulated_day_gives_a_csv_that_passes_leaps_rules() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef\"]\n[storage]\npath = {:?}\n[intervals]\nregion = \"CAISO\"\n",
+            "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[storage]\npath = {:?}\n[intervals]\nregion = \"CAISO\"\n",
             db.display().to_string()
         ),
     )
@@ -335,10 +335,10 @@ async fn report_on_a_simulated_event_shows_the_award_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    common::write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
     let db = dir.path().join("leap-edge.db");
     let text = format!(
-        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
          [auth]\nkeys = [\"{key}\"]\n[storage]\npath = {db:?}\n[admin]\nsocket = \"admin.sock\"\n\
          [site]\ncontrol_period_ms = 200\n\
          [[meters]]\nid = \"{METERED}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 10\n",

@@ -45,7 +45,7 @@ async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("leap-edge.db");
     let cfg_text = format!(
-        "devices_dir = {:?}\n[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef\"]\n[storage]\npath = {:?}\n\
+        "devices_dir = {:?}\n[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[storage]\npath = {:?}\n\
          [[meters]]\nid = \"{KNOWN}\"\ndevice = \"d1\"\n[[meters]]\nid = \"{UNKNOWN}\"\ndevice = \"d2\"\n\
          [devices.d1]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n[devices.d2]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n{}",
         concat!(env!("CARGO_MANIFEST_DIR"), "/devices"),
