@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METER = "dd21c76c-7126-4ef7-b0a6-f190fad300b2"  # the simulated meter in config.toml
-KEY = "dev-key-change-me"
+KEY = "dev-key-change-me-0123456789abcdef"  # config.toml's [auth] key
 PROGRAMS = ["DRAM", "ELRP", "CCA", "PJM-CAPACITY", "NYISO-SCR"]
 CAPS = ["up-to-site-load", "up-to-nomination", "grid-exports-allowed"]
 
@@ -40,7 +40,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def write_config(folder, http_port, sim_port):
+def write_config(folder, http_port, sim_port, metrics_port=None):
     """config.toml with the listener, simulator, database and socket moved into `folder`."""
     with open(os.path.join(REPO, "config.toml")) as f:
         text = f.read()
@@ -51,6 +51,9 @@ def write_config(folder, http_port, sim_port):
         (r'(?m)^socket = "var/admin\.sock"$', f'socket = "{folder}/admin.sock"'),
         (r'(?m)^port = 1502$', f"port = {sim_port}"),
         (r'(?m)^listen = "127\.0\.0\.1:1502"$', f'listen = "127.0.0.1:{sim_port}"'),
+        # Its own metrics port, so a soak beside another daemon (CI, a second soak) can run.
+        (r'(?m)^metrics_listen = "127\.0\.0\.1:9464"$',
+         f'metrics_listen = "127.0.0.1:{metrics_port or free_port()}"'),
     ]
     for pattern, repl in subs:
         text, n = re.subn(pattern, repl, text)

@@ -26,6 +26,7 @@ pub struct IntervalsArgs {
     /// Leap's load CSV on stdout (header and complete intervals only).
     #[arg(long, conflicts_with = "json")]
     pub csv: bool,
+    /// Print the intervals (gaps and the one still recording included) as one JSON document.
     #[arg(long)]
     pub json: bool,
 }
@@ -34,6 +35,7 @@ pub struct IntervalsArgs {
 pub enum IntervalsCommand {
     /// Uploads to Leap: job id, when, rows, Leap's status and the rows it refused.
     Uploads {
+        /// Print the upload jobs and their refused rows as one JSON document.
         #[arg(long)]
         json: bool,
     },

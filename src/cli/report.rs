@@ -12,6 +12,7 @@ pub struct ReportArgs {
     /// Only this event (`meter_event_id` or `market_group_event_id`).
     #[arg(long)]
     pub event: Option<String>,
+    /// Print the reports as one JSON document.
     #[arg(long)]
     pub json: bool,
     /// Draw the event (the one given by --event, else the latest ended) as an SVG chart.
