@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ARM gateways: cross-compile for aarch64 with Debian's toolchain, run the whole test suite
-# under qemu-user, report the stripped release binary size, and check armv7 builds.
+# ARM gateways: cross-compile for aarch64 with Debian's toolchain, run the unit tests and the
+# I/O integration tests under qemu-user, report the stripped release binary size, and check armv7 builds.
 #
 # Installs (apt): gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf
 #                 libc6-dev-armhf-cross qemu-user     (rustup: the two targets)
@@ -72,7 +72,14 @@ export QEMU_LD_PREFIX=$A64_SYSROOT
 # they run natively in the main test step; here the point is that the ARM build behaves.
 export LEAP_EDGE_TEST_EMULATED=1
 if ((full)); then
-  cargo test --target "$A64"
+  # Every unit test, and the integration modules that exercise the ARM build's own I/O (the
+  # HTTPS listener and SQLite, the admin socket and CLI, Modbus to the simulator, the chain
+  # webhook → dispatch → control → simulator). The rest of the suite is timing-paced for
+  # native speed (control periods of 500 ms, soaks, an 80 s simulated day) and runs natively
+  # in the main test step; under qemu it would only measure the emulator.
+  cargo test --target "$A64" --lib
+  cargo test --target "$A64" --test it -- webhook:: admin:: device_sim:: control_chain:: \
+    device_profiles:: fuzz_regressions::
 else
   echo "SKIPPED: integration tests and spawned_* unit tests (no binfmt_misc for aarch64)"
   cargo test --target "$A64" --lib -- --skip spawned_
