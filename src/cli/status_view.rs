@@ -124,8 +124,11 @@ fn leap_lines(
         })
         .collect();
     if !next.is_empty() {
-        let line = format!("schedule: {}", next.join(", "));
-        out.push(if v.wide { line } else { fit(&line, 80) });
+        out.extend(wrap_list(
+            "schedule: ",
+            &next,
+            if v.wide { usize::MAX } else { 80 },
+        ));
     }
     out
 }
@@ -392,6 +395,28 @@ fn safety_notes(d: Option<&DeviceReport>, label: &str, v: &View, max: usize) -> 
     out
 }
 
+/// `prefix` then the items joined by ", ", continued on indented lines so none is wider
+/// than `width`.
+fn wrap_list(prefix: &str, items: &[String], width: usize) -> Vec<String> {
+    let indent = " ".repeat(prefix.chars().count());
+    let mut lines = Vec::new();
+    let mut line = prefix.to_string();
+    for (i, item) in items.iter().enumerate() {
+        let sep = if i + 1 < items.len() { "," } else { "" };
+        let fresh = line.trim().is_empty() || line == prefix;
+        if !fresh && line.chars().count() + 1 + item.chars().count() + sep.len() > width {
+            lines.push(line);
+            line = indent.clone();
+        } else if !fresh {
+            line.push(' ');
+        }
+        line.push_str(item);
+        line.push_str(sep);
+    }
+    lines.push(line);
+    lines
+}
+
 pub fn command_words(c: &CommandReport) -> String {
     let what = match c.target {
         Target::Kw(k) => format!("reduce {}", kw(Some(k))),
@@ -441,4 +466,25 @@ pub fn table_lines(headers: &[&str], rows: &[Vec<String>]) -> Vec<String> {
             .map(|r| line(r.iter().map(String::as_str).collect())),
     );
     out
+}
+
+#[cfg(test)]
+mod wrap_tests {
+    #[test]
+    fn a_long_schedule_wraps_within_80_columns() {
+        let items: Vec<String> = [
+            "poll in 4 min 38 s",
+            "prune in 6 h 56 min",
+            "integrity in 7 h 26 min",
+            "upload in 5 h 55 min",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let lines = super::wrap_list("schedule: ", &items, 80);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:?}");
+        assert!(lines[1].starts_with("          upload"), "{lines:?}");
+        assert_eq!(lines.join(" ").split_whitespace().count(), "schedule: poll in 4 min 38 s, prune in 6 h 56 min, integrity in 7 h 26 min, upload in 5 h 55 min".split_whitespace().count());
+    }
 }
