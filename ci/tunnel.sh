@@ -227,6 +227,7 @@ if [[ $backend == daemon ]]; then
 devices_dir = "$REPO/devices"
 [server]
 listen = "127.0.0.1:$gp"
+metrics_listen = "127.0.0.1:0"
 path = "/leap/dispatch"
 [auth]
 keys = ["$FLEET_KEY"]
