@@ -282,8 +282,11 @@ EOF
   wait_port "$RL" "leap-edge relay"
   python3 - >"$work/fleet.json" <<'EOF'
 import json
-slot = lambda kind, i: {f"{kind}_event_id": i, "start_time": "2030-06-05T00:00:00Z",
-    "end_time": "2030-06-05T01:00:00Z", "cancelled": False,
+from datetime import datetime, timedelta, timezone
+# A week ahead at midnight UTC: inside the gateways' [limits] max_start_ahead_days (31).
+day = (datetime.now(timezone.utc) + timedelta(days=7)).strftime("%Y-%m-%d")
+slot = lambda kind, i: {f"{kind}_event_id": i, "start_time": f"{day}T00:00:00Z",
+    "end_time": f"{day}T01:00:00Z", "cancelled": False,
     "performance_compensation_cap": "up-to-site-load", "priority": 1, "is_voluntary": False,
     "dispatch_event_types": ["standard"], "programs": ["DRAM"], "energy_kw": 4.0}
 print(json.dumps({"integration_test_notification": False, "communication_test": False,
