@@ -166,20 +166,6 @@ impl ControlStatus {
             .collect()
     }
 
-    /// Every meter's status as one JSON object keyed by Leap meter id (the daemon's
-    /// `live` source for `leap-edge status`).
-    pub fn live_json(&self) -> serde_json::Value {
-        let map = self
-            .snapshot()
-            .into_iter()
-            .map(|m| {
-                let id = m.meter_id.clone();
-                (id, serde_json::to_value(m).unwrap_or_default())
-            })
-            .collect::<serde_json::Map<_, _>>();
-        serde_json::Value::Object(map)
-    }
-
     /// Take the control events waiting for the audit log, oldest first.
     pub fn take_events(&self) -> Vec<ControlEvent> {
         let mut out: Vec<ControlEvent> = self
