@@ -79,6 +79,7 @@ fn parse_value(
                             event_id: Some(ts.event_id),
                             meter_ids: ts.meter_ids,
                             reason,
+                            code: super::RejectReason::OverLimit,
                             raw: raw.clone(),
                         }),
                     },
