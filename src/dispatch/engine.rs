@@ -230,6 +230,14 @@ impl Dispatcher {
     /// One wake-up: every meter's decision first (with the audit rows it owes before any
     /// device is called), then the device calls, then what they did.
     async fn turn(&mut self, plan: &Plan, m: Moment) {
+        let steps = self.decide(plan, m).await;
+        let results = self.hand_over(&steps).await;
+        self.settle(steps, results, m).await;
+    }
+
+    /// Each meter's step, from its plan interval and its override; the rows due before the
+    /// device calls (overridden, would-apply) are written here.
+    async fn decide(&mut self, plan: &Plan, m: Moment) -> Vec<(String, Step)> {
         let mut steps = Vec::new();
         for (meter, state) in &mut self.meters {
             let active = self.overrides.active(meter, m.now);
@@ -247,21 +255,28 @@ impl Dispatcher {
                 self.audit.write(meter, row, m).await;
             }
             match turn.step {
+                // Nothing changes on the device: no call, no row.
                 Some(Step::Extend { .. }) | None => {}
                 Some(step) => steps.push((meter.clone(), step)),
             }
         }
-        let results = self.hand_over(&steps).await;
+        steps
+    }
+
+    /// What the device calls did: each meter's new state, its audit row, its status.
+    async fn settle(
+        &mut self,
+        steps: Vec<(String, Step)>,
+        results: Vec<Result<(), CommandError>>,
+        m: Moment,
+    ) {
         for ((meter, step), result) in steps.into_iter().zip(results) {
             let shown = match &step {
                 Step::Apply { iv, .. } => Some(iv.clone()),
-                _ => None,
+                Step::Release { .. } | Step::Extend { .. } => None,
             };
-            let row = self
-                .meters
-                .get_mut(&meter)
-                .and_then(|s| s.settle(step, result));
-            if let Some(row) = row {
+            let state = self.meters.get_mut(&meter);
+            if let Some(row) = state.and_then(|s| s.settle(step, result)) {
                 self.audit.write(&meter, row, m).await;
             }
             self.status.set_command(&meter, shown.as_ref());
