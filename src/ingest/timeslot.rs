@@ -20,6 +20,7 @@ pub enum RejectReason {
     MissingMeterId,
     /// `start_time` or `end_time` missing or not RFC 3339.
     BadTime,
+    /// `end_time` at or before `start_time`.
     EndNotAfterStart,
     /// `energy_kw` outside Leap's documented range.
     OutOfRange,
