@@ -20,14 +20,6 @@ impl Kind {
             Kind::Group => "group",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "meter" => Some(Kind::Meter),
-            "group" => Some(Kind::Group),
-            _ => None,
-        }
-    }
 }
 
 /// SPEC §1 `performance_compensation_cap`. The raw text is always kept alongside.

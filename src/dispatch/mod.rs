@@ -10,9 +10,13 @@ pub mod engine;
 mod meter;
 pub mod overrides;
 mod record;
+#[cfg(any(test, feature = "test-util"))]
+mod recording;
 mod resume;
 pub mod status;
 
-pub use commander::{BoxFuture, CommandError, Commander, Recorded, RecordingCommander};
+pub use commander::{BoxFuture, CommandError, Commander};
 pub use engine::Dispatcher;
+#[cfg(any(test, feature = "test-util"))]
+pub use recording::{Recorded, RecordingCommander};
 pub use status::{DispatchSnapshot, DispatchStatus};

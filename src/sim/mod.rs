@@ -25,7 +25,6 @@ use map::Image;
 use physics::Physics;
 use serde::Serialize;
 use server::{KillableStream, Killer, SimService};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -368,11 +367,6 @@ impl SimHandle {
         }
     }
 
-    /// Override the PV profile (`None`: back to the profile).
-    pub fn set_pv(&self, kw: Option<f64>) {
-        self.inner.lock().expect("sim state").pv_override = kw;
-    }
-
     /// Start a site-meter fault now (`None`: the meter answers again).
     pub fn set_meter_fault(&self, fault: Option<MeterFault>) {
         let mut s = self.inner.lock().expect("sim state");
@@ -423,16 +417,4 @@ impl Drop for SimHandle {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Run until `shutdown` completes (the `leap-edge sim` command and the daemon's tests).
-pub async fn serve(
-    cfg: SimConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SimError> {
-    let mut handle = spawn(&cfg, listener)?;
-    shutdown.await;
-    handle.shutdown();
-    Ok(())
 }
