@@ -9,10 +9,13 @@ const MAX: Duration = Duration::from_secs(366 * 86_400);
 
 pub fn parse(s: &str) -> Result<Duration, String> {
     let example = "write e.g. 30s, 15m, 2h or 1h30m";
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}); {example}"))?;
-    if d.is_zero() {
-        return Err(format!("{s:?} is zero; {example}"));
+    let d = humantime::parse_duration(s.trim()).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => format!("{s:?} is too long; {example}"),
+        e => format!("{s:?} is not a duration ({e}); {example}"),
+    })?;
+    // Overrides and test notifications count in whole seconds.
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is shorter than a second; {example}"));
     }
     if d > MAX {
         return Err(format!("{s:?} is longer than 366 days; {example}"));
@@ -32,6 +35,7 @@ mod tests {
         assert!(parse("10").is_err());
         assert!(parse("5x").is_err());
         assert!(parse("0s").is_err());
+        assert!(parse("500ms").is_err());
     }
 
     /// The hand-written parser multiplied without a check: 5,124,095,576,030,432 h
