@@ -40,6 +40,7 @@ struct Control {
     power: Power,
 }
 
+#[derive(Clone)]
 enum Power {
     Window {
         discharge: ResolvedReg,
