@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 pub(super) struct Inputs<'a> {
     pub config: &'a Config,
     pub now: DateTime<Utc>,
+    /// Housekeeping's last answer, not a fresh check (SPEC §2.11).
+    pub clock_synchronised: Option<bool>,
     pub listen: std::net::SocketAddr,
     pub started_at: DateTime<Utc>,
     pub last: Option<crate::store::query::LastNotification>,
@@ -55,7 +57,7 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
         started_at: Some(i.started_at),
         uptime_secs: Some((i.now - i.started_at).num_seconds()),
         now: i.now,
-        clock_synchronised: crate::clock::synchronised(),
+        clock_synchronised: i.clock_synchronised,
         last_notification: i.last.map(|l| LastNotification {
             id: l.id,
             received_at: l.received_at,
