@@ -373,7 +373,11 @@ fn excluded(s: &Site, event: &str, from: DateTime<Utc>) -> Vec<Value> {
         .args(["--from", &from])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     doc["excluded"]
         .as_array()
@@ -506,15 +510,19 @@ async fn s13_unmapped_meter_is_stored_and_flagged() {
 #[tokio::test]
 async fn s14_integration_test_is_dry_run_by_default() {
     let mut s = site("").await;
-    let mut note = meter_note(
-        M1,
-        vec![slot("test", at(800), at(2000), Some(10.0), json!({}))],
-    );
+    let end = at(2000);
+    let mut note = meter_note(M1, vec![slot("test", at(800), end, Some(10.0), json!({}))]);
     note["integration_test_notification"] = json!(true);
     s.post(note).await;
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let would = |a: &[Value]| {
+        a.iter()
+            .any(|a| a["action"] == "would-apply" && a["event"] == "test")
+    };
+    let audit = s.audit_when(would).await;
+    // Past the end of the timeslot: dry-run said what it would do and did nothing.
+    let rest = (end - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(rest + std::time::Duration::from_millis(300)).await;
     assert!(s.calls(M1).is_empty(), "dry-run wrote: {:?}", s.calls(M1));
-    let audit = s.audit();
     assert!(
         audit
             .iter()
