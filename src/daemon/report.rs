@@ -108,3 +108,34 @@ fn device(m: &MeterStatus) -> DeviceReport {
         no_reversion: m.no_reversion,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16.5: `status` carries housekeeping's cached clock answer; it does not check
+    /// again (a `timedatectl` process per request where `adjtimex` is refused).
+    #[test]
+    fn the_clock_state_is_the_cached_answer_not_a_fresh_check() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
+        let config = Config::parse_str(text, std::path::Path::new("t.toml")).unwrap();
+        let now = Utc::now();
+        // The opposite of what this machine would answer now.
+        let cached = match crate::clock::synchronised() {
+            Some(false) => Some(true),
+            _ => Some(false),
+        };
+        let report = build(Inputs {
+            config: &config,
+            now,
+            clock_synchronised: cached,
+            listen: "127.0.0.1:1".parse().unwrap(),
+            started_at: now,
+            last: None,
+            snap: DispatchSnapshot::default(),
+            overrides: BTreeMap::new(),
+            live: Vec::new(),
+        });
+        assert_eq!(report.clock_synchronised, cached);
+    }
+}

@@ -56,3 +56,36 @@ async fn run_job(key: &'static str, expr: String, task: Task, stop: Cancellation
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_job_fires_on_its_expression_and_ends_with_its_stage() {
+        let stage = Stage::new("test");
+        let fired = Arc::new(AtomicUsize::new(0));
+        let f = fired.clone();
+        let task: Task = Arc::new(move || {
+            f.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {})
+        });
+        start(vec![("every-second", "* * * * * *".into(), task)], &stage).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while fired.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(fired.load(Ordering::SeqCst) >= 2);
+        stage.stop(Duration::from_secs(1)).await;
+        assert_eq!(stage.running(), 0);
+    }
+
+    #[test]
+    fn an_expression_that_does_not_parse_names_its_key() {
+        let stage = Stage::new("test");
+        let task: Task = Arc::new(|| Box::pin(async {}));
+        let e = start(vec![("prune", "not cron".into(), task)], &stage).unwrap_err();
+        assert!(e.contains("schedule.prune"), "{e}");
+    }
+}

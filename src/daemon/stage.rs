@@ -87,3 +87,50 @@ impl Drop for Stage {
         let _ = self.stop.send(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn stop_cancels_and_awaits_every_task() {
+        let stage = Stage::new("test");
+        let ended = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let (token, ended) = (stage.token(), ended.clone());
+            stage.spawn(async move {
+                token.cancelled().await;
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let mut rx = stage.stop_rx();
+        let e = ended.clone();
+        stage.spawn(async move {
+            let _ = rx.wait_for(|s| *s).await;
+            e.fetch_add(1, Ordering::SeqCst);
+        });
+        stage.stop(Duration::from_secs(5)).await;
+        assert_eq!(ended.load(Ordering::SeqCst), 4);
+        assert_eq!(stage.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ignores_the_signal_is_waited_for_only_up_to_the_bound() {
+        let stage = Stage::new("test");
+        stage.spawn(std::future::pending());
+        let started = tokio::time::Instant::now();
+        stage.stop(Duration::from_millis(100)).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(stage.running(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stage_tells_its_tasks_to_stop() {
+        let stage = Stage::new("test");
+        let token = stage.token();
+        drop(stage);
+        assert!(token.is_cancelled());
+    }
+}
