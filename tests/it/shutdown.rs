@@ -73,3 +73,59 @@ fn sigterm_with_an_idle_admin_connection_exits_0_promptly() {
     assert!(took < PROMPT, "SIGTERM to exit took {took:?}");
     assert!(d.log().contains("stopped cleanly"), "{}", d.log());
 }
+
+/// The relay likewise: stopped while a delivery worker retries a gateway that is down, it
+/// ends every task (servers, workers, prune) and closes its outbox cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_stop_ends_its_delivery_workers_and_closes_the_outbox() {
+    use crate::relay_support::{self as rs, GATEWAY_KEY, RELAY_KEY};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = common::write_cert(dir.path());
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npath = \"{}\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [auth]\nkeys = [\"{RELAY_KEY}\"]\n[storage]\npath = \"relay.db\"\n[relay]\nmetrics_listen = \"127.0.0.1:0\"\n\
+         delivery_timeout_secs = 3\n[[gateways]]\nname = \"down\"\nurl = \"http://127.0.0.1:{}/leap/dispatch\"\n\
+         key = \"{GATEWAY_KEY}\"\nmeters = [\"A1\"]\n",
+        common::PATH,
+        rs::dead_port()
+    );
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let before = runtime.num_alive_tasks();
+    let config = leap_edge::relay::RelayConfig::load(&path).expect("relay config");
+    let running = leap_edge::relay::start(config).await.expect("relay starts");
+    let body =
+        serde_json::json!({"meter_dispatches": [rs::meter_entry("A1", &["e1"])]}).to_string();
+    let client = rs::Client::new(running.addr, cert);
+    let posted = client.post(RELAY_KEY, "application/json", &body);
+    assert_eq!(posted.await.unwrap().0, 200);
+    drop(client);
+    let wal = dir.path().join("relay.db-wal");
+    assert!(
+        std::fs::metadata(&wal)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+    );
+
+    let started = Instant::now();
+    tokio::time::timeout(PROMPT * 2, running.stop())
+        .await
+        .expect("relay stop finishes");
+    assert!(
+        started.elapsed() < PROMPT,
+        "stop took {:?}",
+        started.elapsed()
+    );
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal_len, 0, "outbox WAL left behind: not a clean close");
+    let ended = eventually(Duration::from_secs(2), || {
+        runtime.num_alive_tasks() <= before
+    })
+    .await;
+    assert!(
+        ended,
+        "{} tasks still alive",
+        runtime.num_alive_tasks() - before
+    );
+}
