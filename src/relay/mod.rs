@@ -91,8 +91,9 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
         delivery: Stage::new("delivery"),
     };
     let delivery_stop = stages.delivery.stop_rx();
-    let link =
-        mqtt::start_link(&config, &store, delivery_stop.clone()).map_err(RelayError::Mqtt)?;
+    let tracker = stages.delivery.tracker();
+    let link = mqtt::start_link(&config, &store, delivery_stop.clone(), tracker)
+        .map_err(RelayError::Mqtt)?;
     let timeout = Duration::from_secs(config.relay.delivery_timeout_secs);
     let fleet = deliver::Fleet::new(store.clone(), timeout, delivery_stop)
         .with_link(link.clone())
