@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Concurrent admin connections served; more are answered "busy" and closed, so a local
 /// client that opens connections without end cannot exhaust the daemon's tasks or files.
@@ -76,15 +78,17 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     Ok(listener)
 }
 
-/// Serve until `shutdown`. The socket file is removed on the way out.
+/// Serve until `shutdown` is cancelled. The socket file is removed on the way out. Each
+/// connection is a task of `tasks` (issue 16.5: the daemon awaits them at shutdown); one
+/// still waiting for its request ends on `shutdown`, one being answered finishes.
 pub async fn serve<H: AdminHandler>(
     listener: UnixListener,
     path: &Path,
     handler: Arc<H>,
-    shutdown: impl Future<Output = ()>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -95,15 +99,16 @@ pub async fn serve<H: AdminHandler>(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = shutdown.cancelled() => break,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             busy(&stream);
             continue;
         };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &*handler)).await;
+        let (handler, shutdown) = (handler.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let exchange = exchange(stream, &*handler, &shutdown);
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await;
             drop(permit);
         });
     }
@@ -111,7 +116,11 @@ pub async fn serve<H: AdminHandler>(
 }
 
 /// One request per connection keeps the protocol trivial to reason about.
-async fn exchange<H: AdminHandler>(mut stream: UnixStream, handler: &H) {
+async fn exchange<H: AdminHandler>(
+    mut stream: UnixStream,
+    handler: &H,
+    shutdown: &CancellationToken,
+) {
     let peer = stream
         .peer_cred()
         .map(|c| Peer {
@@ -119,7 +128,11 @@ async fn exchange<H: AdminHandler>(mut stream: UnixStream, handler: &H) {
             pid: c.pid(),
         })
         .unwrap_or_default();
-    let resp = match read_frame::<_, Request>(&mut stream).await {
+    let request = tokio::select! {
+        r = read_frame::<_, Request>(&mut stream) => r,
+        _ = shutdown.cancelled() => return,
+    };
+    let resp = match request {
         Ok(req) => handler.handle(req, peer).await,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
         Err(e) => Response::err(format!("bad request: {e}")),

@@ -68,7 +68,7 @@ async fn here(
     };
     let out = poll::poll_once(client, &store, &targets, window, &|| {}).await;
     drop(store);
-    thread.join();
+    thread.closed().await;
     Ok(out?)
 }
 

@@ -6,24 +6,25 @@ use crate::control::{ControlEvent, ControlStatus};
 use crate::store::Store;
 use crate::store::audit::{self, Action, AuditEntry};
 use std::time::Duration;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How often pending control events are written (they wait in memory, bounded).
 const EVERY: Duration = Duration::from_millis(500);
 
-/// Write control events to the audit log until the task is aborted.
-pub fn spawn(store: Store, status: ControlStatus) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            flush(&store, &status).await;
+/// Write control events to the audit log until `stop`, then what is still pending.
+pub async fn run(store: Store, status: ControlStatus, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => flush(&store, &status).await,
+            _ = stop.cancelled() => break,
         }
-    })
+    }
+    flush(&store, &status).await;
 }
 
-/// Write what is pending now (also called once at shutdown).
+/// Write what is pending now.
 pub async fn flush(store: &Store, status: &ControlStatus) {
     let events = status.take_events();
     if events.is_empty() {

@@ -57,6 +57,12 @@ impl Housekeeping {
         }
     }
 
+    /// The last clock-sync answer (SPEC §2.11), for `status`: checking costs a
+    /// `timedatectl` process where `adjtimex` is refused, so it is asked once a minute here.
+    pub(super) fn clock_synchronised(&self) -> Option<bool> {
+        *self.clock_synchronised.lock().expect("hk lock")
+    }
+
     async fn check_clock(&self) {
         let now = tokio::task::spawn_blocking(crate::clock::synchronised)
             .await

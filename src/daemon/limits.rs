@@ -10,16 +10,20 @@ use crate::store::Store;
 use crate::store::audit::{self, Action, AuditEntry};
 use std::collections::HashMap;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// (event id, limit) last audited per meter.
 type Seen = HashMap<String, (String, Option<Limit>)>;
 
-/// Runs until aborted (at shutdown), looking at the loops once a second.
-pub(super) async fn watch(status: ControlStatus, store: Store) {
+/// Runs until `stop`, looking at the loops once a second.
+pub(super) async fn watch(status: ControlStatus, store: Store, stop: CancellationToken) {
     let mut seen = Seen::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
         for m in status.snapshot() {
             if let Some(entry) = change(&mut seen, &m) {
                 let r = store.call(move |c| audit::insert(c, &entry)).await;

@@ -9,6 +9,7 @@ pub(crate) mod lock;
 mod report;
 mod schedule;
 mod socket;
+pub(crate) mod stage;
 
 pub(crate) use socket::{describe as describe_override, not_configured as not_configured_meter};
 
@@ -18,10 +19,10 @@ use crate::control::ControlCommander;
 use crate::dispatch::{Commander, DispatchStatus, Dispatcher};
 use crate::server::{self, App};
 use crate::store::{Store, StoreThread};
+use stage::Stage;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -74,16 +75,27 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
     pub dispatch: Arc<DispatchStatus>,
-    stop: watch::Sender<bool>,
-    http: JoinHandle<()>,
-    metrics_http: JoinHandle<()>,
-    dispatcher: JoinHandle<()>,
-    admin: JoinHandle<()>,
-    uplink: Option<JoinHandle<()>>,
-    scheduler: Option<tokio_cron_scheduler::JobScheduler>,
+    stages: Stages,
     store_thread: StoreThread,
-    recorder: Option<JoinHandle<()>>,
 }
+
+/// Every task the daemon spawns, by shutdown stage, stopped in this order (issue 16.5).
+pub(crate) struct Stages {
+    /// What takes work in: the webhook and metrics servers, the admin socket and its
+    /// connections, the MQTT uplink, the Leap backstop.
+    pub(crate) intake: Stage,
+    /// The dispatch loop: stopping it hands every battery back to normal operation.
+    pub(crate) dispatch: Stage,
+    /// What writes on its own: housekeeping, scheduled jobs, the interval recorder, the
+    /// control audit and limits watchers. Last, so the batteries' release is recorded.
+    pub(crate) background: Stage,
+}
+
+/// Per-stage bounds; together well under the units' `TimeoutStopSec=60s`.
+const INTAKE_BOUND: Duration = Duration::from_secs(12);
+const DISPATCH_BOUND: Duration = Duration::from_secs(15);
+const BACKGROUND_BOUND: Duration = Duration::from_secs(5);
+const STORE_BOUND: Duration = Duration::from_secs(10);
 
 pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError> {
     let config = Arc::new(config);
@@ -96,30 +108,73 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     };
     let (listener, addr) = bind(config.server.listen).await?;
     let (metrics_listener, metrics_addr) = bind(config.server.metrics_listen).await?;
-    let app = Arc::new(App::new(config.clone(), store.clone()));
+    let app = Arc::new(App::new(config.clone(), store));
     if let Some(t) = &tls {
         app.set_tls(t.clone());
         tracing::info!(fingerprint = %t.fingerprint(), "TLS certificate loaded");
     }
-    let (stop, stop_rx) = watch::channel(false);
+    // Dropped on an early return below, the stages cancel whatever was already spawned.
+    let stages = Stages {
+        intake: Stage::new("intake"),
+        dispatch: Stage::new("dispatch"),
+        background: Stage::new("background"),
+    };
+    let handler = start_dispatch(&app, parts, addr, &stages);
+    start_schedule(&app, &handler.hk, &handler.backstop, &stages.background);
+    let dispatch = handler.dispatch.clone();
+    // SPEC §2.12: the relay's dispatches may also come through a broker the gateway dials.
+    if let Some(m) = &config.uplink.mqtt {
+        let rx = stages.intake.stop_rx();
+        let up = crate::mqtt::uplink::spawn(m.clone(), app.clone(), dispatch.clone(), rx)
+            .map_err(DaemonError::Uplink)?;
+        stages.intake.spawn(async move {
+            let _ = up.await;
+        });
+    }
+    let admin_path = config.admin.socket.clone();
+    let (tracker, token) = (stages.intake.tracker().clone(), stages.intake.token());
+    stages.intake.spawn(async move {
+        crate::admin::serve(admin_listener, &admin_path, handler, tracker, token).await;
+    });
+    let http = (listener, metrics_listener);
+    serve_http(&app, http, tls, &stages.intake);
+    tracing::info!(addr = %metrics_addr, "serving /metrics and /healthz (loopback only)");
+    tracing::info!(addr = %addr, path = %config.server.path, tls = app.tls().is_some(),
+        "listening for Leap notifications");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        app,
+        dispatch,
+        stages,
+        store_thread,
+    })
+}
 
+/// The dispatch loop, the Leap backstop and housekeeping, and the admin handler over them.
+fn start_dispatch(
+    app: &Arc<App>,
+    parts: Parts,
+    listen: SocketAddr,
+    stages: &Stages,
+) -> Arc<socket::Handler> {
+    let config = app.config();
     let dispatcher = Dispatcher::new(
-        config.clone(),
-        store.clone(),
+        config,
+        app.store.clone(),
         parts.commander,
         parts.clock.clone(),
-    );
-    let dispatcher = dispatcher
-        .with_live_config(app.shared_config())
-        .with_heartbeat(crate::systemd::watchdog_heartbeat());
+    )
+    .with_live_config(app.shared_config())
+    .with_heartbeat(crate::systemd::watchdog_heartbeat());
     let dispatch = dispatcher.status();
     app.add_source(dispatch.clone());
     // Issue 13: the polling backstop (a no-op without [leap] api_key).
     // A weak handle: the App holds the backstop (as a status source), not the reverse.
-    let weak = Arc::downgrade(&app);
+    let weak = Arc::downgrade(app);
     let backstop = crate::leap::backstop::Backstop::new(
         app.shared_config(),
-        store.clone(),
+        app.store.clone(),
         app.changes.clone(),
         Arc::new(move || {
             weak.upgrade()
@@ -127,87 +182,65 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         }),
     );
     app.add_source(backstop.clone());
-    tokio::spawn(backstop.clone().run(stop_rx.clone()));
-    let handler = Arc::new(socket::Handler {
-        backstop: backstop.clone(),
-        app: app.clone(),
-        dispatch: dispatch.clone(),
-        overrides: dispatcher.overrides(),
-        started_at: parts.clock.now(),
-        listen: addr,
-        clock: parts.clock,
-        live: parts.live,
-    });
-    let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
+    stages
+        .intake
+        .spawn(backstop.clone().run(stages.intake.stop_rx()));
+    let overrides = dispatcher.overrides();
+    let changes = app.changes.subscribe();
+    stages
+        .dispatch
+        .spawn(dispatcher.run(changes, stages.dispatch.stop_rx()));
     let hk = Arc::new(housekeeping::Housekeeping::default());
     app.add_source(hk.clone());
-    tokio::spawn(hk.clone().run(stop_rx.clone()));
-    let scheduler = start_schedule(&app, &hk, &backstop).await;
-    let admin_path = config.admin.socket.clone();
-    let mut admin_stop = stop_rx.clone();
-    let admin = tokio::spawn(async move {
-        let stopped = async move {
-            let _ = admin_stop.wait_for(|s| *s).await;
-        };
-        crate::admin::serve(admin_listener, &admin_path, handler, stopped).await;
-    });
+    stages
+        .background
+        .spawn(hk.clone().run(stages.background.stop_rx()));
+    Arc::new(socket::Handler {
+        backstop,
+        hk,
+        app: app.clone(),
+        dispatch,
+        overrides,
+        started_at: parts.clock.now(),
+        listen,
+        clock: parts.clock,
+        live: parts.live,
+    })
+}
 
-    // SPEC §2.12: the relay's dispatches may also come through a broker the gateway dials.
-    let uplink = match &config.uplink.mqtt {
-        Some(m) => Some(
-            crate::mqtt::uplink::spawn(m.clone(), app.clone(), dispatch.clone(), stop_rx.clone())
-                .map_err(DaemonError::Uplink)?,
-        ),
-        None => None,
-    };
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let metrics_http = tokio::spawn(server::serve(
+/// The webhook listener and the loopback metrics listener, until the intake stage stops.
+fn serve_http(
+    app: &Arc<App>,
+    (listener, metrics_listener): (tokio::net::TcpListener, tokio::net::TcpListener),
+    tls: Option<Arc<server::tls::ReloadableTls>>,
+    intake: &Stage,
+) {
+    intake.spawn(server::serve(
         metrics_listener,
         None,
         app.clone(),
         server::Role::Metrics,
-        stopped(stop_rx.clone()),
+        intake.stopped(),
     ));
-    tracing::info!(addr = %metrics_addr, "serving /metrics and /healthz (loopback only)");
-    let http = tokio::spawn(server::serve(
+    intake.spawn(server::serve(
         listener,
-        tls.clone(),
+        tls,
         app.clone(),
         server::Role::Webhook,
-        stopped(stop_rx),
+        intake.stopped(),
     ));
-    tracing::info!(
-        addr = %addr, path = %config.server.path, tls = tls.is_some(),
-        "listening for Leap notifications"
-    );
-    Ok(Running {
-        addr,
-        metrics_addr,
-        metrics_http,
-        app,
-        dispatch,
-        stop,
-        http,
-        dispatcher,
-        admin,
-        uplink,
-        scheduler,
-        store_thread,
-        recorder: None,
-    })
 }
 
 /// `[schedule]`: the poll, pruning and the integrity check on their cron expressions; the
-/// last two also run once at start, as they always have. A scheduler that cannot start is
+/// last two also run once at start, as they always have. A schedule that cannot start is
 /// logged, not fatal: dispatch does not depend on housekeeping. The jobs hold only weak
-/// handles: the scheduler must never keep the database open past shutdown.
-async fn start_schedule(
+/// handles: a job must never keep the database open past shutdown.
+fn start_schedule(
     app: &Arc<App>,
     hk: &Arc<housekeeping::Housekeeping>,
     backstop: &Arc<crate::leap::backstop::Backstop>,
-) -> Option<tokio_cron_scheduler::JobScheduler> {
+    background: &Stage,
+) {
     let cfg = app.config();
     let (a, h) = (Arc::downgrade(app), Arc::downgrade(hk));
     let prune: schedule::Task = Arc::new(move || {
@@ -234,7 +267,7 @@ async fn start_schedule(
         }
         Box::pin(async {})
     });
-    tokio::spawn({
+    background.spawn({
         let (p, i) = (prune.clone(), integrity.clone());
         async move {
             p().await;
@@ -257,12 +290,8 @@ async fn start_schedule(
         ("prune", cfg.schedule.prune.clone(), prune),
         ("integrity", cfg.schedule.integrity.clone(), integrity),
     ];
-    match schedule::start(jobs).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "housekeeping schedule not running");
-            None
-        }
+    if let Err(e) = schedule::start(jobs, background) {
+        tracing::error!(error = %e, "housekeeping schedule not running");
     }
 }
 
@@ -295,30 +324,46 @@ impl Running {
             self.app.store.clone(),
             Some(self.app.config()),
             readings,
-            self.stop.subscribe(),
+            self.stages.background.stop_rx(),
         );
-        self.recorder = Some(tokio::spawn(task));
+        self.stages.background.spawn(task);
+    }
+
+    /// Where `run` puts its own background writers (control audit, limits).
+    pub(crate) fn background(&self) -> &Stage {
+        &self.stages.background
+    }
+
+    /// Tasks of the daemon not yet ended (0 after [`Running::stop_and_count`]).
+    pub fn tasks_running(&self) -> usize {
+        let s = &self.stages;
+        s.intake.running() + s.dispatch.running() + s.background.running()
     }
 
     pub async fn stop(self) {
+        self.stop_and_count().await;
+    }
+
+    /// Stop in order — intake, dispatch (which releases the batteries), background
+    /// writers, then the database — and return how many tasks outlived their bound.
+    pub async fn stop_and_count(self) -> usize {
         tracing::info!("shutting down: no new connections, finishing requests in flight");
-        let _ = self.stop.send(true);
-        let _ = self.http.await;
-        let _ = self.metrics_http.await;
-        let _ = self.dispatcher.await;
-        let _ = self.admin.await;
-        if let Some(u) = self.uplink {
-            let _ = u.await;
-        }
-        if let Some(r) = self.recorder {
-            let _ = r.await;
-        }
-        if let Some(mut s) = self.scheduler {
-            let _ = s.shutdown().await;
-        }
+        self.stages.intake.stop(INTAKE_BOUND).await;
+        self.stages.dispatch.stop(DISPATCH_BOUND).await;
+        self.stages.background.stop(BACKGROUND_BOUND).await;
+        let left = self.tasks_running();
         drop(self.app);
-        self.store_thread.join();
-        tracing::info!("stopped cleanly");
+        // The writer thread ends (checkpointing the WAL) once the last handle is gone; it
+        // is awaited, never joined on a runtime thread.
+        if tokio::time::timeout(STORE_BOUND, self.store_thread.closed())
+            .await
+            .is_err()
+        {
+            tracing::error!("the database is still open after shutdown; a task holds it");
+        } else {
+            tracing::info!(tasks_left = left, "stopped cleanly");
+        }
+        left
     }
 }
 
@@ -364,19 +409,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )
     .await?;
     running.app.add_source(Arc::new(control.status()));
-    let control_audit = control_audit::spawn(running.app.store.clone(), control.status());
+    let (store, background) = (running.app.store.clone(), running.background());
+    background.spawn(control_audit::run(
+        store.clone(),
+        control.status(),
+        background.token(),
+    ));
+    background.spawn(limits::watch(control.status(), store, background.token()));
     running.record_intervals(readings);
     // Type=notify: systemd counts the service as started only now, with the listener
     // bound and the database open.
     if let Err(e) = crate::systemd::notify_ready() {
         tracing::warn!(error = %e, "cannot tell systemd the daemon is ready");
     }
-    let limits = tokio::spawn(limits::watch(control.status(), running.app.store.clone()));
     wait_for_signal().await?;
     let _ = crate::systemd::notify_stopping();
-    limits.abort();
-    control_audit.abort();
-    control_audit::flush(&running.app.store, &control.status()).await;
     running.stop().await;
     // Dispatch has released every meter; make sure the loops wrote it before exiting.
     control.shutdown(std::time::Duration::from_secs(5)).await;

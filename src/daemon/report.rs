@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 pub(super) struct Inputs<'a> {
     pub config: &'a Config,
     pub now: DateTime<Utc>,
+    /// Housekeeping's last answer, not a fresh check (SPEC §2.11).
+    pub clock_synchronised: Option<bool>,
     pub listen: std::net::SocketAddr,
     pub started_at: DateTime<Utc>,
     pub last: Option<crate::store::query::LastNotification>,
@@ -55,7 +57,7 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
         started_at: Some(i.started_at),
         uptime_secs: Some((i.now - i.started_at).num_seconds()),
         now: i.now,
-        clock_synchronised: crate::clock::synchronised(),
+        clock_synchronised: i.clock_synchronised,
         last_notification: i.last.map(|l| LastNotification {
             id: l.id,
             received_at: l.received_at,
@@ -104,5 +106,36 @@ fn device(m: &MeterStatus) -> DeviceReport {
         blind: m.blind.clone().filter(|_| following),
         export_unavoidable: m.export_unavoidable(),
         no_reversion: m.no_reversion,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16.5: `status` carries housekeeping's cached clock answer; it does not check
+    /// again (a `timedatectl` process per request where `adjtimex` is refused).
+    #[test]
+    fn the_clock_state_is_the_cached_answer_not_a_fresh_check() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
+        let config = Config::parse_str(text, std::path::Path::new("t.toml")).unwrap();
+        let now = Utc::now();
+        // The opposite of what this machine would answer now.
+        let cached = match crate::clock::synchronised() {
+            Some(false) => Some(true),
+            _ => Some(false),
+        };
+        let report = build(Inputs {
+            config: &config,
+            now,
+            clock_synchronised: cached,
+            listen: "127.0.0.1:1".parse().unwrap(),
+            started_at: now,
+            last: None,
+            snap: DispatchSnapshot::default(),
+            overrides: BTreeMap::new(),
+            live: Vec::new(),
+        });
+        assert_eq!(report.clock_synchronised, cached);
     }
 }

@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub struct Handler {
     pub app: Arc<App>,
     pub backstop: Arc<crate::leap::backstop::Backstop>,
+    /// Its cached clock-sync answer goes into `status` (no process per request).
+    pub(super) hk: Arc<super::housekeeping::Housekeeping>,
     pub dispatch: Arc<DispatchStatus>,
     pub overrides: Arc<Overrides>,
     pub clock: Arc<dyn Clock>,
@@ -59,6 +61,7 @@ impl Handler {
         let report = report::build(report::Inputs {
             config: &config,
             now: self.clock.now(),
+            clock_synchronised: self.hk.clock_synchronised(),
             listen: self.listen,
             started_at: self.started_at,
             last,

@@ -64,6 +64,8 @@ pub(crate) struct Fleet {
     link: Option<Arc<Link>>,
     /// Bumped after every recorded attempt, for answers that wait on deliveries.
     pub progress: watch::Sender<u64>,
+    /// The relay awaits the workers at shutdown (issue 16.5).
+    tracker: tokio_util::task::TaskTracker,
 }
 
 impl Fleet {
@@ -76,7 +78,13 @@ impl Fleet {
             stop,
             link: None,
             progress: watch::channel(0).0,
+            tracker: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    pub(crate) fn with_tracker(mut self, tracker: tokio_util::task::TaskTracker) -> Fleet {
+        self.tracker = tracker;
+        self
     }
 
     pub fn with_link(mut self, link: Option<Arc<Link>>) -> Fleet {
@@ -122,7 +130,7 @@ impl Fleet {
                 wake: wake.clone(),
                 stop: self.stop.clone(),
             };
-            tokio::spawn(run.run());
+            self.tracker.spawn(run.run());
             workers.insert(g.name.clone(), Worker { config: tx, wake });
         }
     }

@@ -16,6 +16,7 @@ mod status;
 
 pub use config::RelayConfig;
 
+use crate::daemon::stage::Stage;
 use crate::server;
 use crate::store::{Store, StoreThread};
 use http::RelayApp;
@@ -23,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -56,9 +56,15 @@ pub struct Running {
     app: Arc<RelayApp>,
     /// Re-read on reload, like the gateway's (certificate renewals, issue 10.3).
     tls: Option<Arc<server::tls::ReloadableTls>>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    stages: Stages,
     store_thread: StoreThread,
+}
+
+/// The relay's tasks by shutdown stage, stopped in this order (issue 16.5): first nothing
+/// new is accepted, then the delivery workers, the broker link and the prune end.
+struct Stages {
+    intake: Stage,
+    delivery: Stage,
 }
 
 async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), RelayError> {
@@ -79,51 +85,29 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
     };
     let (public, addr) = listen(config.server.listen).await?;
     let (private, metrics_addr) = listen(config.relay.metrics_listen).await?;
-    let (stop, stop_rx) = watch::channel(false);
+    // Dropped on an early return below, the stages cancel whatever was already spawned.
+    let stages = Stages {
+        intake: Stage::new("intake"),
+        delivery: Stage::new("delivery"),
+    };
+    let delivery_stop = stages.delivery.stop_rx();
+    let tracker = stages.delivery.tracker();
+    let link = mqtt::start_link(&config, &store, delivery_stop.clone(), tracker)
+        .map_err(RelayError::Mqtt)?;
     let timeout = Duration::from_secs(config.relay.delivery_timeout_secs);
-    let link = mqtt::start_link(&config, &store, stop_rx.clone()).map_err(RelayError::Mqtt)?;
-    let fleet = Arc::new(
-        deliver::Fleet::new(store.clone(), timeout, stop_rx.clone()).with_link(link.clone()),
-    );
+    let fleet = deliver::Fleet::new(store.clone(), timeout, delivery_stop)
+        .with_link(link.clone())
+        .with_tracker(stages.delivery.tracker().clone());
+    let fleet = Arc::new(fleet);
     let app = Arc::new(RelayApp::new(config.clone(), store.clone(), fleet.clone()));
     // The configuration may have changed while the relay was down: re-route first.
     let routes = app.routes();
     let n = store.call(move |c| outbox::reroute_all(c, &routes)).await?;
     tracing::info!(notifications = n, "outbox re-routed at start");
     fleet.apply(&config.gateways);
-    let until = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let mut tasks = vec![
-        tokio::spawn(server::serve(
-            public,
-            tls.clone(),
-            app.clone(),
-            server::Role::Webhook,
-            until(stop_rx.clone()),
-        )),
-        tokio::spawn(server::serve(
-            private,
-            None,
-            app.clone(),
-            server::Role::Metrics,
-            until(stop_rx.clone()),
-        )),
-        tokio::spawn(prune_loop(app.clone(), stop_rx.clone())),
-    ];
+    serve(&app, (public, private), tls.clone(), &stages);
     if let Some(link) = link {
-        let a = app.clone();
-        let names = move || {
-            let all: Vec<String> = a.config().gateways.iter().map(|g| g.name.clone()).collect();
-            mqtt::mqtt_gateways(&a.config(), &all)
-        };
-        tasks.push(tokio::spawn(mqtt::on_connect(
-            link,
-            store.clone(),
-            fleet.clone(),
-            names,
-            stop_rx.clone(),
-        )));
+        watch_link(&app, link, &stages.delivery);
     }
     tracing::info!(%addr, path = %config.server.path, tls = config.server.tls.is_some(), "listening for Leap notifications");
     tracing::info!(addr = %metrics_addr, "relay /metrics and /healthz on loopback");
@@ -132,10 +116,54 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
         metrics_addr,
         app,
         tls,
-        stop,
-        tasks,
+        stages,
         store_thread,
     })
+}
+
+/// The public webhook listener, the loopback metrics listener and the hourly prune.
+fn serve(
+    app: &Arc<RelayApp>,
+    (public, private): (tokio::net::TcpListener, tokio::net::TcpListener),
+    tls: Option<Arc<server::tls::ReloadableTls>>,
+    stages: &Stages,
+) {
+    let intake = &stages.intake;
+    let webhook = server::Role::Webhook;
+    intake.spawn(server::serve(
+        public,
+        tls,
+        app.clone(),
+        webhook,
+        intake.stopped(),
+    ));
+    let metrics = server::Role::Metrics;
+    intake.spawn(server::serve(
+        private,
+        None,
+        app.clone(),
+        metrics,
+        intake.stopped(),
+    ));
+    let delivery = &stages.delivery;
+    delivery.spawn(prune_loop(app.clone(), delivery.stop_rx()));
+}
+
+/// After each connection to the broker, the MQTT gateways' queued parts are due at once.
+fn watch_link(app: &Arc<RelayApp>, link: Arc<crate::mqtt::link::Link>, delivery: &Stage) {
+    let a = app.clone();
+    let names = move || {
+        let all: Vec<String> = a.config().gateways.iter().map(|g| g.name.clone()).collect();
+        mqtt::mqtt_gateways(&a.config(), &all)
+    };
+    let (store, fleet) = (app.store.clone(), app.fleet.clone());
+    delivery.spawn(mqtt::on_connect(
+        link,
+        store,
+        fleet,
+        names,
+        delivery.stop_rx(),
+    ));
 }
 
 impl Running {
@@ -204,13 +232,16 @@ impl Running {
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.stages.intake.stop(Duration::from_secs(10)).await;
+        self.stages.delivery.stop(Duration::from_secs(10)).await;
         drop(self.app);
-        let thread = self.store_thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        // Awaited, never joined on a runtime thread; bounded under TimeoutStopSec=30s.
+        if tokio::time::timeout(Duration::from_secs(8), self.store_thread.closed())
+            .await
+            .is_err()
+        {
+            tracing::error!("the outbox is still open after shutdown; a task holds it");
+        }
     }
 }
 

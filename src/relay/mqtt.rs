@@ -142,14 +142,15 @@ pub(crate) fn start_link(
     config: &RelayConfig,
     store: &Store,
     stop: watch::Receiver<bool>,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> Result<Option<Arc<Link>>, String> {
     let Some(m) = &config.mqtt else {
         return Ok(None);
     };
-    let s = store.clone();
+    let (s, tasks) = (store.clone(), tasks.clone());
     let on_status = move |gateway: String, seen: Seen| {
         let s = s.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) = s.call(move |c| save_seen(c, &gateway, &seen)).await {
                 tracing::warn!(error = %e, "cannot keep a gateway's MQTT status");
             }

@@ -83,6 +83,21 @@ impl StoreThread {
         let _ = self.1.join();
         let _ = self.0.join();
     }
+
+    /// [`StoreThread::join`] for async code: a helper thread joins and signals, so no
+    /// runtime thread blocks (and a caller may bound the wait with a timeout).
+    pub async fn closed(self) {
+        let (tx, rx) = oneshot::channel();
+        let joiner = std::thread::Builder::new()
+            .name("leap-edge-store-join".into())
+            .spawn(move || {
+                self.join();
+                let _ = tx.send(());
+            });
+        if joiner.is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
 impl Store {
@@ -125,11 +140,14 @@ impl Store {
         let (tx, mut rx) = mpsc::channel::<writer::Work>(1024);
         let stats = std::sync::Arc::new(BatchStats::default());
         let writer_stats = stats.clone();
+        let (reader_closed, reader_gone) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("leap-edge-store".into())
             .spawn(move || {
                 writer::run(&mut conn, &mut rx, &writer_stats);
-                // Dropping the connection checkpoints the WAL: a clean close.
+                // Only the last connection to close checkpoints the WAL and removes it, and
+                // the read-only one cannot: close after the reader (bounded) (issue 16.5).
+                let _ = reader_gone.recv_timeout(std::time::Duration::from_secs(10));
                 drop(conn);
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
@@ -144,6 +162,8 @@ impl Store {
                 while let Some(job) = rrx.blocking_recv() {
                     job(&reader);
                 }
+                drop(reader);
+                drop(reader_closed);
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
         Ok((

@@ -190,22 +190,18 @@ async fn dispatch_resumed_after_override_is_audited_as_resumed() {
     });
     let (code, _, err) = d.cli(&["override", "hold", "--for", "5m"]);
     assert_eq!(code, 0, "{err}");
-    std::thread::sleep(Duration::from_millis(1500));
+    let audited = |action: &str| {
+        let (_, h, _) = d.cli(&["history", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&h).unwrap();
+        let rows = v["history"].as_array().unwrap().clone();
+        rows.into_iter().find(|r| r["action"] == action)
+    };
+    wait_for("the hold to take over", || audited("overridden").is_some());
     let (code, out, _) = d.cli(&["override", "clear"]);
     assert_eq!(code, 0);
     assert!(out.contains("cleared 1"), "{out}");
-    let resumed = || {
-        let (_, h, _) = d.cli(&["history", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&h).unwrap();
-        v["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["action"] == "resumed")
-            .cloned()
-    };
-    wait_for("a resumed audit entry", || resumed().is_some());
-    let r = resumed().unwrap();
+    wait_for("a resumed audit entry", || audited("resumed").is_some());
+    let r = audited("resumed").unwrap();
     assert_eq!(r["event_id"], "ev-resume");
     assert!(r["lateness_ms"].as_i64().unwrap() < 2000, "{r}");
     assert!(

@@ -273,13 +273,16 @@ fn admin_socket_records_the_peer_caps_connections_and_replaces_only_sockets() {
     let held: Vec<UnixStream> = (0..16)
         .map(|_| UnixStream::connect(&sock).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let (code, _, err) = d.cli(&["status"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("busy"), "{err}");
+    // The daemon accepts them in its own time: wait until it says busy.
+    let mut answer = (0, String::new(), String::new());
+    let busy = common::eventually_blocking(Duration::from_secs(10), || {
+        answer = d.cli(&["status"]);
+        answer.0 == 1
+    });
+    assert!(busy && answer.2.contains("busy"), "{answer:?}");
     drop(held);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(d.cli(&["status"]).0, 0, "served again once they left");
+    let served = common::eventually_blocking(Duration::from_secs(10), || d.cli(&["status"]).0 == 0);
+    assert!(served, "served again once they left");
 
     // A regular file where the socket goes is not deleted: the daemon refuses to start.
     let dir = tempfile::tempdir().unwrap();

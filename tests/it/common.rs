@@ -292,6 +292,20 @@ impl Client {
     /// TLS cut short, no answer within `limit`) is an `Err`: senders that retry like Leap
     /// use this while the daemon is being killed.
     pub async fn try_post(&self, body: &str, limit: Duration) -> Result<Response, String> {
+        let headers = [("x-api-key", KEY), ("content-type", "application/json")];
+        let body = body.as_bytes().to_vec();
+        self.try_request("POST", PATH, &headers, body, limit).await
+    }
+
+    /// Any request on a fresh connection, every failure an `Err` (as [`Client::try_post`]).
+    pub async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        limit: Duration,
+    ) -> Result<Response, String> {
         let attempt = async {
             let tcp = tokio::net::TcpStream::connect(self.addr)
                 .await
@@ -305,14 +319,14 @@ impl Client {
                 .await
                 .map_err(|e| format!("http: {e}"))?;
             tokio::spawn(conn);
-            let req = hyper::Request::builder()
-                .method("POST")
-                .uri(PATH)
-                .header("host", "localhost")
-                .header("x-api-key", KEY)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.to_string())))
-                .unwrap();
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "localhost");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Full::new(Bytes::from(body))).unwrap();
             let resp = send
                 .send_request(req)
                 .await

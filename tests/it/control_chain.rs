@@ -59,15 +59,11 @@ async fn a_dispatch_reaches_the_inverter_registers_and_is_handed_back_at_the_end
 
     // Before the start the inverter stays in its own mode.
     let remote = || sim.point(124, "StorCtl_Mod") == Some(3.0);
-    let mut seen_at = None;
-    while Utc::now() < end {
-        if remote() && seen_at.is_none() {
-            seen_at = Some(Utc::now());
-            assert_eq!(sim.point(124, "OutWRte"), Some(20.0), "10 kW of 50 kW");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    let seen_at = seen_at.expect("the command never reached the inverter");
+    let until_end = (end - Utc::now()).to_std().unwrap();
+    let reached = device_common::eventually(until_end, remote).await;
+    let seen_at = Utc::now();
+    assert!(reached, "the command never reached the inverter");
+    assert_eq!(sim.point(124, "OutWRte"), Some(20.0), "10 kW of 50 kW");
     let latency = seen_at - start;
     eprintln!(
         "CHAIN: boundary -> setpoint readable on the device: {} ms",

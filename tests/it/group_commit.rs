@@ -107,7 +107,7 @@ async fn queued_ingests_share_one_commit_and_stay_exact() {
         .unwrap();
     assert_eq!(notifications, 4);
     drop(store);
-    thread.join();
+    thread.closed().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,5 +139,5 @@ async fn a_batch_that_cannot_commit_answers_each_request_with_an_error() {
     let ok = store.ingest(record(note("A", 5.0))).await.unwrap();
     assert_eq!(ok.new, 1);
     drop(store);
-    thread.join();
+    thread.closed().await;
 }

@@ -87,15 +87,9 @@ impl Site {
         serde_json::from_str(&text).unwrap()
     }
 
-    async fn wait_for(&self, what: impl Fn(&[Recorded]) -> bool, secs: i64) -> bool {
-        let deadline = Utc::now() + Duration::seconds(secs);
-        while Utc::now() < deadline {
-            if what(&self.rec.calls()) {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        what(&self.rec.calls())
+    async fn wait_for(&self, what: impl Fn(&[Recorded]) -> bool, secs: u64) -> bool {
+        let limit = std::time::Duration::from_secs(secs);
+        common::eventually(limit, || what(&self.rec.calls())).await
     }
 }
 

@@ -251,7 +251,7 @@ async fn a_simulated_day_gives_a_csv_that_passes_leaps_rules() {
     stop.send_replace(true);
     recorder.await.unwrap();
     drop(store);
-    thread.join();
+    thread.closed().await;
 
     let cfg = dir.path().join("config.toml");
     std::fs::write(

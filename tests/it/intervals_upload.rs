@@ -154,7 +154,7 @@ async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
         }
     }
     drop(store);
-    thread.join();
+    thread.closed().await;
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_leap-edge"))
         .arg("--config")

@@ -10,7 +10,7 @@ use common::Daemon;
 use fake_leap::FakeLeap;
 use fake_leap::site::{METER, cli, site, slot, status, wait_first_poll};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn meter_results(n: usize) -> Vec<Value> {
     (0..n)
@@ -133,19 +133,16 @@ async fn schedule_fires_and_status_shows_next_fire() {
         &fake,
         "[schedule]\nprune = \"*/1 * * * * *\"\nintegrity = \"*/1 * * * * *\"\n",
     ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let both_fired = || {
         let log = d.log();
         let fired = |job: &str| {
             log.matches(&format!("job=\"{job}\"")).count()
                 + log.matches(&format!("job={job}")).count()
         };
-        if fired("prune") >= 2 && fired("integrity") >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "schedule did not fire:\n{log}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        fired("prune") >= 2 && fired("integrity") >= 2
+    };
+    let fired = common::eventually(Duration::from_secs(20), both_fired).await;
+    assert!(fired, "schedule did not fire:\n{}", d.log());
     let s = status(&d);
     let jobs = s["leap"]["schedule"].as_array().unwrap();
     assert_eq!(jobs.len(), 4);
@@ -203,20 +200,15 @@ async fn a_dispatch_missed_while_down_is_dispatched_after_the_start_poll() {
     fake.state.lock().unwrap().meter_results =
         vec![json!({"meter_id": METER, "timeslots": [slot("missed-while-down", 2, json!({}))]})];
     let d = Daemon::start_with(&site(&fake, ""));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, out, _) = cli(&d, &["history", "--json"]);
+    let mut out = String::new();
+    let dispatched = common::eventually(Duration::from_secs(30), || {
+        let (code, text, _) = cli(&d, &["history", "--json"]);
         assert_eq!(code, 0);
-        if out.contains("missed-while-down") && out.contains("apply") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never dispatched: {out}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        out = text;
+        out.contains("missed-while-down") && out.contains("apply")
+    })
+    .await;
+    assert!(dispatched, "never dispatched: {out}\n{}", d.log());
     assert_eq!(timeslot_row(&d, "missed-while-down").0, "poll");
     assert!(d.log().contains("never pushed"), "the operator is warned");
 }
@@ -266,16 +258,13 @@ async fn storage_recovery_triggers_a_poll_that_finds_the_refused_dispatch() {
     fake.state.lock().unwrap().meter_results =
         vec![json!({"meter_id": METER, "timeslots": [refused]})];
     drop(frozen);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let s = status(&d);
-        if s["leap"]["backstop"]["last_trigger"] == "storage recovered"
+    let mut s = Value::Null;
+    let polled = common::eventually(Duration::from_secs(90), || {
+        s = status(&d);
+        s["leap"]["backstop"]["last_trigger"] == "storage recovered"
             && s["leap"]["backstop"]["last_report"]["new"] == 1
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no poll after recovery: {s}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
+    assert!(polled, "no poll after recovery: {s}");
     assert_eq!(timeslot_row(&d, "refused-while-read-only").0, "poll");
 }

@@ -42,5 +42,6 @@ mod resilience_modbus;
 mod resilience_storage;
 mod resilience_storm;
 mod scenarios;
+mod shutdown;
 mod site_safety;
 mod webhook;

@@ -172,12 +172,9 @@ pub fn wait_log(d: &Daemon, needle: &str, times: usize) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    let held = crate::common::eventually_blocking(Duration::from_secs(40), f);
+    assert!(held, "timed out waiting for {what}");
 }
 
 pub struct Relay {
@@ -188,10 +185,7 @@ pub struct Relay {
 
 pub async fn relay(broker: &Broker, gateways: &[(&str, &str)]) -> Relay {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
-    set_private(&dir.path().join("key.pem"));
+    let cert = common::write_cert(dir.path());
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\npath = \"{}\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
          [auth]\nkeys = [\"{RELAY_KEY}\"]\n[storage]\npath = \"relay.db\"\n[relay]\nmetrics_listen = \"127.0.0.1:0\"\n\
@@ -211,7 +205,7 @@ pub async fn relay(broker: &Broker, gateways: &[(&str, &str)]) -> Relay {
     std::fs::write(&path, text).unwrap();
     let cfg = leap_edge::relay::RelayConfig::load(&path).expect("relay config");
     let running = leap_edge::relay::start(cfg).await.expect("relay starts");
-    let client = common::Client::new(running.addr, ck.cert.der().clone());
+    let client = common::Client::new(running.addr, cert);
     // Wait until the relay is connected (it logs nothing we can read in process: poll).
     tokio::time::sleep(Duration::from_millis(500)).await;
     Relay {

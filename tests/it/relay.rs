@@ -5,7 +5,7 @@ use crate::relay_support;
 
 use relay_support::*;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -22,12 +22,9 @@ fn spec<'a>(name: &'a str, g: &Gateway, meters: &[&'a str]) -> GatewaySpec<'a> {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, limit: Duration, f: impl FnMut() -> bool) {
+    let held = crate::common::eventually_blocking(limit, f);
+    assert!(held, "timed out waiting for {what}");
 }
 
 #[test]

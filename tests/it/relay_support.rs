@@ -3,23 +3,17 @@
 //! each a process with its own folder, SQLite file and log, killable with SIGKILL.
 #![allow(dead_code)]
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use crate::common;
+pub use crate::common::{PATH, bin};
+use http_body_util::Full;
+use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const RELAY_KEY: &str = "relay-key-for-leap-0123456789abcdef";
 pub const GATEWAY_KEY: &str = "gateway-key-0123456789abcdef-0123";
-pub const PATH: &str = "/leap/dispatch";
-
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_leap-edge")
-}
 
 /// A process whose log tells the address it listens on.
 pub struct Proc {
@@ -62,11 +56,11 @@ impl Proc {
             .spawn()
             .expect("spawn leap-edge");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let mut found: Vec<SocketAddr> = Vec::new();
+        let started = common::eventually_blocking(Duration::from_secs(30), || {
             let text = self.log();
             let text = &text[from.min(text.len())..];
-            let found: Vec<SocketAddr> = markers
+            found = markers
                 .iter()
                 .filter_map(|m| {
                     let line = text.lines().find(|l| l.contains(m))?;
@@ -78,18 +72,13 @@ impl Proc {
                         .ok()
                 })
                 .collect();
-            if found.len() == markers.len() {
-                return found;
-            }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("leap-edge {:?} exited with {status}:\n{text}", self.args);
             }
-            assert!(
-                Instant::now() < deadline,
-                "leap-edge did not start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            found.len() == markers.len()
+        });
+        assert!(started, "leap-edge did not start:\n{}", self.log());
+        found
     }
 
     pub fn kill9(&mut self) {
@@ -148,7 +137,8 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let ck = rcgen::generate_simple_self_signed(vec!["gateway.test".into()]).unwrap();
         std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-        write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
+        let key = ck.signing_key.serialize_pem();
+        common::write_private_key(&dir.path().join("key.pem"), &key);
         let mut g = Gateway(Proc {
             dir,
             child: None,
@@ -165,7 +155,7 @@ impl Gateway {
     }
 
     fn write_config(&self) {
-        let devices = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let devices = common::devices_dir();
         let tls = if self.cert_path().exists() {
             "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
         } else {
@@ -234,9 +224,7 @@ pub struct Relay {
 impl Relay {
     pub fn start(gateways: &[GatewaySpec]) -> Relay {
         let dir = tempfile::tempdir().unwrap();
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-        write_private_key(&dir.path().join("key.pem"), &ck.signing_key.serialize_pem());
+        let cert = common::write_cert(dir.path());
         let mut r = Relay {
             p: Proc {
                 dir,
@@ -245,7 +233,7 @@ impl Relay {
                 args: vec!["relay".into(), "run".into()],
             },
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            cert: ck.cert.der().clone(),
+            cert,
             gateways: String::new(),
             relay_extra: String::new(),
         };
@@ -302,24 +290,14 @@ impl Relay {
 
     /// Wait until every configured gateway's queue is empty.
     pub fn wait_drained(&self, limit: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let s = self.status();
-            let busy = s["gateways"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|g| g["queue_depth"] != 0);
-            if !busy {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "relay queues not drained: {s:#}\n{}",
-                self.p.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut s = serde_json::Value::Null;
+        let drained = common::eventually_blocking(limit, || {
+            s = self.status();
+            let gateways = s["gateways"].as_array().unwrap();
+            gateways.iter().all(|g| g["queue_depth"] == 0)
+        });
+        assert!(drained, "relay queues not drained: {s:#}\n{}", self.p.log());
+        s
     }
 
     pub fn client(&self) -> Client {
@@ -327,28 +305,14 @@ impl Relay {
     }
 }
 
-/// An HTTPS client like Leap's, trusting only the relay's test certificate.
+/// An HTTPS client like Leap's, trusting only the relay's test certificate: the shared
+/// [`common::Client`] with the key and content type as arguments and every failure an `Err`.
 #[derive(Clone)]
-pub struct Client {
-    addr: SocketAddr,
-    tls: tokio_rustls::TlsConnector,
-}
+pub struct Client(common::Client);
 
 impl Client {
     pub fn new(addr: SocketAddr, cert: CertificateDer<'static>) -> Client {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Client {
-            addr,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        }
+        Client(common::Client::new(addr, cert))
     }
 
     /// POST on a fresh connection; every failure (refused, reset, timeout) is an `Err`.
@@ -369,69 +333,28 @@ impl Client {
         content_type: &str,
         body: &str,
     ) -> Result<(u16, String), String> {
-        let attempt = async {
-            let tcp = tokio::net::TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let tls = self
-                .tls
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .map_err(|e| format!("tls: {e}"))?;
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("http: {e}"))?;
-            tokio::spawn(conn);
-            let req = hyper::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "localhost")
-                .header("x-api-key", key)
-                .header("content-type", content_type)
-                .body(Full::new(Bytes::from(body.to_string())))
-                .unwrap();
-            let resp = send
-                .send_request(req)
-                .await
-                .map_err(|e| format!("request: {e}"))?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("body: {e}"))?
-                .to_bytes();
-            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        tokio::time::timeout(Duration::from_secs(10), attempt)
-            .await
-            .map_err(|_| "timeout".to_string())?
+        let headers = [("x-api-key", key), ("content-type", content_type)];
+        let body = body.as_bytes().to_vec();
+        let limit = Duration::from_secs(10);
+        let r = self.0.try_request(method, path, &headers, body, limit);
+        r.await.map(|r| (r.status, r.text))
     }
 
     /// How long one keep-alive connection that never shows a key lasts while it sends a
     /// request every 200 ms (capped at `cap`).
     pub async fn keyless_connection_life(&self, cap: Duration) -> Duration {
         let started = Instant::now();
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let tls = self
-            .tls
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut send = self.0.connect().await;
         while started.elapsed() < cap {
             let req = hyper::Request::builder()
                 .uri("/not-the-webhook")
                 .header("host", "localhost")
-                .body(Full::new(Bytes::new()))
+                .body(Full::new(bytes::Bytes::new()))
                 .unwrap();
             let Ok(resp) = send.send_request(req).await else {
                 break;
             };
-            let _ = resp.into_body().collect().await;
+            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         started.elapsed()
@@ -528,11 +451,4 @@ pub fn dead_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Harden's rule: a TLS private key readable by others is refused at start.
-fn write_private_key(path: &Path, pem: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, pem).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

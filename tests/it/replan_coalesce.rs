@@ -27,8 +27,9 @@ async fn a_burst_of_notifications_is_a_few_replans_and_nothing_is_missed() {
     let running = daemon::start(config, parts).await.unwrap();
     let client = Arc::new(common::Client::new(running.addr, cert));
     let base = chrono::Utc::now() + chrono::Duration::hours(2);
-    // Let the startup plan settle before counting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The startup plan is made before counting.
+    let planned = common::eventually(Duration::from_secs(10), || running.dispatch.replans() >= 1);
+    assert!(planned.await, "no start-up plan");
     let before = running.dispatch.replans();
 
     let started = Instant::now();

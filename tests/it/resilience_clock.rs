@@ -173,7 +173,7 @@ async fn wall_clock_steps_neither_fire_early_nor_miss_a_boundary() {
     let _ = stop.send(true);
     task.await.unwrap();
     drop(store);
-    thread.join();
+    thread.closed().await;
     eprintln!(
         "clock steps: +30 s, +31 s across A, +10 s across A's end, +{before_b} s, -4 s before B, +15 s; {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -244,5 +244,5 @@ async fn a_one_hour_backward_step_during_an_active_timeslot_is_honoured_at_once(
     let _ = stop.send(true);
     task.await.unwrap();
     drop(store);
-    thread.join();
+    thread.closed().await;
 }

@@ -184,12 +184,6 @@ fn write_figures(text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_soak_every_acked_notification_stored_exactly_once() {
-    if std::env::var_os("LEAP_EDGE_TEST_EMULATED").is_some() {
-        eprintln!(
-            "SKIPPED under emulation: the crash soak is paced for native speed and runs in the native test step"
-        );
-        return;
-    }
     let started = Instant::now();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

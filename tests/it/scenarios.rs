@@ -329,6 +329,9 @@ async fn s04_cancelled_before_start_writes_nothing() {
         vec![slot("c", t, end, Some(10.0), json!({"cancelled": true}))],
     ))
     .await;
+    // A positive, not only "no call": the plan says why the timeslot is left out.
+    let why = excluded(&s, "c", t);
+    assert_eq!(why, [json!({"code": "cancelled", "conflict": false})]);
     wait_control_done(&s).await;
     assert!(s.calls(M1).is_empty(), "{:?}", s.calls(M1));
     s.stop().await;
@@ -408,6 +411,31 @@ fn events_json(s: &Site, event: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Why `leap-edge schedule` (the plan the daemon follows, from the database) leaves `event`
+/// out over a window from `from`: the reason of each of its `excluded` entries.
+fn excluded(s: &Site, event: &str, from: DateTime<Utc>) -> Vec<Value> {
+    let config = s.dir.path().join("config.toml");
+    let from = from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let out = std::process::Command::new(common::bin())
+        .args(["--config", config.to_str().unwrap(), "schedule", "--json"])
+        .args(["--from", &from])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_id"] == event)
+        .map(|e| e["reason"].clone())
+        .collect()
+}
+
 #[tokio::test]
 async fn s08_late_notification_starts_at_once_and_records_lateness() {
     let mut s = site("").await;
@@ -441,6 +469,9 @@ async fn s09_already_ended_is_stored_never_dispatched() {
     s.wait_startup_release().await;
     s.post(control_slot(at(300), at(1300))).await;
     wait_control_done(&s).await;
+    // Stored, and known as ended: why dispatch never touched it.
+    let events: Value = serde_json::from_str(&events_json(&s, "old")).unwrap();
+    assert_eq!(events["timeslots"][0]["status"], "ended", "{events:#}");
     assert!(s.calls(M1).is_empty(), "{:?}", s.calls(M1));
     s.stop().await;
 }
@@ -483,6 +514,8 @@ async fn s11_cancel_then_stale_uncancelled_retry_stays_cancelled() {
     ))
     .await;
     assert_eq!(s.post(live).await["conflict"], 1);
+    let why = excluded(&s, "x", t);
+    assert_eq!(why, [json!({"code": "cancelled", "conflict": true})]);
     wait_control_done(&s).await;
     assert!(s.calls(M1).is_empty(), "{:?}", s.calls(M1));
     s.stop().await;
@@ -525,15 +558,19 @@ async fn s13_unmapped_meter_is_stored_and_flagged() {
 #[tokio::test]
 async fn s14_integration_test_is_dry_run_by_default() {
     let mut s = site("").await;
-    let mut note = meter_note(
-        M1,
-        vec![slot("test", at(800), at(2000), Some(10.0), json!({}))],
-    );
+    let end = at(2000);
+    let mut note = meter_note(M1, vec![slot("test", at(800), end, Some(10.0), json!({}))]);
     note["integration_test_notification"] = json!(true);
     s.post(note).await;
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let would = |a: &[Value]| {
+        a.iter()
+            .any(|a| a["action"] == "would-apply" && a["event"] == "test")
+    };
+    let audit = s.audit_when(would).await;
+    // Past the end of the timeslot: dry-run said what it would do and did nothing.
+    let rest = (end - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(rest + std::time::Duration::from_millis(300)).await;
     assert!(s.calls(M1).is_empty(), "dry-run wrote: {:?}", s.calls(M1));
-    let audit = s.audit();
     assert!(
         audit
             .iter()
@@ -586,26 +623,29 @@ async fn s15_restart_mid_timeslot_reapplies_with_lateness() {
 #[tokio::test]
 async fn s21_equal_priority_commitment_governs_then_earliest_start() {
     let mut s = site("").await;
+    // Same start: the commitment governs, although the voluntary one's event id sorts
+    // first and it comes first in the notification (the later tie-breaks both favour it).
     let (t, end) = (at(1000), at(2500));
     s.post(meter_note(
         M1,
         vec![
-            slot("vol", t, end, Some(5.0), json!({"is_voluntary": true})),
-            slot("com", t, end, Some(7.0), json!({})),
+            slot("a-vol", t, end, Some(5.0), json!({"is_voluntary": true})),
+            slot("z-com", t, end, Some(7.0), json!({})),
         ],
     ))
     .await;
     let calls = s.wait_calls(M1, 1, 10).await;
-    assert_eq!(applied(&calls[0]).event_id, "com");
+    assert_eq!(applied(&calls[0]).event_id, "z-com");
 
     // Equal priority and both commitments: the earlier start keeps governing when the
-    // later one begins, although the later one's event id sorts first (the last tie-break).
+    // later one begins, although the later one's event id sorts first and it comes first
+    // in the notification (the tie-breaks after "earliest start" both favour it).
     let (t, t1, end) = (at(1000), at(2000), at(3500));
     s.post(meter_note(
         M2,
         vec![
-            slot("b-early", t, end, Some(5.0), json!({})),
             slot("a-later", t1, end, Some(7.0), json!({})),
+            slot("b-early", t, end, Some(5.0), json!({})),
         ],
     ))
     .await;

@@ -80,7 +80,9 @@ async fn site_with(sim_cfg: SimConfig, site_extra: &str, second: Option<SimConfi
     };
     let running = daemon::start(config, parts).await.unwrap();
     // As `leap-edge run` wires it: control events into the audit log.
-    let audit = daemon::control_audit::spawn(running.app.store.clone(), cc.status());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let audit = daemon::control_audit::run(running.app.store.clone(), cc.status(), stop);
+    let audit = tokio::spawn(audit);
     let client = common::Client::new(running.addr, cert);
     Site {
         dir,

@@ -3,7 +3,7 @@
 use super::FakeLeap;
 use crate::common::{self, Daemon};
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const METER: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
 
@@ -26,19 +26,14 @@ pub fn status(d: &Daemon) -> Value {
 }
 
 pub async fn wait_first_poll(d: &Daemon) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(d);
-        if !s["leap"]["backstop"]["last_success"].is_null() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no successful poll: {s}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut s = Value::Null;
+    let polled = common::eventually(Duration::from_secs(30), || {
+        s = status(d);
+        !s["leap"]["backstop"]["last_success"].is_null()
+    })
+    .await;
+    assert!(polled, "no successful poll: {s}\n{}", d.log());
+    s
 }
 
 pub fn slot(event: &str, start_in_s: i64, extra: Value) -> Value {
