@@ -66,7 +66,7 @@ pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
         })
         .collect();
     if args.json {
-        let doc = json!({"from": store::ts(from), "to": store::ts(to), "meters": meters, "excluded": plan.excluded});
+        let doc = json!({"from": crate::textfmt::ts(from), "to": crate::textfmt::ts(to), "meters": meters, "excluded": plan.excluded});
         crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(exit::OK);
     }
@@ -117,7 +117,7 @@ fn target_text(c: &Command) -> String {
 fn interval_json(iv: &Interval) -> Value {
     let c = &iv.command;
     let mut v = json!({
-        "start_time": store::ts(iv.start), "end_time": store::ts(iv.end),
+        "start_time": crate::textfmt::ts(iv.start), "end_time": crate::textfmt::ts(iv.end),
         "mode": c.mode, "kind": c.kind, "performance_compensation_cap": c.cap.as_str(),
         "target_kw": match c.target { Target::Kw(k) => json!(k), _ => Value::Null },
         "target": target_text(c), "limit_kw": c.limit_kw, "export_allowed_kw": c.export_allowed_kw,

@@ -4,10 +4,18 @@
 //! `leap-edge config check` runs both and exits 78 (EX_CONFIG) on failure.
 
 mod check;
+pub(crate) mod intervals;
+pub(crate) mod leap;
+pub(crate) mod mqtt;
 mod schema;
+mod sim;
 mod suggest;
 
+pub use intervals::IntervalsConfig;
+pub use leap::{LeapConfig, ScheduleConfig};
+pub use mqtt::MqttConfig;
 pub use schema::*;
+pub use sim::NormalMode;
 
 use std::path::{Path, PathBuf};
 

@@ -2,21 +2,24 @@
 //! order — stop accepting, finish in-flight requests, stop dispatch (which hands every
 //! battery back to normal operation), close the database.
 
+mod admin_handler;
 pub mod control_audit;
 mod housekeeping;
 mod limits;
 pub(crate) mod lock;
 mod report;
 mod schedule;
-mod socket;
 
-pub(crate) use socket::{describe as describe_override, not_configured as not_configured_meter};
+pub(crate) use admin_handler::{
+    describe as describe_override, not_configured as not_configured_meter,
+};
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, LiveConfig, SharedConfig};
 use crate::control::ControlCommander;
 use crate::dispatch::{Commander, DispatchStatus, Dispatcher};
-use crate::server::{self, App};
+use crate::seam::{ChangeSignal, StatusBoard};
+use crate::server::{self, App, WebhookSettings};
 use crate::store::{Store, StoreThread};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,6 +76,10 @@ pub struct Running {
     /// Where `/metrics` and `/healthz` are served (plain HTTP, loopback).
     pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
+    /// The configuration in force (`reload` replaces parts of it).
+    pub config: SharedConfig,
+    /// Every part's `/metrics` and `/healthz` contribution (add the control loops' here).
+    pub status: Arc<StatusBoard>,
     pub dispatch: Arc<DispatchStatus>,
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
@@ -96,7 +103,15 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     };
     let (listener, addr) = bind(config.server.listen).await?;
     let (metrics_listener, metrics_addr) = bind(config.server.metrics_listen).await?;
-    let app = Arc::new(App::new(config.clone(), store.clone()));
+    let live: SharedConfig = Arc::new(LiveConfig::new(config.clone()));
+    let status = Arc::new(StatusBoard::default());
+    let changes = ChangeSignal::default();
+    let app = Arc::new(App::new(
+        WebhookSettings::of(&config),
+        store.clone(),
+        changes.clone(),
+        status.clone(),
+    ));
     if let Some(t) = &tls {
         app.set_tls(t.clone());
         tracing::info!(fingerprint = %t.fingerprint(), "TLS certificate loaded");
@@ -110,27 +125,29 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         parts.clock.clone(),
     );
     let dispatcher = dispatcher
-        .with_live_config(app.shared_config())
+        .with_live_config(live.clone())
         .with_heartbeat(crate::systemd::watchdog_heartbeat());
     let dispatch = dispatcher.status();
-    app.add_source(dispatch.clone());
+    status.add(dispatch.clone());
     // Issue 13: the polling backstop (a no-op without [leap] api_key).
     // A weak handle: the App holds the backstop (as a status source), not the reverse.
     let weak = Arc::downgrade(&app);
     let backstop = crate::leap::backstop::Backstop::new(
-        app.shared_config(),
+        live.clone(),
         store.clone(),
-        app.changes.clone(),
+        changes.clone(),
         Arc::new(move || {
             weak.upgrade()
                 .map_or(0, |a| a.metrics.requests.get("storage_unavailable"))
         }),
     );
-    app.add_source(backstop.clone());
+    status.add(backstop.clone());
     tokio::spawn(backstop.clone().run(stop_rx.clone()));
-    let handler = Arc::new(socket::Handler {
+    let handler = Arc::new(admin_handler::Handler {
         backstop: backstop.clone(),
         app: app.clone(),
+        config: live.clone(),
+        changes: changes.clone(),
         dispatch: dispatch.clone(),
         overrides: dispatcher.overrides(),
         started_at: parts.clock.now(),
@@ -138,11 +155,11 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         clock: parts.clock,
         live: parts.live,
     });
-    let dispatcher = tokio::spawn(dispatcher.run(app.changes.subscribe(), stop_rx.clone()));
+    let dispatcher = tokio::spawn(dispatcher.run(changes.subscribe(), stop_rx.clone()));
     let hk = Arc::new(housekeeping::Housekeeping::default());
-    app.add_source(hk.clone());
+    status.add(hk.clone());
     tokio::spawn(hk.clone().run(stop_rx.clone()));
-    let scheduler = start_schedule(&app, &hk, &backstop).await;
+    let scheduler = start_schedule(&app, &live, &hk, &backstop).await;
     let admin_path = config.admin.socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin = tokio::spawn(async move {
@@ -187,6 +204,8 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         metrics_addr,
         metrics_http,
         app,
+        config: live,
+        status,
         dispatch,
         stop,
         http,
@@ -205,16 +224,17 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
 /// handles: the scheduler must never keep the database open past shutdown.
 async fn start_schedule(
     app: &Arc<App>,
+    live: &SharedConfig,
     hk: &Arc<housekeeping::Housekeeping>,
     backstop: &Arc<crate::leap::backstop::Backstop>,
 ) -> Option<tokio_cron_scheduler::JobScheduler> {
-    let cfg = app.config();
-    let (a, h) = (Arc::downgrade(app), Arc::downgrade(hk));
+    let cfg = live.get();
+    let (a, h, l) = (Arc::downgrade(app), Arc::downgrade(hk), live.clone());
     let prune: schedule::Task = Arc::new(move || {
-        let (a, h) = (a.upgrade(), h.upgrade());
+        let (a, h, retention_days) = (a.upgrade(), h.upgrade(), l.get().storage.retention_days);
         Box::pin(async move {
             if let (Some(a), Some(h)) = (a, h) {
-                h.prune(&a.store, a.config().storage.retention_days).await;
+                h.prune(&a.store, retention_days).await;
             }
         })
     });
@@ -242,12 +262,12 @@ async fn start_schedule(
         }
     });
     // Weak, like the others: a job must not keep the store open past shutdown.
-    let a = Arc::downgrade(app);
+    let (a, l) = (Arc::downgrade(app), live.clone());
     let upload: schedule::Task = Arc::new(move || {
-        let a = a.upgrade();
+        let (a, config) = (a.upgrade(), l.get());
         Box::pin(async move {
             if let Some(a) = a {
-                daily_upload(&a.config(), &a.store).await;
+                daily_upload(&config, &a.store).await;
             }
         })
     });
@@ -293,7 +313,7 @@ impl Running {
     ) {
         let task = crate::intervals::task::run(
             self.app.store.clone(),
-            Some(self.app.config()),
+            Some(self.config.get()),
             readings,
             self.stop.subscribe(),
         );
@@ -363,7 +383,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         },
     )
     .await?;
-    running.app.add_source(Arc::new(control.status()));
+    running.status.add(Arc::new(control.status()));
     let control_audit = control_audit::spawn(running.app.store.clone(), control.status());
     running.record_intervals(readings);
     // Type=notify: systemd counts the service as started only now, with the listener

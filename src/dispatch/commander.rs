@@ -3,11 +3,8 @@
 //! `control`; tests and dry runs use [`RecordingCommander`].
 
 use crate::model::Command;
-use std::future::Future;
-use std::pin::Pin;
+use crate::seam::BoxFuture;
 use std::sync::{Arc, Mutex};
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CommandError {

@@ -8,6 +8,6 @@ mod record;
 mod resume;
 pub mod status;
 
-pub use commander::{BoxFuture, CommandError, Commander, Recorded, RecordingCommander};
+pub use commander::{CommandError, Commander, Recorded, RecordingCommander};
 pub use engine::Dispatcher;
 pub use status::{DispatchSnapshot, DispatchStatus};

@@ -10,9 +10,10 @@ mod http;
 pub mod poll;
 pub mod types;
 
+pub use crate::config::{LeapConfig, ScheduleConfig};
 pub use client::LeapClient;
-pub use config::{LeapConfig, ScheduleConfig, check_config, next_fire};
 pub(crate) use config::{MAX_WINDOW_DAYS, MIN_POLL_GAP_SECS};
+pub use config::{check_config, next_fire};
 
 /// What a call to Leap can end in, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
