@@ -8,7 +8,7 @@ use crate::config::{Config, ConfigError};
 use std::path::Path;
 
 /// Read, parse and check a configuration file: [`Config::load`], then [`problems`].
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let config = Config::load(path)?;
     let problems = problems(&config);
     if problems.is_empty() {
@@ -22,7 +22,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// The problems only other modules can see; each names its key and says what to do.
-pub fn problems(config: &Config) -> Vec<String> {
+pub(crate) fn problems(config: &Config) -> Vec<String> {
     let mut p = Vec::new();
     crate::leap::check_config(config, &mut p);
     // One battery per meter, refreshable before it reverts (the control loop's needs).
@@ -69,7 +69,7 @@ fn profile_points(config: &Config, name: &str, profile: &str, path: &Path, p: &m
 
 /// Things that are allowed but a technician must know (printed by `config check` and
 /// logged at start): devices that cannot hand the battery back by themselves.
-pub fn warnings(config: &Config) -> Vec<String> {
+pub(crate) fn warnings(config: &Config) -> Vec<String> {
     let mut w = Vec::new();
     for (name, d) in &config.devices {
         let path = config.devices_dir.join(format!("{}.toml", d.profile));

@@ -1,6 +1,7 @@
 //! Configuration: strict TOML (every unknown key is an error naming file, line and the
 //! nearest valid key), then a semantic `check()` that catches what types cannot
 //! (plain HTTP on a public address, a meter pointing at a missing device, ...).
+//! Imports only leaf modules; checks that need another module's rules are in `preflight`.
 //! `leap-edge config check` runs both and exits 78 (EX_CONFIG) on failure.
 
 mod check;

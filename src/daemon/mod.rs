@@ -78,8 +78,9 @@ pub struct Running {
     pub app: Arc<App>,
     /// The configuration in force (`reload` replaces parts of it).
     pub config: SharedConfig,
-    /// Every part's `/metrics` and `/healthz` contribution (add the control loops' here).
-    pub status: Arc<StatusBoard>,
+    /// Every part's `/metrics` and `/healthz` contribution, held by the App: weak here, so
+    /// dropping the App at shutdown releases the store handles the sources hold.
+    status: std::sync::Weak<StatusBoard>,
     pub dispatch: Arc<DispatchStatus>,
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
@@ -205,7 +206,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         metrics_http,
         app,
         config: live,
-        status,
+        status: Arc::downgrade(&status),
         dispatch,
         stop,
         http,
@@ -306,6 +307,13 @@ async fn daily_upload(config: &Config, store: &Store) {
 }
 
 impl Running {
+    /// Add a part's `/metrics` and `/healthz` contribution (the control loops').
+    pub fn add_status(&self, source: Arc<dyn crate::seam::StatusSource>) {
+        if let Some(board) = self.status.upgrade() {
+            board.add(source);
+        }
+    }
+
     /// Issue 14: record 15-minute interval energy from these readings (the control loops').
     pub fn record_intervals(
         &mut self,
@@ -383,7 +391,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         },
     )
     .await?;
-    running.status.add(Arc::new(control.status()));
+    running.add_status(Arc::new(control.status()));
     let control_audit = control_audit::spawn(running.app.store.clone(), control.status());
     running.record_intervals(readings);
     // Type=notify: systemd counts the service as started only now, with the listener

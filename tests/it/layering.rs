@@ -163,7 +163,6 @@ fn the_list_names_every_top_level_module() {
 fn the_check_names_file_line_and_import() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path();
-    std::fs::write(src.join("lib.rs"), "//! 1. model\n//! 2. config\n").unwrap();
     std::fs::write(src.join("config.rs"), "use crate::model::A;\n").unwrap();
     std::fs::write(
         src.join("model.rs"),
