@@ -229,6 +229,31 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
+/// An idle daemon: RSS 2 s after ready, RSS after `phase` more seconds, and the CPU
+/// ticks spent in them.
+fn idle(p: &Proc, phase: u64) -> (u64, u64, u64) {
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, _) = p.rss_kib();
+    let c0 = p.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(phase));
+    let ticks = p.cpu_ticks() - c0;
+    let (rss_after, _) = p.rss_kib();
+    (rss, rss_after, ticks)
+}
+
+/// Start to ready: the first start (which creates the database) and the median of five.
+fn start_times(config: &Path, dir: &Path) -> (Duration, Duration) {
+    let mut starts = Vec::new();
+    for _ in 0..5 {
+        let (p, _, ready) = spawn(config, dir);
+        starts.push(ready);
+        drop(p);
+    }
+    let first = starts[0];
+    starts.sort();
+    (first, starts[starts.len() / 2])
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let phase = if quick { 3 } else { 10 };
@@ -242,25 +267,12 @@ fn main() {
     let (config, cert) = prepare(dir.path(), sim.local_addr());
 
     // Start to ready: a fresh database the first time (migrations), then restarts.
-    let mut starts = Vec::new();
-    for _ in 0..5 {
-        let (p, _, ready) = spawn(&config, dir.path());
-        starts.push(ready);
-        drop(p);
-    }
-    let first = starts[0];
-    starts.sort();
-    let median = starts[starts.len() / 2];
+    let (first, median) = start_times(&config, dir.path());
 
     let (mut p, addr, _) = spawn(&config, dir.path());
-    std::thread::sleep(Duration::from_secs(2));
-    let (idle_rss, _) = p.rss_kib();
     let tck = clk_tck();
-    let c0 = p.cpu_ticks();
-    std::thread::sleep(Duration::from_secs(phase));
-    let idle_ticks = p.cpu_ticks() - c0;
+    let (idle_rss, idle_rss_after, idle_ticks) = idle(&p, phase);
     let idle_cpu = idle_ticks as f64 / tck / phase as f64 * 100.0;
-    let (idle_rss_after, _) = p.rss_kib();
 
     p.alive_or_panic();
     let client = common::Client::new(addr, cert);

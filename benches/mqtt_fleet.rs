@@ -230,6 +230,19 @@ fn group_notification(n: usize) -> String {
     .to_string()
 }
 
+/// Time from `t0` until all `n` subscribers have the notification (at most 300 s).
+fn wait_for_all(got: &AtomicUsize, n: usize, t0: Instant) -> Duration {
+    while got.load(Ordering::Relaxed) < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "only {} of {n} received",
+            got.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    t0.elapsed()
+}
+
 fn main() {
     let n: usize = std::env::args()
         .skip(1)
@@ -261,15 +274,7 @@ fn main() {
     ));
     let answered = t0.elapsed();
     assert_eq!(r.status, 200, "{}", r.text);
-    while got.load(Ordering::Relaxed) < n {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "only {} of {n} received",
-            got.load(Ordering::Relaxed)
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let all = t0.elapsed();
+    let all = wait_for_all(&got, n, t0);
     let (rss1, hwm, ticks1) = proc_stats(pid);
     let tck = 100.0;
     println!(

@@ -20,12 +20,14 @@ impl Clock for SystemClock {
 /// Wall time = a fixed origin + tokio's monotonic time since creation. Under
 /// `tokio::time::pause()` it advances only when the runtime auto-advances, which makes
 /// timer tests exact and instant.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
     origin: DateTime<Utc>,
     start: tokio::time::Instant,
 }
 
+#[cfg(test)]
 impl TokioClock {
     pub fn starting_at(origin: DateTime<Utc>) -> TokioClock {
         TokioClock {
@@ -35,6 +37,7 @@ impl TokioClock {
     }
 }
 
+#[cfg(test)]
 impl Clock for TokioClock {
     fn now(&self) -> DateTime<Utc> {
         let elapsed = tokio::time::Instant::now() - self.start;

@@ -159,27 +159,6 @@ impl IngestMetrics {
     }
 }
 
-/// A short, bounded label for a rejection reason (the full text is in the database).
-pub fn reason_label(reason: &str) -> &'static str {
-    if reason.starts_with("missing meter_event_id")
-        || reason.starts_with("missing market_group_event_id")
-    {
-        "missing_event_id"
-    } else if reason.contains("limits.max_") {
-        "over_limit"
-    } else if reason.contains("is not after") {
-        "end_not_after_start"
-    } else if reason.contains("RFC 3339") {
-        "bad_time"
-    } else if reason.contains("outside Leap's range") {
-        "out_of_range"
-    } else if reason.contains("no meter_id") {
-        "missing_meter_id"
-    } else {
-        "invalid_field"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

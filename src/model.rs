@@ -20,14 +20,6 @@ impl Kind {
             Kind::Group => "group",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "meter" => Some(Kind::Meter),
-            "group" => Some(Kind::Group),
-            _ => None,
-        }
-    }
 }
 
 /// SPEC §1 `performance_compensation_cap`. The raw text is always kept alongside.
@@ -194,8 +186,9 @@ pub enum Target {
     Setpoint(f64),
 }
 
-/// The command for one local meter over one plan interval (SPEC §2.9).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The command for one local meter over one plan interval (SPEC §2.9). Two commands are
+/// equal when they ask the battery for the same thing: see the `PartialEq` below.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Command {
     pub kind: Kind,
     pub event_id: String,
@@ -213,8 +206,43 @@ pub struct Command {
     pub programs: Vec<String>,
     /// End of the governing timeslot: the closed loop spreads stored energy up to here.
     pub until: DateTime<Utc>,
-    /// Why this timeslot governs (for schedule and logs).
+    /// Why this timeslot governs (for schedule and logs). Free text: not part of equality.
     pub reason: String,
+}
+
+/// Equality by what the battery is asked to do. The free-text `reason` takes no part: a
+/// runner-up timeslot that appears changes the words, not the command, and must not
+/// re-apply and re-audit the running event. (The destructuring makes a new field choose.)
+impl PartialEq for Command {
+    fn eq(&self, other: &Self) -> bool {
+        let Command {
+            kind,
+            event_id,
+            mode,
+            target,
+            cap,
+            limit_kw,
+            export_allowed_kw,
+            import_margin_kw,
+            strategy,
+            priority,
+            programs,
+            until,
+            reason: _,
+        } = self;
+        *kind == other.kind
+            && *event_id == other.event_id
+            && *mode == other.mode
+            && *target == other.target
+            && *cap == other.cap
+            && *limit_kw == other.limit_kw
+            && *export_allowed_kw == other.export_allowed_kw
+            && *import_margin_kw == other.import_margin_kw
+            && *strategy == other.strategy
+            && *priority == other.priority
+            && *programs == other.programs
+            && *until == other.until
+    }
 }
 
 /// What a technician sees in `leap-edge events` (issue: events listing).
@@ -270,5 +298,79 @@ impl std::fmt::Display for Target {
             Target::Setpoint(kw) if *kw > 0.0 => write!(f, "discharge {kw:.2} kW (manual)"),
             Target::Setpoint(_) => f.write_str("hold (manual)"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn command() -> Command {
+        Command {
+            kind: Kind::Meter,
+            event_id: "e1".into(),
+            mode: ExecMode::Execute,
+            target: Target::Kw(10.0),
+            cap: Cap::UpToSiteLoad,
+            limit_kw: None,
+            export_allowed_kw: 0.0,
+            import_margin_kw: 0.5,
+            strategy: Strategy::Award,
+            priority: 1,
+            programs: vec!["DRAM".into()],
+            until: Utc.with_ymd_and_hms(2026, 11, 1, 13, 0, 0).unwrap(),
+            reason: "p1 commitment, the only active timeslot".into(),
+        }
+    }
+
+    #[test]
+    fn commands_differing_only_in_reason_are_equal() {
+        let a = command();
+        let b = Command {
+            reason: "p1 commitment over p3 voluntary e2: lower priority number".into(),
+            ..command()
+        };
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn commands_differing_in_what_the_battery_does_are_not() {
+        let a = command();
+        assert_ne!(
+            a,
+            Command {
+                target: Target::Kw(9.0),
+                ..command()
+            }
+        );
+        assert_ne!(
+            a,
+            Command {
+                event_id: "e2".into(),
+                ..command()
+            }
+        );
+        assert_ne!(
+            a,
+            Command {
+                mode: ExecMode::DryRun,
+                ..command()
+            }
+        );
+        assert_ne!(
+            a,
+            Command {
+                cap: Cap::UpToNomination,
+                ..command()
+            }
+        );
+        assert_ne!(
+            a,
+            Command {
+                until: a.until + chrono::Duration::seconds(1),
+                ..command()
+            }
+        );
     }
 }

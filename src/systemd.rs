@@ -42,11 +42,6 @@ pub fn notify_stopping() -> Result<bool, NotifyError> {
     notify("STOPPING=1")
 }
 
-/// STATUS=...: the one-line status `systemctl status` shows.
-pub fn notify_status(status: &str) -> Result<bool, NotifyError> {
-    notify(&status_line(status))
-}
-
 /// Sends `state` (newline-separated `KEY=VALUE` lines) to `$NOTIFY_SOCKET`.
 /// `Ok(false)` when not started by systemd with a notify socket.
 pub fn notify(state: &str) -> Result<bool, NotifyError> {
@@ -79,16 +74,6 @@ fn socket_addr(socket: &OsStr) -> Result<SocketAddr, NotifyError> {
         Some(b'/') => SocketAddr::from_pathname(socket).map_err(|_| bad()),
         _ => Err(bad()),
     }
-}
-
-/// A newline would end the STATUS line and let the rest pose as another variable
-/// (a stray "READY=1" in an error message, say), so status text is kept to one line.
-fn status_line(status: &str) -> String {
-    let one_line: String = status
-        .chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .collect();
-    format!("STATUS={one_line}")
 }
 
 /// The watchdog timeout systemd enforces (`WatchdogSec=`), if it is meant for this process.
@@ -130,14 +115,6 @@ pub fn watchdog_heartbeat() -> impl Fn() + Send + Sync + 'static {
             tracing::warn!(error = %e, "systemd watchdog ping failed");
         }
     }
-}
-
-/// Whether systemd started us (its journal captures stderr, or it set an invocation id):
-/// then logs go to the journal without timestamps of our own.
-pub fn under_systemd() -> bool {
-    ["JOURNAL_STREAM", "INVOCATION_ID"]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
 }
 
 #[cfg(test)]
@@ -201,11 +178,6 @@ mod tests {
     }
 
     #[test]
-    fn status_text_cannot_inject_another_variable() {
-        assert_eq!(status_line("db error\nREADY=1"), "STATUS=db error READY=1");
-    }
-
-    #[test]
     fn watchdog_interval_is_for_our_pid_only() {
         let us = |s: &str| Some(OsStr::new(s).to_owned());
         let w = |usec: Option<OsString>, pid: Option<OsString>| {
@@ -242,7 +214,6 @@ mod tests {
             .unwrap();
         assert!(status.status.success(), "child failed: {status:?}");
         assert_eq!(recv(&sock), "READY=1");
-        assert_eq!(recv(&sock), "STATUS=watchdog Some(30s) under_systemd true");
         assert_eq!(recv(&sock), "WATCHDOG=1");
         assert_eq!(recv(&sock), "STOPPING=1");
     }
@@ -254,12 +225,7 @@ mod tests {
             return;
         }
         assert!(notify_ready().unwrap());
-        let status = format!(
-            "watchdog {:?} under_systemd {}",
-            watchdog_interval(),
-            under_systemd()
-        );
-        assert!(notify_status(&status).unwrap());
+        assert_eq!(watchdog_interval(), Some(Duration::from_secs(30)));
         watchdog_heartbeat()();
         assert!(notify_stopping().unwrap());
     }
@@ -291,6 +257,5 @@ mod tests {
         assert!(!notify_ready().unwrap());
         watchdog_heartbeat()();
         assert_eq!(watchdog_interval(), None);
-        assert!(!under_systemd());
     }
 }

@@ -220,67 +220,69 @@ fn test_or_real(v: &Value) -> &'static str {
     }
 }
 
+const SLOT_HEADERS: [&str; 11] = [
+    "STATUS",
+    "EVENT",
+    "TEST/REAL",
+    "METER",
+    "START",
+    "END",
+    "KW",
+    "CAP",
+    "PRIO",
+    "PROGRAMS",
+    "REV/DUP",
+];
+
 fn print_table(slots: &[Value], rejected: &[Value], zone: Zone) {
-    let rows: Vec<Vec<String>> = slots
-        .iter()
-        .map(|v| {
-            let id = &event_id(v);
-            let meters = v.get("meter_id").cloned().unwrap_or_else(|| {
-                json!(v["meter_ids"].as_array().map_or(0, Vec::len).to_string() + " meters")
-            });
-            let energy = energy(&v["energy_kw"]);
-            let mut status = s(&v["status"]);
-            if v["cancel_conflict"] == json!(true) {
-                status.push_str(" (un-cancel ignored)");
-            }
-            vec![
-                status,
-                s(id),
-                test_or_real(v).into(),
-                s(&meters),
-                time(&v["start_time"], zone),
-                time(&v["end_time"], zone),
-                energy,
-                s(&v["performance_compensation_cap"]),
-                s(&v["priority"]),
-                s(&v["programs"]),
-                format!("{}/{}", s(&v["revisions"]), s(&v["duplicates"])),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = slots.iter().map(|v| slot_row(v, zone)).collect();
     if rows.is_empty() {
         crate::outln!("No timeslots stored.");
     } else {
-        table::print(
-            &[
-                "STATUS",
-                "EVENT",
-                "TEST/REAL",
-                "METER",
-                "START",
-                "END",
-                "KW",
-                "CAP",
-                "PRIO",
-                "PROGRAMS",
-                "REV/DUP",
-            ],
-            &rows,
-        );
+        table::print(&SLOT_HEADERS, &rows);
     }
     if !rejected.is_empty() {
-        crate::outln!("\nRejected timeslots (stored, never dispatched):");
-        let rows: Vec<Vec<String>> = rejected
-            .iter()
-            .map(|r| {
-                vec![
-                    s(&r["event_id"]),
-                    s(&r["kind"]),
-                    s(&r["reason"]),
-                    s(&r["times_seen"]),
-                ]
-            })
-            .collect();
-        table::print(&["EVENT", "KIND", "REASON", "SEEN"], &rows);
+        print_rejected(rejected);
     }
+}
+
+/// One stored timeslot as a row under [`SLOT_HEADERS`].
+fn slot_row(v: &Value, zone: Zone) -> Vec<String> {
+    let id = &event_id(v);
+    let meters = v.get("meter_id").cloned().unwrap_or_else(|| {
+        json!(v["meter_ids"].as_array().map_or(0, Vec::len).to_string() + " meters")
+    });
+    let mut status = s(&v["status"]);
+    if v["cancel_conflict"] == json!(true) {
+        status.push_str(" (un-cancel ignored)");
+    }
+    vec![
+        status,
+        s(id),
+        test_or_real(v).into(),
+        s(&meters),
+        time(&v["start_time"], zone),
+        time(&v["end_time"], zone),
+        energy(&v["energy_kw"]),
+        s(&v["performance_compensation_cap"]),
+        s(&v["priority"]),
+        s(&v["programs"]),
+        format!("{}/{}", s(&v["revisions"]), s(&v["duplicates"])),
+    ]
+}
+
+fn print_rejected(rejected: &[Value]) {
+    crate::outln!("\nRejected timeslots (stored, never dispatched):");
+    let rows: Vec<Vec<String>> = rejected
+        .iter()
+        .map(|r| {
+            vec![
+                s(&r["event_id"]),
+                s(&r["kind"]),
+                s(&r["reason"]),
+                s(&r["times_seen"]),
+            ]
+        })
+        .collect();
+    table::print(&["EVENT", "KIND", "REASON", "SEEN"], &rows);
 }

@@ -46,17 +46,7 @@ pub fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
     if let Some(IntervalsCommand::Uploads { json }) = &args.command {
         return uploads(&conn, *json);
     }
-    let now = Utc::now();
-    let range = Range {
-        from: Some(
-            args.from
-                .unwrap_or(now - chrono::Duration::hours(24))
-                .timestamp(),
-        ),
-        to: Some(args.to.unwrap_or(now).timestamp()),
-        meter: args.meter.clone(),
-    };
-    let rows = db::list(&conn, &range)?;
+    let rows = db::list(&conn, &range(args, Utc::now()))?;
     if args.csv {
         crate::outln!(
             "{}",
@@ -71,35 +61,29 @@ pub fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"intervals": list}))?
         );
-        return Ok(exit::OK);
-    }
-    if rows.is_empty() {
+    } else if rows.is_empty() {
         crate::outln!("No intervals recorded in that range.");
-        return Ok(exit::OK);
+    } else {
+        print_table(&rows);
     }
-    let kwh = |wh: f64| format!("{:.3}", wh / 1000.0);
-    let table_rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|i| {
-            let (cons, generated, net) = match i.energy {
-                Some(e) => (
-                    kwh(e.import_wh),
-                    kwh(e.export_wh),
-                    kwh(e.import_wh - e.export_wh),
-                ),
-                None => ("-".into(), "-".into(), "-".into()),
-            };
-            vec![
-                i.meter_id.clone(),
-                csv::utc(i.start),
-                cons,
-                generated,
-                net,
-                state(i).into(),
-                kwh(i.battery_wh),
-            ]
-        })
-        .collect();
+    Ok(exit::OK)
+}
+
+/// The range asked for: by default the last 24 hours, all meters.
+fn range(args: &IntervalsArgs, now: DateTime<Utc>) -> Range {
+    Range {
+        from: Some(
+            args.from
+                .unwrap_or(now - chrono::Duration::hours(24))
+                .timestamp(),
+        ),
+        to: Some(args.to.unwrap_or(now).timestamp()),
+        meter: args.meter.clone(),
+    }
+}
+
+fn print_table(rows: &[Interval]) {
+    let table_rows: Vec<Vec<String>> = rows.iter().map(table_row).collect();
     table::print(
         &[
             "METER",
@@ -112,7 +96,27 @@ pub fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
         ],
         &table_rows,
     );
-    Ok(exit::OK)
+}
+
+fn table_row(i: &Interval) -> Vec<String> {
+    let kwh = |wh: f64| format!("{:.3}", wh / 1000.0);
+    let (cons, generated, net) = match i.energy {
+        Some(e) => (
+            kwh(e.import_wh),
+            kwh(e.export_wh),
+            kwh(e.import_wh - e.export_wh),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    vec![
+        i.meter_id.clone(),
+        csv::utc(i.start),
+        cons,
+        generated,
+        net,
+        state(i).into(),
+        kwh(i.battery_wh),
+    ]
 }
 
 fn state(i: &Interval) -> &'static str {

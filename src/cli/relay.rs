@@ -96,6 +96,15 @@ fn print_text(s: &RelayStatus, max_age: u64) {
         s.unrouted_count,
         s.dead_letter_count
     );
+    print_gateways(s);
+    for p in s.problems(max_age) {
+        crate::outln!("UNHEALTHY: {p}");
+    }
+    print_undelivered(s);
+}
+
+/// One line per gateway (queue, last success, last error), then each MQTT gateway's link.
+fn print_gateways(s: &RelayStatus) {
     crate::outln!(
         "{:<16} {:>6} {:>9} {:>6} {:<20} LAST ERROR",
         "GATEWAY",
@@ -134,9 +143,10 @@ fn print_text(s: &RelayStatus, max_age: u64) {
             );
         }
     }
-    for p in s.problems(max_age) {
-        crate::outln!("UNHEALTHY: {p}");
-    }
+}
+
+/// Entries no gateway took: unrouted ones and dead letters.
+fn print_undelivered(s: &RelayStatus) {
     for u in &s.unrouted {
         crate::outln!(
             "unrouted: notification {} ({}) {} meters {:?}",

@@ -51,34 +51,43 @@ pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
         from,
         to,
     });
-    let meters: Vec<Value> = config
+    if args.json {
+        print_json(config, args.meter.as_deref(), &plan)?;
+    } else {
+        print_text(config, args.meter.as_deref(), &plan);
+    }
+    Ok(exit::OK)
+}
+
+/// The configured meters `--meter` selects (all without it).
+fn selected<'a>(
+    config: &'a Config,
+    meter: Option<&'a str>,
+) -> impl Iterator<Item = &'a crate::config::MeterConfig> {
+    config
         .meters
         .iter()
-        .filter(|m| {
-            args.meter
-                .as_ref()
-                .is_none_or(|x| x.eq_ignore_ascii_case(&m.id))
-        })
+        .filter(move |m| meter.is_none_or(|x| x.eq_ignore_ascii_case(&m.id)))
+}
+
+fn print_json(config: &Config, meter: Option<&str>, plan: &plan::Plan) -> anyhow::Result<()> {
+    let (from, to) = (plan.from, plan.to);
+    let meters: Vec<Value> = selected(config, meter)
         .map(|m| {
             let ivs = plan.meters.get(&m.id).map(Vec::as_slice).unwrap_or(&[]);
             json!({"meter_id": m.id, "name": m.name, "device": m.device,
                    "intervals": ivs.iter().map(interval_json).collect::<Vec<_>>()})
         })
         .collect();
-    if args.json {
-        let doc = json!({"from": crate::textfmt::ts(from), "to": crate::textfmt::ts(to), "meters": meters, "excluded": plan.excluded});
-        crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(exit::OK);
-    }
+    let doc = json!({"from": crate::textfmt::ts(from), "to": crate::textfmt::ts(to), "meters": meters, "excluded": plan.excluded});
+    crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+fn print_text(config: &Config, meter: Option<&str>, plan: &plan::Plan) {
+    let (from, to) = (plan.from, plan.to);
     crate::outln!("Schedule {} → {}", Zone::Utc.time(from), Zone::Utc.time(to));
-    for m in &config.meters {
-        if args
-            .meter
-            .as_ref()
-            .is_some_and(|x| !x.eq_ignore_ascii_case(&m.id))
-        {
-            continue;
-        }
+    for m in selected(config, meter) {
         let label = m
             .name
             .as_deref()
@@ -107,7 +116,6 @@ pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
             .collect();
         table::print(&["EVENT", "KIND", "METER", "WHY"], &rows);
     }
-    Ok(exit::OK)
 }
 
 fn target_text(c: &Command) -> String {

@@ -3,6 +3,7 @@
 //! from the configuration and the database (active timeslots, last audit entry per meter)
 //! and says how the daemon was last run. `--watch` refreshes it (see [`super::watch`]).
 
+use super::output::Format;
 use super::text::Zone;
 use super::{exit, status_view};
 use crate::admin::state::{
@@ -43,13 +44,18 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
         return super::watch::status(&rt, config, args);
     }
     let report = rt.block_on(gather(config))?;
-    if args.json {
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    if format == Format::Json {
         crate::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let view = status_view::View {
             wide: args.wide,
             zone: Zone::from_flag(args.local),
-            color: true,
+            color: super::output::stdout_colour(format),
         };
         for line in status_view::render(&report, config, &view) {
             crate::outln!("{line}");

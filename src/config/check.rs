@@ -12,6 +12,8 @@ impl Config {
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut p = Vec::new();
         self.check_server(&mut p);
+        self.check_limits(&mut p);
+        self.check_auth(&mut p);
         self.check_site(&mut p);
         self.check_meters(&mut p);
         self.check_devices(&mut p);
@@ -73,6 +75,10 @@ impl Config {
         if s.metrics_listen.port() != 0 && s.metrics_listen == s.listen {
             p.push("server.metrics_listen must differ from server.listen".into());
         }
+        self.check_tls(p);
+    }
+
+    fn check_limits(&self, p: &mut Vec<String>) {
         let l = &self.limits;
         for (key, v) in [
             ("max_meter_ids", l.max_meter_ids),
@@ -84,7 +90,9 @@ impl Config {
                 p.push(format!("limits.{key} must be at least 1"));
             }
         }
-        self.check_tls(p);
+    }
+
+    fn check_auth(&self, p: &mut Vec<String>) {
         let h = &self.auth.header;
         if h.is_empty()
             || !h

@@ -1,4 +1,5 @@
-//! "Did you mean" for serde's unknown-field and unknown-variant messages.
+//! "Did you mean" for serde's unknown-field and unknown-variant messages (edit distance
+//! from `strsim`, already in the tree through clap).
 
 /// Rewrites `unknown field `listn`, expected one of `listen`, `path`` into a message that
 /// names the nearest valid key first, which is what a technician at a terminal needs.
@@ -17,27 +18,13 @@ pub fn improve(message: &str) -> String {
 }
 
 fn nearest<'a>(wrong: &str, valid: &[&'a str]) -> Option<&'a str> {
+    let wrong = wrong.to_lowercase();
     valid
         .iter()
-        .map(|v| (distance(&wrong.to_lowercase(), &v.to_lowercase()), *v))
+        .map(|v| (strsim::levenshtein(&wrong, &v.to_lowercase()), *v))
         .filter(|(d, v)| *d <= (v.len() / 2).max(2))
         .min_by_key(|(d, _)| *d)
         .map(|(_, v)| v)
-}
-
-/// Levenshtein distance over chars; keys are short, so the quadratic table is fine.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let subst = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -54,12 +41,5 @@ mod tests {
     fn no_suggestion_when_nothing_is_close() {
         let m = improve("unknown field `zzzzzzzz`, expected `listen` or `path`");
         assert!(!m.contains("did you mean"), "{m}");
-    }
-
-    #[test]
-    fn distance_basics() {
-        assert_eq!(distance("listn", "listen"), 1);
-        assert_eq!(distance("", "abc"), 3);
-        assert_eq!(distance("same", "same"), 0);
     }
 }

@@ -119,7 +119,6 @@ pub fn decide(
     limits: Limits,
     site: &SiteConfig,
 ) -> Decision {
-    let mut flags = Flags::default();
     let (requested_kw, spread) = match (cmd.target, cmd.strategy) {
         (Target::Setpoint(kw), _) if finite_or_zero(kw) < 0.0 => {
             return charge(-kw, tel, limits, site);
@@ -131,69 +130,20 @@ pub fn decide(
         (_, Strategy::Maximize) | (Target::Maximum, _) => (None, true),
         (Target::Kw(kw), Strategy::Award) => (Some(finite_or_zero(kw).max(0.0)), true),
     };
+    let inputs = Inputs {
+        cmd,
+        now,
+        tel,
+        limits,
+        site,
+    };
+    let mut flags = Flags::default();
     let (site_load_kw, fallback) = site_load(tel, site);
     flags.using_fallback_load = fallback;
-
-    let mut best = (requested_kw.unwrap_or(f64::INFINITY), Bound::Target);
-    if requested_kw.is_none() {
-        best.1 = Bound::Unbounded;
-    }
-    let mut bound_by = |limit: f64, why: Bound| {
-        if limit < best.0 {
-            best = (limit, why);
-        }
-    };
-    bound_by(site_bound(cmd, site_load_kw), Bound::SiteLoad);
-    if let Some(l) = cmd.limit_kw.filter(|l| l.is_finite()) {
-        // SPEC §2.9 up-to-nomination: no pay beyond the nomination.
-        bound_by(l.max(0.0), Bound::Nomination);
-    }
-    if let Some(m) = limits.max_discharge_kw {
-        bound_by(m, Bound::MaxDischarge);
-    }
-    match (tel.soc_pct.filter(|s| s.is_finite()), limits.capacity_kwh) {
-        (None, _) => {
-            // Without SoC the reserve (SPEC §2.9: never crossed) cannot be guarded.
-            flags.soc_unknown = true;
-            bound_by(0.0, Bound::SocUnknown);
-        }
-        (Some(soc), _) if soc <= site.reserve_soc_pct => {
-            flags.reserve_reached = true;
-            bound_by(0.0, Bound::Reserve);
-        }
-        (Some(soc), Some(cap_kwh)) => {
-            let kw = spread_kw(soc, cap_kwh, site.reserve_soc_pct, cmd.until, now);
-            if let (Some(kw), true) = (kw, spread) {
-                bound_by(kw, Bound::Energy);
-            }
-        }
-        (Some(_), None) => flags.capacity_unknown = spread,
-    }
-    let (limit, mut bound) = best;
-    let absorb = absorb_floor(cmd, tel, limits, bound, site_load_kw);
-    let floor = absorb.map_or(0.0, |a| a.0);
-    let setpoint_kw = if limit.is_finite() {
-        limit.max(floor)
-    } else {
-        0.0
-    };
-    flags.absorbing_surplus = setpoint_kw < 0.0;
-    if let Some((floor, why)) = absorb
-        && limit < floor
-    {
-        bound = why;
-        // Export (not just import below the margin) remains: the site's generation.
-        let export_kw = setpoint_kw - site_load_kw;
-        flags.export_unavoidable = export_kw > allowed_export_kw(cmd) + EXPORT_TOLERANCE_KW;
-    }
-    match bound {
-        Bound::SiteLoad | Bound::Nomination => flags.cap_limited = true,
-        // Absorbing a surplus: the charge limit or a full battery is what bounds it.
-        Bound::MaxCharge | Bound::Full => flags.cap_limited = true,
-        Bound::MaxDischarge => flags.power_limited = true,
-        Bound::Energy => flags.energy_limited = true,
-        _ => {}
-    }
+    let mut best = inputs.power_bound(requested_kw, site_load_kw);
+    inputs.soc_bound(&mut best, spread, &mut flags);
+    let (setpoint_kw, bound) = inputs.absorb(best, site_load_kw, &mut flags);
+    flags.mark_bound(bound);
     // A charge delivers none of a discharge award, and no less than none.
     let shortfall_kw = requested_kw.map_or(0.0, |r| (r - setpoint_kw.max(0.0)).max(0.0));
     Decision {
@@ -203,6 +153,123 @@ pub fn decide(
         site_load_kw,
         bound,
         flags,
+    }
+}
+
+/// The smallest upper bound on the discharge found so far, and what set it.
+struct Tightest {
+    kw: f64,
+    bound: Bound,
+}
+
+impl Tightest {
+    fn bound_by(&mut self, limit: f64, why: Bound) {
+        if limit < self.kw {
+            (self.kw, self.bound) = (limit, why);
+        }
+    }
+}
+
+/// The arguments of [`decide`], so its steps share them without long parameter lists.
+struct Inputs<'a> {
+    cmd: &'a Command,
+    now: DateTime<Utc>,
+    tel: &'a Telemetry,
+    limits: Limits,
+    site: &'a SiteConfig,
+}
+
+impl Inputs<'_> {
+    /// The bounds on power alone: the award, the site's export bound, the nomination and
+    /// the battery's maximum discharge.
+    fn power_bound(&self, requested_kw: Option<f64>, site_load_kw: f64) -> Tightest {
+        let mut best = match requested_kw {
+            Some(kw) => Tightest {
+                kw,
+                bound: Bound::Target,
+            },
+            None => Tightest {
+                kw: f64::INFINITY,
+                bound: Bound::Unbounded,
+            },
+        };
+        best.bound_by(site_bound(self.cmd, site_load_kw), Bound::SiteLoad);
+        if let Some(l) = self.cmd.limit_kw.filter(|l| l.is_finite()) {
+            // SPEC §2.9 up-to-nomination: no pay beyond the nomination.
+            best.bound_by(l.max(0.0), Bound::Nomination);
+        }
+        if let Some(m) = self.limits.max_discharge_kw {
+            best.bound_by(m, Bound::MaxDischarge);
+        }
+        best
+    }
+
+    /// The bounds from stored energy: the reserve (SPEC §2.9: never crossed) and, when
+    /// `spread`, the energy above it spread evenly to `until`.
+    fn soc_bound(&self, best: &mut Tightest, spread: bool, flags: &mut Flags) {
+        let reserve = self.site.reserve_soc_pct;
+        match (
+            self.tel.soc_pct.filter(|s| s.is_finite()),
+            self.limits.capacity_kwh,
+        ) {
+            (None, _) => {
+                // Without SoC the reserve cannot be guarded.
+                flags.soc_unknown = true;
+                best.bound_by(0.0, Bound::SocUnknown);
+            }
+            (Some(soc), _) if soc <= reserve => {
+                flags.reserve_reached = true;
+                best.bound_by(0.0, Bound::Reserve);
+            }
+            (Some(soc), Some(cap_kwh)) => {
+                let kw = spread_kw(soc, cap_kwh, reserve, self.cmd.until, self.now);
+                if let (Some(kw), true) = (kw, spread) {
+                    best.bound_by(kw, Bound::Energy);
+                }
+            }
+            (Some(_), None) => flags.capacity_unknown = spread,
+        }
+    }
+
+    /// SPEC §2.13: the setpoint from the tightest bound, lowered below 0 only to absorb
+    /// a surplus (see [`absorb_floor`]). Returns the setpoint and the bound that set it.
+    fn absorb(&self, best: Tightest, site_load_kw: f64, flags: &mut Flags) -> (f64, Bound) {
+        let Tightest {
+            kw: limit,
+            mut bound,
+        } = best;
+        let absorb = absorb_floor(self.cmd, self.tel, self.limits, bound, site_load_kw);
+        let floor = absorb.map_or(0.0, |a| a.0);
+        let setpoint_kw = if limit.is_finite() {
+            limit.max(floor)
+        } else {
+            0.0
+        };
+        flags.absorbing_surplus = setpoint_kw < 0.0;
+        if let Some((floor, why)) = absorb
+            && limit < floor
+        {
+            bound = why;
+            // Export (not just import below the margin) remains: the site's generation.
+            let export_kw = setpoint_kw - site_load_kw;
+            flags.export_unavoidable =
+                export_kw > allowed_export_kw(self.cmd) + EXPORT_TOLERANCE_KW;
+        }
+        (setpoint_kw, bound)
+    }
+}
+
+impl Flags {
+    /// The flag that names the kind of bound that held the setpoint.
+    fn mark_bound(&mut self, bound: Bound) {
+        match bound {
+            Bound::SiteLoad | Bound::Nomination => self.cap_limited = true,
+            // Absorbing a surplus: the charge limit or a full battery is what bounds it.
+            Bound::MaxCharge | Bound::Full => self.cap_limited = true,
+            Bound::MaxDischarge => self.power_limited = true,
+            Bound::Energy => self.energy_limited = true,
+            _ => {}
+        }
     }
 }
 

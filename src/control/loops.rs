@@ -217,11 +217,6 @@ impl ControlCommander {
         self.readings.subscribe()
     }
 
-    pub fn with_apply_timeout(mut self, limit: Duration) -> ControlCommander {
-        self.apply_timeout = limit;
-        self
-    }
-
     /// A cloneable view of every meter's loop (also a `/metrics` and `/healthz` source).
     pub fn status(&self) -> ControlStatus {
         self.status.clone()

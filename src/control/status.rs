@@ -182,109 +182,121 @@ impl ControlStatus {
     }
 }
 
+/// One Prometheus metric family with a sample per meter (`None`: no sample for that meter).
+struct MetricFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&MeterStatus) -> Option<f64>,
+}
+
+/// The per-meter control metrics, in the order they are exposed.
+const METRIC_FAMILIES: &[MetricFamily] = &[
+    MetricFamily {
+        name: "leap_edge_control_setpoint_kw",
+        kind: "gauge",
+        help: "Battery setpoint while following a command (discharge positive; 0 in normal operation).",
+        value: |m| match (&m.command, m.last_decision) {
+            (Some(_), Some(d)) => Some(d.setpoint_kw),
+            _ => Some(0.0),
+        },
+    },
+    MetricFamily {
+        name: "leap_edge_control_following",
+        kind: "gauge",
+        help: "1 while the meter follows a dispatch command.",
+        value: |m| Some(if m.command.is_some() { 1.0 } else { 0.0 }),
+    },
+    MetricFamily {
+        name: "leap_edge_control_writes_total",
+        kind: "counter",
+        help: "Setpoint writes acknowledged by the device.",
+        value: |m| Some(m.writes as f64),
+    },
+    MetricFamily {
+        name: "leap_edge_control_consecutive_errors",
+        kind: "gauge",
+        help: "Failed control steps in a row.",
+        value: |m| Some(m.consecutive_errors as f64),
+    },
+    MetricFamily {
+        name: "leap_edge_control_export_violation_seconds_total",
+        kind: "counter",
+        help: "Seconds the site exported beyond what the command allowed.",
+        value: |m| Some(m.export_violation_secs),
+    },
+    MetricFamily {
+        name: "leap_edge_control_below_margin_seconds_total",
+        kind: "counter",
+        help: "Seconds grid import was below the margin under a no-export command.",
+        value: |m| Some(m.below_margin_secs),
+    },
+    MetricFamily {
+        name: "leap_edge_control_blind",
+        kind: "gauge",
+        help: "1 while a command is in force but the site readings cannot be trusted (battery handed back).",
+        value: |m| Some(if m.blind.is_some() { 1.0 } else { 0.0 }),
+    },
+    MetricFamily {
+        name: "leap_edge_control_blind_total",
+        kind: "counter",
+        help: "Times the loop handed the battery back for failed, stale or out-of-range readings.",
+        value: |m| Some(m.blind_total as f64),
+    },
+    MetricFamily {
+        name: "leap_edge_control_export_unavoidable",
+        kind: "gauge",
+        help: "1 while the site's generation exceeds what the battery can absorb under the export bound.",
+        value: |m| Some(if m.export_unavoidable() { 1.0 } else { 0.0 }),
+    },
+    MetricFamily {
+        name: "leap_edge_modbus_errors_total",
+        kind: "counter",
+        help: "Failed device steps (timeouts, I/O errors, exceptions, read-back mismatches).",
+        value: |m| Some(m.errors_total as f64),
+    },
+    MetricFamily {
+        name: "leap_edge_soc_percent",
+        kind: "gauge",
+        help: "Battery state of charge from the last reading.",
+        value: |m| m.last_telemetry.and_then(|t| t.soc_pct),
+    },
+    MetricFamily {
+        name: "leap_edge_battery_kw",
+        kind: "gauge",
+        help: "Battery power from the last reading (discharge positive).",
+        value: |m| m.last_telemetry.and_then(|t| t.battery_kw),
+    },
+    MetricFamily {
+        name: "leap_edge_grid_kw",
+        kind: "gauge",
+        help: "Site grid power from the last reading (import positive).",
+        value: |m| m.last_telemetry.and_then(|t| t.grid_kw),
+    },
+    MetricFamily {
+        name: "leap_edge_control_error_kw",
+        kind: "gauge",
+        help: "|setpoint - measured battery power|.",
+        value: |m| m.control_error_kw,
+    },
+];
+
 impl StatusSource for ControlStatus {
     fn render_metrics(&self, out: &mut String) {
         let all = self.snapshot();
-        let mut family =
-            |name: &str, kind: &str, help: &str, v: &dyn Fn(&MeterStatus) -> Option<f64>| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for m in &all {
-                    if let Some(x) = v(m) {
-                        let _ = writeln!(
-                            out,
-                            "{name}{{meter_id=\"{}\",device=\"{}\"}} {x}",
-                            m.meter_id, m.device
-                        );
-                    }
+        for f in METRIC_FAMILIES {
+            let (name, kind, help) = (f.name, f.kind, f.help);
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for m in &all {
+                if let Some(x) = (f.value)(m) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{meter_id=\"{}\",device=\"{}\"}} {x}",
+                        m.meter_id, m.device
+                    );
                 }
-            };
-        family(
-            "leap_edge_control_setpoint_kw",
-            "gauge",
-            "Battery setpoint while following a command (discharge positive; 0 in normal operation).",
-            &|m| match (&m.command, m.last_decision) {
-                (Some(_), Some(d)) => Some(d.setpoint_kw),
-                _ => Some(0.0),
-            },
-        );
-        family(
-            "leap_edge_control_following",
-            "gauge",
-            "1 while the meter follows a dispatch command.",
-            &|m| Some(if m.command.is_some() { 1.0 } else { 0.0 }),
-        );
-        family(
-            "leap_edge_control_writes_total",
-            "counter",
-            "Setpoint writes acknowledged by the device.",
-            &|m| Some(m.writes as f64),
-        );
-        family(
-            "leap_edge_control_consecutive_errors",
-            "gauge",
-            "Failed control steps in a row.",
-            &|m| Some(m.consecutive_errors as f64),
-        );
-        family(
-            "leap_edge_control_export_violation_seconds_total",
-            "counter",
-            "Seconds the site exported beyond what the command allowed.",
-            &|m| Some(m.export_violation_secs),
-        );
-        family(
-            "leap_edge_control_below_margin_seconds_total",
-            "counter",
-            "Seconds grid import was below the margin under a no-export command.",
-            &|m| Some(m.below_margin_secs),
-        );
-        family(
-            "leap_edge_control_blind",
-            "gauge",
-            "1 while a command is in force but the site readings cannot be trusted (battery handed back).",
-            &|m| Some(if m.blind.is_some() { 1.0 } else { 0.0 }),
-        );
-        family(
-            "leap_edge_control_blind_total",
-            "counter",
-            "Times the loop handed the battery back for failed, stale or out-of-range readings.",
-            &|m| Some(m.blind_total as f64),
-        );
-        family(
-            "leap_edge_control_export_unavoidable",
-            "gauge",
-            "1 while the site's generation exceeds what the battery can absorb under the export bound.",
-            &|m| Some(if m.export_unavoidable() { 1.0 } else { 0.0 }),
-        );
-        family(
-            "leap_edge_modbus_errors_total",
-            "counter",
-            "Failed device steps (timeouts, I/O errors, exceptions, read-back mismatches).",
-            &|m| Some(m.errors_total as f64),
-        );
-        family(
-            "leap_edge_soc_percent",
-            "gauge",
-            "Battery state of charge from the last reading.",
-            &|m| m.last_telemetry.and_then(|t| t.soc_pct),
-        );
-        family(
-            "leap_edge_battery_kw",
-            "gauge",
-            "Battery power from the last reading (discharge positive).",
-            &|m| m.last_telemetry.and_then(|t| t.battery_kw),
-        );
-        family(
-            "leap_edge_grid_kw",
-            "gauge",
-            "Site grid power from the last reading (import positive).",
-            &|m| m.last_telemetry.and_then(|t| t.grid_kw),
-        );
-        family(
-            "leap_edge_control_error_kw",
-            "gauge",
-            "|setpoint - measured battery power|.",
-            &|m| m.control_error_kw,
-        );
+            }
+        }
     }
 
     fn health_problems(&self) -> Vec<String> {

@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::config::SharedConfig;
 use crate::control::MeterStatus;
 use crate::dispatch::DispatchStatus;
-use crate::dispatch::overrides::{MAX_OVERRIDE_SECS, Override, Overrides};
+use crate::dispatch::overrides::{MAX_OVERRIDE_SECS, ManualAction, Override, Overrides};
 use crate::seam::ChangeSignal;
 use crate::server::{App, WebhookSettings};
 use crate::store::audit::{Action, AuditEntry};
@@ -207,7 +207,11 @@ impl Handler {
         let words = describe(action);
         let mut warnings = Vec::new();
         for id in &targets {
-            self.overrides.set(id, Override { action, until });
+            let o = Override {
+                action: manual(action),
+                until,
+            };
+            self.overrides.set(id, o);
             tracing::warn!(meter_id = %id, action = %words, until = %until,
                 peer_uid = peer.uid, peer_pid = peer.pid, "manual override set");
             if let Some(w) = self.over_rating(id, action) {
@@ -333,6 +337,27 @@ fn applied_sections(
         applied.push("server.tls (renewed certificate)".into());
     }
     applied
+}
+
+/// The admin socket's override as dispatch's own type (the admin edge converts, so
+/// dispatch does not depend on the wire protocol).
+pub(crate) fn manual(a: OverrideAction) -> ManualAction {
+    match a {
+        OverrideAction::Hold => ManualAction::Hold,
+        OverrideAction::Charge(kw) => ManualAction::Charge(kw),
+        OverrideAction::Discharge(kw) => ManualAction::Discharge(kw),
+        OverrideAction::Release => ManualAction::Release,
+    }
+}
+
+/// Dispatch's override as the admin socket reports it (`status`).
+pub(crate) fn wire(a: ManualAction) -> OverrideAction {
+    match a {
+        ManualAction::Hold => OverrideAction::Hold,
+        ManualAction::Charge(kw) => OverrideAction::Charge(kw),
+        ManualAction::Discharge(kw) => OverrideAction::Discharge(kw),
+        ManualAction::Release => OverrideAction::Release,
+    }
 }
 
 /// An override in words: `discharge 5 kW`, `hold`.

@@ -38,7 +38,7 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
                 device: m.device.clone(),
                 command: d.and_then(|d| d.command.as_ref()).map(command),
                 manual_override: i.overrides.get(&m.id).map(|o| OverrideReport {
-                    action: o.action,
+                    action: super::admin_handler::wire(o.action),
                     until: o.until,
                 }),
                 device_state: live.map(device),

@@ -103,10 +103,12 @@ pub static POINTS: &[PointDef] = &[
     rw(704, "WSetMod", 23, U16, None),
     rw(704, "WSet", 24, I32, Some("WSet_SF")),
     rw(704, "WSetRvrt", 26, I32, Some("WSet_SF")),
+    rw(704, "WSetPct", 28, I16, Some("WSetPct_SF")),
     rw(704, "WSetEnaRvrt", 30, U16, None),
     rw(704, "WSetRvrtTms", 31, U32, None),
     p(704, "WSetRvrtRem", 33, U32, None),
     p(704, "WSet_SF", 55, I16, None),
+    p(704, "WSetPct_SF", 56, I16, None),
     // model 713, DER storage capacity
     p(713, "WHRtg", 2, U16, Some("WH_SF")),
     p(713, "WHAvail", 3, U16, Some("WH_SF")),

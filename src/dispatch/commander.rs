@@ -1,10 +1,9 @@
 //! The seam between dispatch and the hardware: dispatch decides *what* each local meter
 //! must do and *when*; a `Commander` makes it happen. The Modbus implementation lives in
-//! `control`; tests and dry runs use [`RecordingCommander`].
+//! `control`; tests use the recording double in `dispatch/recording.rs`.
 
 use crate::model::Command;
 use crate::seam::BoxFuture;
-use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CommandError {
@@ -30,50 +29,4 @@ pub trait Commander: Send + Sync {
 
     /// Hand `meter`'s battery back to normal (self-consumption) operation.
     fn release<'a>(&'a self, meter: &'a str) -> BoxFuture<'a, Result<(), CommandError>>;
-}
-
-/// What a [`RecordingCommander`] was asked to do, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Recorded {
-    Apply { meter: String, command: Command },
-    Release { meter: String },
-}
-
-/// Keeps every call in memory; for tests and for sites without devices.
-#[derive(Debug, Clone, Default)]
-pub struct RecordingCommander {
-    calls: Arc<Mutex<Vec<Recorded>>>,
-}
-
-impl RecordingCommander {
-    pub fn calls(&self) -> Vec<Recorded> {
-        self.calls.lock().expect("recording lock").clone()
-    }
-}
-
-impl Commander for RecordingCommander {
-    fn apply<'a>(
-        &'a self,
-        meter: &'a str,
-        command: &'a Command,
-    ) -> BoxFuture<'a, Result<(), CommandError>> {
-        self.calls
-            .lock()
-            .expect("recording lock")
-            .push(Recorded::Apply {
-                meter: meter.to_string(),
-                command: command.clone(),
-            });
-        Box::pin(async { Ok(()) })
-    }
-
-    fn release<'a>(&'a self, meter: &'a str) -> BoxFuture<'a, Result<(), CommandError>> {
-        self.calls
-            .lock()
-            .expect("recording lock")
-            .push(Recorded::Release {
-                meter: meter.to_string(),
-            });
-        Box::pin(async { Ok(()) })
-    }
 }

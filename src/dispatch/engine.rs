@@ -3,14 +3,20 @@
 //! — in naps of at most a second, re-reading the wall clock each time so an NTP step
 //! cannot make it fire early or miss a boundary — or until a notification changes a
 //! timeslot, whichever comes first.
+//!
+//! Each turn is a small loop over plain values: the plan, [`overrides::resolve`] (what a
+//! manual override makes of it), [`MeterState::turn`] (what changed for the meter), the
+//! device calls, and the [`AuditWriter`].
 
-use super::overrides::Overrides;
+use super::meter::{self, MeterState, Step};
+use super::overrides::{self, Overrides};
+use super::record::{AuditWriter, Moment, Record};
+use super::resume;
 use super::status::{DispatchStatus, Wake};
 use super::{CommandError, Commander};
 use crate::clock::Clock;
-use crate::config::Config;
-use crate::model::{Command, ExecMode};
-use crate::plan::{self, Interval, Plan, PlanConfig, PlanInput};
+use crate::config::{Config, SharedConfig};
+use crate::plan::{self, Plan, PlanConfig, PlanInput};
 use crate::store::audit::Action;
 use crate::store::{Store, query};
 use chrono::{DateTime, Duration, Utc};
@@ -29,52 +35,65 @@ const COALESCE: std::time::Duration = std::time::Duration::from_millis(50);
 /// How far ahead each plan looks.
 pub const HORIZON_HOURS: i64 = 48;
 
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Applied {
-    pub(super) command: Command,
-    pub(super) end: DateTime<Utc>,
+/// Where plans come from: the stored timeslots and the site's plan settings.
+struct PlanSource {
+    store: Store,
+    config: PlanConfig,
+    /// Where policies and strategies reloaded by `leap-edge reload` come from.
+    live: Option<SharedConfig>,
+    status: Arc<DispatchStatus>,
 }
 
-/// One meter's change at a wake-up, decided before any device is called.
-#[derive(Debug, Clone)]
-enum Step {
-    /// Same command as before; only its interval's end moved.
-    Extend { iv: Interval },
-    Apply {
-        iv: Interval,
-        boundary: DateTime<Utc>,
-        /// Why this is a resumption (after an override or a restart), if it is one.
-        resumed: Option<String>,
-    },
-    Release {
-        prev: Option<Command>,
-        boundary: DateTime<Utc>,
-    },
-}
-
-#[derive(Debug, Default)]
-pub(super) struct MeterState {
-    pub(super) applied: Option<Applied>,
-    pub(super) would: Option<Command>,
-    /// The Leap event last logged as overridden by a manual override.
-    pub(super) overridden: Option<String>,
-    /// Set for one wake-up when a displaced dispatch may govern again (see `resume.rs`).
-    pub(super) resume: Option<String>,
+impl PlanSource {
+    async fn plan(&mut self, now: DateTime<Utc>) -> Option<Plan> {
+        if let Some(live) = &self.live {
+            // Meters and site limits need a restart; policies and strategies apply here.
+            let c = live.get();
+            self.config.policy = c.policy.clone();
+            self.config.strategy = c.strategy.clone();
+        }
+        // Look back as far as ahead: the planner clips intervals at `from`, and a command
+        // resumed after a restart must know its true start to report its lateness.
+        self.status.count_replan();
+        let from = now - Duration::hours(HORIZON_HOURS);
+        let to = now + Duration::hours(HORIZON_HOURS);
+        let slots = self
+            .store
+            .read(move |c| query::timeslots_for_plan(c, from, now, to))
+            .await;
+        match slots {
+            Ok(slots) => {
+                let input = PlanInput {
+                    timeslots: &slots,
+                    config: &self.config,
+                    from,
+                    to,
+                };
+                self.status.set_plan_error(None);
+                Some(plan::plan(&input))
+            }
+            Err(e) => {
+                // Keep whatever the meters hold; the next turn (≤ 1 s) tries again.
+                tracing::error!(error = %e, "cannot read timeslots to plan; keeping current commands");
+                self.status.set_plan_error(Some(e.to_string()));
+                None
+            }
+        }
+    }
 }
 
 pub struct Dispatcher {
-    pub(super) config: Arc<Config>,
-    pub(super) plan_config: PlanConfig,
-    pub(super) store: Store,
-    pub(super) commander: Arc<dyn Commander>,
-    pub(super) clock: Arc<dyn Clock>,
-    pub(super) status: Arc<DispatchStatus>,
-    pub(super) meters: BTreeMap<String, MeterState>,
-    pub(super) overrides: Arc<Overrides>,
-    /// Where policies and strategies reloaded by `leap-edge reload` come from.
-    pub(super) live: Option<crate::config::SharedConfig>,
+    source: PlanSource,
+    audit: AuditWriter,
+    commander: Arc<dyn Commander>,
+    clock: Arc<dyn Clock>,
+    status: Arc<DispatchStatus>,
+    overrides: Arc<Overrides>,
+    meters: BTreeMap<String, MeterState>,
+    /// For the commands of manual overrides (a restart applies a changed margin).
+    import_margin_kw: f64,
     /// Called once per loop turn (systemd watchdog).
-    pub(super) heartbeat: Box<dyn Fn() + Send + Sync>,
+    heartbeat: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Dispatcher {
@@ -84,21 +103,26 @@ impl Dispatcher {
         commander: Arc<dyn Commander>,
         clock: Arc<dyn Clock>,
     ) -> Dispatcher {
+        let status = Arc::new(DispatchStatus::new(&config));
         let meters = config
             .meters
             .iter()
             .map(|m| (m.id.clone(), MeterState::default()))
             .collect();
         Dispatcher {
-            plan_config: PlanConfig::from_config(&config),
-            status: Arc::new(DispatchStatus::new(&config)),
-            config,
-            store,
+            audit: AuditWriter::new(store.clone(), status.clone()),
+            source: PlanSource {
+                store,
+                config: PlanConfig::from_config(&config),
+                live: None,
+                status: status.clone(),
+            },
+            status,
             commander,
             clock,
             meters,
             overrides: Arc::new(Overrides::default()),
-            live: None,
+            import_margin_kw: config.site.import_margin_kw,
             heartbeat: Box::new(|| {}),
         }
     }
@@ -108,8 +132,8 @@ impl Dispatcher {
         self
     }
 
-    pub fn with_live_config(mut self, live: crate::config::SharedConfig) -> Self {
-        self.live = Some(live);
+    pub fn with_live_config(mut self, live: SharedConfig) -> Self {
+        self.source.live = Some(live);
         self
     }
 
@@ -130,19 +154,11 @@ impl Dispatcher {
         let mut wake = Wake::Startup;
         loop {
             let now = self.clock.now();
-            let plan = self.plan(now).await;
+            let plan = self.source.plan(now).await;
             if let Some(plan) = &plan {
-                self.apply_all(plan, now, wake).await;
+                self.turn(plan, Moment { now, wake }).await;
             }
-            let next = match &plan {
-                Some(p) => p.next_boundary_after(now),
-                // No plan (the store failed): try again in a second.
-                None => Some(now + Duration::seconds(1)),
-            };
-            let next = match (next, self.overrides.next_expiry().filter(|t| *t > now)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = self.next_wake(plan.as_ref(), now);
             self.status.set_next_boundary(next);
             wake = tokio::select! {
                 w = self.sleep_until(next, now, &mut changes) => w,
@@ -152,39 +168,16 @@ impl Dispatcher {
         self.release_all().await;
     }
 
-    async fn plan(&mut self, now: DateTime<Utc>) -> Option<Plan> {
-        if let Some(live) = &self.live {
-            // Meters and site limits need a restart; policies and strategies apply here.
-            let c = live.get();
-            self.plan_config.policy = c.policy.clone();
-            self.plan_config.strategy = c.strategy.clone();
-        }
-        // Look back as far as ahead: the planner clips intervals at `from`, and a command
-        // resumed after a restart must know its true start to report its lateness.
-        self.status.count_replan();
-        let from = now - Duration::hours(HORIZON_HOURS);
-        let to = now + Duration::hours(HORIZON_HOURS);
-        let slots = self
-            .store
-            .read(move |c| query::timeslots_for_plan(c, from, now, to))
-            .await;
-        match slots {
-            Ok(slots) => {
-                let input = PlanInput {
-                    timeslots: &slots,
-                    config: &self.plan_config,
-                    from,
-                    to,
-                };
-                self.status.set_plan_error(None);
-                Some(plan::plan(&input))
-            }
-            Err(e) => {
-                // Keep whatever the meters hold; the next turn (≤ 1 s) tries again.
-                tracing::error!(error = %e, "cannot read timeslots to plan; keeping current commands");
-                self.status.set_plan_error(Some(e.to_string()));
-                None
-            }
+    /// The next plan boundary or override expiry, whichever comes first.
+    fn next_wake(&self, plan: Option<&Plan>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let next = match plan {
+            Some(p) => p.next_boundary_after(now),
+            // No plan (the store failed): try again in a second.
+            None => Some(now + Duration::seconds(1)),
+        };
+        match (next, self.overrides.next_expiry().filter(|t| *t > now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -234,33 +227,65 @@ impl Dispatcher {
         }
     }
 
-    async fn apply_all(&mut self, plan: &Plan, now: DateTime<Utc>, wake: Wake) {
-        let ids: Vec<String> = self.meters.keys().cloned().collect();
+    /// One wake-up: every meter's decision first (with the audit rows it owes before any
+    /// device is called), then the device calls, then what they did.
+    async fn turn(&mut self, plan: &Plan, m: Moment) {
+        let steps = self.decide(plan, m).await;
+        let results = self.hand_over(&steps).await;
+        self.settle(steps, results, m).await;
+    }
+
+    /// Each meter's step, from its plan interval and its override; the rows due before the
+    /// device calls (overridden, would-apply) are written here.
+    async fn decide(&mut self, plan: &Plan, m: Moment) -> Vec<(String, Step)> {
         let mut steps = Vec::new();
-        for meter in ids {
-            let iv = plan.command_at(&meter, now).cloned();
-            let iv = self.apply_override(&meter, iv, now, wake).await;
-            let (exec, dry) = match iv {
-                Some(iv) if iv.command.mode == ExecMode::Execute => (Some(iv), None),
-                Some(iv) => (None, Some(iv)),
-                None => (None, None),
-            };
-            self.dry_run(&meter, dry, now, wake).await;
-            self.note_restart(&meter, exec.as_ref(), wake).await;
-            let step = self.step_for(&meter, exec, now, wake);
-            if let Some(s) = self.meters.get_mut(&meter) {
-                s.resume = None;
-            }
-            match step {
-                Some(step @ Step::Extend { .. }) => {
-                    self.finish(&meter, step, now, wake, Ok(())).await
+        for (meter, state) in &mut self.meters {
+            let active = self.overrides.active(meter, m.now);
+            let planned = plan.command_at(meter, m.now).cloned();
+            let margin = self.import_margin_kw;
+            let r = overrides::resolve(state.overridden(), active.as_ref(), planned, m.now, margin);
+            let restart = match meter::executed(&r) {
+                Some(iv) if m.wake == Wake::Startup => {
+                    resume::after_restart(&self.source.store, meter, iv).await
                 }
-                Some(step) => steps.push((meter, step)),
-                None => {}
+                _ => None,
+            };
+            let turn = state.turn(r, restart, m);
+            for row in turn.rows {
+                self.audit.write(meter, row, m).await;
+            }
+            match turn.step {
+                // Nothing changes on the device: no call, no row.
+                Some(Step::Extend { .. }) | None => {}
+                Some(step) => steps.push((meter.clone(), step)),
             }
         }
-        // Every meter is handed its command at once: a device slow to answer (the
-        // commander waits up to its apply timeout) must not delay another meter's boundary.
+        steps
+    }
+
+    /// What the device calls did: each meter's new state, its audit row, its status.
+    async fn settle(
+        &mut self,
+        steps: Vec<(String, Step)>,
+        results: Vec<Result<(), CommandError>>,
+        m: Moment,
+    ) {
+        for ((meter, step), result) in steps.into_iter().zip(results) {
+            let shown = match &step {
+                Step::Apply { iv, .. } => Some(iv.clone()),
+                Step::Release { .. } | Step::Extend { .. } => None,
+            };
+            let state = self.meters.get_mut(&meter);
+            if let Some(row) = state.and_then(|s| s.settle(step, result)) {
+                self.audit.write(&meter, row, m).await;
+            }
+            self.status.set_command(&meter, shown.as_ref());
+        }
+    }
+
+    /// Every meter is handed its command at once: a device slow to answer (the
+    /// commander waits up to its apply timeout) must not delay another meter's boundary.
+    async fn hand_over(&self, steps: &[(String, Step)]) -> Vec<Result<(), CommandError>> {
         let calls: Vec<_> = steps
             .iter()
             .map(|(meter, step)| {
@@ -275,158 +300,35 @@ impl Dispatcher {
                 })
             })
             .collect();
-        for ((meter, step), call) in steps.into_iter().zip(calls) {
-            let result = call.await.unwrap_or_else(|e| {
+        let mut results = Vec::with_capacity(calls.len());
+        for ((meter, _), call) in steps.iter().zip(calls) {
+            results.push(call.await.unwrap_or_else(|e| {
                 Err(CommandError::Device {
                     meter: meter.clone(),
                     device: "?".into(),
                     reason: format!("command task failed: {e}"),
                 })
-            });
-            self.finish(&meter, step, now, wake, result).await;
+            }));
         }
+        results
     }
 
-    /// What `meter` needs now, compared with what it was last given (None: nothing).
-    fn step_for(
-        &self,
-        meter: &str,
-        exec: Option<Interval>,
-        now: DateTime<Utc>,
-        wake: Wake,
-    ) -> Option<Step> {
-        let state = self.meters.get(meter).and_then(|s| s.applied.clone());
-        match (exec, state) {
-            (Some(iv), Some(a)) if a.command == iv.command => Some(Step::Extend { iv }),
-            (Some(iv), prev) => {
-                let same_event = prev.as_ref().is_some_and(|p| {
-                    p.command.event_id == iv.command.event_id && p.command.kind == iv.command.kind
-                });
-                // An update of the running event counts from when it was seen; a new
-                // governing event counts from its start (so late arrivals show as late).
-                // SPEC §2.6 audit truth: a dispatch that governs again after an override
-                // or a restart is late only from that moment.
-                let resumed = self
-                    .meters
-                    .get(meter)
-                    .and_then(|s| s.resume.clone())
-                    .filter(|_| !same_event && iv.start < wake.at(now));
-                let boundary = if same_event || resumed.is_some() {
-                    wake.at(now)
-                } else {
-                    iv.start
-                };
-                Some(Step::Apply {
-                    iv,
-                    boundary,
-                    resumed,
-                })
-            }
-            (None, Some(a)) => {
-                let boundary = if now >= a.end { a.end } else { wake.at(now) };
-                Some(Step::Release {
-                    prev: Some(a.command),
-                    boundary,
-                })
-            }
-            // After a restart the device's state is unknown: make sure it is normal.
-            (None, None) if wake == Wake::Startup => Some(Step::Release {
-                prev: None,
-                boundary: now,
-            }),
-            (None, None) => None,
-        }
-    }
-
-    async fn finish(
-        &mut self,
-        meter: &str,
-        step: Step,
-        now: DateTime<Utc>,
-        wake: Wake,
-        result: Result<(), CommandError>,
-    ) {
-        match step {
-            Step::Extend { iv } => {
-                if let Some(s) = self.meters.get_mut(meter) {
-                    s.applied = Some(Applied {
-                        command: iv.command,
-                        end: iv.end,
-                    });
-                }
-            }
-            Step::Apply {
-                iv,
-                boundary,
-                resumed,
-            } => {
-                let action = if resumed.is_some() {
-                    Action::Resumed
-                } else {
-                    Action::Apply
-                };
-                let cmd = Some(&iv.command);
-                self.record_detail(meter, action, cmd, boundary, now, wake, result, resumed)
-                    .await;
-                if let Some(s) = self.meters.get_mut(meter) {
-                    s.applied = Some(Applied {
-                        command: iv.command.clone(),
-                        end: iv.end,
-                    });
-                }
-                self.status.set_command(meter, Some(&iv));
-            }
-            Step::Release { prev, boundary } => {
-                self.record(
-                    meter,
-                    Action::Release,
-                    prev.as_ref(),
-                    boundary,
-                    now,
-                    wake,
-                    result,
-                )
-                .await;
-                if let Some(s) = self.meters.get_mut(meter) {
-                    s.applied = None;
-                }
-                self.status.set_command(meter, None);
-            }
-        }
-    }
-
-    /// SPEC §2.6 dry-run: audit what would be written, once per distinct command.
-    async fn dry_run(
-        &mut self,
-        meter: &str,
-        dry: Option<Interval>,
-        now: DateTime<Utc>,
-        wake: Wake,
-    ) {
-        let Some(state) = self.meters.get_mut(meter) else {
-            return;
+    /// SPEC §2.10: normal operation is restored on shutdown.
+    async fn release_all(&mut self) {
+        let m = Moment {
+            now: self.clock.now(),
+            wake: Wake::Shutdown,
         };
-        match dry {
-            Some(iv) if state.would.as_ref() != Some(&iv.command) => {
-                let same_event = state
-                    .would
-                    .as_ref()
-                    .is_some_and(|w| w.event_id == iv.command.event_id);
-                state.would = Some(iv.command.clone());
-                let boundary = if same_event { wake.at(now) } else { iv.start };
-                self.record(
-                    meter,
-                    Action::WouldApply,
-                    Some(&iv.command),
-                    boundary,
-                    now,
-                    wake,
-                    Ok(()),
-                )
-                .await;
-            }
-            Some(_) => {}
-            None => state.would = None,
+        for (meter, state) in &mut self.meters {
+            let Some(cmd) = state.take_applied() else {
+                continue;
+            };
+            let result = self.commander.release(meter).await;
+            let row = Record {
+                result,
+                ..Record::ok(Action::Release, Some(cmd), m.now)
+            };
+            self.audit.write(meter, row, m).await;
         }
     }
 }

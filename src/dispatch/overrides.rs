@@ -1,23 +1,37 @@
 //! Manual overrides from the technician CLI (`leap-edge override ...`). An override holds a
 //! meter for a bounded time and then expires by itself, so a forgotten override cannot keep
 //! a site out of the market. While it holds, Leap dispatches are logged as overridden.
+//!
+//! [`Overrides`] is the shared store the admin socket writes; [`resolve`] is the pure rule
+//! that turns a meter's override (if any) and its planned interval into what it follows.
+//! Dispatch has its own [`ManualAction`]: the admin socket's wire type is converted at the
+//! admin edge, so dispatch does not depend on the admin protocol.
 
-use super::status::Wake;
-use crate::admin::OverrideAction;
 use crate::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
 use crate::plan::Interval;
-use crate::store::audit::Action;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// Longest override accepted: a day.
 pub const MAX_OVERRIDE_SECS: u64 = 24 * 3600;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// What a technician asked a meter's battery to do, whatever Leap asks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ManualAction {
+    /// Battery idle: neither charge nor discharge.
+    Hold,
+    /// Charge at this many kW (a positive number).
+    Charge(f64),
+    /// Discharge at this many kW (a positive number).
+    Discharge(f64),
+    /// Normal (self-consumption) operation.
+    Release,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Override {
-    pub action: OverrideAction,
+    pub action: ManualAction,
     pub until: DateTime<Utc>,
 }
 
@@ -76,10 +90,10 @@ impl Overrides {
 /// The command an override asks for; None for `release` (normal operation).
 pub fn command(o: &Override, import_margin_kw: f64) -> Option<Command> {
     let kw = match o.action {
-        OverrideAction::Release => return None,
-        OverrideAction::Hold => 0.0,
-        OverrideAction::Charge(kw) => -kw.abs(),
-        OverrideAction::Discharge(kw) => kw.abs(),
+        ManualAction::Release => return None,
+        ManualAction::Hold => 0.0,
+        ManualAction::Charge(kw) => -kw.abs(),
+        ManualAction::Discharge(kw) => kw.abs(),
     };
     Some(Command {
         kind: Kind::Meter,
@@ -99,49 +113,160 @@ pub fn command(o: &Override, import_margin_kw: f64) -> Option<Command> {
     })
 }
 
-impl super::engine::Dispatcher {
-    /// A manual override replaces whatever the plan says; the Leap event it displaces is
-    /// audited as overridden (once per event).
-    pub(super) async fn apply_override(
-        &mut self,
-        meter: &str,
-        iv: Option<Interval>,
-        now: DateTime<Utc>,
-        wake: Wake,
-    ) -> Option<Interval> {
-        let Some(o) = self.overrides.active(meter, now) else {
-            if let Some(s) = self.meters.get_mut(meter)
-                && s.overridden.take().is_some()
-            {
-                // The displaced dispatch governs again from now (audited as resumed).
-                s.resume = Some("resumed after a manual override".into());
-            }
-            return iv;
+/// What a meter's override (or its end) makes of the interval its plan gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Resolution {
+    /// What the meter follows now: the override's command, else the plan's interval.
+    pub(crate) effective: Option<Interval>,
+    /// A Leap dispatch this override displaces and that was not audited as overridden
+    /// yet (once per event).
+    pub(crate) displaced: Option<Command>,
+    /// The override has just ended: the dispatch it displaced governs again from now.
+    pub(crate) resumed: bool,
+    /// The Leap event last audited as overridden, to pass to the next call.
+    pub(crate) overridden: Option<String>,
+}
+
+/// A manual override replaces whatever the plan says; `overridden` is the event this
+/// meter last audited as overridden (from the previous [`Resolution`]).
+pub(crate) fn resolve(
+    overridden: Option<&str>,
+    active: Option<&Override>,
+    planned: Option<Interval>,
+    now: DateTime<Utc>,
+    import_margin_kw: f64,
+) -> Resolution {
+    let Some(o) = active else {
+        return Resolution {
+            effective: planned,
+            displaced: None,
+            resumed: overridden.is_some(),
+            overridden: None,
         };
-        let displaced = iv.filter(|iv| iv.command.mode == ExecMode::Execute);
-        if let Some(d) = displaced {
-            let noted = self.meters.get(meter).and_then(|s| s.overridden.clone());
-            if noted.as_deref() != Some(d.command.event_id.as_str()) {
-                if let Some(s) = self.meters.get_mut(meter) {
-                    s.overridden = Some(d.command.event_id.clone());
-                }
-                self.record(
-                    meter,
-                    Action::Overridden,
-                    Some(&d.command),
-                    now,
-                    now,
-                    wake,
-                    Ok(()),
-                )
-                .await;
-            }
-        }
-        let margin = self.config.site.import_margin_kw;
-        command(&o, margin).map(|command| Interval {
+    };
+    // A dry-run is not displaced: nothing would have moved the battery.
+    let governing = planned
+        .filter(|iv| iv.command.mode == ExecMode::Execute)
+        .map(|iv| iv.command);
+    let displaced = governing.filter(|c| overridden != Some(c.event_id.as_str()));
+    let overridden = match &displaced {
+        Some(c) => Some(c.event_id.clone()),
+        None => overridden.map(str::to_string),
+    };
+    Resolution {
+        effective: command(o, import_margin_kw).map(|command| Interval {
             start: now,
             end: o.until,
             command,
-        })
+        }),
+        displaced,
+        resumed: false,
+        overridden,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+
+    fn t(min: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap() + Duration::minutes(min)
+    }
+
+    fn planned(event: &str, mode: ExecMode) -> Interval {
+        let o = Override {
+            action: ManualAction::Discharge(4.0),
+            until: t(60),
+        };
+        let mut command = command(&o, 0.5).unwrap();
+        command.event_id = event.into();
+        command.mode = mode;
+        command.target = Target::Kw(10.0);
+        Interval {
+            start: t(-5),
+            end: t(60),
+            command,
+        }
+    }
+
+    fn hold(until: i64) -> Override {
+        Override {
+            action: ManualAction::Hold,
+            until: t(until),
+        }
+    }
+
+    #[test]
+    fn without_an_override_the_plan_governs() {
+        let iv = planned("e1", ExecMode::Execute);
+        let r = resolve(None, None, Some(iv.clone()), t(0), 0.5);
+        assert_eq!(r.effective, Some(iv));
+        assert_eq!((r.displaced, r.resumed, r.overridden), (None, false, None));
+    }
+
+    #[test]
+    fn an_override_replaces_the_plan_and_displaces_its_event_once() {
+        let iv = planned("e1", ExecMode::Execute);
+        let r = resolve(None, Some(&hold(30)), Some(iv.clone()), t(0), 0.5);
+        let eff = r.effective.expect("the override's command");
+        assert_eq!(
+            (eff.start, eff.end, eff.command.target, eff.command.cap),
+            (t(0), t(30), Target::Setpoint(0.0), Cap::UpToSiteLoad)
+        );
+        assert_eq!(eff.command.import_margin_kw, 0.5);
+        assert_eq!(r.displaced.map(|c| c.event_id), Some("e1".into()));
+        assert_eq!(r.overridden.as_deref(), Some("e1"));
+        // The next wake-up: the same event is not audited again.
+        let again = resolve(Some("e1"), Some(&hold(30)), Some(iv), t(1), 0.5);
+        assert_eq!(again.displaced, None);
+        assert_eq!(again.overridden.as_deref(), Some("e1"));
+        // A new governing event is.
+        let other = planned("e2", ExecMode::Execute);
+        let next = resolve(Some("e1"), Some(&hold(30)), Some(other), t(2), 0.5);
+        assert_eq!(next.displaced.map(|c| c.event_id), Some("e2".into()));
+    }
+
+    #[test]
+    fn a_dry_run_is_not_displaced() {
+        let iv = planned("e1", ExecMode::DryRun);
+        let r = resolve(None, Some(&hold(30)), Some(iv), t(0), 0.5);
+        assert_eq!((r.displaced, r.overridden), (None, None));
+        assert!(r.effective.is_some());
+    }
+
+    #[test]
+    fn release_means_normal_operation_and_the_end_resumes_the_plan() {
+        let iv = planned("e1", ExecMode::Execute);
+        let release = Override {
+            action: ManualAction::Release,
+            until: t(30),
+        };
+        let r = resolve(None, Some(&release), Some(iv.clone()), t(0), 0.5);
+        assert_eq!(r.effective, None);
+        assert_eq!(r.overridden.as_deref(), Some("e1"));
+        let after = resolve(r.overridden.as_deref(), None, Some(iv.clone()), t(31), 0.5);
+        assert!(after.resumed);
+        assert_eq!((after.effective, after.overridden), (Some(iv), None));
+    }
+
+    #[test]
+    fn charge_and_discharge_signs() {
+        let kw = |action| match command(
+            &Override {
+                action,
+                until: t(1),
+            },
+            0.0,
+        ) {
+            Some(Command {
+                target: Target::Setpoint(kw),
+                ..
+            }) => kw,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kw(ManualAction::Charge(3.0)), -3.0);
+        assert_eq!(kw(ManualAction::Discharge(3.0)), 3.0);
+        assert_eq!(kw(ManualAction::Hold), 0.0);
     }
 }

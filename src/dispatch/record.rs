@@ -1,78 +1,93 @@
 //! Dispatch's record of what it did: every action goes to the log, the lateness metric and
-//! the audit table (SPEC §2.6 dry-runs included); and the shutdown release (SPEC §2.10).
+//! the audit table (SPEC §2.6 dry-runs included).
 
 use super::CommandError;
-use super::engine::Dispatcher;
-use super::status::Wake;
+use super::status::{DispatchStatus, Wake};
 use crate::model::Command;
+use crate::store::Store;
 use crate::store::audit::{self, Action, AuditEntry};
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
 
-impl Dispatcher {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn record(
-        &self,
-        meter: &str,
-        action: Action,
-        cmd: Option<&Command>,
-        boundary: DateTime<Utc>,
-        now: DateTime<Utc>,
-        wake: Wake,
-        result: Result<(), CommandError>,
-    ) {
-        self.record_detail(meter, action, cmd, boundary, now, wake, result, None)
-            .await;
+/// When an action was taken: the instant, and the wake-up that led to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Moment {
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) wake: Wake,
+}
+
+impl Moment {
+    /// The instant an action is measured from when no plan boundary is (see [`Wake::at`]).
+    pub(crate) fn at(self) -> DateTime<Utc> {
+        self.wake.at(self.now)
+    }
+}
+
+/// One action on one meter, as it goes to the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Record {
+    pub(crate) action: Action,
+    pub(crate) command: Option<Command>,
+    /// The instant the action was due; lateness is measured from it.
+    pub(crate) boundary: DateTime<Utc>,
+    pub(crate) result: Result<(), CommandError>,
+    /// Why, when the wake-up's own description is not enough.
+    pub(crate) detail: Option<String>,
+}
+
+impl Record {
+    /// An action that called no device (or whose device call succeeded).
+    pub(crate) fn ok(action: Action, command: Option<Command>, boundary: DateTime<Utc>) -> Self {
+        Record {
+            action,
+            command,
+            boundary,
+            result: Ok(()),
+            detail: None,
+        }
+    }
+}
+
+/// Writes [`Record`]s: the log line, the lateness histogram, the meter's last error and
+/// the audit row.
+#[derive(Clone)]
+pub(crate) struct AuditWriter {
+    store: Store,
+    status: Arc<DispatchStatus>,
+}
+
+impl AuditWriter {
+    pub(crate) fn new(store: Store, status: Arc<DispatchStatus>) -> Self {
+        AuditWriter { store, status }
     }
 
-    /// [`Dispatcher::record`] with the audit detail given (else it says why from `wake`).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn record_detail(
-        &self,
-        meter: &str,
-        action: Action,
-        cmd: Option<&Command>,
-        boundary: DateTime<Utc>,
-        now: DateTime<Utc>,
-        wake: Wake,
-        result: Result<(), CommandError>,
-        detail: Option<String>,
-    ) {
-        let lateness = (now - boundary).num_milliseconds().max(0);
-        let detail = detail.or_else(|| wake.describe(lateness));
-        let error = result.err().map(|e| e.to_string());
-        let target = cmd.map(|c| c.target.to_string());
-        match (&error, cmd) {
-            (Some(e), _) => {
-                tracing::warn!(meter_id = meter, action = action.as_str(), error = %e, "command not taken yet; the device loop retries")
-            }
-            (None, Some(c)) => tracing::info!(
-                meter_id = meter, action = action.as_str(), event_id = %c.event_id,
-                cap = c.cap.as_str(), target = target.as_deref().unwrap_or("-"), lateness_ms = lateness,
-                detail = detail.as_deref().unwrap_or(""),
-                "dispatch"
-            ),
-            (None, None) => {
-                tracing::info!(
-                    meter_id = meter,
-                    action = action.as_str(),
-                    detail = detail.as_deref().unwrap_or(""),
-                    "dispatch"
-                )
-            }
-        }
-        if matches!(wake, Wake::Boundary(_)) && action != Action::WouldApply {
+    pub(crate) async fn write(&self, meter: &str, rec: Record, m: Moment) {
+        let lateness = (m.now - rec.boundary).num_milliseconds().max(0);
+        let detail = rec.detail.clone().or_else(|| m.wake.describe(lateness));
+        let error = rec.result.as_ref().err().map(ToString::to_string);
+        let target = rec.command.as_ref().map(|c| c.target.to_string());
+        log(
+            meter,
+            &rec,
+            target.as_deref(),
+            error.as_deref(),
+            lateness,
+            &detail,
+        );
+        if matches!(m.wake, Wake::Boundary(_)) && rec.action != Action::WouldApply {
             self.status.observe_lateness(lateness as f64 / 1000.0);
         }
         self.status.set_error(meter, error.clone());
+        let cmd = rec.command.as_ref();
         let entry = AuditEntry {
-            at: now,
+            at: m.now,
             meter_id: meter.to_string(),
-            action,
+            action: rec.action,
             kind: cmd.map(|c| c.kind.as_str().to_string()),
             event_id: cmd.map(|c| c.event_id.clone()),
             cap: cmd.map(|c| c.cap.as_str().to_string()),
             target,
-            boundary: Some(boundary),
+            boundary: Some(rec.boundary),
             lateness_ms: Some(lateness),
             error,
             detail,
@@ -81,30 +96,33 @@ impl Dispatcher {
             tracing::error!(meter_id = meter, error = %e, "cannot write the audit log");
         }
     }
+}
 
-    /// SPEC §2.10: normal operation is restored on shutdown.
-    pub(super) async fn release_all(&mut self) {
-        let now = self.clock.now();
-        let held: Vec<(String, Command)> = self
-            .meters
-            .iter()
-            .filter_map(|(m, s)| s.applied.as_ref().map(|a| (m.clone(), a.command.clone())))
-            .collect();
-        for (meter, cmd) in held {
-            let result = self.commander.release(&meter).await;
-            self.record(
-                &meter,
-                Action::Release,
-                Some(&cmd),
-                now,
-                now,
-                Wake::Shutdown,
-                result,
+fn log(
+    meter: &str,
+    rec: &Record,
+    target: Option<&str>,
+    error: Option<&str>,
+    lateness: i64,
+    detail: &Option<String>,
+) {
+    let (action, detail) = (rec.action, detail.as_deref().unwrap_or(""));
+    match (error, &rec.command) {
+        (Some(e), _) => {
+            tracing::warn!(meter_id = meter, action = action.as_str(), error = %e, "command not taken yet; the device loop retries")
+        }
+        (None, Some(c)) => tracing::info!(
+            meter_id = meter, action = action.as_str(), event_id = %c.event_id,
+            cap = c.cap.as_str(), target = target.unwrap_or("-"), lateness_ms = lateness,
+            detail, "dispatch"
+        ),
+        (None, None) => {
+            tracing::info!(
+                meter_id = meter,
+                action = action.as_str(),
+                detail,
+                "dispatch"
             )
-            .await;
-            if let Some(s) = self.meters.get_mut(&meter) {
-                s.applied = None;
-            }
         }
     }
 }

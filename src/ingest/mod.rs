@@ -9,6 +9,7 @@ mod timeslot;
 
 pub use bounds::BoundedError;
 pub use parse::{parse_bounded, parse_notification};
+pub use timeslot::RejectReason;
 
 use crate::model::{Kind, Timeslot};
 use serde::Serialize;
@@ -28,7 +29,11 @@ pub struct RejectedTimeslot {
     pub kind: Kind,
     pub event_id: Option<String>,
     pub meter_ids: Vec<String>,
+    /// Why, in words (stored; may be reworded).
     pub reason: String,
+    /// Why, as a closed set: the metric label (not stored; counted at ingest).
+    #[serde(skip)]
+    pub code: RejectReason,
     /// The timeslot object exactly as received.
     pub raw: serde_json::Value,
     /// SPEC §2.13: it says `cancelled: true` under a valid event id. The cancellation is

@@ -79,6 +79,7 @@ fn parse_value(
                             event_id: Some(ts.event_id),
                             meter_ids: ts.meter_ids,
                             reason,
+                            code: super::RejectReason::OverLimit,
                             raw: raw.clone(),
                         }),
                     },
@@ -129,27 +130,7 @@ fn entry_context(
             let group = opt_str("market_group_id");
             let meters =
                 str_list(entry, "meter_ids").ok_or(wrong("meter_ids", "an array of strings"))?;
-            let refs = match entry.get("partner_references") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Array(items)) => {
-                    let refs: Vec<String> = items
-                        .iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect();
-                    if refs.len() != items.len() {
-                        warnings.push(format!(
-                            "{field}.partner_references holds items that are not strings; left out"
-                        ));
-                    }
-                    refs
-                }
-                Some(v) => {
-                    warnings.push(format!(
-                        "{field}.partner_references = {v} is not an array of strings; read as empty"
-                    ));
-                    Vec::new()
-                }
-            };
+            let refs = partner_references(entry, field, &mut warnings);
             (meters, group, refs)
         }
     };
@@ -162,6 +143,36 @@ fn entry_context(
         notification_communication_test: communication_test,
         warnings,
     })
+}
+
+/// A group entry's optional `partner_references`: what is readable of it, with a warning
+/// for what is not.
+fn partner_references(
+    entry: &Map<String, Value>,
+    field: &str,
+    warnings: &mut Vec<String>,
+) -> Vec<String> {
+    match entry.get("partner_references") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            let refs: Vec<String> = items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            if refs.len() != items.len() {
+                warnings.push(format!(
+                    "{field}.partner_references holds items that are not strings; left out"
+                ));
+            }
+            refs
+        }
+        Some(v) => {
+            warnings.push(format!(
+                "{field}.partner_references = {v} is not an array of strings; read as empty"
+            ));
+            Vec::new()
+        }
+    }
 }
 
 /// A required list of strings; None when it has the wrong type.

@@ -3,7 +3,69 @@
 use super::RejectedTimeslot;
 use crate::model::{EnergyKw, Kind, LOWEST_PRIORITY, Timeslot};
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::{Map, Value};
+
+/// Why a timeslot was rejected, as a closed set with a fixed metric label each. The
+/// message beside it names the field and the value and may be reworded freely: the
+/// `leap_edge_timeslots_rejected_total{reason=…}` series follow this type, not the words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The timeslot is not a JSON object.
+    NotAnObject,
+    /// No `meter_event_id` / `market_group_event_id`.
+    MissingEventId,
+    /// A meter dispatch without a `meter_id`.
+    MissingMeterId,
+    /// `start_time` or `end_time` missing or not RFC 3339.
+    BadTime,
+    /// `end_time` at or before `start_time`.
+    EndNotAfterStart,
+    /// `energy_kw` outside Leap's documented range.
+    OutOfRange,
+    /// A required field of the wrong type.
+    InvalidField,
+    /// Beyond a configured `[limits]` bound (duration, start ahead).
+    OverLimit,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::NotAnObject,
+        RejectReason::MissingEventId,
+        RejectReason::MissingMeterId,
+        RejectReason::BadTime,
+        RejectReason::EndNotAfterStart,
+        RejectReason::OutOfRange,
+        RejectReason::InvalidField,
+        RejectReason::OverLimit,
+    ];
+
+    /// The metric label: short, bounded, and never derived from the message.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::MissingEventId => "missing_event_id",
+            RejectReason::MissingMeterId => "missing_meter_id",
+            RejectReason::BadTime => "bad_time",
+            RejectReason::EndNotAfterStart => "end_not_after_start",
+            RejectReason::OutOfRange => "out_of_range",
+            RejectReason::InvalidField => "invalid_field",
+            RejectReason::OverLimit => "over_limit",
+        }
+    }
+}
+
+/// A rejection: its reason, and the message a technician reads (stored with the timeslot).
+#[derive(Debug, Clone, PartialEq)]
+struct Fault(RejectReason, String);
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
 
 /// What a timeslot inherits from its dispatch entry and notification.
 pub struct EntryContext {
@@ -32,22 +94,26 @@ pub fn parse_timeslot(ctx: &EntryContext, raw: &Value) -> Result<Timeslot, Rejec
         .map(str::to_string);
     // SPEC §2.13: a cancellation always cancels, whatever else is wrong in the revision.
     let cancels = event_id.is_some() && raw.get("cancelled") == Some(&Value::Bool(true));
-    let reject = |reason: String| RejectedTimeslot {
+    let reject = |Fault(code, reason): Fault| RejectedTimeslot {
         kind: ctx.kind,
         event_id: event_id.clone(),
         meter_ids: ctx.meter_ids.clone(),
         reason,
+        code,
         raw: raw.clone(),
         cancels,
     };
-    let obj = raw
-        .as_object()
-        .ok_or_else(|| reject("timeslot is not a JSON object".into()))?;
+    let obj = raw.as_object().ok_or_else(|| {
+        let text = "timeslot is not a JSON object";
+        reject(Fault(RejectReason::NotAnObject, text.into()))
+    })?;
     let Some(event_id) = event_id.clone() else {
-        return Err(reject(format!("missing {id_field}")));
+        let text = format!("missing {id_field}");
+        return Err(reject(Fault(RejectReason::MissingEventId, text)));
     };
     if ctx.kind == Kind::Meter && ctx.meter_ids.is_empty() {
-        return Err(reject("its meter dispatch has no meter_id".into()));
+        let text = "its meter dispatch has no meter_id";
+        return Err(reject(Fault(RejectReason::MissingMeterId, text.into())));
     }
     fields(ctx, obj, event_id).map_err(reject)
 }
@@ -56,13 +122,12 @@ fn fields(
     ctx: &EntryContext,
     obj: &Map<String, Value>,
     event_id: String,
-) -> Result<Timeslot, String> {
+) -> Result<Timeslot, Fault> {
     let start_time = time(obj, "start_time")?;
     let end_time = time(obj, "end_time")?;
     if end_time <= start_time {
-        return Err(format!(
-            "end_time {end_time} is not after start_time {start_time}"
-        ));
+        let text = format!("end_time {end_time} is not after start_time {start_time}");
+        return Err(Fault(RejectReason::EndNotAfterStart, text));
     }
     let energy_kw = match obj.get("energy_kw") {
         None => EnergyKw::Absent,
@@ -126,7 +191,7 @@ fn fields(
 struct Warnings(Vec<String>);
 
 impl Warnings {
-    fn keep<T>(&mut self, r: Result<T, String>, fallback: T, how: &str) -> T {
+    fn keep<T, E: std::fmt::Display>(&mut self, r: Result<T, E>, fallback: T, how: &str) -> T {
         r.unwrap_or_else(|e| {
             self.0.push(format!("{e}; {how}"));
             fallback
@@ -148,24 +213,25 @@ fn communication_test(obj: &Map<String, Value>, w: &mut Warnings) -> Option<bool
     seen
 }
 
-fn time(obj: &Map<String, Value>, field: &str) -> Result<DateTime<Utc>, String> {
+fn time(obj: &Map<String, Value>, field: &str) -> Result<DateTime<Utc>, Fault> {
+    let bad = |text| Fault(RejectReason::BadTime, text);
     let s = obj
         .get(field)
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("missing {field} (an RFC 3339 time)"))?;
+        .ok_or_else(|| bad(format!("missing {field} (an RFC 3339 time)")))?;
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("{field} = {s:?} is not an RFC 3339 time: {e}"))
+        .map_err(|e| bad(format!("{field} = {s:?} is not an RFC 3339 time: {e}")))
 }
 
-fn kw(v: &Value, field: &str) -> Result<f64, String> {
-    let n = v
-        .as_f64()
-        .ok_or_else(|| format!("{field} = {v} is not a number"))?;
+fn kw(v: &Value, field: &str) -> Result<f64, Fault> {
+    let n = v.as_f64().ok_or_else(|| {
+        let text = format!("{field} = {v} is not a number");
+        Fault(RejectReason::InvalidField, text)
+    })?;
     if !KW_RANGE.contains(&n) {
-        return Err(format!(
-            "{field} = {n} is outside Leap's range 0.01–100000 kW"
-        ));
+        let text = format!("{field} = {n} is outside Leap's range 0.01–100000 kW");
+        return Err(Fault(RejectReason::OutOfRange, text));
     }
     Ok(n)
 }
@@ -189,8 +255,10 @@ fn opt_bool(v: &Value, field: &str) -> Result<Option<bool>, String> {
     }
 }
 
-fn opt_bool_field(obj: &Map<String, Value>, field: &str) -> Result<Option<bool>, String> {
-    obj.get(field).map_or(Ok(None), |v| opt_bool(v, field))
+fn opt_bool_field(obj: &Map<String, Value>, field: &str) -> Result<Option<bool>, Fault> {
+    obj.get(field)
+        .map_or(Ok(None), |v| opt_bool(v, field))
+        .map_err(|text| Fault(RejectReason::InvalidField, text))
 }
 
 fn opt_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
@@ -222,5 +290,73 @@ fn strings(obj: &Map<String, Value>, field: &str, w: &mut Warnings) -> Vec<Strin
             ));
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RejectReason;
+    use serde_json::json;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn every_reason_has_its_own_stable_label() {
+        let labels: BTreeSet<&str> = RejectReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), RejectReason::ALL.len(), "{labels:?}");
+        // Dashboards and alerts use these: a change here is a breaking change.
+        assert_eq!(
+            RejectReason::EndNotAfterStart.label(),
+            "end_not_after_start"
+        );
+        assert_eq!(RejectReason::OverLimit.label(), "over_limit");
+        for r in RejectReason::ALL {
+            let l = r.label();
+            assert!(
+                l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{l}"
+            );
+        }
+    }
+
+    /// Each fault is classified by what it is, not by the words of its message (the
+    /// metric label once matched substrings of these messages).
+    #[test]
+    fn each_rejected_timeslot_carries_its_reason() {
+        let now = chrono::Utc::now();
+        let t = |h: i64| (now + chrono::Duration::hours(h)).to_rfc3339();
+        let ok =
+            json!({"meter_event_id": "x", "start_time": t(1), "end_time": t(2), "energy_kw": 5.0});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut s = ok.clone();
+            s[k] = v;
+            s
+        };
+        let cases = [
+            (json!(7), RejectReason::NotAnObject),
+            (
+                with("meter_event_id", json!("")),
+                RejectReason::MissingEventId,
+            ),
+            (with("start_time", json!("tomorrow")), RejectReason::BadTime),
+            (
+                with("end_time", json!(t(0))),
+                RejectReason::EndNotAfterStart,
+            ),
+            (with("energy_kw", json!(1e9)), RejectReason::OutOfRange),
+            (with("energy_kw", json!("five")), RejectReason::InvalidField),
+            (with("cancelled", json!("no")), RejectReason::InvalidField),
+            (with("end_time", json!(t(48))), RejectReason::OverLimit),
+        ];
+        let limits = crate::config::LimitsConfig::default();
+        for (slot, want) in cases {
+            let note = json!({"meter_dispatches": [{"meter_id": "m1", "timeslots": [slot]}]});
+            let body = note.to_string();
+            let p = crate::ingest::parse_bounded(body.as_bytes(), &limits, now).unwrap();
+            assert_eq!(p.rejected.len(), 1, "{body}");
+            assert_eq!(p.rejected[0].code, want, "{}", p.rejected[0].reason);
+        }
+        let note = json!({"meter_dispatches": [{"timeslots": [ok]}]});
+        let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
+        assert_eq!(p.rejected[0].code, RejectReason::MissingMeterId);
     }
 }

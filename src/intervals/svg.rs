@@ -25,9 +25,47 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A series drawn as steps: legend name, colour, average kW per interval.
+type Series = (&'static str, &'static str, Vec<Option<f64>>);
+
+/// The plot area and its scales: `n` intervals across, `lo..hi` kW on the left axis,
+/// 0–100 % SoC on the right.
+struct Frame {
+    n: usize,
+    lo: f64,
+    hi: f64,
+    pw: f64,
+    ph: f64,
+}
+
+impl Frame {
+    fn new(n: usize, series: &[Series]) -> Frame {
+        let values = series.iter().flat_map(|s| s.2.iter().flatten().copied());
+        let (lo, hi) = values.fold((0.0f64, 1.0f64), |(l, h), v| (l.min(v), h.max(v)));
+        Frame {
+            n,
+            lo,
+            hi,
+            pw: f64::from(WIDTH) - LEFT - RIGHT,
+            ph: f64::from(HEIGHT) - TOP - BOTTOM,
+        }
+    }
+
+    fn x(&self, i: usize) -> f64 {
+        LEFT + self.pw * i as f64 / self.n as f64
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        TOP + self.ph * (self.hi - v) / (self.hi - self.lo)
+    }
+
+    fn ysoc(&self, v: f64) -> f64 {
+        TOP + self.ph * (100.0 - v.clamp(0.0, 100.0)) / 100.0
+    }
+}
+
 pub fn render(r: &EventReport) -> String {
-    let n = r.intervals.len().max(1);
-    let series: [(&str, &str, Vec<Option<f64>>); 3] = [
+    let series: [Series; 3] = [
         (
             "award",
             "#1f77b4",
@@ -47,56 +85,15 @@ pub fn render(r: &EventReport) -> String {
                 .collect(),
         ),
     ];
-    let values = series.iter().flat_map(|s| s.2.iter().flatten().copied());
-    let (lo, hi) = values.fold((0.0f64, 1.0f64), |(l, h), v| (l.min(v), h.max(v)));
-    let (pw, ph) = (
-        f64::from(WIDTH) - LEFT - RIGHT,
-        f64::from(HEIGHT) - TOP - BOTTOM,
-    );
-    let x = |i: usize| LEFT + pw * i as f64 / n as f64;
-    let y = |v: f64| TOP + ph * (hi - v) / (hi - lo);
-    let ysoc = |v: f64| TOP + ph * (100.0 - v.clamp(0.0, 100.0)) / 100.0;
+    let f = Frame::new(r.intervals.len().max(1), &series);
     let mut s = String::new();
-    let _ = write!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{LEFT}" y="20" font-size="14">{}</text>
-<text x="{LEFT}" y="38" fill="#555">{}</text>
-<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999"/>
-"##,
-        escape(&format!("Event {} · meter {}", r.event_id, r.meter_id)),
-        escape(&r.verdict.chars().take(110).collect::<String>()),
-        y(0.0),
-        LEFT + pw,
-        y(0.0),
-    );
-    for k in 0..=4 {
-        let v = lo + (hi - lo) * f64::from(k) / 4.0;
-        let _ = writeln!(
-            s,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#333">{v:.1} kW</text><text x="{:.1}" y="{:.1}" fill="#9467bd">{} %</text>"##,
-            LEFT - 6.0,
-            y(v) + 4.0,
-            LEFT + pw + 6.0,
-            ysoc(f64::from(k) * 25.0) + 4.0,
-            k * 25
-        );
-    }
-    for (i, iv) in r.intervals.iter().enumerate() {
-        let label = iv.interval_start_time_utc.get(11..16).unwrap_or("");
-        let _ = writeln!(
-            s,
-            r##"<text x="{:.1}" y="{:.1}" fill="#333">{label}</text>"##,
-            x(i) + 2.0,
-            TOP + ph + 16.0
-        );
-    }
+    header(&mut s, r, &f);
+    axes(&mut s, r, &f);
     for (k, (name, color, vals)) in series.iter().enumerate() {
         let mut d = String::new();
         for (i, v) in vals.iter().enumerate() {
             if let Some(v) = v {
-                let _ = write!(d, "M{:.1} {:.1}H{:.1}", x(i), y(*v), x(i + 1));
+                let _ = write!(d, "M{:.1} {:.1}H{:.1}", f.x(i), f.y(*v), f.x(i + 1));
             }
         }
         let dash = if k == 0 {
@@ -111,13 +108,63 @@ pub fn render(r: &EventReport) -> String {
             f64::from(HEIGHT) - 12.0
         );
     }
+    soc(&mut s, r, &f);
+    s
+}
+
+/// The opening tag, the title lines and the zero line.
+fn header(s: &mut String, r: &EventReport, f: &Frame) {
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{LEFT}" y="20" font-size="14">{}</text>
+<text x="{LEFT}" y="38" fill="#555">{}</text>
+<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999"/>
+"##,
+        escape(&format!("Event {} · meter {}", r.event_id, r.meter_id)),
+        escape(&r.verdict.chars().take(110).collect::<String>()),
+        f.y(0.0),
+        LEFT + f.pw,
+        f.y(0.0),
+    );
+}
+
+/// The kW (left) and SoC (right) axis labels, and each interval's start time below.
+fn axes(s: &mut String, r: &EventReport, f: &Frame) {
+    for k in 0..=4 {
+        let v = f.lo + (f.hi - f.lo) * f64::from(k) / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#333">{v:.1} kW</text><text x="{:.1}" y="{:.1}" fill="#9467bd">{} %</text>"##,
+            LEFT - 6.0,
+            f.y(v) + 4.0,
+            LEFT + f.pw + 6.0,
+            f.ysoc(f64::from(k) * 25.0) + 4.0,
+            k * 25
+        );
+    }
+    for (i, iv) in r.intervals.iter().enumerate() {
+        let label = iv.interval_start_time_utc.get(11..16).unwrap_or("");
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="#333">{label}</text>"##,
+            f.x(i) + 2.0,
+            TOP + f.ph + 16.0
+        );
+    }
+}
+
+/// The lowest SoC per interval: a dot at the interval's middle, joined by a line; then
+/// the closing tag.
+fn soc(s: &mut String, r: &EventReport, f: &Frame) {
     let soc: Vec<String> = r
         .intervals
         .iter()
         .enumerate()
         .filter_map(|(i, iv)| {
             iv.min_soc_pct
-                .map(|v| format!("{:.1},{:.1}", (x(i) + x(i + 1)) / 2.0, ysoc(v)))
+                .map(|v| format!("{:.1},{:.1}", (f.x(i) + f.x(i + 1)) / 2.0, f.ysoc(v)))
         })
         .collect();
     for p in &soc {
@@ -132,5 +179,4 @@ pub fn render(r: &EventReport) -> String {
         LEFT + 450.0,
         f64::from(HEIGHT) - 12.0
     );
-    s
 }

@@ -67,10 +67,6 @@ impl PollReport {
         self.conflict += o.conflict;
         self.new_event_ids.extend(new_ids);
     }
-
-    pub fn changed(&self) -> bool {
-        self.new + self.updated > 0
-    }
 }
 
 /// What to search: the configured meters and the market groups to ask about.

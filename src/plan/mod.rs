@@ -218,6 +218,7 @@ impl Plan {
     }
 
     /// The first instant strictly after `t` at which `meter`'s command changes.
+    #[cfg(test)]
     pub fn next_boundary_for(&self, meter: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         next_in(self.intervals_of(meter)?, t)
     }

@@ -166,43 +166,7 @@ impl RelayConfig {
     /// Semantic checks; every problem names its key and says what to do.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut p = Vec::new();
-        let s = &self.server;
-        if s.tls.is_none() && !s.listen.ip().is_loopback() {
-            p.push(format!(
-                "server.listen = \"{}\" is not a loopback address and [server.tls] is absent: \
-                 Leap must reach the relay over HTTPS; add [server.tls] cert/key",
-                s.listen
-            ));
-        }
-        if !s.path.starts_with('/') || matches!(s.path.as_str(), "/healthz" | "/metrics") {
-            p.push(format!(
-                "server.path = \"{}\" must start with '/' and not be /healthz or /metrics",
-                s.path
-            ));
-        }
-        if s.max_body_bytes < 1024 || s.max_connections == 0 || s.read_timeout_secs == 0 {
-            p.push(
-                "server: max_body_bytes ≥ 1024, max_connections ≥ 1, read_timeout_secs ≥ 1".into(),
-            );
-        }
-        if s.connection_max_secs < s.read_timeout_secs {
-            p.push("server.connection_max_secs must be at least server.read_timeout_secs".into());
-        }
-        if s.metrics_listen != crate::config::default_metrics_listen() {
-            p.push(
-                "server.metrics_listen is the gateway's setting; the relay's loopback listener \
-                 for /metrics and /healthz is relay.metrics_listen"
-                    .into(),
-            );
-        }
-        if let Some(problem) = s
-            .tls
-            .as_ref()
-            .and_then(|t| crate::server::tls::key_problem(&t.key))
-        {
-            let key = &s.tls.as_ref().expect("checked above").key;
-            p.push(format!("server.tls.key = \"{}\": {problem}", key.display()));
-        }
+        self.check_server(&mut p);
         let l = &self.limits;
         for (key, v) in [
             ("max_meter_ids", l.max_meter_ids),
@@ -241,6 +205,48 @@ impl RelayConfig {
         }
         self.check_gateways(&mut p);
         if p.is_empty() { Ok(()) } else { Err(p) }
+    }
+
+    /// The public listener: HTTPS unless loopback, the webhook path, the size and time
+    /// limits, the TLS key.
+    fn check_server(&self, p: &mut Vec<String>) {
+        let s = &self.server;
+        if s.tls.is_none() && !s.listen.ip().is_loopback() {
+            p.push(format!(
+                "server.listen = \"{}\" is not a loopback address and [server.tls] is absent: \
+                 Leap must reach the relay over HTTPS; add [server.tls] cert/key",
+                s.listen
+            ));
+        }
+        if !s.path.starts_with('/') || matches!(s.path.as_str(), "/healthz" | "/metrics") {
+            p.push(format!(
+                "server.path = \"{}\" must start with '/' and not be /healthz or /metrics",
+                s.path
+            ));
+        }
+        if s.max_body_bytes < 1024 || s.max_connections == 0 || s.read_timeout_secs == 0 {
+            p.push(
+                "server: max_body_bytes ≥ 1024, max_connections ≥ 1, read_timeout_secs ≥ 1".into(),
+            );
+        }
+        if s.connection_max_secs < s.read_timeout_secs {
+            p.push("server.connection_max_secs must be at least server.read_timeout_secs".into());
+        }
+        if s.metrics_listen != crate::config::default_metrics_listen() {
+            p.push(
+                "server.metrics_listen is the gateway's setting; the relay's loopback listener \
+                 for /metrics and /healthz is relay.metrics_listen"
+                    .into(),
+            );
+        }
+        if let Some(problem) = s
+            .tls
+            .as_ref()
+            .and_then(|t| crate::server::tls::key_problem(&t.key))
+        {
+            let key = &s.tls.as_ref().expect("checked above").key;
+            p.push(format!("server.tls.key = \"{}\": {problem}", key.display()));
+        }
     }
 
     fn check_gateways(&self, p: &mut Vec<String>) {

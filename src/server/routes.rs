@@ -4,7 +4,7 @@ use super::conn::ConnState;
 use super::quiet::QuietLog;
 use crate::config::{AuthConfig, Config, LimitsConfig, ServerConfig};
 use crate::ingest::{self, auth};
-use crate::metrics::{IngestMetrics, reason_label};
+use crate::metrics::IngestMetrics;
 use crate::seam::{ChangeSignal, StatusSource};
 use crate::store::{IngestRecord, Store};
 use bytes::Bytes;
@@ -379,8 +379,8 @@ async fn commit(
     ] {
         m.timeslots.inc(label, u64::from(n));
     }
-    for reason in &outcome.rejected_reasons {
-        m.rejected_by_reason.inc(reason_label(reason), 1);
+    for code in &outcome.rejected_codes {
+        m.rejected_by_reason.inc(code.label(), 1);
     }
     m.last_notification_unix
         .store(received_at.timestamp().max(0) as u64, Ordering::Relaxed);

@@ -2,6 +2,8 @@
 //! 203, end marker) laid out from a base address, with typed access to points by model
 //! and name through the same point table the driver uses.
 
+use super::SimOptions;
+use crate::config::SimConfig;
 use crate::device::codec::{self, RegType, WordOrder};
 use crate::device::sunspec::{self, END, MARKER, ModelEntry, SunSpecMap};
 
@@ -43,6 +45,43 @@ impl Image {
             map: SunSpecMap { base, models },
             regs,
         }
+    }
+
+    /// The image at start: identity strings, scale factors sized to the configured
+    /// powers (`max_site_kw`: the largest |W| the meter can see), nameplate ratings.
+    pub fn initial(cfg: &SimConfig, opts: SimOptions, max_site_kw: f64) -> Image {
+        let mut img = Image::new(cfg.base_address, opts.model_124, opts.model_704);
+        img.set_string(1, 2, 16, "leap-edge");
+        img.set_string(1, 18, 16, "site-simulator");
+        img.set_string(1, 42, 8, env!("CARGO_PKG_VERSION"));
+        img.set_string(1, 50, 16, "SIM-0001");
+        img.set_raw(1, "DA", cfg.unit_id as i64);
+        let w_sf = sf_for(max_site_kw * 1000.0);
+        img.set_raw(103, "W_SF", w_sf as i64);
+        img.set_raw(203, "W_SF", w_sf as i64);
+        img.set_raw(203, "TotWh_SF", 0);
+        let wmax_sf = sf_for(cfg.max_power_kw * 1000.0);
+        img.set_raw(124, "WChaMax_SF", wmax_sf as i64);
+        img.set(124, "WChaMax", cfg.max_power_kw * 1000.0);
+        img.set_raw(124, "ChaState_SF", -1);
+        img.set_raw(124, "MinRsvPct_SF", 0);
+        img.set_raw(124, "InOutWRte_SF", -2);
+        img.set(124, "OutWRte", 100.0);
+        img.set(124, "InWRte", 100.0);
+        img.set_raw(
+            704,
+            "WSet_SF",
+            sf_for(cfg.max_power_kw * 1000.0 * 1.5) as i64,
+        );
+        // Tenths of a percent, as inverters commonly report it.
+        img.set_raw(704, "WSetPct_SF", -1);
+        img.set_raw(704, "WSetMod", 1);
+        let wh_sf = sf_for(cfg.capacity_kwh * 1000.0);
+        img.set_raw(713, "WH_SF", wh_sf as i64);
+        img.set_raw(713, "Pct_SF", -1);
+        img.set(713, "WHRtg", cfg.capacity_kwh * 1000.0);
+        img.set(713, "SoH", 100.0);
+        img
     }
 
     fn index(&self, addr: u16, count: u16) -> Option<std::ops::Range<usize>> {

@@ -25,7 +25,6 @@ use map::Image;
 use physics::Physics;
 use serde::Serialize;
 use server::{KillableStream, Killer, SimService};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -192,53 +191,9 @@ fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
         .as_deref()
         .map(ScheduledFault::parse)
         .transpose()?;
-    let mut img = Image::new(cfg.base_address, opts.model_124, opts.model_704);
-    img.set_string(1, 2, 16, "leap-edge");
-    img.set_string(1, 18, 16, "site-simulator");
-    img.set_string(1, 42, 8, env!("CARGO_PKG_VERSION"));
-    img.set_string(1, 50, 16, "SIM-0001");
-    img.set_raw(1, "DA", cfg.unit_id as i64);
-    let w_sf = map::sf_for((load.max_kw() + pv.max_kw() + cfg.max_power_kw) * 1000.0);
-    img.set_raw(103, "W_SF", w_sf as i64);
-    img.set_raw(203, "W_SF", w_sf as i64);
-    img.set_raw(203, "TotWh_SF", 0);
-    let wmax_sf = map::sf_for(cfg.max_power_kw * 1000.0);
-    img.set_raw(124, "WChaMax_SF", wmax_sf as i64);
-    img.set(124, "WChaMax", cfg.max_power_kw * 1000.0);
-    img.set_raw(124, "ChaState_SF", -1);
-    img.set_raw(124, "MinRsvPct_SF", 0);
-    img.set_raw(124, "InOutWRte_SF", -2);
-    img.set(124, "OutWRte", 100.0);
-    img.set(124, "InWRte", 100.0);
-    img.set_raw(
-        704,
-        "WSet_SF",
-        map::sf_for(cfg.max_power_kw * 1000.0 * 1.5) as i64,
-    );
-    img.set_raw(704, "WSetMod", 1);
-    let wh_sf = map::sf_for(cfg.capacity_kwh * 1000.0);
-    img.set_raw(713, "WH_SF", wh_sf as i64);
-    img.set_raw(713, "Pct_SF", -1);
-    img.set(713, "WHRtg", cfg.capacity_kwh * 1000.0);
-    img.set(713, "SoH", 100.0);
-    let physics = Physics {
-        capacity_kwh: cfg.capacity_kwh,
-        max_kw: cfg.max_power_kw,
-        ramp_kw_per_s: cfg.ramp_kw_per_s,
-        soc_pct: cfg.initial_soc_pct,
-        battery_kw: 0.0,
-        target_kw: 0.0,
-        load_kw: load.at(0.0),
-        pv_kw: pv.at(0.0).max(0.0),
-        mode: Mode::Normal,
-        last_124_write: None,
-        last_704_write: None,
-        reversions: 0,
-        normal: cfg.normal,
-        // A meter in service has counted before: start well away from zero.
-        import_wh: 1_234_567.0,
-        export_wh: 7_654.0,
-    };
+    let max_site_kw = load.max_kw() + pv.max_kw() + cfg.max_power_kw;
+    let mut img = Image::initial(cfg, opts, max_site_kw);
+    let physics = Physics::initial(cfg, load.at(0.0), pv.at(0.0).max(0.0));
     physics.publish(&mut img);
     Ok(SimInner {
         image: img,
@@ -368,11 +323,6 @@ impl SimHandle {
         }
     }
 
-    /// Override the PV profile (`None`: back to the profile).
-    pub fn set_pv(&self, kw: Option<f64>) {
-        self.inner.lock().expect("sim state").pv_override = kw;
-    }
-
     /// Start a site-meter fault now (`None`: the meter answers again).
     pub fn set_meter_fault(&self, fault: Option<MeterFault>) {
         let mut s = self.inner.lock().expect("sim state");
@@ -423,16 +373,4 @@ impl Drop for SimHandle {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Run until `shutdown` completes (the `leap-edge sim` command and the daemon's tests).
-pub async fn serve(
-    cfg: SimConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SimError> {
-    let mut handle = spawn(&cfg, listener)?;
-    shutdown.await;
-    handle.shutdown();
-    Ok(())
 }

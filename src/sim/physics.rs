@@ -16,6 +16,7 @@
 
 use super::map::Image;
 pub use crate::config::NormalMode;
+use crate::config::SimConfig;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -61,6 +62,30 @@ pub struct Physics {
     /// The site meter's energy accumulators (SunSpec 203 TotWhImp/TotWhExp), Wh.
     pub import_wh: f64,
     pub export_wh: f64,
+}
+
+impl Physics {
+    /// At start: idle battery at `initial_soc_pct`, in normal operation.
+    pub fn initial(cfg: &SimConfig, load_kw: f64, pv_kw: f64) -> Physics {
+        Physics {
+            capacity_kwh: cfg.capacity_kwh,
+            max_kw: cfg.max_power_kw,
+            ramp_kw_per_s: cfg.ramp_kw_per_s,
+            soc_pct: cfg.initial_soc_pct,
+            battery_kw: 0.0,
+            target_kw: 0.0,
+            load_kw,
+            pv_kw,
+            mode: Mode::Normal,
+            last_124_write: None,
+            last_704_write: None,
+            reversions: 0,
+            normal: cfg.normal,
+            // A meter in service has counted before: start well away from zero.
+            import_wh: 1_234_567.0,
+            export_wh: 7_654.0,
+        }
+    }
 }
 
 impl Physics {

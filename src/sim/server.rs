@@ -258,6 +258,9 @@ fn valid(s: &SimInner) -> bool {
         .is_none_or(|b| (0..=3).contains(&b))
         && pct_ok("OutWRte")
         && pct_ok("InWRte")
+        && img
+            .get(704, "WSetPct")
+            .is_none_or(|v| (-100.0..=100.0).contains(&v))
         && img.raw(704, "WSetEna").is_none_or(|v| v <= 1)
         && img.raw(704, "WSetMod").is_none_or(|v| v <= 1)
         && img

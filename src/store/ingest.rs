@@ -49,6 +49,9 @@ pub struct IngestOutcome {
     pub conflicts: Vec<String>,
     #[serde(skip)]
     pub rejected_reasons: Vec<String>,
+    /// The same rejections as a closed set, for the metric labels.
+    #[serde(skip)]
+    pub rejected_codes: Vec<crate::ingest::RejectReason>,
 }
 
 impl IngestOutcome {
@@ -100,6 +103,7 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
         record_rejected(tx, nid, &now, rej)?;
         out.rejected += 1;
         out.rejected_reasons.push(rej.reason.clone());
+        out.rejected_codes.push(rej.code);
         if let Some(slot) = cancellation_of(tx, rej)? {
             match upsert(tx, nid, &now, &slot, rec.source)? {
                 SlotResult::Updated | SlotResult::New => out.updated += 1,

@@ -178,10 +178,6 @@ pub fn last_notification(conn: &Connection) -> Result<Option<LastNotification>, 
         .optional()?)
 }
 
-pub fn notification_count(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM notifications", [], |r| r.get(0))?)
-}
-
 /// SPEC §2.5: drop raw notifications older than the retention, and with them (issue 10.5)
 /// rejected timeslots last seen before it and superseded revisions received before it. Each
 /// timeslot keeps its row and its latest revision: they are the dispatch record.

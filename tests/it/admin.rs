@@ -6,6 +6,7 @@ use crate::common;
 use common::*;
 use leap_edge::admin::{AdminClient, ClientError, OverrideAction, OverrideRequest};
 use serde_json::Value;
+use std::time::Duration;
 
 const METER: &str = "dd21c76c-7126-4ef7-b0a6-f190fad300b2";
 
@@ -203,5 +204,41 @@ async fn refused_by_the_daemon(d: &Daemon) {
         (o["action"].as_str(), o["kw"].as_f64()),
         (Some("discharge"), Some(3.0)),
         "{s:#}"
+    );
+}
+
+/// Issue 16 bug: `reload` reports `storage.retention_days` applied, so the pruning that
+/// runs after it must use the new value, not the one the daemon started with (the default,
+/// 400 days).
+#[tokio::test]
+async fn reloaded_retention_is_what_pruning_uses() {
+    let d = Daemon::start_with("[schedule]\nprune = \"*/1 * * * * *\"\n");
+    assert_eq!(
+        d.client()
+            .post(&fixture("leap-sample-meter.json"))
+            .await
+            .status,
+        200
+    );
+    let ten_days_ago = (chrono::Utc::now() - chrono::Duration::days(10))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    rusqlite::Connection::open(d.db_path())
+        .unwrap()
+        .execute("UPDATE notifications SET received_at = ?1", [&ten_days_ago])
+        .unwrap();
+    // Pruning runs every second; within the start-up retention the notification stays.
+    let early = eventually(Duration::from_secs(2), || d.count("notifications") == 0).await;
+    assert!(!early, "pruned inside the start-up retention");
+
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let five_days = text.replace("[storage]\n", "[storage]\nretention_days = 5\n");
+    std::fs::write(d.config_path(), five_days).unwrap();
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("storage.retention_days"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(10), || d.count("notifications") == 0).await,
+        "a 10-day-old notification outlives a reloaded 5-day retention"
     );
 }

@@ -305,3 +305,35 @@ fn simulator_bind_error_names_its_key() {
         "cause printed once: {err}"
     );
 }
+
+/// Issue 16 bug: `status --json` on a terminal must be plain JSON. Run under a real
+/// pseudo-terminal (`script` from util-linux): the text view there is coloured (so the
+/// terminal is seen), the JSON document is not.
+#[test]
+fn status_json_on_a_terminal_has_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n[storage]\npath = \"db\"\n\
+         [admin]\nsocket = \"admin.sock\"\n"
+    );
+    std::fs::write(dir.path().join("c.toml"), cfg).unwrap();
+    let on_tty = |args: &str| {
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!("{} --config c.toml {args}", bin()))
+            .arg("/dev/null")
+            .current_dir(dir.path())
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("script(1) from util-linux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = on_tty("status");
+    assert!(text.contains("NOT RUNNING"), "{text}");
+    assert!(text.contains('\u{1b}'), "the pty is a terminal: {text:?}");
+    let json = on_tty("status --json");
+    assert!(!json.contains('\u{1b}'), "{json:?}");
+    let doc: serde_json::Value = serde_json::from_str(json.trim()).expect("plain JSON");
+    assert_eq!(doc["daemon"], "not-running", "{doc:#}");
+}

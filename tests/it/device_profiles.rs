@@ -90,3 +90,42 @@ fn the_generic_template_is_never_driven() {
         .expect("template refused");
     assert!(e.to_string().contains("template"), "{e}");
 }
+
+/// Issue 16 bug: the controller writes the power setpoint and the reversion timeout, so a
+/// profile that names read-only points for them is refused by `config check`, naming the
+/// file and the point (it used to pass: they were checked as reads).
+#[test]
+fn a_read_only_setpoint_is_refused_by_config_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devices = tmp.path().join("devices");
+    std::fs::create_dir(&devices).unwrap();
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/profiles/readonly-setpoint.toml");
+    std::fs::copy(&fixture, devices.join("readonly.toml")).unwrap();
+    let cfg = format!(
+        "devices_dir = \"devices\"\n[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{}\"]\n\
+         [storage]\npath = \"db\"\n[admin]\nsocket = \"admin.sock\"\n\
+         [[meters]]\nid = \"m1\"\ndevice = \"bat\"\n[devices.bat]\nprofile = \"readonly\"\nhost = \"127.0.0.1\"\n",
+        crate::common::KEY
+    );
+    std::fs::write(tmp.path().join("c.toml"), cfg).unwrap();
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["--config", "c.toml", "config", "check"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("readonly.toml"),
+        "names the profile file: {err}"
+    );
+    assert!(
+        err.contains("power.setpoint: SunSpec point 704.WSetRvrtRem is read-only"),
+        "{err}"
+    );
+    assert!(
+        err.contains("reversion: SunSpec point 704.WSet_SF is read-only"),
+        "{err}"
+    );
+}

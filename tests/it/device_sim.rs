@@ -296,3 +296,64 @@ power = { kind = "watts", setpoint = { address = 40124, type = "u16", scale = 1 
         "raw W, as the profile says"
     );
 }
+
+/// Issue 16 bug: the simulator's physics follows 704 `WSetPct` (WSetMod 0, a percentage
+/// of its maximum power), so the point must be in its map and writable over Modbus TCP.
+/// Offsets from the SunSpec model 704 JSON, counted from the model's ID register.
+#[tokio::test]
+async fn model_704_percent_setpoint_is_honoured_over_modbus() {
+    use tokio_modbus::client::{Reader, Writer, tcp};
+    const WSET_ENA: u16 = 22;
+    const WSET_MOD: u16 = 23;
+    const WSET_PCT: u16 = 28;
+    const WSET_PCT_SF: u16 = 56;
+    let opts = SimOptions {
+        model_124: false,
+        ..SimOptions::default()
+    };
+    let sim = start_sim_with(sim_cfg(), opts).await;
+    // Walk the model chain after the `SunS` marker to model 704's ID register.
+    let mut model = 40002;
+    while sim.registers(model, 1).unwrap()[0] != 704 {
+        let header = sim.registers(model, 2).unwrap();
+        assert_ne!(header[0], 0xFFFF, "no model 704 in the simulator's map");
+        model += 2 + header[1];
+    }
+    let mut ctx = tcp::connect_slave(sim.local_addr(), tokio_modbus::Slave(1))
+        .await
+        .unwrap();
+    let sf = ctx
+        .read_holding_registers(model + WSET_PCT_SF, 1)
+        .await
+        .unwrap()
+        .unwrap()[0] as i16;
+    // 40 % of the simulator's 50 kW; self-consumption alone would cover the 30 kW load.
+    let raw = (40.0 / 10f64.powi(sf.into())).round() as i16 as u16;
+    ctx.write_multiple_registers(model + WSET_PCT, &[raw])
+        .await
+        .unwrap()
+        .expect("WSetPct is writable");
+    ctx.write_single_register(model + WSET_MOD, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    ctx.write_single_register(model + WSET_ENA, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sim.point(704, "WSetPct"), Some(40.0));
+    assert!(
+        eventually(LONG, || (sim.snapshot().battery_kw - 20.0).abs() < 0.01).await,
+        "battery at {} kW, not 40 % of 50 kW",
+        sim.snapshot().battery_kw
+    );
+    assert_eq!(sim.snapshot().mode, Mode::Remote704);
+    // A real inverter refuses a percentage beyond ±100.
+    let too_much = (150.0 / 10f64.powi(sf.into())).round() as i16 as u16;
+    let refused = ctx
+        .write_multiple_registers(model + WSET_PCT, &[too_much])
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "150 % accepted");
+    assert_eq!(sim.point(704, "WSetPct"), Some(40.0));
+}

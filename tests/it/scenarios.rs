@@ -246,6 +246,54 @@ async fn s03_overlap_priority_then_exports_allowed() {
     s.stop().await;
 }
 
+/// Issue 16: a runner-up timeslot that appears while an event runs changes only the words
+/// of why that event governs: the running command is neither written again nor audited
+/// again. The runner-up then governs at the end of the first (so the dispatcher was alive).
+#[tokio::test]
+async fn runner_up_appearing_does_not_reapply_the_running_event() {
+    let mut s = site("").await;
+    let (t, t1, t2) = (at(1500), at(4000), at(5500));
+    s.post(meter_note(
+        M1,
+        vec![slot("s1", t, t1, Some(10.0), json!({}))],
+    ))
+    .await;
+    s.wait_calls(M1, 1, 15).await;
+    let runner_up = json!({"priority": 3, "is_voluntary": true});
+    s.post(meter_note(
+        M1,
+        vec![slot("r2", t, t2, Some(4.0), runner_up)],
+    ))
+    .await;
+    let calls = s.wait_calls(M1, 3, 15).await;
+    let events: Vec<&str> = calls
+        .iter()
+        .filter(|c| !is_release(c))
+        .map(|c| applied(c).event_id.as_str())
+        .collect();
+    assert_eq!(events, ["s1", "r2"], "{calls:?}");
+    assert!(is_release(&calls[2]), "{calls:?}");
+    let audit = s
+        .audit_when(|a| a.iter().filter(|a| a["meter"] == M1).count() >= 4)
+        .await;
+    let acts: Vec<(&str, Option<&str>)> = audit
+        .iter()
+        .filter(|a| a["meter"] == M1)
+        .map(|a| (a["action"].as_str().unwrap(), a["event"].as_str()))
+        .collect();
+    assert_eq!(
+        acts,
+        [
+            ("release", None),
+            ("apply", Some("s1")),
+            ("apply", Some("r2")),
+            ("release", Some("r2"))
+        ],
+        "{audit:#?}"
+    );
+    s.stop().await;
+}
+
 /// M2 gets a live timeslot over the same window as the one under test on M1: seeing it
 /// applied and released proves the dispatcher ran through the window, so "no call for M1"
 /// cannot pass because dispatch is dead.

@@ -275,6 +275,14 @@ async fn one_bad_timeslot_does_not_sink_the_rest() {
     );
     let (_, table, _) = d.cli(&["events"]);
     assert!(table.contains("Rejected timeslots"), "{table}");
+    // Issue 16: each rejection counts under its reason's fixed label, not the words.
+    let m = crate::common::local_get(d.metrics_addr, "/metrics")
+        .await
+        .text;
+    for label in ["end_not_after_start", "missing_event_id"] {
+        let line = format!("leap_edge_timeslots_rejected_total{{reason=\"{label}\"}} 1\n");
+        assert!(m.contains(&line), "{line}{m}");
+    }
 }
 
 #[tokio::test]

@@ -41,6 +41,7 @@ struct Control {
     power: Power,
 }
 
+#[derive(Clone)]
 enum Power {
     Window {
         discharge: ResolvedReg,

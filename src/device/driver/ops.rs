@@ -2,7 +2,7 @@
 //! back, with the reversion timeout), release to normal.
 
 use super::{ModbusBattery, Power};
-use crate::device::regs;
+use crate::device::regs::{self, ResolvedReg};
 use crate::device::{Battery, DeviceError, Telemetry};
 use crate::seam::BoxFuture;
 
@@ -69,32 +69,9 @@ impl ModbusBattery {
         if target != kw {
             tracing::warn!(device = %self.name, kw, clamped = target, "setpoint clamped to the battery's limits");
         }
-        let (grid, bat) = (b.grid.clone(), b.battery.clone());
         let reversion = ctl.reversion.clone();
         let enter = ctl.enter.clone();
-        let power = match &ctl.power {
-            Power::Window {
-                discharge,
-                charge,
-                full_scale_w,
-            } => {
-                let pct = (target * 1000.0 / full_scale_w * 100.0).clamp(-100.0, 100.0);
-                vec![(discharge.clone(), pct), (charge.clone(), -pct)]
-            }
-            Power::Watts(r) => vec![(r.clone(), target * 1000.0)],
-            Power::Grid(r) => {
-                let (Some(g), Some(bt)) = (grid, bat) else {
-                    return Err(self.profile_err(
-                        "grid-setpoint control needs grid and battery power readings".into(),
-                    ));
-                };
-                let g = regs::read_value(&mut self.client, &g).await?.unwrap_or(0.0);
-                let bt = regs::read_value(&mut self.client, &bt)
-                    .await?
-                    .unwrap_or(0.0);
-                vec![(r.clone(), g + bt - target * 1000.0)]
-            }
-        };
+        let power = self.power_writes(ctl.power.clone(), target).await?;
         if let Some(r) = reversion {
             regs::write_value(&mut self.client, &r, reversion_secs as f64).await?;
         }
@@ -106,6 +83,40 @@ impl ModbusBattery {
         }
         tracing::debug!(device = %self.name, kw = target, reversion_secs, "setpoint written and read back");
         Ok(())
+    }
+
+    /// The register writes that ask the bound profile's power control for `target_kw`
+    /// (already within the battery's limits). A grid setpoint reads the site first.
+    async fn power_writes(
+        &mut self,
+        power: Power,
+        target_kw: f64,
+    ) -> Result<Vec<(ResolvedReg, f64)>, DeviceError> {
+        let b = self.bound.as_ref().expect("bound");
+        let (grid, bat) = (b.grid.clone(), b.battery.clone());
+        Ok(match power {
+            Power::Window {
+                discharge,
+                charge,
+                full_scale_w,
+            } => {
+                let pct = (target_kw * 1000.0 / full_scale_w * 100.0).clamp(-100.0, 100.0);
+                vec![(discharge, pct), (charge, -pct)]
+            }
+            Power::Watts(r) => vec![(r, target_kw * 1000.0)],
+            Power::Grid(r) => {
+                let (Some(g), Some(bt)) = (grid, bat) else {
+                    return Err(self.profile_err(
+                        "grid-setpoint control needs grid and battery power readings".into(),
+                    ));
+                };
+                let g = regs::read_value(&mut self.client, &g).await?.unwrap_or(0.0);
+                let bt = regs::read_value(&mut self.client, &bt)
+                    .await?
+                    .unwrap_or(0.0);
+                vec![(r, g + bt - target_kw * 1000.0)]
+            }
+        })
     }
 
     pub async fn release_control(&mut self) -> Result<(), DeviceError> {

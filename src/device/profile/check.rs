@@ -26,7 +26,7 @@ pub fn check(p: &Profile) -> Vec<String> {
                 p.addressing,
                 &format!("read.{name}[{i}]"),
                 r,
-                false,
+                Use::Read,
                 &mut out,
             );
         }
@@ -44,12 +44,42 @@ pub fn check(p: &Profile) -> Vec<String> {
     out
 }
 
+/// How the controller uses a register, which decides what the profile must say about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Read for telemetry or a reference; no `value`.
+    Read,
+    /// An enter/leave write of the profile's fixed `value`.
+    Fixed,
+    /// Written by the controller with a value it computes (power setpoint, reversion
+    /// timeout): must be writable, carries no `value`.
+    Computed,
+}
+
+impl Use {
+    fn written(self) -> bool {
+        self != Use::Read
+    }
+}
+
 fn check_control(p: &Profile, c: &ControlSpec, at: &str, out: &mut Vec<String>) {
     for (i, r) in c.enter.iter().enumerate() {
-        check_reg(p.addressing, &format!("{at}.enter[{i}]"), r, true, out);
+        check_reg(
+            p.addressing,
+            &format!("{at}.enter[{i}]"),
+            r,
+            Use::Fixed,
+            out,
+        );
     }
     for (i, r) in c.leave.iter().enumerate() {
-        check_reg(p.addressing, &format!("{at}.leave[{i}]"), r, true, out);
+        check_reg(
+            p.addressing,
+            &format!("{at}.leave[{i}]"),
+            r,
+            Use::Fixed,
+            out,
+        );
     }
     if c.leave.is_empty() && !matches!(c.power, PowerSpec::GridSetpoint { .. }) {
         out.push(format!(
@@ -57,53 +87,39 @@ fn check_control(p: &Profile, c: &ControlSpec, at: &str, out: &mut Vec<String>) 
         ));
     }
     if let Some(r) = &c.reversion {
-        check_reg(p.addressing, &format!("{at}.reversion"), r, false, out);
+        // SPEC §2.10: the reversion timeout is written with every command.
+        check_reg(
+            p.addressing,
+            &format!("{at}.reversion"),
+            r,
+            Use::Computed,
+            out,
+        );
     }
-    match &c.power {
+    check_power(p, &c.power, at, out);
+}
+
+/// The power registers of one control method: the setpoints are written, a percent
+/// window's reference is read.
+fn check_power(p: &Profile, power: &PowerSpec, at: &str, out: &mut Vec<String>) {
+    let mut reg = |name: String, r: &RegSpec, u: Use| {
+        check_reg(p.addressing, &format!("{at}.power.{name}"), r, u, out);
+    };
+    match power {
         PowerSpec::PercentWindow {
             discharge,
             charge,
             reference,
         } => {
-            check_reg(
-                p.addressing,
-                &format!("{at}.power.discharge"),
-                discharge,
-                false,
-                out,
-            );
-            check_reg(
-                p.addressing,
-                &format!("{at}.power.charge"),
-                charge,
-                false,
-                out,
-            );
+            reg("discharge".into(), discharge, Use::Computed);
+            reg("charge".into(), charge, Use::Computed);
             for (i, r) in reference.iter().enumerate() {
-                check_reg(
-                    p.addressing,
-                    &format!("{at}.power.reference[{i}]"),
-                    r,
-                    false,
-                    out,
-                );
+                reg(format!("reference[{i}]"), r, Use::Read);
             }
         }
-        PowerSpec::Watts { setpoint } => check_reg(
-            p.addressing,
-            &format!("{at}.power.setpoint"),
-            setpoint,
-            false,
-            out,
-        ),
+        PowerSpec::Watts { setpoint } => reg("setpoint".into(), setpoint, Use::Computed),
         PowerSpec::GridSetpoint { setpoint } => {
-            check_reg(
-                p.addressing,
-                &format!("{at}.power.setpoint"),
-                setpoint,
-                false,
-                out,
-            );
+            reg("setpoint".into(), setpoint, Use::Computed);
             if p.read.grid_power.is_empty() || p.read.battery_power.is_empty() {
                 out.push(format!(
                     "{at}: grid-setpoint control needs read.grid_power and read.battery_power"
@@ -113,7 +129,8 @@ fn check_control(p: &Profile, c: &ControlSpec, at: &str, out: &mut Vec<String>) 
     }
 }
 
-fn check_reg(addr: Addressing, at: &str, r: &RegSpec, write: bool, out: &mut Vec<String>) {
+fn check_reg(addr: Addressing, at: &str, r: &RegSpec, u: Use, out: &mut Vec<String>) {
+    let write = u.written();
     match addr {
         Addressing::Sunspec => match (r.model, &r.point) {
             (Some(m), Some(pt)) => {
@@ -121,9 +138,10 @@ fn check_reg(addr: Addressing, at: &str, r: &RegSpec, write: bool, out: &mut Vec
                     None => out.push(format!(
                         "{at}: SunSpec point {m}.{pt} is not one leap-edge knows"
                     )),
-                    Some(d) if write && !d.writable => {
-                        out.push(format!("{at}: SunSpec point {m}.{pt} is read-only"))
-                    }
+                    Some(d) if write && !d.writable => out.push(format!(
+                        "{at}: SunSpec point {m}.{pt} is read-only, but the controller writes it: \
+                         name a writable point"
+                    )),
                     Some(_) => {}
                 }
                 if r.address.is_some() || r.ty.is_some() {
@@ -153,14 +171,14 @@ fn check_reg(addr: Addressing, at: &str, r: &RegSpec, write: bool, out: &mut Vec
         if !extra.plus.is_empty() {
             out.push(format!("{at}.plus[{i}]: `plus` cannot nest"));
         }
-        check_reg(addr, &format!("{at}.plus[{i}]"), extra, false, out);
+        check_reg(addr, &format!("{at}.plus[{i}]"), extra, Use::Read, out);
     }
-    if write != r.value.is_some() {
-        out.push(if write {
-            format!("{at}: a write needs `value`")
-        } else {
-            format!("{at}: `value` only belongs in enter/leave writes")
-        });
+    match (u, r.value.is_some()) {
+        (Use::Fixed, false) => out.push(format!("{at}: a write needs `value`")),
+        (Use::Read | Use::Computed, true) => {
+            out.push(format!("{at}: `value` only belongs in enter/leave writes"))
+        }
+        _ => {}
     }
     if r.scale == Some(0.0) || r.scale.is_some_and(|s| !s.is_finite()) {
         out.push(format!("{at}: scale must be a finite non-zero number"));

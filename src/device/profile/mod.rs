@@ -292,4 +292,31 @@ power = { kind = "watts", setpoint = { model = 704, point = "Nope" } }
         assert!(problems.contains("704.Nope"), "{problems}");
         assert!(problems.contains("`leave` is empty"), "{problems}");
     }
+
+    /// Issue 16: the setpoint and the reversion are written, so an input register (fixed
+    /// addressing) is refused for them as for enter/leave, and they carry no `value`.
+    #[test]
+    fn computed_writes_are_checked_as_writes() {
+        let text = r#"
+name = "x"
+addressing = "fixed"
+[read]
+soc = [{ address = 1, type = "u16" }]
+[[control]]
+label = "vendor"
+reversion = { address = 2, function = "input", type = "u16" }
+leave = [{ address = 3, type = "u16", value = 0 }]
+power = { kind = "watts", setpoint = { address = 4, type = "i16", value = 5 } }
+"#;
+        let p = parse_str(text, Path::new("x.toml")).unwrap();
+        let problems = check(&p).join("\n");
+        assert!(
+            problems.contains("reversion: input registers cannot be written"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("power.setpoint: `value` only belongs in enter/leave writes"),
+            "{problems}"
+        );
+    }
 }

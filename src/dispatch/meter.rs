@@ -1,0 +1,204 @@
+//! One meter's dispatch state and the pure decisions on it: at each wake-up, what changed
+//! since the last one (extend, apply, release), what a dry-run would have done, and the
+//! audit rows that follow. No I/O here: the engine calls the device and writes the rows.
+
+use super::CommandError;
+use super::overrides::Resolution;
+use super::record::{Moment, Record};
+use super::status::Wake;
+use crate::model::{Command, ExecMode};
+use crate::plan::Interval;
+use crate::store::audit::Action;
+use chrono::{DateTime, Utc};
+
+/// What the device was last handed, and until when its interval runs.
+#[derive(Debug, Clone, PartialEq)]
+struct Applied {
+    command: Command,
+    end: DateTime<Utc>,
+}
+
+/// One meter's change at a wake-up, decided before any device is called.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Step {
+    /// Same command as before; only its interval's end moved.
+    Extend { iv: Interval },
+    Apply {
+        iv: Interval,
+        boundary: DateTime<Utc>,
+        /// Why this is a resumption (after an override or a restart), if it is one.
+        resumed: Option<String>,
+    },
+    Release {
+        prev: Option<Command>,
+        boundary: DateTime<Utc>,
+    },
+}
+
+/// What one meter's wake-up decided before any device is called.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Turn {
+    /// Audit rows due now (overridden, would-apply), in order.
+    pub(crate) rows: Vec<Record>,
+    pub(crate) step: Option<Step>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct MeterState {
+    applied: Option<Applied>,
+    /// SPEC §2.6: the dry-run command last audited as would-apply.
+    would: Option<Command>,
+    /// The Leap event last audited as overridden by a manual override.
+    overridden: Option<String>,
+}
+
+/// The part of `r` that moves the battery (a dry-run does not).
+pub(crate) fn executed(r: &Resolution) -> Option<&Interval> {
+    r.effective
+        .as_ref()
+        .filter(|iv| iv.command.mode == ExecMode::Execute)
+}
+
+impl MeterState {
+    /// The event last audited as overridden, for [`super::overrides::resolve`].
+    pub(crate) fn overridden(&self) -> Option<&str> {
+        self.overridden.as_deref()
+    }
+
+    /// One wake-up. `r` is what the overrides made of the plan; `restart` says why its
+    /// governing dispatch resumes after a restart (see `resume.rs`), if it does.
+    pub(crate) fn turn(&mut self, r: Resolution, restart: Option<String>, m: Moment) -> Turn {
+        let mut rows = Vec::new();
+        if let Some(d) = r.displaced {
+            rows.push(Record::ok(Action::Overridden, Some(d), m.now));
+        }
+        self.overridden = r.overridden;
+        // SPEC §2.6 audit truth: a displaced dispatch that governs again is resumed.
+        let resume = restart.or_else(|| {
+            r.resumed
+                .then(|| "resumed after a manual override".to_string())
+        });
+        let (exec, dry) = match r.effective {
+            Some(iv) if iv.command.mode == ExecMode::Execute => (Some(iv), None),
+            other => (None, other),
+        };
+        rows.extend(self.dry_run(dry, m));
+        let step = self.step_for(exec, resume, m);
+        if let Some(Step::Extend { iv }) = &step {
+            self.applied = Some(Applied {
+                command: iv.command.clone(),
+                end: iv.end,
+            });
+        }
+        Turn { rows, step }
+    }
+
+    /// SPEC §2.6 dry-run: audit what would be written, once per distinct command.
+    fn dry_run(&mut self, dry: Option<Interval>, m: Moment) -> Option<Record> {
+        let Some(iv) = dry else {
+            self.would = None;
+            return None;
+        };
+        if self.would.as_ref() == Some(&iv.command) {
+            return None;
+        }
+        let same_event = self
+            .would
+            .as_ref()
+            .is_some_and(|w| w.event_id == iv.command.event_id);
+        self.would = Some(iv.command.clone());
+        let boundary = if same_event { m.at() } else { iv.start };
+        Some(Record::ok(Action::WouldApply, Some(iv.command), boundary))
+    }
+
+    /// What the meter needs now, compared with what it was last given (None: nothing).
+    fn step_for(&self, exec: Option<Interval>, resume: Option<String>, m: Moment) -> Option<Step> {
+        match (exec, &self.applied) {
+            (Some(iv), Some(a)) if a.command == iv.command => Some(Step::Extend { iv }),
+            (Some(iv), prev) => {
+                let same_event = prev.as_ref().is_some_and(|p| {
+                    p.command.event_id == iv.command.event_id && p.command.kind == iv.command.kind
+                });
+                // An update of the running event counts from when it was seen; a new
+                // governing event counts from its start (so late arrivals show as late).
+                // SPEC §2.6 audit truth: a dispatch that governs again after an override
+                // or a restart is late only from that moment.
+                let resumed = resume.filter(|_| !same_event && iv.start < m.at());
+                let boundary = if same_event || resumed.is_some() {
+                    m.at()
+                } else {
+                    iv.start
+                };
+                Some(Step::Apply {
+                    iv,
+                    boundary,
+                    resumed,
+                })
+            }
+            (None, Some(a)) => {
+                let boundary = if m.now >= a.end { a.end } else { m.at() };
+                Some(Step::Release {
+                    prev: Some(a.command.clone()),
+                    boundary,
+                })
+            }
+            // After a restart the device's state is unknown: make sure it is normal.
+            (None, None) if m.wake == Wake::Startup => Some(Step::Release {
+                prev: None,
+                boundary: m.now,
+            }),
+            (None, None) => None,
+        }
+    }
+
+    /// After the device was called for `step`: the new state, and the audit row.
+    pub(crate) fn settle(
+        &mut self,
+        step: Step,
+        result: Result<(), CommandError>,
+    ) -> Option<Record> {
+        match step {
+            Step::Extend { .. } => None,
+            Step::Apply {
+                iv,
+                boundary,
+                resumed,
+            } => {
+                let action = match resumed {
+                    Some(_) => Action::Resumed,
+                    None => Action::Apply,
+                };
+                self.applied = Some(Applied {
+                    command: iv.command.clone(),
+                    end: iv.end,
+                });
+                Some(Record {
+                    action,
+                    command: Some(iv.command),
+                    boundary,
+                    result,
+                    detail: resumed,
+                })
+            }
+            Step::Release { prev, boundary } => {
+                self.applied = None;
+                Some(Record {
+                    action: Action::Release,
+                    command: prev,
+                    boundary,
+                    result,
+                    detail: None,
+                })
+            }
+        }
+    }
+
+    /// SPEC §2.10 shutdown: the command the device holds, forgotten (it is released).
+    pub(crate) fn take_applied(&mut self) -> Option<Command> {
+        self.applied.take().map(|a| a.command)
+    }
+}
+
+#[cfg(test)]
+#[path = "meter_tests.rs"]
+mod tests;
