@@ -10,8 +10,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use leap_edge::clock::SystemClock;
 use leap_edge::daemon::{self, Parts};
-use leap_edge::dispatch::{BoxFuture, CommandError, Commander};
+use leap_edge::dispatch::{CommandError, Commander};
 use leap_edge::model::Command;
+use leap_edge::seam::BoxFuture;
 use std::sync::{Arc, Mutex};
 
 const KEY: &str = "bench-key-0123456789-abcdefghijklmn";

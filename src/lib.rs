@@ -1,6 +1,24 @@
 //! leap-edge: receives Leap demand-response dispatches, keeps them in SQLite, and drives
 //! on-site batteries over Modbus TCP at each timeslot. See ARCHITECTURE in the README for
 //! the data path: ingest → store → plan → dispatch → control → device.
+//!
+//! Layering: a module may import (`crate::…`) only modules on the lines above its own;
+//! modules on one line do not import each other. `tests/it/layering.rs` checks this list
+//! against every `crate::` path under `src/`.
+//!
+//! 1. model, clock, secret, alloc, metrics, systemd, seam, stage, textfmt
+//! 2. config
+//! 3. ingest, plan, device
+//! 4. store, sim
+//! 5. server
+//! 6. leap
+//! 7. admin
+//! 8. dispatch
+//! 9. intervals
+//! 10. control, mqtt
+//! 11. preflight
+//! 12. daemon, relay
+//! 13. cli
 
 pub mod admin;
 pub mod alloc;
@@ -18,9 +36,13 @@ pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod plan;
+pub mod preflight;
 pub mod relay;
+pub mod seam;
 pub mod secret;
 pub mod server;
 pub mod sim;
+pub(crate) mod stage;
 pub mod store;
 pub mod systemd;
+pub mod textfmt;

@@ -182,21 +182,6 @@ pub enum Limit {
 }
 
 impl Limit {
-    /// The control law's bound in these words; None when the request itself governs.
-    pub fn from_bound(b: crate::control::Bound) -> Option<Limit> {
-        use crate::control::Bound;
-        match b {
-            Bound::Target | Bound::Unbounded => None,
-            Bound::SiteLoad => Some(Limit::ExportMargin),
-            Bound::Nomination => Some(Limit::Nomination),
-            Bound::MaxDischarge | Bound::MaxCharge => Some(Limit::BatteryRating),
-            Bound::Energy => Some(Limit::StoredEnergy),
-            Bound::Reserve => Some(Limit::ReserveSoc),
-            Bound::SocUnknown => Some(Limit::SocUnknown),
-            Bound::Full => Some(Limit::Full),
-        }
-    }
-
     /// Words for a technician.
     pub fn describe(self) -> &'static str {
         match self {

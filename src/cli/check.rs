@@ -1,11 +1,10 @@
 //! `leap-edge config check`: parse, semantic check, then load what the config points at.
 
 use super::exit;
-use crate::config::Config;
 use std::path::Path;
 
 pub fn run(path: &Path) -> u8 {
-    let config = match Config::load(path) {
+    let config = match crate::preflight::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("leap-edge: {e}");
@@ -28,7 +27,7 @@ pub fn run(path: &Path) -> u8 {
         }
     }
     // Allowed, but a technician must know (issue 9: devices without reversion).
-    for w in config.warnings() {
+    for w in crate::preflight::warnings(&config) {
         eprintln!("leap-edge: {}: warning: {w}", path.display());
     }
     if problems.is_empty() {

@@ -88,8 +88,8 @@ pub fn timeslot_json(
     let mut v = json!({
         "kind": t.kind,
         "status": status.as_str(),
-        "start_time": store::ts(t.start_time),
-        "end_time": store::ts(t.end_time),
+        "start_time": crate::textfmt::ts(t.start_time),
+        "end_time": crate::textfmt::ts(t.end_time),
         "cancelled": s.is_cancelled(),
         "energy_kw": t.energy_kw.to_json(),
         "energy_kw_absent": matches!(t.energy_kw, crate::model::EnergyKw::Absent),
@@ -105,8 +105,8 @@ pub fn timeslot_json(
         "revisions": s.revisions,
         "duplicates": s.duplicates,
         "cancel_conflict": s.conflict,
-        "first_received": store::ts(s.first_received),
-        "last_received": store::ts(s.last_received),
+        "first_received": crate::textfmt::ts(s.first_received),
+        "last_received": crate::textfmt::ts(s.last_received),
     });
     match t.kind {
         Kind::Meter => {

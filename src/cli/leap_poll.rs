@@ -80,8 +80,8 @@ fn print(r: &PollReport, json: bool) -> anyhow::Result<()> {
     if let Some(w) = r.window {
         crate::outln!(
             "searched {} → {} ({} page(s), {} result(s))",
-            crate::store::ts(w.start),
-            crate::store::ts(w.end),
+            crate::textfmt::ts(w.start),
+            crate::textfmt::ts(w.end),
             r.pages,
             r.results
         );

@@ -49,7 +49,7 @@ fn build(
 ) -> (Level, Value, Vec<String>) {
     let slot = |id_field: &str, id: &str| {
         json!({
-            id_field: id, "start_time": crate::store::ts(start), "end_time": crate::store::ts(end),
+            id_field: id, "start_time": crate::textfmt::ts(start), "end_time": crate::textfmt::ts(end),
             "cancelled": false, "energy_kw": a.kw, "performance_compensation_cap": "up-to-site-load",
             "priority": 1, "is_voluntary": false, "dispatch_event_types": ["standard"],
             "programs": ["CCA"],

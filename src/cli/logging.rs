@@ -9,8 +9,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub fn init() {
     let filter = std::env::var("LEAP_EDGE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        // tokio-cron-scheduler logs routine INFO lines of its own; our jobs log what matters.
-        .unwrap_or_else(|_| "info,tokio_cron_scheduler=warn".into());
+        .unwrap_or_else(|_| "info".into());
     if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {

@@ -12,8 +12,9 @@ mod leap;
 mod leap_poll;
 mod leap_test;
 mod logging;
-mod manual;
 pub mod output;
+mod overrides;
+mod relay;
 mod release;
 mod report;
 mod schedule;
@@ -65,7 +66,7 @@ pub enum Command {
     History(history::HistoryArgs),
     /// A manual override that expires by itself (hold, charge, discharge, release, clear).
     #[command(subcommand)]
-    Override(manual::OverrideCommand),
+    Override(overrides::OverrideCommand),
     /// Post a Leap-shaped test notification to the running daemon (same path and auth).
     SendTest(send_test::SendTestArgs),
     /// Live state of each configured device; `devices probe HOST[:PORT]` discovers one.
@@ -89,7 +90,7 @@ pub enum Command {
     Leap(leap::LeapCommand),
     /// The fleet relay on the partner's public host (own config, default /etc/leap-edge-relay/relay.toml).
     #[command(subcommand)]
-    Relay(crate::relay::cli::RelayCommand),
+    Relay(relay::RelayCommand),
     /// 15-minute interval energy per meter, as recorded for Leap (`--csv`: Leap's load CSV).
     Intervals(intervals::IntervalsArgs),
     /// Per ended event: award, delivered energy, site import per 15 minutes, and a verdict.
@@ -140,7 +141,7 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, u8> {
-    Config::load(path).map_err(|e| {
+    crate::preflight::load(path).map_err(|e| {
         eprintln!("leap-edge: {e}");
         exit::CONFIG
     })
@@ -211,14 +212,14 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
             events::run(c, &args)
         }),
         Command::Status(args) => with_config(&cli.config, |c| status::run(c, &args)),
-        Command::Override(cmd) => with_config(&cli.config, |c| manual::run(c, &cmd)),
+        Command::Override(cmd) => with_config(&cli.config, |c| overrides::run(c, &cmd)),
         Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
         Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
         Command::Reload(args) => with_config(&cli.config, |c| reload(c, &args)),
         Command::Release(args) => with_config(&cli.config, |c| release::run(c, &args)),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
-        Command::Relay(cmd) => crate::relay::cli::run(&cli.config, &cmd),
+        Command::Relay(cmd) => relay::run(&cli.config, &cmd),
         Command::Schedule(args) => with_config(&cli.config, |c| {
             note_if_down(c);
             schedule::run(c, &args)

@@ -79,7 +79,7 @@ fn print_json(config: &Config, meter: Option<&str>, plan: &plan::Plan) -> anyhow
                    "intervals": ivs.iter().map(interval_json).collect::<Vec<_>>()})
         })
         .collect();
-    let doc = json!({"from": store::ts(from), "to": store::ts(to), "meters": meters, "excluded": plan.excluded});
+    let doc = json!({"from": crate::textfmt::ts(from), "to": crate::textfmt::ts(to), "meters": meters, "excluded": plan.excluded});
     crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
 }
@@ -125,7 +125,7 @@ fn target_text(c: &Command) -> String {
 fn interval_json(iv: &Interval) -> Value {
     let c = &iv.command;
     let mut v = json!({
-        "start_time": store::ts(iv.start), "end_time": store::ts(iv.end),
+        "start_time": crate::textfmt::ts(iv.start), "end_time": crate::textfmt::ts(iv.end),
         "mode": c.mode, "kind": c.kind, "performance_compensation_cap": c.cap.as_str(),
         "target_kw": match c.target { Target::Kw(k) => json!(k), _ => Value::Null },
         "target": target_text(c), "limit_kw": c.limit_kw, "export_allowed_kw": c.export_allowed_kw,

@@ -55,7 +55,7 @@ pub fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
         "communication_test": false,
         "meter_dispatches": [{"meter_id": meter, "timeslots": [{
             "meter_event_id": event,
-            "start_time": crate::store::ts(start), "end_time": crate::store::ts(end),
+            "start_time": crate::textfmt::ts(start), "end_time": crate::textfmt::ts(end),
             "cancelled": false, "energy_kw": args.kw, "performance_compensation_cap": args.cap,
             "priority": args.priority, "is_voluntary": false,
             "dispatch_event_types": ["standard"], "programs": ["CCA"],
@@ -77,8 +77,8 @@ pub fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
         crate::outln!(
             "meter_event_id {event}: {} kW from {} to {}",
             args.kw,
-            crate::store::ts(start),
-            crate::store::ts(end)
+            crate::textfmt::ts(start),
+            crate::textfmt::ts(end)
         );
     }
     Ok(if (200..300).contains(&status) {

@@ -107,17 +107,7 @@ impl Zone {
     }
 }
 
-/// `12 kW`, `29.5 kW`, `-` when unknown.
-pub fn kw(v: Option<f64>) -> String {
-    v.map_or("-".into(), |x| format!("{} kW", num(x)))
-}
-
-/// A number without needless decimals: 12, 29.5, 0.25.
-pub fn num(x: f64) -> String {
-    let r = (x * 100.0).round() / 100.0;
-    let r = if r == 0.0 { 0.0 } else { r };
-    format!("{r}")
-}
+pub use crate::textfmt::kw;
 
 #[cfg(test)]
 mod tests {

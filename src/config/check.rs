@@ -3,7 +3,6 @@
 
 use super::Config;
 use std::collections::HashSet;
-use std::path::Path;
 
 /// The shortest accepted API key (issue 10.6): 32 characters of `openssl rand -hex` are
 /// 128 bits, beyond guessing through a webhook.
@@ -13,19 +12,18 @@ impl Config {
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut p = Vec::new();
         self.check_server(&mut p);
+        self.check_limits(&mut p);
+        self.check_auth(&mut p);
         self.check_site(&mut p);
         self.check_meters(&mut p);
         self.check_devices(&mut p);
-        crate::leap::check_config(self, &mut p);
-        // One battery per meter, refreshable before it reverts (the control loop's needs).
-        p.extend(crate::control::check_meters(self));
         if let Some(m) = &self.uplink.mqtt {
             p.extend(m.problems("uplink.mqtt"));
-            if m.session_expiry_secs < crate::mqtt::MIN_SESSION_EXPIRY_SECS {
+            if m.session_expiry_secs < super::mqtt::MIN_SESSION_EXPIRY_SECS {
                 p.push(format!(
                     "uplink.mqtt.session_expiry_secs must be at least {} (one day), so \
                      dispatches published while the gateway is offline are kept",
-                    crate::mqtt::MIN_SESSION_EXPIRY_SECS
+                    super::mqtt::MIN_SESSION_EXPIRY_SECS
                 ));
             }
         }
@@ -77,6 +75,10 @@ impl Config {
         if s.metrics_listen.port() != 0 && s.metrics_listen == s.listen {
             p.push("server.metrics_listen must differ from server.listen".into());
         }
+        self.check_tls(p);
+    }
+
+    fn check_limits(&self, p: &mut Vec<String>) {
         let l = &self.limits;
         for (key, v) in [
             ("max_meter_ids", l.max_meter_ids),
@@ -88,7 +90,9 @@ impl Config {
                 p.push(format!("limits.{key} must be at least 1"));
             }
         }
-        self.check_tls(p);
+    }
+
+    fn check_auth(&self, p: &mut Vec<String>) {
         let h = &self.auth.header;
         if h.is_empty()
             || !h
@@ -109,6 +113,7 @@ impl Config {
     }
 
     /// Issue 10.10: the TLS files exist, and the key is neither world-readable nor encrypted.
+    /// (Whether the key is safe to use is `preflight`'s: the server knows.)
     fn check_tls(&self, p: &mut Vec<String>) {
         let Some(tls) = &self.server.tls else {
             return;
@@ -117,12 +122,6 @@ impl Config {
             if let Err(e) = std::fs::metadata(path) {
                 p.push(format!("server.tls.{key} = \"{}\": {e}", path.display()));
             }
-        }
-        if let Some(problem) = crate::server::tls::key_problem(&tls.key) {
-            p.push(format!(
-                "server.tls.key = \"{}\": {problem}",
-                tls.key.display()
-            ));
         }
     }
 
@@ -236,113 +235,7 @@ impl Config {
                     d.profile,
                     profile.display()
                 ));
-            } else {
-                self.check_profile_points(name, &d.profile, &profile, p);
             }
         }
-    }
-
-    /// SPEC §2.13: on a no-export site every decision needs the state of charge and the
-    /// site meter; a profile without either would leave the loop blind for every event.
-    fn check_profile_points(&self, name: &str, profile: &str, path: &Path, p: &mut Vec<String>) {
-        if self.site.export_limit_kw > 0.0 {
-            return;
-        }
-        let Ok(prof) = crate::device::profile::load(path) else {
-            return; // reported where the device is opened, with the profile's own error
-        };
-        for (point, specs) in [
-            ("soc", &prof.read.soc),
-            ("grid_power", &prof.read.grid_power),
-        ] {
-            if specs.is_empty() {
-                p.push(format!(
-                    "devices.{name}.profile = \"{profile}\" has no [read] {point} point, which a \
-                     no-export site (site.export_limit_kw = 0) needs for every dispatch: add it to \
-                     {} or use a profile that has it",
-                    path.display()
-                ));
-            }
-        }
-    }
-
-    /// Things that are allowed but a technician must know (printed by `config check` and
-    /// logged at start): devices that cannot hand the battery back by themselves.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
-        for (name, d) in &self.devices {
-            let path = self.devices_dir.join(format!("{}.toml", d.profile));
-            let Ok(prof) = crate::device::profile::load(&path) else {
-                continue;
-            };
-            if !prof.reverts_by_itself() {
-                w.push(format!(
-                    "devices.{name}: profile \"{}\" has no device-side reversion: if the daemon \
-                     dies mid-dispatch the battery keeps its last setpoint until `leap-edge release` \
-                     runs (the systemd unit's ExecStopPost does this after any stop)",
-                    d.profile
-                ));
-            }
-        }
-        w
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(devices_dir: &Path, profile: &str, site: &str) -> Config {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n{site}\n\
-             [[meters]]\nid = \"m1\"\ndevice = \"bess\"\n[devices.bess]\nprofile = \"{profile}\"\nhost = \"127.0.0.1\"\n"
-        );
-        let mut c = Config::parse_str(&text, Path::new("test.toml")).unwrap();
-        c.devices_dir = devices_dir.to_path_buf();
-        c
-    }
-
-    #[test]
-    fn a_profile_without_a_site_meter_is_refused_for_a_no_export_site() {
-        // (A profile without SoC is refused for every site by the profile check.)
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
-        let generic = std::fs::read_to_string(shipped.join("generic.toml")).unwrap();
-        let no_meter: String = generic
-            .lines()
-            .filter(|l| !l.starts_with("grid_power ="))
-            .map(|l| {
-                if l.starts_with("template") {
-                    "template = false"
-                } else {
-                    l
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("nometer.toml"), no_meter).unwrap();
-        let problems = config(dir.path(), "nometer", "").check().unwrap_err();
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.contains("no [read] grid_power point")),
-            "{problems:?}"
-        );
-        // A site that may export is not refused over it.
-        let c = config(dir.path(), "nometer", "[site]\nexport_limit_kw = 5");
-        assert!(c.check().is_ok(), "{:?}", c.check());
-        // The shipped SunSpec profile has both points.
-        assert!(config(&shipped, "sunspec", "").check().is_ok());
-    }
-
-    #[test]
-    fn a_device_without_reversion_is_flagged() {
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
-        let w = config(&shipped, "victron-gx-ess", "").warnings();
-        assert!(
-            w.iter().any(|w| w.contains("no device-side reversion")),
-            "{w:?}"
-        );
-        assert!(config(&shipped, "sunspec", "").warnings().is_empty());
     }
 }

@@ -1,13 +1,22 @@
 //! Configuration: strict TOML (every unknown key is an error naming file, line and the
 //! nearest valid key), then a semantic `check()` that catches what types cannot
 //! (plain HTTP on a public address, a meter pointing at a missing device, ...).
+//! Imports only leaf modules; checks that need another module's rules are in `preflight`.
 //! `leap-edge config check` runs both and exits 78 (EX_CONFIG) on failure.
 
 mod check;
+pub(crate) mod intervals;
+pub(crate) mod leap;
+pub(crate) mod mqtt;
 mod schema;
+mod sim;
 mod suggest;
 
+pub use intervals::IntervalsConfig;
+pub use leap::{LeapConfig, ScheduleConfig};
+pub use mqtt::MqttConfig;
 pub use schema::*;
+pub use sim::NormalMode;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! reverts to normal when not refreshed, and failures can be switched on.
 
 use crate::device::{Battery, DeviceError, Telemetry};
-use crate::dispatch::BoxFuture;
+use crate::seam::BoxFuture;
 use std::sync::{Arc, Mutex};
 use tokio::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::device::Battery;
 use crate::dispatch::{CommandError, Commander};
 use crate::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
-use crate::server::StatusSource;
+use crate::seam::StatusSource;
 use chrono::{DateTime, TimeZone, Utc};
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -253,7 +253,7 @@ impl MeterLoop {
             return Err(e);
         }
         tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device,
-            kw = d.setpoint_kw, limited_by = crate::admin::state::Limit::from_bound(d.bound).map_or("nothing", crate::admin::state::Limit::describe), site_load_kw = d.site_load_kw,
+            kw = d.setpoint_kw, limited_by = ?d.bound, site_load_kw = d.site_load_kw,
             "control: setpoint written");
         self.last_write = Some((Instant::now(), d.setpoint_kw));
         let mut st = self.lock();

@@ -9,8 +9,8 @@
 //! `status()` as a `/metrics`+`/healthz` source and `status().snapshot()` for `status`,
 //! and `shutdown(timeout)` after dispatch has stopped.
 
-pub mod commander;
 pub mod law;
+pub mod loops;
 pub mod meter_loop;
 mod sanity;
 pub mod status;
@@ -24,7 +24,7 @@ mod law_tests;
 #[cfg(test)]
 mod loop_tests;
 
-pub use commander::{ControlCommander, ControlError, DEFAULT_APPLY_TIMEOUT, check_meters};
 pub use law::{Bound, Decision, Flags, Limits, decide};
+pub use loops::{ControlCommander, ControlError, DEFAULT_APPLY_TIMEOUT, check_meters};
 pub use meter_loop::LoopSettings;
 pub use status::{CommandSummary, ControlEvent, ControlStatus, MeterStatus};

@@ -6,7 +6,7 @@
 use super::law::Decision;
 use crate::device::Telemetry;
 use crate::model::{Cap, Command, ExecMode, Kind, Target};
-use crate::server::StatusSource;
+use crate::seam::StatusSource;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::fmt::Write as _;

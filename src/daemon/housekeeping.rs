@@ -4,7 +4,7 @@
 //! (see `schedule.rs`); dispatch boundaries are timed by the dispatch loop, never here.
 
 use crate::metrics::gauge;
-use crate::server::StatusSource;
+use crate::seam::StatusSource;
 use crate::store::{Store, query};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -4,10 +4,10 @@
 //! delivered less than asked, not only `status` at the moment it happens.
 
 use crate::admin::state::Limit;
-use crate::cli::text::kw;
 use crate::control::{ControlStatus, MeterStatus};
 use crate::store::Store;
 use crate::store::audit::{self, Action, AuditEntry};
+use crate::textfmt::kw;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,7 @@ fn change(seen: &mut Seen, m: &MeterStatus) -> Option<AuditEntry> {
         return None;
     };
     let d = m.last_decision?;
-    let limit = Limit::from_bound(d.bound);
+    let limit = super::report::limit_of(d.bound);
     let key = (cmd.event_id.clone(), limit);
     let before = seen.insert(m.meter_id.clone(), key.clone());
     if before.as_ref() == Some(&key) {

@@ -2,24 +2,26 @@
 //! order — stop accepting, finish in-flight requests, stop dispatch (which hands every
 //! battery back to normal operation), close the database.
 
+mod admin_handler;
 pub mod control_audit;
 mod housekeeping;
 mod limits;
 pub(crate) mod lock;
 mod report;
 mod schedule;
-mod socket;
-pub(crate) mod stage;
 
-pub(crate) use socket::{describe as describe_override, not_configured as not_configured_meter};
+pub(crate) use admin_handler::{
+    describe as describe_override, not_configured as not_configured_meter,
+};
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, LiveConfig, SharedConfig};
 use crate::control::ControlCommander;
 use crate::dispatch::{Commander, DispatchStatus, Dispatcher};
-use crate::server::{self, App};
+use crate::seam::{ChangeSignal, StatusBoard};
+use crate::server::{self, App, WebhookSettings};
+use crate::stage::Stage;
 use crate::store::{Store, StoreThread};
-use stage::Stage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +76,11 @@ pub struct Running {
     /// Where `/metrics` and `/healthz` are served (plain HTTP, loopback).
     pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
+    /// The configuration in force (`reload` replaces parts of it).
+    pub config: SharedConfig,
+    /// Every part's `/metrics` and `/healthz` contribution, held by the App: weak here, so
+    /// dropping the App at shutdown releases the store handles the sources hold.
+    status: std::sync::Weak<StatusBoard>,
     pub dispatch: Arc<DispatchStatus>,
     stages: Stages,
     store_thread: StoreThread,
@@ -108,19 +115,21 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
     };
     let (listener, addr) = bind(config.server.listen).await?;
     let (metrics_listener, metrics_addr) = bind(config.server.metrics_listen).await?;
-    let app = Arc::new(App::new(config.clone(), store));
-    if let Some(t) = &tls {
-        app.set_tls(t.clone());
-        tracing::info!(fingerprint = %t.fingerprint(), "TLS certificate loaded");
-    }
+    let (app, shared) = build_app(&config, store, tls.clone());
     // Dropped on an early return below, the stages cancel whatever was already spawned.
     let stages = Stages {
         intake: Stage::new("intake"),
         dispatch: Stage::new("dispatch"),
         background: Stage::new("background"),
     };
-    let handler = start_dispatch(&app, parts, addr, &stages);
-    start_schedule(&app, &handler.hk, &handler.backstop, &stages.background);
+    let handler = start_dispatch(&app, &shared, parts, addr, &stages);
+    start_schedule(
+        &app,
+        &shared.live,
+        &handler.hk,
+        &handler.backstop,
+        &stages.background,
+    );
     let dispatch = handler.dispatch.clone();
     // SPEC §2.12: the relay's dispatches may also come through a broker the gateway dials.
     if let Some(m) = &config.uplink.mqtt {
@@ -145,60 +154,96 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         addr,
         metrics_addr,
         app,
+        config: shared.live,
+        status: Arc::downgrade(&shared.status),
         dispatch,
         stages,
         store_thread,
     })
 }
 
+/// What the daemon's parts share besides the App: the configuration in force (`reload`
+/// replaces parts of it), the status board and the change signal that wakes dispatch.
+struct Shared {
+    live: SharedConfig,
+    status: Arc<StatusBoard>,
+    changes: ChangeSignal,
+}
+
+fn build_app(
+    config: &Arc<Config>,
+    store: Store,
+    tls: Option<Arc<server::tls::ReloadableTls>>,
+) -> (Arc<App>, Shared) {
+    let shared = Shared {
+        live: Arc::new(LiveConfig::new(config.clone())),
+        status: Arc::new(StatusBoard::default()),
+        changes: ChangeSignal::default(),
+    };
+    let settings = WebhookSettings::of(config);
+    let app = App::new(
+        settings,
+        store,
+        shared.changes.clone(),
+        shared.status.clone(),
+    );
+    if let Some(t) = tls {
+        tracing::info!(fingerprint = %t.fingerprint(), "TLS certificate loaded");
+        app.set_tls(t);
+    }
+    (Arc::new(app), shared)
+}
+
 /// The dispatch loop, the Leap backstop and housekeeping, and the admin handler over them.
 fn start_dispatch(
     app: &Arc<App>,
+    shared: &Shared,
     parts: Parts,
     listen: SocketAddr,
     stages: &Stages,
-) -> Arc<socket::Handler> {
-    let config = app.config();
+) -> Arc<admin_handler::Handler> {
+    let (live, status, changes) = (&shared.live, &shared.status, &shared.changes);
     let dispatcher = Dispatcher::new(
-        config,
+        live.get(),
         app.store.clone(),
         parts.commander,
         parts.clock.clone(),
     )
-    .with_live_config(app.shared_config())
+    .with_live_config(live.clone())
     .with_heartbeat(crate::systemd::watchdog_heartbeat());
     let dispatch = dispatcher.status();
-    app.add_source(dispatch.clone());
+    status.add(dispatch.clone());
     // Issue 13: the polling backstop (a no-op without [leap] api_key).
     // A weak handle: the App holds the backstop (as a status source), not the reverse.
     let weak = Arc::downgrade(app);
     let backstop = crate::leap::backstop::Backstop::new(
-        app.shared_config(),
+        live.clone(),
         app.store.clone(),
-        app.changes.clone(),
+        changes.clone(),
         Arc::new(move || {
             weak.upgrade()
                 .map_or(0, |a| a.metrics.requests.get("storage_unavailable"))
         }),
     );
-    app.add_source(backstop.clone());
+    status.add(backstop.clone());
     stages
         .intake
         .spawn(backstop.clone().run(stages.intake.stop_rx()));
     let overrides = dispatcher.overrides();
-    let changes = app.changes.subscribe();
     stages
         .dispatch
-        .spawn(dispatcher.run(changes, stages.dispatch.stop_rx()));
+        .spawn(dispatcher.run(changes.subscribe(), stages.dispatch.stop_rx()));
     let hk = Arc::new(housekeeping::Housekeeping::default());
-    app.add_source(hk.clone());
+    status.add(hk.clone());
     stages
         .background
         .spawn(hk.clone().run(stages.background.stop_rx()));
-    Arc::new(socket::Handler {
+    Arc::new(admin_handler::Handler {
         backstop,
         hk,
         app: app.clone(),
+        config: live.clone(),
+        changes: changes.clone(),
         dispatch,
         overrides,
         started_at: parts.clock.now(),
@@ -237,17 +282,18 @@ fn serve_http(
 /// handles: a job must never keep the database open past shutdown.
 fn start_schedule(
     app: &Arc<App>,
+    live: &SharedConfig,
     hk: &Arc<housekeeping::Housekeeping>,
     backstop: &Arc<crate::leap::backstop::Backstop>,
     background: &Stage,
 ) {
-    let cfg = app.config();
-    let (a, h) = (Arc::downgrade(app), Arc::downgrade(hk));
+    let cfg = live.get();
+    let (a, h, l) = (Arc::downgrade(app), Arc::downgrade(hk), live.clone());
     let prune: schedule::Task = Arc::new(move || {
-        let (a, h) = (a.upgrade(), h.upgrade());
+        let (a, h, retention_days) = (a.upgrade(), h.upgrade(), l.get().storage.retention_days);
         Box::pin(async move {
             if let (Some(a), Some(h)) = (a, h) {
-                h.prune(&a.store, a.config().storage.retention_days).await;
+                h.prune(&a.store, retention_days).await;
             }
         })
     });
@@ -275,12 +321,12 @@ fn start_schedule(
         }
     });
     // Weak, like the others: a job must not keep the store open past shutdown.
-    let a = Arc::downgrade(app);
+    let (a, l) = (Arc::downgrade(app), live.clone());
     let upload: schedule::Task = Arc::new(move || {
-        let a = a.upgrade();
+        let (a, config) = (a.upgrade(), l.get());
         Box::pin(async move {
             if let Some(a) = a {
-                daily_upload(&a.config(), &a.store).await;
+                daily_upload(&config, &a.store).await;
             }
         })
     });
@@ -315,6 +361,13 @@ async fn daily_upload(config: &Config, store: &Store) {
 }
 
 impl Running {
+    /// Add a part's `/metrics` and `/healthz` contribution (the control loops').
+    pub fn add_status(&self, source: Arc<dyn crate::seam::StatusSource>) {
+        if let Some(board) = self.status.upgrade() {
+            board.add(source);
+        }
+    }
+
     /// Issue 14: record 15-minute interval energy from these readings (the control loops').
     pub fn record_intervals(
         &mut self,
@@ -322,7 +375,7 @@ impl Running {
     ) {
         let task = crate::intervals::task::run(
             self.app.store.clone(),
-            Some(self.app.config()),
+            Some(self.config.get()),
             readings,
             self.stages.background.stop_rx(),
         );
@@ -408,7 +461,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         },
     )
     .await?;
-    running.app.add_source(Arc::new(control.status()));
+    running.add_status(Arc::new(control.status()));
     let (store, background) = (running.app.store.clone(), running.background());
     background.spawn(control_audit::run(
         store.clone(),

@@ -40,7 +40,7 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
                 device: m.device.clone(),
                 command: d.and_then(|d| d.command.as_ref()).map(command),
                 manual_override: i.overrides.get(&m.id).map(|o| OverrideReport {
-                    action: super::socket::wire(o.action),
+                    action: super::admin_handler::wire(o.action),
                     until: o.until,
                 }),
                 device_state: live.map(device),
@@ -96,7 +96,7 @@ fn device(m: &MeterStatus) -> DeviceReport {
         grid_kw: t.grid_kw,
         requested_kw: d.and_then(|d| d.requested_kw),
         setpoint_kw: d.map(|d| d.setpoint_kw),
-        limited_by: d.and_then(|d| Limit::from_bound(d.bound)),
+        limited_by: d.and_then(|d| limit_of(d.bound)),
         max_discharge_kw: t.max_discharge_kw,
         max_charge_kw: t.max_charge_kw,
         released: m.released,
@@ -106,6 +106,22 @@ fn device(m: &MeterStatus) -> DeviceReport {
         blind: m.blind.clone().filter(|_| following),
         export_unavoidable: m.export_unavoidable(),
         no_reversion: m.no_reversion,
+    }
+}
+
+/// The control law's bound in the admin contract's words (converted here, at the edge, so
+/// the contract does not depend on the law); None when the request itself governs.
+pub(super) fn limit_of(b: crate::control::Bound) -> Option<Limit> {
+    use crate::control::Bound;
+    match b {
+        Bound::Target | Bound::Unbounded => None,
+        Bound::SiteLoad => Some(Limit::ExportMargin),
+        Bound::Nomination => Some(Limit::Nomination),
+        Bound::MaxDischarge | Bound::MaxCharge => Some(Limit::BatteryRating),
+        Bound::Energy => Some(Limit::StoredEnergy),
+        Bound::Reserve => Some(Limit::ReserveSoc),
+        Bound::SocUnknown => Some(Limit::SocUnknown),
+        Bound::Full => Some(Limit::Full),
     }
 }
 

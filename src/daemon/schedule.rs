@@ -5,7 +5,7 @@
 //! (`leap::next_fire`, UTC). Housekeeping only: timeslot boundaries stay on the dispatch
 //! loop's own timer.
 
-use super::stage::Stage;
+use crate::stage::Stage;
 use chrono::Utc;
 use std::future::Future;
 use std::pin::Pin;

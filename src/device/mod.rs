@@ -14,7 +14,7 @@ pub use client::{DeviceState, SharedState};
 pub use driver::{ModbusBattery, open};
 pub use probe::{ProbeReport, probe};
 
-use crate::dispatch::BoxFuture;
+use crate::seam::BoxFuture;
 use serde::Serialize;
 
 /// One reading of a site's battery and meter. Signs: battery discharge and grid import are

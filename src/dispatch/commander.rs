@@ -3,10 +3,7 @@
 //! `control`; tests use the recording double in `dispatch/recording.rs`.
 
 use crate::model::Command;
-use std::future::Future;
-use std::pin::Pin;
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::seam::BoxFuture;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CommandError {

@@ -15,7 +15,7 @@ mod recording;
 mod resume;
 pub mod status;
 
-pub use commander::{BoxFuture, CommandError, Commander};
+pub use commander::{CommandError, Commander};
 pub use engine::Dispatcher;
 #[cfg(any(test, feature = "test-util"))]
 pub use recording::{Recorded, RecordingCommander};

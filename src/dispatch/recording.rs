@@ -1,8 +1,9 @@
 //! A `Commander` that only records what it was asked: the test double for dispatch tests,
 //! the integration tests and the benches (built with `cfg(test)` or the `test-util` feature).
 
-use super::commander::{BoxFuture, CommandError, Commander};
+use super::commander::{CommandError, Commander};
 use crate::model::Command;
+use crate::seam::BoxFuture;
 use std::sync::{Arc, Mutex};
 
 /// What a [`RecordingCommander`] was asked to do, in order.

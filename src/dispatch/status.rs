@@ -142,7 +142,7 @@ impl DispatchStatus {
     }
 }
 
-impl crate::server::StatusSource for DispatchStatus {
+impl crate::seam::StatusSource for DispatchStatus {
     fn render_metrics(&self, out: &mut String) {
         self.lateness.render(
             out,

@@ -3,7 +3,7 @@
 //! (migration 4) and shows it as Leap's load CSV (LEAP-API.md "Interval data").
 //!
 //! The control loops hand every successful reading to a broadcast channel
-//! ([`crate::control::ControlCommander::readings`]); [`task::run`] turns them into intervals
+//! (`control::ControlCommander::readings`, above this module); [`task::run`] turns them into intervals
 //! with the pure [`recorder`] and writes them through the store's owner thread.
 
 pub mod csv;
@@ -15,8 +15,7 @@ pub mod svg;
 pub mod task;
 pub mod upload;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::config::IntervalsConfig;
 pub use db::{Interval, Range};
 pub use recorder::{Acc, Energy, INTERVAL_SECS, Recorder, Sample, Source};
 
@@ -41,14 +40,4 @@ impl MeterReading {
             exp_wh: t.grid_export_wh.filter(|_| t.grid_import_wh.is_some()),
         })
     }
-}
-
-/// `[intervals]`: what goes into Leap's CSV besides the measurements.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IntervalsConfig {
-    /// The CSV `region` column (Leap's transmission region of the site, e.g. "CAISO");
-    /// empty when Leap already knows it from the meter.
-    #[serde(default)]
-    pub region: String,
 }

@@ -8,7 +8,7 @@ use super::LeapClient;
 use super::poll::{self, PollError, PollReport, Targets, Window};
 use crate::config::SharedConfig;
 use crate::metrics::gauge;
-use crate::server::StatusSource;
+use crate::seam::{ChangeSignal, StatusSource};
 use crate::store::Store;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -39,7 +39,7 @@ pub struct BackstopStatus {
 pub struct Backstop {
     config: SharedConfig,
     store: Store,
-    changes: watch::Sender<u64>,
+    changes: ChangeSignal,
     state: Mutex<BackstopStatus>,
     /// Serialises runs (scheduled and manual).
     running: tokio::sync::Mutex<Option<tokio::time::Instant>>,
@@ -52,7 +52,7 @@ impl Backstop {
     pub fn new(
         config: SharedConfig,
         store: Store,
-        changes: watch::Sender<u64>,
+        changes: ChangeSignal,
         refusals: RefusalCount,
     ) -> Arc<Backstop> {
         let (tx, rx) = mpsc::channel(4);
@@ -174,7 +174,7 @@ impl Backstop {
             market_group_ids: groups,
         };
         let changes = self.changes.clone();
-        let bump = move || changes.send_modify(|n| *n += 1);
+        let bump = move || changes.bump();
         poll::poll_once(&client, &self.store, &targets, window, &bump).await
     }
 

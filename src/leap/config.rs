@@ -1,9 +1,7 @@
-//! `[leap]` (how to reach Leap's API) and `[schedule]` (housekeeping cron expressions), with
-//! the semantic checks `config check` runs on them.
+//! The semantic checks `config check` runs on `[leap]` (how to reach Leap's API) and
+//! `[schedule]` (housekeeping cron expressions); their shape is in `config::leap`.
 
-use crate::secret::Secret;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 pub(crate) const PRODUCTION: &str = "https://api.leap.energy";
 pub(crate) const STAGING: &str = "https://api.staging.leap.energy";
@@ -12,128 +10,7 @@ pub(crate) const MAX_WINDOW_DAYS: u32 = 31;
 /// Leap: polling the search endpoints once per minute is within its rate limits.
 pub(crate) const MIN_POLL_GAP_SECS: i64 = 60;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeapConfig {
-    /// The partner API key (or JWT) sent as `Authorization: Bearer …`. Absent: no calls to
-    /// Leap, no polling backstop.
-    #[serde(default)]
-    pub api_key: Option<Secret>,
-    /// `production` (default), `staging`, or a URL (https; plain http only on loopback, for a
-    /// local forward proxy or a test double).
-    #[serde(default = "default_base_url")]
-    pub base_url: String,
-    /// Each attempt (connect, TLS, request, answer) is abandoned after this long.
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
-    /// Further attempts after a connection error, a timeout, a 5XX or a 429.
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// First back-off between attempts; doubled each time (capped at 60 s).
-    #[serde(default = "default_retry_base_ms")]
-    pub retry_base_ms: u64,
-    /// The polling backstop's window: this many days back …
-    #[serde(default = "default_poll_days_back")]
-    pub poll_days_back: u32,
-    /// … and this many days ahead (together at most 31, Leap's limit).
-    #[serde(default = "default_poll_days_ahead")]
-    pub poll_days_ahead: u32,
-    /// Market groups to search besides those learned from stored group dispatches.
-    #[serde(default)]
-    pub market_group_ids: Vec<String>,
-}
-
-impl Default for LeapConfig {
-    fn default() -> Self {
-        LeapConfig {
-            api_key: None,
-            base_url: default_base_url(),
-            timeout_secs: default_timeout_secs(),
-            retries: default_retries(),
-            retry_base_ms: default_retry_base_ms(),
-            poll_days_back: default_poll_days_back(),
-            poll_days_ahead: default_poll_days_ahead(),
-            market_group_ids: Vec::new(),
-        }
-    }
-}
-
-/// Cron expressions with seconds (`sec min hour day month weekday`), UTC. Housekeeping only:
-/// the scheduler may fire up to ~1 s early, so timeslot boundaries stay on the dispatch
-/// loop's own timer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleConfig {
-    /// The polling backstop (at most once a minute).
-    #[serde(default = "default_poll_cron")]
-    pub poll: String,
-    /// Retention pruning of raw notifications (SPEC §2.5).
-    #[serde(default = "default_prune_cron")]
-    pub prune: String,
-    /// SQLite `quick_check`.
-    #[serde(default = "default_integrity_cron")]
-    pub integrity: String,
-    /// Issue 14: the daily interval-data upload to Leap (Leap recommends daily).
-    #[serde(default = "default_upload_cron")]
-    pub upload: String,
-}
-
-impl Default for ScheduleConfig {
-    fn default() -> Self {
-        ScheduleConfig {
-            poll: default_poll_cron(),
-            prune: default_prune_cron(),
-            integrity: default_integrity_cron(),
-            upload: default_upload_cron(),
-        }
-    }
-}
-
-impl ScheduleConfig {
-    /// (key, expression) for every job, in display order.
-    pub fn jobs(&self) -> [(&'static str, &str); 4] {
-        [
-            ("poll", &self.poll),
-            ("prune", &self.prune),
-            ("integrity", &self.integrity),
-            ("upload", &self.upload),
-        ]
-    }
-}
-
-pub fn default_base_url() -> String {
-    "production".into()
-}
-pub fn default_timeout_secs() -> u64 {
-    20
-}
-pub fn default_retries() -> u32 {
-    4
-}
-pub fn default_retry_base_ms() -> u64 {
-    1000
-}
-pub fn default_poll_days_back() -> u32 {
-    1
-}
-pub fn default_poll_days_ahead() -> u32 {
-    7
-}
-pub fn default_poll_cron() -> String {
-    "0 */5 * * * *".into()
-}
-pub fn default_prune_cron() -> String {
-    "0 17 3 * * *".into()
-}
-pub fn default_upload_cron() -> String {
-    "0 15 2 * * *".into()
-}
-
-pub fn default_integrity_cron() -> String {
-    "0 47 3 * * *".into()
-}
-
-/// Parse a cron expression the way tokio-cron-scheduler does (seconds required).
+/// Parse a `[schedule]` cron expression (six fields: seconds required).
 pub(crate) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
@@ -243,6 +120,7 @@ pub fn check_config(cfg: &crate::config::Config, p: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::leap::default_poll_cron;
 
     #[test]
     fn base_url_names_and_loopback_rule() {

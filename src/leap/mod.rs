@@ -1,7 +1,7 @@
 //! Talking back to Leap (SPEC §2.14, LEAP-API.md): a client for the Dispatch API v2
 //! (webhook registration, integration-test notifications, dispatch search), the polling
 //! backstop that runs every search result through the same ingest and store path as a push,
-//! and the housekeeping schedule (`[schedule]`, tokio-cron-scheduler).
+//! and the housekeeping schedule (`[schedule]`, cron expressions parsed by croner).
 
 pub mod backstop;
 pub mod client;
@@ -10,9 +10,10 @@ mod http;
 pub mod poll;
 pub mod types;
 
+pub use crate::config::{LeapConfig, ScheduleConfig};
 pub use client::LeapClient;
-pub use config::{LeapConfig, ScheduleConfig, check_config, next_fire};
 pub(crate) use config::{MAX_WINDOW_DAYS, MIN_POLL_GAP_SECS};
+pub use config::{check_config, next_fire};
 
 /// What a call to Leap can end in, each with what to do about it.
 #[derive(Debug, thiserror::Error)]

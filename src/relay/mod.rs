@@ -4,7 +4,6 @@
 //! each gateway its own entries, at least once, in order. It reuses the gateway's server,
 //! auth, parser and store thread; its outbox is its own SQLite file with its own schema.
 
-pub mod cli;
 mod client;
 pub mod config;
 mod deliver;
@@ -15,9 +14,28 @@ mod route;
 mod status;
 
 pub use config::RelayConfig;
+pub(crate) use status::RelayStatus;
 
-use crate::daemon::stage::Stage;
+/// `relay status`: the outbox read read-only, so it works whether or not the relay runs.
+pub(crate) fn read_status(
+    config: &RelayConfig,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<RelayStatus, crate::store::StoreError> {
+    let conn = crate::store::open_read_only(&config.storage.path)?;
+    if !outbox::is_relay_db(&conn)? {
+        return Err(crate::store::StoreError::Corrupt(format!(
+            "{} is not a relay outbox (is storage.path right?)",
+            config.storage.path.display()
+        )));
+    }
+    let names: Vec<String> = config.gateways.iter().map(|g| g.name.clone()).collect();
+    let mut s = status::query(&conn, &names, now)?;
+    mqtt::attach(&conn, config, &mut s)?;
+    Ok(s)
+}
+
 use crate::server;
+use crate::stage::Stage;
 use crate::store::{Store, StoreThread};
 use http::RelayApp;
 use std::net::SocketAddr;

@@ -9,7 +9,7 @@ pub mod tls;
 
 pub use conn::ConnState;
 pub use quiet::QuietLog;
-pub use routes::{App, Role, StatusSource};
+pub use routes::{App, Role, WebhookSettings};
 pub(crate) use routes::{
     Ingested, Intake, Received, error_response, ingest_body, json_response, receive_notification,
     refuse_ambiguous, unavailable,
@@ -87,7 +87,7 @@ pub trait Handler: Send + Sync + 'static {
 
 impl Handler for App {
     fn limits(&self) -> ServerLimits {
-        ServerLimits::of(&self.config().server)
+        ServerLimits::of(&self.settings().server)
     }
 
     fn unauthorized_log(&self) -> &QuietLog {

@@ -2,9 +2,10 @@
 
 use super::conn::ConnState;
 use super::quiet::QuietLog;
-use crate::config::Config;
+use crate::config::{AuthConfig, Config, LimitsConfig, ServerConfig};
 use crate::ingest::{self, auth};
 use crate::metrics::IngestMetrics;
+use crate::seam::{ChangeSignal, StatusSource};
 use crate::store::{IngestRecord, Store};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -18,21 +19,34 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// Something that contributes to `/metrics` and `/healthz` (dispatch, devices, clock).
-pub trait StatusSource: Send + Sync {
-    fn render_metrics(&self, out: &mut String);
-    /// Reasons the gateway is not healthy; empty when healthy.
-    fn health_problems(&self) -> Vec<String>;
+/// What the webhook checks requests against: `[server]`, `[auth]` and `[limits]` (keys and
+/// limits can change on reload; the rest of the configuration is not the server's).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+}
+
+impl WebhookSettings {
+    pub fn of(config: &Config) -> WebhookSettings {
+        WebhookSettings {
+            server: config.server.clone(),
+            auth: config.auth.clone(),
+            limits: config.limits.clone(),
+        }
+    }
 }
 
 /// Shared state of the webhook side.
 pub struct App {
-    config: crate::config::SharedConfig,
+    settings: RwLock<Arc<WebhookSettings>>,
     pub store: Store,
     pub metrics: IngestMetrics,
     /// Bumped after every commit that created or changed a timeslot; dispatch re-plans.
-    pub changes: tokio::sync::watch::Sender<u64>,
-    sources: RwLock<Vec<Arc<dyn StatusSource>>>,
+    pub changes: ChangeSignal,
+    /// The rest of the gateway's `/metrics` and `/healthz` (dispatch, devices, clock, …).
+    status: Arc<dyn StatusSource>,
     /// Requests without a valid key: logged at most once per interval (issue 10.8).
     pub unauthorized_log: QuietLog,
     /// The TLS certificate in service, re-read by `leap-edge reload` (issue 10.3).
@@ -57,29 +71,30 @@ impl Role {
 }
 
 impl App {
-    pub fn new(config: Arc<Config>, store: Store) -> App {
+    pub fn new(
+        settings: WebhookSettings,
+        store: Store,
+        changes: ChangeSignal,
+        status: Arc<dyn StatusSource>,
+    ) -> App {
         App {
-            config: Arc::new(crate::config::LiveConfig::new(config)),
+            settings: RwLock::new(Arc::new(settings)),
             store,
             metrics: IngestMetrics::default(),
-            changes: tokio::sync::watch::channel(0).0,
-            sources: RwLock::new(Vec::new()),
+            changes,
+            status,
             unauthorized_log: QuietLog::default(),
             tls: std::sync::OnceLock::new(),
         }
     }
 
-    /// The configuration in force (auth keys and policies can change on reload).
-    pub fn config(&self) -> Arc<Config> {
-        self.config.get()
+    /// The settings in force (auth keys and limits can change on reload).
+    pub fn settings(&self) -> Arc<WebhookSettings> {
+        self.settings.read().expect("settings lock").clone()
     }
 
-    pub fn set_config(&self, c: Arc<Config>) {
-        self.config.set(c);
-    }
-
-    pub fn shared_config(&self) -> crate::config::SharedConfig {
-        self.config.clone()
+    pub fn set_settings(&self, s: WebhookSettings) {
+        *self.settings.write().expect("settings lock") = Arc::new(s);
     }
 
     pub fn set_tls(&self, tls: Arc<super::tls::ReloadableTls>) {
@@ -88,14 +103,6 @@ impl App {
 
     pub fn tls(&self) -> Option<&Arc<super::tls::ReloadableTls>> {
         self.tls.get()
-    }
-
-    pub fn add_source(&self, source: Arc<dyn StatusSource>) {
-        self.sources.write().expect("sources lock").push(source);
-    }
-
-    fn sources(&self) -> Vec<Arc<dyn StatusSource>> {
-        self.sources.read().expect("sources lock").clone()
     }
 }
 
@@ -178,7 +185,7 @@ pub(crate) async fn handle(
         return Ok(r);
     }
     let path = req.uri().path().to_string();
-    let webhook = app.config().server.path.clone();
+    let webhook = app.settings().server.path.clone();
     let resp = match (role, req.method(), path.as_str()) {
         (Role::Metrics, &Method::GET, "/healthz") => healthz(&app).await,
         (Role::Metrics, &Method::GET, "/metrics") => metrics(&app),
@@ -208,7 +215,7 @@ async fn ingest_inner(
     conn: &ConnState,
     req: Request<Incoming>,
 ) -> (Resp, &'static str) {
-    let cfg = app.config();
+    let cfg = app.settings();
     let intake = Intake {
         server: &cfg.server,
         auth: &cfg.auth,
@@ -405,7 +412,7 @@ async fn commit(
         );
     }
     if outcome.changed() {
-        app.changes.send_modify(|n| *n += 1);
+        app.changes.bump();
     }
     let mut body = serde_json::to_value(&outcome).unwrap_or_default();
     body["status"] = json!("ok");
@@ -425,7 +432,7 @@ pub(crate) enum Ingested {
 /// The webhook's ingest path (auth aside: the transport authenticated the sender): parse,
 /// commit, count, wake dispatch — the same code and metrics as an HTTP notification.
 pub(crate) async fn ingest_body(app: &App, origin: &str, body: Bytes) -> Ingested {
-    let cfg = app.config();
+    let cfg = app.settings();
     if body.len() > cfg.server.max_body_bytes {
         app.metrics.requests.inc("too_large", 1);
         return Ingested::Refused(format!(
@@ -487,9 +494,7 @@ async fn healthz(app: &App) -> Resp {
     if let Err(e) = app.store.check_writable().await {
         problems.push(format!("database not writable: {e}"));
     }
-    for s in app.sources() {
-        problems.extend(s.health_problems());
-    }
+    problems.extend(app.status.health_problems());
     if problems.is_empty() {
         json_response(StatusCode::OK, json!({"status": "ok"}))
     } else {
@@ -510,9 +515,7 @@ fn metrics(app: &App) -> Resp {
         app.unauthorized_log.suppressed.load(Ordering::Relaxed),
     );
     render_store(&app.store, &mut out);
-    for s in app.sources() {
-        s.render_metrics(&mut out);
-    }
+    app.status.render_metrics(&mut out);
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(
         CONTENT_TYPE,

@@ -15,6 +15,7 @@
 //!   last control write.
 
 use super::map::Image;
+pub use crate::config::NormalMode;
 use crate::config::SimConfig;
 use serde::Serialize;
 use std::time::Instant;
@@ -85,17 +86,6 @@ impl Physics {
             export_wh: 7_654.0,
         }
     }
-}
-
-/// The simulated battery's own behaviour when nobody controls it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NormalMode {
-    /// Covers the site load down to 0 kW grid import (a home battery without PV).
-    #[default]
-    SelfConsumption,
-    /// Stands by at 0 kW (a commercial battery kept for peaks and dispatches).
-    Idle,
 }
 
 impl Physics {

@@ -321,9 +321,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Times are stored as RFC 3339 UTC with milliseconds, which sort as text.
-pub fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub use crate::textfmt::ts;
 
 pub fn parse_ts(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
     chrono::DateTime::parse_from_rfc3339(s)

@@ -12,7 +12,7 @@ use leap_edge::control::ControlCommander;
 use leap_edge::device::{self, Battery};
 use leap_edge::dispatch::{CommandError, Commander};
 use leap_edge::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
-use leap_edge::server::StatusSource;
+use leap_edge::seam::StatusSource;
 use leap_edge::sim::{Fault, Mode, SimHandle, SimOptions};
 use std::path::Path;
 use std::sync::Arc;

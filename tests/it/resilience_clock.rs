@@ -10,8 +10,9 @@ use crate::common;
 
 use chrono::{DateTime, Duration, Utc};
 use leap_edge::clock::Clock;
-use leap_edge::dispatch::{BoxFuture, CommandError, Commander, Dispatcher};
+use leap_edge::dispatch::{CommandError, Commander, Dispatcher};
 use leap_edge::model::Command;
+use leap_edge::seam::BoxFuture;
 use leap_edge::store::{IngestRecord, Store};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};

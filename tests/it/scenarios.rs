@@ -697,7 +697,7 @@ impl leap_edge::dispatch::Commander for HangingM2 {
         &'a self,
         meter: &'a str,
         command: &'a leap_edge::model::Command,
-    ) -> leap_edge::dispatch::BoxFuture<'a, Result<(), leap_edge::dispatch::CommandError>> {
+    ) -> leap_edge::seam::BoxFuture<'a, Result<(), leap_edge::dispatch::CommandError>> {
         Box::pin(async move {
             if meter == M2 {
                 let _ = self.gate.acquire().await;
@@ -709,7 +709,7 @@ impl leap_edge::dispatch::Commander for HangingM2 {
     fn release<'a>(
         &'a self,
         meter: &'a str,
-    ) -> leap_edge::dispatch::BoxFuture<'a, Result<(), leap_edge::dispatch::CommandError>> {
+    ) -> leap_edge::seam::BoxFuture<'a, Result<(), leap_edge::dispatch::CommandError>> {
         self.inner.release(meter)
     }
 }

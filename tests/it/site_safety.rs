@@ -14,7 +14,7 @@ use leap_edge::clock::SystemClock;
 use leap_edge::config::{Config, SimConfig};
 use leap_edge::control::ControlCommander;
 use leap_edge::daemon::{self, Parts, Running};
-use leap_edge::server::StatusSource;
+use leap_edge::seam::StatusSource;
 use leap_edge::sim::{MeterFault, Mode, SimHandle, SimOptions};
 use serde_json::json;
 use std::sync::Arc;

@@ -18,7 +18,8 @@ use std::time::Duration;
 /// often, not only after a reconnect: a device may change a scale factor at run time.
 const REBIND_EVERY: Duration = Duration::from_secs(60);
 
-struct Bound {
+/// The registers a connected device was bound to (scale factors resolved), and when.
+struct Binding {
     generation: u64,
     at: std::time::Instant,
     soc: Option<ResolvedReg>,
@@ -78,7 +79,7 @@ pub struct ModbusBattery {
     profile: Profile,
     cfg: DeviceConfig,
     client: ModbusClient,
-    bound: Option<Bound>,
+    bound: Option<Binding>,
     /// The registers that hand the battery back, from the last successful binding: a
     /// release must not depend on a rebinding that a dead meter point can fail.
     last_leave: Option<Vec<ResolvedReg>>,
@@ -146,7 +147,7 @@ impl ModbusBattery {
         }
     }
 
-    async fn bind(&mut self) -> Result<&Bound, DeviceError> {
+    async fn bind(&mut self) -> Result<&Binding, DeviceError> {
         let fresh = self.client.is_connected()
             && self.bound.as_ref().is_some_and(|b| {
                 b.generation == self.client.generation() && b.at.elapsed() < REBIND_EVERY
@@ -162,7 +163,7 @@ impl ModbusBattery {
         Ok(self.bound.as_ref().expect("bound above"))
     }
 
-    async fn discover_and_bind(&mut self) -> Result<Bound, DeviceError> {
+    async fn discover_and_bind(&mut self) -> Result<Binding, DeviceError> {
         let addressing = self.profile.addressing;
         let map = match addressing {
             Addressing::Sunspec => {
@@ -200,7 +201,7 @@ impl ModbusBattery {
         if control.is_err() && !why.is_empty() {
             control = Err(why.join("; "));
         }
-        let bound = Bound {
+        let bound = Binding {
             generation: self.client.generation(),
             at: std::time::Instant::now(),
             soc: soc.map(|x| x.0),
@@ -217,7 +218,7 @@ impl ModbusBattery {
         Ok(bound)
     }
 
-    fn publish(&self, b: &Bound, map: Option<&SunSpecMap>) {
+    fn publish(&self, b: &Binding, map: Option<&SunSpecMap>) {
         let mut points: Vec<String> = Vec::new();
         for (what, r) in [
             ("soc", &b.soc),

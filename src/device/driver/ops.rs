@@ -4,7 +4,7 @@
 use super::{ModbusBattery, Power};
 use crate::device::regs::{self, ResolvedReg};
 use crate::device::{Battery, DeviceError, Telemetry};
-use crate::dispatch::BoxFuture;
+use crate::seam::BoxFuture;
 
 impl ModbusBattery {
     pub async fn read_telemetry(&mut self) -> Result<Telemetry, DeviceError> {

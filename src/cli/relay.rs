@@ -2,9 +2,8 @@
 //! (default /etc/leap-edge-relay/relay.toml); `status` reads the outbox read-only, so it works
 //! whether or not the relay runs.
 
-use super::RelayConfig;
-use super::status::{RelayStatus, query};
-use crate::cli::exit;
+use super::exit;
+use crate::relay::{RelayConfig, RelayStatus};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG: &str = "/etc/leap-edge-relay/relay.toml";
@@ -56,11 +55,11 @@ pub fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         RelayCommand::Run => {
-            crate::cli::init_logging();
+            super::init_logging();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            match rt.block_on(super::run(config)) {
+            match rt.block_on(crate::relay::run(config)) {
                 Ok(()) => Ok(exit::OK),
                 Err(e) if e.is_config() => {
                     tracing::error!(error = %e, "cannot start");
@@ -81,16 +80,7 @@ fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
             config.storage.path.display()
         );
     }
-    let conn = crate::store::open_read_only(&config.storage.path)?;
-    if !super::outbox::is_relay_db(&conn)? {
-        anyhow::bail!(
-            "{} is not a relay outbox (is storage.path right?)",
-            config.storage.path.display()
-        );
-    }
-    let names: Vec<String> = config.gateways.iter().map(|g| g.name.clone()).collect();
-    let mut s = query(&conn, &names, chrono::Utc::now())?;
-    super::mqtt::attach(&conn, config, &mut s)?;
+    let s = crate::relay::read_status(config, chrono::Utc::now())?;
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -6,10 +6,12 @@ use super::report;
 use crate::admin::state::{ClearReply, OverrideReply, ReloadReply, Reply};
 use crate::admin::{AdminHandler, OverrideAction, Peer, Request, Response};
 use crate::clock::Clock;
+use crate::config::SharedConfig;
 use crate::control::MeterStatus;
 use crate::dispatch::DispatchStatus;
 use crate::dispatch::overrides::{MAX_OVERRIDE_SECS, ManualAction, Override, Overrides};
-use crate::server::App;
+use crate::seam::ChangeSignal;
+use crate::server::{App, WebhookSettings};
 use crate::store::audit::{Action, AuditEntry};
 use crate::store::query;
 use chrono::{DateTime, Utc};
@@ -17,6 +19,10 @@ use std::sync::Arc;
 
 pub struct Handler {
     pub app: Arc<App>,
+    /// The configuration in force; `reload` replaces parts of it.
+    pub config: SharedConfig,
+    /// Wakes dispatch after an override, a clear or a reload.
+    pub changes: ChangeSignal,
     pub backstop: Arc<crate::leap::backstop::Backstop>,
     /// Its cached clock-sync answer goes into `status` (no process per request).
     pub(super) hk: Arc<super::housekeeping::Housekeeping>,
@@ -57,7 +63,7 @@ impl Handler {
             .await
             .ok()
             .flatten();
-        let config = self.app.config();
+        let config = self.config.get();
         let report = report::build(report::Inputs {
             config: &config,
             now: self.clock.now(),
@@ -95,7 +101,7 @@ impl Handler {
             self.audit(id, "override cleared from the CLI".into(), None, peer)
                 .await;
         }
-        self.app.changes.send_modify(|n| *n += 1);
+        self.changes.bump();
         Response::ok(Reply::Cleared(ClearReply { cleared: n }))
     }
 
@@ -125,11 +131,11 @@ impl Handler {
     /// apply at once; anything else that changed is reported as needing a restart and is
     /// not applied, so the running daemon never runs a half-applied configuration.
     async fn reload(&self, peer: Peer) -> Response {
-        let current = self.app.config();
+        let current = self.config.get();
         let Some(path) = current.source.clone() else {
             return Response::err("this daemon was not started from a file; restart it instead");
         };
-        let new = match crate::config::Config::load(&path) {
+        let new = match crate::preflight::load(&path) {
             Ok(c) => c,
             Err(e) => return Response::err(format!("configuration not reloaded: {e}")),
         };
@@ -156,8 +162,9 @@ impl Handler {
         merged.strategy = new.strategy;
         merged.limits = new.limits;
         merged.storage.retention_days = new.storage.retention_days;
-        self.app.set_config(Arc::new(merged));
-        self.app.changes.send_modify(|n| *n += 1);
+        self.app.set_settings(WebhookSettings::of(&merged));
+        self.config.set(Arc::new(merged));
+        self.changes.bump();
         tracing::info!(path = %path.display(), applied = %list(&applied),
             restart_needed_for = %list(&restart), tls_fingerprint = tls.as_deref().unwrap_or("-"), peer_uid = peer.uid, peer_pid = peer.pid,
             "configuration reloaded");
@@ -191,7 +198,7 @@ impl Handler {
         {
             return Err("the power must be a positive number of kW".into());
         }
-        let config = self.app.config();
+        let config = self.config.get();
         let targets: Vec<String> = match &meter {
             Some(id) => match config.meter(id) {
                 Some(m) => vec![m.id.clone()],
@@ -219,7 +226,7 @@ impl Handler {
             );
             self.audit(id, detail, Some(words.clone()), peer).await;
         }
-        self.app.changes.send_modify(|n| *n += 1);
+        self.changes.bump();
         Ok(Response::ok(Reply::Override(OverrideReply {
             meters: targets,
             until,
@@ -229,7 +236,7 @@ impl Handler {
 
     /// An override above the battery's rating is applied at the rating; say so.
     fn over_rating(&self, meter: &str, action: OverrideAction) -> Option<String> {
-        let config = self.app.config();
+        let config = self.config.get();
         let dev = config
             .meter(meter)
             .and_then(|m| config.devices.get(&m.device));

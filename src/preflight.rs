@@ -1,0 +1,171 @@
+//! The checks of a configuration that need other modules' rules: Leap's URL and cron
+//! rules, the control loop's needs, the TLS key's safety, what the device profiles hold.
+//! `config` checks only what it can see by itself; this module sits above the modules
+//! whose rules it applies, and `config check`, `leap-edge run` and `reload` go through
+//! [`load`].
+
+use crate::config::{Config, ConfigError};
+use std::path::Path;
+
+/// Read, parse and check a configuration file: [`Config::load`], then [`problems`].
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    let problems = problems(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// The problems only other modules can see; each names its key and says what to do.
+pub(crate) fn problems(config: &Config) -> Vec<String> {
+    let mut p = Vec::new();
+    crate::leap::check_config(config, &mut p);
+    // One battery per meter, refreshable before it reverts (the control loop's needs).
+    p.extend(crate::control::check_meters(config));
+    if let Some(tls) = &config.server.tls
+        && let Some(problem) = crate::server::tls::key_problem(&tls.key)
+    {
+        // Issue 10.10: neither world-readable nor encrypted.
+        p.push(format!(
+            "server.tls.key = \"{}\": {problem}",
+            tls.key.display()
+        ));
+    }
+    for (name, d) in &config.devices {
+        let path = config.devices_dir.join(format!("{}.toml", d.profile));
+        profile_points(config, name, &d.profile, &path, &mut p);
+    }
+    p
+}
+
+/// SPEC §2.13: on a no-export site every decision needs the state of charge and the
+/// site meter; a profile without either would leave the loop blind for every event.
+fn profile_points(config: &Config, name: &str, profile: &str, path: &Path, p: &mut Vec<String>) {
+    if config.site.export_limit_kw > 0.0 {
+        return;
+    }
+    let Ok(prof) = crate::device::profile::load(path) else {
+        return; // a missing file is config's; a bad one is reported where the device is opened
+    };
+    for (point, specs) in [
+        ("soc", &prof.read.soc),
+        ("grid_power", &prof.read.grid_power),
+    ] {
+        if specs.is_empty() {
+            p.push(format!(
+                "devices.{name}.profile = \"{profile}\" has no [read] {point} point, which a \
+                 no-export site (site.export_limit_kw = 0) needs for every dispatch: add it to \
+                 {} or use a profile that has it",
+                path.display()
+            ));
+        }
+    }
+}
+
+/// Things that are allowed but a technician must know (printed by `config check` and
+/// logged at start): devices that cannot hand the battery back by themselves.
+pub(crate) fn warnings(config: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    for (name, d) in &config.devices {
+        let path = config.devices_dir.join(format!("{}.toml", d.profile));
+        let Ok(prof) = crate::device::profile::load(&path) else {
+            continue;
+        };
+        if !prof.reverts_by_itself() {
+            w.push(format!(
+                "devices.{name}: profile \"{}\" has no device-side reversion: if the daemon \
+                 dies mid-dispatch the battery keeps its last setpoint until `leap-edge release` \
+                 runs (the systemd unit's ExecStopPost does this after any stop)",
+                d.profile
+            ));
+        }
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(devices_dir: &Path, profile: &str, site: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n{site}\n\
+             [[meters]]\nid = \"m1\"\ndevice = \"bess\"\n[devices.bess]\nprofile = \"{profile}\"\nhost = \"127.0.0.1\"\n"
+        );
+        let mut c = Config::parse_str(&text, Path::new("test.toml")).unwrap();
+        c.devices_dir = devices_dir.to_path_buf();
+        c
+    }
+
+    fn all(c: &Config) -> Vec<String> {
+        let mut p = c.check().err().unwrap_or_default();
+        p.extend(problems(c));
+        p
+    }
+
+    #[test]
+    fn a_profile_without_a_site_meter_is_refused_for_a_no_export_site() {
+        // (A profile without SoC is refused for every site by the profile check.)
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let generic = std::fs::read_to_string(shipped.join("generic.toml")).unwrap();
+        let no_meter: String = generic
+            .lines()
+            .filter(|l| !l.starts_with("grid_power ="))
+            .map(|l| {
+                if l.starts_with("template") {
+                    "template = false"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nometer.toml"), no_meter).unwrap();
+        let found = all(&config(dir.path(), "nometer", ""));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("no [read] grid_power point")),
+            "{found:?}"
+        );
+        // A site that may export is not refused over it.
+        let c = config(dir.path(), "nometer", "[site]\nexport_limit_kw = 5");
+        assert!(all(&c).is_empty(), "{:?}", all(&c));
+        // The shipped SunSpec profile has both points.
+        assert!(all(&config(&shipped, "sunspec", "")).is_empty());
+    }
+
+    #[test]
+    fn load_refuses_what_only_other_modules_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let text = format!(
+            "devices_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n\
+             [leap]\nbase_url = \"http://api.leap.energy\"\n",
+            shipped.display()
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        // config alone accepts it; the Leap rule (plain http only to loopback) does not.
+        assert!(Config::load(&path).is_ok());
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("leap.base_url") && e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn a_device_without_reversion_is_flagged() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let w = warnings(&config(&shipped, "victron-gx-ess", ""));
+        assert!(
+            w.iter().any(|w| w.contains("no device-side reversion")),
+            "{w:?}"
+        );
+        assert!(warnings(&config(&shipped, "sunspec", "")).is_empty());
+    }
+}

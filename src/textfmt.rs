@@ -1,0 +1,43 @@
+//! How times and powers are written, in one place below every module that writes them:
+//! the database, the JSON of the CLI and of Leap requests, audit texts and the CLI's
+//! tables all agree. Imports nothing from the crate.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// RFC 3339 UTC with milliseconds (`2026-07-01T14:00:00.000Z`): how times are stored (the
+/// text sorts as time) and how they appear in JSON.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `12 kW`, `29.5 kW`, `-` when unknown.
+pub fn kw(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{} kW", num(x)))
+}
+
+/// A number without needless decimals: 12, 29.5, 0.25.
+pub fn num(x: f64) -> String {
+    let r = (x * 100.0).round() / 100.0;
+    let r = if r == 0.0 { 0.0 } else { r };
+    format!("{r}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn times_have_milliseconds_and_z() {
+        let t = Utc.with_ymd_and_hms(2026, 7, 1, 14, 0, 0).unwrap();
+        assert_eq!(ts(t), "2026-07-01T14:00:00.000Z");
+    }
+
+    #[test]
+    fn powers_drop_needless_decimals() {
+        assert_eq!(kw(Some(12.0)), "12 kW");
+        assert_eq!(kw(Some(29.504)), "29.5 kW");
+        assert_eq!(kw(Some(-0.001)), "0 kW");
+        assert_eq!(kw(None), "-");
+    }
+}
