@@ -21,7 +21,7 @@ const TRIM_THRESHOLD: i32 = 256 * 1024;
 /// allocate under contention.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-pub fn tune() {
+pub(crate) fn tune() {
     // SAFETY: mallopt only sets allocator parameters; it is called once, before any other
     // thread exists, with documented parameter values.
     unsafe {
@@ -33,4 +33,4 @@ pub fn tune() {
 
 /// Other C libraries (musl) have one allocator policy and no knobs.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn tune() {}
+pub(crate) fn tune() {}

@@ -22,14 +22,14 @@ impl Clock for SystemClock {
 /// timer tests exact and instant.
 #[cfg(test)]
 #[derive(Debug, Clone, Copy)]
-pub struct TokioClock {
+pub(crate) struct TokioClock {
     origin: DateTime<Utc>,
     start: tokio::time::Instant,
 }
 
 #[cfg(test)]
 impl TokioClock {
-    pub fn starting_at(origin: DateTime<Utc>) -> TokioClock {
+    pub(crate) fn starting_at(origin: DateTime<Utc>) -> TokioClock {
         TokioClock {
             origin,
             start: tokio::time::Instant::now(),
@@ -50,7 +50,7 @@ impl Clock for TokioClock {
 /// unsynchronised the moment NTP discipline is lost — unlike timesyncd's
 /// `/run/systemd/timesync/synchronized`, a file that outlives the sync. Where a seccomp
 /// filter refuses `adjtimex` (the shipped unit's `ProtectClock=yes`), timedated's view.
-pub fn synchronised() -> Option<bool> {
+pub(crate) fn synchronised() -> Option<bool> {
     match kernel_synchronised() {
         Some(true) => Some(true),
         // The kernel's flag says "nobody disciplines this clock". That is a fault where a

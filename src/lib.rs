@@ -20,8 +20,12 @@
 //! 12. daemon, relay
 //! 13. cli
 
+// Issue 16.3: items are `pub(crate)` unless the binary, the integration tests or the
+// benches use them; the lint keeps it so. (Only the library: tests and benches are binaries.)
+#![warn(unreachable_pub)]
+
 pub mod admin;
-pub mod alloc;
+pub(crate) mod alloc;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -32,17 +36,17 @@ pub mod dispatch;
 pub mod ingest;
 pub mod intervals;
 pub mod leap;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod plan;
-pub mod preflight;
+pub(crate) mod preflight;
 pub mod relay;
 pub mod seam;
-pub mod secret;
+pub(crate) mod secret;
 pub mod server;
 pub mod sim;
 pub(crate) mod stage;
 pub mod store;
-pub mod systemd;
-pub mod textfmt;
+pub(crate) mod systemd;
+pub(crate) mod textfmt;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A fixed-bucket histogram of seconds.
-pub struct Histogram {
+pub(crate) struct Histogram {
     bounds: &'static [f64],
     counts: Vec<AtomicU64>,
     sum_micros: AtomicU64,
@@ -14,7 +14,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Histogram {
+    pub(crate) fn new(bounds: &'static [f64]) -> Histogram {
         Histogram {
             bounds,
             counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -23,7 +23,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&self, seconds: f64) {
+    pub(crate) fn observe(&self, seconds: f64) {
         let seconds = seconds.max(0.0);
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             if seconds <= *b {
@@ -35,7 +35,7 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             let _ = writeln!(
@@ -53,15 +53,15 @@ impl Histogram {
 
 /// Counters keyed by one label value, created on first use.
 #[derive(Default)]
-pub struct LabeledCounter(Mutex<std::collections::BTreeMap<String, u64>>);
+pub(crate) struct LabeledCounter(Mutex<std::collections::BTreeMap<String, u64>>);
 
 impl LabeledCounter {
-    pub fn inc(&self, label: &str, by: u64) {
+    pub(crate) fn inc(&self, label: &str, by: u64) {
         let mut m = self.0.lock().expect("metrics lock");
         *m.entry(label.to_string()).or_default() += by;
     }
 
-    pub fn get(&self, label: &str) -> u64 {
+    pub(crate) fn get(&self, label: &str) -> u64 {
         self.0
             .lock()
             .expect("metrics lock")
@@ -70,7 +70,7 @@ impl LabeledCounter {
             .unwrap_or(0)
     }
 
-    pub fn render(&self, out: &mut String, name: &str, label: &str, help: &str) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, label: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (k, v) in self.0.lock().expect("metrics lock").iter() {
             let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {v}", escape(k));
@@ -78,20 +78,20 @@ impl LabeledCounter {
     }
 }
 
-pub fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
-pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+pub(crate) fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
     );
 }
 
-pub fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+pub(crate) fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
@@ -103,14 +103,14 @@ const ACK_BOUNDS: &[f64] = &[
 ];
 
 /// What the webhook side counts.
-pub struct IngestMetrics {
+pub(crate) struct IngestMetrics {
     /// Requests by outcome: accepted, unauthorized, bad_request, too_large, ...
-    pub requests: LabeledCounter,
+    pub(crate) requests: LabeledCounter,
     /// Timeslots by outcome: new, updated, duplicate, rejected, conflict.
-    pub timeslots: LabeledCounter,
-    pub rejected_by_reason: LabeledCounter,
-    pub ack_latency: Histogram,
-    pub last_notification_unix: AtomicU64,
+    pub(crate) timeslots: LabeledCounter,
+    pub(crate) rejected_by_reason: LabeledCounter,
+    pub(crate) ack_latency: Histogram,
+    pub(crate) last_notification_unix: AtomicU64,
 }
 
 impl Default for IngestMetrics {
@@ -126,7 +126,7 @@ impl Default for IngestMetrics {
 }
 
 impl IngestMetrics {
-    pub fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         self.requests.render(
             out,
             "leap_edge_webhook_requests_total",

@@ -14,7 +14,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Meter => "meter",
             Kind::Group => "group",
@@ -33,7 +33,7 @@ pub enum Cap {
 
 impl Cap {
     /// SPEC §2.2: an unknown cap is treated as the most restrictive one.
-    pub fn from_leap(s: Option<&str>) -> Cap {
+    pub(crate) fn from_leap(s: Option<&str>) -> Cap {
         match s {
             Some("up-to-site-load") => Cap::UpToSiteLoad,
             Some("grid-exports-allowed") => Cap::GridExportsAllowed,
@@ -41,7 +41,7 @@ impl Cap {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Cap::UpToNomination => "up-to-nomination",
             Cap::UpToSiteLoad => "up-to-site-load",
@@ -62,7 +62,7 @@ pub enum EnergyKw {
 }
 
 impl EnergyKw {
-    pub fn kw(self) -> Option<f64> {
+    pub(crate) fn kw(self) -> Option<f64> {
         match self {
             EnergyKw::Kw(v) => Some(v),
             _ => None,
@@ -70,7 +70,7 @@ impl EnergyKw {
     }
 
     /// Leap's JSON form: a number, or null for both null and absent.
-    pub fn to_json(self) -> serde_json::Value {
+    pub(crate) fn to_json(self) -> serde_json::Value {
         match self {
             EnergyKw::Kw(v) => serde_json::json!(v),
             _ => serde_json::Value::Null,
@@ -115,23 +115,23 @@ pub struct Timeslot {
 }
 
 /// Priority used for planning when Leap sent none: the lowest there is.
-pub const LOWEST_PRIORITY: i64 = 10;
+pub(crate) const LOWEST_PRIORITY: i64 = 10;
 
 impl Timeslot {
-    pub fn cap(&self) -> Cap {
+    pub(crate) fn cap(&self) -> Cap {
         Cap::from_leap(self.performance_compensation_cap.as_deref())
     }
 
-    pub fn plan_priority(&self) -> i64 {
+    pub(crate) fn plan_priority(&self) -> i64 {
         self.priority.unwrap_or(LOWEST_PRIORITY)
     }
 
     /// True when this is a communication test at either level.
-    pub fn is_communication_test(&self) -> bool {
+    pub(crate) fn is_communication_test(&self) -> bool {
         self.notification_communication_test || self.communication_test.unwrap_or(false)
     }
 
-    pub fn is_active_at(&self, t: DateTime<Utc>) -> bool {
+    pub(crate) fn is_active_at(&self, t: DateTime<Utc>) -> bool {
         self.start_time <= t && t < self.end_time
     }
 }
@@ -151,7 +151,7 @@ pub struct StoredTimeslot {
 }
 
 impl StoredTimeslot {
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled_final || self.timeslot.cancelled
     }
 }
@@ -248,7 +248,7 @@ impl PartialEq for Command {
 /// What a technician sees in `leap-edge events` (issue: events listing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum TimeslotStatus {
+pub(crate) enum TimeslotStatus {
     Upcoming,
     Active,
     Ended,
@@ -258,7 +258,7 @@ pub enum TimeslotStatus {
 }
 
 impl TimeslotStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TimeslotStatus::Upcoming => "upcoming",
             TimeslotStatus::Active => "active",
@@ -273,7 +273,7 @@ impl TimeslotStatus {
 impl StoredTimeslot {
     /// Cancellation wins over everything; a timeslot no local meter serves is flagged
     /// (SPEC §2.7) whatever its time.
-    pub fn status(&self, now: DateTime<Utc>, has_local_meter: bool) -> TimeslotStatus {
+    pub(crate) fn status(&self, now: DateTime<Utc>, has_local_meter: bool) -> TimeslotStatus {
         let t = &self.timeslot;
         if self.is_cancelled() {
             TimeslotStatus::Cancelled

@@ -19,12 +19,12 @@ pub trait StatusSource: Send + Sync {
 /// The status sources of a running gateway, gathered as one: the daemon registers each part
 /// as it starts it; the server's `/metrics` and `/healthz` read them all.
 #[derive(Default)]
-pub struct StatusBoard {
+pub(crate) struct StatusBoard {
     sources: RwLock<Vec<Arc<dyn StatusSource>>>,
 }
 
 impl StatusBoard {
-    pub fn add(&self, source: Arc<dyn StatusSource>) {
+    pub(crate) fn add(&self, source: Arc<dyn StatusSource>) {
         self.sources.write().expect("sources lock").push(source);
     }
 
@@ -52,7 +52,7 @@ impl StatusSource for StatusBoard {
 /// changed a timeslot (webhook, MQTT uplink, polling backstop) and by admin commands that
 /// change what is planned (override, clear, reload). Dispatch waits on it.
 #[derive(Clone)]
-pub struct ChangeSignal {
+pub(crate) struct ChangeSignal {
     tx: tokio::sync::watch::Sender<u64>,
 }
 
@@ -66,12 +66,12 @@ impl Default for ChangeSignal {
 
 impl ChangeSignal {
     /// Something changed: wake every subscriber.
-    pub fn bump(&self) {
+    pub(crate) fn bump(&self) {
         self.tx.send_modify(|n| *n += 1);
     }
 
     /// A receiver that sees each later bump (coalesced: several bumps, one wake-up).
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.tx.subscribe()
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
+pub(crate) enum NotifyError {
     #[error(
         "NOTIFY_SOCKET {0:?} is neither an absolute path nor an abstract name ('@...'); \
          check the unit's environment"
@@ -28,23 +28,23 @@ pub enum NotifyError {
 }
 
 /// READY=1: the listener and the database are up (`Type=notify`).
-pub fn notify_ready() -> Result<bool, NotifyError> {
+pub(crate) fn notify_ready() -> Result<bool, NotifyError> {
     notify("READY=1")
 }
 
 /// WATCHDOG=1: the dispatch loop is alive. Send it at least every `watchdog_interval() / 2`.
-pub fn notify_watchdog() -> Result<bool, NotifyError> {
+pub(crate) fn notify_watchdog() -> Result<bool, NotifyError> {
     notify("WATCHDOG=1")
 }
 
 /// STOPPING=1: shutdown has begun, so systemd does not mistake a slow drain for a hang.
-pub fn notify_stopping() -> Result<bool, NotifyError> {
+pub(crate) fn notify_stopping() -> Result<bool, NotifyError> {
     notify("STOPPING=1")
 }
 
 /// Sends `state` (newline-separated `KEY=VALUE` lines) to `$NOTIFY_SOCKET`.
 /// `Ok(false)` when not started by systemd with a notify socket.
-pub fn notify(state: &str) -> Result<bool, NotifyError> {
+pub(crate) fn notify(state: &str) -> Result<bool, NotifyError> {
     match std::env::var_os("NOTIFY_SOCKET") {
         Some(socket) if !socket.is_empty() => notify_to(&socket, state).map(|()| true),
         _ => Ok(false),
@@ -53,7 +53,7 @@ pub fn notify(state: &str) -> Result<bool, NotifyError> {
 
 /// Sends `state` to the notify socket `socket`: an absolute path, or `@name` for an
 /// abstract socket (systemd uses those in containers and for user managers).
-pub fn notify_to(socket: &OsStr, state: &str) -> Result<(), NotifyError> {
+pub(crate) fn notify_to(socket: &OsStr, state: &str) -> Result<(), NotifyError> {
     let addr = socket_addr(socket)?;
     let send_err = |source| NotifyError::Send {
         socket: socket.to_owned(),
@@ -78,7 +78,7 @@ fn socket_addr(socket: &OsStr) -> Result<SocketAddr, NotifyError> {
 
 /// The watchdog timeout systemd enforces (`WatchdogSec=`), if it is meant for this process.
 /// Ping at half of it.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     watchdog_from(
         std::env::var_os("WATCHDOG_USEC").as_deref(),
         std::env::var_os("WATCHDOG_PID").as_deref(),
@@ -102,7 +102,7 @@ fn watchdog_from(usec: Option<&OsStr>, pid: Option<&OsStr>, my_pid: u32) -> Opti
 /// The dispatch loop's heartbeat: WATCHDOG=1 on every call when systemd watches this
 /// process (`WatchdogSec=`), nothing otherwise. A failing ping is logged once, not on every
 /// loop turn; systemd's restart then says the rest.
-pub fn watchdog_heartbeat() -> impl Fn() + Send + Sync + 'static {
+pub(crate) fn watchdog_heartbeat() -> impl Fn() + Send + Sync + 'static {
     let enabled = watchdog_interval().is_some();
     let warned = AtomicBool::new(false);
     move || {

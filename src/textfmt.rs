@@ -6,17 +6,17 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 /// RFC 3339 UTC with milliseconds (`2026-07-01T14:00:00.000Z`): how times are stored (the
 /// text sorts as time) and how they appear in JSON.
-pub fn ts(t: DateTime<Utc>) -> String {
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// `12 kW`, `29.5 kW`, `-` when unknown.
-pub fn kw(v: Option<f64>) -> String {
+pub(crate) fn kw(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{} kW", num(x)))
 }
 
 /// A number without needless decimals: 12, 29.5, 0.25.
-pub fn num(x: f64) -> String {
+pub(crate) fn num(x: f64) -> String {
     let r = (x * 100.0).round() / 100.0;
     let r = if r == 0.0 { 0.0 } else { r };
     format!("{r}")

@@ -53,14 +53,17 @@ impl AdminClient {
         }
     }
 
-    pub async fn clear_override(&self, meter: Option<String>) -> Result<ClearReply, ClientError> {
+    pub(crate) async fn clear_override(
+        &self,
+        meter: Option<String>,
+    ) -> Result<ClearReply, ClientError> {
         match self.call(&Request::OverrideClear { meter }).await? {
             Reply::Cleared(r) => Ok(r),
             _ => Err(ClientError::Mismatch("override clear")),
         }
     }
 
-    pub async fn reload(&self) -> Result<ReloadReply, ClientError> {
+    pub(crate) async fn reload(&self) -> Result<ReloadReply, ClientError> {
         match self.call(&Request::Reload).await? {
             Reply::Reload(r) => Ok(r),
             _ => Err(ClientError::Mismatch("reload")),
@@ -69,7 +72,7 @@ impl AdminClient {
 
     /// The polling backstop once, through the daemon. A poll with Leap's retries can take
     /// longer than the usual exchange, so the caller gives the limit.
-    pub async fn leap_poll(
+    pub(crate) async fn leap_poll(
         &self,
         days: Option<u32>,
         limit: Duration,

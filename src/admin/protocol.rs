@@ -42,15 +42,15 @@ pub struct OverrideRequest {
 /// The daemon's answer: a typed [`Reply`] or a refusal in words.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
-    pub ok: bool,
+    pub(crate) ok: bool,
     #[serde(default)]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     #[serde(default)]
-    pub body: Option<Reply>,
+    pub(crate) body: Option<Reply>,
 }
 
 impl Response {
-    pub fn ok(body: Reply) -> Response {
+    pub(crate) fn ok(body: Reply) -> Response {
         Response {
             ok: true,
             error: None,
@@ -58,7 +58,7 @@ impl Response {
         }
     }
 
-    pub fn err(msg: impl Into<String>) -> Response {
+    pub(crate) fn err(msg: impl Into<String>) -> Response {
         Response {
             ok: false,
             error: Some(msg.into()),
@@ -71,8 +71,8 @@ impl Response {
 /// command that changes state (issue 10 point 9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Peer {
-    pub uid: Option<u32>,
-    pub pid: Option<i32>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) pid: Option<i32>,
 }
 
 impl std::fmt::Display for Peer {
@@ -83,7 +83,7 @@ impl std::fmt::Display for Peer {
     }
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     msg: &T,
 ) -> std::io::Result<()> {
@@ -96,7 +96,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     w.flush().await
 }
 
-pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+pub(crate) async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     r: &mut R,
 ) -> std::io::Result<T> {
     let mut len = [0u8; 4];

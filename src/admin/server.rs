@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 /// Concurrent admin connections served; more are answered "busy" and closed, so a local
 /// client that opens connections without end cannot exhaust the daemon's tasks or files.
-pub const MAX_CONNECTIONS: usize = 16;
+pub(crate) const MAX_CONNECTIONS: usize = 16;
 
 /// A whole exchange (read the request, handle it, write the reply) must end within this.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,13 +33,13 @@ pub enum SocketError {
 }
 
 /// What the daemon does with each request. `peer` is who sent it.
-pub trait AdminHandler: Send + Sync + 'static {
+pub(crate) trait AdminHandler: Send + Sync + 'static {
     fn handle(&self, req: Request, peer: Peer) -> impl Future<Output = Response> + Send;
 }
 
 /// Bind the socket and restrict it to owner and group. A socket left by a killed daemon is
 /// replaced; a live socket or any other kind of file at the path is refused.
-pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     let io = |e: std::io::Error| SocketError::Io {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -81,7 +81,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
 /// Serve until `shutdown` is cancelled. The socket file is removed on the way out. Each
 /// connection is a task of `tasks` (issue 16.5: the daemon awaits them at shutdown); one
 /// still waiting for its request ends on `shutdown`, one being answered finishes.
-pub async fn serve<H: AdminHandler>(
+pub(crate) async fn serve<H: AdminHandler>(
     listener: UnixListener,
     path: &Path,
     handler: Arc<H>,

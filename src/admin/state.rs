@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// A successful answer, by request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "reply", rename_all = "kebab-case")]
-pub enum Reply {
+pub(crate) enum Reply {
     Status(Box<StatusReport>),
     Override(OverrideReply),
     Cleared(ClearReply),
@@ -35,17 +35,17 @@ pub enum DaemonState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
     pub daemon: DaemonState,
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
     pub pid: Option<u32>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub uptime_secs: Option<i64>,
-    pub now: DateTime<Utc>,
-    pub clock_synchronised: Option<bool>,
-    pub last_notification: Option<LastNotification>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) uptime_secs: Option<i64>,
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) clock_synchronised: Option<bool>,
+    pub(crate) last_notification: Option<LastNotification>,
     /// The webhook listener (`server.listen`).
     pub listen: Option<String>,
-    pub next_boundary: Option<DateTime<Utc>>,
-    pub plan_error: Option<String>,
+    pub(crate) next_boundary: Option<DateTime<Utc>>,
+    pub(crate) plan_error: Option<String>,
     /// The reverse tunnel unit's state, filled in by the CLI (systemd, not the daemon).
     pub tunnel: Option<String>,
     /// How the daemon was last started (from its lock file), when it is down.
@@ -53,36 +53,36 @@ pub struct StatusReport {
     pub meters: Vec<MeterReport>,
     /// Leap's polling backstop and the `[schedule]` jobs (issue 13); absent when down.
     #[serde(default)]
-    pub leap: Option<LeapStatus>,
+    pub(crate) leap: Option<LeapStatus>,
 }
 
 /// The polling backstop and the next fire time of each `[schedule]` job.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LeapStatus {
-    pub backstop: crate::leap::backstop::BackstopStatus,
-    pub schedule: Vec<ScheduleJob>,
+pub(crate) struct LeapStatus {
+    pub(crate) backstop: crate::leap::backstop::BackstopStatus,
+    pub(crate) schedule: Vec<ScheduleJob>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ScheduleJob {
+pub(crate) struct ScheduleJob {
     /// The `[schedule]` key: `poll`, `prune`, `integrity`.
-    pub job: String,
-    pub cron: String,
-    pub next_fire: Option<DateTime<Utc>>,
+    pub(crate) job: String,
+    pub(crate) cron: String,
+    pub(crate) next_fire: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LastNotification {
-    pub id: i64,
-    pub received_at: String,
-    pub peer: Option<String>,
+pub(crate) struct LastNotification {
+    pub(crate) id: i64,
+    pub(crate) received_at: String,
+    pub(crate) peer: Option<String>,
 }
 
 /// Written into the daemon's lock file at start; read back by `status` when it is down.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LastRun {
-    pub pid: u32,
-    pub started_at: DateTime<Utc>,
+    pub(crate) pid: u32,
+    pub(crate) started_at: DateTime<Utc>,
     /// The systemd unit that started it, or None when it was run by hand.
     pub systemd_unit: Option<String>,
     pub config: Option<String>,
@@ -110,55 +110,55 @@ pub struct MeterReport {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CommandReport {
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Leap's `meter_event_id` or `market_group_event_id`.
-    pub event_id: String,
-    pub mode: ExecMode,
-    pub target: Target,
-    pub performance_compensation_cap: Cap,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
+    pub(crate) event_id: String,
+    pub(crate) mode: ExecMode,
+    pub(crate) target: Target,
+    pub(crate) performance_compensation_cap: Cap,
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OverrideReport {
-    pub action: OverrideAction,
-    pub until: DateTime<Utc>,
+    pub(crate) action: OverrideAction,
+    pub(crate) until: DateTime<Utc>,
 }
 
 /// The control loop's view of one battery.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeviceReport {
-    pub soc_pct: Option<f64>,
+    pub(crate) soc_pct: Option<f64>,
     /// Measured battery power, discharge positive.
-    pub battery_kw: Option<f64>,
+    pub(crate) battery_kw: Option<f64>,
     /// Measured grid power, import positive.
-    pub grid_kw: Option<f64>,
+    pub(crate) grid_kw: Option<f64>,
     /// What the command asked of the battery (None: the maximum).
-    pub requested_kw: Option<f64>,
+    pub(crate) requested_kw: Option<f64>,
     /// The setpoint the loop wrote.
-    pub setpoint_kw: Option<f64>,
+    pub(crate) setpoint_kw: Option<f64>,
     /// What held the setpoint below the request.
     pub limited_by: Option<Limit>,
-    pub max_discharge_kw: Option<f64>,
-    pub max_charge_kw: Option<f64>,
+    pub(crate) max_discharge_kw: Option<f64>,
+    pub(crate) max_charge_kw: Option<f64>,
     /// True once the device acknowledged normal operation.
-    pub released: bool,
-    pub consecutive_errors: u64,
-    pub last_error: Option<String>,
-    pub last_telemetry_at: Option<DateTime<Utc>>,
+    pub(crate) released: bool,
+    pub(crate) consecutive_errors: u64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_telemetry_at: Option<DateTime<Utc>>,
     /// SPEC §2.13: why the readings cannot be trusted; the battery is handed back to normal
     /// operation until they can (None while they can).
     #[serde(default)]
-    pub blind: Option<String>,
+    pub(crate) blind: Option<String>,
     /// The site exports although the battery charges all it can (its own generation, not
     /// the dispatch).
     #[serde(default)]
-    pub export_unavoidable: bool,
+    pub(crate) export_unavoidable: bool,
     /// The device cannot revert by itself: after a crash only `leap-edge release` (the
     /// unit's ExecStopPost) hands it back.
     #[serde(default)]
-    pub no_reversion: bool,
+    pub(crate) no_reversion: bool,
 }
 
 /// The constraint that bound the battery's setpoint (SPEC §2.9).
@@ -183,7 +183,7 @@ pub enum Limit {
 
 impl Limit {
     /// Words for a technician.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Limit::ExportMargin => "no-export margin",
             Limit::Nomination => "nomination cap",
@@ -198,46 +198,46 @@ impl Limit {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ActiveTimeslot {
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     pub event_id: String,
-    pub start_time: DateTime<Utc>,
-    pub end_time: DateTime<Utc>,
-    pub energy_kw: Option<f64>,
-    pub test: bool,
+    pub(crate) start_time: DateTime<Utc>,
+    pub(crate) end_time: DateTime<Utc>,
+    pub(crate) energy_kw: Option<f64>,
+    pub(crate) test: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditSummary {
-    pub at: String,
-    pub action: String,
-    pub event_id: Option<String>,
-    pub target: Option<String>,
-    pub outcome: String,
-    pub detail: Option<String>,
+    pub(crate) at: String,
+    pub(crate) action: String,
+    pub(crate) event_id: Option<String>,
+    pub(crate) target: Option<String>,
+    pub(crate) outcome: String,
+    pub(crate) detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OverrideReply {
-    pub meters: Vec<String>,
-    pub until: DateTime<Utc>,
+    pub(crate) meters: Vec<String>,
+    pub(crate) until: DateTime<Utc>,
     /// Things the technician should know (e.g. above the battery's rating).
     #[serde(default)]
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ClearReply {
-    pub cleared: usize,
+pub(crate) struct ClearReply {
+    pub(crate) cleared: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ReloadReply {
+pub(crate) struct ReloadReply {
     /// Sections whose new values are now in force (only those that changed).
-    pub applied: Vec<String>,
+    pub(crate) applied: Vec<String>,
     /// Changed keys that need a restart; not applied.
-    pub restart_needed_for: Vec<String>,
+    pub(crate) restart_needed_for: Vec<String>,
     /// SHA-256 fingerprint of the TLS certificate now in service, when TLS is on (it is
     /// re-read from its files on every reload, for certificate renewals).
     #[serde(default)]
-    pub tls_fingerprint: Option<String>,
+    pub(crate) tls_fingerprint: Option<String>,
 }

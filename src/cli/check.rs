@@ -3,7 +3,7 @@
 use super::exit;
 use std::path::Path;
 
-pub fn run(path: &Path) -> u8 {
+pub(super) fn run(path: &Path) -> u8 {
     let config = match crate::preflight::load(path) {
         Ok(c) => c,
         Err(e) => {

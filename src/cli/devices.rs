@@ -10,16 +10,16 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
-pub struct DevicesArgs {
+pub(crate) struct DevicesArgs {
     #[command(subcommand)]
-    pub probe: Option<ProbeCommand>,
+    pub(crate) probe: Option<ProbeCommand>,
     /// Print one JSON document instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum ProbeCommand {
+pub(crate) enum ProbeCommand {
     /// Discover SunSpec models at HOST[:PORT]; print identity and the points leap-edge would use.
     Probe {
         /// Host name or address, optionally with :PORT (default 502).
@@ -37,7 +37,7 @@ pub enum ProbeCommand {
 }
 
 /// `devices probe`: needs no configuration (the first thing run on an empty site).
-pub fn probe(args: &DevicesArgs) -> anyhow::Result<u8> {
+pub(crate) fn probe(args: &DevicesArgs) -> anyhow::Result<u8> {
     let Some(ProbeCommand::Probe {
         target,
         unit,
@@ -77,7 +77,7 @@ fn clean_lines(s: &str) -> String {
     s.lines().map(clean).collect::<Vec<_>>().join("\n")
 }
 
-pub fn run(config: &Config, args: &DevicesArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, args: &DevicesArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -5,12 +5,12 @@ use super::{Cli, exit};
 use clap::CommandFactory;
 
 #[derive(clap::Args, Debug)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// bash, zsh, fish, elvish or powershell.
-    pub shell: clap_complete::Shell,
+    pub(crate) shell: clap_complete::Shell,
 }
 
-pub fn completions(args: &CompletionsArgs) -> anyhow::Result<u8> {
+pub(crate) fn completions(args: &CompletionsArgs) -> anyhow::Result<u8> {
     let mut cmd = Cli::command();
     clap_complete::generate(args.shell, &mut cmd, "leap-edge", &mut std::io::stdout());
     Ok(exit::OK)
@@ -18,7 +18,7 @@ pub fn completions(args: &CompletionsArgs) -> anyhow::Result<u8> {
 
 /// The man page (roff) on stdout: `leap-edge man > leap-edge.1`. One page documents every
 /// subcommand (nested ones too) in its own section, so it refers to no other page.
-pub fn man() -> anyhow::Result<u8> {
+pub(crate) fn man() -> anyhow::Result<u8> {
     let mut out = Vec::new();
     std::io::Write::write_all(&mut std::io::stdout(), &page(&mut out)?)?;
     Ok(exit::OK)

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// and would overflow the date arithmetic it feeds.
 const MAX: Duration = Duration::from_secs(366 * 86_400);
 
-pub fn parse(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse(s: &str) -> Result<Duration, String> {
     let example = "write e.g. 30s, 15m, 2h or 1h30m";
     let d = humantime::parse_duration(s.trim()).map_err(|e| match e {
         humantime::DurationError::NumberOverflow => format!("{s:?} is too long; {example}"),

@@ -9,22 +9,22 @@ use crate::store::{self, query};
 use serde_json::{Value, json};
 
 #[derive(clap::Args, Debug)]
-pub struct EventsArgs {
+pub(crate) struct EventsArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Only timeslots that concern this Leap meter id.
     #[arg(long)]
-    pub meter: Option<String>,
+    pub(crate) meter: Option<String>,
     /// Only this event id (meter_event_id or market_group_event_id); shows its revisions.
     #[arg(long)]
-    pub event: Option<String>,
+    pub(crate) event: Option<String>,
     /// Times in local time (honours TZ) instead of UTC.
     #[arg(long)]
-    pub local: bool,
+    pub(crate) local: bool,
 }
 
-pub fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<u8> {
     if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
         return Ok(code);
     }
@@ -78,7 +78,7 @@ pub fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<u8> {
 }
 
 /// Leap's field names, plus our bookkeeping.
-pub fn timeslot_json(
+pub(crate) fn timeslot_json(
     config: &Config,
     s: &StoredTimeslot,
     now: chrono::DateTime<chrono::Utc>,

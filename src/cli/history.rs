@@ -9,34 +9,34 @@ use crate::store::{self, audit};
 use chrono::{DateTime, Utc};
 
 #[derive(clap::Args, Debug)]
-pub struct HistoryArgs {
+pub(crate) struct HistoryArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Only this Leap meter id.
     #[arg(long)]
-    pub meter: Option<String>,
+    pub(crate) meter: Option<String>,
     /// Only this event id (meter_event_id or market_group_event_id).
     #[arg(long)]
-    pub event: Option<String>,
+    pub(crate) event: Option<String>,
     /// Only entries at or after this time (RFC 3339).
     #[arg(long, value_parser = parse_time)]
-    pub since: Option<DateTime<Utc>>,
+    pub(crate) since: Option<DateTime<Utc>>,
     /// Only entries before this time (RFC 3339).
     #[arg(long, value_parser = parse_time)]
-    pub until: Option<DateTime<Utc>>,
+    pub(crate) until: Option<DateTime<Utc>>,
     /// Most recent N entries.
     #[arg(long, default_value_t = 200)]
-    pub limit: usize,
+    pub(crate) limit: usize,
     /// Keep running and print new entries as they are written (like `journalctl -f`).
     #[arg(long, short = 'f')]
-    pub follow: bool,
+    pub(crate) follow: bool,
     /// Times in local time (honours TZ) instead of UTC.
     #[arg(long)]
-    pub local: bool,
+    pub(crate) local: bool,
 }
 
-pub fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
     let conn = store::open_read_only(&config.storage.path)?;
     let mut filter = audit::AuditFilter {
         meter: args.meter.clone(),

@@ -11,28 +11,28 @@ use chrono::{DateTime, Utc};
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct IntervalsArgs {
+pub(crate) struct IntervalsArgs {
     #[command(subcommand)]
-    pub command: Option<IntervalsCommand>,
+    pub(crate) command: Option<IntervalsCommand>,
     /// Intervals starting at or after this time (RFC 3339; default 24 hours ago).
     #[arg(long, value_parser = parse_time)]
-    pub from: Option<DateTime<Utc>>,
+    pub(crate) from: Option<DateTime<Utc>>,
     /// Intervals starting before this time (RFC 3339; default now).
     #[arg(long, value_parser = parse_time)]
-    pub to: Option<DateTime<Utc>>,
+    pub(crate) to: Option<DateTime<Utc>>,
     /// One Leap meter id.
     #[arg(long)]
-    pub meter: Option<String>,
+    pub(crate) meter: Option<String>,
     /// Leap's load CSV on stdout (header and complete intervals only).
     #[arg(long, conflicts_with = "json")]
-    pub csv: bool,
+    pub(crate) csv: bool,
     /// Print the intervals (gaps and the one still recording included) as one JSON document.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum IntervalsCommand {
+pub(crate) enum IntervalsCommand {
     /// Uploads to Leap: job id, when, rows, Leap's status and the rows it refused.
     Uploads {
         /// Print the upload jobs and their refused rows as one JSON document.
@@ -41,7 +41,7 @@ pub enum IntervalsCommand {
     },
 }
 
-pub fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
     let conn = store::open_read_only(&config.storage.path)?;
     if let Some(IntervalsCommand::Uploads { json }) = &args.command {
         return uploads(&conn, *json);

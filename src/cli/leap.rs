@@ -8,7 +8,7 @@ use crate::leap::types::{Level, Webhook, WebhookHeader};
 use std::io::IsTerminal;
 
 #[derive(clap::Subcommand, Debug)]
-pub enum LeapCommand {
+pub(crate) enum LeapCommand {
     /// The webhook Leap posts dispatches to (one meter and one group URL per Leap account).
     #[command(subcommand)]
     Webhook(WebhookCommand),
@@ -20,7 +20,7 @@ pub enum LeapCommand {
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum WebhookCommand {
+pub(crate) enum WebhookCommand {
     /// Show the URL and header names Leap has registered.
     Show(WebhookArgs),
     /// Register `--url` with [auth] header and the first of [auth] keys.
@@ -30,49 +30,49 @@ pub enum WebhookCommand {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct WebhookArgs {
+pub(crate) struct WebhookArgs {
     /// The group webhook instead of the meter webhook.
     #[arg(long)]
-    pub group: bool,
+    pub(crate) group: bool,
     /// The public URL Leap should post to (set only), e.g. https://edge.example.com/leap/dispatch.
     #[arg(long)]
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
     /// Replace or delete without asking (for scripts).
     #[arg(long)]
-    pub yes: bool,
+    pub(crate) yes: bool,
     /// Print JSON instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Args, Debug)]
-pub struct TestArgs {
+pub(crate) struct TestArgs {
     /// A group test notification instead of a meter one.
     #[arg(long)]
-    pub group: bool,
+    pub(crate) group: bool,
     /// The test timeslot starts this long from now.
     #[arg(long = "in", value_parser = duration::parse, default_value = "2m")]
-    pub start_in: std::time::Duration,
+    pub(crate) start_in: std::time::Duration,
     /// energy_kw of the test timeslot.
     #[arg(long, default_value_t = 5.0)]
-    pub kw: f64,
+    pub(crate) kw: f64,
     /// Print JSON instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Args, Debug)]
-pub struct PollArgs {
+pub(crate) struct PollArgs {
     /// Search this many days back (default leap.poll_days_back); ahead stays as configured,
     /// shortened so the window is at most 31 days.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=31))]
-    pub days: Option<u32>,
+    pub(crate) days: Option<u32>,
     /// Print JSON instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-pub fn run(config: &Config, cmd: &LeapCommand) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, cmd: &LeapCommand) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -9,7 +9,7 @@ use crate::leap::LeapClient;
 use crate::leap::poll::{self, PollReport, Targets, Window};
 use std::time::Duration;
 
-pub async fn run(config: &Config, a: &PollArgs) -> anyhow::Result<u8> {
+pub(super) async fn run(config: &Config, a: &PollArgs) -> anyhow::Result<u8> {
     let client = match LeapClient::from_config(&config.leap) {
         Ok(c) => c,
         Err(e) => {

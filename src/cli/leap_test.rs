@@ -9,7 +9,7 @@ use crate::leap::LeapClient;
 use crate::leap::types::{IntegrationTestAnswer, Level};
 use serde_json::{Value, json};
 
-pub async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
+pub(super) async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
     let client = match LeapClient::from_config(&config.leap) {
         Ok(c) => c,
         Err(e) => {

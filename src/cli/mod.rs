@@ -12,7 +12,7 @@ mod leap;
 mod leap_poll;
 mod leap_test;
 mod logging;
-pub mod output;
+pub(crate) mod output;
 mod overrides;
 mod relay;
 mod release;
@@ -37,7 +37,7 @@ use std::process::ExitCode;
     version,
     about = "Edge controller for on-site batteries driven by Leap dispatches"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Configuration file. `devices probe` and `sim` need none: they read it only when
     /// given or present.
     #[arg(
@@ -47,13 +47,13 @@ pub struct Cli {
         default_value = DEFAULT_CONFIG,
         value_name = "PATH"
     )]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: receive Leap webhooks, store them, dispatch the batteries.
     Run,
     /// One screen: daemon, last notification, clock, and per meter the command and device.
@@ -98,18 +98,18 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Parse and check the configuration and every device profile it uses; exit 78 if bad.
     Check,
 }
 
 /// Exit codes that scripts can rely on.
-pub mod exit {
-    pub const OK: u8 = 0;
+pub(crate) mod exit {
+    pub(crate) const OK: u8 = 0;
     /// Something failed at run time (database unreadable, daemon unreachable, ...).
-    pub const FAILURE: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const CONFIG: u8 = super::EXIT_CONFIG;
+    pub(crate) const FAILURE: u8 = 1;
+    pub(crate) const USAGE: u8 = 2;
+    pub(crate) const CONFIG: u8 = super::EXIT_CONFIG;
 }
 
 pub fn main() -> ExitCode {
@@ -158,7 +158,7 @@ fn with_config(
 }
 
 /// Where the configuration is when `--config` is not given.
-pub const DEFAULT_CONFIG: &str = "/etc/leap-edge/config.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/leap-edge/config.toml";
 
 /// For commands that work without a configuration (commissioning: `devices probe`, `sim`):
 /// the file when given or present, else built-in defaults.
@@ -269,10 +269,10 @@ fn reload(config: &Config, args: &ReloadArgs) -> anyhow::Result<u8> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ReloadArgs {
+pub(crate) struct ReloadArgs {
     /// Print the daemon's reply as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// `--meter ID` that is not configured: an error listing the configured ids (exit 2).

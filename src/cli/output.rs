@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-pub fn line(args: std::fmt::Arguments<'_>) {
+pub(crate) fn line(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -23,7 +23,7 @@ macro_rules! outln {
 
 /// Red for problems a technician must act on — only on a terminal, and never when
 /// `NO_COLOR` is set, so scripts and logs get plain text. JSON output never calls it.
-pub fn alarm(text: &str) -> String {
+pub(crate) fn alarm(text: &str) -> String {
     use std::io::IsTerminal;
     let terminal = std::io::stdout().is_terminal();
     if colour(

@@ -7,7 +7,7 @@ use crate::admin::{AdminClient, OverrideAction, OverrideRequest};
 use crate::config::Config;
 
 #[derive(clap::Subcommand, Debug)]
-pub enum OverrideCommand {
+pub(crate) enum OverrideCommand {
     /// Keep the battery idle (no charge, no discharge).
     Hold(Common),
     /// Charge at KW kilowatts.
@@ -38,19 +38,19 @@ pub enum OverrideCommand {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct Common {
+pub(crate) struct Common {
     /// How long the override lasts (e.g. 15m, 2h); it then expires by itself.
     #[arg(long = "for", value_parser = duration::parse)]
-    pub duration: std::time::Duration,
+    pub(crate) duration: std::time::Duration,
     /// Only this Leap meter id (default: every local meter).
     #[arg(long)]
-    pub meter: Option<String>,
+    pub(crate) meter: Option<String>,
     /// Print the daemon's reply as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-pub fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

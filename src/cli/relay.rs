@@ -6,10 +6,10 @@ use super::exit;
 use crate::relay::{RelayConfig, RelayStatus};
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_CONFIG: &str = "/etc/leap-edge-relay/relay.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/leap-edge-relay/relay.toml";
 
 #[derive(clap::Subcommand, Debug)]
-pub enum RelayCommand {
+pub(crate) enum RelayCommand {
     /// Run the relay: receive Leap's notifications for the whole fleet, deliver each gateway its own.
     Run,
     /// Per gateway: queue depth, oldest undelivered, last success and error; unrouted and dead letters.
@@ -23,7 +23,7 @@ pub enum RelayCommand {
 }
 
 /// The global `--config` names the gateway's file by default; the relay's default is its own.
-pub fn config_path(global: &Path) -> PathBuf {
+pub(crate) fn config_path(global: &Path) -> PathBuf {
     if global == Path::new("/etc/leap-edge/config.toml") {
         PathBuf::from(DEFAULT_CONFIG)
     } else {
@@ -31,7 +31,7 @@ pub fn config_path(global: &Path) -> PathBuf {
     }
 }
 
-pub fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
+pub(super) fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
     let path = config_path(global);
     let config = match RelayConfig::load(&path) {
         Ok(c) => c,

@@ -9,13 +9,13 @@ use crate::config::Config;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
-pub struct ReleaseArgs {
+pub(crate) struct ReleaseArgs {
     /// Give up on a device after this many seconds (each device is tried in parallel).
     #[arg(long, default_value_t = 10)]
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
 }
 
-pub fn run(config: &Config, args: &ReleaseArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, args: &ReleaseArgs) -> anyhow::Result<u8> {
     if daemon_running(config) {
         eprintln!(
             "leap-edge: warning: the daemon answers on {}: it will command the batteries again on its next control period (stop it first, or use `leap-edge override release`)",

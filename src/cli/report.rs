@@ -8,19 +8,19 @@ use crate::intervals::report::EventReport;
 use crate::store;
 
 #[derive(clap::Args, Debug)]
-pub struct ReportArgs {
+pub(crate) struct ReportArgs {
     /// Only this event (`meter_event_id` or `market_group_event_id`).
     #[arg(long)]
-    pub event: Option<String>,
+    pub(crate) event: Option<String>,
     /// Print the reports as one JSON document.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Draw the event (the one given by --event, else the latest ended) as an SVG chart.
     #[arg(long, value_name = "FILE")]
-    pub svg: Option<std::path::PathBuf>,
+    pub(crate) svg: Option<std::path::PathBuf>,
 }
 
-pub fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
     let conn = store::open_read_only(&config.storage.path)?;
     let reports = gather::reports(&conn, config, args.event.as_deref(), chrono::Utc::now())?;
     if let Some(path) = &args.svg {

@@ -11,28 +11,28 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
 #[derive(clap::Args, Debug)]
-pub struct ScheduleArgs {
+pub(crate) struct ScheduleArgs {
     /// Print one JSON document instead of tables.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Start of the window (RFC 3339); default now.
     #[arg(long, value_parser = parse_time)]
-    pub from: Option<DateTime<Utc>>,
+    pub(crate) from: Option<DateTime<Utc>>,
     /// Length of the window in hours.
     #[arg(long, default_value_t = 48)]
-    pub hours: i64,
+    pub(crate) hours: i64,
     /// Only this Leap meter id.
     #[arg(long)]
-    pub meter: Option<String>,
+    pub(crate) meter: Option<String>,
 }
 
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-06-05T14:00:00Z: {e}"))
 }
 
-pub fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
     if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
         return Ok(code);
     }

@@ -11,34 +11,34 @@ use serde_json::json;
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
-pub struct SendTestArgs {
+pub(crate) struct SendTestArgs {
     /// Leap meter id (default: the first configured meter).
     #[arg(long)]
-    pub meter: Option<String>,
+    pub(crate) meter: Option<String>,
     /// Start this long from now.
     #[arg(long = "in", value_parser = duration::parse, default_value = "10s")]
-    pub start_in: std::time::Duration,
+    pub(crate) start_in: std::time::Duration,
     /// Length of the timeslot.
     #[arg(long, value_parser = duration::parse, default_value = "5m")]
-    pub duration: std::time::Duration,
+    pub(crate) duration: std::time::Duration,
     /// energy_kw of the timeslot.
     #[arg(long, default_value_t = 5.0)]
-    pub kw: f64,
+    pub(crate) kw: f64,
     /// performance_compensation_cap.
     #[arg(long, default_value = "up-to-site-load")]
-    pub cap: String,
+    pub(crate) cap: String,
     /// Leap's priority of the timeslot (a higher one displaces a lower one).
     #[arg(long, default_value_t = 1)]
-    pub priority: i64,
+    pub(crate) priority: i64,
     /// Send it as a real dispatch (integration_test_notification = false).
     #[arg(long)]
-    pub real: bool,
+    pub(crate) real: bool,
     /// Print the daemon's answer as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
-pub fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
     let Some(meter) = args
         .meter
         .clone()

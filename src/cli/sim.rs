@@ -6,20 +6,20 @@ use crate::sim::{self, SimOptions};
 use std::net::SocketAddr;
 
 #[derive(clap::Args, Debug)]
-pub struct SimArgs {
+pub(crate) struct SimArgs {
     /// Listen address (default: [sim] listen from the config, 127.0.0.1:1502).
     #[arg(long)]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// Also answer on unit 100 as a Victron GX in ESS mode.
     #[arg(long)]
-    pub victron: bool,
+    pub(crate) victron: bool,
     /// Seconds between state lines.
     #[arg(long, default_value_t = 5)]
-    pub every: u64,
+    pub(crate) every: u64,
 }
 
 /// `config`: `[sim]` from the configuration when there is one, else the defaults.
-pub fn run(config: Option<&SimConfig>, args: &SimArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: Option<&SimConfig>, args: &SimArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

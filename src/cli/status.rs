@@ -15,28 +15,28 @@ use crate::store::{self, audit, query};
 use chrono::Utc;
 
 /// Exit code when the daemon is not running (as LSB `status` uses).
-pub const NOT_RUNNING: u8 = 3;
+pub(crate) const NOT_RUNNING: u8 = 3;
 
 #[derive(clap::Args, Debug)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Print the status report as one JSON document (the admin socket's own type).
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Full meter ids, device names, event ids and errors (wider than 80 columns).
     #[arg(long)]
-    pub wide: bool,
+    pub(crate) wide: bool,
     /// Times in local time (honours TZ) instead of UTC.
     #[arg(long)]
-    pub local: bool,
+    pub(crate) local: bool,
     /// Keep refreshing: in place on a terminal, one line per change when piped.
     #[arg(long)]
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// Seconds between refreshes with --watch.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub interval: u64,
+    pub(crate) interval: u64,
 }
 
-pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
+pub(super) fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -64,7 +64,7 @@ pub fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<u8> {
     Ok(code(&report))
 }
 
-pub fn code(r: &StatusReport) -> u8 {
+pub(crate) fn code(r: &StatusReport) -> u8 {
     match r.daemon {
         DaemonState::Running => exit::OK,
         DaemonState::NotRunning => NOT_RUNNING,
@@ -72,7 +72,7 @@ pub fn code(r: &StatusReport) -> u8 {
 }
 
 /// The daemon's report, or the database's when it is down.
-pub async fn gather(config: &Config) -> anyhow::Result<StatusReport> {
+pub(crate) async fn gather(config: &Config) -> anyhow::Result<StatusReport> {
     match AdminClient::new(&config.admin.socket).status().await {
         Ok(mut r) => {
             r.tunnel = Some(tunnel());
@@ -177,7 +177,7 @@ fn down_meter(
 
 /// The tunnel runs as its own systemd unit (systemd/leap-edge-tunnel.service); the CLI,
 /// unsandboxed, asks systemd about it. "not installed" when the unit is absent.
-pub fn tunnel() -> String {
+pub(crate) fn tunnel() -> String {
     let installed = [
         "/usr/lib/systemd/system",
         "/lib/systemd/system",

@@ -10,14 +10,14 @@ use crate::admin::state::{
 use crate::config::Config;
 use crate::model::{ExecMode, Target};
 
-pub struct View {
-    pub wide: bool,
-    pub zone: Zone,
+pub(crate) struct View {
+    pub(crate) wide: bool,
+    pub(crate) zone: Zone,
     /// Red for problems (only on a terminal; never in `--watch` diffs).
-    pub color: bool,
+    pub(crate) color: bool,
 }
 
-pub fn render(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
+pub(super) fn render(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
     let mut out = header(r, config, v);
     out.push(String::new());
     out.extend(meters(r, v));
@@ -417,7 +417,7 @@ fn wrap_list(prefix: &str, items: &[String], width: usize) -> Vec<String> {
     lines
 }
 
-pub fn command_words(c: &CommandReport) -> String {
+pub(crate) fn command_words(c: &CommandReport) -> String {
     let what = match c.target {
         Target::Kw(k) => format!("reduce {}", kw(Some(k))),
         Target::Maximum => "reduce maximum".into(),
@@ -429,7 +429,7 @@ pub fn command_words(c: &CommandReport) -> String {
     }
 }
 
-pub fn override_words(o: &OverrideReport) -> String {
+pub(crate) fn override_words(o: &OverrideReport) -> String {
     match o.action {
         OverrideAction::Hold => "manual hold".into(),
         OverrideAction::Release => "manual normal operation".into(),
@@ -439,7 +439,7 @@ pub fn override_words(o: &OverrideReport) -> String {
 }
 
 /// The table as lines (cells escaped), for printing or for `--watch` to compare.
-pub fn table_lines(headers: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+pub(crate) fn table_lines(headers: &[&str], rows: &[Vec<String>]) -> Vec<String> {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().map(|c| clean(c)).collect())

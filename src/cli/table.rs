@@ -1,7 +1,7 @@
 //! Plain aligned tables for humans; `--json` is for scripts. Every cell is escaped
 //! ([`super::text::clean`]): cells come from the database and devices.
 
-pub fn print(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print(headers: &[&str], rows: &[Vec<String>]) {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().map(|c| super::text::clean(c)).collect())
@@ -27,7 +27,7 @@ pub fn print(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 /// `s` cut to `max` characters, ending in `…` when cut.
-pub fn fit(s: &str, max: usize) -> String {
+pub(crate) fn fit(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {

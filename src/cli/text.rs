@@ -6,7 +6,7 @@ use chrono::{DateTime, Local, Utc};
 
 /// `s` with every control character written as a visible escape (`\e[2J`, `\n`, `\u{7}`),
 /// so text from the database cannot move the cursor, clear the screen or forge lines.
-pub fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -22,7 +22,7 @@ pub fn clean(s: &str) -> String {
 }
 
 /// `91 s`, `2 min 5 s`, `3 h 20 min`, `2 d 4 h`.
-pub fn duration(secs: i64) -> String {
+pub(crate) fn duration(secs: i64) -> String {
     let sign = if secs < 0 { "-" } else { "" };
     let s = secs.unsigned_abs();
     let (d, h, m, r) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
@@ -47,7 +47,7 @@ fn pair(a: u64, ua: &str, b: u64, ub: &str) -> String {
 }
 
 /// Milliseconds as a person reads them: `4 ms` below a second, else [`duration`].
-pub fn millis(ms: i64) -> String {
+pub(crate) fn millis(ms: i64) -> String {
     if ms.abs() < 1000 {
         format!("{ms} ms")
     } else {
@@ -57,19 +57,19 @@ pub fn millis(ms: i64) -> String {
 
 /// Whether times are shown in local time (`--local`) or UTC.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Zone {
+pub(crate) enum Zone {
     #[default]
     Utc,
     Local,
 }
 
 impl Zone {
-    pub fn from_flag(local: bool) -> Zone {
+    pub(crate) fn from_flag(local: bool) -> Zone {
         if local { Zone::Local } else { Zone::Utc }
     }
 
     /// `2026-11-29 16:58:39 UTC`, or `2026-11-29 17:58:39 +01:00` in local time.
-    pub fn time(self, t: DateTime<Utc>) -> String {
+    pub(crate) fn time(self, t: DateTime<Utc>) -> String {
         match self {
             Zone::Utc => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             Zone::Local => t
@@ -80,7 +80,7 @@ impl Zone {
     }
 
     /// Only the time of day when `t` is today (in this zone), else the full time.
-    pub fn short(self, t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    pub(crate) fn short(self, t: DateTime<Utc>, now: DateTime<Utc>) -> String {
         let (a, b) = match self {
             Zone::Utc => (t.date_naive(), now.date_naive()),
             Zone::Local => (
@@ -100,14 +100,14 @@ impl Zone {
 
     /// A stored RFC 3339 text time, shown like [`Zone::time`]; unparsable text is shown
     /// escaped as it is.
-    pub fn text(self, s: &str) -> String {
+    pub(crate) fn text(self, s: &str) -> String {
         DateTime::parse_from_rfc3339(s)
             .map(|t| self.time(t.with_timezone(&Utc)))
             .unwrap_or_else(|_| clean(s))
     }
 }
 
-pub use crate::textfmt::kw;
+pub(crate) use crate::textfmt::kw;
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-pub fn status(
+pub(crate) fn status(
     rt: &tokio::runtime::Runtime,
     config: &Config,
     args: &StatusArgs,

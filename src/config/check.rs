@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 /// The shortest accepted API key (issue 10.6): 32 characters of `openssl rand -hex` are
 /// 128 bits, beyond guessing through a webhook.
-pub const MIN_KEY_CHARS: usize = 32;
+pub(crate) const MIN_KEY_CHARS: usize = 32;
 
 impl Config {
     pub fn check(&self) -> Result<(), Vec<String>> {

@@ -9,5 +9,5 @@ pub struct IntervalsConfig {
     /// The CSV `region` column (Leap's transmission region of the site, e.g. "CAISO");
     /// empty when Leap already knows it from the meter.
     #[serde(default)]
-    pub region: String,
+    pub(crate) region: String,
 }

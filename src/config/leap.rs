@@ -11,29 +11,29 @@ pub struct LeapConfig {
     /// The partner API key (or JWT) sent as `Authorization: Bearer …`. Absent: no calls to
     /// Leap, no polling backstop.
     #[serde(default)]
-    pub api_key: Option<Secret>,
+    pub(crate) api_key: Option<Secret>,
     /// `production` (default), `staging`, or a URL (https; plain http only on loopback, for a
     /// local forward proxy or a test double).
     #[serde(default = "default_base_url")]
-    pub base_url: String,
+    pub(crate) base_url: String,
     /// Each attempt (connect, TLS, request, answer) is abandoned after this long.
     #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
     /// Further attempts after a connection error, a timeout, a 5XX or a 429.
     #[serde(default = "default_retries")]
-    pub retries: u32,
+    pub(crate) retries: u32,
     /// First back-off between attempts; doubled each time (capped at 60 s).
     #[serde(default = "default_retry_base_ms")]
-    pub retry_base_ms: u64,
+    pub(crate) retry_base_ms: u64,
     /// The polling backstop's window: this many days back …
     #[serde(default = "default_poll_days_back")]
-    pub poll_days_back: u32,
+    pub(crate) poll_days_back: u32,
     /// … and this many days ahead (together at most 31, Leap's limit).
     #[serde(default = "default_poll_days_ahead")]
-    pub poll_days_ahead: u32,
+    pub(crate) poll_days_ahead: u32,
     /// Market groups to search besides those learned from stored group dispatches.
     #[serde(default)]
-    pub market_group_ids: Vec<String>,
+    pub(crate) market_group_ids: Vec<String>,
 }
 
 impl Default for LeapConfig {
@@ -59,16 +59,16 @@ impl Default for LeapConfig {
 pub struct ScheduleConfig {
     /// The polling backstop (at most once a minute).
     #[serde(default = "default_poll_cron")]
-    pub poll: String,
+    pub(crate) poll: String,
     /// Retention pruning of raw notifications (SPEC §2.5).
     #[serde(default = "default_prune_cron")]
-    pub prune: String,
+    pub(crate) prune: String,
     /// SQLite `quick_check`.
     #[serde(default = "default_integrity_cron")]
-    pub integrity: String,
+    pub(crate) integrity: String,
     /// Issue 14: the daily interval-data upload to Leap (Leap recommends daily).
     #[serde(default = "default_upload_cron")]
-    pub upload: String,
+    pub(crate) upload: String,
 }
 
 impl Default for ScheduleConfig {
@@ -84,7 +84,7 @@ impl Default for ScheduleConfig {
 
 impl ScheduleConfig {
     /// (key, expression) for every job, in display order.
-    pub fn jobs(&self) -> [(&'static str, &str); 4] {
+    pub(crate) fn jobs(&self) -> [(&'static str, &str); 4] {
         [
             ("poll", &self.poll),
             ("prune", &self.prune),
@@ -94,34 +94,34 @@ impl ScheduleConfig {
     }
 }
 
-pub fn default_base_url() -> String {
+pub(crate) fn default_base_url() -> String {
     "production".into()
 }
-pub fn default_timeout_secs() -> u64 {
+pub(crate) fn default_timeout_secs() -> u64 {
     20
 }
-pub fn default_retries() -> u32 {
+pub(crate) fn default_retries() -> u32 {
     4
 }
-pub fn default_retry_base_ms() -> u64 {
+pub(crate) fn default_retry_base_ms() -> u64 {
     1000
 }
-pub fn default_poll_days_back() -> u32 {
+pub(crate) fn default_poll_days_back() -> u32 {
     1
 }
-pub fn default_poll_days_ahead() -> u32 {
+pub(crate) fn default_poll_days_ahead() -> u32 {
     7
 }
-pub fn default_poll_cron() -> String {
+pub(crate) fn default_poll_cron() -> String {
     "0 */5 * * * *".into()
 }
-pub fn default_prune_cron() -> String {
+pub(crate) fn default_prune_cron() -> String {
     "0 17 3 * * *".into()
 }
-pub fn default_upload_cron() -> String {
+pub(crate) fn default_upload_cron() -> String {
     "0 15 2 * * *".into()
 }
 
-pub fn default_integrity_cron() -> String {
+pub(crate) fn default_integrity_cron() -> String {
     "0 47 3 * * *".into()
 }

@@ -5,9 +5,9 @@
 //! `leap-edge config check` runs both and exits 78 (EX_CONFIG) on failure.
 
 mod check;
-pub(crate) mod intervals;
-pub(crate) mod leap;
-pub(crate) mod mqtt;
+pub mod intervals;
+pub mod leap;
+pub mod mqtt;
 mod schema;
 mod sim;
 mod suggest;
@@ -145,14 +145,14 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl Config {
     /// The configured meter for a Leap meter id (ids compare case-insensitively: uuids).
-    pub fn meter(&self, leap_id: &str) -> Option<&MeterConfig> {
+    pub(crate) fn meter(&self, leap_id: &str) -> Option<&MeterConfig> {
         self.meters
             .iter()
             .find(|m| m.id.eq_ignore_ascii_case(leap_id))
     }
 
     /// SPEC §2.7: the local meters a timeslot applies to.
-    pub fn local_meters<'a>(&'a self, ts: &crate::model::Timeslot) -> Vec<&'a MeterConfig> {
+    pub(crate) fn local_meters<'a>(&'a self, ts: &crate::model::Timeslot) -> Vec<&'a MeterConfig> {
         ts.meter_ids
             .iter()
             .filter_map(|id| self.meter(id))
@@ -203,18 +203,18 @@ mod tests {
 #[derive(Debug)]
 pub struct LiveConfig(std::sync::RwLock<std::sync::Arc<Config>>);
 
-pub type SharedConfig = std::sync::Arc<LiveConfig>;
+pub(crate) type SharedConfig = std::sync::Arc<LiveConfig>;
 
 impl LiveConfig {
-    pub fn new(c: std::sync::Arc<Config>) -> LiveConfig {
+    pub(crate) fn new(c: std::sync::Arc<Config>) -> LiveConfig {
         LiveConfig(std::sync::RwLock::new(c))
     }
 
-    pub fn get(&self) -> std::sync::Arc<Config> {
+    pub(crate) fn get(&self) -> std::sync::Arc<Config> {
         self.0.read().expect("config lock").clone()
     }
 
-    pub fn set(&self, c: std::sync::Arc<Config>) {
+    pub(crate) fn set(&self, c: std::sync::Arc<Config>) {
         *self.0.write().expect("config lock") = c;
     }
 }
@@ -222,7 +222,7 @@ impl LiveConfig {
 impl Config {
     /// Sections that differ between `self` (running) and `new` and that only a restart can
     /// apply: listeners, storage, sockets, meters, devices and the control loop's limits.
-    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+    pub(crate) fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let same = |a: &dyn erased::Ser, b: &dyn erased::Ser| a.json() == b.json();
         let mut out = Vec::new();
         if !same(&self.server, &new.server) {
@@ -257,7 +257,7 @@ impl Config {
 }
 
 mod erased {
-    pub trait Ser {
+    pub(crate) trait Ser {
         fn json(&self) -> String;
     }
     impl<T: serde::Serialize> Ser for T {

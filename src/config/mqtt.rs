@@ -6,36 +6,36 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// One day: a gateway offline for less than this gets everything published meanwhile.
-pub const MIN_SESSION_EXPIRY_SECS: u32 = 86_400;
+pub(crate) const MIN_SESSION_EXPIRY_SECS: u32 = 86_400;
 
 /// `[mqtt]` (relay) and `[uplink.mqtt]` (gateway): how to reach the broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtts://broker.example.net:8883`, or `mqtt://127.0.0.1:1883` (plain only on loopback).
-    pub url: String,
+    pub(crate) url: String,
     /// The client id: the gateway's name on a gateway (the broker's ACL keys on it).
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
+    pub(crate) client_id: String,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Secret>,
     /// The broker's certificate or its CA (PEM); only it is trusted.
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// Client certificate and key (PEM), for brokers that authenticate by certificate.
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
+    pub(crate) client_cert: Option<PathBuf>,
+    pub(crate) client_key: Option<PathBuf>,
     /// Topics are `<prefix>/<gateway>/dispatch` and `<prefix>/<gateway>/status`.
     #[serde(default = "default_prefix")]
-    pub topic_prefix: String,
+    pub(crate) topic_prefix: String,
     #[serde(default = "default_keep_alive_secs")]
-    pub keep_alive_secs: u64,
+    pub(crate) keep_alive_secs: u64,
     /// Gateway: how long the broker keeps the session (and queues messages) while the
     /// gateway is offline. At least one day.
     #[serde(default = "default_session_expiry_secs")]
-    pub session_expiry_secs: u32,
+    pub(crate) session_expiry_secs: u32,
     /// Relay: how long Leap's answer waits for the broker's PUBACKs before it relies on the
     /// outbox alone (the part is already committed there).
     #[serde(default = "default_ack_wait_ms")]
-    pub ack_wait_ms: u64,
+    pub(crate) ack_wait_ms: u64,
 }
 
 fn default_prefix() -> String {
@@ -52,9 +52,9 @@ fn default_ack_wait_ms() -> u64 {
 }
 
 pub(crate) struct BrokerUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
+    pub(crate) tls: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
 }
 
 pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, String> {
@@ -91,7 +91,7 @@ pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, String> {
 
 impl MqttConfig {
     /// Problems with this table, each naming its key under `table` (`mqtt`, `uplink.mqtt`).
-    pub fn problems(&self, table: &str) -> Vec<String> {
+    pub(crate) fn problems(&self, table: &str) -> Vec<String> {
         let mut p = Vec::new();
         match parse_url(&self.url) {
             Ok(u) if u.tls && self.ca.is_none() => p.push(format!(

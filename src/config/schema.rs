@@ -19,9 +19,9 @@ pub struct Config {
     #[serde(default)]
     pub site: SiteConfig,
     #[serde(default)]
-    pub policy: PolicyConfig,
+    pub(crate) policy: PolicyConfig,
     #[serde(default)]
-    pub strategy: StrategyConfig,
+    pub(crate) strategy: StrategyConfig,
     #[serde(default)]
     pub meters: Vec<MeterConfig>,
     #[serde(default)]
@@ -30,68 +30,68 @@ pub struct Config {
     #[serde(default = "default_devices_dir")]
     pub devices_dir: PathBuf,
     #[serde(default)]
-    pub sim: SimConfig,
+    pub(crate) sim: SimConfig,
     #[serde(default)]
-    pub admin: AdminConfig,
+    pub(crate) admin: AdminConfig,
     /// Other ways notifications reach this gateway than its webhook (SPEC §2.12 fleets).
     #[serde(default)]
-    pub uplink: UplinkConfig,
+    pub(crate) uplink: UplinkConfig,
     #[serde(default)]
-    pub limits: LimitsConfig,
+    pub(crate) limits: LimitsConfig,
     /// Leap's APIs (registration, test notifications, polling backstop).
     #[serde(default)]
     pub leap: super::leap::LeapConfig,
     /// Housekeeping cron expressions (never dispatch boundaries).
     #[serde(default)]
-    pub schedule: super::leap::ScheduleConfig,
+    pub(crate) schedule: super::leap::ScheduleConfig,
     /// Interval data for Leap (issue 14).
     #[serde(default)]
-    pub intervals: super::intervals::IntervalsConfig,
+    pub(crate) intervals: super::intervals::IntervalsConfig,
     /// The file this was loaded from (for `leap-edge reload`); not a key.
     #[serde(skip)]
-    pub source: Option<PathBuf>,
+    pub(crate) source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UplinkConfig {
+pub(crate) struct UplinkConfig {
     /// Receive the relay's dispatches from an MQTT broker (dialling out: no inbound port).
-    pub mqtt: Option<super::mqtt::MqttConfig>,
+    pub(crate) mqtt: Option<super::mqtt::MqttConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     #[serde(default = "default_path")]
-    pub path: String,
-    pub tls: Option<TlsConfig>,
+    pub(crate) path: String,
+    pub(crate) tls: Option<TlsConfig>,
     /// SPEC §3: bodies above this get 413.
     #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// A client that has not sent its headers (or its body) within this many seconds is
     /// dropped, so a slow client cannot hold a connection slot.
     #[serde(default = "default_read_timeout_secs")]
-    pub read_timeout_secs: u64,
+    pub(crate) read_timeout_secs: u64,
     /// The longest a connection may live, however busy (issue 10.1). A connection that has
     /// not shown a valid key lives at most `read_timeout_secs`; a reply the client does not
     /// read within `read_timeout_secs` drops the connection.
     #[serde(default = "default_connection_max_secs")]
-    pub connection_max_secs: u64,
+    pub(crate) connection_max_secs: u64,
     /// `/metrics` and `/healthz` are served here (plain HTTP, loopback only), never on the
     /// webhook listener: through the tunnel that listener is the public internet, and these
     /// pages show the site's load, state of charge and devices (issue 10.2).
     #[serde(default = "default_metrics_listen")]
-    pub metrics_listen: SocketAddr,
+    pub(crate) metrics_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+pub(crate) struct TlsConfig {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,9 +99,9 @@ pub struct TlsConfig {
 pub struct AuthConfig {
     /// The header Leap is configured to send (Leap sends names in lower case).
     #[serde(default = "default_auth_header")]
-    pub header: String,
+    pub(crate) header: String,
     /// Accepted values; several during a key rotation.
-    pub keys: Vec<Secret>,
+    pub(crate) keys: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,7 +111,7 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// SPEC §2.5: raw notifications are kept this long.
     #[serde(default = "default_retention_days")]
-    pub retention_days: u32,
+    pub(crate) retention_days: u32,
 }
 
 impl Default for StorageConfig {
@@ -131,16 +131,16 @@ pub struct LimitsConfig {
     /// Meter ids in one notification, each counted once per timeslot of its dispatch entry
     /// (that is how they are stored); over it: 413.
     #[serde(default = "default_max_meter_ids")]
-    pub max_meter_ids: usize,
+    pub(crate) max_meter_ids: usize,
     /// Timeslots in one notification (valid and invalid together); over it: 413.
     #[serde(default = "default_max_timeslots")]
-    pub max_timeslots: usize,
+    pub(crate) max_timeslots: usize,
     /// A timeslot longer than this is rejected with its reason (Leap's programs run hours).
     #[serde(default = "default_max_timeslot_hours")]
-    pub max_timeslot_hours: u32,
+    pub(crate) max_timeslot_hours: u32,
     /// A timeslot starting further ahead than this is rejected with its reason.
     #[serde(default = "default_max_start_ahead_days")]
-    pub max_start_ahead_days: u32,
+    pub(crate) max_start_ahead_days: u32,
 }
 
 impl Default for LimitsConfig {
@@ -160,24 +160,24 @@ impl Default for LimitsConfig {
 pub struct SiteConfig {
     /// Interconnection permit: the most the site may export (kW). 0 = never export.
     #[serde(default)]
-    pub export_limit_kw: f64,
+    pub(crate) export_limit_kw: f64,
     /// Under no-export caps, grid import is kept at or above this (kW).
     #[serde(default = "default_import_margin_kw")]
-    pub import_margin_kw: f64,
+    pub(crate) import_margin_kw: f64,
     /// State of charge (%) the battery is never discharged below.
     #[serde(default = "default_reserve_soc_pct")]
-    pub reserve_soc_pct: f64,
+    pub(crate) reserve_soc_pct: f64,
     /// Site load (kW) assumed when the site meter cannot be read and export is forbidden.
     /// Keep it at or below the site's lowest plausible load.
     #[serde(default)]
-    pub fallback_site_load_kw: f64,
+    pub(crate) fallback_site_load_kw: f64,
     /// Closed-loop control period.
     #[serde(default = "default_control_period_ms")]
     pub control_period_ms: u64,
     /// The site's service size (kW): a site-meter reading beyond it in either direction is
     /// a broken or stuck meter, and the battery is handed back to normal (SPEC §2.13).
     #[serde(default)]
-    pub service_kw: Option<f64>,
+    pub(crate) service_kw: Option<f64>,
 }
 
 impl Default for SiteConfig {
@@ -196,7 +196,7 @@ impl Default for SiteConfig {
 /// SPEC §2.6: what test and communication notifications do to the battery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum TestPolicy {
+pub(crate) enum TestPolicy {
     Execute,
     #[default]
     DryRun,
@@ -207,9 +207,9 @@ pub enum TestPolicy {
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     #[serde(default)]
-    pub integration_test: TestPolicy,
+    pub(crate) integration_test: TestPolicy,
     #[serde(default)]
-    pub communication_test: TestPolicy,
+    pub(crate) communication_test: TestPolicy,
 }
 
 /// SPEC §2.9 per-program strategy.
@@ -217,16 +217,16 @@ pub struct PolicyConfig {
 #[serde(deny_unknown_fields)]
 pub struct StrategyConfig {
     #[serde(default)]
-    pub default: Strategy,
+    pub(crate) default: Strategy,
     /// Program identifier (e.g. "ELRP") → strategy.
     #[serde(default)]
-    pub programs: BTreeMap<String, Strategy>,
+    pub(crate) programs: BTreeMap<String, Strategy>,
 }
 
 impl StrategyConfig {
     /// The most conservative strategy any of the timeslot's programs asks for wins:
     /// `maximize` only when every listed program is configured for it.
-    pub fn for_programs(&self, programs: &[String]) -> Strategy {
+    pub(crate) fn for_programs(&self, programs: &[String]) -> Strategy {
         if programs.is_empty() {
             return self.default;
         }
@@ -288,10 +288,10 @@ pub struct DeviceConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminConfig {
+pub(crate) struct AdminConfig {
     /// The CLI's control socket (mode 0660).
     #[serde(default = "default_admin_socket")]
-    pub socket: PathBuf,
+    pub(crate) socket: PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -302,75 +302,75 @@ impl Default for AdminConfig {
     }
 }
 
-pub fn default_path() -> String {
+pub(crate) fn default_path() -> String {
     "/leap/dispatch".into()
 }
-pub fn default_max_body_bytes() -> usize {
+pub(crate) fn default_max_body_bytes() -> usize {
     1024 * 1024
 }
-pub fn default_max_connections() -> usize {
+pub(crate) fn default_max_connections() -> usize {
     64
 }
-pub fn default_read_timeout_secs() -> u64 {
+pub(crate) fn default_read_timeout_secs() -> u64 {
     10
 }
-pub fn default_connection_max_secs() -> u64 {
+pub(crate) fn default_connection_max_secs() -> u64 {
     300
 }
-pub fn default_metrics_listen() -> SocketAddr {
+pub(crate) fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
-pub fn default_max_meter_ids() -> usize {
+pub(crate) fn default_max_meter_ids() -> usize {
     20_000
 }
-pub fn default_max_timeslots() -> usize {
+pub(crate) fn default_max_timeslots() -> usize {
     200
 }
-pub fn default_max_timeslot_hours() -> u32 {
+pub(crate) fn default_max_timeslot_hours() -> u32 {
     24
 }
-pub fn default_max_start_ahead_days() -> u32 {
+pub(crate) fn default_max_start_ahead_days() -> u32 {
     31
 }
-pub fn default_auth_header() -> String {
+pub(crate) fn default_auth_header() -> String {
     "x-api-key".into()
 }
-pub fn default_db_path() -> PathBuf {
+pub(crate) fn default_db_path() -> PathBuf {
     "/var/lib/leap-edge/leap-edge.db".into()
 }
-pub fn default_retention_days() -> u32 {
+pub(crate) fn default_retention_days() -> u32 {
     400
 }
-pub fn default_import_margin_kw() -> f64 {
+pub(crate) fn default_import_margin_kw() -> f64 {
     0.5
 }
-pub fn default_reserve_soc_pct() -> f64 {
+pub(crate) fn default_reserve_soc_pct() -> f64 {
     10.0
 }
-pub fn default_control_period_ms() -> u64 {
+pub(crate) fn default_control_period_ms() -> u64 {
     1000
 }
-pub fn default_weight() -> f64 {
+pub(crate) fn default_weight() -> f64 {
     1.0
 }
-pub fn default_devices_dir() -> PathBuf {
+pub(crate) fn default_devices_dir() -> PathBuf {
     "/usr/share/leap-edge/devices".into()
 }
-pub fn default_modbus_port() -> u16 {
+pub(crate) fn default_modbus_port() -> u16 {
     502
 }
-pub fn default_unit_id() -> u8 {
+pub(crate) fn default_unit_id() -> u8 {
     1
 }
-pub fn default_modbus_timeout_ms() -> u64 {
+pub(crate) fn default_modbus_timeout_ms() -> u64 {
     1000
 }
-pub fn default_reversion_secs() -> u32 {
+pub(crate) fn default_reversion_secs() -> u32 {
     60
 }
-pub fn default_sunspec_base() -> u16 {
+pub(crate) fn default_sunspec_base() -> u16 {
     40000
 }
-pub fn default_admin_socket() -> PathBuf {
+pub(crate) fn default_admin_socket() -> PathBuf {
     "/run/leap-edge/admin.sock".into()
 }

@@ -72,24 +72,24 @@ pub enum NormalMode {
     Idle,
 }
 
-pub fn default_sim_listen() -> SocketAddr {
+pub(crate) fn default_sim_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 1502))
 }
-pub fn default_sim_capacity_kwh() -> f64 {
+pub(crate) fn default_sim_capacity_kwh() -> f64 {
     100.0
 }
-pub fn default_sim_max_power_kw() -> f64 {
+pub(crate) fn default_sim_max_power_kw() -> f64 {
     50.0
 }
-pub fn default_sim_initial_soc_pct() -> f64 {
+pub(crate) fn default_sim_initial_soc_pct() -> f64 {
     80.0
 }
-pub fn default_sim_ramp_kw_per_s() -> f64 {
+pub(crate) fn default_sim_ramp_kw_per_s() -> f64 {
     25.0
 }
-pub fn default_sim_load() -> String {
+pub(crate) fn default_sim_load() -> String {
     "constant:30".into()
 }
-pub fn default_sim_pv() -> String {
+pub(crate) fn default_sim_pv() -> String {
     "constant:0".into()
 }

@@ -3,7 +3,7 @@
 
 /// Rewrites `unknown field `listn`, expected one of `listen`, `path`` into a message that
 /// names the nearest valid key first, which is what a technician at a terminal needs.
-pub fn improve(message: &str) -> String {
+pub(crate) fn improve(message: &str) -> String {
     let message = message.trim_end();
     let words: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
     let is_unknown = message.starts_with("unknown field") || message.starts_with("unknown variant");

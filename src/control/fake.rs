@@ -16,17 +16,17 @@ pub(crate) enum Call {
 
 #[derive(Debug)]
 pub(crate) struct FakeState {
-    pub soc_pct: f64,
-    pub capacity_kwh: f64,
-    pub max_kw: f64,
-    pub load_kw: f64,
-    pub battery_kw: f64,
-    pub remote_until: Option<Instant>,
-    pub reversions: u32,
-    pub down: bool,
+    pub(crate) soc_pct: f64,
+    pub(crate) capacity_kwh: f64,
+    pub(crate) max_kw: f64,
+    pub(crate) load_kw: f64,
+    pub(crate) battery_kw: f64,
+    pub(crate) remote_until: Option<Instant>,
+    pub(crate) reversions: u32,
+    pub(crate) down: bool,
     /// Calls never answer (a device that accepted the connection and went silent).
-    pub hang: bool,
-    pub calls: Vec<(Instant, Call)>,
+    pub(crate) hang: bool,
+    pub(crate) calls: Vec<(Instant, Call)>,
     updated: Instant,
 }
 
@@ -51,11 +51,11 @@ impl FakeState {
         self.updated = to;
     }
 
-    pub fn remote(&self) -> bool {
+    pub(crate) fn remote(&self) -> bool {
         self.remote_until.is_some_and(|u| Instant::now() < u)
     }
 
-    pub fn writes(&self) -> Vec<(Instant, f64)> {
+    pub(crate) fn writes(&self) -> Vec<(Instant, f64)> {
         self.calls
             .iter()
             .filter_map(|(t, c)| match c {
@@ -65,7 +65,7 @@ impl FakeState {
             .collect()
     }
 
-    pub fn releases(&self) -> Vec<Instant> {
+    pub(crate) fn releases(&self) -> Vec<Instant> {
         self.calls
             .iter()
             .filter(|(_, c)| *c == Call::Release)
@@ -75,11 +75,11 @@ impl FakeState {
 }
 
 pub(crate) struct FakeBattery {
-    pub state: Arc<Mutex<FakeState>>,
+    pub(crate) state: Arc<Mutex<FakeState>>,
 }
 
 impl FakeBattery {
-    pub fn new(soc_pct: f64, load_kw: f64) -> FakeBattery {
+    pub(crate) fn new(soc_pct: f64, load_kw: f64) -> FakeBattery {
         FakeBattery {
             state: Arc::new(Mutex::new(FakeState {
                 soc_pct,

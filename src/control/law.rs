@@ -17,17 +17,17 @@ use serde::Serialize;
 /// Battery limits as far as they are known: the device's report and the configured
 /// nameplate, the smaller winning (see [`Limits::merge`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
-pub struct Limits {
-    pub max_discharge_kw: Option<f64>,
-    pub max_charge_kw: Option<f64>,
-    pub capacity_kwh: Option<f64>,
+pub(crate) struct Limits {
+    pub(crate) max_discharge_kw: Option<f64>,
+    pub(crate) max_charge_kw: Option<f64>,
+    pub(crate) capacity_kwh: Option<f64>,
 }
 
 impl Limits {
     /// A configured nameplate may be a site-specific derating below what the device
     /// reports, and a device may report less than its nameplate when hot or degraded:
     /// the smaller known value is the safe one.
-    pub fn merge(reported: &Telemetry, nameplate: Limits) -> Limits {
+    pub(crate) fn merge(reported: &Telemetry, nameplate: Limits) -> Limits {
         Limits {
             max_discharge_kw: min_known(reported.max_discharge_kw, nameplate.max_discharge_kw),
             max_charge_kw: min_known(reported.max_charge_kw, nameplate.max_charge_kw),
@@ -78,15 +78,15 @@ pub struct Flags {
     /// Stored energy above the reserve cannot hold the target to `until`: spread evenly.
     pub energy_limited: bool,
     /// No site-meter reading: `fallback_site_load_kw` assumed.
-    pub using_fallback_load: bool,
+    pub(crate) using_fallback_load: bool,
     /// Site load, export limit or nomination held the setpoint below the target.
     pub cap_limited: bool,
     /// The battery's maximum discharge held the setpoint below the target.
-    pub power_limited: bool,
+    pub(crate) power_limited: bool,
     /// No SoC reading: discharge withheld because the reserve cannot be guarded.
-    pub soc_unknown: bool,
+    pub(crate) soc_unknown: bool,
     /// No capacity known: energy spreading not possible (the reserve still stops it).
-    pub capacity_unknown: bool,
+    pub(crate) capacity_unknown: bool,
     /// SPEC §2.13: the setpoint is a charge that absorbs on-site generation the site
     /// would otherwise export (not charging from the grid).
     pub absorbing_surplus: bool,
@@ -100,9 +100,9 @@ pub struct Decision {
     /// Battery setpoint, discharge positive. Negative during a dispatch only to absorb
     /// on-site generation under the site's export bound (SPEC §2.13), or for a manual
     /// charge override.
-    pub setpoint_kw: f64,
+    pub(crate) setpoint_kw: f64,
     /// What the command asked for; None = the maximum within the cap.
-    pub requested_kw: Option<f64>,
+    pub(crate) requested_kw: Option<f64>,
     /// How much of the requested power (in magnitude) is not delivered; 0 for a maximum.
     pub shortfall_kw: f64,
     /// Site load (kW) the decision used: measured, or the fallback.
@@ -112,7 +112,7 @@ pub struct Decision {
 }
 
 /// SPEC §2.9: what the battery should discharge now to follow `cmd`.
-pub fn decide(
+pub(crate) fn decide(
     cmd: &Command,
     now: DateTime<Utc>,
     tel: &Telemetry,

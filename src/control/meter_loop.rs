@@ -33,34 +33,34 @@ pub(crate) enum Desired {
 /// A numbered request; the loop answers each with the outcome of its first step.
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
-    pub seq: u64,
-    pub desired: Desired,
+    pub(crate) seq: u64,
+    pub(crate) desired: Desired,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Outcome {
-    pub seq: u64,
-    pub result: Result<(), String>,
+    pub(crate) seq: u64,
+    pub(crate) result: Result<(), String>,
 }
 
 /// Fixed settings of one meter's loop.
 #[derive(Debug, Clone)]
-pub struct LoopSettings {
-    pub meter_id: String,
-    pub device: String,
-    pub period: Duration,
-    pub reversion_secs: u32,
-    pub site: SiteConfig,
+pub(crate) struct LoopSettings {
+    pub(crate) meter_id: String,
+    pub(crate) device: String,
+    pub(crate) period: Duration,
+    pub(crate) reversion_secs: u32,
+    pub(crate) site: SiteConfig,
     /// Configured nameplate (the smaller of this and the device's report is used).
-    pub nameplate: Limits,
+    pub(crate) nameplate: Limits,
 }
 
 pub(crate) struct Channels {
-    pub requests: watch::Receiver<Request>,
-    pub outcomes: watch::Sender<Outcome>,
-    pub shutdown: watch::Receiver<Option<Duration>>,
+    pub(crate) requests: watch::Receiver<Request>,
+    pub(crate) outcomes: watch::Sender<Outcome>,
+    pub(crate) shutdown: watch::Receiver<Option<Duration>>,
     /// Issue 14: every successful reading, for the interval recorder (none listening: dropped).
-    pub readings: tokio::sync::broadcast::Sender<crate::intervals::MeterReading>,
+    pub(crate) readings: tokio::sync::broadcast::Sender<crate::intervals::MeterReading>,
 }
 
 pub(crate) struct MeterLoop {

@@ -9,11 +9,11 @@
 //! `status()` as a `/metrics`+`/healthz` source and `status().snapshot()` for `status`,
 //! and `shutdown(timeout)` after dispatch has stopped.
 
-pub mod law;
-pub mod loops;
-pub mod meter_loop;
+pub(crate) mod law;
+pub(crate) mod loops;
+pub(crate) mod meter_loop;
 mod sanity;
-pub mod status;
+pub(crate) mod status;
 
 #[cfg(test)]
 mod fake;
@@ -24,7 +24,6 @@ mod law_tests;
 #[cfg(test)]
 mod loop_tests;
 
-pub use law::{Bound, Decision, Flags, Limits, decide};
+pub(crate) use law::Bound;
 pub use loops::{ControlCommander, ControlError, DEFAULT_APPLY_TIMEOUT, check_meters};
-pub use meter_loop::LoopSettings;
-pub use status::{CommandSummary, ControlEvent, ControlStatus, MeterStatus};
+pub(crate) use status::{ControlEvent, ControlStatus, MeterStatus};

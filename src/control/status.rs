@@ -20,26 +20,26 @@ const MAX_PENDING_EVENTS: usize = 64;
 /// Something the loop decided on its own that belongs in the audit log (SPEC §2.13):
 /// `blind` (readings untrusted, battery handed back), `resumed`, `export-unavoidable`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ControlEvent {
-    pub at: DateTime<Utc>,
-    pub meter_id: String,
-    pub event_id: String,
-    pub what: &'static str,
-    pub detail: String,
+pub(crate) struct ControlEvent {
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) meter_id: String,
+    pub(crate) event_id: String,
+    pub(crate) what: &'static str,
+    pub(crate) detail: String,
 }
 
 /// The command a loop follows, in short.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CommandSummary {
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Leap's event id (`meter_event_id` or `market_group_event_id`).
-    pub event_id: String,
-    pub mode: ExecMode,
-    pub target: Target,
-    pub performance_compensation_cap: Cap,
-    pub limit_kw: Option<f64>,
-    pub export_allowed_kw: f64,
-    pub until: DateTime<Utc>,
+    pub(crate) event_id: String,
+    pub(crate) mode: ExecMode,
+    pub(crate) target: Target,
+    pub(crate) performance_compensation_cap: Cap,
+    pub(crate) limit_kw: Option<f64>,
+    pub(crate) export_allowed_kw: f64,
+    pub(crate) until: DateTime<Utc>,
 }
 
 impl From<&Command> for CommandSummary {
@@ -59,48 +59,48 @@ impl From<&Command> for CommandSummary {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MeterStatus {
-    pub meter_id: String,
+    pub(crate) meter_id: String,
     pub device: String,
     /// None = normal operation asked for.
     pub command: Option<CommandSummary>,
     pub last_decision: Option<Decision>,
-    pub last_decision_at: Option<DateTime<Utc>>,
-    pub last_telemetry: Option<Telemetry>,
-    pub last_telemetry_at: Option<DateTime<Utc>>,
+    pub(crate) last_decision_at: Option<DateTime<Utc>>,
+    pub(crate) last_telemetry: Option<Telemetry>,
+    pub(crate) last_telemetry_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
-    pub last_error_at: Option<DateTime<Utc>>,
+    pub(crate) last_error_at: Option<DateTime<Utc>>,
     /// Failed steps in a row (0 when the last one succeeded).
     pub consecutive_errors: u64,
     /// Failed steps (Modbus errors) since start.
     pub errors_total: u64,
     pub last_write_at: Option<DateTime<Utc>>,
-    pub last_written_kw: Option<f64>,
-    pub writes: u64,
-    pub last_release_at: Option<DateTime<Utc>>,
+    pub(crate) last_written_kw: Option<f64>,
+    pub(crate) writes: u64,
+    pub(crate) last_release_at: Option<DateTime<Utc>>,
     /// True once the device acknowledged the release (normal operation).
-    pub released: bool,
+    pub(crate) released: bool,
     /// Seconds the site exported beyond what the command allowed, while following one.
-    pub export_violation_secs: f64,
+    pub(crate) export_violation_secs: f64,
     /// Seconds grid import was below the margin under a no-export command.
     pub below_margin_secs: f64,
     /// |last setpoint − battery power measured one period later| (kW).
-    pub control_error_kw: Option<f64>,
+    pub(crate) control_error_kw: Option<f64>,
     /// SPEC §2.13: why the readings cannot be trusted and the battery was handed back to
     /// normal operation while a command is in force; None while they can.
     pub blind: Option<String>,
-    pub blind_since: Option<DateTime<Utc>>,
+    pub(crate) blind_since: Option<DateTime<Utc>>,
     /// Times the loop went blind since start.
-    pub blind_total: u64,
+    pub(crate) blind_total: u64,
     /// The device's profile sets no reversion timeout: after a crash the battery keeps its
     /// last setpoint until `leap-edge release` runs (issue 9).
-    pub no_reversion: bool,
+    pub(crate) no_reversion: bool,
     /// Audit-worthy events not yet taken by the daemon.
     #[serde(skip)]
-    pub pending_events: Vec<ControlEvent>,
+    pub(crate) pending_events: Vec<ControlEvent>,
 }
 
 impl MeterStatus {
-    pub fn new(meter_id: &str, device: &str) -> MeterStatus {
+    pub(crate) fn new(meter_id: &str, device: &str) -> MeterStatus {
         MeterStatus {
             meter_id: meter_id.to_string(),
             device: device.to_string(),
@@ -167,7 +167,7 @@ impl ControlStatus {
     }
 
     /// Take the control events waiting for the audit log, oldest first.
-    pub fn take_events(&self) -> Vec<ControlEvent> {
+    pub(crate) fn take_events(&self) -> Vec<ControlEvent> {
         let mut out: Vec<ControlEvent> = self
             .meters
             .iter()

@@ -17,23 +17,23 @@ use crate::store::query;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
-pub struct Handler {
-    pub app: Arc<App>,
+pub(crate) struct Handler {
+    pub(crate) app: Arc<App>,
     /// The configuration in force; `reload` replaces parts of it.
-    pub config: SharedConfig,
+    pub(crate) config: SharedConfig,
     /// Wakes dispatch after an override, a clear or a reload.
-    pub changes: ChangeSignal,
-    pub backstop: Arc<crate::leap::backstop::Backstop>,
+    pub(crate) changes: ChangeSignal,
+    pub(crate) backstop: Arc<crate::leap::backstop::Backstop>,
     /// Its cached clock-sync answer goes into `status` (no process per request).
     pub(super) hk: Arc<super::housekeeping::Housekeeping>,
-    pub dispatch: Arc<DispatchStatus>,
-    pub overrides: Arc<Overrides>,
-    pub clock: Arc<dyn Clock>,
-    pub started_at: DateTime<Utc>,
+    pub(crate) dispatch: Arc<DispatchStatus>,
+    pub(crate) overrides: Arc<Overrides>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) started_at: DateTime<Utc>,
     /// The webhook listener's bound address (the configured one may say port 0).
-    pub listen: std::net::SocketAddr,
+    pub(crate) listen: std::net::SocketAddr,
     /// Each control loop's state (devices), in configuration order.
-    pub live: Arc<dyn Fn() -> Vec<MeterStatus> + Send + Sync>,
+    pub(crate) live: Arc<dyn Fn() -> Vec<MeterStatus> + Send + Sync>,
 }
 
 impl AdminHandler for Handler {
@@ -354,7 +354,7 @@ pub(crate) fn manual(a: OverrideAction) -> ManualAction {
 }
 
 /// Dispatch's override as the admin socket reports it (`status`).
-pub(crate) fn wire(a: ManualAction) -> OverrideAction {
+pub(super) fn wire(a: ManualAction) -> OverrideAction {
     match a {
         ManualAction::Hold => OverrideAction::Hold,
         ManualAction::Charge(kw) => OverrideAction::Charge(kw),
@@ -386,7 +386,7 @@ pub fn not_configured(id: &str, config: &crate::config::Config) -> String {
 }
 
 mod erased_json {
-    pub trait Json {
+    pub(crate) trait Json {
         fn json(&self) -> String;
     }
     impl<T: serde::Serialize> Json for T {

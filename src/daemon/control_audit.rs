@@ -25,7 +25,7 @@ pub async fn run(store: Store, status: ControlStatus, stop: CancellationToken) {
 }
 
 /// Write what is pending now.
-pub async fn flush(store: &Store, status: &ControlStatus) {
+pub(crate) async fn flush(store: &Store, status: &ControlStatus) {
     let events = status.take_events();
     if events.is_empty() {
         return;

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Default)]
-pub struct Housekeeping {
+pub(crate) struct Housekeeping {
     clock_synchronised: Mutex<Option<bool>>,
     integrity: Mutex<Option<String>>,
 }
@@ -43,7 +43,10 @@ impl StatusSource for Housekeeping {
 }
 
 impl Housekeeping {
-    pub async fn run(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub(super) async fn run(
+        self: std::sync::Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut clock = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -79,7 +82,7 @@ impl Housekeeping {
     }
 
     /// SPEC §2.5 retention (`[schedule] prune`).
-    pub async fn prune(&self, store: &Store, retention_days: u32) {
+    pub(crate) async fn prune(&self, store: &Store, retention_days: u32) {
         let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
         match store
             .call(move |c| query::prune_notifications(c, cutoff))
@@ -96,7 +99,7 @@ impl Housekeeping {
     }
 
     /// SQLite `quick_check` (`[schedule] integrity`).
-    pub async fn integrity(&self, store: &Store) {
+    pub(crate) async fn integrity(&self, store: &Store) {
         let check = store
             .call(|c| Ok(c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))?))
             .await;

@@ -19,17 +19,17 @@ pub enum LockError {
 }
 
 /// Held for the daemon's life; the OS releases it when the process ends, however it ends.
-pub struct DaemonLock {
+pub(crate) struct DaemonLock {
     _file: std::fs::File,
 }
 
-pub fn path_for(db: &Path) -> PathBuf {
+pub(crate) fn path_for(db: &Path) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
     db.with_file_name(name)
 }
 
-pub fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, LockError> {
+pub(crate) fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, LockError> {
     let path = path_for(db);
     let io = |e: std::io::Error| LockError::Io {
         path: path.clone(),
@@ -80,12 +80,12 @@ pub fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, LockError
 }
 
 /// What the last (or current) daemon on this database wrote; None if it never ran.
-pub fn read(path: &Path) -> Option<LastRun> {
+pub(crate) fn read(path: &Path) -> Option<LastRun> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
 /// Whether a daemon holds the lock now (the file exists and cannot be locked).
-pub fn held(db: &Path) -> bool {
+pub(crate) fn held(db: &Path) -> bool {
     std::fs::File::open(path_for(db))
         .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
 }

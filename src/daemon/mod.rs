@@ -6,13 +6,11 @@ mod admin_handler;
 pub mod control_audit;
 mod housekeeping;
 mod limits;
-pub(crate) mod lock;
+pub mod lock;
 mod report;
 mod schedule;
 
-pub(crate) use admin_handler::{
-    describe as describe_override, not_configured as not_configured_meter,
-};
+pub use admin_handler::{describe as describe_override, not_configured as not_configured_meter};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, LiveConfig, SharedConfig};
@@ -95,7 +93,7 @@ pub(crate) struct Stages {
     pub(crate) dispatch: Stage,
     /// What writes on its own: housekeeping, scheduled jobs, the interval recorder, the
     /// control audit and limits watchers. Last, so the batteries' release is recorded.
-    pub(crate) background: Stage,
+    pub background: Stage,
 }
 
 /// Per-stage bounds; together well under the units' `TimeoutStopSec=60s`.
@@ -362,7 +360,7 @@ async fn daily_upload(config: &Config, store: &Store) {
 
 impl Running {
     /// Add a part's `/metrics` and `/healthz` contribution (the control loops').
-    pub fn add_status(&self, source: Arc<dyn crate::seam::StatusSource>) {
+    pub(crate) fn add_status(&self, source: Arc<dyn crate::seam::StatusSource>) {
         if let Some(board) = self.status.upgrade() {
             board.add(source);
         }

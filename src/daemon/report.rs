@@ -14,16 +14,16 @@ use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
 pub(super) struct Inputs<'a> {
-    pub config: &'a Config,
-    pub now: DateTime<Utc>,
+    pub(crate) config: &'a Config,
+    pub(crate) now: DateTime<Utc>,
     /// Housekeeping's last answer, not a fresh check (SPEC §2.11).
-    pub clock_synchronised: Option<bool>,
-    pub listen: std::net::SocketAddr,
-    pub started_at: DateTime<Utc>,
-    pub last: Option<crate::store::query::LastNotification>,
-    pub snap: DispatchSnapshot,
-    pub overrides: BTreeMap<String, Override>,
-    pub live: Vec<MeterStatus>,
+    pub(crate) clock_synchronised: Option<bool>,
+    pub(crate) listen: std::net::SocketAddr,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) last: Option<crate::store::query::LastNotification>,
+    pub(crate) snap: DispatchSnapshot,
+    pub(crate) overrides: BTreeMap<String, Override>,
+    pub(crate) live: Vec<MeterStatus>,
 }
 
 pub(super) fn build(i: Inputs<'_>) -> StatusReport {

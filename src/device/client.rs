@@ -17,7 +17,7 @@ use tokio_modbus::{ExceptionCode, Slave};
 /// Which Modbus table a register lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Function {
+pub(crate) enum Function {
     #[default]
     Holding,
     Input,
@@ -26,15 +26,15 @@ pub enum Function {
 /// What status and metrics show about a device.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct DeviceState {
-    pub name: String,
-    pub addr: String,
-    pub unit_id: u8,
-    pub profile: String,
+    pub(crate) name: String,
+    pub(crate) addr: String,
+    pub(crate) unit_id: u8,
+    pub(crate) profile: String,
     pub connected: bool,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
     /// Last successful read of any register.
-    pub last_ok_at: Option<DateTime<Utc>>,
+    pub(crate) last_ok_at: Option<DateTime<Utc>>,
     pub error_count: u64,
     pub connects: u64,
     /// What the driver found on the device: SunSpec base address and model ids.
@@ -45,7 +45,7 @@ pub struct DeviceState {
     pub points: Vec<String>,
 }
 
-pub type SharedState = Arc<Mutex<DeviceState>>;
+pub(crate) type SharedState = Arc<Mutex<DeviceState>>;
 
 /// One block per device for `leap-edge devices`.
 impl std::fmt::Display for DeviceState {
@@ -96,7 +96,7 @@ impl std::fmt::Display for DeviceState {
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-pub struct ModbusClient {
+pub(crate) struct ModbusClient {
     device: String,
     addr: String,
     unit: u8,
@@ -110,7 +110,7 @@ pub struct ModbusClient {
 }
 
 impl ModbusClient {
-    pub fn new(device: &str, addr: &str, unit: u8, timeout: Duration) -> Self {
+    pub(crate) fn new(device: &str, addr: &str, unit: u8, timeout: Duration) -> Self {
         let state = DeviceState {
             name: device.to_string(),
             addr: addr.to_string(),
@@ -130,19 +130,19 @@ impl ModbusClient {
         }
     }
 
-    pub fn state(&self) -> SharedState {
+    pub(crate) fn state(&self) -> SharedState {
         self.state.clone()
     }
 
-    pub fn device(&self) -> &str {
+    pub(crate) fn device(&self) -> &str {
         &self.device
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.ctx.is_some()
     }
 
@@ -168,7 +168,7 @@ impl ModbusClient {
     }
 
     /// Forget the connection; the next call opens a new one.
-    pub fn drop_connection(&mut self) {
+    pub(crate) fn drop_connection(&mut self) {
         self.ctx = None;
         self.with_state(|s| s.connected = false);
     }
@@ -263,7 +263,7 @@ impl ModbusClient {
         Err(err)
     }
 
-    pub async fn read(
+    pub(crate) async fn read(
         &mut self,
         unit: Option<u8>,
         function: Function,
@@ -301,7 +301,7 @@ impl ModbusClient {
     }
 
     /// One register: function 6; more: function 16.
-    pub async fn write(
+    pub(crate) async fn write(
         &mut self,
         unit: Option<u8>,
         addr: u16,
@@ -342,7 +342,7 @@ async fn try_connect(addr: String, unit: u8, dur: Duration) -> Result<Context, S
     Err(last)
 }
 
-pub fn exception_name(code: ExceptionCode) -> String {
+pub(crate) fn exception_name(code: ExceptionCode) -> String {
     let n: u8 = code.into();
     format!("0x{n:02X} ({code:?})")
 }

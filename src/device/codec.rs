@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RegType {
+pub(crate) enum RegType {
     U16,
     I16,
     U32,
@@ -18,14 +18,14 @@ pub enum RegType {
 /// first); some vendors put the low word first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum WordOrder {
+pub(crate) enum WordOrder {
     #[default]
     Big,
     Little,
 }
 
 impl RegType {
-    pub fn words(self) -> u16 {
+    pub(crate) fn words(self) -> u16 {
         match self {
             RegType::U16 | RegType::I16 => 1,
             _ => 2,
@@ -33,7 +33,7 @@ impl RegType {
     }
 
     /// The raw (unscaled) range the register can hold.
-    pub fn raw_range(self) -> (f64, f64) {
+    pub(crate) fn raw_range(self) -> (f64, f64) {
         match self {
             RegType::U16 => (0.0, u16::MAX as f64),
             RegType::I16 => (i16::MIN as f64, i16::MAX as f64),
@@ -45,7 +45,7 @@ impl RegType {
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum CodecError {
+pub(crate) enum CodecError {
     #[error("expected {expected} registers, got {got}")]
     Length { expected: u16, got: usize },
     #[error("raw value {value} does not fit a {ty:?} register ({min}..={max})")]
@@ -74,7 +74,7 @@ fn split(v: u32, order: WordOrder) -> Vec<u16> {
 }
 
 /// Decode a raw value (before any scale).
-pub fn decode(words: &[u16], ty: RegType, order: WordOrder) -> Result<f64, CodecError> {
+pub(crate) fn decode(words: &[u16], ty: RegType, order: WordOrder) -> Result<f64, CodecError> {
     if words.len() < ty.words() as usize {
         return Err(CodecError::Length {
             expected: ty.words(),
@@ -91,7 +91,7 @@ pub fn decode(words: &[u16], ty: RegType, order: WordOrder) -> Result<f64, Codec
 }
 
 /// SunSpec marks an unimplemented point with a sentinel (0xFFFF, 0x8000, ...).
-pub fn is_sunspec_unimplemented(words: &[u16], ty: RegType, order: WordOrder) -> bool {
+pub(crate) fn is_sunspec_unimplemented(words: &[u16], ty: RegType, order: WordOrder) -> bool {
     match ty {
         RegType::U16 => words.first() == Some(&0xFFFF),
         RegType::I16 => words.first() == Some(&0x8000),
@@ -103,7 +103,7 @@ pub fn is_sunspec_unimplemented(words: &[u16], ty: RegType, order: WordOrder) ->
 
 /// Encode a raw value (already divided by its scale). Integers are rounded to the nearest
 /// step; anything outside the register's range (or not finite) is refused, never wrapped.
-pub fn encode(raw: f64, ty: RegType, order: WordOrder) -> Result<Vec<u16>, CodecError> {
+pub(crate) fn encode(raw: f64, ty: RegType, order: WordOrder) -> Result<Vec<u16>, CodecError> {
     let (min, max) = ty.raw_range();
     let v = if ty == RegType::F32 { raw } else { raw.round() };
     if !v.is_finite() || v < min || v > max {
@@ -124,7 +124,7 @@ pub fn encode(raw: f64, ty: RegType, order: WordOrder) -> Result<Vec<u16>, Codec
 }
 
 /// SunSpec scale factor: value = raw × 10^sf.
-pub fn pow10(sf: i16) -> f64 {
+pub(crate) fn pow10(sf: i16) -> f64 {
     10f64.powi(sf as i32)
 }
 

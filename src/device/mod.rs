@@ -2,15 +2,14 @@
 //! `devices/*.toml`. This file is the interface the control loop drives; the Modbus client,
 //! profile loading and SunSpec discovery live in the sibling modules.
 
-pub mod client;
-pub mod codec;
-pub mod driver;
+pub(crate) mod client;
+pub(crate) mod codec;
+pub(crate) mod driver;
 pub mod probe;
 pub mod profile;
-pub mod regs;
-pub mod sunspec;
+pub(crate) mod regs;
+pub(crate) mod sunspec;
 
-pub use client::{DeviceState, SharedState};
 pub use driver::{ModbusBattery, open};
 pub use probe::{ProbeReport, probe};
 

@@ -14,23 +14,23 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The SunSpec profile shipped in `devices/sunspec.toml`, built in so probing needs no files.
-pub const SUNSPEC_PROFILE: &str = include_str!("../../devices/sunspec.toml");
+pub(crate) const SUNSPEC_PROFILE: &str = include_str!("../../devices/sunspec.toml");
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Identity {
     pub manufacturer: String,
-    pub model: String,
-    pub options: String,
-    pub version: String,
+    pub(crate) model: String,
+    pub(crate) options: String,
+    pub(crate) version: String,
     pub serial: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProbedModel {
     pub id: u16,
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     pub address: u16,
-    pub length: u16,
+    pub(crate) length: u16,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -43,12 +43,12 @@ pub struct ProbeReport {
     /// The `[[control]]` method leap-edge would use; `None`: none fits.
     pub control: Option<String>,
     /// `soc=713.SoC`, ...: the points read for each value.
-    pub points: Vec<String>,
-    pub telemetry: Option<Telemetry>,
-    pub telemetry_error: Option<String>,
+    pub(crate) points: Vec<String>,
+    pub(crate) telemetry: Option<Telemetry>,
+    pub(crate) telemetry_error: Option<String>,
 }
 
-pub fn model_name(id: u16) -> &'static str {
+pub(crate) fn model_name(id: u16) -> &'static str {
     match id {
         1 => "common (identity)",
         101..=103 => "inverter",
@@ -69,7 +69,7 @@ pub fn model_name(id: u16) -> &'static str {
 }
 
 /// `HOST`, `HOST:PORT`, `[V6]:PORT` → (host, port); port defaults to 502.
-pub fn split_host_port(s: &str) -> (String, u16) {
+pub(crate) fn split_host_port(s: &str) -> (String, u16) {
     if let Some(rest) = s.strip_prefix('[')
         && let Some((h, p)) = rest.split_once(']')
     {

@@ -9,28 +9,28 @@ use super::profile::{Addressing, RegSpec};
 use super::sunspec::{self, SunSpecMap};
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedReg {
-    pub label: String,
-    pub unit: Option<u8>,
-    pub function: Function,
-    pub addr: u16,
-    pub ty: RegType,
-    pub order: WordOrder,
+pub(crate) struct ResolvedReg {
+    pub(crate) label: String,
+    pub(crate) unit: Option<u8>,
+    pub(crate) function: Function,
+    pub(crate) addr: u16,
+    pub(crate) ty: RegType,
+    pub(crate) order: WordOrder,
     /// raw × scale = value in the canonical unit (before `negate`).
-    pub scale: f64,
-    pub negate: bool,
+    pub(crate) scale: f64,
+    pub(crate) negate: bool,
     /// SunSpec sentinels (0x8000, 0xFFFF, ...) mean "not implemented".
-    pub sunspec: bool,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub value: Option<f64>,
+    pub(crate) sunspec: bool,
+    pub(crate) min: Option<f64>,
+    pub(crate) max: Option<f64>,
+    pub(crate) value: Option<f64>,
     /// Read together and added (per-phase meters).
-    pub plus: Vec<ResolvedReg>,
+    pub(crate) plus: Vec<ResolvedReg>,
 }
 
 /// Bind a spec to the device. `Ok(None)`: the device does not offer it (model missing, too
 /// short, or its scale factor unimplemented). Transport errors are `Err`.
-pub async fn resolve(
+pub(crate) async fn resolve(
     client: &mut ModbusClient,
     addressing: Addressing,
     map: Option<&SunSpecMap>,
@@ -113,7 +113,7 @@ async fn resolve_one(
 
 /// Read a value in its canonical unit (with its `plus` registers added); `None` when the
 /// device marks any part unimplemented.
-pub async fn read_value(
+pub(crate) async fn read_value(
     client: &mut ModbusClient,
     r: &ResolvedReg,
 ) -> Result<Option<f64>, DeviceError> {
@@ -149,7 +149,7 @@ async fn read_single(
 }
 
 /// First alternative the device offers and answers with an implemented value.
-pub async fn resolve_first(
+pub(crate) async fn resolve_first(
     client: &mut ModbusClient,
     addressing: Addressing,
     map: Option<&SunSpecMap>,
@@ -170,7 +170,7 @@ pub async fn resolve_first(
 
 /// Clamp to the register's declared range, refuse what its type cannot hold, write, read
 /// back and compare. Returns the value actually written (after clamping).
-pub async fn write_value(
+pub(crate) async fn write_value(
     client: &mut ModbusClient,
     r: &ResolvedReg,
     value: f64,

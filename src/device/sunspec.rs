@@ -11,13 +11,13 @@ use serde::Serialize;
 /// One point of a SunSpec model. `offset` counts from the model's ID register (ID = 0,
 /// L = 1, first data point = 2), as in the SunSpec JSON.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PointDef {
-    pub model: u16,
-    pub name: &'static str,
-    pub offset: u16,
-    pub ty: RegType,
-    pub sf: Option<&'static str>,
-    pub writable: bool,
+pub(crate) struct PointDef {
+    pub(crate) model: u16,
+    pub(crate) name: &'static str,
+    pub(crate) offset: u16,
+    pub(crate) ty: RegType,
+    pub(crate) sf: Option<&'static str>,
+    pub(crate) writable: bool,
 }
 
 const fn p(
@@ -57,7 +57,7 @@ const fn rw(
 use RegType::{F32, I16, I32, U16, U32};
 
 /// Scale-factor points are int16 (`sunssf`).
-pub static POINTS: &[PointDef] = &[
+pub(crate) static POINTS: &[PointDef] = &[
     // model 1, common (strings are read by `probe`)
     rw(1, "DA", 66, U16, None),
     // model 103, three-phase inverter
@@ -128,53 +128,53 @@ pub static POINTS: &[PointDef] = &[
     p(802, "W_SF", 63, I16, None),
 ];
 
-pub fn point(model: u16, name: &str) -> Option<&'static PointDef> {
+pub(crate) fn point(model: u16, name: &str) -> Option<&'static PointDef> {
     POINTS.iter().find(|d| d.model == model && d.name == name)
 }
 
 /// Where discovery looks for the `SunS` marker, most common first.
-pub const BASES: [u16; 3] = [40000, 0, 50000];
-pub const MARKER: [u16; 2] = [0x5375, 0x6E53];
-pub const END: u16 = 0xFFFF;
+pub(crate) const BASES: [u16; 3] = [40000, 0, 50000];
+pub(crate) const MARKER: [u16; 2] = [0x5375, 0x6E53];
+pub(crate) const END: u16 = 0xFFFF;
 /// A real map has a handful of models; a chain longer than this is corrupt.
 const MAX_MODELS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ModelEntry {
-    pub id: u16,
+pub(crate) struct ModelEntry {
+    pub(crate) id: u16,
     /// Address of the model's ID register.
-    pub addr: u16,
+    pub(crate) addr: u16,
     /// The model's length L (registers after ID and L).
-    pub len: u16,
+    pub(crate) len: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SunSpecMap {
-    pub base: u16,
-    pub models: Vec<ModelEntry>,
+pub(crate) struct SunSpecMap {
+    pub(crate) base: u16,
+    pub(crate) models: Vec<ModelEntry>,
 }
 
 impl SunSpecMap {
-    pub fn model(&self, id: u16) -> Option<&ModelEntry> {
+    pub(crate) fn model(&self, id: u16) -> Option<&ModelEntry> {
         self.models.iter().find(|m| m.id == id)
     }
 
     /// The absolute address of a point, if the device has its model and the model is long
     /// enough to hold it.
-    pub fn address(&self, def: &PointDef) -> Option<u16> {
+    pub(crate) fn address(&self, def: &PointDef) -> Option<u16> {
         let m = self.model(def.model)?;
         let end = def.offset + def.ty.words();
         (end <= m.len + 2).then(|| m.addr.wrapping_add(def.offset))
     }
 
-    pub fn ids(&self) -> Vec<u16> {
+    pub(crate) fn ids(&self) -> Vec<u16> {
         self.models.iter().map(|m| m.id).collect()
     }
 }
 
 /// Find the SunSpec map. `base` given: look only there. An exception at a candidate base
 /// means "not here"; a timeout or I/O error ends discovery (the device is unreachable).
-pub async fn discover(
+pub(crate) async fn discover(
     client: &mut ModbusClient,
     base: Option<u16>,
 ) -> Result<SunSpecMap, DeviceError> {
@@ -224,7 +224,7 @@ async fn walk(client: &mut ModbusClient, base: u16) -> Result<SunSpecMap, Device
 }
 
 /// SunSpec strings: two ASCII bytes per register, padded with NUL or spaces.
-pub fn decode_string(words: &[u16]) -> String {
+pub(crate) fn decode_string(words: &[u16]) -> String {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
     String::from_utf8_lossy(&bytes)
         .trim_end_matches(['\0', ' '])
@@ -232,7 +232,7 @@ pub fn decode_string(words: &[u16]) -> String {
         .to_string()
 }
 
-pub fn encode_string(s: &str, regs: usize) -> Vec<u16> {
+pub(crate) fn encode_string(s: &str, regs: usize) -> Vec<u16> {
     let mut bytes = s.as_bytes().to_vec();
     bytes.resize(regs * 2, 0);
     bytes

@@ -33,7 +33,7 @@ const REPLAN_EVERY: i64 = 60;
 /// sent), large beside one commit, so a retry storm replans a few times a second at most.
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(50);
 /// How far ahead each plan looks.
-pub const HORIZON_HOURS: i64 = 48;
+pub(crate) const HORIZON_HOURS: i64 = 48;
 
 /// Where plans come from: the stored timeslots and the site's plan settings.
 struct PlanSource {
@@ -127,21 +127,21 @@ impl Dispatcher {
         }
     }
 
-    pub fn with_heartbeat(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+    pub(crate) fn with_heartbeat(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.heartbeat = Box::new(f);
         self
     }
 
-    pub fn with_live_config(mut self, live: SharedConfig) -> Self {
+    pub(crate) fn with_live_config(mut self, live: SharedConfig) -> Self {
         self.source.live = Some(live);
         self
     }
 
-    pub fn overrides(&self) -> Arc<Overrides> {
+    pub(crate) fn overrides(&self) -> Arc<Overrides> {
         self.overrides.clone()
     }
 
-    pub fn status(&self) -> Arc<DispatchStatus> {
+    pub(crate) fn status(&self) -> Arc<DispatchStatus> {
         self.status.clone()
     }
 

@@ -5,18 +5,18 @@
 //! resolver), `meter` (one meter's state and the pure step decisions), `record` (the audit
 //! writer), `resume` (the restart lookup); `engine` is the loop over them.
 
-pub mod commander;
-pub mod engine;
+pub(crate) mod commander;
+pub(crate) mod engine;
 mod meter;
-pub mod overrides;
+pub(crate) mod overrides;
 mod record;
 #[cfg(any(test, feature = "test-util"))]
 mod recording;
 mod resume;
-pub mod status;
+pub(crate) mod status;
 
 pub use commander::{CommandError, Commander};
 pub use engine::Dispatcher;
 #[cfg(any(test, feature = "test-util"))]
 pub use recording::{Recorded, RecordingCommander};
-pub use status::{DispatchSnapshot, DispatchStatus};
+pub(crate) use status::DispatchStatus;

@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// Longest override accepted: a day.
-pub const MAX_OVERRIDE_SECS: u64 = 24 * 3600;
+pub(crate) const MAX_OVERRIDE_SECS: u64 = 24 * 3600;
 
 /// What a technician asked a meter's battery to do, whatever Leap asks.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ManualAction {
+pub(crate) enum ManualAction {
     /// Battery idle: neither charge nor discharge.
     Hold,
     /// Charge at this many kW (a positive number).
@@ -30,16 +30,16 @@ pub enum ManualAction {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Override {
-    pub action: ManualAction,
-    pub until: DateTime<Utc>,
+pub(crate) struct Override {
+    pub(crate) action: ManualAction,
+    pub(crate) until: DateTime<Utc>,
 }
 
 #[derive(Debug, Default)]
-pub struct Overrides(Mutex<BTreeMap<String, Override>>);
+pub(crate) struct Overrides(Mutex<BTreeMap<String, Override>>);
 
 impl Overrides {
-    pub fn set(&self, meter: &str, o: Override) {
+    pub(crate) fn set(&self, meter: &str, o: Override) {
         self.0
             .lock()
             .expect("overrides lock")
@@ -47,7 +47,7 @@ impl Overrides {
     }
 
     /// Remove one meter's override (or all); returns how many were removed.
-    pub fn clear(&self, meter: Option<&str>) -> usize {
+    pub(crate) fn clear(&self, meter: Option<&str>) -> usize {
         let mut m = self.0.lock().expect("overrides lock");
         match meter {
             Some(id) => usize::from(m.remove(id).is_some()),
@@ -60,7 +60,7 @@ impl Overrides {
     }
 
     /// The override in force for `meter` at `now`; expired ones are dropped.
-    pub fn active(&self, meter: &str, now: DateTime<Utc>) -> Option<Override> {
+    pub(crate) fn active(&self, meter: &str, now: DateTime<Utc>) -> Option<Override> {
         let mut m = self.0.lock().expect("overrides lock");
         match m.get(meter) {
             Some(o) if o.until > now => Some(*o),
@@ -73,7 +73,7 @@ impl Overrides {
         }
     }
 
-    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_expiry(&self) -> Option<DateTime<Utc>> {
         self.0
             .lock()
             .expect("overrides lock")
@@ -82,13 +82,13 @@ impl Overrides {
             .min()
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, Override> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, Override> {
         self.0.lock().expect("overrides lock").clone()
     }
 }
 
 /// The command an override asks for; None for `release` (normal operation).
-pub fn command(o: &Override, import_margin_kw: f64) -> Option<Command> {
+pub(crate) fn command(o: &Override, import_margin_kw: f64) -> Option<Command> {
     let kw = match o.action {
         ManualAction::Release => return None,
         ManualAction::Hold => 0.0,

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 /// Why the dispatch loop woke up.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Wake {
+pub(crate) enum Wake {
     Startup,
     Boundary(DateTime<Utc>),
     Change(DateTime<Utc>),
@@ -22,14 +22,14 @@ pub enum Wake {
 
 impl Wake {
     /// The instant an action taken on this wake-up is measured from, when no plan boundary is.
-    pub fn at(self, now: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn at(self, now: DateTime<Utc>) -> DateTime<Utc> {
         match self {
             Wake::Boundary(t) | Wake::Change(t) => t,
             _ => now,
         }
     }
 
-    pub fn describe(self, lateness_ms: i64) -> Option<String> {
+    pub(crate) fn describe(self, lateness_ms: i64) -> Option<String> {
         let late = lateness_ms > 2000;
         match self {
             Wake::Startup if late => Some(format!(
@@ -51,16 +51,16 @@ impl Wake {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct MeterDispatch {
-    pub command: Option<Interval>,
-    pub last_error: Option<String>,
+pub(crate) struct MeterDispatch {
+    pub(crate) command: Option<Interval>,
+    pub(crate) last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DispatchSnapshot {
-    pub meters: BTreeMap<String, MeterDispatch>,
+    pub(crate) meters: BTreeMap<String, MeterDispatch>,
     pub next_boundary: Option<DateTime<Utc>>,
-    pub plan_error: Option<String>,
+    pub(crate) plan_error: Option<String>,
 }
 
 const LATENESS_BOUNDS: &[f64] = &[
@@ -75,7 +75,7 @@ pub struct DispatchStatus {
 }
 
 impl DispatchStatus {
-    pub fn new(config: &Config) -> DispatchStatus {
+    pub(crate) fn new(config: &Config) -> DispatchStatus {
         let meters = config
             .meters
             .iter()
@@ -105,7 +105,7 @@ impl DispatchStatus {
         self.inner.lock().expect("status lock").clone()
     }
 
-    pub fn set_command(&self, meter: &str, iv: Option<&Interval>) {
+    pub(crate) fn set_command(&self, meter: &str, iv: Option<&Interval>) {
         if let Some(m) = self
             .inner
             .lock()
@@ -117,7 +117,7 @@ impl DispatchStatus {
         }
     }
 
-    pub fn set_error(&self, meter: &str, error: Option<String>) {
+    pub(crate) fn set_error(&self, meter: &str, error: Option<String>) {
         if let Some(m) = self
             .inner
             .lock()
@@ -129,15 +129,15 @@ impl DispatchStatus {
         }
     }
 
-    pub fn set_next_boundary(&self, t: Option<DateTime<Utc>>) {
+    pub(crate) fn set_next_boundary(&self, t: Option<DateTime<Utc>>) {
         self.inner.lock().expect("status lock").next_boundary = t;
     }
 
-    pub fn set_plan_error(&self, e: Option<String>) {
+    pub(crate) fn set_plan_error(&self, e: Option<String>) {
         self.inner.lock().expect("status lock").plan_error = e;
     }
 
-    pub fn observe_lateness(&self, seconds: f64) {
+    pub(crate) fn observe_lateness(&self, seconds: f64) {
         self.lateness.observe(seconds);
     }
 }

@@ -6,7 +6,7 @@ use crate::secret::Secret;
 use hyper::HeaderMap;
 use subtle::ConstantTimeEq;
 
-pub fn authorized(headers: &HeaderMap, header: &str, keys: &[Secret]) -> bool {
+pub(crate) fn authorized(headers: &HeaderMap, header: &str, keys: &[Secret]) -> bool {
     // HeaderMap lookups are case-insensitive, as Leap lower-cases names anyway.
     let Some(given) = headers.get(header) else {
         return false;
@@ -23,7 +23,7 @@ pub fn authorized(headers: &HeaderMap, header: &str, keys: &[Secret]) -> bool {
 }
 
 /// Headers kept with the raw notification: everything except credentials (SPEC §2.5).
-pub fn auditable_headers(headers: &HeaderMap, auth_header: &str) -> serde_json::Value {
+pub(crate) fn auditable_headers(headers: &HeaderMap, auth_header: &str) -> serde_json::Value {
     const SECRET: [&str; 4] = [
         "authorization",
         "proxy-authorization",

@@ -28,7 +28,7 @@ pub enum BoundedError {
 /// Meter ids, timeslots and JSON values in the whole notification, against the limits.
 /// Counted while reading the bytes, before any JSON tree is built: a 1 MiB body of tiny
 /// objects would otherwise cost some 60 MB as a tree before any count could refuse it.
-pub fn check_counts(body: &[u8], limits: &LimitsConfig) -> Result<(), BoundedError> {
+pub(crate) fn check_counts(body: &[u8], limits: &LimitsConfig) -> Result<(), BoundedError> {
     let (values_cap, objects_cap) = caps(limits);
     let mut t = Tally {
         cap: values_cap,
@@ -238,7 +238,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
 }
 
 /// Why a well-formed timeslot is beyond the limits, if it is.
-pub fn timeslot_problem(
+pub(crate) fn timeslot_problem(
     ts: &Timeslot,
     limits: &LimitsConfig,
     now: DateTime<Utc>,

@@ -2,14 +2,14 @@
 //! rejected ones with their reasons — without ever refusing a real dispatch over something
 //! we can handle (SPEC §2.2). Authentication of the request lives in [`auth`].
 
-pub mod auth;
+pub(crate) mod auth;
 mod bounds;
 mod parse;
 mod timeslot;
 
-pub use bounds::BoundedError;
+pub(crate) use bounds::BoundedError;
 pub use parse::{parse_bounded, parse_notification};
-pub use timeslot::RejectReason;
+pub(crate) use timeslot::RejectReason;
 
 use crate::model::{Kind, Timeslot};
 use serde::Serialize;
@@ -17,28 +17,28 @@ use serde::Serialize;
 /// A notification that is Leap's (structurally), split into what we keep and what we reject.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedNotification {
-    pub integration_test_notification: bool,
-    pub communication_test: bool,
+    pub(crate) integration_test_notification: bool,
+    pub(crate) communication_test: bool,
     pub timeslots: Vec<Timeslot>,
-    pub rejected: Vec<RejectedTimeslot>,
+    pub(crate) rejected: Vec<RejectedTimeslot>,
 }
 
 /// SPEC §2.2: one bad timeslot is stored with its reason; the rest of the notification stands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RejectedTimeslot {
-    pub kind: Kind,
-    pub event_id: Option<String>,
-    pub meter_ids: Vec<String>,
+pub(crate) struct RejectedTimeslot {
+    pub(crate) kind: Kind,
+    pub(crate) event_id: Option<String>,
+    pub(crate) meter_ids: Vec<String>,
     /// Why, in words (stored; may be reworded).
-    pub reason: String,
+    pub(crate) reason: String,
     /// Why, as a closed set: the metric label (not stored; counted at ingest).
     #[serde(skip)]
-    pub code: RejectReason,
+    pub(crate) code: RejectReason,
     /// The timeslot object exactly as received.
-    pub raw: serde_json::Value,
+    pub(crate) raw: serde_json::Value,
     /// SPEC §2.13: it says `cancelled: true` under a valid event id. The cancellation is
     /// applied to the stored timeslot even though the rest of the revision is rejected.
-    pub cancels: bool,
+    pub(crate) cancels: bool,
 }
 
 /// Why a request body is not a Leap notification at all (→ 400).

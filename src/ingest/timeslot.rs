@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 /// `leap_edge_timeslots_rejected_total{reason=…}` series follow this type, not the words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RejectReason {
+pub(crate) enum RejectReason {
     /// The timeslot is not a JSON object.
     NotAnObject,
     /// No `meter_event_id` / `market_group_event_id`.
@@ -31,7 +31,8 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    #[cfg(test)]
+    pub(crate) const ALL: [RejectReason; 8] = [
         RejectReason::NotAnObject,
         RejectReason::MissingEventId,
         RejectReason::MissingMeterId,
@@ -43,7 +44,7 @@ impl RejectReason {
     ];
 
     /// The metric label: short, bounded, and never derived from the message.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             RejectReason::NotAnObject => "not_an_object",
             RejectReason::MissingEventId => "missing_event_id",
@@ -68,21 +69,24 @@ impl std::fmt::Display for Fault {
 }
 
 /// What a timeslot inherits from its dispatch entry and notification.
-pub struct EntryContext {
-    pub kind: Kind,
-    pub meter_ids: Vec<String>,
-    pub market_group_id: Option<String>,
-    pub partner_references: Vec<String>,
-    pub integration_test_notification: bool,
-    pub notification_communication_test: bool,
+pub(crate) struct EntryContext {
+    pub(crate) kind: Kind,
+    pub(crate) meter_ids: Vec<String>,
+    pub(crate) market_group_id: Option<String>,
+    pub(crate) partner_references: Vec<String>,
+    pub(crate) integration_test_notification: bool,
+    pub(crate) notification_communication_test: bool,
     /// Entry-level optional fields that were wrong (SPEC §2.2), copied to each timeslot.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Leap's documented range for `energy_kw` and `nomination_kw` (SPEC §1).
 const KW_RANGE: std::ops::RangeInclusive<f64> = 0.01..=100_000.0;
 
-pub fn parse_timeslot(ctx: &EntryContext, raw: &Value) -> Result<Timeslot, RejectedTimeslot> {
+pub(crate) fn parse_timeslot(
+    ctx: &EntryContext,
+    raw: &Value,
+) -> Result<Timeslot, RejectedTimeslot> {
     let id_field = match ctx.kind {
         Kind::Meter => "meter_event_id",
         Kind::Group => "market_group_event_id",

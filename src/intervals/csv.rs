@@ -6,7 +6,7 @@ use super::db::Interval;
 use super::recorder::INTERVAL_SECS;
 use chrono::{DateTime, Utc};
 
-pub const HEADER: &str = "meter_id,interval_start_time_utc,interval_end_time_utc,energy_net_kwh,\
+pub(crate) const HEADER: &str = "meter_id,interval_start_time_utc,interval_end_time_utc,energy_net_kwh,\
 energy_consumed_kwh,energy_generated_kwh,final,region";
 
 /// Whole watt-hours (Leap's columns are kWh with three decimals).
@@ -19,7 +19,7 @@ fn kwh(wh: i64) -> String {
     format!("{sign}{}.{:03}", wh.abs() / 1000, wh.abs() % 1000)
 }
 
-pub fn utc(secs: i64) -> String {
+pub(crate) fn utc(secs: i64) -> String {
     DateTime::<Utc>::from_timestamp(secs, 0)
         .unwrap_or_default()
         .format("%Y-%m-%dT%H:%M:%SZ")
@@ -27,7 +27,7 @@ pub fn utc(secs: i64) -> String {
 }
 
 /// One CSV line for a complete interval; `None` for a gap or an interval still open.
-pub fn line(i: &Interval, region: &str) -> Option<String> {
+pub(crate) fn line(i: &Interval, region: &str) -> Option<String> {
     let e = i.energy.filter(|_| !i.open)?;
     let (cons, generated) = (wh(e.import_wh), wh(e.export_wh));
     Some(format!(
@@ -43,7 +43,7 @@ pub fn line(i: &Interval, region: &str) -> Option<String> {
 }
 
 /// The whole file: header, then one line per complete interval.
-pub fn render(intervals: &[Interval], region: &str) -> String {
+pub(crate) fn render(intervals: &[Interval], region: &str) -> String {
     let mut out = String::from(HEADER);
     out.push('\n');
     for l in intervals.iter().filter_map(|i| line(i, region)) {

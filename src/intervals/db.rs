@@ -7,17 +7,17 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 /// One stored interval as the CLI and the uploader see it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Interval {
-    pub meter_id: String,
+pub(crate) struct Interval {
+    pub(crate) meter_id: String,
     /// Unix seconds.
-    pub start: i64,
+    pub(crate) start: i64,
     /// `None`: a gap (incomplete).
-    pub energy: Option<Energy>,
-    pub battery_wh: f64,
-    pub covered_ms: i64,
-    pub export_ms: i64,
-    pub min_soc_pct: Option<f64>,
-    pub open: bool,
+    pub(crate) energy: Option<Energy>,
+    pub(crate) battery_wh: f64,
+    pub(crate) covered_ms: i64,
+    pub(crate) export_ms: i64,
+    pub(crate) min_soc_pct: Option<f64>,
+    pub(crate) open: bool,
 }
 
 /// Store `acc`; `open` while it is still being recorded.
@@ -68,7 +68,7 @@ pub fn save(conn: &Connection, meter_id: &str, acc: &Acc, open: bool) -> Result<
 }
 
 /// The interval a previous run was recording for `meter_id`, to resume it.
-pub fn load_open(conn: &Connection, meter_id: &str) -> Result<Option<Acc>, StoreError> {
+pub(crate) fn load_open(conn: &Connection, meter_id: &str) -> Result<Option<Acc>, StoreError> {
     let acc = conn
         .query_row(
             "SELECT start_ts, imp_start_wh, exp_start_wh, imp_end_wh, exp_end_wh,
@@ -115,14 +115,14 @@ fn acc_from_row(r: &Row<'_>) -> rusqlite::Result<Acc> {
 
 /// What to read: `[from, to)` in unix seconds, optionally one meter.
 #[derive(Debug, Clone, Default)]
-pub struct Range {
-    pub from: Option<i64>,
-    pub to: Option<i64>,
-    pub meter: Option<String>,
+pub(crate) struct Range {
+    pub(crate) from: Option<i64>,
+    pub(crate) to: Option<i64>,
+    pub(crate) meter: Option<String>,
 }
 
 /// Stored intervals in `range`, by start then meter.
-pub fn list(conn: &Connection, range: &Range) -> Result<Vec<Interval>, StoreError> {
+pub(crate) fn list(conn: &Connection, range: &Range) -> Result<Vec<Interval>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT meter_id, start_ts, state, source, import_wh, export_wh, battery_wh,
             covered_ms, export_ms, min_soc_pct

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use std::collections::HashSet;
 
 /// Reports for every ended, non-cancelled timeslot (or only `event`), per local meter.
-pub fn reports(
+pub(crate) fn reports(
     conn: &Connection,
     config: &Config,
     event: Option<&str>,
@@ -33,7 +33,7 @@ fn wanted(s: &StoredTimeslot, event: Option<&str>, now: DateTime<Utc>) -> bool {
 }
 
 /// One report per local meter of `st`.
-pub fn for_timeslot(
+pub(crate) fn for_timeslot(
     conn: &Connection,
     config: &Config,
     st: &StoredTimeslot,
@@ -110,7 +110,7 @@ pub const AUDIT_AFTER_SECS: i64 = 20;
 
 /// Write the report of every timeslot that ended (in the last two days, at least
 /// [`AUDIT_AFTER_SECS`] ago) and has none yet to the audit log; returns how many.
-pub fn audit_ended(
+pub(crate) fn audit_ended(
     conn: &Connection,
     config: &Config,
     now: DateTime<Utc>,

@@ -6,17 +6,16 @@
 //! (`control::ControlCommander::readings`, above this module); [`task::run`] turns them into intervals
 //! with the pure [`recorder`] and writes them through the store's owner thread.
 
-pub mod csv;
+pub(crate) mod csv;
 pub mod db;
 pub mod gather;
-pub mod recorder;
+pub(crate) mod recorder;
 pub mod report;
 pub mod svg;
 pub mod task;
 pub mod upload;
 
-pub use crate::config::IntervalsConfig;
-pub use db::{Interval, Range};
+pub(crate) use db::{Interval, Range};
 pub use recorder::{Acc, Energy, INTERVAL_SECS, Recorder, Sample, Source};
 
 /// One reading of one meter's site, as the control loop got it.
@@ -29,7 +28,7 @@ pub struct MeterReading {
 
 impl MeterReading {
     /// The recorder's view; `None` without a grid power reading (nothing to record).
-    pub fn sample(&self) -> Option<Sample> {
+    pub(crate) fn sample(&self) -> Option<Sample> {
         let t = &self.telemetry;
         Some(Sample {
             at_ms: self.at.timestamp_millis(),

@@ -11,27 +11,27 @@ pub const INTERVAL_SECS: i64 = 900;
 const INTERVAL_MS: i64 = INTERVAL_SECS * 1000;
 /// A power reading stands for the time until the next one only when that comes within
 /// this; a longer silence is uncovered time (a few control periods of slack).
-pub const HOLD_MS: i64 = 10_000;
+pub(crate) const HOLD_MS: i64 = 10_000;
 /// Accumulator values at a boundary are interpolated only between readings at most this
 /// far apart: the counters make the total exact, the split at the boundary is linear.
-pub const BRIDGE_MS: i64 = 60_000;
+pub(crate) const BRIDGE_MS: i64 = 60_000;
 /// An estimated interval counts as complete when readings covered at least this share of
 /// it (a restart of a few seconds); its energy is then scaled to the whole interval.
-pub const MIN_COVERAGE: f64 = 0.95;
+pub(crate) const MIN_COVERAGE: f64 = 0.95;
 /// Grid power below minus this counts as export (meter noise around zero does not).
 const EXPORT_KW: f64 = 0.05;
 
 /// One reading of the site meter (and the battery beside it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
-    pub at_ms: i64,
+    pub(crate) at_ms: i64,
     /// Import positive.
-    pub grid_kw: f64,
+    pub(crate) grid_kw: f64,
     /// Discharge positive.
-    pub battery_kw: Option<f64>,
-    pub soc_pct: Option<f64>,
-    pub imp_wh: Option<f64>,
-    pub exp_wh: Option<f64>,
+    pub(crate) battery_kw: Option<f64>,
+    pub(crate) soc_pct: Option<f64>,
+    pub(crate) imp_wh: Option<f64>,
+    pub(crate) exp_wh: Option<f64>,
 }
 
 /// Where an interval's energy comes from.
@@ -44,7 +44,7 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::Meter => "meter",
             Source::Estimated => "estimated",
@@ -54,9 +54,9 @@ impl Source {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Energy {
-    pub import_wh: f64,
-    pub export_wh: f64,
-    pub source: Source,
+    pub(crate) import_wh: f64,
+    pub(crate) export_wh: f64,
+    pub(crate) source: Source,
 }
 
 /// One interval being (or having been) recorded; also what is stored.
@@ -81,19 +81,19 @@ pub struct Acc {
 }
 
 impl Acc {
-    pub fn new(start: i64) -> Acc {
+    pub(crate) fn new(start: i64) -> Acc {
         Acc {
             start,
             ..Acc::default()
         }
     }
 
-    pub fn end(&self) -> i64 {
+    pub(crate) fn end(&self) -> i64 {
         self.start + INTERVAL_SECS
     }
 
     /// The interval's energy, or `None` for a gap.
-    pub fn energy(&self) -> Option<Energy> {
+    pub(crate) fn energy(&self) -> Option<Energy> {
         if let (Some(i0), Some(i1), Some(e0), Some(e1)) =
             (self.imp_start, self.imp_end, self.exp_start, self.exp_end)
         {
@@ -144,7 +144,7 @@ impl Acc {
 }
 
 /// The quarter hour (unix seconds) that contains `at_ms`.
-pub fn interval_start(at_ms: i64) -> i64 {
+pub(crate) fn interval_start(at_ms: i64) -> i64 {
     at_ms.div_euclid(INTERVAL_MS) * INTERVAL_SECS
 }
 
@@ -158,17 +158,17 @@ fn interpolate(a: Option<f64>, b: Option<f64>, frac: f64) -> Option<f64> {
 /// One meter's recorder.
 #[derive(Debug, Default)]
 pub struct Recorder {
-    pub open: Option<Acc>,
+    pub(crate) open: Option<Acc>,
 }
 
 impl Recorder {
     /// Continue from the stored open interval (after a restart).
-    pub fn resume(open: Option<Acc>) -> Recorder {
+    pub(crate) fn resume(open: Option<Acc>) -> Recorder {
         Recorder { open }
     }
 
     /// Take one reading; returns the intervals it closed, oldest first.
-    pub fn push(&mut self, s: Sample) -> Vec<Acc> {
+    pub(crate) fn push(&mut self, s: Sample) -> Vec<Acc> {
         let mut done = Vec::new();
         let cur = self
             .open

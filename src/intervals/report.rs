@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 
 /// Days of history the baseline averages over.
-pub const BASELINE_DAYS: usize = 10;
+pub(crate) const BASELINE_DAYS: usize = 10;
 /// How far back to look for them.
 const BASELINE_LOOKBACK_DAYS: i64 = 30;
 
@@ -54,18 +54,18 @@ pub struct EventReport {
 }
 
 /// What the report is built from (all read by the caller).
-pub struct Input<'a> {
-    pub timeslot: &'a Timeslot,
-    pub meter_id: &'a str,
-    pub award_kw: Option<f64>,
+pub(crate) struct Input<'a> {
+    pub(crate) timeslot: &'a Timeslot,
+    pub(crate) meter_id: &'a str,
+    pub(crate) award_kw: Option<f64>,
     /// The meter's intervals from 30 days before the event to its end.
-    pub intervals: &'a [Interval],
+    pub(crate) intervals: &'a [Interval],
     /// Days (UTC) on which this meter had an event: not baseline days.
-    pub event_days: &'a HashSet<NaiveDate>,
-    pub first_setpoint_lateness_ms: Option<i64>,
+    pub(crate) event_days: &'a HashSet<NaiveDate>,
+    pub(crate) first_setpoint_lateness_ms: Option<i64>,
 }
 
-pub fn build(i: &Input<'_>) -> EventReport {
+pub(crate) fn build(i: &Input<'_>) -> EventReport {
     let ts = i.timeslot;
     let (start, end) = (ts.start_time.timestamp(), ts.end_time.timestamp());
     let by_start: BTreeMap<i64, &Interval> = i.intervals.iter().map(|x| (x.start, x)).collect();
@@ -156,7 +156,7 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
 }
 
 /// One line a settlement analyst can read at a glance.
-pub fn verdict(r: &EventReport) -> String {
+pub(crate) fn verdict(r: &EventReport) -> String {
     let outcome = match r.delivered_pct {
         _ if r.gaps > 0 => "INCOMPLETE DATA",
         Some(p) if p >= 98.0 => "MET",

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 /// How often (in reading time) the open interval is saved: the most a SIGKILL loses.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(15);
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(15);
 
 #[derive(Default)]
 struct Meter {

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 use std::collections::{HashMap, HashSet};
 
-pub const UPLOAD_DAYS: i64 = 7;
-pub const MISSING_DAYS: i64 = 60;
+pub(crate) const UPLOAD_DAYS: i64 = 7;
+pub(crate) const MISSING_DAYS: i64 = 60;
 const PENDING: &str = "('SENT', 'QUEUED', 'PROCESSING')";
 
 #[derive(Debug, thiserror::Error)]
@@ -286,16 +286,16 @@ fn record_job(
 
 /// One job for `intervals uploads`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct JobRow {
-    pub job_id: String,
-    pub uploaded_at: String,
-    pub rows: i64,
-    pub status: String,
-    pub errors: Vec<String>,
-    pub checked_at: Option<String>,
+pub(crate) struct JobRow {
+    pub(crate) job_id: String,
+    pub(crate) uploaded_at: String,
+    pub(crate) rows: i64,
+    pub(crate) status: String,
+    pub(crate) errors: Vec<String>,
+    pub(crate) checked_at: Option<String>,
 }
 
-pub fn jobs(c: &Connection) -> Result<Vec<JobRow>, StoreError> {
+pub(crate) fn jobs(c: &Connection) -> Result<Vec<JobRow>, StoreError> {
     let mut st = c.prepare(
         "SELECT job_id, uploaded_at, rows, status, errors, checked_at FROM interval_uploads
          ORDER BY uploaded_at DESC",

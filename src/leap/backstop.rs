@@ -20,23 +20,23 @@ use tokio::sync::{mpsc, watch};
 const WATCH_PERIOD: Duration = Duration::from_secs(5);
 
 /// How many pushes the webhook has refused for lack of storage so far (503s).
-pub type RefusalCount = Arc<dyn Fn() -> u64 + Send + Sync>;
+pub(crate) type RefusalCount = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct BackstopStatus {
-    pub enabled: bool,
-    pub last_success: Option<DateTime<Utc>>,
-    pub last_attempt: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub last_trigger: Option<String>,
-    pub last_report: Option<PollReport>,
+pub(crate) struct BackstopStatus {
+    pub(crate) enabled: bool,
+    pub(crate) last_success: Option<DateTime<Utc>>,
+    pub(crate) last_attempt: Option<DateTime<Utc>>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_trigger: Option<String>,
+    pub(crate) last_report: Option<PollReport>,
     /// Timeslots in the database that were first seen by polling.
-    pub first_seen_by_poll: u64,
-    pub polls_ok: u64,
-    pub polls_failed: u64,
+    pub(crate) first_seen_by_poll: u64,
+    pub(crate) polls_ok: u64,
+    pub(crate) polls_failed: u64,
 }
 
-pub struct Backstop {
+pub(crate) struct Backstop {
     config: SharedConfig,
     store: Store,
     changes: ChangeSignal,
@@ -49,7 +49,7 @@ pub struct Backstop {
 }
 
 impl Backstop {
-    pub fn new(
+    pub(crate) fn new(
         config: SharedConfig,
         store: Store,
         changes: ChangeSignal,
@@ -73,16 +73,16 @@ impl Backstop {
     }
 
     /// Ask for a run; coalesced with any already waiting.
-    pub fn trigger(&self, reason: &'static str) {
+    pub(crate) fn trigger(&self, reason: &'static str) {
         let _ = self.triggers.try_send(reason);
     }
 
-    pub fn status(&self) -> BackstopStatus {
+    pub(crate) fn status(&self) -> BackstopStatus {
         self.state.lock().expect("backstop lock").clone()
     }
 
     /// The daemon's task: wait for triggers, keep the minimum gap, run.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(mut rx) = self.rx.lock().expect("backstop lock").take() else {
             return;
         };
@@ -121,7 +121,7 @@ impl Backstop {
     }
 
     /// Run one poll now (`days_back` overrides `leap.poll_days_back`) and record it.
-    pub async fn run_now(
+    pub(crate) async fn run_now(
         &self,
         reason: &'static str,
         days_back: Option<u32>,

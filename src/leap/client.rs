@@ -46,7 +46,7 @@ impl LeapClient {
         })
     }
 
-    pub fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         self.base.to_string().trim_end_matches('/').to_string()
     }
 
@@ -56,7 +56,7 @@ impl LeapClient {
             .map_err(|e| LeapError::BaseUrl(format!("{path}: {e}")))
     }
 
-    pub async fn get_webhook(&self, level: Level) -> Result<Option<Webhook>, LeapError> {
+    pub(crate) async fn get_webhook(&self, level: Level) -> Result<Option<Webhook>, LeapError> {
         let path = format!("/v2/dispatch/{}/webhook", level.path());
         match self.call::<(), Webhook>(Method::GET, &path, None).await {
             Ok(w) => Ok(w),
@@ -66,14 +66,18 @@ impl LeapClient {
         }
     }
 
-    pub async fn put_webhook(&self, level: Level, hook: &Webhook) -> Result<Webhook, LeapError> {
+    pub(crate) async fn put_webhook(
+        &self,
+        level: Level,
+        hook: &Webhook,
+    ) -> Result<Webhook, LeapError> {
         let path = format!("/v2/dispatch/{}/webhook", level.path());
         self.call(Method::PUT, &path, Some(hook))
             .await?
             .ok_or_else(|| LeapError::BadAnswer(format!("PUT {path}: empty answer")))
     }
 
-    pub async fn delete_webhook(&self, level: Level) -> Result<(), LeapError> {
+    pub(crate) async fn delete_webhook(&self, level: Level) -> Result<(), LeapError> {
         let path = format!("/v2/dispatch/{}/webhook", level.path());
         self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
             .await
@@ -82,7 +86,7 @@ impl LeapClient {
 
     /// Ask Leap to post a test notification to the registered URL; the body is
     /// `{"meter_dispatches": …}` or `{"group_dispatches": …}`.
-    pub async fn integration_test<B: Serialize>(
+    pub(crate) async fn integration_test<B: Serialize>(
         &self,
         level: Level,
         body: &B,
@@ -93,7 +97,7 @@ impl LeapClient {
             .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
     }
 
-    pub async fn search<R: DeserializeOwned>(
+    pub(crate) async fn search<R: DeserializeOwned>(
         &self,
         level: Level,
         req: &SearchRequest,
@@ -105,7 +109,7 @@ impl LeapClient {
     }
 
     /// Issue 14: `POST /v1.1/interval-data?schema=load` with Leap's load CSV.
-    pub async fn upload_load_csv(&self, csv: String) -> Result<UploadAnswer, LeapError> {
+    pub(crate) async fn upload_load_csv(&self, csv: String) -> Result<UploadAnswer, LeapError> {
         let path = "/v1.1/interval-data?schema=load";
         self.call_bytes(Method::POST, path, Some(csv.into_bytes()), "text/csv")
             .await?
@@ -113,7 +117,7 @@ impl LeapClient {
     }
 
     /// `GET /v1.1/jobs/interval-data-uploads/{job_id}`: the job's row errors.
-    pub async fn upload_job(&self, job_id: &str) -> Result<UploadJob, LeapError> {
+    pub(crate) async fn upload_job(&self, job_id: &str) -> Result<UploadJob, LeapError> {
         let path = format!("/v1.1/jobs/interval-data-uploads/{job_id}");
         self.call::<(), UploadJob>(Method::GET, &path, None)
             .await?
@@ -121,7 +125,7 @@ impl LeapClient {
     }
 
     /// `GET /v1.1/jobs/interval-data-uploads?from=&to=`: one page of uploads with status.
-    pub async fn upload_list(
+    pub(crate) async fn upload_list(
         &self,
         from: &str,
         to: &str,
@@ -138,7 +142,10 @@ impl LeapClient {
     }
 
     /// `POST /v1.1/missing-interval-data/search`: one page.
-    pub async fn missing_intervals(&self, req: &MissingSearch) -> Result<MissingPage, LeapError> {
+    pub(crate) async fn missing_intervals(
+        &self,
+        req: &MissingSearch,
+    ) -> Result<MissingPage, LeapError> {
         let path = "/v1.1/missing-interval-data/search";
         self.call(Method::POST, path, Some(req))
             .await?

@@ -40,10 +40,10 @@ pub enum TransportError {
     Timeout(Duration),
 }
 
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
@@ -60,7 +60,7 @@ pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
 }
 
 /// Send one request to `uri` (absolute) and read the whole answer within `deadline`.
-pub async fn exchange(
+pub(crate) async fn exchange(
     tls: &Arc<rustls::ClientConfig>,
     method: Method,
     uri: &Uri,

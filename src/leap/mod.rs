@@ -3,14 +3,14 @@
 //! backstop that runs every search result through the same ingest and store path as a push,
 //! and the housekeeping schedule (`[schedule]`, cron expressions parsed by croner).
 
-pub mod backstop;
-pub mod client;
+pub(crate) mod backstop;
+pub(crate) mod client;
 mod config;
 mod http;
-pub mod poll;
-pub mod types;
+pub(crate) mod poll;
+pub(crate) mod types;
 
-pub use crate::config::{LeapConfig, ScheduleConfig};
+pub(crate) use crate::config::LeapConfig;
 pub use client::LeapClient;
 pub(crate) use config::{MAX_WINDOW_DAYS, MIN_POLL_GAP_SECS};
 pub use config::{check_config, next_fire};

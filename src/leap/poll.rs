@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 const MAX_PAGES: u32 = 2000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PollError {
+pub(crate) enum PollError {
     #[error(transparent)]
     Leap(#[from] LeapError),
     #[error("storing search results: {0}")]
@@ -25,14 +25,14 @@ pub enum PollError {
 
 /// The search window: `start` inclusive, `end` exclusive (Leap's rule), ≤ 31 days.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Window {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
+pub(crate) struct Window {
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
 }
 
 impl Window {
     /// `back` days before `now` to `ahead` days after, shortened ahead to Leap's 31 days.
-    pub fn around(now: DateTime<Utc>, back: u32, ahead: u32) -> Window {
+    pub(crate) fn around(now: DateTime<Utc>, back: u32, ahead: u32) -> Window {
         let back = back.min(super::MAX_WINDOW_DAYS);
         let ahead = ahead.min(super::MAX_WINDOW_DAYS - back);
         Window {
@@ -44,18 +44,18 @@ impl Window {
 
 /// What one run found, for the log, `status` and `leap-edge leap poll`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PollReport {
-    pub window: Option<Window>,
-    pub pages: u32,
-    pub results: u32,
+pub(crate) struct PollReport {
+    pub(crate) window: Option<Window>,
+    pub(crate) pages: u32,
+    pub(crate) results: u32,
     /// Timeslots first seen by this poll: pushes that never arrived.
-    pub new: u32,
-    pub updated: u32,
-    pub duplicate: u32,
-    pub rejected: u32,
-    pub conflict: u32,
-    pub new_event_ids: Vec<String>,
-    pub market_group_ids: Vec<String>,
+    pub(crate) new: u32,
+    pub(crate) updated: u32,
+    pub(crate) duplicate: u32,
+    pub(crate) rejected: u32,
+    pub(crate) conflict: u32,
+    pub(crate) new_event_ids: Vec<String>,
+    pub(crate) market_group_ids: Vec<String>,
 }
 
 impl PollReport {
@@ -70,14 +70,14 @@ impl PollReport {
 }
 
 /// What to search: the configured meters and the market groups to ask about.
-pub struct Targets {
-    pub meter_ids: Vec<String>,
-    pub market_group_ids: Vec<String>,
+pub(crate) struct Targets {
+    pub(crate) meter_ids: Vec<String>,
+    pub(crate) market_group_ids: Vec<String>,
 }
 
 /// Run the backstop once. `on_change` is called after each page that created or changed a
 /// timeslot, so dispatch re-plans as soon as a missed dispatch is stored.
-pub async fn poll_once(
+pub(crate) async fn poll_once(
     client: &LeapClient,
     store: &Store,
     targets: &Targets,
@@ -214,7 +214,7 @@ fn first_seen_at(
 
 /// Market groups to search: configured ones plus those named by stored group dispatches
 /// for this site that are not over yet.
-pub fn known_groups(
+pub(crate) fn known_groups(
     c: &rusqlite::Connection,
     configured: &[String],
     since: DateTime<Utc>,
@@ -235,7 +235,7 @@ pub fn known_groups(
 }
 
 /// Timeslots ever first seen by polling (the status counter survives restarts).
-pub fn first_seen_by_poll(c: &rusqlite::Connection) -> Result<u64, StoreError> {
+pub(crate) fn first_seen_by_poll(c: &rusqlite::Connection) -> Result<u64, StoreError> {
     Ok(c.query_row(
         "SELECT COUNT(*) FROM timeslots WHERE first_source='poll'",
         [],

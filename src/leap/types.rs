@@ -7,13 +7,13 @@ use serde::{Deserialize, Serialize};
 
 /// Meter or group: Leap keeps one webhook URL of each per partner account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub(crate) enum Level {
     Meter,
     Group,
 }
 
 impl Level {
-    pub fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Level::Meter => "meter",
             Level::Group => "group",
@@ -23,16 +23,16 @@ impl Level {
 
 /// `GET|PUT /v2/dispatch/{meter,group}/webhook`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Webhook {
-    pub url: String,
+pub(crate) struct Webhook {
+    pub(crate) url: String,
     #[serde(default)]
-    pub headers: Vec<WebhookHeader>,
+    pub(crate) headers: Vec<WebhookHeader>,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct WebhookHeader {
-    pub name: String,
-    pub value: String,
+pub(crate) struct WebhookHeader {
+    pub(crate) name: String,
+    pub(crate) value: String,
 }
 
 /// The value is a credential: never in a log line.
@@ -45,85 +45,85 @@ impl std::fmt::Debug for WebhookHeader {
 /// `POST /v2/dispatch/{meter,group}/webhook/integration_test` answers what happened when
 /// Leap posted to the registered URL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IntegrationTestAnswer {
-    pub http_status: Option<u16>,
+pub(crate) struct IntegrationTestAnswer {
+    pub(crate) http_status: Option<u16>,
     #[serde(default)]
-    pub sent_time: Option<String>,
+    pub(crate) sent_time: Option<String>,
     #[serde(default)]
-    pub received_time: Option<String>,
+    pub(crate) received_time: Option<String>,
     #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, Vec<String>>,
+    pub(crate) headers: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default)]
-    pub body: Option<String>,
+    pub(crate) body: Option<String>,
     #[serde(default)]
-    pub error_message: Option<String>,
+    pub(crate) error_message: Option<String>,
 }
 
 /// `POST /v2/dispatch/{meter,group}/search`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SearchRequest {
+pub(crate) struct SearchRequest {
     #[serde(with = "rfc3339")]
-    pub start_date: DateTime<Utc>,
+    pub(crate) start_date: DateTime<Utc>,
     #[serde(with = "rfc3339")]
-    pub end_date: DateTime<Utc>,
+    pub(crate) end_date: DateTime<Utc>,
     /// Leap's default (true) hides CAISO 5-minute real-time events: always send false.
-    pub exclude_real_time_events: bool,
-    pub exclude_voluntary_events: bool,
-    pub page_token: Option<String>,
+    pub(crate) exclude_real_time_events: bool,
+    pub(crate) exclude_voluntary_events: bool,
+    pub(crate) page_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub meter_ids: Option<Vec<String>>,
+    pub(crate) meter_ids: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub market_group_ids: Option<Vec<String>>,
+    pub(crate) market_group_ids: Option<Vec<String>>,
 }
 
 /// One page of search results; `next_page_token` is null on the last page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SearchPage<R> {
-    pub next_page_token: Option<String>,
+pub(crate) struct SearchPage<R> {
+    pub(crate) next_page_token: Option<String>,
     #[serde(default = "Vec::new")]
-    pub results: Vec<R>,
+    pub(crate) results: Vec<R>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MeterResult {
-    pub meter_id: String,
+pub(crate) struct MeterResult {
+    pub(crate) meter_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partner_reference: Option<String>,
+    pub(crate) partner_reference: Option<String>,
     #[serde(default)]
-    pub timeslots: Vec<serde_json::Value>,
+    pub(crate) timeslots: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GroupResult {
-    pub market_group_id: String,
+pub(crate) struct GroupResult {
+    pub(crate) market_group_id: String,
     #[serde(default)]
-    pub meter_ids: Vec<String>,
+    pub(crate) meter_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub partner_references: Vec<String>,
+    pub(crate) partner_references: Vec<String>,
     #[serde(default)]
-    pub timeslots: Vec<serde_json::Value>,
+    pub(crate) timeslots: Vec<serde_json::Value>,
 }
 
 /// Leap's error body.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct ErrorEnvelope {
+pub(crate) struct ErrorEnvelope {
     #[serde(default)]
-    pub code: Option<String>,
+    pub(crate) code: Option<String>,
     #[serde(default)]
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
     #[serde(default)]
-    pub error_code: Option<String>,
+    pub(crate) error_code: Option<String>,
 }
 
 mod rfc3339 {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let s = String::deserialize(d)?;
         DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
@@ -133,63 +133,63 @@ mod rfc3339 {
 
 /// Issue 14: `POST /v1.1/interval-data?schema=load` → `{"job_id"}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct UploadAnswer {
-    pub job_id: String,
+pub(crate) struct UploadAnswer {
+    pub(crate) job_id: String,
 }
 
 /// `GET /v1.1/jobs/interval-data-uploads/{job_id}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct UploadJob {
-    pub job_id: String,
+pub(crate) struct UploadJob {
+    pub(crate) job_id: String,
     #[serde(default)]
-    pub errors: Vec<RowError>,
+    pub(crate) errors: Vec<RowError>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RowError {
-    pub line: Option<i64>,
-    pub column: Option<String>,
-    pub code: Option<String>,
-    pub message: Option<String>,
+pub(crate) struct RowError {
+    pub(crate) line: Option<i64>,
+    pub(crate) column: Option<String>,
+    pub(crate) code: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 /// `GET /v1.1/jobs/interval-data-uploads`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct UploadList {
+pub(crate) struct UploadList {
     #[serde(default)]
-    pub uploads: Vec<UploadStatus>,
-    pub next_page_token: Option<String>,
+    pub(crate) uploads: Vec<UploadStatus>,
+    pub(crate) next_page_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct UploadStatus {
-    pub last_job_id: Option<String>,
+pub(crate) struct UploadStatus {
+    pub(crate) last_job_id: Option<String>,
     /// QUEUED, PROCESSING, COMPLETED or FAILED.
-    pub status: String,
+    pub(crate) status: String,
 }
 
 /// `POST /v1.1/missing-interval-data/search`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MissingSearch {
-    pub meter_ids: Vec<String>,
-    pub missing_interval_window_start_date_time_utc: String,
-    pub missing_interval_window_end_date_time_utc: String,
-    pub state: String,
-    pub page_size: u32,
-    pub page_token: Option<String>,
+pub(crate) struct MissingSearch {
+    pub(crate) meter_ids: Vec<String>,
+    pub(crate) missing_interval_window_start_date_time_utc: String,
+    pub(crate) missing_interval_window_end_date_time_utc: String,
+    pub(crate) state: String,
+    pub(crate) page_size: u32,
+    pub(crate) page_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct MissingPage {
+pub(crate) struct MissingPage {
     #[serde(default)]
-    pub missing_intervals: Vec<MissingInterval>,
-    pub next_page_token: Option<String>,
+    pub(crate) missing_intervals: Vec<MissingInterval>,
+    pub(crate) next_page_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct MissingInterval {
-    pub meter_id: String,
-    pub data_type: String,
-    pub start_date_time_utc: DateTime<Utc>,
-    pub end_date_time_utc: DateTime<Utc>,
+pub(crate) struct MissingInterval {
+    pub(crate) meter_id: String,
+    pub(crate) data_type: String,
+    pub(crate) start_date_time_utc: DateTime<Utc>,
+    pub(crate) end_date_time_utc: DateTime<Utc>,
 }

@@ -32,18 +32,18 @@ struct Session {
 /// What the relay last heard on a gateway's status topic.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Seen {
-    pub online: bool,
+    pub(crate) online: bool,
     /// The gateway's own time for the status (or the broker's will: when it went offline).
-    pub status_at: Option<DateTime<Utc>>,
-    pub received_at: DateTime<Utc>,
-    pub last_commit_at: Option<DateTime<Utc>>,
+    pub(crate) status_at: Option<DateTime<Utc>>,
+    pub(crate) received_at: DateTime<Utc>,
+    pub(crate) last_commit_at: Option<DateTime<Utc>>,
 }
 
 pub(crate) struct Link {
     config: MqttConfig,
     session: Mutex<Option<Session>>,
     /// Bumped at every connection, so queued deliveries are tried at once.
-    pub connected: watch::Sender<u64>,
+    pub(crate) connected: watch::Sender<u64>,
     on_status: OnStatus,
     /// Publishes in flight at most (the client's request queue is bounded): with thousands
     /// of gateways, the rest wait here instead of failing and backing off.
@@ -56,7 +56,7 @@ const REQUEST_QUEUE: usize = 4096;
 pub(crate) type OnStatus = Box<dyn Fn(String, Seen) + Send + Sync>;
 
 impl Link {
-    pub fn start(
+    pub(crate) fn start(
         config: MqttConfig,
         on_status: OnStatus,
         stop: watch::Receiver<bool>,
@@ -73,21 +73,21 @@ impl Link {
         Ok(link)
     }
 
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.config.topic_prefix
     }
 
-    pub fn ack_wait(&self) -> Duration {
+    pub(crate) fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.config.ack_wait_ms)
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.session.lock().expect("mqtt session").is_some()
     }
 
     /// Publish with QoS 1 and wait (bounded) for the broker's PUBACK. `Err`: not taken by
     /// the broker (down, refused, no session for that topic, or timed out).
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         topic: String,
         payload: String,

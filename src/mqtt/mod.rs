@@ -24,30 +24,29 @@ use std::time::Duration;
 /// larger than the subscriber's limit, so this is well above the webhook's body limit.
 pub const MAX_PACKET_BYTES: u32 = 8 << 20;
 
-pub use crate::config::MqttConfig;
-pub use crate::config::mqtt::MIN_SESSION_EXPIRY_SECS;
+pub(crate) use crate::config::MqttConfig;
 
 /// What a gateway publishes, retained, on `<prefix>/<gateway>/status`; its last will is the
 /// same with `online: false`. The relay reads it for `relay status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StatusMessage {
-    pub gateway: String,
-    pub online: bool,
+pub(crate) struct StatusMessage {
+    pub(crate) gateway: String,
+    pub(crate) online: bool,
     /// When the gateway wrote this (absent in the last will: the broker sends it later).
-    pub at: Option<DateTime<Utc>>,
+    pub(crate) at: Option<DateTime<Utc>>,
     /// The last notification committed to the gateway's store.
-    pub last_commit_at: Option<DateTime<Utc>>,
-    pub next_boundary: Option<DateTime<Utc>>,
+    pub(crate) last_commit_at: Option<DateTime<Utc>>,
+    pub(crate) next_boundary: Option<DateTime<Utc>>,
     /// Per local meter: the command in force (JSON text of the plan's command), if any.
     #[serde(default)]
-    pub meters: BTreeMap<String, MeterState>,
+    pub(crate) meters: BTreeMap<String, MeterState>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MeterState {
-    pub command: Option<String>,
-    pub until: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
+pub(crate) struct MeterState {
+    pub(crate) command: Option<String>,
+    pub(crate) until: Option<DateTime<Utc>>,
+    pub(crate) last_error: Option<String>,
 }
 
 pub(crate) fn dispatch_topic(prefix: &str, gateway: &str) -> String {
@@ -120,6 +119,7 @@ pub(crate) fn reconnect_delay(n: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::mqtt::MIN_SESSION_EXPIRY_SECS;
 
     fn cfg(url: &str) -> MqttConfig {
         toml::from_str(&format!("url = \"{url}\"\nclient_id = \"site-1\"\n")).unwrap()

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 /// Test hook: when set, the gateway writes this file on receipt of a message and then waits
 /// (never committing, never acknowledging), so a test can SIGKILL it between the two.
-pub const HOLD_ENV: &str = "LEAP_EDGE_TEST_MQTT_HOLD_FILE";
+pub(crate) const HOLD_ENV: &str = "LEAP_EDGE_TEST_MQTT_HOLD_FILE";
 
 /// How often the retained status is refreshed without a change.
 const STATUS_PERIOD: Duration = Duration::from_secs(60);

@@ -52,7 +52,7 @@ pub struct PlanMeter {
 }
 
 impl PlanConfig {
-    pub fn from_config(config: &Config) -> PlanConfig {
+    pub(crate) fn from_config(config: &Config) -> PlanConfig {
         PlanConfig {
             meters: config
                 .meters
@@ -89,15 +89,15 @@ pub struct PlanInput<'a> {
 /// One meter follows `command` over `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Interval {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    pub command: Command,
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
+    pub(crate) command: Command,
 }
 
 /// Why a timeslot (or a timeslot on one meter) does not appear in the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "code")]
-pub enum ExcludeReason {
+pub(crate) enum ExcludeReason {
     /// end_time ≤ start_time, or a kW value that is negative or not a number. Ingest
     /// rejects these (SPEC §2.2); planning refuses them again rather than trust it.
     Invalid { why: String },
@@ -122,7 +122,7 @@ pub enum ExcludeReason {
 /// Which SPEC §2.6 policy applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum TestKind {
+pub(crate) enum TestKind {
     IntegrationTest,
     CommunicationTest,
 }
@@ -152,10 +152,10 @@ impl fmt::Display for ExcludeReason {
 /// meter only ([`ExcludeReason::Overridden`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Excluded {
-    pub kind: Kind,
-    pub event_id: String,
-    pub meter_id: Option<String>,
-    pub reason: ExcludeReason,
+    pub(crate) kind: Kind,
+    pub(crate) event_id: String,
+    pub(crate) meter_id: Option<String>,
+    pub(crate) reason: ExcludeReason,
 }
 
 /// Per local meter (every configured meter has an entry; empty = normal operation all
@@ -163,7 +163,7 @@ pub struct Excluded {
 /// timeslot is active, adjacent pieces of one governing timeslot merged.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
-    pub from: DateTime<Utc>,
+    pub(crate) from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub meters: BTreeMap<String, Vec<Interval>>,
     pub excluded: Vec<Excluded>,
@@ -210,7 +210,7 @@ impl Plan {
 
     /// The interval `meter` is in at `t` (None: normal operation, or `t` outside the window).
     /// The meter id is matched exactly, then case-insensitively.
-    pub fn command_at(&self, meter: &str, t: DateTime<Utc>) -> Option<&Interval> {
+    pub(crate) fn command_at(&self, meter: &str, t: DateTime<Utc>) -> Option<&Interval> {
         let ivs = self.intervals_of(meter)?;
         let i = ivs.partition_point(|iv| iv.start <= t);
         let iv = ivs.get(i.checked_sub(1)?)?;
@@ -219,13 +219,13 @@ impl Plan {
 
     /// The first instant strictly after `t` at which `meter`'s command changes.
     #[cfg(test)]
-    pub fn next_boundary_for(&self, meter: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_boundary_for(&self, meter: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         next_in(self.intervals_of(meter)?, t)
     }
 
     /// The first instant strictly after `t` at which any meter's command changes. An
     /// interval cut at the window's end reports `to` as a boundary: replan before then.
-    pub fn next_boundary_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_boundary_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.meters.values().filter_map(|ivs| next_in(ivs, t)).min()
     }
 }

@@ -10,23 +10,23 @@ use std::collections::HashMap;
 /// One timeslot on one local meter, clipped to the window.
 #[derive(Debug, Clone)]
 pub(super) struct Candidate<'a> {
-    pub ts: &'a Timeslot,
+    pub(crate) ts: &'a Timeslot,
     /// Position in the input, the last tie-break (the store never hands out two
     /// timeslots with the same (kind, event id), but planning must stay deterministic).
-    pub input_index: usize,
-    pub mode: ExecMode,
+    pub(crate) input_index: usize,
+    pub(crate) mode: ExecMode,
     /// This meter's share of `energy_kw` (None: null/absent → the maximum).
-    pub energy_share: Option<f64>,
-    pub nomination_share: Option<f64>,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
+    pub(crate) energy_share: Option<f64>,
+    pub(crate) nomination_share: Option<f64>,
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
 }
 
 pub(super) struct Selection<'a> {
-    pub candidates: Vec<Candidate<'a>>,
+    pub(crate) candidates: Vec<Candidate<'a>>,
     /// For each configured meter (same index as `PlanConfig::meters`), its candidates.
-    pub by_meter: Vec<Vec<usize>>,
-    pub excluded: Vec<Excluded>,
+    pub(crate) by_meter: Vec<Vec<usize>>,
+    pub(crate) excluded: Vec<Excluded>,
 }
 
 pub(super) fn select<'a>(input: &PlanInput<'a>) -> Selection<'a> {

@@ -10,9 +10,9 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 pub(super) struct Sweep {
-    pub intervals: Vec<Interval>,
+    pub(crate) intervals: Vec<Interval>,
     /// Candidates (indices into the candidate list) that never govern in the window.
-    pub never_governed: Vec<usize>,
+    pub(crate) never_governed: Vec<usize>,
 }
 
 /// SPEC §2.8 precedence, strongest first: executing before dry-run (see the module doc of

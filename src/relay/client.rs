@@ -28,7 +28,7 @@ pub(crate) struct Target {
 const ANSWER_LIMIT: usize = 4096;
 
 impl Target {
-    pub fn parse(g: &GatewayConfig) -> Result<Target, String> {
+    pub(crate) fn parse(g: &GatewayConfig) -> Result<Target, String> {
         if let Some(sock) = g.url.strip_prefix("unix:") {
             if !sock.starts_with('/') {
                 return Err("unix: needs an absolute socket path, e.g. unix:/run/leap-edge-relay/site-a.sock".into());
@@ -78,7 +78,7 @@ impl Target {
     }
 
     /// POST `body` and return (status, answer text). `Err` = no HTTP answer (transient).
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         conn: &mut Option<SendRequest<Full<Bytes>>>,
         header: &str,

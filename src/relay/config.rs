@@ -16,37 +16,37 @@ pub(crate) const MIN_KEY_CHARS: usize = 32;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
-    pub server: ServerConfig,
+    pub(crate) server: ServerConfig,
     /// The key Leap sends to the relay.
-    pub auth: AuthConfig,
+    pub(crate) auth: AuthConfig,
     #[serde(default = "default_storage")]
-    pub storage: StorageConfig,
+    pub(crate) storage: StorageConfig,
     /// The same notification bounds as the gateway's (over them: 413 naming the bound).
     #[serde(default)]
-    pub limits: LimitsConfig,
+    pub(crate) limits: LimitsConfig,
     #[serde(default)]
-    pub relay: RelaySettings,
+    pub(crate) relay: RelaySettings,
     #[serde(default)]
-    pub gateways: Vec<GatewayConfig>,
+    pub(crate) gateways: Vec<GatewayConfig>,
     /// The broker for `transport = "mqtt"` gateways (SPEC §2.12 fleets).
-    pub mqtt: Option<crate::mqtt::MqttConfig>,
+    pub(crate) mqtt: Option<crate::mqtt::MqttConfig>,
     #[serde(skip)]
-    pub source: Option<PathBuf>,
+    pub(crate) source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RelaySettings {
+pub(crate) struct RelaySettings {
     /// `/metrics` and `/healthz` are served here (loopback), never on the public listener.
     #[serde(default = "default_metrics_listen")]
-    pub metrics_listen: SocketAddr,
+    pub(crate) metrics_listen: SocketAddr,
     /// `/healthz` fails when a gateway's oldest undelivered notification is older than this
     /// (Leap itself stops retrying after 50 attempts, so a stuck queue must be seen early).
     #[serde(default = "default_max_age_secs")]
-    pub max_undelivered_age_secs: u64,
+    pub(crate) max_undelivered_age_secs: u64,
     /// Each delivery attempt gives up after this long (connect + answer).
     #[serde(default = "default_delivery_timeout_secs")]
-    pub delivery_timeout_secs: u64,
+    pub(crate) delivery_timeout_secs: u64,
 }
 
 impl Default for RelaySettings {
@@ -61,57 +61,57 @@ impl Default for RelaySettings {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GatewayConfig {
+pub(crate) struct GatewayConfig {
     /// A short name for logs, metrics and `relay status` (letters, digits, `-`, `_`).
-    pub name: String,
+    pub(crate) name: String,
     /// `http` (default): the relay posts to `url`. `mqtt`: the relay publishes to the
     /// gateway's topic on the `[mqtt]` broker and the gateway dials out to it.
     #[serde(default)]
-    pub transport: Transport,
+    pub(crate) transport: Transport,
     /// The gateway's webhook as the relay reaches it: `http://127.0.0.1:PORT/leap/dispatch`
     /// (its reverse-tunnel port), `unix:/run/…/site.sock` (a socket `ssh -R` binds; then
     /// `path` is the webhook path), or `https://…` with `ca`. Not used with MQTT.
     #[serde(default)]
-    pub url: String,
+    pub(crate) url: String,
     /// The webhook path for a `unix:` url (an http(s) url carries its own).
     #[serde(default = "crate::config::default_path")]
-    pub path: String,
+    pub(crate) path: String,
     /// The value the gateway accepts in its auth header. Not used with MQTT (the broker
     /// authenticates the gateway).
     #[serde(default)]
-    pub key: Secret,
+    pub(crate) key: Secret,
     /// The header the gateway expects the key in.
     #[serde(default = "crate::config::default_auth_header")]
-    pub header: String,
+    pub(crate) header: String,
     /// Leap meter ids this gateway serves.
-    pub meters: Vec<String>,
+    pub(crate) meters: Vec<String>,
     /// For `https` urls: the gateway's certificate (or its CA), PEM. Only it is trusted.
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// For `https` urls: the name in the gateway's certificate (default: the url's host).
-    pub tls_name: Option<String>,
+    pub(crate) tls_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Transport {
+pub(crate) enum Transport {
     #[default]
     Http,
     Mqtt,
 }
 
-pub fn default_storage() -> StorageConfig {
+pub(crate) fn default_storage() -> StorageConfig {
     StorageConfig {
         path: PathBuf::from("/var/lib/leap-edge-relay/relay.db"),
         ..StorageConfig::default()
     }
 }
-pub fn default_metrics_listen() -> SocketAddr {
+pub(crate) fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9465))
 }
-pub fn default_max_age_secs() -> u64 {
+pub(crate) fn default_max_age_secs() -> u64 {
     300
 }
-pub fn default_delivery_timeout_secs() -> u64 {
+pub(crate) fn default_delivery_timeout_secs() -> u64 {
     10
 }
 

@@ -43,9 +43,9 @@ fn retry(error: String, failed_before: u32) -> Attempt {
 
 #[derive(Default)]
 pub(crate) struct DeliveryMetrics {
-    pub delivered: LabeledCounter,
-    pub failed_attempts: LabeledCounter,
-    pub dead: LabeledCounter,
+    pub(crate) delivered: LabeledCounter,
+    pub(crate) failed_attempts: LabeledCounter,
+    pub(crate) dead: LabeledCounter,
 }
 
 struct Worker {
@@ -57,19 +57,19 @@ struct Worker {
 pub(crate) struct Fleet {
     store: Store,
     timeout: Duration,
-    pub metrics: Arc<DeliveryMetrics>,
+    pub(crate) metrics: Arc<DeliveryMetrics>,
     workers: Mutex<HashMap<String, Worker>>,
     stop: watch::Receiver<bool>,
     /// The broker connection for `transport = "mqtt"` gateways.
     link: Option<Arc<Link>>,
     /// Bumped after every recorded attempt, for answers that wait on deliveries.
-    pub progress: watch::Sender<u64>,
+    pub(crate) progress: watch::Sender<u64>,
     /// The relay awaits the workers at shutdown (issue 16.5).
     tracker: tokio_util::task::TaskTracker,
 }
 
 impl Fleet {
-    pub fn new(store: Store, timeout: Duration, stop: watch::Receiver<bool>) -> Fleet {
+    pub(crate) fn new(store: Store, timeout: Duration, stop: watch::Receiver<bool>) -> Fleet {
         Fleet {
             store,
             timeout,
@@ -87,18 +87,18 @@ impl Fleet {
         self
     }
 
-    pub fn with_link(mut self, link: Option<Arc<Link>>) -> Fleet {
+    pub(crate) fn with_link(mut self, link: Option<Arc<Link>>) -> Fleet {
         self.link = link;
         self
     }
 
-    pub fn link(&self) -> Option<&Arc<Link>> {
+    pub(crate) fn link(&self) -> Option<&Arc<Link>> {
         self.link.as_ref()
     }
 
     /// Start workers for new gateways, hand changed settings to running ones, and stop the
     /// workers of removed gateways (their undelivered items were re-routed by the caller).
-    pub fn apply(&self, gateways: &[GatewayConfig]) {
+    pub(crate) fn apply(&self, gateways: &[GatewayConfig]) {
         let mut workers = self.workers.lock().expect("workers lock");
         workers.retain(|name, w| {
             let keep = gateways.iter().any(|g| &g.name == name);
@@ -136,7 +136,7 @@ impl Fleet {
     }
 
     /// New items are queued for these gateways.
-    pub fn wake(&self, names: &[String]) {
+    pub(crate) fn wake(&self, names: &[String]) {
         let workers = self.workers.lock().expect("workers lock");
         for n in names {
             if let Some(w) = workers.get(n) {
@@ -145,7 +145,7 @@ impl Fleet {
         }
     }
 
-    pub fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         for w in self.workers.lock().expect("workers lock").values() {
             w.wake.notify_one();
         }

@@ -25,8 +25,8 @@ const ACK_BOUNDS: &[f64] = &[
 pub(crate) struct RelayApp {
     config: RwLock<Arc<RelayConfig>>,
     routes: Arc<RwLock<Arc<Routes>>>,
-    pub store: Store,
-    pub fleet: Arc<Fleet>,
+    pub(crate) store: Store,
+    pub(crate) fleet: Arc<Fleet>,
     requests: LabeledCounter,
     ack_latency: Histogram,
     unrouted_total: AtomicU64,
@@ -35,7 +35,7 @@ pub(crate) struct RelayApp {
 }
 
 impl RelayApp {
-    pub fn new(config: Arc<RelayConfig>, store: Store, fleet: Arc<Fleet>) -> RelayApp {
+    pub(crate) fn new(config: Arc<RelayConfig>, store: Store, fleet: Arc<Fleet>) -> RelayApp {
         RelayApp {
             routes: Arc::new(RwLock::new(Arc::new(Routes::new(&config.gateways)))),
             config: RwLock::new(config),
@@ -48,18 +48,18 @@ impl RelayApp {
         }
     }
 
-    pub fn config(&self) -> Arc<RelayConfig> {
+    pub(crate) fn config(&self) -> Arc<RelayConfig> {
         self.config.read().expect("config lock").clone()
     }
 
     /// Swap in a new configuration; routes change before anything is re-routed, so a commit
     /// that lands after the re-route already uses the new routes.
-    pub fn set_config(&self, c: Arc<RelayConfig>) {
+    pub(crate) fn set_config(&self, c: Arc<RelayConfig>) {
         *self.routes.write().expect("routes lock") = Arc::new(Routes::new(&c.gateways));
         *self.config.write().expect("config lock") = c;
     }
 
-    pub fn routes(&self) -> Arc<Routes> {
+    pub(crate) fn routes(&self) -> Arc<Routes> {
         self.routes.read().expect("routes lock").clone()
     }
 

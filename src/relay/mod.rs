@@ -5,7 +5,7 @@
 //! auth, parser and store thread; its outbox is its own SQLite file with its own schema.
 
 mod client;
-pub mod config;
+pub(crate) mod config;
 mod deliver;
 mod http;
 mod mqtt;
@@ -58,7 +58,7 @@ pub enum RelayError {
 impl RelayError {
     /// A read-only outbox or unusable TLS files are configuration problems: exit 78, so
     /// systemd does not restart in a loop (as the gateway, issue 10.4).
-    pub fn is_config(&self) -> bool {
+    pub(crate) fn is_config(&self) -> bool {
         matches!(
             self,
             RelayError::Store(crate::store::StoreError::ReadOnly { .. })
@@ -188,7 +188,7 @@ impl Running {
     /// SPEC §2.12: re-read `[[gateways]]` (and the keys) without a restart. Undelivered items
     /// follow a meter that moved; dead letters of a gateway whose url or key changed are
     /// queued again (they were refused because of the old setting).
-    pub async fn reload(&self) {
+    pub(crate) async fn reload(&self) {
         let Some(path) = self.app.config().source.clone() else {
             return;
         };

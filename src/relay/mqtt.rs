@@ -91,12 +91,12 @@ fn save_seen(conn: &mut Connection, gateway: &str, s: &Seen) -> Result<(), Store
 /// What `relay status` shows for an MQTT gateway.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub(crate) struct MqttSeen {
-    pub online: bool,
+    pub(crate) online: bool,
     /// When the relay last received the gateway's status (or its will).
-    pub last_status_at: Option<String>,
+    pub(crate) last_status_at: Option<String>,
     /// The gateway's own time in that status (absent for a will).
-    pub status_at: Option<String>,
-    pub last_commit_at: Option<String>,
+    pub(crate) status_at: Option<String>,
+    pub(crate) last_commit_at: Option<String>,
 }
 
 /// Add what each MQTT gateway last said to the status (never heard: offline, no time).

@@ -50,17 +50,17 @@ pub(crate) fn is_relay_db(conn: &Connection) -> Result<bool, StoreError> {
 
 /// A notification as received, ready to commit.
 pub(crate) struct Incoming {
-    pub received_at: DateTime<Utc>,
-    pub peer: Option<String>,
-    pub headers: serde_json::Value,
-    pub body: String,
+    pub(crate) received_at: DateTime<Utc>,
+    pub(crate) peer: Option<String>,
+    pub(crate) headers: serde_json::Value,
+    pub(crate) body: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Committed {
-    pub notification_id: i64,
-    pub gateways: Vec<String>,
-    pub unrouted: usize,
+    pub(crate) notification_id: i64,
+    pub(crate) gateways: Vec<String>,
+    pub(crate) unrouted: usize,
 }
 
 pub(crate) fn commit(
@@ -251,11 +251,11 @@ pub(crate) fn reroute_all(conn: &mut Connection, routes: &Routes) -> Result<usiz
 /// The head of one gateway's queue.
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
-    pub id: i64,
-    pub notification_id: i64,
-    pub body: String,
-    pub attempts: u32,
-    pub next_attempt_at: DateTime<Utc>,
+    pub(crate) id: i64,
+    pub(crate) notification_id: i64,
+    pub(crate) body: String,
+    pub(crate) attempts: u32,
+    pub(crate) next_attempt_at: DateTime<Utc>,
 }
 
 pub(crate) fn head(conn: &Connection, gateway: &str) -> Result<Option<Pending>, StoreError> {

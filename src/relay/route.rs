@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Entry {
     /// `meter_dispatches` or `group_dispatches`.
-    pub array: &'static str,
-    pub index: usize,
-    pub meter_ids: Vec<String>,
+    pub(crate) array: &'static str,
+    pub(crate) index: usize,
+    pub(crate) meter_ids: Vec<String>,
     /// The entry exactly as received.
-    pub raw: Value,
+    pub(crate) raw: Value,
 }
 
 pub(crate) const ARRAYS: [&str; 2] = ["meter_dispatches", "group_dispatches"];
@@ -58,7 +58,7 @@ pub(crate) fn entries(notification: &Value) -> Vec<Entry> {
 pub(crate) struct Routes(HashMap<String, String>);
 
 impl Routes {
-    pub fn new(gateways: &[GatewayConfig]) -> Routes {
+    pub(crate) fn new(gateways: &[GatewayConfig]) -> Routes {
         let mut map = HashMap::new();
         for g in gateways {
             for m in &g.meters {
@@ -69,7 +69,7 @@ impl Routes {
     }
 
     /// The gateways an entry goes to (sorted, no repeats); empty = unrouted.
-    pub fn gateways_for(&self, meter_ids: &[String]) -> BTreeSet<String> {
+    pub(crate) fn gateways_for(&self, meter_ids: &[String]) -> BTreeSet<String> {
         meter_ids
             .iter()
             .filter_map(|m| self.0.get(&m.trim().to_ascii_lowercase()).cloned())
@@ -77,7 +77,7 @@ impl Routes {
     }
 
     /// Per gateway, the indexes (into `entries`) it should receive.
-    pub fn plan(&self, entries: &[Entry]) -> BTreeMap<String, Vec<usize>> {
+    pub(crate) fn plan(&self, entries: &[Entry]) -> BTreeMap<String, Vec<usize>> {
         let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, e) in entries.iter().enumerate() {
             for g in self.gateways_for(&e.meter_ids) {

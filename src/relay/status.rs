@@ -11,48 +11,48 @@ use std::fmt::Write as _;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct GatewayStatus {
-    pub name: String,
+    pub(crate) name: String,
     /// Listed in the configuration (false: only in the outbox, e.g. after a removal).
-    pub configured: bool,
-    pub queue_depth: u64,
-    pub oldest_undelivered_at: Option<DateTime<Utc>>,
-    pub oldest_undelivered_age_secs: Option<i64>,
-    pub delivered: u64,
-    pub dead_letters: u64,
-    pub last_success_at: Option<String>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
+    pub(crate) configured: bool,
+    pub(crate) queue_depth: u64,
+    pub(crate) oldest_undelivered_at: Option<DateTime<Utc>>,
+    pub(crate) oldest_undelivered_age_secs: Option<i64>,
+    pub(crate) delivered: u64,
+    pub(crate) dead_letters: u64,
+    pub(crate) last_success_at: Option<String>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_at: Option<String>,
     /// For `transport = "mqtt"` gateways: online/offline from their status topic.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mqtt: Option<super::mqtt::MqttSeen>,
+    pub(crate) mqtt: Option<super::mqtt::MqttSeen>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct DeadLetter {
-    pub delivery_id: i64,
-    pub notification_id: i64,
-    pub gateway: String,
-    pub answer_status: Option<u16>,
-    pub answer_body: Option<String>,
-    pub finished_at: Option<String>,
+    pub(crate) delivery_id: i64,
+    pub(crate) notification_id: i64,
+    pub(crate) gateway: String,
+    pub(crate) answer_status: Option<u16>,
+    pub(crate) answer_body: Option<String>,
+    pub(crate) finished_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Unrouted {
-    pub notification_id: i64,
-    pub received_at: String,
-    pub entry: String,
-    pub meter_ids: Vec<String>,
+    pub(crate) notification_id: i64,
+    pub(crate) received_at: String,
+    pub(crate) entry: String,
+    pub(crate) meter_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RelayStatus {
-    pub notifications: u64,
-    pub gateways: Vec<GatewayStatus>,
-    pub unrouted_count: u64,
-    pub dead_letter_count: u64,
-    pub unrouted: Vec<Unrouted>,
-    pub dead_letters: Vec<DeadLetter>,
+    pub(crate) notifications: u64,
+    pub(crate) gateways: Vec<GatewayStatus>,
+    pub(crate) unrouted_count: u64,
+    pub(crate) dead_letter_count: u64,
+    pub(crate) unrouted: Vec<Unrouted>,
+    pub(crate) dead_letters: Vec<DeadLetter>,
 }
 
 /// How many unrouted entries and dead letters are listed (all are counted).
@@ -189,7 +189,7 @@ fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
 
 impl RelayStatus {
     /// SPEC §2.12: unhealthy when a gateway's oldest undelivered notification is too old.
-    pub fn problems(&self, max_age_secs: u64) -> Vec<String> {
+    pub(crate) fn problems(&self, max_age_secs: u64) -> Vec<String> {
         self.gateways
             .iter()
             .filter_map(|g| {
@@ -205,7 +205,7 @@ impl RelayStatus {
             .collect()
     }
 
-    pub fn render_metrics(&self, out: &mut String) {
+    pub(crate) fn render_metrics(&self, out: &mut String) {
         let gauge =
             |out: &mut String, name: &str, help: &str, f: &dyn Fn(&GatewayStatus) -> f64| {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");

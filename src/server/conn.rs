@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 /// What the request handlers tell the connection, and what the byte stream tells them.
 #[derive(Default)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     authorized: AtomicBool,
     /// Requests handled so far on this connection.
     handled: AtomicU32,
@@ -32,7 +32,7 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub fn authorize(&self) {
+    pub(crate) fn authorize(&self) {
         self.authorized.store(true, Ordering::Relaxed);
     }
 
@@ -41,20 +41,20 @@ impl ConnState {
     }
 
     /// Called once per request, in order; true if this request's head had both framings.
-    pub fn next_request_is_ambiguous(&self) -> bool {
+    pub(crate) fn next_request_is_ambiguous(&self) -> bool {
         let n = self.handled.fetch_add(1, Ordering::Relaxed) + 1;
         self.smuggled_at.load(Ordering::Relaxed) == n
     }
 }
 
-pub struct Limits {
-    pub read: Duration,
-    pub overall: Duration,
+pub(crate) struct Limits {
+    pub(crate) read: Duration,
+    pub(crate) overall: Duration,
 }
 
 /// Serve one accepted (and, with TLS, handshaken) connection until it ends, a deadline
 /// passes, or `stop` asks every connection to finish.
-pub async fn serve<S, H: Handler>(
+pub(crate) async fn serve<S, H: Handler>(
     io: S,
     app: Arc<H>,
     peer: SocketAddr,

@@ -5,11 +5,11 @@
 mod conn;
 mod quiet;
 mod routes;
-pub mod tls;
+pub(crate) mod tls;
 
-pub use conn::ConnState;
-pub use quiet::QuietLog;
-pub use routes::{App, Role, WebhookSettings};
+pub(crate) use conn::ConnState;
+pub(crate) use quiet::QuietLog;
+pub(crate) use routes::{App, Role, WebhookSettings};
 pub(crate) use routes::{
     Ingested, Intake, Received, error_response, ingest_body, json_response, receive_notification,
     refuse_ambiguous, unavailable,
@@ -36,7 +36,7 @@ pub enum ServerError {
     Tls { path: PathBuf, reason: String },
 }
 
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })
@@ -46,16 +46,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 const METRICS_CONNECTIONS: usize = 4;
 
 /// The answer type of every handler.
-pub type Response = hyper::Response<http_body_util::Full<bytes::Bytes>>;
+pub(crate) type Response = hyper::Response<http_body_util::Full<bytes::Bytes>>;
 
 /// The `[server]` settings a listener runs with: connection cap and deadlines (issue 10.1).
-pub struct ServerLimits {
+pub(crate) struct ServerLimits {
     max_connections: usize,
     conn: conn::Limits,
 }
 
 impl ServerLimits {
-    pub fn of(s: &crate::config::ServerConfig) -> ServerLimits {
+    pub(crate) fn of(s: &crate::config::ServerConfig) -> ServerLimits {
         ServerLimits {
             max_connections: s.max_connections,
             conn: conn::Limits {
@@ -69,7 +69,7 @@ impl ServerLimits {
 /// What the server asks of the side it serves: the gateway's [`App`] or the relay's. The
 /// connection handling (cap, deadlines, write deadline, CL+TE scan, TLS, drain, quiet 401
 /// logging) is the same for both.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     /// The `[server]` settings in force now (they can change on reload).
     fn limits(&self) -> ServerLimits;
     /// Requests without a valid key, logged at most once per interval (issue 10.8).
@@ -107,7 +107,7 @@ impl Handler for App {
 
 /// Serve until `shutdown` resolves, then stop accepting and let in-flight requests finish
 /// (bounded by the read timeout plus a margin).
-pub async fn serve<H: Handler>(
+pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     tls: Option<Arc<tls::ReloadableTls>>,
     app: Arc<H>,

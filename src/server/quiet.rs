@@ -8,19 +8,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub const INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
-pub struct QuietLog {
+pub(crate) struct QuietLog {
     /// Requests not logged in the current interval.
     pending: Mutex<u64>,
     /// Lines suppressed since start (a metric).
-    pub suppressed: AtomicU64,
+    pub(crate) suppressed: AtomicU64,
 }
 
 impl QuietLog {
     /// Log this rejection if it is the first of the interval; otherwise count it.
-    pub fn rejected(&self, peer: SocketAddr, path: &str) {
+    pub(crate) fn rejected(&self, peer: SocketAddr, path: &str) {
         let mut pending = self.pending.lock().expect("quiet log lock");
         if *pending == 0 {
             tracing::warn!(%peer, path, "webhook rejected: missing or wrong credentials (further ones are counted, summarised every 60 s)");
@@ -31,7 +31,7 @@ impl QuietLog {
     }
 
     /// Called once per interval: one line for everything not logged since the last call.
-    pub fn summarise(&self) {
+    pub(crate) fn summarise(&self) {
         let mut pending = self.pending.lock().expect("quiet log lock");
         if *pending > 1 {
             tracing::warn!(

@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 /// What the webhook checks requests against: `[server]`, `[auth]` and `[limits]` (keys and
 /// limits can change on reload; the rest of the configuration is not the server's).
 #[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    pub server: ServerConfig,
-    pub auth: AuthConfig,
-    pub limits: LimitsConfig,
+pub(crate) struct WebhookSettings {
+    pub(crate) server: ServerConfig,
+    pub(crate) auth: AuthConfig,
+    pub(crate) limits: LimitsConfig,
 }
 
 impl WebhookSettings {
-    pub fn of(config: &Config) -> WebhookSettings {
+    pub(crate) fn of(config: &Config) -> WebhookSettings {
         WebhookSettings {
             server: config.server.clone(),
             auth: config.auth.clone(),
@@ -42,13 +42,13 @@ impl WebhookSettings {
 pub struct App {
     settings: RwLock<Arc<WebhookSettings>>,
     pub store: Store,
-    pub metrics: IngestMetrics,
+    pub(crate) metrics: IngestMetrics,
     /// Bumped after every commit that created or changed a timeslot; dispatch re-plans.
-    pub changes: ChangeSignal,
+    pub(crate) changes: ChangeSignal,
     /// The rest of the gateway's `/metrics` and `/healthz` (dispatch, devices, clock, …).
     status: Arc<dyn StatusSource>,
     /// Requests without a valid key: logged at most once per interval (issue 10.8).
-    pub unauthorized_log: QuietLog,
+    pub(crate) unauthorized_log: QuietLog,
     /// The TLS certificate in service, re-read by `leap-edge reload` (issue 10.3).
     tls: std::sync::OnceLock<Arc<super::tls::ReloadableTls>>,
 }
@@ -56,13 +56,13 @@ pub struct App {
 /// Which listener a request came in on: the webhook (public through the tunnel) or the
 /// loopback-only metrics listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Webhook,
     Metrics,
 }
 
 impl Role {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Role::Webhook => "webhook",
             Role::Metrics => "metrics",
@@ -71,7 +71,7 @@ impl Role {
 }
 
 impl App {
-    pub fn new(
+    pub(crate) fn new(
         settings: WebhookSettings,
         store: Store,
         changes: ChangeSignal,
@@ -89,19 +89,19 @@ impl App {
     }
 
     /// The settings in force (auth keys and limits can change on reload).
-    pub fn settings(&self) -> Arc<WebhookSettings> {
+    pub(crate) fn settings(&self) -> Arc<WebhookSettings> {
         self.settings.read().expect("settings lock").clone()
     }
 
-    pub fn set_settings(&self, s: WebhookSettings) {
+    pub(crate) fn set_settings(&self, s: WebhookSettings) {
         *self.settings.write().expect("settings lock") = Arc::new(s);
     }
 
-    pub fn set_tls(&self, tls: Arc<super::tls::ReloadableTls>) {
+    pub(crate) fn set_tls(&self, tls: Arc<super::tls::ReloadableTls>) {
         let _ = self.tls.set(tls);
     }
 
-    pub fn tls(&self) -> Option<&Arc<super::tls::ReloadableTls>> {
+    pub(crate) fn tls(&self) -> Option<&Arc<super::tls::ReloadableTls>> {
         self.tls.get()
     }
 }
@@ -143,9 +143,9 @@ pub(crate) fn unavailable() -> Resp {
 /// A request that passed auth, content type, size and structure checks: a Leap notification.
 pub(crate) struct Received {
     /// Headers minus credentials, for the audit copy (SPEC §2.5).
-    pub headers: serde_json::Value,
-    pub body: Bytes,
-    pub parsed: ingest::ParsedNotification,
+    pub(crate) headers: serde_json::Value,
+    pub(crate) body: Bytes,
+    pub(crate) parsed: ingest::ParsedNotification,
 }
 
 fn not_allowed(allow: &'static str) -> Resp {
@@ -230,11 +230,11 @@ async fn ingest_inner(
 
 /// The settings and state [`receive_notification`] checks a request against.
 pub(crate) struct Intake<'a> {
-    pub server: &'a crate::config::ServerConfig,
-    pub auth: &'a crate::config::AuthConfig,
-    pub limits: &'a crate::config::LimitsConfig,
+    pub(crate) server: &'a crate::config::ServerConfig,
+    pub(crate) auth: &'a crate::config::AuthConfig,
+    pub(crate) limits: &'a crate::config::LimitsConfig,
     /// Requests without a valid key are logged here, rate-limited (issue 10.8).
-    pub unauthorized_log: &'a QuietLog,
+    pub(crate) unauthorized_log: &'a QuietLog,
 }
 
 /// Everything the gateway checks before it stores a notification, shared with the relay so

@@ -12,14 +12,14 @@ use tokio_rustls::TlsAcceptor;
 
 /// The acceptor in force and where it came from; swapped whole, so a handshake sees either
 /// the old pair or the new one, never a mix.
-pub struct ReloadableTls {
+pub(crate) struct ReloadableTls {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<(TlsAcceptor, String)>,
 }
 
 impl ReloadableTls {
-    pub fn load(cert: &Path, key: &Path) -> Result<ReloadableTls, ServerError> {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<ReloadableTls, ServerError> {
         let loaded = load_pair(cert, key)?;
         Ok(ReloadableTls {
             cert: cert.to_path_buf(),
@@ -28,18 +28,18 @@ impl ReloadableTls {
         })
     }
 
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         self.current.read().expect("tls lock").0.clone()
     }
 
     /// SHA-256 of the leaf certificate in service, as hex.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         self.current.read().expect("tls lock").1.clone()
     }
 
     /// Re-read both files; on any problem the old pair stays in service and the error says
     /// why. Returns the new fingerprint.
-    pub fn reload(&self) -> Result<String, ServerError> {
+    pub(crate) fn reload(&self) -> Result<String, ServerError> {
         let loaded = load_pair(&self.cert, &self.key)?;
         let fp = loaded.1.clone();
         *self.current.write().expect("tls lock") = loaded;

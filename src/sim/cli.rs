@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 /// Bind (`listen` overrides `cfg.listen`), print where it answers, then print the site
 /// state every `every` until Ctrl-C.
-pub async fn run_cli(
+pub(crate) async fn run_cli(
     cfg: &SimConfig,
     listen: Option<SocketAddr>,
     opts: SimOptions,

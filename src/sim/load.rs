@@ -5,13 +5,13 @@
 use super::SimError;
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct LoadProfile {
+pub(crate) struct LoadProfile {
     /// (seconds from start, kW), sorted by time.
     steps: Vec<(f64, f64)>,
 }
 
 impl LoadProfile {
-    pub fn parse(spec: &str) -> Result<LoadProfile, SimError> {
+    pub(crate) fn parse(spec: &str) -> Result<LoadProfile, SimError> {
         let bad = |reason: String| SimError::Load {
             spec: spec.to_string(),
             reason,
@@ -46,7 +46,7 @@ impl LoadProfile {
     }
 
     /// Load in kW at `secs` after start.
-    pub fn at(&self, secs: f64) -> f64 {
+    pub(crate) fn at(&self, secs: f64) -> f64 {
         self.steps
             .iter()
             .rev()
@@ -55,7 +55,7 @@ impl LoadProfile {
             .1
     }
 
-    pub fn max_kw(&self) -> f64 {
+    pub(crate) fn max_kw(&self) -> f64 {
         self.steps.iter().map(|s| s.1.abs()).fold(0.0, f64::max)
     }
 }

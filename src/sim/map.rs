@@ -17,14 +17,14 @@ const MODELS: [(u16, u16); 6] = [
     (203, 105),
 ];
 
-pub struct Image {
-    pub map: SunSpecMap,
+pub(crate) struct Image {
+    pub(crate) map: SunSpecMap,
     regs: Vec<u16>,
 }
 
 impl Image {
     /// `with_124` / `with_704` leave a control model out, to exercise the driver's fallback.
-    pub fn new(base: u16, with_124: bool, with_704: bool) -> Image {
+    pub(crate) fn new(base: u16, with_124: bool, with_704: bool) -> Image {
         let mut regs = vec![MARKER[0], MARKER[1]];
         let mut models = Vec::new();
         for (id, len) in MODELS {
@@ -49,7 +49,7 @@ impl Image {
 
     /// The image at start: identity strings, scale factors sized to the configured
     /// powers (`max_site_kw`: the largest |W| the meter can see), nameplate ratings.
-    pub fn initial(cfg: &SimConfig, opts: SimOptions, max_site_kw: f64) -> Image {
+    pub(crate) fn initial(cfg: &SimConfig, opts: SimOptions, max_site_kw: f64) -> Image {
         let mut img = Image::new(cfg.base_address, opts.model_124, opts.model_704);
         img.set_string(1, 2, 16, "leap-edge");
         img.set_string(1, 18, 16, "site-simulator");
@@ -90,11 +90,11 @@ impl Image {
         (end <= self.regs.len() && count > 0).then_some(start..end)
     }
 
-    pub fn read(&self, addr: u16, count: u16) -> Option<Vec<u16>> {
+    pub(crate) fn read(&self, addr: u16, count: u16) -> Option<Vec<u16>> {
         self.index(addr, count).map(|r| self.regs[r].to_vec())
     }
 
-    pub fn write_raw(&mut self, addr: u16, words: &[u16]) -> bool {
+    pub(crate) fn write_raw(&mut self, addr: u16, words: &[u16]) -> bool {
         match self.index(addr, words.len() as u16) {
             Some(r) => {
                 self.regs[r].copy_from_slice(words);
@@ -105,7 +105,7 @@ impl Image {
     }
 
     /// The writable point covering `addr`, if any.
-    pub fn writable_point_at(&self, addr: u16) -> Option<&'static sunspec::PointDef> {
+    pub(crate) fn writable_point_at(&self, addr: u16) -> Option<&'static sunspec::PointDef> {
         sunspec::POINTS.iter().find(|d| {
             d.writable
                 && self
@@ -127,7 +127,7 @@ impl Image {
     }
 
     /// A point's value with its scale factor applied; `None` when the model is absent.
-    pub fn get(&self, model: u16, name: &str) -> Option<f64> {
+    pub(crate) fn get(&self, model: u16, name: &str) -> Option<f64> {
         let (a, d) = self.loc(model, name)?;
         let w = self.read(a, d.ty.words())?;
         let raw = codec::decode(&w, d.ty, WordOrder::Big).ok()?;
@@ -135,7 +135,7 @@ impl Image {
     }
 
     /// Store a value (scaled by the point's scale factor, saturated to its type).
-    pub fn set(&mut self, model: u16, name: &str, value: f64) {
+    pub(crate) fn set(&mut self, model: u16, name: &str, value: f64) {
         let Some((a, d)) = self.loc(model, name) else {
             return;
         };
@@ -147,7 +147,7 @@ impl Image {
     }
 
     /// Store a raw register value (scale factors, enums).
-    pub fn set_raw(&mut self, model: u16, name: &str, raw: i64) {
+    pub(crate) fn set_raw(&mut self, model: u16, name: &str, raw: i64) {
         let Some((a, d)) = self.loc(model, name) else {
             return;
         };
@@ -159,14 +159,14 @@ impl Image {
     }
 
     /// Whether a read of `count` registers at `addr` touches the point.
-    pub fn overlaps(&self, model: u16, name: &str, addr: u16, count: u16) -> bool {
+    pub(crate) fn overlaps(&self, model: u16, name: &str, addr: u16, count: u16) -> bool {
         self.loc(model, name).is_some_and(|(a, d)| {
             let (lo, hi) = (u32::from(addr), u32::from(addr) + u32::from(count));
             u32::from(a) < hi && lo < u32::from(a) + u32::from(d.ty.words())
         })
     }
 
-    pub fn raw(&self, model: u16, name: &str) -> Option<i64> {
+    pub(crate) fn raw(&self, model: u16, name: &str) -> Option<i64> {
         let (a, d) = self.loc(model, name)?;
         let w = self.read(a, d.ty.words())?;
         codec::decode(&w, d.ty, WordOrder::Big)
@@ -174,7 +174,7 @@ impl Image {
             .map(|v| v as i64)
     }
 
-    pub fn set_string(&mut self, model: u16, offset: u16, regs: usize, s: &str) {
+    pub(crate) fn set_string(&mut self, model: u16, offset: u16, regs: usize, s: &str) {
         if let Some(m) = self.map.model(model) {
             let w = sunspec::encode_string(s, regs);
             self.write_raw(m.addr + offset, &w);
@@ -183,7 +183,7 @@ impl Image {
 }
 
 /// The smallest scale factor ≥ 0 that fits `max_abs` into an int16.
-pub fn sf_for(max_abs: f64) -> i16 {
+pub(crate) fn sf_for(max_abs: f64) -> i16 {
     let mut sf = 0i16;
     while max_abs / codec::pow10(sf) > 32767.0 && sf < 6 {
         sf += 1;

@@ -21,13 +21,13 @@ pub enum MeterFault {
 /// A fault and when it starts (seconds after the simulator started).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ScheduledFault {
-    pub fault: MeterFault,
-    pub from_secs: f64,
+    pub(crate) fault: MeterFault,
+    pub(crate) from_secs: f64,
 }
 
 impl ScheduledFault {
     /// `exception:CODE@SECS`, `timeout@SECS` or `value:KW@SECS` (`@SECS` optional: 0).
-    pub fn parse(spec: &str) -> Result<ScheduledFault, SimError> {
+    pub(crate) fn parse(spec: &str) -> Result<ScheduledFault, SimError> {
         let bad = |reason: &str| SimError::MeterFault {
             spec: spec.to_string(),
             reason: reason.to_string(),

@@ -13,9 +13,9 @@ mod physics;
 mod server;
 mod victron;
 
-pub use cli::run_cli;
+pub(crate) use cli::run_cli;
 
-pub use load::LoadProfile;
+pub(crate) use load::LoadProfile;
 pub use meter_fault::{MeterFault, ScheduledFault};
 pub use physics::{Mode, NormalMode};
 
@@ -82,19 +82,19 @@ pub struct Snapshot {
     pub target_kw: f64,
     /// Positive = import.
     pub grid_kw: f64,
-    pub load_kw: f64,
-    pub pv_kw: f64,
+    pub(crate) load_kw: f64,
+    pub(crate) pv_kw: f64,
     pub mode: Mode,
-    pub last_command_at: Option<DateTime<Utc>>,
+    pub(crate) last_command_at: Option<DateTime<Utc>>,
     pub reversions: u64,
     pub writes: u64,
     pub requests: u64,
-    pub fault: Fault,
+    pub(crate) fault: Fault,
     /// The site-meter fault in force now, if any.
-    pub meter_fault: Option<MeterFault>,
+    pub(crate) meter_fault: Option<MeterFault>,
 }
 
-pub struct SimInner {
+pub(crate) struct SimInner {
     image: Image,
     physics: Physics,
     load: LoadProfile,

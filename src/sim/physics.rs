@@ -33,7 +33,7 @@ pub enum Mode {
 
 impl Mode {
     /// Words for the `leap-edge sim` state line.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Mode::Normal => "normal",
             Mode::Remote124 => "remote (model 124)",
@@ -43,30 +43,30 @@ impl Mode {
     }
 }
 
-pub struct Physics {
-    pub capacity_kwh: f64,
-    pub max_kw: f64,
-    pub ramp_kw_per_s: f64,
-    pub soc_pct: f64,
-    pub battery_kw: f64,
-    pub target_kw: f64,
-    pub load_kw: f64,
+pub(crate) struct Physics {
+    pub(crate) capacity_kwh: f64,
+    pub(crate) max_kw: f64,
+    pub(crate) ramp_kw_per_s: f64,
+    pub(crate) soc_pct: f64,
+    pub(crate) battery_kw: f64,
+    pub(crate) target_kw: f64,
+    pub(crate) load_kw: f64,
     /// On-site generation (kW, ≥ 0).
-    pub pv_kw: f64,
-    pub mode: Mode,
-    pub last_124_write: Option<Instant>,
-    pub last_704_write: Option<Instant>,
-    pub reversions: u64,
+    pub(crate) pv_kw: f64,
+    pub(crate) mode: Mode,
+    pub(crate) last_124_write: Option<Instant>,
+    pub(crate) last_704_write: Option<Instant>,
+    pub(crate) reversions: u64,
     /// What the battery does in normal operation (`[sim] normal`).
-    pub normal: NormalMode,
+    pub(crate) normal: NormalMode,
     /// The site meter's energy accumulators (SunSpec 203 TotWhImp/TotWhExp), Wh.
-    pub import_wh: f64,
-    pub export_wh: f64,
+    pub(crate) import_wh: f64,
+    pub(crate) export_wh: f64,
 }
 
 impl Physics {
     /// At start: idle battery at `initial_soc_pct`, in normal operation.
-    pub fn initial(cfg: &SimConfig, load_kw: f64, pv_kw: f64) -> Physics {
+    pub(crate) fn initial(cfg: &SimConfig, load_kw: f64, pv_kw: f64) -> Physics {
         Physics {
             capacity_kwh: cfg.capacity_kwh,
             max_kw: cfg.max_power_kw,
@@ -89,18 +89,18 @@ impl Physics {
 }
 
 impl Physics {
-    pub fn grid_kw(&self) -> f64 {
+    pub(crate) fn grid_kw(&self) -> f64 {
         self.net_load_kw() - self.battery_kw
     }
 
     /// What the site draws before the battery: consumption less generation.
-    pub fn net_load_kw(&self) -> f64 {
+    pub(crate) fn net_load_kw(&self) -> f64 {
         self.load_kw - self.pv_kw
     }
 
     /// Apply reversion timeouts, pick the mode and target, move the battery.
     /// `grid_setpoint_kw`: the Victron face's ESS grid setpoint, when it is enabled.
-    pub fn step(
+    pub(crate) fn step(
         &mut self,
         img: &mut Image,
         now: Instant,
@@ -196,7 +196,7 @@ impl Physics {
     }
 
     /// Publish the measured values into the register image.
-    pub fn publish(&self, img: &mut Image) {
+    pub(crate) fn publish(&self, img: &mut Image) {
         img.set(103, "W", self.battery_kw * 1000.0);
         img.set(203, "W", self.grid_kw() * 1000.0);
         // acc32 with TotWh_SF = 0: whole Wh, wrapping like a real counter.

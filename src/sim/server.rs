@@ -19,13 +19,13 @@ use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
 
 /// Ends every live connection at once (device going offline, shutdown).
 #[derive(Default)]
-pub struct Killer {
+pub(crate) struct Killer {
     epoch: AtomicU64,
     notify: Arc<Notify>,
 }
 
 impl Killer {
-    pub fn kill_all(&self) {
+    pub(crate) fn kill_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.notify.notify_waiters();
     }
@@ -33,7 +33,7 @@ impl Killer {
 
 /// A TCP stream that fails as soon as it is killed, so tokio-modbus's per-connection task
 /// ends and closes the socket.
-pub struct KillableStream {
+pub(crate) struct KillableStream {
     inner: TcpStream,
     own: Arc<AtomicBool>,
     killer: Arc<Killer>,
@@ -42,7 +42,7 @@ pub struct KillableStream {
 }
 
 impl KillableStream {
-    pub fn new(inner: TcpStream, killer: Arc<Killer>, own: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: TcpStream, killer: Arc<Killer>, own: Arc<AtomicBool>) -> Self {
         // Created before reading the epoch: a kill in between is still seen.
         let notified = Box::pin(killer.notify.clone().notified_owned());
         let epoch = killer.epoch.load(Ordering::SeqCst);
@@ -111,9 +111,9 @@ impl AsyncWrite for KillableStream {
     }
 }
 
-pub struct SimService {
-    pub inner: Arc<Mutex<SimInner>>,
-    pub own: Arc<AtomicBool>,
+pub(crate) struct SimService {
+    pub(crate) inner: Arc<Mutex<SimInner>>,
+    pub(crate) own: Arc<AtomicBool>,
 }
 
 impl tokio_modbus::server::Service for SimService {

@@ -7,11 +7,11 @@
 
 use super::physics::Physics;
 
-pub const UNIT: u8 = 100;
-pub const SETPOINT: u16 = 2700;
+pub(crate) const UNIT: u8 = 100;
+pub(crate) const SETPOINT: u16 = 2700;
 const SIZE: usize = 2800;
 
-pub struct VictronImage {
+pub(crate) struct VictronImage {
     regs: Vec<u16>,
 }
 
@@ -24,13 +24,13 @@ impl Default for VictronImage {
 }
 
 impl VictronImage {
-    pub fn read(&self, addr: u16, count: u16) -> Option<Vec<u16>> {
+    pub(crate) fn read(&self, addr: u16, count: u16) -> Option<Vec<u16>> {
         let (a, n) = (addr as usize, count as usize);
         (n > 0 && a + n <= SIZE).then(|| self.regs[a..a + n].to_vec())
     }
 
     /// Only the grid setpoint is writable.
-    pub fn write(&mut self, addr: u16, words: &[u16]) -> bool {
+    pub(crate) fn write(&mut self, addr: u16, words: &[u16]) -> bool {
         if addr != SETPOINT || words.len() != 1 {
             return false;
         }
@@ -38,11 +38,11 @@ impl VictronImage {
         true
     }
 
-    pub fn setpoint_kw(&self) -> f64 {
+    pub(crate) fn setpoint_kw(&self) -> f64 {
         self.regs[SETPOINT as usize] as i16 as f64 / 1000.0
     }
 
-    pub fn publish(&mut self, p: &Physics) {
+    pub(crate) fn publish(&mut self, p: &Physics) {
         let sat = |w: f64| w.round().clamp(i16::MIN as f64, i16::MAX as f64) as i16 as u16;
         self.regs[820] = sat(p.grid_kw() * 1000.0);
         self.regs[821] = 0;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Action {
+pub(crate) enum Action {
     Apply,
     Release,
     /// SPEC §2.6 dry-run: what would have been written; nothing was.
@@ -30,7 +30,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Apply => "apply",
             Action::Release => "release",
@@ -46,24 +46,24 @@ impl Action {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditEntry {
-    pub at: DateTime<Utc>,
-    pub meter_id: String,
-    pub action: Action,
-    pub kind: Option<String>,
-    pub event_id: Option<String>,
-    pub cap: Option<String>,
+pub(crate) struct AuditEntry {
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) meter_id: String,
+    pub(crate) action: Action,
+    pub(crate) kind: Option<String>,
+    pub(crate) event_id: Option<String>,
+    pub(crate) cap: Option<String>,
     /// "10.0 kW", "maximum", or None for a release.
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// The plan boundary this action belongs to.
-    pub boundary: Option<DateTime<Utc>>,
-    pub lateness_ms: Option<i64>,
-    pub error: Option<String>,
+    pub(crate) boundary: Option<DateTime<Utc>>,
+    pub(crate) lateness_ms: Option<i64>,
+    pub(crate) error: Option<String>,
     /// Free text: why (late start, cancellation, startup recovery, ...).
-    pub detail: Option<String>,
+    pub(crate) detail: Option<String>,
 }
 
-pub fn insert(conn: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
+pub(crate) fn insert(conn: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO audit (at, meter_id, action, kind, event_id, cap, target, boundary,
            lateness_ms, outcome, error, detail)
@@ -88,32 +88,32 @@ pub fn insert(conn: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
 
 /// One audit row as read back (times as stored text, for faithful display).
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditRow {
-    pub id: i64,
-    pub at: String,
-    pub meter_id: String,
-    pub action: String,
-    pub kind: Option<String>,
-    pub event_id: Option<String>,
-    pub performance_compensation_cap: Option<String>,
-    pub target: Option<String>,
-    pub boundary: Option<String>,
-    pub lateness_ms: Option<i64>,
-    pub outcome: String,
-    pub error: Option<String>,
-    pub detail: Option<String>,
+pub(crate) struct AuditRow {
+    pub(crate) id: i64,
+    pub(crate) at: String,
+    pub(crate) meter_id: String,
+    pub(crate) action: String,
+    pub(crate) kind: Option<String>,
+    pub(crate) event_id: Option<String>,
+    pub(crate) performance_compensation_cap: Option<String>,
+    pub(crate) target: Option<String>,
+    pub(crate) boundary: Option<String>,
+    pub(crate) lateness_ms: Option<i64>,
+    pub(crate) outcome: String,
+    pub(crate) error: Option<String>,
+    pub(crate) detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    pub meter: Option<String>,
-    pub event: Option<String>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    pub limit: Option<usize>,
+pub(crate) struct AuditFilter {
+    pub(crate) meter: Option<String>,
+    pub(crate) event: Option<String>,
+    pub(crate) since: Option<DateTime<Utc>>,
+    pub(crate) until: Option<DateTime<Utc>>,
+    pub(crate) limit: Option<usize>,
 }
 
-pub fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+pub(crate) fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, at, meter_id, action, kind, event_id, cap, target, boundary, lateness_ms,
                 outcome, error, detail

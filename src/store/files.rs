@@ -9,12 +9,12 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-pub const DIR_MODE: u32 = 0o750;
-pub const DB_MODE: u32 = 0o640;
+pub(crate) const DIR_MODE: u32 = 0o750;
+pub(crate) const DB_MODE: u32 = 0o640;
 
 /// Create the folder (and missing parents) with mode 0750; folders that already exist are
 /// left as they are (it may be a shared one the operator chose).
-pub fn create_state_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_state_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -37,7 +37,7 @@ pub fn create_state_dir(dir: &Path) -> io::Result<()> {
 
 /// Create the database file 0640 before SQLite does, or take "other" access away from an
 /// existing one.
-pub fn prepare_db_file(path: &Path) -> io::Result<()> {
+pub(crate) fn prepare_db_file(path: &Path) -> io::Result<()> {
     match std::fs::metadata(path) {
         Ok(m) => {
             let mode = m.permissions().mode() & 0o777;
@@ -56,7 +56,7 @@ pub fn prepare_db_file(path: &Path) -> io::Result<()> {
 }
 
 /// -wal and -shm left by an earlier run under another umask get the database's mode too.
-pub fn tighten_journal_files(db: &Path) {
+pub(crate) fn tighten_journal_files(db: &Path) {
     let Ok(mode) = std::fs::metadata(db).map(|m| m.permissions().mode() & 0o777) else {
         return;
     };
@@ -72,7 +72,7 @@ pub fn tighten_journal_files(db: &Path) {
     }
 }
 
-pub fn read_only_error(path: &Path) -> StoreError {
+pub(crate) fn read_only_error(path: &Path) -> StoreError {
     let (uid, gid, mode) = std::fs::metadata(path)
         .map(|m| (m.uid(), m.gid(), m.permissions().mode() & 0o7777))
         .unwrap_or((u32::MAX, u32::MAX, 0));
@@ -86,7 +86,7 @@ pub fn read_only_error(path: &Path) -> StoreError {
 
 /// Opening the file for writing changes nothing, and fails as soon as it is immutable,
 /// on a read-only mount, or no longer ours to write.
-pub fn check_still_writable(db: &Path) -> Result<(), StoreError> {
+pub(crate) fn check_still_writable(db: &Path) -> Result<(), StoreError> {
     match OpenOptions::new().write(true).open(db) {
         Ok(_) => Ok(()),
         Err(e) => Err(StoreError::BecameReadOnly(format!("{}: {e}", db.display()))),

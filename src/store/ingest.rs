@@ -27,7 +27,7 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::Push => "push",
             Source::Poll => "poll",
@@ -38,24 +38,24 @@ impl Source {
 /// Counts returned in the 200 body, and the ids whose plan may have changed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct IngestOutcome {
-    pub notification_id: i64,
+    pub(crate) notification_id: i64,
     pub new: u32,
     pub updated: u32,
     pub duplicate: u32,
-    pub rejected: u32,
+    pub(crate) rejected: u32,
     /// Revisions that tried to un-cancel a cancelled timeslot (SPEC §2.4).
-    pub conflict: u32,
+    pub(crate) conflict: u32,
     #[serde(skip)]
-    pub conflicts: Vec<String>,
+    pub(crate) conflicts: Vec<String>,
     #[serde(skip)]
-    pub rejected_reasons: Vec<String>,
+    pub(crate) rejected_reasons: Vec<String>,
     /// The same rejections as a closed set, for the metric labels.
     #[serde(skip)]
-    pub rejected_codes: Vec<crate::ingest::RejectReason>,
+    pub(crate) rejected_codes: Vec<crate::ingest::RejectReason>,
 }
 
 impl IngestOutcome {
-    pub fn changed(&self) -> bool {
+    pub(crate) fn changed(&self) -> bool {
         self.new + self.updated > 0
     }
 }

@@ -12,7 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_intervals.sql")),
 ];
 
-pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let latest = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > latest {

@@ -3,15 +3,15 @@
 //! applied one after another and still give one timeslot (SPEC §2.3). Readers outside the
 //! daemon (the CLI) open the file read-only; WAL lets them run beside the writer.
 
-pub mod audit;
+pub(crate) mod audit;
 pub(crate) mod files;
 mod ingest;
 mod migrations;
-pub mod query;
+pub(crate) mod query;
 mod writer;
 
 pub use ingest::{IngestOutcome, IngestRecord, Source};
-pub use writer::BatchStats;
+pub(crate) use writer::BatchStats;
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -209,7 +209,7 @@ impl Store {
     }
 
     /// Run a read-only `f` on the reader connection (a consistent WAL snapshot).
-    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -228,7 +228,7 @@ impl Store {
     /// Whether a write would succeed now: the write lock can be taken and the database's
     /// folder accepts a probe file of a typical transaction's size. `BEGIN IMMEDIATE;
     /// COMMIT` alone writes nothing, so it passes on a full or read-only disk.
-    pub async fn check_writable(&self) -> Result<(), StoreError> {
+    pub(crate) async fn check_writable(&self) -> Result<(), StoreError> {
         let probe = probe_path(&self.path);
         let db = self.path.clone();
         self.call(move |c| {
@@ -321,9 +321,9 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Times are stored as RFC 3339 UTC with milliseconds, which sort as text.
-pub use crate::textfmt::ts;
+pub(crate) use crate::textfmt::ts;
 
-pub fn parse_ts(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+pub(crate) fn parse_ts(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|e| StoreError::Corrupt(format!("time {s:?}: {e}")))

@@ -39,7 +39,7 @@ fn collect(
 }
 
 /// Every stored timeslot, ordered by start time.
-pub fn all_timeslots(conn: &Connection) -> Result<Vec<StoredTimeslot>, StoreError> {
+pub(crate) fn all_timeslots(conn: &Connection) -> Result<Vec<StoredTimeslot>, StoreError> {
     collect(
         conn,
         &format!("SELECT {TIMESLOT_COLUMNS} FROM timeslots ORDER BY start_time, kind, event_id"),
@@ -48,7 +48,7 @@ pub fn all_timeslots(conn: &Connection) -> Result<Vec<StoredTimeslot>, StoreErro
 }
 
 /// Timeslots that end after `from` (what planning from `from` on can need).
-pub fn timeslots_ending_after(
+pub(crate) fn timeslots_ending_after(
     conn: &Connection,
     from: DateTime<Utc>,
 ) -> Result<Vec<StoredTimeslot>, StoreError> {
@@ -66,7 +66,7 @@ pub fn timeslots_ending_after(
 /// ended ones that overlap them (an ended higher priority that split a running timeslot
 /// sets the true start of its interval, which lateness is measured from). Never earlier
 /// than `lookback`. Both subqueries walk the `timeslots_end` index from `now` on.
-pub fn timeslots_for_plan(
+pub(crate) fn timeslots_for_plan(
     conn: &Connection,
     lookback: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -86,15 +86,15 @@ pub fn timeslots_for_plan(
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Revision {
-    pub revision: i64,
-    pub notification_id: i64,
-    pub received_at: String,
-    pub conflict: bool,
-    pub timeslot: Timeslot,
+pub(crate) struct Revision {
+    pub(crate) revision: i64,
+    pub(crate) notification_id: i64,
+    pub(crate) received_at: String,
+    pub(crate) conflict: bool,
+    pub(crate) timeslot: Timeslot,
 }
 
-pub fn revisions(
+pub(crate) fn revisions(
     conn: &Connection,
     kind: Kind,
     event_id: &str,
@@ -120,18 +120,18 @@ pub fn revisions(
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Rejected {
-    pub kind: String,
-    pub event_id: Option<String>,
-    pub meter_ids: Vec<String>,
-    pub reason: String,
-    pub raw: serde_json::Value,
-    pub times_seen: i64,
-    pub first_received: String,
-    pub last_received: String,
+pub(crate) struct Rejected {
+    pub(crate) kind: String,
+    pub(crate) event_id: Option<String>,
+    pub(crate) meter_ids: Vec<String>,
+    pub(crate) reason: String,
+    pub(crate) raw: serde_json::Value,
+    pub(crate) times_seen: i64,
+    pub(crate) first_received: String,
+    pub(crate) last_received: String,
 }
 
-pub fn rejected(conn: &Connection) -> Result<Vec<Rejected>, StoreError> {
+pub(crate) fn rejected(conn: &Connection) -> Result<Vec<Rejected>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT kind, event_id, meter_ids, reason, raw, times_seen, first_received, last_received
          FROM rejected_timeslots ORDER BY first_received, id",
@@ -155,13 +155,13 @@ pub fn rejected(conn: &Connection) -> Result<Vec<Rejected>, StoreError> {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct LastNotification {
-    pub id: i64,
-    pub received_at: String,
-    pub peer: Option<String>,
+pub(crate) struct LastNotification {
+    pub(crate) id: i64,
+    pub(crate) received_at: String,
+    pub(crate) peer: Option<String>,
 }
 
-pub fn last_notification(conn: &Connection) -> Result<Option<LastNotification>, StoreError> {
+pub(crate) fn last_notification(conn: &Connection) -> Result<Option<LastNotification>, StoreError> {
     use rusqlite::OptionalExtension;
     Ok(conn
         .query_row(
@@ -181,7 +181,7 @@ pub fn last_notification(conn: &Connection) -> Result<Option<LastNotification>, 
 /// SPEC §2.5: drop raw notifications older than the retention, and with them (issue 10.5)
 /// rejected timeslots last seen before it and superseded revisions received before it. Each
 /// timeslot keeps its row and its latest revision: they are the dispatch record.
-pub fn prune_notifications(
+pub(crate) fn prune_notifications(
     conn: &Connection,
     older_than: DateTime<Utc>,
 ) -> Result<usize, StoreError> {

@@ -38,7 +38,7 @@ pub(crate) enum Work {
 
 /// Serve the queue until every sender is gone. A job that arrives behind ingests runs
 /// after their batch commits, so the queue's order is the order of effects.
-pub(crate) fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Work>, stats: &BatchStats) {
+pub(super) fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Work>, stats: &BatchStats) {
     let mut next = rx.blocking_recv();
     while let Some(work) = next.take() {
         match work {

@@ -7,7 +7,7 @@ use crate::device::{Battery, DeviceError, Telemetry};
 use crate::seam::BoxFuture;
 
 impl ModbusBattery {
-    pub async fn read_telemetry(&mut self) -> Result<Telemetry, DeviceError> {
+    pub(crate) async fn read_telemetry(&mut self) -> Result<Telemetry, DeviceError> {
         self.bind().await?;
         let b = self.bound.as_ref().expect("bound");
         let (soc, bat, grid) = (b.soc.clone(), b.battery.clone(), b.grid.clone());
@@ -119,7 +119,7 @@ impl ModbusBattery {
         })
     }
 
-    pub async fn release_control(&mut self) -> Result<(), DeviceError> {
+    pub(crate) async fn release_control(&mut self) -> Result<(), DeviceError> {
         let leave = match self.bind().await {
             Ok(b) => match &b.control {
                 Ok(c) => c.leave.clone(),

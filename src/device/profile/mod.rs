@@ -41,7 +41,7 @@ pub enum ProfileError {
 /// How the profile names registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Addressing {
+pub(crate) enum Addressing {
     /// `model` + `point`, resolved by SunSpec discovery; type and scale factor from the
     /// SunSpec model.
     Sunspec,
@@ -52,97 +52,100 @@ pub enum Addressing {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    pub name: String,
+    // The file's own words for the reader; required/accepted so a profile documents itself.
+    #[expect(dead_code, reason = "for whoever reads the profile file, never the daemon")]
+    name: String,
     #[serde(default)]
-    pub description: String,
-    pub addressing: Addressing,
+    #[expect(dead_code, reason = "for whoever reads the profile file, never the daemon")]
+    description: String,
+    pub(crate) addressing: Addressing,
     /// A template to copy and fill in: checked like any profile, but never driven.
     #[serde(default)]
-    pub template: bool,
-    pub read: ReadSpec,
+    pub(crate) template: bool,
+    pub(crate) read: ReadSpec,
     #[serde(default)]
-    pub control: Vec<ControlSpec>,
+    pub(crate) control: Vec<ControlSpec>,
 }
 
 /// Each reading: alternatives in order of preference. Units after scaling: % for SoC,
 /// W for powers (battery: discharge positive; grid: import positive), Wh for capacity.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReadSpec {
+pub(crate) struct ReadSpec {
     #[serde(default)]
-    pub soc: Vec<RegSpec>,
+    pub(crate) soc: Vec<RegSpec>,
     #[serde(default)]
-    pub battery_power: Vec<RegSpec>,
+    pub(crate) battery_power: Vec<RegSpec>,
     #[serde(default)]
-    pub grid_power: Vec<RegSpec>,
+    pub(crate) grid_power: Vec<RegSpec>,
     #[serde(default)]
-    pub capacity: Vec<RegSpec>,
+    pub(crate) capacity: Vec<RegSpec>,
     #[serde(default)]
-    pub max_charge: Vec<RegSpec>,
+    pub(crate) max_charge: Vec<RegSpec>,
     #[serde(default)]
-    pub max_discharge: Vec<RegSpec>,
+    pub(crate) max_discharge: Vec<RegSpec>,
     /// Site meter energy accumulators, Wh, ever increasing: imported from and exported to
     /// the grid. Absent: interval energy is integrated from `grid_power` and marked
     /// estimated (issue 14).
     #[serde(default)]
-    pub grid_import_energy: Vec<RegSpec>,
+    pub(crate) grid_import_energy: Vec<RegSpec>,
     #[serde(default)]
-    pub grid_export_energy: Vec<RegSpec>,
+    pub(crate) grid_export_energy: Vec<RegSpec>,
 }
 
 /// One register. SunSpec profiles give `model` + `point`; fixed profiles give `address` +
 /// `type`. `value` is used only in `enter`/`leave` writes (engineering units).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RegSpec {
-    pub model: Option<u16>,
-    pub point: Option<String>,
-    pub address: Option<u16>,
+pub(crate) struct RegSpec {
+    pub(crate) model: Option<u16>,
+    pub(crate) point: Option<String>,
+    pub(crate) address: Option<u16>,
     /// Modbus unit id when it differs from the device's (Victron GX: 100 for the system
     /// and settings services, the VE.Bus unit for the inverter).
-    pub unit: Option<u8>,
+    pub(crate) unit: Option<u8>,
     #[serde(default)]
-    pub function: Function,
+    pub(crate) function: Function,
     #[serde(rename = "type")]
-    pub ty: Option<RegType>,
+    pub(crate) ty: Option<RegType>,
     #[serde(default)]
-    pub word_order: WordOrder,
+    pub(crate) word_order: WordOrder,
     /// Multiplier from the raw register value to the canonical unit (W, %, Wh, s). With
     /// SunSpec it multiplies on top of the point's scale factor.
-    pub scale: Option<f64>,
+    pub(crate) scale: Option<f64>,
     /// Flip the sign (a meter that reports export as positive, an inverter that reports
     /// charging as positive).
     #[serde(default)]
-    pub negate: bool,
+    pub(crate) negate: bool,
     /// Written value (enter/leave only).
-    pub value: Option<f64>,
+    pub(crate) value: Option<f64>,
     /// Reads only: registers added to this one (a meter that reports each phase).
     #[serde(default)]
-    pub plus: Vec<RegSpec>,
+    pub(crate) plus: Vec<RegSpec>,
     /// Engineering range a written value is clamped to.
-    pub min: Option<f64>,
-    pub max: Option<f64>,
+    pub(crate) min: Option<f64>,
+    pub(crate) max: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ControlSpec {
-    pub label: String,
+pub(crate) struct ControlSpec {
+    pub(crate) label: String,
     /// Written (in order, each read back) after the setpoint, on every command refresh.
     #[serde(default)]
-    pub enter: Vec<RegSpec>,
+    pub(crate) enter: Vec<RegSpec>,
     /// Written to hand the battery back to its own mode.
     #[serde(default)]
-    pub leave: Vec<RegSpec>,
+    pub(crate) leave: Vec<RegSpec>,
     /// Device-side reversion timeout, seconds. Absent: the device has none (say so in the
     /// profile header: the battery then keeps the last command if the daemon dies).
-    pub reversion: Option<RegSpec>,
-    pub power: PowerSpec,
+    pub(crate) reversion: Option<RegSpec>,
+    pub(crate) power: PowerSpec,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum PowerSpec {
+pub(crate) enum PowerSpec {
     /// SunSpec 124 style: two signed percentages forming a window. Discharge at p % is
     /// `discharge = p, charge = -p`; charge at p % is `discharge = -p, charge = p`.
     /// `reference` gives the W that 100 % means (alternatives; else the configured limit).
@@ -159,26 +162,9 @@ pub enum PowerSpec {
     GridSetpoint { setpoint: RegSpec },
 }
 
-impl ControlSpec {
-    /// Every register this control method needs.
-    pub fn regs(&self) -> Vec<&RegSpec> {
-        let mut v: Vec<&RegSpec> = self.enter.iter().chain(&self.leave).collect();
-        v.extend(self.reversion.as_ref());
-        match &self.power {
-            PowerSpec::PercentWindow {
-                discharge, charge, ..
-            } => v.extend([discharge, charge]),
-            PowerSpec::Watts { setpoint } | PowerSpec::GridSetpoint { setpoint } => {
-                v.push(setpoint)
-            }
-        }
-        v
-    }
-}
-
 impl RegSpec {
     /// A short name for logs and status: `124.OutWRte` or `hr 2700@100`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match (self.model, &self.point, self.address) {
             (Some(m), Some(p), _) => format!("{m}.{p}"),
             (_, _, Some(a)) => {
