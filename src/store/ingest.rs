@@ -2,6 +2,7 @@
 //! SPEC §2.3 idempotency and §2.4 final cancellation are decided here, against the stored
 //! state, inside the same transaction.
 
+use super::groups::StoredForm;
 use super::{StoreError, ts};
 use crate::ingest::{ParsedNotification, RejectedTimeslot};
 use crate::model::Timeslot;
@@ -136,6 +137,24 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
     Ok(out)
 }
 
+/// What is stored for a (kind, event id) before this delivery.
+struct Existing {
+    content: String,
+    meter_group: Option<String>,
+    cancelled_final: bool,
+    revisions: i64,
+    first_source: String,
+}
+
+/// One delivery of one timeslot being written: where, when, and its stored form.
+struct Write<'a> {
+    tx: &'a Connection,
+    nid: i64,
+    now: &'a str,
+    slot: &'a Timeslot,
+    form: StoredForm,
+}
+
 fn upsert(
     tx: &Connection,
     nid: i64,
@@ -143,104 +162,169 @@ fn upsert(
     slot: &Timeslot,
     source: Source,
 ) -> Result<SlotResult, StoreError> {
-    let kind = slot.kind.as_str();
-    let existing: Option<(String, bool, i64, String)> = tx
-        .prepare_cached(
-            "SELECT content, cancelled_final, revisions, first_source FROM timeslots WHERE kind=?1 AND event_id=?2",
-        )?
-        .query_row(
-            params![kind, slot.event_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-    let slot = &match &existing {
-        Some((current, _, _, first)) if source == Source::Poll || first != "push" => {
-            same_flags_as_stored(current, slot)
+    let existing = find(tx, slot)?;
+    let row = match &existing {
+        Some(e) if source == Source::Poll || e.first_source != "push" => {
+            same_flags_as_stored(&e.content, slot)
         }
         _ => slot.clone(),
     };
-    let content = serde_json::to_string(slot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let add_revision = |revision: i64, conflict: bool| {
-        exec(tx,
-            "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id, received_at, content, conflict)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![kind, slot.event_id, revision, nid, now, content, conflict],
-        )
+    let w = Write {
+        tx,
+        nid,
+        now,
+        slot,
+        form: StoredForm::of(row)?,
     };
-    let Some((current, cancelled_final, revisions, _)) = existing else {
-        exec(
-            tx,
-            "INSERT INTO timeslots (kind, event_id, content, start_time, end_time, cancelled_final,
-               revisions, first_received, last_received, first_source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8)",
-            params![
-                kind,
-                slot.event_id,
-                content,
-                ts(slot.start_time),
-                ts(slot.end_time),
-                slot.cancelled,
-                now,
-                source.as_str()
-            ],
-        )?;
-        add_revision(1, false)?;
+    let Some(e) = existing else {
+        w.insert_new(source)?;
         return Ok(SlotResult::New);
     };
-    if current == content {
-        exec(
-            tx,
-            "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
-             WHERE kind=?1 AND event_id=?2",
-            params![kind, slot.event_id, now],
-        )?;
+    // SPEC §2.3: the same content (and the same group lists) again is a duplicate.
+    if e.content == w.form.content && e.meter_group.as_deref() == w.form.key() {
+        w.count_duplicate()?;
         return Ok(SlotResult::Duplicate);
     }
-    let revision = revisions + 1;
-    if cancelled_final && !slot.cancelled {
+    let revision = e.revisions + 1;
+    if e.cancelled_final && !slot.cancelled {
         // SPEC §2.4: recorded once, but the cancelled version stays in force. The same stale
         // retry arriving again is a duplicate of that conflict revision.
-        let seen: bool = tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
-               WHERE kind=?1 AND event_id=?2 AND conflict=1 AND content=?3)",
-            )?
-            .query_row(params![kind, slot.event_id, content], |r| r.get(0))?;
-        if seen {
-            exec(
-                tx,
-                "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
-                 WHERE kind=?1 AND event_id=?2",
-                params![kind, slot.event_id, now],
-            )?;
+        if w.seen_conflict()? {
+            w.count_duplicate()?;
             return Ok(SlotResult::Duplicate);
         }
-        add_revision(revision, true)?;
-        exec(
-            tx,
-            "UPDATE timeslots SET revisions=?3, conflict=1, last_received=?4 WHERE kind=?1 AND event_id=?2",
-            params![kind, slot.event_id, revision, now],
-        )?;
+        w.record_conflict(revision)?;
         return Ok(SlotResult::Conflict);
     }
-    add_revision(revision, false)?;
-    exec(
-        tx,
-        "UPDATE timeslots SET content=?3, start_time=?4, end_time=?5,
-           cancelled_final = cancelled_final OR ?6, revisions=?7, last_received=?8
-         WHERE kind=?1 AND event_id=?2",
-        params![
-            kind,
-            slot.event_id,
-            content,
-            ts(slot.start_time),
-            ts(slot.end_time),
-            slot.cancelled,
-            revision,
-            now
-        ],
-    )?;
+    w.update(revision)?;
     Ok(SlotResult::Updated)
+}
+
+fn find(tx: &Connection, slot: &Timeslot) -> Result<Option<Existing>, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT content, meter_group, cancelled_final, revisions, first_source
+             FROM timeslots WHERE kind=?1 AND event_id=?2",
+        )?
+        .query_row(params![slot.kind.as_str(), slot.event_id], |r| {
+            Ok(Existing {
+                content: r.get(0)?,
+                meter_group: r.get(1)?,
+                cancelled_final: r.get(2)?,
+                revisions: r.get(3)?,
+                first_source: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+impl Write<'_> {
+    fn kind(&self) -> &'static str {
+        self.slot.kind.as_str()
+    }
+
+    fn add_revision(&self, revision: i64, conflict: bool) -> Result<(), StoreError> {
+        self.form.save_lists(self.tx)?;
+        exec(
+            self.tx,
+            "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id,
+               received_at, content, conflict, meter_group)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                self.kind(),
+                self.slot.event_id,
+                revision,
+                self.nid,
+                self.now,
+                self.form.content,
+                conflict,
+                self.form.key()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn insert_new(&self, source: Source) -> Result<(), StoreError> {
+        exec(
+            self.tx,
+            "INSERT INTO timeslots (kind, event_id, content, start_time, end_time, cancelled_final,
+               revisions, first_received, last_received, first_source, meter_group)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8, ?9)",
+            params![
+                self.kind(),
+                self.slot.event_id,
+                self.form.content,
+                ts(self.slot.start_time),
+                ts(self.slot.end_time),
+                self.slot.cancelled,
+                self.now,
+                source.as_str(),
+                self.form.key()
+            ],
+        )?;
+        self.add_revision(1, false)
+    }
+
+    fn count_duplicate(&self) -> Result<(), StoreError> {
+        exec(
+            self.tx,
+            "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
+             WHERE kind=?1 AND event_id=?2",
+            params![self.kind(), self.slot.event_id, self.now],
+        )?;
+        Ok(())
+    }
+
+    fn seen_conflict(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
+                 WHERE kind=?1 AND event_id=?2 AND conflict=1 AND content=?3 AND meter_group IS ?4)",
+            )?
+            .query_row(
+                params![
+                    self.kind(),
+                    self.slot.event_id,
+                    self.form.content,
+                    self.form.key()
+                ],
+                |r| r.get(0),
+            )?)
+    }
+
+    fn record_conflict(&self, revision: i64) -> Result<(), StoreError> {
+        self.add_revision(revision, true)?;
+        exec(
+            self.tx,
+            "UPDATE timeslots SET revisions=?3, conflict=1, last_received=?4 WHERE kind=?1 AND event_id=?2",
+            params![self.kind(), self.slot.event_id, revision, self.now],
+        )?;
+        Ok(())
+    }
+
+    fn update(&self, revision: i64) -> Result<(), StoreError> {
+        self.add_revision(revision, false)?;
+        exec(
+            self.tx,
+            "UPDATE timeslots SET content=?3, start_time=?4, end_time=?5,
+               cancelled_final = cancelled_final OR ?6, revisions=?7, last_received=?8,
+               meter_group=?9
+             WHERE kind=?1 AND event_id=?2",
+            params![
+                self.kind(),
+                self.slot.event_id,
+                self.form.content,
+                ts(self.slot.start_time),
+                ts(self.slot.end_time),
+                self.slot.cancelled,
+                revision,
+                self.now,
+                self.form.key()
+            ],
+        )?;
+        Ok(())
+    }
 }
 
 /// A search result and a push describe the same timeslot with different envelope flags (a
@@ -271,18 +355,9 @@ fn cancellation_of(
     let (true, Some(event_id)) = (rej.cancels, rej.event_id.as_deref()) else {
         return Ok(None);
     };
-    let current: Option<(String, bool)> = tx
-        .query_row(
-            "SELECT content, cancelled_final FROM timeslots WHERE kind=?1 AND event_id=?2",
-            params![rej.kind.as_str(), event_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((content, false)) = current else {
+    let Some((mut slot, false)) = super::groups::current(tx, rej.kind, event_id)? else {
         return Ok(None);
     };
-    let mut slot: Timeslot =
-        serde_json::from_str(&content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     slot.cancelled = true;
     Ok(Some(slot))
 }

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub(crate) mod files;
+mod groups;
 mod ingest;
 mod migrations;
 pub mod query;
