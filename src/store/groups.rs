@@ -30,19 +30,34 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 impl StoredForm {
     /// Meter timeslots keep their one meter inline; group timeslots move their lists out.
     pub(crate) fn of(mut slot: Timeslot) -> Result<StoredForm, StoreError> {
+        StoredForm::of_mut(&mut slot)
+    }
+
+    /// [`StoredForm::of`] without copying the lists: they are lent out of `slot` while its
+    /// content is written, and put back.
+    pub(crate) fn of_mut(slot: &mut Timeslot) -> Result<StoredForm, StoreError> {
         if slot.kind != Kind::Group {
-            let content = serde_json::to_string(&slot).map_err(corrupt)?;
+            let content = serde_json::to_string(slot).map_err(corrupt)?;
             return Ok(StoredForm {
                 content,
                 group: None,
             });
         }
-        let meter_ids = serde_json::to_string(&std::mem::take(&mut slot.meter_ids));
-        let refs = serde_json::to_string(&std::mem::take(&mut slot.partner_references));
-        let lists = Lists::new(meter_ids.map_err(corrupt)?, refs.map_err(corrupt)?);
+        let meter_ids = std::mem::take(&mut slot.meter_ids);
+        let refs = std::mem::take(&mut slot.partner_references);
+        let content = serde_json::to_string(slot);
+        let lists = (
+            serde_json::to_string(&meter_ids),
+            serde_json::to_string(&refs),
+        );
+        slot.meter_ids = meter_ids;
+        slot.partner_references = refs;
         Ok(StoredForm {
-            content: serde_json::to_string(&slot).map_err(corrupt)?,
-            group: Some(lists),
+            content: content.map_err(corrupt)?,
+            group: Some(Lists::new(
+                lists.0.map_err(corrupt)?,
+                lists.1.map_err(corrupt)?,
+            )),
         })
     }
 

@@ -71,9 +71,38 @@ enum SlotResult {
     Conflict,
 }
 
+/// A notification with the CPU work of storing it done before it reaches the owner thread
+/// (issue 17): each timeslot's stored form (JSON, group lists and their SHA-256) and the
+/// headers' text are made on the request's own thread, so the one writer thread, which all
+/// ingests pass through, only runs SQL.
+pub(crate) struct Prepared {
+    pub(crate) rec: IngestRecord,
+    /// One per `rec.parsed.timeslots`, in order.
+    forms: Vec<StoredForm>,
+    headers: String,
+}
+
+impl Prepared {
+    pub(crate) fn new(mut rec: IngestRecord) -> Result<Prepared, StoreError> {
+        let forms = rec
+            .parsed
+            .timeslots
+            .iter_mut()
+            .map(StoredForm::of_mut)
+            .collect::<Result<_, _>>()?;
+        let headers = rec.headers.to_string();
+        Ok(Prepared {
+            rec,
+            forms,
+            headers,
+        })
+    }
+}
+
 /// Apply one notification inside the caller's transaction (the writer's group commit,
 /// `writer.rs`): the caller commits, and only then may the request be acknowledged.
-pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcome, StoreError> {
+pub(super) fn ingest(tx: &Connection, prep: &Prepared) -> Result<IngestOutcome, StoreError> {
+    let rec = &prep.rec;
     let now = ts(rec.received_at);
     let p = &rec.parsed;
     // The id SQLite would give the row (one writer, so nobody takes it meanwhile). The row
@@ -86,8 +115,8 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
         notification_id: nid,
         ..Default::default()
     };
-    for slot in &p.timeslots {
-        match upsert(tx, nid, &now, slot, rec.source)? {
+    for (slot, form) in p.timeslots.iter().zip(&prep.forms) {
+        match upsert(tx, nid, &now, slot, Some(form), rec.source)? {
             SlotResult::New => out.new += 1,
             SlotResult::Updated => out.updated += 1,
             SlotResult::Duplicate => out.duplicate += 1,
@@ -102,7 +131,7 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
         out.rejected += 1;
         out.rejected_reasons.push(rej.reason.clone());
         if let Some(slot) = cancellation_of(tx, rej)? {
-            match upsert(tx, nid, &now, &slot, rec.source)? {
+            match upsert(tx, nid, &now, &slot, None, rec.source)? {
                 SlotResult::Updated | SlotResult::New => out.updated += 1,
                 SlotResult::Duplicate | SlotResult::Conflict => out.duplicate += 1,
             }
@@ -114,16 +143,28 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
     if rec.source == Source::Poll && nothing_new {
         return Ok(out);
     }
+    store_raw(tx, prep, &now, &out)?;
+    Ok(out)
+}
+
+/// SPEC §2.5: the raw notification, with its final counts.
+fn store_raw(
+    tx: &Connection,
+    prep: &Prepared,
+    now: &str,
+    out: &IngestOutcome,
+) -> Result<(), StoreError> {
+    let (rec, p) = (&prep.rec, &prep.rec.parsed);
     exec(
         tx,
         "INSERT INTO notifications (id, received_at, peer, headers, body, integration_test,
            communication_test, new_count, updated_count, duplicate_count, rejected_count, source)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
-            nid,
+            out.notification_id,
             now,
             rec.peer,
-            rec.headers.to_string(),
+            prep.headers,
             rec.body,
             p.integration_test_notification,
             p.communication_test,
@@ -134,7 +175,7 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
             rec.source.as_str(),
         ],
     )?;
-    Ok(out)
+    Ok(())
 }
 
 /// What is stored for a (kind, event id) before this delivery.
@@ -152,7 +193,7 @@ struct Write<'a> {
     nid: i64,
     now: &'a str,
     slot: &'a Timeslot,
-    form: StoredForm,
+    form: &'a StoredForm,
 }
 
 fn upsert(
@@ -160,21 +201,28 @@ fn upsert(
     nid: i64,
     now: &str,
     slot: &Timeslot,
+    ready: Option<&StoredForm>,
     source: Source,
 ) -> Result<SlotResult, StoreError> {
     let existing = find(tx, slot)?;
-    let row = match &existing {
-        Some(e) if source == Source::Poll || e.first_source != "push" => {
-            same_flags_as_stored(&e.content, slot)
+    let own;
+    let form = match (&existing, ready) {
+        (Some(e), _) if source == Source::Poll || e.first_source != "push" => {
+            own = StoredForm::of(same_flags_as_stored(&e.content, slot))?;
+            &own
         }
-        _ => slot.clone(),
+        (_, Some(form)) => form,
+        (_, None) => {
+            own = StoredForm::of(slot.clone())?;
+            &own
+        }
     };
     let w = Write {
         tx,
         nid,
         now,
         slot,
-        form: StoredForm::of(row)?,
+        form,
     };
     let Some(e) = existing else {
         w.insert_new(source)?;

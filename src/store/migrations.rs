@@ -175,10 +175,10 @@ mod tests {
             .unwrap();
         assert_eq!(inline, 0, "no row copies the group's meter ids any more");
         let tx = conn.transaction().unwrap();
-        let again = ingest::ingest(&tx, &record(body)).unwrap();
+        let again = ingest::ingest(&tx, &ingest::Prepared::new(record(body)).unwrap()).unwrap();
         assert_eq!((again.new, again.updated, again.duplicate), (0, 0, 1));
         let other = body.replacen(meter.as_str(), "11111111-2222-3333-4444-555555555555", 1);
-        let changed = ingest::ingest(&tx, &record(&other)).unwrap();
+        let changed = ingest::ingest(&tx, &ingest::Prepared::new(record(&other)).unwrap()).unwrap();
         assert_eq!(changed.updated, 1, "another meter list is a new revision");
         tx.commit().unwrap();
         assert_eq!(count(&conn, "SELECT count(*) FROM meter_groups"), 2);

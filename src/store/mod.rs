@@ -4,6 +4,7 @@
 //! daemon (the CLI) open the file read-only; WAL lets them run beside the writer.
 
 pub mod audit;
+mod checkpoint;
 pub(crate) mod files;
 mod groups;
 mod ingest;
@@ -123,14 +124,23 @@ impl Store {
         configure(&conn).map_err(open_err)?;
         files::tighten_journal_files(path);
         migrate(&mut conn)?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            checkpoint::WRITER_BACKSTOP_FRAMES,
+        )
+        .map_err(open_err)?;
+        let (nudge, checkpointer) = checkpoint::spawn(path)?;
         let (tx, mut rx) = mpsc::channel::<writer::Work>(1024);
         let stats = std::sync::Arc::new(BatchStats::default());
         let writer_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("leap-edge-store".into())
             .spawn(move || {
-                writer::run(&mut conn, &mut rx, &writer_stats);
-                // Dropping the connection checkpoints the WAL: a clean close.
+                writer::run(&mut conn, &mut rx, &writer_stats, &nudge);
+                drop(nudge);
+                let _ = checkpointer.join();
+                // Dropping the last connection checkpoints the WAL: a clean close.
                 drop(conn);
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
@@ -227,9 +237,11 @@ impl Store {
     /// Commit a notification and its timeslots (SPEC §2.1). Answers only after the FULL
     /// commit of the batch that holds it (group commit, `writer.rs`).
     pub async fn ingest(&self, record: IngestRecord) -> Result<IngestOutcome, StoreError> {
+        // The stored forms are made here, on the caller's thread, not on the writer's.
+        let prepared = Box::new(ingest::Prepared::new(record)?);
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(writer::Work::Ingest(Box::new(record), tx))
+            .send(writer::Work::Ingest(prepared, tx))
             .await
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
