@@ -182,5 +182,15 @@ mod tests {
         assert_eq!(changed.updated, 1, "another meter list is a new revision");
         tx.commit().unwrap();
         assert_eq!(count(&conn, "SELECT count(*) FROM meter_groups"), 2);
+        // Retention drops the superseded revisions, and with them the lists only they named.
+        conn.execute(
+            "UPDATE timeslot_revisions SET received_at = '2020-01-01T00:00:00.000Z'",
+            [],
+        )
+        .unwrap();
+        query::prune_notifications(&conn, chrono::Utc::now()).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM meter_groups"), 1);
+        let kept = &query::all_timeslots(&conn).unwrap()[0].timeslot;
+        assert_eq!(kept.meter_ids[0], "11111111-2222-3333-4444-555555555555");
     }
 }

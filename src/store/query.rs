@@ -192,6 +192,9 @@ pub fn prune_notifications(
     older_than: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     let cutoff = ts(older_than);
+    // One transaction: readers see the prune whole or not at all.
+    let tx = conn.unchecked_transaction()?;
+    let conn = &*tx;
     let notifications = conn.execute(
         "DELETE FROM notifications WHERE received_at < ?1",
         params![cutoff],
@@ -207,5 +210,6 @@ pub fn prune_notifications(
         params![cutoff],
     )?;
     let groups = super::groups::prune(conn)?;
+    tx.commit()?;
     Ok(notifications + rejected + revisions + groups)
 }
