@@ -241,7 +241,7 @@ pub(crate) async fn receive_notification(
 ) -> Result<Received, (Resp, &'static str)> {
     let server = intake.server;
     let read = Duration::from_secs(server.read_timeout_secs);
-    if let Err(answer) = check_head(intake, conn, peer, &req) {
+    if let Some(answer) = refuse_head(intake, conn, peer, &req) {
         drain(req, server.max_body_bytes, read).await;
         return Err(answer);
     }
@@ -276,21 +276,21 @@ fn too_large(limit: usize) -> Resp {
 }
 
 /// The checks made on the request head, before any of the body is read: the key (a valid
-/// one marks the connection authorized, issue 10.1), JSON, the declared length. `Err` is
-/// the answer (the caller drains the body first, except for an over-long one).
-fn check_head(
+/// one marks the connection authorized, issue 10.1) and JSON. The answer to a refused
+/// request and its metrics label (the caller drains the body first).
+fn refuse_head(
     intake: &Intake<'_>,
     conn: &ConnState,
     peer: SocketAddr,
     req: &Request<Incoming>,
-) -> Result<(), (Resp, &'static str)> {
+) -> Option<(Resp, &'static str)> {
     let auth_cfg = intake.auth;
     if !auth::authorized(req.headers(), &auth_cfg.header, &auth_cfg.keys) {
         intake.unauthorized_log.rejected(peer, req.uri().path());
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
         r.headers_mut()
             .insert(CONNECTION, "close".parse().expect("static header"));
-        return Err((r, "unauthorized"));
+        return Some((r, "unauthorized"));
     }
     conn.authorize();
     let is_json = req
@@ -303,16 +303,15 @@ fn check_head(
             m == "application/json" || m.ends_with("+json")
         })
         .unwrap_or(false);
-    if !is_json {
-        return Err((
+    (!is_json).then(|| {
+        (
             error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Content-Type must be application/json",
             ),
             "unsupported_media_type",
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// The body, within the size limit and the read timeout.

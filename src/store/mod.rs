@@ -144,19 +144,7 @@ impl Store {
                 drop(conn);
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
-        let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(open_err)?;
-        reader.busy_timeout(std::time::Duration::from_secs(5))?;
-        bound_caches(&reader).map_err(open_err)?;
-        let (rtx, mut rrx) = mpsc::channel::<ReadJob>(256);
-        let read_thread = std::thread::Builder::new()
-            .name("leap-edge-store-read".into())
-            .spawn(move || {
-                while let Some(job) = rrx.blocking_recv() {
-                    job(&reader);
-                }
-            })
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
+        let (rtx, read_thread) = spawn_reader(path)?;
         Ok((
             Store {
                 jobs: tx,
@@ -246,6 +234,30 @@ impl Store {
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
+}
+
+/// The reader connection and its thread (planning and status reads, beside the writer).
+fn spawn_reader(
+    path: &Path,
+) -> Result<(mpsc::Sender<ReadJob>, std::thread::JoinHandle<()>), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_err)?;
+    reader.busy_timeout(std::time::Duration::from_secs(5))?;
+    bound_caches(&reader).map_err(open_err)?;
+    let (rtx, mut rrx) = mpsc::channel::<ReadJob>(256);
+    let read_thread = std::thread::Builder::new()
+        .name("leap-edge-store-read".into())
+        .spawn(move || {
+            while let Some(job) = rrx.blocking_recv() {
+                job(&reader);
+            }
+        })
+        .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
+    Ok((rtx, read_thread))
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
