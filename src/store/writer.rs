@@ -88,6 +88,15 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Box<Prepared>, Reply)>, stats
     let mut results: Vec<Result<IngestOutcome, StoreError>> = Vec::with_capacity(batch.len());
     let committed = (|| -> Result<(), StoreError> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let [(rec, _)] = batch.as_slice() {
+            // Alone in its batch (one sender): the transaction is its savepoint.
+            let result = ingest::ingest(&tx, rec);
+            if result.is_ok() {
+                tx.commit()?;
+            }
+            results.push(result);
+            return Ok(());
+        }
         for (rec, _) in &batch {
             let sp = tx.savepoint()?;
             match ingest::ingest(&sp, rec) {
