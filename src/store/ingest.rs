@@ -84,12 +84,7 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     pub(crate) fn new(mut rec: IngestRecord) -> Result<Prepared, StoreError> {
-        let forms = rec
-            .parsed
-            .timeslots
-            .iter_mut()
-            .map(StoredForm::of_mut)
-            .collect::<Result<_, _>>()?;
+        let forms = StoredForm::of_all(&mut rec.parsed.timeslots)?;
         let headers = rec.headers.to_string();
         Ok(Prepared {
             rec,
