@@ -127,7 +127,7 @@ impl Store {
         conn.pragma_update(
             None,
             "wal_autocheckpoint",
-            checkpoint::WRITER_BACKSTOP_FRAMES,
+            checkpoint::WRITER_CHECKPOINT_FRAMES,
         )
         .map_err(open_err)?;
         let (nudge, checkpointer) = checkpoint::spawn(path)?;
