@@ -58,7 +58,7 @@ pub(crate) struct RelayStatus {
 /// How many unrouted entries and dead letters are listed (all are counted).
 const LIST_LIMIT: i64 = 50;
 
-pub(crate) fn query(
+pub(super) fn query(
     conn: &Connection,
     configured: &[String],
     now: DateTime<Utc>,

@@ -116,7 +116,7 @@ pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Resp
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
-        "application/json".parse().expect("static header"),
+        hyper::header::HeaderValue::from_static("application/json"),
     );
     r
 }
@@ -184,14 +184,13 @@ pub(crate) async fn handle(
         app.metrics.requests.inc("ambiguous_framing", 1);
         return Ok(r);
     }
-    let path = req.uri().path().to_string();
-    let webhook = app.settings().server.path.clone();
-    let resp = match (role, req.method(), path.as_str()) {
+    let is_webhook = req.uri().path() == app.settings().server.path;
+    let resp = match (role, req.method(), req.uri().path()) {
         (Role::Metrics, &Method::GET, "/healthz") => healthz(&app).await,
         (Role::Metrics, &Method::GET, "/metrics") => metrics(&app),
         (Role::Metrics, _, "/healthz" | "/metrics") => not_allowed("GET"),
-        (Role::Webhook, &Method::POST, p) if *p == webhook => ingest(&app, peer, &conn, req).await,
-        (Role::Webhook, _, p) if *p == webhook => not_allowed("POST"),
+        (Role::Webhook, &Method::POST, _) if is_webhook => ingest(&app, peer, &conn, req).await,
+        (Role::Webhook, _, _) if is_webhook => not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "no such path"),
     };
     Ok(resp)
@@ -247,76 +246,14 @@ pub(crate) async fn receive_notification(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Received, (Resp, &'static str)> {
-    let (server, auth_cfg) = (intake.server, intake.auth);
+    let server = intake.server;
     let read = Duration::from_secs(server.read_timeout_secs);
-    if !auth::authorized(req.headers(), &auth_cfg.header, &auth_cfg.keys) {
-        intake.unauthorized_log.rejected(peer, req.uri().path());
+    if let Some(answer) = refuse_head(intake, conn, peer, &req) {
         drain(req, server.max_body_bytes, read).await;
-        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
-        r.headers_mut()
-            .insert(CONNECTION, "close".parse().expect("static header"));
-        return Err((r, "unauthorized"));
+        return Err(answer);
     }
-    conn.authorize();
-    let is_json = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || m.ends_with("+json")
-        })
-        .unwrap_or(false);
-    if !is_json {
-        drain(req, server.max_body_bytes, read).await;
-        return Err((
-            error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Content-Type must be application/json",
-            ),
-            "unsupported_media_type",
-        ));
-    }
-    let limit = server.max_body_bytes;
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body is over the {limit}-byte limit"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err((too_large(), "too_large"));
-    }
-    let headers = auth::auditable_headers(req.headers(), &auth_cfg.header);
-    let body =
-        match tokio::time::timeout(read, Limited::new(req.into_body(), limit).collect()).await {
-            Err(_) => {
-                tracing::warn!(%peer, "webhook body not received within the read timeout");
-                return Err((
-                    error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
-                    "timeout",
-                ));
-            }
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err((too_large(), "too_large"));
-            }
-            Ok(Err(e)) => {
-                return Err((
-                    error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
-                    "bad_request",
-                ));
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
+    let headers = auth::auditable_headers(req.headers(), &intake.auth.header);
+    let body = read_body(req, server.max_body_bytes, read, peer).await?;
     let parsed = match ingest::parse_bounded(&body, intake.limits, chrono::Utc::now()) {
         Ok(p) => p,
         Err(ingest::BoundedError::Invalid(e)) => {
@@ -338,6 +275,89 @@ pub(crate) async fn receive_notification(
     })
 }
 
+fn too_large(limit: usize) -> Resp {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body is over the {limit}-byte limit"),
+    )
+}
+
+/// The checks made on the request head, before any of the body is read: the key (a valid
+/// one marks the connection authorized, issue 10.1) and JSON. The answer to a refused
+/// request and its metrics label (the caller drains the body first).
+fn refuse_head(
+    intake: &Intake<'_>,
+    conn: &ConnState,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Option<(Resp, &'static str)> {
+    let auth_cfg = intake.auth;
+    if !auth::authorized(req.headers(), &auth_cfg.header, &auth_cfg.keys) {
+        intake.unauthorized_log.rejected(peer, req.uri().path());
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
+        r.headers_mut()
+            .insert(CONNECTION, "close".parse().expect("static header"));
+        return Some((r, "unauthorized"));
+    }
+    conn.authorize();
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+        .unwrap_or(false);
+    (!is_json).then(|| {
+        (
+            error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json",
+            ),
+            "unsupported_media_type",
+        )
+    })
+}
+
+/// The body, within the size limit and the read timeout.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    read: Duration,
+    peer: SocketAddr,
+) -> Result<Bytes, (Resp, &'static str)> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err((too_large(limit), "too_large"));
+    }
+    match tokio::time::timeout(read, Limited::new(req.into_body(), limit).collect()).await {
+        Err(_) => {
+            tracing::warn!(%peer, "webhook body not received within the read timeout");
+            Err((
+                error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
+                "timeout",
+            ))
+        }
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err((too_large(limit), "too_large"))
+        }
+        Ok(Err(e)) => Err((
+            error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+            "bad_request",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
 /// Read and discard a refused request's body (bounded), so the client gets a clean answer
 /// rather than a reset in the middle of its upload: Leap's test endpoint then reports the
 /// real status.
@@ -357,7 +377,7 @@ async fn commit(
         received_at,
         peer: Some(peer.to_string()),
         headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: body_text(body),
         parsed,
         source: crate::store::Source::Push,
     };
@@ -369,7 +389,28 @@ async fn commit(
             return (unavailable(), "storage_unavailable");
         }
     };
-    let m = &app.metrics;
+    count_outcome(&app.metrics, &outcome, received_at);
+    log_outcome(&outcome, peer);
+    if outcome.changed() {
+        app.changes.bump();
+    }
+    let mut body = serde_json::to_value(&outcome).unwrap_or_default();
+    body["status"] = json!("ok");
+    (json_response(StatusCode::OK, body), "accepted")
+}
+
+/// The body as text for the audit copy, without copying it: it parsed as JSON, so it is
+/// UTF-8 (anything else is kept with replacement characters).
+fn body_text(body: Bytes) -> String {
+    String::from_utf8(Vec::from(body))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn count_outcome(
+    m: &IngestMetrics,
+    outcome: &crate::store::IngestOutcome,
+    received_at: chrono::DateTime<chrono::Utc>,
+) {
     for (label, n) in [
         ("new", outcome.new),
         ("updated", outcome.updated),
@@ -384,6 +425,9 @@ async fn commit(
     }
     m.last_notification_unix
         .store(received_at.timestamp().max(0) as u64, Ordering::Relaxed);
+}
+
+fn log_outcome(outcome: &crate::store::IngestOutcome, peer: &str) {
     tracing::info!(
         notification_id = outcome.notification_id, %peer,
         new = outcome.new, updated = outcome.updated, duplicate = outcome.duplicate,
@@ -411,12 +455,6 @@ async fn commit(
             "more timeslots rejected (all are listed by `leap-edge events`)"
         );
     }
-    if outcome.changed() {
-        app.changes.bump();
-    }
-    let mut body = serde_json::to_value(&outcome).unwrap_or_default();
-    body["status"] = json!("ok");
-    (json_response(StatusCode::OK, body), "accepted")
 }
 
 /// How a notification that came another way than HTTP (MQTT, SPEC §2.12) ended.

@@ -2,6 +2,7 @@
 //! SPEC §2.3 idempotency and §2.4 final cancellation are decided here, against the stored
 //! state, inside the same transaction.
 
+use super::groups::StoredForm;
 use super::{StoreError, ts};
 use crate::ingest::{ParsedNotification, RejectedTimeslot};
 use crate::model::Timeslot;
@@ -73,9 +74,33 @@ enum SlotResult {
     Conflict,
 }
 
+/// A notification with the CPU work of storing it done before it reaches the owner thread
+/// (issue 17): each timeslot's stored form (JSON, group lists and their SHA-256) and the
+/// headers' text are made on the request's own thread, so the one writer thread, which all
+/// ingests pass through, only runs SQL.
+pub(crate) struct Prepared {
+    pub(crate) rec: IngestRecord,
+    /// One per `rec.parsed.timeslots`, in order.
+    forms: Vec<StoredForm>,
+    headers: String,
+}
+
+impl Prepared {
+    pub(crate) fn new(mut rec: IngestRecord) -> Result<Prepared, StoreError> {
+        let forms = StoredForm::of_all(&mut rec.parsed.timeslots)?;
+        let headers = rec.headers.to_string();
+        Ok(Prepared {
+            rec,
+            forms,
+            headers,
+        })
+    }
+}
+
 /// Apply one notification inside the caller's transaction (the writer's group commit,
 /// `writer.rs`): the caller commits, and only then may the request be acknowledged.
-pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcome, StoreError> {
+pub(super) fn ingest(tx: &Connection, prep: &Prepared) -> Result<IngestOutcome, StoreError> {
+    let rec = &prep.rec;
     let now = ts(rec.received_at);
     let p = &rec.parsed;
     // The id SQLite would give the row (one writer, so nobody takes it meanwhile). The row
@@ -88,8 +113,8 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
         notification_id: nid,
         ..Default::default()
     };
-    for slot in &p.timeslots {
-        match upsert(tx, nid, &now, slot, rec.source)? {
+    for (slot, form) in p.timeslots.iter().zip(&prep.forms) {
+        match upsert(tx, nid, &now, slot, Some(form), rec.source)? {
             SlotResult::New => out.new += 1,
             SlotResult::Updated => out.updated += 1,
             SlotResult::Duplicate => out.duplicate += 1,
@@ -105,7 +130,7 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
         out.rejected_reasons.push(rej.reason.clone());
         out.rejected_codes.push(rej.code);
         if let Some(slot) = cancellation_of(tx, rej)? {
-            match upsert(tx, nid, &now, &slot, rec.source)? {
+            match upsert(tx, nid, &now, &slot, None, rec.source)? {
                 SlotResult::Updated | SlotResult::New => out.updated += 1,
                 SlotResult::Duplicate | SlotResult::Conflict => out.duplicate += 1,
             }
@@ -117,16 +142,28 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
     if rec.source == Source::Poll && nothing_new {
         return Ok(out);
     }
+    store_raw(tx, prep, &now, &out)?;
+    Ok(out)
+}
+
+/// SPEC §2.5: the raw notification, with its final counts.
+fn store_raw(
+    tx: &Connection,
+    prep: &Prepared,
+    now: &str,
+    out: &IngestOutcome,
+) -> Result<(), StoreError> {
+    let (rec, p) = (&prep.rec, &prep.rec.parsed);
     exec(
         tx,
         "INSERT INTO notifications (id, received_at, peer, headers, body, integration_test,
            communication_test, new_count, updated_count, duplicate_count, rejected_count, source)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
-            nid,
+            out.notification_id,
             now,
             rec.peer,
-            rec.headers.to_string(),
+            prep.headers,
             rec.body,
             p.integration_test_notification,
             p.communication_test,
@@ -137,7 +174,25 @@ pub(super) fn ingest(tx: &Connection, rec: &IngestRecord) -> Result<IngestOutcom
             rec.source.as_str(),
         ],
     )?;
-    Ok(out)
+    Ok(())
+}
+
+/// What is stored for a (kind, event id) before this delivery.
+struct Existing {
+    content: String,
+    meter_group: Option<String>,
+    cancelled_final: bool,
+    revisions: i64,
+    first_source: String,
+}
+
+/// One delivery of one timeslot being written: where, when, and its stored form.
+struct Write<'a> {
+    tx: &'a Connection,
+    nid: i64,
+    now: &'a str,
+    slot: &'a Timeslot,
+    form: &'a StoredForm,
 }
 
 fn upsert(
@@ -145,106 +200,178 @@ fn upsert(
     nid: i64,
     now: &str,
     slot: &Timeslot,
+    ready: Option<&StoredForm>,
     source: Source,
 ) -> Result<SlotResult, StoreError> {
-    let kind = slot.kind.as_str();
-    let existing: Option<(String, bool, i64, String)> = tx
-        .prepare_cached(
-            "SELECT content, cancelled_final, revisions, first_source FROM timeslots WHERE kind=?1 AND event_id=?2",
-        )?
-        .query_row(
-            params![kind, slot.event_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-    let slot = &match &existing {
-        Some((current, _, _, first)) if source == Source::Poll || first != "push" => {
-            same_flags_as_stored(current, slot)
+    let existing = find(tx, slot)?;
+    let own;
+    let form = match (&existing, ready) {
+        (Some(e), _) if source == Source::Poll || e.first_source != "push" => {
+            own = StoredForm::of(same_flags_as_stored(&e.content, slot))?;
+            &own
         }
-        _ => slot.clone(),
+        (_, Some(form)) => form,
+        (_, None) => {
+            own = StoredForm::of(slot.clone())?;
+            &own
+        }
     };
-    let content = serde_json::to_string(slot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let add_revision = |revision: i64, conflict: bool| {
-        exec(tx,
-            "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id, received_at, content, conflict)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![kind, slot.event_id, revision, nid, now, content, conflict],
-        )
+    let w = Write {
+        tx,
+        nid,
+        now,
+        slot,
+        form,
     };
-    let Some((current, cancelled_final, revisions, _)) = existing else {
-        exec(
-            tx,
-            "INSERT INTO timeslots (kind, event_id, content, start_time, end_time, cancelled_final,
-               revisions, first_received, last_received, first_source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8)",
-            params![
-                kind,
-                slot.event_id,
-                content,
-                ts(slot.start_time),
-                ts(slot.end_time),
-                slot.cancelled,
-                now,
-                source.as_str()
-            ],
-        )?;
-        add_revision(1, false)?;
+    let Some(e) = existing else {
+        w.insert_new(source)?;
         return Ok(SlotResult::New);
     };
-    if current == content {
-        exec(
-            tx,
-            "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
-             WHERE kind=?1 AND event_id=?2",
-            params![kind, slot.event_id, now],
-        )?;
+    // SPEC §2.3: the same content (and the same group lists) again is a duplicate.
+    if e.content == w.form.content && e.meter_group.as_deref() == w.form.key() {
+        w.count_duplicate()?;
         return Ok(SlotResult::Duplicate);
     }
-    let revision = revisions + 1;
-    if cancelled_final && !slot.cancelled {
+    let revision = e.revisions + 1;
+    if e.cancelled_final && !slot.cancelled {
         // SPEC §2.4: recorded once, but the cancelled version stays in force. The same stale
         // retry arriving again is a duplicate of that conflict revision.
-        let seen: bool = tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
-               WHERE kind=?1 AND event_id=?2 AND conflict=1 AND content=?3)",
-            )?
-            .query_row(params![kind, slot.event_id, content], |r| r.get(0))?;
-        if seen {
-            exec(
-                tx,
-                "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
-                 WHERE kind=?1 AND event_id=?2",
-                params![kind, slot.event_id, now],
-            )?;
+        if w.seen_conflict()? {
+            w.count_duplicate()?;
             return Ok(SlotResult::Duplicate);
         }
-        add_revision(revision, true)?;
-        exec(
-            tx,
-            "UPDATE timeslots SET revisions=?3, conflict=1, last_received=?4 WHERE kind=?1 AND event_id=?2",
-            params![kind, slot.event_id, revision, now],
-        )?;
+        w.record_conflict(revision)?;
         return Ok(SlotResult::Conflict);
     }
-    add_revision(revision, false)?;
-    exec(
-        tx,
-        "UPDATE timeslots SET content=?3, start_time=?4, end_time=?5,
-           cancelled_final = cancelled_final OR ?6, revisions=?7, last_received=?8
-         WHERE kind=?1 AND event_id=?2",
-        params![
-            kind,
-            slot.event_id,
-            content,
-            ts(slot.start_time),
-            ts(slot.end_time),
-            slot.cancelled,
-            revision,
-            now
-        ],
-    )?;
+    w.update(revision)?;
     Ok(SlotResult::Updated)
+}
+
+fn find(tx: &Connection, slot: &Timeslot) -> Result<Option<Existing>, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT content, meter_group, cancelled_final, revisions, first_source
+             FROM timeslots WHERE kind=?1 AND event_id=?2",
+        )?
+        .query_row(params![slot.kind.as_str(), slot.event_id], |r| {
+            Ok(Existing {
+                content: r.get(0)?,
+                meter_group: r.get(1)?,
+                cancelled_final: r.get(2)?,
+                revisions: r.get(3)?,
+                first_source: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+impl Write<'_> {
+    fn kind(&self) -> &'static str {
+        self.slot.kind.as_str()
+    }
+
+    fn add_revision(&self, revision: i64, conflict: bool) -> Result<(), StoreError> {
+        self.form.save_lists(self.tx)?;
+        exec(
+            self.tx,
+            "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id,
+               received_at, content, conflict, meter_group)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                self.kind(),
+                self.slot.event_id,
+                revision,
+                self.nid,
+                self.now,
+                self.form.content,
+                conflict,
+                self.form.key()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn insert_new(&self, source: Source) -> Result<(), StoreError> {
+        exec(
+            self.tx,
+            "INSERT INTO timeslots (kind, event_id, content, start_time, end_time, cancelled_final,
+               revisions, first_received, last_received, first_source, meter_group)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8, ?9)",
+            params![
+                self.kind(),
+                self.slot.event_id,
+                self.form.content,
+                ts(self.slot.start_time),
+                ts(self.slot.end_time),
+                self.slot.cancelled,
+                self.now,
+                source.as_str(),
+                self.form.key()
+            ],
+        )?;
+        self.add_revision(1, false)
+    }
+
+    fn count_duplicate(&self) -> Result<(), StoreError> {
+        exec(
+            self.tx,
+            "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
+             WHERE kind=?1 AND event_id=?2",
+            params![self.kind(), self.slot.event_id, self.now],
+        )?;
+        Ok(())
+    }
+
+    fn seen_conflict(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
+                 WHERE kind=?1 AND event_id=?2 AND conflict=1 AND content=?3 AND meter_group IS ?4)",
+            )?
+            .query_row(
+                params![
+                    self.kind(),
+                    self.slot.event_id,
+                    self.form.content,
+                    self.form.key()
+                ],
+                |r| r.get(0),
+            )?)
+    }
+
+    fn record_conflict(&self, revision: i64) -> Result<(), StoreError> {
+        self.add_revision(revision, true)?;
+        exec(
+            self.tx,
+            "UPDATE timeslots SET revisions=?3, conflict=1, last_received=?4 WHERE kind=?1 AND event_id=?2",
+            params![self.kind(), self.slot.event_id, revision, self.now],
+        )?;
+        Ok(())
+    }
+
+    fn update(&self, revision: i64) -> Result<(), StoreError> {
+        self.add_revision(revision, false)?;
+        exec(
+            self.tx,
+            "UPDATE timeslots SET content=?3, start_time=?4, end_time=?5,
+               cancelled_final = cancelled_final OR ?6, revisions=?7, last_received=?8,
+               meter_group=?9
+             WHERE kind=?1 AND event_id=?2",
+            params![
+                self.kind(),
+                self.slot.event_id,
+                self.form.content,
+                ts(self.slot.start_time),
+                ts(self.slot.end_time),
+                self.slot.cancelled,
+                revision,
+                self.now,
+                self.form.key()
+            ],
+        )?;
+        Ok(())
+    }
 }
 
 /// A search result and a push describe the same timeslot with different envelope flags (a
@@ -275,18 +402,9 @@ fn cancellation_of(
     let (true, Some(event_id)) = (rej.cancels, rej.event_id.as_deref()) else {
         return Ok(None);
     };
-    let current: Option<(String, bool)> = tx
-        .query_row(
-            "SELECT content, cancelled_final FROM timeslots WHERE kind=?1 AND event_id=?2",
-            params![rej.kind.as_str(), event_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((content, false)) = current else {
+    let Some((mut slot, false)) = super::groups::current(tx, rej.kind, event_id)? else {
         return Ok(None);
     };
-    let mut slot: Timeslot =
-        serde_json::from_str(&content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     slot.cancelled = true;
     Ok(Some(slot))
 }

@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_source.sql")),
     (4, include_str!("migrations/0004_rowid_timeslots.sql")),
     (5, include_str!("migrations/0005_intervals.sql")),
+    (6, include_str!("migrations/0006_meter_groups.sql")),
 ];
 
 pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
@@ -24,6 +25,9 @@ pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if *version == 6 {
+            super::groups::migrate(&tx)?;
+        }
         tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;
         tracing::info!(version, "applied database migration");
@@ -34,6 +38,7 @@ pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Timeslot;
 
     /// Migration 3 keeps every timeslot and revision of a version-2 database and leaves
     /// no table keyed by its whole (possibly 440 KB) row.
@@ -83,5 +88,110 @@ mod tests {
             )
             .unwrap();
         assert_eq!(indexed, 1);
+    }
+
+    fn record(body: &str) -> super::super::IngestRecord {
+        super::super::IngestRecord {
+            received_at: chrono::Utc::now(),
+            peer: None,
+            headers: serde_json::json!({}),
+            parsed: crate::ingest::parse_notification(body.as_bytes()).unwrap(),
+            body: body.into(),
+            source: super::super::Source::Push,
+        }
+    }
+
+    /// Migration 6 on a real version-5 file with rows: group lists move to `meter_groups`
+    /// (stored once), every read sees the same timeslots and revisions as before, and a
+    /// redelivery after the upgrade is still a duplicate (SPEC §2.3).
+    #[test]
+    #[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+    fn meter_group_migration_keeps_reads_and_dedup() {
+        use super::super::{ingest, query};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        let mut doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/leap-sample-group.json"))
+                .unwrap();
+        doc["group_dispatches"].as_array_mut().unwrap().truncate(1);
+        let slots = doc["group_dispatches"][0]["timeslots"]
+            .as_array_mut()
+            .unwrap();
+        slots.truncate(1);
+        let body = &doc.to_string();
+        let group = record(body).parsed.timeslots[0].clone();
+        assert!(group.meter_ids.len() > 1, "the fixture names a group");
+        let mut older = group.clone();
+        older.energy_kw = crate::model::EnergyKw::Kw(1.5);
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 5) {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", v).unwrap();
+            }
+            // Rows exactly as a version-5 build wrote them: the whole timeslot in content.
+            let full = |t: &Timeslot| serde_json::to_string(t).unwrap();
+            conn.execute(
+                "INSERT INTO timeslots (kind, event_id, content, start_time, end_time,
+                   cancelled_final, revisions, first_received, last_received)
+                 VALUES ('group', ?1, ?2, 'a', 'b', 0, 2, ?3, ?3)",
+                rusqlite::params![group.event_id, full(&group), "2026-11-29T20:00:00.000Z"],
+            )
+            .unwrap();
+            for (rev, t) in [(1, &older), (2, &group)] {
+                conn.execute(
+                    "INSERT INTO timeslot_revisions VALUES ('group', ?1, ?2, ?2, 'x', ?3, 0)",
+                    rusqlite::params![group.event_id, rev, full(t)],
+                )
+                .unwrap();
+            }
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        apply(&mut conn).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 6);
+        let all = query::all_timeslots(&conn).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].timeslot, group, "the same timeslot, lists and all");
+        let revs = query::revisions(&conn, group.kind, &group.event_id).unwrap();
+        let read: Vec<&Timeslot> = revs.iter().map(|r| &r.timeslot).collect();
+        assert_eq!(read, vec![&older, &group]);
+        let count =
+            |c: &Connection, sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM meter_groups"),
+            1,
+            "stored once"
+        );
+        let meter = &group.meter_ids[0];
+        let inline: i64 = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM timeslots WHERE instr(content, ?1))
+                      + (SELECT count(*) FROM timeslot_revisions WHERE instr(content, ?1))",
+                [meter],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(inline, 0, "no row copies the group's meter ids any more");
+        let tx = conn.transaction().unwrap();
+        let again = ingest::ingest(&tx, &ingest::Prepared::new(record(body)).unwrap()).unwrap();
+        assert_eq!((again.new, again.updated, again.duplicate), (0, 0, 1));
+        let other = body.replacen(meter.as_str(), "11111111-2222-3333-4444-555555555555", 1);
+        let changed = ingest::ingest(&tx, &ingest::Prepared::new(record(&other)).unwrap()).unwrap();
+        assert_eq!(changed.updated, 1, "another meter list is a new revision");
+        tx.commit().unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM meter_groups"), 2);
+        // Retention drops the superseded revisions, and with them the lists only they named.
+        conn.execute(
+            "UPDATE timeslot_revisions SET received_at = '2020-01-01T00:00:00.000Z'",
+            [],
+        )
+        .unwrap();
+        query::prune_notifications(&conn, chrono::Utc::now()).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM meter_groups"), 1);
+        let kept = &query::all_timeslots(&conn).unwrap()[0].timeslot;
+        assert_eq!(kept.meter_ids[0], "11111111-2222-3333-4444-555555555555");
     }
 }

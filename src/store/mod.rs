@@ -4,10 +4,12 @@
 //! daemon (the CLI) open the file read-only; WAL lets them run beside the writer.
 
 pub(crate) mod audit;
+mod checkpoint;
 pub(crate) mod files;
+mod groups;
 mod ingest;
 mod migrations;
-pub(crate) mod query;
+pub mod query;
 mod writer;
 
 pub use ingest::{IngestOutcome, IngestRecord, Source};
@@ -137,6 +139,13 @@ impl Store {
         configure(&conn).map_err(open_err)?;
         files::tighten_journal_files(path);
         migrate(&mut conn)?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            checkpoint::WRITER_CHECKPOINT_FRAMES,
+        )
+        .map_err(open_err)?;
+        let (nudge, checkpointer) = checkpoint::spawn(path)?;
         let (tx, mut rx) = mpsc::channel::<writer::Work>(1024);
         let stats = std::sync::Arc::new(BatchStats::default());
         let writer_stats = stats.clone();
@@ -144,28 +153,16 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("leap-edge-store".into())
             .spawn(move || {
-                writer::run(&mut conn, &mut rx, &writer_stats);
+                writer::run(&mut conn, &mut rx, &writer_stats, &nudge);
+                drop(nudge);
+                let _ = checkpointer.join();
                 // Only the last connection to close checkpoints the WAL and removes it, and
                 // the read-only one cannot: close after the reader (bounded) (issue 16.5).
                 let _ = reader_gone.recv_timeout(std::time::Duration::from_secs(10));
                 drop(conn);
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
-        let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(open_err)?;
-        reader.busy_timeout(std::time::Duration::from_secs(5))?;
-        bound_caches(&reader).map_err(open_err)?;
-        let (rtx, mut rrx) = mpsc::channel::<ReadJob>(256);
-        let read_thread = std::thread::Builder::new()
-            .name("leap-edge-store-read".into())
-            .spawn(move || {
-                while let Some(job) = rrx.blocking_recv() {
-                    job(&reader);
-                }
-                drop(reader);
-                drop(reader_closed);
-            })
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
+        let (rtx, read_thread) = spawn_reader(path, reader_closed)?;
         Ok((
             Store {
                 jobs: tx,
@@ -246,13 +243,42 @@ impl Store {
     /// Commit a notification and its timeslots (SPEC §2.1). Answers only after the FULL
     /// commit of the batch that holds it (group commit, `writer.rs`).
     pub async fn ingest(&self, record: IngestRecord) -> Result<IngestOutcome, StoreError> {
+        // The stored forms are made here, on the caller's thread, not on the writer's.
+        let prepared = Box::new(ingest::Prepared::new(record)?);
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(writer::Work::Ingest(Box::new(record), tx))
+            .send(writer::Work::Ingest(prepared, tx))
             .await
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
+}
+
+/// The reader connection and its thread (planning and status reads, beside the writer).
+fn spawn_reader(
+    path: &Path,
+    closed: std::sync::mpsc::Sender<()>,
+) -> Result<(mpsc::Sender<ReadJob>, std::thread::JoinHandle<()>), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_err)?;
+    reader.busy_timeout(std::time::Duration::from_secs(5))?;
+    bound_caches(&reader).map_err(open_err)?;
+    let (rtx, mut rrx) = mpsc::channel::<ReadJob>(256);
+    let read_thread = std::thread::Builder::new()
+        .name("leap-edge-store-read".into())
+        .spawn(move || {
+            while let Some(job) = rrx.blocking_recv() {
+                job(&reader);
+            }
+            drop(reader);
+            drop(closed);
+        })
+        .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
+    Ok((rtx, read_thread))
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -6,13 +6,14 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
+/// A timeslot row with its group's lists (migration 6 stores them once, `groups.rs`).
 const TIMESLOT_COLUMNS: &str = "content, cancelled_final, conflict, revisions, duplicates,
-    first_received, last_received";
+    first_received, last_received, g.meter_ids, g.partner_references";
+const TIMESLOTS: &str = "timeslots LEFT JOIN meter_groups g ON g.hash = timeslots.meter_group";
 
 fn stored(row: &Row) -> Result<StoredTimeslot, StoreError> {
     let content: String = row.get(0)?;
-    let timeslot: Timeslot =
-        serde_json::from_str(&content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let timeslot = super::groups::load(&content, row.get(7)?, row.get(8)?)?;
     Ok(StoredTimeslot {
         timeslot,
         cancelled_final: row.get(1)?,
@@ -39,10 +40,10 @@ fn collect(
 }
 
 /// Every stored timeslot, ordered by start time.
-pub(crate) fn all_timeslots(conn: &Connection) -> Result<Vec<StoredTimeslot>, StoreError> {
+pub fn all_timeslots(conn: &Connection) -> Result<Vec<StoredTimeslot>, StoreError> {
     collect(
         conn,
-        &format!("SELECT {TIMESLOT_COLUMNS} FROM timeslots ORDER BY start_time, kind, event_id"),
+        &format!("SELECT {TIMESLOT_COLUMNS} FROM {TIMESLOTS} ORDER BY start_time, kind, event_id"),
         [],
     )
 }
@@ -55,7 +56,7 @@ pub(crate) fn timeslots_ending_after(
     collect(
         conn,
         &format!(
-            "SELECT {TIMESLOT_COLUMNS} FROM timeslots WHERE end_time > ?1 ORDER BY start_time, kind, event_id"
+            "SELECT {TIMESLOT_COLUMNS} FROM {TIMESLOTS} WHERE end_time > ?1 ORDER BY start_time, kind, event_id"
         ),
         params![ts(from)],
     )
@@ -75,7 +76,7 @@ pub(crate) fn timeslots_for_plan(
     collect(
         conn,
         &format!(
-            "SELECT {TIMESLOT_COLUMNS} FROM timeslots
+            "SELECT {TIMESLOT_COLUMNS} FROM {TIMESLOTS}
              WHERE end_time > max(?1, (SELECT coalesce(min(start_time), ?2) FROM timeslots
                                        WHERE end_time > ?2))
                AND start_time < ?3
@@ -100,7 +101,9 @@ pub(crate) fn revisions(
     event_id: &str,
 ) -> Result<Vec<Revision>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT revision, notification_id, received_at, conflict, content FROM timeslot_revisions
+        "SELECT revision, notification_id, received_at, conflict, content, g.meter_ids,
+           g.partner_references
+         FROM timeslot_revisions r LEFT JOIN meter_groups g ON g.hash = r.meter_group
          WHERE kind=?1 AND event_id=?2 ORDER BY revision",
     )?;
     let mut rows = stmt.query(params![kind.as_str(), event_id])?;
@@ -112,8 +115,7 @@ pub(crate) fn revisions(
             notification_id: r.get(1)?,
             received_at: r.get(2)?,
             conflict: r.get(3)?,
-            timeslot: serde_json::from_str(&content)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            timeslot: super::groups::load(&content, r.get(5)?, r.get(6)?)?,
         });
     }
     Ok(out)
@@ -186,6 +188,9 @@ pub(crate) fn prune_notifications(
     older_than: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     let cutoff = ts(older_than);
+    // One transaction: readers see the prune whole or not at all.
+    let tx = conn.unchecked_transaction()?;
+    let conn = &*tx;
     let notifications = conn.execute(
         "DELETE FROM notifications WHERE received_at < ?1",
         params![cutoff],
@@ -200,5 +205,7 @@ pub(crate) fn prune_notifications(
                              WHERE t.kind = r.kind AND t.event_id = r.event_id)",
         params![cutoff],
     )?;
-    Ok(notifications + rejected + revisions)
+    let groups = super::groups::prune(conn)?;
+    tx.commit()?;
+    Ok(notifications + rejected + revisions + groups)
 }

@@ -4,7 +4,8 @@
 //! after the commit that contains its notification (SPEC §2.1). A failed commit answers
 //! every request of the batch with an error (503, so Leap retries).
 
-use super::ingest::{self, IngestOutcome, IngestRecord};
+use super::checkpoint::Nudge;
+use super::ingest::{self, IngestOutcome, Prepared};
 use super::{Job, StoreError};
 use rusqlite::{Connection, TransactionBehavior};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,12 +34,17 @@ pub(crate) enum Work {
     /// Any other write or read-your-writes job, run alone.
     Job(Job),
     /// One notification to commit; batched with the ingests queued behind it.
-    Ingest(Box<IngestRecord>, Reply),
+    Ingest(Box<Prepared>, Reply),
 }
 
 /// Serve the queue until every sender is gone. A job that arrives behind ingests runs
 /// after their batch commits, so the queue's order is the order of effects.
-pub(super) fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Work>, stats: &BatchStats) {
+pub(super) fn run(
+    conn: &mut Connection,
+    rx: &mut mpsc::Receiver<Work>,
+    stats: &BatchStats,
+    nudge: &Nudge,
+) {
     let mut next = rx.blocking_recv();
     while let Some(work) = next.take() {
         match work {
@@ -49,6 +55,8 @@ pub(super) fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Work>, stats: &
                 commit_batch(conn, batch, stats);
             }
         }
+        // The WAL is copied into the database by another thread (`checkpoint.rs`).
+        nudge.commit_done();
         if next.is_none() {
             next = rx.blocking_recv();
         }
@@ -57,15 +65,12 @@ pub(super) fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Work>, stats: &
 
 /// Take the ingests already queued (without waiting), up to the bounds. Returns the first
 /// job that is not an ingest, to run after this batch.
-fn fill(
-    batch: &mut Vec<(Box<IngestRecord>, Reply)>,
-    rx: &mut mpsc::Receiver<Work>,
-) -> Option<Work> {
-    let mut bytes: usize = batch.iter().map(|(r, _)| r.body.len()).sum();
+fn fill(batch: &mut Vec<(Box<Prepared>, Reply)>, rx: &mut mpsc::Receiver<Work>) -> Option<Work> {
+    let mut bytes: usize = batch.iter().map(|(r, _)| r.rec.body.len()).sum();
     while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
         match rx.try_recv() {
             Ok(Work::Ingest(rec, reply)) => {
-                bytes += rec.body.len();
+                bytes += rec.rec.body.len();
                 batch.push((rec, reply));
             }
             Ok(job) => return Some(job),
@@ -79,10 +84,19 @@ fn fill(
 /// that fails (a constraint, a bad row) is rolled back and answered with its error while
 /// the rest commit. Within the transaction each notification sees the ones before it:
 /// two deliveries of one timeslot in a batch give one new and one duplicate (SPEC §2.3).
-fn commit_batch(conn: &mut Connection, batch: Vec<(Box<IngestRecord>, Reply)>, stats: &BatchStats) {
+fn commit_batch(conn: &mut Connection, batch: Vec<(Box<Prepared>, Reply)>, stats: &BatchStats) {
     let mut results: Vec<Result<IngestOutcome, StoreError>> = Vec::with_capacity(batch.len());
     let committed = (|| -> Result<(), StoreError> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let [(rec, _)] = batch.as_slice() {
+            // Alone in its batch (one sender): the transaction is its savepoint.
+            let result = ingest::ingest(&tx, rec);
+            if result.is_ok() {
+                tx.commit()?;
+            }
+            results.push(result);
+            return Ok(());
+        }
         for (rec, _) in &batch {
             let sp = tx.savepoint()?;
             match ingest::ingest(&sp, rec) {

@@ -76,15 +76,13 @@ impl Site {
 
     /// The stored timeslot's content (as `events --json` shows it).
     fn stored(&self, event: &str) -> Value {
-        let c = rusqlite::Connection::open(self.dir.path().join("leap-edge.db")).unwrap();
-        let text: String = c
-            .query_row(
-                "SELECT content FROM timeslots WHERE event_id = ?1",
-                [event],
-                |r| r.get(0),
-            )
+        let c = leap_edge::store::open_read_only(&self.dir.path().join("leap-edge.db")).unwrap();
+        let all = leap_edge::store::query::all_timeslots(&c).unwrap();
+        let s = all
+            .into_iter()
+            .find(|s| s.timeslot.event_id == event)
             .unwrap();
-        serde_json::from_str(&text).unwrap()
+        serde_json::to_value(s.timeslot).unwrap()
     }
 
     async fn wait_for(&self, what: impl Fn(&[Recorded]) -> bool, secs: u64) -> bool {

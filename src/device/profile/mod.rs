@@ -53,10 +53,16 @@ pub(crate) enum Addressing {
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     // The file's own words for the reader; required/accepted so a profile documents itself.
-    #[expect(dead_code, reason = "for whoever reads the profile file, never the daemon")]
+    #[expect(
+        dead_code,
+        reason = "for whoever reads the profile file, never the daemon"
+    )]
     name: String,
     #[serde(default)]
-    #[expect(dead_code, reason = "for whoever reads the profile file, never the daemon")]
+    #[expect(
+        dead_code,
+        reason = "for whoever reads the profile file, never the daemon"
+    )]
     description: String,
     pub(crate) addressing: Addressing,
     /// A template to copy and fill in: checked like any profile, but never driven.
