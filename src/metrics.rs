@@ -51,7 +51,130 @@ impl Histogram {
     }
 }
 
-/// Counters keyed by one label value, created on first use.
+/// A label drawn from a fixed set (issue 16.2): the series are the variants' own words,
+/// never derived from a message, so rewording a message cannot move a count.
+pub(crate) trait LabelSet: Copy + PartialEq + 'static {
+    const ALL: &'static [Self];
+    fn label(self) -> &'static str;
+}
+
+/// One counter per variant of `L`, every variant exported (zeros too, so a rate is defined
+/// from the first scrape), lock-free on the request path.
+pub(crate) struct EnumCounter<L: LabelSet> {
+    counts: Vec<AtomicU64>,
+    labels: std::marker::PhantomData<L>,
+}
+
+impl<L: LabelSet> Default for EnumCounter<L> {
+    fn default() -> Self {
+        EnumCounter {
+            counts: L::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            labels: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<L: LabelSet> EnumCounter<L> {
+    /// A variant left out of `ALL` is a programming error: caught in tests, never a panic
+    /// on a request path in production (it is then simply not counted).
+    fn slot(&self, l: L) -> Option<&AtomicU64> {
+        let i = L::ALL.iter().position(|x| *x == l);
+        debug_assert!(i.is_some(), "LabelSet::ALL must list every variant");
+        i.map(|i| &self.counts[i])
+    }
+
+    pub(crate) fn inc(&self, l: L, by: u64) {
+        if let Some(c) = self.slot(l) {
+            c.fetch_add(by, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn get(&self, l: L) -> u64 {
+        self.slot(l).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn render(&self, out: &mut String, name: &str, label: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (l, c) in L::ALL.iter().zip(&self.counts) {
+            let v = c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {v}", l.label());
+        }
+    }
+}
+
+/// How a webhook request ended (the relay's intake answers the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestResult {
+    Accepted,
+    Unauthorized,
+    BadRequest,
+    UnsupportedMediaType,
+    TooLarge,
+    Timeout,
+    OverLimit,
+    StorageUnavailable,
+    AmbiguousFraming,
+}
+
+impl LabelSet for RequestResult {
+    const ALL: &'static [Self] = &[
+        RequestResult::Accepted,
+        RequestResult::Unauthorized,
+        RequestResult::BadRequest,
+        RequestResult::UnsupportedMediaType,
+        RequestResult::TooLarge,
+        RequestResult::Timeout,
+        RequestResult::OverLimit,
+        RequestResult::StorageUnavailable,
+        RequestResult::AmbiguousFraming,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RequestResult::Accepted => "accepted",
+            RequestResult::Unauthorized => "unauthorized",
+            RequestResult::BadRequest => "bad_request",
+            RequestResult::UnsupportedMediaType => "unsupported_media_type",
+            RequestResult::TooLarge => "too_large",
+            RequestResult::Timeout => "timeout",
+            RequestResult::OverLimit => "over_limit",
+            RequestResult::StorageUnavailable => "storage_unavailable",
+            RequestResult::AmbiguousFraming => "ambiguous_framing",
+        }
+    }
+}
+
+/// What became of a received timeslot (SPEC §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeslotOutcome {
+    New,
+    Updated,
+    Duplicate,
+    Rejected,
+    Conflict,
+}
+
+impl LabelSet for TimeslotOutcome {
+    const ALL: &'static [Self] = &[
+        TimeslotOutcome::New,
+        TimeslotOutcome::Updated,
+        TimeslotOutcome::Duplicate,
+        TimeslotOutcome::Rejected,
+        TimeslotOutcome::Conflict,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            TimeslotOutcome::New => "new",
+            TimeslotOutcome::Updated => "updated",
+            TimeslotOutcome::Duplicate => "duplicate",
+            TimeslotOutcome::Rejected => "rejected",
+            TimeslotOutcome::Conflict => "conflict",
+        }
+    }
+}
+
+/// Counters keyed by an open set of label values (gateway names), created on first use.
 #[derive(Default)]
 pub(crate) struct LabeledCounter(Mutex<std::collections::BTreeMap<String, u64>>);
 
@@ -59,15 +182,6 @@ impl LabeledCounter {
     pub(crate) fn inc(&self, label: &str, by: u64) {
         let mut m = self.0.lock().expect("metrics lock");
         *m.entry(label.to_string()).or_default() += by;
-    }
-
-    pub(crate) fn get(&self, label: &str) -> u64 {
-        self.0
-            .lock()
-            .expect("metrics lock")
-            .get(label)
-            .copied()
-            .unwrap_or(0)
     }
 
     pub(crate) fn render(&self, out: &mut String, name: &str, label: &str, help: &str) {
@@ -98,70 +212,28 @@ pub(crate) fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
     );
 }
 
-const ACK_BOUNDS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
-/// What the webhook side counts.
-pub(crate) struct IngestMetrics {
-    /// Requests by outcome: accepted, unauthorized, bad_request, too_large, ...
-    pub(crate) requests: LabeledCounter,
-    /// Timeslots by outcome: new, updated, duplicate, rejected, conflict.
-    pub(crate) timeslots: LabeledCounter,
-    pub(crate) rejected_by_reason: LabeledCounter,
-    pub(crate) ack_latency: Histogram,
-    pub(crate) last_notification_unix: AtomicU64,
-}
-
-impl Default for IngestMetrics {
-    fn default() -> Self {
-        IngestMetrics {
-            requests: LabeledCounter::default(),
-            timeslots: LabeledCounter::default(),
-            rejected_by_reason: LabeledCounter::default(),
-            ack_latency: Histogram::new(ACK_BOUNDS),
-            last_notification_unix: AtomicU64::new(0),
-        }
-    }
-}
-
-impl IngestMetrics {
-    pub(crate) fn render(&self, out: &mut String) {
-        self.requests.render(
-            out,
-            "leap_edge_webhook_requests_total",
-            "result",
-            "Webhook requests by result.",
-        );
-        self.timeslots.render(
-            out,
-            "leap_edge_timeslots_total",
-            "outcome",
-            "Timeslots received by outcome.",
-        );
-        self.rejected_by_reason.render(
-            out,
-            "leap_edge_timeslots_rejected_total",
-            "reason",
-            "Timeslots rejected, by reason.",
-        );
-        self.ack_latency.render(
-            out,
-            "leap_edge_ack_latency_seconds",
-            "Time from request start to the 2XX, storage commit included.",
-        );
-        gauge(
-            out,
-            "leap_edge_last_notification_timestamp_seconds",
-            "Unix time of the last accepted notification (0 = none since start).",
-            self.last_notification_unix.load(Ordering::Relaxed) as f64,
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16.2: a counter's series are its variants' fixed labels, all exported (zeros
+    /// too), and each label names exactly one variant.
+    #[test]
+    fn enum_counter_exports_every_fixed_label() {
+        let c = EnumCounter::<RequestResult>::default();
+        c.inc(RequestResult::TooLarge, 2);
+        let mut out = String::new();
+        c.render(&mut out, "x_total", "result", "help");
+        assert!(out.contains("x_total{result=\"too_large\"} 2\n"), "{out}");
+        assert!(out.contains("x_total{result=\"accepted\"} 0\n"), "{out}");
+        assert_eq!(c.get(RequestResult::TooLarge), 2);
+        let labels: std::collections::BTreeSet<_> =
+            RequestResult::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), RequestResult::ALL.len());
+        let outcomes: std::collections::BTreeSet<_> =
+            TimeslotOutcome::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(outcomes.len(), TimeslotOutcome::ALL.len());
+    }
 
     #[test]
     fn histogram_is_cumulative() {

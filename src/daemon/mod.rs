@@ -219,8 +219,11 @@ fn start_dispatch(
         app.store.clone(),
         changes.clone(),
         Arc::new(move || {
-            weak.upgrade()
-                .map_or(0, |a| a.metrics.requests.get("storage_unavailable"))
+            weak.upgrade().map_or(0, |a| {
+                a.metrics
+                    .requests
+                    .get(crate::metrics::RequestResult::StorageUnavailable)
+            })
         }),
     );
     status.add(backstop.clone());

@@ -30,9 +30,8 @@ pub(crate) enum RejectReason {
     OverLimit,
 }
 
-impl RejectReason {
-    #[cfg(test)]
-    pub(crate) const ALL: [RejectReason; 8] = [
+impl crate::metrics::LabelSet for RejectReason {
+    const ALL: &'static [RejectReason] = &[
         RejectReason::NotAnObject,
         RejectReason::MissingEventId,
         RejectReason::MissingMeterId,
@@ -44,7 +43,7 @@ impl RejectReason {
     ];
 
     /// The metric label: short, bounded, and never derived from the message.
-    pub(crate) fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             RejectReason::NotAnObject => "not_an_object",
             RejectReason::MissingEventId => "missing_event_id",
@@ -300,6 +299,7 @@ fn strings(obj: &Map<String, Value>, field: &str, w: &mut Warnings) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::RejectReason;
+    use crate::metrics::LabelSet;
     use serde_json::json;
     use std::collections::BTreeSet;
 

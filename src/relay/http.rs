@@ -6,7 +6,7 @@ use super::config::RelayConfig;
 use super::deliver::Fleet;
 use super::outbox::{self, Incoming};
 use super::route::Routes;
-use crate::metrics::{Histogram, LabeledCounter};
+use crate::metrics::{EnumCounter, Histogram, RequestResult};
 use crate::server::{self, ConnState, Handler, QuietLog, Response, Role, ServerLimits};
 use crate::store::Store;
 use hyper::body::Incoming as Body;
@@ -27,7 +27,7 @@ pub(crate) struct RelayApp {
     routes: Arc<RwLock<Arc<Routes>>>,
     pub(crate) store: Store,
     pub(crate) fleet: Arc<Fleet>,
-    requests: LabeledCounter,
+    requests: EnumCounter<RequestResult>,
     ack_latency: Histogram,
     unrouted_total: AtomicU64,
     /// Requests without a valid key: logged at most once per interval (issue 10.8).
@@ -41,7 +41,7 @@ impl RelayApp {
             config: RwLock::new(config),
             store,
             fleet,
-            requests: LabeledCounter::default(),
+            requests: EnumCounter::default(),
             ack_latency: Histogram::new(ACK_BOUNDS),
             unrouted_total: AtomicU64::new(0),
             unauthorized_log: QuietLog::default(),
@@ -84,7 +84,7 @@ impl RelayApp {
         resp
     }
 
-    async fn commit(&self, peer: SocketAddr, r: server::Received) -> (Response, &'static str) {
+    async fn commit(&self, peer: SocketAddr, r: server::Received) -> (Response, RequestResult) {
         let incoming = Incoming {
             received_at: chrono::Utc::now(),
             peer: Some(peer.to_string()),
@@ -129,11 +129,14 @@ impl RelayApp {
                 if has_mqtt {
                     body["mqtt_published"] = json!(published);
                 }
-                (server::json_response(StatusCode::OK, body), "accepted")
+                (
+                    server::json_response(StatusCode::OK, body),
+                    RequestResult::Accepted,
+                )
             }
             Err(e) => {
                 tracing::error!(%peer, error = %e, "cannot store notification; answering 503 so Leap retries");
-                (server::unavailable(), "storage_unavailable")
+                (server::unavailable(), RequestResult::StorageUnavailable)
             }
         }
     }
@@ -241,7 +244,7 @@ impl Handler for RelayApp {
         req: Request<Body>,
     ) -> Result<Response, Infallible> {
         if let Some(r) = server::refuse_ambiguous(&conn) {
-            self.requests.inc("ambiguous_framing", 1);
+            self.requests.inc(RequestResult::AmbiguousFraming, 1);
             return Ok(r);
         }
         let webhook = self.config().server.path.clone();

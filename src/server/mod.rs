@@ -3,6 +3,7 @@
 //! shutdown. `/metrics` and `/healthz` have their own loopback listener (issue 10.2).
 
 mod conn;
+mod counts;
 mod quiet;
 mod routes;
 pub(crate) mod tls;

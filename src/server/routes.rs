@@ -1,10 +1,11 @@
 //! Request handling: routing, auth, limits, parse, commit, answer (SPEC §3 status codes).
 
 use super::conn::ConnState;
+use super::counts::IngestMetrics;
 use super::quiet::QuietLog;
 use crate::config::{AuthConfig, Config, LimitsConfig, ServerConfig};
 use crate::ingest::{self, auth};
-use crate::metrics::IngestMetrics;
+use crate::metrics::{RequestResult, TimeslotOutcome};
 use crate::seam::{ChangeSignal, StatusSource};
 use crate::store::{IngestRecord, Store};
 use bytes::Bytes;
@@ -181,7 +182,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
     if let Some(r) = refuse_ambiguous(&conn) {
-        app.metrics.requests.inc("ambiguous_framing", 1);
+        app.metrics.requests.inc(RequestResult::AmbiguousFraming, 1);
         return Ok(r);
     }
     let is_webhook = req.uri().path() == app.settings().server.path;
@@ -213,7 +214,7 @@ async fn ingest_inner(
     peer: SocketAddr,
     conn: &ConnState,
     req: Request<Incoming>,
-) -> (Resp, &'static str) {
+) -> (Resp, RequestResult) {
     let cfg = app.settings();
     let intake = Intake {
         server: &cfg.server,
@@ -245,7 +246,7 @@ pub(crate) async fn receive_notification(
     conn: &ConnState,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Result<Received, (Resp, &'static str)> {
+) -> Result<Received, (Resp, RequestResult)> {
     let server = intake.server;
     let read = Duration::from_secs(server.read_timeout_secs);
     if let Some(answer) = refuse_head(intake, conn, peer, &req) {
@@ -258,13 +259,16 @@ pub(crate) async fn receive_notification(
         Ok(p) => p,
         Err(ingest::BoundedError::Invalid(e)) => {
             tracing::warn!(%peer, error = %e, "webhook body is not a Leap notification");
-            return Err((error(StatusCode::BAD_REQUEST, e.to_string()), "bad_request"));
+            return Err((
+                error(StatusCode::BAD_REQUEST, e.to_string()),
+                RequestResult::BadRequest,
+            ));
         }
         Err(e @ ingest::BoundedError::OverLimit { .. }) => {
             tracing::warn!(%peer, error = %e, "notification over a configured limit; nothing stored");
             return Err((
                 error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-                "over_limit",
+                RequestResult::OverLimit,
             ));
         }
     };
@@ -290,14 +294,14 @@ fn refuse_head(
     conn: &ConnState,
     peer: SocketAddr,
     req: &Request<Incoming>,
-) -> Option<(Resp, &'static str)> {
+) -> Option<(Resp, RequestResult)> {
     let auth_cfg = intake.auth;
     if !auth::authorized(req.headers(), &auth_cfg.header, &auth_cfg.keys) {
         intake.unauthorized_log.rejected(peer, req.uri().path());
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
         r.headers_mut()
             .insert(CONNECTION, "close".parse().expect("static header"));
-        return Some((r, "unauthorized"));
+        return Some((r, RequestResult::Unauthorized));
     }
     conn.authorize();
     let is_json = req
@@ -316,7 +320,7 @@ fn refuse_head(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Content-Type must be application/json",
             ),
-            "unsupported_media_type",
+            RequestResult::UnsupportedMediaType,
         )
     })
 }
@@ -327,32 +331,32 @@ async fn read_body(
     limit: usize,
     read: Duration,
     peer: SocketAddr,
-) -> Result<Bytes, (Resp, &'static str)> {
+) -> Result<Bytes, (Resp, RequestResult)> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err((too_large(limit), "too_large"));
+        return Err((too_large(limit), RequestResult::TooLarge));
     }
     match tokio::time::timeout(read, Limited::new(req.into_body(), limit).collect()).await {
         Err(_) => {
             tracing::warn!(%peer, "webhook body not received within the read timeout");
             Err((
                 error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
-                "timeout",
+                RequestResult::Timeout,
             ))
         }
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err((too_large(limit), "too_large"))
+            Err((too_large(limit), RequestResult::TooLarge))
         }
         Ok(Err(e)) => Err((
             error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
-            "bad_request",
+            RequestResult::BadRequest,
         )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
@@ -371,7 +375,7 @@ async fn commit(
     headers: serde_json::Value,
     body: Bytes,
     parsed: ingest::ParsedNotification,
-) -> (Resp, &'static str) {
+) -> (Resp, RequestResult) {
     let received_at = chrono::Utc::now();
     let record = IngestRecord {
         received_at,
@@ -386,7 +390,7 @@ async fn commit(
         Ok(o) => o,
         Err(e) => {
             tracing::error!(%peer, error = %e, "cannot store notification; answering 503 so Leap retries");
-            return (unavailable(), "storage_unavailable");
+            return (unavailable(), RequestResult::StorageUnavailable);
         }
     };
     count_outcome(&app.metrics, &outcome, received_at);
@@ -396,7 +400,7 @@ async fn commit(
     }
     let mut body = serde_json::to_value(&outcome).unwrap_or_default();
     body["status"] = json!("ok");
-    (json_response(StatusCode::OK, body), "accepted")
+    (json_response(StatusCode::OK, body), RequestResult::Accepted)
 }
 
 /// The body as text for the audit copy, without copying it: it parsed as JSON, so it is
@@ -412,16 +416,16 @@ fn count_outcome(
     received_at: chrono::DateTime<chrono::Utc>,
 ) {
     for (label, n) in [
-        ("new", outcome.new),
-        ("updated", outcome.updated),
-        ("duplicate", outcome.duplicate),
-        ("rejected", outcome.rejected),
-        ("conflict", outcome.conflict),
+        (TimeslotOutcome::New, outcome.new),
+        (TimeslotOutcome::Updated, outcome.updated),
+        (TimeslotOutcome::Duplicate, outcome.duplicate),
+        (TimeslotOutcome::Rejected, outcome.rejected),
+        (TimeslotOutcome::Conflict, outcome.conflict),
     ] {
         m.timeslots.inc(label, u64::from(n));
     }
     for code in &outcome.rejected_codes {
-        m.rejected_by_reason.inc(code.label(), 1);
+        m.rejected_by_reason.inc(*code, 1);
     }
     m.last_notification_unix
         .store(received_at.timestamp().max(0) as u64, Ordering::Relaxed);
@@ -472,7 +476,7 @@ pub(crate) enum Ingested {
 pub(crate) async fn ingest_body(app: &App, origin: &str, body: Bytes) -> Ingested {
     let cfg = app.settings();
     if body.len() > cfg.server.max_body_bytes {
-        app.metrics.requests.inc("too_large", 1);
+        app.metrics.requests.inc(RequestResult::TooLarge, 1);
         return Ingested::Refused(format!(
             "body is over the {}-byte limit (server.max_body_bytes)",
             cfg.server.max_body_bytes
@@ -482,8 +486,8 @@ pub(crate) async fn ingest_body(app: &App, origin: &str, body: Bytes) -> Ingeste
         Ok(p) => p,
         Err(e) => {
             let label = match e {
-                ingest::BoundedError::Invalid(_) => "bad_request",
-                ingest::BoundedError::OverLimit { .. } => "over_limit",
+                ingest::BoundedError::Invalid(_) => RequestResult::BadRequest,
+                ingest::BoundedError::OverLimit { .. } => RequestResult::OverLimit,
             };
             app.metrics.requests.inc(label, 1);
             return Ingested::Refused(e.to_string());
