@@ -101,15 +101,9 @@ mod tests {
         }
     }
 
-    /// Migration 6 on a real version-5 file with rows: group lists move to `meter_groups`
-    /// (stored once), every read sees the same timeslots and revisions as before, and a
-    /// redelivery after the upgrade is still a duplicate (SPEC §2.3).
-    #[test]
-    #[allow(clippy::too_many_lines)] // one scenario, read top to bottom
-    fn meter_group_migration_keeps_reads_and_dedup() {
-        use super::super::{ingest, query};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v5.db");
+    /// Leap's group sample cut to one timeslot: the body, its timeslot, and an older
+    /// revision of it.
+    fn one_group_timeslot() -> (String, Timeslot, Timeslot) {
         let mut doc: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/fixtures/leap-sample-group.json"))
                 .unwrap();
@@ -118,34 +112,50 @@ mod tests {
             .as_array_mut()
             .unwrap();
         slots.truncate(1);
-        let body = &doc.to_string();
-        let group = record(body).parsed.timeslots[0].clone();
+        let body = doc.to_string();
+        let group = record(&body).parsed.timeslots[0].clone();
         assert!(group.meter_ids.len() > 1, "the fixture names a group");
         let mut older = group.clone();
         older.energy_kw = crate::model::EnergyKw::Kw(1.5);
-        {
-            let conn = Connection::open(&path).unwrap();
-            for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 5) {
-                conn.execute_batch(sql).unwrap();
-                conn.pragma_update(None, "user_version", v).unwrap();
-            }
-            // Rows exactly as a version-5 build wrote them: the whole timeslot in content.
-            let full = |t: &Timeslot| serde_json::to_string(t).unwrap();
+        (body, group, older)
+    }
+
+    /// A version-5 database file holding `group` with two revisions, rows exactly as a
+    /// version-5 build wrote them: the whole timeslot, lists included, in `content`.
+    fn write_v5_file(path: &std::path::Path, group: &Timeslot, older: &Timeslot) {
+        let conn = Connection::open(path).unwrap();
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 5) {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", v).unwrap();
+        }
+        let full = |t: &Timeslot| serde_json::to_string(t).unwrap();
+        conn.execute(
+            "INSERT INTO timeslots (kind, event_id, content, start_time, end_time,
+               cancelled_final, revisions, first_received, last_received)
+             VALUES ('group', ?1, ?2, 'a', 'b', 0, 2, ?3, ?3)",
+            rusqlite::params![group.event_id, full(group), "2026-11-29T20:00:00.000Z"],
+        )
+        .unwrap();
+        for (rev, t) in [(1, older), (2, group)] {
             conn.execute(
-                "INSERT INTO timeslots (kind, event_id, content, start_time, end_time,
-                   cancelled_final, revisions, first_received, last_received)
-                 VALUES ('group', ?1, ?2, 'a', 'b', 0, 2, ?3, ?3)",
-                rusqlite::params![group.event_id, full(&group), "2026-11-29T20:00:00.000Z"],
+                "INSERT INTO timeslot_revisions VALUES ('group', ?1, ?2, ?2, 'x', ?3, 0)",
+                rusqlite::params![group.event_id, rev, full(t)],
             )
             .unwrap();
-            for (rev, t) in [(1, &older), (2, &group)] {
-                conn.execute(
-                    "INSERT INTO timeslot_revisions VALUES ('group', ?1, ?2, ?2, 'x', ?3, 0)",
-                    rusqlite::params![group.event_id, rev, full(t)],
-                )
-                .unwrap();
-            }
         }
+    }
+
+    /// Migration 6 on a real version-5 file with rows: group lists move to `meter_groups`
+    /// (stored once), every read sees the same timeslots and revisions as before, and a
+    /// redelivery after the upgrade is still a duplicate (SPEC §2.3).
+    #[test]
+    fn meter_group_migration_keeps_reads_and_dedup() {
+        use super::super::{ingest, query};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        let (body, group, older) = one_group_timeslot();
+        let body = &body;
+        write_v5_file(&path, &group, &older);
         let mut conn = Connection::open(&path).unwrap();
         apply(&mut conn).unwrap();
         let version: i64 = conn
