@@ -20,17 +20,17 @@ pub struct ParsedNotification {
     pub(crate) integration_test_notification: bool,
     pub(crate) communication_test: bool,
     pub timeslots: Vec<Timeslot>,
-    pub(crate) rejected: Vec<RejectedTimeslot>,
+    pub rejected: Vec<RejectedTimeslot>,
 }
 
 /// SPEC §2.2: one bad timeslot is stored with its reason; the rest of the notification stands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub(crate) struct RejectedTimeslot {
+pub struct RejectedTimeslot {
     pub(crate) kind: Kind,
     pub(crate) event_id: Option<String>,
     pub(crate) meter_ids: Vec<String>,
     /// Why, in words (stored; may be reworded).
-    pub(crate) reason: String,
+    pub reason: String,
     /// Why, as a closed set: the metric label (not stored; counted at ingest).
     #[serde(skip)]
     pub(crate) code: RejectReason,
