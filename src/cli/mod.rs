@@ -192,20 +192,10 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
             };
             crate::alloc::tune();
             logging::init();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            match rt.block_on(crate::daemon::run(config)) {
-                Ok(()) => Ok(exit::OK),
-                // Issue 10.4: a read-only database or unusable TLS files are configuration
-                // problems: exit 78 so systemd does not restart in a loop.
-                Err(e) if e.is_config() => {
-                    tracing::error!(error = %e, "cannot start");
-                    eprintln!("leap-edge: {e}");
-                    Ok(exit::CONFIG)
-                }
-                Err(e) => Err(e.into()),
-            }
+            serve(
+                crate::daemon::run(config),
+                crate::daemon::DaemonError::is_config,
+            )
         }
         Command::Events(args) => with_config(&cli.config, |c| {
             note_if_down(c);
@@ -236,6 +226,30 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
 
 pub(crate) fn init_logging() {
     logging::init();
+}
+
+/// Run a long-lived role (the daemon or the relay) until it stops. Issue 10.4: a read-only
+/// database or unusable TLS files are configuration problems: exit 78 so systemd does not
+/// restart in a loop.
+pub(crate) fn serve<E>(
+    role: impl std::future::Future<Output = Result<(), E>>,
+    is_config: impl Fn(&E) -> bool,
+) -> anyhow::Result<u8>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(role) {
+        Ok(()) => Ok(exit::OK),
+        Err(e) if is_config(&e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("leap-edge: {e}");
+            Ok(exit::CONFIG)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn reload(config: &Config, args: &ReloadArgs) -> anyhow::Result<u8> {

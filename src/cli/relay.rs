@@ -56,18 +56,10 @@ pub(super) fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
         }
         RelayCommand::Run => {
             super::init_logging();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            match rt.block_on(crate::relay::run(config)) {
-                Ok(()) => Ok(exit::OK),
-                Err(e) if e.is_config() => {
-                    tracing::error!(error = %e, "cannot start");
-                    eprintln!("leap-edge: {e}");
-                    Ok(exit::CONFIG)
-                }
-                Err(e) => Err(e.into()),
-            }
+            super::serve(
+                crate::relay::run(config),
+                crate::relay::RelayError::is_config,
+            )
         }
         RelayCommand::Status { json } => status(&config, *json),
     }
