@@ -177,18 +177,7 @@ impl Daemon {
 
     /// Run a CLI subcommand against this daemon's config; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(bin())
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
+        cli_with(&self.config_path(), args)
     }
 
     pub fn events_json(&self) -> serde_json::Value {
@@ -596,4 +585,20 @@ pub fn eventually_blocking(limit: Duration, mut cond: impl FnMut() -> bool) -> b
         std::thread::sleep(Duration::from_millis(25));
     }
     cond()
+}
+
+/// Run a CLI subcommand on a config file, no stdin; returns (exit code, stdout, stderr).
+pub fn cli_with(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }

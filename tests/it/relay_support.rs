@@ -89,18 +89,7 @@ impl Proc {
     }
 
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(bin())
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
+        common::cli_with(&self.config_path(), args)
     }
 
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
