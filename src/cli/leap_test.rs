@@ -109,15 +109,17 @@ fn stored(config: &Config, level: Level, ids: &[String]) -> Vec<Value> {
         .map(|id| {
             conn.query_row(
                 "SELECT t.first_received, t.first_source, t.revisions, n.integration_test, n.id
-                 FROM timeslots t JOIN timeslot_revisions r ON r.kind=t.kind AND r.event_id=t.event_id AND r.revision=1
+                 FROM timeslots t JOIN timeslot_revisions r ON r.slot = t.rowid AND r.revision = 1
                  LEFT JOIN notifications n ON n.id = r.notification_id
                  WHERE t.kind=?1 AND t.event_id=?2",
                 rusqlite::params![kind, id],
                 |r| {
-                    Ok(json!({"event_id": id, "received_at": r.get::<_, String>(0)?,
+                    Ok(
+                        json!({"event_id": id, "received_at": r.get::<_, String>(0)?,
                         "source": r.get::<_, String>(1)?, "revisions": r.get::<_, i64>(2)?,
                         "integration_test": r.get::<_, Option<bool>>(3)?,
-                        "notification_id": r.get::<_, Option<i64>>(4)?}))
+                        "notification_id": r.get::<_, Option<i64>>(4)?}),
+                    )
                 },
             )
             .unwrap_or(Value::Null)

@@ -179,6 +179,8 @@ fn store_raw(
 
 /// What is stored for a (kind, event id) before this delivery.
 struct Existing {
+    /// The timeslot's rowid: its revisions are keyed by it (`slot`, migration 7).
+    row: i64,
     content: String,
     meter_group: Option<String>,
     cancelled_final: bool,
@@ -229,37 +231,38 @@ fn upsert(
     };
     // SPEC §2.3: the same content (and the same group lists) again is a duplicate.
     if e.content == w.form.content && e.meter_group.as_deref() == w.form.key() {
-        w.count_duplicate()?;
+        w.count_duplicate(e.row)?;
         return Ok(SlotResult::Duplicate);
     }
     let revision = e.revisions + 1;
     if e.cancelled_final && !slot.cancelled {
         // SPEC §2.4: recorded once, but the cancelled version stays in force. The same stale
         // retry arriving again is a duplicate of that conflict revision.
-        if w.seen_conflict()? {
-            w.count_duplicate()?;
+        if w.seen_conflict(e.row)? {
+            w.count_duplicate(e.row)?;
             return Ok(SlotResult::Duplicate);
         }
-        w.record_conflict(revision)?;
+        w.record_conflict(e.row, revision)?;
         return Ok(SlotResult::Conflict);
     }
-    w.update(revision)?;
+    w.update(e.row, revision)?;
     Ok(SlotResult::Updated)
 }
 
 fn find(tx: &Connection, slot: &Timeslot) -> Result<Option<Existing>, StoreError> {
     Ok(tx
         .prepare_cached(
-            "SELECT content, meter_group, cancelled_final, revisions, first_source
+            "SELECT rowid, content, meter_group, cancelled_final, revisions, first_source
              FROM timeslots WHERE kind=?1 AND event_id=?2",
         )?
         .query_row(params![slot.kind.as_str(), slot.event_id], |r| {
             Ok(Existing {
-                content: r.get(0)?,
-                meter_group: r.get(1)?,
-                cancelled_final: r.get(2)?,
-                revisions: r.get(3)?,
-                first_source: r.get(4)?,
+                row: r.get(0)?,
+                content: r.get(1)?,
+                meter_group: r.get(2)?,
+                cancelled_final: r.get(3)?,
+                revisions: r.get(4)?,
+                first_source: r.get(5)?,
             })
         })
         .optional()?)
@@ -270,13 +273,13 @@ impl Write<'_> {
         self.slot.kind.as_str()
     }
 
-    fn add_revision(&self, revision: i64, conflict: bool) -> Result<(), StoreError> {
+    fn add_revision(&self, row: i64, revision: i64, conflict: bool) -> Result<(), StoreError> {
         self.form.save_lists(self.tx)?;
         exec(
             self.tx,
             "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id,
-               received_at, content, conflict, meter_group)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+               received_at, content, conflict, meter_group, slot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 self.kind(),
                 self.slot.event_id,
@@ -285,7 +288,8 @@ impl Write<'_> {
                 self.now,
                 self.form.content,
                 conflict,
-                self.form.key()
+                self.form.key(),
+                row
             ],
         )?;
         Ok(())
@@ -309,58 +313,50 @@ impl Write<'_> {
                 self.form.key()
             ],
         )?;
-        self.add_revision(1, false)
+        self.add_revision(self.tx.last_insert_rowid(), 1, false)
     }
 
-    fn count_duplicate(&self) -> Result<(), StoreError> {
+    fn count_duplicate(&self, row: i64) -> Result<(), StoreError> {
         exec(
             self.tx,
-            "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?3
-             WHERE kind=?1 AND event_id=?2",
-            params![self.kind(), self.slot.event_id, self.now],
+            "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?2 WHERE rowid=?1",
+            params![row, self.now],
         )?;
         Ok(())
     }
 
-    fn seen_conflict(&self) -> Result<bool, StoreError> {
+    fn seen_conflict(&self, row: i64) -> Result<bool, StoreError> {
         Ok(self
             .tx
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM timeslot_revisions
-                 WHERE kind=?1 AND event_id=?2 AND conflict=1 AND content=?3 AND meter_group IS ?4)",
+                 WHERE slot=?1 AND conflict=1 AND content=?2 AND meter_group IS ?3)",
             )?
-            .query_row(
-                params![
-                    self.kind(),
-                    self.slot.event_id,
-                    self.form.content,
-                    self.form.key()
-                ],
-                |r| r.get(0),
-            )?)
+            .query_row(params![row, self.form.content, self.form.key()], |r| {
+                r.get(0)
+            })?)
     }
 
-    fn record_conflict(&self, revision: i64) -> Result<(), StoreError> {
-        self.add_revision(revision, true)?;
+    fn record_conflict(&self, row: i64, revision: i64) -> Result<(), StoreError> {
+        self.add_revision(row, revision, true)?;
         exec(
             self.tx,
-            "UPDATE timeslots SET revisions=?3, conflict=1, last_received=?4 WHERE kind=?1 AND event_id=?2",
-            params![self.kind(), self.slot.event_id, revision, self.now],
+            "UPDATE timeslots SET revisions=?2, conflict=1, last_received=?3 WHERE rowid=?1",
+            params![row, revision, self.now],
         )?;
         Ok(())
     }
 
-    fn update(&self, revision: i64) -> Result<(), StoreError> {
-        self.add_revision(revision, false)?;
+    fn update(&self, row: i64, revision: i64) -> Result<(), StoreError> {
+        self.add_revision(row, revision, false)?;
         exec(
             self.tx,
-            "UPDATE timeslots SET content=?3, start_time=?4, end_time=?5,
-               cancelled_final = cancelled_final OR ?6, revisions=?7, last_received=?8,
-               meter_group=?9
-             WHERE kind=?1 AND event_id=?2",
+            "UPDATE timeslots SET content=?2, start_time=?3, end_time=?4,
+               cancelled_final = cancelled_final OR ?5, revisions=?6, last_received=?7,
+               meter_group=?8
+             WHERE rowid=?1",
             params![
-                self.kind(),
-                self.slot.event_id,
+                row,
                 self.form.content,
                 ts(self.slot.start_time),
                 ts(self.slot.end_time),

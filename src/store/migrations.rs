@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_rowid_timeslots.sql")),
     (5, include_str!("migrations/0005_intervals.sql")),
     (6, include_str!("migrations/0006_meter_groups.sql")),
+    (7, include_str!("migrations/0007_revisions_by_slot.sql")),
 ];
 
 pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
@@ -161,7 +162,7 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 6);
+        assert_eq!(version, 7);
         let all = query::all_timeslots(&conn).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].timeslot, group, "the same timeslot, lists and all");
@@ -203,5 +204,74 @@ mod tests {
         assert_eq!(count(&conn, "SELECT count(*) FROM meter_groups"), 1);
         let kept = &query::all_timeslots(&conn).unwrap()[0].timeslot;
         assert_eq!(kept.meter_ids[0], "11111111-2222-3333-4444-555555555555");
+    }
+
+    /// Migration 7 on a version-6 file: every revision finds its timeslot through `slot`,
+    /// reads and dedup are what they were, and new revisions are keyed the same way.
+    #[test]
+    fn revisions_move_to_their_timeslot_row() {
+        use super::super::{groups::StoredForm, ingest, query};
+        let body = include_str!("../../tests/fixtures/leap-sample-meter.json");
+        let slots = record(body).parsed.timeslots;
+        let mut conn = Connection::open_in_memory().unwrap();
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 6) {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", v).unwrap();
+        }
+        let mut older = slots[0].clone();
+        older.energy_kw = crate::model::EnergyKw::Kw(1.5);
+        // Inserted in reverse, so rowids and event ids do not sort alike.
+        for t in slots.iter().rev() {
+            let content = StoredForm::of(t.clone()).unwrap().content;
+            conn.execute(
+                "INSERT INTO timeslots (kind, event_id, content, start_time, end_time,
+                   cancelled_final, revisions, first_received, last_received)
+                 VALUES ('meter', ?1, ?2, 'a', 'b', 0, ?3, 'r', 'r')",
+                rusqlite::params![t.event_id, content, 1 + i64::from(*t == slots[0])],
+            )
+            .unwrap();
+        }
+        let revision = |t: &Timeslot, n: i64| {
+            let content = StoredForm::of(t.clone()).unwrap().content;
+            conn.execute(
+                "INSERT INTO timeslot_revisions VALUES ('meter', ?1, ?2, ?2, 'r', ?3, 0, NULL)",
+                rusqlite::params![t.event_id, n, content],
+            )
+            .unwrap();
+        };
+        revision(&older, 1);
+        slots
+            .iter()
+            .for_each(|t| revision(t, 1 + i64::from(*t == slots[0])));
+        apply(&mut conn).unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM timeslot_revisions r
+                 JOIN timeslots t ON t.rowid = r.slot AND t.event_id = r.event_id"
+            ),
+            4,
+            "every revision points at its own timeslot"
+        );
+        let read = query::revisions(&conn, slots[0].kind, &slots[0].event_id).unwrap();
+        let read: Vec<&Timeslot> = read.iter().map(|r| &r.timeslot).collect();
+        assert_eq!(read, vec![&older, &slots[0]]);
+        assert_eq!(
+            count("SELECT count(*) FROM sqlite_schema WHERE name = 'timeslots_first_source'"),
+            0
+        );
+        let tx = conn.transaction().unwrap();
+        let again = ingest::ingest(&tx, &ingest::Prepared::new(record(body)).unwrap()).unwrap();
+        assert_eq!((again.new, again.updated, again.duplicate), (0, 0, 3));
+        let changed = body.replacen("10.000", "12.5", 1);
+        let changed = ingest::ingest(&tx, &ingest::Prepared::new(record(&changed)).unwrap());
+        assert_eq!(changed.unwrap().updated, 1);
+        tx.commit().unwrap();
+        let read = query::revisions(&conn, slots[0].kind, &slots[0].event_id).unwrap();
+        assert_eq!(
+            read.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(read[2].timeslot.energy_kw, crate::model::EnergyKw::Kw(12.5));
     }
 }

@@ -104,7 +104,8 @@ pub(crate) fn revisions(
         "SELECT revision, notification_id, received_at, conflict, content, g.meter_ids,
            g.partner_references
          FROM timeslot_revisions r LEFT JOIN meter_groups g ON g.hash = r.meter_group
-         WHERE kind=?1 AND event_id=?2 ORDER BY revision",
+         WHERE r.slot = (SELECT rowid FROM timeslots WHERE kind=?1 AND event_id=?2)
+         ORDER BY revision",
     )?;
     let mut rows = stmt.query(params![kind.as_str(), event_id])?;
     let mut out = Vec::new();
@@ -201,8 +202,7 @@ pub(crate) fn prune_notifications(
     )?;
     let revisions = conn.execute(
         "DELETE FROM timeslot_revisions AS r WHERE r.received_at < ?1
-           AND r.revision < (SELECT t.revisions FROM timeslots AS t
-                             WHERE t.kind = r.kind AND t.event_id = r.event_id)",
+           AND r.revision < (SELECT t.revisions FROM timeslots AS t WHERE t.rowid = r.slot)",
         params![cutoff],
     )?;
     let groups = super::groups::prune(conn)?;
