@@ -134,6 +134,9 @@ def wrk(port, senders, duration, template):
 
 
 def measure(which, args, folder, slow, py, senders, template):
+    # The previous run's dirty pages (its database and WAL) are written back now, not
+    # during this run, so no run pays for another's I/O.
+    os.sync()
     proc, port = start(which, args, folder, slow, py)
     try:
         return wrk(port, senders, args.duration, template)
