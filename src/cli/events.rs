@@ -28,7 +28,7 @@ pub(super) fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<u8> {
     if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
         return Ok(code);
     }
-    let conn = store::open_read_only(&config.storage.path)?;
+    let conn = store::open_gateway_read_only(&config.storage.path)?;
     let now = chrono::Utc::now();
     let keep = |kind_meters: &[String], event: Option<&str>| {
         args.meter

@@ -37,7 +37,7 @@ pub(crate) struct HistoryArgs {
 }
 
 pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
-    let conn = store::open_read_only(&config.storage.path)?;
+    let conn = store::open_gateway_read_only(&config.storage.path)?;
     let mut filter = audit::AuditFilter {
         meter: args.meter.clone(),
         event: args.event.clone(),

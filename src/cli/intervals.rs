@@ -42,7 +42,7 @@ pub(crate) enum IntervalsCommand {
 }
 
 pub(super) fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
-    let conn = store::open_read_only(&config.storage.path)?;
+    let conn = store::open_gateway_read_only(&config.storage.path)?;
     if let Some(IntervalsCommand::Uploads { json }) = &args.command {
         return uploads(&conn, *json);
     }

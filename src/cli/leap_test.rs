@@ -101,7 +101,7 @@ fn test_uuid(n: u64) -> String {
 
 /// What the daemon's database holds for each event id (null: nothing arrived).
 fn stored(config: &Config, level: Level, ids: &[String]) -> Vec<Value> {
-    let Ok(conn) = crate::store::open_read_only(&config.storage.path) else {
+    let Ok(conn) = crate::store::open_gateway_read_only(&config.storage.path) else {
         return ids.iter().map(|_| Value::Null).collect();
     };
     let kind = level.path();

@@ -21,7 +21,7 @@ pub(crate) struct ReportArgs {
 }
 
 pub(super) fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
-    let conn = store::open_read_only(&config.storage.path)?;
+    let conn = store::open_gateway_read_only(&config.storage.path)?;
     let reports = gather::reports(&conn, config, args.event.as_deref(), chrono::Utc::now())?;
     if let Some(path) = &args.svg {
         let Some(r) = reports.iter().max_by_key(|r| r.end_time) else {

@@ -40,7 +40,7 @@ pub(super) fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
         eprintln!("leap-edge: --hours must be between 1 and 744");
         return Ok(exit::USAGE);
     }
-    let conn = store::open_read_only(&config.storage.path)?;
+    let conn = store::open_gateway_read_only(&config.storage.path)?;
     let from = args.from.unwrap_or_else(Utc::now);
     let to = from + Duration::hours(args.hours);
     let slots = query::timeslots_ending_after(&conn, from)?;

@@ -14,9 +14,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_revisions_by_slot.sql")),
 ];
 
+/// The schema version this build writes and reads.
+pub(crate) fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
 pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    let latest = latest();
     if current > latest {
         return Err(StoreError::TooNew {
             found: current,
@@ -206,21 +211,13 @@ mod tests {
         assert_eq!(kept.meter_ids[0], "11111111-2222-3333-4444-555555555555");
     }
 
-    /// Migration 7 on a version-6 file: every revision finds its timeslot through `slot`,
-    /// reads and dedup are what they were, and new revisions are keyed the same way.
-    #[test]
-    fn revisions_move_to_their_timeslot_row() {
-        use super::super::{groups::StoredForm, ingest, query};
-        let body = include_str!("../../tests/fixtures/leap-sample-meter.json");
-        let slots = record(body).parsed.timeslots;
-        let mut conn = Connection::open_in_memory().unwrap();
-        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 6) {
-            conn.execute_batch(sql).unwrap();
-            conn.pragma_update(None, "user_version", v).unwrap();
-        }
+    /// Timeslot rows and revisions as a version-6 build wrote them: `slots` inserted in
+    /// reverse (so rowids and event ids do not sort alike), the first with an older
+    /// revision before it. Returns that older revision.
+    fn write_v6_rows(conn: &Connection, slots: &[Timeslot]) -> Timeslot {
+        use super::super::groups::StoredForm;
         let mut older = slots[0].clone();
         older.energy_kw = crate::model::EnergyKw::Kw(1.5);
-        // Inserted in reverse, so rowids and event ids do not sort alike.
         for t in slots.iter().rev() {
             let content = StoredForm::of(t.clone()).unwrap().content;
             conn.execute(
@@ -243,6 +240,22 @@ mod tests {
         slots
             .iter()
             .for_each(|t| revision(t, 1 + i64::from(*t == slots[0])));
+        older
+    }
+
+    /// Migration 7 on a version-6 file: every revision finds its timeslot through `slot`,
+    /// reads and dedup are what they were, and new revisions are keyed the same way.
+    #[test]
+    fn revisions_move_to_their_timeslot_row() {
+        use super::super::{ingest, query};
+        let body = include_str!("../../tests/fixtures/leap-sample-meter.json");
+        let slots = record(body).parsed.timeslots;
+        let mut conn = Connection::open_in_memory().unwrap();
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 6) {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", v).unwrap();
+        }
+        let older = write_v6_rows(&conn, &slots);
         apply(&mut conn).unwrap();
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(
@@ -273,5 +286,24 @@ mod tests {
             [1, 2, 3]
         );
         assert_eq!(read[2].timeslot.energy_kw, crate::model::EnergyKw::Kw(12.5));
+    }
+
+    /// The CLI on a database the daemon has not upgraded yet says what to do, and reads
+    /// one that it has.
+    #[test]
+    fn the_cli_asks_for_a_restart_on_an_older_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut conn = Connection::open(&path).unwrap();
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v < latest()) {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", v).unwrap();
+        }
+        let err = super::super::open_gateway_read_only(&path).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Outdated { .. }), "{text}");
+        assert!(text.contains("restart the daemon"), "{text}");
+        apply(&mut conn).unwrap();
+        assert!(super::super::open_gateway_read_only(&path).is_ok());
     }
 }

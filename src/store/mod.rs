@@ -57,6 +57,18 @@ pub enum StoreError {
     },
     #[error("database file has become read-only: {0}")]
     BecameReadOnly(String),
+    /// A CLI run between a package upgrade and the daemon's restart: only the daemon
+    /// migrates (it owns the writes), so the CLI says what to do instead of failing on a
+    /// column the old schema lacks.
+    #[error(
+        "database {path} has schema version {found} and this leap-edge reads version {needed}; \
+         restart the daemon (`systemctl restart leap-edge`), which upgrades it at start, then run this again"
+    )]
+    Outdated {
+        path: PathBuf,
+        found: i64,
+        needed: i64,
+    },
     #[error("database writer has stopped")]
     Stopped,
     #[error("database: the batch holding this notification was not committed: {0}")]
@@ -342,6 +354,28 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
             "{} is not a leap-edge database (no schema); is storage.path right?",
             path.display()
         )));
+    }
+    Ok(conn)
+}
+
+/// [`open_read_only`] for the gateway's database, refused unless its schema is the one
+/// this build reads.
+pub fn open_gateway_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let conn = open_read_only(path)?;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let needed = migrations::latest();
+    if found > needed {
+        return Err(StoreError::TooNew {
+            found,
+            supported: needed,
+        });
+    }
+    if found < needed {
+        return Err(StoreError::Outdated {
+            path: path.to_path_buf(),
+            found,
+            needed,
+        });
     }
     Ok(conn)
 }
