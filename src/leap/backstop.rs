@@ -82,14 +82,26 @@ impl Backstop {
     }
 
     /// The daemon's task: wait for triggers, keep the minimum gap, run.
-    pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let Some(mut rx) = self.rx.lock().expect("backstop lock").take() else {
+    pub(crate) async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let Some(rx) = self.rx.lock().expect("backstop lock").take() else {
             return;
         };
         if let Ok(n) = self.store.read(poll::first_seen_by_poll).await {
             self.state.lock().expect("backstop lock").first_seen_by_poll = n;
         }
-        tokio::spawn(self.clone().watch_recoveries(stop.clone()));
+        // Both end on `stop`; joined here, not spawned, so the daemon's tracker holds both
+        // and shutdown waits for them (issue 16.5).
+        tokio::join!(
+            self.clone().watch_recoveries(stop.clone()),
+            self.serve_triggers(rx, stop),
+        );
+    }
+
+    async fn serve_triggers(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<&'static str>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         self.trigger("start");
         loop {
             let reason = tokio::select! {

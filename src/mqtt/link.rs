@@ -56,10 +56,12 @@ const REQUEST_QUEUE: usize = 4096;
 pub(crate) type OnStatus = Box<dyn Fn(String, Seen) + Send + Sync>;
 
 impl Link {
+    /// The link's connection loop runs in `tasks` (the relay's tracker), until `stop`.
     pub(crate) fn start(
         config: MqttConfig,
         on_status: OnStatus,
         stop: watch::Receiver<bool>,
+        tasks: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Link>, String> {
         config.options()?;
         let link = Arc::new(Link {
@@ -69,7 +71,7 @@ impl Link {
             on_status,
             slots: tokio::sync::Semaphore::new(REQUEST_QUEUE - 64),
         });
-        tokio::spawn(link.clone().run(stop));
+        tasks.spawn(link.clone().run(stop));
         Ok(link)
     }
 

@@ -62,8 +62,10 @@ pub(crate) fn spawn(
         dispatch,
         client,
     });
-    tokio::spawn(up.clone().status_loop(stop.clone()));
-    Ok(tokio::spawn(up.run(events, stop)))
+    // One task for both loops, so the handle the daemon tracks covers them (issue 16.5).
+    Ok(tokio::spawn(async move {
+        tokio::join!(up.clone().status_loop(stop.clone()), up.run(events, stop));
+    }))
 }
 
 impl Uplink {

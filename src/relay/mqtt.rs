@@ -147,16 +147,16 @@ pub(crate) fn start_link(
     let Some(m) = &config.mqtt else {
         return Ok(None);
     };
-    let (s, tasks) = (store.clone(), tasks.clone());
+    let (s, saves) = (store.clone(), tasks.clone());
     let on_status = move |gateway: String, seen: Seen| {
         let s = s.clone();
-        tasks.spawn(async move {
+        saves.spawn(async move {
             if let Err(e) = s.call(move |c| save_seen(c, &gateway, &seen)).await {
                 tracing::warn!(error = %e, "cannot keep a gateway's MQTT status");
             }
         });
     };
-    Link::start(m.clone(), Box::new(on_status), stop).map(Some)
+    Link::start(m.clone(), Box::new(on_status), stop, tasks).map(Some)
 }
 
 /// After each connection to the broker: clear MQTT gateways' backoff and wake their workers.
