@@ -360,7 +360,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
 
 /// [`open_read_only`] for the gateway's database, refused unless its schema is the one
 /// this build reads.
-pub fn open_gateway_read_only(path: &Path) -> Result<Connection, StoreError> {
+pub(crate) fn open_gateway_read_only(path: &Path) -> Result<Connection, StoreError> {
     let conn = open_read_only(path)?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let needed = migrations::latest();
