@@ -85,7 +85,7 @@ pub(crate) async fn gather(config: &Config) -> anyhow::Result<StatusReport> {
 
 fn down(config: &Config) -> StatusReport {
     let now = Utc::now();
-    let conn = store::open_gateway_read_only(&config.storage.path).ok();
+    let conn = store::open_read_only(&config.storage.path).ok();
     let last = conn
         .as_ref()
         .and_then(|c| query::last_notification(c).ok().flatten());
