@@ -301,17 +301,16 @@ impl std::fmt::Display for Target {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn command() -> Command {
+/// What the planner makes for one active p1 up-to-site-load meter timeslot: the common
+/// starting point of the tests, which change the fields they are about.
+#[cfg(any(test, feature = "test-util"))]
+impl Command {
+    pub fn award(event_id: &str, kw: f64, until: DateTime<Utc>) -> Command {
         Command {
             kind: Kind::Meter,
-            event_id: "e1".into(),
+            event_id: event_id.into(),
             mode: ExecMode::Execute,
-            target: Target::Kw(10.0),
+            target: Target::Kw(kw),
             cap: Cap::UpToSiteLoad,
             limit_kw: None,
             export_allowed_kw: 0.0,
@@ -319,9 +318,23 @@ mod tests {
             strategy: Strategy::Award,
             priority: 1,
             programs: vec!["DRAM".into()],
-            until: Utc.with_ymd_and_hms(2026, 11, 1, 13, 0, 0).unwrap(),
+            until,
             reason: "p1 commitment, the only active timeslot".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn command() -> Command {
+        Command::award(
+            "e1",
+            10.0,
+            Utc.with_ymd_and_hms(2026, 11, 1, 13, 0, 0).unwrap(),
+        )
     }
 
     #[test]

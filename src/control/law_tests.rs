@@ -3,7 +3,7 @@
 use super::law::*;
 use crate::config::SiteConfig;
 use crate::device::Telemetry;
-use crate::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
+use crate::model::{Cap, Command, Strategy, Target};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 pub(super) fn t0() -> DateTime<Utc> {
@@ -12,19 +12,9 @@ pub(super) fn t0() -> DateTime<Utc> {
 
 pub(super) fn cmd(target: Target, cap: Cap) -> Command {
     Command {
-        kind: Kind::Meter,
-        event_id: "ev-1".into(),
-        mode: ExecMode::Execute,
         target,
         cap,
-        limit_kw: None,
-        export_allowed_kw: 0.0,
-        import_margin_kw: 0.5,
-        strategy: Strategy::Award,
-        priority: 1,
-        programs: vec!["DRAM".into()],
-        until: t0() + Duration::hours(1),
-        reason: "test".into(),
+        ..Command::award("ev-1", 0.0, t0() + Duration::hours(1))
     }
 }
 

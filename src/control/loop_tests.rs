@@ -7,7 +7,7 @@ use crate::clock::TokioClock;
 use crate::config::Config;
 use crate::device::Battery;
 use crate::dispatch::{CommandError, Commander};
-use crate::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
+use crate::model::{Command, ExecMode, Target};
 use crate::seam::StatusSource;
 use chrono::{DateTime, TimeZone, Utc};
 use std::path::Path;
@@ -45,21 +45,7 @@ reversion_secs = {reversion_secs}
 }
 
 fn command(kw: f64) -> Command {
-    Command {
-        kind: Kind::Meter,
-        event_id: "ev-1".into(),
-        mode: ExecMode::Execute,
-        target: Target::Kw(kw),
-        cap: Cap::UpToSiteLoad,
-        limit_kw: None,
-        export_allowed_kw: 0.0,
-        import_margin_kw: 0.5,
-        strategy: Strategy::Award,
-        priority: 1,
-        programs: vec!["DRAM".into()],
-        until: t0() + chrono::Duration::hours(1),
-        reason: "test".into(),
-    }
+    Command::award("ev-1", kw, t0() + chrono::Duration::hours(1))
 }
 
 /// A commander over one fake battery (80 % SoC, 30 kW load), clock at `t0()`.

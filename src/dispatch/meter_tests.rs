@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::dispatch::overrides::{ManualAction, Override, resolve};
-use crate::model::{Cap, Kind, Strategy, Target};
+use crate::model::Target;
 use chrono::{Duration, TimeZone};
 
 fn t(s: i64) -> DateTime<Utc> {
@@ -13,21 +13,7 @@ fn iv(event: &str, kw: f64, start: i64, end: i64) -> Interval {
     Interval {
         start: t(start),
         end: t(end),
-        command: Command {
-            kind: Kind::Meter,
-            event_id: event.into(),
-            mode: ExecMode::Execute,
-            target: Target::Kw(kw),
-            cap: Cap::UpToSiteLoad,
-            limit_kw: None,
-            export_allowed_kw: 0.0,
-            import_margin_kw: 0.5,
-            strategy: Strategy::Award,
-            priority: 1,
-            programs: vec!["DRAM".into()],
-            until: t(end),
-            reason: "p1 commitment, the only active timeslot".into(),
-        },
+        command: Command::award(event, kw, t(end)),
     }
 }
 

@@ -11,7 +11,7 @@ use leap_edge::config::{Config, MeterConfig, SimConfig};
 use leap_edge::control::ControlCommander;
 use leap_edge::device::{self, Battery};
 use leap_edge::dispatch::{CommandError, Commander};
-use leap_edge::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
+use leap_edge::model::Command;
 use leap_edge::seam::StatusSource;
 use leap_edge::sim::{Fault, Mode, SimHandle, SimOptions};
 use std::path::Path;
@@ -54,21 +54,11 @@ fn commander(sim: &SimHandle) -> ControlCommander {
 }
 
 fn command(kw: f64, minutes: i64) -> Command {
-    Command {
-        kind: Kind::Meter,
-        event_id: "ev-sim".into(),
-        mode: ExecMode::Execute,
-        target: Target::Kw(kw),
-        cap: Cap::UpToSiteLoad,
-        limit_kw: None,
-        export_allowed_kw: 0.0,
-        import_margin_kw: 0.5,
-        strategy: Strategy::Award,
-        priority: 1,
-        programs: vec!["DRAM".into()],
-        until: Utc::now() + chrono::Duration::minutes(minutes),
-        reason: "test".into(),
-    }
+    Command::award(
+        "ev-sim",
+        kw,
+        Utc::now() + chrono::Duration::minutes(minutes),
+    )
 }
 
 /// Model 124 OutWRte is a percentage of WChaMax (50 kW in these sims).

@@ -18,7 +18,7 @@ use leap_edge::config::{Config, MeterConfig};
 use leap_edge::control::ControlCommander;
 use leap_edge::device::{Battery, DeviceError};
 use leap_edge::dispatch::Commander;
-use leap_edge::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
+use leap_edge::model::Command;
 use leap_edge::sim::Mode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -208,21 +208,11 @@ fn control_config(device: SocketAddr) -> Config {
 }
 
 fn command(kw: f64) -> Command {
-    Command {
-        kind: Kind::Meter,
-        event_id: "ev-faults".into(),
-        mode: ExecMode::Execute,
-        target: Target::Kw(kw),
-        cap: Cap::UpToSiteLoad,
-        limit_kw: None,
-        export_allowed_kw: 0.0,
-        import_margin_kw: 0.5,
-        strategy: Strategy::Award,
-        priority: 1,
-        programs: vec!["DRAM".into()],
-        until: chrono::Utc::now() + chrono::Duration::minutes(30),
-        reason: "resilience".into(),
-    }
+    Command::award(
+        "ev-faults",
+        kw,
+        chrono::Utc::now() + chrono::Duration::minutes(30),
+    )
 }
 
 /// The device takes new writes from the loop (its write counter moves on).
