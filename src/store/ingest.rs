@@ -277,19 +277,17 @@ impl Write<'_> {
         self.form.save_lists(self.tx)?;
         exec(
             self.tx,
-            "INSERT INTO timeslot_revisions (kind, event_id, revision, notification_id,
-               received_at, content, conflict, meter_group, slot)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO timeslot_revisions (slot, revision, notification_id, received_at,
+               content, conflict, meter_group)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
-                self.kind(),
-                self.slot.event_id,
+                row,
                 revision,
                 self.nid,
                 self.now,
                 self.form.content,
                 conflict,
-                self.form.key(),
-                row
+                self.form.key()
             ],
         )?;
         Ok(())

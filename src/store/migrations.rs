@@ -259,16 +259,21 @@ mod tests {
         apply(&mut conn).unwrap();
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(
-            count(
-                "SELECT count(*) FROM timeslot_revisions r
-                 JOIN timeslots t ON t.rowid = r.slot AND t.event_id = r.event_id"
-            ),
+            count("SELECT count(*) FROM timeslot_revisions r JOIN timeslots t ON t.rowid = r.slot"),
             4,
-            "every revision points at its own timeslot"
+            "every revision points at a timeslot"
         );
         let read = query::revisions(&conn, slots[0].kind, &slots[0].event_id).unwrap();
         let read: Vec<&Timeslot> = read.iter().map(|r| &r.timeslot).collect();
         assert_eq!(read, vec![&older, &slots[0]]);
+        for t in &slots[1..] {
+            let read = query::revisions(&conn, t.kind, &t.event_id).unwrap();
+            assert_eq!(read.len(), 1);
+            assert_eq!(
+                &read[0].timeslot, t,
+                "each revision stays with its own timeslot"
+            );
+        }
         assert_eq!(
             count("SELECT count(*) FROM sqlite_schema WHERE name = 'timeslots_first_source'"),
             0
