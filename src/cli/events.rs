@@ -69,7 +69,11 @@ pub(super) fn run(config: &Config, args: &EventsArgs) -> anyhow::Result<u8> {
         );
     } else {
         let zone = Zone::from_flag(args.local);
-        print_table(&slots, &rejected, zone);
+        if slots.is_empty() && rejected.is_empty() {
+            crate::outln!("{}", nothing_found(args));
+        } else {
+            print_table(&slots, &rejected, zone);
+        }
         if args.event.is_some() {
             print_revisions(&slots, zone);
         }
@@ -233,6 +237,24 @@ const SLOT_HEADERS: [&str; 11] = [
     "PROGRAMS",
     "REV/DUP",
 ];
+
+/// What an empty answer means, naming the filters, so a mistyped id does not read as an
+/// empty database.
+fn nothing_found(args: &EventsArgs) -> String {
+    let meter = args
+        .meter
+        .as_deref()
+        .map(|m| format!(" for meter {}", clean(m)))
+        .unwrap_or_default();
+    match args.event.as_deref() {
+        Some(e) => format!(
+            "No timeslot with event id {}{meter} is stored. The id is Leap's meter_event_id or \
+             market_group_event_id; `leap-edge events` lists every stored timeslot.",
+            clean(e)
+        ),
+        None => format!("No timeslots stored{meter}."),
+    }
+}
 
 fn print_table(slots: &[Value], rejected: &[Value], zone: Zone) {
     let rows: Vec<Vec<String>> = slots.iter().map(|v| slot_row(v, zone)).collect();

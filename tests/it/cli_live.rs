@@ -184,6 +184,11 @@ async fn words_not_debug_events_revisions_and_escaped_control_characters() {
         revs.contains("4 kW") && revs.contains("6 kW"),
         "both revisions: {revs}"
     );
+    let missing = run(&["events", "--event", "no-such-event"]);
+    assert!(
+        missing.contains("No timeslot with event id no-such-event is stored"),
+        "a mistyped id is named, not shown as an empty database: {missing}"
+    );
     run(&[
         "override",
         "discharge",
