@@ -26,6 +26,7 @@ mod hardening_limits;
 mod ingest_safety;
 mod intervals;
 mod intervals_upload;
+mod killed_mid_timeslot;
 mod layering;
 mod leap_backstop;
 mod leap_cli;
