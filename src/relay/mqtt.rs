@@ -147,16 +147,40 @@ pub(crate) fn start_link(
     let Some(m) = &config.mqtt else {
         return Ok(None);
     };
-    let (s, saves) = (store.clone(), tasks.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(STATUS_QUEUE);
+    tasks.spawn(save_statuses(store.clone(), rx, stop.clone()));
     let on_status = move |gateway: String, seen: Seen| {
-        let s = s.clone();
-        saves.spawn(async move {
-            if let Err(e) = s.call(move |c| save_seen(c, &gateway, &seen)).await {
-                tracing::warn!(error = %e, "cannot keep a gateway's MQTT status");
-            }
-        });
+        if tx.try_send((gateway, seen)).is_err() {
+            tracing::warn!(
+                "gateway MQTT statuses arrive faster than they are stored; one dropped (the next comes within a minute)"
+            );
+        }
     };
     Link::start(m.clone(), Box::new(on_status), stop, tasks).map(Some)
+}
+
+/// Statuses received and not yet stored, at most.
+const STATUS_QUEUE: usize = 4096;
+
+/// One writer, in the order the broker delivered them: a task per status could store a
+/// gateway's retained "online" after the "offline" that followed it.
+async fn save_statuses(
+    store: Store,
+    mut rx: tokio::sync::mpsc::Receiver<(String, Seen)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (gateway, seen) = tokio::select! {
+            next = rx.recv() => match next {
+                Some(s) => s,
+                None => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if let Err(e) = store.call(move |c| save_seen(c, &gateway, &seen)).await {
+            tracing::warn!(error = %e, "cannot keep a gateway's MQTT status");
+        }
+    }
 }
 
 /// After each connection to the broker: clear MQTT gateways' backoff and wake their workers.
