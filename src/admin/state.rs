@@ -54,6 +54,9 @@ pub struct StatusReport {
     /// Leap's polling backstop and the `[schedule]` jobs (issue 13); absent when down.
     #[serde(default)]
     pub(crate) leap: Option<LeapStatus>,
+    /// The MQTT uplink's broker connection (`[uplink.mqtt]`); absent without one or when down.
+    #[serde(default)]
+    pub(crate) uplink: Option<crate::mqtt::broker_state::BrokerState>,
 }
 
 /// The polling backstop and the next fire time of each `[schedule]` job.

@@ -118,6 +118,7 @@ fn down(config: &Config) -> StatusReport {
         last_run: crate::daemon::lock::read(&crate::daemon::lock::path_for(&config.storage.path)),
         meters,
         leap: None,
+        uplink: None,
     }
 }
 

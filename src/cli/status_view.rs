@@ -63,6 +63,9 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         tunnel.to_string()
     };
     out.push(format!("reverse tunnel: {tunnel}"));
+    if let Some(u) = &r.uplink {
+        out.push(uplink_line(u, r.now, v));
+    }
     out.push(match &r.last_notification {
         Some(l) => format!(
             "last notification: {} from {}",
@@ -86,6 +89,34 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         out.extend(leap_lines(l, r.now, v));
     }
     out
+}
+
+/// The MQTT uplink: where relayed dispatches come from when the gateway dials a broker.
+fn uplink_line(
+    u: &crate::mqtt::broker_state::BrokerState,
+    now: chrono::DateTime<chrono::Utc>,
+    v: &View,
+) -> String {
+    let when = format!(
+        "since {} ({})",
+        v.zone.time(u.since),
+        text::duration((now - u.since).num_seconds())
+    );
+    let url = clean(&u.url);
+    let error = u.last_error.as_deref().map(clean);
+    let line = if u.connected {
+        let fresh = u.last_error_at.is_some_and(|t| t >= u.since);
+        match error.filter(|_| fresh) {
+            Some(e) => format!("MQTT uplink: connected to {url} {when}, but {e}"),
+            None => return format!("MQTT uplink: connected to {url} {when}"),
+        }
+    } else {
+        let e = error.unwrap_or_else(|| "no answer yet".into());
+        format!(
+            "MQTT uplink: NOT CONNECTED to {url} {when}: {e}; relayed dispatches wait in the broker"
+        )
+    };
+    alarm(v, &if v.wide { line } else { fit(&line, 80) })
 }
 
 /// Issue 13: the polling backstop (pushes that never arrived are an alarm) and the
@@ -486,5 +517,59 @@ mod wrap_tests {
         assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:?}");
         assert!(lines[1].starts_with("          upload"), "{lines:?}");
         assert_eq!(lines.join(" ").split_whitespace().count(), "schedule: poll in 4 min 38 s, prune in 6 h 56 min, integrity in 7 h 26 min, upload in 5 h 55 min".split_whitespace().count());
+    }
+}
+
+#[cfg(test)]
+mod uplink_tests {
+    use super::{View, uplink_line};
+    use crate::cli::text::Zone;
+    use crate::mqtt::broker_state::BrokerState;
+    use chrono::{Duration, TimeZone, Utc};
+
+    fn view() -> View {
+        View {
+            wide: true,
+            zone: Zone::Utc,
+            color: false,
+        }
+    }
+
+    #[test]
+    fn the_uplink_line_says_connected_or_why_not_and_since_when() {
+        let since = Utc.with_ymd_and_hms(2026, 11, 30, 5, 20, 1).unwrap();
+        let now = since + Duration::seconds(185);
+        let mut u = BrokerState {
+            url: "mqtts://broker.example:8883".into(),
+            connected: true,
+            since,
+            last_error: Some("connection refused".into()),
+            last_error_at: Some(since - Duration::seconds(10)),
+            connections: 2,
+        };
+        assert_eq!(
+            uplink_line(&u, now, &view()),
+            "MQTT uplink: connected to mqtts://broker.example:8883 since 2026-11-30 05:20:01 UTC (3 min 5 s)"
+        );
+        u.last_error = Some("the broker refused the subscription".into());
+        u.last_error_at = Some(since + Duration::seconds(1));
+        let refused = uplink_line(&u, now, &view());
+        assert!(
+            refused.ends_with("(3 min 5 s), but the broker refused the subscription"),
+            "{refused}"
+        );
+        u.connected = false;
+        u.last_error = Some("I/O: Connection refused (os error 111)\x1b[2J".into());
+        let down = uplink_line(&u, now, &view());
+        assert!(down.starts_with("MQTT uplink: NOT CONNECTED to mqtts://broker.example:8883 since 2026-11-30 05:20:01 UTC (3 min 5 s): I/O: Connection refused (os error 111)\\e[2J"), "{down}");
+        assert!(
+            down.ends_with("relayed dispatches wait in the broker"),
+            "{down}"
+        );
+        let narrow = View {
+            wide: false,
+            ..view()
+        };
+        assert!(uplink_line(&u, now, &narrow).chars().count() <= 80);
     }
 }

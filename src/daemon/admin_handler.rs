@@ -34,6 +34,8 @@ pub(crate) struct Handler {
     pub(crate) listen: std::net::SocketAddr,
     /// Each control loop's state (devices), in configuration order.
     pub(crate) live: Arc<dyn Fn() -> Vec<MeterStatus> + Send + Sync>,
+    /// The MQTT uplink's broker connection, when `[uplink.mqtt]` is set.
+    pub(crate) uplink: Option<Arc<crate::mqtt::broker_state::BrokerWatch>>,
 }
 
 impl AdminHandler for Handler {
@@ -77,6 +79,7 @@ impl Handler {
         });
         let report = crate::admin::state::StatusReport {
             leap: Some(self.leap_status(&config, self.clock.now())),
+            uplink: self.uplink.as_ref().map(|w| w.snapshot()),
             ..report
         };
         Response::ok(Reply::Status(Box::new(report)))

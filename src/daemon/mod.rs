@@ -16,6 +16,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, LiveConfig, SharedConfig};
 use crate::control::ControlCommander;
 use crate::dispatch::{Commander, DispatchStatus, Dispatcher};
+use crate::mqtt::broker_state::BrokerWatch;
 use crate::seam::{ChangeSignal, StatusBoard};
 use crate::server::{self, App, WebhookSettings};
 use crate::stage::Stage;
@@ -129,15 +130,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         &stages.background,
     );
     let dispatch = handler.dispatch.clone();
-    // SPEC §2.12: the relay's dispatches may also come through a broker the gateway dials.
-    if let Some(m) = &config.uplink.mqtt {
-        let rx = stages.intake.stop_rx();
-        let up = crate::mqtt::uplink::spawn(m.clone(), app.clone(), dispatch.clone(), rx)
-            .map_err(DaemonError::Uplink)?;
-        stages.intake.spawn(async move {
-            let _ = up.await;
-        });
-    }
+    start_uplink(&config, &app, &shared, &dispatch, &stages.intake)?;
     let admin_path = config.admin.socket.clone();
     let (tracker, token) = (stages.intake.tracker().clone(), stages.intake.token());
     stages.intake.spawn(async move {
@@ -161,11 +154,13 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
 }
 
 /// What the daemon's parts share besides the App: the configuration in force (`reload`
-/// replaces parts of it), the status board and the change signal that wakes dispatch.
+/// replaces parts of it), the status board, the change signal that wakes dispatch, and the
+/// MQTT uplink's broker connection (`status`, `/metrics`, `/healthz`).
 struct Shared {
     live: SharedConfig,
     status: Arc<StatusBoard>,
     changes: ChangeSignal,
+    uplink: Option<Arc<BrokerWatch>>,
 }
 
 fn build_app(
@@ -173,11 +168,22 @@ fn build_app(
     store: Store,
     tls: Option<Arc<server::tls::ReloadableTls>>,
 ) -> (Arc<App>, Shared) {
+    let uplink = config.uplink.mqtt.as_ref().map(|m| {
+        Arc::new(BrokerWatch::new(
+            &m.url,
+            m.keep_alive_secs,
+            "leap_edge_mqtt",
+        ))
+    });
     let shared = Shared {
         live: Arc::new(LiveConfig::new(config.clone())),
         status: Arc::new(StatusBoard::default()),
         changes: ChangeSignal::default(),
+        uplink,
     };
+    if let Some(w) = &shared.uplink {
+        shared.status.add(w.clone());
+    }
     let settings = WebhookSettings::of(config);
     let app = App::new(
         settings,
@@ -190,6 +196,27 @@ fn build_app(
         app.set_tls(t);
     }
     (Arc::new(app), shared)
+}
+
+/// SPEC §2.12: the relay's dispatches may also come through a broker the gateway dials.
+fn start_uplink(
+    config: &Config,
+    app: &Arc<App>,
+    shared: &Shared,
+    dispatch: &Arc<crate::dispatch::DispatchStatus>,
+    intake: &Stage,
+) -> Result<(), DaemonError> {
+    let (Some(m), Some(broker)) = (&config.uplink.mqtt, &shared.uplink) else {
+        return Ok(());
+    };
+    let rx = intake.stop_rx();
+    let up =
+        crate::mqtt::uplink::spawn(m.clone(), app.clone(), dispatch.clone(), broker.clone(), rx)
+            .map_err(DaemonError::Uplink)?;
+    intake.spawn(async move {
+        let _ = up.await;
+    });
+    Ok(())
 }
 
 /// The dispatch loop, the Leap backstop and housekeeping, and the admin handler over them.
@@ -251,6 +278,7 @@ fn start_dispatch(
         listen,
         clock: parts.clock,
         live: parts.live,
+        uplink: shared.uplink.clone(),
     })
 }
 

@@ -70,6 +70,7 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
         last_run: None,
         meters,
         leap: None,
+        uplink: None,
     }
 }
 

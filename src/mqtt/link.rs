@@ -7,6 +7,7 @@
 //! connection broke fails, and the outbox publishes it again (the gateway's store drops the
 //! duplicate). That keeps the pairing exact across reconnects.
 
+use super::broker_state::BrokerWatch;
 use super::{MqttConfig, StatusMessage, reconnect_delay, status_topic};
 use chrono::{DateTime, Utc};
 use rumqttc::Outgoing;
@@ -48,6 +49,8 @@ pub(crate) struct Link {
     /// Publishes in flight at most (the client's request queue is bounded): with thousands
     /// of gateways, the rest wait here instead of failing and backing off.
     slots: tokio::sync::Semaphore,
+    /// The connection as the operator sees it (`/metrics`, `/healthz`).
+    pub(crate) broker: BrokerWatch,
 }
 
 const REQUEST_QUEUE: usize = 4096;
@@ -64,7 +67,9 @@ impl Link {
         tasks: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Link>, String> {
         config.options()?;
+        let broker = BrokerWatch::new(&config.url, config.keep_alive_secs, "leap_edge_relay_mqtt");
         let link = Arc::new(Link {
+            broker,
             config,
             session: Mutex::new(None),
             connected: watch::channel(0).0,
@@ -143,6 +148,7 @@ impl Link {
                     }
                     Err(e) => {
                         failures += 1;
+                        self.broker.lost(&e.to_string());
                         tracing::warn!(url = %self.config.url, error = %e, "mqtt: broker connection lost; deliveries wait in the outbox");
                         break;
                     }
@@ -168,6 +174,7 @@ impl Link {
             inflight: HashMap::new(),
         });
         tracing::info!(url = %self.config.url, "mqtt: connected to the broker");
+        self.broker.connected();
         self.connected.send_modify(|n| *n += 1);
     }
 

@@ -7,6 +7,7 @@
 //! Client: `rumqttc` (Bytebeam's, the most used async MQTT client in Rust, MQTT 5 with
 //! session expiry, manual acks and last will; TLS through rustls with our ring provider).
 
+pub(crate) mod broker_state;
 pub(crate) mod link;
 pub(crate) mod uplink;
 

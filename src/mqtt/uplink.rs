@@ -4,6 +4,7 @@
 //! broker only after the commit (SPEC §2.1): a crash in between means redelivery, and the
 //! store's idempotency (SPEC §2.3) turns that into exactly-once.
 
+use super::broker_state::BrokerWatch;
 use super::{MeterState, MqttConfig, StatusMessage, dispatch_topic, reconnect_delay, status_topic};
 use crate::dispatch::DispatchStatus;
 use crate::server::{App, Ingested, ingest_body};
@@ -29,6 +30,7 @@ struct Uplink {
     app: Arc<App>,
     dispatch: Arc<DispatchStatus>,
     client: AsyncClient,
+    broker: Arc<BrokerWatch>,
 }
 
 /// Start the uplink; it runs until `stop`, then marks the gateway offline and disconnects.
@@ -36,6 +38,7 @@ pub(crate) fn spawn(
     config: MqttConfig,
     app: Arc<App>,
     dispatch: Arc<DispatchStatus>,
+    broker: Arc<BrokerWatch>,
     stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, String> {
     let mut opts = config.options()?;
@@ -61,6 +64,7 @@ pub(crate) fn spawn(
         app,
         dispatch,
         client,
+        broker,
     });
     // One task for both loops, so the handle the daemon tracks covers them (issue 16.5).
     Ok(tokio::spawn(async move {
@@ -84,6 +88,7 @@ impl Uplink {
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;
+                    self.broker.connected();
                     tracing::info!(
                         session_present = ack.session_present,
                         "mqtt uplink connected"
@@ -93,6 +98,7 @@ impl Uplink {
                         .try_subscribe(self.dispatch_topic(), QoS::AtLeastOnce)
                     {
                         tracing::error!(error = %e, "mqtt uplink: cannot subscribe");
+                        self.broker.error(&format!("cannot subscribe: {e}"));
                     }
                     self.publish_status(true);
                 }
@@ -109,12 +115,17 @@ impl Uplink {
                         .collect();
                     if !refused.is_empty() {
                         tracing::error!(codes = ?refused, topic = %self.dispatch_topic(), "mqtt uplink: the broker refused the subscription (check its ACL for this client id)");
+                        self.broker.error(&format!(
+                            "the broker refused the subscription to {} ({refused:?}): check its ACL for this client id",
+                            self.dispatch_topic()
+                        ));
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => self.receive(p, &stop).await,
                 Ok(_) => {}
                 Err(e) => {
                     failures += 1;
+                    self.broker.lost(&e.to_string());
                     let wait = reconnect_delay(failures);
                     tracing::warn!(url = %self.config.url, error = %e, retry_in_secs = wait.as_secs(), "mqtt uplink: broker unreachable");
                     tokio::select! {

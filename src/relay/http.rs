@@ -197,6 +197,9 @@ impl RelayApp {
             Ok(s) => s.render_metrics(&mut out),
             Err(e) => tracing::warn!(error = %e, "metrics: cannot read the outbox"),
         }
+        if let Some(link) = self.fleet.link() {
+            link.broker.render_metrics(&mut out);
+        }
         let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(out)));
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
@@ -215,6 +218,9 @@ impl RelayApp {
         match self.status().await {
             Ok(s) => problems.extend(s.problems(self.config().relay.max_undelivered_age_secs)),
             Err(e) => problems.push(format!("cannot read the outbox: {e}")),
+        }
+        if let Some(link) = self.fleet.link() {
+            problems.extend(link.broker.health_problem("mqtt"));
         }
         if problems.is_empty() {
             server::json_response(StatusCode::OK, json!({"status": "ok"}))

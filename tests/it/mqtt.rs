@@ -284,3 +284,74 @@ async fn the_acl_keeps_a_gateway_off_another_gateways_topic() {
         "site-a reads only its own dispatch topic"
     );
 }
+
+/// The broker connection as the operator sees it, through an outage and back: the gateway's
+/// `status` (text and JSON), `/metrics` and `/healthz`, and the relay's `/metrics`. Before,
+/// a broker outage showed only as dispatches that never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn the_broker_connection_shows_in_status_metrics_and_healthz() {
+    let mut broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    // Two keep-alives (10 s) without the broker make /healthz fail.
+    let gw = Daemon::start_with(&format!(
+        "{}\nkeep_alive_secs = 5\n",
+        uplink(&broker, "site-a")
+    ));
+    wait_log(&gw, "mqtt uplink connected", 1);
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    let (gm, rm) = (gw.metrics_addr, relay.running.metrics_addr);
+    let gauge = |addr, name: &str, v: &str| {
+        http_get(addr, "/metrics")
+            .1
+            .lines()
+            .any(|l| l == format!("{name} {v}"))
+    };
+    tokio::task::block_in_place(|| {
+        let up = status_json(&gw)["uplink"].clone();
+        assert_eq!(up["connected"], true, "{up}");
+        assert_eq!(up["connections"], 1, "{up}");
+        assert!(up["url"].as_str().unwrap().starts_with("mqtt"), "{up}");
+        let (_, text, _) = gw.cli(&["status"]);
+        assert!(text.contains("MQTT uplink: connected to mqtt"), "{text}");
+        assert!(gauge(gm, "leap_edge_mqtt_connected", "1"));
+        assert!(gauge(gm, "leap_edge_mqtt_connections_total", "1"));
+        wait_for("the relay connected", || {
+            gauge(rm, "leap_edge_relay_mqtt_connected", "1")
+        });
+        assert_eq!(http_get(gm, "/healthz").0, 200);
+
+        broker.stop();
+        wait_for("the gateway seeing the broker gone", || {
+            status_json(&gw)["uplink"]["connected"] == false
+        });
+        let down = status_json(&gw)["uplink"].clone();
+        assert!(down["last_error"].is_string(), "{down}");
+        let (code, text, _) = gw.cli(&["status", "--wide"]);
+        assert_eq!(code, 0);
+        assert!(
+            text.contains("MQTT uplink: NOT CONNECTED to mqtt")
+                && text.contains("relayed dispatches wait in the broker"),
+            "{text}"
+        );
+        assert!(gauge(gm, "leap_edge_mqtt_connected", "0"));
+        wait_for("the relay seeing the broker gone", || {
+            gauge(rm, "leap_edge_relay_mqtt_connected", "0")
+        });
+        wait_for("/healthz failing after two keep-alives", || {
+            let (code, body) = http_get(gm, "/healthz");
+            code == 503 && body.contains("uplink.mqtt: not connected to the MQTT broker")
+        });
+
+        broker.spawn();
+        wait_for("the gateway back on the broker", || {
+            let up = status_json(&gw)["uplink"].clone();
+            up["connected"] == true && up["connections"] == 2
+        });
+        assert!(gauge(gm, "leap_edge_mqtt_connections_total", "2"));
+        assert_eq!(http_get(gm, "/healthz").0, 200);
+        wait_for("the relay back on the broker", || {
+            gauge(rm, "leap_edge_relay_mqtt_connected", "1")
+        });
+    });
+    relay.running.stop().await;
+}

@@ -206,8 +206,15 @@ pub async fn relay(broker: &Broker, gateways: &[(&str, &str)]) -> Relay {
     let cfg = leap_edge::relay::RelayConfig::load(&path).expect("relay config");
     let running = leap_edge::relay::start(cfg).await.expect("relay starts");
     let client = common::Client::new(running.addr, cert);
-    // Wait until the relay is connected (it logs nothing we can read in process: poll).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = running.metrics_addr;
+    tokio::task::block_in_place(|| {
+        wait_for("the relay connected to the broker", || {
+            http_get(metrics, "/metrics")
+                .1
+                .lines()
+                .any(|l| l == "leap_edge_relay_mqtt_connected 1")
+        })
+    });
     Relay {
         dir,
         running,
@@ -280,4 +287,33 @@ pub fn once(events: &[&str]) -> Vec<(String, i64, i64)> {
     let mut v: Vec<_> = events.iter().map(|e| (e.to_string(), 1, 0)).collect();
     v.sort();
     v
+}
+
+/// A blocking GET on a loopback `/metrics` or `/healthz` listener, for `wait_for` loops:
+/// (status code, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the answer");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_string())
+}
+
+/// `leap-edge status --json` of a gateway daemon.
+pub fn status_json(d: &Daemon) -> serde_json::Value {
+    let (code, out, err) = d.cli(&["status", "--json"]);
+    assert_eq!(code, 0, "status failed: {err}");
+    serde_json::from_str(&out).unwrap()
 }
