@@ -56,7 +56,20 @@ pub struct StatusReport {
     pub(crate) leap: Option<LeapStatus>,
     /// The MQTT uplink's broker connection (`[uplink.mqtt]`); absent without one or when down.
     #[serde(default)]
-    pub(crate) uplink: Option<crate::mqtt::broker_state::BrokerState>,
+    pub(crate) uplink: Option<BrokerConnection>,
+}
+
+/// A connection to an MQTT broker (`[uplink.mqtt]`), as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct BrokerConnection {
+    /// `[uplink.mqtt] url` or `[mqtt] url` (credentials are separate keys, never here).
+    pub(crate) url: String,
+    pub(crate) connected: bool,
+    /// When `connected` last changed; the start, until the first connection.
+    pub(crate) since: DateTime<Utc>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_at: Option<DateTime<Utc>>,
+    pub(crate) connections: u64,
 }
 
 /// The polling backstop and the next fire time of each `[schedule]` job.

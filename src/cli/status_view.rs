@@ -93,7 +93,7 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
 
 /// The MQTT uplink: where relayed dispatches come from when the gateway dials a broker.
 fn uplink_line(
-    u: &crate::mqtt::broker_state::BrokerState,
+    u: &crate::admin::state::BrokerConnection,
     now: chrono::DateTime<chrono::Utc>,
     v: &View,
 ) -> String {
@@ -523,8 +523,8 @@ mod wrap_tests {
 #[cfg(test)]
 mod uplink_tests {
     use super::{View, uplink_line};
+    use crate::admin::state::BrokerConnection;
     use crate::cli::text::Zone;
-    use crate::mqtt::broker_state::BrokerState;
     use chrono::{Duration, TimeZone, Utc};
 
     fn view() -> View {
@@ -539,7 +539,7 @@ mod uplink_tests {
     fn the_uplink_line_says_connected_or_why_not_and_since_when() {
         let since = Utc.with_ymd_and_hms(2026, 11, 30, 5, 20, 1).unwrap();
         let now = since + Duration::seconds(185);
-        let mut u = BrokerState {
+        let mut u = BrokerConnection {
             url: "mqtts://broker.example:8883".into(),
             connected: true,
             since,

@@ -3,24 +3,12 @@
 //! one; `status`, `/metrics` and `/healthz` read it. Without it a broker outage showed only
 //! as dispatches that never came (gateway) or an outbox that grew (relay).
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use crate::admin::state::BrokerConnection;
+use chrono::Utc;
 use std::sync::Mutex;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct BrokerState {
-    /// `[uplink.mqtt] url` or `[mqtt] url` (credentials are separate keys, never here).
-    pub(crate) url: String,
-    pub(crate) connected: bool,
-    /// When `connected` last changed; the start, until the first connection.
-    pub(crate) since: DateTime<Utc>,
-    pub(crate) last_error: Option<String>,
-    pub(crate) last_error_at: Option<DateTime<Utc>>,
-    pub(crate) connections: u64,
-}
-
 pub(crate) struct BrokerWatch {
-    state: Mutex<BrokerState>,
+    state: Mutex<BrokerConnection>,
     /// Metric names start with this (`leap_edge_mqtt`, `leap_edge_relay_mqtt`).
     metric: &'static str,
     /// Not connected for longer than this is a `/healthz` problem: a connection that does not
@@ -31,7 +19,7 @@ pub(crate) struct BrokerWatch {
 impl BrokerWatch {
     pub(crate) fn new(url: &str, keep_alive_secs: u64, metric: &'static str) -> BrokerWatch {
         BrokerWatch {
-            state: Mutex::new(BrokerState {
+            state: Mutex::new(BrokerConnection {
                 url: url.to_string(),
                 connected: false,
                 since: Utc::now(),
@@ -44,7 +32,7 @@ impl BrokerWatch {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BrokerState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BrokerConnection> {
         self.state.lock().expect("broker state")
     }
 
@@ -72,7 +60,7 @@ impl BrokerWatch {
         s.last_error_at = Some(Utc::now());
     }
 
-    pub(crate) fn snapshot(&self) -> BrokerState {
+    pub(crate) fn snapshot(&self) -> BrokerConnection {
         self.lock().clone()
     }
 
