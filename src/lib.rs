@@ -16,7 +16,7 @@
 //! 8. dispatch
 //! 9. intervals
 //! 10. control, mqtt
-//! 11. preflight
+//! 11. preflight, runlock
 //! 12. daemon, relay
 //! 13. cli
 
@@ -42,6 +42,7 @@ pub mod mqtt;
 pub mod plan;
 pub(crate) mod preflight;
 pub mod relay;
+pub(crate) mod runlock;
 pub mod seam;
 pub(crate) mod secret;
 pub mod server;

@@ -3,7 +3,7 @@
 //! whether or not the relay runs.
 
 use super::exit;
-use crate::relay::{RelayConfig, RelayStatus};
+use crate::relay::{RelayConfig, RelayProcess, RelayStatus};
 use std::path::{Path, PathBuf};
 
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/leap-edge-relay/relay.toml";
@@ -82,6 +82,9 @@ fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
 }
 
 fn print_text(s: &RelayStatus, max_age: u64) {
+    if let Some(p) = &s.process {
+        crate::outln!("{}", process_line(p));
+    }
     crate::outln!(
         "notifications {}   unrouted entries {}   dead letters {}",
         s.notifications,
@@ -93,6 +96,33 @@ fn print_text(s: &RelayStatus, max_age: u64) {
         crate::outln!("UNHEALTHY: {p}");
     }
     print_undelivered(s);
+}
+
+/// Whether the relay runs: the outbox's lock is held by a live process, or who held it last.
+fn process_line(p: &RelayProcess) -> String {
+    let by = |r: &crate::admin::state::LastRun| match &r.systemd_unit {
+        Some(unit) => format!("by systemd ({})", printable(unit)),
+        None => "by hand".to_string(),
+    };
+    let when = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    match (&p.last_run, p.running) {
+        (Some(r), true) => format!(
+            "relay: running (pid {}) since {}, {}",
+            r.pid,
+            when(r.started_at),
+            by(r)
+        ),
+        (None, true) => "relay: running".to_string(),
+        (Some(r), false) => format!(
+            "relay: NOT RUNNING (last run: pid {}, started {}, {}); start it with `systemctl start leap-edge-relay`",
+            r.pid,
+            when(r.started_at),
+            by(r)
+        ),
+        (None, false) => {
+            "relay: NOT RUNNING (never run on this outbox); start it with `systemctl start leap-edge-relay`".to_string()
+        }
+    }
 }
 
 /// One line per gateway (queue, last success, last error), then each MQTT gateway's link.

@@ -115,7 +115,7 @@ fn down(config: &Config) -> StatusReport {
         next_boundary: None,
         plan_error: None,
         tunnel: Some(tunnel()),
-        last_run: crate::daemon::lock::read(&crate::daemon::lock::path_for(&config.storage.path)),
+        last_run: crate::runlock::read(&crate::runlock::path_for(&config.storage.path)),
         meters,
         leap: None,
         uplink: None,

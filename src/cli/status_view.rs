@@ -177,7 +177,7 @@ fn down_lines(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         "leap-edge daemon: {} ({why})",
         alarm(v, "NOT RUNNING")
     )];
-    if crate::daemon::lock::held(&config.storage.path) {
+    if crate::runlock::held(&config.storage.path) {
         // Starting or stuck: it holds the database but does not answer.
         out[0] = format!(
             "leap-edge daemon: {} (it holds the database lock but does not answer on {})",

@@ -6,7 +6,6 @@ mod admin_handler;
 pub mod control_audit;
 mod housekeeping;
 mod limits;
-pub mod lock;
 mod report;
 mod schedule;
 
@@ -42,7 +41,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Admin(#[from] crate::admin::SocketError),
     #[error(transparent)]
-    Lock(#[from] lock::LockError),
+    Lock(#[from] crate::runlock::LockError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("uplink.mqtt: {0}")]
@@ -459,7 +458,11 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     // First, before binding anything: a second daemon on this database says so plainly.
-    let _lock = lock::acquire(&config.storage.path, config.source.as_deref())?;
+    let _lock = crate::runlock::acquire(
+        crate::runlock::Role::Gateway,
+        &config.storage.path,
+        config.source.as_deref(),
+    )?;
     // Development and dry runs: the simulator lives inside the daemon, so one command shows
     // the whole chain. It is dropped (stopped) only after dispatch has released the meters.
     let _sim = if config.sim.autostart {

@@ -14,7 +14,7 @@ mod route;
 mod status;
 
 pub use config::RelayConfig;
-pub(crate) use status::RelayStatus;
+pub(crate) use status::{RelayProcess, RelayStatus};
 
 /// `relay status`: the outbox read read-only, so it works whether or not the relay runs.
 pub(crate) fn read_status(
@@ -31,6 +31,11 @@ pub(crate) fn read_status(
     let names: Vec<String> = config.gateways.iter().map(|g| g.name.clone()).collect();
     let mut s = status::query(&conn, &names, now)?;
     mqtt::attach(&conn, config, &mut s)?;
+    let db = &config.storage.path;
+    s.process = Some(status::RelayProcess {
+        running: crate::runlock::held(db),
+        last_run: crate::runlock::read(&crate::runlock::path_for(db)),
+    });
     Ok(s)
 }
 
@@ -53,6 +58,8 @@ pub enum RelayError {
     Signals(std::io::Error),
     #[error("mqtt: {0}")]
     Mqtt(String),
+    #[error(transparent)]
+    Lock(#[from] crate::runlock::LockError),
 }
 
 impl RelayError {
@@ -286,6 +293,12 @@ async fn prune_loop(app: Arc<RelayApp>, mut stop: watch::Receiver<bool>) {
 /// `leap-edge relay run`: serve until SIGTERM/SIGINT; SIGHUP (`systemctl reload`) reloads.
 pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
     use tokio::signal::unix::{SignalKind, signal};
+    // First, before binding anything: two relays on one outbox would deliver everything twice.
+    let _lock = crate::runlock::acquire(
+        crate::runlock::Role::Relay,
+        &config.storage.path,
+        config.source.as_deref(),
+    )?;
     let running = start(config).await?;
     let mut term = signal(SignalKind::terminate()).map_err(RelayError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RelayError::Signals)?;

@@ -47,12 +47,23 @@ pub(crate) struct Unrouted {
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RelayStatus {
+    /// Whether the relay process runs (its lock on the outbox): filled for `relay status`,
+    /// absent from the relay's own `/metrics` and `/healthz`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) process: Option<RelayProcess>,
     pub(crate) notifications: u64,
     pub(crate) gateways: Vec<GatewayStatus>,
     pub(crate) unrouted_count: u64,
     pub(crate) dead_letter_count: u64,
     pub(crate) unrouted: Vec<Unrouted>,
     pub(crate) dead_letters: Vec<DeadLetter>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RelayProcess {
+    pub(crate) running: bool,
+    /// What the running (or last) relay wrote into the lock file; None if none ever ran.
+    pub(crate) last_run: Option<crate::admin::state::LastRun>,
 }
 
 /// How many unrouted entries and dead letters are listed (all are counted).
@@ -78,6 +89,7 @@ pub(super) fn query(
     last_outcomes(conn, &mut gws)?;
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0).map(|n| n as u64));
     Ok(RelayStatus {
+        process: None,
         notifications: count("SELECT COUNT(*) FROM relay_notifications")?,
         unrouted_count: count("SELECT COUNT(*) FROM relay_entries WHERE unrouted = 1")?,
         dead_letter_count: count("SELECT COUNT(*) FROM relay_deliveries WHERE state = 'dead'")?,

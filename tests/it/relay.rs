@@ -478,3 +478,39 @@ fn delivery_over_a_unix_socket_that_ssh_r_would_bind() {
         || g.event_ids() == ["unix-1"],
     );
 }
+
+/// Two relays on one outbox would deliver everything twice: the second refuses, naming the
+/// first, as a second gateway daemon does; `relay status` says whether one runs.
+#[test]
+fn one_relay_per_outbox_and_status_says_whether_it_runs() {
+    let g = Gateway::start();
+    let mut relay = Relay::start(&[spec("site", &g, &["M1"])]);
+    let pid = relay.p.child.as_ref().unwrap().id();
+    let (code, _, err) = relay.p.cli(&["relay", "run"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("leap-edge relay is already running (pid {pid})"))
+            && err.contains("systemctl stop leap-edge-relay"),
+        "{err}"
+    );
+    let s = relay.status();
+    assert_eq!(s["process"]["running"], true, "{s:#}");
+    assert_eq!(s["process"]["last_run"]["pid"], pid, "{s:#}");
+    let (_, text, _) = relay.p.cli(&["relay", "status"]);
+    assert!(
+        text.starts_with(&format!("relay: running (pid {pid}) since ")),
+        "{text}"
+    );
+
+    relay.p.kill9();
+    let (code, text, _) = relay.p.cli(&["relay", "status"]);
+    assert_eq!(code, 0, "the outbox is still readable: {text}");
+    assert!(
+        text.starts_with(&format!("relay: NOT RUNNING (last run: pid {pid}, started ")),
+        "{text}"
+    );
+    assert!(text.contains("by hand"), "{text}");
+    // The lock died with the process: a new relay starts on the same outbox.
+    relay.restart();
+    assert_eq!(relay.status()["process"]["running"], true);
+}

@@ -1,19 +1,48 @@
-//! One daemon per database: `leap-edge run` takes an exclusive lock on `<database>.lock`
-//! (in the database's directory) before it binds anything, and writes who it is into the
-//! file. A second daemon on the same database refuses with the first one's pid; after a
-//! stop or a crash the file stays, and `status` reads it to say how the daemon was last run.
+//! One process per database: `leap-edge run` (and `leap-edge relay run`, on its outbox) takes
+//! an exclusive lock on `<database>.lock` (in the database's directory) before it binds
+//! anything, and writes who it is into the file. A second one on the same database refuses
+//! with the first one's pid; after a stop or a crash the file stays, and `status` (`relay
+//! status`) reads it to say how it was last run.
 
 use crate::admin::state::LastRun;
 use std::io::{Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Which long-lived role holds the lock: named in the refusal, with its systemd unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Gateway,
+    Relay,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Gateway => "leap-edge",
+            Role::Relay => "leap-edge relay",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Role::Gateway => "leap-edge",
+            Role::Relay => "leap-edge-relay",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "leap-edge is already running (pid {pid}) on the database {db}; stop it first (`systemctl stop leap-edge`, or kill {pid})"
+        "{} is already running (pid {pid}) on the database {db}; stop it first (`systemctl stop {}`, or kill {pid})",
+        role.name(), role.unit()
     )]
-    Held { pid: String, db: PathBuf },
+    Held {
+        role: Role,
+        pid: String,
+        db: PathBuf,
+    },
     #[error("cannot lock {path}: {reason}")]
     Io { path: PathBuf, reason: String },
 }
@@ -29,7 +58,11 @@ pub(crate) fn path_for(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
-pub(crate) fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, LockError> {
+pub(crate) fn acquire(
+    role: Role,
+    db: &Path,
+    config: Option<&Path>,
+) -> Result<DaemonLock, LockError> {
     let path = path_for(db);
     let io = |e: std::io::Error| LockError::Io {
         path: path.clone(),
@@ -55,6 +88,7 @@ pub(crate) fn acquire(db: &Path, config: Option<&Path>) -> Result<DaemonLock, Lo
         Err(std::fs::TryLockError::WouldBlock) => {
             let pid = read(&path).map_or("unknown".into(), |r| r.pid.to_string());
             return Err(LockError::Held {
+                role,
                 pid,
                 db: db.to_path_buf(),
             });
