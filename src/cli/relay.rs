@@ -85,6 +85,10 @@ fn print_text(s: &RelayStatus, max_age: u64) {
     if let Some(p) = &s.process {
         crate::outln!("{}", process_line(p));
     }
+    if let Some(b) = &s.broker {
+        let running = s.process.as_ref().is_some_and(|p| p.running);
+        crate::outln!("{}", broker_line(b, running));
+    }
     crate::outln!(
         "notifications {}   unrouted entries {}   dead letters {}",
         s.notifications,
@@ -122,6 +126,26 @@ fn process_line(p: &RelayProcess) -> String {
         (None, false) => {
             "relay: NOT RUNNING (never run on this outbox); start it with `systemctl start leap-edge-relay`".to_string()
         }
+    }
+}
+
+/// The relay's broker connection as it last recorded it; from a stopped relay, a record only.
+fn broker_line(b: &crate::admin::state::BrokerConnection, running: bool) -> String {
+    let since = b.since.format("%Y-%m-%d %H:%M:%S UTC");
+    let head = if running {
+        "broker"
+    } else {
+        "broker (when the relay last ran)"
+    };
+    let url = printable(&b.url);
+    if b.connected {
+        format!(
+            "{head} {url}: connected since {since} ({} connection(s))",
+            b.connections
+        )
+    } else {
+        let e = printable(b.last_error.as_deref().unwrap_or("no answer yet"));
+        format!("{head} {url}: NOT CONNECTED since {since}: {e}; MQTT parts wait in the outbox")
     }
 }
 

@@ -7,8 +7,12 @@ use crate::admin::state::BrokerConnection;
 use chrono::Utc;
 use std::sync::Mutex;
 
+/// Told every change (the relay keeps it in its outbox for `relay status`).
+pub(crate) type OnChange = Box<dyn Fn(BrokerConnection) + Send + Sync>;
+
 pub(crate) struct BrokerWatch {
     state: Mutex<BrokerConnection>,
+    on_change: Option<OnChange>,
     /// Metric names start with this (`leap_edge_mqtt`, `leap_edge_relay_mqtt`).
     metric: &'static str,
     /// Not connected for longer than this is a `/healthz` problem: a connection that does not
@@ -29,6 +33,18 @@ impl BrokerWatch {
             }),
             metric,
             grace: chrono::Duration::seconds(2 * keep_alive_secs as i64),
+            on_change: None,
+        }
+    }
+
+    pub(crate) fn on_change(mut self, f: OnChange) -> BrokerWatch {
+        self.on_change = Some(f);
+        self
+    }
+
+    fn changed(&self) {
+        if let Some(f) = &self.on_change {
+            f(self.snapshot());
         }
     }
 
@@ -41,6 +57,8 @@ impl BrokerWatch {
         s.connected = true;
         s.since = Utc::now();
         s.connections += 1;
+        drop(s);
+        self.changed();
     }
 
     pub(crate) fn lost(&self, error: &str) {
@@ -58,6 +76,8 @@ impl BrokerWatch {
         let mut s = self.lock();
         s.last_error = Some(error.to_string());
         s.last_error_at = Some(Utc::now());
+        drop(s);
+        self.changed();
     }
 
     pub(crate) fn snapshot(&self) -> BrokerConnection {

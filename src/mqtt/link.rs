@@ -7,7 +7,7 @@
 //! connection broke fails, and the outbox publishes it again (the gateway's store drops the
 //! duplicate). That keeps the pairing exact across reconnects.
 
-use super::broker_state::BrokerWatch;
+use super::broker_state::{BrokerWatch, OnChange};
 use super::{MqttConfig, StatusMessage, reconnect_delay, status_topic};
 use chrono::{DateTime, Utc};
 use rumqttc::Outgoing;
@@ -62,12 +62,13 @@ impl Link {
     /// The link's connection loop runs in `tasks` (the relay's tracker), until `stop`.
     pub(crate) fn start(
         config: MqttConfig,
-        on_status: OnStatus,
+        (on_status, on_broker): (OnStatus, OnChange),
         stop: watch::Receiver<bool>,
         tasks: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Link>, String> {
         config.options()?;
-        let broker = BrokerWatch::new(&config.url, config.keep_alive_secs, "leap_edge_relay_mqtt");
+        let broker = BrokerWatch::new(&config.url, config.keep_alive_secs, "leap_edge_relay_mqtt")
+            .on_change(on_broker);
         let link = Arc::new(Link {
             broker,
             config,

@@ -4,10 +4,11 @@
 
 use super::config::{RelayConfig, Transport};
 use super::deliver::Fleet;
+use crate::admin::state::BrokerConnection;
 use crate::mqtt::link::{Link, Seen};
-use crate::store::{Store, StoreError, ts};
+use crate::store::{Store, StoreError, parse_ts, ts};
 use chrono::Utc;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -88,6 +89,64 @@ fn save_seen(conn: &mut Connection, gateway: &str, s: &Seen) -> Result<(), Store
     Ok(())
 }
 
+/// The relay's broker connection as it last changed (schema version 3).
+fn save_link(conn: &mut Connection, l: &BrokerConnection) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO relay_mqtt_link
+           (id, url, connected, since, last_error, last_error_at, connections)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            l.url,
+            l.connected,
+            ts(l.since),
+            l.last_error,
+            l.last_error_at.map(ts),
+            l.connections as i64
+        ],
+    )?;
+    Ok(())
+}
+
+fn load_link(conn: &Connection) -> Result<Option<BrokerConnection>, StoreError> {
+    // A relay not yet restarted on version 3 has no such table: nothing recorded yet.
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'relay_mqtt_link')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(None);
+    }
+    let row = conn
+        .query_row(
+            "SELECT url, connected, since, last_error, last_error_at, connections
+             FROM relay_mqtt_link WHERE id = 1",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((url, connected, since, last_error, last_error_at, connections)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(BrokerConnection {
+        url,
+        connected,
+        since: parse_ts(&since)?,
+        last_error,
+        last_error_at: last_error_at.as_deref().map(parse_ts).transpose()?,
+        connections: connections.max(0) as u64,
+    }))
+}
+
 /// What `relay status` shows for an MQTT gateway.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub(crate) struct MqttSeen {
@@ -105,6 +164,9 @@ pub(crate) fn attach(
     config: &RelayConfig,
     s: &mut super::status::RelayStatus,
 ) -> Result<(), StoreError> {
+    if config.mqtt.is_some() {
+        s.broker = load_link(conn)?;
+    }
     let mut seen = load_seen(conn)?;
     for g in &mut s.gateways {
         let mqtt = config
@@ -149,14 +211,34 @@ pub(crate) fn start_link(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(STATUS_QUEUE);
     tasks.spawn(save_statuses(store.clone(), rx, stop.clone()));
+    let statuses = tx.clone();
     let on_status = move |gateway: String, seen: Seen| {
-        if tx.try_send((gateway, seen)).is_err() {
+        if statuses.try_send(Save::Gateway(gateway, seen)).is_err() {
             tracing::warn!(
                 "gateway MQTT statuses arrive faster than they are stored; one dropped (the next comes within a minute)"
             );
         }
     };
-    Link::start(m.clone(), Box::new(on_status), stop, tasks).map(Some)
+    let on_broker = move |link: BrokerConnection| {
+        if tx.try_send(Save::Link(link)).is_err() {
+            tracing::warn!(
+                "the broker connection's state not stored (queue full); /metrics has it"
+            );
+        }
+    };
+    Link::start(
+        m.clone(),
+        (Box::new(on_status), Box::new(on_broker)),
+        stop,
+        tasks,
+    )
+    .map(Some)
+}
+
+/// What the link tells the outbox, in order: a gateway's status, or its own connection.
+enum Save {
+    Gateway(String, Seen),
+    Link(BrokerConnection),
 }
 
 /// Statuses received and not yet stored, at most.
@@ -166,19 +248,25 @@ const STATUS_QUEUE: usize = 4096;
 /// gateway's retained "online" after the "offline" that followed it.
 async fn save_statuses(
     store: Store,
-    mut rx: tokio::sync::mpsc::Receiver<(String, Seen)>,
+    mut rx: tokio::sync::mpsc::Receiver<Save>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (gateway, seen) = tokio::select! {
+        let save = tokio::select! {
             next = rx.recv() => match next {
                 Some(s) => s,
                 None => return,
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        if let Err(e) = store.call(move |c| save_seen(c, &gateway, &seen)).await {
-            tracing::warn!(error = %e, "cannot keep a gateway's MQTT status");
+        let r = match save {
+            Save::Gateway(gateway, seen) => {
+                store.call(move |c| save_seen(c, &gateway, &seen)).await
+            }
+            Save::Link(link) => store.call(move |c| save_link(c, &link)).await,
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot keep an MQTT status in the outbox");
         }
     }
 }
@@ -251,5 +339,35 @@ mod tests {
         let bad = "[mqtt]\nurl = \"mqtt://10.0.0.1:1883\"\nclient_id = \"relay\"\n";
         let err = check(&format!("{gw}{bad}")).unwrap_err();
         assert!(err.iter().any(|e| e.starts_with("mqtt.url")), "{err:?}");
+    }
+
+    #[test]
+    fn the_link_row_round_trips_and_an_outbox_before_version_3_has_none() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("schema.sql")).unwrap();
+        conn.execute_batch(include_str!("schema_mqtt.sql")).unwrap();
+        assert_eq!(load_link(&conn).unwrap(), None, "version 2: no table yet");
+        conn.execute_batch(include_str!("schema_broker.sql"))
+            .unwrap();
+        assert_eq!(load_link(&conn).unwrap(), None, "nothing recorded yet");
+        let t = parse_ts("2026-11-30T05:20:01.000Z").unwrap();
+        let mut link = BrokerConnection {
+            url: "mqtts://broker:8883".into(),
+            connected: true,
+            since: t,
+            last_error: None,
+            last_error_at: None,
+            connections: 1,
+        };
+        save_link(&mut conn, &link).unwrap();
+        link.connected = false;
+        link.last_error = Some("connection reset".into());
+        link.last_error_at = Some(t);
+        save_link(&mut conn, &link).unwrap();
+        assert_eq!(
+            load_link(&conn).unwrap(),
+            Some(link),
+            "one row, the last state"
+        );
     }
 }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 const SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("schema.sql")),
     (2, include_str!("schema_mqtt.sql")),
+    (3, include_str!("schema_broker.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -51,6 +51,9 @@ pub(crate) struct RelayStatus {
     /// absent from the relay's own `/metrics` and `/healthz`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) process: Option<RelayProcess>,
+    /// The relay's MQTT broker connection as the relay last recorded it (`[mqtt]` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) broker: Option<crate::admin::state::BrokerConnection>,
     pub(crate) notifications: u64,
     pub(crate) gateways: Vec<GatewayStatus>,
     pub(crate) unrouted_count: u64,
@@ -90,6 +93,7 @@ pub(super) fn query(
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0).map(|n| n as u64));
     Ok(RelayStatus {
         process: None,
+        broker: None,
         notifications: count("SELECT COUNT(*) FROM relay_notifications")?,
         unrouted_count: count("SELECT COUNT(*) FROM relay_entries WHERE unrouted = 1")?,
         dead_letter_count: count("SELECT COUNT(*) FROM relay_deliveries WHERE state = 'dead'")?,

@@ -319,6 +319,18 @@ async fn the_broker_connection_shows_in_status_metrics_and_healthz() {
             gauge(rm, "leap_edge_relay_mqtt_connected", "1")
         });
         assert_eq!(http_get(gm, "/healthz").0, 200);
+        wait_for("relay status showing the broker", || {
+            relay.status_json()["broker"]["connected"] == true
+        });
+        let (code, text, _) = relay.status_text();
+        assert_eq!(code, 0);
+        // The relay runs in this test's process, without the run lock.
+        assert!(
+            text.contains("broker (when the relay last ran) mqtt")
+                && text.contains(": connected since ")
+                && text.contains("(1 connection(s))"),
+            "{text}"
+        );
 
         broker.stop();
         wait_for("the gateway seeing the broker gone", || {
@@ -337,6 +349,16 @@ async fn the_broker_connection_shows_in_status_metrics_and_healthz() {
         wait_for("the relay seeing the broker gone", || {
             gauge(rm, "leap_edge_relay_mqtt_connected", "0")
         });
+        wait_for("relay status showing the broker gone", || {
+            let b = relay.status_json()["broker"].clone();
+            b["connected"] == false && b["last_error"].is_string()
+        });
+        let (_, text, _) = relay.status_text();
+        assert!(
+            text.contains(": NOT CONNECTED since ")
+                && text.contains("MQTT parts wait in the outbox"),
+            "{text}"
+        );
         wait_for("/healthz failing after two keep-alives", || {
             let (code, body) = http_get(gm, "/healthz");
             code == 503 && body.contains("uplink.mqtt: not connected to the MQTT broker")
@@ -351,6 +373,10 @@ async fn the_broker_connection_shows_in_status_metrics_and_healthz() {
         assert_eq!(http_get(gm, "/healthz").0, 200);
         wait_for("the relay back on the broker", || {
             gauge(rm, "leap_edge_relay_mqtt_connected", "1")
+        });
+        wait_for("relay status showing the broker back", || {
+            let b = relay.status_json()["broker"].clone();
+            b["connected"] == true && b["connections"] == 2
         });
     });
     relay.running.stop().await;

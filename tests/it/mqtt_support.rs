@@ -253,6 +253,11 @@ impl Relay {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// `leap-edge relay status` as text: (exit code, stdout, stderr).
+    pub fn status_text(&self) -> (i32, String, String) {
+        common::cli_with(&self.dir.path().join("relay.toml"), &["relay", "status"])
+    }
+
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.dir.path().join("relay.db")).unwrap()
     }

@@ -506,7 +506,9 @@ fn one_relay_per_outbox_and_status_says_whether_it_runs() {
     let (code, text, _) = relay.p.cli(&["relay", "status"]);
     assert_eq!(code, 0, "the outbox is still readable: {text}");
     assert!(
-        text.starts_with(&format!("relay: NOT RUNNING (last run: pid {pid}, started ")),
+        text.starts_with(&format!(
+            "relay: NOT RUNNING (last run: pid {pid}, started "
+        )),
         "{text}"
     );
     assert!(text.contains("by hand"), "{text}");
