@@ -78,6 +78,16 @@ fn summary(r: &StatusReport) -> Vec<(String, String)> {
         DaemonState::NotRunning => "daemon NOT RUNNING".into(),
     };
     let mut out = vec![("".to_string(), daemon)];
+    if let Some(u) = &r.uplink {
+        // Connected or not, not since when: the duration moves every second.
+        let state = if u.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED (see status)"
+        };
+        let line = format!("MQTT uplink {state}: {}", u.url);
+        out.push(("uplink".to_string(), super::text::clean(&line)));
+    }
     for m in &r.meters {
         let command = match (&m.manual_override, &m.command) {
             (Some(o), _) => override_words(o),
@@ -101,4 +111,66 @@ fn summary(r: &StatusReport) -> Vec<(String, String)> {
         out.push((m.meter_id.clone(), super::text::clean(&line)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary;
+    use crate::admin::state::{BrokerConnection, DaemonState, StatusReport};
+    use chrono::{Duration, Utc};
+
+    fn report(uplink: Option<BrokerConnection>) -> StatusReport {
+        StatusReport {
+            daemon: DaemonState::Running,
+            version: None,
+            pid: Some(42),
+            started_at: None,
+            uptime_secs: None,
+            now: Utc::now(),
+            clock_synchronised: None,
+            last_notification: None,
+            listen: None,
+            next_boundary: None,
+            plan_error: None,
+            tunnel: None,
+            last_run: None,
+            meters: Vec::new(),
+            leap: None,
+            uplink,
+        }
+    }
+
+    #[test]
+    fn a_piped_watch_prints_the_uplink_when_it_connects_or_drops_not_every_second() {
+        assert_eq!(summary(&report(None)).len(), 1, "no uplink, no line");
+        let mut u = BrokerConnection {
+            url: "mqtts://broker:8883".into(),
+            connected: true,
+            since: Utc::now(),
+            last_error: None,
+            last_error_at: None,
+            connections: 1,
+        };
+        let up = summary(&report(Some(u.clone())));
+        assert_eq!(
+            up[1],
+            (
+                "uplink".into(),
+                "MQTT uplink connected: mqtts://broker:8883".into()
+            )
+        );
+        u.since -= Duration::seconds(90);
+        assert_eq!(
+            summary(&report(Some(u.clone()))),
+            up,
+            "time alone is no change"
+        );
+        u.connected = false;
+        u.last_error = Some("connection reset".into());
+        let down = summary(&report(Some(u)));
+        assert_eq!(
+            down[1].1,
+            "MQTT uplink NOT CONNECTED (see status): mqtts://broker:8883"
+        );
+    }
 }
