@@ -56,7 +56,13 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         }
         DaemonState::NotRunning => out.extend(down_lines(r, config, v)),
     }
-    let tunnel = r.tunnel.as_deref().unwrap_or("unknown");
+    let tunnel = match r.tunnel.as_deref().unwrap_or("unknown") {
+        // A gateway on a broker needs no tunnel: say so, not only that there is none.
+        "not installed" if config.uplink.mqtt.is_some() => {
+            "not installed (dispatches come through the MQTT uplink)"
+        }
+        other => other,
+    };
     let tunnel = if tunnel.starts_with("DOWN") {
         alarm(v, tunnel)
     } else {
@@ -571,5 +577,45 @@ mod uplink_tests {
             ..view()
         };
         assert!(uplink_line(&u, now, &narrow).chars().count() <= 80);
+    }
+
+    #[test]
+    fn a_gateway_on_a_broker_says_why_it_has_no_tunnel() {
+        use crate::admin::state::{DaemonState, StatusReport};
+        let base = "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
+        let mqtt = "[uplink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"site-a\"\n";
+        let parse =
+            |t: &str| crate::config::Config::parse_str(t, std::path::Path::new("t.toml")).unwrap();
+        let now = Utc::now();
+        let report = StatusReport {
+            daemon: DaemonState::Running,
+            version: None,
+            pid: Some(42),
+            started_at: Some(now),
+            uptime_secs: Some(0),
+            now,
+            clock_synchronised: Some(true),
+            last_notification: None,
+            listen: None,
+            next_boundary: None,
+            plan_error: None,
+            tunnel: Some("not installed".into()),
+            last_run: None,
+            meters: Vec::new(),
+            leap: None,
+            uplink: None,
+        };
+        let lines = super::render(&report, &parse(&format!("{base}{mqtt}")), &view());
+        assert!(
+            lines.contains(
+                &"reverse tunnel: not installed (dispatches come through the MQTT uplink)".into()
+            ),
+            "{lines:#?}"
+        );
+        let lines = super::render(&report, &parse(base), &view());
+        assert!(
+            lines.contains(&"reverse tunnel: not installed".into()),
+            "{lines:#?}"
+        );
     }
 }
