@@ -56,19 +56,7 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         }
         DaemonState::NotRunning => out.extend(down_lines(r, config, v)),
     }
-    let tunnel = match r.tunnel.as_deref().unwrap_or("unknown") {
-        // A gateway on a broker needs no tunnel: say so, not only that there is none.
-        "not installed" if config.uplink.mqtt.is_some() => {
-            "not installed (dispatches come through the MQTT uplink)"
-        }
-        other => other,
-    };
-    let tunnel = if tunnel.starts_with("DOWN") {
-        alarm(v, tunnel)
-    } else {
-        tunnel.to_string()
-    };
-    out.push(format!("reverse tunnel: {tunnel}"));
+    out.push(tunnel_line(r, config, v));
     if let Some(u) = &r.uplink {
         out.push(uplink_line(u, r.now, v));
     }
@@ -95,6 +83,23 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         out.extend(leap_lines(l, r.now, v));
     }
     out
+}
+
+/// The reverse tunnel's unit state, from systemd (the CLI asks, not the daemon).
+fn tunnel_line(r: &StatusReport, config: &Config, v: &View) -> String {
+    let tunnel = match r.tunnel.as_deref().unwrap_or("unknown") {
+        // A gateway on a broker needs no tunnel: say so, not only that there is none.
+        "not installed" if config.uplink.mqtt.is_some() => {
+            "not installed (dispatches come through the MQTT uplink)"
+        }
+        other => other,
+    };
+    let tunnel = if tunnel.starts_with("DOWN") {
+        alarm(v, tunnel)
+    } else {
+        tunnel.to_string()
+    };
+    format!("reverse tunnel: {tunnel}")
 }
 
 /// The MQTT uplink: where relayed dispatches come from when the gateway dials a broker.
