@@ -45,6 +45,18 @@ pub enum LockError {
     },
     #[error("cannot lock {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    /// The folder or the lock file cannot be written: storage.path or its owner or mode is
+    /// wrong, which a restart will not fix (exit 78, as for a read-only database).
+    #[error(
+        "cannot lock {path}: {reason}; the service must be able to write there (check storage.path, and the folder's owner, mode and mount)"
+    )]
+    NotWritable { path: PathBuf, reason: String },
+}
+
+impl LockError {
+    pub(crate) fn is_config(&self) -> bool {
+        matches!(self, LockError::NotWritable { .. })
+    }
 }
 
 /// Held for the daemon's life; the OS releases it when the process ends, however it ends.
@@ -64,9 +76,14 @@ pub(crate) fn acquire(
     config: Option<&Path>,
 ) -> Result<DaemonLock, LockError> {
     let path = path_for(db);
-    let io = |e: std::io::Error| LockError::Io {
-        path: path.clone(),
-        reason: e.to_string(),
+    let io = |e: std::io::Error| {
+        let (path, reason) = (path.clone(), e.to_string());
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                LockError::NotWritable { path, reason }
+            }
+            _ => LockError::Io { path, reason },
+        }
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // The lock comes before the store: create the state folder with the store's mode

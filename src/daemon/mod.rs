@@ -56,7 +56,7 @@ impl DaemonError {
             self,
             DaemonError::Store(crate::store::StoreError::ReadOnly { .. })
                 | DaemonError::Server(server::ServerError::Tls { .. })
-        )
+        ) || matches!(self, DaemonError::Lock(e) if e.is_config())
     }
 }
 

@@ -70,7 +70,7 @@ impl RelayError {
             self,
             RelayError::Store(crate::store::StoreError::ReadOnly { .. })
                 | RelayError::Server(server::ServerError::Tls { .. })
-        )
+        ) || matches!(self, RelayError::Lock(e) if e.is_config())
     }
 }
 

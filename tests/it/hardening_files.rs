@@ -170,6 +170,36 @@ fn read_only_database_at_start_exits_78_with_path_owner_and_mode() {
     assert!(err.contains("uid 0") && err.contains("mode 0640"), "{err}");
 }
 
+/// 10.4, the whole state folder frozen (a read-only mount): the run lock, taken before the
+/// database, cannot be written either; that too is exit 78 naming what to check, not a
+/// failure systemd would restart in a loop.
+#[test]
+#[ignore = "needs root (chattr +i)"]
+fn state_folder_it_cannot_write_stops_the_start_with_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 0o600);
+    let log = dir.path().join("log");
+    let mut child = under_umask_000(&cfg, "run", &log);
+    wait_for(&log, "listening for Leap notifications");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success());
+    let state = dir.path().join("state");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(state);
+    let _frozen = Immutable::set(&files);
+    let out = Command::new(common::bin())
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("leap-edge.db.lock"), "{err}");
+    assert!(err.contains("check storage.path"), "{err}");
+}
+
 /// 10.4: a database file that becomes read-only while the daemon runs (its folder still
 /// writable) makes /healthz unhealthy, and healthy again once writable.
 #[tokio::test]

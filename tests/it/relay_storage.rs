@@ -89,3 +89,24 @@ fn unwritable_outbox_answers_503_acks_nothing_and_recovers_without_restart() {
     assert_eq!(relay.status()["notifications"], 2);
     assert_eq!(http(relay.metrics_addr, "GET", "/healthz", &[], "").0, 200);
 }
+
+/// Issue 10.4 for the relay: an outbox folder it cannot write stops the start with exit 78
+/// (no restart loop) naming the path, also now that the run lock is taken first.
+#[test]
+#[ignore = "needs root and chattr on ext4/xfs/btrfs (.ci/run runs it)"]
+fn an_outbox_folder_it_cannot_write_stops_the_start_with_exit_78() {
+    let g = Gateway::start();
+    let mut relay = Relay::start(&[GatewaySpec {
+        name: "site",
+        url: g.url(),
+        meters: vec!["M1"],
+    }]);
+    relay.p.kill9();
+    let dir = relay.p.dir.path().to_path_buf();
+    let files = [dir.join("relay.db"), dir.join("relay.db.lock"), dir.clone()];
+    let _frozen = Immutable::set(&files);
+    let (code, _, err) = relay.p.cli(&["relay", "run"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("relay.db.lock"), "{err}");
+    assert!(err.contains("check storage.path"), "{err}");
+}
