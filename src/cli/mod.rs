@@ -56,7 +56,7 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the daemon: receive Leap webhooks, store them, dispatch the batteries.
     Run,
-    /// One screen: daemon, last notification, clock, and per meter the command and device.
+    /// One screen: daemon, clock, tunnel or MQTT uplink, last notification, and per meter the command and device.
     Status(status::StatusArgs),
     /// Stored timeslots with their status (reads the database; works while the daemon runs).
     Events(events::EventsArgs),

@@ -12,7 +12,7 @@ pub(crate) const DEFAULT_CONFIG: &str = "/etc/leap-edge-relay/relay.toml";
 pub(crate) enum RelayCommand {
     /// Run the relay: receive Leap's notifications for the whole fleet, deliver each gateway its own.
     Run,
-    /// Per gateway: queue depth, oldest undelivered, last success and error; unrouted and dead letters.
+    /// Whether the relay runs, its broker link; per gateway: queue, oldest undelivered, last success and error; unrouted and dead letters.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
