@@ -108,7 +108,7 @@ fn process_line(p: &RelayProcess) -> String {
         Some(unit) => format!("by systemd ({})", printable(unit)),
         None => "by hand".to_string(),
     };
-    let when = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let when = |t| super::text::Zone::Utc.time(t);
     match (&p.last_run, p.running) {
         (Some(r), true) => format!(
             "relay: running (pid {}) since {}, {}",
@@ -131,7 +131,7 @@ fn process_line(p: &RelayProcess) -> String {
 
 /// The relay's broker connection as it last recorded it; from a stopped relay, a record only.
 fn broker_line(b: &crate::admin::state::BrokerConnection, running: bool) -> String {
-    let since = b.since.format("%Y-%m-%d %H:%M:%S UTC");
+    let since = super::text::Zone::Utc.time(b.since);
     let head = if running {
         "broker"
     } else {
