@@ -14,6 +14,7 @@ mod leap_test;
 mod logging;
 pub(crate) mod output;
 mod overrides;
+mod pinned_tls;
 mod relay;
 mod release;
 mod report;

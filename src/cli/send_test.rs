@@ -88,11 +88,29 @@ pub(super) fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// The whole exchange with the daemon, connect to answer: a daemon that accepts and then
+/// hangs must not hang the technician's shell.
+const EXCHANGE: std::time::Duration = std::time::Duration::from_secs(15);
+
 async fn post(config: &Config, body: String) -> anyhow::Result<(u16, String)> {
     let mut addr = config.server.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    match tokio::time::timeout(EXCHANGE, exchange(config, addr, body)).await {
+        Ok(answer) => answer,
+        Err(_) => anyhow::bail!(
+            "the daemon at {addr} did not answer within {} s; see `leap-edge status` and its log",
+            EXCHANGE.as_secs()
+        ),
+    }
+}
+
+async fn exchange(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    body: String,
+) -> anyhow::Result<(u16, String)> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the daemon at {addr}: {e} (is it running?)"))?;
@@ -106,29 +124,27 @@ async fn post(config: &Config, body: String) -> anyhow::Result<(u16, String)> {
         .header("content-type", "application/json")
         .header(config.auth.header.as_str(), key.expose())
         .body(Full::new(Bytes::from(body)))?;
-    let resp = match &config.server.tls {
-        None => send(TokioIo::new(tcp), req).await?,
-        Some(tls) => {
-            // Trust exactly the daemon's own certificate: this talks to ourselves.
-            use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(&tls.cert)? {
-                roots.add(c?)?;
-            }
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            let name = ServerName::try_from("localhost")?;
-            let stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-                .connect(name, tcp)
-                .await?;
-            send(TokioIo::new(stream), req).await?
-        }
+    let Some(tls) = &config.server.tls else {
+        return send(TokioIo::new(tcp), req).await;
     };
-    Ok(resp)
+    let cfg = super::pinned_tls::client_config(&tls.cert)?;
+    // The name only goes into SNI; the certificate check is the pin, not the name.
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            if e.to_string().contains(super::pinned_tls::NOT_OURS) {
+                anyhow::anyhow!(
+                    "{} than {} (server.tls.cert): after renewing it, run `leap-edge reload`",
+                    super::pinned_tls::NOT_OURS,
+                    tls.cert.display()
+                )
+            } else {
+                anyhow::anyhow!("TLS handshake with the daemon at {addr} failed: {e}")
+            }
+        })?;
+    send(TokioIo::new(stream), req).await
 }
 
 async fn send<T>(io: T, req: hyper::Request<Full<Bytes>>) -> anyhow::Result<(u16, String)>

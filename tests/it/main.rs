@@ -44,6 +44,7 @@ mod resilience_modbus;
 mod resilience_storage;
 mod resilience_storm;
 mod scenarios;
+mod send_test;
 mod shutdown;
 mod site_safety;
 mod webhook;
