@@ -10,7 +10,7 @@ pub mod state;
 
 pub use client::{AdminClient, ClientError};
 pub use protocol::{OverrideAction, OverrideRequest, Peer, Request, Response};
-pub(crate) use server::{AdminHandler, SocketError, bind, serve};
+pub(crate) use server::{AdminHandler, EXCHANGE_TIMEOUT, SocketError, bind, serve};
 
 /// Largest frame either side accepts.
 pub(crate) const MAX_FRAME: usize = 1024 * 1024;

@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 /// client that opens connections without end cannot exhaust the daemon's tasks or files.
 pub(crate) const MAX_CONNECTIONS: usize = 16;
 
-/// A whole exchange (read the request, handle it, write the reply) must end within this.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reading a request and writing its reply must each end within this, and so must
+/// handling it unless the handler gives the request a longer bound (a poll of Leap).
+pub(crate) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -35,6 +36,11 @@ pub enum SocketError {
 /// What the daemon does with each request. `peer` is who sent it.
 pub(crate) trait AdminHandler: Send + Sync + 'static {
     fn handle(&self, req: Request, peer: Peer) -> impl Future<Output = Response> + Send;
+
+    /// How long handling `req` may take before the client is told it did not finish.
+    fn time_limit(&self, _req: &Request) -> Duration {
+        EXCHANGE_TIMEOUT
+    }
 }
 
 /// Bind the socket and restrict it to owner and group. A socket left by a killed daemon is
@@ -107,8 +113,7 @@ pub(crate) async fn serve<H: AdminHandler>(
         };
         let (handler, shutdown) = (handler.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let exchange = exchange(stream, &*handler, &shutdown);
-            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await;
+            exchange(stream, &*handler, &shutdown).await;
             drop(permit);
         });
     }
@@ -129,15 +134,26 @@ async fn exchange<H: AdminHandler>(
         })
         .unwrap_or_default();
     let request = tokio::select! {
-        r = read_frame::<_, Request>(&mut stream) => r,
+        r = tokio::time::timeout(EXCHANGE_TIMEOUT, read_frame::<_, Request>(&mut stream)) => r,
         _ = shutdown.cancelled() => return,
     };
     let resp = match request {
-        Ok(req) => handler.handle(req, peer).await,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
-        Err(e) => Response::err(format!("bad request: {e}")),
+        Err(_) => return,
+        Ok(Ok(req)) => {
+            let limit = handler.time_limit(&req);
+            tokio::time::timeout(limit, handler.handle(req, peer))
+                .await
+                .unwrap_or_else(|_| {
+                    Response::err(format!(
+                        "the daemon did not finish this request within {} s; it was stopped",
+                        limit.as_secs()
+                    ))
+                })
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+        Ok(Err(e)) => Response::err(format!("bad request: {e}")),
     };
-    let _ = write_frame(&mut stream, &resp).await;
+    let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, write_frame(&mut stream, &resp)).await;
 }
 
 /// Over the cap: say so without waiting on the client (the frame fits any socket buffer).

@@ -17,9 +17,8 @@ pub(super) async fn run(config: &Config, a: &PollArgs) -> anyhow::Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
-    // Every attempt may take the full timeout plus the longest back-off.
-    let attempts = u64::from(config.leap.retries) + 1;
-    let limit = Duration::from_secs(attempts * (config.leap.timeout_secs + 60) * 2 + 30);
+    // The daemon gives up first and says why; this only covers a daemon that hangs.
+    let limit = crate::leap::poll_time_limit(&config.leap) + Duration::from_secs(10);
     let report = match AdminClient::new(&config.admin.socket)
         .leap_poll(a.days, limit)
         .await

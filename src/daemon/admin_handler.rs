@@ -54,6 +54,13 @@ impl AdminHandler for Handler {
             },
         }
     }
+
+    fn time_limit(&self, req: &Request) -> std::time::Duration {
+        match req {
+            Request::LeapPoll { .. } => crate::leap::poll_time_limit(&self.config.get().leap),
+            _ => crate::admin::EXCHANGE_TIMEOUT,
+        }
+    }
 }
 
 impl Handler {

@@ -10,6 +10,14 @@ pub(crate) const MAX_WINDOW_DAYS: u32 = 31;
 /// Leap: polling the search endpoints once per minute is within its rate limits.
 pub(crate) const MIN_POLL_GAP_SECS: i64 = 60;
 
+/// How long one poll may take at most: every call may use each attempt's full timeout plus
+/// the longest back-off, and a poll makes a few calls (pages, meters and groups). The
+/// daemon bounds a requested poll by this; the CLI waits a little longer for its answer.
+pub(crate) fn poll_time_limit(l: &crate::config::leap::LeapConfig) -> std::time::Duration {
+    let attempts = u64::from(l.retries) + 1;
+    std::time::Duration::from_secs(attempts * (l.timeout_secs + 60) * 2 + 30)
+}
+
 /// Parse a `[schedule]` cron expression (six fields: seconds required).
 pub(crate) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
     croner::parser::CronParser::builder()

@@ -126,6 +126,27 @@ async fn backstop_retries_503_and_backs_off_on_429() {
     assert!(d.log().contains("Leap API call failed; retrying"));
 }
 
+/// The admin socket's 10 s bound is for reading and answering; a poll of a slow Leap is
+/// bounded by the Leap client's own timeouts instead, so the technician gets its report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_through_the_daemon_may_outlast_the_admin_socket_bound() {
+    let fake = FakeLeap::start().await;
+    fake.state.lock().unwrap().meter_results = meter_results(1);
+    let d = Daemon::start_with(&site(&fake, ""));
+    wait_first_poll(&d).await;
+    // The admin socket bounds other requests by 10 s (`admin::EXCHANGE_TIMEOUT`).
+    let slow = Duration::from_secs(12);
+    fake.state.lock().unwrap().answer_delay = Some(slow);
+    fake.state.lock().unwrap().meter_results = meter_results(2);
+    let started = std::time::Instant::now();
+    let (code, out, err) = cli(&d, &["leap", "poll", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(started.elapsed() >= slow, "Leap really was slow");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["new"], 1, "{r}");
+    assert!(status(&d)["leap"]["backstop"]["last_error"].is_null());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedule_fires_and_status_shows_next_fire() {
     let fake = FakeLeap::start().await;

@@ -48,6 +48,8 @@ pub struct State {
     pub group_results: Vec<Value>,
     /// Answered before normal handling, one per request: (status, Retry-After seconds).
     pub faults: VecDeque<(u16, Option<u64>)>,
+    /// Every answer waits this long first (a slow Leap).
+    pub answer_delay: Option<std::time::Duration>,
     /// The certificate the daemon under test serves (the fake trusts only it).
     pub daemon_cert: Option<CertificateDer<'static>>,
     /// Issue 14: uploads, jobs and missing intervals.
@@ -148,6 +150,10 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let delay = st.lock().unwrap().answer_delay;
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     {
         let mut s = st.lock().unwrap();
         s.requests.push(Recorded {
