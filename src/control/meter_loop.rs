@@ -63,6 +63,12 @@ pub(crate) struct Channels {
     pub(crate) readings: tokio::sync::broadcast::Sender<crate::intervals::MeterReading>,
 }
 
+struct LastWrite {
+    at: Instant,
+    setpoint_kw: f64,
+    held: f64,
+}
+
 pub(crate) struct MeterLoop {
     s: LoopSettings,
     battery: Box<dyn Battery>,
@@ -76,7 +82,9 @@ pub(crate) struct MeterLoop {
     /// the last acknowledged release). Unknown at start, so the first steps release it:
     /// a daemon killed mid-dispatch may have left it under remote control.
     released: bool,
-    last_write: Option<(Instant, f64)>,
+    /// When the last command was written, its setpoint and what it held the device to
+    /// (`Battery::held_target`).
+    last_write: Option<LastWrite>,
     last_read: Option<Instant>,
     last_flags: Flags,
     last_logged_error: Option<(String, Instant)>,
@@ -238,7 +246,8 @@ impl MeterLoop {
             // SPEC §2.6: a dry run writes nothing; the battery stays (or goes) normal.
             return self.ensure_released().await;
         }
-        if !self.write_due(d.setpoint_kw) {
+        let held = self.battery.held_target(d.setpoint_kw, &tel);
+        if !self.write_due(held) {
             return Ok(());
         }
         self.released = false;
@@ -255,7 +264,11 @@ impl MeterLoop {
         tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device,
             kw = d.setpoint_kw, limited_by = ?d.bound, site_load_kw = d.site_load_kw,
             "control: setpoint written");
-        self.last_write = Some((Instant::now(), d.setpoint_kw));
+        self.last_write = Some(LastWrite {
+            at: Instant::now(),
+            setpoint_kw: d.setpoint_kw,
+            held,
+        });
         let mut st = self.lock();
         st.last_write_at = Some(self.clock.now());
         st.last_written_kw = Some(d.setpoint_kw);
@@ -325,17 +338,18 @@ impl MeterLoop {
         });
     }
 
-    /// SPEC §2.10: write when the setpoint moved, when a new request waits for its first
-    /// outcome, and in any case before half the reversion timeout has passed — checked one
-    /// period early, since the next chance to write is a period away.
-    fn write_due(&self, kw: f64) -> bool {
-        let Some((at, last_kw)) = self.last_write else {
+    /// SPEC §2.10: write when what the device is held to moved (the setpoint, or a grid
+    /// target with the load), when a new request waits for its first outcome, and in any
+    /// case before half the reversion timeout has passed — checked one period early, since
+    /// the next chance to write is a period away.
+    fn write_due(&self, held: f64) -> bool {
+        let Some(last) = &self.last_write else {
             return true;
         };
         let refresh = Duration::from_millis(u64::from(self.s.reversion_secs) * 500);
         self.pending.is_some()
-            || (kw - last_kw).abs() >= DEADBAND_KW
-            || at.elapsed() + self.s.period >= refresh
+            || (held - last.held).abs() >= DEADBAND_KW
+            || last.at.elapsed() + self.s.period >= refresh
     }
 
     /// Status bookkeeping for a reading: telemetry, control error, violation time.
@@ -349,7 +363,7 @@ impl MeterLoop {
         self.last_read = Some(now);
         let wall = self.clock.now();
         self.hand_reading(tel, wall);
-        let last_kw = self.last_write.map(|(_, kw)| kw);
+        let last_kw = self.last_write.as_ref().map(|w| w.setpoint_kw);
         let mut st = self.lock();
         st.last_telemetry = Some(*tel);
         st.last_telemetry_at = Some(wall);

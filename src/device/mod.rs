@@ -88,4 +88,12 @@ pub trait Battery: Send {
 
     /// Leave remote control: the battery returns to its own (self-consumption) mode.
     fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>>;
+
+    /// What `set_power(kw)` would hold the device to, in kW, given a reading just taken.
+    /// It is `kw` itself unless the device is steered through a grid target (Victron ESS):
+    /// that target is worked out from the site's load at write time, so it must be written
+    /// again when the load moves, not only when `kw` does.
+    fn held_target(&self, kw: f64, _reading: &Telemetry) -> f64 {
+        kw
+    }
 }

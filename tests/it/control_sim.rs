@@ -45,7 +45,10 @@ keys = ["0123456789abcdef0123456789abcdef"]
 }
 
 fn commander(sim: &SimHandle) -> ControlCommander {
-    let c = config(sim);
+    commander_for(config(sim))
+}
+
+fn commander_for(c: Config) -> ControlCommander {
     let dir = c.devices_dir.clone();
     ControlCommander::start(&c, Arc::new(SystemClock), |name, dev| {
         Ok(Box::new(device::open(name, dev, &dir)?) as Box<dyn Battery>)
@@ -128,6 +131,47 @@ async fn scenario_17_discharge_follows_the_load_down_within_one_period() {
         Some(0.0),
         "not released at shutdown"
     );
+}
+
+/// A Victron GX is given a grid target (site load minus the battery setpoint), not a battery
+/// power. With the award steady, a load step must still be written within a period: a GX
+/// left on the old grid target would charge the battery from the grid during a discharge
+/// dispatch (SPEC §2.9) until the next refresh, half the reversion timeout away.
+#[tokio::test]
+async fn victron_grid_target_follows_a_load_step_under_a_steady_award() {
+    let opts = SimOptions {
+        victron: true,
+        ..SimOptions::default()
+    };
+    let sim = start_sim_with(sim_cfg(), opts).await;
+    let mut c = config(&sim);
+    let mut dev = device_cfg("victron-gx-ess", sim.local_addr(), 500);
+    dev.reversion_secs = 60;
+    c.devices.insert("bess".into(), dev);
+    let cc = commander_for(c);
+    cc.apply(METER, &command(10.0, 60)).await.unwrap();
+    assert!(eventually(LONG, || (sim.snapshot().battery_kw - 10.0).abs() < 0.05).await);
+    assert_eq!(sim.snapshot().mode, Mode::VictronSetpoint);
+
+    // 30 -> 12 kW: the award (10 kW) still fits under the load, so the setpoint stays.
+    sim.set_load(Some(12.0));
+    let step = Instant::now();
+    let settle = PERIOD + Duration::from_millis(1000);
+    let mut lowest = f64::MAX;
+    while step.elapsed() < Duration::from_secs(5) {
+        if step.elapsed() > settle {
+            lowest = lowest.min(sim.snapshot().battery_kw);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("VICTRON: lowest battery power 1-5 s after a 30 -> 12 kW load step: {lowest} kW");
+    assert!(
+        lowest > 9.9,
+        "battery {lowest} kW: the GX kept the old grid target"
+    );
+    let s = sim.snapshot();
+    assert!((s.grid_kw - 2.0).abs() < 0.05, "{s:?}");
+    cc.shutdown(Duration::from_secs(3)).await;
 }
 
 #[tokio::test]
