@@ -250,6 +250,10 @@ impl MeterLoop {
         if !self.write_due(held) {
             return Ok(());
         }
+        self.write(&d, held).await
+    }
+
+    async fn write(&mut self, d: &Decision, held: f64) -> Result<(), DeviceError> {
         self.released = false;
         self.lock().released = false;
         if let Err(e) = self
