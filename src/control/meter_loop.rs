@@ -172,6 +172,7 @@ impl MeterLoop {
     async fn step(&mut self) {
         let result = match self.desired.clone() {
             Desired::Normal => self.ensure_released().await,
+            Desired::Follow(cmd) if self.overdue(&cmd) => self.hand_back_overdue(&cmd).await,
             Desired::Follow(cmd) => self.follow(&cmd).await,
         };
         match &result {
@@ -182,6 +183,30 @@ impl MeterLoop {
             let result = result.map_err(|e| e.to_string());
             self.ch.outcomes.send_replace(Outcome { seq, result });
         }
+    }
+
+    /// SPEC §2.10, a second line behind dispatch (which releases at the end itself): a
+    /// command still here well after its timeslot ended means dispatch is stuck or gone.
+    fn overdue(&self, cmd: &Command) -> bool {
+        let grace = self.s.period * 2 + Duration::from_secs(1);
+        chrono::Duration::from_std(grace).is_ok_and(|g| self.clock.now() >= cmd.until + g)
+    }
+
+    async fn hand_back_overdue(&mut self, cmd: &Command) -> Result<(), DeviceError> {
+        tracing::error!(meter_id = %self.s.meter_id, device = %self.s.device,
+            event_id = %cmd.event_id, until = %cmd.until,
+            "control: the command's timeslot has ended and no new instruction came; battery handed back");
+        self.push_event(
+            cmd,
+            "expired",
+            &format!(
+                "its timeslot ended at {} and nothing replaced it",
+                cmd.until
+            ),
+        );
+        self.desired = Desired::Normal;
+        self.lock().command = None;
+        self.ensure_released().await
     }
 
     async fn ensure_released(&mut self) -> Result<(), DeviceError> {

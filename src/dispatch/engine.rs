@@ -155,8 +155,9 @@ impl Dispatcher {
         loop {
             let now = self.clock.now();
             let plan = self.source.plan(now).await;
-            if let Some(plan) = &plan {
-                self.turn(plan, Moment { now, wake }).await;
+            match &plan {
+                Some(plan) => self.turn(plan, Moment { now, wake }).await,
+                None => self.release_ended(Moment { now, wake }).await,
             }
             let next = self.next_wake(plan.as_ref(), now);
             self.status.set_next_boundary(next);
@@ -281,6 +282,25 @@ impl Dispatcher {
             }
             self.status.set_command(&meter, shown.as_ref());
         }
+    }
+
+    /// No plan could be read: every command keeps running, but none past the end of its
+    /// interval (SPEC §2.10), whatever the store does.
+    async fn release_ended(&mut self, m: Moment) {
+        let steps: Vec<(String, Step)> = self
+            .meters
+            .iter()
+            .filter_map(|(meter, state)| Some((meter.clone(), state.ended(m.now)?)))
+            .collect();
+        if steps.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            meters = steps.len(),
+            "no plan: releasing the commands whose interval has ended"
+        );
+        let results = self.hand_over(&steps).await;
+        self.settle(steps, results, m).await;
     }
 
     /// Every meter is handed its command at once: a device slow to answer (the

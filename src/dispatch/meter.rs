@@ -193,6 +193,16 @@ impl MeterState {
         }
     }
 
+    /// SPEC §2.10 without a plan (the store cannot be read): a command is still not held
+    /// past the end of its interval. The release that is due for that, if one is.
+    pub(crate) fn ended(&self, now: DateTime<Utc>) -> Option<Step> {
+        let a = self.applied.as_ref().filter(|a| now >= a.end)?;
+        Some(Step::Release {
+            prev: Some(a.command.clone()),
+            boundary: a.end,
+        })
+    }
+
     /// SPEC §2.10 shutdown: the command the device holds, forgotten (it is released).
     pub(crate) fn take_applied(&mut self) -> Option<Command> {
         self.applied.take().map(|a| a.command)

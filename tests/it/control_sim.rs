@@ -174,6 +174,34 @@ async fn victron_grid_target_follows_a_load_step_under_a_steady_award() {
     cc.shutdown(Duration::from_secs(3)).await;
 }
 
+/// SPEC §2.10 behind dispatch: a command that nothing replaces at its end (dispatch stuck)
+/// is handed back by the control loop itself, two periods and a second later, instead of
+/// being refreshed on the device for as long as the process lives.
+#[tokio::test]
+async fn a_command_left_past_its_end_is_handed_back_by_the_loop() {
+    let sim = start_sim().await;
+    let cc = commander(&sim);
+    let until = Utc::now() + chrono::Duration::seconds(3);
+    cc.apply(METER, &Command::award("ev-stuck", 10.0, until))
+        .await
+        .unwrap();
+    assert!(eventually(LONG, || sim.snapshot().mode == Mode::Remote124).await);
+    assert!(eventually(LONG, || sim.snapshot().mode == Mode::Normal).await);
+    let back = Utc::now();
+    let grace = chrono::Duration::from_std(PERIOD * 2 + Duration::from_secs(1)).unwrap();
+    assert!(
+        back >= until + grace,
+        "handed back before its end: {back} {until}"
+    );
+    assert!(
+        back < until + grace + chrono::Duration::seconds(3),
+        "{back} {until}"
+    );
+    let st = cc.status().meter(METER).unwrap();
+    assert!(st.command.is_none(), "status still shows it: {st:?}");
+    cc.shutdown(Duration::from_secs(3)).await;
+}
+
 #[tokio::test]
 async fn scenario_18_discharge_stops_at_the_reserve_and_the_shortfall_shows() {
     let sim = start_sim().await;

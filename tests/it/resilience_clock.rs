@@ -247,3 +247,75 @@ async fn a_one_hour_backward_step_during_an_active_timeslot_is_honoured_at_once(
     drop(store);
     thread.closed().await;
 }
+
+/// SPEC §2.10 when the plan cannot be read: a store that fails after a timeslot was applied
+/// (here its table is renamed away underneath the daemon, as a broken schema or a dead
+/// reader would fail) keeps the command running to its end, and releases it there, not
+/// holds it until the store recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_is_released_at_its_end_when_the_plan_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = common::inproc_config(dir.path(), "leap-edge.db", &[M1], "");
+    let config = Arc::new(leap_edge::config::Config::load(&config).unwrap());
+    let (store, thread) = Store::open(&config.storage.path).unwrap();
+    let origin = Utc::now();
+    let clock = Arc::new(SteppedClock {
+        origin,
+        start: Instant::now(),
+        offset_ms: AtomicI64::new(0),
+    });
+    let (a_start, a_end) = (origin + Duration::seconds(2), origin + Duration::seconds(6));
+    let slots = vec![common::timeslot_json(
+        M1,
+        "A",
+        a_start,
+        4,
+        Some(5.0),
+        serde_json::json!({}),
+    )];
+    let body = common::meter_notification(M1, slots);
+    store
+        .ingest(IngestRecord {
+            received_at: origin,
+            peer: None,
+            headers: serde_json::json!({}),
+            body: body.clone(),
+            parsed: leap_edge::ingest::parse_notification(body.as_bytes()).unwrap(),
+            source: leap_edge::store::Source::Push,
+        })
+        .await
+        .unwrap();
+    let rec = Arc::new(Stamped {
+        clock: clock.clone(),
+        calls: Mutex::new(Vec::new()),
+    });
+    let dispatcher = Dispatcher::new(config.clone(), store.clone(), rec.clone(), clock.clone());
+    let (_changes, changes_rx) = tokio::sync::watch::channel(0u64);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(dispatcher.run(changes_rx, stop_rx));
+    let calls = wait_calls(&rec, 2).await;
+    assert_eq!(calls[1].1, Call::Apply("A".into()), "{calls:?}");
+
+    let other = rusqlite::Connection::open(&config.storage.path).unwrap();
+    other
+        .execute_batch("ALTER TABLE timeslots RENAME TO timeslots_gone")
+        .unwrap();
+    // Without a plan the dispatcher never released it (before SPEC §2.10 held here too),
+    // so the release below can only come from the no-plan path.
+    assert!(
+        other
+            .query_row("SELECT COUNT(*) FROM timeslots", [], |r| r.get::<_, i64>(0))
+            .is_err()
+    );
+    let calls = wait_calls(&rec, 3).await;
+    assert_eq!(calls[2].1, Call::Release, "{calls:?}");
+    assert!(calls[2].0 >= a_end, "released before A's end: {calls:?}");
+    assert!(
+        calls[2].0 < a_end + Duration::seconds(3),
+        "held past A's end: {calls:?}"
+    );
+    let _ = stop.send(true);
+    task.await.unwrap();
+    drop(store);
+    thread.closed().await;
+}
