@@ -234,10 +234,18 @@ impl MeterLoop {
         Ok(())
     }
 
-    async fn follow(&mut self, cmd: &Command) -> Result<(), DeviceError> {
+    /// A reading and how long its values took (discovery and scale factors excluded: they
+    /// are redone once a minute and would make a slow device look stale then).
+    async fn timed_read(&mut self) -> Result<(Telemetry, Duration), DeviceError> {
+        self.battery.prepare().await?;
         let asked = Instant::now();
-        let tel = match self.battery.read().await {
-            Ok(tel) => tel,
+        let tel = self.battery.read().await?;
+        Ok((tel, asked.elapsed()))
+    }
+
+    async fn follow(&mut self, cmd: &Command) -> Result<(), DeviceError> {
+        let (tel, took) = match self.timed_read().await {
+            Ok(read) => read,
             Err(e) => {
                 if let Err(re) = self.blind(cmd, format!("reading failed: {e}")).await {
                     tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
@@ -247,7 +255,7 @@ impl MeterLoop {
             }
         };
         let limits = Limits::merge(&tel, self.s.nameplate);
-        let untrusted = stale_reason(asked.elapsed(), self.s.period)
+        let untrusted = stale_reason(took, self.s.period)
             .or_else(|| blind_reason(cmd, &tel, limits, &self.s.site));
         if let Some(why) = untrusted {
             {

@@ -78,6 +78,13 @@ pub enum DeviceError {
 pub trait Battery: Send {
     fn name(&self) -> &str;
 
+    /// Whatever a reading needs first and is not part of its age: connecting, discovery and
+    /// scale factors (redone after a reconnect and once a minute). The control loop calls
+    /// it before it starts timing a reading (SPEC §2.13 stale).
+    fn prepare(&mut self) -> BoxFuture<'_, Result<(), DeviceError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn read(&mut self) -> BoxFuture<'_, Result<Telemetry, DeviceError>>;
 
     /// Enter remote control (if needed) and hold `kw` (positive = discharge, negative =

@@ -108,6 +108,8 @@ pub(crate) struct SimInner {
     last_command_at: Option<DateTime<Utc>>,
     writes: u64,
     requests: u64,
+    /// Every answer waits this long (a slow device or Modbus gateway).
+    latency: std::time::Duration,
     victron: Option<victron::VictronImage>,
 }
 
@@ -209,6 +211,7 @@ fn build(cfg: &SimConfig, opts: SimOptions) -> Result<SimInner, SimError> {
         last_command_at: None,
         writes: 0,
         requests: 0,
+        latency: std::time::Duration::ZERO,
         victron: opts.victron.then(victron::VictronImage::default),
     })
 }
@@ -337,6 +340,11 @@ impl SimHandle {
 
     pub fn set_soc(&self, pct: f64) {
         self.inner.lock().expect("sim state").physics.soc_pct = pct.clamp(0.0, 100.0);
+    }
+
+    /// Answer every request this much later (a slow device or Modbus gateway).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.inner.lock().expect("sim state").latency = latency;
     }
 
     pub fn set_fault(&self, fault: Fault) {

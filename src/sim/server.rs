@@ -120,10 +120,17 @@ impl tokio_modbus::server::Service for SimService {
     type Request = SlaveRequest<'static>;
     type Response = Option<Response>;
     type Exception = ExceptionCode;
-    type Future = std::future::Ready<Result<Option<Response>, ExceptionCode>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        std::future::ready(self.handle(req))
+        let answer = self.handle(req);
+        let latency = self.inner.lock().map(|s| s.latency).unwrap_or_default();
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            answer
+        })
     }
 }
 

@@ -202,6 +202,48 @@ async fn a_command_left_past_its_end_is_handed_back_by_the_loop() {
     cc.shutdown(Duration::from_secs(3)).await;
 }
 
+/// SPEC §2.13 stale readings: only the reading's own values count towards its age. The
+/// discovery and scale factors redone after a reconnect (and once a minute) take dozens of
+/// requests; on a slow device (here 100 ms an answer: a reading ~0.5 s, a rebind ~3 s)
+/// they made the first reading after every rebind "stale" and handed the battery back.
+#[tokio::test]
+async fn a_rebind_on_a_slow_device_does_not_make_the_reading_stale() {
+    let sim = start_sim().await;
+    let cc = commander(&sim);
+    cc.apply(METER, &command(10.0, 60)).await.unwrap();
+    assert!(eventually(LONG, || sim.snapshot().mode == Mode::Remote124).await);
+    sim.set_latency(Duration::from_millis(100));
+    // A reconnect makes the driver bind again.
+    sim.set_fault(Fault::Offline);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sim.set_fault(Fault::None);
+    let mut reasons: Vec<String> = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let blind = cc.status().meter(METER).unwrap().blind;
+        match blind {
+            Some(why) if reasons.last() != Some(&why) => reasons.push(why),
+            None if !reasons.is_empty() => break,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("SLOW DEVICE: blind reasons after the reconnect: {reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("reading failed")),
+        "{reasons:?}"
+    );
+    assert!(
+        !reasons.iter().any(|r| r.contains("reading took")),
+        "the rebind counted as the reading's age: {reasons:?}"
+    );
+    assert!(
+        cc.status().meter(METER).unwrap().blind.is_none(),
+        "{reasons:?}"
+    );
+    cc.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn scenario_18_discharge_stops_at_the_reserve_and_the_shortfall_shows() {
     let sim = start_sim().await;

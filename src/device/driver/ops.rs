@@ -152,6 +152,10 @@ impl Battery for ModbusBattery {
         &self.name
     }
 
+    fn prepare(&mut self) -> BoxFuture<'_, Result<(), DeviceError>> {
+        Box::pin(async { self.bind().await.map(|_| ()) })
+    }
+
     fn read(&mut self) -> BoxFuture<'_, Result<Telemetry, DeviceError>> {
         Box::pin(self.read_telemetry())
     }
