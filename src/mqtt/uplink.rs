@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,6 +25,16 @@ pub(crate) const HOLD_ENV: &str = "LEAP_EDGE_TEST_MQTT_HOLD_FILE";
 
 /// How often the retained status is refreshed without a change.
 const STATUS_PERIOD: Duration = Duration::from_secs(60);
+/// Changes within this long after one go out as one status.
+const STATUS_COALESCE: Duration = Duration::from_secs(1);
+
+/// What the run loop still has to hand the event loop.
+#[derive(Default)]
+struct Outgoing {
+    subscribe: bool,
+    /// Committed messages not yet acknowledged, in order.
+    acks: VecDeque<Publish>,
+}
 
 struct Uplink {
     config: MqttConfig,
@@ -79,8 +90,10 @@ impl Uplink {
 
     async fn run(self: Arc<Self>, mut events: EventLoop, mut stop: watch::Receiver<bool>) {
         let mut failures = 0u32;
+        let mut out = Outgoing::default();
         tracing::info!(url = %self.config.url, client_id = %self.config.client_id, topic = %self.dispatch_topic(), "mqtt uplink starting");
         loop {
+            self.send_pending(&mut out);
             let ev = tokio::select! {
                 ev = events.poll() => ev,
                 _ = stop.wait_for(|s| *s) => break,
@@ -88,43 +101,18 @@ impl Uplink {
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;
-                    self.broker.connected();
-                    tracing::info!(
-                        session_present = ack.session_present,
-                        "mqtt uplink connected"
-                    );
-                    if let Err(e) = self
-                        .client
-                        .try_subscribe(self.dispatch_topic(), QoS::AtLeastOnce)
-                    {
-                        tracing::error!(error = %e, "mqtt uplink: cannot subscribe");
-                        self.broker.error(&format!("cannot subscribe: {e}"));
-                    }
-                    self.publish_status(true);
+                    out = self.connected(ack.session_present);
                 }
-                Ok(Event::Incoming(Packet::SubAck(s))) => {
-                    let refused: Vec<_> = s
-                        .return_codes
-                        .iter()
-                        .filter(|c| {
-                            !matches!(
-                                c,
-                                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
-                            )
-                        })
-                        .collect();
-                    if !refused.is_empty() {
-                        tracing::error!(codes = ?refused, topic = %self.dispatch_topic(), "mqtt uplink: the broker refused the subscription (check its ACL for this client id)");
-                        self.broker.error(&format!(
-                            "the broker refused the subscription to {} ({refused:?}): check its ACL for this client id",
-                            self.dispatch_topic()
-                        ));
+                Ok(Event::Incoming(Packet::SubAck(s))) => self.check_subscription(&s),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(ack) = self.receive(p, &stop).await {
+                        out.acks.push_back(ack);
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => self.receive(p, &stop).await,
                 Ok(_) => {}
                 Err(e) => {
                     failures += 1;
+                    out.acks.clear();
                     self.broker.lost(&e.to_string());
                     let wait = reconnect_delay(failures);
                     tracing::warn!(url = %self.config.url, error = %e, retry_in_secs = wait.as_secs(), "mqtt uplink: broker unreachable");
@@ -135,11 +123,77 @@ impl Uplink {
                 }
             }
         }
-        self.goodbye(&mut events).await;
+        self.goodbye(&mut events, out).await;
     }
 
-    /// Commit, then acknowledge; never the other way round.
-    async fn receive(&self, p: Publish, stop: &watch::Receiver<bool>) {
+    /// A new connection: subscribe, say online. Acks of the last connection's messages mean
+    /// nothing on this one: the broker sends those messages again, and the store counts
+    /// them once.
+    fn connected(&self, session_present: bool) -> Outgoing {
+        self.broker.connected();
+        if session_present {
+            tracing::info!(session_present, "mqtt uplink connected");
+        } else {
+            tracing::warn!(
+                session_present,
+                "mqtt uplink connected with a new session: anything the broker held for this gateway before is gone (the relay's outbox and Leap's polling backstop cover it)"
+            );
+        }
+        self.publish_status(true);
+        Outgoing {
+            subscribe: true,
+            acks: VecDeque::new(),
+        }
+    }
+
+    fn check_subscription(&self, s: &rumqttc::v5::mqttbytes::v5::SubAck) {
+        let refused: Vec<_> = s
+            .return_codes
+            .iter()
+            .filter(|c| {
+                !matches!(
+                    c,
+                    rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                )
+            })
+            .collect();
+        if !refused.is_empty() {
+            tracing::error!(codes = ?refused, topic = %self.dispatch_topic(), "mqtt uplink: the broker refused the subscription (check its ACL for this client id)");
+            self.broker.error(&format!(
+                "the broker refused the subscription to {} ({refused:?}): check its ACL for this client id",
+                self.dispatch_topic()
+            ));
+        }
+    }
+
+    /// Hand the event loop what waits, as far as its request queue takes it now. While a
+    /// burst of queued messages is read, the loop takes no requests, so an ack that does not
+    /// fit waits here for the next turn instead of being dropped (a dropped ack means a
+    /// redelivery at the next reconnect, and another on each one after).
+    fn send_pending(&self, out: &mut Outgoing) {
+        if out.subscribe {
+            match self
+                .client
+                .try_subscribe(self.dispatch_topic(), QoS::AtLeastOnce)
+            {
+                Ok(()) => out.subscribe = false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "mqtt uplink: the subscription waits for room")
+                }
+            }
+        }
+        while let Some(ack) = out.acks.front() {
+            if self.client.try_ack(ack).is_err() {
+                break;
+            }
+            out.acks.pop_front();
+        }
+    }
+
+    /// Commit, then acknowledge; never the other way round. Returns what to acknowledge
+    /// (the message without its body), or None when it must not be (stopping before it
+    /// could be stored: the broker keeps it).
+    async fn receive(&self, p: Publish, stop: &watch::Receiver<bool>) -> Option<Publish> {
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         if topic == self.dispatch_topic() {
             if let Ok(path) = std::env::var(HOLD_ENV) {
@@ -160,7 +214,7 @@ impl Uplink {
                         tracing::error!(topic, error = %e, "mqtt message is not a Leap notification; dropped");
                         break;
                     }
-                    Ingested::Unavailable if *stop.borrow() => return,
+                    Ingested::Unavailable if *stop.borrow() => return None,
                     Ingested::Unavailable => {
                         // Not acknowledged: the broker keeps it; retry the commit here, in
                         // order, as the next message must not overtake it.
@@ -175,10 +229,11 @@ impl Uplink {
                 "mqtt uplink: message on an unexpected topic; acknowledged and ignored"
             );
         }
-        if let Err(e) = self.client.try_ack(&p) {
-            tracing::warn!(error = %e, "mqtt uplink: cannot queue the acknowledgement; the broker will redeliver");
-        }
-        self.publish_status(true);
+        // The retained status follows through `status_loop` (a stored dispatch is a change).
+        Some(Publish {
+            payload: bytes::Bytes::new(),
+            ..p
+        })
     }
 
     fn status(&self, online: bool) -> StatusMessage {
@@ -214,11 +269,20 @@ impl Uplink {
         }
     }
 
-    fn publish_status(&self, online: bool) {
+    /// Queue the retained status; false when it was not (disconnected: queued statuses
+    /// would fill the request queue and go out stale; or no room).
+    fn publish_status(&self, online: bool) -> bool {
+        if !self.broker.snapshot().connected {
+            return false;
+        }
         let topic = status_topic(&self.config.topic_prefix, &self.config.client_id);
         let body = serde_json::to_vec(&self.status(online)).unwrap_or_default();
-        if let Err(e) = self.client.try_publish(topic, QoS::AtLeastOnce, true, body) {
-            tracing::debug!(error = %e, "mqtt uplink: status not queued");
+        match self.client.try_publish(topic, QoS::AtLeastOnce, true, body) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "mqtt uplink: status not queued");
+                false
+            }
         }
     }
 
@@ -231,18 +295,49 @@ impl Uplink {
                 r = changes.changed() => if r.is_err() { return },
                 _ = stop.wait_for(|s| *s) => return,
             }
+            // A burst of stored dispatches (a gateway back from an outage) is one status,
+            // not one retained publish each, interleaved with the acks.
+            tokio::select! {
+                _ = tokio::time::sleep(STATUS_COALESCE) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            changes.borrow_and_update();
             self.publish_status(true);
         }
     }
 
-    /// A clean stop: retained "offline" (a clean disconnect sends no will), then DISCONNECT.
-    async fn goodbye(&self, events: &mut EventLoop) {
-        self.publish_status(false);
-        let _ = self.client.try_disconnect();
+    /// A clean stop: hand over the acks of what was committed (else it all comes again next
+    /// time), a retained "offline" (a clean disconnect sends no will), DISCONNECT; then wait
+    /// until the broker has read all of it. A broker that finds the connection gone while it
+    /// answers one packet drops whatever it had not read yet (Mosquitto does), acks included:
+    /// the answer to the last publish, or the broker closing after the DISCONNECT, shows it
+    /// read everything before.
+    async fn goodbye(&self, events: &mut EventLoop, mut out: Outgoing) {
+        out.subscribe = false;
         let drain = async {
+            while !out.acks.is_empty() {
+                self.send_pending(&mut out);
+                if events.poll().await.is_err() {
+                    return;
+                }
+            }
+            let barrier = self.publish_status(false);
+            if self.client.try_disconnect().is_err() {
+                return;
+            }
+            let mut last_publish = None;
+            let mut disconnected = false;
             while let Ok(ev) = events.poll().await {
-                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                    break;
+                match ev {
+                    Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => last_publish = Some(pkid),
+                    Event::Outgoing(rumqttc::Outgoing::Disconnect) if !barrier => return,
+                    Event::Outgoing(rumqttc::Outgoing::Disconnect) => disconnected = true,
+                    Event::Incoming(Packet::PubAck(a))
+                        if disconnected && Some(a.pkid) == last_publish =>
+                    {
+                        return;
+                    }
+                    _ => {}
                 }
             }
         };
