@@ -4,7 +4,7 @@
 //! not change is still re-written before the device's reversion timeout (SPEC §2.10).
 
 use super::law::{Decision, Flags, Limits, decide};
-use super::sanity::{blind_reason, stale_reason};
+use super::sanity::{blind_reason, recordable, stale_reason};
 use super::status::{CommandSummary, ControlEvent, MeterStatus};
 use crate::clock::Clock;
 use crate::config::SiteConfig;
@@ -425,10 +425,11 @@ impl MeterLoop {
 
     /// Issue 14: the interval recorder gets every reading the loop takes.
     fn hand_reading(&self, tel: &Telemetry, at: chrono::DateTime<chrono::Utc>) {
+        let limits = Limits::merge(tel, self.s.nameplate);
         let _ = self.ch.readings.send(crate::intervals::MeterReading {
             meter_id: self.s.meter_id.clone(),
             at,
-            telemetry: *tel,
+            telemetry: recordable(tel, limits, &self.s.site),
         });
     }
 

@@ -39,36 +39,56 @@ pub(crate) fn blind_reason(
         None if needs_meter => {
             return Some("no site-meter reading under a no-export bound".into());
         }
-        Some(g) if !g.is_finite() => return Some("site-meter reading is not a number".into()),
         Some(g) => {
-            if let Some(service) = site.service_kw.filter(|s| *s > 0.0)
-                && g.abs() > service
-            {
-                return Some(format!(
-                    "site-meter reading {g:.1} kW is beyond the site's service size ({service} kW, [site] service_kw)"
-                ));
+            if let Some(why) = grid_problem(g, site) {
+                return Some(why);
             }
         }
         None => {}
     }
-    if let Some(b) = tel.battery_kw {
-        let rating = limits
-            .max_discharge_kw
-            .into_iter()
-            .chain(limits.max_charge_kw)
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-        if !b.is_finite() {
-            return Some("battery power reading is not a number".into());
-        }
-        if let Some(r) = rating
-            && b.abs() > r * (1.0 + RATING_SLACK) + RATING_SLACK_KW
-        {
-            return Some(format!(
-                "battery power reading {b:.1} kW is beyond the battery's rating ({r} kW)"
-            ));
-        }
+    tel.battery_kw.and_then(|b| battery_problem(b, limits))
+}
+
+/// Why a site-meter reading cannot be what the site does, if it cannot.
+fn grid_problem(g: f64, site: &SiteConfig) -> Option<String> {
+    if !g.is_finite() {
+        return Some("site-meter reading is not a number".into());
     }
-    None
+    let service = site.service_kw.filter(|s| *s > 0.0)?;
+    (g.abs() > service).then(|| {
+        format!(
+            "site-meter reading {g:.1} kW is beyond the site's service size ({service} kW, [site] service_kw)"
+        )
+    })
+}
+
+/// Why a battery power reading cannot be what the battery does, if it cannot.
+fn battery_problem(b: f64, limits: Limits) -> Option<String> {
+    if !b.is_finite() {
+        return Some("battery power reading is not a number".into());
+    }
+    let rating = limits
+        .max_discharge_kw
+        .into_iter()
+        .chain(limits.max_charge_kw)
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))?;
+    (b.abs() > rating * (1.0 + RATING_SLACK) + RATING_SLACK_KW).then(|| {
+        format!("battery power reading {b:.1} kW is beyond the battery's rating ({rating} kW)")
+    })
+}
+
+/// Issue 14 under SPEC §2.13: what of a reading may go into interval data. A power value a
+/// healthy device cannot report (not a number, beyond the service size or the battery's
+/// rating) is left out, so its interval is a gap, not a stuck register's 327 kW counted as
+/// consumption and uploaded to Leap as final. The same rules as for control, with or
+/// without a dispatch.
+pub(crate) fn recordable(tel: &Telemetry, limits: Limits, site: &SiteConfig) -> Telemetry {
+    let mut t = *tel;
+    t.grid_kw = t.grid_kw.filter(|g| grid_problem(*g, site).is_none());
+    t.battery_kw = t
+        .battery_kw
+        .filter(|b| battery_problem(*b, limits).is_none());
+    t
 }
 
 /// A reading that took longer than two control periods describes a site that may have
@@ -119,6 +139,23 @@ mod tests {
         // 50 kW battery reading 90 kW.
         assert!(why(&c, &tel(30.0, 90.0), &site).unwrap().contains("rating"));
         assert_eq!(why(&c, &tel(30.0, -50.0), &site), None);
+    }
+
+    #[test]
+    fn interval_data_leaves_out_what_control_would_not_trust() {
+        let site = SiteConfig {
+            service_kw: Some(100.0),
+            ..SiteConfig::default()
+        };
+        let fine = tel(30.0, 10.0);
+        assert_eq!(recordable(&fine, limits(&fine), &site), fine);
+        let stuck = tel(327.67, 90.0);
+        let kept = recordable(&stuck, limits(&stuck), &site);
+        assert_eq!((kept.grid_kw, kept.battery_kw), (None, None), "{kept:?}");
+        assert_eq!(kept.soc_pct, stuck.soc_pct);
+        let mut nan = tel(30.0, 10.0);
+        nan.grid_kw = Some(f64::NAN);
+        assert_eq!(recordable(&nan, limits(&nan), &site).grid_kw, None);
     }
 
     #[test]
