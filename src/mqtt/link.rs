@@ -28,6 +28,8 @@ struct Session {
     queued: VecDeque<Waiter>,
     /// Packet id known, PUBACK awaited.
     inflight: HashMap<u16, Waiter>,
+    /// The largest packet the broker takes (its CONNACK says; None: MQTT's own limit).
+    max_packet: Option<u32>,
 }
 
 /// What the relay last heard on a gateway's status topic.
@@ -107,6 +109,14 @@ impl Link {
         let rx = {
             let mut s = self.session.lock().expect("mqtt session");
             let s = s.as_mut().ok_or("broker not connected")?;
+            // Handed to the client, a packet over the broker's limit fails the connection
+            // (and every other gateway's publishes with it), again at each retry.
+            let size = packet_size(&topic, &payload);
+            if let Some(max) = s.max_packet.filter(|m| size > *m as usize) {
+                return Err(format!(
+                    "this part is {size} bytes, more than the broker takes (its maximum packet size is {max} bytes): raise it on the broker (Mosquitto: max_packet_size) to at least the relay's max_body_bytes"
+                ));
+            }
             s.client
                 .try_publish(topic, QoS::AtLeastOnce, false, payload)
                 .map_err(|e| format!("cannot queue the publish: {e}"))?;
@@ -143,7 +153,7 @@ impl Link {
                     Ok(ev) => {
                         if let Some(c) = pending.take_if(|_| is_connack(&ev)) {
                             failures = 0;
-                            self.connected_as(c).await;
+                            self.connected_as(c, broker_max_packet(&ev)).await;
                         }
                         self.on_event(ev);
                     }
@@ -164,7 +174,7 @@ impl Link {
         }
     }
 
-    async fn connected_as(&self, client: AsyncClient) {
+    async fn connected_as(&self, client: AsyncClient, max_packet: Option<u32>) {
         let all = status_topic(&self.config.topic_prefix, "+");
         if let Err(e) = client.subscribe(all, QoS::AtLeastOnce).await {
             tracing::warn!(error = %e, "mqtt: cannot subscribe to gateway status");
@@ -173,6 +183,7 @@ impl Link {
             client,
             queued: VecDeque::new(),
             inflight: HashMap::new(),
+            max_packet,
         });
         tracing::info!(url = %self.config.url, "mqtt: connected to the broker");
         self.broker.connected();
@@ -231,4 +242,17 @@ impl Link {
 
 fn is_connack(ev: &Event) -> bool {
     matches!(ev, Event::Incoming(Packet::ConnAck(_)))
+}
+
+fn broker_max_packet(ev: &Event) -> Option<u32> {
+    match ev {
+        Event::Incoming(Packet::ConnAck(ack)) => ack.properties.as_ref()?.max_packet_size,
+        _ => None,
+    }
+}
+
+/// An upper bound of a QoS 1 PUBLISH's size without properties: fixed header (at most 5),
+/// topic (2 + its length), packet id (2), property length (1), payload.
+fn packet_size(topic: &str, payload: &str) -> usize {
+    5 + 2 + topic.len() + 2 + 1 + payload.len()
 }

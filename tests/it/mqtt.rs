@@ -6,7 +6,7 @@
 use crate::common;
 use crate::mqtt_support;
 
-use common::{Daemon, timeslot_json};
+use common::{Daemon, meter_notification, timeslot_json};
 use mqtt_support::*;
 use serde_json::json;
 use std::process::{Command, Stdio};
@@ -188,6 +188,62 @@ async fn a_burst_after_an_outage_is_acknowledged_in_full() {
         .collect();
     assert!(twice.is_empty(), "{} came again: {twice:?}", twice.len());
     assert_eq!(gw.count("notifications"), N as i64);
+    relay.running.stop().await;
+}
+
+/// A part larger than the broker takes must not cost the other gateways their link: handed
+/// to the client, it failed the relay's one connection, which came back, republished the
+/// same part and failed again. It waits in the outbox with an error naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn a_part_over_the_brokers_packet_limit_leaves_the_link_to_the_others() {
+    let broker = Broker::start_configured(
+        &["leap-edge-relay", "site-a", "site-b"],
+        false,
+        "max_packet_size 4096\n",
+    );
+    let gw_b = gateway(&broker, "site-b");
+    let relay = relay(&broker, &[("site-a", "meter-a"), ("site-b", "meter-b")]).await;
+    let start = chrono::Utc::now() + chrono::Duration::hours(2);
+    let big: Vec<_> = (0..40)
+        .map(|i| {
+            let at = start + chrono::Duration::minutes(15 * i);
+            timeslot_json(
+                "meter-a",
+                &format!("big-{i}"),
+                at,
+                900,
+                Some(5.0),
+                json!({}),
+            )
+        })
+        .collect();
+    let big = meter_notification("meter-a", big);
+    assert!(big.len() > 8_000, "{}", big.len());
+    let r = relay.post(&big).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = relay.post(&notification(&[("meter-b", "small-b")])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for("site-b has its dispatch", || stored(&gw_b).len() == 1);
+    wait_for("the big part's error is recorded", || {
+        relay
+            .db()
+            .query_row(
+                "SELECT last_error FROM relay_deliveries WHERE gateway = 'site-a'",
+                [],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.contains("maximum packet size is 4096"))
+    });
+    let (_, metrics) = http_get(relay.running.metrics_addr, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "leap_edge_relay_mqtt_connections_total 1"),
+        "the link broke: {metrics}"
+    );
     relay.running.stop().await;
 }
 

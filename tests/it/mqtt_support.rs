@@ -26,6 +26,11 @@ impl Broker {
 
     /// With `tls`, the listener speaks TLS with a certificate made for `localhost`.
     pub fn start_with(users: &[&str], tls: bool) -> Broker {
+        Broker::start_configured(users, tls, "")
+    }
+
+    /// `extra` is appended to mosquitto.conf (limits a test needs).
+    pub fn start_configured(users: &[&str], tls: bool, extra: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -59,7 +64,7 @@ impl Broker {
             "{user}per_listener_settings false\npersistence true\npersistence_location {}/\n\
              allow_anonymous false\npassword_file {}\nacl_file {}\nlog_dest file {}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
-             listener {port} 127.0.0.1\nuse_username_as_clientid true\n{tls_conf}",
+             listener {port} 127.0.0.1\nuse_username_as_clientid true\n{tls_conf}{extra}",
             dir.path().display(),
             passwd.display(),
             acl.display(),
