@@ -508,13 +508,27 @@ impl MeterLoop {
         if self.released {
             return;
         }
-        match tokio::time::timeout(limit, self.ensure_released()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(meter_id = %self.s.meter_id, device = %self.s.device,
-                error = %e, "control: release at shutdown failed; the device reverts by its own timeout"),
-            Err(_) => tracing::error!(meter_id = %self.s.meter_id, device = %self.s.device,
-                timeout_ms = limit.as_millis() as u64,
-                "control: release at shutdown timed out; the device reverts by its own timeout"),
+        // A device in its reconnect back-off fails at once: try again until the limit.
+        let mut last_error = None;
+        let attempts = async {
+            loop {
+                match self.ensure_released().await {
+                    Ok(()) => return,
+                    Err(e) => last_error = Some(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        };
+        if tokio::time::timeout(limit, attempts).await.is_ok() {
+            return;
         }
+        let fallback = if self.lock().no_reversion {
+            "this device has no reversion timeout: run `leap-edge release` (the systemd unit's ExecStopPost does)"
+        } else {
+            "the device reverts by its own timeout"
+        };
+        tracing::error!(meter_id = %self.s.meter_id, device = %self.s.device,
+            error = last_error.as_deref().unwrap_or("timed out"), limit_ms = limit.as_millis() as u64,
+            "control: release at shutdown failed; {fallback}");
     }
 }

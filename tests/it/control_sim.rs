@@ -244,6 +244,44 @@ async fn a_rebind_on_a_slow_device_does_not_make_the_reading_stale() {
     cc.shutdown(Duration::from_secs(5)).await;
 }
 
+/// SPEC §2.10 at shutdown: a device that was unreachable a moment ago (its client waiting
+/// out a reconnect back-off) is still released within the stop's bound, by trying again,
+/// not given up after one attempt that fails at once.
+#[tokio::test]
+async fn shutdown_keeps_trying_to_release_a_device_that_comes_back() {
+    let sim = Arc::new(start_sim().await);
+    let cc = commander(&sim);
+    cc.apply(METER, &command(10.0, 60)).await.unwrap();
+    assert!(eventually(LONG, || sim.snapshot().mode == Mode::Remote124).await);
+    sim.set_fault(Fault::Offline);
+    assert!(
+        eventually(LONG, || cc
+            .status()
+            .meter(METER)
+            .unwrap()
+            .consecutive_errors
+            >= 2)
+        .await,
+        "the loop never noticed the device gone"
+    );
+    let sim2 = sim.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sim2.set_fault(Fault::None);
+    });
+    let started = Instant::now();
+    cc.shutdown(Duration::from_secs(8)).await;
+    eprintln!("SHUTDOWN: released after {:?}", started.elapsed());
+    // The device's own reversion (10 s here) has not run out: this is the release.
+    assert_eq!(
+        sim.point(124, "StorCtl_Mod"),
+        Some(0.0),
+        "{:?}",
+        sim.snapshot()
+    );
+    assert_eq!(sim.snapshot().reversions, 0);
+}
+
 #[tokio::test]
 async fn scenario_18_discharge_stops_at_the_reserve_and_the_shortfall_shows() {
     let sim = start_sim().await;
