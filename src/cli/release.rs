@@ -47,6 +47,7 @@ async fn release_all(config: &Config, limit: Duration) -> Vec<(String, Result<()
         let dir = config.devices_dir.clone();
         let (name, dev) = (name.clone(), dev.clone());
         set.spawn(async move {
+            let mut last_error = None;
             let attempt = async {
                 let mut b = crate::device::open(&name, &dev, &dir).map_err(|e| e.to_string())?;
                 // A device that is just coming back may refuse the first connects: retry
@@ -56,6 +57,7 @@ async fn release_all(config: &Config, limit: Duration) -> Vec<(String, Result<()
                         Ok(()) => return Ok(()),
                         Err(e) => {
                             tracing::debug!(device = %name, error = %e, "release failed, retrying");
+                            last_error = Some(e.to_string());
                             tokio::time::sleep(Duration::from_millis(250)).await;
                         }
                     }
@@ -63,7 +65,16 @@ async fn release_all(config: &Config, limit: Duration) -> Vec<(String, Result<()
             };
             let r = tokio::time::timeout(limit, attempt)
                 .await
-                .unwrap_or_else(|_| Err(format!("no success within {} s", limit.as_secs())));
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no success within {} s at {}:{} (unit {}); last error: {}",
+                        limit.as_secs(),
+                        dev.host,
+                        dev.port,
+                        dev.unit_id,
+                        last_error.as_deref().unwrap_or("none (every attempt hung)")
+                    ))
+                });
             (name, r)
         });
     }

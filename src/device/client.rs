@@ -104,6 +104,8 @@ pub(crate) struct ModbusClient {
     ctx: Option<Context>,
     failed_connects: u32,
     next_attempt: Option<Instant>,
+    /// Why the last connect failed (a back-off error says it, not only that it waits).
+    last_connect_error: Option<String>,
     /// Bumped on every new connection, so callers can redo discovery after a reconnect.
     generation: u64,
     state: SharedState,
@@ -125,6 +127,7 @@ impl ModbusClient {
             ctx: None,
             failed_connects: 0,
             next_attempt: None,
+            last_connect_error: None,
             generation: 0,
             state: Arc::new(Mutex::new(state)),
         }
@@ -182,9 +185,10 @@ impl ModbusClient {
                 device: self.device.clone(),
                 addr: self.addr.clone(),
                 reason: format!(
-                    "waiting {} ms before the next attempt after {} failed connect(s)",
+                    "waiting {} ms before the next attempt after {} failed connect(s), the last: {}",
                     wait.as_millis(),
-                    self.failed_connects
+                    self.failed_connects,
+                    self.last_connect_error.as_deref().unwrap_or("?")
                 ),
             });
         }
@@ -207,6 +211,7 @@ impl ModbusClient {
                     .saturating_mul(1 << self.failed_connects.min(8).saturating_sub(1))
                     .min(BACKOFF_MAX);
                 self.next_attempt = Some(Instant::now() + pause);
+                self.last_connect_error = Some(reason.clone());
                 Err(DeviceError::Connect {
                     device: self.device.clone(),
                     addr: self.addr.clone(),

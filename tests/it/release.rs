@@ -5,11 +5,23 @@
 use crate::common;
 use crate::device_common;
 
-use leap_edge::sim::Mode;
+use leap_edge::sim::{MeterFault, Mode};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_hands_a_battery_left_under_remote_control_back() {
+    released_by_the_cli(None).await;
+}
+
+/// SPEC §2.13 with §2.10: the site meter stopped answering (a dead RS-485 meter behind
+/// the inverter). The release binds only what hands the battery back, not every reading
+/// point, so a fresh `leap-edge release` (the unit's ExecStopPost) still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_works_while_the_site_meter_does_not_answer() {
+    released_by_the_cli(Some(MeterFault::Timeout)).await;
+}
+
+async fn released_by_the_cli(meter_fault: Option<MeterFault>) {
     let sim = device_common::start_sim().await;
     // A daemon killed mid-dispatch left a 10 kW discharge behind.
     let mut b = device_common::battery(sim.local_addr());
@@ -22,6 +34,7 @@ async fn release_hands_a_battery_left_under_remote_control_back() {
         .await
     );
     drop(b);
+    sim.set_meter_fault(meter_fault);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(
@@ -29,7 +42,7 @@ async fn release_hands_a_battery_left_under_remote_control_back() {
         format!(
             "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{key}\"]\n\
              [storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
-             [[meters]]\nid = \"m1\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\n",
+             [[meters]]\nid = \"m1\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\ntimeout_ms = 300\n",
             devices = device_common::devices_dir(),
             key = common::KEY,
             port = sim.local_addr().port(),

@@ -248,6 +248,41 @@ impl ModbusBattery {
         }
     }
 
+    /// The registers that hand the battery back, of every control method the device offers,
+    /// resolved without the reading points: for a release when a reading point does not
+    /// answer and nothing was bound before (a fresh `leap-edge release` beside a meter that
+    /// times out). Every method's, since which one a crashed daemon used is not known here.
+    async fn leave_registers(&mut self) -> Result<Vec<ResolvedReg>, DeviceError> {
+        let addressing = self.profile.addressing;
+        let map = match addressing {
+            Addressing::Sunspec => {
+                Some(sunspec::discover(&mut self.client, self.cfg.base_address).await?)
+            }
+            Addressing::Fixed => None,
+        };
+        let mut leave = Vec::new();
+        for spec in self.profile.control.clone() {
+            let mut regs = Vec::new();
+            for s in &spec.leave {
+                match need(&mut self.client, addressing, map.as_ref(), s).await {
+                    Ok(r) => regs.push(r),
+                    Err(BindFail::Unfit(_)) => {
+                        regs.clear();
+                        break;
+                    }
+                    Err(BindFail::Device(e)) => return Err(e),
+                }
+            }
+            leave.extend(regs);
+        }
+        if leave.is_empty() {
+            return Err(self.profile_err(
+                "cannot release the battery: no control method's release registers are on this device".into(),
+            ));
+        }
+        Ok(leave)
+    }
+
     /// `Err(Unfit)`: this control method does not fit the device (try the next one).
     async fn bind_control(
         &mut self,

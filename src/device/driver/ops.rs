@@ -136,7 +136,11 @@ impl ModbusBattery {
                         "binding failed, releasing through the last known control registers");
                     leave
                 }
-                None => return Err(e),
+                None => {
+                    tracing::warn!(device = %self.name, error = %e,
+                        "binding failed, releasing through every control method's release registers");
+                    self.leave_registers().await?
+                }
             },
         };
         for r in leave {
