@@ -140,15 +140,26 @@ fn leap_lines(
     let mut out = Vec::new();
     let b = &l.backstop;
     if b.enabled {
-        let first = b.first_seen_by_poll;
-        let seen = format!("{first} timeslot(s) first seen by polling");
-        let seen = if first > 0 {
-            alarm(v, &format!("{seen}: pushes did not arrive"))
-        } else {
-            seen
-        };
         let last = b.last_success.map_or("never".into(), |t| v.zone.time(t));
-        out.push(format!("Leap poll: last success {last}; {seen}"));
+        let first = b.first_seen_by_poll;
+        out.push(format!(
+            "Leap poll: last success {last}; {first} found only by polling"
+        ));
+        // Only recent ones say the push path is broken now; older ones tell of an outage
+        // that is over (or of polls before `leap webhook set`).
+        if let Some(newest) = b.first_seen_by_poll_newest.filter(|_| first > 0) {
+            let newest = v.zone.time(newest);
+            let recent = b.first_seen_by_poll_recent;
+            let line = if recent > 0 {
+                format!(
+                    "PUSHES MISSED: {recent} in the last 7 days came only by polling (newest {newest})"
+                )
+            } else {
+                format!("  none in the last 7 days (newest {newest})")
+            };
+            let line = if v.wide { line } else { fit(&line, 80) };
+            out.push(if recent > 0 { alarm(v, &line) } else { line });
+        }
         if let Some(e) = &b.last_error {
             let line = format!("LAST POLL FAILED: {}", clean(e));
             out.push(alarm(v, &if v.wide { line } else { fit(&line, 80) }));
@@ -622,5 +633,52 @@ mod uplink_tests {
             lines.contains(&"reverse tunnel: not installed".into()),
             "{lines:#?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod poll_tests {
+    use super::{View, leap_lines};
+    use crate::admin::state::LeapStatus;
+    use crate::cli::text::Zone;
+    use crate::leap::backstop::BackstopStatus;
+    use chrono::{TimeZone, Utc};
+
+    fn lines(total: u64, recent: u64) -> Vec<String> {
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap();
+        let l = LeapStatus {
+            backstop: BackstopStatus {
+                enabled: true,
+                last_success: Some(now),
+                first_seen_by_poll: total,
+                first_seen_by_poll_recent: recent,
+                first_seen_by_poll_newest: (total > 0).then(|| now - chrono::Duration::days(9)),
+                ..BackstopStatus::default()
+            },
+            schedule: Vec::new(),
+        };
+        let v = View {
+            wide: false,
+            zone: Zone::Utc,
+            color: false,
+        };
+        leap_lines(&l, now, &v)
+    }
+
+    #[test]
+    fn only_recent_timeslots_found_by_polling_raise_the_alarm() {
+        let alarm = lines(12, 3);
+        assert!(
+            alarm[1].starts_with("PUSHES MISSED: 3 in the last 7 days"),
+            "{alarm:?}"
+        );
+        let over = lines(12, 0);
+        assert!(
+            over[1].contains("none in the last 7 days (newest 2026-11-21"),
+            "{over:?}"
+        );
+        assert!(!over.join("\n").contains("MISSED"), "{over:?}");
+        assert_eq!(lines(0, 0).len(), 1);
+        assert!(lines(12, 3).iter().all(|l| l.chars().count() <= 80));
     }
 }

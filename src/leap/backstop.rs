@@ -32,8 +32,21 @@ pub(crate) struct BackstopStatus {
     pub(crate) last_report: Option<PollReport>,
     /// Timeslots in the database that were first seen by polling.
     pub(crate) first_seen_by_poll: u64,
+    /// Of those, first received in the last 7 days: what makes `status` raise the alarm.
+    #[serde(default)]
+    pub(crate) first_seen_by_poll_recent: u64,
+    #[serde(default)]
+    pub(crate) first_seen_by_poll_newest: Option<DateTime<Utc>>,
     pub(crate) polls_ok: u64,
     pub(crate) polls_failed: u64,
+}
+
+impl BackstopStatus {
+    fn set_first_seen(&mut self, n: poll::FirstSeen) {
+        self.first_seen_by_poll = n.total;
+        self.first_seen_by_poll_recent = n.recent;
+        self.first_seen_by_poll_newest = n.newest;
+    }
 }
 
 pub(crate) struct Backstop {
@@ -87,7 +100,7 @@ impl Backstop {
             return;
         };
         if let Ok(n) = self.store.read(poll::first_seen_by_poll).await {
-            self.state.lock().expect("backstop lock").first_seen_by_poll = n;
+            self.state.lock().expect("backstop lock").set_first_seen(n);
         }
         // Both end on `stop`; joined here, not spawned, so the daemon's tracker holds both
         // and shutdown waits for them (issue 16.5).
@@ -147,7 +160,7 @@ impl Backstop {
         s.last_attempt = Some(started);
         s.last_trigger = Some(reason.to_string());
         if let Some(n) = first_seen {
-            s.first_seen_by_poll = n;
+            s.set_first_seen(n);
         }
         match result {
             Ok(report) => {

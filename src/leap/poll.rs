@@ -234,13 +234,40 @@ pub(crate) fn known_groups(
     Ok(out)
 }
 
-/// Timeslots ever first seen by polling (the status counter survives restarts).
-pub(crate) fn first_seen_by_poll(c: &rusqlite::Connection) -> Result<u64, StoreError> {
-    Ok(c.query_row(
-        "SELECT COUNT(*) FROM timeslots WHERE first_source='poll'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )? as u64)
+/// How long a timeslot first seen by polling counts as a sign that pushes do not arrive:
+/// older ones tell of an outage that is over (or of polls before `leap webhook set`).
+pub(crate) const FIRST_SEEN_RECENT_DAYS: i64 = 7;
+
+/// Timeslots first seen by polling (read from the database, so it survives restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct FirstSeen {
+    pub(crate) total: u64,
+    /// First received in the last [`FIRST_SEEN_RECENT_DAYS`] days.
+    pub(crate) recent: u64,
+    pub(crate) newest: Option<DateTime<Utc>>,
+}
+
+pub(crate) fn first_seen_by_poll(c: &rusqlite::Connection) -> Result<FirstSeen, StoreError> {
+    let since = crate::store::ts(Utc::now() - Duration::days(FIRST_SEEN_RECENT_DAYS));
+    let (total, recent, newest) = c.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(first_received >= ?1), 0), MAX(first_received)
+         FROM timeslots WHERE first_source='poll'",
+        [since],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        },
+    )?;
+    Ok(FirstSeen {
+        total: total as u64,
+        recent: recent as u64,
+        newest: newest
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc)),
+    })
 }
 
 #[cfg(test)]
