@@ -38,8 +38,14 @@ async fn backstop_pages_finds_unpushed_honours_cancel_and_counts_once() {
     let d = Daemon::start_with(&site(&fake, ""));
     let s = wait_first_poll(&d).await;
     assert_eq!(s["leap"]["backstop"]["first_seen_by_poll"], 1202, "{s}");
-    assert_eq!(s["leap"]["backstop"]["first_seen_by_poll_recent"], 1202, "{s}");
-    assert!(s["leap"]["backstop"]["first_seen_by_poll_newest"].is_string(), "{s}");
+    assert_eq!(
+        s["leap"]["backstop"]["first_seen_by_poll_recent"], 1202,
+        "{s}"
+    );
+    assert!(
+        s["leap"]["backstop"]["first_seen_by_poll_newest"].is_string(),
+        "{s}"
+    );
     assert_eq!(s["leap"]["backstop"]["last_report"]["pages"], 3);
     let searches = fake.requests("/v2/dispatch/meter/search");
     assert_eq!(searches.len(), 3);

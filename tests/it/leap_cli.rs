@@ -129,6 +129,26 @@ async fn leap_test_round_trip_through_the_daemon() {
         out.contains("HTTP status from leap-edge: 401") && out.contains("NOT STORED"),
         "{out}"
     );
+
+    // Leap delivered, but this technician cannot read the database: say that, not
+    // "NOT STORED … check the URL and key".
+    fake.state.lock().unwrap().hooks.get_mut("meter").unwrap()["headers"][0]["value"] =
+        json!(common::KEY);
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let elsewhere = d.dir.path().join("unreadable-db.toml");
+    std::fs::write(
+        &elsewhere,
+        text.replace("leap-edge.db", "no-such-folder/leap-edge.db"),
+    )
+    .unwrap();
+    let (code, out, err) =
+        tokio::task::block_in_place(|| common::cli_with(&elsewhere, &["leap", "test"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("got HTTP 200") && err.contains("cannot be read here"),
+        "{out}{err}"
+    );
+    assert!(!out.contains("NOT STORED"), "{out}");
 }
 
 #[test]
