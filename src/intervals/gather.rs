@@ -40,25 +40,8 @@ pub(crate) fn for_timeslot(
     all: &[StoredTimeslot],
 ) -> Result<Vec<EventReport>, StoreError> {
     let ts = &st.timeslot;
-    let weight = |id: &str| {
-        config
-            .meters
-            .iter()
-            .find(|m| m.id == id)
-            .map_or(1.0, |m| m.weight)
-    };
-    let total_weight: f64 = ts.meter_ids.iter().map(|m| weight(m)).sum();
     let mut out = Vec::new();
-    for m in config
-        .meters
-        .iter()
-        .filter(|m| ts.meter_ids.contains(&m.id))
-    {
-        // SPEC §2.7: a group's energy_kw is shared by weight.
-        let share = match ts.kind {
-            Kind::Meter => 1.0,
-            Kind::Group => m.weight / total_weight.max(f64::MIN_POSITIVE),
-        };
+    for (m, share) in local_shares(config, ts.kind, &ts.meter_ids) {
         let event_days: HashSet<NaiveDate> = all
             .iter()
             .filter(|o| o.timeslot.meter_ids.contains(&m.id) && !o.cancelled_final)
@@ -86,6 +69,39 @@ pub(crate) fn for_timeslot(
         }));
     }
     Ok(out)
+}
+
+/// Each configured meter among `meter_ids` with its share of the award. SPEC §2.7: a
+/// group's energy_kw is shared by weight, by the plan's own rule (a foreign meter weighs
+/// the local meters' mean), so a report's award is what the plan commanded.
+fn local_shares<'a>(
+    config: &'a Config,
+    kind: Kind,
+    meter_ids: &[String],
+) -> Vec<(&'a crate::config::MeterConfig, f64)> {
+    let mut ids: Vec<&String> = Vec::new();
+    for id in meter_ids {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let local: Vec<&crate::config::MeterConfig> = config
+        .meters
+        .iter()
+        .filter(|m| ids.contains(&&m.id))
+        .collect();
+    let weights: Vec<f64> = local.iter().map(|m| m.weight).collect();
+    let total = crate::plan::group_weight(&weights, ids.len() - local.len());
+    local
+        .into_iter()
+        .map(|m| {
+            let share = match kind {
+                Kind::Meter => 1.0,
+                Kind::Group => m.weight / total.max(f64::MIN_POSITIVE),
+            };
+            (m, share)
+        })
+        .collect()
 }
 
 fn first_lateness(conn: &Connection, meter: &str, event: &str) -> Result<Option<i64>, StoreError> {
@@ -153,4 +169,30 @@ pub(crate) fn audit_ended(
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_share_is_the_plans_with_a_foreign_meter_and_unequal_weights() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n\
+            [[meters]]\nid = \"a\"\ndevice = \"d\"\nweight = 30\n[[meters]]\nid = \"b\"\ndevice = \"d\"\nweight = 10\n\
+            [devices.d]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n";
+        let config = Config::parse_str(text, std::path::Path::new("t.toml")).unwrap();
+        let ids: Vec<String> = ["a", "b", "foreign"].map(String::from).to_vec();
+        let shares: Vec<(String, f64)> = local_shares(&config, Kind::Group, &ids)
+            .into_iter()
+            .map(|(m, s)| (m.id.clone(), s))
+            .collect();
+        // 60 kW: the plan commands a 30 kW and b 10 kW (foreign weighs the mean, 20).
+        assert_eq!(
+            shares,
+            [("a".to_string(), 0.5), ("b".to_string(), 1.0 / 6.0)]
+        );
+        let meter = local_shares(&config, Kind::Meter, &["b".to_string()]);
+        assert_eq!(meter.len(), 1);
+        assert_eq!(meter[0].1, 1.0);
+    }
 }

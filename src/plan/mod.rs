@@ -15,6 +15,7 @@
 
 mod command;
 mod select;
+pub(crate) use select::group_weight;
 mod timeline;
 
 #[cfg(test)]

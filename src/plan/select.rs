@@ -107,8 +107,14 @@ fn total_weight(meters: &[Option<usize>], cfg: &PlanConfig) -> f64 {
         .iter()
         .filter_map(|m| m.map(|i| cfg.meters[i].weight))
         .collect();
+    group_weight(&local, meters.len() - local.len())
+}
+
+/// The weight a group's award is divided by: its local meters' weights plus, for each
+/// foreign meter, their mean (see `total_weight`). Reports use it too, so an award in a
+/// report is what the plan commanded.
+pub(crate) fn group_weight(local: &[f64], foreign: usize) -> f64 {
     let local_sum: f64 = local.iter().sum();
-    let foreign = meters.len() - local.len();
     let mean = if local.is_empty() {
         1.0
     } else {
