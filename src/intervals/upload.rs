@@ -19,6 +19,10 @@ use std::collections::{HashMap, HashSet};
 pub(crate) const UPLOAD_DAYS: i64 = 7;
 pub(crate) const MISSING_DAYS: i64 = 60;
 const PENDING: &str = "('SENT', 'QUEUED', 'PROCESSING')";
+/// A job Leap's upload list still does not show this long after it was sent is given up
+/// (status `UNSEEN`): its rows become candidates for the next upload again, instead of
+/// waiting for an answer that will not come.
+const UNSEEN_AFTER_DAYS: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -44,7 +48,15 @@ pub async fn run_once(
     config: &Config,
     now: DateTime<Utc>,
 ) -> Result<Summary, UploadError> {
-    let mut sum = follow_up(client, store, now).await?;
+    // Following up earlier jobs must not stop today's upload: its rows are the same either
+    // way, and a list endpoint that fails every day would otherwise stop all uploads.
+    let mut sum = match follow_up(client, store, now).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "upload: cannot follow up earlier jobs; uploading anyway");
+            Summary::default()
+        }
+    };
     let missing = missing(client, config, now).await?;
     sum.missing_named = missing.len();
     let rows = store
@@ -104,10 +116,21 @@ async fn follow_up(
             break;
         }
     }
-    for (job_id, _) in pending {
-        let Some(st) = status.get(&job_id).cloned() else {
+    for (job_id, uploaded_at) in pending {
+        let Some(st) = status
+            .get(&job_id)
+            .cloned()
+            .or_else(|| unseen(&uploaded_at, now))
+        else {
             continue;
         };
+        if st == "UNSEEN" {
+            tracing::warn!(
+                job_id,
+                uploaded_at,
+                "upload: Leap's list never showed this job; its rows go out again"
+            );
+        }
         let errors = if st == "COMPLETED" || st == "FAILED" {
             client.upload_job(&job_id).await?.errors
         } else {
@@ -122,6 +145,11 @@ async fn follow_up(
         sum.rows_accepted += accepted;
     }
     Ok(sum)
+}
+
+fn unseen(uploaded_at: &str, now: DateTime<Utc>) -> Option<String> {
+    let at = crate::store::parse_ts(uploaded_at).ok()?;
+    (now - at > chrono::Duration::days(UNSEEN_AFTER_DAYS)).then(|| "UNSEEN".to_string())
 }
 
 /// Store a job's status and errors; a completed job's rows without an error are accepted.

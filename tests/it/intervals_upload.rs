@@ -153,6 +153,23 @@ async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
             assert!(seen.insert((m.clone(), *t)), "accepted twice: {m} {t}");
         }
     }
+    // Leap's list stops showing the last job (its id replaced): two days on, its rows go out
+    // again instead of waiting for ever. And a follow-up that fails (the list answers 503 to
+    // every try) does not stop that day's upload.
+    {
+        let mut s = fake.state.lock().unwrap();
+        let last = s.intervals.jobs.len() - 1;
+        s.intervals.jobs[last].0 = "00000000-0000-4000-8000-replacedjob0".into();
+        s.faults = std::iter::repeat_n((503, None), 5).collect();
+    }
+    let later = now + chrono::Duration::days(3);
+    let s4 = upload::run_once(&client, &store, &config, later).await;
+    let s4 = s4.expect("a failed follow-up is not a failed upload");
+    assert_eq!((s4.jobs_followed, s4.sent_rows), (0, 0), "{s4:?}");
+    let s5 = upload::run_once(&client, &store, &config, later)
+        .await
+        .unwrap();
+    assert_eq!((s5.jobs_followed, s5.sent_rows), (1, 4), "{s5:?}");
     drop(store);
     thread.closed().await;
 
