@@ -96,26 +96,7 @@ async fn follow_up(
         return Ok(sum);
     };
     let from = crate::store::parse_ts(&oldest)? - chrono::Duration::days(1);
-    let mut status: HashMap<String, String> = HashMap::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = client
-            .upload_list(
-                &csv::utc(from.timestamp()),
-                &csv::utc(now.timestamp()),
-                token.as_deref(),
-            )
-            .await?;
-        for u in page.uploads {
-            if let Some(id) = u.last_job_id {
-                status.insert(id, u.status);
-            }
-        }
-        token = page.next_page_token;
-        if token.is_none() {
-            break;
-        }
-    }
+    let status = job_statuses(client, from, now).await?;
     for (job_id, uploaded_at) in pending {
         let Some(st) = status
             .get(&job_id)
@@ -145,6 +126,34 @@ async fn follow_up(
         sum.rows_accepted += accepted;
     }
     Ok(sum)
+}
+
+/// Leap's status of every upload job listed between `from` and `now`, by job id.
+async fn job_statuses(
+    client: &LeapClient,
+    from: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, String>, UploadError> {
+    let mut status = HashMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client
+            .upload_list(
+                &csv::utc(from.timestamp()),
+                &csv::utc(now.timestamp()),
+                token.as_deref(),
+            )
+            .await?;
+        for u in page.uploads {
+            if let Some(id) = u.last_job_id {
+                status.insert(id, u.status);
+            }
+        }
+        token = page.next_page_token;
+        if token.is_none() {
+            return Ok(status);
+        }
+    }
 }
 
 fn unseen(uploaded_at: &str, now: DateTime<Utc>) -> Option<String> {
