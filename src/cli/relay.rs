@@ -175,7 +175,7 @@ fn print_gateways(s: &RelayStatus) {
             age,
             g.dead_letters,
             g.last_success_at.as_deref().unwrap_or("never"),
-            printable(g.last_error.as_deref().unwrap_or("-"))
+            printable(g.current_error().as_deref().unwrap_or("-"))
         );
     }
     for g in &s.gateways {

@@ -203,6 +203,21 @@ fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+impl GatewayStatus {
+    /// The last error with its time, unless a delivery succeeded after it: a gateway that
+    /// failed once last week and has delivered since has no current error.
+    pub(crate) fn current_error(&self) -> Option<String> {
+        let err = self.last_error.as_deref()?;
+        let at = self.last_error_at.as_deref().unwrap_or("?");
+        // Both are the outbox's one timestamp format, which sorts as text.
+        let cleared = self
+            .last_success_at
+            .as_deref()
+            .is_some_and(|ok| self.last_error_at.as_deref().is_none_or(|e| ok > e));
+        (!cleared).then(|| format!("{err} (at {at})"))
+    }
+}
+
 impl RelayStatus {
     /// SPEC §2.12: unhealthy when a gateway's oldest undelivered notification is too old.
     pub(crate) fn problems(&self, max_age_secs: u64) -> Vec<String> {
@@ -214,7 +229,7 @@ impl RelayStatus {
                     format!(
                         "gateway {}: oldest undelivered notification is {age} s old (limit {max_age_secs} s); last error: {}",
                         g.name,
-                        g.last_error.as_deref().unwrap_or("none")
+                        g.current_error().as_deref().unwrap_or("none since the last success")
                     )
                 })
             })
@@ -259,5 +274,38 @@ impl RelayStatus {
              # TYPE leap_edge_relay_unrouted_entries gauge\nleap_edge_relay_unrouted_entries {}",
             self.unrouted_count
         );
+    }
+}
+
+#[cfg(test)]
+mod current_error_tests {
+    use super::GatewayStatus;
+
+    fn g(ok: Option<&str>, err_at: Option<&str>) -> GatewayStatus {
+        GatewayStatus {
+            name: "site-a".into(),
+            configured: true,
+            queue_depth: 0,
+            oldest_undelivered_at: None,
+            oldest_undelivered_age_secs: None,
+            delivered: 0,
+            dead_letters: 0,
+            last_success_at: ok.map(String::from),
+            last_error: err_at.map(|_| "HTTP 502".into()),
+            last_error_at: err_at.map(String::from),
+            mqtt: None,
+        }
+    }
+
+    #[test]
+    fn an_error_before_the_last_success_is_not_current() {
+        let (early, late) = ("2026-11-23T10:00:00.000Z", "2026-11-30T10:00:00.000Z");
+        assert_eq!(g(Some(late), Some(early)).current_error(), None);
+        assert_eq!(
+            g(Some(early), Some(late)).current_error().as_deref(),
+            Some("HTTP 502 (at 2026-11-30T10:00:00.000Z)")
+        );
+        assert!(g(None, Some(early)).current_error().is_some());
+        assert_eq!(g(Some(late), None).current_error(), None);
     }
 }
