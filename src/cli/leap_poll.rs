@@ -52,14 +52,15 @@ async fn here(
     days: Option<u32>,
 ) -> anyhow::Result<PollReport> {
     let (store, thread) = crate::store::Store::open(&config.storage.path)?;
+    let now = chrono::Utc::now();
     let window = Window::around(
-        chrono::Utc::now(),
+        now,
         days.unwrap_or(config.leap.poll_days_back),
         config.leap.poll_days_ahead,
     );
     let configured = config.leap.market_group_ids.clone();
     let groups = store
-        .read(move |c| poll::known_groups(c, &configured, window.start))
+        .read(move |c| poll::known_groups(c, &configured, now))
         .await?;
     let targets = Targets {
         meter_ids: config.meters.iter().map(|m| m.id.clone()).collect(),

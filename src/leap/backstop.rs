@@ -192,7 +192,7 @@ impl Backstop {
         let configured = cfg.leap.market_group_ids.clone();
         let groups = self
             .store
-            .read(move |c| poll::known_groups(c, &configured, window.start))
+            .read(move |c| poll::known_groups(c, &configured, now))
             .await?;
         let targets = Targets {
             meter_ids: cfg.meters.iter().map(|m| m.id.clone()).collect(),

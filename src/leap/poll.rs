@@ -212,13 +212,19 @@ fn first_seen_at(
     Ok(out)
 }
 
-/// Market groups to search: configured ones plus those named by stored group dispatches
-/// for this site that are not over yet.
+/// How long a market group named by a stored group dispatch stays on the search list: a
+/// group's dispatches come days or weeks apart, and one that dropped off after a quiet day
+/// would leave its next dispatch, if the push were lost, to no poll at all.
+pub(crate) const KNOWN_GROUP_DAYS: i64 = 90;
+
+/// Market groups to search: configured ones plus those named by group dispatches stored in
+/// the last [`KNOWN_GROUP_DAYS`] days.
 pub(crate) fn known_groups(
     c: &rusqlite::Connection,
     configured: &[String],
-    since: DateTime<Utc>,
+    now: DateTime<Utc>,
 ) -> Result<Vec<String>, StoreError> {
+    let since = now - Duration::days(KNOWN_GROUP_DAYS);
     let mut out: Vec<String> = configured.to_vec();
     let mut stmt = c.prepare(
         "SELECT DISTINCT json_extract(content, '$.market_group_id') FROM timeslots

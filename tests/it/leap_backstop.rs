@@ -191,6 +191,7 @@ async fn schedule_fires_and_status_shows_next_fire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_dispatches_are_searched_for_groups_seen_before() {
     const GROUP: &str = "11aa7aae-24e5-455f-91e9-e0f5f145f2ae";
+    const QUIET_GROUP: &str = "22bb7aae-24e5-455f-91e9-e0f5f145f2ae";
     let fake = FakeLeap::start().await;
     let d = Daemon::start_with(&site(&fake, ""));
     wait_first_poll(&d).await;
@@ -209,6 +210,14 @@ async fn group_dispatches_are_searched_for_groups_seen_before() {
     let push = json!({"integration_test_notification": false, "communication_test": false,
         "group_dispatches": [{"market_group_id": GROUP, "meter_ids": [METER], "timeslots": [pushed]}]});
     assert_eq!(d.client().post(&push.to_string()).await.status, 200);
+    // A group whose last dispatch ended days ago (a quiet spell) is still searched.
+    let mut quiet = group_slot("g-last-week");
+    let start = chrono::Utc::now() - chrono::Duration::days(6);
+    quiet["start_time"] = json!(start.to_rfc3339());
+    quiet["end_time"] = json!((start + chrono::Duration::hours(1)).to_rfc3339());
+    let push = json!({"integration_test_notification": false, "communication_test": false,
+        "group_dispatches": [{"market_group_id": QUIET_GROUP, "meter_ids": [METER], "timeslots": [quiet]}]});
+    assert_eq!(d.client().post(&push.to_string()).await.status, 200);
     fake.state.lock().unwrap().group_results = vec![
         json!({"market_group_id": GROUP, "meter_ids": [METER], "timeslots": [pushed, group_slot("g-missed")]}),
     ];
@@ -218,7 +227,12 @@ async fn group_dispatches_are_searched_for_groups_seen_before() {
     assert_eq!(r["new_event_ids"], json!(["g-missed"]), "{r}");
     assert_eq!(r["duplicate"], 1, "{r}");
     let searches = fake.requests("/v2/dispatch/group/search");
-    assert_eq!(searches[0].body["market_group_ids"], json!([GROUP]));
+    let mut searched: Vec<String> =
+        serde_json::from_value(searches[0].body["market_group_ids"].clone()).unwrap();
+    searched.sort();
+    let mut known = vec![GROUP.to_string(), QUIET_GROUP.to_string()];
+    known.sort();
+    assert_eq!(searched, known);
     assert_eq!(searches[0].body["exclude_real_time_events"], false);
 }
 
