@@ -70,6 +70,21 @@ pub(crate) struct BrokerConnection {
     pub(crate) last_error: Option<String>,
     pub(crate) last_error_at: Option<DateTime<Utc>>,
     pub(crate) connections: u64,
+    /// Messages acknowledged without being stored (see [`RefusedMessages`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) refused: Option<RefusedMessages>,
+}
+
+/// SPEC §2.5/§2.12 over MQTT: messages the gateway acknowledged without storing them (not a
+/// Leap notification, or over its `[limits]` / `max_body_bytes`). Redelivery cannot fix
+/// them, so they are acknowledged; the relay counted each as delivered, so the gateway
+/// says so in its retained status, and both `status` commands show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct RefusedMessages {
+    /// Since the gateway started.
+    pub(crate) total: u64,
+    pub(crate) last_at: DateTime<Utc>,
+    pub(crate) last_error: String,
 }
 
 /// The polling backstop and the next fire time of each `[schedule]` job.

@@ -187,6 +187,14 @@ fn print_gateways(s: &RelayStatus) {
                 m.last_status_at.as_deref().unwrap_or("never"),
                 m.last_commit_at.as_deref().unwrap_or("-")
             );
+            if let Some(n) = m.refused_total.filter(|n| *n > 0) {
+                crate::outln!(
+                    "mqtt {:<16} REFUSED {n} message(s), acknowledged but not stored (last {}: {})",
+                    g.name,
+                    m.last_refused_at.as_deref().unwrap_or("?"),
+                    printable(m.last_refused_error.as_deref().unwrap_or("?"))
+                );
+            }
         }
     }
 }

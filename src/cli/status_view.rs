@@ -59,6 +59,9 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
     out.push(tunnel_line(r, config, v));
     if let Some(u) = &r.uplink {
         out.push(uplink_line(u, r.now, v));
+        if let Some(refused) = &u.refused {
+            out.push(refused_line(refused, v));
+        }
     }
     out.push(match &r.last_notification {
         Some(l) => format!(
@@ -127,6 +130,18 @@ fn uplink_line(
             "MQTT uplink: NOT CONNECTED to {url} {when}: {e}; relayed dispatches wait in the broker"
         )
     };
+    alarm(v, &if v.wide { line } else { fit(&line, 80) })
+}
+
+/// Relayed messages this gateway acknowledged without storing: dispatches Leap got a 200
+/// for that never reached the plan.
+fn refused_line(r: &crate::admin::state::RefusedMessages, v: &View) -> String {
+    let line = format!(
+        "MQTT: {} message(s) REFUSED, not stored (last {}: {})",
+        r.total,
+        v.zone.time(r.last_at),
+        clean(&r.last_error)
+    );
     alarm(v, &if v.wide { line } else { fit(&line, 80) })
 }
 
@@ -568,6 +583,7 @@ mod uplink_tests {
             last_error: Some("connection refused".into()),
             last_error_at: Some(since - Duration::seconds(10)),
             connections: 2,
+            refused: None,
         };
         assert_eq!(
             uplink_line(&u, now, &view()),

@@ -150,6 +150,7 @@ mod tests {
             last_error: None,
             last_error_at: None,
             connections: 1,
+            refused: None,
         };
         let up = summary(&report(Some(u.clone())));
         assert_eq!(

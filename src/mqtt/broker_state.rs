@@ -30,6 +30,7 @@ impl BrokerWatch {
                 last_error: None,
                 last_error_at: None,
                 connections: 0,
+                refused: None,
             }),
             metric,
             grace: chrono::Duration::seconds(2 * keep_alive_secs as i64),
@@ -76,6 +77,19 @@ impl BrokerWatch {
         let mut s = self.lock();
         s.last_error = Some(error.to_string());
         s.last_error_at = Some(Utc::now());
+        drop(s);
+        self.changed();
+    }
+
+    /// A message acknowledged without being stored (it can never be stored).
+    pub(crate) fn refused(&self, error: &str) {
+        let mut s = self.lock();
+        let total = s.refused.as_ref().map_or(0, |r| r.total) + 1;
+        s.refused = Some(crate::admin::state::RefusedMessages {
+            total,
+            last_at: Utc::now(),
+            last_error: error.to_string(),
+        });
         drop(s);
         self.changed();
     }

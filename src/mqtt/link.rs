@@ -40,6 +40,8 @@ pub(crate) struct Seen {
     pub(crate) status_at: Option<DateTime<Utc>>,
     pub(crate) received_at: DateTime<Utc>,
     pub(crate) last_commit_at: Option<DateTime<Utc>>,
+    /// What the gateway acknowledged without storing (absent: nothing since it started).
+    pub(crate) refused: Option<crate::admin::state::RefusedMessages>,
 }
 
 pub(crate) struct Link {
@@ -232,6 +234,7 @@ impl Link {
                     status_at: m.at,
                     received_at: Utc::now(),
                     last_commit_at: m.last_commit_at,
+                    refused: m.refused,
                 };
                 (self.on_status)(gateway.to_string(), seen);
             }

@@ -41,6 +41,9 @@ pub(crate) struct StatusMessage {
     /// Per local meter: the command in force (JSON text of the plan's command), if any.
     #[serde(default)]
     pub(crate) meters: BTreeMap<String, MeterState>,
+    /// Messages acknowledged without being stored since the gateway started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) refused: Option<crate::admin::state::RefusedMessages>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

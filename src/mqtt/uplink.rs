@@ -210,8 +210,11 @@ impl Uplink {
                 match ingest_body(&self.app, &origin, p.payload.clone()).await {
                     Ingested::Committed => break,
                     Ingested::Refused(e) => {
-                        // Not a Leap notification: redelivery cannot fix it.
-                        tracing::error!(topic, error = %e, "mqtt message is not a Leap notification; dropped");
+                        // Not a Leap notification: redelivery cannot fix it. The relay
+                        // counted it delivered, so the retained status says so.
+                        tracing::error!(topic, error = %e, bytes = p.payload.len(), "mqtt message refused (not a Leap notification, or over this gateway's limits); acknowledged, not stored");
+                        self.broker.refused(&e);
+                        self.publish_status(true);
                         break;
                     }
                     Ingested::Unavailable if *stop.borrow() => return None,
@@ -266,6 +269,7 @@ impl Uplink {
                     (id, state)
                 })
                 .collect(),
+            refused: self.broker.snapshot().refused,
         }
     }
 

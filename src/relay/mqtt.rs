@@ -71,19 +71,28 @@ pub(crate) async fn wait_published(
     }
 }
 
-/// Keep what a gateway said on its status topic (online, or its will: offline).
+/// Keep what a gateway said on its status topic (online, or its will: offline). Refused
+/// messages stay recorded until the gateway reports newer ones (a restarted gateway, or its
+/// will, says nothing about them).
 fn save_seen(conn: &mut Connection, gateway: &str, s: &Seen) -> Result<(), StoreError> {
+    let r = s.refused.as_ref();
     conn.execute(
-        "INSERT INTO relay_mqtt_status (gateway, online, status_at, received_at, last_commit_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO relay_mqtt_status (gateway, online, status_at, received_at, last_commit_at,
+           refused_total, last_refused_at, last_refused_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (gateway) DO UPDATE SET online = ?2, status_at = ?3, received_at = ?4,
-         last_commit_at = ?5",
+         last_commit_at = ?5, refused_total = COALESCE(?6, refused_total),
+         last_refused_at = COALESCE(?7, last_refused_at),
+         last_refused_error = COALESCE(?8, last_refused_error)",
         params![
             gateway,
             s.online,
             s.status_at.map(ts),
             ts(s.received_at),
-            s.last_commit_at.map(ts)
+            s.last_commit_at.map(ts),
+            r.map(|r| r.total as i64),
+            r.map(|r| ts(r.last_at)),
+            r.map(|r| r.last_error.as_str()),
         ],
     )?;
     Ok(())
@@ -144,6 +153,7 @@ fn load_link(conn: &Connection) -> Result<Option<BrokerConnection>, StoreError> 
         last_error,
         last_error_at: last_error_at.as_deref().map(parse_ts).transpose()?,
         connections: connections.max(0) as u64,
+        refused: None,
     }))
 }
 
@@ -156,6 +166,13 @@ pub(crate) struct MqttSeen {
     /// The gateway's own time in that status (absent for a will).
     pub(crate) status_at: Option<String>,
     pub(crate) last_commit_at: Option<String>,
+    /// Messages the gateway acknowledged without storing, as it last reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) refused_total: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_refused_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_refused_error: Option<String>,
 }
 
 /// Add what each MQTT gateway last said to the status (never heard: offline, no time).
@@ -181,9 +198,18 @@ pub(crate) fn attach(
 }
 
 fn load_seen(conn: &Connection) -> Result<std::collections::HashMap<String, MqttSeen>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT gateway, online, received_at, status_at, last_commit_at FROM relay_mqtt_status",
-    )?;
+    // An outbox not yet migrated to version 4 (a relay not restarted since) has no
+    // refusal columns: read them as none.
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let refused = if version >= 4 {
+        "refused_total, last_refused_at, last_refused_error"
+    } else {
+        "NULL, NULL, NULL"
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT gateway, online, received_at, status_at, last_commit_at, {refused}
+         FROM relay_mqtt_status"
+    ))?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -192,6 +218,9 @@ fn load_seen(conn: &Connection) -> Result<std::collections::HashMap<String, Mqtt
                 last_status_at: r.get(2)?,
                 status_at: r.get(3)?,
                 last_commit_at: r.get(4)?,
+                refused_total: r.get(5)?,
+                last_refused_at: r.get(6)?,
+                last_refused_error: r.get(7)?,
             },
         ))
     })?;
@@ -358,6 +387,7 @@ mod tests {
             last_error: None,
             last_error_at: None,
             connections: 1,
+            refused: None,
         };
         save_link(&mut conn, &link).unwrap();
         link.connected = false;

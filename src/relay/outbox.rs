@@ -13,6 +13,7 @@ const SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("schema.sql")),
     (2, include_str!("schema_mqtt.sql")),
     (3, include_str!("schema_broker.sql")),
+    (4, include_str!("schema_refused.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -247,6 +247,57 @@ async fn a_part_over_the_brokers_packet_limit_leaves_the_link_to_the_others() {
     relay.running.stop().await;
 }
 
+/// SPEC §2.5/§2.12: a relayed message the gateway cannot store (here over its own
+/// `max_body_bytes`) is acknowledged — redelivery cannot fix it — but not silently: the
+/// relay had counted it delivered, so the gateway's status, its retained status and
+/// `relay status` all show it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn a_message_the_gateway_refuses_shows_on_both_sides() {
+    let broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    let gw = Daemon::start_custom("max_body_bytes = 1024\n", &uplink(&broker, "site-a"));
+    wait_log(&gw, "mqtt uplink connected", 1);
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    let start = chrono::Utc::now() + chrono::Duration::hours(2);
+    let slots: Vec<_> = (0..6)
+        .map(|i| {
+            let at = start + chrono::Duration::minutes(15 * i);
+            timeslot_json(
+                "meter-a",
+                &format!("too-big-{i}"),
+                at,
+                900,
+                Some(5.0),
+                json!({}),
+            )
+        })
+        .collect();
+    let body = meter_notification("meter-a", slots);
+    assert!(body.len() > 1024);
+    let r = relay.post(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for("the gateway reports the refusal", || {
+        status_json(&gw)["uplink"]["refused"]["total"] == 1
+    });
+    assert!(stored(&gw).is_empty());
+    let up = status_json(&gw);
+    assert!(
+        up["uplink"]["refused"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("max_body_bytes"),
+        "{up}"
+    );
+    let (_, text, _) = gw.cli(&["status"]);
+    assert!(text.contains("1 message(s) REFUSED"), "{text}");
+    wait_for("relay status shows it", || {
+        relay.status_json()["gateways"][0]["mqtt"]["refused_total"] == 1
+    });
+    let (_, text, _) = relay.status_text();
+    assert!(text.contains("REFUSED 1 message(s)"), "{text}");
+    relay.running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn sigkill_between_receipt_and_commit_means_redelivery_stored_once() {
