@@ -222,7 +222,12 @@ impl Uplink {
                         // Not acknowledged: the broker keeps it; retry the commit here, in
                         // order, as the next message must not overtake it.
                         failures += 1;
-                        tokio::time::sleep(reconnect_delay(failures)).await;
+                        let mut stop = stop.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(reconnect_delay(failures)) => {}
+                            // Stopping: the broker keeps the message for the next start.
+                            _ = stop.wait_for(|s| *s) => return None,
+                        }
                     }
                 }
             }
