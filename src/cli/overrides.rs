@@ -13,6 +13,7 @@ pub(crate) enum OverrideCommand {
     /// Charge at KW kilowatts.
     Charge {
         /// Charging power in kW.
+        #[arg(value_parser = positive_kw)]
         kw: f64,
         #[command(flatten)]
         common: Common,
@@ -20,6 +21,7 @@ pub(crate) enum OverrideCommand {
     /// Discharge at KW kilowatts (still never into export).
     Discharge {
         /// Discharging power in kW; above the battery's rating it runs at the rating (a warning says so).
+        #[arg(value_parser = positive_kw)]
         kw: f64,
         #[command(flatten)]
         common: Common,
@@ -75,6 +77,10 @@ pub(super) fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> 
         OverrideCommand::Discharge { kw, common } => (OverrideAction::Discharge(*kw), common),
         OverrideCommand::Release(c) => (OverrideAction::Release, c),
     };
+    if let Err(e) = check(config, c) {
+        eprintln!("leap-edge: {e}");
+        return Ok(exit::USAGE);
+    }
     let r = rt.block_on(client.set_override(OverrideRequest {
         meter: c.meter.clone(),
         action,
@@ -95,4 +101,37 @@ pub(super) fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> 
         );
     }
     Ok(exit::OK)
+}
+
+/// A power on the command line: a number of kW above zero (`nan`, `inf`, 0 and negatives are
+/// refused here, with the usage, rather than by the daemon).
+fn positive_kw(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(kw) if kw.is_finite() && kw > 0.0 => Ok(kw),
+        Ok(_) => Err(format!("{s:?}: give a power above 0 kW, e.g. 5 or 2.5")),
+        Err(_) => Err(format!("{s:?} is not a number of kW; e.g. 5 or 2.5")),
+    }
+}
+
+/// What the daemon would refuse anyway, said before asking it: usage errors (exit 2).
+fn check(config: &Config, c: &Common) -> Result<(), String> {
+    let max = crate::dispatch::overrides::MAX_OVERRIDE_SECS;
+    if c.duration.as_secs() > max {
+        return Err(format!(
+            "--for {}: an override lasts at most {} h",
+            text::duration(c.duration.as_secs() as i64),
+            max / 3600
+        ));
+    }
+    if let Some(m) = &c.meter
+        && !config.meters.iter().any(|x| &x.id == m)
+    {
+        let ids: Vec<&str> = config.meters.iter().map(|m| m.id.as_str()).collect();
+        return Err(format!(
+            "--meter {}: not configured here; configured meters: {}",
+            clean(m),
+            ids.join(", ")
+        ));
+    }
+    Ok(())
 }

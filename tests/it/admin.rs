@@ -52,8 +52,17 @@ async fn status_override_and_daemon_down() {
         "--meter",
         "not-a-local-meter",
     ]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "a usage error: {err}");
     assert!(err.contains("not configured"), "{err}");
+    for bad in [
+        &["override", "discharge", "nan", "--for", "1m"][..],
+        &["override", "charge", "0", "--for", "1m"],
+        &["override", "hold", "--for", "25h"],
+    ] {
+        let (code, _, err) = d.cli(bad);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(!err.contains("bad request"), "{bad:?}: {err}");
+    }
     let (code, out, _) = d.cli(&["override", "clear"]);
     assert_eq!(code, 0);
     assert!(out.contains("cleared 1"), "{out}");
