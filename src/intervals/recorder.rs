@@ -159,12 +159,25 @@ fn interpolate(a: Option<f64>, b: Option<f64>, frac: f64) -> Option<f64> {
 #[derive(Debug, Default)]
 pub struct Recorder {
     pub(crate) open: Option<Acc>,
+    /// Three control periods (0: the defaults alone). Readings come once a period, so a
+    /// long `control_period_ms` must not make every gap between two readings uncovered
+    /// time (an estimated interval would then always be a gap).
+    period_slack_ms: i64,
 }
 
 impl Recorder {
     /// Continue from the stored open interval (after a restart).
     pub(crate) fn resume(open: Option<Acc>) -> Recorder {
-        Recorder { open }
+        Recorder {
+            open,
+            period_slack_ms: 0,
+        }
+    }
+
+    /// Readings come every `period`: hold and bridge at least three of them.
+    pub(crate) fn with_period(mut self, period: std::time::Duration) -> Recorder {
+        self.period_slack_ms = 3 * i64::try_from(period.as_millis()).unwrap_or(i64::MAX / 3);
+        self
     }
 
     /// Take one reading; returns the intervals it closed, oldest first.
@@ -179,8 +192,8 @@ impl Recorder {
         }
         let gap = last.map(|l| s.at_ms - l.at_ms);
         match last {
-            Some(l) if gap.is_some_and(|g| g <= BRIDGE_MS) => {
-                let hold = gap.is_some_and(|g| g <= HOLD_MS);
+            Some(l) if gap.is_some_and(|g| g <= BRIDGE_MS.max(self.period_slack_ms)) => {
+                let hold = gap.is_some_and(|g| g <= HOLD_MS.max(self.period_slack_ms));
                 let mut from = l.at_ms.max(cur.start * 1000);
                 while s.at_ms >= cur.end() * 1000 {
                     let b = cur.end() * 1000;

@@ -108,3 +108,20 @@ fn a_counter_reset_is_a_gap_not_negative_energy() {
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].energy(), None);
 }
+
+/// A long control period (readings every 20 s, beyond the 10 s hold): the readings still
+/// cover the interval, which would otherwise always be a gap on a site without counters.
+#[test]
+fn readings_a_long_control_period_apart_still_cover_the_interval() {
+    let readings = |r: &mut Recorder| -> Vec<Acc> {
+        (0..=92)
+            .flat_map(|k| r.push(sample(T0 - 20_000 + k * 20_000, 4.0, false)))
+            .collect()
+    };
+    let mut r = Recorder::default().with_period(std::time::Duration::from_secs(20));
+    let done = readings(&mut r);
+    let e = done[1].energy().expect("complete with the period's hold");
+    assert!((e.import_wh - 1000.0).abs() < 1e-6, "{e:?}");
+    let mut r = Recorder::default();
+    assert_eq!(readings(&mut r)[1].energy(), None, "the 10 s hold alone");
+}

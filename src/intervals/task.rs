@@ -29,13 +29,16 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut meters: HashMap<String, Meter> = HashMap::new();
+    let period = config
+        .as_ref()
+        .map(|c| Duration::from_millis(c.site.control_period_ms));
     while !*stop.borrow() {
         tokio::select! {
             r = stop.changed() => if r.is_err() { break },
             r = readings.recv() => match r {
                 Ok(reading) => {
                     let at = reading.at;
-                    if take(&store, &mut meters, reading).await {
+                    if take(&store, &mut meters, reading, period).await {
                         audit_ended(&store, config.as_ref(), at).await;
                     }
                 }
@@ -50,7 +53,12 @@ pub async fn run(
 }
 
 /// Record one reading; true when it saved something (then also time to audit).
-async fn take(store: &Store, meters: &mut HashMap<String, Meter>, reading: MeterReading) -> bool {
+async fn take(
+    store: &Store,
+    meters: &mut HashMap<String, Meter>,
+    reading: MeterReading,
+    period: Option<Duration>,
+) -> bool {
     let Some(sample) = reading.sample() else {
         return false;
     };
@@ -64,7 +72,10 @@ async fn take(store: &Store, meters: &mut HashMap<String, Meter>, reading: Meter
                 None
             });
         let m = Meter {
-            rec: Recorder::resume(open),
+            rec: match period {
+                Some(p) => Recorder::resume(open).with_period(p),
+                None => Recorder::resume(open),
+            },
             saved_at_ms: sample.at_ms,
         };
         meters.insert(reading.meter_id.clone(), m);
