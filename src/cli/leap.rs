@@ -107,7 +107,10 @@ async fn webhook(config: &Config, client: &LeapClient, cmd: &WebhookCommand) -> 
         WebhookCommand::Delete(a) => {
             let lv = level(a.group);
             let Some(current) = client.get_webhook(lv).await? else {
-                crate::outln!("no {} webhook is registered; nothing to delete", lv.path());
+                note(
+                    a,
+                    &format!("no {} webhook is registered; nothing to delete", lv.path()),
+                );
                 return Ok(exit::OK);
             };
             print_hook(config, a, Some(&current));
@@ -121,10 +124,13 @@ async fn webhook(config: &Config, client: &LeapClient, cmd: &WebhookCommand) -> 
                 return Ok(exit::USAGE);
             }
             client.delete_webhook(lv).await?;
-            crate::outln!(
-                "deleted: Leap no longer posts {} dispatches to {}",
-                lv.path(),
-                current.url
+            note(
+                a,
+                &format!(
+                    "deleted: Leap no longer posts {} dispatches to {}",
+                    lv.path(),
+                    current.url
+                ),
             );
             Ok(exit::OK)
         }
@@ -143,6 +149,7 @@ async fn set(config: &Config, client: &LeapClient, a: &WebhookArgs) -> anyhow::R
         eprintln!("leap-edge: --url {url}: Leap posts over HTTPS only; give an https:// URL");
         return Ok(exit::USAGE);
     }
+    warn_if_path_differs(config, &url);
     let Some(key) = config.auth.keys.first() else {
         eprintln!("leap-edge: [auth] keys is empty: add the key Leap should send first");
         return Ok(exit::CONFIG);
@@ -158,31 +165,69 @@ async fn set(config: &Config, client: &LeapClient, a: &WebhookArgs) -> anyhow::R
     };
     let current = client.get_webhook(lv).await?;
     if current.as_ref() == Some(&wanted) {
-        crate::outln!(
-            "the {} webhook is already {} with this key; nothing to change",
-            lv.path(),
-            wanted.url
+        note(
+            a,
+            &format!(
+                "the {} webhook is already {} with this key; nothing to change",
+                lv.path(),
+                wanted.url
+            ),
         );
         return Ok(exit::OK);
     }
     if let Some(c) = &current {
-        crate::outln!(
-            "Leap keeps ONE {} webhook per account; currently:",
-            lv.path()
+        note(
+            a,
+            &format!(
+                "Leap keeps ONE {} webhook per account; currently:",
+                lv.path()
+            ),
         );
-        print_hook(config, a, Some(c));
+        if a.json {
+            note(a, &format!("  {}", c.url));
+        } else {
+            print_hook(config, a, Some(c));
+        }
         if !confirm(a, &format!("Replace it with {}?", wanted.url))? {
             return Ok(exit::USAGE);
         }
     }
     let stored = client.put_webhook(lv, &wanted).await?;
-    crate::outln!("registered:");
+    note(a, "registered:");
     print_hook(config, a, Some(&stored));
-    crate::outln!(
-        "next: `leap-edge leap test{}` proves the whole public path",
-        if a.group { " --group" } else { "" }
+    note(
+        a,
+        &format!(
+            "next: `leap-edge leap test{}` proves the whole public path",
+            if a.group { " --group" } else { "" }
+        ),
     );
     Ok(exit::OK)
+}
+
+/// A line for the person at the terminal: on stdout, or on stderr with `--json`, so the JSON
+/// on stdout stays one document.
+fn note(a: &WebhookArgs, text: &str) {
+    if a.json {
+        eprintln!("{text}");
+    } else {
+        crate::outln!("{text}");
+    }
+}
+
+/// Leap posts to the URL as given: a path other than `[server] path` is right only when a
+/// relay or proxy in front maps it; otherwise every post gets a 404.
+fn warn_if_path_differs(config: &Config, url: &str) {
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return;
+    };
+    if uri.path() != config.server.path {
+        eprintln!(
+            "leap-edge: warning: --url {url}: its path {} is not [server] path ({}); fine behind a relay or proxy that maps it, otherwise Leap's posts get a 404",
+            uri.path(),
+            config.server.path
+        );
+    }
 }
 
 /// Ask on the terminal; without one, refuse unless `--yes`.

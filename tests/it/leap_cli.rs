@@ -70,6 +70,24 @@ async fn webhook_show_set_delete_bodies_headers_and_refusal() {
     let (code, _, err) = cli(&d, &["leap", "webhook", "set", "--group", "--url", url]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(fake.state.lock().unwrap().hooks["group"]["url"], url);
+    assert!(!err.contains("warning"), "the path is [server] path: {err}");
+
+    // --json prints one JSON document; what is for the reader goes to stderr. A URL whose
+    // path is not [server] path is accepted (a relay may map it) with a warning.
+    let no_path = "https://edge.example.com";
+    let (code, out, err) = cli(
+        &d,
+        &[
+            "leap", "webhook", "set", "--group", "--url", no_path, "--yes", "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let set: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(set["url"], no_path, "{set}");
+    assert!(
+        err.contains("warning") && err.contains("is not [server] path"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
