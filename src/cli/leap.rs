@@ -137,19 +137,27 @@ async fn webhook(config: &Config, client: &LeapClient, cmd: &WebhookCommand) -> 
     }
 }
 
-async fn set(config: &Config, client: &LeapClient, a: &WebhookArgs) -> anyhow::Result<u8> {
+/// The `--url` to register, or the usage error that was said.
+fn checked_url(config: &Config, a: &WebhookArgs) -> Option<String> {
     let Some(url) = a.url.clone() else {
         eprintln!(
             "leap-edge: give the public URL Leap should post to: --url https://…{}",
             config.server.path
         );
-        return Ok(exit::USAGE);
+        return None;
     };
     if !url.starts_with("https://") {
         eprintln!("leap-edge: --url {url}: Leap posts over HTTPS only; give an https:// URL");
-        return Ok(exit::USAGE);
+        return None;
     }
     warn_if_path_differs(config, &url);
+    Some(url)
+}
+
+async fn set(config: &Config, client: &LeapClient, a: &WebhookArgs) -> anyhow::Result<u8> {
+    let Some(url) = checked_url(config, a) else {
+        return Ok(exit::USAGE);
+    };
     let Some(key) = config.auth.keys.first() else {
         eprintln!("leap-edge: [auth] keys is empty: add the key Leap should send first");
         return Ok(exit::CONFIG);
