@@ -20,6 +20,12 @@ pub(crate) enum RelayCommand {
     },
     /// Parse and check the relay configuration; exit 78 if bad.
     Check,
+    /// Send dead letters again (after fixing what the gateway refused): every gateway's, or one's.
+    Requeue {
+        /// Only this gateway's (its [[gateways]] name).
+        #[arg(long)]
+        gateway: Option<String>,
+    },
 }
 
 /// The global `--config` names the gateway's file by default; the relay's default is its own.
@@ -62,7 +68,46 @@ pub(super) fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
             )
         }
         RelayCommand::Status { json } => status(&config, *json),
+        RelayCommand::Requeue { gateway } => requeue(&config, gateway.as_deref()),
     }
+}
+
+/// Dead letters back to pending, in their order. Written beside a running relay (SQLite
+/// serialises the two writers); its idle workers look at their queues every 30 s.
+fn requeue(config: &RelayConfig, gateway: Option<&str>) -> anyhow::Result<u8> {
+    let names: Vec<String> = config.gateways.iter().map(|g| g.name.clone()).collect();
+    let chosen = match gateway {
+        Some(g) if !names.iter().any(|n| n == g) => {
+            eprintln!(
+                "leap-edge: --gateway {}: no such [[gateways]] name; configured: {}",
+                printable(g),
+                names.join(", ")
+            );
+            return Ok(exit::USAGE);
+        }
+        Some(g) => vec![g.to_string()],
+        None => names,
+    };
+    if !config.storage.path.exists() {
+        anyhow::bail!(
+            "no relay outbox at {}: nothing to requeue (is storage.path right?)",
+            config.storage.path.display()
+        );
+    }
+    let mut conn = rusqlite::Connection::open(&config.storage.path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    if !crate::relay::is_outbox(&conn)? {
+        anyhow::bail!(
+            "{} is not a relay outbox (a gateway database?): check storage.path",
+            config.storage.path.display()
+        );
+    }
+    let n = crate::relay::requeue_dead(&mut conn, &chosen)?;
+    crate::outln!(
+        "requeued {n} dead letter(s) for {}; a running relay delivers them within 30 s",
+        chosen.join(", ")
+    );
+    Ok(exit::OK)
 }
 
 fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
@@ -212,11 +257,12 @@ fn print_undelivered(s: &RelayStatus) {
     }
     for d in &s.dead_letters {
         crate::outln!(
-            "dead letter: notification {} → {}: HTTP {} {}",
+            "dead letter: notification {} → {}: HTTP {} {} (after fixing it: leap-edge relay requeue --gateway {})",
             d.notification_id,
             d.gateway,
             d.answer_status.unwrap_or(0),
-            printable(d.answer_body.as_deref().unwrap_or(""))
+            printable(d.answer_body.as_deref().unwrap_or("")),
+            d.gateway
         );
     }
 }

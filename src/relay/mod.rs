@@ -39,6 +39,19 @@ pub(crate) fn read_status(
     Ok(s)
 }
 
+/// `relay requeue`: dead letters of `gateways` back to pending (the operator fixed what the
+/// gateway refused). Returns how many.
+pub(crate) fn requeue_dead(
+    conn: &mut rusqlite::Connection,
+    gateways: &[String],
+) -> Result<usize, crate::store::StoreError> {
+    outbox::requeue_dead(conn, gateways)
+}
+
+pub(crate) fn is_outbox(conn: &rusqlite::Connection) -> Result<bool, crate::store::StoreError> {
+    outbox::is_relay_db(conn)
+}
+
 use crate::server;
 use crate::stage::Stage;
 use crate::store::{Store, StoreThread};

@@ -221,6 +221,48 @@ fn a_refused_delivery_is_a_dead_letter_kept_and_shown_then_requeued_when_the_key
     });
 }
 
+/// A dead letter fixed by anything but a reload that changes that gateway (a relay restart,
+/// a fix on the gateway's side) stays dead until the operator sends it again:
+/// `relay requeue`, beside the running relay.
+#[test]
+fn relay_requeue_sends_dead_letters_again_after_any_fix() {
+    let g = Gateway::start();
+    let mut relay = Relay::start(&[spec("site", &g, &["M1"])]);
+    let wrong = "not-the-gateway-key-0123456789abcdef";
+    relay.gateways = relay.gateways.replace(GATEWAY_KEY, wrong);
+    relay.write_config();
+    relay.p.kill9();
+    relay.restart();
+    let n = json!({"meter_dispatches": [meter_entry("M1", &["dead-2"])]}).to_string();
+    rt().block_on(relay.client().post_until_ok(&n));
+    assert_eq!(
+        relay.wait_drained(Duration::from_secs(30))["dead_letter_count"],
+        1
+    );
+    let (_, text, _) = relay.p.cli(&["relay", "status"]);
+    assert!(
+        text.contains("leap-edge relay requeue --gateway site"),
+        "{text}"
+    );
+    // Fixed, and restarted: a restart does not resend dead letters.
+    relay.gateways = relay.gateways.replace(wrong, GATEWAY_KEY);
+    relay.write_config();
+    relay.p.kill9();
+    relay.restart();
+    assert_eq!(relay.status()["dead_letter_count"], 1);
+
+    let (code, _, err) = relay.p.cli(&["relay", "requeue", "--gateway", "nowhere"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("configured: site"), "{err}");
+    let (code, out, err) = relay.p.cli(&["relay", "requeue", "--gateway", "site"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("requeued 1 dead letter(s) for site"), "{out}");
+    wait_for("the requeued delivery", Duration::from_secs(45), || {
+        g.event_ids() == ["dead-2"]
+    });
+    assert_eq!(relay.status()["dead_letter_count"], 0);
+}
+
 #[test]
 fn reload_moves_undelivered_items_with_their_meter_and_routes_what_was_unrouted() {
     let a = Gateway::start();
