@@ -74,7 +74,7 @@ pub(crate) async fn wait_published(
 /// Keep what a gateway said on its status topic (online, or its will: offline). Refused
 /// messages stay recorded until the gateway reports newer ones (a restarted gateway, or its
 /// will, says nothing about them).
-fn save_seen(conn: &mut Connection, gateway: &str, s: &Seen) -> Result<(), StoreError> {
+fn save_seen(conn: &Connection, gateway: &str, s: &Seen) -> Result<(), StoreError> {
     let r = s.refused.as_ref();
     conn.execute(
         "INSERT INTO relay_mqtt_status (gateway, online, status_at, received_at, last_commit_at,
@@ -99,7 +99,7 @@ fn save_seen(conn: &mut Connection, gateway: &str, s: &Seen) -> Result<(), Store
 }
 
 /// The relay's broker connection as it last changed (schema version 3).
-fn save_link(conn: &mut Connection, l: &BrokerConnection) -> Result<(), StoreError> {
+fn save_link(conn: &Connection, l: &BrokerConnection) -> Result<(), StoreError> {
     conn.execute(
         "INSERT OR REPLACE INTO relay_mqtt_link
            (id, url, connected, since, last_error, last_error_at, connections)
@@ -238,23 +238,11 @@ pub(crate) fn start_link(
     let Some(m) = &config.mqtt else {
         return Ok(None);
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(STATUS_QUEUE);
-    tasks.spawn(save_statuses(store.clone(), rx, stop.clone()));
-    let statuses = tx.clone();
-    let on_status = move |gateway: String, seen: Seen| {
-        if statuses.try_send(Save::Gateway(gateway, seen)).is_err() {
-            tracing::warn!(
-                "gateway MQTT statuses arrive faster than they are stored; one dropped (the next comes within a minute)"
-            );
-        }
-    };
-    let on_broker = move |link: BrokerConnection| {
-        if tx.try_send(Save::Link(link)).is_err() {
-            tracing::warn!(
-                "the broker connection's state not stored (queue full); /metrics has it"
-            );
-        }
-    };
+    let pending = Arc::new(Pending::default());
+    tasks.spawn(save_statuses(store.clone(), pending.clone(), stop.clone()));
+    let statuses = pending.clone();
+    let on_status = move |gateway: String, seen: Seen| statuses.gateway(gateway, seen);
+    let on_broker = move |link: BrokerConnection| pending.link(link);
     Link::start(
         m.clone(),
         (Box::new(on_status), Box::new(on_broker)),
@@ -264,38 +252,72 @@ pub(crate) fn start_link(
     .map(Some)
 }
 
-/// What the link tells the outbox, in order: a gateway's status, or its own connection.
-enum Save {
-    Gateway(String, Seen),
-    Link(BrokerConnection),
+/// What the link has heard and the outbox does not have yet: the latest status of each
+/// gateway (a later one replaces an earlier one, so a retained "online" can never be stored
+/// after the "offline" that followed it) and the link's own state. One entry per gateway
+/// bounds it, so the burst of retained statuses at every (re)connection of a large fleet
+/// loses none (a queue of messages used to drop them, offline wills included).
+#[derive(Default)]
+struct Pending {
+    state: std::sync::Mutex<(
+        std::collections::HashMap<String, Seen>,
+        Option<BrokerConnection>,
+    )>,
+    ready: tokio::sync::Notify,
 }
 
-/// Statuses received and not yet stored, at most.
-const STATUS_QUEUE: usize = 4096;
+impl Pending {
+    fn gateway(&self, gateway: String, seen: Seen) {
+        self.state
+            .lock()
+            .expect("pending statuses")
+            .0
+            .insert(gateway, seen);
+        self.ready.notify_one();
+    }
 
-/// One writer, in the order the broker delivered them: a task per status could store a
-/// gateway's retained "online" after the "offline" that followed it.
-async fn save_statuses(
-    store: Store,
-    mut rx: tokio::sync::mpsc::Receiver<Save>,
-    mut stop: watch::Receiver<bool>,
-) {
+    fn link(&self, link: BrokerConnection) {
+        self.state.lock().expect("pending statuses").1 = Some(link);
+        self.ready.notify_one();
+    }
+
+    fn take(
+        &self,
+    ) -> (
+        std::collections::HashMap<String, Seen>,
+        Option<BrokerConnection>,
+    ) {
+        std::mem::take(&mut *self.state.lock().expect("pending statuses"))
+    }
+}
+
+/// One writer: whatever is pending goes into one transaction.
+async fn save_statuses(store: Store, pending: Arc<Pending>, mut stop: watch::Receiver<bool>) {
     loop {
-        let save = tokio::select! {
-            next = rx.recv() => match next {
-                Some(s) => s,
-                None => return,
-            },
+        tokio::select! {
+            _ = pending.ready.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
-        };
-        let r = match save {
-            Save::Gateway(gateway, seen) => {
-                store.call(move |c| save_seen(c, &gateway, &seen)).await
-            }
-            Save::Link(link) => store.call(move |c| save_link(c, &link)).await,
-        };
+        }
+        let (gateways, link) = pending.take();
+        if gateways.is_empty() && link.is_none() {
+            continue;
+        }
+        let n = gateways.len();
+        let r = store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for (gateway, seen) in &gateways {
+                    save_seen(&tx, gateway, seen)?;
+                }
+                if let Some(l) = &link {
+                    save_link(&tx, l)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
         if let Err(e) = r {
-            tracing::warn!(error = %e, "cannot keep an MQTT status in the outbox");
+            tracing::warn!(error = %e, statuses = n, "cannot keep MQTT statuses in the outbox");
         }
     }
 }
@@ -344,6 +366,29 @@ pub(crate) async fn on_connect(
 mod tests {
     use super::*;
 
+    /// The retained statuses of a whole fleet at a reconnection, each gateway's "online"
+    /// then its "offline": none is dropped, and the later one is what is kept.
+    #[test]
+    fn pending_statuses_keep_the_latest_of_every_gateway() {
+        let p = Pending::default();
+        let seen = |online| Seen {
+            online,
+            status_at: None,
+            received_at: Utc::now(),
+            last_commit_at: None,
+            refused: None,
+        };
+        for g in 0..10_000 {
+            p.gateway(format!("site-{g}"), seen(true));
+            p.gateway(format!("site-{g}"), seen(false));
+        }
+        let (gateways, link) = p.take();
+        assert_eq!(gateways.len(), 10_000);
+        assert!(gateways.values().all(|s| !s.online));
+        assert!(link.is_none());
+        assert!(p.take().0.is_empty());
+    }
+
     const KEY: &str = "0123456789abcdef0123456789abcdef";
 
     fn check(extra: &str) -> Result<(), Vec<String>> {
@@ -372,7 +417,7 @@ mod tests {
 
     #[test]
     fn the_link_row_round_trips_and_an_outbox_before_version_3_has_none() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(include_str!("schema.sql")).unwrap();
         conn.execute_batch(include_str!("schema_mqtt.sql")).unwrap();
         assert_eq!(load_link(&conn).unwrap(), None, "version 2: no table yet");
@@ -389,11 +434,11 @@ mod tests {
             connections: 1,
             refused: None,
         };
-        save_link(&mut conn, &link).unwrap();
+        save_link(&conn, &link).unwrap();
         link.connected = false;
         link.last_error = Some("connection reset".into());
         link.last_error_at = Some(t);
-        save_link(&mut conn, &link).unwrap();
+        save_link(&conn, &link).unwrap();
         assert_eq!(
             load_link(&conn).unwrap(),
             Some(link),
