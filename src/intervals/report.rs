@@ -29,6 +29,9 @@ pub struct IntervalReport {
     pub min_soc_pct: Option<f64>,
     /// "meter", "estimated", "recording" or "gap".
     pub data: &'static str,
+    /// Only part of the interval lies inside the event: the interval's battery energy (all
+    /// there is) then includes what the battery did outside the event.
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +51,8 @@ pub struct EventReport {
     pub min_soc_pct: Option<f64>,
     pub first_setpoint_lateness_ms: Option<i64>,
     pub gaps: usize,
+    /// Intervals only partly inside the event (see [`IntervalReport::partial`]).
+    pub partial_intervals: usize,
     pub baseline_days: usize,
     pub intervals: Vec<IntervalReport>,
     pub verdict: String,
@@ -99,6 +104,7 @@ pub(crate) fn build(i: &Input<'_>) -> EventReport {
                 Some(r) => r.energy.map_or("gap", |e| e.source.as_str()),
                 None => "gap",
             },
+            partial: overlap < INTERVAL_SECS,
         });
         slot += INTERVAL_SECS;
     }
@@ -132,6 +138,7 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
         .filter_map(|r| r.min_soc_pct)
         .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.min(s))));
     let gaps = rows.iter().filter(|r| r.data == "gap").count();
+    let partial_intervals = rows.iter().filter(|r| r.partial).count();
     let mut report = EventReport {
         event_id: ts.event_id.clone(),
         kind: ts.kind.as_str(),
@@ -147,6 +154,7 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
         min_soc_pct: min_soc,
         first_setpoint_lateness_ms: i.first_setpoint_lateness_ms,
         gaps,
+        partial_intervals,
         baseline_days,
         intervals: rows,
         verdict: String::new(),
@@ -181,8 +189,17 @@ pub(crate) fn verdict(r: &EventReport) -> String {
     } else {
         String::new()
     };
+    // Interval data has no finer grain: say so rather than prorate a guess.
+    let partial = if r.partial_intervals > 0 {
+        format!(
+            "; approximate: {} interval(s) only partly inside the event count the battery's whole 15 minutes",
+            r.partial_intervals
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{outcome}: event {} meter {} delivered {award}, {} s of export, {soc}, {late}{gaps}",
+        "{outcome}: event {} meter {} delivered {award}, {} s of export, {soc}, {late}{gaps}{partial}",
         r.event_id, r.meter_id, r.export_seconds
     )
 }

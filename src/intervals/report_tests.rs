@@ -78,6 +78,24 @@ fn baseline_is_the_mean_of_ten_previous_non_event_days_and_delivery_is_judged() 
         "{}",
         r.verdict
     );
+    assert_eq!(r.partial_intervals, 0);
+    assert!(!r.verdict.contains("approximate"), "{}", r.verdict);
+
+    // A 5-minute event (a CAISO real-time one) inside the first quarter hour: the interval's
+    // whole battery energy is all there is, and the verdict says it is approximate.
+    let short = timeslot(start + chrono::Duration::minutes(5), 5);
+    let r = build(&Input {
+        timeslot: &short,
+        ..input
+    });
+    assert_eq!((r.intervals.len(), r.partial_intervals), (1, 1));
+    assert!(r.intervals[0].partial);
+    assert!(
+        r.verdict
+            .contains("approximate: 1 interval(s) only partly inside the event"),
+        "{}",
+        r.verdict
+    );
 
     // Without the second interval's data the verdict says so instead of judging.
     let fewer = &ivs[..ivs.len() - 1];

@@ -21,6 +21,7 @@ fn event() -> EventReport {
             export_seconds: 0,
             min_soc_pct: Some(90.0 - 10.0 * i as f64),
             data: "meter",
+            partial: false,
         })
         .collect();
     EventReport {
@@ -38,6 +39,7 @@ fn event() -> EventReport {
         min_soc_pct: Some(40.0),
         first_setpoint_lateness_ms: Some(3),
         gaps: 0,
+        partial_intervals: 0,
         baseline_days: 10,
         intervals,
         verdict: "MET: event ev-<svg>&1 delivered 19.80 of 20.00 kWh awarded (99.0 %)".into(),
