@@ -13,7 +13,7 @@ pub struct LeapConfig {
     #[serde(default)]
     pub(crate) api_key: Option<Secret>,
     /// `production` (default), `staging`, or a URL (https; plain http only on loopback, for a
-    /// local forward proxy or a test double).
+    /// local reverse proxy to Leap, or a test double).
     #[serde(default = "default_base_url")]
     pub(crate) base_url: String,
     /// Each attempt (connect, TLS, request, answer) is abandoned after this long.

@@ -61,7 +61,7 @@ pub(crate) fn resolve_base_url(s: &str) -> Result<hyper::Uri, String> {
         Some("https") => Ok(uri),
         Some("http") if is_loopback(host) => Ok(uri),
         Some("http") => Err(format!(
-            "\"{s}\": plain http is allowed only to a loopback address (a local forward proxy); use https"
+            "\"{s}\": plain http is allowed only to a loopback address (a local reverse proxy to Leap); use https"
         )),
         _ => Err(format!(
             "\"{s}\" must start with https:// (or http:// to a loopback address)"

@@ -7,7 +7,8 @@
 //! behind a public CA; compiled-in roots behave the same on every gateway image (old
 //! Debian/Ubuntu releases with stale ca-certificates, minimal images with none, the
 //! sandboxed service) and need no file access. A site that must go through a TLS-inspecting
-//! proxy uses a loopback forward proxy (`base_url = "http://127.0.0.1:…"`).
+//! proxy uses a loopback reverse proxy to Leap (`base_url = "http://127.0.0.1:…"`): requests
+//! are origin-form with that address as Host, so a forward proxy (Squid) does not fit.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
