@@ -118,8 +118,8 @@ fn check(config: &Config, c: &Common) -> Result<(), String> {
     let max = crate::dispatch::overrides::MAX_OVERRIDE_SECS;
     if c.duration.as_secs() > max {
         return Err(format!(
-            "--for {}: an override lasts at most {} h",
-            text::duration(c.duration.as_secs() as i64),
+            "--for {} h: an override lasts at most {} h (write e.g. --for 8h)",
+            crate::textfmt::num(c.duration.as_secs_f64() / 3600.0),
             max / 3600
         ));
     }

@@ -204,21 +204,7 @@ async fn a_part_over_the_brokers_packet_limit_leaves_the_link_to_the_others() {
     );
     let gw_b = gateway(&broker, "site-b");
     let relay = relay(&broker, &[("site-a", "meter-a"), ("site-b", "meter-b")]).await;
-    let start = chrono::Utc::now() + chrono::Duration::hours(2);
-    let big: Vec<_> = (0..40)
-        .map(|i| {
-            let at = start + chrono::Duration::minutes(15 * i);
-            timeslot_json(
-                "meter-a",
-                &format!("big-{i}"),
-                at,
-                900,
-                Some(5.0),
-                json!({}),
-            )
-        })
-        .collect();
-    let big = meter_notification("meter-a", big);
+    let big = quarter_hours("meter-a", "big", 40);
     assert!(big.len() > 8_000, "{}", big.len());
     let r = relay.post(&big).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -258,21 +244,7 @@ async fn a_message_the_gateway_refuses_shows_on_both_sides() {
     let gw = Daemon::start_custom("max_body_bytes = 1024\n", &uplink(&broker, "site-a"));
     wait_log(&gw, "mqtt uplink connected", 1);
     let relay = relay(&broker, &[("site-a", "meter-a")]).await;
-    let start = chrono::Utc::now() + chrono::Duration::hours(2);
-    let slots: Vec<_> = (0..6)
-        .map(|i| {
-            let at = start + chrono::Duration::minutes(15 * i);
-            timeslot_json(
-                "meter-a",
-                &format!("too-big-{i}"),
-                at,
-                900,
-                Some(5.0),
-                json!({}),
-            )
-        })
-        .collect();
-    let body = meter_notification("meter-a", slots);
+    let body = quarter_hours("meter-a", "too-big", 6);
     assert!(body.len() > 1024);
     let r = relay.post(&body).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -522,4 +494,24 @@ async fn the_broker_connection_shows_in_status_metrics_and_healthz() {
         });
     });
     relay.running.stop().await;
+}
+
+/// One meter notification of `n` back-to-back quarter hours from two hours ahead: a body
+/// of a chosen size (~400 bytes a timeslot).
+fn quarter_hours(meter: &str, prefix: &str, n: i64) -> String {
+    let start = chrono::Utc::now() + chrono::Duration::hours(2);
+    let slots = (0..n)
+        .map(|i| {
+            let at = start + chrono::Duration::minutes(15 * i);
+            timeslot_json(
+                meter,
+                &format!("{prefix}-{i}"),
+                at,
+                900,
+                Some(5.0),
+                json!({}),
+            )
+        })
+        .collect();
+    meter_notification(meter, slots)
 }

@@ -86,6 +86,79 @@ async fn nap(ms: u64) {
     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
 }
 
+/// A real dispatch loop on a real store holding one timeslot "A" of meter M1, starting
+/// `start_s` after the clock's origin and lasting `secs`, with the stamping commander.
+struct Running {
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    store: Store,
+    thread: leap_edge::store::StoreThread,
+    origin: DateTime<Utc>,
+    clock: Arc<SteppedClock>,
+    rec: Arc<Stamped>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn one_timeslot(start_s: i64, secs: i64) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = common::inproc_config(dir.path(), "leap-edge.db", &[M1], "");
+        let config = Arc::new(leap_edge::config::Config::load(&config).unwrap());
+        let (store, thread) = Store::open(&config.storage.path).unwrap();
+        let origin = Utc::now();
+        let clock = Arc::new(SteppedClock {
+            origin,
+            start: Instant::now(),
+            offset_ms: AtomicI64::new(0),
+        });
+        let start = origin + Duration::seconds(start_s);
+        let slot = common::timeslot_json(M1, "A", start, secs, Some(5.0), serde_json::json!({}));
+        let body = common::meter_notification(M1, vec![slot]);
+        store
+            .ingest(IngestRecord {
+                received_at: origin,
+                peer: None,
+                headers: serde_json::json!({}),
+                body: body.clone(),
+                parsed: leap_edge::ingest::parse_notification(body.as_bytes()).unwrap(),
+                source: leap_edge::store::Source::Push,
+            })
+            .await
+            .unwrap();
+        let rec = Arc::new(Stamped {
+            clock: clock.clone(),
+            calls: Mutex::new(Vec::new()),
+        });
+        let db = config.storage.path.clone();
+        let dispatcher = Dispatcher::new(config, store.clone(), rec.clone(), clock.clone());
+        let (changes, changes_rx) = tokio::sync::watch::channel(0u64);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _changes = changes;
+            dispatcher.run(changes_rx, stop_rx).await;
+        });
+        Running {
+            _dir: dir,
+            db,
+            store,
+            thread,
+            origin,
+            clock,
+            rec,
+            stop,
+            task,
+        }
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap();
+        drop(self.store);
+        self.thread.closed().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_clock_steps_neither_fire_early_nor_miss_a_boundary() {
     let t0 = Instant::now();
@@ -186,45 +259,9 @@ async fn wall_clock_steps_neither_fire_early_nor_miss_a_boundary() {
 /// recomputed for the new "now"), and the timeslot applies again when the clock gets there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_hour_backward_step_during_an_active_timeslot_is_honoured_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, _) = common::inproc_config(dir.path(), "leap-edge.db", &[M1], "");
-    let config = Arc::new(leap_edge::config::Config::load(&config).unwrap());
-    let (store, thread) = Store::open(&config.storage.path).unwrap();
-    let origin = Utc::now();
-    let clock = Arc::new(SteppedClock {
-        origin,
-        start: Instant::now(),
-        offset_ms: AtomicI64::new(0),
-    });
-    let a_start = origin + Duration::seconds(2);
-    let slots = vec![common::timeslot_json(
-        M1,
-        "A",
-        a_start,
-        7200,
-        Some(5.0),
-        serde_json::json!({}),
-    )];
-    let body = common::meter_notification(M1, slots);
-    store
-        .ingest(IngestRecord {
-            received_at: origin,
-            peer: None,
-            headers: serde_json::json!({}),
-            body: body.clone(),
-            parsed: leap_edge::ingest::parse_notification(body.as_bytes()).unwrap(),
-            source: leap_edge::store::Source::Push,
-        })
-        .await
-        .unwrap();
-    let rec = Arc::new(Stamped {
-        clock: clock.clone(),
-        calls: Mutex::new(Vec::new()),
-    });
-    let dispatcher = Dispatcher::new(config, store.clone(), rec.clone(), clock.clone());
-    let (_changes, changes_rx) = tokio::sync::watch::channel(0u64);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(dispatcher.run(changes_rx, stop_rx));
+    let r = Running::one_timeslot(2, 7200).await;
+    let (clock, rec) = (r.clock.clone(), r.rec.clone());
+    let a_start = r.origin + Duration::seconds(2);
     let calls = wait_calls(&rec, 2).await;
     assert_eq!(calls[1].1, Call::Apply("A".into()), "{calls:?}");
 
@@ -242,10 +279,7 @@ async fn a_one_hour_backward_step_during_an_active_timeslot_is_honoured_at_once(
     assert_eq!(calls[3].1, Call::Apply("A".into()), "{calls:?}");
     nap(1500).await;
     assert_eq!(rec.calls().len(), 4, "{:?}", rec.calls());
-    let _ = stop.send(true);
-    task.await.unwrap();
-    drop(store);
-    thread.closed().await;
+    r.finish().await;
 }
 
 /// SPEC §2.10 when the plan cannot be read: a store that fails after a timeslot was applied
@@ -254,49 +288,13 @@ async fn a_one_hour_backward_step_during_an_active_timeslot_is_honoured_at_once(
 /// holds it until the store recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_is_released_at_its_end_when_the_plan_cannot_be_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, _) = common::inproc_config(dir.path(), "leap-edge.db", &[M1], "");
-    let config = Arc::new(leap_edge::config::Config::load(&config).unwrap());
-    let (store, thread) = Store::open(&config.storage.path).unwrap();
-    let origin = Utc::now();
-    let clock = Arc::new(SteppedClock {
-        origin,
-        start: Instant::now(),
-        offset_ms: AtomicI64::new(0),
-    });
-    let (a_start, a_end) = (origin + Duration::seconds(2), origin + Duration::seconds(6));
-    let slots = vec![common::timeslot_json(
-        M1,
-        "A",
-        a_start,
-        4,
-        Some(5.0),
-        serde_json::json!({}),
-    )];
-    let body = common::meter_notification(M1, slots);
-    store
-        .ingest(IngestRecord {
-            received_at: origin,
-            peer: None,
-            headers: serde_json::json!({}),
-            body: body.clone(),
-            parsed: leap_edge::ingest::parse_notification(body.as_bytes()).unwrap(),
-            source: leap_edge::store::Source::Push,
-        })
-        .await
-        .unwrap();
-    let rec = Arc::new(Stamped {
-        clock: clock.clone(),
-        calls: Mutex::new(Vec::new()),
-    });
-    let dispatcher = Dispatcher::new(config.clone(), store.clone(), rec.clone(), clock.clone());
-    let (_changes, changes_rx) = tokio::sync::watch::channel(0u64);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(dispatcher.run(changes_rx, stop_rx));
+    let r = Running::one_timeslot(2, 4).await;
+    let rec = r.rec.clone();
+    let a_end = r.origin + Duration::seconds(6);
     let calls = wait_calls(&rec, 2).await;
     assert_eq!(calls[1].1, Call::Apply("A".into()), "{calls:?}");
 
-    let other = rusqlite::Connection::open(&config.storage.path).unwrap();
+    let other = rusqlite::Connection::open(&r.db).unwrap();
     other
         .execute_batch("ALTER TABLE timeslots RENAME TO timeslots_gone")
         .unwrap();
@@ -314,8 +312,5 @@ async fn a_command_is_released_at_its_end_when_the_plan_cannot_be_read() {
         calls[2].0 < a_end + Duration::seconds(3),
         "held past A's end: {calls:?}"
     );
-    let _ = stop.send(true);
-    task.await.unwrap();
-    drop(store);
-    thread.closed().await;
+    r.finish().await;
 }
