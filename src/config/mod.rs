@@ -16,7 +16,7 @@ pub use intervals::IntervalsConfig;
 pub use leap::{LeapConfig, ScheduleConfig};
 pub use mqtt::MqttConfig;
 pub use schema::*;
-pub use sim::NormalMode;
+pub use sim::{NormalMode, PvCoupling};
 
 use std::path::{Path, PathBuf};
 

@@ -36,6 +36,11 @@ pub struct SimConfig {
     /// On-site PV generation, same forms as `load` (default none).
     #[serde(default = "default_sim_pv")]
     pub pv: String,
+    /// Where the PV connects: `ac` (its own inverter, beside the battery's) or `dc` (on the
+    /// battery inverter's DC bus, a hybrid inverter: its AC output, model 103 W, is battery
+    /// plus PV, and a model 704 WSet sets that AC output; model 124 still sets the battery).
+    #[serde(default)]
+    pub pv_coupling: PvCoupling,
     /// Site-meter fault from a moment on, for tests and drills: `exception:CODE@SECS`,
     /// `timeout@SECS` or `value:KW@SECS` (the meter reads KW, saturated to its register).
     #[serde(default)]
@@ -56,6 +61,7 @@ impl Default for SimConfig {
             load: default_sim_load(),
             normal: NormalMode::default(),
             pv: default_sim_pv(),
+            pv_coupling: PvCoupling::default(),
             meter_fault: None,
         }
     }
@@ -70,6 +76,17 @@ pub enum NormalMode {
     SelfConsumption,
     /// Stands by at 0 kW (a commercial battery kept for peaks and dispatches).
     Idle,
+}
+
+/// Where the simulated PV connects (`[sim] pv_coupling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PvCoupling {
+    /// Its own inverter: the battery inverter's output is the battery alone.
+    #[default]
+    Ac,
+    /// The battery inverter's DC bus (a hybrid inverter).
+    Dc,
 }
 
 pub(crate) fn default_sim_listen() -> SocketAddr {

@@ -11,11 +11,13 @@
 //!   discharge limit OutWRte). OutWRte = p, InWRte = −p pins the battery at p % discharge.
 //!   Reverts (StorCtl_Mod := 0) InOutWRte_RvrtTms seconds after the last control write.
 //! - model 704 with WSetEna = 1: hold WSet watts (WSetMod 1) or WSetPct % (WSetMod 0),
-//!   positive = discharge. Reverts (WSetEna := WSetEnaRvrt) WSetRvrtTms seconds after the
+//!   positive = discharge. WSet is the inverter's AC output: with DC-coupled PV
+//!   (`pv_coupling = "dc"`, a hybrid inverter) the battery makes up WSet less the PV. Reverts (WSetEna := WSetEnaRvrt) WSetRvrtTms seconds after the
 //!   last control write.
 
 use super::map::Image;
 pub use crate::config::NormalMode;
+use crate::config::PvCoupling;
 use crate::config::SimConfig;
 use serde::Serialize;
 use std::time::Instant;
@@ -53,6 +55,9 @@ pub(crate) struct Physics {
     pub(crate) load_kw: f64,
     /// On-site generation (kW, ≥ 0).
     pub(crate) pv_kw: f64,
+    /// Where that generation connects: on the battery inverter's DC bus it is part of the
+    /// inverter's AC output (model 103 W) and of a model 704 setpoint.
+    pub(crate) coupling: PvCoupling,
     pub(crate) mode: Mode,
     pub(crate) last_124_write: Option<Instant>,
     pub(crate) last_704_write: Option<Instant>,
@@ -76,6 +81,7 @@ impl Physics {
             target_kw: 0.0,
             load_kw,
             pv_kw,
+            coupling: cfg.pv_coupling,
             mode: Mode::Normal,
             last_124_write: None,
             last_704_write: None,
@@ -91,6 +97,19 @@ impl Physics {
 impl Physics {
     pub(crate) fn grid_kw(&self) -> f64 {
         self.net_load_kw() - self.battery_kw
+    }
+
+    /// PV on the battery inverter's DC bus (0 when it has its own inverter).
+    fn dc_pv_kw(&self) -> f64 {
+        match self.coupling {
+            PvCoupling::Ac => 0.0,
+            PvCoupling::Dc => self.pv_kw,
+        }
+    }
+
+    /// The battery inverter's AC output: the battery, plus DC-coupled PV.
+    pub(crate) fn inverter_ac_kw(&self) -> f64 {
+        self.battery_kw + self.dc_pv_kw()
     }
 
     /// What the site draws before the battery: consumption less generation.
@@ -115,7 +134,7 @@ impl Physics {
             } else {
                 img.get(704, "WSet").unwrap_or(0.0) / 1000.0
             };
-            (Mode::Remote704, t)
+            (Mode::Remote704, t - self.dc_pv_kw())
         } else if let Some(bits) = img.raw(124, "StorCtl_Mod").filter(|b| *b != 0) {
             let wmax = img.get(124, "WChaMax").unwrap_or(max * 1000.0) / 1000.0;
             let mut lo = -max;
@@ -197,7 +216,7 @@ impl Physics {
 
     /// Publish the measured values into the register image.
     pub(crate) fn publish(&self, img: &mut Image) {
-        img.set(103, "W", self.battery_kw * 1000.0);
+        img.set(103, "W", self.inverter_ac_kw() * 1000.0);
         img.set(203, "W", self.grid_kw() * 1000.0);
         // acc32 with TotWh_SF = 0: whole Wh, wrapping like a real counter.
         img.set_raw(
@@ -246,6 +265,7 @@ mod tests {
             target_kw: 0.0,
             load_kw: 4.0,
             pv_kw: 0.0,
+            coupling: PvCoupling::Ac,
             normal: NormalMode::SelfConsumption,
             mode: Mode::Normal,
             last_124_write: None,
@@ -308,6 +328,32 @@ mod tests {
             (p.battery_kw, p.grid_kw()),
             (0.0, -3.0),
             "a full battery exports"
+        );
+    }
+
+    /// A hybrid inverter: the PV on its DC bus shows in its AC output (model 103 W), a
+    /// model 704 WSet sets that AC output, and model 124 sets the battery alone.
+    #[test]
+    fn dc_coupled_pv_is_part_of_the_inverters_output() {
+        let (mut p, mut img) = site();
+        (p.pv_kw, p.coupling, p.ramp_kw_per_s) = (3.0, PvCoupling::Dc, 100.0);
+        let now = Instant::now();
+        img.set_raw(124, "StorCtl_Mod", 3);
+        img.set(124, "OutWRte", 40.0);
+        img.set(124, "InWRte", -40.0);
+        p.step(&mut img, now, 1.0, None);
+        p.publish(&mut img);
+        // 4 kW of battery plus 3 kW of PV against 4 kW of load: 3 kW exported.
+        assert_eq!((p.battery_kw, p.grid_kw()), (4.0, -3.0));
+        assert_eq!(img.get(103, "W"), Some(7000.0));
+        img.set_raw(124, "StorCtl_Mod", 0);
+        img.set_raw(704, "WSetMod", 1);
+        img.set_raw(704, "WSetEna", 1);
+        img.set(704, "WSet", 4000.0);
+        p.step(&mut img, now, 1.0, None);
+        assert_eq!(
+            (p.mode, p.battery_kw, p.grid_kw()),
+            (Mode::Remote704, 1.0, 0.0)
         );
     }
 }
