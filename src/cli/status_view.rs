@@ -455,6 +455,12 @@ fn safety_notes(d: Option<&DeviceReport>, label: &str, v: &View, max: usize) -> 
         );
         out.push(fit(&line, max));
     }
+    if let Some(kw) = d.hidden_generation_kw {
+        let line = format!(
+            "{label}: * reads {kw:.1} kW over its setpoint: DC-side PV, not counted as load"
+        );
+        out.push(fit(&line, max));
+    }
     if d.no_reversion {
         let line =
             format!("{label}: * device cannot revert by itself; `leap-edge release` hands it back");

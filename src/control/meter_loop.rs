@@ -3,7 +3,8 @@
 //! kept in status and retried on the next period (SCENARIOS 20), and a command that does
 //! not change is still re-written before the device's reversion timeout (SPEC §2.10).
 
-use super::law::{Decision, Flags, Limits, decide};
+use super::hidden::HiddenGeneration;
+use super::law::{Decision, Flags, Limits, decide, grid_floor_kw};
 use super::sanity::{blind_reason, recordable, stale_reason};
 use super::status::{CommandSummary, ControlEvent, MeterStatus};
 use crate::clock::Clock;
@@ -87,6 +88,8 @@ pub(crate) struct MeterLoop {
     last_write: Option<LastWrite>,
     last_read: Option<Instant>,
     last_flags: Flags,
+    /// Generation the battery's reading includes but its setpoint does not make.
+    hidden: HiddenGeneration,
     last_logged_error: Option<(String, Instant)>,
 }
 
@@ -110,6 +113,7 @@ impl MeterLoop {
             last_write: None,
             last_read: None,
             last_flags: Flags::default(),
+            hidden: HiddenGeneration::default(),
             last_logged_error: None,
         }
     }
@@ -268,7 +272,8 @@ impl MeterLoop {
         self.see_again(cmd);
         self.account(cmd, &tel);
         let now = self.clock.now();
-        let d = decide(cmd, now, &tel, limits, &self.s.site);
+        let hidden_kw = self.observe_hidden(cmd, &tel);
+        let d = decide(cmd, now, &tel, limits, &self.s.site, hidden_kw);
         self.log_flag_changes(cmd, &d);
         {
             let mut st = self.lock();
@@ -423,6 +428,20 @@ impl MeterLoop {
         }
     }
 
+    /// What the reading shows beyond the setpoint the device holds (`hidden.rs`).
+    fn observe_hidden(&mut self, cmd: &Command, tel: &Telemetry) -> f64 {
+        let below_floor = tel
+            .grid_kw
+            .map_or(0.0, |g| (grid_floor_kw(cmd) - g).max(0.0));
+        match (&self.last_write, tel.battery_kw) {
+            (Some(w), Some(b)) => self.hidden.observe(w.setpoint_kw, b, below_floor),
+            _ => {
+                self.hidden.no_setpoint();
+                self.hidden.kw()
+            }
+        }
+    }
+
     /// Issue 14: the interval recorder gets every reading the loop takes.
     fn hand_reading(&self, tel: &Telemetry, at: chrono::DateTime<chrono::Utc>) {
         let limits = Limits::merge(tel, self.s.nameplate);
@@ -460,6 +479,16 @@ impl MeterLoop {
                 d.site_load_kw, d.setpoint_kw, d.bound
             );
             self.push_event(cmd, "export-unavoidable", &detail);
+        }
+        if now.hidden_generation && !was.hidden_generation {
+            tracing::warn!(%meter_id, %event_id, hidden_kw = d.hidden_generation_kw,
+                setpoint_kw = d.setpoint_kw,
+                "control: the battery's power reading is above its setpoint by more than it can explain; taken as generation behind the inverter (DC-coupled PV?) and kept out of the site load");
+            let detail = format!(
+                "the battery reads {:.1} kW above its setpoint: taken as generation on the inverter's DC side and not counted as site load, so it is not exported",
+                d.hidden_generation_kw
+            );
+            self.push_event(cmd, "hidden-generation", &detail);
         }
         if now.soc_unknown && !was.soc_unknown {
             tracing::warn!(%meter_id, %event_id,

@@ -11,7 +11,7 @@ use crate::device_common;
 
 use chrono::{DateTime, Duration, Utc};
 use leap_edge::clock::SystemClock;
-use leap_edge::config::{Config, SimConfig};
+use leap_edge::config::{Config, PvCoupling, SimConfig};
 use leap_edge::control::ControlCommander;
 use leap_edge::daemon::{self, Parts, Running};
 use leap_edge::seam::StatusSource;
@@ -212,6 +212,47 @@ async fn solar_surplus_is_absorbed_not_exported_during_an_up_to_site_load_event(
         device_common::eventually(StdDuration::from_secs(10), || s.sim.snapshot().mode
             == Mode::Normal)
         .await
+    );
+    s.stop().await;
+}
+
+/// A hybrid inverter with 10 kW of PV on its DC bus: its output reading (model 103 W) is
+/// battery plus PV, while model 124 sets the battery alone. Taking that reading for the
+/// battery, the site load looks 10 kW higher than what the battery must cover, and an
+/// up-to-site-load event would export the PV less the margin for as long as it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dc_coupled_pv_on_a_hybrid_inverter_is_not_exported_under_no_export() {
+    let cfg = SimConfig {
+        load: "constant:30".into(),
+        pv: "constant:10".into(),
+        pv_coupling: PvCoupling::Dc,
+        ..device_common::sim_cfg()
+    };
+    let s = site(cfg, "").await;
+    let start = Utc::now() + Duration::milliseconds(1000);
+    s.award("hybrid-1", 40.0, start, 8).await;
+    // The first written setpoint cannot know the PV; from the reading after it on, the
+    // battery's excess over its setpoint is taken as generation the battery does not make.
+    let learned = start + Duration::milliseconds(3 * PERIOD_MS);
+    let end = start + Duration::seconds(8);
+    let (first_secs, _) = export_between(&s.sim, start, learned).await;
+    let (export_secs, min_grid) =
+        export_between(&s.sim, learned, end - Duration::milliseconds(200)).await;
+    let x = s.sim.snapshot();
+    eprintln!(
+        "HYBRID: export in the first three control periods {first_secs:.2} s, after them {export_secs:.2} s (lowest grid {min_grid:.2} kW); battery {:.2} kW, grid {:.2} kW",
+        x.battery_kw, x.grid_kw
+    );
+    assert_eq!(export_secs, 0.0, "exported (lowest grid {min_grid} kW)");
+    // The award is still delivered up to the site's net load: 30 − 10 − 0.5 margin.
+    assert!((x.battery_kw - 19.5).abs() < 0.1, "{x:?}");
+    let st = s.cc.status().meter(M1).unwrap();
+    let d = st.last_decision.expect("a decision");
+    assert!((d.hidden_generation_kw - 10.0).abs() < 0.1, "{d:?}");
+    let audit = s.safety_audit("hidden-generation").await;
+    assert!(
+        audit.iter().any(|d| d.starts_with("hidden-generation")),
+        "{audit:?}"
     );
     s.stop().await;
 }
