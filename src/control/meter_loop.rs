@@ -3,8 +3,9 @@
 //! kept in status and retried on the next period (SCENARIOS 20), and a command that does
 //! not change is still re-written before the device's reversion timeout (SPEC §2.10).
 
+use super::frozen::FrozenMeter;
 use super::hidden::HiddenGeneration;
-use super::law::{Decision, Flags, Limits, decide, grid_floor_kw};
+use super::law::{Decision, Flags, Limits, allowed_export_kw, decide, grid_floor_kw};
 use super::sanity::{blind_reason, recordable, stale_reason};
 use super::status::{CommandSummary, ControlEvent, MeterStatus};
 use crate::clock::Clock;
@@ -90,6 +91,8 @@ pub(crate) struct MeterLoop {
     last_flags: Flags,
     /// Generation the battery's reading includes but its setpoint does not make.
     hidden: HiddenGeneration,
+    /// Whether the site meter still sees the battery (`frozen.rs`).
+    frozen: FrozenMeter,
     last_logged_error: Option<(String, Instant)>,
 }
 
@@ -114,6 +117,7 @@ impl MeterLoop {
             last_read: None,
             last_flags: Flags::default(),
             hidden: HiddenGeneration::default(),
+            frozen: FrozenMeter::default(),
             last_logged_error: None,
         }
     }
@@ -166,6 +170,7 @@ impl MeterLoop {
         // A new command starts its own flag transitions and violation accounting.
         self.last_flags = Flags::default();
         self.last_read = None;
+        self.frozen.reset();
         self.lock().command = summary;
     }
 
@@ -259,8 +264,17 @@ impl MeterLoop {
             }
         };
         let limits = Limits::merge(&tel, self.s.nameplate);
+        // SPEC §2.13: the site meter is needed under a no-export bound.
+        let frozen = if allowed_export_kw(cmd) == 0.0 {
+            self.frozen
+                .observe(tel.grid_kw, tel.battery_kw, Instant::now())
+        } else {
+            self.frozen.reset();
+            None
+        };
         let untrusted = stale_reason(took, self.s.period)
-            .or_else(|| blind_reason(cmd, &tel, limits, &self.s.site));
+            .or_else(|| blind_reason(cmd, &tel, limits, &self.s.site))
+            .or(frozen);
         if let Some(why) = untrusted {
             {
                 let mut st = self.lock();

@@ -9,6 +9,7 @@
 //! `status()` as a `/metrics`+`/healthz` source and `status().snapshot()` for `status`,
 //! and `shutdown(timeout)` after dispatch has stopped.
 
+mod frozen;
 mod hidden;
 pub(crate) mod law;
 pub(crate) mod loops;

@@ -359,6 +359,51 @@ async fn a_stuck_meter_register_hands_the_battery_back() {
     assert_eq!(meter_fault_mid_event(MeterFault::Value(327.67)).await, 0.0);
 }
 
+/// A meter gateway that lost its meter keeps serving the last value it had: 20 kW import,
+/// while the load has fallen to 5 kW. The range checks pass; the battery moving by kW while
+/// the meter does not move at all gives it away (SPEC §2.13, `src/control/frozen.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_frozen_at_a_plausible_value_hands_the_battery_back() {
+    let cfg = SimConfig {
+        normal: leap_edge::config::NormalMode::Idle,
+        ..device_common::sim_cfg()
+    };
+    let s = site(cfg, "service_kw = 100").await;
+    s.sim.set_meter_fault(Some(MeterFault::Value(20.0)));
+    s.sim.set_load(Some(5.0));
+    let start = Utc::now() + Duration::milliseconds(1000);
+    s.award("frozen-1", 30.0, start, 30).await;
+    // Three readings and 5 s with the battery moving: handed back at the first reading
+    // after that.
+    let (early_secs, _) = export_between(&s.sim, start, start + Duration::milliseconds(6500)).await;
+    let x = s.sim.snapshot();
+    assert_eq!(x.mode, Mode::Normal, "not handed back: {x:?}");
+    let (late_secs, _) = export_between(
+        &s.sim,
+        start + Duration::milliseconds(6500),
+        start + Duration::seconds(9),
+    )
+    .await;
+    eprintln!("FROZEN: export before the hand-back {early_secs:.2} s, after it {late_secs:.2} s");
+    assert_eq!(late_secs, 0.0);
+    let blind = s.cc.status().meter(M1).unwrap().blind.expect("blind");
+    assert!(blind.contains("exactly 20.000 kW"), "{blind}");
+    let audit = s.safety_audit("blind").await;
+    assert!(audit.iter().any(|d| d.contains("frozen")), "{audit:?}");
+    // The meter measures again: the loop resumes by itself.
+    s.sim.set_meter_fault(None);
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            let x = s.sim.snapshot();
+            x.mode == Mode::Remote124 && (x.battery_kw - 4.5).abs() < 0.05
+        })
+        .await,
+        "did not resume: {:?}",
+        s.sim.snapshot()
+    );
+    s.stop().await;
+}
+
 // ---- SCENARIOS on the registers (issue 9 point 9): what the simulated site meter shows ----
 
 /// Sim samples (wall time, snapshot) every 20 ms until `until`.
