@@ -226,7 +226,13 @@ fn upsert(
         form,
     };
     let Some(e) = existing else {
-        w.insert_new(source)?;
+        // SPEC §2.4: a cancellation that came first, rejected for its other fields, is
+        // final too: the timeslot is stored, cancelled, as an un-cancel conflict.
+        if !slot.cancelled && w.cancelled_before()? {
+            w.insert_new(source, true)?;
+            return Ok(SlotResult::Conflict);
+        }
+        w.insert_new(source, false)?;
         return Ok(SlotResult::New);
     };
     // SPEC §2.3: the same content (and the same group lists) again is a duplicate.
@@ -293,25 +299,39 @@ impl Write<'_> {
         Ok(())
     }
 
-    fn insert_new(&self, source: Source) -> Result<(), StoreError> {
+    /// `cancelled_earlier`: a rejected revision cancelled this event before it was stored;
+    /// the timeslot is then cancelled for good and its first revision is a conflict.
+    fn insert_new(&self, source: Source, cancelled_earlier: bool) -> Result<(), StoreError> {
         exec(
             self.tx,
             "INSERT INTO timeslots (kind, event_id, content, start_time, end_time, cancelled_final,
-               revisions, first_received, last_received, first_source, meter_group)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8, ?9)",
+               revisions, first_received, last_received, first_source, meter_group, conflict)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8, ?9, ?10)",
             params![
                 self.kind(),
                 self.slot.event_id,
                 self.form.content,
                 ts(self.slot.start_time),
                 ts(self.slot.end_time),
-                self.slot.cancelled,
+                self.slot.cancelled || cancelled_earlier,
                 self.now,
                 source.as_str(),
-                self.form.key()
+                self.form.key(),
+                cancelled_earlier
             ],
         )?;
-        self.add_revision(self.tx.last_insert_rowid(), 1, false)
+        self.add_revision(self.tx.last_insert_rowid(), 1, cancelled_earlier)
+    }
+
+    /// Whether a rejected revision of this event said `cancelled: true`.
+    fn cancelled_before(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM rejected_timeslots
+                 WHERE cancels = 1 AND kind = ?1 AND event_id = ?2)",
+            )?
+            .query_row(params![self.kind(), self.slot.event_id], |r| r.get(0))?)
     }
 
     fn count_duplicate(&self, row: i64) -> Result<(), StoreError> {
@@ -415,8 +435,8 @@ fn record_rejected(
     exec(
         tx,
         "INSERT INTO rejected_timeslots (kind, event_id, meter_ids, reason, raw, notification_id,
-           times_seen, first_received, last_received)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)
+           times_seen, first_received, last_received, cancels)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8)
          ON CONFLICT (raw) DO UPDATE SET times_seen = times_seen + 1, last_received = ?7",
         params![
             rej.kind.as_str(),
@@ -425,7 +445,8 @@ fn record_rejected(
             rej.reason,
             raw,
             nid,
-            now
+            now,
+            rej.cancels && rej.event_id.is_some()
         ],
     )?;
     Ok(())

@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_intervals.sql")),
     (6, include_str!("migrations/0006_meter_groups.sql")),
     (7, include_str!("migrations/0007_revisions_by_slot.sql")),
+    (8, include_str!("migrations/0008_rejected_cancels.sql")),
 ];
 
 /// The schema version this build writes and reads.
@@ -151,6 +152,48 @@ mod tests {
         }
     }
 
+    /// Migration 8 marks the rejected revisions stored before it that cancel an event, so
+    /// an original arriving after the upgrade is still stored cancelled (SPEC §2.4).
+    #[test]
+    fn rejected_cancellations_stored_before_migration_8_still_cancel() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 7) {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", v).unwrap();
+        }
+        let rows = [
+            (
+                "E1",
+                r#"{"meter_event_id":"E1","cancelled":true,"energy_kw":0}"#,
+            ),
+            (
+                "E2",
+                r#"{"meter_event_id":"E2","cancelled":false,"energy_kw":0}"#,
+            ),
+            ("E3", r#"{"meter_event_id":"E3","cancelled":"true"}"#),
+        ];
+        for (id, raw) in rows {
+            conn.execute(
+                "INSERT INTO rejected_timeslots (kind, event_id, meter_ids, reason, raw,
+                   notification_id, times_seen, first_received, last_received)
+                 VALUES ('meter', ?1, '[]', 'r', ?2, 1, 1, 'a', 'a')",
+                [id, raw],
+            )
+            .unwrap();
+        }
+        apply(&mut conn).unwrap();
+        let cancels: Vec<(String, bool)> = conn
+            .prepare("SELECT event_id, cancels FROM rejected_timeslots ORDER BY event_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let want = [("E1", true), ("E2", false), ("E3", false)];
+        let want: Vec<(String, bool)> = want.iter().map(|(e, c)| (e.to_string(), *c)).collect();
+        assert_eq!(cancels, want, "only a JSON true cancels, as at ingest");
+    }
+
     /// Migration 6 on a real version-5 file with rows: group lists move to `meter_groups`
     /// (stored once), every read sees the same timeslots and revisions as before, and a
     /// redelivery after the upgrade is still a duplicate (SPEC §2.3).
@@ -167,7 +210,7 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 7);
+        assert_eq!(version, latest());
         let all = query::all_timeslots(&conn).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].timeslot, group, "the same timeslot, lists and all");

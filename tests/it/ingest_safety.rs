@@ -137,6 +137,46 @@ async fn a_cancellation_with_otherwise_invalid_fields_cancels_an_active_timeslot
     s.running.stop().await;
 }
 
+/// SPEC §2.4 out of order: the original's delivery failed (a 503 or a timeout), its
+/// cancellation got through — rejected for its other fields, but it still cancels — and
+/// Leap's retry of the original comes last. The timeslot must be stored cancelled, not
+/// re-armed by the older revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_cancellation_before_its_original_keeps_it_cancelled() {
+    let s = site().await;
+    let (start, end) = (at(1_500), at(120_000));
+    let cancel = slot(
+        "ev-late",
+        start,
+        end,
+        json!({"cancelled": true, "energy_kw": 0.0}),
+    );
+    let body = s.post(&note(vec![cancel])).await;
+    assert_eq!(body["rejected"], 1, "{body}");
+    let body = s
+        .post(&note(vec![slot("ev-late", start, end, json!({}))]))
+        .await;
+    assert_eq!(
+        (body["new"].as_u64(), body["conflict"].as_u64()),
+        (Some(0), Some(1)),
+        "{body}"
+    );
+    let c = leap_edge::store::open_read_only(&s.dir.path().join("leap-edge.db")).unwrap();
+    let all = leap_edge::store::query::all_timeslots(&c).unwrap();
+    let stored = all
+        .iter()
+        .find(|t| t.timeslot.event_id == "ev-late")
+        .unwrap();
+    assert!(stored.cancelled_final && stored.conflict, "{stored:?}");
+    // Past its start nothing was applied.
+    assert!(
+        !s.wait_for(applied, 3).await,
+        "re-armed: {:?}",
+        s.rec.calls()
+    );
+    s.running.stop().await;
+}
+
 fn warned(t: &Value, needle: &str) -> bool {
     t["warnings"]
         .as_array()
