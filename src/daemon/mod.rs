@@ -177,7 +177,8 @@ fn build_app(
     let shared = Shared {
         live: Arc::new(LiveConfig::new(config.clone())),
         status: Arc::new(StatusBoard::default()),
-        changes: ChangeSignal::default(),
+        // The store bumps it after each commit that changed a timeslot (`writer.rs`).
+        changes: store.changes(),
         uplink,
     };
     if let Some(w) = &shared.uplink {

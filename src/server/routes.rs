@@ -395,9 +395,7 @@ async fn commit(
     };
     count_outcome(&app.metrics, &outcome, received_at);
     log_outcome(&outcome, peer);
-    if outcome.changed() {
-        app.changes.bump();
-    }
+    // Dispatch was woken by the store's writer after the commit (`Store::changes`).
     let mut body = serde_json::to_value(&outcome).unwrap_or_default();
     body["status"] = json!("ok");
     (json_response(StatusCode::OK, body), RequestResult::Accepted)

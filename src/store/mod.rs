@@ -15,6 +15,7 @@ mod writer;
 pub use ingest::{IngestOutcome, IngestRecord, Source};
 pub(crate) use writer::BatchStats;
 
+use crate::seam::ChangeSignal;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -193,6 +194,12 @@ impl Store {
     /// Group-commit counters (issue 17): commits and the notifications they held.
     pub fn batch_stats(&self) -> &BatchStats {
         &self.stats
+    }
+
+    /// Bumped after every commit that changed a timeslot through [`Store::ingest`],
+    /// whether or not the caller is still waiting for the answer.
+    pub(crate) fn changes(&self) -> ChangeSignal {
+        self.stats.changes.clone()
     }
 
     /// Writes waiting for the owner thread (ingests and jobs).

@@ -7,17 +7,22 @@
 use super::checkpoint::Nudge;
 use super::ingest::{self, IngestOutcome, Prepared};
 use super::{Job, StoreError};
+use crate::seam::ChangeSignal;
 use rusqlite::{Connection, TransactionBehavior};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Counts for `/metrics`: notifications per commit is what group commit buys.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct BatchStats {
     /// Ingest transactions committed.
     pub commits: AtomicU64,
     /// Notifications acknowledged by those commits.
     pub notifications: AtomicU64,
+    /// Bumped here, after the commit, when a batch changed a timeslot: a request whose
+    /// client hung up before its answer (its future dropped while the batch committed)
+    /// must still wake dispatch, not leave the change to the next periodic replan.
+    pub(crate) changes: ChangeSignal,
 }
 
 /// Most notifications in one transaction: bounds the time a commit keeps the write lock
@@ -122,6 +127,12 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Box<Prepared>, Reply)>, stats
     match committed {
         Ok(()) => {
             let stored = results.iter().filter(|r| r.is_ok()).count();
+            if results
+                .iter()
+                .any(|r| r.as_ref().is_ok_and(|o| o.changed()))
+            {
+                stats.changes.bump();
+            }
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
                 .notifications

@@ -177,6 +177,37 @@ async fn a_rejected_cancellation_before_its_original_keeps_it_cancelled() {
     s.running.stop().await;
 }
 
+/// A sender that hangs up while its notification waits for the database (Leap gives up
+/// after 10 s): the notification is committed anyway, and dispatch must act on it at
+/// once, not at the next periodic replan a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_whose_sender_hung_up_is_dispatched_at_once() {
+    let s = site().await;
+    let store = s.running.app.store.clone();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        store
+            .call(move |_| {
+                let _ = started_tx.send(());
+                let _ = go_rx.recv();
+                Ok(())
+            })
+            .await
+    });
+    started_rx.await.unwrap();
+    let body = note(vec![slot("ev-hung", at(500), at(120_000), json!({}))]).to_string();
+    let hung = tokio::time::timeout(std::time::Duration::from_millis(500), s.client.post(&body));
+    assert!(hung.await.is_err(), "answered while the writer was held");
+    drop(go_tx);
+    assert!(
+        s.wait_for(applied, 5).await,
+        "not dispatched within 5 s: {:?}",
+        s.rec.calls()
+    );
+    s.running.stop().await;
+}
+
 fn warned(t: &Value, needle: &str) -> bool {
     t["warnings"]
         .as_array()
