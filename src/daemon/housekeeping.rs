@@ -100,9 +100,7 @@ impl Housekeeping {
 
     /// SQLite `quick_check` (`[schedule] integrity`).
     pub(crate) async fn integrity(&self, store: &Store) {
-        let check = store
-            .call(|c| Ok(c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))?))
-            .await;
+        let check = store.quick_check().await;
         let problem = match check {
             Ok(s) if s == "ok" => None,
             Ok(s) => Some(s),

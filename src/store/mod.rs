@@ -196,6 +196,21 @@ impl Store {
         &self.stats
     }
 
+    /// SQLite `quick_check` on a connection of its own, on a blocking thread: it reads the
+    /// whole database (seconds to minutes on a large file and slow flash), and on the
+    /// writer it would hold every ingest and every dispatch audit row behind it. In WAL
+    /// mode a reader does not block the writer. Returns SQLite's answer ("ok" when sound).
+    pub async fn quick_check(&self) -> Result<String, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_read_only(&path)?;
+            bound_caches(&conn)?;
+            Ok(conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))?)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("integrity check thread: {e}")))?
+    }
+
     /// Bumped after every commit that changed a timeslot through [`Store::ingest`],
     /// whether or not the caller is still waiting for the answer.
     pub(crate) fn changes(&self) -> ChangeSignal {

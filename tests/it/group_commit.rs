@@ -141,3 +141,19 @@ async fn a_batch_that_cannot_commit_answers_each_request_with_an_error() {
     drop(store);
     thread.closed().await;
 }
+
+/// The daily integrity check reads the whole file: it runs on a connection of its own, so
+/// it neither waits for nor holds up the writer (ingests, dispatch audit rows).
+#[tokio::test]
+async fn the_integrity_check_does_not_queue_behind_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leap-edge.db");
+    let (store, thread) = Store::open(&path).unwrap();
+    store.ingest(record(note("A", 5.0))).await.unwrap();
+    let go = hold_writer(&store).await;
+    let check = tokio::time::timeout(Duration::from_secs(5), store.quick_check()).await;
+    assert_eq!(check.expect("waited for the writer").unwrap(), "ok");
+    drop(go);
+    drop(store);
+    thread.closed().await;
+}
