@@ -456,9 +456,8 @@ fn safety_notes(d: Option<&DeviceReport>, label: &str, v: &View, max: usize) -> 
         out.push(fit(&line, max));
     }
     if let Some(kw) = d.hidden_generation_kw {
-        let line = format!(
-            "{label}: * reads {kw:.1} kW over its setpoint: DC-side PV, not counted as load"
-        );
+        let line =
+            format!("{label}: * reading settled {kw:.1} kW over setpoint: DC-side PV, not load");
         out.push(fit(&line, max));
     }
     if d.no_reversion {

@@ -366,15 +366,6 @@ pub(crate) fn allowed_export_kw(cmd: &Command) -> f64 {
     }
 }
 
-/// The lowest grid power (import positive) the command allows: the no-export margin, or
-/// minus the export permit.
-pub(crate) fn grid_floor_kw(cmd: &Command) -> f64 {
-    match allowed_export_kw(cmd) {
-        0.0 => finite_or_zero(cmd.import_margin_kw).max(0.0),
-        export => -export,
-    }
-}
-
 fn finite_or_zero(v: f64) -> f64 {
     if v.is_finite() { v } else { 0.0 }
 }

@@ -5,7 +5,7 @@
 
 use super::frozen::FrozenMeter;
 use super::hidden::HiddenGeneration;
-use super::law::{Decision, Flags, Limits, allowed_export_kw, decide, grid_floor_kw};
+use super::law::{Decision, Flags, Limits, allowed_export_kw, decide};
 use super::sanity::{blind_reason, recordable, stale_reason};
 use super::status::{CommandSummary, ControlEvent, MeterStatus};
 use crate::clock::Clock;
@@ -171,6 +171,7 @@ impl MeterLoop {
         self.last_flags = Flags::default();
         self.last_read = None;
         self.frozen.reset();
+        self.hidden.reset();
         self.lock().command = summary;
     }
 
@@ -264,8 +265,9 @@ impl MeterLoop {
             }
         };
         let limits = Limits::merge(&tel, self.s.nameplate);
-        // SPEC §2.13: the site meter is needed under a no-export bound.
-        let frozen = if allowed_export_kw(cmd) == 0.0 {
+        // SPEC §2.13: the site meter is needed under a no-export bound. A device that holds
+        // the grid itself keeps it steady while its battery moves, by design.
+        let frozen = if allowed_export_kw(cmd) == 0.0 && !self.battery.regulates_grid() {
             self.frozen
                 .observe(tel.grid_kw, tel.battery_kw, Instant::now())
         } else {
@@ -286,7 +288,7 @@ impl MeterLoop {
         self.see_again(cmd);
         self.account(cmd, &tel);
         let now = self.clock.now();
-        let hidden_kw = self.observe_hidden(cmd, &tel);
+        let hidden_kw = self.observe_hidden(&tel);
         let d = decide(cmd, now, &tel, limits, &self.s.site, hidden_kw);
         self.log_flag_changes(cmd, &d);
         {
@@ -302,7 +304,9 @@ impl MeterLoop {
         if !self.write_due(held) {
             return Ok(());
         }
-        self.write(&d, held).await
+        self.write(&d, held).await?;
+        self.hidden.wrote(d.setpoint_kw, tel.battery_kw);
+        Ok(())
     }
 
     async fn write(&mut self, d: &Decision, held: f64) -> Result<(), DeviceError> {
@@ -442,15 +446,16 @@ impl MeterLoop {
         }
     }
 
-    /// What the reading shows beyond the setpoint the device holds (`hidden.rs`).
-    fn observe_hidden(&mut self, cmd: &Command, tel: &Telemetry) -> f64 {
-        let below_floor = tel
-            .grid_kw
-            .map_or(0.0, |g| (grid_floor_kw(cmd) - g).max(0.0));
+    /// What the reading shows beyond the setpoint the device holds (`hidden.rs`). A device
+    /// that holds the grid itself moves its battery to do so: nothing to measure.
+    fn observe_hidden(&mut self, tel: &Telemetry) -> f64 {
+        if self.battery.regulates_grid() {
+            return 0.0;
+        }
         match (&self.last_write, tel.battery_kw) {
-            (Some(w), Some(b)) => self.hidden.observe(w.setpoint_kw, b, below_floor),
+            (Some(w), Some(b)) => self.hidden.observe(w.setpoint_kw, b, Instant::now()),
             _ => {
-                self.hidden.no_setpoint();
+                self.hidden.interrupted();
                 self.hidden.kw()
             }
         }
@@ -497,9 +502,9 @@ impl MeterLoop {
         if now.hidden_generation && !was.hidden_generation {
             tracing::warn!(%meter_id, %event_id, hidden_kw = d.hidden_generation_kw,
                 setpoint_kw = d.setpoint_kw,
-                "control: the battery's power reading is above its setpoint by more than it can explain; taken as generation behind the inverter (DC-coupled PV?) and kept out of the site load");
+                "control: the battery's power reading has settled above its setpoint; the excess is taken as generation on the inverter's DC side (hybrid PV?) and kept out of the site load");
             let detail = format!(
-                "the battery reads {:.1} kW above its setpoint: taken as generation on the inverter's DC side and not counted as site load, so it is not exported",
+                "the battery's reading settled {:.1} kW above its setpoint: taken as generation on the inverter's DC side (hybrid PV) and not counted as site load, so it is not exported",
                 d.hidden_generation_kw
             );
             self.push_event(cmd, "hidden-generation", &detail);

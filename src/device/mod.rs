@@ -103,4 +103,10 @@ pub trait Battery: Send {
     fn held_target(&self, kw: f64, _reading: &Telemetry) -> f64 {
         kw
     }
+
+    /// True when the device is steered through a grid target and holds the grid there
+    /// itself (Victron ESS): its battery then moves while the grid stays put, by design.
+    fn regulates_grid(&self) -> bool {
+        false
+    }
 }

@@ -231,16 +231,17 @@ async fn dc_coupled_pv_on_a_hybrid_inverter_is_not_exported_under_no_export() {
     let s = site(cfg, "").await;
     let start = Utc::now() + Duration::milliseconds(1000);
     s.award("hybrid-1", 40.0, start, 8).await;
-    // The first written setpoint cannot know the PV; from the reading after it on, the
-    // battery's excess over its setpoint is taken as generation the battery does not make.
-    let learned = start + Duration::milliseconds(3 * PERIOD_MS);
+    // The first written setpoint cannot know the PV. Once the battery has settled (3
+    // readings over 2 s), its excess over its setpoint is taken as generation it does not
+    // make.
+    let learned = start + Duration::seconds(4);
     let end = start + Duration::seconds(8);
     let (first_secs, _) = export_between(&s.sim, start, learned).await;
     let (export_secs, min_grid) =
         export_between(&s.sim, learned, end - Duration::milliseconds(200)).await;
     let x = s.sim.snapshot();
     eprintln!(
-        "HYBRID: export in the first three control periods {first_secs:.2} s, after them {export_secs:.2} s (lowest grid {min_grid:.2} kW); battery {:.2} kW, grid {:.2} kW",
+        "HYBRID: export in the first 4 s {first_secs:.2} s, after them {export_secs:.2} s (lowest grid {min_grid:.2} kW); battery {:.2} kW, grid {:.2} kW",
         x.battery_kw, x.grid_kw
     );
     assert_eq!(export_secs, 0.0, "exported (lowest grid {min_grid} kW)");
@@ -254,6 +255,53 @@ async fn dc_coupled_pv_on_a_hybrid_inverter_is_not_exported_under_no_export() {
         audit.iter().any(|d| d.starts_with("hidden-generation")),
         "{audit:?}"
     );
+    s.stop().await;
+}
+
+/// A slow battery (3 kW/s) without any PV follows a load drop from 20.5 to 5.5 kW. While
+/// it ramps down it reads above its setpoint; that lag must not be taken for generation,
+/// or the setpoint runs away below 0 and the battery charges from the grid in a
+/// discharge event (SPEC §2.13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_battery_ramping_down_is_not_taken_for_dc_pv() {
+    let cfg = SimConfig {
+        load: "constant:20.5".into(),
+        ramp_kw_per_s: 3.0,
+        ..device_common::sim_cfg()
+    };
+    let s = site(cfg, "").await;
+    let start = Utc::now() + Duration::milliseconds(500);
+    s.award("slow-1", 40.0, start, 20).await;
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            let x = s.sim.snapshot();
+            x.mode == Mode::Remote124 && (x.battery_kw - 20.0).abs() < 0.05
+        })
+        .await,
+        "{:?}",
+        s.sim.snapshot()
+    );
+    s.sim.set_load(Some(5.5));
+    let (mut lowest, mut most_hidden) = (f64::MAX, 0.0f64);
+    let until = Instant::now() + StdDuration::from_secs(10);
+    while Instant::now() < until {
+        lowest = lowest.min(s.sim.snapshot().battery_kw);
+        if let Some(d) = s.cc.status().meter(M1).and_then(|m| m.last_decision) {
+            most_hidden = most_hidden.max(d.hidden_generation_kw);
+        }
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    let x = s.sim.snapshot();
+    eprintln!(
+        "SLOW RAMP: lowest battery {lowest:.2} kW, largest estimate {most_hidden:.2} kW; now battery {:.2} kW, grid {:.2} kW",
+        x.battery_kw, x.grid_kw
+    );
+    assert!(lowest > -0.05, "charged from the grid: {lowest} kW");
+    assert!(
+        most_hidden < 0.5,
+        "lag taken for generation: {most_hidden} kW"
+    );
+    assert!((x.battery_kw - 5.0).abs() < 0.1, "{x:?}");
     s.stop().await;
 }
 

@@ -178,14 +178,16 @@ impl Battery for ModbusBattery {
 
     /// A grid-setpoint device is written `grid + battery - kw` (`power_writes`).
     fn held_target(&self, kw: f64, reading: &Telemetry) -> f64 {
-        let by_grid = self
-            .bound
-            .as_ref()
-            .and_then(|b| b.control.as_ref().ok())
-            .is_some_and(|c| matches!(c.power, Power::Grid(_)));
-        match (by_grid, reading.grid_kw, reading.battery_kw) {
+        match (self.regulates_grid(), reading.grid_kw, reading.battery_kw) {
             (true, Some(grid), Some(battery)) => grid + battery - kw,
             _ => kw,
         }
+    }
+
+    fn regulates_grid(&self) -> bool {
+        self.bound
+            .as_ref()
+            .and_then(|b| b.control.as_ref().ok())
+            .is_some_and(|c| matches!(c.power, Power::Grid(_)))
     }
 }
