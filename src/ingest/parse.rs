@@ -189,26 +189,41 @@ fn str_list(entry: &Map<String, Value>, f: &str) -> Option<Vec<String>> {
 
 /// Issue 9: the same event id twice in one notification. The last occurrence wins (the
 /// order Leap wrote them in is the only order there is), flagged; so a redelivery of the
-/// notification stores the same content again and counts as duplicates.
+/// notification stores the same content again and counts as duplicates. SPEC §2.4: a
+/// cancellation is final even inside one notification, so when an earlier occurrence is
+/// cancelled and the last is not, the last cancelled one goes first: the timeslot is
+/// stored cancelled and the un-cancel after it is recorded as a conflict.
 fn last_occurrence_wins(slots: Vec<Timeslot>) -> Vec<Timeslot> {
     let mut count: HashMap<(Kind, String), usize> = HashMap::new();
+    let mut cancelled: HashMap<(Kind, String), Timeslot> = HashMap::new();
     for t in &slots {
-        *count.entry((t.kind, t.event_id.clone())).or_default() += 1;
+        let key = (t.kind, t.event_id.clone());
+        *count.entry(key.clone()).or_default() += 1;
+        if t.cancelled {
+            cancelled.insert(key, t.clone());
+        }
     }
     let mut seen: HashMap<(Kind, String), usize> = HashMap::new();
     let mut out = Vec::new();
     for mut t in slots {
         let key = (t.kind, t.event_id.clone());
         let n = count[&key];
-        let i = seen.entry(key).or_default();
+        let i = seen.entry(key.clone()).or_default();
         *i += 1;
         if *i < n {
             continue;
         }
         if n > 1 {
-            t.warnings.push(format!(
+            let note = format!(
                 "event id appears {n} times in this notification; the last occurrence is used"
-            ));
+            );
+            if let (false, Some(mut c)) = (t.cancelled, cancelled.remove(&key)) {
+                c.warnings.push(format!(
+                    "event id appears {n} times in this notification; cancelled in one, so it stays cancelled (SPEC §2.4)"
+                ));
+                out.push(c);
+            }
+            t.warnings.push(note);
         }
         out.push(t);
     }

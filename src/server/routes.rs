@@ -443,9 +443,11 @@ fn log_outcome(outcome: &crate::store::IngestOutcome, peer: &str) {
         );
     }
     // A few reasons are enough to diagnose; all of them are in the database (issue 10.5).
-    for reason in outcome.rejected_reasons.iter().take(LOGGED_REJECTIONS) {
+    for (kind, event_id, reason) in outcome.rejected_reasons.iter().take(LOGGED_REJECTIONS) {
         tracing::warn!(
             notification_id = outcome.notification_id,
+            kind,
+            event_id = event_id.as_deref().unwrap_or("(none)"),
             reason,
             "timeslot rejected"
         );

@@ -48,8 +48,9 @@ pub struct IngestOutcome {
     pub(crate) conflict: u32,
     #[serde(skip)]
     pub(crate) conflicts: Vec<String>,
+    /// Each rejected timeslot: (kind, event id when it has one, reason).
     #[serde(skip)]
-    pub(crate) rejected_reasons: Vec<String>,
+    pub(crate) rejected_reasons: Vec<(&'static str, Option<String>, String)>,
     /// The same rejections as a closed set, for the metric labels.
     #[serde(skip)]
     pub(crate) rejected_codes: Vec<crate::ingest::RejectReason>,
@@ -127,7 +128,8 @@ pub(super) fn ingest(tx: &Connection, prep: &Prepared) -> Result<IngestOutcome, 
     for rej in &p.rejected {
         record_rejected(tx, nid, &now, rej)?;
         out.rejected += 1;
-        out.rejected_reasons.push(rej.reason.clone());
+        out.rejected_reasons
+            .push((rej.kind.as_str(), rej.event_id.clone(), rej.reason.clone()));
         out.rejected_codes.push(rej.code);
         if let Some(slot) = cancellation_of(tx, rej)? {
             match upsert(tx, nid, &now, &slot, None, rec.source)? {

@@ -289,3 +289,37 @@ async fn the_same_event_twice_in_one_notification_last_wins_and_a_redelivery_is_
     );
     s.running.stop().await;
 }
+
+/// SPEC §2.4 inside one notification: cancelled, then not. The cancellation was seen, so
+/// it is final: stored cancelled, the un-cancel after it a conflict; again, duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_then_not_in_one_notification_stays_cancelled() {
+    let s = site().await;
+    let (start, end) = (at(1_000), at(120_000));
+    let body = note(vec![
+        slot("ev-cu", start, end, json!({"cancelled": true})),
+        slot("ev-cu", start, end, json!({})),
+    ]);
+    let r = s.post(&body).await;
+    assert_eq!(
+        (r["new"].as_u64(), r["conflict"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    let c = leap_edge::store::open_read_only(&s.dir.path().join("leap-edge.db")).unwrap();
+    let all = leap_edge::store::query::all_timeslots(&c).unwrap();
+    let stored = all.iter().find(|t| t.timeslot.event_id == "ev-cu").unwrap();
+    assert!(stored.cancelled_final && stored.conflict, "{stored:?}");
+    let r = s.post(&body).await;
+    assert_eq!(
+        (r["new"].as_u64(), r["duplicate"].as_u64()),
+        (Some(0), Some(2)),
+        "{r}"
+    );
+    assert!(
+        !s.wait_for(applied, 2).await,
+        "re-armed: {:?}",
+        s.rec.calls()
+    );
+    s.running.stop().await;
+}
