@@ -323,8 +323,11 @@ pub(crate) fn default_metrics_listen() -> SocketAddr {
 pub(crate) fn default_max_meter_ids() -> usize {
     20_000
 }
+/// About what a 1 MiB body holds of meter timeslots: SPEC §2.2 refuses a notification
+/// for its size, so a count bound below that would refuse a fleet-wide event (one URL per
+/// account, §2.12) that the size bound lets in.
 pub(crate) fn default_max_timeslots() -> usize {
-    200
+    2_000
 }
 pub(crate) fn default_max_timeslot_hours() -> u32 {
     24

@@ -23,8 +23,9 @@ async fn oversized_notifications_are_refused_naming_the_limit() {
         .map(|k| {
             serde_json::json!({
                 "market_group_event_id": format!("g-{k}"),
-                "start_time": (start + chrono::Duration::hours(k)).to_rfc3339(),
-                "end_time": (start + chrono::Duration::hours(k + 1)).to_rfc3339(),
+                // 20 minutes each: all 2,000 within `max_start_ahead_days`.
+                "start_time": (start + chrono::Duration::minutes(20 * k)).to_rfc3339(),
+                "end_time": (start + chrono::Duration::minutes(20 * k + 20)).to_rfc3339(),
                 "energy_kw": 5.0,
             })
         })
@@ -62,7 +63,7 @@ async fn oversized_notifications_are_refused_naming_the_limit() {
     let log = d.log();
     assert!(log.matches("timeslot rejected").count() <= 3, "{log}");
 
-    // The most the defaults let one notification store: 200 timeslots of a 100-meter group
+    // The most the defaults let one notification store: 2,000 timeslots of a 10-meter group
     // (20,000 meter-id references).
     let bytes = |d: &Daemon| -> i64 {
         d.db()
@@ -74,13 +75,14 @@ async fn oversized_notifications_are_refused_naming_the_limit() {
             .unwrap()
     };
     let before_db = bytes(&d);
-    let ids: Vec<String> = (0..100).map(|i| format!("{i:036}")).collect();
-    let slots: Vec<serde_json::Value> = (0..200)
+    let ids: Vec<String> = (0..10).map(|i| format!("{i:036}")).collect();
+    let slots: Vec<serde_json::Value> = (0..2_000)
         .map(|k| {
             serde_json::json!({
                 "market_group_event_id": format!("max-{k}"),
-                "start_time": (start + chrono::Duration::hours(k)).to_rfc3339(),
-                "end_time": (start + chrono::Duration::hours(k + 1)).to_rfc3339(),
+                // 20 minutes each: all 2,000 within `max_start_ahead_days`.
+                "start_time": (start + chrono::Duration::minutes(20 * k)).to_rfc3339(),
+                "end_time": (start + chrono::Duration::minutes(20 * k + 20)).to_rfc3339(),
                 "energy_kw": 5.0, "programs": ["DRAM"], "dispatch_event_types": ["day-ahead"],
             })
         })
@@ -90,7 +92,7 @@ async fn oversized_notifications_are_refused_naming_the_limit() {
     })
     .to_string();
     let r = c.post(&body).await;
-    assert_eq!(r.body["new"], 200, "{}", r.text);
+    assert_eq!(r.body["new"], 2_000, "{}", r.text);
     let grown = bytes(&d) - before_db;
     eprintln!(
         "a notification at the limits: {} kB sent, database +{} kB",
