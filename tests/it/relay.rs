@@ -97,9 +97,9 @@ fn bad_input_is_answered_exactly_as_a_gateway_answers_and_nothing_is_queued() {
     let g = Gateway::start();
     let relay = Relay::start(&[spec("site", &g, &["M1"])]);
     let good = json!({"meter_dispatches": [meter_entry("M1", &["e1"])]}).to_string();
-    // One timeslot over the default limits.max_timeslots (200), far under max_body_bytes:
+    // One timeslot over the default limits.max_timeslots (2,000), under max_body_bytes:
     // both answer 413 naming the bound.
-    let ids: Vec<String> = (0..201).map(|i| format!("over-{i}")).collect();
+    let ids: Vec<String> = (0..2_001).map(|i| format!("o{i}")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     let over = json!({"meter_dispatches": [meter_entry("M1", &ids)]}).to_string();
     let cases: [(&str, &str, &str); 6] = [
