@@ -186,10 +186,6 @@ pub struct DeviceReport {
     /// the dispatch).
     #[serde(default)]
     pub(crate) export_unavoidable: bool,
-    /// kW the battery's power reading shows above its setpoint, kept out of the site load
-    /// as generation behind the inverter (DC-coupled PV); None below the shown threshold.
-    #[serde(default)]
-    pub(crate) hidden_generation_kw: Option<f64>,
     /// The device cannot revert by itself: after a crash only `leap-edge release` (the
     /// unit's ExecStopPost) hands it back.
     #[serde(default)]

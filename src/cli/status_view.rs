@@ -455,11 +455,6 @@ fn safety_notes(d: Option<&DeviceReport>, label: &str, v: &View, max: usize) -> 
         );
         out.push(fit(&line, max));
     }
-    if let Some(kw) = d.hidden_generation_kw {
-        let line =
-            format!("{label}: * reading settled {kw:.1} kW over setpoint: DC-side PV, not load");
-        out.push(fit(&line, max));
-    }
     if d.no_reversion {
         let line =
             format!("{label}: * device cannot revert by itself; `leap-edge release` hands it back");

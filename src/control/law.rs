@@ -93,9 +93,6 @@ pub struct Flags {
     /// SPEC §2.13: even the most the battery can absorb (charge limit, full battery)
     /// leaves the site exporting: the site's generation, not the dispatch.
     pub export_unavoidable: bool,
-    /// The battery's power reading is well above its setpoint (DC-coupled PV on a hybrid
-    /// inverter): that much is kept out of the site load (`hidden.rs`).
-    pub hidden_generation: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -110,27 +107,21 @@ pub struct Decision {
     pub shortfall_kw: f64,
     /// Site load (kW) the decision used: measured, or the fallback.
     pub site_load_kw: f64,
-    /// Generation the battery's power reading includes but its setpoint does not move
-    /// (DC-coupled PV on a hybrid inverter, see `hidden.rs`), taken off the measured load.
-    pub hidden_generation_kw: f64,
     pub bound: Bound,
     pub flags: Flags,
 }
 
-/// SPEC §2.9: what the battery should discharge now to follow `cmd`. `hidden_kw`: the
-/// part of the battery's power reading that its setpoint does not make (`hidden.rs`).
+/// SPEC §2.9: what the battery should discharge now to follow `cmd`.
 pub(crate) fn decide(
     cmd: &Command,
     now: DateTime<Utc>,
     tel: &Telemetry,
     limits: Limits,
     site: &SiteConfig,
-    hidden_kw: f64,
 ) -> Decision {
-    let load = site_load(tel, site, hidden_kw);
     let (requested_kw, spread) = match (cmd.target, cmd.strategy) {
         (Target::Setpoint(kw), _) if finite_or_zero(kw) < 0.0 => {
-            return charge(-kw, load, limits, tel);
+            return charge(-kw, tel, limits, site);
         }
         // A technician's exact power: not spread over time, but the reserve and the
         // no-export rule still hold.
@@ -147,13 +138,8 @@ pub(crate) fn decide(
         site,
     };
     let mut flags = Flags::default();
-    let SiteLoad {
-        kw: site_load_kw,
-        fallback,
-        hidden_kw,
-    } = load;
+    let (site_load_kw, fallback) = site_load(tel, site);
     flags.using_fallback_load = fallback;
-    flags.hidden_generation = hidden_kw > HIDDEN_SHOWN_KW;
     let mut best = inputs.power_bound(requested_kw, site_load_kw);
     inputs.soc_bound(&mut best, spread, &mut flags);
     let (setpoint_kw, bound) = inputs.absorb(best, site_load_kw, &mut flags);
@@ -165,7 +151,6 @@ pub(crate) fn decide(
         requested_kw,
         shortfall_kw,
         site_load_kw,
-        hidden_generation_kw: hidden_kw,
         bound,
         flags,
     }
@@ -291,11 +276,10 @@ impl Flags {
 /// A manual charge of `want_kw` (> 0), the only negative setpoint. Charging raises grid
 /// import, so neither the no-export rule nor the reserve can be broken by it; the
 /// battery's charge power and a full battery bound it.
-fn charge(want_kw: f64, load: SiteLoad, limits: Limits, tel: &Telemetry) -> Decision {
-    let mut flags = Flags {
-        using_fallback_load: load.fallback,
-        ..Flags::default()
-    };
+fn charge(want_kw: f64, tel: &Telemetry, limits: Limits, site: &SiteConfig) -> Decision {
+    let mut flags = Flags::default();
+    let (site_load_kw, fallback) = site_load(tel, site);
+    flags.using_fallback_load = fallback;
     let (mut kw, mut bound) = (want_kw, Bound::Target);
     if let Some(m) = limits.max_charge_kw.filter(|m| *m < kw) {
         (kw, bound) = (m, Bound::MaxCharge);
@@ -308,15 +292,11 @@ fn charge(want_kw: f64, load: SiteLoad, limits: Limits, tel: &Telemetry) -> Deci
         setpoint_kw: -kw,
         requested_kw: Some(-want_kw),
         shortfall_kw: want_kw - kw,
-        site_load_kw: load.kw,
-        hidden_generation_kw: load.hidden_kw,
+        site_load_kw,
         bound,
         flags,
     }
 }
-
-/// Generation kept out of the site load is shown (status, log, history) from this much on.
-const HIDDEN_SHOWN_KW: f64 = 0.5;
 
 /// Grid readings and bounds this close are the same (meter noise, rounding).
 const EXPORT_TOLERANCE_KW: f64 = 0.05;
@@ -366,39 +346,26 @@ pub(crate) fn allowed_export_kw(cmd: &Command) -> f64 {
     }
 }
 
+/// The lowest grid power (import positive) the command allows: the no-export margin, or
+/// minus the export permit.
+pub(crate) fn grid_floor_kw(cmd: &Command) -> f64 {
+    match allowed_export_kw(cmd) {
+        0.0 => finite_or_zero(cmd.import_margin_kw).max(0.0),
+        export => -export,
+    }
+}
+
 fn finite_or_zero(v: f64) -> f64 {
     if v.is_finite() { v } else { 0.0 }
 }
 
-/// The site load the battery's setpoint works against, and how it was found.
-#[derive(Clone, Copy)]
-struct SiteLoad {
-    kw: f64,
-    fallback: bool,
-    /// Taken off the measured load (0 with the fallback).
-    hidden_kw: f64,
-}
-
-/// Site load = grid import + battery discharge, both measured, less generation the
-/// battery's reading includes but its setpoint does not move (DC-coupled PV: counted as
-/// load, it would be exported). Without both readings the configured fallback is used: it
-/// is meant to be at or below the lowest plausible load, so the no-export bound stays
-/// conservative.
-fn site_load(tel: &Telemetry, site: &SiteConfig, hidden_kw: f64) -> SiteLoad {
+/// Site load = grid import + battery discharge, both measured. Without both readings the
+/// configured fallback is used: it is meant to be at or below the lowest plausible load,
+/// so the no-export bound stays conservative.
+fn site_load(tel: &Telemetry, site: &SiteConfig) -> (f64, bool) {
     match (tel.grid_kw, tel.battery_kw) {
-        (Some(g), Some(b)) if g.is_finite() && b.is_finite() => {
-            let hidden_kw = finite_or_zero(hidden_kw).max(0.0);
-            SiteLoad {
-                kw: g + b - hidden_kw,
-                fallback: false,
-                hidden_kw,
-            }
-        }
-        _ => SiteLoad {
-            kw: finite_or_zero(site.fallback_site_load_kw).max(0.0),
-            fallback: true,
-            hidden_kw: 0.0,
-        },
+        (Some(g), Some(b)) if g.is_finite() && b.is_finite() => (g + b, false),
+        _ => (finite_or_zero(site.fallback_site_load_kw).max(0.0), true),
     }
 }
 

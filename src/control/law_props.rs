@@ -66,7 +66,6 @@ proptest! {
         t in any_telemetry(),
         reserve in 0.0..50.0f64,
         fallback in 0.0..20.0f64,
-        hidden in prop_oneof![Just(0.0), 0.0..20.0f64],
     ) {
         let site = SiteConfig {
             reserve_soc_pct: reserve,
@@ -74,13 +73,11 @@ proptest! {
             ..SiteConfig::default()
         };
         let l = limits(&t);
-        let d = decide(&c, t0(), &t, l, &site, hidden);
+        let d = decide(&c, t0(), &t, l, &site);
         let sp = d.setpoint_kw;
         prop_assert!(sp.is_finite(), "{d:?}");
-        // `hidden` of the battery reading is generation on the inverter's DC side: the
-        // load the setpoint works against is the rest.
         let load = match (t.grid_kw, t.battery_kw) {
-            (Some(g), Some(b)) => g + b - hidden,
+            (Some(g), Some(b)) => g + b,
             _ => fallback,
         };
         let no_export = c.cap == Cap::UpToSiteLoad || c.export_allowed_kw == 0.0;
@@ -145,7 +142,7 @@ proptest! {
         c.import_margin_kw = margin;
         let site = SiteConfig { reserve_soc_pct: reserve, ..SiteConfig::default() };
         let l = limits(&t);
-        let d = decide(&c, t0(), &t, l, &site, 0.0);
+        let d = decide(&c, t0(), &t, l, &site);
         let sp = d.setpoint_kw;
         prop_assert!(sp.is_finite());
         // Same sign as asked, never more than asked.

@@ -36,7 +36,7 @@ pub(super) fn limits(t: &Telemetry) -> Limits {
 }
 
 fn run(c: &Command, t: &Telemetry) -> Decision {
-    decide(c, t0(), t, limits(t), &SiteConfig::default(), 0.0)
+    decide(c, t0(), t, limits(t), &SiteConfig::default())
 }
 
 #[test]
@@ -230,7 +230,6 @@ fn scarce_energy_is_spread_evenly_until_the_end() {
         &t,
         limits(&t),
         &SiteConfig::default(),
-        0.0,
     );
     assert_eq!(d.setpoint_kw, 10.0);
     assert!(!d.flags.energy_limited);
@@ -260,12 +259,10 @@ fn without_a_site_meter_reading_the_fallback_load_is_assumed() {
         &t,
         limits(&t),
         &site,
-        // Nothing measured to take it from: the fallback is already the low end.
-        2.0,
     );
     assert!((d.setpoint_kw - 3.5).abs() < 1e-9);
     assert!(d.flags.using_fallback_load);
-    assert_eq!((d.site_load_kw, d.hidden_generation_kw), (4.0, 0.0));
+    assert_eq!(d.site_load_kw, 4.0);
     // Default fallback 0: nothing is discharged blind under a no-export cap.
     let d = run(&cmd(Target::Kw(10.0), Cap::UpToSiteLoad), &t);
     assert_eq!(d.setpoint_kw, 0.0);
@@ -314,36 +311,4 @@ fn a_manual_charge_is_bounded_by_charge_power_and_a_full_battery() {
         &tel(30.0, 0.0),
     );
     assert_eq!(d.setpoint_kw, 0.0);
-}
-
-/// A hybrid inverter reading 10 kW above its setpoint (PV on its DC bus): the site load is
-/// grid + reading − that, so the no-export bound is the net load the battery must cover,
-/// and with a surplus behind the inverter the battery absorbs it.
-#[test]
-fn generation_hidden_in_the_battery_reading_is_not_counted_as_load() {
-    let c = cmd(Target::Kw(40.0), Cap::UpToSiteLoad);
-    // 30 kW load, 10 kW DC PV, battery at 29.5: the reading is 39.5, the grid −9.5.
-    let t = tel(-9.5, 39.5);
-    let d = decide(&c, t0(), &t, limits(&t), &SiteConfig::default(), 10.0);
-    assert!((d.setpoint_kw - 19.5).abs() < 1e-9, "{d:?}");
-    assert!(d.flags.hidden_generation && d.flags.cap_limited, "{d:?}");
-    assert_eq!((d.site_load_kw, d.hidden_generation_kw), (20.0, 10.0));
-    // 5 kW load, the same PV: battery idle reads 10, the grid −5. A 5 kW surplus.
-    let t = tel(-5.0, 10.0);
-    let d = decide(&c, t0(), &t, limits(&t), &SiteConfig::default(), 10.0);
-    assert!((d.setpoint_kw + 5.5).abs() < 1e-9, "{d:?}");
-    assert!(d.flags.absorbing_surplus, "{d:?}");
-    // Below the shown threshold it still counts, without the flag.
-    let d = decide(
-        &c,
-        t0(),
-        &tel(0.0, 20.3),
-        limits(&t),
-        &SiteConfig::default(),
-        0.3,
-    );
-    assert!(
-        (d.setpoint_kw - 19.5).abs() < 1e-9 && !d.flags.hidden_generation,
-        "{d:?}"
-    );
 }

@@ -4,10 +4,10 @@
 //! not change is still re-written before the device's reversion timeout (SPEC §2.10).
 
 use super::frozen::FrozenMeter;
-use super::hidden::HiddenGeneration;
-use super::law::{Decision, Flags, Limits, allowed_export_kw, decide};
+use super::law::{Decision, Flags, Limits, allowed_export_kw, decide, grid_floor_kw};
 use super::sanity::{blind_reason, recordable, stale_reason};
 use super::status::{CommandSummary, ControlEvent, MeterStatus};
+use super::unheld::{Observed, UnheldSetpoint};
 use crate::clock::Clock;
 use crate::config::SiteConfig;
 use crate::device::{Battery, DeviceError, Telemetry};
@@ -89,10 +89,10 @@ pub(crate) struct MeterLoop {
     last_write: Option<LastWrite>,
     last_read: Option<Instant>,
     last_flags: Flags,
-    /// Generation the battery's reading includes but its setpoint does not make.
-    hidden: HiddenGeneration,
     /// Whether the site meter still sees the battery (`frozen.rs`).
     frozen: FrozenMeter,
+    /// Whether the battery holds its setpoint where that matters for export (`unheld.rs`).
+    unheld: UnheldSetpoint,
     last_logged_error: Option<(String, Instant)>,
 }
 
@@ -116,8 +116,8 @@ impl MeterLoop {
             last_write: None,
             last_read: None,
             last_flags: Flags::default(),
-            hidden: HiddenGeneration::default(),
             frozen: FrozenMeter::default(),
+            unheld: UnheldSetpoint::default(),
             last_logged_error: None,
         }
     }
@@ -171,7 +171,7 @@ impl MeterLoop {
         self.last_flags = Flags::default();
         self.last_read = None;
         self.frozen.reset();
-        self.hidden.reset();
+        self.unheld.reset();
         self.lock().command = summary;
     }
 
@@ -265,18 +265,10 @@ impl MeterLoop {
             }
         };
         let limits = Limits::merge(&tel, self.s.nameplate);
-        // SPEC §2.13: the site meter is needed under a no-export bound. A device that holds
-        // the grid itself keeps it steady while its battery moves, by design.
-        let frozen = if allowed_export_kw(cmd) == 0.0 && !self.battery.regulates_grid() {
-            self.frozen
-                .observe(tel.grid_kw, tel.battery_kw, Instant::now())
-        } else {
-            self.frozen.reset();
-            None
-        };
+        let doubt = self.doubt(cmd, &tel);
         let untrusted = stale_reason(took, self.s.period)
             .or_else(|| blind_reason(cmd, &tel, limits, &self.s.site))
-            .or(frozen);
+            .or(doubt);
         if let Some(why) = untrusted {
             {
                 let mut st = self.lock();
@@ -288,8 +280,7 @@ impl MeterLoop {
         self.see_again(cmd);
         self.account(cmd, &tel);
         let now = self.clock.now();
-        let hidden_kw = self.observe_hidden(&tel);
-        let d = decide(cmd, now, &tel, limits, &self.s.site, hidden_kw);
+        let d = decide(cmd, now, &tel, limits, &self.s.site);
         self.log_flag_changes(cmd, &d);
         {
             let mut st = self.lock();
@@ -304,9 +295,7 @@ impl MeterLoop {
         if !self.write_due(held) {
             return Ok(());
         }
-        self.write(&d, held).await?;
-        self.hidden.wrote(d.setpoint_kw, tel.battery_kw);
-        Ok(())
+        self.write(&d, held).await
     }
 
     async fn write(&mut self, d: &Decision, held: f64) -> Result<(), DeviceError> {
@@ -446,19 +435,30 @@ impl MeterLoop {
         }
     }
 
-    /// What the reading shows beyond the setpoint the device holds (`hidden.rs`). A device
-    /// that holds the grid itself moves its battery to do so: nothing to measure.
-    fn observe_hidden(&mut self, tel: &Telemetry) -> f64 {
+    /// SPEC §2.13, the checks that need the readings before this one: a site meter frozen
+    /// at a plausible value (`frozen.rs`) and a battery that does not hold its setpoint
+    /// while the site exports (`unheld.rs`). Neither applies to a device that holds the
+    /// grid itself (Victron ESS): its battery moves precisely to keep the grid still.
+    fn doubt(&mut self, cmd: &Command, tel: &Telemetry) -> Option<String> {
         if self.battery.regulates_grid() {
-            return 0.0;
+            return None;
         }
-        match (&self.last_write, tel.battery_kw) {
-            (Some(w), Some(b)) => self.hidden.observe(w.setpoint_kw, b, Instant::now()),
-            _ => {
-                self.hidden.interrupted();
-                self.hidden.kw()
-            }
-        }
+        let now = Instant::now();
+        // The site meter is needed under a no-export bound.
+        let frozen = if allowed_export_kw(cmd) == 0.0 {
+            self.frozen.observe(tel.grid_kw, tel.battery_kw, now)
+        } else {
+            self.frozen.reset();
+            None
+        };
+        let seen = Observed {
+            written_kw: self.last_write.as_ref().map(|w| w.setpoint_kw),
+            reading_kw: tel.battery_kw,
+            grid_kw: tel.grid_kw,
+            floor_kw: grid_floor_kw(cmd),
+        };
+        let unheld = self.unheld.observe(&seen, now);
+        frozen.or(unheld)
     }
 
     /// Issue 14: the interval recorder gets every reading the loop takes.
@@ -498,16 +498,6 @@ impl MeterLoop {
                 d.site_load_kw, d.setpoint_kw, d.bound
             );
             self.push_event(cmd, "export-unavoidable", &detail);
-        }
-        if now.hidden_generation && !was.hidden_generation {
-            tracing::warn!(%meter_id, %event_id, hidden_kw = d.hidden_generation_kw,
-                setpoint_kw = d.setpoint_kw,
-                "control: the battery's power reading has settled above its setpoint; the excess is taken as generation on the inverter's DC side (hybrid PV?) and kept out of the site load");
-            let detail = format!(
-                "the battery's reading settled {:.1} kW above its setpoint: taken as generation on the inverter's DC side (hybrid PV) and not counted as site load, so it is not exported",
-                d.hidden_generation_kw
-            );
-            self.push_event(cmd, "hidden-generation", &detail);
         }
         if now.soc_unknown && !was.soc_unknown {
             tracing::warn!(%meter_id, %event_id,

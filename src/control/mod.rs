@@ -10,12 +10,12 @@
 //! and `shutdown(timeout)` after dispatch has stopped.
 
 mod frozen;
-mod hidden;
 pub(crate) mod law;
 pub(crate) mod loops;
 pub(crate) mod meter_loop;
 mod sanity;
 pub(crate) mod status;
+mod unheld;
 
 #[cfg(test)]
 mod fake;

@@ -250,16 +250,6 @@ const METRIC_FAMILIES: &[MetricFamily] = &[
         value: |m| Some(if m.export_unavoidable() { 1.0 } else { 0.0 }),
     },
     MetricFamily {
-        name: "leap_edge_control_hidden_generation_kw",
-        kind: "gauge",
-        help: "Battery power reading above its setpoint, kept out of the site load as generation behind the inverter (DC-coupled PV).",
-        value: |m| {
-            m.last_decision
-                .filter(|_| m.command.is_some())
-                .map(|d| d.hidden_generation_kw)
-        },
-    },
-    MetricFamily {
         name: "leap_edge_modbus_errors_total",
         kind: "counter",
         help: "Failed device steps (timeouts, I/O errors, exceptions, read-back mismatches).",

@@ -106,9 +106,6 @@ fn device(m: &MeterStatus) -> DeviceReport {
         last_telemetry_at: m.last_telemetry_at,
         blind: m.blind.clone().filter(|_| following),
         export_unavoidable: m.export_unavoidable(),
-        hidden_generation_kw: d
-            .filter(|d| d.flags.hidden_generation)
-            .map(|d| d.hidden_generation_kw),
         no_reversion: m.no_reversion,
     }
 }
