@@ -207,7 +207,21 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
         Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
         Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
         Command::Reload(args) => with_config(&cli.config, |c| reload(c, &args)),
-        Command::Release(args) => with_config(&cli.config, |c| release::run(c, &args)),
+        Command::Release(args) => match Config::load_for_release(&cli.config) {
+            Ok((c, problems)) => {
+                for p in problems {
+                    eprintln!(
+                        "leap-edge: warning: {}: {p} (release goes on: it needs only [devices])",
+                        cli.config.display()
+                    );
+                }
+                release::run(&c, &args)
+            }
+            Err(e) => {
+                eprintln!("leap-edge: {e}");
+                Ok(exit::CONFIG)
+            }
+        },
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Relay(cmd) => relay::run(&cli.config, &cmd),

@@ -8,6 +8,13 @@ use std::collections::HashSet;
 /// 128 bits, beyond guessing through a webhook.
 pub(crate) const MIN_KEY_CHARS: usize = 32;
 
+/// A key copied from an example file (`change-me`, `changeme`, any case): public, since
+/// every copy of leap-edge carries it.
+pub(crate) fn is_placeholder(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("change-me") || k.contains("changeme") || k.contains("change_me")
+}
+
 impl Config {
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut p = Vec::new();
@@ -130,6 +137,13 @@ impl Config {
     fn check_keys(&self, p: &mut Vec<String>) {
         for (i, k) in self.auth.keys.iter().enumerate() {
             let v = k.expose();
+            if is_placeholder(v) && !self.server.listen.ip().is_loopback() {
+                p.push(format!(
+                    "auth.keys[{i}] is an example's placeholder (it says change-me), printed in \
+                     every copy of leap-edge: generate one with `openssl rand -hex 32` (allowed \
+                     only while [server] listen is loopback, for development)"
+                ));
+            }
             if v.trim() != v {
                 p.push(format!(
                     "auth.keys[{i}] has spaces or line breaks at its start or end; Leap sends the \

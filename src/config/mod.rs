@@ -12,6 +12,7 @@ mod schema;
 mod sim;
 mod suggest;
 
+pub(crate) use check::is_placeholder;
 pub use intervals::IntervalsConfig;
 pub use leap::{LeapConfig, ScheduleConfig};
 pub use mqtt::MqttConfig;
@@ -66,6 +67,26 @@ impl Config {
             problems,
         })?;
         Ok(cfg)
+    }
+
+    /// [`Config::load`] for `leap-edge release` (the unit's `ExecStopPost`): only a file
+    /// that cannot be read or parsed is an error. Every other problem is returned beside
+    /// the configuration, because releasing the batteries needs only `[devices]`, and a
+    /// half-finished key rotation must not leave a battery under remote control.
+    pub fn load_for_release(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Config::parse_str(&text, path)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.source = Some(path.to_path_buf());
+        let problems = cfg.check().err().unwrap_or_default();
+        Ok((cfg, problems))
     }
 
     /// Parse only (no semantic check, no path resolution); `path` names the source in errors.
@@ -189,6 +210,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("5"), "{msg}");
+    }
+
+    /// The repository's development key works on loopback; on a listener Leap can reach it
+    /// is refused, naming the key by position only.
+    #[test]
+    fn an_example_key_is_refused_off_loopback() {
+        let text = |listen: &str| {
+            format!(
+                "[server]\nlisten = \"{listen}\"\n[auth]\nkeys = [\"dev-key-change-me-0123456789abcdef\"]\n"
+            )
+        };
+        let problems = |listen: &str| {
+            Config::parse_str(&text(listen), Path::new("c.toml"))
+                .unwrap()
+                .check()
+                .err()
+                .unwrap_or_default()
+        };
+        assert!(problems("127.0.0.1:8443").is_empty());
+        let p = problems("0.0.0.0:8443").join("\n");
+        assert!(
+            p.contains("auth.keys[0] is an example's placeholder"),
+            "{p}"
+        );
+        assert!(!p.contains("dev-key"), "the value is never shown: {p}");
     }
 
     #[test]

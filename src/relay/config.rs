@@ -2,7 +2,9 @@
 //! `[server]`, `[auth]` and `[storage]` tables, plus one `[[gateways]]` per site.
 //! `leap-edge relay check` parses and checks it and exits 78 when it is bad.
 
-use crate::config::{AuthConfig, ConfigError, LimitsConfig, ServerConfig, StorageConfig};
+use crate::config::{
+    AuthConfig, ConfigError, LimitsConfig, ServerConfig, StorageConfig, is_placeholder,
+};
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -181,6 +183,13 @@ impl RelayConfig {
         if self.auth.keys.is_empty() {
             p.push("auth.keys is empty: add the key Leap sends in auth.header".into());
         }
+        if !self.server.listen.ip().is_loopback()
+            && self.auth.keys.iter().any(|k| is_placeholder(k.expose()))
+        {
+            p.push(
+                "auth.keys: a key is an example's placeholder (it says change-me), printed in every copy of leap-edge: generate one with `openssl rand -hex 24`".into(),
+            );
+        }
         if self.auth.keys.iter().any(short) {
             p.push(format!(
                 "auth.keys: every key must be at least {MIN_KEY_CHARS} characters (e.g. `openssl rand -hex 24`)"
@@ -274,6 +283,11 @@ impl RelayConfig {
                 self.check_mqtt_gateway(g, &at, p);
             } else if let Err(e) = super::client::Target::parse(g) {
                 p.push(format!("{at}.url = \"{}\": {e}", g.url));
+            }
+            if g.transport == Transport::Http && is_placeholder(g.key.expose()) {
+                p.push(format!(
+                    "{at}.key is an example's placeholder (it says change-me): generate one with `openssl rand -hex 24` and put it in that gateway's [auth] keys too"
+                ));
             }
             if g.transport == Transport::Http && short(&g.key) {
                 p.push(format!(

@@ -401,13 +401,43 @@ fn relay_check_exits_78_naming_the_key() {
         err.contains("gateways[1].meters") && err.contains("also served by gateway \"a\""),
         "{err}"
     );
+    // The packaged example is complete but for its keys: placeholders printed in every
+    // .deb, refused on a public listener until replaced; with real keys it passes.
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/relay.toml");
-    let out = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(&example)
-        .args(["relay", "check"])
-        .output()
-        .unwrap();
+    let check = |path: &std::path::Path| {
+        std::process::Command::new(bin())
+            .arg("--config")
+            .arg(path)
+            .args(["relay", "check"])
+            .output()
+            .unwrap()
+    };
+    let out = check(&example);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    for key in ["auth.keys", "gateways[0].key", "gateways[1].key"] {
+        assert!(
+            err.contains(key) && err.contains("placeholder"),
+            "{key}: {err}"
+        );
+    }
+    let text = std::fs::read_to_string(&example).unwrap();
+    let mut n = 0;
+    let real = text
+        .lines()
+        .map(|l| {
+            if l.contains("CHANGE-ME") {
+                n += 1;
+                l.replace("CHANGE-ME", &format!("k{n}-0123456789abcdef"))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let filled = dir.path().join("filled.toml");
+    std::fs::write(&filled, real).unwrap();
+    let out = check(&filled);
     assert_eq!(
         out.status.code(),
         Some(0),

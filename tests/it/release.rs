@@ -10,7 +10,19 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_hands_a_battery_left_under_remote_control_back() {
-    released_by_the_cli(None).await;
+    released_by_the_cli(None, common::KEY).await;
+}
+
+/// A key rotation half done (a new key too short, with a stray space) makes the file
+/// invalid for the daemon. The release after a crash must still hand the battery back:
+/// it needs only `[devices]`, and says what else is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_works_with_a_config_problem_elsewhere() {
+    let stderr = released_by_the_cli(None, "newkey ").await;
+    assert!(
+        stderr.contains("warning") && stderr.contains("auth.keys"),
+        "{stderr}"
+    );
 }
 
 /// SPEC §2.13 with §2.10: the site meter stopped answering (a dead RS-485 meter behind
@@ -18,10 +30,11 @@ async fn release_hands_a_battery_left_under_remote_control_back() {
 /// point, so a fresh `leap-edge release` (the unit's ExecStopPost) still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_works_while_the_site_meter_does_not_answer() {
-    released_by_the_cli(Some(MeterFault::Timeout)).await;
+    released_by_the_cli(Some(MeterFault::Timeout), common::KEY).await;
 }
 
-async fn released_by_the_cli(meter_fault: Option<MeterFault>) {
+/// Runs `leap-edge release` on a config with `key`; returns its stderr.
+async fn released_by_the_cli(meter_fault: Option<MeterFault>, key: &str) -> String {
     let sim = device_common::start_sim().await;
     // A daemon killed mid-dispatch left a 10 kW discharge behind.
     let mut b = device_common::battery(sim.local_addr());
@@ -44,7 +57,6 @@ async fn released_by_the_cli(meter_fault: Option<MeterFault>) {
              [storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
              [[meters]]\nid = \"m1\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\ntimeout_ms = 300\n",
             devices = device_common::devices_dir(),
-            key = common::KEY,
             port = sim.local_addr().port(),
         ),
     )
@@ -70,6 +82,7 @@ async fn released_by_the_cli(meter_fault: Option<MeterFault>) {
             == Mode::Normal)
         .await
     );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
