@@ -237,6 +237,29 @@ mod tests {
         assert!(!p.contains("dev-key"), "the value is never shown: {p}");
     }
 
+    /// `reload` names what it cannot apply; the uplink and interval settings are read at
+    /// start (it used to say "nothing changed" for them).
+    #[test]
+    fn uplink_and_intervals_changes_need_a_restart() {
+        let base = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
+        let old = Config::parse_str(base, Path::new("c.toml")).unwrap();
+        let mqtt = "[uplink.mqtt]\nurl = \"mqtts://broker.example:8883\"\nclient_id = \"gw-1\"\n";
+        let with = |extra: &str| {
+            Config::parse_str(&format!("{base}{extra}"), Path::new("c.toml")).unwrap()
+        };
+        assert_eq!(old.restart_needed(&with(mqtt)), vec!["uplink"]);
+        let one = with(&format!("{mqtt}password = \"one\"\n"));
+        let two = with(&format!("{mqtt}password = \"two\"\n"));
+        assert_eq!(
+            one.restart_needed(&two),
+            vec!["uplink"],
+            "a masked secret still counts"
+        );
+        let mut other = old.clone();
+        other.intervals.region = "somewhere-else".into();
+        assert_eq!(old.restart_needed(&other), vec!["intervals"]);
+    }
+
     #[test]
     fn line_col_counts_from_one() {
         assert_eq!(line_col("a\nbc", 3), (2, 2));
@@ -297,6 +320,15 @@ impl Config {
         }
         if !same(&self.schedule, &new.schedule) {
             out.push("schedule");
+        }
+        // The uplink's connection and the interval recorder are set up at start. A secret
+        // serialises masked, so the password is compared itself.
+        let password = |c: &Config| c.uplink.mqtt.as_ref().and_then(|m| m.password.clone());
+        if !same(&self.uplink, &new.uplink) || password(self) != password(new) {
+            out.push("uplink");
+        }
+        if !same(&self.intervals, &new.intervals) {
+            out.push("intervals");
         }
         out
     }
