@@ -360,17 +360,24 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     if !path.exists() {
         return Err(StoreError::Missing(path.to_path_buf()));
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Open {
+    let open_err = |source| StoreError::Open {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Fail with a clear message if this is not a leap-edge database.
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version: i64 = match conn.query_row("PRAGMA user_version", [], |r| r.get(0)) {
+        Err(e) if cannot_create_wal_index(&e) && !sibling(path, "-wal").exists() => {
+            // After a clean stop the WAL and its index are gone, and a technician in the
+            // service's group cannot create the index in its folder. With no WAL nobody is
+            // writing (the daemon keeps one open while it runs): read the file as it is.
+            conn = open_immutable(path).map_err(open_err)?;
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))?
+        }
+        r => r?,
+    };
     if version == 0 {
         return Err(StoreError::Corrupt(format!(
             "{} is not a leap-edge database (no schema); is storage.path right?",
@@ -378,6 +385,41 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     Ok(conn)
+}
+
+fn cannot_create_wal_index(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ReadOnly || f.code == rusqlite::ErrorCode::CannotOpen)
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// SQLite's `immutable=1`: no locks, no WAL index, the file taken as unchanging.
+fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| rusqlite::Error::InvalidPath(path.to_path_buf()))?;
+    // In a URI these three would end or escape the path.
+    let mut uri = String::from("file:");
+    for c in text.chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
 }
 
 /// [`open_read_only`] for the gateway's database, refused unless its schema is the one

@@ -200,6 +200,42 @@ fn state_folder_it_cannot_write_stops_the_start_with_exit_78() {
     assert!(err.contains("check storage.path"), "{err}");
 }
 
+/// After a clean stop the WAL and its index are gone; a technician in the service's group
+/// cannot create the index in the 0750 state folder (made immutable here, which binds root
+/// too). `history` and `events` still read the database, as the README promises for a
+/// stopped daemon, instead of failing with "attempt to write a readonly database".
+#[test]
+#[ignore = "needs root (chattr +i)"]
+fn read_only_commands_work_after_a_clean_stop_in_a_folder_they_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 0o600);
+    let log = dir.path().join("log");
+    let mut child = under_umask_000(&cfg, "run", &log);
+    wait_for(&log, "listening for Leap notifications");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success());
+    let state = dir.path().join("state");
+    assert!(
+        !state.join("leap-edge.db-wal").exists(),
+        "a clean stop removes the WAL"
+    );
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(state);
+    let _frozen = Immutable::set(&files);
+    for cmd in ["history", "events", "schedule"] {
+        let out = Command::new(common::bin())
+            .args(["--config", cfg.to_str().unwrap(), cmd])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{cmd}: {err}");
+        assert!(!err.contains("readonly"), "{cmd}: {err}");
+    }
+}
+
 /// 10.4: a database file that becomes read-only while the daemon runs (its folder still
 /// writable) makes /healthz unhealthy, and healthy again once writable.
 #[tokio::test]
