@@ -98,6 +98,8 @@ if command -v autossh >/dev/null && test -x /usr/sbin/sshd; then
   /usr/sbin/sshd -f /etc/relay/sshd_config
   echo "[127.0.0.1]:2222 $(cut -d' ' -f1,2 /etc/relay/host_key.pub)" >/etc/leap-edge/tunnel_known_hosts
   chmod 600 /etc/leap-edge/tunnel_key /etc/leap-edge/tunnel_known_hosts
+  check "status: the tunnel is not configured yet" bash -c \
+    "leap-edge --config $CFG status 2>&1 | grep -q 'reverse tunnel: not configured'"
   sed -e 's/^RELAY_HOST=.*/RELAY_HOST=127.0.0.1/' -e 's/^RELAY_SSH_PORT=.*/RELAY_SSH_PORT=2222/' \
       -e 's/^RELAY_USER=.*/RELAY_USER=relay/' \
       /usr/share/doc/leap-edge/tunnel.env.example >/etc/leap-edge/tunnel.env
@@ -110,6 +112,10 @@ if command -v autossh >/dev/null && test -x /usr/sbin/sshd; then
     http://127.0.0.1:9443/leap/dispatch) || true
   cat /tmp/reply; echo
   check "POST to the relay's port 9443 reaches the daemon (200)" test "$code" = 200
+  sleep 11   # status calls an ssh connected once it has kept its forward 10 s
+  leap-edge --config $CFG status 2>&1 | grep 'reverse tunnel' || true
+  check "status: the tunnel is up with its ssh connected" bash -c \
+    "leap-edge --config $CFG status 2>&1 | grep -q 'reverse tunnel: up (ssh connected'"
   journalctl -u leap-edge-tunnel --no-pager -o cat | tail -5
   systemctl stop leap-edge-tunnel
   kill "$(cat /run/relay-sshd.pid)"

@@ -176,8 +176,15 @@ fn down_meter(
     }
 }
 
+/// The unit starts only with this file (`ConditionPathExists=`).
+const TUNNEL_ENV: &str = "/etc/leap-edge/tunnel.env";
+/// An ssh that has kept its forward this long is connected: with `ExitOnForwardFailure`
+/// a refused login, host key or port ends it within seconds, and autossh starts another.
+const TUNNEL_SETTLED_SECS: f64 = 10.0;
+
 /// The tunnel runs as its own systemd unit (systemd/leap-edge-tunnel.service); the CLI,
-/// unsandboxed, asks systemd about it. "not installed" when the unit is absent.
+/// unsandboxed, asks systemd about it. "not installed" when the unit is absent, "not
+/// configured" without its environment file (a site Leap reaches another way).
 pub(crate) fn tunnel() -> String {
     let installed = [
         "/usr/lib/systemd/system",
@@ -193,16 +200,54 @@ pub(crate) fn tunnel() -> String {
     if !installed {
         return "not installed".into();
     }
-    let state = std::process::Command::new("systemctl")
-        .args(["is-active", "leap-edge-tunnel.service"])
+    if !std::path::Path::new(TUNNEL_ENV).exists() {
+        return format!("not configured (no {TUNNEL_ENV})");
+    }
+    match systemctl(&["is-active", "leap-edge-tunnel.service"]).as_str() {
+        "active" => match ssh_age_secs() {
+            Some(age) if age >= TUNNEL_SETTLED_SECS => {
+                format!("up (ssh connected {})", super::text::duration(age as i64))
+            }
+            Some(age) => format!(
+                "DOWN? ssh restarted {age:.0} s ago; `journalctl -u leap-edge-tunnel` says why"
+            ),
+            None => "up? (leap-edge-tunnel.service active; its ssh not found)".into(),
+        },
+        "" => "unknown (systemctl unavailable)".into(),
+        other => format!("DOWN, leap-edge-tunnel.service {other}: Leap cannot reach us"),
+    }
+}
+
+fn systemctl(args: &[&str]) -> String {
+    std::process::Command::new("systemctl")
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    match state.as_str() {
-        "active" => "up (leap-edge-tunnel.service active)".into(),
-        "" => "unknown (systemctl unavailable)".into(),
-        other => format!("DOWN, leap-edge-tunnel.service {other}: Leap cannot reach us"),
-    }
+        .unwrap_or_default()
+}
+
+/// How long autossh's current ssh has run, from /proc (readable by any user).
+fn ssh_age_secs() -> Option<f64> {
+    let main = systemctl(&["show", "-P", "MainPID", "leap-edge-tunnel.service"]);
+    let children = std::fs::read_to_string(format!("/proc/{main}/task/{main}/children")).ok()?;
+    let ssh = children.split_whitespace().next()?;
+    let stat = std::fs::read_to_string(format!("/proc/{ssh}/stat")).ok()?;
+    // Field 22 (start time, clock ticks after boot), counted after the ")" of the name.
+    let started: f64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let hz = 100.0; // USER_HZ: 100 on every Linux ABI leap-edge builds for
+    Some((uptime - started / hz).max(0.0))
 }

@@ -97,7 +97,7 @@ fn tunnel_line(r: &StatusReport, config: &Config, v: &View) -> String {
         }
         other => other,
     };
-    let tunnel = if tunnel.starts_with("DOWN") {
+    let tunnel = if tunnel.starts_with("DOWN") || tunnel.starts_with("up?") {
         alarm(v, tunnel)
     } else {
         tunnel.to_string()
