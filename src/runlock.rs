@@ -48,9 +48,14 @@ pub enum LockError {
     /// The folder or the lock file cannot be written: storage.path or its owner or mode is
     /// wrong, which a restart will not fix (exit 78, as for a read-only database).
     #[error(
-        "cannot lock {path}: {reason}; the service must be able to write there (check storage.path, and the folder's owner, mode and mount)"
+        "cannot lock {path}: {reason}; the service must be able to write there (check storage.path, and the folder's owner, mode and mount){owner}"
     )]
-    NotWritable { path: PathBuf, reason: String },
+    NotWritable {
+        path: PathBuf,
+        reason: String,
+        /// Who owns what is in the way, and the fix when it is not this process's user.
+        owner: String,
+    },
 }
 
 impl LockError {
@@ -70,6 +75,36 @@ pub(crate) fn path_for(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
+/// "; it is owned by uid 0 … chown …" when the file (or its folder) belongs to another user
+/// than this process: typically `sudo leap-edge run` by hand, then the service.
+fn ownership_hint(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let me = this_uid();
+    let Some((what, m)) = [path, path.parent().unwrap_or(path)]
+        .into_iter()
+        .find_map(|p| std::fs::metadata(p).ok().map(|m| (p, m)))
+    else {
+        return String::new();
+    };
+    if m.uid() == me {
+        return String::new();
+    }
+    let dir = path.parent().unwrap_or(path);
+    format!(
+        "; {} is owned by uid {} (mode {:04o}) and this process runs as uid {me}: if leap-edge was run by hand as another user, give the folder back with `chown -R leap-edge:leap-edge {}`",
+        what.display(),
+        m.uid(),
+        m.mode() & 0o7777,
+        dir.display()
+    )
+}
+
+/// This process's effective uid: the owner of its /proc entry.
+fn this_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+}
+
 pub(crate) fn acquire(
     role: Role,
     db: &Path,
@@ -80,7 +115,12 @@ pub(crate) fn acquire(
         let (path, reason) = (path.clone(), e.to_string());
         match e.kind() {
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-                LockError::NotWritable { path, reason }
+                let owner = ownership_hint(&path);
+                LockError::NotWritable {
+                    path,
+                    reason,
+                    owner,
+                }
             }
             _ => LockError::Io { path, reason },
         }

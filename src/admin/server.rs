@@ -31,6 +31,18 @@ pub enum SocketError {
     NotASocket { path: PathBuf, what: &'static str },
     #[error("admin.socket = {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    /// The folder cannot be written: a restart will not fix it (exit 78).
+    #[error(
+        "admin.socket = {path}: {reason}; the service must be able to write its folder (under systemd, the unit's RuntimeDirectory /run/leap-edge, or a path listed in ReadWritePaths=)"
+    )]
+    NotWritable { path: PathBuf, reason: String },
+}
+
+impl SocketError {
+    /// A problem with the configured path itself, which only a change can fix.
+    pub(crate) fn is_config(&self) -> bool {
+        matches!(self, SocketError::NotWritable { .. })
+    }
 }
 
 /// What the daemon does with each request. `peer` is who sent it.
@@ -46,9 +58,14 @@ pub(crate) trait AdminHandler: Send + Sync + 'static {
 /// Bind the socket and restrict it to owner and group. A socket left by a killed daemon is
 /// replaced; a live socket or any other kind of file at the path is refused.
 pub(crate) fn bind(path: &Path) -> Result<UnixListener, SocketError> {
-    let io = |e: std::io::Error| SocketError::Io {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+    let io = |e: std::io::Error| {
+        let (path, reason) = (path.to_path_buf(), e.to_string());
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                SocketError::NotWritable { path, reason }
+            }
+            _ => SocketError::Io { path, reason },
+        }
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;

@@ -57,6 +57,7 @@ impl DaemonError {
             DaemonError::Store(crate::store::StoreError::ReadOnly { .. })
                 | DaemonError::Server(server::ServerError::Tls { .. })
         ) || matches!(self, DaemonError::Lock(e) if e.is_config())
+            || matches!(self, DaemonError::Admin(e) if e.is_config())
     }
 }
 

@@ -189,6 +189,10 @@ fn state_folder_it_cannot_write_stops_the_start_with_exit_78() {
         .map(|e| e.unwrap().path())
         .collect();
     files.push(state);
+    // As after `sudo leap-edge run` by hand, then the service: another user's files.
+    for f in &files {
+        std::os::unix::fs::chown(f, Some(12345), None).unwrap();
+    }
     let _frozen = Immutable::set(&files);
     let out = Command::new(common::bin())
         .args(["--config", cfg.to_str().unwrap(), "run"])
@@ -198,6 +202,39 @@ fn state_folder_it_cannot_write_stops_the_start_with_exit_78() {
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("leap-edge.db.lock"), "{err}");
     assert!(err.contains("check storage.path"), "{err}");
+    assert!(
+        err.contains("owned by uid 12345") && err.contains("chown -R leap-edge:leap-edge"),
+        "{err}"
+    );
+}
+
+/// An admin socket whose folder the service cannot write (under systemd: outside its
+/// RuntimeDirectory and ReadWritePaths) stops the start with exit 78 and what to change;
+/// it used to be exit 1, which systemd restarts every 5 s forever.
+#[test]
+#[ignore = "needs root (chattr +i)"]
+fn an_admin_socket_folder_it_cannot_write_stops_the_start_with_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 0o600);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("socket = \"admin.sock\"", "socket = \"run/admin.sock\""),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let _frozen = Immutable::set(std::slice::from_ref(&run));
+    let out = Command::new(common::bin())
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("run/admin.sock") && err.contains("ReadWritePaths"),
+        "{err}"
+    );
 }
 
 /// After a clean stop the WAL and its index are gone; a technician in the service's group
