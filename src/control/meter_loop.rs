@@ -215,7 +215,12 @@ impl MeterLoop {
             ),
         );
         self.desired = Desired::Normal;
-        self.lock().command = None;
+        {
+            // Blindness is about a command's needs; none is followed now.
+            let mut st = self.lock();
+            st.command = None;
+            st.blind = None;
+        }
         self.ensure_released().await
     }
 

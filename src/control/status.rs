@@ -292,7 +292,8 @@ impl StatusSource for ControlStatus {
                     let _ = writeln!(
                         out,
                         "{name}{{meter_id=\"{}\",device=\"{}\"}} {x}",
-                        m.meter_id, m.device
+                        crate::metrics::escape(&m.meter_id),
+                        crate::metrics::escape(&m.device)
                     );
                 }
             }
