@@ -46,6 +46,10 @@ pub struct StatusReport {
     pub listen: Option<String>,
     pub(crate) next_boundary: Option<DateTime<Utc>>,
     pub(crate) plan_error: Option<String>,
+    /// Meter ids of running or upcoming timeslots that no `[[meters]]` entry maps: stored,
+    /// not dispatched (SPEC §2.7).
+    #[serde(default)]
+    pub(crate) unmapped_meters: Vec<String>,
     /// The reverse tunnel unit's state, filled in by the CLI (systemd, not the daemon).
     pub tunnel: Option<String>,
     /// How the daemon was last started (from its lock file), when it is down.

@@ -114,6 +114,7 @@ fn down(config: &Config) -> StatusReport {
         listen: None,
         next_boundary: None,
         plan_error: None,
+        unmapped_meters: Vec::new(),
         tunnel: Some(tunnel()),
         last_run: crate::runlock::read(&crate::runlock::path_for(&config.storage.path)),
         meters,

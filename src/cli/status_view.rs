@@ -78,14 +78,31 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
             text::duration((t - r.now).num_seconds())
         ));
     }
-    if let Some(e) = &r.plan_error {
-        let line = format!("PLAN ERROR: {}", clean(e));
-        out.push(alarm(v, &if v.wide { line } else { fit(&line, 80) }));
-    }
+    out.extend(plan_alarms(r, v));
     if let Some(l) = &r.leap {
         out.extend(leap_lines(l, r.now, v));
     }
     out
+}
+
+/// What keeps the plan from being followed: it could not be read, or timeslots name meters
+/// this gateway does not have.
+fn plan_alarms(r: &StatusReport, v: &View) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(e) = &r.plan_error {
+        lines.push(format!("PLAN ERROR: {}", clean(e)));
+    }
+    if !r.unmapped_meters.is_empty() {
+        let ids: Vec<String> = r.unmapped_meters.iter().map(|m| clean(m)).collect();
+        lines.push(format!(
+            "NOT DISPATCHED: timeslots for meter(s) not in [[meters]]: {} (an id typo?)",
+            ids.join(", ")
+        ));
+    }
+    lines
+        .into_iter()
+        .map(|l| alarm(v, &if v.wide { l } else { fit(&l, 80) }))
+        .collect()
 }
 
 /// The reverse tunnel's unit state, from systemd (the CLI asks, not the daemon).
@@ -631,6 +648,7 @@ mod uplink_tests {
             listen: None,
             next_boundary: None,
             plan_error: None,
+            unmapped_meters: Vec::new(),
             tunnel: Some("not installed".into()),
             last_run: None,
             meters: Vec::new(),

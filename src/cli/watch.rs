@@ -132,6 +132,7 @@ mod tests {
             listen: None,
             next_boundary: None,
             plan_error: None,
+            unmapped_meters: Vec::new(),
             tunnel: None,
             last_run: None,
             meters: Vec::new(),

@@ -66,6 +66,7 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
         listen: Some(i.listen.to_string()),
         next_boundary: i.snap.next_boundary,
         plan_error: i.snap.plan_error,
+        unmapped_meters: i.snap.unmapped_meters,
         tunnel: None,
         last_run: None,
         meters,

@@ -70,7 +70,10 @@ impl PlanSource {
                     to,
                 };
                 self.status.set_plan_error(None);
-                Some(plan::plan(&input))
+                let plan = plan::plan(&input);
+                self.status
+                    .set_unmapped(unmapped_meters(&plan, &slots, now));
+                Some(plan)
             }
             Err(e) => {
                 // Keep whatever the meters hold; the next turn (≤ 1 s) tries again.
@@ -80,6 +83,30 @@ impl PlanSource {
             }
         }
     }
+}
+
+/// SPEC §2.7: meter ids of running or upcoming timeslots that no `[[meters]]` entry maps
+/// (a typo in an id dispatches nothing, silently, unless it is shown).
+fn unmapped_meters(
+    plan: &Plan,
+    slots: &[crate::model::StoredTimeslot],
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let events: std::collections::HashSet<&str> = plan
+        .excluded
+        .iter()
+        .filter(|e| e.reason == plan::ExcludeReason::UnmappedMeter)
+        .map(|e| e.event_id.as_str())
+        .collect();
+    let mut ids: Vec<String> = slots
+        .iter()
+        .filter(|s| s.timeslot.kind == crate::model::Kind::Meter && s.timeslot.end_time > now)
+        .filter(|s| events.contains(s.timeslot.event_id.as_str()))
+        .flat_map(|s| s.timeslot.meter_ids.iter().cloned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 pub struct Dispatcher {

@@ -61,6 +61,8 @@ pub struct DispatchSnapshot {
     pub(crate) meters: BTreeMap<String, MeterDispatch>,
     pub next_boundary: Option<DateTime<Utc>>,
     pub(crate) plan_error: Option<String>,
+    /// Meter ids of running or upcoming timeslots that no `[[meters]]` entry maps.
+    pub(crate) unmapped_meters: Vec<String>,
 }
 
 const LATENESS_BOUNDS: &[f64] = &[
@@ -131,6 +133,20 @@ impl DispatchStatus {
 
     pub(crate) fn set_next_boundary(&self, t: Option<DateTime<Utc>>) {
         self.inner.lock().expect("status lock").next_boundary = t;
+    }
+
+    /// Logged when a meter id appears that was not in the list before.
+    pub(crate) fn set_unmapped(&self, ids: Vec<String>) {
+        let mut inner = self.inner.lock().expect("status lock");
+        let new: Vec<&String> = ids
+            .iter()
+            .filter(|id| !inner.unmapped_meters.contains(id))
+            .collect();
+        if !new.is_empty() {
+            tracing::warn!(meter_ids = ?new,
+                "dispatch: timeslots for meters not configured here are stored but not dispatched: a typo in a [[meters]] id, or a meter this gateway does not serve");
+        }
+        inner.unmapped_meters = ids;
     }
 
     pub(crate) fn set_plan_error(&self, e: Option<String>) {

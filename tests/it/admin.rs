@@ -16,6 +16,37 @@ fn with_meter() -> String {
     )
 }
 
+/// SPEC §2.7: a dispatch for a meter id no `[[meters]]` entry has (a typo) is stored and
+/// not dispatched; `status` says so, and the log warns, instead of nothing at all.
+#[tokio::test]
+async fn status_names_upcoming_dispatches_for_meters_not_configured() {
+    let d = Daemon::start_with(&with_meter());
+    let start = chrono::Utc::now() + chrono::Duration::minutes(10);
+    let typo = "dd21c76c-7126-4ef7-b0a6-f190fad300b3";
+    let slot = timeslot_json(
+        typo,
+        "ev-typo",
+        start,
+        600,
+        Some(5.0),
+        serde_json::json!({}),
+    );
+    let r = d.client().post(&meter_notification(typo, vec![slot])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let found = eventually(Duration::from_secs(5), || {
+        let s: Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
+        s["unmapped_meters"] == serde_json::json!([typo])
+    })
+    .await;
+    assert!(found, "{}", d.cli(&["status", "--json"]).1);
+    let (_, table, _) = d.cli(&["status", "--wide"]);
+    assert!(
+        table.contains("NOT DISPATCHED") && table.contains(typo),
+        "{table}"
+    );
+    assert!(d.log().contains("not configured here"), "{}", d.log());
+}
+
 #[tokio::test]
 async fn status_override_and_daemon_down() {
     let mut d = Daemon::start_with(&with_meter());
