@@ -71,6 +71,13 @@ fn profile_points(config: &Config, name: &str, profile: &str, path: &Path, p: &m
 /// logged at start): devices that cannot hand the battery back by themselves.
 pub(crate) fn warnings(config: &Config) -> Vec<String> {
     let mut w = Vec::new();
+    if config.meters.is_empty() {
+        w.push(
+            "no [[meters]]: every dispatch is stored and none is executed; add one [[meters]] \
+             per Leap meter id this site serves"
+                .into(),
+        );
+    }
     for (name, d) in &config.devices {
         let path = config.devices_dir.join(format!("{}.toml", d.profile));
         let Ok(prof) = crate::device::profile::load(&path) else {
@@ -106,6 +113,15 @@ mod tests {
         let mut p = c.check().err().unwrap_or_default();
         p.extend(problems(c));
         p
+    }
+
+    #[test]
+    fn a_gateway_without_meters_is_warned_of() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let mut c = config(&shipped, "sunspec", "");
+        assert!(!warnings(&c).iter().any(|w| w.contains("no [[meters]]")));
+        c.meters.clear();
+        assert!(warnings(&c).iter().any(|w| w.contains("no [[meters]]")));
     }
 
     #[test]
