@@ -193,7 +193,11 @@ fn build_app(
         shared.status.clone(),
     );
     if let Some(t) = tls {
-        tracing::info!(fingerprint = %t.fingerprint(), "TLS certificate loaded");
+        tracing::info!(fingerprint = %t.fingerprint(),
+            not_after = %t.not_after().map_or("unknown".into(), crate::textfmt::ts),
+            "TLS certificate loaded");
+        // /metrics shows its expiry, /healthz fails a week before it.
+        shared.status.add(t.clone());
         app.set_tls(t);
     }
     (Arc::new(app), shared)

@@ -2,6 +2,7 @@
 //! rustls). Bounded connections, each with deadlines (see [`conn`]), graceful drain on
 //! shutdown. `/metrics` and `/healthz` have their own loopback listener (issue 10.2).
 
+mod cert_expiry;
 mod conn;
 mod counts;
 mod quiet;

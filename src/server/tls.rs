@@ -3,8 +3,10 @@
 //! ACME renewal): new connections get the new one, connections in progress keep theirs.
 
 use super::ServerError;
+use chrono::{DateTime, Utc};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -15,8 +17,18 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) struct ReloadableTls {
     cert: PathBuf,
     key: PathBuf,
-    current: RwLock<(TlsAcceptor, String)>,
+    current: RwLock<Loaded>,
 }
+
+/// A pair in service: its acceptor, the leaf's fingerprint and when the leaf expires.
+struct Loaded {
+    acceptor: TlsAcceptor,
+    fingerprint: String,
+    not_after: Option<DateTime<Utc>>,
+}
+
+/// `/healthz` fails this long before the certificate expires: time to renew and `reload`.
+const EXPIRY_WARNING_DAYS: i64 = 7;
 
 impl ReloadableTls {
     pub(crate) fn load(cert: &Path, key: &Path) -> Result<ReloadableTls, ServerError> {
@@ -29,25 +41,66 @@ impl ReloadableTls {
     }
 
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        self.current.read().expect("tls lock").0.clone()
+        self.current.read().expect("tls lock").acceptor.clone()
     }
 
     /// SHA-256 of the leaf certificate in service, as hex.
     pub(crate) fn fingerprint(&self) -> String {
-        self.current.read().expect("tls lock").1.clone()
+        self.current.read().expect("tls lock").fingerprint.clone()
+    }
+
+    /// When the leaf certificate in service stops being valid (None: unreadable).
+    pub(crate) fn not_after(&self) -> Option<DateTime<Utc>> {
+        self.current.read().expect("tls lock").not_after
     }
 
     /// Re-read both files; on any problem the old pair stays in service and the error says
     /// why. Returns the new fingerprint.
     pub(crate) fn reload(&self) -> Result<String, ServerError> {
         let loaded = load_pair(&self.cert, &self.key)?;
-        let fp = loaded.1.clone();
+        let fp = loaded.fingerprint.clone();
         *self.current.write().expect("tls lock") = loaded;
         Ok(fp)
     }
 }
 
-fn load_pair(cert: &Path, key: &Path) -> Result<(TlsAcceptor, String), ServerError> {
+impl crate::seam::StatusSource for ReloadableTls {
+    fn render_metrics(&self, out: &mut String) {
+        if let Some(t) = self.not_after() {
+            let name = "leap_edge_tls_certificate_not_after_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} When the served TLS certificate expires (Unix time).\n# TYPE {name} gauge\n{name} {}",
+                t.timestamp()
+            );
+        }
+    }
+
+    fn health_problems(&self) -> Vec<String> {
+        let Some(t) = self.not_after() else {
+            return Vec::new();
+        };
+        let left = t - Utc::now();
+        if left > chrono::Duration::days(EXPIRY_WARNING_DAYS) {
+            return Vec::new();
+        }
+        let when = crate::textfmt::ts(t);
+        vec![if left <= chrono::Duration::zero() {
+            format!(
+                "TLS certificate {} expired at {when}: Leap's pushes fail; renew it and run `leap-edge reload`",
+                self.cert.display()
+            )
+        } else {
+            format!(
+                "TLS certificate {} expires at {when} (in {} h): renew it and run `leap-edge reload`",
+                self.cert.display(),
+                left.num_hours()
+            )
+        }]
+    }
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<Loaded, ServerError> {
     let tls_err = |path: &Path, reason: String| ServerError::Tls {
         path: path.to_path_buf(),
         reason,
@@ -63,6 +116,7 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(TlsAcceptor, String), ServerErr
         return Err(tls_err(key, problem));
     }
     let fingerprint = hex(&crate::secret::sha256(certs[0].as_ref()));
+    let not_after = super::cert_expiry::not_after(certs[0].as_ref());
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| tls_err(key, format!("cannot read a PEM private key: {e}")))?;
     // Two providers may be compiled in through dependencies; choose ring explicitly.
@@ -79,7 +133,11 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(TlsAcceptor, String), ServerErr
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((TlsAcceptor::from(Arc::new(config)), fingerprint))
+    Ok(Loaded {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        fingerprint,
+        not_after,
+    })
 }
 
 /// What is wrong with a private key file before rustls sees it (issue 10.10): readable by

@@ -120,6 +120,43 @@ async fn metrics_and_healthz_only_on_the_loopback_listener() {
     assert_eq!(local_get(d.metrics_addr, PATH).await.status, 404);
 }
 
+/// A certificate renewed with one that expires in three days (or a renewal that never
+/// came): Leap's pushes would fail TLS from then on, and the daemon sees only silence. The
+/// expiry is a metric, and /healthz fails a week ahead, after `reload` too.
+#[tokio::test]
+async fn a_certificate_close_to_expiry_makes_healthz_fail() {
+    let d = Daemon::start();
+    assert_eq!(local_get(d.metrics_addr, "/healthz").await.status, 200);
+    let soon = chrono::Utc::now() + chrono::Duration::days(3);
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(
+        chrono::Datelike::year(&soon),
+        chrono::Datelike::month(&soon) as u8,
+        chrono::Datelike::day(&soon) as u8,
+    );
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(d.dir.path().join("cert.pem"), cert.pem()).unwrap();
+    common::write_private_key(&d.dir.path().join("key.pem"), &key.serialize_pem());
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let h = local_get(d.metrics_addr, "/healthz").await;
+    assert_eq!(h.status, 503, "{}", h.text);
+    assert!(
+        h.text.contains("cert.pem expires at") && h.text.contains("leap-edge reload"),
+        "{}",
+        h.text
+    );
+    let m = local_get(d.metrics_addr, "/metrics").await;
+    let line = m
+        .text
+        .lines()
+        .find(|l| l.starts_with("leap_edge_tls_certificate_not_after_seconds "))
+        .unwrap_or_else(|| panic!("{}", m.text));
+    let t: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((t - soon.timestamp()).abs() < 86_400, "{line}");
+}
+
 #[test]
 fn metrics_listen_must_be_loopback() {
     let dir = tempfile::tempdir().unwrap();
