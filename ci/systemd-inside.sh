@@ -58,6 +58,8 @@ events=$(runuser -u tech -- leap-edge events --json --config "$CFG")
 check "events shows the stored timeslot" grep -q 11cfced0-16f4-4fb7-b72e-5ff939ae541e <<<"$events"
 check "someone outside the group cannot read the config" bash -c \
   "useradd -m other && ! runuser -u other -- cat $CFG 2>/dev/null"
+check "and the CLI tells them to join the group" bash -c \
+  "runuser -u other -- leap-edge status --config $CFG 2>&1 | grep -q 'usermod -aG leap-edge'"
 
 step "reload"
 check "systemctl reload" systemctl reload leap-edge
@@ -122,6 +124,23 @@ if command -v autossh >/dev/null && test -x /usr/sbin/sshd; then
 else
   echo "SKIPPED: autossh or sshd not installed on this machine (ci/tunnel.sh installs them)"
 fi
+
+step "upgrade: restarted on the new binary only with a configuration it accepts"
+# A build image's policy-rc.d (exit 101) forbids maintainer scripts to restart services;
+# a gateway has none.
+if [[ -e /usr/sbin/policy-rc.d ]]; then mv /usr/sbin/policy-rc.d /usr/sbin/policy-rc.d.off; fi
+pid=$(prop MainPID)
+cp "$CFG" /tmp/config.good
+echo 'no_such_key = 1' >>"$CFG"
+out=$(dpkg -i /test/leap-edge.deb 2>&1) || fail "dpkg -i: $out"
+echo "$out" | tail -4
+check "a refused configuration leaves the running daemon (pid $pid) in place" bash -c \
+  "[[ \$(systemctl show -P MainPID leap-edge) == $pid ]] && systemctl is-active -q leap-edge"
+check "and the upgrade says why" grep -q "NOT restarting leap-edge.service" <<<"$out"
+cp /tmp/config.good "$CFG"
+dpkg -i /test/leap-edge.deb >/dev/null 2>&1
+check "an accepted configuration restarts it on the new binary" bash -c \
+  "[[ \$(systemctl show -P MainPID leap-edge) != $pid ]] && systemctl is-active -q leap-edge"
 
 step "stop"
 systemctl stop leap-edge

@@ -21,10 +21,22 @@ pub use sim::{NormalMode, PvCoupling};
 
 use std::path::{Path, PathBuf};
 
+/// What to do about a configuration that cannot be read: a missing file is the wrong path;
+/// a refused one, on a gateway, the technician outside the service's group.
+fn read_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "it is readable by root and the leap-edge group only: run with sudo, or join the group with `sudo usermod -aG leap-edge $USER` and log in again"
+        }
+        _ => "give the right file with --config PATH",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "{path}: cannot read the configuration: {source} (give the right file with --config PATH)"
+        "{path}: cannot read the configuration: {source} ({})",
+        read_hint(source)
     )]
     Read {
         path: PathBuf,

@@ -10,12 +10,16 @@
 //!
 //! Telling the PV from a battery that lags needs the battery's own power, which the
 //! reading is not; an estimate from these readings alone was tried and ran away behind
-//! slow batteries. So this only detects, and hands the battery back: when the reading has
-//! stood steady above the setpoint, and the grid below its floor, for [`READINGS`]
-//! readings over [`SPAN`], the command is not followed again until a new one comes (it
-//! would export again the moment it resumed). A battery still ramping changes its reading
-//! and does not count. The fix on such a site is a profile whose `battery_power` reads
-//! the battery's own (DC) power.
+//! slow batteries. So this only detects, and hands the battery back: when, under a
+//! discharge setpoint, the reading's excess over it has stood steady, and the grid below
+//! its floor, for [`READINGS`] readings over [`SPAN`], the timeslot is not followed again
+//! until a new command comes (it would export again the moment it resumed). The setpoint
+//! itself may move with the load meanwhile; the excess is what must hold (a hybrid's PV).
+//! A battery still ramping towards its setpoint shrinks its excess and does not count. A
+//! charge setpoint the battery takes only part of (a full or cold battery, a surplus
+//! beyond its charge limit) is the site's generation, not this: handing back would cut no
+//! export. The fix on a hybrid site is a profile whose `battery_power` reads the
+//! battery's own (DC) power.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -26,9 +30,10 @@ const OVER_KW: f64 = 0.5;
 const OVER_SHARE: f64 = 0.05;
 /// The grid must be this far below its floor (margin or export permit).
 const EXPORT_KW: f64 = 0.5;
-/// Readings within this of each other are one battery state (meter noise).
-const STEADY_KW: f64 = 0.2;
-const STEADY_SHARE: f64 = 0.02;
+/// Excesses within this of each other over the run are one steady excess (meter noise)…
+const STEADY_KW: f64 = 0.3;
+/// …or within this share of it.
+const STEADY_SHARE: f64 = 0.03;
 /// For at least this many readings…
 pub(crate) const READINGS: u32 = 3;
 /// …spanning at least this long.
@@ -37,8 +42,9 @@ pub(crate) const SPAN: Duration = Duration::from_secs(5);
 struct Run {
     since: Instant,
     readings: u32,
-    written_kw: f64,
-    reading_kw: f64,
+    /// The smallest and largest excess (reading − setpoint) seen in the run.
+    low_kw: f64,
+    high_kw: f64,
 }
 
 /// One reading of the battery under a command, as this check needs it.
@@ -58,8 +64,8 @@ pub(crate) struct UnheldSetpoint {
     found: Option<String>,
 }
 
-fn steady(a: f64, b: f64) -> bool {
-    (a - b).abs() <= STEADY_KW.max(STEADY_SHARE * b.abs())
+fn steady(low: f64, high: f64) -> bool {
+    high - low <= STEADY_KW.max(STEADY_SHARE * high.abs())
 }
 
 impl UnheldSetpoint {
@@ -72,23 +78,25 @@ impl UnheldSetpoint {
             self.run = None;
             return None;
         };
-        let over = r - w > OVER_KW.max(OVER_SHARE * w.abs());
+        let excess = r - w;
+        let over = excess > OVER_KW.max(OVER_SHARE * w.abs());
         let exporting = o.floor_kw - g > EXPORT_KW;
-        if !(over && exporting) {
+        if !(w >= 0.0 && over && exporting) {
             self.run = None;
             return None;
         }
         match &mut self.run {
-            Some(run) if run.written_kw == w && steady(r, run.reading_kw) => {
+            Some(run) if steady(run.low_kw.min(excess), run.high_kw.max(excess)) => {
                 run.readings += 1;
-                run.reading_kw = r;
+                run.low_kw = run.low_kw.min(excess);
+                run.high_kw = run.high_kw.max(excess);
             }
             _ => {
                 self.run = Some(Run {
                     since: at,
                     readings: 1,
-                    written_kw: w,
-                    reading_kw: r,
+                    low_kw: excess,
+                    high_kw: excess,
                 });
                 return None;
             }
@@ -153,14 +161,41 @@ mod tests {
         assert_eq!(u.observe(&idle, at(t0, 7)), None);
     }
 
+    /// The setpoint follows a noisy load; the hybrid's excess (its PV) stays: found.
+    #[test]
+    fn a_setpoint_that_moves_with_the_load_does_not_hide_it() {
+        let t0 = Instant::now();
+        let mut u = UnheldSetpoint::default();
+        let mut found = None;
+        for s in 0..8 {
+            let wobble = if s % 2 == 0 { 0.4 } else { -0.3 };
+            let w = 29.5 + wobble;
+            found = found.or(u.observe(&seen(w, w + 10.0, -9.5), at(t0, s)));
+        }
+        assert!(found.is_some());
+    }
+
+    #[test]
+    fn a_charge_the_battery_takes_only_part_of_is_not() {
+        // Surplus beyond what a tapering battery takes: asked −10, takes −2, site exports.
+        let t0 = Instant::now();
+        let mut u = UnheldSetpoint::default();
+        for s in 0..10 {
+            assert_eq!(u.observe(&seen(-10.0, -2.0, -13.0), at(t0, s)), None);
+        }
+    }
+
     #[test]
     fn a_ramp_a_tracking_battery_or_import_is_not() {
         let t0 = Instant::now();
-        // Ramping down towards 5 kW at 2 kW a second while the site exports.
-        let mut u = UnheldSetpoint::default();
-        for s in 0..8 {
-            let r = 20.0 - 2.0 * s as f64;
-            assert_eq!(u.observe(&seen(5.0, r, 5.5 - r), at(t0, s)), None);
+        // Ramping down towards 5 kW at 2 kW a second while the site exports, and a slow
+        // ramp of 0.15 kW a second, each step within the noise band.
+        for rate in [2.0, 0.15] {
+            let mut u = UnheldSetpoint::default();
+            for s in 0..10 {
+                let r = 20.0 - rate * s as f64;
+                assert_eq!(u.observe(&seen(5.0, r, 5.5 - r), at(t0, s)), None, "{rate}");
+            }
         }
         // At its setpoint, exporting through AC PV it cannot absorb: not this.
         let mut u = UnheldSetpoint::default();
