@@ -34,6 +34,11 @@ step "configure (API key; plain HTTP on loopback instead of TLS for the test)"
 sed -i -e '/^\[server.tls\]/,/^key = /d' -e "s/^keys = \[\]/keys = [\"$KEY\"]/" "$CFG"
 leap-edge config check --config "$CFG"
 
+check "config check, run as root, speaks for the service user" bash -c \
+  "chmod 0600 $CFG; out=\$(leap-edge config check 2>&1); rc=\$?; chmod 0640 $CFG; echo \"\$out\" | tail -2; \
+   [[ \$rc == 78 ]] && grep -q 'service user leap-edge cannot read' <<<\"\$out\""
+leap-edge config check --config "$CFG"
+
 step "start: Type=notify returns once READY=1 arrived"
 systemctl start leap-edge
 check "active" systemctl is-active -q leap-edge

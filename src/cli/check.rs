@@ -11,7 +11,8 @@ pub(super) fn run(path: &Path) -> u8 {
             return exit::CONFIG;
         }
     };
-    let mut problems = Vec::new();
+    // Run as root, every file reads; the daemon runs as leap-edge.
+    let mut problems = super::service_access::problems(&config, path);
     if let Some(tls) = &config.server.tls
         && let Err(e) = crate::server::tls::ReloadableTls::load(&tls.cert, &tls.key)
     {

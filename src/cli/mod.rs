@@ -20,6 +20,7 @@ mod release;
 mod report;
 mod schedule;
 mod send_test;
+mod service_access;
 mod sim;
 mod status;
 mod status_view;
