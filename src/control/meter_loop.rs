@@ -349,7 +349,7 @@ impl MeterLoop {
         if first {
             tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
                 event_id = %cmd.event_id, reason = %why,
-                "control: cannot trust the site readings, battery handed back to normal operation");
+                "control: cannot trust the readings or the device, battery handed back to normal operation");
             self.push_event(cmd, "blind", &why);
         }
         // What happened while blind is unknown: no violation accounting across the gap.

@@ -240,7 +240,7 @@ const METRIC_FAMILIES: &[MetricFamily] = &[
     MetricFamily {
         name: "leap_edge_control_blind_total",
         kind: "counter",
-        help: "Times the loop handed the battery back for failed, stale or out-of-range readings.",
+        help: "Times the loop handed the battery back: failed, stale, out-of-range or frozen readings, or a battery not holding its setpoint while the site exports.",
         value: |m| Some(m.blind_total as f64),
     },
     MetricFamily {
