@@ -28,12 +28,19 @@ const STATUS_PERIOD: Duration = Duration::from_secs(60);
 /// Changes within this long after one go out as one status.
 const STATUS_COALESCE: Duration = Duration::from_secs(1);
 
-/// What the run loop still has to hand the event loop.
+/// What the run loop still has to hand the event loop, and what it still has to store.
 #[derive(Default)]
 struct Outgoing {
     subscribe: bool,
     /// Committed messages not yet acknowledged, in order.
     acks: VecDeque<Publish>,
+    /// Received messages not yet committed, in order: while the store fails, the event
+    /// loop keeps being polled (keep-alives, so the broker does not take the gateway for
+    /// gone) and what arrives waits here behind the first. Bounded by the broker's window
+    /// of unacknowledged messages.
+    backlog: VecDeque<Publish>,
+    /// When to try the first of `backlog` again after the store failed, and how often it has.
+    retry: Option<(tokio::time::Instant, u32)>,
 }
 
 struct Uplink {
@@ -83,6 +90,14 @@ pub(crate) fn spawn(
     }))
 }
 
+/// Until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Uplink {
     fn dispatch_topic(&self) -> String {
         dispatch_topic(&self.config.topic_prefix, &self.config.client_id)
@@ -93,9 +108,12 @@ impl Uplink {
         let mut out = Outgoing::default();
         tracing::info!(url = %self.config.url, client_id = %self.config.client_id, topic = %self.dispatch_topic(), "mqtt uplink starting");
         loop {
+            self.store_backlog(&mut out, &stop).await;
             self.send_pending(&mut out);
+            let retry_at = out.retry.map(|r| r.0);
             let ev = tokio::select! {
                 ev = events.poll() => ev,
+                () = sleep_until(retry_at) => continue,
                 _ = stop.wait_for(|s| *s) => break,
             };
             match ev {
@@ -104,15 +122,14 @@ impl Uplink {
                     out = self.connected(ack.session_present);
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => self.check_subscription(&s),
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(ack) = self.receive(p, &stop).await {
-                        out.acks.push_back(ack);
-                    }
-                }
+                Ok(Event::Incoming(Packet::Publish(p))) => out.backlog.push_back(p),
                 Ok(_) => {}
                 Err(e) => {
                     failures += 1;
+                    // Unacknowledged, the broker sends these again on the next connection.
                     out.acks.clear();
+                    out.backlog.clear();
+                    out.retry = None;
                     self.broker.lost(&e.to_string());
                     let wait = reconnect_delay(failures);
                     tracing::warn!(url = %self.config.url, error = %e, retry_in_secs = wait.as_secs(), "mqtt uplink: broker unreachable");
@@ -142,7 +159,31 @@ impl Uplink {
         self.publish_status(true);
         Outgoing {
             subscribe: true,
-            acks: VecDeque::new(),
+            ..Outgoing::default()
+        }
+    }
+
+    /// Commit what was received, in order, up to the first the store refuses for now; that
+    /// one is tried again when its wait is over. Stopping leaves the rest unacknowledged:
+    /// the broker keeps it for the next start.
+    async fn store_backlog(&self, out: &mut Outgoing, stop: &watch::Receiver<bool>) {
+        while let Some(p) = out.backlog.front() {
+            if *stop.borrow() || out.retry.is_some_and(|r| tokio::time::Instant::now() < r.0) {
+                return;
+            }
+            match self.receive(p).await {
+                Some(ack) => {
+                    out.acks.push_back(ack);
+                    out.backlog.pop_front();
+                    out.retry = None;
+                }
+                None => {
+                    let failures = out.retry.map_or(1, |r| r.1 + 1);
+                    let at = tokio::time::Instant::now() + reconnect_delay(failures);
+                    out.retry = Some((at, failures));
+                    return;
+                }
+            }
         }
     }
 
@@ -191,9 +232,8 @@ impl Uplink {
     }
 
     /// Commit, then acknowledge; never the other way round. Returns what to acknowledge
-    /// (the message without its body), or None when it must not be (stopping before it
-    /// could be stored: the broker keeps it).
-    async fn receive(&self, p: Publish, stop: &watch::Receiver<bool>) -> Option<Publish> {
+    /// (the message without its body), or None when the store failed and it must wait.
+    async fn receive(&self, p: &Publish) -> Option<Publish> {
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         if topic == self.dispatch_topic() {
             if let Ok(path) = std::env::var(HOLD_ENV) {
@@ -205,31 +245,18 @@ impl Uplink {
                 std::future::pending::<()>().await;
             }
             let origin = format!("mqtt:{topic}");
-            let mut failures = 0u32;
-            loop {
-                match ingest_body(&self.app, &origin, p.payload.clone()).await {
-                    Ingested::Committed => break,
-                    Ingested::Refused(e) => {
-                        // Not a Leap notification: redelivery cannot fix it. The relay
-                        // counted it delivered, so the retained status says so.
-                        tracing::error!(topic, error = %e, bytes = p.payload.len(), "mqtt message refused (not a Leap notification, or over this gateway's limits); acknowledged, not stored");
-                        self.broker.refused(&e);
-                        self.publish_status(true);
-                        break;
-                    }
-                    Ingested::Unavailable if *stop.borrow() => return None,
-                    Ingested::Unavailable => {
-                        // Not acknowledged: the broker keeps it; retry the commit here, in
-                        // order, as the next message must not overtake it.
-                        failures += 1;
-                        let mut stop = stop.clone();
-                        tokio::select! {
-                            _ = tokio::time::sleep(reconnect_delay(failures)) => {}
-                            // Stopping: the broker keeps the message for the next start.
-                            _ = stop.wait_for(|s| *s) => return None,
-                        }
-                    }
+            match ingest_body(&self.app, &origin, p.payload.clone()).await {
+                Ingested::Committed => {}
+                Ingested::Refused(e) => {
+                    // Not a Leap notification: redelivery cannot fix it. The relay counted
+                    // it delivered, so the retained status says so.
+                    tracing::error!(topic, error = %e, bytes = p.payload.len(), "mqtt message refused (not a Leap notification, or over this gateway's limits); acknowledged, not stored");
+                    self.broker.refused(&e);
+                    self.publish_status(true);
                 }
+                // Not acknowledged: the broker keeps it; it is tried again, in order, as
+                // the next message must not overtake it.
+                Ingested::Unavailable => return None,
             }
         } else {
             tracing::warn!(
@@ -240,7 +267,7 @@ impl Uplink {
         // The retained status follows through `status_loop` (a stored dispatch is a change).
         Some(Publish {
             payload: bytes::Bytes::new(),
-            ..p
+            ..p.clone()
         })
     }
 

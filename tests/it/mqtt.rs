@@ -515,3 +515,96 @@ fn quarter_hours(meter: &str, prefix: &str, n: i64) -> String {
         .collect();
     meter_notification(meter, slots)
 }
+
+/// `chattr +i` on the gateway's database files and folder, undone on drop.
+struct ReadOnlyStore(Vec<std::path::PathBuf>);
+
+impl ReadOnlyStore {
+    fn set(d: &Daemon) -> ReadOnlyStore {
+        let db = d.db_path();
+        let paths: Vec<_> = ["", "-wal"]
+            .iter()
+            .map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())))
+            .filter(|p| p.exists())
+            .chain([d.dir.path().to_path_buf()])
+            .collect();
+        for p in &paths {
+            let ok = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(p)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "chattr +i {}", p.display());
+        }
+        ReadOnlyStore(paths)
+    }
+}
+
+impl Drop for ReadOnlyStore {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(p)
+                .status();
+        }
+    }
+}
+
+/// While the gateway's store fails, a received message waits, unacknowledged, and is
+/// tried again; meanwhile the connection must stay alive (keep-alives answered), or the
+/// broker takes the gateway for gone, publishes its offline will and the relay shows it
+/// down. Once the store works again the message is stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and root (chattr)"]
+async fn a_failing_store_keeps_the_gateway_connected_and_stores_after() {
+    let broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    let gw = Daemon::start_with(&format!(
+        "{}\nkeep_alive_secs = 5\n",
+        uplink(&broker, "site-a")
+    ));
+    wait_log(&gw, "mqtt uplink connected", 1);
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    // What the broker says of the gateway, as the relay records it (retained status, or
+    // the offline will the broker publishes when the keep-alive lapses).
+    let online = || {
+        relay
+            .db()
+            .query_row(
+                "SELECT online FROM relay_mqtt_status WHERE gateway = 'site-a'",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .ok()
+    };
+    tokio::task::block_in_place(|| {
+        wait_for("the relay sees site-a online", || online() == Some(true))
+    });
+    let frozen = ReadOnlyStore::set(&gw);
+    let r = relay.post(&notification(&[("meter-a", "ev-held")])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    tokio::task::block_in_place(|| {
+        wait_log(&gw, "cannot store", 1);
+        // Three keep-alive periods: a gateway not polling its connection is cut after 1.5.
+        std::thread::sleep(Duration::from_secs(15));
+        assert_eq!(
+            online(),
+            Some(true),
+            "the broker gave up on the gateway\n{}",
+            gw.log()
+        );
+        let up = status_json(&gw)["uplink"].clone();
+        assert_eq!(
+            (up["connected"].clone(), up["connections"].clone()),
+            (serde_json::json!(true), serde_json::json!(1)),
+            "{up}\n{}",
+            gw.log()
+        );
+        assert!(stored(&gw).is_empty());
+        drop(frozen);
+        wait_for("stored once the store works", || {
+            stored(&gw) == once(&["ev-held"])
+        });
+    });
+    relay.running.stop().await;
+}
