@@ -63,17 +63,7 @@ impl Config {
     /// Read, parse and check a configuration file. Relative paths inside it are resolved
     /// against the file's own folder, so the daemon behaves the same from any working directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg = Config::parse_str(&text, path)?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        cfg.resolve_paths(base);
-        cfg.source = Some(path.to_path_buf());
+        let cfg = Config::read(path)?;
         cfg.check().map_err(|problems| ConfigError::Invalid {
             path: path.to_path_buf(),
             problems,
@@ -86,6 +76,14 @@ impl Config {
     /// the configuration, because releasing the batteries needs only `[devices]`, and a
     /// half-finished key rotation must not leave a battery under remote control.
     pub fn load_for_release(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let cfg = Config::read(path)?;
+        let problems = cfg.check().err().unwrap_or_default();
+        Ok((cfg, problems))
+    }
+
+    /// Read and parse the file, with its relative paths resolved against its own folder; no
+    /// semantic check yet.
+    fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -97,8 +95,7 @@ impl Config {
             .unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         cfg.source = Some(path.to_path_buf());
-        let problems = cfg.check().err().unwrap_or_default();
-        Ok((cfg, problems))
+        Ok(cfg)
     }
 
     /// Parse only (no semantic check, no path resolution); `path` names the source in errors.

@@ -602,3 +602,36 @@ pub fn cli_with(config: &std::path::Path, args: &[&str]) -> (i32, String, String
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// `chattr +i` on the files (which binds root too, where file modes do not); removed on
+/// drop. For tests that need a read-only database or folder: they need root.
+pub struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    pub fn set(files: &[PathBuf]) -> Immutable {
+        for f in files {
+            let ok = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(f)
+                .status()
+                .unwrap();
+            assert!(
+                ok.success(),
+                "chattr +i {} (needs root on ext4/xfs/btrfs)",
+                f.display()
+            );
+        }
+        Immutable(files.to_vec())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(f)
+                .status();
+        }
+    }
+}

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{Daemon, local_get};
+use common::{Daemon, Immutable, local_get};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -120,29 +120,23 @@ fn readable_or_encrypted_tls_keys_are_refused_with_what_to_do() {
     assert!(err.contains("openssl pkey"), "{err}");
 }
 
-/// `chattr +i` on the files; removed on drop.
-struct Immutable(Vec<std::path::PathBuf>);
-
-impl Immutable {
-    fn set(files: &[std::path::PathBuf]) -> Immutable {
-        for f in files {
-            let ok = Command::new("chattr").arg("+i").arg(f).status().unwrap();
-            assert!(
-                ok.success(),
-                "chattr +i {} (needs root on ext4/xfs/btrfs)",
-                f.display()
-            );
-        }
-        Immutable(files.to_vec())
-    }
+/// Start the daemon on `cfg`, wait until it listens, stop it with SIGTERM (a clean stop).
+fn run_and_stop_cleanly(dir: &Path, cfg: &Path) {
+    let log = dir.join("log");
+    let mut child = under_umask_000(cfg, "run", &log);
+    wait_for(&log, "listening for Leap notifications");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success());
 }
 
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        for f in &self.0 {
-            let _ = Command::new("chattr").arg("-i").arg(f).status();
-        }
-    }
+/// A folder's files and the folder itself.
+fn folder_and_files(folder: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(folder.to_path_buf());
+    files
 }
 
 /// 10.4: a database the service cannot write stops the start with exit 78 and the path,
@@ -152,11 +146,7 @@ impl Drop for Immutable {
 fn read_only_database_at_start_exits_78_with_path_owner_and_mode() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 0o600);
-    let log = dir.path().join("log");
-    let mut child = under_umask_000(&cfg, "run", &log);
-    wait_for(&log, "listening for Leap notifications");
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    assert!(child.wait().unwrap().success());
+    run_and_stop_cleanly(dir.path(), &cfg);
     let db = dir.path().join("state/leap-edge.db");
     let _frozen = Immutable::set(std::slice::from_ref(&db));
     let out = Command::new(common::bin())
@@ -178,17 +168,9 @@ fn read_only_database_at_start_exits_78_with_path_owner_and_mode() {
 fn state_folder_it_cannot_write_stops_the_start_with_exit_78() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 0o600);
-    let log = dir.path().join("log");
-    let mut child = under_umask_000(&cfg, "run", &log);
-    wait_for(&log, "listening for Leap notifications");
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    assert!(child.wait().unwrap().success());
+    run_and_stop_cleanly(dir.path(), &cfg);
     let state = dir.path().join("state");
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&state)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.push(state);
+    let files = folder_and_files(&state);
     // As after `sudo leap-edge run` by hand, then the service: another user's files.
     for f in &files {
         std::os::unix::fs::chown(f, Some(12345), None).unwrap();
@@ -246,21 +228,13 @@ fn an_admin_socket_folder_it_cannot_write_stops_the_start_with_exit_78() {
 fn read_only_commands_work_after_a_clean_stop_in_a_folder_they_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 0o600);
-    let log = dir.path().join("log");
-    let mut child = under_umask_000(&cfg, "run", &log);
-    wait_for(&log, "listening for Leap notifications");
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    assert!(child.wait().unwrap().success());
+    run_and_stop_cleanly(dir.path(), &cfg);
     let state = dir.path().join("state");
     assert!(
         !state.join("leap-edge.db-wal").exists(),
         "a clean stop removes the WAL"
     );
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&state)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.push(state);
+    let files = folder_and_files(&state);
     let _frozen = Immutable::set(&files);
     for cmd in ["history", "events", "schedule"] {
         let out = Command::new(common::bin())

@@ -256,20 +256,6 @@ async fn a_dispatch_missed_while_down_is_dispatched_after_the_start_poll() {
     assert!(d.log().contains("never pushed"), "the operator is warned");
 }
 
-/// `chattr +i` on the database and its folder, undone on drop.
-struct Frozen(Vec<std::path::PathBuf>);
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::process::Command::new("chattr")
-                .arg("-i")
-                .arg(p)
-                .status();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and chattr on ext4 (.ci/run runs it); waits out the one-minute poll gap"]
 async fn storage_recovery_triggers_a_poll_that_finds_the_refused_dispatch() {
@@ -281,16 +267,7 @@ async fn storage_recovery_triggers_a_poll_that_finds_the_refused_dispatch() {
         .map(|s| std::path::PathBuf::from(format!("{}{s}", d.db_path().display())))
         .chain([d.dir.path().to_path_buf()])
         .collect();
-    let mut frozen = Frozen(Vec::new());
-    for p in &paths {
-        let ok = std::process::Command::new("chattr")
-            .arg("+i")
-            .arg(p)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "chattr +i {}", p.display());
-        frozen.0.push(p.clone());
-    }
+    let frozen = common::Immutable::set(&paths);
     let refused = slot("refused-while-read-only", 3600, json!({}));
     let r = d
         .client()

@@ -516,39 +516,16 @@ fn quarter_hours(meter: &str, prefix: &str, n: i64) -> String {
     meter_notification(meter, slots)
 }
 
-/// `chattr +i` on the gateway's database files and folder, undone on drop.
-struct ReadOnlyStore(Vec<std::path::PathBuf>);
-
-impl ReadOnlyStore {
-    fn set(d: &Daemon) -> ReadOnlyStore {
-        let db = d.db_path();
-        let paths: Vec<_> = ["", "-wal"]
-            .iter()
-            .map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())))
-            .filter(|p| p.exists())
-            .chain([d.dir.path().to_path_buf()])
-            .collect();
-        for p in &paths {
-            let ok = std::process::Command::new("chattr")
-                .arg("+i")
-                .arg(p)
-                .status()
-                .unwrap();
-            assert!(ok.success(), "chattr +i {}", p.display());
-        }
-        ReadOnlyStore(paths)
-    }
-}
-
-impl Drop for ReadOnlyStore {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::process::Command::new("chattr")
-                .arg("-i")
-                .arg(p)
-                .status();
-        }
-    }
+/// The gateway's database and its folder made read-only (root), undone on drop.
+fn read_only_store(d: &Daemon) -> common::Immutable {
+    let db = d.db_path();
+    let paths: Vec<_> = ["", "-wal"]
+        .iter()
+        .map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())))
+        .filter(|p| p.exists())
+        .chain([d.dir.path().to_path_buf()])
+        .collect();
+    common::Immutable::set(&paths)
 }
 
 /// While the gateway's store fails, a received message waits, unacknowledged, and is
@@ -580,7 +557,7 @@ async fn a_failing_store_keeps_the_gateway_connected_and_stores_after() {
     tokio::task::block_in_place(|| {
         wait_for("the relay sees site-a online", || online() == Some(true))
     });
-    let frozen = ReadOnlyStore::set(&gw);
+    let frozen = read_only_store(&gw);
     let r = relay.post(&notification(&[("meter-a", "ev-held")])).await;
     assert_eq!(r.status, 200, "{}", r.text);
     tokio::task::block_in_place(|| {
