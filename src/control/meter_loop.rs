@@ -313,6 +313,16 @@ impl MeterLoop {
         {
             // Unknown what the device holds now: write again next period.
             self.last_write = None;
+            if e.is_refusal() {
+                // SPEC §2.13: the device answers but does not hold what we ask; hand it back
+                // now instead of leaving it under remote control on a half-written command.
+                tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device, error = %e,
+                    "control: the device refused the setpoint; handing the battery back");
+                if let Err(r) = self.ensure_released().await {
+                    tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
+                        error = %r, "control: hand-back after a refused setpoint failed");
+                }
+            }
             return Err(e);
         }
         tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device,

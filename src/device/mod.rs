@@ -73,6 +73,21 @@ pub enum DeviceError {
     Profile { device: String, reason: String },
 }
 
+impl DeviceError {
+    /// The device answered but did not take what was written (an exception, a read-back
+    /// that differs, a value out of range, a profile that cannot command it), as opposed to
+    /// a connection that failed: writing the same again next period will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Exception { .. }
+                | Self::ReadBack { .. }
+                | Self::Range { .. }
+                | Self::Profile { .. }
+        )
+    }
+}
+
 /// What the control loop needs from a battery. Implementations put every call under a
 /// timeout and reconnect after a failure; the loop just retries on its next period.
 pub trait Battery: Send {

@@ -71,6 +71,9 @@ pub enum Fault {
     IgnoreWrites,
     /// A write closes the connection without an answer.
     DropOnWrite,
+    /// Writes of a power setpoint (124 `OutWRte`/`InWRte`, 704 `WSet`) get exception 0x03
+    /// (illegal data value); every other write is stored: a device refusing the value.
+    RejectPowerWrites,
 }
 
 /// What the simulated site is doing now.

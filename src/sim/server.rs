@@ -227,6 +227,9 @@ impl SimService {
                 .image
                 .writable_point_at(addr.wrapping_add(i))
                 .ok_or(ExceptionCode::IllegalDataAddress)?;
+            if s.fault == Fault::RejectPowerWrites && POWER_POINTS.contains(&p.name) {
+                return Err(ExceptionCode::IllegalDataValue);
+            }
             models.push(p.model);
         }
         if s.fault == Fault::IgnoreWrites {
@@ -253,6 +256,9 @@ impl SimService {
         Ok(Some(()))
     }
 }
+
+/// The setpoints [`Fault::RejectPowerWrites`] refuses.
+const POWER_POINTS: [&str; 3] = ["OutWRte", "InWRte", "WSet"];
 
 /// Values a real inverter would refuse.
 fn valid(s: &SimInner) -> bool {

@@ -202,6 +202,32 @@ async fn a_command_left_past_its_end_is_handed_back_by_the_loop() {
     cc.shutdown(Duration::from_secs(3)).await;
 }
 
+/// SPEC §2.13: a device that answers but refuses the setpoint's value is handed back at
+/// once. Before, the loop wrote the reversion timeout first on every retry, so the device
+/// stayed under remote control on the old setpoint, its own timeout never running out.
+#[tokio::test]
+async fn a_refused_setpoint_hands_the_battery_back_then_resumes() {
+    let sim = start_sim().await;
+    let cc = commander(&sim);
+    cc.apply(METER, &command(10.0, 60)).await.unwrap();
+    assert!(eventually(LONG, || sim.snapshot().mode == Mode::Remote124).await);
+    sim.set_fault(Fault::RejectPowerWrites);
+    let asked = Instant::now();
+    let err = cc.apply(METER, &command(5.0, 60)).await.unwrap_err();
+    assert!(err.to_string().contains("exception 0x03"), "{err}");
+    assert!(eventually(LONG, || sim.snapshot().mode == Mode::Normal).await);
+    // Well inside the device's own 10 s reversion: the loop handed it back.
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        asked.elapsed()
+    );
+    sim.set_fault(Fault::None);
+    assert!(eventually(LONG, || sim.snapshot().mode == Mode::Remote124).await);
+    assert!(near(sim.point(124, "OutWRte"), out_pct(5.0), 0.5));
+    cc.shutdown(Duration::from_secs(3)).await;
+}
+
 /// SPEC §2.13 stale readings: only the reading's own values count towards its age. The
 /// discovery and scale factors redone after a reconnect (and once a minute) take dozens of
 /// requests; on a slow device (here 100 ms an answer: a reading ~0.5 s, a rebind ~3 s)

@@ -133,8 +133,9 @@ async fn a_write_the_device_does_not_keep_is_a_read_back_error() {
         DeviceError::ReadBack {
             point, wrote, read, ..
         } => {
-            assert_eq!(point, "124.InOutWRte_RvrtTms");
-            assert_eq!((wrote.as_str(), read.as_str()), ("30", "0"));
+            // The power goes first: a refused one leaves the reversion timer alone.
+            assert_eq!(point, "124.OutWRte");
+            assert_eq!((wrote.as_str(), read.as_str()), ("20", "100"));
         }
         other => panic!("expected a read-back error, got {other}"),
     }

@@ -72,11 +72,14 @@ impl ModbusBattery {
         let reversion = ctl.reversion.clone();
         let enter = ctl.enter.clone();
         let power = self.power_writes(ctl.power.clone(), target).await?;
-        if let Some(r) = reversion {
-            regs::write_value(&mut self.client, &r, reversion_secs as f64).await?;
-        }
+        // The power first: when the device refuses it, the reversion timer is not re-armed
+        // (its own countdown hands the battery back) and remote control is not entered.
         for (r, v) in power {
             regs::write_value(&mut self.client, &r, v).await?;
+        }
+        // Before `enter`: a device never runs under remote control without its timeout.
+        if let Some(r) = reversion {
+            regs::write_value(&mut self.client, &r, reversion_secs as f64).await?;
         }
         for r in enter {
             regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
