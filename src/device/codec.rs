@@ -1,5 +1,5 @@
 //! Register encoding: turning Modbus words into numbers and back, for the register types
-//! device profiles name (u16, i16, u32, i32, f32) in either word order. Encoding refuses
+//! device profiles name (u16, i16, u32, i32, f32, acc32) in either word order. Encoding refuses
 //! any value its register cannot hold, so a negative can never reach an unsigned register.
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,9 @@ pub(crate) enum RegType {
     U32,
     I32,
     F32,
+    /// SunSpec's accumulator: a u32 whose "not implemented" value is 0, not 0xFFFFFFFF (a
+    /// meter without the counter must not read as exactly 0 Wh).
+    Acc32,
 }
 
 /// Order of the two 16-bit words of a 32-bit value. SunSpec is big-endian (high word
@@ -37,7 +40,7 @@ impl RegType {
         match self {
             RegType::U16 => (0.0, u16::MAX as f64),
             RegType::I16 => (i16::MIN as f64, i16::MAX as f64),
-            RegType::U32 => (0.0, u32::MAX as f64),
+            RegType::U32 | RegType::Acc32 => (0.0, u32::MAX as f64),
             RegType::I32 => (i32::MIN as f64, i32::MAX as f64),
             RegType::F32 => (f32::MIN as f64, f32::MAX as f64),
         }
@@ -84,7 +87,7 @@ pub(crate) fn decode(words: &[u16], ty: RegType, order: WordOrder) -> Result<f64
     Ok(match ty {
         RegType::U16 => words[0] as f64,
         RegType::I16 => words[0] as i16 as f64,
-        RegType::U32 => join(words, order) as f64,
+        RegType::U32 | RegType::Acc32 => join(words, order) as f64,
         RegType::I32 => join(words, order) as i32 as f64,
         RegType::F32 => f32::from_bits(join(words, order)) as f64,
     })
@@ -96,6 +99,7 @@ pub(crate) fn is_sunspec_unimplemented(words: &[u16], ty: RegType, order: WordOr
         RegType::U16 => words.first() == Some(&0xFFFF),
         RegType::I16 => words.first() == Some(&0x8000),
         RegType::U32 => words.len() >= 2 && join(words, order) == 0xFFFF_FFFF,
+        RegType::Acc32 => words.len() >= 2 && join(words, order) == 0,
         RegType::I32 => words.len() >= 2 && join(words, order) == 0x8000_0000,
         RegType::F32 => words.len() >= 2 && f32::from_bits(join(words, order)).is_nan(),
     }
@@ -117,7 +121,7 @@ pub(crate) fn encode(raw: f64, ty: RegType, order: WordOrder) -> Result<Vec<u16>
     Ok(match ty {
         RegType::U16 => vec![v as u16],
         RegType::I16 => vec![v as i16 as u16],
-        RegType::U32 => split(v as u32, order),
+        RegType::U32 | RegType::Acc32 => split(v as u32, order),
         RegType::I32 => split(v as i32 as u32, order),
         RegType::F32 => split((v as f32).to_bits(), order),
     })

@@ -54,7 +54,7 @@ const fn rw(
     }
 }
 
-use RegType::{F32, I16, I32, U16, U32};
+use RegType::{Acc32, F32, I16, I32, U16, U32};
 
 /// Scale-factor points are int16 (`sunssf`).
 pub(crate) static POINTS: &[PointDef] = &[
@@ -83,8 +83,8 @@ pub(crate) static POINTS: &[PointDef] = &[
     p(203, "W", 18, I16, Some("W_SF")),
     p(203, "W_SF", 22, I16, None),
     // Energy accumulators (acc32, Wh with TotWh_SF): exact interval energy (issue 14)
-    p(203, "TotWhExp", 38, U32, Some("TotWh_SF")),
-    p(203, "TotWhImp", 46, U32, Some("TotWh_SF")),
+    p(203, "TotWhExp", 38, Acc32, Some("TotWh_SF")),
+    p(203, "TotWhImp", 46, Acc32, Some("TotWh_SF")),
     p(203, "TotWh_SF", 54, I16, None),
     // model 213, the same meter in float32
     p(213, "W", 28, F32, None),
@@ -303,6 +303,17 @@ mod tests {
                 d.name
             );
             assert_eq!(pt["sf"].as_str(), d.sf, "{}.{} sf", d.model, d.name);
+            // The type decides the "not implemented" value (acc32: 0; uint32: 0xFFFFFFFF).
+            let ty = match pt["type"].as_str().unwrap_or_default() {
+                "int16" | "sunssf" => RegType::I16,
+                "uint16" | "enum16" | "bitfield16" => RegType::U16,
+                "uint32" | "enum32" | "bitfield32" => RegType::U32,
+                "int32" => RegType::I32,
+                "acc32" => RegType::Acc32,
+                "float32" => RegType::F32,
+                other => panic!("{}.{}: type {other} not mapped", d.model, d.name),
+            };
+            assert_eq!(ty, d.ty, "{}.{} type", d.model, d.name);
             checked += 1;
         }
         assert!(checked > 0);
