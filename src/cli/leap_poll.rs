@@ -65,6 +65,7 @@ async fn here(
     let targets = Targets {
         meter_ids: config.meters.iter().map(|m| m.id.clone()).collect(),
         market_group_ids: groups,
+        limits: config.limits.clone(),
     };
     let out = poll::poll_once(client, &store, &targets, window, &|| {}).await;
     drop(store);

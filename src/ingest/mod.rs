@@ -8,7 +8,7 @@ mod parse;
 mod timeslot;
 
 pub(crate) use bounds::BoundedError;
-pub use parse::{parse_bounded, parse_notification};
+pub use parse::{parse_bounded, parse_limited, parse_notification};
 pub(crate) use timeslot::RejectReason;
 
 use crate::model::{Kind, Timeslot};

@@ -22,11 +22,22 @@ pub fn parse_bounded(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<ParsedNotification, super::BoundedError> {
     super::bounds::check_counts(body, limits)?;
+    Ok(parse_limited(body, limits, now)?)
+}
+
+/// [`parse_bounded`] without the count check: for the pages the polling backstop asked Leap
+/// for, whose size Leap sets. Each timeslot still meets the same duration and start limits
+/// as a push, so a poll never stores what a push would have rejected.
+pub fn parse_limited(
+    body: &[u8],
+    limits: &crate::config::LimitsConfig,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ParsedNotification, NotificationError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| NotificationError::NotJson(e.to_string()))?;
-    Ok(parse_value(&value, &|ts| {
+    parse_value(&value, &|ts| {
         super::bounds::timeslot_problem(ts, limits, now)
-    })?)
+    })
 }
 
 /// `check` may reject a well-formed timeslot with a reason (a configured limit).

@@ -197,6 +197,7 @@ impl Backstop {
         let targets = Targets {
             meter_ids: cfg.meters.iter().map(|m| m.id.clone()).collect(),
             market_group_ids: groups,
+            limits: cfg.limits.clone(),
         };
         let changes = self.changes.clone();
         let bump = move || changes.bump();

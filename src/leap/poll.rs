@@ -3,9 +3,9 @@
 //! parse → ingest → store path as a push, recorded with source `poll`. Idempotency,
 //! revisions and final cancellation are the store's, exactly as for pushes.
 
-use super::types::{GroupResult, Level, MeterResult, SearchRequest};
+use super::types::{Level, SearchEntry, SearchRequest};
 use super::{LeapClient, LeapError};
-use crate::ingest::parse_notification;
+use crate::ingest::parse_limited;
 use crate::store::{IngestOutcome, IngestRecord, Source, Store, StoreError};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,8 @@ impl PollReport {
 pub(crate) struct Targets {
     pub(crate) meter_ids: Vec<String>,
     pub(crate) market_group_ids: Vec<String>,
+    /// The `[limits]` a push is held to: a polled timeslot meets the same ones.
+    pub(crate) limits: crate::config::LimitsConfig,
 }
 
 /// Run the backstop once. `on_change` is called after each page that created or changed a
@@ -91,11 +93,29 @@ pub(crate) async fn poll_once(
     };
     if !targets.meter_ids.is_empty() {
         let req = request(window, Some(targets.meter_ids.clone()), None);
-        search_all::<MeterResult>(client, store, Level::Meter, req, &mut report, on_change).await?;
+        search_all(
+            client,
+            store,
+            targets,
+            Level::Meter,
+            req,
+            &mut report,
+            on_change,
+        )
+        .await?;
     }
     if !targets.market_group_ids.is_empty() {
         let req = request(window, None, Some(targets.market_group_ids.clone()));
-        search_all::<GroupResult>(client, store, Level::Group, req, &mut report, on_change).await?;
+        search_all(
+            client,
+            store,
+            targets,
+            Level::Group,
+            req,
+            &mut report,
+            on_change,
+        )
+        .await?;
     }
     Ok(report)
 }
@@ -113,23 +133,22 @@ fn request(w: Window, meters: Option<Vec<String>>, groups: Option<Vec<String>>) 
     }
 }
 
-async fn search_all<R>(
+async fn search_all(
     client: &LeapClient,
     store: &Store,
+    targets: &Targets,
     level: Level,
     mut req: SearchRequest,
     report: &mut PollReport,
     on_change: &(dyn Fn() + Sync),
-) -> Result<(), PollError>
-where
-    R: Serialize + for<'de> Deserialize<'de>,
-{
+) -> Result<(), PollError> {
     loop {
-        let page = client.search::<R>(level, &req).await?;
+        let page = client.search::<SearchEntry>(level, &req).await?;
         report.pages += 1;
         report.results += page.results.len() as u32;
         if !page.results.is_empty() {
-            let (outcome, new_ids) = store_page(store, level, &page.results).await?;
+            let (outcome, new_ids) =
+                store_page(store, &targets.limits, level, &page.results).await?;
             if outcome.changed() {
                 on_change();
             }
@@ -153,10 +172,11 @@ where
 
 /// One page as one notification: the same parser as a push (so every rule of SPEC §2.2
 /// applies), the same transaction, source `poll`.
-async fn store_page<R: Serialize>(
+async fn store_page(
     store: &Store,
+    limits: &crate::config::LimitsConfig,
     level: Level,
-    results: &[R],
+    results: &[SearchEntry],
 ) -> Result<(IngestOutcome, Vec<String>), PollError> {
     let key = match level {
         Level::Meter => "meter_dispatches",
@@ -168,14 +188,14 @@ async fn store_page<R: Serialize>(
         key: results,
     })
     .to_string();
-    let parsed =
-        parse_notification(body.as_bytes()).map_err(|e| PollError::Shape(e.to_string()))?;
+    let received_at = Utc::now();
+    let parsed = parse_limited(body.as_bytes(), limits, received_at)
+        .map_err(|e| PollError::Shape(format!("{} search: {e}", level.path())))?;
     let ids: Vec<(String, String)> = parsed
         .timeslots
         .iter()
         .map(|t| (t.kind.as_str().to_string(), t.event_id.clone()))
         .collect();
-    let received_at = Utc::now();
     let record = IngestRecord {
         received_at,
         peer: None,

@@ -84,25 +84,10 @@ pub(crate) struct SearchPage<R> {
     pub(crate) results: Vec<R>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct MeterResult {
-    pub(crate) meter_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) partner_reference: Option<String>,
-    #[serde(default)]
-    pub(crate) timeslots: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct GroupResult {
-    pub(crate) market_group_id: String,
-    #[serde(default)]
-    pub(crate) meter_ids: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) partner_references: Vec<String>,
-    #[serde(default)]
-    pub(crate) timeslots: Vec<serde_json::Value>,
-}
+/// One search result (a meter's or a market group's dispatches) as Leap sent it. Only its
+/// being an object is checked here: the push parser judges the rest, so one odd field
+/// rejects what it must and no more (SPEC §2.2), instead of failing the whole poll.
+pub(crate) type SearchEntry = serde_json::Map<String, serde_json::Value>;
 
 /// Leap's error body.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

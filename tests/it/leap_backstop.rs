@@ -288,3 +288,43 @@ async fn storage_recovery_triggers_a_poll_that_finds_the_refused_dispatch() {
     assert!(polled, "no poll after recovery: {s}");
     assert_eq!(timeslot_row(&d, "refused-while-read-only").0, "poll");
 }
+
+/// A poll holds a timeslot to the same `[limits]` as a push (before, a 48 h timeslot a push
+/// rejects was stored by the next poll and dispatched), and an entry field of the wrong
+/// type is judged by the push parser, not fatal to the whole poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_keeps_the_push_limits_and_tolerates_an_odd_field() {
+    let fake = FakeLeap::start().await;
+    let long = common::timeslot_json(
+        METER,
+        "two-days",
+        chrono::Utc::now() + chrono::Duration::hours(1),
+        48 * 3600,
+        Some(5.0),
+        json!({}),
+    );
+    fake.state.lock().unwrap().meter_results = vec![
+        json!({"meter_id": METER, "partner_reference": 5, "timeslots": [slot("odd-entry", 3600, json!({}))]}),
+        json!({"meter_id": METER, "timeslots": [long]}),
+    ];
+    let d = Daemon::start_with(&site(&fake, ""));
+    wait_first_poll(&d).await;
+    let (code, out, err) = cli(&d, &["leap", "poll", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        r["duplicate"], 1,
+        "the odd entry was stored by the first poll: {r}"
+    );
+    assert_eq!(r["rejected"], 1, "{r}");
+    assert_eq!(timeslot_row(&d, "odd-entry").0, "poll");
+    let stored: i64 = d
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM timeslots WHERE event_id = 'two-days'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 0, "a timeslot over max_timeslot_hours was stored");
+}
