@@ -38,11 +38,9 @@ fn csv_rows(fake: &FakeLeap, job: usize) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
-    let fake = FakeLeap::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("leap-edge.db");
+/// A config for the two meters against `fake`, in `dir`; its path.
+fn write_config(fake: &FakeLeap, dir: &std::path::Path) -> std::path::PathBuf {
+    let db_path = dir.join("leap-edge.db");
     let cfg_text = format!(
         "devices_dir = {:?}\n[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[storage]\npath = {:?}\n\
          [[meters]]\nid = \"{KNOWN}\"\ndevice = \"d1\"\n[[meters]]\nid = \"{UNKNOWN}\"\ndevice = \"d2\"\n\
@@ -51,8 +49,41 @@ async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
         db_path.display().to_string(),
         fake.config()
     );
-    let cfg_path = dir.path().join("config.toml");
+    let cfg_path = dir.join("config.toml");
     std::fs::write(&cfg_path, &cfg_text).unwrap();
+    cfg_path
+}
+
+/// The missing-interval search refused (a key without that access): the day's recent rows
+/// go all the same. Before, the whole upload stopped there, every day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_missing_interval_search_does_not_stop_the_upload() {
+    let fake = FakeLeap::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::load(&write_config(&fake, dir.path())).unwrap();
+    let client = LeapClient::from_config(&config.leap).unwrap();
+    let now = Utc::now();
+    let q = now.timestamp().div_euclid(900) * 900;
+    let (store, thread) = Store::open(&config.storage.path).unwrap();
+    store
+        .call(move |c| db::save(c, KNOWN, &complete(q - 900, 2_500.0), false))
+        .await
+        .unwrap();
+    fake.state.lock().unwrap().faults = [(403, None)].into();
+    let sum = upload::run_once(&client, &store, &config, now)
+        .await
+        .expect("the upload goes without the missing-interval search");
+    assert_eq!((sum.sent_rows, sum.missing_named), (1, 0), "{sum:?}");
+    drop(store);
+    thread.closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
+    let fake = FakeLeap::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("leap-edge.db");
+    let cfg_path = write_config(&fake, dir.path());
     let config = Config::load(&cfg_path).unwrap();
     let client = LeapClient::from_config(&config.leap).unwrap();
 
