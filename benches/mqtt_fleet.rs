@@ -146,7 +146,7 @@ fn relay_config(dir: &Path, port: u16, n: usize) -> std::path::PathBuf {
          [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[auth]\nkeys = [\"{KEY}\"]\n\
          [storage]\npath = \"relay.db\"\n[relay]\nmetrics_listen = \"127.0.0.1:0\"\n\
          delivery_timeout_secs = 60\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n\
-         client_id = \"leap-edge-relay\"\nack_wait_ms = 120000\n",
+         client_id = \"leap-edge-relay\"\nack_wait_ms = 8000\n",
         common::PATH
     );
     for i in 0..n {

@@ -104,8 +104,13 @@ fn requeue(config: &RelayConfig, gateway: Option<&str>) -> anyhow::Result<u8> {
     }
     let n = crate::relay::requeue_dead(&mut conn, &chosen)?;
     crate::outln!(
-        "requeued {n} dead letter(s) for {}; a running relay delivers them within 30 s",
-        chosen.join(", ")
+        "requeued {} dead letter(s) for {}, and {} notification(s) delivered after them, sent again behind them so the gateway ends on the latest (it counts those as duplicates)",
+        n.dead,
+        chosen.join(", "),
+        n.later
+    );
+    crate::outln!(
+        "a running relay sends them within a minute; `leap-edge relay status` shows whether it runs"
     );
     Ok(exit::OK)
 }
@@ -256,13 +261,24 @@ fn print_undelivered(s: &RelayStatus) {
         );
     }
     for d in &s.dead_letters {
+        let configured = s
+            .gateways
+            .iter()
+            .any(|g| g.configured && g.name == d.gateway);
+        let what = if configured {
+            format!(
+                "after fixing it: leap-edge relay requeue --gateway {}",
+                d.gateway
+            )
+        } else {
+            "gateway no longer configured: its meters' entries go to whichever gateway serves them now".into()
+        };
         crate::outln!(
-            "dead letter: notification {} → {}: HTTP {} {} (after fixing it: leap-edge relay requeue --gateway {})",
+            "dead letter: notification {} → {}: HTTP {} {} ({what})",
             d.notification_id,
             d.gateway,
             d.answer_status.unwrap_or(0),
             printable(d.answer_body.as_deref().unwrap_or("")),
-            d.gateway
         );
     }
 }

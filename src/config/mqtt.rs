@@ -47,6 +47,9 @@ fn default_keep_alive_secs() -> u64 {
 fn default_session_expiry_secs() -> u32 {
     7 * 86_400
 }
+/// Leap's answer must leave the relay well inside Leap's own 10 s timeout.
+const MAX_ACK_WAIT_MS: u64 = 8_000;
+
 fn default_ack_wait_ms() -> u64 {
     5_000
 }
@@ -122,6 +125,13 @@ impl MqttConfig {
         }
         if !(5..=3600).contains(&self.keep_alive_secs) {
             p.push(format!("{table}.keep_alive_secs must be 5…3600"));
+        }
+        if self.ack_wait_ms > MAX_ACK_WAIT_MS {
+            // SPEC §1: Leap gives up after about 10 s and retries the whole notification.
+            p.push(format!(
+                "{table}.ack_wait_ms = {} is longer than Leap waits for an answer (10 s): use at most {MAX_ACK_WAIT_MS}",
+                self.ack_wait_ms
+            ));
         }
         p
     }

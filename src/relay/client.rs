@@ -50,7 +50,13 @@ impl Target {
             return Err("must start with http://, https:// or unix:".into());
         };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let path = if path.is_empty() { "/" } else { path };
+        if path.is_empty() {
+            // Every post to "/" would be a 404 dead letter: a forgotten path, not a choice.
+            return Err(format!(
+                "has no path: add the gateway's [server] path, e.g. {}/leap/dispatch (end it with / if the gateway really listens at the root)",
+                g.url
+            ));
+        }
         let (host, port) = split_host_port(authority, if https { 443 } else { 80 })?;
         let loopback = host == "localhost"
             || host

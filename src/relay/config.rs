@@ -304,9 +304,13 @@ impl RelayConfig {
                 if id.is_empty() {
                     p.push(format!("{at}.meters has an empty id"));
                 } else if let Some(other) = meters.insert(id, &g.name) {
-                    p.push(format!(
-                        "{at}.meters: meter \"{m}\" is also served by gateway \"{other}\"; a meter belongs to one site"
-                    ));
+                    p.push(if other == g.name {
+                        format!("{at}.meters lists meter \"{m}\" twice: keep one")
+                    } else {
+                        format!(
+                            "{at}.meters: meter \"{m}\" is also served by gateway \"{other}\"; a meter belongs to one site"
+                        )
+                    });
                 }
             }
         }

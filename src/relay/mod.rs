@@ -40,11 +40,11 @@ pub(crate) fn read_status(
 }
 
 /// `relay requeue`: dead letters of `gateways` back to pending (the operator fixed what the
-/// gateway refused). Returns how many.
+/// gateway refused), with what was delivered after them.
 pub(crate) fn requeue_dead(
     conn: &mut rusqlite::Connection,
     gateways: &[String],
-) -> Result<usize, crate::store::StoreError> {
+) -> Result<outbox::Requeued, crate::store::StoreError> {
     outbox::requeue_dead(conn, gateways)
 }
 
@@ -244,7 +244,8 @@ impl Running {
             Ok((requeued, n)) => tracing::info!(
                 gateways = new.gateways.len(),
                 rerouted = n,
-                requeued,
+                requeued = requeued.dead,
+                resent_after_them = requeued.later,
                 "relay configuration reloaded"
             ),
             Err(e) => tracing::error!(error = %e, "reload: cannot re-route the outbox"),

@@ -230,24 +230,61 @@ fn units(
 }
 
 /// SPEC §2.12 reload: re-route every notification that still has something undelivered or
-/// unrouted, so items for a meter that moved follow it. Returns how many were looked at.
+/// unrouted, and every one with an entry that a gateway now serves but has neither taken nor
+/// queued (its meter moved there, or the gateway is new). Such a gateway gets everything
+/// stored for its meters, in arrival order, so it ends on the latest revision, as the
+/// gateway it replaces did; gateways count what they already had as duplicates.
+/// Returns how many notifications were looked at.
 pub(crate) fn reroute_all(conn: &mut Connection, routes: &Routes) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
-    let ids: Vec<i64> = {
+    let mut ids: BTreeSet<i64> = {
         let mut stmt = tx.prepare(
             "SELECT notification_id FROM relay_deliveries WHERE state = 'pending'
-             UNION SELECT notification_id FROM relay_entries WHERE unrouted = 1
-             ORDER BY 1",
+             UNION SELECT notification_id FROM relay_entries WHERE unrouted = 1",
         )?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
+    ids.extend(missing_a_gateway(&tx, routes)?);
     let now = Utc::now();
     for id in &ids {
         route_notification(&tx, *id, routes, now)?;
     }
     tx.commit()?;
     Ok(ids.len())
+}
+
+/// Notifications with an entry that some gateway serves under `routes` and has no delivery
+/// of, in any state.
+fn missing_a_gateway(tx: &Transaction, routes: &Routes) -> Result<BTreeSet<i64>, StoreError> {
+    let mut stmt = tx.prepare(
+        "SELECT e.notification_id, e.meter_ids,
+                (SELECT group_concat(d.gateway, char(31)) FROM relay_delivery_entries de
+                 JOIN relay_deliveries d ON d.id = de.delivery_id WHERE de.entry_id = e.id)
+         FROM relay_entries e",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
+    })?;
+    let mut out = BTreeSet::new();
+    for row in rows {
+        let (id, meters, had) = row?;
+        let meters: Vec<String> = serde_json::from_str(&meters)
+            .map_err(|e| StoreError::Corrupt(format!("notification {id} entry meters: {e}")))?;
+        let had: BTreeSet<&str> = had.as_deref().unwrap_or("").split('\u{1f}').collect();
+        if routes
+            .gateways_for(&meters)
+            .iter()
+            .any(|g| !had.contains(g.as_str()))
+        {
+            out.insert(id);
+        }
+    }
+    Ok(out)
 }
 
 /// The head of one gateway's queue.
@@ -391,20 +428,41 @@ pub(crate) fn prune(conn: &mut Connection, before: DateTime<Utc>) -> Result<usiz
     Ok(n)
 }
 
-/// Queue a gateway's dead letters again (its url or key was fixed). Returns how many.
+/// What a requeue put back in the queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Requeued {
+    pub(crate) dead: usize,
+    /// Delivered after the oldest dead letter: sent again behind it (SPEC §2.12 "in
+    /// order"), so the gateway does not end on an older revision than it had.
+    pub(crate) later: usize,
+}
+
+/// Queue a gateway's dead letters again (its url or key was fixed), and everything it was
+/// delivered after the oldest of them, in arrival order. A gateway keeps the last revision
+/// it receives: a dead letter sent alone after newer notifications would bring back an
+/// older one. The gateway counts what it already had as duplicates.
 pub(crate) fn requeue_dead(
     conn: &mut Connection,
     gateways: &[String],
-) -> Result<usize, StoreError> {
+) -> Result<Requeued, StoreError> {
     let now = ts(Utc::now());
-    let mut n = 0;
+    let tx = conn.transaction()?;
+    let mut n = Requeued::default();
     for g in gateways {
-        n += conn.execute(
+        n.later += tx.execute(
+            "UPDATE relay_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2,
+             finished_at = NULL WHERE gateway = ?1 AND state = 'delivered'
+             AND notification_id > (SELECT MIN(notification_id) FROM relay_deliveries
+                                    WHERE gateway = ?1 AND state = 'dead')",
+            params![g, now],
+        )?;
+        n.dead += tx.execute(
             "UPDATE relay_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2,
              finished_at = NULL WHERE gateway = ?1 AND state = 'dead'",
             params![g, now],
         )?;
     }
+    tx.commit()?;
     Ok(n)
 }
 

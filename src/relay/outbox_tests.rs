@@ -122,6 +122,95 @@ fn a_moved_meter_takes_its_undelivered_entry_and_nothing_taken_is_sent_again() {
     assert_eq!(ids, again);
 }
 
+/// Deliver whatever heads `gateway`'s queue with `attempt`; the notification id it carried.
+fn settle(c: &mut Connection, gateway: &str, attempt: Attempt) -> i64 {
+    let h = head(c, gateway).unwrap().unwrap();
+    record(c, gateway, h.id, &attempt, Utc::now()).unwrap();
+    h.notification_id
+}
+
+/// Every notification id queued for `gateway`, head first.
+fn queue(c: &mut Connection, gateway: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    while let Some(h) = head(c, gateway).unwrap() {
+        out.push(h.notification_id);
+        record(
+            c,
+            gateway,
+            h.id,
+            &Attempt::Delivered { status: 200 },
+            Utc::now(),
+        )
+        .unwrap();
+    }
+    out
+}
+
+/// A meter moved to a new gateway: that gateway gets every stored notification for it, in
+/// order, so it ends on the latest revision. Before, it got only notifications that still
+/// had something pending elsewhere: here the old 10 kW revision and never the 20 kW one.
+#[test]
+fn a_moved_meter_gets_every_revision_in_order_at_its_new_gateway() {
+    let mut c = db();
+    let before = Routes::new(&[gw("a", &["m"]), gw("b", &[])]);
+    let n1 = json!({"meter_dispatches": [
+        {"meter_id": "m", "timeslots": [{"event_id": "e1", "energy_kw": 10}]},
+        {"meter_id": "nobody", "timeslots": []},
+    ]});
+    let n2 = json!({"meter_dispatches": [
+        {"meter_id": "m", "timeslots": [{"event_id": "e1", "energy_kw": 20}]},
+    ]});
+    let first = commit(&mut c, &incoming(n1), &before)
+        .unwrap()
+        .notification_id;
+    let second = commit(&mut c, &incoming(n2), &before)
+        .unwrap()
+        .notification_id;
+    assert_eq!(queue(&mut c, "a"), [first, second]);
+    let after = Routes::new(&[gw("a", &[]), gw("b", &["m"])]);
+    reroute_all(&mut c, &after).unwrap();
+    assert_eq!(queue(&mut c, "b"), [first, second]);
+    assert_eq!(queue(&mut c, "a"), Vec::<i64>::new());
+    // Once it has them, nothing is sent again.
+    reroute_all(&mut c, &after).unwrap();
+    assert_eq!(queue(&mut c, "b"), Vec::<i64>::new());
+}
+
+/// SPEC §2.12 "in order": a requeued dead letter goes out with what was delivered after it,
+/// behind it, so the gateway does not end on the dead letter's older revision.
+#[test]
+fn a_requeued_dead_letter_is_followed_by_what_was_delivered_after_it() {
+    let mut c = db();
+    let routes = Routes::new(&[gw("a", &["m"])]);
+    let body = |kw| {
+        json!({"meter_dispatches": [
+            {"meter_id": "m", "timeslots": [{"event_id": "e1", "energy_kw": kw}]}]})
+    };
+    let ids: Vec<i64> = [5, 10, 20]
+        .map(|kw| {
+            commit(&mut c, &incoming(body(kw)), &routes)
+                .unwrap()
+                .notification_id
+        })
+        .to_vec();
+    assert_eq!(
+        settle(&mut c, "a", Attempt::Delivered { status: 200 }),
+        ids[0]
+    );
+    let dead = Attempt::Dead {
+        status: 404,
+        answer: "not found".into(),
+    };
+    assert_eq!(settle(&mut c, "a", dead), ids[1]);
+    assert_eq!(
+        settle(&mut c, "a", Attempt::Delivered { status: 200 }),
+        ids[2]
+    );
+    let n = requeue_dead(&mut c, &["a".into()]).unwrap();
+    assert_eq!(n, Requeued { dead: 1, later: 1 });
+    assert_eq!(queue(&mut c, "a"), [ids[1], ids[2]]);
+}
+
 #[test]
 fn a_gateway_database_is_refused() {
     let mut c = Connection::open_in_memory().unwrap();

@@ -219,21 +219,30 @@ impl GatewayStatus {
 }
 
 impl RelayStatus {
-    /// SPEC §2.12: unhealthy when a gateway's oldest undelivered notification is too old.
+    /// SPEC §2.12: unhealthy when a gateway's oldest undelivered notification is too old,
+    /// or a configured gateway refused notifications (dead letters): a wrong url or key
+    /// leaves its queue empty while the site executes nothing.
     pub(crate) fn problems(&self, max_age_secs: u64) -> Vec<String> {
-        self.gateways
-            .iter()
-            .filter_map(|g| {
-                let age = g.oldest_undelivered_age_secs?;
-                (age > max_age_secs as i64).then(|| {
-                    format!(
-                        "gateway {}: oldest undelivered notification is {age} s old (limit {max_age_secs} s); last error: {}",
-                        g.name,
-                        g.current_error().as_deref().unwrap_or("none since the last success")
-                    )
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for g in &self.gateways {
+            if let Some(age) = g
+                .oldest_undelivered_age_secs
+                .filter(|a| *a > max_age_secs as i64)
+            {
+                out.push(format!(
+                    "gateway {}: oldest undelivered notification is {age} s old (limit {max_age_secs} s); last error: {}",
+                    g.name,
+                    g.current_error().as_deref().unwrap_or("none since the last success")
+                ));
+            }
+            if g.configured && g.dead_letters > 0 {
+                out.push(format!(
+                    "gateway {}: {} notification(s) refused (dead letters); fix its url or key, then `leap-edge relay requeue --gateway {}`",
+                    g.name, g.dead_letters, g.name
+                ));
+            }
+        }
+        out
     }
 
     pub(crate) fn render_metrics(&self, out: &mut String) {

@@ -244,6 +244,13 @@ fn relay_requeue_sends_dead_letters_again_after_any_fix() {
         text.contains("leap-edge relay requeue --gateway site"),
         "{text}"
     );
+    // The queue is empty, yet the site executes nothing: that is unhealthy.
+    assert!(
+        text.contains("UNHEALTHY: gateway site: 1 notification(s) refused"),
+        "{text}"
+    );
+    let (code, body) = http(relay.metrics_addr, "GET", "/healthz", &[], "");
+    assert!(code == 503 && body.contains("refused"), "{code} {body}");
     // Fixed, and restarted: a restart does not resend dead letters.
     relay.gateways = relay.gateways.replace(wrong, GATEWAY_KEY);
     relay.write_config();
@@ -261,6 +268,9 @@ fn relay_requeue_sends_dead_letters_again_after_any_fix() {
         g.event_ids() == ["dead-2"]
     });
     assert_eq!(relay.status()["dead_letter_count"], 0);
+    wait_for("healthz green again", Duration::from_secs(10), || {
+        http(relay.metrics_addr, "GET", "/healthz", &[], "").0 == 200
+    });
 }
 
 #[test]
@@ -401,6 +411,25 @@ fn relay_check_exits_78_naming_the_key() {
         err.contains("gateways[1].meters") && err.contains("also served by gateway \"a\""),
         "{err}"
     );
+    // A url without a path would post to "/": every delivery a 404 dead letter.
+    let no_path = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("http://127.0.0.1:2/x", "http://127.0.0.1:2")
+        .replace("meters = [\"m\"]", "meters = [\"n\", \"N\"]");
+    std::fs::write(&path, no_path).unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["relay", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has no path") && err.contains("http://127.0.0.1:2/leap/dispatch"),
+        "{err}"
+    );
+    assert!(err.contains("lists meter \"N\" twice"), "{err}");
     // The packaged example is complete but for its keys: placeholders printed in every
     // .deb, refused on a public listener until replaced; with real keys it passes.
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/relay.toml");
