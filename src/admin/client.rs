@@ -18,7 +18,9 @@ pub enum ClientError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("the daemon did not answer in time")]
+    #[error(
+        "the daemon did not answer in time (is it stopped or overloaded? `leap-edge status` says; an override not answered is not applied)"
+    )]
     Timeout,
     #[error("the daemon refused: {0}")]
     Refused(String),
@@ -46,8 +48,15 @@ impl AdminClient {
         }
     }
 
-    pub async fn set_override(&self, req: OverrideRequest) -> Result<OverrideReply, ClientError> {
-        match self.call(&Request::Override(req)).await? {
+    pub async fn set_override(
+        &self,
+        mut req: OverrideRequest,
+    ) -> Result<OverrideReply, ClientError> {
+        let limit = Duration::from_secs(10);
+        req.expires_at = req.expires_at.or_else(|| {
+            chrono::Utc::now().checked_add_signed(chrono::TimeDelta::from_std(limit).ok()?)
+        });
+        match self.call_within(&Request::Override(req), limit).await? {
             Reply::Override(r) => Ok(r),
             _ => Err(ClientError::Mismatch("override")),
         }

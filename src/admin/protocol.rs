@@ -37,6 +37,11 @@ pub struct OverrideRequest {
     pub meter: Option<String>,
     pub action: OverrideAction,
     pub seconds: u64,
+    /// When the client gives up waiting (set by [`super::AdminClient`]): a daemon that reads
+    /// the request later refuses it, so an override the technician was told failed is
+    /// never applied behind their back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The daemon's answer: a typed [`Reply`] or a refusal in words.
@@ -125,6 +130,7 @@ mod tests {
             meter: None,
             action: OverrideAction::Charge(3.5),
             seconds: 60,
+            expires_at: Some(chrono::Utc::now()),
         });
         write_frame(&mut a, &req).await.unwrap();
         let got: Request = read_frame(&mut b).await.unwrap();

@@ -37,6 +37,9 @@ pub(crate) struct HistoryArgs {
 }
 
 pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
+    if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
+        return Ok(code);
+    }
     let conn = store::open_gateway_read_only(&config.storage.path)?;
     let mut filter = audit::AuditFilter {
         meter: args.meter.clone(),

@@ -59,6 +59,9 @@ pub(super) fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> 
     let client = AdminClient::new(&config.admin.socket);
     let (action, c) = match cmd {
         OverrideCommand::Clear { meter, json } => {
+            if let Some(code) = super::unknown_meter(config, meter.as_deref()) {
+                return Ok(code);
+            }
             let r = rt.block_on(client.clear_override(meter.clone()))?;
             if *json {
                 crate::outln!("{}", serde_json::to_string_pretty(&r)?);
@@ -85,6 +88,7 @@ pub(super) fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> 
         meter: c.meter.clone(),
         action,
         seconds: c.duration.as_secs(),
+        expires_at: None,
     }))?;
     for w in &r.warnings {
         eprintln!("leap-edge: warning: {}", clean(w));
@@ -105,7 +109,7 @@ pub(super) fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> 
 
 /// A power on the command line: a number of kW above zero (`nan`, `inf`, 0 and negatives are
 /// refused here, with the usage, rather than by the daemon).
-fn positive_kw(s: &str) -> Result<f64, String> {
+pub(super) fn positive_kw(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(kw) if kw.is_finite() && kw > 0.0 => Ok(kw),
         Ok(_) => Err(format!("{s:?}: give a power above 0 kW, e.g. 5 or 2.5")),

@@ -33,7 +33,7 @@ pub(super) fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
         crate::outln!(
             "{}: event {} meter {}",
             path.display(),
-            r.event_id,
+            clean(&r.event_id),
             r.meter_id
         );
         return Ok(exit::OK);
@@ -70,12 +70,12 @@ pub(super) fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
 fn print_one(r: &EventReport) {
     crate::outln!(
         "Event {} ({}) meter {}  {} .. {}  programs {}",
-        r.event_id,
+        clean(&r.event_id),
         r.kind,
         r.meter_id,
-        r.start_time.format("%Y-%m-%d %H:%M"),
-        r.end_time.format("%H:%M UTC"),
-        r.programs.join(",")
+        r.start_time.format("%Y-%m-%d %H:%M:%S"),
+        r.end_time.format("%Y-%m-%d %H:%M:%S UTC"),
+        clean(&r.programs.join(","))
     );
     let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
     let rows: Vec<Vec<String>> = r
@@ -111,5 +111,10 @@ fn print_one(r: &EventReport) {
         "* estimate: mean of the same intervals over {} previous non-event day(s); Leap computes the settlement baseline.",
         r.baseline_days
     );
-    crate::outln!("{}", r.verdict);
+    crate::outln!("{}", clean(&r.verdict));
+}
+
+/// Event ids and programs are Leap's text: they must not drive the terminal.
+fn clean(s: &str) -> String {
+    super::text::clean(s)
 }

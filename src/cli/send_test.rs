@@ -22,7 +22,7 @@ pub(crate) struct SendTestArgs {
     #[arg(long, value_parser = duration::parse, default_value = "5m")]
     pub(crate) duration: std::time::Duration,
     /// energy_kw of the timeslot.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = super::overrides::positive_kw)]
     pub(crate) kw: f64,
     /// performance_compensation_cap.
     #[arg(long, default_value = "up-to-site-load")]
@@ -81,11 +81,51 @@ pub(super) fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
             crate::textfmt::ts(end)
         );
     }
+    if let Some(code) = what_became_of_it(config, &meter, &event, status, &answer) {
+        return Ok(code);
+    }
     Ok(if (200..300).contains(&status) {
         exit::OK
     } else {
         exit::FAILURE
     })
+}
+
+/// After a 2XX: a timeslot the daemon rejected is a failure, not a quiet success; a meter
+/// not in `[[meters]]` is stored but never dispatched.
+fn what_became_of_it(
+    config: &Config,
+    meter: &str,
+    event: &str,
+    status: u16,
+    answer: &str,
+) -> Option<u8> {
+    let counts = serde_json::from_str::<Counts>(answer).unwrap_or_default();
+    if (200..300).contains(&status) && counts.rejected > 0 {
+        // Stored, as Leap's would be, but not scheduled: say so instead of a quiet success.
+        eprintln!(
+            "leap-edge: the daemon stored this timeslot as REJECTED (a [limits] bound or a bad field); `leap-edge events --event {event}` says why"
+        );
+        return Some(exit::FAILURE);
+    }
+    if !config
+        .meters
+        .iter()
+        .any(|m| m.id.eq_ignore_ascii_case(meter))
+    {
+        eprintln!(
+            "leap-edge: warning: meter {} is not in [[meters]]: stored, never dispatched",
+            super::text::clean(meter)
+        );
+    }
+    None
+}
+
+/// The part of the daemon's answer (SPEC §3) that says what became of the timeslot.
+#[derive(serde::Deserialize, Default)]
+struct Counts {
+    #[serde(default)]
+    rejected: u64,
 }
 
 /// The whole exchange with the daemon, connect to answer: a daemon that accepts and then

@@ -85,10 +85,31 @@ pub(crate) async fn gather(config: &Config) -> anyhow::Result<StatusReport> {
 
 fn down(config: &Config) -> StatusReport {
     let now = Utc::now();
-    let conn = store::open_read_only(&config.storage.path).ok();
+    let path = &config.storage.path;
+    // A database that exists but cannot be read must not look like an empty one.
+    let unreadable = |e: &dyn std::fmt::Display| {
+        eprintln!(
+            "leap-edge: cannot read {}: {e}; what follows lacks the database (run with sudo or as a member of the leap-edge group)",
+            path.display()
+        );
+    };
+    let conn = match store::open_read_only(path) {
+        Ok(c) => Some(c),
+        Err(e) if path.exists() => {
+            unreadable(&e);
+            None
+        }
+        Err(_) => None,
+    };
     let last = conn
         .as_ref()
-        .and_then(|c| query::last_notification(c).ok().flatten());
+        .and_then(|c| match query::last_notification(c) {
+            Ok(l) => l,
+            Err(e) => {
+                unreadable(&e);
+                None
+            }
+        });
     let slots = conn
         .as_ref()
         .and_then(|c| query::all_timeslots(c).ok())

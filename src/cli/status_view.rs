@@ -32,6 +32,14 @@ fn alarm(v: &View, s: &str) -> String {
     }
 }
 
+/// `line` with its last cell `tail` in alarm colour (the STATE column is the last one).
+fn paint_tail(line: &str, tail: &str, v: &View) -> String {
+    match line.strip_suffix(tail) {
+        Some(head) if v.color => format!("{head}{}", alarm(v, tail)),
+        _ => line.to_string(),
+    }
+}
+
 fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
     let mut out = Vec::new();
     let z = v.zone;
@@ -93,16 +101,20 @@ fn plan_alarms(r: &StatusReport, v: &View) -> Vec<String> {
         lines.push(format!("PLAN ERROR: {}", clean(e)));
     }
     if !r.unmapped_meters.is_empty() {
-        let ids: Vec<String> = r.unmapped_meters.iter().map(|m| clean(m)).collect();
-        lines.push(format!(
-            "NOT DISPATCHED: timeslots for meter(s) not in [[meters]]: {} (an id typo?)",
-            ids.join(", ")
-        ));
+        lines
+            .push("NOT DISPATCHED: timeslots for meter(s) not in [[meters]] (an id typo?):".into());
     }
-    lines
+    let mut out: Vec<String> = lines
         .into_iter()
         .map(|l| alarm(v, &if v.wide { l } else { fit(&l, 80) }))
-        .collect()
+        .collect();
+    // Whole, one per line: a cut id cannot be told from the configured one it resembles.
+    out.extend(
+        r.unmapped_meters
+            .iter()
+            .map(|m| alarm(v, &format!("  {}", clean(m)))),
+    );
+    out
 }
 
 /// The reverse tunnel's unit state, from systemd (the CLI asks, not the daemon).
@@ -293,9 +305,19 @@ fn meters(r: &StatusReport, v: &View) -> Vec<String> {
             "METER", "COMMAND", "UNTIL", "SOC", "BATTERY", "GRID", "STATE",
         ]
     };
-    lines.extend(capture(h, &rows));
+    let table = capture(h, &rows);
+    lines.extend(table.into_iter().enumerate().map(|(i, line)| {
+        // Coloured after the layout: the table escapes and measures plain text.
+        let state = i.checked_sub(1).and_then(|i| rows[i].last());
+        match state {
+            Some(s) if s.starts_with("BLIND") || s.starts_with("EXPORTS") => {
+                paint_tail(&line, s, v)
+            }
+            _ => line,
+        }
+    }));
     for m in &r.meters {
-        lines.extend(notes(m, v));
+        lines.extend(notes(m, r.now, v));
     }
     lines
 }
@@ -337,8 +359,8 @@ fn row(m: &MeterReport, r: &StatusReport, v: &View) -> Vec<String> {
     // being followed; the notes below the table say more.
     let mut state = match d {
         None => "-".to_string(),
-        Some(d) if d.blind.is_some() => alarm(v, "BLIND"),
-        Some(d) if d.export_unavoidable => alarm(v, "EXPORTS"),
+        Some(d) if d.blind.is_some() => "BLIND".into(),
+        Some(d) if d.export_unavoidable => "EXPORTS".into(),
         Some(d) if d.consecutive_errors > 0 => "ERROR".into(),
         Some(_) => "ok".into(),
     };
@@ -378,11 +400,12 @@ fn until_text(t: chrono::DateTime<chrono::Utc>, r: &StatusReport, v: &View) -> S
     if v.wide || (t - r.now).num_hours() >= 24 {
         v.zone.time(t)
     } else {
-        v.zone.short(t, t)
+        // The date appears when it is not today's: `--for 23h` must not read as past.
+        v.zone.short(t, r.now)
     }
 }
 
-fn down_row(m: &MeterReport, _r: &StatusReport, v: &View) -> Vec<String> {
+fn down_row(m: &MeterReport, r: &StatusReport, v: &View) -> Vec<String> {
     let active = m.active_timeslot.as_ref().map_or("none".to_string(), |a| {
         let what = a.energy_kw.map_or("maximum".into(), |k| kw(Some(k)));
         let test = if a.test { " (test)" } else { "" };
@@ -391,10 +414,7 @@ fn down_row(m: &MeterReport, _r: &StatusReport, v: &View) -> Vec<String> {
         } else {
             String::new()
         };
-        format!(
-            "{what}{test}{id} until {}",
-            v.zone.short(a.end_time, a.end_time)
-        )
+        format!("{what}{test}{id} until {}", v.zone.short(a.end_time, r.now))
     });
     let audit = m.last_audit.as_ref().map_or("none".to_string(), |a| {
         let outcome = if a.outcome == "ok" {
@@ -412,7 +432,7 @@ fn down_row(m: &MeterReport, _r: &StatusReport, v: &View) -> Vec<String> {
 }
 
 /// Below the table: requested vs achieved with the binding limit, and errors.
-fn notes(m: &MeterReport, v: &View) -> Vec<String> {
+fn notes(m: &MeterReport, now: chrono::DateTime<chrono::Utc>, v: &View) -> Vec<String> {
     let mut out = Vec::new();
     let label = if v.wide {
         meter_label(m, v)
@@ -437,11 +457,14 @@ fn notes(m: &MeterReport, v: &View) -> Vec<String> {
         };
         out.push(fit(&line, max));
     }
-    out.extend(safety_notes(m.device_state.as_ref(), &label, v, max));
-    let err = m
-        .last_error
+    out.extend(safety_notes(m.device_state.as_ref(), now, &label, v, max));
+    // A device error is shown while errors go on; one the device recovered from is history.
+    let device_err = m
+        .device_state
         .as_ref()
-        .or(m.device_state.as_ref().and_then(|d| d.last_error.as_ref()));
+        .filter(|d| d.consecutive_errors > 0)
+        .and_then(|d| d.last_error.as_ref());
+    let err = m.last_error.as_ref().or(device_err);
     if let Some(e) = err {
         out.push(fit(
             &format!("{label}: {} {}", alarm(v, "error:"), clean(e)),
@@ -451,17 +474,38 @@ fn notes(m: &MeterReport, v: &View) -> Vec<String> {
     out
 }
 
+/// Readings older than this are marked: the loop reads every control period (1 s by default),
+/// so this many seconds means readings are failing.
+const STALE_READING_SECS: i64 = 10;
+
 /// SPEC §2.13 in words: blind, export the battery cannot prevent, no device reversion.
-fn safety_notes(d: Option<&DeviceReport>, label: &str, v: &View, max: usize) -> Vec<String> {
+fn safety_notes(
+    d: Option<&DeviceReport>,
+    now: chrono::DateTime<chrono::Utc>,
+    label: &str,
+    v: &View,
+    max: usize,
+) -> Vec<String> {
     let Some(d) = d else {
         return Vec::new();
     };
     let mut out = Vec::new();
     if let Some(why) = &d.blind {
+        // Whether the hand-back took comes first: a long reason is cut at 80 columns.
+        let back = match (d.released, d.no_reversion) {
+            (true, _) => "handed back",
+            (false, false) => "hand-back NOT confirmed (the device reverts after its timeout)",
+            (false, true) => "hand-back NOT confirmed (run `leap-edge release`)",
+        };
+        let line = format!("{label}: {} {back}: {}", alarm(v, "BLIND,"), clean(why));
+        out.push(fit(&line, max));
+    }
+    if let Some(at) = d.last_telemetry_at
+        && (now - at).num_seconds() >= STALE_READING_SECS
+    {
         let line = format!(
-            "{label}: {} {}: battery handed back to normal operation",
-            alarm(v, "BLIND:"),
-            clean(why)
+            "{label}: last reading {} old: SOC, BATTERY and GRID are from then",
+            super::text::duration((now - at).num_seconds())
         );
         out.push(fit(&line, max));
     }

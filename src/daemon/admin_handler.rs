@@ -43,6 +43,13 @@ impl AdminHandler for Handler {
         match req {
             Request::Status => self.status().await,
             Request::Override(o) => {
+                if let Some(t) = o.expires_at.filter(|t| chrono::Utc::now() > *t) {
+                    tracing::warn!(expired_at = %t, "override request read after its client gave up: not applied");
+                    return Response::err(format!(
+                        "the request reached the daemon after the command gave up at {}; nothing was changed",
+                        crate::textfmt::ts(t)
+                    ));
+                }
                 let r = self.set_override(o.meter, o.action, o.seconds, peer).await;
                 r.unwrap_or_else(Response::err)
             }

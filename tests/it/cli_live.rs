@@ -337,3 +337,87 @@ fn admin_socket_records_the_peer_caps_connections_and_replaces_only_sockets() {
         "keep me"
     );
 }
+
+/// A technician told an override failed must not find it applied later: the daemon, stopped
+/// while the CLI waited, reads the queued request after the CLI gave up, and refuses it.
+#[test]
+fn an_override_the_cli_gave_up_on_is_never_applied() {
+    let d = Daemon::start_with(&with_meter());
+    let pid = d.child.as_ref().expect("running").id().to_string();
+    let signal = |s: &str| {
+        let st = Command::new("kill").args([s, &pid]).status().unwrap();
+        assert!(st.success(), "kill {s} {pid}");
+    };
+    signal("-STOP");
+    let (code, _, err) = d.cli(&["override", "discharge", "3", "--for", "1h"]);
+    signal("-CONT");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did not answer in time"), "{err}");
+    let refused = common::eventually_blocking(Duration::from_secs(10), || {
+        d.log().contains("read after its client gave up")
+    });
+    assert!(
+        refused,
+        "the daemon did not say it refused the late request"
+    );
+    let (_, out, err) = d.cli(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&out).expect(&err);
+    assert!(s["meters"][0]["override"].is_null(), "{:#}", s["meters"][0]);
+}
+
+/// On a terminal, BLIND is red, not its escaped escape codes (the table used to escape the
+/// coloured cell: `\e[1;31mBLIND\e[0m` on screen), and a blind meter whose device never
+/// confirmed the hand-back says so instead of claiming it was handed back.
+#[test]
+fn blind_on_a_terminal_is_red_and_says_whether_the_hand_back_was_confirmed() {
+    let d = Daemon::start_with(&with_meter());
+    let (code, _, err) = d.cli(&["override", "hold", "--for", "5m"]);
+    assert_eq!(code, 0, "{err}");
+    let on_tty = || {
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!(
+                "{} --config {} status",
+                bin(),
+                d.config_path().display()
+            ))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR")
+            .env("COLUMNS", "80")
+            .stdin(Stdio::null())
+            .output()
+            .expect("script(1) from util-linux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut text = String::new();
+    let blind = common::eventually_blocking(Duration::from_secs(10), || {
+        text = on_tty();
+        text.contains("BLIND,")
+    });
+    assert!(blind, "{text}");
+    assert!(text.contains("\u{1b}[1;31mBLIND\u{1b}[0m"), "{text:?}");
+    assert!(!text.contains("\\e["), "escaped colour codes: {text:?}");
+    assert!(text.contains("hand-back NOT confirmed"), "{text}");
+}
+
+/// `send-test` refuses a power that is not a positive number (NaN became `null`, i.e. the
+/// maximum discharge), and a test the daemon stored as rejected is not reported as sent.
+#[test]
+fn send_test_refuses_nan_and_says_when_the_daemon_rejected_it() {
+    let d = Daemon::start_with(&with_meter());
+    for kw in ["nan", "inf", "0"] {
+        let (code, _, err) = d.cli(&["send-test", "--kw", kw]);
+        assert_eq!(code, 2, "--kw {kw}: {err}");
+        assert!(err.contains("--kw"), "{err}");
+    }
+    // Beyond [limits] max_timeslot_hours: Leap's answer is 200, the timeslot rejected.
+    let (code, out, err) = d.cli(&["send-test", "--duration", "25h"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("REJECTED") && err.contains("leap-edge events --event send-test-"),
+        "{err}"
+    );
+    let (code, _, err) = d.cli(&["send-test", "--meter", "not-a-meter"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("not-a-meter is not in [[meters]]"), "{err}");
+}
