@@ -26,7 +26,8 @@ pub(super) async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
     let start = chrono::Utc::now() + chrono::Duration::from_std(a.start_in)?;
     let end = start + chrono::Duration::minutes(5);
     let (level, body, ids) = build(config, a, start, end);
-    let answer = client.integration_test(level, &body).await?;
+    let mut answer = client.integration_test(level, &body).await?;
+    mask_credentials(&mut answer, &config.auth.header);
     let delivered = answer.http_status.is_some_and(|s| (200..300).contains(&s));
     let stored = match stored_soon(config, level, &ids, delivered).await {
         Ok(s) => s,
@@ -49,6 +50,17 @@ pub(super) async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
         print(&answer, &ids, &stored, ok);
     }
     Ok(if ok { exit::OK } else { exit::FAILURE })
+}
+
+/// Leap's account may echo the headers of the exchange: a credential among them is never
+/// printed (`--json` output ends up in tickets and chat).
+fn mask_credentials(answer: &mut IntegrationTestAnswer, key_header: &str) {
+    for (name, values) in &mut answer.headers {
+        let n = name.to_ascii_lowercase();
+        if n == key_header.to_ascii_lowercase() || n == "authorization" || n == "cookie" {
+            *values = vec!["MASKED".into()];
+        }
+    }
 }
 
 /// One test timeslot per configured meter (meter level), or one group timeslot for all of
@@ -198,5 +210,24 @@ fn print(answer: &IntegrationTestAnswer, ids: &[String], stored: &[Value], ok: b
                 "end to end: FAILED — see Leap's status and error above; `leap-edge leap webhook show` checks the URL and key"
             )
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_leaps_echoed_headers_are_masked() {
+        let mut a: super::IntegrationTestAnswer = serde_json::from_value(serde_json::json!({
+            "http_status": 200,
+            "headers": {"X-Api-Key": ["secret-1"], "authorization": ["Bearer x"], "content-type": ["application/json"]}
+        }))
+        .unwrap();
+        super::mask_credentials(&mut a, "x-api-key");
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(
+            !text.contains("secret-1") && !text.contains("Bearer"),
+            "{text}"
+        );
+        assert!(text.contains("application/json"), "{text}");
     }
 }

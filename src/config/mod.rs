@@ -94,6 +94,8 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
+        let ids: Vec<String> = cfg.meters.iter().map(|m| m.id.clone()).collect();
+        cfg.schedule.spread(&ids);
         cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }

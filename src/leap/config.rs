@@ -159,4 +159,39 @@ mod tests {
         let next = next_fire("0 17 3 * * *", Utc::now()).unwrap();
         assert_eq!(next.format("%H:%M:%S%.3f").to_string(), "03:17:00.000");
     }
+
+    /// A fleet on the defaults does not poll or upload in lockstep; what an operator wrote
+    /// is kept; every spread expression still polls every 5 minutes.
+    #[test]
+    fn default_schedules_are_spread_by_site() {
+        use crate::config::leap::{ScheduleConfig, default_upload_cron};
+        let spread = |ids: &[&str]| {
+            let mut s = ScheduleConfig::default();
+            s.spread(&ids.iter().map(|i| i.to_string()).collect::<Vec<_>>());
+            (s.poll, s.upload)
+        };
+        let sites: Vec<(String, String)> = (0..20)
+            .map(|i| spread(&[&format!("dd21c76c-0000-4000-8000-{i:012}")]))
+            .collect();
+        let distinct: std::collections::BTreeSet<&String> = sites.iter().map(|s| &s.0).collect();
+        assert!(distinct.len() >= 15, "{sites:?}");
+        for (poll, upload) in &sites {
+            let c = parse_cron(poll).unwrap();
+            assert_eq!(min_gap_secs(&c, Utc::now()), Some(300), "{poll}");
+            assert!(next_fire(upload, Utc::now()).is_some(), "{upload}");
+        }
+        assert_eq!(spread(&["A", "b"]), spread(&["B", "a"]), "order and case");
+        let mut own = ScheduleConfig {
+            poll: "30 */10 * * * *".into(),
+            ..ScheduleConfig::default()
+        };
+        own.spread(&["m".into()]);
+        assert_eq!(own.poll, "30 */10 * * * *");
+        let mut none = ScheduleConfig::default();
+        none.spread(&[]);
+        assert_eq!(
+            (none.poll, none.upload),
+            (default_poll_cron(), default_upload_cron())
+        );
+    }
 }

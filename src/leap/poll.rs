@@ -233,9 +233,11 @@ fn first_seen_at(
 }
 
 /// How long a market group named by a stored group dispatch stays on the search list: a
-/// group's dispatches come days or weeks apart, and one that dropped off after a quiet day
-/// would leave its next dispatch, if the push were lost, to no poll at all.
-pub(crate) const KNOWN_GROUP_DAYS: i64 = 90;
+/// group's dispatches come days or months apart (seasonal programs such as CAISO ELRP are
+/// quiet for more than a quarter), and one that dropped off would leave the first dispatch of
+/// its next season, if the push were lost, to no poll at all. A year and a month: the
+/// default notification retention (SPEC §2.5).
+pub(crate) const KNOWN_GROUP_DAYS: i64 = 400;
 
 /// Market groups to search: configured ones plus those named by group dispatches stored in
 /// the last [`KNOWN_GROUP_DAYS`] days.
