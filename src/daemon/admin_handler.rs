@@ -107,6 +107,16 @@ impl Handler {
             .filter(|k| meter.as_ref().is_none_or(|m| m == k))
             .collect();
         let n = self.overrides.clear(meter.as_deref());
+        let m = meter.clone();
+        let forgotten = self
+            .app
+            .store
+            .call(move |c| crate::store::overrides::delete(c, m.as_deref()))
+            .await;
+        if let Err(e) = forgotten {
+            // Cleared now; after a restart the saved one would hold again until its end.
+            tracing::error!(error = %e, "cannot delete the saved manual override");
+        }
         tracing::info!(
             meter_id = meter.as_deref().unwrap_or("all"),
             cleared = n,
@@ -223,14 +233,28 @@ impl Handler {
             },
             None => config.meters.iter().map(|m| m.id.clone()).collect(),
         };
-        let until = self.clock.now() + chrono::Duration::seconds(seconds as i64);
+        let now = self.clock.now();
+        let until = now + chrono::Duration::seconds(seconds as i64);
         let words = describe(action);
         let mut warnings = Vec::new();
+        let o = Override {
+            action: manual(action),
+            until,
+        };
+        // Saved first, so an override that was answered outlives a restart.
+        let saved: Vec<_> = targets.iter().map(|id| o.saved(id)).collect();
+        let stored = self
+            .app
+            .store
+            .call(move |c| crate::store::overrides::save(c, &saved, now))
+            .await;
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot save the manual override; it ends if the daemon restarts");
+            warnings.push(format!(
+                "not saved in the database ({e}): it holds now but ends if the daemon restarts"
+            ));
+        }
         for id in &targets {
-            let o = Override {
-                action: manual(action),
-                until,
-            };
             self.overrides.set(id, o);
             tracing::warn!(meter_id = %id, action = %words, until = %until,
                 peer_uid = peer.uid, peer_pid = peer.pid, "manual override set");

@@ -9,7 +9,7 @@
 //! device calls, and the [`AuditWriter`].
 
 use super::meter::{self, MeterState, Step};
-use super::overrides::{self, Overrides};
+use super::overrides::{self, Override, Overrides};
 use super::record::{AuditWriter, Moment, Record};
 use super::resume;
 use super::status::{DispatchStatus, Wake};
@@ -178,6 +178,7 @@ impl Dispatcher {
         mut changes: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        self.restore_overrides().await;
         let mut wake = Wake::Startup;
         loop {
             let now = self.clock.now();
@@ -194,6 +195,35 @@ impl Dispatcher {
             };
         }
         self.release_all().await;
+    }
+
+    /// Overrides a technician set before a restart hold again, until their own end, before
+    /// the first plan is followed: a maintenance hold must not end silently at a crash.
+    async fn restore_overrides(&self) {
+        let now = self.clock.now();
+        let saved = self
+            .source
+            .store
+            .call(move |c| crate::store::overrides::active(c, now))
+            .await;
+        let saved = match saved {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the saved manual overrides; none restored");
+                return;
+            }
+        };
+        for s in saved {
+            match Override::from_saved(&s) {
+                Some(o) if self.meters.contains_key(&s.meter_id) => {
+                    tracing::warn!(meter_id = %s.meter_id, action = %s.action, until = %s.until,
+                        "manual override restored after a restart");
+                    self.overrides.set(&s.meter_id, o);
+                }
+                _ => tracing::warn!(meter_id = %s.meter_id, action = %s.action,
+                    "saved manual override not restored (meter not configured or action unknown)"),
+            }
+        }
     }
 
     /// The next plan boundary or override expiry, whichever comes first.

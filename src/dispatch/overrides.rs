@@ -9,6 +9,7 @@
 
 use crate::model::{Cap, Command, ExecMode, Kind, Strategy, Target};
 use crate::plan::Interval;
+use crate::store::overrides::SavedOverride;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -33,6 +34,40 @@ pub(crate) enum ManualAction {
 pub(crate) struct Override {
     pub(crate) action: ManualAction,
     pub(crate) until: DateTime<Utc>,
+}
+
+impl Override {
+    /// As the store keeps it (the override outlives a restart).
+    pub(crate) fn saved(&self, meter: &str) -> SavedOverride {
+        let (action, kw) = match self.action {
+            ManualAction::Hold => ("hold", None),
+            ManualAction::Charge(kw) => ("charge", Some(kw)),
+            ManualAction::Discharge(kw) => ("discharge", Some(kw)),
+            ManualAction::Release => ("release", None),
+        };
+        SavedOverride {
+            meter_id: meter.to_string(),
+            action: action.into(),
+            kw,
+            until: self.until,
+        }
+    }
+
+    /// Back from the store; None for a row this version does not understand.
+    pub(crate) fn from_saved(s: &SavedOverride) -> Option<Override> {
+        let power = s.kw.filter(|kw| *kw > 0.0 && kw.is_finite());
+        let action = match (s.action.as_str(), power) {
+            ("hold", _) => ManualAction::Hold,
+            ("charge", Some(kw)) => ManualAction::Charge(kw),
+            ("discharge", Some(kw)) => ManualAction::Discharge(kw),
+            ("release", _) => ManualAction::Release,
+            _ => return None,
+        };
+        Some(Override {
+            action,
+            until: s.until,
+        })
+    }
 }
 
 #[derive(Debug, Default)]

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_meter_groups.sql")),
     (7, include_str!("migrations/0007_revisions_by_slot.sql")),
     (8, include_str!("migrations/0008_rejected_cancels.sql")),
+    (9, include_str!("migrations/0009_overrides.sql")),
 ];
 
 /// The schema version this build writes and reads.

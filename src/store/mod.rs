@@ -9,6 +9,7 @@ pub(crate) mod files;
 mod groups;
 mod ingest;
 mod migrations;
+pub(crate) mod overrides;
 pub mod query;
 mod writer;
 

@@ -421,3 +421,35 @@ fn send_test_refuses_nan_and_says_when_the_daemon_rejected_it() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("not-a-meter is not in [[meters]]"), "{err}");
 }
+
+/// A technician's override outlives a daemon restart (a crash must not silently end a
+/// maintenance hold) and still ends at its own time; a cleared one does not come back.
+#[test]
+fn an_override_outlives_a_restart_and_a_cleared_one_stays_cleared() {
+    let mut d = Daemon::start_with(&with_meter());
+    let (code, _, err) = d.cli(&["override", "discharge", "3", "--for", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let until = |d: &Daemon| {
+        let (_, out, err) = d.cli(&["status", "--json"]);
+        let s: serde_json::Value = serde_json::from_str(&out).expect(&err);
+        s["meters"][0]["override"].clone()
+    };
+    let before = until(&d);
+    assert_eq!(before["action"]["action"], "discharge", "{before}");
+    d.kill9();
+    d.spawn();
+    let after = until(&d);
+    assert_eq!(
+        after["action"], before["action"],
+        "after a SIGKILL and restart"
+    );
+    // Stored to the millisecond.
+    let ms = |v: &serde_json::Value| v["until"].as_str().unwrap_or_default()[..23].to_string();
+    assert_eq!(ms(&after), ms(&before), "{after} {before}");
+    assert!(d.log().contains("manual override restored after a restart"));
+    let (code, _, err) = d.cli(&["override", "clear"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(d.terminate());
+    d.spawn();
+    assert!(until(&d).is_null(), "a cleared override came back");
+}

@@ -1,0 +1,68 @@
+//! Manual overrides as the technician set them, so one outlives a daemon restart: a
+//! maintenance `hold` must not end silently at a crash. Each still ends at its own time.
+
+use super::{StoreError, parse_ts, ts};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+
+/// One meter's override as stored: the action's name (`hold`, `charge`, `discharge`,
+/// `release`), its power for charge and discharge, and its end.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SavedOverride {
+    pub(crate) meter_id: String,
+    pub(crate) action: String,
+    pub(crate) kw: Option<f64>,
+    pub(crate) until: DateTime<Utc>,
+}
+
+/// Set (or replace) the meters' overrides in one transaction.
+pub(crate) fn save(
+    c: &mut Connection,
+    all: &[SavedOverride],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    for o in all {
+        tx.execute(
+            "INSERT INTO overrides (meter_id, action, kw, until, set_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (meter_id) DO UPDATE SET action = ?2, kw = ?3, until = ?4, set_at = ?5",
+            params![o.meter_id, o.action, o.kw, ts(o.until), ts(now)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Forget one meter's override, or every one.
+pub(crate) fn delete(c: &Connection, meter: Option<&str>) -> Result<usize, StoreError> {
+    Ok(match meter {
+        Some(m) => c.execute("DELETE FROM overrides WHERE meter_id = ?1", [m])?,
+        None => c.execute("DELETE FROM overrides", [])?,
+    })
+}
+
+/// The overrides still in force at `now`; expired ones are deleted.
+pub(crate) fn active(c: &Connection, now: DateTime<Utc>) -> Result<Vec<SavedOverride>, StoreError> {
+    c.execute("DELETE FROM overrides WHERE until <= ?1", [ts(now)])?;
+    let mut st =
+        c.prepare("SELECT meter_id, action, kw, until FROM overrides ORDER BY meter_id")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<f64>>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (meter_id, action, kw, until) = row?;
+        out.push(SavedOverride {
+            meter_id,
+            action,
+            kw,
+            until: parse_ts(&until)?,
+        });
+    }
+    Ok(out)
+}
