@@ -25,8 +25,8 @@ pub(crate) struct HistoryArgs {
     /// Only entries before this time (RFC 3339).
     #[arg(long, value_parser = parse_time)]
     pub(crate) until: Option<DateTime<Utc>>,
-    /// Most recent N entries.
-    #[arg(long, default_value_t = 200)]
+    /// Most recent N entries (at least 1).
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
     pub(crate) limit: usize,
     /// Keep running and print new entries as they are written (like `journalctl -f`).
     #[arg(long, short = 'f')]
@@ -75,7 +75,10 @@ pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     // SPEC §3: the daemon writes, the CLI only reads; poll the read-only connection.
-    let mut last = rows.last().map_or(0, |r| r.id);
+    // From the newest entry of all, not of the filter: with nothing matching, following must
+    // not replay old entries as if they were just written.
+    let newest: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?;
+    let mut last = rows.last().map_or(newest, |r| r.id.max(newest));
     filter.since = None;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -92,6 +95,13 @@ pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
             }
             last = last.max(r.id);
         }
+    }
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?}: give a number of entries, 1 or more")),
     }
 }
 

@@ -74,6 +74,9 @@ pub enum Fault {
     /// Writes of a power setpoint (124 `OutWRte`/`InWRte`, 704 `WSet`) get exception 0x03
     /// (illegal data value); every other write is stored: a device refusing the value.
     RejectPowerWrites,
+    /// Reads of the site meter's energy counters (203 `TotWhImp`/`TotWhExp`) get exception
+    /// 0x02: a meter without them at that address.
+    RejectCounterReads,
 }
 
 /// What the simulated site is doing now.

@@ -151,6 +151,13 @@ impl SimService {
             return Err(ExceptionCode::GatewayTargetDevice);
         }
         match req.request {
+            Request::ReadHoldingRegisters(a, n)
+                if s.fault == Fault::RejectCounterReads
+                    && (s.image.overlaps(203, "TotWhImp", a, n)
+                        || s.image.overlaps(203, "TotWhExp", a, n)) =>
+            {
+                Err(ExceptionCode::IllegalDataAddress)
+            }
             Request::ReadHoldingRegisters(a, n) if s.image.overlaps(203, "W", a, n) => {
                 match s.active_meter_fault() {
                     Some(MeterFault::Exception(code)) => Err(ExceptionCode::new(code)),

@@ -135,6 +135,14 @@ fn history_follow_prints_new_entries() {
     assert_eq!(code, 0, "{err}");
     let text = follow.until("charge 2 kW");
     assert!(text.contains("manual"), "{text}");
+    // With nothing matching --since, following starts from now: old entries (the charge
+    // above) are not replayed as new ones.
+    let since = chrono::Utc::now().to_rfc3339();
+    let mut later = Output::spawn(cli_cmd(&d, &["history", "-f", "--since", &since]));
+    let (code, _, err) = d.cli(&["override", "hold", "--for", "5m"]);
+    assert_eq!(code, 0, "{err}");
+    let text = later.until("hold");
+    assert!(!text.contains("charge 2 kW"), "old entry replayed: {text}");
 }
 
 #[tokio::test]

@@ -99,6 +99,20 @@ async fn modbus_exception_on_write_is_an_error_and_keeps_the_connection() {
     assert_eq!(sim.point(124, "StorCtl_Mod"), Some(3.0));
 }
 
+/// Control does not need the energy counters: a meter refusing them leaves the reading
+/// whole (the interval falls back to its estimate) instead of failing it, which would hand
+/// the battery back mid-dispatch.
+#[tokio::test]
+async fn refused_energy_counters_do_not_fail_the_reading() {
+    let sim = start_sim().await;
+    let mut bat = battery(sim.local_addr());
+    let t = bat.read().await.unwrap();
+    assert!(t.grid_import_wh.is_some(), "{t:?}");
+    sim.set_fault(Fault::RejectCounterReads);
+    let t = bat.read().await.expect("a reading without counters");
+    assert!(t.grid_kw.is_some() && t.grid_import_wh.is_none(), "{t:?}");
+}
+
 #[tokio::test]
 async fn disconnect_mid_write_then_the_command_goes_through() {
     let sim = start_sim().await;

@@ -33,11 +33,24 @@ impl ModbusBattery {
         }
         // Issue 14: both accumulators or neither, so an interval never mixes sources.
         if let (Some(i), Some(e)) = (imp, exp) {
-            let i = regs::read_value(&mut self.client, &i).await?;
-            let e = regs::read_value(&mut self.client, &e).await?;
-            if let (Some(i), Some(e)) = (i, e) {
-                t.grid_import_wh = Some(i);
-                t.grid_export_wh = Some(e);
+            let both = async {
+                let i = regs::read_value(&mut self.client, &i).await?;
+                let e = regs::read_value(&mut self.client, &e).await?;
+                Ok::<_, DeviceError>(i.zip(e))
+            };
+            match both.await {
+                Ok(Some((i, e))) => {
+                    t.grid_import_wh = Some(i);
+                    t.grid_export_wh = Some(e);
+                }
+                Ok(None) => {}
+                // Control does not need the counters: a device refusing them leaves the
+                // interval to its estimate instead of failing the reading (which would hand
+                // the battery back). A lost connection still fails it.
+                Err(err) if err.is_refusal() => {
+                    tracing::debug!(device = %self.name, error = %err, "energy counters unreadable");
+                }
+                Err(err) => return Err(err),
             }
         }
         Ok(t)

@@ -81,7 +81,9 @@ fn check_control(p: &Profile, c: &ControlSpec, at: &str, out: &mut Vec<String>) 
             out,
         );
     }
-    if c.leave.is_empty() && !matches!(c.power, PowerSpec::GridSetpoint { .. }) {
+    if c.leave.is_empty() {
+        // A grid setpoint too: without a release write the device keeps regulating to the
+        // last setpoint, computed for a dispatch, after the dispatch ends.
         out.push(format!(
             "{at}: `leave` is empty: the battery could not be released"
         ));

@@ -311,4 +311,22 @@ power = { kind = "watts", setpoint = { address = 4, type = "i16", value = 5 } }
             "{problems}"
         );
     }
+
+    /// A grid-setpoint device without `leave` would keep regulating to the dispatch's last
+    /// setpoint after the dispatch (release wrote nothing, yet logged "released").
+    #[test]
+    fn a_grid_setpoint_without_leave_is_refused() {
+        let text = r#"
+name = "x"
+addressing = "fixed"
+[read]
+soc = [{ address = 1, type = "u16" }]
+[[control]]
+label = "grid"
+power = { kind = "grid-setpoint", setpoint = { address = 4, type = "i16" } }
+"#;
+        let p = parse_str(text, Path::new("x.toml")).unwrap();
+        let problems = check(&p).join("\n");
+        assert!(problems.contains("`leave` is empty"), "{problems}");
+    }
 }
