@@ -144,6 +144,7 @@ async fn job_statuses(
 ) -> Result<HashMap<String, String>, UploadError> {
     let mut status = HashMap::new();
     let mut token: Option<String> = None;
+    let mut pages = 0;
     loop {
         let page = client
             .upload_list(
@@ -157,10 +158,36 @@ async fn job_statuses(
                 status.insert(id, u.status);
             }
         }
-        token = page.next_page_token;
+        token = next_page(
+            token.clone(),
+            page.next_page_token,
+            &mut pages,
+            "upload list",
+        )?;
         if token.is_none() {
             return Ok(status);
         }
+    }
+}
+
+/// A runaway guard for Leap's paged lists: a repeated token or more pages than any site's
+/// history holds is an answer not as documented, not a reason to loop for ever.
+const MAX_PAGES: u32 = 1000;
+
+fn next_page(
+    asked: Option<String>,
+    next: Option<String>,
+    pages: &mut u32,
+    what: &str,
+) -> Result<Option<String>, UploadError> {
+    *pages += 1;
+    match next {
+        Some(t) if asked.as_ref() == Some(&t) || *pages >= MAX_PAGES => {
+            Err(UploadError::Leap(LeapError::BadAnswer(format!(
+                "{what}: the page token repeats or the list did not end after {pages} pages"
+            ))))
+        }
+        next => Ok(next),
     }
 }
 
@@ -231,8 +258,10 @@ async fn missing(
     if meter_ids.is_empty() {
         return Ok(out);
     }
-    let mut token = None;
+    let mut token: Option<String> = None;
+    let mut pages = 0;
     loop {
+        let asked = token.clone();
         let req = MissingSearch {
             meter_ids: meter_ids.clone(),
             missing_interval_window_start_date_time_utc: csv::utc(
@@ -255,7 +284,12 @@ async fn missing(
                 s += INTERVAL_SECS;
             }
         }
-        token = page.next_page_token;
+        token = next_page(
+            asked,
+            page.next_page_token,
+            &mut pages,
+            "missing-interval search",
+        )?;
         if token.is_none() {
             return Ok(out);
         }
@@ -359,4 +393,21 @@ pub(crate) fn jobs(c: &Connection) -> Result<Vec<JobRow>, StoreError> {
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_repeated_or_endless_page_token_stops_the_list() {
+        let mut pages = 0;
+        let t = |s: &str| Some(s.to_string());
+        assert_eq!(
+            super::next_page(None, t("a"), &mut pages, "x").unwrap(),
+            t("a")
+        );
+        assert!(super::next_page(t("a"), t("a"), &mut pages, "x").is_err());
+        let mut pages = super::MAX_PAGES;
+        assert!(super::next_page(t("a"), t("b"), &mut pages, "x").is_err());
+        assert_eq!(super::next_page(t("a"), None, &mut 0, "x").unwrap(), None);
+    }
 }

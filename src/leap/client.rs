@@ -134,7 +134,8 @@ impl LeapClient {
         let mut path =
             format!("/v1.1/jobs/interval-data-uploads?from={from}&to={to}&page_size=500");
         if let Some(t) = page_token {
-            path.push_str(&format!("&page_token={t}"));
+            // Leap's tokens are opaque: a '+' or '&' in one must not change the query.
+            path.push_str(&format!("&page_token={}", query_escape(t)));
         }
         self.call::<(), UploadList>(Method::GET, &path, None)
             .await?
@@ -268,4 +269,25 @@ fn finish<R: DeserializeOwned>(
             .message
             .unwrap_or_else(|| String::from_utf8_lossy(&a.body).chars().take(200).collect()),
     })
+}
+
+/// Percent-encode everything but RFC 3986's unreserved characters.
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn page_tokens_are_escaped_in_the_query() {
+        assert_eq!(super::query_escape("abc-_.~09"), "abc-_.~09");
+        assert_eq!(super::query_escape("a+b/c=&d"), "a%2Bb%2Fc%3D%26d");
+    }
 }
