@@ -38,29 +38,28 @@ pub(crate) fn problems(config: &Config) -> Vec<String> {
     }
     for (name, d) in &config.devices {
         let path = config.devices_dir.join(format!("{}.toml", d.profile));
-        profile_points(config, name, &d.profile, &path, &mut p);
+        profile_points(name, &d.profile, &path, &mut p);
     }
     p
 }
 
-/// SPEC §2.13: on a no-export site every decision needs the state of charge and the
-/// site meter; a profile without either would leave the loop blind for every event.
-fn profile_points(config: &Config, name: &str, profile: &str, path: &Path, p: &mut Vec<String>) {
-    if config.site.export_limit_kw > 0.0 {
-        return;
-    }
+/// SPEC §2.13: every decision needs the state of charge, the site meter and the battery's
+/// power (the site's load is grid + battery; an export permit needs the meter too); a
+/// profile without one would leave the loop blind for every event.
+fn profile_points(name: &str, profile: &str, path: &Path, p: &mut Vec<String>) {
     let Ok(prof) = crate::device::profile::load(path) else {
         return; // a missing file is config's; a bad one is reported where the device is opened
     };
     for (point, specs) in [
         ("soc", &prof.read.soc),
         ("grid_power", &prof.read.grid_power),
+        ("battery_power", &prof.read.battery_power),
     ] {
         if specs.is_empty() {
             p.push(format!(
-                "devices.{name}.profile = \"{profile}\" has no [read] {point} point, which a \
-                 no-export site (site.export_limit_kw = 0) needs for every dispatch: add it to \
-                 {} or use a profile that has it",
+                "devices.{name}.profile = \"{profile}\" has no [read] {point} point, which \
+                 every dispatch needs (without it the battery is handed back): add it to {} or \
+                 use a profile that has it",
                 path.display()
             ));
         }
@@ -71,10 +70,23 @@ fn profile_points(config: &Config, name: &str, profile: &str, path: &Path, p: &m
 /// logged at start): devices that cannot hand the battery back by themselves.
 pub(crate) fn warnings(config: &Config) -> Vec<String> {
     let mut w = Vec::new();
+    if config.site.fallback_site_load_kw != 0.0 {
+        w.push(
+            "site.fallback_site_load_kw is no longer used: without a site-meter or battery \
+             power reading the battery is handed back (SPEC §2.13); remove the key"
+                .into(),
+        );
+    }
     if config.meters.is_empty() {
         w.push(
             "no [[meters]]: every dispatch is stored and none is executed; add one [[meters]] \
              per Leap meter id this site serves"
+                .into(),
+        );
+    }
+    if config.site.fallback_site_load_kw != 0.0 {
+        w.push(
+            "site.fallback_site_load_kw is no longer used: without a site-meter or battery              reading the battery is handed back (SPEC §2.13); remove the key"
                 .into(),
         );
     }
@@ -125,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn a_profile_without_a_site_meter_is_refused_for_a_no_export_site() {
+    fn a_profile_without_a_site_meter_is_refused() {
         // (A profile without SoC is refused for every site by the profile check.)
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
         let generic = std::fs::read_to_string(shipped.join("generic.toml")).unwrap();
@@ -150,9 +162,15 @@ mod tests {
                 .any(|p| p.contains("no [read] grid_power point")),
             "{found:?}"
         );
-        // A site that may export is not refused over it.
+        // Nor on a site that may export: a permit cannot be kept without the meter.
         let c = config(dir.path(), "nometer", "[site]\nexport_limit_kw = 5");
-        assert!(all(&c).is_empty(), "{:?}", all(&c));
+        assert!(
+            all(&c)
+                .iter()
+                .any(|p| p.contains("no [read] grid_power point")),
+            "{:?}",
+            all(&c)
+        );
         // The shipped SunSpec profile has both points.
         assert!(all(&config(&shipped, "sunspec", "")).is_empty());
     }

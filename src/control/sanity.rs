@@ -2,9 +2,9 @@
 //! trusted. Pure, so every rule is unit-tested; the loop hands the battery back to normal
 //! operation (the device's own logic) whenever this returns a reason.
 //!
-//! A decision depends on the state of charge always (the reserve, a full battery) and on
-//! the site meter under any no-export bound (without it the law cannot tell export from
-//! import). Values a healthy device cannot report are treated like missing ones: a stuck
+//! A decision depends on the state of charge always (the reserve, a full battery), and on
+//! the site meter and the battery's power always: the site's load is their sum, and without
+//! it the law can keep neither the no-export margin nor an export permit. Values a healthy device cannot report are treated like missing ones: a stuck
 //! register (32 767 W) would otherwise read as a huge load and drive the battery at full
 //! power into export.
 
@@ -34,19 +34,26 @@ pub(crate) fn blind_reason(
         }
         Some(_) => {}
     }
-    let needs_meter = allowed_export_kw(cmd) == 0.0;
+    // Site load is grid + battery: both readings, under every cap. Without the site meter
+    // an export permit cannot be kept either (PV may already export), and an assumed load
+    // in place of either reading let the battery discharge into export unnoticed.
     match tel.grid_kw {
-        None if needs_meter => {
+        None if allowed_export_kw(cmd) == 0.0 => {
             return Some("no site-meter reading under a no-export bound".into());
+        }
+        None => {
+            return Some("no site-meter reading: the export permit cannot be kept".into());
         }
         Some(g) => {
             if let Some(why) = grid_problem(g, site) {
                 return Some(why);
             }
         }
-        None => {}
     }
-    tel.battery_kw.and_then(|b| battery_problem(b, limits))
+    match tel.battery_kw {
+        None => Some("no battery power reading: the site's load cannot be computed".into()),
+        Some(b) => battery_problem(b, limits),
+    }
 }
 
 /// Why a site-meter reading cannot be what the site does, if it cannot.
@@ -158,13 +165,30 @@ mod tests {
         assert_eq!(recordable(&nan, limits(&nan), &site).grid_kw, None);
     }
 
+    /// Both readings under every cap: without the meter a permit cannot be kept (PV may
+    /// already export); without the battery reading the load is unknown. Before, either
+    /// gap put `fallback_site_load_kw` in place of the load.
     #[test]
-    fn the_meter_is_optional_only_where_export_is_allowed() {
+    fn the_site_meter_and_the_battery_reading_are_needed_under_every_cap() {
         let mut c = cmd(Target::Kw(10.0), Cap::GridExportsAllowed);
         c.export_allowed_kw = 5.0;
         let mut t = tel(30.0, 0.0);
         t.grid_kw = None;
-        assert_eq!(why(&c, &t, &SiteConfig::default()), None);
+        assert!(
+            why(&c, &t, &SiteConfig::default())
+                .unwrap()
+                .contains("permit")
+        );
+        for cap in [Cap::UpToSiteLoad, Cap::GridExportsAllowed] {
+            let c = cmd(Target::Kw(10.0), cap);
+            let mut t = tel(-3.0, 0.0);
+            t.battery_kw = None;
+            let why = why(&c, &t, &SiteConfig::default());
+            assert!(
+                why.as_deref().is_some_and(|w| w.contains("battery power")),
+                "{why:?}"
+            );
+        }
     }
 
     #[test]
