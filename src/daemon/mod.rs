@@ -257,6 +257,10 @@ fn start_dispatch(
                     .get(crate::metrics::RequestResult::StorageUnavailable)
             })
         }),
+        {
+            let uplink = shared.uplink.clone();
+            Arc::new(move || uplink.as_ref().map_or(0, |b| b.new_sessions()))
+        },
     );
     status.add(backstop.clone());
     stages

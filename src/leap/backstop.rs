@@ -59,6 +59,8 @@ pub(crate) struct Backstop {
     triggers: mpsc::Sender<&'static str>,
     rx: Mutex<Option<mpsc::Receiver<&'static str>>>,
     refusals: RefusalCount,
+    /// MQTT uplink connections that found no session at the broker (what it held is gone).
+    new_sessions: RefusalCount,
 }
 
 impl Backstop {
@@ -67,6 +69,7 @@ impl Backstop {
         store: Store,
         changes: ChangeSignal,
         refusals: RefusalCount,
+        new_sessions: RefusalCount,
     ) -> Arc<Backstop> {
         let (tx, rx) = mpsc::channel(4);
         let enabled = config.get().leap.api_key.is_some();
@@ -82,6 +85,7 @@ impl Backstop {
             triggers: tx,
             rx: Mutex::new(Some(rx)),
             refusals,
+            new_sessions,
         })
     }
 
@@ -211,6 +215,7 @@ impl Backstop {
     async fn watch_recoveries(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tunnel = tunnel_active().await;
         let mut refused = (self.refusals)();
+        let mut sessions = (self.new_sessions)();
         let mut suspect = false;
         let mut tick = tokio::time::interval(WATCH_PERIOD);
         for n in 0u64.. {
@@ -229,6 +234,14 @@ impl Backstop {
                 }
                 tunnel = now;
             }
+            let n = (self.new_sessions)();
+            if n > sessions {
+                tracing::warn!(
+                    "the MQTT broker lost this gateway's session; polling Leap for dispatches it held"
+                );
+                self.trigger("mqtt session lost");
+            }
+            sessions = n;
             let r = (self.refusals)();
             let poll_failed = self
                 .status()

@@ -12,6 +12,8 @@ pub(crate) type OnChange = Box<dyn Fn(BrokerConnection) + Send + Sync>;
 
 pub(crate) struct BrokerWatch {
     state: Mutex<BrokerConnection>,
+    /// Connections on which the broker had no session for us: what it held is gone.
+    new_sessions: std::sync::atomic::AtomicU64,
     on_change: Option<OnChange>,
     /// Metric names start with this (`leap_edge_mqtt`, `leap_edge_relay_mqtt`).
     metric: &'static str,
@@ -32,6 +34,7 @@ impl BrokerWatch {
                 connections: 0,
                 refused: None,
             }),
+            new_sessions: std::sync::atomic::AtomicU64::new(0),
             metric,
             grace: chrono::Duration::seconds(2 * keep_alive_secs as i64),
             on_change: None,
@@ -51,6 +54,16 @@ impl BrokerWatch {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BrokerConnection> {
         self.state.lock().expect("broker state")
+    }
+
+    /// The broker answered without our session (expired, or lost in a broker crash).
+    pub(crate) fn new_session(&self) {
+        self.new_sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn new_sessions(&self) -> u64 {
+        self.new_sessions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn connected(&self) {

@@ -151,9 +151,12 @@ impl Uplink {
         if session_present {
             tracing::info!(session_present, "mqtt uplink connected");
         } else {
+            // The relay counts a part delivered at the broker's PUBACK: what the broker held
+            // for us is gone from both sides. Leap's polling backstop is asked to run.
+            self.broker.new_session();
             tracing::warn!(
                 session_present,
-                "mqtt uplink connected with a new session: anything the broker held for this gateway before is gone (the relay's outbox and Leap's polling backstop cover it)"
+                "mqtt uplink connected with a new session: anything the broker held for this gateway is gone; polling Leap for it (needs [leap] api_key)"
             );
         }
         self.publish_status(true);
@@ -188,16 +191,7 @@ impl Uplink {
     }
 
     fn check_subscription(&self, s: &rumqttc::v5::mqttbytes::v5::SubAck) {
-        let refused: Vec<_> = s
-            .return_codes
-            .iter()
-            .filter(|c| {
-                !matches!(
-                    c,
-                    rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
-                )
-            })
-            .collect();
+        let refused = refused_codes(s);
         if !refused.is_empty() {
             tracing::error!(codes = ?refused, topic = %self.dispatch_topic(), "mqtt uplink: the broker refused the subscription (check its ACL for this client id)");
             self.broker.error(&format!(
@@ -379,5 +373,40 @@ impl Uplink {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         tracing::info!("mqtt uplink stopped");
+    }
+}
+
+/// The grants of a SUBACK that are not QoS 1 or 2. QoS 0 is a refusal too: messages would
+/// come without acknowledgement or redelivery, and not be queued while the gateway is away.
+fn refused_codes(
+    s: &rumqttc::v5::mqttbytes::v5::SubAck,
+) -> Vec<&rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as Code;
+    s.return_codes
+        .iter()
+        .filter(|c| !matches!(c, Code::Success(QoS::AtLeastOnce | QoS::ExactlyOnce)))
+        .collect()
+}
+
+#[cfg(test)]
+mod subscription_tests {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{SubAck, SubscribeReasonCode as Code};
+
+    #[test]
+    fn a_qos_0_grant_is_refused() {
+        let ack = |code| SubAck {
+            pkid: 1,
+            return_codes: vec![code],
+            properties: None,
+        };
+        assert!(super::refused_codes(&ack(Code::Success(QoS::AtLeastOnce))).is_empty());
+        assert!(super::refused_codes(&ack(Code::Success(QoS::ExactlyOnce))).is_empty());
+        assert_eq!(
+            super::refused_codes(&ack(Code::Success(QoS::AtMostOnce))).len(),
+            1
+        );
+        assert_eq!(super::refused_codes(&ack(Code::NotAuthorized)).len(), 1);
     }
 }

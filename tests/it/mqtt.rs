@@ -585,3 +585,21 @@ async fn a_failing_store_keeps_the_gateway_connected_and_stores_after() {
     });
     relay.running.stop().await;
 }
+
+/// A broker limited to QoS 0 (mosquitto `max_qos 0`, some managed tiers) would hand
+/// messages over without acknowledgement or redelivery. Mosquitto refuses the gateway's
+/// QoS 1 will at connect; status says so. (A broker that connects and then grants QoS 0 is
+/// treated as a refused subscription: unit test in `mqtt::uplink`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn a_broker_limited_to_qos_0_shows_in_status() {
+    let broker = Broker::start_configured(&["site-a"], false, "max_qos 0\n");
+    let gw = Daemon::start_with(&uplink(&broker, "site-a"));
+    wait_for("the broker's refusal in status", || {
+        status_json(&gw)["uplink"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("QoSNotSupported"))
+    });
+    let (_, text, _) = gw.cli(&["status", "--wide"]);
+    assert!(text.contains("QoSNotSupported"), "{text}");
+}
