@@ -180,6 +180,18 @@ impl Recorder {
         self
     }
 
+    /// The wall clock stepped (or cannot be trusted across a restart): what the counters did
+    /// since the last reading cannot be placed in time. The open interval gets no counter
+    /// energy (a metered one becomes a gap) and nothing is bridged or held across the step;
+    /// readings are placed by the clock from here on.
+    pub(crate) fn clock_stepped(&mut self) {
+        if let Some(cur) = self.open.as_mut() {
+            cur.last = None;
+            cur.imp_start = None;
+            cur.exp_start = None;
+        }
+    }
+
     /// Take one reading; returns the intervals it closed, oldest first.
     pub(crate) fn push(&mut self, s: Sample) -> Vec<Acc> {
         let mut done = Vec::new();
@@ -220,6 +232,16 @@ impl Recorder {
                     done.push(std::mem::replace(cur, next));
                 }
             }
+        }
+        // A counter that went down between two readings of this interval was reset or
+        // replaced: its boundary difference could still look plausible, so it is a gap.
+        let went_down = |a: Option<f64>, b: Option<f64>| a.zip(b).is_some_and(|(a, b)| b < a);
+        if last.is_some_and(|l| {
+            interval_start(l.at_ms) == cur.start
+                && (went_down(l.imp_wh, s.imp_wh) || went_down(l.exp_wh, s.exp_wh))
+        }) {
+            cur.imp_start = None;
+            cur.exp_start = None;
         }
         cur.take(&s);
         done

@@ -109,6 +109,24 @@ fn a_counter_reset_is_a_gap_not_negative_energy() {
     assert_eq!(done[0].energy(), None);
 }
 
+/// A meter replaced mid-interval whose new counter starts below the old reading but ends
+/// the interval above the start boundary's: the boundary difference looks plausible (389 Wh
+/// instead of 1 kWh) yet is wrong, so the interval is a gap.
+#[test]
+fn a_counter_reset_inside_an_interval_is_a_gap_even_when_it_climbs_back() {
+    let mut r = Recorder::default();
+    run(&mut r, -5, 1000, 4.0, true);
+    let done: Vec<Acc> = (1000..1801)
+        .flat_map(|t| {
+            let mut s = sample(T0 + t * 1000, 4.0, true);
+            s.imp_wh = Some(5_500.0 + 4.0 * (t - 1000) as f64 / 3.6);
+            r.push(s)
+        })
+        .collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].energy(), None, "{:?}", done[0]);
+}
+
 /// A long control period (readings every 20 s, beyond the 10 s hold): the readings still
 /// cover the interval, which would otherwise always be a gap on a site without counters.
 #[test]
@@ -124,4 +142,45 @@ fn readings_a_long_control_period_apart_still_cover_the_interval() {
     assert!((e.import_wh - 1000.0).abs() < 1e-6, "{e:?}");
     let mut r = Recorder::default();
     assert_eq!(readings(&mut r)[1].energy(), None, "the 10 s hold alone");
+}
+
+/// A wall clock stepped back 300 s in the middle of a metered interval: the counters kept
+/// rising in real time, so bridging as before put 1.33 kWh in a 1 kWh quarter hour, marked
+/// exact. After `clock_stepped` that interval is a gap, and the next one is exact again.
+#[test]
+fn a_clock_step_back_leaves_a_gap_not_misplaced_energy() {
+    let s = |wall_s: i64, real_s: i64| Sample {
+        at_ms: T0 + wall_s * 1000,
+        grid_kw: 4.0,
+        battery_kw: Some(1.0),
+        soc_pct: Some(80.0),
+        imp_wh: Some(5_000.0 + 4.0 * real_s as f64 / 3.6),
+        exp_wh: Some(10.0),
+    };
+    let record = |step: bool| {
+        let mut r = Recorder::default();
+        let mut done = Vec::new();
+        for t in -5..600 {
+            done.extend(r.push(s(t, t)));
+        }
+        if step {
+            r.clock_stepped();
+        }
+        for t in 600..2102 {
+            done.extend(r.push(s(t - 300, t)));
+        }
+        done
+    };
+    let at = |done: &[Acc], start: i64| {
+        done.iter()
+            .find(|a| a.start == T0 / 1000 + start)
+            .and_then(Acc::energy)
+    };
+    let before = record(false);
+    let misplaced = at(&before, 0).expect("bridged as exact");
+    assert!((misplaced.import_wh - 1333.3).abs() < 1.0, "{misplaced:?}");
+    let after = record(true);
+    assert_eq!(at(&after, 0), None, "the stepped interval is a gap");
+    let next = at(&after, 900).expect("the next interval is exact");
+    assert!((next.import_wh - 1000.0).abs() < 1e-6, "{next:?}");
 }

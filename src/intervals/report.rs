@@ -165,12 +165,8 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
 
 /// One line a settlement analyst can read at a glance.
 pub(crate) fn verdict(r: &EventReport) -> String {
-    // No whole interval inside the event: the delivered energy includes what the battery
-    // did outside it (another event, normal operation), so a percentage would mislead.
-    let unmeasurable = r.partial_intervals > 0 && r.partial_intervals >= r.intervals.len();
     let outcome = match r.delivered_pct {
         _ if r.gaps > 0 => "INCOMPLETE DATA",
-        _ if unmeasurable => "NOT MEASURABLE (no whole 15-minute interval inside the event)",
         Some(p) if p >= 98.0 => "MET",
         Some(p) if p >= 80.0 => "SHORT",
         Some(_) => "MISSED",

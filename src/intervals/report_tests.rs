@@ -96,8 +96,6 @@ fn baseline_is_the_mean_of_ten_previous_non_event_days_and_delivery_is_judged() 
         "{}",
         r.verdict
     );
-    // No percentage verdict from a quarter hour that is mostly outside the event.
-    assert!(r.verdict.starts_with("NOT MEASURABLE"), "{}", r.verdict);
 
     // Without the second interval's data the verdict says so instead of judging.
     let fewer = &ivs[..ivs.len() - 1];

@@ -19,6 +19,32 @@ pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(15);
 struct Meter {
     rec: Recorder,
     saved_at_ms: i64,
+    /// The last reading's wall time and when it arrived (monotonic): a clock step shows as
+    /// the two gaps disagreeing.
+    seen: Option<(i64, std::time::Instant)>,
+}
+
+/// Wall and monotonic time between two readings may differ by this much (delivery jitter)
+/// before it counts as a clock step.
+const STEP_MS: i64 = 5_000;
+
+impl Meter {
+    fn check_clock(&mut self, meter_id: &str, at_ms: i64) {
+        let now = std::time::Instant::now();
+        if let Some((wall, mono)) = self.seen {
+            let real = i64::try_from(now.duration_since(mono).as_millis()).unwrap_or(i64::MAX);
+            let stepped = (at_ms - wall).saturating_sub(real);
+            if stepped.abs() > STEP_MS {
+                tracing::warn!(
+                    meter_id,
+                    stepped_ms = stepped,
+                    "intervals: the wall clock stepped; the open interval's counter energy is left unknown (a gap) rather than put in the wrong quarter hour"
+                );
+                self.rec.clock_stepped();
+            }
+        }
+        self.seen = Some((at_ms, now));
+    }
 }
 
 /// `config`: the meters (and group weights) that event reports are written for.
@@ -52,6 +78,43 @@ pub async fn run(
     save_open(&store, &meters).await;
 }
 
+/// The recorder for a meter seen for the first time since start: the stored open interval,
+/// resumed.
+async fn resume(store: &Store, meter_id: &str, at_ms: i64, period: Option<Duration>) -> Meter {
+    let id = meter_id.to_string();
+    let open = store
+        .read(move |c| db::load_open(c, &id))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "intervals: cannot resume the open interval");
+            None
+        });
+    // A stored reading later than now (a gateway without a battery-backed clock,
+    // booted before NTP), or a clock known to be unsynchronised: the downtime's energy
+    // cannot be placed, so it is not bridged into the resumed interval.
+    let untrusted = open
+        .as_ref()
+        .and_then(|o| o.last)
+        .is_some_and(|l| l.at_ms > at_ms)
+        || crate::clock::synchronised() == Some(false);
+    let mut m = Meter {
+        rec: match period {
+            Some(p) => Recorder::resume(open).with_period(p),
+            None => Recorder::resume(open),
+        },
+        saved_at_ms: at_ms,
+        seen: None,
+    };
+    if untrusted {
+        tracing::warn!(
+            meter_id,
+            "intervals: the clock is behind the last stored reading or unsynchronised; the resumed interval is not bridged across the restart"
+        );
+        m.rec.clock_stepped();
+    }
+    m
+}
+
 /// Record one reading; true when it saved something (then also time to audit).
 async fn take(
     store: &Store,
@@ -63,24 +126,11 @@ async fn take(
         return false;
     };
     if !meters.contains_key(&reading.meter_id) {
-        let id = reading.meter_id.clone();
-        let open = store
-            .read(move |c| db::load_open(c, &id))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "intervals: cannot resume the open interval");
-                None
-            });
-        let m = Meter {
-            rec: match period {
-                Some(p) => Recorder::resume(open).with_period(p),
-                None => Recorder::resume(open),
-            },
-            saved_at_ms: sample.at_ms,
-        };
+        let m = resume(store, &reading.meter_id, sample.at_ms, period).await;
         meters.insert(reading.meter_id.clone(), m);
     }
     let m = meters.get_mut(&reading.meter_id).expect("inserted above");
+    m.check_clock(&reading.meter_id, sample.at_ms);
     let done = m.rec.push(sample);
     let due = sample.at_ms - m.saved_at_ms >= FLUSH_EVERY.as_millis() as i64;
     if done.is_empty() && !due {
