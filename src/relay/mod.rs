@@ -39,6 +39,15 @@ pub(crate) fn read_status(
     Ok(s)
 }
 
+/// How far back a gateway that now serves a meter is sent what it missed: any timeslot a
+/// gateway accepts from an older notification has ended (it starts at most
+/// `max_start_ahead_days` after it and lasts at most `max_timeslot_hours`), a day to spare.
+fn replay_since(config: &RelayConfig) -> chrono::DateTime<chrono::Utc> {
+    let l = &config.limits;
+    let hours = i64::from(l.max_start_ahead_days) * 24 + i64::from(l.max_timeslot_hours) + 24;
+    chrono::Utc::now() - chrono::Duration::hours(hours)
+}
+
 /// `relay requeue`: dead letters of `gateways` back to pending (the operator fixed what the
 /// gateway refused), with what was delivered after them.
 pub(crate) fn requeue_dead(
@@ -140,7 +149,10 @@ pub async fn start(config: RelayConfig) -> Result<Running, RelayError> {
     let app = Arc::new(RelayApp::new(config.clone(), store.clone(), fleet.clone()));
     // The configuration may have changed while the relay was down: re-route first.
     let routes = app.routes();
-    let n = store.call(move |c| outbox::reroute_all(c, &routes)).await?;
+    let since = replay_since(&config);
+    let n = store
+        .call(move |c| outbox::reroute_all(c, &routes, since))
+        .await?;
     tracing::info!(notifications = n, "outbox re-routed at start");
     fleet.apply(&config.gateways);
     serve(&app, (public, private), tls.clone(), &stages);
@@ -232,12 +244,13 @@ impl Running {
             .collect();
         self.app.set_config(new.clone());
         let routes = self.app.routes();
+        let since = replay_since(&new);
         let done = self
             .app
             .store
             .call(move |c| {
                 let requeued = outbox::requeue_dead(c, &changed)?;
-                Ok((requeued, outbox::reroute_all(c, &routes)?))
+                Ok((requeued, outbox::reroute_all(c, &routes, since)?))
             })
             .await;
         match done {

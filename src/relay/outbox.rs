@@ -233,9 +233,15 @@ fn units(
 /// unrouted, and every one with an entry that a gateway now serves but has neither taken nor
 /// queued (its meter moved there, or the gateway is new). Such a gateway gets everything
 /// stored for its meters, in arrival order, so it ends on the latest revision, as the
-/// gateway it replaces did; gateways count what they already had as duplicates.
+/// gateway it replaces did; gateways count what they already had as duplicates. Only
+/// notifications received since `replay_since` are replayed: older ones hold only ended
+/// timeslots, and a year of them would queue a live dispatch behind history.
 /// Returns how many notifications were looked at.
-pub(crate) fn reroute_all(conn: &mut Connection, routes: &Routes) -> Result<usize, StoreError> {
+pub(crate) fn reroute_all(
+    conn: &mut Connection,
+    routes: &Routes,
+    replay_since: DateTime<Utc>,
+) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
     let mut ids: BTreeSet<i64> = {
         let mut stmt = tx.prepare(
@@ -245,7 +251,7 @@ pub(crate) fn reroute_all(conn: &mut Connection, routes: &Routes) -> Result<usiz
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
-    ids.extend(missing_a_gateway(&tx, routes)?);
+    ids.extend(missing_a_gateway(&tx, routes, replay_since)?);
     let now = Utc::now();
     for id in &ids {
         route_notification(&tx, *id, routes, now)?;
@@ -256,14 +262,19 @@ pub(crate) fn reroute_all(conn: &mut Connection, routes: &Routes) -> Result<usiz
 
 /// Notifications with an entry that some gateway serves under `routes` and has no delivery
 /// of, in any state.
-fn missing_a_gateway(tx: &Transaction, routes: &Routes) -> Result<BTreeSet<i64>, StoreError> {
+fn missing_a_gateway(
+    tx: &Transaction,
+    routes: &Routes,
+    since: DateTime<Utc>,
+) -> Result<BTreeSet<i64>, StoreError> {
     let mut stmt = tx.prepare(
         "SELECT e.notification_id, e.meter_ids,
                 (SELECT group_concat(d.gateway, char(31)) FROM relay_delivery_entries de
                  JOIN relay_deliveries d ON d.id = de.delivery_id WHERE de.entry_id = e.id)
-         FROM relay_entries e",
+         FROM relay_entries e JOIN relay_notifications n ON n.id = e.notification_id
+         WHERE n.received_at >= ?1",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([ts(since)], |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,

@@ -19,6 +19,11 @@ fn gw(name: &str, meters: &[&str]) -> GatewayConfig {
     }
 }
 
+/// Replay window of the tests: everything they commit is inside it.
+fn since() -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::days(1)
+}
+
 fn db() -> Connection {
     let mut c = Connection::open_in_memory().unwrap();
     c.pragma_update(None, "foreign_keys", "ON").unwrap();
@@ -82,7 +87,7 @@ fn a_moved_meter_takes_its_undelivered_entry_and_nothing_taken_is_sent_again() {
     )
     .unwrap();
     let after = Routes::new(&[gw("a", &["a1", "b1"]), gw("b", &[]), gw("c", &["zz"])]);
-    assert_eq!(reroute_all(&mut c, &after).unwrap(), 1);
+    assert_eq!(reroute_all(&mut c, &after, since()).unwrap(), 1);
     assert_eq!(
         deliveries(&c),
         [
@@ -109,7 +114,7 @@ fn a_moved_meter_takes_its_undelivered_entry_and_nothing_taken_is_sent_again() {
             .map(Result::unwrap)
             .collect()
     };
-    reroute_all(&mut c, &after).unwrap();
+    reroute_all(&mut c, &after, since()).unwrap();
     let again: Vec<i64> = {
         let mut s = c
             .prepare("SELECT id FROM relay_deliveries ORDER BY id")
@@ -168,12 +173,32 @@ fn a_moved_meter_gets_every_revision_in_order_at_its_new_gateway() {
         .notification_id;
     assert_eq!(queue(&mut c, "a"), [first, second]);
     let after = Routes::new(&[gw("a", &[]), gw("b", &["m"])]);
-    reroute_all(&mut c, &after).unwrap();
+    reroute_all(&mut c, &after, since()).unwrap();
     assert_eq!(queue(&mut c, "b"), [first, second]);
     assert_eq!(queue(&mut c, "a"), Vec::<i64>::new());
     // Once it has them, nothing is sent again.
-    reroute_all(&mut c, &after).unwrap();
+    reroute_all(&mut c, &after, since()).unwrap();
     assert_eq!(queue(&mut c, "b"), Vec::<i64>::new());
+}
+
+/// Only notifications that can still hold a live timeslot are replayed to a meter's new
+/// gateway: a year of history would queue its next live dispatch behind it.
+#[test]
+fn a_moved_meter_is_not_sent_notifications_older_than_any_live_timeslot() {
+    let mut c = db();
+    let before = Routes::new(&[gw("a", &["m"]), gw("b", &[])]);
+    let body =
+        |e: &str| json!({"meter_dispatches": [{"meter_id": "m", "timeslots": [{"event_id": e}]}]});
+    let mut old = incoming(body("old"));
+    old.received_at = Utc::now() - chrono::Duration::days(60);
+    let old = commit(&mut c, &old, &before).unwrap().notification_id;
+    let recent = commit(&mut c, &incoming(body("recent")), &before)
+        .unwrap()
+        .notification_id;
+    assert_eq!(queue(&mut c, "a"), [old, recent]);
+    let after = Routes::new(&[gw("a", &[]), gw("b", &["m"])]);
+    reroute_all(&mut c, &after, Utc::now() - chrono::Duration::days(33)).unwrap();
+    assert_eq!(queue(&mut c, "b"), [recent]);
 }
 
 /// SPEC §2.12 "in order": a requeued dead letter goes out with what was delivered after it,
