@@ -90,6 +90,25 @@ pub(crate) static POINTS: &[PointDef] = &[
     p(213, "W", 28, F32, None),
     p(213, "TotWhExp", 60, F32, None),
     p(213, "TotWhImp", 68, F32, None),
+    // Single-phase (201) and split single-phase (202) meters: the same layout as 203
+    // (SunSpec's one ac_meter group; 201 checked against the SunSpec JSON point by point).
+    p(201, "W", 18, I16, Some("W_SF")),
+    p(201, "W_SF", 22, I16, None),
+    p(201, "TotWhExp", 38, Acc32, Some("TotWh_SF")),
+    p(201, "TotWhImp", 46, Acc32, Some("TotWh_SF")),
+    p(201, "TotWh_SF", 54, I16, None),
+    p(202, "W", 18, I16, Some("W_SF")),
+    p(202, "W_SF", 22, I16, None),
+    p(202, "TotWhExp", 38, Acc32, Some("TotWh_SF")),
+    p(202, "TotWhImp", 46, Acc32, Some("TotWh_SF")),
+    p(202, "TotWh_SF", 54, I16, None),
+    // ... and their float32 forms, laid out as 213.
+    p(211, "W", 28, F32, None),
+    p(211, "TotWhExp", 60, F32, None),
+    p(211, "TotWhImp", 68, F32, None),
+    p(212, "W", 28, F32, None),
+    p(212, "TotWhExp", 60, F32, None),
+    p(212, "TotWhImp", 68, F32, None),
     // model 701, DER AC measurement
     p(701, "W", 10, I16, Some("W_SF")),
     p(701, "W_SF", 116, I16, None),
@@ -281,7 +300,14 @@ mod tests {
         }
         let mut checked = 0;
         for d in POINTS {
-            let text = std::fs::read_to_string(dir.join(format!("model_{}.json", d.model)))
+            // 201/202 and 211/212 share 203's and 213's layouts; the reference folder holds
+            // only the latter.
+            let model = match d.model {
+                201 | 202 => 203,
+                211 | 212 => 213,
+                m => m,
+            };
+            let text = std::fs::read_to_string(dir.join(format!("model_{model}.json")))
                 .expect("model json");
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             let mut off = 0u64;
