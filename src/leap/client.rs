@@ -111,9 +111,17 @@ impl LeapClient {
     /// Issue 14: `POST /v1.1/interval-data?schema=load` with Leap's load CSV.
     pub(crate) async fn upload_load_csv(&self, csv: String) -> Result<UploadAnswer, LeapError> {
         let path = "/v1.1/interval-data?schema=load";
-        self.call_bytes(Method::POST, path, Some(csv.into_bytes()), "text/csv")
-            .await?
-            .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
+        // Each POST creates a job: retried only when Leap certainly did not get it, so a
+        // timeout after Leap took it does not put the same rows in a second job.
+        self.call_bytes(
+            Method::POST,
+            path,
+            Some(csv.into_bytes()),
+            "text/csv",
+            Retry::IfNotSent,
+        )
+        .await?
+        .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
     }
 
     /// `GET /v1.1/jobs/interval-data-uploads/{job_id}`: the job's row errors.
@@ -164,7 +172,7 @@ impl LeapClient {
             .map(serde_json::to_vec)
             .transpose()
             .map_err(|e| LeapError::BadAnswer(e.to_string()))?;
-        self.call_bytes(method, path, body, "application/json")
+        self.call_bytes(method, path, body, "application/json", Retry::Always)
             .await
     }
 
@@ -175,6 +183,7 @@ impl LeapClient {
         path: &str,
         body: Option<Vec<u8>>,
         content_type: &str,
+        retry: Retry,
     ) -> Result<Option<R>, LeapError> {
         let uri = self.url(path)?;
         let mut auth = vec![("authorization", format!("Bearer {}", self.key.expose()))];
@@ -192,9 +201,11 @@ impl LeapClient {
                 self.timeout,
             )
             .await;
-            let wait = match &got {
-                Err(e) => retry_after_transport(e),
-                Ok(a) => retry_after_status(a),
+            let wait = match (&got, retry) {
+                (Err(e), Retry::IfNotSent) if !unsent(e) => None,
+                (Ok(a), Retry::IfNotSent) if a.status != StatusCode::TOO_MANY_REQUESTS => None,
+                (Err(e), _) => retry_after_transport(e),
+                (Ok(a), _) => retry_after_status(a),
             };
             match wait {
                 Some(hint) if attempt < self.retries => {
@@ -212,6 +223,24 @@ impl LeapClient {
             }
         }
     }
+}
+
+/// Which failures a call is tried again after.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Retry {
+    /// Reads and idempotent writes: transport errors, 5XX and 429.
+    Always,
+    /// A POST that creates something: only when the request certainly did not reach Leap
+    /// (no connection, no TLS) or Leap refused it unprocessed (429).
+    IfNotSent,
+}
+
+/// The request never left: nothing at Leap can have acted on it.
+fn unsent(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::Connect { .. } | TransportError::Tls { .. }
+    )
 }
 
 /// Some(None): retry with the usual back-off; Some(Some(d)): retry after d; None: final.

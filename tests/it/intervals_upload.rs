@@ -225,3 +225,38 @@ async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
         "{text}"
     );
 }
+
+/// Each upload POST creates a job at Leap: one that failed after it may have arrived (a
+/// 503) is not sent again in the same run, where a retry could put the same rows in a
+/// second job; they go with the next run. A 429 (not processed) is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_post_is_retried_only_when_leap_did_not_take_it() {
+    let fake = FakeLeap::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::load(&write_config(&fake, dir.path())).unwrap();
+    let client = LeapClient::from_config(&config.leap).unwrap();
+    let now = Utc::now();
+    let q = now.timestamp().div_euclid(900) * 900;
+    let (store, thread) = Store::open(&config.storage.path).unwrap();
+    store
+        .call(move |c| db::save(c, KNOWN, &complete(q - 900, 2_500.0), false))
+        .await
+        .unwrap();
+    let posts = |fake: &FakeLeap| fake.requests("/v1.1/interval-data").len();
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.faults_only_on = Some("/v1.1/interval-data".into());
+        s.faults = [(503, None)].into();
+    }
+    let failed = upload::run_once(&client, &store, &config, now).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(posts(&fake), 1, "a 503 after the POST is not retried");
+    fake.state.lock().unwrap().faults = [(429, Some(0))].into();
+    let sum = upload::run_once(&client, &store, &config, now)
+        .await
+        .unwrap();
+    assert_eq!(sum.sent_rows, 1, "{sum:?}");
+    assert_eq!(posts(&fake), 3, "the 429 was retried");
+    drop(store);
+    thread.closed().await;
+}

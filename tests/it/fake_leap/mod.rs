@@ -48,6 +48,8 @@ pub struct State {
     pub group_results: Vec<Value>,
     /// Answered before normal handling, one per request: (status, Retry-After seconds).
     pub faults: VecDeque<(u16, Option<u64>)>,
+    /// Only requests whose path starts with this get the faults (None: every request).
+    pub faults_only_on: Option<String>,
     /// Every answer waits this long first (a slow Leap).
     pub answer_delay: Option<std::time::Duration>,
     /// The certificate the daemon under test serves (the fake trusts only it).
@@ -171,7 +173,11 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
                 "missing or invalid bearer token",
             );
         }
-        if let Some((status, retry)) = s.faults.pop_front() {
+        let faulted = s
+            .faults_only_on
+            .as_ref()
+            .is_none_or(|p| path.starts_with(p.as_str()));
+        if let Some((status, retry)) = faulted.then(|| s.faults.pop_front()).flatten() {
             let mut r = if status == 429 {
                 envelope(
                     429,
