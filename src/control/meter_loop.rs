@@ -20,6 +20,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 /// A setpoint differing from the last written one by less than this is not re-written
 /// (until the refresh is due): below any inverter's resolution.
 const DEADBAND_KW: f64 = 0.01;
+/// For a device that holds the grid at a written target itself (Victron ESS 2700): the
+/// target follows the site's load, which moves by more than 10 W every second, and each
+/// write wears the device's flash (Victron's own warning). The device keeps the grid at the
+/// old target meanwhile, so no export comes of a stale one; only the delivered power is off
+/// by at most this much.
+const GRID_TARGET_DEADBAND_KW: f64 = 0.2;
 /// Grid readings this close to a bound are not counted as a violation (meter noise).
 const VIOLATION_TOLERANCE_KW: f64 = 0.05;
 /// A failure that repeats unchanged is logged at WARN at most this often.
@@ -411,8 +417,13 @@ impl MeterLoop {
             return true;
         };
         let refresh = Duration::from_millis(u64::from(self.s.reversion_secs) * 500);
+        let deadband = if self.battery.regulates_grid() {
+            GRID_TARGET_DEADBAND_KW
+        } else {
+            DEADBAND_KW
+        };
         self.pending.is_some()
-            || (held - last.held).abs() >= DEADBAND_KW
+            || (held - last.held).abs() >= deadband
             || last.at.elapsed() + self.s.period >= refresh
     }
 

@@ -174,6 +174,36 @@ async fn victron_grid_target_follows_a_load_step_under_a_steady_award() {
     cc.shutdown(Duration::from_secs(3)).await;
 }
 
+/// A Victron GX's grid target (2700) wears its flash with every write (Victron's warning):
+/// load wobbling by 50 W each second is not written each second, while the GX holds the
+/// grid at the target by itself.
+#[tokio::test]
+async fn victron_grid_target_is_not_rewritten_for_load_noise() {
+    let opts = SimOptions {
+        victron: true,
+        ..SimOptions::default()
+    };
+    let sim = start_sim_with(sim_cfg(), opts).await;
+    let mut c = config(&sim);
+    let mut dev = device_cfg("victron-gx-ess", sim.local_addr(), 500);
+    dev.reversion_secs = 60;
+    c.devices.insert("bess".into(), dev);
+    let cc = commander_for(c);
+    cc.apply(METER, &command(10.0, 60)).await.unwrap();
+    assert!(eventually(LONG, || (sim.snapshot().battery_kw - 10.0).abs() < 0.05).await);
+    let before = sim.snapshot().writes;
+    for i in 0..8 {
+        sim.set_load(Some(30.0 + 0.05 * f64::from(i % 2)));
+        tokio::time::sleep(PERIOD).await;
+    }
+    let writes = sim.snapshot().writes - before;
+    assert!(
+        writes <= 1,
+        "{writes} writes to the grid target for 50 W of load noise"
+    );
+    cc.shutdown(Duration::from_secs(3)).await;
+}
+
 /// SPEC §2.10 behind dispatch: a command that nothing replaces at its end (dispatch stuck)
 /// is handed back by the control loop itself, two periods and a second later, instead of
 /// being refreshed on the device for as long as the process lives.
