@@ -84,12 +84,6 @@ pub(crate) fn warnings(config: &Config) -> Vec<String> {
                 .into(),
         );
     }
-    if config.site.fallback_site_load_kw != 0.0 {
-        w.push(
-            "site.fallback_site_load_kw is no longer used: without a site-meter or battery              reading the battery is handed back (SPEC §2.13); remove the key"
-                .into(),
-        );
-    }
     for (name, d) in &config.devices {
         let path = config.devices_dir.join(format!("{}.toml", d.profile));
         let Ok(prof) = crate::device::profile::load(&path) else {
@@ -125,6 +119,18 @@ mod tests {
         let mut p = c.check().err().unwrap_or_default();
         p.extend(problems(c));
         p
+    }
+
+    #[test]
+    fn a_fallback_site_load_is_warned_of_once() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let c = config(&shipped, "sunspec", "[site]\nfallback_site_load_kw = 3");
+        let w: Vec<String> = warnings(&c)
+            .into_iter()
+            .filter(|w| w.contains("fallback_site_load_kw"))
+            .collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(!w[0].contains("  "), "{w:?}");
     }
 
     #[test]

@@ -53,9 +53,12 @@ impl AdminClient {
         mut req: OverrideRequest,
     ) -> Result<OverrideReply, ClientError> {
         let limit = Duration::from_secs(10);
-        req.expires_at = req.expires_at.or_else(|| {
-            chrono::Utc::now().checked_add_signed(chrono::TimeDelta::from_std(limit).ok()?)
-        });
+        // The daemon must be done with it well before this client gives up: the answer
+        // still has to travel back.
+        let deadline = chrono::TimeDelta::seconds(8);
+        req.expires_at = req
+            .expires_at
+            .or_else(|| chrono::Utc::now().checked_add_signed(deadline));
         match self.call_within(&Request::Override(req), limit).await? {
             Reply::Override(r) => Ok(r),
             _ => Err(ClientError::Mismatch("override")),

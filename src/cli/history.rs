@@ -37,9 +37,7 @@ pub(crate) struct HistoryArgs {
 }
 
 pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
-    if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
-        return Ok(code);
-    }
+    super::note_unconfigured_meter(config, args.meter.as_deref());
     let conn = store::open_gateway_read_only(&config.storage.path)?;
     let mut filter = audit::AuditFilter {
         meter: args.meter.clone(),
@@ -48,6 +46,10 @@ pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
         until: args.until,
         limit: Some(args.limit),
     };
+    // Following goes on from the newest entry of all, not of the filter (with nothing
+    // matching it must not replay old entries as new), read before the first query so an
+    // entry written in between is not skipped.
+    let newest: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?;
     let rows = audit::query(&conn, &filter)?;
     let zone = Zone::from_flag(args.local);
     if args.json && !args.follow {
@@ -75,9 +77,6 @@ pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     // SPEC §3: the daemon writes, the CLI only reads; poll the read-only connection.
-    // From the newest entry of all, not of the filter: with nothing matching, following must
-    // not replay old entries as if they were just written.
-    let newest: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?;
     let mut last = rows.last().map_or(newest, |r| r.id.max(newest));
     filter.since = None;
     loop {

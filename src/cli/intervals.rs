@@ -42,9 +42,7 @@ pub(crate) enum IntervalsCommand {
 }
 
 pub(super) fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
-    if let Some(code) = super::unknown_meter(config, args.meter.as_deref()) {
-        return Ok(code);
-    }
+    super::note_unconfigured_meter(config, args.meter.as_deref());
     let conn = store::open_gateway_read_only(&config.storage.path)?;
     if let Some(IntervalsCommand::Uploads { json }) = &args.command {
         return uploads(&conn, *json);

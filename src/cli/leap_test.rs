@@ -57,7 +57,10 @@ pub(super) async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
 fn mask_credentials(answer: &mut IntegrationTestAnswer, key_header: &str) {
     for (name, values) in &mut answer.headers {
         let n = name.to_ascii_lowercase();
-        if n == key_header.to_ascii_lowercase() || n == "authorization" || n == "cookie" {
+        // The relay's key header may differ from this gateway's: x-api-key is masked too.
+        if n == key_header.to_ascii_lowercase()
+            || ["authorization", "cookie", "x-api-key"].contains(&n.as_str())
+        {
             *values = vec!["MASKED".into()];
         }
     }

@@ -306,6 +306,18 @@ pub(crate) struct ReloadArgs {
 }
 
 /// `--meter ID` that is not configured: an error listing the configured ids (exit 2).
+/// For records of the past (`history`, `intervals`): a meter no longer (or never) in
+/// `[[meters]]` may still have them, so it is said, not refused: a typo shows as a note
+/// beside an empty answer, a removed meter's records stay reachable.
+fn note_unconfigured_meter(config: &Config, meter: Option<&str>) {
+    if let Some(m) = meter.filter(|m| config.meter(m).is_none()) {
+        eprintln!(
+            "leap-edge: note: meter {} is not in [[meters]] (a typo, or a meter removed since); showing what the database has for it",
+            text::clean(m)
+        );
+    }
+}
+
 fn unknown_meter(config: &Config, meter: Option<&str>) -> Option<u8> {
     let m = meter?;
     if config.meter(m).is_some() {

@@ -271,7 +271,7 @@ fn print_undelivered(s: &RelayStatus) {
                 d.gateway
             )
         } else {
-            "gateway no longer configured: its meters' entries go to whichever gateway serves them now".into()
+            "gateway no longer configured: it cannot be requeued; a meter now served by another gateway got its recent notifications there on reload".into()
         };
         crate::outln!(
             "dead letter: notification {} → {}: HTTP {} {} ({what})",

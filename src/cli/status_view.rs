@@ -20,7 +20,11 @@ pub(crate) struct View {
 pub(super) fn render(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
     let mut out = header(r, config, v);
     out.push(String::new());
-    out.extend(meters(r, v));
+    // Three control periods without a reading, and never less than 10 s.
+    let stale = i64::try_from(config.site.control_period_ms.saturating_mul(3) / 1000)
+        .unwrap_or(i64::MAX)
+        .max(STALE_READING_SECS);
+    out.extend(meters(r, stale, v));
     out
 }
 
@@ -276,7 +280,7 @@ fn down_lines(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
     out
 }
 
-fn meters(r: &StatusReport, v: &View) -> Vec<String> {
+fn meters(r: &StatusReport, stale_secs: i64, v: &View) -> Vec<String> {
     if r.meters.is_empty() {
         return vec!["No meters configured.".into()];
     }
@@ -317,7 +321,7 @@ fn meters(r: &StatusReport, v: &View) -> Vec<String> {
         }
     }));
     for m in &r.meters {
-        lines.extend(notes(m, r.now, v));
+        lines.extend(notes(m, (r.now, stale_secs), v));
     }
     lines
 }
@@ -432,7 +436,11 @@ fn down_row(m: &MeterReport, r: &StatusReport, v: &View) -> Vec<String> {
 }
 
 /// Below the table: requested vs achieved with the binding limit, and errors.
-fn notes(m: &MeterReport, now: chrono::DateTime<chrono::Utc>, v: &View) -> Vec<String> {
+fn notes(
+    m: &MeterReport,
+    (now, stale_secs): (chrono::DateTime<chrono::Utc>, i64),
+    v: &View,
+) -> Vec<String> {
     let mut out = Vec::new();
     let label = if v.wide {
         meter_label(m, v)
@@ -457,7 +465,13 @@ fn notes(m: &MeterReport, now: chrono::DateTime<chrono::Utc>, v: &View) -> Vec<S
         };
         out.push(fit(&line, max));
     }
-    out.extend(safety_notes(m.device_state.as_ref(), now, &label, v, max));
+    out.extend(safety_notes(
+        m.device_state.as_ref(),
+        (now, stale_secs),
+        &label,
+        v,
+        max,
+    ));
     // A device error is shown while errors go on; one the device recovered from is history.
     let device_err = m
         .device_state
@@ -474,14 +488,14 @@ fn notes(m: &MeterReport, now: chrono::DateTime<chrono::Utc>, v: &View) -> Vec<S
     out
 }
 
-/// Readings older than this are marked: the loop reads every control period (1 s by default),
-/// so this many seconds means readings are failing.
+/// Readings older than this, or three control periods if longer, are marked: the loop reads
+/// every control period (1 s by default), so that long without one means readings fail.
 const STALE_READING_SECS: i64 = 10;
 
 /// SPEC §2.13 in words: blind, export the battery cannot prevent, no device reversion.
 fn safety_notes(
     d: Option<&DeviceReport>,
-    now: chrono::DateTime<chrono::Utc>,
+    (now, stale_secs): (chrono::DateTime<chrono::Utc>, i64),
     label: &str,
     v: &View,
     max: usize,
@@ -501,7 +515,7 @@ fn safety_notes(
         out.push(fit(&line, max));
     }
     if let Some(at) = d.last_telemetry_at
-        && (now - at).num_seconds() >= STALE_READING_SECS
+        && (now - at).num_seconds() >= stale_secs
     {
         let line = format!(
             "{label}: last reading {} old: SOC, BATTERY and GRID are from then",

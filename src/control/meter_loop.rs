@@ -100,7 +100,13 @@ pub(crate) struct MeterLoop {
     /// Whether the battery holds its setpoint where that matters for export (`unheld.rs`).
     unheld: UnheldSetpoint,
     last_logged_error: Option<(String, Instant)>,
+    /// A setpoint the device refused, and until when it is not written again (unless the
+    /// command changes): each attempt is a refused write, a hand-back write and a log line.
+    refused: Option<(Instant, DeviceError)>,
 }
+
+/// How long a refused setpoint waits before it is tried again.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 impl MeterLoop {
     pub(crate) fn new(
@@ -125,6 +131,7 @@ impl MeterLoop {
             frozen: FrozenMeter::default(),
             unheld: UnheldSetpoint::default(),
             last_logged_error: None,
+            refused: None,
         }
     }
 
@@ -310,6 +317,14 @@ impl MeterLoop {
     }
 
     async fn write(&mut self, d: &Decision, held: f64) -> Result<(), DeviceError> {
+        if let Some((until, e)) = &self.refused
+            && Instant::now() < *until
+            && self.pending.is_none()
+        {
+            // Still handed back: say why, without another refused write and hand-back.
+            return Err(e.clone());
+        }
+        self.refused = None;
         self.released = false;
         self.lock().released = false;
         if let Err(e) = self
@@ -328,6 +343,7 @@ impl MeterLoop {
                     tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
                         error = %r, "control: hand-back after a refused setpoint failed");
                 }
+                self.refused = Some((Instant::now() + REFUSED_RETRY, e.clone()));
             }
             return Err(e);
         }
@@ -494,6 +510,7 @@ impl MeterLoop {
             meter_id: self.s.meter_id.clone(),
             at,
             telemetry: recordable(tel, limits, &self.s.site),
+            mono: Some(std::time::Instant::now()),
         });
     }
 

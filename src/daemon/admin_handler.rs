@@ -50,7 +50,9 @@ impl AdminHandler for Handler {
                         crate::textfmt::ts(t)
                     ));
                 }
-                let r = self.set_override(o.meter, o.action, o.seconds, peer).await;
+                let r = self
+                    .set_override(o.meter, o.action, o.seconds, o.expires_at, peer)
+                    .await;
                 r.unwrap_or_else(Response::err)
             }
             Request::OverrideClear { meter } => self.clear(meter, peer).await,
@@ -212,6 +214,7 @@ impl Handler {
         meter: Option<String>,
         action: OverrideAction,
         seconds: u64,
+        expires_at: Option<DateTime<Utc>>,
         peer: Peer,
     ) -> Result<Response, String> {
         if seconds == 0 || seconds > MAX_OVERRIDE_SECS {
@@ -243,17 +246,7 @@ impl Handler {
         };
         // Saved first, so an override that was answered outlives a restart.
         let saved: Vec<_> = targets.iter().map(|id| o.saved(id)).collect();
-        let stored = self
-            .app
-            .store
-            .call(move |c| crate::store::overrides::save(c, &saved, now))
-            .await;
-        if let Err(e) = stored {
-            tracing::error!(error = %e, "cannot save the manual override; it ends if the daemon restarts");
-            warnings.push(format!(
-                "not saved in the database ({e}): it holds now but ends if the daemon restarts"
-            ));
-        }
+        warnings.extend(self.save_overrides(saved, now, expires_at).await?);
         for id in &targets {
             self.overrides.set(id, o);
             tracing::warn!(meter_id = %id, action = %words, until = %until,
@@ -273,6 +266,38 @@ impl Handler {
             until,
             warnings,
         })))
+    }
+
+    /// Save the overrides; a warning if that failed. Err when the save outlasted the
+    /// client's wait (it was told nothing was applied): the saved rows are withdrawn.
+    async fn save_overrides(
+        &self,
+        saved: Vec<crate::store::overrides::SavedOverride>,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Option<String>, String> {
+        let ids: Vec<String> = saved.iter().map(|s| s.meter_id.clone()).collect();
+        let stored = self
+            .app
+            .store
+            .call(move |c| crate::store::overrides::save(c, &saved, now))
+            .await;
+        if expires_at.is_some_and(|t| Utc::now() > t) {
+            let _ = self
+                .app
+                .store
+                .call(move |c| {
+                    ids.iter()
+                        .try_for_each(|id| crate::store::overrides::delete(c, Some(id)).map(drop))
+                })
+                .await;
+            tracing::warn!("override saved after its client gave up: withdrawn, not applied");
+            return Err("the daemon was too slow to answer in time; nothing was changed".into());
+        }
+        Ok(stored.err().map(|e| {
+            tracing::error!(error = %e, "cannot save the manual override; it ends if the daemon restarts");
+            format!("not saved in the database ({e}): it holds now but ends if the daemon restarts")
+        }))
     }
 
     /// An override above the battery's rating is applied at the rating; say so.

@@ -12,8 +12,9 @@ pub(crate) enum RegType {
     U32,
     I32,
     F32,
-    /// SunSpec's accumulator: a u32 whose "not implemented" value is 0, not 0xFFFFFFFF (a
-    /// meter without the counter must not read as exactly 0 Wh).
+    /// SunSpec's accumulator: a u32 with no 0xFFFFFFFF sentinel. Its "not implemented"
+    /// value is 0, which a real export counter on a site that never exported also reads:
+    /// the energy reading treats the import and export pair both at 0 as absent.
     Acc32,
 }
 
@@ -99,7 +100,7 @@ pub(crate) fn is_sunspec_unimplemented(words: &[u16], ty: RegType, order: WordOr
         RegType::U16 => words.first() == Some(&0xFFFF),
         RegType::I16 => words.first() == Some(&0x8000),
         RegType::U32 => words.len() >= 2 && join(words, order) == 0xFFFF_FFFF,
-        RegType::Acc32 => words.len() >= 2 && join(words, order) == 0,
+        RegType::Acc32 => false,
         RegType::I32 => words.len() >= 2 && join(words, order) == 0x8000_0000,
         RegType::F32 => words.len() >= 2 && f32::from_bits(join(words, order)).is_nan(),
     }

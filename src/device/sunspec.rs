@@ -63,6 +63,12 @@ pub(crate) static POINTS: &[PointDef] = &[
     // model 103, three-phase inverter
     p(103, "W", 14, I16, Some("W_SF")),
     p(103, "W_SF", 15, I16, None),
+    // Single-phase (101) and split-phase (102) inverters: 103's layout (101 checked against
+    // SunSpec's JSON point by point).
+    p(101, "W", 14, I16, Some("W_SF")),
+    p(101, "W_SF", 15, I16, None),
+    p(102, "W", 14, I16, Some("W_SF")),
+    p(102, "W_SF", 15, I16, None),
     // model 124, basic storage control
     rw(124, "WChaMax", 2, U16, Some("WChaMax_SF")),
     rw(124, "StorCtl_Mod", 5, U16, None),
@@ -300,9 +306,10 @@ mod tests {
         }
         let mut checked = 0;
         for d in POINTS {
-            // 201/202 and 211/212 share 203's and 213's layouts; the reference folder holds
-            // only the latter.
+            // 101/102, 201/202 and 211/212 share 103's, 203's and 213's layouts; the
+            // reference folder holds only the latter.
             let model = match d.model {
+                101 | 102 => 103,
                 201 | 202 => 203,
                 211 | 212 => 213,
                 m => m,

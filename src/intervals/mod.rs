@@ -24,6 +24,9 @@ pub struct MeterReading {
     pub meter_id: String,
     pub at: chrono::DateTime<chrono::Utc>,
     pub telemetry: crate::device::Telemetry,
+    /// When it was taken on the monotonic clock: a wall-clock step shows as the two
+    /// clocks disagreeing between readings. None: not known (no step check).
+    pub mono: Option<std::time::Instant>,
 }
 
 impl MeterReading {

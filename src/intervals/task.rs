@@ -29,8 +29,13 @@ struct Meter {
 const STEP_MS: i64 = 5_000;
 
 impl Meter {
-    fn check_clock(&mut self, meter_id: &str, at_ms: i64) {
-        let now = std::time::Instant::now();
+    /// Compares capture stamps, not arrival: a recorder busy with the store, readings
+    /// queued meanwhile, is not a clock step.
+    fn check_clock(&mut self, meter_id: &str, at_ms: i64, taken: Option<std::time::Instant>) {
+        let Some(now) = taken else {
+            self.seen = None;
+            return;
+        };
         if let Some((wall, mono)) = self.seen {
             let real = i64::try_from(now.duration_since(mono).as_millis()).unwrap_or(i64::MAX);
             let stepped = (at_ms - wall).saturating_sub(real);
@@ -130,7 +135,7 @@ async fn take(
         meters.insert(reading.meter_id.clone(), m);
     }
     let m = meters.get_mut(&reading.meter_id).expect("inserted above");
-    m.check_clock(&reading.meter_id, sample.at_ms);
+    m.check_clock(&reading.meter_id, sample.at_ms, reading.mono);
     let done = m.rec.push(sample);
     let due = sample.at_ms - m.saved_at_ms >= FLUSH_EVERY.as_millis() as i64;
     if done.is_empty() && !due {

@@ -252,9 +252,16 @@ async fn a_refused_setpoint_hands_the_battery_back_then_resumes() {
         "{:?}",
         asked.elapsed()
     );
+    // While it still refuses, the loop does not write (refuse, hand back) every period.
+    let writes = sim.snapshot().writes;
+    tokio::time::sleep(PERIOD * 3).await;
+    assert_eq!(sim.snapshot().writes, writes, "rewritten while refused");
+    assert_eq!(sim.snapshot().mode, Mode::Normal);
+    // A new command is tried at once (an unchanged one after 30 s).
     sim.set_fault(Fault::None);
+    cc.apply(METER, &command(6.0, 60)).await.unwrap();
     assert!(eventually(LONG, || sim.snapshot().mode == Mode::Remote124).await);
-    assert!(near(sim.point(124, "OutWRte"), out_pct(5.0), 0.5));
+    assert!(near(sim.point(124, "OutWRte"), out_pct(6.0), 0.5));
     cc.shutdown(Duration::from_secs(3)).await;
 }
 

@@ -122,6 +122,8 @@ impl Site {
                 grid_export_wh: metered.then_some(exp),
                 ..Telemetry::default()
             },
+            // Simulated time: no monotonic stamp, so no clock-step check.
+            mono: None,
         }
     }
 }

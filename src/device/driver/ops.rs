@@ -39,6 +39,9 @@ impl ModbusBattery {
                 Ok::<_, DeviceError>(i.zip(e))
             };
             match both.await {
+                // SunSpec acc32 reads 0 when not implemented; a site that has imported
+                // nothing at all has no meter worth the name either.
+                Ok(Some((i, e))) if i == 0.0 && e == 0.0 => {}
                 Ok(Some((i, e))) => {
                     t.grid_import_wh = Some(i);
                     t.grid_export_wh = Some(e);
