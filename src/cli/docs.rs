@@ -93,7 +93,8 @@ the command, a device did not answer.
 .TP
 2
 Bad usage: an unknown option or subcommand, or an argument such as a meter id that is not
-configured.
+configured (for events, schedule and override; history and intervals only note it, since a
+removed meter's records stay in the database).
 .TP
 3
 \fBstatus\fR only: the daemon is not running (as LSB status scripts use).
