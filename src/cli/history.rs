@@ -45,6 +45,7 @@ pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
         since: args.since,
         until: args.until,
         limit: Some(args.limit),
+        after_id: None,
     };
     // Following goes on from the newest entry of all, not of the filter (with nothing
     // matching it must not replay old entries as new), read before the first query so an
@@ -79,12 +80,12 @@ pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
     // SPEC §3: the daemon writes, the CLI only reads; poll the read-only connection.
     let mut last = rows.last().map_or(newest, |r| r.id.max(newest));
     filter.since = None;
+    // Everything written since: `--limit` sized the table, not what a poll may show.
+    filter.limit = None;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let new: Vec<_> = audit::query(&conn, &filter)?
-            .into_iter()
-            .filter(|r| r.id > last)
-            .collect();
+        filter.after_id = Some(last);
+        let new = audit::query(&conn, &filter)?;
         for r in &new {
             if args.json {
                 crate::outln!("{}", serde_json::to_string(r)?);

@@ -111,6 +111,8 @@ pub(crate) struct AuditFilter {
     pub(crate) since: Option<DateTime<Utc>>,
     pub(crate) until: Option<DateTime<Utc>>,
     pub(crate) limit: Option<usize>,
+    /// Only entries written after this one (`history -f` following the table).
+    pub(crate) after_id: Option<i64>,
 }
 
 pub(crate) fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
@@ -122,6 +124,7 @@ pub(crate) fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRow>,
            AND (?2 IS NULL OR event_id = ?2)
            AND (?3 IS NULL OR at >= ?3)
            AND (?4 IS NULL OR at < ?4)
+           AND (?6 IS NULL OR id > ?6)
          ORDER BY id DESC LIMIT ?5",
     )?;
     let limit = f.limit.map_or(-1, |l| l as i64);
@@ -130,7 +133,8 @@ pub(crate) fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRow>,
         f.event,
         f.since.map(ts),
         f.until.map(ts),
-        limit
+        limit,
+        f.after_id
     ])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {

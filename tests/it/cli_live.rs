@@ -143,6 +143,15 @@ fn history_follow_prints_new_entries() {
     assert_eq!(code, 0, "{err}");
     let text = later.until("hold");
     assert!(!text.contains("charge 2 kW"), "old entry replayed: {text}");
+    // `--limit` sizes the table only: entries written together all follow.
+    let mut one = Output::spawn(cli_cmd(&d, &["history", "-f", "--limit", "1"]));
+    one.until("hold");
+    let (code, _, err) = d.cli(&["override", "discharge", "3", "--for", "5m"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = d.cli(&["override", "clear"]);
+    assert_eq!(code, 0, "{err}");
+    let text = one.until("override cleared");
+    assert!(text.contains("discharge 3 kW"), "{text}");
 }
 
 #[tokio::test]
