@@ -258,3 +258,22 @@ async fn a_silent_device_bounds_apply_and_shutdown() {
         "shutdown took {took:?}"
     );
 }
+
+/// A restart mid-timeslot: before dispatch's first word the loop only reads, so the
+/// command dispatch re-applies does not follow a pass through normal operation; without any
+/// word it hands the battery back itself once `STARTUP_HOLD` is over.
+#[tokio::test(start_paused = true)]
+async fn at_start_the_loop_waits_for_dispatch_before_releasing() {
+    let (cc, st) = start(60);
+    sleep(Duration::from_secs(1)).await;
+    assert!(
+        st.lock().unwrap().releases().is_empty(),
+        "released before dispatch spoke"
+    );
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    assert!(st.lock().unwrap().releases().is_empty());
+    assert!(st.lock().unwrap().remote());
+    let (_idle, st2) = start(60);
+    sleep(crate::control::meter_loop::STARTUP_HOLD + Duration::from_secs(2)).await;
+    assert!(!st2.lock().unwrap().releases().is_empty(), "never released");
+}

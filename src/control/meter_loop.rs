@@ -103,10 +103,16 @@ pub(crate) struct MeterLoop {
     /// A setpoint the device refused, and until when it is not written again (unless the
     /// command changes): each attempt is a refused write, a hand-back write and a log line.
     refused: Option<(Instant, DeviceError)>,
+    /// Until dispatch's first request (or `STARTUP_HOLD`): when this loop started.
+    awaiting_first: Option<Instant>,
 }
 
 /// How long a refused setpoint waits before it is tried again.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
+/// At start, how long the loop waits for dispatch's first word before it hands the battery
+/// back on its own: a restart mid-timeslot must not pass the battery through normal
+/// operation for the moment before the first plan re-applies the command.
+pub(crate) const STARTUP_HOLD: Duration = Duration::from_secs(5);
 
 impl MeterLoop {
     pub(crate) fn new(
@@ -132,6 +138,7 @@ impl MeterLoop {
             unheld: UnheldSetpoint::default(),
             last_logged_error: None,
             refused: None,
+            awaiting_first: Some(Instant::now()),
         }
     }
 
@@ -180,6 +187,7 @@ impl MeterLoop {
         }
         self.desired = req.desired;
         self.pending = Some(req.seq);
+        self.awaiting_first = None;
         // A new command starts its own flag transitions and violation accounting.
         self.last_flags = Flags::default();
         self.last_read = None;
@@ -193,7 +201,11 @@ impl MeterLoop {
     }
 
     async fn step(&mut self) {
+        let waiting = self
+            .awaiting_first
+            .is_some_and(|t| t.elapsed() < STARTUP_HOLD);
         let result = match self.desired.clone() {
+            Desired::Normal if waiting => self.observe().await,
             Desired::Normal => self.ensure_released().await,
             Desired::Follow(cmd) if self.overdue(&cmd) => self.hand_back_overdue(&cmd).await,
             Desired::Follow(cmd) => self.follow(&cmd).await,
@@ -237,17 +249,21 @@ impl MeterLoop {
         self.ensure_released().await
     }
 
+    /// Read without acting: status, metrics and /healthz show the site as it is now, and an
+    /// unreachable device is noticed before the next dispatch needs it.
+    async fn observe(&mut self) -> Result<(), DeviceError> {
+        let tel = self.battery.read().await?;
+        let now = self.clock.now();
+        self.hand_reading(&tel, now);
+        let mut st = self.lock();
+        st.last_telemetry = Some(tel);
+        st.last_telemetry_at = Some(now);
+        Ok(())
+    }
+
     async fn ensure_released(&mut self) -> Result<(), DeviceError> {
         if self.released {
-            // Idle: keep reading so status, metrics and /healthz show the site as it is now
-            // and an unreachable device is noticed before the next dispatch needs it.
-            let tel = self.battery.read().await?;
-            let now = self.clock.now();
-            self.hand_reading(&tel, now);
-            let mut st = self.lock();
-            st.last_telemetry = Some(tel);
-            st.last_telemetry_at = Some(now);
-            return Ok(());
+            return self.observe().await;
         }
         self.battery.release().await?;
         self.released = true;
