@@ -87,8 +87,9 @@ pub(crate) struct MeterLoop {
     /// Request awaiting its first outcome.
     pending: Option<u64>,
     /// True when the device is known to be in normal operation (nothing written since
-    /// the last acknowledged release). Unknown at start, so the first steps release it:
-    /// a daemon killed mid-dispatch may have left it under remote control.
+    /// the last acknowledged release). Unknown at start, so it is released at dispatch's
+    /// first word or after `STARTUP_HOLD`: a daemon killed mid-dispatch may have left it
+    /// under remote control.
     released: bool,
     /// When the last command was written, its setpoint and what it held the device to
     /// (`Battery::held_target`).

@@ -133,12 +133,8 @@ async fn scenario_17_discharge_follows_the_load_down_within_one_period() {
     );
 }
 
-/// A Victron GX is given a grid target (site load minus the battery setpoint), not a battery
-/// power. With the award steady, a load step must still be written within a period: a GX
-/// left on the old grid target would charge the battery from the grid during a discharge
-/// dispatch (SPEC §2.9) until the next refresh, half the reversion timeout away.
-#[tokio::test]
-async fn victron_grid_target_follows_a_load_step_under_a_steady_award() {
+/// A simulated Victron GX (ESS mode 2) with a steady 10 kW award applied and followed.
+async fn victron_discharging_10_kw() -> (SimHandle, ControlCommander) {
     let opts = SimOptions {
         victron: true,
         ..SimOptions::default()
@@ -151,6 +147,16 @@ async fn victron_grid_target_follows_a_load_step_under_a_steady_award() {
     let cc = commander_for(c);
     cc.apply(METER, &command(10.0, 60)).await.unwrap();
     assert!(eventually(LONG, || (sim.snapshot().battery_kw - 10.0).abs() < 0.05).await);
+    (sim, cc)
+}
+
+/// A Victron GX is given a grid target (site load minus the battery setpoint), not a battery
+/// power. With the award steady, a load step must still be written within a period: a GX
+/// left on the old grid target would charge the battery from the grid during a discharge
+/// dispatch (SPEC §2.9) until the next refresh, half the reversion timeout away.
+#[tokio::test]
+async fn victron_grid_target_follows_a_load_step_under_a_steady_award() {
+    let (sim, cc) = victron_discharging_10_kw().await;
     assert_eq!(sim.snapshot().mode, Mode::VictronSetpoint);
 
     // 30 -> 12 kW: the award (10 kW) still fits under the load, so the setpoint stays.
@@ -179,18 +185,7 @@ async fn victron_grid_target_follows_a_load_step_under_a_steady_award() {
 /// grid at the target by itself.
 #[tokio::test]
 async fn victron_grid_target_is_not_rewritten_for_load_noise() {
-    let opts = SimOptions {
-        victron: true,
-        ..SimOptions::default()
-    };
-    let sim = start_sim_with(sim_cfg(), opts).await;
-    let mut c = config(&sim);
-    let mut dev = device_cfg("victron-gx-ess", sim.local_addr(), 500);
-    dev.reversion_secs = 60;
-    c.devices.insert("bess".into(), dev);
-    let cc = commander_for(c);
-    cc.apply(METER, &command(10.0, 60)).await.unwrap();
-    assert!(eventually(LONG, || (sim.snapshot().battery_kw - 10.0).abs() < 0.05).await);
+    let (sim, cc) = victron_discharging_10_kw().await;
     let before = sim.snapshot().writes;
     for i in 0..8 {
         sim.set_load(Some(30.0 + 0.05 * f64::from(i % 2)));

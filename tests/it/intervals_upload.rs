@@ -54,21 +54,36 @@ fn write_config(fake: &FakeLeap, dir: &std::path::Path) -> std::path::PathBuf {
     cfg_path
 }
 
-/// The missing-interval search refused (a key without that access): the day's recent rows
-/// go all the same. Before, the whole upload stopped there, every day.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_missing_interval_search_does_not_stop_the_upload() {
+/// A fake Leap, a site config for it in a temporary folder, and a client.
+async fn one_site() -> (FakeLeap, tempfile::TempDir, Config, LeapClient) {
     let fake = FakeLeap::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = Config::load(&write_config(&fake, dir.path())).unwrap();
     let client = LeapClient::from_config(&config.leap).unwrap();
-    let now = Utc::now();
+    (fake, dir, config, client)
+}
+
+/// The store with one complete quarter hour for the known meter, just ended.
+async fn one_interval_stored(
+    config: &Config,
+    now: DateTime<Utc>,
+) -> (Store, leap_edge::store::StoreThread) {
     let q = now.timestamp().div_euclid(900) * 900;
     let (store, thread) = Store::open(&config.storage.path).unwrap();
     store
         .call(move |c| db::save(c, KNOWN, &complete(q - 900, 2_500.0), false))
         .await
         .unwrap();
+    (store, thread)
+}
+
+/// The missing-interval search refused (a key without that access): the day's recent rows
+/// go all the same. Before, the whole upload stopped there, every day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_missing_interval_search_does_not_stop_the_upload() {
+    let (fake, _dir, config, client) = one_site().await;
+    let now = Utc::now();
+    let (store, thread) = one_interval_stored(&config, now).await;
     fake.state.lock().unwrap().faults = [(403, None)].into();
     let sum = upload::run_once(&client, &store, &config, now)
         .await
@@ -231,17 +246,9 @@ async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
 /// second job; they go with the next run. A 429 (not processed) is retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_post_is_retried_only_when_leap_did_not_take_it() {
-    let fake = FakeLeap::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::load(&write_config(&fake, dir.path())).unwrap();
-    let client = LeapClient::from_config(&config.leap).unwrap();
+    let (fake, _dir, config, client) = one_site().await;
     let now = Utc::now();
-    let q = now.timestamp().div_euclid(900) * 900;
-    let (store, thread) = Store::open(&config.storage.path).unwrap();
-    store
-        .call(move |c| db::save(c, KNOWN, &complete(q - 900, 2_500.0), false))
-        .await
-        .unwrap();
+    let (store, thread) = one_interval_stored(&config, now).await;
     let posts = |fake: &FakeLeap| fake.requests("/v1.1/interval-data").len();
     {
         let mut s = fake.state.lock().unwrap();

@@ -386,6 +386,18 @@ fn metrics_and_healthz_are_on_loopback_only_and_healthz_fails_on_an_old_queue() 
     );
 }
 
+/// `relay check` on `path`: it must exit 78; its error text.
+fn refused_by_relay_check(path: &std::path::Path) -> String {
+    let out = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(path)
+        .args(["relay", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn relay_check_exits_78_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -399,14 +411,7 @@ fn relay_check_exits_78_naming_the_key() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(&path)
-        .args(["relay", "check"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_by_relay_check(&path);
     assert!(
         err.contains("gateways[1].meters") && err.contains("also served by gateway \"a\""),
         "{err}"
@@ -417,14 +422,7 @@ fn relay_check_exits_78_naming_the_key() {
         .replace("http://127.0.0.1:2/x", "http://127.0.0.1:2")
         .replace("meters = [\"m\"]", "meters = [\"n\", \"N\"]");
     std::fs::write(&path, no_path).unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(&path)
-        .args(["relay", "check"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_by_relay_check(&path);
     assert!(
         err.contains("has no path") && err.contains("http://127.0.0.1:2/leap/dispatch"),
         "{err}"
