@@ -89,7 +89,7 @@ Success.
 .TP
 1
 A run-time failure: the database cannot be read, the daemon cannot be reached or refused
-the command, a device did not answer.
+the command, a device did not answer; \fBrelay status\fR: the relay reports UNHEALTHY.
 .TP
 2
 Bad usage: an unknown option or subcommand, or an argument such as a meter id that is not
@@ -97,7 +97,7 @@ configured (for events, schedule and override; history and intervals only note i
 removed meter's records stay in the database).
 .TP
 3
-\fBstatus\fR only: the daemon is not running (as LSB status scripts use).
+\fBstatus\fR and \fBrelay status\fR only: the daemon (or the relay) is not running (as LSB status scripts use).
 .TP
 78
 The configuration is invalid (EX_CONFIG); the message names the file, line and key.

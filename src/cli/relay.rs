@@ -12,7 +12,7 @@ pub(crate) const DEFAULT_CONFIG: &str = "/etc/leap-edge-relay/relay.toml";
 pub(crate) enum RelayCommand {
     /// Run the relay: receive Leap's notifications for the whole fleet, deliver each gateway its own.
     Run,
-    /// Whether the relay runs, its broker link; per gateway: queue, oldest undelivered, last success and error; unrouted and dead letters.
+    /// Whether the relay runs, its broker link; per gateway: queue, oldest undelivered, last success and error; unrouted and dead letters. Exit 3 when the relay is not running, 1 when it reports UNHEALTHY.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -123,12 +123,25 @@ fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
         );
     }
     let s = crate::relay::read_status(config, chrono::Utc::now())?;
+    let max_age = config.relay.max_undelivered_age_secs;
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        print_text(&s, config.relay.max_undelivered_age_secs);
+        print_text(&s, max_age);
     }
-    Ok(exit::OK)
+    Ok(status_code(&s, max_age))
+}
+
+/// As `status` does for the daemon: a monitoring script or `&&` must not read a stopped or
+/// unhealthy relay (Leap's notifications piling up undelivered) as fine.
+fn status_code(s: &RelayStatus, max_age: u64) -> u8 {
+    if s.process.as_ref().is_some_and(|p| !p.running) {
+        super::status::NOT_RUNNING
+    } else if s.problems(max_age).is_empty() {
+        exit::OK
+    } else {
+        exit::FAILURE
+    }
 }
 
 fn print_text(s: &RelayStatus, max_age: u64) {

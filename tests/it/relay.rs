@@ -239,7 +239,8 @@ fn relay_requeue_sends_dead_letters_again_after_any_fix() {
         relay.wait_drained(Duration::from_secs(30))["dead_letter_count"],
         1
     );
-    let (_, text, _) = relay.p.cli(&["relay", "status"]);
+    let (code, text, _) = relay.p.cli(&["relay", "status"]);
+    assert_eq!(code, 1, "unhealthy: {text}");
     assert!(
         text.contains("leap-edge relay requeue --gateway site"),
         "{text}"
@@ -603,7 +604,7 @@ fn one_relay_per_outbox_and_status_says_whether_it_runs() {
 
     relay.p.kill9();
     let (code, text, _) = relay.p.cli(&["relay", "status"]);
-    assert_eq!(code, 0, "the outbox is still readable: {text}");
+    assert_eq!(code, 3, "a stopped relay is not fine: {text}");
     assert!(
         text.starts_with(&format!(
             "relay: NOT RUNNING (last run: pid {pid}, started "
