@@ -16,8 +16,12 @@ pub(crate) struct ResolvedReg {
     pub(crate) addr: u16,
     pub(crate) ty: RegType,
     pub(crate) order: WordOrder,
-    /// raw × scale = value in the canonical unit (before `negate`).
+    /// raw × scale = value in the canonical unit (before `negate`), with the scale factor
+    /// as it was when bound.
     pub(crate) scale: f64,
+    /// A SunSpec point's scale factor: read again with every read and before every write
+    /// (SPEC §2.13), so a device that changes it live is never read or written 10× off.
+    pub(crate) sf: Option<ScaleFactor>,
     pub(crate) negate: bool,
     /// SunSpec sentinels (0x8000, 0xFFFF, ...) mean "not implemented".
     pub(crate) sunspec: bool,
@@ -68,6 +72,7 @@ async fn resolve_one(
         max: spec.max,
         value: spec.value,
         plus: Vec::new(),
+        sf: None,
     };
     match addressing {
         Addressing::Fixed => {
@@ -97,18 +102,80 @@ async fn resolve_one(
                     return Ok(None);
                 };
                 let w = client.read(r.unit, Function::Holding, sf_addr, 1).await?;
-                if w[0] == 0x8000 {
+                let sf = ScaleFactor {
+                    addr: sf_addr,
+                    base: r.scale,
+                };
+                let Some(scale) = sf.scale(w[0]) else {
                     return Ok(None);
-                }
-                let sf = w[0] as i16;
-                if !(-10..=10).contains(&sf) {
-                    return Ok(None);
-                }
-                r.scale *= codec::pow10(sf);
+                };
+                r.scale = scale;
+                r.sf = Some(sf);
             }
             Ok(Some(r))
         }
     }
+}
+
+/// Where a point's SunSpec scale factor lives, and the profile's own multiplier.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ScaleFactor {
+    pub(crate) addr: u16,
+    pub(crate) base: f64,
+}
+
+/// Modbus reads at most 125 registers; SunSpec keeps a point and its scale factor in one
+/// model, well within that.
+const MAX_READ: u32 = 125;
+
+impl ScaleFactor {
+    /// The scale for this raw scale-factor word; `None` when unimplemented or implausible.
+    fn scale(self, word: u16) -> Option<f64> {
+        let sf = word as i16;
+        (word != 0x8000 && (-10..=10).contains(&sf)).then(|| self.base * codec::pow10(sf))
+    }
+
+    /// The words of `r` and its scale, in one request when they are close (one snapshot
+    /// of the device: a value never meets the other scale factor). `None`: unimplemented.
+    async fn read_with(
+        self,
+        client: &mut ModbusClient,
+        r: &ResolvedReg,
+    ) -> Result<Option<(Vec<u16>, f64)>, DeviceError> {
+        let n = r.ty.words();
+        let lo = r.addr.min(self.addr);
+        let end = (u32::from(r.addr) + u32::from(n)).max(u32::from(self.addr) + 1);
+        let (words, word) = if end - u32::from(lo) <= MAX_READ {
+            let all = client
+                .read(r.unit, r.function, lo, (end - u32::from(lo)) as u16)
+                .await?;
+            let at = |a: u16| usize::from(a - lo);
+            (
+                all[at(r.addr)..at(r.addr) + usize::from(n)].to_vec(),
+                all[at(self.addr)],
+            )
+        } else {
+            let sf = client.read(r.unit, Function::Holding, self.addr, 1).await?;
+            (client.read(r.unit, r.function, r.addr, n).await?, sf[0])
+        };
+        Ok(self.scale(word).map(|scale| (words, scale)))
+    }
+}
+
+/// The scale to write `r` with now: its scale factor read again (or the fixed one).
+async fn scale_now(client: &mut ModbusClient, r: &ResolvedReg) -> Result<f64, DeviceError> {
+    let Some(sf) = r.sf else {
+        return Ok(r.scale);
+    };
+    let w = client.read(r.unit, Function::Holding, sf.addr, 1).await?;
+    sf.scale(w[0]).ok_or_else(|| DeviceError::Io {
+        device: client.device().to_string(),
+        op: format!("read the scale factor of {}", r.label),
+        reason: format!(
+            "it now reads {:#06x} (not implemented or outside -10..=10); nothing written",
+            w[0]
+        ),
+    })
 }
 
 /// Read a value in its canonical unit (with its `plus` registers added); `None` when the
@@ -133,9 +200,18 @@ async fn read_single(
     client: &mut ModbusClient,
     r: &ResolvedReg,
 ) -> Result<Option<f64>, DeviceError> {
-    let words = client
-        .read(r.unit, r.function, r.addr, r.ty.words())
-        .await?;
+    let (words, scale) = match r.sf {
+        Some(sf) => match sf.read_with(client, r).await? {
+            Some(read) => read,
+            None => return Ok(None),
+        },
+        None => (
+            client
+                .read(r.unit, r.function, r.addr, r.ty.words())
+                .await?,
+            r.scale,
+        ),
+    };
     if r.sunspec && codec::is_sunspec_unimplemented(&words, r.ty, r.order) {
         return Ok(None);
     }
@@ -144,7 +220,7 @@ async fn read_single(
         op: format!("decode {}", r.label),
         reason: e.to_string(),
     })?;
-    let v = raw * r.scale;
+    let v = raw * scale;
     Ok(Some(if r.negate { -v } else { v }))
 }
 
@@ -176,8 +252,9 @@ pub(crate) async fn write_value(
     value: f64,
 ) -> Result<f64, DeviceError> {
     let device = client.device().to_string();
+    let scale = scale_now(client, r).await?;
     let (lo, hi) = r.ty.raw_range();
-    let (elo, ehi) = eng_range(r, lo, hi);
+    let (elo, ehi) = eng_range(r, scale, lo, hi);
     if !value.is_finite() {
         return Err(DeviceError::Range {
             device,
@@ -192,7 +269,7 @@ pub(crate) async fn write_value(
         tracing::warn!(device = %device, point = %r.label, value, clamped, "value clamped to the register's range");
     }
     let signed = if r.negate { -clamped } else { clamped };
-    let words = codec::encode(signed / r.scale, r.ty, r.order).map_err(|_| DeviceError::Range {
+    let words = codec::encode(signed / scale, r.ty, r.order).map_err(|_| DeviceError::Range {
         device: device.clone(),
         point: r.label.clone(),
         value: clamped,
@@ -206,7 +283,7 @@ pub(crate) async fn write_value(
     if back != words {
         let show = |w: &[u16]| {
             codec::decode(w, r.ty, r.order)
-                .map(|raw| format!("{}", raw * r.scale))
+                .map(|raw| format!("{}", raw * scale))
                 .unwrap_or_else(|_| format!("{w:?}"))
         };
         return Err(DeviceError::ReadBack {
@@ -220,8 +297,8 @@ pub(crate) async fn write_value(
 }
 
 /// The engineering range a register can take (for error messages).
-fn eng_range(r: &ResolvedReg, lo: f64, hi: f64) -> (f64, f64) {
-    let (a, b) = (lo * r.scale, hi * r.scale);
+fn eng_range(r: &ResolvedReg, scale: f64, lo: f64, hi: f64) -> (f64, f64) {
+    let (a, b) = (lo * scale, hi * scale);
     let (a, b) = if r.negate { (-b, -a) } else { (a, b) };
     let (a, b) = (a.min(b), a.max(b));
     (r.min.map_or(a, |m| m.max(a)), r.max.map_or(b, |m| m.min(b)))

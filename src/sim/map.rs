@@ -146,6 +146,20 @@ impl Image {
         }
     }
 
+    /// Change a scale factor as a device does live: every point it scales keeps its value,
+    /// stored again under the new factor in the same step.
+    pub(crate) fn rescale(&mut self, model: u16, sf_name: &str, sf: i16) {
+        let scaled: Vec<(&'static str, f64)> = sunspec::POINTS
+            .iter()
+            .filter(|d| d.model == model && d.sf == Some(sf_name))
+            .filter_map(|d| Some((d.name, self.get(model, d.name)?)))
+            .collect();
+        self.set_raw(model, sf_name, i64::from(sf));
+        for (name, value) in scaled {
+            self.set(model, name, value);
+        }
+    }
+
     /// Store a raw register value (scale factors, enums).
     pub(crate) fn set_raw(&mut self, model: u16, name: &str, raw: i64) {
         let Some((a, d)) = self.loc(model, name) else {

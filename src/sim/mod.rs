@@ -360,6 +360,16 @@ impl SimHandle {
         }
     }
 
+    /// Change a SunSpec scale factor live (`W_SF` of model 203, ...), the values it scales
+    /// kept: a device re-ranging its measurements.
+    pub fn set_scale_factor(&self, model: u16, name: &str, sf: i16) {
+        self.inner
+            .lock()
+            .expect("sim state")
+            .image
+            .rescale(model, name, sf);
+    }
+
     /// A SunSpec point as the device holds it (scale factor applied); `None` if the model
     /// is absent.
     pub fn point(&self, model: u16, name: &str) -> Option<f64> {

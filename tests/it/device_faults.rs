@@ -195,3 +195,28 @@ async fn device_state_tells_a_technician_what_is_wrong() {
     assert_eq!(json["error_count"], 1);
     assert!(json["last_error_at"].is_string());
 }
+
+/// SPEC §2.13: a device may re-range a scale factor live. Each value is read with its scale
+/// factor and each setpoint written after reading it again, so neither is 10× off until the
+/// next rebinding (a minute).
+#[tokio::test]
+async fn a_scale_factor_changed_live_is_followed_at_once() {
+    let sim = start_sim().await;
+    sim.set_load(Some(20.0));
+    let mut bat = battery(sim.local_addr());
+    bat.set_power(10.0, 30).await.unwrap();
+    let before = bat.read().await.unwrap();
+    for (model, sf) in [(203, "W_SF"), (103, "W_SF")] {
+        let raw = sim.point(model, sf).unwrap() as i16;
+        sim.set_scale_factor(model, sf, raw + 1);
+    }
+    let after = bat.read().await.unwrap();
+    let (g0, g1) = (before.grid_kw.unwrap(), after.grid_kw.unwrap());
+    let (b0, b1) = (before.battery_kw.unwrap(), after.battery_kw.unwrap());
+    assert!((g0 - g1).abs() < 1.0, "grid {g0} kW then {g1} kW");
+    assert!((b0 - b1).abs() < 1.0, "battery {b0} kW then {b1} kW");
+    // 124's setpoints are percent under InOutWRte_SF (-2 at start): 12 kW of 50 is 24 %.
+    sim.set_scale_factor(124, "InOutWRte_SF", -1);
+    bat.set_power(12.0, 30).await.unwrap();
+    assert_eq!(sim.point(124, "OutWRte"), Some(24.0));
+}
