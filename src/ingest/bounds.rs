@@ -225,8 +225,9 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
             })?;
         }
         if entry {
-            // Every timeslot is stored with its entry's meter ids: that product is what a
-            // notification costs in the database, however few bytes it was sent in.
+            // Every parsed timeslot holds its entry's meter ids: that product is what a
+            // notification costs in memory, however few bytes it was sent in (the database
+            // stores a group's list once, migration 6).
             let t = &mut *self.t;
             t.timeslots += t.entry_slots;
             t.meter_ids = t

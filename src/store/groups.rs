@@ -17,11 +17,13 @@ pub(crate) struct StoredForm {
 }
 
 /// A group's two lists as JSON text, and their content address.
+/// Shared, not copied, by every timeslot of a group dispatch (a 1,000-meter group's lists
+/// are ~460 KB, and a day of quarter hours is 96 timeslots).
 #[derive(Clone)]
 pub(crate) struct Lists {
     pub(crate) hash: String,
-    meter_ids: String,
-    partner_references: String,
+    meter_ids: std::sync::Arc<str>,
+    partner_references: std::sync::Arc<str>,
 }
 
 fn corrupt(e: serde_json::Error) -> StoreError {
@@ -103,7 +105,7 @@ impl StoredForm {
             tx.prepare_cached(
                 "INSERT INTO meter_groups (hash, meter_ids, partner_references) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![g.hash, g.meter_ids, g.partner_references])?;
+            .execute(params![g.hash, &*g.meter_ids, &*g.partner_references])?;
         }
         Ok(())
     }
@@ -124,8 +126,8 @@ impl Lists {
             .collect();
         Lists {
             hash,
-            meter_ids,
-            partner_references,
+            meter_ids: meter_ids.into(),
+            partner_references: partner_references.into(),
         }
     }
 }

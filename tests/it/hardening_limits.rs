@@ -102,6 +102,42 @@ async fn oversized_notifications_are_refused_naming_the_limit() {
     assert!(grown < 8 * 1024 * 1024, "database grew {grown} bytes");
 }
 
+/// A real group award is not refused for its product of meters and timeslots: a 1,000-meter
+/// group's day-ahead award in quarter hours (96,000 meter-id references, ~150 kB) is stored,
+/// its list once. Until 2026-11-30 the default bound (20,000) answered 413 to every retry.
+#[tokio::test]
+async fn a_large_group_award_in_quarter_hours_is_stored() {
+    let d = Daemon::start();
+    let pid = d.child.as_ref().unwrap().id();
+    let start = chrono::Utc::now() + chrono::Duration::hours(1);
+    let ids: Vec<String> = (0..1_000).map(|i| format!("{i:036}")).collect();
+    let slots: Vec<serde_json::Value> = (0..96)
+        .map(|k| {
+            serde_json::json!({
+                "market_group_event_id": format!("q-{k}"),
+                "start_time": (start + chrono::Duration::minutes(15 * k)).to_rfc3339(),
+                "end_time": (start + chrono::Duration::minutes(15 * k + 15)).to_rfc3339(),
+                "energy_kw": 5.0, "programs": ["DRAM"], "dispatch_event_types": ["day-ahead"],
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "group_dispatches": [{"market_group_id": "g", "meter_ids": ids, "timeslots": slots}]
+    })
+    .to_string();
+    let before = rss_kb(pid);
+    let r = d.client().post(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["new"], 96, "{}", r.text);
+    assert_eq!(d.count("meter_groups"), 1);
+    let after = rss_kb(pid);
+    eprintln!("RSS {before} kB -> {after} kB (peak) storing 1,000 meters x 96 timeslots");
+    assert!(
+        after < before + 48 * 1024,
+        "RSS grew from {before} to {after} kB"
+    );
+}
+
 /// Peak resident memory (VmHWM) of a process, kB.
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
