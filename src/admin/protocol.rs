@@ -78,10 +78,15 @@ impl Response {
 pub struct Peer {
     pub(crate) uid: Option<u32>,
     pub(crate) pid: Option<i32>,
+    /// A signal to the daemon itself (SIGHUP: reload), not a socket peer.
+    pub(crate) signal: Option<&'static str>,
 }
 
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(signal) = self.signal {
+            return f.write_str(signal);
+        }
         let uid = self.uid.map_or("unknown".to_string(), |u| u.to_string());
         let pid = self.pid.map_or("unknown".to_string(), |p| p.to_string());
         write!(f, "uid {uid} pid {pid}")

@@ -148,6 +148,7 @@ async fn exchange<H: AdminHandler>(
         .map(|c| Peer {
             uid: Some(c.uid()),
             pid: c.pid(),
+            signal: None,
         })
         .unwrap_or_default();
     let request = tokio::select! {

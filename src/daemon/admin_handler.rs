@@ -159,7 +159,7 @@ impl Handler {
     /// Re-read the configuration file. Auth keys, test policies, strategies and retention
     /// apply at once; anything else that changed is reported as needing a restart and is
     /// not applied, so the running daemon never runs a half-applied configuration.
-    async fn reload(&self, peer: Peer) -> Response {
+    pub(super) async fn reload(&self, peer: Peer) -> Response {
         let current = self.config.get();
         let Some(path) = current.source.clone() else {
             return Response::err("this daemon was not started from a file; restart it instead");

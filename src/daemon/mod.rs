@@ -83,6 +83,8 @@ pub struct Running {
     pub dispatch: Arc<DispatchStatus>,
     stages: Stages,
     store_thread: StoreThread,
+    /// For SIGHUP: the admin socket's task owns the handler.
+    reloader: std::sync::Weak<admin_handler::Handler>,
 }
 
 /// Every task the daemon spawns, by shutdown stage, stopped in this order (issue 16.5).
@@ -130,6 +132,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         &stages.background,
     );
     let dispatch = handler.dispatch.clone();
+    let reloader = Arc::downgrade(&handler);
     start_uplink(&config, &app, &shared, &dispatch, &stages.intake)?;
     let admin_path = config.admin.socket.clone();
     let (tracker, token) = (stages.intake.tracker().clone(), stages.intake.token());
@@ -150,6 +153,7 @@ pub async fn start(config: Config, parts: Parts) -> Result<Running, DaemonError>
         dispatch,
         stages,
         store_thread,
+        reloader,
     })
 }
 
@@ -399,6 +403,25 @@ async fn daily_upload(config: &Config, store: &Store) {
 }
 
 impl Running {
+    /// SIGHUP: the same reload as `leap-edge reload`, its outcome logged (no one to answer).
+    async fn reload_on_hangup(&self) {
+        tracing::info!(
+            signal = "SIGHUP",
+            "signal received: reloading the configuration"
+        );
+        let Some(handler) = self.reloader.upgrade() else {
+            return;
+        };
+        let peer = crate::admin::Peer {
+            signal: Some("SIGHUP"),
+            ..Default::default()
+        };
+        let r = handler.reload(peer).await;
+        if let Some(e) = r.error {
+            tracing::error!(error = %e, "SIGHUP: configuration not reloaded");
+        }
+    }
+
     /// Add a part's `/metrics` and `/healthz` contribution (the control loops').
     pub(crate) fn add_status(&self, source: Arc<dyn crate::seam::StatusSource>) {
         if let Some(board) = self.status.upgrade() {
@@ -517,7 +540,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = crate::systemd::notify_ready() {
         tracing::warn!(error = %e, "cannot tell systemd the daemon is ready");
     }
-    wait_for_signal().await?;
+    wait_for_stop(&running).await?;
     let _ = crate::systemd::notify_stopping();
     running.stop().await;
     // Dispatch has released every meter; make sure the loops wrote it before exiting.
@@ -525,13 +548,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), DaemonError> {
+/// Until SIGTERM or SIGINT. SIGHUP reloads, as `leap-edge reload` and the relay do: its
+/// default action ended the daemon on the spot, battery not handed back — a technician's
+/// SSH session closing on a daemon run by hand sends exactly that.
+async fn wait_for_stop(running: &Running) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break tracing::info!(signal = "SIGTERM", "signal received"),
+            _ = int.recv() => break tracing::info!(signal = "SIGINT", "signal received"),
+            _ = hup.recv() => running.reload_on_hangup().await,
+        }
     }
     Ok(())
 }

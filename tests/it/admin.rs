@@ -165,6 +165,35 @@ async fn reload_rotates_keys_without_restart() {
     let (code, _, err) = d.cli(&["reload"]);
     assert_ne!(code, 0);
     assert!(err.contains("keys_typo"), "{err}");
+    // SIGHUP (a closed SSH session, `kill -HUP`) reloads too, and never stops the daemon.
+    let pid = d.child.as_ref().unwrap().id();
+    let hup = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    hup();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            d.log().contains("SIGHUP: configuration not reloaded")
+        })
+        .await,
+        "{}",
+        d.log()
+    );
+    std::fs::write(d.config_path(), &good).unwrap();
+    hup();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            d.log().matches("configuration reloaded").count() >= 2
+        })
+        .await,
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.cli(&["status"]).0, 0, "the daemon runs on after SIGHUP");
     let again = c
         .request(
             "POST",
