@@ -178,14 +178,29 @@ impl Dispatcher {
         mut changes: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        self.restore_overrides().await;
+        let mut restored = false;
+        let mut started = false;
         let mut wake = Wake::Startup;
         loop {
             let now = self.clock.now();
-            let plan = self.source.plan(now).await;
+            // No plan is followed before the saved overrides are back; and until a plan
+            // is followed the turn is still the start (a restart's `resumed`, not a late
+            // `apply`), however many turns the store took to answer.
+            restored = restored || self.restore_overrides().await;
+            let plan = match restored {
+                true => self.source.plan(now).await,
+                false => None,
+            };
+            let moment = Moment {
+                now,
+                wake: if started { wake } else { Wake::Startup },
+            };
             match &plan {
-                Some(plan) => self.turn(plan, Moment { now, wake }).await,
-                None => self.release_ended(Moment { now, wake }).await,
+                Some(plan) => {
+                    self.turn(plan, moment).await;
+                    started = true;
+                }
+                None => self.release_ended(moment).await,
             }
             let next = self.next_wake(plan.as_ref(), now);
             self.status.set_next_boundary(next);
@@ -199,20 +214,21 @@ impl Dispatcher {
 
     /// Overrides a technician set before a restart hold again, until their own end, before
     /// the first plan is followed: a maintenance hold must not end silently at a crash.
-    async fn restore_overrides(&self) {
+    /// False when they cannot be read yet (tried again next turn, no plan followed meanwhile).
+    async fn restore_overrides(&self) -> bool {
         let now = self.clock.now();
-        let saved = self
-            .source
-            .store
-            .call(move |c| crate::store::overrides::active(c, now))
+        let store = &self.source.store;
+        let saved = store
+            .read(move |c| crate::store::overrides::active(c, now))
             .await;
         let saved = match saved {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the saved manual overrides; none restored");
-                return;
+                tracing::error!(error = %e, "cannot read the saved manual overrides yet; no dispatch is followed until they are");
+                return false;
             }
         };
+
         for s in saved {
             match Override::from_saved(&s) {
                 Some(o) if self.meters.contains_key(&s.meter_id) => {
@@ -224,6 +240,7 @@ impl Dispatcher {
                     "saved manual override not restored (meter not configured or action unknown)"),
             }
         }
+        true
     }
 
     /// The next plan boundary or override expiry, whichever comes first.

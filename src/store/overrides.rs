@@ -22,6 +22,9 @@ pub(crate) fn save(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let tx = c.transaction()?;
+    // Ended ones are tidied here, not when read: a restart must restore overrides from a
+    // database it cannot write.
+    tx.execute("DELETE FROM overrides WHERE until <= ?1", [ts(now)])?;
     for o in all {
         tx.execute(
             "INSERT INTO overrides (meter_id, action, kw, until, set_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -41,12 +44,13 @@ pub(crate) fn delete(c: &Connection, meter: Option<&str>) -> Result<usize, Store
     })
 }
 
-/// The overrides still in force at `now`; expired ones are deleted.
+/// The overrides still in force at `now`. Only reads: a database that cannot be written
+/// (locked, full) must not stop a technician's hold from being restored.
 pub(crate) fn active(c: &Connection, now: DateTime<Utc>) -> Result<Vec<SavedOverride>, StoreError> {
-    c.execute("DELETE FROM overrides WHERE until <= ?1", [ts(now)])?;
-    let mut st =
-        c.prepare("SELECT meter_id, action, kw, until FROM overrides ORDER BY meter_id")?;
-    let rows = st.query_map([], |r| {
+    let mut st = c.prepare(
+        "SELECT meter_id, action, kw, until FROM overrides WHERE until > ?1 ORDER BY meter_id",
+    )?;
+    let rows = st.query_map([ts(now)], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,

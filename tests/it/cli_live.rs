@@ -464,6 +464,24 @@ fn an_override_outlives_a_restart_and_a_cleared_one_stays_cleared() {
     let ms = |v: &serde_json::Value| v["until"].as_str().unwrap_or_default()[..23].to_string();
     assert_eq!(ms(&after), ms(&before), "{after} {before}");
     assert!(d.log().contains("manual override restored after a restart"));
+    // Restored also when the database cannot be written at start (another writer holds it
+    // beyond the busy timeout): the overrides are only read.
+    d.kill9();
+    let db = rusqlite::Connection::open(d.db_path()).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    d.spawn();
+    let mut held = serde_json::Value::Null;
+    common::eventually_blocking(Duration::from_secs(4), || {
+        held = until(&d);
+        !held.is_null()
+    });
+    db.execute_batch("COMMIT").unwrap();
+    assert_eq!(
+        held["action"],
+        before["action"],
+        "with the database locked: {}",
+        d.log()
+    );
     let (code, _, err) = d.cli(&["override", "clear"]);
     assert_eq!(code, 0, "{err}");
     assert!(d.terminate());
