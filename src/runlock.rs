@@ -59,8 +59,11 @@ pub enum LockError {
 }
 
 impl LockError {
+    /// What a restart cannot fix (exit 78, which the units do not restart): the lock's
+    /// folder, or another daemon on the same database — restarting every 5 s would run the
+    /// unit's `ExecStopPost=leap-edge release` under the running one each time.
     pub(crate) fn is_config(&self) -> bool {
-        matches!(self, LockError::NotWritable { .. })
+        matches!(self, LockError::NotWritable { .. } | LockError::Held { .. })
     }
 }
 

@@ -260,7 +260,7 @@ where
     match rt.block_on(role) {
         Ok(()) => Ok(exit::OK),
         Err(e) if is_config(&e) => {
-            tracing::error!(error = %e, "cannot start");
+            // Once, on stderr (the journal under systemd), as any other start error.
             eprintln!("leap-edge: {e}");
             Ok(exit::CONFIG)
         }

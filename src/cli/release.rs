@@ -13,9 +13,24 @@ pub(crate) struct ReleaseArgs {
     /// Give up on a device after this many seconds (each device is tried in parallel).
     #[arg(long, default_value_t = 10)]
     pub(crate) timeout_secs: u64,
+    /// Release even while a daemon runs on this database (it commands them again next period).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 pub(super) fn run(config: &Config, args: &ReleaseArgs) -> anyhow::Result<u8> {
+    // A daemon holding the database's run lock commands the batteries: releasing under it
+    // would fight it every period. This is also what keeps the unit's ExecStopPost, after a
+    // start refused because a daemon run by hand holds the lock, from touching the devices.
+    if crate::runlock::held(&config.storage.path) && !args.force {
+        let pid = crate::runlock::read(&crate::runlock::path_for(&config.storage.path))
+            .map_or("unknown".to_string(), |r| r.pid.to_string());
+        eprintln!(
+            "leap-edge: a daemon is running on {} (pid {pid}) and commands the batteries: nothing released. Stop it first (`systemctl stop leap-edge`, or kill {pid}), use `leap-edge override release --for DURATION`, or add --force",
+            config.storage.path.display()
+        );
+        return Ok(exit::FAILURE);
+    }
     if daemon_running(config) {
         eprintln!(
             "leap-edge: warning: the daemon answers on {}: it will command the batteries again on its next control period (stop it first, or use `leap-edge override release`)",

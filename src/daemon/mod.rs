@@ -54,8 +54,9 @@ impl DaemonError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            DaemonError::Store(crate::store::StoreError::ReadOnly { .. })
-                | DaemonError::Server(server::ServerError::Tls { .. })
+            DaemonError::Store(
+                crate::store::StoreError::ReadOnly { .. } | crate::store::StoreError::TooNew { .. }
+            ) | DaemonError::Server(server::ServerError::Tls { .. })
         ) || matches!(self, DaemonError::Lock(e) if e.is_config())
             || matches!(self, DaemonError::Admin(e) if e.is_config())
     }

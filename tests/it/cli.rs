@@ -237,7 +237,10 @@ async fn second_daemon_refused_and_status_when_down() {
     );
     let pid = d.child.as_ref().unwrap().id();
     let (code, _, err) = d.cli(&["run"]);
-    assert_ne!(code, 0);
+    assert_eq!(
+        code, 78,
+        "not restarted by systemd (RestartPreventExitStatus): {err}"
+    );
     assert!(
         err.contains(&format!("already running (pid {pid})")),
         "{err}"

@@ -61,14 +61,27 @@ async fn released_by_the_cli(meter_fault: Option<MeterFault>, key: &str) -> Stri
         ),
     )
     .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::bin())
-            .args(["--config", config.to_str().unwrap(), "release"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let run = |config: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(common::bin())
+                .args(["--config", config.to_str().unwrap(), "release"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    // A daemon holding the database's run lock (one run by hand while systemd's start was
+    // refused): the release leaves its batteries alone.
+    let lock = std::fs::File::create(dir.path().join("leap-edge.db.lock")).unwrap();
+    lock.lock().unwrap();
+    let out = run(config.clone()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing released"), "{stderr}");
+    assert_eq!(sim.point(124, "StorCtl_Mod"), Some(3.0));
+    drop(lock);
+    let out = run(config).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
