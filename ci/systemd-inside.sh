@@ -67,6 +67,9 @@ check "and the CLI tells them to join the group" bash -c \
   "runuser -u other -- leap-edge status --config $CFG 2>&1 | grep -q 'usermod -aG leap-edge'"
 
 step "reload"
+runuser -u tech -- leap-edge reload --config "$CFG"
+check "the audit names the technician's uid, not the namespace's 65534" bash -c \
+  "for i in \$(seq 20); do journalctl -u leap-edge PEER_UID=$(id -u tech) -o cat --no-pager | grep -q 'configuration reloaded' && exit 0; sleep 0.5; done; exit 1"
 check "systemctl reload" systemctl reload leap-edge
 check "still active" systemctl is-active -q leap-edge
 
