@@ -69,7 +69,7 @@ check "and the CLI tells them to join the group" bash -c \
 step "reload"
 runuser -u tech -- leap-edge reload --config "$CFG"
 check "the audit names the technician's uid, not the namespace's 65534" bash -c \
-  "for i in \$(seq 20); do journalctl -u leap-edge PEER_UID=$(id -u tech) -o cat --no-pager | grep -q 'configuration reloaded' && exit 0; sleep 0.5; done; exit 1"
+  "for i in \$(seq 20); do journalctl -u leap-edge -o verbose --no-pager | grep -Eq '^ *(F_)?PEER_UID=$(id -u tech)\$' && exit 0; sleep 0.5; done; exit 1"
 check "systemctl reload" systemctl reload leap-edge
 check "still active" systemctl is-active -q leap-edge
 
