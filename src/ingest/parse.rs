@@ -64,6 +64,11 @@ fn parse_value(
         (Kind::Group, group, "group_dispatches"),
     ] {
         for (i, entry) in entries.into_iter().flatten().enumerate() {
+            // SPEC §2.2: `null` reads as absent here as for every other field (a sender
+            // that writes empty lists as null); refusing would lose the other entries.
+            if entry.is_null() {
+                continue;
+            }
             let field = format!("{name}[{i}]");
             let entry = entry.as_object().ok_or(NotificationError::WrongType {
                 field: field.clone(),
@@ -72,6 +77,7 @@ fn parse_value(
             let ctx = entry_context(kind, entry, &field, integration_test, communication_test)?;
             let slots = entry
                 .get("timeslots")
+                .filter(|v| !v.is_null())
                 .map(|v| {
                     v.as_array().ok_or(NotificationError::WrongType {
                         field: format!("{field}.timeslots"),
@@ -263,5 +269,30 @@ fn opt_array<'a>(
             field: field.into(),
             expected: "an array",
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender that writes empty lists as `null`: the other entries' timeslots still count.
+    #[test]
+    fn null_timeslots_and_null_entries_read_as_absent() {
+        let body = serde_json::json!({"meter_dispatches": [
+            {"meter_id": "m0", "timeslots": null},
+            null,
+            {"meter_id": "m1", "timeslots": [{
+                "meter_event_id": "e1", "start_time": "2030-06-05T00:00:00Z",
+                "end_time": "2030-06-05T01:00:00Z", "energy_kw": 5.0,
+            }]},
+        ]});
+        let n = parse_notification(body.to_string().as_bytes()).unwrap();
+        assert_eq!(n.timeslots.len(), 1);
+        assert_eq!(n.timeslots[0].event_id, "e1");
+        assert!(n.rejected.is_empty());
+        // Not an object, and not null, is still not a Leap entry.
+        let bad = serde_json::json!({"meter_dispatches": [5]});
+        assert!(parse_notification(bad.to_string().as_bytes()).is_err());
     }
 }
