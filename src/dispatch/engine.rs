@@ -330,8 +330,11 @@ impl Dispatcher {
                 self.audit.write(meter, row, m).await;
             }
             match turn.step {
-                // Nothing changes on the device: no call, no row.
-                Some(Step::Extend { .. }) | None => {}
+                // Nothing changes on the device: no call, no row; but `status` shows the
+                // interval's new end (a higher-priority timeslot cut it short, or its
+                // cancellation gave it back).
+                Some(Step::Extend { iv }) => self.status.set_command(meter, Some(&iv)),
+                None => {}
                 Some(step) => steps.push((meter.clone(), step)),
             }
         }

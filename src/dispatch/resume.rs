@@ -19,8 +19,7 @@ pub(crate) async fn after_restart(store: &Store, meter: &str, iv: &Interval) -> 
         .await
         .unwrap_or_default()
         .into_iter()
-        // Newest first: the oldest apply is the last one.
-        .rev()
+        // Oldest first (the query's order): the first apply, not the last resume.
         .find(|r| {
             r.kind.as_deref() == Some(kind.as_str())
                 && (r.action == "apply" || r.action == "resumed")

@@ -617,6 +617,32 @@ async fn s15_restart_mid_timeslot_reapplies_with_lateness() {
             .contains("resumed after a restart"),
         "{last}"
     );
+    // Restarted again: still "first applied" at the original apply, not the last resume.
+    s.stop().await;
+    s.start().await;
+    let audit = s
+        .audit_when(|a| a.iter().filter(|a| a["action"] == "resumed").count() >= 2)
+        .await;
+    let conn = rusqlite::Connection::open(s.dir.path().join("leap-edge.db")).unwrap();
+    let at: String = conn
+        .query_row(
+            "SELECT at FROM audit WHERE action = 'apply' ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let again = audit
+        .iter()
+        .rev()
+        .find(|a| a["action"] == "resumed")
+        .unwrap();
+    assert!(
+        again["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("first applied {at}")),
+        "{again} {at}"
+    );
     s.stop().await;
 }
 
@@ -749,4 +775,43 @@ async fn a_hanging_device_does_not_delay_another_meters_boundary() {
     );
     assert!(!m2_applied, "M2's device was supposed to be still hanging");
     running.stop().await;
+}
+
+/// `status` shows the end of the interval the battery follows: a higher-priority timeslot
+/// later in a running one cuts it short, and its cancellation gives the end back — with no
+/// device call, so only the shown end moves.
+#[tokio::test]
+async fn status_shows_the_running_command_cut_short_and_given_back() {
+    let mut s = site("").await;
+    let end = at(60_000);
+    let long = slot("long", at(300), end, Some(10.0), json!({"priority": 5}));
+    s.post(meter_note(M1, vec![long])).await;
+    assert_eq!(s.wait_calls(M1, 1, 10).await.len(), 1);
+    let shown_end = |s: &Site| {
+        let snap = serde_json::to_value(s.running.as_ref().unwrap().dispatch.snapshot()).unwrap();
+        snap["meters"][M1]["command"]["end"]
+            .as_str()
+            .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+            .map(|t| t.timestamp_millis())
+    };
+    let limit = std::time::Duration::from_secs(5);
+    assert!(common::eventually(limit, || shown_end(&s) == Some(end.timestamp_millis())).await);
+    let cut = at(30_000);
+    let top = slot("top", cut, at(40_000), Some(5.0), json!({}));
+    s.post(meter_note(M1, vec![top.clone()])).await;
+    assert!(
+        common::eventually(limit, || shown_end(&s) == Some(cut.timestamp_millis())).await,
+        "{:?}",
+        shown_end(&s)
+    );
+    let mut cancelled = top;
+    cancelled["cancelled"] = json!(true);
+    s.post(meter_note(M1, vec![cancelled])).await;
+    assert!(
+        common::eventually(limit, || shown_end(&s) == Some(end.timestamp_millis())).await,
+        "{:?}",
+        shown_end(&s)
+    );
+    assert_eq!(s.applies(M1).len(), 1, "no device call for a moved end");
+    s.stop().await;
 }
