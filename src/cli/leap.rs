@@ -154,12 +154,28 @@ fn checked_url(config: &Config, a: &WebhookArgs) -> Option<String> {
     Some(url)
 }
 
+/// The first `[auth]` key, unless there is none or it is the example's placeholder:
+/// registered, that is what anyone who has read this repository could post with, a
+/// `cancelled: true` for a live event included (cancellation is final).
+fn key_to_register(config: &Config) -> Option<&crate::secret::Secret> {
+    let Some(key) = config.auth.keys.first() else {
+        eprintln!("leap-edge: [auth] keys is empty: add the key Leap should send first");
+        return None;
+    };
+    if crate::config::is_placeholder(key.expose()) {
+        eprintln!(
+            "leap-edge: auth.keys[0] is the example's placeholder (it says change-me), printed in every copy of leap-edge: generate one with `openssl rand -hex 32`, put it first in [auth] keys, `leap-edge reload`, then register"
+        );
+        return None;
+    }
+    Some(key)
+}
+
 async fn set(config: &Config, client: &LeapClient, a: &WebhookArgs) -> anyhow::Result<u8> {
     let Some(url) = checked_url(config, a) else {
         return Ok(exit::USAGE);
     };
-    let Some(key) = config.auth.keys.first() else {
-        eprintln!("leap-edge: [auth] keys is empty: add the key Leap should send first");
+    let Some(key) = key_to_register(config) else {
         return Ok(exit::CONFIG);
     };
     let lv = level(a.group);
@@ -294,5 +310,26 @@ fn print_hook(config: &Config, a: &WebhookArgs, hook: Option<&Webhook>) {
             "  header: {} (value masked; {m})",
             x["name"].as_str().unwrap_or_default()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The development key passes `config check` on plain loopback HTTP, but is never what
+    /// `leap webhook set` registers with Leap.
+    #[test]
+    fn the_example_key_is_never_registered() {
+        let with = |key: &str| {
+            let text =
+                format!("[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"{key}\"]\n");
+            Config::parse_str(&text, std::path::Path::new("c.toml")).unwrap()
+        };
+        let dev = with("dev-key-change-me-0123456789abcdef");
+        assert!(dev.check().is_ok());
+        assert!(key_to_register(&dev).is_none());
+        let real = with("0123456789abcdef0123456789abcdef");
+        assert!(key_to_register(&real).is_some());
     }
 }

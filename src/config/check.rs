@@ -137,11 +137,14 @@ impl Config {
     fn check_keys(&self, p: &mut Vec<String>) {
         for (i, k) in self.auth.keys.iter().enumerate() {
             let v = k.expose();
-            if is_placeholder(v) && !self.server.listen.ip().is_loopback() {
+            // A listener with TLS is the one Leap reaches (through the tunnel it listens
+            // on loopback too); plain HTTP on loopback is the development setup.
+            let public = !self.server.listen.ip().is_loopback() || self.server.tls.is_some();
+            if is_placeholder(v) && public {
                 p.push(format!(
                     "auth.keys[{i}] is an example's placeholder (it says change-me), printed in \
                      every copy of leap-edge: generate one with `openssl rand -hex 32` (allowed \
-                     only while [server] listen is loopback, for development)"
+                     only on plain HTTP on loopback, for development)"
                 ));
             }
             if v.trim() != v {

@@ -246,6 +246,21 @@ mod tests {
             "{p}"
         );
         assert!(!p.contains("dev-key"), "the value is never shown: {p}");
+        // On loopback with TLS: the tunnel's end, which Leap reaches.
+        let tls = format!(
+            "{}[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+            text("127.0.0.1:8443")
+        );
+        let p = Config::parse_str(&tls, Path::new("c.toml"))
+            .unwrap()
+            .check()
+            .err()
+            .unwrap_or_default()
+            .join("\n");
+        assert!(
+            p.contains("auth.keys[0] is an example's placeholder"),
+            "{p}"
+        );
     }
 
     /// `reload` names what it cannot apply; the uplink and interval settings are read at
