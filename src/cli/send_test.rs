@@ -3,7 +3,7 @@
 //! `POST /dispatch/meter/webhook/integration_test` would.
 
 use super::{duration, exit};
-use crate::config::Config;
+use crate::config::{Config, TestPolicy};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -81,7 +81,7 @@ pub(super) fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
             crate::textfmt::ts(end)
         );
     }
-    if let Some(code) = what_became_of_it(config, &meter, &event, status, &answer) {
+    if let Some(code) = what_became_of_it(config, args.real, &meter, &event, status, &answer) {
         return Ok(code);
     }
     Ok(if (200..300).contains(&status) {
@@ -95,6 +95,7 @@ pub(super) fn run(config: &Config, args: &SendTestArgs) -> anyhow::Result<u8> {
 /// not in `[[meters]]` is stored but never dispatched.
 fn what_became_of_it(
     config: &Config,
+    real: bool,
     meter: &str,
     event: &str,
     status: u16,
@@ -107,6 +108,21 @@ fn what_became_of_it(
             "leap-edge: the daemon stored this timeslot as REJECTED (a [limits] bound or a bad field); `leap-edge events --event {event}` says why"
         );
         return Some(exit::FAILURE);
+    }
+    // SPEC §2.6: an integration test moves the battery only under `execute` (default
+    // dry-run), which a technician watching `status` should know before the start.
+    let said = match config.policy.integration_test {
+        TestPolicy::Execute => None,
+        TestPolicy::DryRun => Some((
+            "dry-run",
+            "a dry run: the battery does not move; `status` shows `dry-run: …`, `history` a would-apply",
+        )),
+        TestPolicy::Ignore => Some(("ignore", "ignored: nothing is dispatched")),
+    };
+    if let Some((policy, what)) = said.filter(|_| !real) {
+        eprintln!(
+            "leap-edge: note: [policy] integration_test = \"{policy}\" makes this test {what} (--real sends a real dispatch)"
+        );
     }
     if !config
         .meters

@@ -38,7 +38,10 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
                 meter_id: m.id.clone(),
                 name: m.name.clone(),
                 device: m.device.clone(),
-                command: d.and_then(|d| d.command.as_ref()).map(command),
+                // A dry run shows as "dry-run: …" where a command would.
+                command: d
+                    .and_then(|d| d.command.as_ref().or(d.dry_run.as_ref()))
+                    .map(command),
                 manual_override: i.overrides.get(&m.id).map(|o| OverrideReport {
                     action: super::admin_handler::wire(o.action),
                     until: o.until,

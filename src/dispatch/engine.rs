@@ -326,6 +326,7 @@ impl Dispatcher {
                 _ => None,
             };
             let turn = state.turn(r, restart, m);
+            self.status.set_dry_run(meter, turn.dry.as_ref());
             for row in turn.rows {
                 self.audit.write(meter, row, m).await;
             }

@@ -41,6 +41,8 @@ pub(crate) struct Turn {
     /// Audit rows due now (overridden, would-apply), in order.
     pub(crate) rows: Vec<Record>,
     pub(crate) step: Option<Step>,
+    /// The dry-run interval governing now, if any (for `status`).
+    pub(crate) dry: Option<Interval>,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +84,7 @@ impl MeterState {
             Some(iv) if iv.command.mode == ExecMode::Execute => (Some(iv), None),
             other => (None, other),
         };
-        rows.extend(self.dry_run(dry, m));
+        rows.extend(self.dry_run(dry.clone(), m));
         let step = self.step_for(exec, resume, m);
         if let Some(Step::Extend { iv }) = &step {
             self.applied = Some(Applied {
@@ -90,7 +92,7 @@ impl MeterState {
                 end: iv.end,
             });
         }
-        Turn { rows, step }
+        Turn { rows, step, dry }
     }
 
     /// SPEC §2.6 dry-run: audit what would be written, once per distinct command.

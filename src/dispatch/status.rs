@@ -53,6 +53,8 @@ impl Wake {
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct MeterDispatch {
     pub(crate) command: Option<Interval>,
+    /// A dry-run timeslot governing now (SPEC §2.6): written nowhere, shown in `status`.
+    pub(crate) dry_run: Option<Interval>,
     pub(crate) last_error: Option<String>,
 }
 
@@ -116,6 +118,18 @@ impl DispatchStatus {
             .get_mut(meter)
         {
             m.command = iv.cloned();
+        }
+    }
+
+    pub(crate) fn set_dry_run(&self, meter: &str, iv: Option<&Interval>) {
+        if let Some(m) = self
+            .inner
+            .lock()
+            .expect("status lock")
+            .meters
+            .get_mut(meter)
+        {
+            m.dry_run = iv.cloned();
         }
     }
 

@@ -567,6 +567,12 @@ async fn s14_integration_test_is_dry_run_by_default() {
             .any(|a| a["action"] == "would-apply" && a["event"] == "test")
     };
     let audit = s.audit_when(would).await;
+    // status shows it (as "dry-run: reduce 10 kW"), not normal operation.
+    let shown = |s: &Site| {
+        let snap = serde_json::to_value(s.running.as_ref().unwrap().dispatch.snapshot()).unwrap();
+        snap["meters"][M1]["dry_run"]["command"]["event_id"].clone()
+    };
+    assert_eq!(shown(&s), json!("test"));
     // Past the end of the timeslot: dry-run said what it would do and did nothing.
     let rest = (end - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(rest + std::time::Duration::from_millis(300)).await;
@@ -577,6 +583,7 @@ async fn s14_integration_test_is_dry_run_by_default() {
             .any(|a| a["action"] == "would-apply" && a["event"] == "test"),
         "{audit:#?}"
     );
+    assert!(common::eventually(std::time::Duration::from_secs(3), || shown(&s).is_null()).await);
     s.stop().await;
 }
 

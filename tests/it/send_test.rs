@@ -38,6 +38,11 @@ async fn send_test_trusts_the_configured_certificate_whatever_its_name() {
     let d = Daemon::start_with(&with_meter());
     let (code, out, err) = send_test(&d);
     assert_eq!(code, 0, "self-signed localhost certificate: {out} {err}");
+    // The default policy: the technician is told the battery will not move.
+    assert!(
+        err.contains("integration_test = \"dry-run\" makes this test a dry run"),
+        "{err}"
+    );
 
     // The site's real certificate replaces the file; the daemon still serves the old one.
     write_site_chain(d.dir.path());
