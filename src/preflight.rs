@@ -66,6 +66,9 @@ fn profile_points(name: &str, profile: &str, path: &Path, p: &mut Vec<String>) {
     }
 }
 
+/// Above this a device's own reversion is slow enough to name (`config check` warns).
+const MAX_QUIET_REVERSION_SECS: u32 = 600;
+
 /// Things that are allowed but a technician must know (printed by `config check` and
 /// logged at start): devices that cannot hand the battery back by themselves.
 pub(crate) fn warnings(config: &Config) -> Vec<String> {
@@ -84,7 +87,23 @@ pub(crate) fn warnings(config: &Config) -> Vec<String> {
                 .into(),
         );
     }
+    if config.site.service_kw.is_none() && !config.meters.is_empty() {
+        w.push(
+            "site.service_kw is not set: a stuck or misscaled site-meter reading is then caught \
+             only by the battery's rating, so a wrong grid figure can steer the battery; set it \
+             to the site's grid connection in kW"
+                .into(),
+        );
+    }
     for (name, d) in &config.devices {
+        if d.reversion_secs > MAX_QUIET_REVERSION_SECS {
+            w.push(format!(
+                "devices.{name}.reversion_secs = {}: a daemon killed mid-dispatch leaves the \
+                 battery on its last setpoint that long (SunSpec 124 holds at most 65535 s); \
+                 a minute or two is usual",
+                d.reversion_secs
+            ));
+        }
         let path = config.devices_dir.join(format!("{}.toml", d.profile));
         let Ok(prof) = crate::device::profile::load(&path) else {
             continue;
@@ -119,6 +138,24 @@ mod tests {
         let mut p = c.check().err().unwrap_or_default();
         p.extend(problems(c));
         p
+    }
+
+    /// A site without its grid connection's size, and a device that would hold a dead
+    /// daemon's setpoint for an hour, are named; neither stops the start.
+    #[test]
+    fn a_missing_service_kw_and_a_slow_reversion_are_warned_of() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let mut c = config(&shipped, "sunspec", "");
+        c.devices.get_mut("bess").unwrap().reversion_secs = 3600;
+        let w = warnings(&c).join("\n");
+        assert!(w.contains("site.service_kw is not set"), "{w}");
+        assert!(w.contains("devices.bess.reversion_secs = 3600"), "{w}");
+        let c = config(&shipped, "sunspec", "[site]\nservice_kw = 200");
+        let w = warnings(&c).join("\n");
+        assert!(
+            !w.contains("service_kw") && !w.contains("reversion_secs"),
+            "{w}"
+        );
     }
 
     #[test]
@@ -206,6 +243,7 @@ mod tests {
             w.iter().any(|w| w.contains("no device-side reversion")),
             "{w:?}"
         );
-        assert!(warnings(&config(&shipped, "sunspec", "")).is_empty());
+        let site = "[site]\nservice_kw = 200";
+        assert!(warnings(&config(&shipped, "sunspec", site)).is_empty());
     }
 }
