@@ -214,6 +214,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
 #[derive(Default)]
 struct HeadScanner {
     heads: u32,
+    /// A line of the current head was seen (so a blank line ends a head, not a stray CRLF).
+    in_head: bool,
     line: Vec<u8>,
     cl: Option<u64>,
     te: bool,
@@ -257,6 +259,7 @@ impl HeadScanner {
         let line = std::mem::take(&mut self.line);
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
         if !line.is_empty() {
+            self.in_head = true;
             let text = String::from_utf8_lossy(line).to_ascii_lowercase();
             if let Some(v) = text.strip_prefix("content-length:") {
                 self.cl = v.trim().parse().ok().or(Some(0));
@@ -265,12 +268,13 @@ impl HeadScanner {
             }
             return None;
         }
-        // Blank line: the end of a head (or a stray CRLF between requests).
-        let (cl, te) = (self.cl.take(), std::mem::take(&mut self.te));
-        if cl.is_none() && !te {
+        // Blank line: the end of a head (or a stray CRLF between requests). Every head
+        // counts, bodiless ones too: the handler numbers every request it sees.
+        if !std::mem::take(&mut self.in_head) {
             return None;
         }
         self.heads += 1;
+        let (cl, te) = (self.cl.take(), std::mem::take(&mut self.te));
         if te {
             self.lost = true;
             return cl.map(|_| self.heads);
@@ -294,6 +298,16 @@ mod tests {
         // Split across reads, as TCP may deliver it.
         assert_eq!(s.feed(&second[..20]), None);
         assert_eq!(s.feed(&second[20..]), Some(2));
+    }
+
+    /// A bodiless request first (a GET answered 405) must not shift the count, and a stray
+    /// CRLF between requests is not a request.
+    #[test]
+    fn scanner_counts_bodiless_heads_but_not_stray_blank_lines() {
+        let mut s = HeadScanner::default();
+        assert_eq!(s.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n"), None);
+        let second = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(s.feed(second), Some(2));
     }
 
     #[test]

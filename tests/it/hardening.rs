@@ -382,5 +382,18 @@ async fn both_content_length_and_transfer_encoding_get_400() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    // The same after a request with no body at all (it once shifted the count).
+    let mut s = raw_tls(d.addr, d.cert_der.clone()).await;
+    let bodiless = format!(
+        "GET {PATH} HTTP/1.1\r\nhost: x\r\n\r\n\
+         POST {PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n{chunked}",
+        body.len()
+    );
+    s.write_all(bodiless.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
     assert_eq!(d.count("notifications"), 0);
 }
