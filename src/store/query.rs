@@ -192,8 +192,17 @@ pub(crate) fn prune_notifications(
     // One transaction: readers see the prune whole or not at all.
     let tx = conn.unchecked_transaction()?;
     let conn = &*tx;
+    // Notification ids are max(id) + 1 (ingest.rs): the newest row stays, emptied, so a
+    // site quiet for longer than the retention never hands out an id that the timeslots'
+    // kept revisions still name for an older notification.
     let notifications = conn.execute(
-        "DELETE FROM notifications WHERE received_at < ?1",
+        "DELETE FROM notifications WHERE received_at < ?1
+           AND id < (SELECT max(id) FROM notifications)",
+        params![cutoff],
+    )?;
+    conn.execute(
+        "UPDATE notifications SET body = '', headers = '{}', peer = NULL
+         WHERE received_at < ?1 AND body != ''",
         params![cutoff],
     )?;
     let rejected = conn.execute(

@@ -244,7 +244,15 @@ async fn rejected_rows_and_old_revisions_are_pruned_with_retention() {
         d.count("rejected_timeslots") == 0
     })
     .await;
-    assert_eq!(d.count("notifications"), 0);
+    // The newest notification's row stays, emptied: its id is never handed out again.
+    assert_eq!(d.count("notifications"), 1);
+    let (id, body): (i64, String) = d
+        .db()
+        .query_row("SELECT id, body FROM notifications", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((id, body.as_str()), (2, ""));
     assert_eq!(d.count("rejected_timeslots"), 0);
     assert_eq!(
         d.count("timeslot_revisions"),
@@ -257,4 +265,10 @@ async fn rejected_rows_and_old_revisions_are_pruned_with_retention() {
         .query_row("SELECT revision FROM timeslot_revisions", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rev, 2);
+    let again = common::timeslot_json(M1, "next", start, 3600, Some(5.0), serde_json::json!({}));
+    let r = d
+        .client()
+        .post(&common::meter_notification(M1, vec![again]))
+        .await;
+    assert_eq!(r.body["notification_id"], 3, "{}", r.text);
 }
