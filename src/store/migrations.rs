@@ -198,6 +198,40 @@ mod tests {
     /// Migration 6 on a real version-5 file with rows: group lists move to `meter_groups`
     /// (stored once), every read sees the same timeslots and revisions as before, and a
     /// redelivery after the upgrade is still a duplicate (SPEC §2.3).
+    /// Retention keeps the revision in force: after an ignored un-cancel the latest row is
+    /// the conflict, and the cancellation before it is what the timeslot is.
+    #[test]
+    fn pruning_keeps_the_cancellation_an_un_cancel_conflicts_with() {
+        use super::super::{ingest, query};
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn).unwrap();
+        let note = |cancelled: bool, kw: f64| {
+            serde_json::json!({"meter_dispatches": [{"meter_id": "m1", "timeslots": [{
+                "meter_event_id": "x", "start_time": "2030-01-01T00:00:00Z",
+                "end_time": "2030-01-01T01:00:00Z", "cancelled": cancelled, "energy_kw": kw}]}]})
+            .to_string()
+        };
+        for body in [note(false, 5.0), note(true, 5.0), note(false, 6.0)] {
+            let tx = conn.transaction().unwrap();
+            ingest::ingest(&tx, &ingest::Prepared::new(record(&body)).unwrap()).unwrap();
+            tx.commit().unwrap();
+        }
+        conn.execute(
+            "UPDATE timeslot_revisions SET received_at = '2020-01-01T00:00:00.000Z'",
+            [],
+        )
+        .unwrap();
+        query::prune_notifications(&conn, chrono::Utc::now()).unwrap();
+        let kept: Vec<(i64, i64)> = conn
+            .prepare("SELECT revision, conflict FROM timeslot_revisions ORDER BY revision")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(kept, [(2, 0), (3, 1)]);
+    }
+
     #[test]
     fn meter_group_migration_keeps_reads_and_dedup() {
         use super::super::{ingest, query};

@@ -209,9 +209,13 @@ pub(crate) fn prune_notifications(
         "DELETE FROM rejected_timeslots WHERE last_received < ?1",
         params![cutoff],
     )?;
+    // Kept: the latest revision, and the latest one not in conflict — after an ignored
+    // un-cancel (SPEC §2.4) that is the cancellation in force, not the one ignored.
     let revisions = conn.execute(
         "DELETE FROM timeslot_revisions AS r WHERE r.received_at < ?1
-           AND r.revision < (SELECT t.revisions FROM timeslots AS t WHERE t.rowid = r.slot)",
+           AND r.revision < (SELECT t.revisions FROM timeslots AS t WHERE t.rowid = r.slot)
+           AND r.revision < (SELECT max(k.revision) FROM timeslot_revisions AS k
+                             WHERE k.slot = r.slot AND k.conflict = 0)",
         params![cutoff],
     )?;
     let groups = super::groups::prune(conn)?;
