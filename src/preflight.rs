@@ -87,6 +87,17 @@ pub(crate) fn warnings(config: &Config) -> Vec<String> {
                 .into(),
         );
     }
+    // SPEC §2.5: a timeslot may start max_start_ahead_days after its notification; its
+    // raw notification and revisions are its audit until it has run.
+    let live = u64::from(config.limits.max_start_ahead_days) + 2;
+    if u64::from(config.storage.retention_days) < live {
+        w.push(format!(
+            "storage.retention_days = {} is shorter than a stored timeslot can wait to run \
+             (limits.max_start_ahead_days = {} plus its day): its notification may be pruned \
+             before it ran; set at least {live} (default 400)",
+            config.storage.retention_days, config.limits.max_start_ahead_days
+        ));
+    }
     if config.site.service_kw.is_none() && !config.meters.is_empty() {
         w.push(
             "site.service_kw is not set: a stuck or misscaled site-meter reading is then caught \
@@ -154,6 +165,13 @@ mod tests {
         let w = warnings(&c).join("\n");
         assert!(
             !w.contains("service_kw") && !w.contains("reversion_secs"),
+            "{w}"
+        );
+        // A retention shorter than a timeslot may wait to run would prune its audit first.
+        let c = config(&shipped, "sunspec", "[storage]\nretention_days = 7");
+        let w = warnings(&c).join("\n");
+        assert!(
+            w.contains("storage.retention_days = 7") && w.contains("at least 33"),
             "{w}"
         );
     }

@@ -185,17 +185,6 @@ impl Config {
         if !(100..=60_000).contains(&s.control_period_ms) {
             p.push("site.control_period_ms must be between 100 and 60000".into());
         }
-        // SPEC §2.5: a timeslot may start max_start_ahead_days after its notification; its
-        // raw notification and revisions are its audit until it has run.
-        let live = u64::from(self.limits.max_start_ahead_days) + 2;
-        if u64::from(self.storage.retention_days) < live {
-            p.push(format!(
-                "storage.retention_days = {} is shorter than a stored timeslot can wait to run \
-                 (limits.max_start_ahead_days = {} plus its day): its notification would be \
-                 pruned before it ran; set at least {live} (default 400)",
-                self.storage.retention_days, self.limits.max_start_ahead_days
-            ));
-        }
     }
 
     fn check_meters(&self, p: &mut Vec<String>) {

@@ -263,27 +263,6 @@ mod tests {
         );
     }
 
-    /// A retention shorter than a timeslot may wait to run would prune its audit first.
-    #[test]
-    fn retention_must_outlast_the_start_horizon() {
-        let text = |days: u32| {
-            format!(
-                "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[storage]\nretention_days = {days}\n"
-            )
-        };
-        let check = |days| {
-            Config::parse_str(&text(days), Path::new("c.toml"))
-                .unwrap()
-                .check()
-        };
-        let p = check(7).unwrap_err().join("\n");
-        assert!(
-            p.contains("storage.retention_days = 7") && p.contains("at least 33"),
-            "{p}"
-        );
-        assert!(check(33).is_ok());
-    }
-
     /// `reload` names what it cannot apply; the uplink and interval settings are read at
     /// start (it used to say "nothing changed" for them).
     #[test]

@@ -114,17 +114,9 @@ pub(super) fn ingest(tx: &Connection, prep: &Prepared) -> Result<IngestOutcome, 
         notification_id: nid,
         ..Default::default()
     };
-    for (slot, form) in p.timeslots.iter().zip(&prep.forms) {
-        match upsert(tx, nid, &now, slot, Some(form), rec.source)? {
-            SlotResult::New => out.new += 1,
-            SlotResult::Updated => out.updated += 1,
-            SlotResult::Duplicate => out.duplicate += 1,
-            SlotResult::Conflict => {
-                out.conflict += 1;
-                out.conflicts.push(slot.event_id.clone());
-            }
-        }
-    }
+    // Rejected cancellations first (SPEC §2.4, as parse.rs orders a cancelled occurrence
+    // first): the same event valid and un-cancelled in this notification is then the
+    // conflict, and an identical redelivery is all duplicates instead of a new revision.
     for rej in &p.rejected {
         record_rejected(tx, nid, &now, rej)?;
         out.rejected += 1;
@@ -135,6 +127,17 @@ pub(super) fn ingest(tx: &Connection, prep: &Prepared) -> Result<IngestOutcome, 
             match upsert(tx, nid, &now, &slot, None, rec.source)? {
                 SlotResult::Updated | SlotResult::New => out.updated += 1,
                 SlotResult::Duplicate | SlotResult::Conflict => out.duplicate += 1,
+            }
+        }
+    }
+    for (slot, form) in p.timeslots.iter().zip(&prep.forms) {
+        match upsert(tx, nid, &now, slot, Some(form), rec.source)? {
+            SlotResult::New => out.new += 1,
+            SlotResult::Updated => out.updated += 1,
+            SlotResult::Duplicate => out.duplicate += 1,
+            SlotResult::Conflict => {
+                out.conflict += 1;
+                out.conflicts.push(slot.event_id.clone());
             }
         }
     }

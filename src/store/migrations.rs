@@ -232,6 +232,43 @@ mod tests {
         assert_eq!(kept, [(2, 0), (3, 1)]);
     }
 
+    /// One notification with an event both as a rejected cancellation and valid, not
+    /// cancelled: cancelled once (SPEC §2.13, §2.4), and its identical redelivery changes
+    /// nothing (it used to write a conflict revision, SPEC §2.3).
+    #[test]
+    fn a_redelivered_cancel_and_un_cancel_pair_is_all_duplicates() {
+        use super::super::ingest;
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn).unwrap();
+        let body = serde_json::json!({"meter_dispatches": [{"meter_id": "m1", "timeslots": [
+            {"meter_event_id": "x", "start_time": "2030-01-01T01:00:00Z",
+             "end_time": "2030-01-01T00:00:00Z", "cancelled": true},
+            {"meter_event_id": "x", "start_time": "2030-01-01T00:00:00Z",
+             "end_time": "2030-01-01T01:00:00Z", "cancelled": false, "energy_kw": 5.0}]}]})
+        .to_string();
+        let mut deliver = || {
+            let tx = conn.transaction().unwrap();
+            let o = ingest::ingest(&tx, &ingest::Prepared::new(record(&body)).unwrap()).unwrap();
+            tx.commit().unwrap();
+            o
+        };
+        deliver();
+        let again = deliver();
+        assert_eq!((again.new, again.updated, again.conflict), (0, 0, 0));
+        let (revisions, cancelled): (i64, i64) = conn
+            .query_row(
+                "SELECT revisions, cancelled_final FROM timeslots",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(cancelled, 1);
+        assert_eq!(
+            revisions, 1,
+            "stored once, cancelled (the un-cancel as its conflict)"
+        );
+    }
+
     #[test]
     fn meter_group_migration_keeps_reads_and_dedup() {
         use super::super::{ingest, query};

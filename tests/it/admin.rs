@@ -309,9 +309,7 @@ async fn reloaded_retention_is_what_pruning_uses() {
     assert!(!early, "pruned inside the start-up retention");
 
     let text = std::fs::read_to_string(d.config_path()).unwrap();
-    // A retention this short needs a short start horizon (config check).
-    let five_days = text.replace("[storage]\n", "[storage]\nretention_days = 5\n")
-        + "[limits]\nmax_start_ahead_days = 2\n";
+    let five_days = text.replace("[storage]\n", "[storage]\nretention_days = 5\n");
     std::fs::write(d.config_path(), five_days).unwrap();
     let (code, out, err) = d.cli(&["reload"]);
     assert_eq!(code, 0, "{err}");
