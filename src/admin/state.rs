@@ -263,6 +263,9 @@ pub struct OverrideReply {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct ClearReply {
     pub(crate) cleared: usize,
+    /// Things the technician should know (the saved copy could not be deleted).
+    #[serde(default)]
+    pub(crate) warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -63,6 +63,9 @@ pub(super) fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> 
                 return Ok(code);
             }
             let r = rt.block_on(client.clear_override(meter.clone()))?;
+            for w in &r.warnings {
+                eprintln!("leap-edge: warning: {}", clean(w));
+            }
             if *json {
                 crate::outln!("{}", serde_json::to_string_pretty(&r)?);
             } else if r.cleared == 0 {

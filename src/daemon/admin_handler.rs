@@ -115,9 +115,15 @@ impl Handler {
             .store
             .call(move |c| crate::store::overrides::delete(c, m.as_deref()))
             .await;
+        let mut warnings = Vec::new();
         if let Err(e) = forgotten {
             // Cleared now; after a restart the saved one would hold again until its end.
             tracing::error!(error = %e, "cannot delete the saved manual override");
+            warnings.push(format!(
+                "cleared now, but the saved copy could not be deleted ({e}): after a restart the \
+                 override would hold again until its end; run `leap-edge override clear` again \
+                 once the database is writable"
+            ));
         }
         tracing::info!(
             meter_id = meter.as_deref().unwrap_or("all"),
@@ -126,12 +132,17 @@ impl Handler {
             peer_pid = peer.pid,
             "manual override cleared"
         );
-        for id in &targets {
+        // A database that refused the delete would keep each audit row waiting its own
+        // busy timeout too, past the CLI's patience: those rows are only logged (above).
+        for id in targets.iter().filter(|_| warnings.is_empty()) {
             self.audit(id, "override cleared from the CLI".into(), None, peer)
                 .await;
         }
         self.changes.bump();
-        Response::ok(Reply::Cleared(ClearReply { cleared: n }))
+        Response::ok(Reply::Cleared(ClearReply {
+            cleared: n,
+            warnings,
+        }))
     }
 
     /// Issue 13: the polling backstop and the next fire time of each `[schedule]` job.
