@@ -269,6 +269,21 @@ mod tests {
         );
     }
 
+    /// Another process holding the database at start (5 s busy timeout) is named, with the
+    /// file and the way to find the process, not "database is locked: Error code 5".
+    #[test]
+    fn a_database_locked_at_start_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held.db");
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let e = super::super::Store::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("locked by another process"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn meter_group_migration_keeps_reads_and_dedup() {
         use super::super::{ingest, query};

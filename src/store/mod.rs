@@ -44,6 +44,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database folder is not writable: {0}")]
     NotWritable(String),
+    /// Another process held the write lock through the whole busy timeout at start.
+    #[error(
+        "database {0} is locked by another process (a `sqlite3` shell, a backup or copy tool): \
+         close it (`fuser -v {0}` names it), then start again"
+    )]
+    Locked(PathBuf),
     /// Issue 10.4: SQLite would silently open a file it cannot write read-only; the daemon
     /// then starts, and every webhook gets 503. Refuse at start instead.
     #[error(
@@ -150,9 +156,17 @@ impl Store {
         if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
             return Err(files::read_only_error(path));
         }
-        configure(&conn).map_err(open_err)?;
+        let locked = |e: StoreError| match e {
+            StoreError::Sqlite(s) | StoreError::Open { source: s, .. }
+                if s.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+            {
+                StoreError::Locked(path.to_path_buf())
+            }
+            other => other,
+        };
+        configure(&conn).map_err(open_err).map_err(locked)?;
         files::tighten_journal_files(path);
-        migrate(&mut conn)?;
+        migrate(&mut conn).map_err(locked)?;
         conn.pragma_update(
             None,
             "wal_autocheckpoint",
