@@ -156,14 +156,7 @@ impl Store {
         if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
             return Err(files::read_only_error(path));
         }
-        let locked = |e: StoreError| match e {
-            StoreError::Sqlite(s) | StoreError::Open { source: s, .. }
-                if s.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
-            {
-                StoreError::Locked(path.to_path_buf())
-            }
-            other => other,
-        };
+        let locked = |e| busy_is_locked(e, path);
         configure(&conn).map_err(open_err).map_err(locked)?;
         files::tighten_journal_files(path);
         migrate(&mut conn).map_err(locked)?;
@@ -328,6 +321,18 @@ fn spawn_reader(
         })
         .map_err(|e| StoreError::Corrupt(format!("cannot start the database thread: {e}")))?;
     Ok((rtx, read_thread))
+}
+
+/// SQLITE_BUSY after the whole busy timeout at start: another process holds the file.
+fn busy_is_locked(e: StoreError, path: &Path) -> StoreError {
+    match e {
+        StoreError::Sqlite(s) | StoreError::Open { source: s, .. }
+            if s.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+        {
+            StoreError::Locked(path.to_path_buf())
+        }
+        other => other,
+    }
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
