@@ -174,6 +174,12 @@ mod tests {
             w.contains("storage.retention_days = 7") && w.contains("at least 33"),
             "{w}"
         );
+        let c = config(&shipped, "sunspec", "[storage]\nretention_days = 0");
+        let p = c.check().unwrap_err().join("\n");
+        assert!(
+            p.contains("storage.retention_days must be at least 1"),
+            "{p}"
+        );
     }
 
     #[test]

@@ -185,6 +185,9 @@ impl Config {
         if !(100..=60_000).contains(&s.control_period_ms) {
             p.push("site.control_period_ms must be between 100 and 60000".into());
         }
+        if self.storage.retention_days == 0 {
+            p.push("storage.retention_days must be at least 1 (SPEC §2.5 keeps every notification raw for it; default 400)".into());
+        }
     }
 
     fn check_meters(&self, p: &mut Vec<String>) {

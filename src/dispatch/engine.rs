@@ -109,6 +109,18 @@ fn unmapped_meters(
     ids
 }
 
+/// Whether the saved manual overrides are back (SPEC §2.10 with the CLI's overrides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restore {
+    /// Not read yet; tried since then.
+    Pending(std::time::Instant),
+    Done,
+}
+
+/// How long dispatch waits for the saved overrides before following Leap's plan without
+/// them: a hold must survive a restart, but an unreadable table must not stop dispatch.
+const RESTORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Dispatcher {
     source: PlanSource,
     audit: AuditWriter,
@@ -178,15 +190,18 @@ impl Dispatcher {
         mut changes: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut restored = false;
+        let mut restore = Restore::Pending(std::time::Instant::now());
         let mut started = false;
         let mut wake = Wake::Startup;
         loop {
             let now = self.clock.now();
-            // No plan is followed before the saved overrides are back; and until a plan
-            // is followed the turn is still the start (a restart's `resumed`, not a late
-            // `apply`), however many turns the store took to answer.
-            restored = restored || self.restore_overrides().await;
+            // No plan is followed before the saved overrides are back (for at most
+            // RESTORE_PATIENCE); and until a plan is followed the turn is still the start
+            // (a restart's `resumed`, not a late `apply`), however long the store took.
+            if let Restore::Pending(since) = restore {
+                restore = self.restore_overrides(since).await;
+            }
+            let restored = restore == Restore::Done;
             let plan = match restored {
                 true => self.source.plan(now).await,
                 false => None,
@@ -214,8 +229,9 @@ impl Dispatcher {
 
     /// Overrides a technician set before a restart hold again, until their own end, before
     /// the first plan is followed: a maintenance hold must not end silently at a crash.
-    /// False when they cannot be read yet (tried again next turn, no plan followed meanwhile).
-    async fn restore_overrides(&self) -> bool {
+    /// Pending while they cannot be read (tried again next turn, no plan followed, status
+    /// and /healthz saying why), until RESTORE_PATIENCE: then Leap's plan goes first.
+    async fn restore_overrides(&self, since: std::time::Instant) -> Restore {
         let now = self.clock.now();
         let store = &self.source.store;
         let saved = store
@@ -223,9 +239,17 @@ impl Dispatcher {
             .await;
         let saved = match saved {
             Ok(s) => s,
-            Err(e) => {
+            Err(e) if since.elapsed() < RESTORE_PATIENCE => {
                 tracing::error!(error = %e, "cannot read the saved manual overrides yet; no dispatch is followed until they are");
-                return false;
+                self.status.set_plan_error(Some(format!(
+                    "saved manual overrides cannot be read ({e}); no dispatch is followed until they are (at most {} s)",
+                    RESTORE_PATIENCE.as_secs()
+                )));
+                return Restore::Pending(since);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "saved manual overrides still cannot be read; dispatching without them (re-set any hold with `leap-edge override`)");
+                return Restore::Done;
             }
         };
 
@@ -240,7 +264,7 @@ impl Dispatcher {
                     "saved manual override not restored (meter not configured or action unknown)"),
             }
         }
-        true
+        Restore::Done
     }
 
     /// The next plan boundary or override expiry, whichever comes first.

@@ -61,11 +61,17 @@ pub(crate) fn active(c: &Connection, now: DateTime<Utc>) -> Result<Vec<SavedOver
     let mut out = Vec::new();
     for row in rows {
         let (meter_id, action, kw, until) = row?;
+        // One damaged row must not keep every other override (and dispatch) waiting.
+        let Ok(until) = parse_ts(&until) else {
+            tracing::warn!(meter_id = %meter_id, until = %until,
+                "saved manual override has an unreadable end; not restored");
+            continue;
+        };
         out.push(SavedOverride {
             meter_id,
             action,
             kw,
-            until: parse_ts(&until)?,
+            until,
         });
     }
     Ok(out)

@@ -488,3 +488,34 @@ fn an_override_outlives_a_restart_and_a_cleared_one_stays_cleared() {
     d.spawn();
     assert!(until(&d).is_null(), "a cleared override came back");
 }
+
+/// A saved override row that cannot be read (a damaged end time) is skipped: dispatch does
+/// not wait on it, and a real dispatch is followed as soon as it starts.
+#[test]
+fn a_damaged_saved_override_does_not_stop_dispatch() {
+    let mut d = Daemon::start_with(&with_meter());
+    assert!(d.terminate());
+    rusqlite::Connection::open(d.db_path())
+        .unwrap()
+        .execute(
+            "INSERT INTO overrides (meter_id, action, kw, until, set_at) VALUES (?1, 'hold', NULL, 'garbage', 'x')",
+            [METER],
+        )
+        .unwrap();
+    d.spawn();
+    let (code, out, err) = d.cli(&["send-test", "--real", "--kw", "5", "--in", "1s", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let event: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let event = event["meter_event_id"].as_str().unwrap().to_string();
+    let followed = common::eventually_blocking(Duration::from_secs(10), || {
+        let (_, out, _) = d.cli(&["status", "--json"]);
+        let s: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        s["meters"][0]["command"]["event_id"] == event.as_str()
+    });
+    assert!(followed, "{}", d.log());
+    assert!(
+        d.log().contains("unreadable end; not restored"),
+        "{}",
+        d.log()
+    );
+}
