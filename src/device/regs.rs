@@ -145,18 +145,27 @@ impl ScaleFactor {
         let n = r.ty.words();
         let lo = r.addr.min(self.addr);
         let end = (u32::from(r.addr) + u32::from(n)).max(u32::from(self.addr) + 1);
-        let (words, word) = if end - u32::from(lo) <= MAX_READ {
-            let all = client
-                .read(r.unit, r.function, lo, (end - u32::from(lo)) as u16)
-                .await?;
-            let at = |a: u16| usize::from(a - lo);
-            (
-                all[at(r.addr)..at(r.addr) + usize::from(n)].to_vec(),
-                all[at(self.addr)],
-            )
+        let span = end - u32::from(lo);
+        let together = if span <= MAX_READ {
+            match client.read(r.unit, r.function, lo, span as u16).await {
+                Ok(all) => {
+                    let at = |a: u16| usize::from(a - lo);
+                    let value = all[at(r.addr)..at(r.addr) + usize::from(n)].to_vec();
+                    Some((value, all[at(self.addr)]))
+                }
+                // A device that refuses a register between the two: read them apart.
+                Err(DeviceError::Exception { .. }) => None,
+                Err(e) => return Err(e),
+            }
         } else {
-            let sf = client.read(r.unit, Function::Holding, self.addr, 1).await?;
-            (client.read(r.unit, r.function, r.addr, n).await?, sf[0])
+            None
+        };
+        let (words, word) = match together {
+            Some(both) => both,
+            None => {
+                let sf = client.read(r.unit, Function::Holding, self.addr, 1).await?;
+                (client.read(r.unit, r.function, r.addr, n).await?, sf[0])
+            }
         };
         Ok(self.scale(word).map(|scale| (words, scale)))
     }
