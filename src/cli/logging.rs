@@ -15,7 +15,12 @@ pub(crate) fn init() {
     {
         let _ = tracing_subscriber::registry()
             .with(EnvFilter::new(&filter))
-            .with(journald.with_syslog_identifier("leap-edge".into()))
+            // Fields as named (`METER_ID=`), not with the crate's default `F_` prefix.
+            .with(
+                journald
+                    .with_syslog_identifier("leap-edge".into())
+                    .with_field_prefix(None),
+            )
             .try_init();
         return;
     }
