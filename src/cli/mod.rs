@@ -40,8 +40,8 @@ use std::process::ExitCode;
     about = "Edge controller for on-site batteries driven by Leap dispatches"
 )]
 pub(crate) struct Cli {
-    /// Configuration file. `devices probe` and `sim` need none: they read it only when
-    /// given or present.
+    /// Configuration file. `devices probe` never reads one (the address is on its command
+    /// line); `sim` reads it only when given or present.
     #[arg(
         long,
         global = true,

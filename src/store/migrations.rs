@@ -195,9 +195,6 @@ mod tests {
         assert_eq!(cancels, want, "only a JSON true cancels, as at ingest");
     }
 
-    /// Migration 6 on a real version-5 file with rows: group lists move to `meter_groups`
-    /// (stored once), every read sees the same timeslots and revisions as before, and a
-    /// redelivery after the upgrade is still a duplicate (SPEC §2.3).
     /// Retention keeps the revision in force: after an ignored un-cancel the latest row is
     /// the conflict, and the cancellation before it is what the timeslot is.
     #[test]
@@ -284,6 +281,9 @@ mod tests {
         );
     }
 
+    /// Migration 6 on a real version-5 file with rows: group lists move to `meter_groups`
+    /// (stored once), every read sees the same timeslots and revisions as before, and a
+    /// redelivery after the upgrade is still a duplicate (SPEC §2.3).
     #[test]
     fn meter_group_migration_keeps_reads_and_dedup() {
         use super::super::{ingest, query};
