@@ -193,7 +193,10 @@ impl MeterLoop {
         self.last_flags = Flags::default();
         self.last_read = None;
         self.frozen.reset();
-        self.unheld.reset();
+        self.unheld.start(match &self.desired {
+            Desired::Follow(c) => Some(format!("{}/{}", c.kind.as_str(), c.event_id)),
+            Desired::Normal => None,
+        });
         self.lock().command = summary;
     }
 

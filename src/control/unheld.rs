@@ -60,8 +60,11 @@ pub(crate) struct Observed {
 #[derive(Default)]
 pub(crate) struct UnheldSetpoint {
     run: Option<Run>,
-    /// Once found, for the rest of the command.
+    /// Once found, for the rest of the event: a revision of the same timeslot (a new kW)
+    /// would otherwise take the battery again and export for another few seconds.
     found: Option<String>,
+    /// The event (kind and id) the finding belongs to.
+    event: Option<String>,
 }
 
 fn steady(low: f64, high: f64) -> bool {
@@ -106,16 +109,19 @@ impl UnheldSetpoint {
             return None;
         }
         self.found = Some(format!(
-            "battery reads {r:.1} kW against its setpoint {w:.1} kW while the grid is at {g:.1} kW, under its floor {:.1} kW: its reading includes power the setpoint does not control (PV on a hybrid inverter's DC bus?) or it does not follow its setpoint; not followed again in this command (a hybrid needs a profile whose battery_power is the battery's own power)",
+            "battery reads {r:.1} kW against its setpoint {w:.1} kW while the grid is at {g:.1} kW, under its floor {:.1} kW: its reading includes power the setpoint does not control (PV on a hybrid inverter's DC bus?) or it does not follow its setpoint; not followed again in this event (a hybrid needs a profile whose battery_power is the battery's own power)",
             o.floor_kw
         ));
         self.found.clone()
     }
 
-    /// A new command: start again.
-    pub(crate) fn reset(&mut self) {
+    /// A new command: start again, but keep a finding for the same event.
+    pub(crate) fn start(&mut self, event: Option<String>) {
         self.run = None;
-        self.found = None;
+        if event != self.event {
+            self.found = None;
+            self.event = event;
+        }
     }
 }
 
@@ -137,9 +143,10 @@ mod tests {
     }
 
     #[test]
-    fn a_steady_excess_while_exporting_is_found_and_kept_for_the_command() {
+    fn a_steady_excess_while_exporting_is_found_and_kept_for_the_event() {
         let t0 = Instant::now();
         let mut u = UnheldSetpoint::default();
+        u.start(Some("meter/e1".into()));
         // Hybrid: setpoint 29.5, reading 39.5 (10 kW DC PV), grid −9.5.
         for s in 0..5 {
             assert_eq!(u.observe(&seen(29.5, 39.5, -9.5), at(t0, s)), None, "{s} s");
@@ -151,14 +158,18 @@ mod tests {
             why.contains("39.5 kW against its setpoint 29.5 kW"),
             "{why}"
         );
-        // Handed back, nothing held: still not followed in this command.
+        // Handed back, nothing held: still not followed in this event.
         let idle = Observed {
             written_kw: None,
             ..seen(0.0, 30.0, 0.0)
         };
         assert!(u.observe(&idle, at(t0, 6)).is_some());
-        u.reset();
-        assert_eq!(u.observe(&idle, at(t0, 7)), None);
+        // A revision of the same timeslot (a new kW) is a new command: still found.
+        u.start(Some("meter/e1".into()));
+        assert!(u.observe(&idle, at(t0, 7)).is_some());
+        // Another event starts again.
+        u.start(Some("meter/e2".into()));
+        assert_eq!(u.observe(&idle, at(t0, 8)), None);
     }
 
     /// The setpoint follows a noisy load; the hybrid's excess (its PV) stays: found.
