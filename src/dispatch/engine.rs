@@ -252,7 +252,6 @@ impl Dispatcher {
                 return Restore::Done;
             }
         };
-
         for s in saved {
             match Override::from_saved(&s) {
                 Some(o) if self.meters.contains_key(&s.meter_id) => {
@@ -319,8 +318,9 @@ impl Dispatcher {
                         changes.borrow_and_update();
                         return Wake::Change(seen);
                     }
-                    // The sender is gone (shutting down): keep timing boundaries only.
-                    std::future::pending::<()>().await;
+                    // The sender is gone (shutting down): keep timing boundaries only, in
+                    // naps (awaiting a closed channel again would return at once).
+                    tokio::time::sleep(nap).await;
                 }
             }
         }

@@ -107,6 +107,21 @@ impl Handler for App {
     }
 }
 
+/// A connection slot. The 401 summary keeps its minute while every slot is held: 64
+/// keyless clients at once is exactly when it matters.
+async fn free_slot<H: Handler>(
+    limit: &Arc<Semaphore>,
+    summary: &mut tokio::time::Interval,
+    app: &H,
+) -> tokio::sync::OwnedSemaphorePermit {
+    loop {
+        tokio::select! {
+            p = limit.clone().acquire_owned() => return p.expect("semaphore never closed"),
+            _ = summary.tick() => app.unauthorized_log().summarise(),
+        }
+    }
+}
+
 /// Serve until `shutdown` resolves, then stop accepting and let in-flight requests finish
 /// (bounded by the read timeout plus a margin).
 pub(crate) async fn serve<H: Handler>(
@@ -128,7 +143,7 @@ pub(crate) async fn serve<H: Handler>(
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+            p = free_slot(&limit, &mut summary, &*app) => p,
             _ = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
