@@ -14,10 +14,7 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     if problems.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        })
+        Err(ConfigError::invalid(path, problems))
     }
 }
 

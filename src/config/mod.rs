@@ -7,6 +7,7 @@
 mod check;
 pub mod intervals;
 pub mod leap;
+mod lines;
 pub mod mqtt;
 mod schema;
 mod sim;
@@ -49,11 +50,23 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{path}: {}", problems.join("; "))]
+    /// Each problem on its own line, as `path:line: problem` where the file writes the key
+    /// (built by [`ConfigError::invalid`]).
+    #[error("{}", problems.join("\n"))]
     Invalid {
         path: PathBuf,
         problems: Vec<String>,
     },
+}
+
+impl ConfigError {
+    /// The semantic problems of the file at `path`, each located at its key's line.
+    pub(crate) fn invalid(path: &Path, problems: Vec<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: lines::locate(path, problems),
+        }
+    }
 }
 
 /// The exit code for a bad configuration (sysexits EX_CONFIG), as ntpd-rs uses.
@@ -64,10 +77,8 @@ impl Config {
     /// against the file's own folder, so the daemon behaves the same from any working directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let cfg = Config::read(path)?;
-        cfg.check().map_err(|problems| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        })?;
+        cfg.check()
+            .map_err(|problems| ConfigError::invalid(path, problems))?;
         Ok(cfg)
     }
 

@@ -158,10 +158,8 @@ impl RelayConfig {
             }
         }
         cfg.source = Some(path.to_path_buf());
-        cfg.check().map_err(|problems| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        })?;
+        cfg.check()
+            .map_err(|problems| ConfigError::invalid(path, problems))?;
         Ok(cfg)
     }
 
