@@ -133,6 +133,7 @@ async fn load_steps(n: usize) -> Vec<f64> {
         programs: vec![],
         until: Utc::now() + chrono::Duration::hours(1),
         reason: "bench".into(),
+        known_since: None,
     };
     cc.apply(METER, &cmd).await.unwrap();
     let mut out = Vec::new();

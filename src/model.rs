@@ -208,6 +208,10 @@ pub struct Command {
     pub until: DateTime<Utc>,
     /// Why this timeslot governs (for schedule and logs). Free text: not part of equality.
     pub reason: String,
+    /// When the gateway first stored the governing timeslot (None: not from Leap, e.g. a
+    /// manual override). Tells a late arrival from a take-over; not part of equality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_since: Option<DateTime<Utc>>,
 }
 
 /// Equality by what the battery is asked to do. The free-text `reason` takes no part: a
@@ -229,6 +233,7 @@ impl PartialEq for Command {
             programs,
             until,
             reason: _,
+            known_since: _,
         } = self;
         *kind == other.kind
             && *event_id == other.event_id
@@ -320,6 +325,7 @@ impl Command {
             programs: vec!["DRAM".into()],
             until,
             reason: "p1 commitment, the only active timeslot".into(),
+            known_since: None,
         }
     }
 }
@@ -342,6 +348,7 @@ mod tests {
         let a = command();
         let b = Command {
             reason: "p1 commitment over p3 voluntary e2: lower priority number".into(),
+            known_since: None,
             ..command()
         };
         assert_eq!(a, b);

@@ -126,7 +126,7 @@ impl MeterState {
                 // SPEC §2.6 audit truth: a dispatch that governs again after an override
                 // or a restart is late only from that moment.
                 let resumed = resume.filter(|_| !same_event && iv.start < m.at());
-                let boundary = if same_event || resumed.is_some() {
+                let boundary = if same_event || resumed.is_some() || took_over(&iv, m) {
                     m.at()
                 } else {
                     iv.start
@@ -214,3 +214,14 @@ impl MeterState {
 #[cfg(test)]
 #[path = "meter_tests.rs"]
 mod tests;
+
+/// A timeslot stored well before the change that made it govern mid-way (the one above it
+/// cancelled or re-prioritised): late only from that change, not from its own start. One
+/// that arrived in this change is late from its start, so Leap's lateness shows.
+fn took_over(iv: &Interval, m: Moment) -> bool {
+    let Wake::Change(seen) = m.wake else {
+        return false;
+    };
+    let known_before = |k: DateTime<Utc>| k < seen - chrono::Duration::seconds(1);
+    iv.start < seen && iv.command.known_since.is_some_and(known_before)
+}

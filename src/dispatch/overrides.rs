@@ -145,6 +145,7 @@ pub(crate) fn command(o: &Override, import_margin_kw: f64) -> Option<Command> {
         programs: Vec::new(),
         until: o.until,
         reason: "manual override from the CLI".into(),
+        known_since: None,
     })
 }
 

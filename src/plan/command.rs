@@ -44,6 +44,7 @@ pub(super) fn build(gov: &Candidate, runner_up: Option<&Candidate>, cfg: &PlanCo
         // energy over the whole remaining timeslot (SPEC §2.9).
         until: ts.end_time,
         reason: reason(gov, runner_up, cfg),
+        known_since: Some(gov.known_since),
     }
 }
 

@@ -20,6 +20,8 @@ pub(super) struct Candidate<'a> {
     pub(crate) nomination_share: Option<f64>,
     pub(crate) start: DateTime<Utc>,
     pub(crate) end: DateTime<Utc>,
+    /// When the gateway first stored this timeslot.
+    pub(crate) known_since: DateTime<Utc>,
 }
 
 pub(super) struct Selection<'a> {
@@ -75,6 +77,7 @@ pub(super) fn select<'a>(input: &PlanInput<'a>) -> Selection<'a> {
                 nomination_share: ts.nomination_kw.map(share),
                 start: ts.start_time.max(input.from),
                 end: ts.end_time.min(input.to),
+                known_since: stored.first_received,
             });
         }
     }

@@ -822,3 +822,52 @@ async fn status_shows_the_running_command_cut_short_and_given_back() {
     assert_eq!(s.applies(M1).len(), 1, "no device call for a moved end");
     s.stop().await;
 }
+
+/// SCENARIOS 3 with a cancellation: the timeslot under a cancelled one takes over mid-way
+/// and is audited late only from the cancellation, not from its own start (it was stored
+/// long before); a timeslot that itself arrives after its start stays late from its start.
+#[tokio::test]
+async fn a_take_over_after_a_cancellation_is_late_only_from_the_cancellation() {
+    let mut s = site("").await;
+    let (start, end) = (at(300), at(60_000));
+    let under = slot("under", start, end, Some(5.0), json!({"priority": 5}));
+    let top = slot("top", start, end, Some(10.0), json!({"priority": 1}));
+    s.post(meter_note(M1, vec![under, top.clone()])).await;
+    assert_eq!(s.wait_calls(M1, 1, 10).await.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut cancelled = top;
+    cancelled["cancelled"] = json!(true);
+    s.post(meter_note(M1, vec![cancelled])).await;
+    let audit = s
+        .audit_when(|a| {
+            a.iter()
+                .any(|a| a["action"] == "apply" && a["event"] == "under")
+        })
+        .await;
+    let took = audit
+        .iter()
+        .find(|a| a["action"] == "apply" && a["event"] == "under")
+        .unwrap();
+    assert!(took["lateness_ms"].as_i64().unwrap() < 1000, "{took}");
+    // Arriving 2.5 s after its start: late from its start.
+    let late = slot(
+        "late",
+        at(-2500),
+        at(60_000),
+        Some(3.0),
+        json!({"priority": 1}),
+    );
+    s.post(meter_note(M2, vec![late])).await;
+    let audit = s
+        .audit_when(|a| {
+            a.iter()
+                .any(|a| a["action"] == "apply" && a["event"] == "late")
+        })
+        .await;
+    let late = audit
+        .iter()
+        .find(|a| a["action"] == "apply" && a["event"] == "late")
+        .unwrap();
+    assert!(late["lateness_ms"].as_i64().unwrap() >= 2000, "{late}");
+    s.stop().await;
+}
