@@ -178,7 +178,7 @@ impl MeterLoop {
         if let Desired::Follow(c) = &req.desired {
             tracing::info!(
                 meter_id = %self.s.meter_id, device = %self.s.device, event_id = %c.event_id,
-                cap = c.cap.as_str(), target = %c.target, until = %c.until,
+                cap = c.cap.as_str(), command_target = %c.target, until = %c.until,
                 "control: following command"
             );
         }

@@ -12,8 +12,9 @@
 //! reading is not; an estimate from these readings alone was tried and ran away behind
 //! slow batteries. So this only detects, and hands the battery back: when, under a
 //! discharge setpoint, the reading's excess over it has stood steady, and the grid below
-//! its floor, for [`READINGS`] readings over [`SPAN`], the timeslot is not followed again
-//! until a new command comes (it would export again the moment it resumed). The setpoint
+//! its floor, for [`READINGS`] readings over [`SPAN`], the event is not followed again
+//! until another event governs (it would export again the moment it resumed; a revision
+//! of the same event with a new kW is the same case). The setpoint
 //! itself may move with the load meanwhile; the excess is what must hold (a hybrid's PV).
 //! A battery still ramping towards its setpoint shrinks its excess and does not count. A
 //! charge setpoint the battery takes only part of (a full or cold battery, a surplus

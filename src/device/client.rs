@@ -109,6 +109,9 @@ pub(crate) struct ModbusClient {
     /// Bumped on every new connection, so callers can redo discovery after a reconnect.
     generation: u64,
     state: SharedState,
+    /// Register spans (unit, first, count) this connection's device refused to read in
+    /// one request: read apart from then on, not refused (and logged) every period.
+    refused_spans: std::collections::HashSet<(Option<u8>, u16, u16)>,
 }
 
 impl ModbusClient {
@@ -130,7 +133,17 @@ impl ModbusClient {
             last_connect_error: None,
             generation: 0,
             state: Arc::new(Mutex::new(state)),
+            refused_spans: std::collections::HashSet::new(),
         }
+    }
+
+    /// Whether this device refused reading this span in one request since it connected.
+    pub(crate) fn refused_span(&self, unit: Option<u8>, addr: u16, count: u16) -> bool {
+        self.refused_spans.contains(&(unit, addr, count))
+    }
+
+    pub(crate) fn note_refused_span(&mut self, unit: Option<u8>, addr: u16, count: u16) {
+        self.refused_spans.insert((unit, addr, count));
     }
 
     pub(crate) fn state(&self) -> SharedState {
@@ -198,6 +211,7 @@ impl ModbusClient {
                 self.failed_connects = 0;
                 self.next_attempt = None;
                 self.generation += 1;
+                self.refused_spans.clear();
                 self.with_state(|s| {
                     s.connected = true;
                     s.connects += 1;

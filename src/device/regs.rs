@@ -146,15 +146,20 @@ impl ScaleFactor {
         let lo = r.addr.min(self.addr);
         let end = (u32::from(r.addr) + u32::from(n)).max(u32::from(self.addr) + 1);
         let span = end - u32::from(lo);
-        let together = if span <= MAX_READ {
-            match client.read(r.unit, r.function, lo, span as u16).await {
+        let count = span as u16;
+        let together = if span <= MAX_READ && !client.refused_span(r.unit, lo, count) {
+            match client.read(r.unit, r.function, lo, count).await {
                 Ok(all) => {
                     let at = |a: u16| usize::from(a - lo);
                     let value = all[at(r.addr)..at(r.addr) + usize::from(n)].to_vec();
                     Some((value, all[at(self.addr)]))
                 }
-                // A device that refuses a register between the two: read them apart.
-                Err(DeviceError::Exception { .. }) => None,
+                // A device that refuses a register between the two: read them apart, from
+                // now on for this connection.
+                Err(DeviceError::Exception { .. }) => {
+                    client.note_refused_span(r.unit, lo, count);
+                    None
+                }
                 Err(e) => return Err(e),
             }
         } else {

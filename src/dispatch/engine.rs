@@ -196,16 +196,21 @@ impl Dispatcher {
         loop {
             let now = self.clock.now();
             // No plan is followed before the saved overrides are back (for at most
-            // RESTORE_PATIENCE); and until a plan is followed the turn is still the start
-            // (a restart's `resumed`, not a late `apply`), however long the store took.
+            // RESTORE_PATIENCE, then without them while they are still tried every turn);
+            // and until a plan is followed the turn is still the start (a restart's
+            // `resumed`, not a late `apply`), however long the store took.
             if let Restore::Pending(since) = restore {
                 restore = self.restore_overrides(since).await;
             }
-            let restored = restore == Restore::Done;
-            let plan = match restored {
-                true => self.source.plan(now).await,
-                false => None,
+            let plan = match restore {
+                Restore::Pending(since) if since.elapsed() < RESTORE_PATIENCE => None,
+                _ => self.source.plan(now).await,
             };
+            if let Restore::Pending(_) = restore {
+                self.status.set_plan_error(Some(
+                    "saved manual overrides cannot be read: dispatching without them until they can (a hold set before the restart is not in force; `leap-edge override` sets one again)".into(),
+                ));
+            }
             let moment = Moment {
                 now,
                 wake: if started { wake } else { Wake::Startup },
@@ -248,8 +253,8 @@ impl Dispatcher {
                 return Restore::Pending(since);
             }
             Err(e) => {
-                tracing::error!(error = %e, "saved manual overrides still cannot be read; dispatching without them (re-set any hold with `leap-edge override`)");
-                return Restore::Done;
+                tracing::debug!(error = %e, "saved manual overrides still cannot be read; dispatching without them, tried every turn");
+                return Restore::Pending(since);
             }
         };
         for s in saved {

@@ -113,7 +113,7 @@ fn log(
         }
         (None, Some(c)) => tracing::info!(
             meter_id = meter, action = action.as_str(), event_id = %c.event_id,
-            cap = c.cap.as_str(), target = target.unwrap_or("-"), lateness_ms = lateness,
+            cap = c.cap.as_str(), command_target = target.unwrap_or("-"), lateness_ms = lateness,
             detail, "dispatch"
         ),
         (None, None) => {

@@ -60,8 +60,15 @@ pub(crate) fn active(c: &Connection, now: DateTime<Utc>) -> Result<Vec<SavedOver
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (meter_id, action, kw, until) = row?;
-        // One damaged row must not keep every other override (and dispatch) waiting.
+        // One damaged row (a wrong type, an unreadable end) must not keep every other
+        // override, and dispatch, waiting: it is skipped and named.
+        let (meter_id, action, kw, until) = match row {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "saved manual override row unreadable; not restored");
+                continue;
+            }
+        };
         let Ok(until) = parse_ts(&until) else {
             tracing::warn!(meter_id = %meter_id, until = %until,
                 "saved manual override has an unreadable end; not restored");
