@@ -143,12 +143,15 @@ async fn search_all(
     on_change: &(dyn Fn() + Sync),
 ) -> Result<(), PollError> {
     loop {
+        // What Leap answers is as of the request: anything stored after this instant (a
+        // push meanwhile) is newer than the answer.
+        let asked_at = Utc::now();
         let page = client.search::<SearchEntry>(level, &req).await?;
         report.pages += 1;
         report.results += page.results.len() as u32;
         if !page.results.is_empty() {
             let (outcome, new_ids) =
-                store_page(store, &targets.limits, level, &page.results).await?;
+                store_page(store, &targets.limits, level, &page.results, asked_at).await?;
             if outcome.changed() {
                 on_change();
             }
@@ -177,6 +180,7 @@ async fn store_page(
     limits: &crate::config::LimitsConfig,
     level: Level,
     results: &[SearchEntry],
+    asked_at: chrono::DateTime<Utc>,
 ) -> Result<(IngestOutcome, Vec<String>), PollError> {
     let key = match level {
         Level::Meter => "meter_dispatches",
@@ -188,8 +192,10 @@ async fn store_page(
         key: results,
     })
     .to_string();
-    let received_at = Utc::now();
-    let parsed = parse_limited(body.as_bytes(), limits, received_at)
+    // A polled notification is "received" when it was asked for: the store compares that
+    // with what it stored since (a push meanwhile wins over this older answer).
+    let received_at = asked_at;
+    let parsed = parse_limited(body.as_bytes(), limits, Utc::now())
         .map_err(|e| PollError::Shape(format!("{} search: {e}", level.path())))?;
     let ids: Vec<(String, String)> = parsed
         .timeslots

@@ -191,6 +191,8 @@ struct Existing {
     cancelled_final: bool,
     revisions: i64,
     first_source: String,
+    /// When it was last stored or seen again (`ts` text: orders as time).
+    last_received: String,
 }
 
 /// One delivery of one timeslot being written: where, when, and its stored form.
@@ -240,7 +242,12 @@ fn upsert(
         w.insert_new(source, false)?;
         return Ok(SlotResult::New);
     };
-    // SPEC §2.3: the same content (and the same group lists) again is a duplicate.
+    // SPEC §2.3: the same content (and the same group lists) again is a duplicate. A poll
+    // answer asked for before the timeslot was last stored (a push meanwhile) is older than
+    // what is stored: it must not replace it until the next poll.
+    if source == Source::Poll && e.last_received.as_str() > now {
+        return Ok(SlotResult::Duplicate);
+    }
     if e.content == w.form.content && e.meter_group.as_deref() == w.form.key() {
         w.count_duplicate(e.row)?;
         return Ok(SlotResult::Duplicate);
@@ -263,7 +270,8 @@ fn upsert(
 fn find(tx: &Connection, slot: &Timeslot) -> Result<Option<Existing>, StoreError> {
     Ok(tx
         .prepare_cached(
-            "SELECT rowid, content, meter_group, cancelled_final, revisions, first_source
+            "SELECT rowid, content, meter_group, cancelled_final, revisions, first_source,
+                    last_received
              FROM timeslots WHERE kind=?1 AND event_id=?2",
         )?
         .query_row(params![slot.kind.as_str(), slot.event_id], |r| {
@@ -274,6 +282,7 @@ fn find(tx: &Connection, slot: &Timeslot) -> Result<Option<Existing>, StoreError
                 cancelled_final: r.get(3)?,
                 revisions: r.get(4)?,
                 first_source: r.get(5)?,
+                last_received: r.get(6)?,
             })
         })
         .optional()?)

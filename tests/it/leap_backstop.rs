@@ -336,3 +336,45 @@ async fn a_poll_keeps_the_push_limits_and_tolerates_an_odd_field() {
         .unwrap();
     assert_eq!(stored, 0, "a timeslot over max_timeslot_hours was stored");
 }
+
+/// A poll answer asked for before a push stored a newer revision is older than what is
+/// stored: it does not replace it (it did, until the next poll put it right).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_answer_older_than_a_push_does_not_replace_it() {
+    let fake = FakeLeap::start().await;
+    let old = slot("raced", 7200, json!({}));
+    fake.state.lock().unwrap().meter_results =
+        vec![json!({"meter_id": METER, "timeslots": [old.clone()]})];
+    let d = Daemon::start_with(&site(&fake, ""));
+    wait_first_poll(&d).await;
+    assert_eq!(timeslot_row(&d, "raced").1, 1);
+    // Leap answers the next search 3 s later; a newer revision is pushed meanwhile.
+    fake.state.lock().unwrap().answer_delay = Some(Duration::from_secs(3));
+    let config = d.config_path();
+    let poll = std::thread::spawn(move || common::cli_with(&config, &["leap", "poll", "--json"]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut newer = old;
+    newer["energy_kw"] = json!(9.0);
+    let resp = d
+        .client()
+        .post(&common::meter_notification(METER, vec![newer]))
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let (code, out, err) = poll.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        timeslot_row(&d, "raced").1,
+        2,
+        "the push's revision stays the latest"
+    );
+    let content: String = d
+        .db()
+        .query_row(
+            "SELECT content FROM timeslots WHERE event_id = 'raced'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let content: Value = serde_json::from_str(&content).unwrap();
+    assert_eq!(content["energy_kw"]["kw"], 9.0, "{content}");
+}
