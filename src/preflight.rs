@@ -95,6 +95,7 @@ pub(crate) fn warnings(config: &Config) -> Vec<String> {
             config.storage.retention_days, config.limits.max_start_ahead_days
         ));
     }
+    w.extend(uplink_identity(config));
     if config.site.service_kw.is_none() && !config.meters.is_empty() {
         w.push(
             "site.service_kw is not set: a stuck or misscaled site-meter reading is then caught \
@@ -126,6 +127,20 @@ pub(crate) fn warnings(config: &Config) -> Vec<String> {
         }
     }
     w
+}
+
+/// The packaged Mosquitto ACL grants a gateway the topics of its username; the gateway
+/// subscribes under its client id: the two must agree.
+fn uplink_identity(config: &Config) -> Option<String> {
+    let m = config.uplink.mqtt.as_ref()?;
+    let user = m.username.as_deref().filter(|u| *u != m.client_id)?;
+    Some(format!(
+        "uplink.mqtt.username \"{user}\" is not client_id \"{}\": the packaged Mosquitto \
+         ACL grants each gateway the topics of its username (and the broker uses the \
+         username as client id), while the gateway subscribes to {}/{}/dispatch; make \
+         them the gateway's [[gateways]] name, or the broker refuses the subscription",
+        m.client_id, m.topic_prefix, m.client_id
+    ))
 }
 
 #[cfg(test)]
@@ -169,6 +184,12 @@ mod tests {
         let w = warnings(&c).join("\n");
         assert!(
             w.contains("storage.retention_days = 7") && w.contains("at least 33"),
+            "{w}"
+        );
+        let mqtt = "[uplink.mqtt]\nurl = \"mqtts://b.example:8883\"\nclient_id = \"site-1\"\nusername = \"site1\"";
+        let w = warnings(&config(&shipped, "sunspec", mqtt)).join("\n");
+        assert!(
+            w.contains("uplink.mqtt.username \"site1\" is not client_id"),
             "{w}"
         );
         let c = config(&shipped, "sunspec", "[storage]\nretention_days = 0");
