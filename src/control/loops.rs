@@ -103,6 +103,9 @@ pub struct ControlCommander {
     readings: tokio::sync::broadcast::Sender<crate::intervals::MeterReading>,
 }
 
+/// Beyond a loop's own stop bound: the device call it may be in when asked to stop.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(3);
+
 impl ControlCommander {
     /// Open every meter's device with `open(name, device_config)` and start its loop.
     /// Must be called inside a tokio runtime.
@@ -229,14 +232,25 @@ impl ControlCommander {
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
         let all = futures_join(tasks);
-        if tokio::time::timeout(limit + Duration::from_millis(500), all)
+        // Each loop's own bound starts after the device call it is in, so the wait here
+        // allows for one such call more.
+        if tokio::time::timeout(limit + SHUTDOWN_MARGIN, all)
             .await
             .is_err()
         {
-            // A loop stuck in a device call: the device reverts by its own timeout.
+            // A loop stuck in a device call: the device reverts by its own timeout (or the
+            // unit's ExecStopPost release, for one that cannot).
+            let left: Vec<String> = self
+                .status
+                .snapshot()
+                .into_iter()
+                .filter(|m| !m.released)
+                .map(|m| format!("{} (device {})", m.meter_id, m.device))
+                .collect();
             tracing::error!(
-                timeout_ms = limit.as_millis() as u64,
-                "control: loops did not stop in time at shutdown; abandoning them"
+                timeout_ms = (limit + SHUTDOWN_MARGIN).as_millis() as u64,
+                not_released = %left.join(", "),
+                "control: loops did not stop in time at shutdown; abandoning them (`leap-edge release` hands those batteries back)"
             );
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
