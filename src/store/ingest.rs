@@ -191,8 +191,6 @@ struct Existing {
     cancelled_final: bool,
     revisions: i64,
     first_source: String,
-    /// When it was last stored or seen again (`ts` text: orders as time).
-    last_received: String,
 }
 
 /// One delivery of one timeslot being written: where, when, and its stored form.
@@ -242,14 +240,15 @@ fn upsert(
         w.insert_new(source, false)?;
         return Ok(SlotResult::New);
     };
-    // SPEC §2.3: the same content (and the same group lists) again is a duplicate. A poll
-    // answer asked for before the timeslot was last stored (a push meanwhile) is older than
-    // what is stored: it must not replace it until the next poll.
-    if source == Source::Poll && e.last_received.as_str() > now {
-        return Ok(SlotResult::Duplicate);
-    }
+    // SPEC §2.3: the same content (and the same group lists) again is a duplicate.
     if e.content == w.form.content && e.meter_group.as_deref() == w.form.key() {
         w.count_duplicate(e.row)?;
+        return Ok(SlotResult::Duplicate);
+    }
+    // A poll answer asked for before the stored revision was received (a push meanwhile)
+    // is older than it: it must not replace it until the next poll. A cancellation is
+    // applied whatever its age (SPEC §2.4, §2.13: it is final anyway).
+    if source == Source::Poll && !slot.cancelled && w.revised_after(e.row, e.revisions)? {
         return Ok(SlotResult::Duplicate);
     }
     let revision = e.revisions + 1;
@@ -270,8 +269,7 @@ fn upsert(
 fn find(tx: &Connection, slot: &Timeslot) -> Result<Option<Existing>, StoreError> {
     Ok(tx
         .prepare_cached(
-            "SELECT rowid, content, meter_group, cancelled_final, revisions, first_source,
-                    last_received
+            "SELECT rowid, content, meter_group, cancelled_final, revisions, first_source
              FROM timeslots WHERE kind=?1 AND event_id=?2",
         )?
         .query_row(params![slot.kind.as_str(), slot.event_id], |r| {
@@ -282,7 +280,6 @@ fn find(tx: &Connection, slot: &Timeslot) -> Result<Option<Existing>, StoreError
                 cancelled_final: r.get(3)?,
                 revisions: r.get(4)?,
                 first_source: r.get(5)?,
-                last_received: r.get(6)?,
             })
         })
         .optional()?)
@@ -335,6 +332,18 @@ impl Write<'_> {
             ],
         )?;
         self.add_revision(self.tx.last_insert_rowid(), 1, cancelled_earlier)
+    }
+
+    /// Whether the stored revision `revision` was received after this delivery's time.
+    fn revised_after(&self, row: i64, revision: i64) -> Result<bool, StoreError> {
+        let at: Option<String> = self
+            .tx
+            .prepare_cached(
+                "SELECT received_at FROM timeslot_revisions WHERE slot = ?1 AND revision = ?2",
+            )?
+            .query_row(params![row, revision], |r| r.get(0))
+            .optional()?;
+        Ok(at.is_some_and(|at| at.as_str() > self.now))
     }
 
     /// Whether a rejected revision of this event said `cancelled: true`.

@@ -377,4 +377,21 @@ async fn a_poll_answer_older_than_a_push_does_not_replace_it() {
         .unwrap();
     let content: Value = serde_json::from_str(&content).unwrap();
     assert_eq!(content["energy_kw"]["kw"], 9.0, "{content}");
+    // A cancellation is applied whatever the answer's age (a push meanwhile included).
+    let mut cancel = fake.state.lock().unwrap().meter_results[0].clone();
+    cancel["timeslots"][0]["cancelled"] = json!(true);
+    fake.state.lock().unwrap().meter_results = vec![cancel];
+    let config = d.config_path();
+    let poll = std::thread::spawn(move || common::cli_with(&config, &["leap", "poll", "--json"]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut again = slot("raced", 7200, json!({}));
+    again["energy_kw"] = json!(11.0);
+    let resp = d
+        .client()
+        .post(&common::meter_notification(METER, vec![again]))
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let (code, out, err) = poll.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(timeslot_row(&d, "raced").2, "the polled cancellation holds");
 }
