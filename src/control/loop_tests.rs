@@ -254,7 +254,7 @@ async fn a_silent_device_bounds_apply_and_shutdown() {
     cc.shutdown(Duration::from_secs(1)).await;
     let took = Instant::now() - asked;
     assert!(
-        took <= Duration::from_millis(1500),
+        took <= Duration::from_secs(1) + super::loops::SHUTDOWN_MARGIN,
         "shutdown took {took:?}"
     );
 }

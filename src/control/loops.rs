@@ -104,7 +104,7 @@ pub struct ControlCommander {
 }
 
 /// Beyond a loop's own stop bound: the device call it may be in when asked to stop.
-const SHUTDOWN_MARGIN: Duration = Duration::from_secs(3);
+pub(super) const SHUTDOWN_MARGIN: Duration = Duration::from_secs(3);
 
 impl ControlCommander {
     /// Open every meter's device with `open(name, device_config)` and start its loop.
