@@ -155,9 +155,12 @@ impl ScaleFactor {
                     Some((value, all[at(self.addr)]))
                 }
                 // A device that refuses a register between the two: read them apart, from
-                // now on for this connection.
-                Err(DeviceError::Exception { .. }) => {
-                    client.note_refused_span(r.unit, lo, count);
+                // now on for this connection when the refusal is about the registers
+                // (illegal function, address or value), not a busy or absent device.
+                Err(DeviceError::Exception { code, .. }) => {
+                    if ["0x01", "0x02", "0x03"].iter().any(|c| code.starts_with(c)) {
+                        client.note_refused_span(r.unit, lo, count);
+                    }
                     None
                 }
                 Err(e) => return Err(e),

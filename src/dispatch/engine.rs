@@ -206,7 +206,7 @@ impl Dispatcher {
                 Restore::Pending(since) if since.elapsed() < RESTORE_PATIENCE => None,
                 _ => self.source.plan(now).await,
             };
-            if let Restore::Pending(_) = restore {
+            if let (Restore::Pending(_), Some(_)) = (restore, &plan) {
                 self.status.set_plan_error(Some(
                     "saved manual overrides cannot be read: dispatching without them until they can (a hold set before the restart is not in force; `leap-edge override` sets one again)".into(),
                 ));

@@ -215,13 +215,13 @@ impl MeterState {
 #[path = "meter_tests.rs"]
 mod tests;
 
-/// A timeslot stored well before the change that made it govern mid-way (the one above it
-/// cancelled or re-prioritised): late only from that change, not from its own start. One
-/// that arrived in this change is late from its start, so Leap's lateness shows.
+/// A timeslot known before its own start that comes to govern mid-way on a change (the
+/// one above it cancelled or re-prioritised): late only from that change. One that arrived
+/// after its start (pushed or found by polling late) is late from its start, so Leap's
+/// lateness shows, however long the gateway took to store and notice it.
 fn took_over(iv: &Interval, m: Moment) -> bool {
     let Wake::Change(seen) = m.wake else {
         return false;
     };
-    let known_before = |k: DateTime<Utc>| k < seen - chrono::Duration::seconds(1);
-    iv.start < seen && iv.command.known_since.is_some_and(known_before)
+    iv.start < seen && iv.command.known_since.is_some_and(|k| k <= iv.start)
 }

@@ -360,7 +360,8 @@ impl Write<'_> {
     fn count_duplicate(&self, row: i64) -> Result<(), StoreError> {
         exec(
             self.tx,
-            "UPDATE timeslots SET duplicates = duplicates + 1, last_received = ?2 WHERE rowid=?1",
+            "UPDATE timeslots SET duplicates = duplicates + 1, last_received = max(last_received, ?2)
+             WHERE rowid=?1",
             params![row, self.now],
         )?;
         Ok(())

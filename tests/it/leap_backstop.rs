@@ -395,3 +395,35 @@ async fn a_poll_answer_older_than_a_push_does_not_replace_it() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(timeslot_row(&d, "raced").2, "the polled cancellation holds");
 }
+
+/// A dispatch found by polling after its start is audited late from its start, however
+/// long Leap took to answer the search (its first-seen time is when it was asked for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_found_late_by_polling_is_audited_late_from_its_start() {
+    let fake = FakeLeap::start().await;
+    let d = Daemon::start_with(&site(&fake, ""));
+    wait_first_poll(&d).await;
+    let started = slot("missed", -30, json!({}));
+    {
+        let mut st = fake.state.lock().unwrap();
+        st.meter_results = vec![json!({"meter_id": METER, "timeslots": [started]})];
+        st.answer_delay = Some(Duration::from_secs(2));
+    }
+    let (code, out, err) = cli(&d, &["leap", "poll", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut lateness = None;
+    common::eventually(Duration::from_secs(10), || {
+        lateness = d
+            .db()
+            .query_row(
+                "SELECT lateness_ms FROM audit WHERE event_id = 'missed' AND action = 'apply'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .ok();
+        lateness.is_some()
+    })
+    .await;
+    let lateness = lateness.expect("an apply row");
+    assert!(lateness >= 30_000, "{lateness} ms");
+}
