@@ -109,7 +109,8 @@ impl DispatchStatus {
         self.inner.lock().expect("status lock").clone()
     }
 
-    pub(crate) fn set_command(&self, meter: &str, iv: Option<&Interval>) {
+    /// Change one configured meter's entry (an unknown meter is ignored).
+    fn with_meter(&self, meter: &str, f: impl FnOnce(&mut MeterDispatch)) {
         if let Some(m) = self
             .inner
             .lock()
@@ -117,32 +118,20 @@ impl DispatchStatus {
             .meters
             .get_mut(meter)
         {
-            m.command = iv.cloned();
+            f(m);
         }
+    }
+
+    pub(crate) fn set_command(&self, meter: &str, iv: Option<&Interval>) {
+        self.with_meter(meter, |m| m.command = iv.cloned());
     }
 
     pub(crate) fn set_dry_run(&self, meter: &str, iv: Option<&Interval>) {
-        if let Some(m) = self
-            .inner
-            .lock()
-            .expect("status lock")
-            .meters
-            .get_mut(meter)
-        {
-            m.dry_run = iv.cloned();
-        }
+        self.with_meter(meter, |m| m.dry_run = iv.cloned());
     }
 
     pub(crate) fn set_error(&self, meter: &str, error: Option<String>) {
-        if let Some(m) = self
-            .inner
-            .lock()
-            .expect("status lock")
-            .meters
-            .get_mut(meter)
-        {
-            m.last_error = error;
-        }
+        self.with_meter(meter, |m| m.last_error = error);
     }
 
     pub(crate) fn set_next_boundary(&self, t: Option<DateTime<Utc>>) {

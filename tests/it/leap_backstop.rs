@@ -350,18 +350,9 @@ async fn a_poll_answer_older_than_a_push_does_not_replace_it() {
     assert_eq!(timeslot_row(&d, "raced").1, 1);
     // Leap answers the next search 3 s later; a newer revision is pushed meanwhile.
     fake.state.lock().unwrap().answer_delay = Some(Duration::from_secs(3));
-    let config = d.config_path();
-    let poll = std::thread::spawn(move || common::cli_with(&config, &["leap", "poll", "--json"]));
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut newer = old;
     newer["energy_kw"] = json!(9.0);
-    let resp = d
-        .client()
-        .post(&common::meter_notification(METER, vec![newer]))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text);
-    let (code, out, err) = poll.join().unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    poll_during_push(&d, newer).await;
     assert_eq!(
         timeslot_row(&d, "raced").1,
         2,
@@ -381,19 +372,24 @@ async fn a_poll_answer_older_than_a_push_does_not_replace_it() {
     let mut cancel = fake.state.lock().unwrap().meter_results[0].clone();
     cancel["timeslots"][0]["cancelled"] = json!(true);
     fake.state.lock().unwrap().meter_results = vec![cancel];
+    let mut again = slot("raced", 7200, json!({}));
+    again["energy_kw"] = json!(11.0);
+    poll_during_push(&d, again).await;
+    assert!(timeslot_row(&d, "raced").2, "the polled cancellation holds");
+}
+
+/// `leap poll` while `pushed` is pushed one second into the (slowed) search.
+async fn poll_during_push(d: &Daemon, pushed: Value) {
     let config = d.config_path();
     let poll = std::thread::spawn(move || common::cli_with(&config, &["leap", "poll", "--json"]));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut again = slot("raced", 7200, json!({}));
-    again["energy_kw"] = json!(11.0);
     let resp = d
         .client()
-        .post(&common::meter_notification(METER, vec![again]))
+        .post(&common::meter_notification(METER, vec![pushed]))
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text);
     let (code, out, err) = poll.join().unwrap();
     assert_eq!(code, 0, "{out}{err}");
-    assert!(timeslot_row(&d, "raced").2, "the polled cancellation holds");
 }
 
 /// A dispatch found by polling after its start is audited late from its start, however

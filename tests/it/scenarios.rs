@@ -123,6 +123,14 @@ impl Site {
         self.audit()
     }
 
+    /// The lateness of `event`'s `apply` row, once it is written.
+    async fn apply_lateness_ms(&self, event: &str) -> i64 {
+        let is = |a: &Value| a["action"] == "apply" && a["event"] == event;
+        let audit = self.audit_when(|a| a.iter().any(is)).await;
+        let row = audit.iter().find(|a| is(a)).expect("an apply row");
+        row["lateness_ms"].as_i64().expect("a lateness")
+    }
+
     fn audit(&self) -> Vec<Value> {
         let conn = rusqlite::Connection::open(self.dir.path().join("leap-edge.db")).unwrap();
         let mut st = conn.prepare("SELECT meter_id, action, event_id, target, lateness_ms, detail FROM audit ORDER BY id").unwrap();
@@ -838,17 +846,8 @@ async fn a_take_over_after_a_cancellation_is_late_only_from_the_cancellation() {
     let mut cancelled = top;
     cancelled["cancelled"] = json!(true);
     s.post(meter_note(M1, vec![cancelled])).await;
-    let audit = s
-        .audit_when(|a| {
-            a.iter()
-                .any(|a| a["action"] == "apply" && a["event"] == "under")
-        })
-        .await;
-    let took = audit
-        .iter()
-        .find(|a| a["action"] == "apply" && a["event"] == "under")
-        .unwrap();
-    assert!(took["lateness_ms"].as_i64().unwrap() < 1000, "{took}");
+    let took = s.apply_lateness_ms("under").await;
+    assert!(took < 1000, "{took} ms");
     // Arriving 2.5 s after its start: late from its start.
     let late = slot(
         "late",
@@ -858,16 +857,7 @@ async fn a_take_over_after_a_cancellation_is_late_only_from_the_cancellation() {
         json!({"priority": 1}),
     );
     s.post(meter_note(M2, vec![late])).await;
-    let audit = s
-        .audit_when(|a| {
-            a.iter()
-                .any(|a| a["action"] == "apply" && a["event"] == "late")
-        })
-        .await;
-    let late = audit
-        .iter()
-        .find(|a| a["action"] == "apply" && a["event"] == "late")
-        .unwrap();
-    assert!(late["lateness_ms"].as_i64().unwrap() >= 2000, "{late}");
+    let late = s.apply_lateness_ms("late").await;
+    assert!(late >= 2000, "{late} ms");
     s.stop().await;
 }
