@@ -218,7 +218,8 @@ mod tests;
 /// A timeslot known before its own start that comes to govern mid-way on a change (the
 /// one above it cancelled or re-prioritised): late only from that change. One that arrived
 /// after its start (pushed or found by polling late) is late from its start, so Leap's
-/// lateness shows, however long the gateway took to store and notice it.
+/// lateness shows, however long the gateway took to store and notice it (SPEC §2.6 audit
+/// truth, §2.8 governing timeslot; a project decision where Leap is silent, README).
 fn took_over(iv: &Interval, m: Moment) -> bool {
     let Wake::Change(seen) = m.wake else {
         return false;

@@ -245,8 +245,8 @@ fn upsert(
         w.count_duplicate(e.row)?;
         return Ok(SlotResult::Duplicate);
     }
-    // A poll answer asked for before the stored revision was received (a push meanwhile)
-    // is older than it: it must not replace it until the next poll. A cancellation is
+    // SPEC §2.14: a poll answer asked for before the stored revision was received (a push
+    // meanwhile) is older than it: it must not replace it until the next poll. A cancellation is
     // applied whatever its age (SPEC §2.4, §2.13: it is final anyway).
     if source == Source::Poll && !slot.cancelled && w.revised_after(e.row, e.revisions)? {
         return Ok(SlotResult::Duplicate);
