@@ -133,6 +133,8 @@ pub struct Dispatcher {
     import_margin_kw: f64,
     /// Called once per loop turn (systemd watchdog).
     heartbeat: Box<dyn Fn() + Send + Sync>,
+    /// Per meter, its last device call if it may still be waiting for the device.
+    inflight: BTreeMap<String, tokio::task::JoinHandle<()>>,
 }
 
 impl Dispatcher {
@@ -163,6 +165,7 @@ impl Dispatcher {
             overrides: Arc::new(Overrides::default()),
             import_margin_kw: config.site.import_margin_kw,
             heartbeat: Box::new(|| {}),
+            inflight: BTreeMap::new(),
         }
     }
 
@@ -332,11 +335,10 @@ impl Dispatcher {
     }
 
     /// One wake-up: every meter's decision first (with the audit rows it owes before any
-    /// device is called), then the device calls, then what they did.
+    /// device is called), then the device calls, answered in the background.
     async fn turn(&mut self, plan: &Plan, m: Moment) {
         let steps = self.decide(plan, m).await;
-        let results = self.hand_over(&steps).await;
-        self.settle(steps, results, m).await;
+        self.hand_over(steps, m);
     }
 
     /// Each meter's step, from its plan interval and its override; the rows due before the
@@ -371,26 +373,6 @@ impl Dispatcher {
         steps
     }
 
-    /// What the device calls did: each meter's new state, its audit row, its status.
-    async fn settle(
-        &mut self,
-        steps: Vec<(String, Step)>,
-        results: Vec<Result<(), CommandError>>,
-        m: Moment,
-    ) {
-        for ((meter, step), result) in steps.into_iter().zip(results) {
-            let shown = match &step {
-                Step::Apply { iv, .. } => Some(iv.clone()),
-                Step::Release { .. } | Step::Extend { .. } => None,
-            };
-            let state = self.meters.get_mut(&meter);
-            if let Some(row) = state.and_then(|s| s.settle(step, result)) {
-                self.audit.write(&meter, row, m).await;
-            }
-            self.status.set_command(&meter, shown.as_ref());
-        }
-    }
-
     /// No plan could be read: every command keeps running, but none past the end of its
     /// interval (SPEC §2.10), whatever the store does.
     async fn release_ended(&mut self, m: Moment) {
@@ -406,42 +388,52 @@ impl Dispatcher {
             meters = steps.len(),
             "no plan: releasing the commands whose interval has ended"
         );
-        let results = self.hand_over(&steps).await;
-        self.settle(steps, results, m).await;
+        self.hand_over(steps, m);
     }
 
-    /// Every meter is handed its command at once: a device slow to answer (the
-    /// commander waits up to its apply timeout) must not delay another meter's boundary.
-    async fn hand_over(&self, steps: &[(String, Step)]) -> Vec<Result<(), CommandError>> {
-        let calls: Vec<_> = steps
-            .iter()
-            .map(|(meter, step)| {
-                let (commander, meter, step) =
-                    (self.commander.clone(), meter.clone(), step.clone());
-                tokio::spawn(async move {
-                    match &step {
-                        Step::Apply { iv, .. } => commander.apply(&meter, &iv.command).await,
-                        Step::Release { .. } => commander.release(&meter).await,
-                        Step::Extend { .. } => Ok(()),
-                    }
-                })
-            })
-            .collect();
-        let mut results = Vec::with_capacity(calls.len());
-        for ((meter, _), call) in steps.iter().zip(calls) {
-            results.push(call.await.unwrap_or_else(|e| {
-                Err(CommandError::Device {
-                    meter: meter.clone(),
-                    device: "?".into(),
-                    reason: format!("command task failed: {e}"),
-                })
-            }));
+    /// Every meter is handed its command at once, and the loop goes on: a device slow to
+    /// answer (the commander waits up to its apply timeout) must delay neither another
+    /// meter's boundary nor its own next one. The meter's state and `status` change now;
+    /// its audit row waits for the device's answer. A meter's calls stay in order: each
+    /// waits for the one before it.
+    fn hand_over(&mut self, steps: Vec<(String, Step)>, m: Moment) {
+        for (meter, step) in steps {
+            let Some(state) = self.meters.get_mut(&meter) else {
+                continue;
+            };
+            let shown = match &step {
+                Step::Apply { iv, .. } => Some(iv.clone()),
+                Step::Release { .. } | Step::Extend { .. } => None,
+            };
+            self.status.set_command(&meter, shown.as_ref());
+            let call = device_call(self.commander.clone(), meter.clone(), step.clone());
+            let row = state.settle(step);
+            let before = self.inflight.remove(&meter);
+            let (audit, name) = (self.audit.clone(), meter.clone());
+            let task = tokio::spawn(async move {
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
+                let result = call.await;
+                if let Some(row) = row {
+                    audit.write(&name, Record { result, ..row }, m).await;
+                }
+            });
+            self.inflight.insert(meter, task);
         }
-        results
+    }
+
+    /// The device calls still being answered, awaited (each is bounded by the commander's
+    /// apply timeout): at shutdown the release must come after them, not before.
+    async fn answered(&mut self) {
+        for (_, task) in std::mem::take(&mut self.inflight) {
+            let _ = task.await;
+        }
     }
 
     /// SPEC §2.10: normal operation is restored on shutdown.
     async fn release_all(&mut self) {
+        self.answered().await;
         let m = Moment {
             now: self.clock.now(),
             wake: Wake::Shutdown,
@@ -458,4 +450,28 @@ impl Dispatcher {
             self.audit.write(meter, row, m).await;
         }
     }
+}
+
+/// `step`'s call to the device, on its own task: a commander that panics is an error in
+/// the audit row, not a lost row.
+async fn device_call(
+    commander: Arc<dyn Commander>,
+    meter: String,
+    step: Step,
+) -> Result<(), CommandError> {
+    let name = meter.clone();
+    let call = tokio::spawn(async move {
+        match &step {
+            Step::Apply { iv, .. } => commander.apply(&meter, &iv.command).await,
+            Step::Release { .. } => commander.release(&meter).await,
+            Step::Extend { .. } => Ok(()),
+        }
+    });
+    call.await.unwrap_or_else(|e| {
+        Err(CommandError::Device {
+            meter: name,
+            device: "?".into(),
+            reason: format!("command task failed: {e}"),
+        })
+    })
 }

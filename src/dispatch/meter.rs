@@ -2,7 +2,6 @@
 //! since the last one (extend, apply, release), what a dry-run would have done, and the
 //! audit rows that follow. No I/O here: the engine calls the device and writes the rows.
 
-use super::CommandError;
 use super::overrides::Resolution;
 use super::record::{Moment, Record};
 use super::status::Wake;
@@ -153,12 +152,10 @@ impl MeterState {
         }
     }
 
-    /// After the device was called for `step`: the new state, and the audit row.
-    pub(crate) fn settle(
-        &mut self,
-        step: Step,
-        result: Result<(), CommandError>,
-    ) -> Option<Record> {
+    /// `step` handed to the device: the new state, and the audit row it owes. The row's
+    /// result is the device's answer, which the engine fills in when it comes (a slow device
+    /// must not hold the state, or the next boundary, until then).
+    pub(crate) fn settle(&mut self, step: Step) -> Option<Record> {
         match step {
             Step::Extend { .. } => None,
             Step::Apply {
@@ -175,22 +172,13 @@ impl MeterState {
                     end: iv.end,
                 });
                 Some(Record {
-                    action,
-                    command: Some(iv.command),
-                    boundary,
-                    result,
                     detail: resumed,
+                    ..Record::ok(action, Some(iv.command), boundary)
                 })
             }
             Step::Release { prev, boundary } => {
                 self.applied = None;
-                Some(Record {
-                    action: Action::Release,
-                    command: prev,
-                    boundary,
-                    result,
-                    detail: None,
-                })
+                Some(Record::ok(Action::Release, prev, boundary))
             }
         }
     }

@@ -32,7 +32,7 @@ fn applied(state: &mut MeterState, iv: &Interval) {
     let m = at(0, Wake::Boundary(iv.start));
     let step = plain(state, Some(iv.clone()), m).step.expect("a step");
     assert!(matches!(step, Step::Apply { .. }), "{step:?}");
-    state.settle(step, Ok(()));
+    state.settle(step);
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn the_end_of_the_interval_releases_at_its_end() {
             boundary: t(600)
         })
     );
-    let row = s.settle(step.unwrap(), Ok(())).expect("a release row");
+    let row = s.settle(step.unwrap()).expect("a release row");
     assert_eq!((row.action, row.boundary), (Action::Release, t(600)));
     assert_eq!(s.take_applied(), None);
 }
@@ -137,7 +137,7 @@ fn an_override_displaces_the_dispatch_which_then_resumes() {
     assert_eq!(turn.rows.len(), 1);
     assert_eq!(turn.rows[0].action, Action::Overridden);
     let step = turn.step.expect("the override's command");
-    s.settle(step, Ok(()));
+    s.settle(step);
     // The override expired: the Leap dispatch governs again, audited as resumed from now.
     let m = at(101, Wake::Boundary(t(100)));
     let step = plain(&mut s, Some(leap), m).step;
@@ -150,7 +150,7 @@ fn an_override_displaces_the_dispatch_which_then_resumes() {
         ),
         other => panic!("{other:?}"),
     }
-    let row = s.settle(step.unwrap(), Ok(())).expect("a row");
+    let row = s.settle(step.unwrap()).expect("a row");
     assert_eq!(row.action, Action::Resumed);
 }
 

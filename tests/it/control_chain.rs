@@ -91,3 +91,96 @@ async fn a_dispatch_reaches_the_inverter_registers_and_is_handed_back_at_the_end
     running.stop().await;
     cc.shutdown(std::time::Duration::from_secs(3)).await;
 }
+
+/// Act on time with two meters: one device that never answers holds its own call for the
+/// commander's 2 s apply timeout, but not the other meter's boundary 0.6 s later. Before,
+/// the dispatch loop waited for every call of a turn, so the second meter started ~1.4 s
+/// late. The silent device's call is still audited, as an error.
+#[tokio::test]
+async fn a_silent_device_does_not_delay_another_meters_boundary() {
+    const M2: &str = "5b0c1e47-22c4-4b1b-9d0e-6f3b7c1a9e11";
+    let (silent, sim) = (
+        device_common::start_sim().await,
+        device_common::start_sim().await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cert = common::write_cert(dir.path());
+    let device = |name: &str, port: u16| {
+        format!(
+            "[devices.{name}]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 10\n"
+        )
+    };
+    let tail = format!(
+        "[site]\ncontrol_period_ms = 500\n\
+         [[meters]]\nid = \"{M1}\"\ndevice = \"silent\"\n\
+         [[meters]]\nid = \"{M2}\"\ndevice = \"sim\"\n{}{}",
+        device("silent", silent.local_addr().port()),
+        device("sim", sim.local_addr().port()),
+    );
+    common::TestConfig {
+        tail,
+        ..Default::default()
+    }
+    .write(dir.path());
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
+    let status = cc.status();
+    let parts = Parts {
+        commander: cc.clone(),
+        clock: Arc::new(SystemClock),
+        live: Arc::new(move || status.snapshot()),
+    };
+    let running = daemon::start(config, parts).await.unwrap();
+    let client = common::Client::new(running.addr, cert);
+    // Both devices bound and idle before the device goes silent.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    silent.set_fault(leap_edge::sim::Fault::Silent);
+
+    let first = Utc::now() + Duration::milliseconds(2000);
+    let second = first + Duration::milliseconds(600);
+    let slot = |meter: &str, id: &str, start: DateTime<Utc>| {
+        json!({"meter_id": meter, "timeslots": [{
+            "meter_event_id": id, "start_time": ts(start), "end_time": ts(start + Duration::seconds(6)),
+            "cancelled": false, "energy_kw": 10.0, "performance_compensation_cap": "up-to-site-load",
+            "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"]}]})
+    };
+    let body = json!({"integration_test_notification": false, "communication_test": false,
+        "meter_dispatches": [slot(M1, "silent-1", first), slot(M2, "on-time-1", second)]});
+    let r = client.post(&body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let remote = || sim.point(124, "StorCtl_Mod") == Some(3.0);
+    let reached = device_common::eventually(
+        (second + Duration::seconds(4) - Utc::now())
+            .to_std()
+            .unwrap(),
+        remote,
+    )
+    .await;
+    let late = Utc::now() - second;
+    assert!(reached, "the second meter never got its command");
+    eprintln!(
+        "TWO METERS: second meter's setpoint {} ms after its start",
+        late.num_milliseconds()
+    );
+    assert!(
+        late < Duration::milliseconds(700),
+        "the second meter waited for the silent device: {late}"
+    );
+    let db = rusqlite::Connection::open(dir.path().join("leap-edge.db")).unwrap();
+    let error = || {
+        db.query_row(
+            "SELECT error FROM audit WHERE event_id = 'silent-1' AND action = 'apply'",
+            [],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .ok()
+        .flatten()
+    };
+    assert!(
+        device_common::eventually(std::time::Duration::from_secs(5), || error().is_some()).await,
+        "the silent device's apply was not audited as an error"
+    );
+    running.stop().await;
+    cc.shutdown(std::time::Duration::from_secs(3)).await;
+}
