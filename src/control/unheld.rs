@@ -6,7 +6,8 @@
 //!   (the inverter's AC output, 701/103 W) is battery *plus* PV while a storage command
 //!   (124) sets the battery alone: the PV is counted as load and exported for the whole
 //!   event (on the simulator, 9.5 kW of 10 kW PV);
-//! - a device that does not follow its setpoint down.
+//! - a device that does not follow its setpoint down, or keeps discharging when the law
+//!   asks it to charge (PV beyond the load).
 //!
 //! Telling the PV from a battery that lags needs the battery's own power, which the
 //! reading is not; an estimate from these readings alone was tried and ran away behind
@@ -82,10 +83,13 @@ impl UnheldSetpoint {
             self.run = None;
             return None;
         };
-        let excess = r - w;
-        let over = excess > OVER_KW.max(OVER_SHARE * w.abs());
+        // Under a charge setpoint only a discharge is the battery's own export: a charge
+        // it takes only part of is the site's generation.
+        let held = w.max(0.0);
+        let excess = r - held;
+        let over = excess > OVER_KW.max(OVER_SHARE * held);
         let exporting = o.floor_kw - g > EXPORT_KW;
-        if !(w >= 0.0 && over && exporting) {
+        if !(over && exporting) {
             self.run = None;
             return None;
         }
@@ -185,6 +189,24 @@ mod tests {
             found = found.or(u.observe(&seen(w, w + 10.0, -9.5), at(t0, s)));
         }
         assert!(found.is_some());
+    }
+
+    /// PV beyond the load: the law asks for a charge, the device stays at its discharge
+    /// and the site exports its 19.5 kW on top of the PV. Before, a charge setpoint was
+    /// never checked, so this exported for the rest of the event.
+    #[test]
+    fn a_discharge_kept_under_a_charge_setpoint_is_found() {
+        let t0 = Instant::now();
+        let mut u = UnheldSetpoint::default();
+        let mut found = None;
+        for s in 0..6 {
+            found = found.or(u.observe(&seen(-10.5, 19.5, -29.5), at(t0, s)));
+        }
+        let why = found.expect("found");
+        assert!(
+            why.contains("19.5 kW against its setpoint -10.5 kW"),
+            "{why}"
+        );
     }
 
     #[test]
