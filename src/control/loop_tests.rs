@@ -277,3 +277,39 @@ async fn at_start_the_loop_waits_for_dispatch_before_releasing() {
     sleep(crate::control::meter_loop::STARTUP_HOLD + Duration::from_secs(2)).await;
     assert!(!st2.lock().unwrap().releases().is_empty(), "never released");
 }
+
+/// A release asked of a battery already handed back is done, even while its readings
+/// fail: dispatch's `release` row must not say the device did not take it.
+#[tokio::test(start_paused = true)]
+async fn releasing_a_battery_already_handed_back_succeeds_while_reads_fail() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    cc.release(METER).await.unwrap();
+    st.lock().unwrap().down = true;
+    sleep(Duration::from_secs(3)).await;
+    cc.release(METER).await.expect("already released");
+    let m = cc.status().meter(METER).unwrap();
+    assert!(m.consecutive_errors > 0, "the failing reads no longer show");
+}
+
+/// What limited one event's setpoint is not shown (or audited as `limited`) for the next:
+/// here the next event's readings fail, so nothing has been decided for it.
+#[tokio::test(start_paused = true)]
+async fn a_new_event_does_not_inherit_the_last_decision_or_blindness() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    sleep(Duration::from_secs(2)).await;
+    assert!(cc.status().meter(METER).unwrap().last_decision.is_some());
+    st.lock().unwrap().down = true;
+    let _ = cc.apply(METER, &command(12.0)).await;
+    let m = cc.status().meter(METER).unwrap();
+    assert!(m.last_decision.is_none(), "{:?}", m.last_decision);
+    assert_eq!(m.blind_total, 1);
+    let next = Command::award("ev-2", 10.0, t0() + chrono::Duration::hours(1));
+    let _ = cc.apply(METER, &next).await;
+    let m = cc.status().meter(METER).unwrap();
+    assert_eq!(
+        m.blind_total, 2,
+        "the next event got no blind row of its own"
+    );
+}

@@ -4,7 +4,7 @@
 //! not change is still re-written before the device's reversion timeout (SPEC §2.10).
 
 use super::frozen::FrozenMeter;
-use super::law::{Decision, Flags, Limits, allowed_export_kw, decide, grid_floor_kw};
+use super::law::{Decision, Flags, Limits, decide, grid_floor_kw};
 use super::sanity::{blind_reason, recordable, stale_reason};
 use super::status::{CommandSummary, ControlEvent, MeterStatus};
 use super::unheld::{Observed, UnheldSetpoint};
@@ -182,9 +182,22 @@ impl MeterLoop {
                 "control: following command"
             );
         }
-        if req.desired == Desired::Normal {
-            // Blindness is about a command's needs; normal operation needs no readings.
-            self.lock().blind = None;
+        let event = |d: &Desired| match d {
+            Desired::Follow(c) => Some(format!("{}/{}", c.kind.as_str(), c.event_id)),
+            Desired::Normal => None,
+        };
+        let other_event = event(&req.desired) != event(&self.desired);
+        {
+            let mut st = self.lock();
+            // Blindness is about a command's needs: normal operation needs no readings,
+            // and another event gets its own `blind` row if the readings are still bad.
+            if req.desired == Desired::Normal || other_event {
+                st.blind = None;
+                st.blind_since = None;
+            }
+            // What limited the last command is not this one's (status, `limited` rows).
+            st.last_decision = None;
+            st.last_decision_at = None;
         }
         self.desired = req.desired;
         self.pending = Some(req.seq);
@@ -193,10 +206,7 @@ impl MeterLoop {
         self.last_flags = Flags::default();
         self.last_read = None;
         self.frozen.reset();
-        self.unheld.start(match &self.desired {
-            Desired::Follow(c) => Some(format!("{}/{}", c.kind.as_str(), c.event_id)),
-            Desired::Normal => None,
-        });
+        self.unheld.start(event(&self.desired));
         self.lock().command = summary;
     }
 
@@ -208,6 +218,9 @@ impl MeterLoop {
         let waiting = self
             .awaiting_first
             .is_some_and(|t| t.elapsed() < STARTUP_HOLD);
+        // A release asked of a battery already handed back (blind, refused, or never
+        // taken) is done, whatever this period's reading does: that shows in status.
+        let done = self.released && self.desired == Desired::Normal;
         let result = match self.desired.clone() {
             Desired::Normal if waiting => self.observe().await,
             Desired::Normal => self.ensure_released().await,
@@ -219,7 +232,11 @@ impl MeterLoop {
             Err(e) => self.note_error(e),
         }
         if let Some(seq) = self.pending.take() {
-            let result = result.map_err(|e| e.to_string());
+            let result = if done {
+                Ok(())
+            } else {
+                result.map_err(|e| e.to_string())
+            };
             self.ch.outcomes.send_replace(Outcome { seq, result });
         }
     }
@@ -396,6 +413,9 @@ impl MeterLoop {
                 st.blind_total += 1;
             }
             st.blind = Some(why.clone());
+            // The setpoint decided before is not what the battery does now.
+            st.last_decision = None;
+            st.last_decision_at = None;
             first
         };
         if first {
@@ -506,13 +526,9 @@ impl MeterLoop {
             return None;
         }
         let now = Instant::now();
-        // The site meter is needed under a no-export bound.
-        let frozen = if allowed_export_kw(cmd) == 0.0 {
-            self.frozen.observe(tel.grid_kw, tel.battery_kw, now)
-        } else {
-            self.frozen.reset();
-            None
-        };
+        // The site meter is needed under every cap: an export permit is kept by it too
+        // (`sanity.rs`), and a meter frozen at an import lets the law discharge past it.
+        let frozen = self.frozen.observe(tel.grid_kw, tel.battery_kw, now);
         let seen = Observed {
             written_kw: self.last_write.as_ref().map(|w| w.setpoint_kw),
             reading_kw: tel.battery_kw,
