@@ -138,24 +138,26 @@ impl ModbusBattery {
         })
     }
 
+    /// SPEC §2.13: a release must not wait for a rebinding (discovery and every point)
+    /// that the fault it answers can fail slowly, one timeout per dead point: once the
+    /// device was bound, its release registers are known. Before that, the binding's; and
+    /// when it fails or fits no control method, every control method's.
     pub(crate) async fn release_control(&mut self) -> Result<(), DeviceError> {
-        let leave = match self.bind().await {
-            Ok(b) => match &b.control {
-                Ok(c) => c.leave.clone(),
-                Err(reason) => {
-                    let reason = reason.clone();
-                    return Err(self.profile_err(format!("cannot release the battery: {reason}")));
+        let leave = match self.last_leave.clone() {
+            Some(leave) => leave,
+            None => match self.bind().await.map(|b| {
+                b.control
+                    .as_ref()
+                    .map(|c| c.leave.clone())
+                    .map_err(Clone::clone)
+            }) {
+                Ok(Ok(leave)) => leave,
+                Ok(Err(reason)) => {
+                    tracing::warn!(device = %self.name, %reason,
+                        "no control method fits, releasing through every control method's release registers");
+                    self.leave_registers().await?
                 }
-            },
-            // A meter point that stopped answering fails the binding; the control
-            // registers are what matters now (SPEC §2.13).
-            Err(e) => match self.last_leave.clone() {
-                Some(leave) => {
-                    tracing::warn!(device = %self.name, error = %e,
-                        "binding failed, releasing through the last known control registers");
-                    leave
-                }
-                None => {
+                Err(e) => {
                     tracing::warn!(device = %self.name, error = %e,
                         "binding failed, releasing through every control method's release registers");
                     self.leave_registers().await?
