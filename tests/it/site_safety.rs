@@ -46,6 +46,16 @@ async fn site(sim_cfg: SimConfig, site_extra: &str) -> Site {
 }
 
 async fn site_with(sim_cfg: SimConfig, site_extra: &str, second: Option<SimConfig>) -> Site {
+    site_timed(sim_cfg, site_extra, second, (PERIOD_MS, 200)).await
+}
+
+/// `(control_period_ms, timeout_ms)` as given.
+async fn site_timed(
+    sim_cfg: SimConfig,
+    site_extra: &str,
+    second: Option<SimConfig>,
+    (period_ms, timeout_ms): (i64, u64),
+) -> Site {
     let sim = device_common::start_sim_with(sim_cfg, SimOptions::default()).await;
     let sim2 = match second {
         Some(c) => Some(device_common::start_sim_with(c, SimOptions::default()).await),
@@ -54,8 +64,8 @@ async fn site_with(sim_cfg: SimConfig, site_extra: &str, second: Option<SimConfi
     let dir = tempfile::tempdir().unwrap();
     let cert = common::write_cert(dir.path());
     let mut tail = format!(
-        "[site]\ncontrol_period_ms = {PERIOD_MS}\n{site_extra}\n\
-         [[meters]]\nid = \"{M1}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 30\ntimeout_ms = 200\n",
+        "[site]\ncontrol_period_ms = {period_ms}\n{site_extra}\n\
+         [[meters]]\nid = \"{M1}\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\nreversion_secs = 30\ntimeout_ms = {timeout_ms}\n",
         port = sim.local_addr().port(),
     );
     if let Some(s2) = &sim2 {
@@ -394,6 +404,48 @@ async fn a_meter_that_times_out_hands_the_battery_back() {
     assert_eq!(meter_fault_mid_event(MeterFault::Timeout).await, 0.0);
 }
 
+/// With the shipped timing (a 1 s period and a 1 s Modbus timeout) a meter that stops
+/// answering is handed back after one period and one timeout. Before, the release rebound
+/// the device first (the timeout had dropped the connection), read the dead meter point
+/// again and waited out a second timeout: about 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_meter_is_handed_back_without_waiting_a_second_timeout() {
+    let s = site_timed(
+        device_common::sim_cfg(),
+        "service_kw = 100",
+        None,
+        (1000, 1000),
+    )
+    .await;
+    s.award(
+        "blind-2",
+        10.0,
+        Utc::now() + Duration::milliseconds(1000),
+        60,
+    )
+    .await;
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            s.sim.snapshot().mode == Mode::Remote124
+        })
+        .await
+    );
+    s.sim.set_meter_fault(Some(MeterFault::Timeout));
+    let at = Instant::now();
+    let back = device_common::eventually(StdDuration::from_secs(6), || {
+        s.sim.snapshot().mode == Mode::Normal
+    })
+    .await;
+    let took = at.elapsed();
+    eprintln!(
+        "SILENT METER: handed back {} ms after the fault",
+        took.as_millis()
+    );
+    assert!(back, "never handed back");
+    assert!(took < StdDuration::from_millis(2500), "{took:?}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_meter_register_hands_the_battery_back() {
     // 32 767 W·10: a stuck i16 with scale factor 1 on a 100 kW service.
@@ -556,6 +608,36 @@ async fn scenarios_1_and_2_back_to_back_awards_on_the_registers() {
         assert_ne!(x.mode, Mode::Normal, "normal at the seam: {x:?}");
     }
     normal(&rec, t(base, 6000 + PERIOD_MS + 500), t(base, 8000));
+    s.stop().await;
+}
+
+/// The frozen meter under an export permit: the law reads 20 kW of import that is not
+/// there and discharges to the battery's maximum, far past the 5 kW permit. Before, the
+/// frozen check ran only under a no-export bound, so this was never handed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_frozen_under_an_export_permit_hands_the_battery_back() {
+    let cfg = SimConfig {
+        normal: leap_edge::config::NormalMode::Idle,
+        ..device_common::sim_cfg()
+    };
+    let s = site(cfg, "service_kw = 100\nexport_limit_kw = 5").await;
+    s.sim.set_meter_fault(Some(MeterFault::Value(20.0)));
+    s.sim.set_load(Some(5.0));
+    let start = Utc::now() + Duration::milliseconds(1000);
+    s.send(vec![slot_json(
+        "frozen-permit",
+        start,
+        t(start, 30_000),
+        json!({"energy_kw": null, "performance_compensation_cap": "grid-exports-allowed"}),
+    )])
+    .await;
+    let handed_back = device_common::eventually(StdDuration::from_secs(9), || {
+        s.sim.snapshot().mode == Mode::Normal && Utc::now() > start + Duration::seconds(2)
+    })
+    .await;
+    assert!(handed_back, "not handed back: {:?}", s.sim.snapshot());
+    let blind = s.cc.status().meter(M1).unwrap().blind.expect("blind");
+    assert!(blind.contains("exactly 20.000 kW"), "{blind}");
     s.stop().await;
 }
 
