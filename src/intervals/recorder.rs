@@ -183,12 +183,17 @@ impl Recorder {
     /// The wall clock stepped (or cannot be trusted across a restart): what the counters did
     /// since the last reading cannot be placed in time. The open interval gets no counter
     /// energy (a metered one becomes a gap) and nothing is bridged or held across the step;
-    /// readings are placed by the clock from here on.
+    /// readings are placed by the clock from here on. Its power estimate starts again too:
+    /// after a step back the same quarter hour is lived twice, and the readings from before
+    /// the step would be counted beside those after it (133 % of an interval, as complete).
+    /// So an estimated interval keeps only the readings after the step: too few (a gap),
+    /// unless the clock went back before its start and it is lived again whole.
     pub(crate) fn clock_stepped(&mut self) {
         if let Some(cur) = self.open.as_mut() {
-            cur.last = None;
-            cur.imp_start = None;
-            cur.exp_start = None;
+            *cur = Acc {
+                metered: cur.metered,
+                ..Acc::new(cur.start)
+            };
         }
     }
 

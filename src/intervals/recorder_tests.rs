@@ -184,3 +184,35 @@ fn a_clock_step_back_leaves_a_gap_not_misplaced_energy() {
     let next = at(&after, 900).expect("the next interval is exact");
     assert!((next.import_wh - 1000.0).abs() < 1e-6, "{next:?}");
 }
+
+/// The same without counters (an estimated interval): before, a step back of 300 s at
+/// 600 s into the interval integrated 600 s before it and 900 s after, and the interval
+/// went out complete with 1.67 kWh of a 1 kWh quarter hour. Now only the readings after
+/// the step count: a gap here. A step back past the interval's start lives it again whole,
+/// and then only the readings after the step are in it.
+#[test]
+fn a_clock_step_back_does_not_count_estimated_time_twice() {
+    let s = |wall_s: i64| sample(T0 + wall_s * 1000, 4.0, false);
+    let record = |back_s: i64| {
+        let mut r = Recorder::default();
+        let mut done = Vec::new();
+        for t in -5..600 {
+            done.extend(r.push(s(t)));
+        }
+        r.clock_stepped();
+        for t in 600..2102 {
+            done.extend(r.push(s(t - back_s)));
+        }
+        done
+    };
+    let at = |done: &[Acc], start: i64| {
+        done.iter()
+            .find(|a| a.start == T0 / 1000 + start)
+            .and_then(Acc::energy)
+    };
+    assert_eq!(at(&record(300), 0), None, "the stepped interval is a gap");
+    let next = at(&record(300), 900).expect("the next interval is complete");
+    assert!((next.import_wh - 1000.0).abs() < 1e-6, "{next:?}");
+    let again = at(&record(700), 0).expect("lived again whole");
+    assert!((again.import_wh - 1000.0).abs() < 1e-6, "{again:?}");
+}
