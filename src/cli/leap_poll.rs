@@ -98,6 +98,15 @@ fn print(r: &PollReport, json: bool) -> anyhow::Result<()> {
     for id in &r.new_event_ids {
         crate::outln!("  first seen by polling: {id}");
     }
+    for why in &r.skipped_entries {
+        crate::outln!(
+            "{}",
+            super::output::alarm(&format!(
+                "left out, not the shape of a dispatch (ask Leap about it): {}",
+                super::text::clean(why)
+            ))
+        );
+    }
     if r.new > 0 {
         crate::outln!(
             "{}",

@@ -56,6 +56,10 @@ pub(crate) struct PollReport {
     pub(crate) conflict: u32,
     pub(crate) new_event_ids: Vec<String>,
     pub(crate) market_group_ids: Vec<String>,
+    /// Search entries in a shape no notification may have (an entry-level type error),
+    /// each with why: left out, so they do not fail the other entries of their page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) skipped_entries: Vec<String>,
 }
 
 impl PollReport {
@@ -149,9 +153,10 @@ async fn search_all(
         let page = client.search::<SearchEntry>(level, &req).await?;
         report.pages += 1;
         report.results += page.results.len() as u32;
-        if !page.results.is_empty() {
+        let results = usable_entries(&targets.limits, level, page.results, report);
+        if !results.is_empty() {
             let (outcome, new_ids) =
-                store_page(store, &targets.limits, level, &page.results, asked_at).await?;
+                store_page(store, &targets.limits, level, &results, asked_at).await?;
             if outcome.changed() {
                 on_change();
             }
@@ -173,6 +178,48 @@ async fn search_all(
     }
 }
 
+/// A page's body as a push would carry it.
+fn page_body(level: Level, results: &[SearchEntry]) -> String {
+    let key = match level {
+        Level::Meter => "meter_dispatches",
+        Level::Group => "group_dispatches",
+    };
+    serde_json::json!({
+        "integration_test_notification": false,
+        "communication_test": false,
+        key: results,
+    })
+    .to_string()
+}
+
+/// The page's entries a push could carry. A push with an entry of the wrong shape is
+/// refused whole (400, and Leap's sender sees it); a page is Leap's answer for every
+/// meter, so one odd entry would hide all the others, at every poll while it is listed.
+fn usable_entries(
+    limits: &crate::config::LimitsConfig,
+    level: Level,
+    results: Vec<SearchEntry>,
+    report: &mut PollReport,
+) -> Vec<SearchEntry> {
+    let mut usable = Vec::with_capacity(results.len());
+    for (i, entry) in results.into_iter().enumerate() {
+        let one = page_body(level, std::slice::from_ref(&entry));
+        match parse_limited(one.as_bytes(), limits, Utc::now()) {
+            Ok(_) => usable.push(entry),
+            Err(e) => {
+                let why = format!(
+                    "{} search, page {} entry {i}: {e}",
+                    level.path(),
+                    report.pages
+                );
+                tracing::warn!(reason = %why, "leap poll: a search entry left out (not the shape of a dispatch)");
+                report.skipped_entries.push(why);
+            }
+        }
+    }
+    usable
+}
+
 /// One page as one notification: the same parser as a push (so every rule of SPEC §2.2
 /// applies), the same transaction, source `poll`.
 async fn store_page(
@@ -182,16 +229,7 @@ async fn store_page(
     results: &[SearchEntry],
     asked_at: chrono::DateTime<Utc>,
 ) -> Result<(IngestOutcome, Vec<String>), PollError> {
-    let key = match level {
-        Level::Meter => "meter_dispatches",
-        Level::Group => "group_dispatches",
-    };
-    let body = serde_json::json!({
-        "integration_test_notification": false,
-        "communication_test": false,
-        key: results,
-    })
-    .to_string();
+    let body = page_body(level, results);
     // A polled notification is "received" when it was asked for: the store compares that
     // with what it stored since (a push meanwhile wins over this older answer).
     let received_at = asked_at;
@@ -307,6 +345,31 @@ pub(crate) fn first_seen_by_poll(c: &rusqlite::Connection) -> Result<FirstSeen, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One entry of the wrong shape in a page (a numeric `meter_id`): left out and named;
+    /// before, the whole page failed, at every poll while Leap listed it.
+    #[test]
+    fn an_entry_of_the_wrong_shape_is_left_out_not_the_page() {
+        let entry = |v: serde_json::Value| match v {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let results = vec![
+            entry(serde_json::json!({"meter_id": 5, "timeslots": []})),
+            entry(serde_json::json!({"meter_id": "m-1", "timeslots": []})),
+        ];
+        let mut report = PollReport::default();
+        let limits = crate::config::LimitsConfig::default();
+        let usable = usable_entries(&limits, Level::Meter, results, &mut report);
+        assert_eq!(usable.len(), 1);
+        assert_eq!(usable[0]["meter_id"], "m-1");
+        assert_eq!(report.skipped_entries.len(), 1, "{report:?}");
+        assert!(
+            report.skipped_entries[0].contains("meter_id"),
+            "{:?}",
+            report.skipped_entries
+        );
+    }
 
     #[test]
     fn window_is_at_most_leaps_31_days() {
