@@ -5,7 +5,7 @@
 //! quarter hours over the previous 10 non-event days): Leap computes the settlement one.
 
 use super::db::Interval;
-use super::recorder::INTERVAL_SECS;
+use super::recorder::{INTERVAL_SECS, MIN_COVERAGE};
 use crate::model::Timeslot;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
@@ -27,7 +27,9 @@ pub struct IntervalReport {
     pub baseline_estimate_kwh: Option<f64>,
     pub export_seconds: i64,
     pub min_soc_pct: Option<f64>,
-    /// "meter", "estimated", "recording" or "gap".
+    /// "meter", "estimated", "recording", "gap", or "readings missing" (the meter's
+    /// counters give its energy, but the battery's readings cover under 95 % of it, so
+    /// what it delivered and the export seconds are short).
     pub data: &'static str,
     /// Only part of the interval lies inside the event: the interval's battery energy (all
     /// there is) then includes what the battery did outside the event.
@@ -99,16 +101,32 @@ pub(crate) fn build(i: &Input<'_>) -> EventReport {
                 .then(|| base.iter().sum::<f64>() / base.len() as f64),
             export_seconds: rec.map_or(0, |r| r.export_ms / 1000),
             min_soc_pct: rec.and_then(|r| r.min_soc_pct),
-            data: match rec {
-                Some(r) if r.open => "recording",
-                Some(r) => r.energy.map_or("gap", |e| e.source.as_str()),
-                None => "gap",
-            },
+            data: data_of(rec.copied()),
             partial: overlap < INTERVAL_SECS,
         });
         slot += INTERVAL_SECS;
     }
     summarise(i, rows, days.len())
+}
+
+/// Where an interval's figures come from, and whether they are whole.
+fn data_of(rec: Option<&Interval>) -> &'static str {
+    let whole = (MIN_COVERAGE * (INTERVAL_SECS * 1000) as f64) as i64;
+    match rec {
+        Some(r) if r.open => "recording",
+        Some(r) => match r.energy {
+            None => "gap",
+            Some(_) if r.covered_ms < whole => "readings missing",
+            Some(e) => e.source.as_str(),
+        },
+        None => "gap",
+    }
+}
+
+/// Not judged: no data, or data short of readings. An interval still recording is
+/// judged on what it has (the verdict 20 s after an event that ends mid-interval).
+fn incomplete(data: &str) -> bool {
+    matches!(data, "gap" | "readings missing")
 }
 
 /// The previous non-event days with data, newest first, at most [`BASELINE_DAYS`].
@@ -137,7 +155,7 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
         .iter()
         .filter_map(|r| r.min_soc_pct)
         .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.min(s))));
-    let gaps = rows.iter().filter(|r| r.data == "gap").count();
+    let gaps = rows.iter().filter(|r| incomplete(r.data)).count();
     let partial_intervals = rows.iter().filter(|r| r.partial).count();
     let mut report = EventReport {
         event_id: ts.event_id.clone(),
@@ -185,7 +203,7 @@ pub(crate) fn verdict(r: &EventReport) -> String {
             format!("first setpoint {l} ms late")
         });
     let gaps = if r.gaps > 0 {
-        format!(", {} interval(s) without data", r.gaps)
+        format!(", {} interval(s) without complete data", r.gaps)
     } else {
         String::new()
     };

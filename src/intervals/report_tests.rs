@@ -106,3 +106,33 @@ fn baseline_is_the_mean_of_ten_previous_non_event_days_and_delivery_is_judged() 
     assert_eq!(r.gaps, 1);
     assert!(r.verdict.starts_with("INCOMPLETE DATA"), "{}", r.verdict);
 }
+
+/// The counters bridged a 5-minute outage of the readings: the site's energy is exact,
+/// but what the battery delivered is 5 minutes short. Before, that was judged (here
+/// SHORT) as if whole.
+#[test]
+fn an_interval_short_of_battery_readings_is_not_judged() {
+    let start = Utc.with_ymd_and_hms(2026, 11, 20, 17, 0, 0).unwrap();
+    let t0 = start.timestamp();
+    let mut ivs = vec![interval(t0, 1.0, 5.0), interval(t0 + 900, 1.2, 3.3)];
+    let ts = timeslot(start, 30);
+    let input = |ivs: &[Interval]| {
+        build(&Input {
+            timeslot: &ts,
+            meter_id: "m1",
+            award_kw: Some(20.0),
+            intervals: ivs,
+            event_days: &HashSet::new(),
+            first_setpoint_lateness_ms: Some(4),
+        })
+    };
+    assert!(
+        input(&ivs).verdict.starts_with("SHORT"),
+        "{}",
+        input(&ivs).verdict
+    );
+    ivs[1].covered_ms = 600_000;
+    let r = input(&ivs);
+    assert_eq!(r.intervals[1].data, "readings missing");
+    assert!(r.verdict.starts_with("INCOMPLETE DATA"), "{}", r.verdict);
+}
