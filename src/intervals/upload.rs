@@ -104,9 +104,17 @@ async fn follow_up(
         return Ok(sum);
     };
     let from = crate::store::parse_ts(&oldest)? - chrono::Duration::days(1);
-    let status = job_statuses(client, from, now).await?;
+    // A list that cannot be read (every day, for a key without that access) must not keep
+    // jobs pending for ever: their rows would never go out again, even when Leap names
+    // them missing. Jobs too old to wait for are settled as unseen all the same.
+    let status = job_statuses(client, from, now)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "upload: cannot list Leap's upload jobs; only jobs too old to wait for are settled (unseen: their rows go out again)");
+            HashMap::new()
+        });
     for (job_id, uploaded_at) in pending {
-        let Some(st) = status
+        let Some(mut st) = status
             .get(&job_id)
             .cloned()
             .or_else(|| unseen(&uploaded_at, now))
@@ -121,7 +129,10 @@ async fn follow_up(
             );
         }
         let errors = if st == "COMPLETED" || st == "FAILED" {
-            client.upload_job(&job_id).await?.errors
+            let Some(errors) = job_errors(client, &job_id, &uploaded_at, &mut st, now).await else {
+                continue;
+            };
+            errors
         } else {
             Vec::new()
         };
@@ -134,6 +145,32 @@ async fn follow_up(
         sum.rows_accepted += accepted;
     }
     Ok(sum)
+}
+
+/// A finished job's row errors. One job whose details cannot be read does not stop the
+/// others': one too old to wait for is settled as unseen (`status`; its rows go out
+/// again), a younger one is tried again next time (None).
+async fn job_errors(
+    client: &LeapClient,
+    job_id: &str,
+    uploaded_at: &str,
+    status: &mut String,
+    now: DateTime<Utc>,
+) -> Option<Vec<RowError>> {
+    match client.upload_job(job_id).await {
+        Ok(job) => Some(job.errors),
+        Err(e) => match unseen(uploaded_at, now) {
+            Some(u) => {
+                tracing::warn!(job_id, error = %e, "upload: cannot read this old job's row errors; its rows go out again");
+                *status = u;
+                Some(Vec::new())
+            }
+            None => {
+                tracing::warn!(job_id, error = %e, "upload: cannot read this job's row errors; tried again next time");
+                None
+            }
+        },
+    }
 }
 
 /// Leap's status of every upload job listed between `from` and `now`, by job id.
