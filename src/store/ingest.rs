@@ -117,8 +117,11 @@ pub(super) fn ingest(tx: &Connection, prep: &Prepared) -> Result<IngestOutcome, 
     // Rejected cancellations first (SPEC §2.4, as parse.rs orders a cancelled occurrence
     // first): the same event valid and un-cancelled in this notification is then the
     // conflict, and an identical redelivery is all duplicates instead of a new revision.
+    let mut seen_rejections = 0;
     for rej in &p.rejected {
-        record_rejected(tx, nid, &now, rej)?;
+        if record_rejected(tx, nid, &now, rej)? == Rejection::SeenBefore {
+            seen_rejections += 1;
+        }
         out.rejected += 1;
         out.rejected_reasons
             .push((rej.kind.as_str(), rej.event_id.clone(), rej.reason.clone()));
@@ -142,8 +145,9 @@ pub(super) fn ingest(tx: &Connection, prep: &Prepared) -> Result<IngestOutcome, 
         }
     }
     // A poll that found nothing new keeps no raw copy: one every few minutes would
-    // otherwise fill the retention window with repeats. Duplicates only bump counters.
-    let nothing_new = out.new + out.updated + out.conflict + out.rejected == 0;
+    // otherwise fill the retention window with repeats. Duplicates, and a timeslot Leap
+    // still lists that was rejected before in the same form, only bump counters.
+    let nothing_new = out.new + out.updated + out.conflict + out.rejected == seen_rejections;
     if rec.source == Source::Poll && nothing_new {
         return Ok(out);
     }
@@ -447,21 +451,30 @@ fn cancellation_of(
     Ok(Some(slot))
 }
 
+/// Whether a rejected timeslot was recorded before in the same form.
+#[derive(Debug, PartialEq, Eq)]
+enum Rejection {
+    New,
+    SeenBefore,
+}
+
 fn record_rejected(
     tx: &Connection,
     nid: i64,
     now: &str,
     rej: &RejectedTimeslot,
-) -> Result<(), StoreError> {
+) -> Result<Rejection, StoreError> {
     let raw = rej.raw.to_string();
     let meters =
         serde_json::to_string(&rej.meter_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    exec(
-        tx,
+    let times_seen: i64 = tx.prepare_cached(
         "INSERT INTO rejected_timeslots (kind, event_id, meter_ids, reason, raw, notification_id,
            times_seen, first_received, last_received, cancels)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8)
-         ON CONFLICT (raw) DO UPDATE SET times_seen = times_seen + 1, last_received = ?7",
+         ON CONFLICT (raw) DO UPDATE SET times_seen = times_seen + 1, last_received = ?7
+         RETURNING times_seen",
+    )?
+    .query_row(
         params![
             rej.kind.as_str(),
             rej.event_id,
@@ -472,6 +485,11 @@ fn record_rejected(
             now,
             rej.cancels && rej.event_id.is_some()
         ],
+        |r| r.get(0),
     )?;
-    Ok(())
+    Ok(if times_seen == 1 {
+        Rejection::New
+    } else {
+        Rejection::SeenBefore
+    })
 }

@@ -335,6 +335,17 @@ async fn a_poll_keeps_the_push_limits_and_tolerates_an_odd_field() {
         )
         .unwrap();
     assert_eq!(stored, 0, "a timeslot over max_timeslot_hours was stored");
+    // The second poll found nothing new: the timeslot it rejects again is the same one,
+    // so no second raw copy of the page (one every 5 minutes for as long as Leap lists it).
+    let raw: i64 = d
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM notifications WHERE source = 'poll'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(raw, 1, "a poll that found nothing new kept a raw copy");
 }
 
 /// A poll answer asked for before a push stored a newer revision is older than what is
