@@ -102,6 +102,12 @@ impl Handler {
     }
 
     async fn clear(&self, meter: Option<String>, peer: Peer) -> Response {
+        // The configured spelling: ids are matched without regard to case (as `set` does),
+        // but the overrides are kept under it.
+        let meter = meter.map(|m| {
+            let config = self.config.get();
+            config.meter(&m).map_or(m, |c| c.id.clone())
+        });
         let targets: Vec<String> = self
             .overrides
             .snapshot()
@@ -269,7 +275,8 @@ impl Handler {
                 "override {words} until {} set from the CLI",
                 until.format("%Y-%m-%d %H:%M:%S UTC")
             );
-            self.audit(id, detail, Some(words.clone()), peer).await;
+            let row = self.audit(id, detail, Some(words.clone()), peer);
+            within(expires_at, row).await;
         }
         self.changes.bump();
         Ok(Response::ok(Reply::Override(OverrideReply {
@@ -368,6 +375,21 @@ impl Handler {
         if let Err(e) = r {
             tracing::error!(meter_id = meter, error = %e, "cannot audit a manual command");
         }
+    }
+}
+
+/// Waits for an audit row at most until the CLI's `deadline`: the command is in force
+/// already, and an answer after the CLI gave up would tell the technician it was not
+/// applied (a database held by another writer keeps each row up to its busy timeout).
+async fn within(deadline: Option<DateTime<Utc>>, row: impl std::future::Future<Output = ()>) {
+    let Some(deadline) = deadline else {
+        return row.await;
+    };
+    let left = (deadline - Utc::now()).to_std().unwrap_or_default();
+    if tokio::time::timeout(left, row).await.is_err() {
+        tracing::warn!(
+            "the audit row of a manual command is still waiting for the database; answering the CLI first (the command is in force)"
+        );
     }
 }
 

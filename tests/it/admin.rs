@@ -95,11 +95,19 @@ async fn status_override_and_daemon_down() {
         assert_eq!(code, 2, "{bad:?}: {err}");
         assert!(!err.contains("bad request"), "{bad:?}: {err}");
     }
-    let (code, out, _) = d.cli(&["override", "clear"]);
+    // The id in other letters (as the CLI accepts it) clears the override; before, the
+    // daemon matched it exactly, said "no override was set", and the hold went on.
+    let upper = METER.to_uppercase();
+    let (code, out, _) = d.cli(&["override", "clear", "--meter", &upper]);
     assert_eq!(code, 0);
     assert!(out.contains("cleared 1"), "{out}");
     let s: Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
     assert!(s["meters"][0]["override"].is_null());
+    let saved: i64 = d
+        .db()
+        .query_row("SELECT COUNT(*) FROM overrides", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(saved, 0, "the saved copy outlives the clear");
 
     d.kill9();
     let (code, out, _) = d.cli(&["status"]);
@@ -319,4 +327,37 @@ async fn reloaded_retention_is_what_pruning_uses() {
         eventually(Duration::from_secs(10), || body().is_empty()).await,
         "a 10-day-old notification outlives a reloaded 5-day retention"
     );
+}
+
+/// A database held by another writer (a technician's `sqlite3` session): the override
+/// cannot be saved. What the CLI says must be what the daemon does: in force (with a
+/// warning) when it exits 0, not in force when it says "not applied". Before, the audit
+/// row waited another busy timeout after the save's, the CLI said "not applied" at 10 s
+/// and exited 1, and the override ran anyway. (Alone, this run answers at ~8 s with the
+/// override in force; beside other tests the writer's queue may make it too late, and
+/// then nothing may be in force.)
+#[test]
+fn an_override_is_in_force_exactly_when_the_cli_says_so_while_the_database_is_held() {
+    let d = Daemon::start_with(&with_meter());
+    let holder = rusqlite::Connection::open(d.db_path()).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (code, out, err) = d.cli(&["override", "hold", "--for", "5m"]);
+    holder.execute_batch("ROLLBACK").unwrap();
+    // Whatever the daemon was still doing for that request is over by then.
+    std::thread::sleep(Duration::from_secs(12));
+    let s: Value = serde_json::from_str(&d.cli(&["status", "--json"]).1).unwrap();
+    let in_force = s["meters"][0]["override"]["action"]["action"] == "hold";
+    match code {
+        0 => {
+            assert!(in_force, "answered as applied, not in force: {s:#}");
+            assert!(
+                err.contains("warning"),
+                "the failed save is not reported: {err}"
+            );
+        }
+        _ => assert!(
+            !in_force,
+            "the CLI said it was not applied ({out}{err}), but it is in force: {s:#}"
+        ),
+    }
 }
