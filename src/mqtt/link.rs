@@ -135,7 +135,9 @@ impl Link {
 
     async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut failures = 0u32;
-        while !*stop.borrow() {
+        // A stop seen once stays seen (`changed` would wait for another), and a dropped
+        // sender is a stop: the shutdown must not sit out a reconnect back-off.
+        while !*stop.borrow() && stop.has_changed().is_ok() {
             let mut opts = match self.config.options() {
                 Ok(o) => o,
                 Err(e) => {
@@ -149,7 +151,7 @@ impl Link {
             loop {
                 let ev = tokio::select! {
                     ev = events.poll() => ev,
-                    _ = stop.changed() => break,
+                    _ = stop.wait_for(|s| *s) => break,
                 };
                 match ev {
                     Ok(ev) => {
@@ -171,7 +173,7 @@ impl Link {
             *self.session.lock().expect("mqtt session") = None;
             tokio::select! {
                 _ = tokio::time::sleep(reconnect_delay(failures)) => {}
-                _ = stop.changed() => {}
+                _ = stop.wait_for(|s| *s) => {}
             }
         }
     }

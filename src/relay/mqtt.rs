@@ -201,6 +201,10 @@ fn load_seen(conn: &Connection) -> Result<std::collections::HashMap<String, Mqtt
     // An outbox not yet migrated to version 4 (a relay not restarted since) has no
     // refusal columns: read them as none.
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // Before version 2 no gateway status was recorded (no such table): none seen.
+    if version < 2 {
+        return Ok(std::collections::HashMap::new());
+    }
     let refused = if version >= 4 {
         "refused_total, last_refused_at, last_refused_error"
     } else {
@@ -413,6 +417,16 @@ mod tests {
         let bad = "[mqtt]\nurl = \"mqtt://10.0.0.1:1883\"\nclient_id = \"relay\"\n";
         let err = check(&format!("{gw}{bad}")).unwrap_err();
         assert!(err.iter().any(|e| e.starts_with("mqtt.url")), "{err:?}");
+    }
+
+    /// `relay status` on an outbox a relay has not migrated yet (the new version refused
+    /// its config, so it was not restarted): before, "no such table".
+    #[test]
+    fn an_outbox_at_version_1_has_no_gateway_status_yet() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("schema.sql")).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        assert!(load_seen(&conn).unwrap().is_empty());
     }
 
     #[test]

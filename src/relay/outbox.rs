@@ -244,11 +244,15 @@ pub(crate) fn reroute_all(
 ) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
     let mut ids: BTreeSet<i64> = {
+        // Unrouted entries count only inside the replay window too: a meter enrolled at
+        // Leap weeks before its gateway was configured must not get those weeks first.
         let mut stmt = tx.prepare(
             "SELECT notification_id FROM relay_deliveries WHERE state = 'pending'
-             UNION SELECT notification_id FROM relay_entries WHERE unrouted = 1",
+             UNION SELECT e.notification_id FROM relay_entries e
+               JOIN relay_notifications n ON n.id = e.notification_id
+               WHERE e.unrouted = 1 AND n.received_at >= ?1",
         )?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
+        let rows = stmt.query_map([ts(replay_since)], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
     ids.extend(missing_a_gateway(&tx, routes, replay_since)?);
@@ -428,12 +432,12 @@ fn set_error(tx: &Transaction, gateway: &str, error: &str, now: &str) -> Result<
 }
 
 /// Forget what is settled and older than the retention (SPEC §2.5): notifications with no
-/// pending delivery, no dead letter and no unrouted entry.
+/// pending delivery and no dead letter. An entry no gateway served is history by then (its
+/// timeslots ended long before; a reload replays only recent ones).
 pub(crate) fn prune(conn: &mut Connection, before: DateTime<Utc>) -> Result<usize, StoreError> {
     let n = conn.execute(
         "DELETE FROM relay_notifications WHERE received_at < ?1
-         AND id NOT IN (SELECT notification_id FROM relay_deliveries WHERE state != 'delivered')
-         AND id NOT IN (SELECT notification_id FROM relay_entries WHERE unrouted = 1)",
+         AND id NOT IN (SELECT notification_id FROM relay_deliveries WHERE state != 'delivered')",
         [ts(before)],
     )?;
     Ok(n)

@@ -201,6 +201,28 @@ fn a_moved_meter_is_not_sent_notifications_older_than_any_live_timeslot() {
     assert_eq!(queue(&mut c, "b"), [recent]);
 }
 
+/// The same for a meter no gateway served before (enrolled at Leap before its site was
+/// added to the relay): before, every unrouted notification was replayed, however old, and
+/// never pruned.
+#[test]
+fn a_newly_served_meter_is_not_sent_old_unrouted_notifications() {
+    let mut c = db();
+    let before = Routes::new(&[gw("a", &[])]);
+    let body =
+        |e: &str| json!({"meter_dispatches": [{"meter_id": "m", "timeslots": [{"event_id": e}]}]});
+    let mut old = incoming(body("old"));
+    old.received_at = Utc::now() - chrono::Duration::days(60);
+    commit(&mut c, &old, &before).unwrap();
+    let recent = commit(&mut c, &incoming(body("recent")), &before)
+        .unwrap()
+        .notification_id;
+    let after = Routes::new(&[gw("a", &["m"])]);
+    reroute_all(&mut c, &after, Utc::now() - chrono::Duration::days(33)).unwrap();
+    assert_eq!(queue(&mut c, "a"), [recent]);
+    let pruned = prune(&mut c, Utc::now() - chrono::Duration::days(30)).unwrap();
+    assert_eq!(pruned, 1, "the old unrouted notification is kept for ever");
+}
+
 /// SPEC §2.12 "in order": a requeued dead letter goes out with what was delivered after it,
 /// behind it, so the gateway does not end on the dead letter's older revision.
 #[test]
