@@ -58,7 +58,7 @@ pub(crate) fn for_timeslot(
             meter: Some(m.id.clone()),
         };
         let intervals = db::list(conn, &range)?;
-        let lateness = first_lateness(conn, &m.id, &ts.event_id)?;
+        let (lateness, dry_run) = first_setpoint(conn, &m.id, &ts.event_id)?;
         out.push(report::build(&Input {
             timeslot: ts,
             meter_id: &m.id,
@@ -66,6 +66,7 @@ pub(crate) fn for_timeslot(
             intervals: &intervals,
             event_days: &event_days,
             first_setpoint_lateness_ms: lateness,
+            dry_run,
         }));
     }
     Ok(out)
@@ -104,7 +105,13 @@ fn local_shares<'a>(
         .collect()
 }
 
-fn first_lateness(conn: &Connection, meter: &str, event: &str) -> Result<Option<i64>, StoreError> {
+/// The first setpoint's lateness, and whether the event was only a dry run here (SPEC
+/// §2.6: audited as would-apply, never applied): nothing was due from the battery then.
+fn first_setpoint(
+    conn: &Connection,
+    meter: &str,
+    event: &str,
+) -> Result<(Option<i64>, bool), StoreError> {
     let rows = audit::query(
         conn,
         &audit::AuditFilter {
@@ -113,11 +120,15 @@ fn first_lateness(conn: &Connection, meter: &str, event: &str) -> Result<Option<
             ..Default::default()
         },
     )?;
-    Ok(rows
+    let applied = |r: &&audit::AuditRow| r.action == "apply" || r.action == "resumed";
+    let dry_run =
+        !rows.iter().any(|r| applied(&r)) && rows.iter().any(|r| r.action == "would-apply");
+    let lateness = rows
         .iter()
         .filter(|r| r.action == "apply" || r.action == "would-apply")
         .min_by(|a, b| a.at.cmp(&b.at))
-        .and_then(|r| r.lateness_ms))
+        .and_then(|r| r.lateness_ms);
+    Ok((lateness, dry_run))
 }
 
 /// A timeslot's summary goes to the audit log this long after it ended: the readings up to

@@ -52,6 +52,8 @@ pub struct EventReport {
     pub export_seconds: i64,
     pub min_soc_pct: Option<f64>,
     pub first_setpoint_lateness_ms: Option<i64>,
+    /// A dry run here (SPEC §2.6): audited as would-apply only, so not judged.
+    pub dry_run: bool,
     pub gaps: usize,
     /// Intervals only partly inside the event (see [`IntervalReport::partial`]).
     pub partial_intervals: usize,
@@ -70,6 +72,8 @@ pub(crate) struct Input<'a> {
     /// Days (UTC) on which this meter had an event: not baseline days.
     pub(crate) event_days: &'a HashSet<NaiveDate>,
     pub(crate) first_setpoint_lateness_ms: Option<i64>,
+    /// Only audited as would-apply (a dry run under the policy): not judged.
+    pub(crate) dry_run: bool,
 }
 
 pub(crate) fn build(i: &Input<'_>) -> EventReport {
@@ -171,6 +175,7 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
         export_seconds,
         min_soc_pct: min_soc,
         first_setpoint_lateness_ms: i.first_setpoint_lateness_ms,
+        dry_run: i.dry_run,
         gaps,
         partial_intervals,
         baseline_days,
@@ -184,6 +189,9 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
 /// One line a settlement analyst can read at a glance.
 pub(crate) fn verdict(r: &EventReport) -> String {
     let outcome = match r.delivered_pct {
+        // Leap's integration tests under the default policy: the battery was not asked
+        // to move, so "MISSED" would be a false alarm in the audit log.
+        _ if r.dry_run => "DRY RUN (battery not commanded)",
         _ if r.gaps > 0 => "INCOMPLETE DATA",
         Some(p) if p >= 98.0 => "MET",
         Some(p) if p >= 80.0 => "SHORT",

@@ -64,6 +64,7 @@ fn baseline_is_the_mean_of_ten_previous_non_event_days_and_delivery_is_judged() 
         intervals: &ivs,
         event_days: &event_days,
         first_setpoint_lateness_ms: Some(4),
+        dry_run: false,
     };
     let r = build(&input);
     assert_eq!(r.baseline_days, 10);
@@ -124,6 +125,7 @@ fn an_interval_short_of_battery_readings_is_not_judged() {
             intervals: ivs,
             event_days: &HashSet::new(),
             first_setpoint_lateness_ms: Some(4),
+            dry_run: false,
         })
     };
     assert!(
@@ -135,4 +137,24 @@ fn an_interval_short_of_battery_readings_is_not_judged() {
     let r = input(&ivs);
     assert_eq!(r.intervals[1].data, "readings missing");
     assert!(r.verdict.starts_with("INCOMPLETE DATA"), "{}", r.verdict);
+}
+
+/// Leap's integration test under the default dry-run policy: the battery was never asked
+/// to move. Before, the verdict was "MISSED … 0.00 of 10.00 kWh", in the audit log too.
+#[test]
+fn a_dry_run_is_not_judged() {
+    let start = Utc.with_ymd_and_hms(2026, 11, 20, 17, 0, 0).unwrap();
+    let t0 = start.timestamp();
+    let ivs = vec![interval(t0, 1.0, 0.0), interval(t0 + 900, 1.2, 0.0)];
+    let ts = timeslot(start, 30);
+    let r = build(&Input {
+        timeslot: &ts,
+        meter_id: "m1",
+        award_kw: Some(20.0),
+        intervals: &ivs,
+        event_days: &HashSet::new(),
+        first_setpoint_lateness_ms: Some(4),
+        dry_run: true,
+    });
+    assert!(r.verdict.starts_with("DRY RUN"), "{}", r.verdict);
 }

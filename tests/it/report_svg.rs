@@ -38,6 +38,7 @@ fn event() -> EventReport {
         export_seconds: 0,
         min_soc_pct: Some(40.0),
         first_setpoint_lateness_ms: Some(3),
+        dry_run: false,
         gaps: 0,
         partial_intervals: 0,
         baseline_days: 10,
