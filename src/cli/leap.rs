@@ -53,8 +53,8 @@ pub(crate) struct TestArgs {
     /// The test timeslot starts this long from now.
     #[arg(long = "in", value_parser = duration::parse, default_value = "2m")]
     pub(crate) start_in: std::time::Duration,
-    /// energy_kw of the test timeslot.
-    #[arg(long, default_value_t = 5.0)]
+    /// energy_kw of the test timeslot (Leap's range: 0.01–100000).
+    #[arg(long, default_value_t = 5.0, value_parser = super::overrides::leap_kw)]
     pub(crate) kw: f64,
     /// Print JSON instead of text.
     #[arg(long)]

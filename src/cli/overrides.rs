@@ -120,6 +120,21 @@ pub(super) fn positive_kw(s: &str) -> Result<f64, String> {
     }
 }
 
+/// An `energy_kw` for a test timeslot, within Leap's range: outside it the daemon stores
+/// the timeslot as rejected, and the test would report a failure of the path instead.
+pub(super) fn leap_kw(s: &str) -> Result<f64, String> {
+    let range = crate::ingest::KW_RANGE;
+    match s.trim().parse::<f64>() {
+        Ok(kw) if range.contains(&kw) => Ok(kw),
+        Ok(_) => Err(format!(
+            "{s:?}: Leap's energy_kw is {}–{} kW; e.g. 5 or 2.5",
+            range.start(),
+            range.end()
+        )),
+        Err(_) => Err(format!("{s:?} is not a number of kW; e.g. 5 or 2.5")),
+    }
+}
+
 /// What the daemon would refuse anyway, said before asking it: usage errors (exit 2).
 fn check(config: &Config, c: &Common) -> Result<(), String> {
     let max = crate::dispatch::overrides::MAX_OVERRIDE_SECS;

@@ -9,7 +9,7 @@ mod timeslot;
 
 pub(crate) use bounds::BoundedError;
 pub use parse::{parse_bounded, parse_limited, parse_notification};
-pub(crate) use timeslot::RejectReason;
+pub(crate) use timeslot::{KW_RANGE, RejectReason};
 
 use crate::model::{Kind, Timeslot};
 use serde::Serialize;

@@ -80,7 +80,7 @@ pub(crate) struct EntryContext {
 }
 
 /// Leap's documented range for `energy_kw` and `nomination_kw` (SPEC §1).
-const KW_RANGE: std::ops::RangeInclusive<f64> = 0.01..=100_000.0;
+pub(crate) const KW_RANGE: std::ops::RangeInclusive<f64> = 0.01..=100_000.0;
 
 pub(crate) fn parse_timeslot(
     ctx: &EntryContext,

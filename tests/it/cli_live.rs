@@ -422,7 +422,7 @@ fn blind_on_a_terminal_is_red_and_says_whether_the_hand_back_was_confirmed() {
 #[test]
 fn send_test_refuses_nan_and_says_when_the_daemon_rejected_it() {
     let d = Daemon::start_with(&with_meter());
-    for kw in ["nan", "inf", "0"] {
+    for kw in ["nan", "inf", "0", "0.001", "200000"] {
         let (code, _, err) = d.cli(&["send-test", "--kw", kw]);
         assert_eq!(code, 2, "--kw {kw}: {err}");
         assert!(err.contains("--kw"), "{err}");
@@ -434,9 +434,12 @@ fn send_test_refuses_nan_and_says_when_the_daemon_rejected_it() {
         err.contains("REJECTED") && err.contains("leap-edge events --event send-test-"),
         "{err}"
     );
+    // A meter that is not configured here is refused before anything is posted.
+    let before = d.count("timeslots");
     let (code, _, err) = d.cli(&["send-test", "--meter", "not-a-meter"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("not-a-meter is not in [[meters]]"), "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not-a-meter"), "{err}");
+    assert_eq!(d.count("timeslots"), before, "posted anyway");
 }
 
 /// A technician's override outlives a daemon restart (a crash must not silently end a
