@@ -22,6 +22,7 @@ use crate::store::{Store, query};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 
 /// Longest sleep between wall-clock checks (also the systemd watchdog cadence).
@@ -133,8 +134,9 @@ pub struct Dispatcher {
     import_margin_kw: f64,
     /// Called once per loop turn (systemd watchdog).
     heartbeat: Box<dyn Fn() + Send + Sync>,
-    /// Per meter, its last device call if it may still be waiting for the device.
-    inflight: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    /// Per meter, its last device call if it may still be waiting for the device, and the
+    /// number of the newest step handed over (see [`Dispatcher::hand_over`]).
+    inflight: BTreeMap<String, (tokio::task::JoinHandle<()>, Arc<AtomicU64>)>,
 }
 
 impl Dispatcher {
@@ -395,7 +397,9 @@ impl Dispatcher {
     /// answer (the commander waits up to its apply timeout) must delay neither another
     /// meter's boundary nor its own next one. The meter's state and `status` change now;
     /// its audit row waits for the device's answer. A meter's calls stay in order: each
-    /// waits for the one before it.
+    /// waits for the one before it, and one that a newer step overtook while it waited is
+    /// not made at all (a burst of revisions on a slow device would otherwise queue a
+    /// 2 s call each, the newest last; one turn after the burst applies only the newest).
     fn hand_over(&mut self, steps: Vec<(String, Step)>, m: Moment) {
         for (meter, step) in steps {
             let Some(state) = self.meters.get_mut(&meter) else {
@@ -408,25 +412,33 @@ impl Dispatcher {
             self.status.set_command(&meter, shown.as_ref());
             let call = device_call(self.commander.clone(), meter.clone(), step.clone());
             let row = state.settle(step);
-            let before = self.inflight.remove(&meter);
-            let (audit, name) = (self.audit.clone(), meter.clone());
+            let (before, newest) = match self.inflight.remove(&meter) {
+                Some((task, newest)) => (Some(task), newest),
+                None => (None, Arc::new(AtomicU64::new(0))),
+            };
+            let mine = newest.fetch_add(1, Ordering::SeqCst) + 1;
+            let (audit, name, latest) = (self.audit.clone(), meter.clone(), newest.clone());
             let task = tokio::spawn(async move {
                 if let Some(before) = before {
                     let _ = before.await;
+                }
+                if latest.load(Ordering::SeqCst) != mine {
+                    tracing::debug!(meter_id = %name, "dispatch: a newer step overtook this one before the device was free; not sent");
+                    return;
                 }
                 let result = call.await;
                 if let Some(row) = row {
                     audit.write(&name, Record { result, ..row }, m).await;
                 }
             });
-            self.inflight.insert(meter, task);
+            self.inflight.insert(meter, (task, newest));
         }
     }
 
     /// The device calls still being answered, awaited (each is bounded by the commander's
     /// apply timeout): at shutdown the release must come after them, not before.
     async fn answered(&mut self) {
-        for (_, task) in std::mem::take(&mut self.inflight) {
+        for (_, (task, _)) in std::mem::take(&mut self.inflight) {
             let _ = task.await;
         }
     }

@@ -184,3 +184,83 @@ async fn a_silent_device_does_not_delay_another_meters_boundary() {
     running.stop().await;
     cc.shutdown(std::time::Duration::from_secs(3)).await;
 }
+
+/// Revisions of a running event arriving while its device is slow to answer: the device is
+/// sent the first and then the newest, not each in turn 2 s apart (the newest would then
+/// reach it last, ~8 s late). Before the loop went on without waiting for devices, one
+/// turn after the burst applied only the newest; this keeps that.
+#[tokio::test]
+async fn revisions_queued_behind_a_slow_device_send_only_the_newest() {
+    let silent = device_common::start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = common::write_cert(dir.path());
+    let tail = format!(
+        "[site]\ncontrol_period_ms = 500\n\
+         [[meters]]\nid = \"{M1}\"\ndevice = \"silent\"\n\
+         [devices.silent]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {}\nreversion_secs = 10\n",
+        silent.local_addr().port()
+    );
+    common::TestConfig {
+        tail,
+        ..Default::default()
+    }
+    .write(dir.path());
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
+    let status = cc.status();
+    let parts = Parts {
+        commander: cc.clone(),
+        clock: Arc::new(SystemClock),
+        live: Arc::new(move || status.snapshot()),
+    };
+    let running = daemon::start(config, parts).await.unwrap();
+    let client = common::Client::new(running.addr, cert);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    silent.set_fault(leap_edge::sim::Fault::Silent);
+    let start = Utc::now() + Duration::milliseconds(1000);
+    let body = |kw: f64| {
+        json!({"integration_test_notification": false, "communication_test": false,
+        "meter_dispatches": [{"meter_id": M1, "timeslots": [{
+            "meter_event_id": "burst-1", "start_time": ts(start), "end_time": ts(start + Duration::seconds(60)),
+            "cancelled": false, "energy_kw": kw, "performance_compensation_cap": "up-to-site-load",
+            "priority": 1, "is_voluntary": false, "dispatch_event_types": ["day-ahead"], "programs": ["DRAM"]}]}]})
+        .to_string()
+    };
+    assert_eq!(client.post(&body(5.0)).await.status, 200);
+    tokio::time::sleep(
+        (start - Utc::now()).to_std().unwrap() + std::time::Duration::from_millis(500),
+    )
+    .await;
+    for kw in [6.0, 7.0, 8.0, 9.0] {
+        assert_eq!(client.post(&body(kw)).await.status, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Every queued call would be over by now (five of 2 s each from the start).
+    tokio::time::sleep(
+        (start + Duration::seconds(11) - Utc::now())
+            .to_std()
+            .unwrap(),
+    )
+    .await;
+    let db = rusqlite::Connection::open(dir.path().join("leap-edge.db")).unwrap();
+    let targets: Vec<String> = db
+        .prepare(
+            "SELECT target FROM audit WHERE event_id = 'burst-1' AND action = 'apply' ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        targets.len(),
+        2,
+        "each revision was sent in turn: {targets:?}"
+    );
+    assert!(
+        targets[1].contains('9'),
+        "the newest was not the one sent: {targets:?}"
+    );
+    running.stop().await;
+    cc.shutdown(std::time::Duration::from_secs(3)).await;
+}
