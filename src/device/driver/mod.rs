@@ -156,23 +156,11 @@ impl ModbusBattery {
             self.bound = None;
             let b = self.discover_and_bind().await?;
             if let Ok(c) = &b.control {
-                self.remember_leave(&c.leave);
+                self.last_leave = Some(c.leave.clone());
             }
             self.bound = Some(b);
         }
         Ok(self.bound.as_ref().expect("bound above"))
-    }
-
-    /// A rebinding that changed the control method (one became unfit, another fits) keeps
-    /// the old method's release registers too: the device may still be under it.
-    fn remember_leave(&mut self, leave: &[ResolvedReg]) {
-        let mut all = leave.to_vec();
-        for r in self.last_leave.take().unwrap_or_default() {
-            if !all.iter().any(|a| a.unit == r.unit && a.addr == r.addr) {
-                all.push(r);
-            }
-        }
-        self.last_leave = Some(all);
     }
 
     async fn discover_and_bind(&mut self) -> Result<Binding, DeviceError> {
