@@ -11,8 +11,8 @@
 //!
 //! Telling the PV from a battery that lags needs the battery's own power, which the
 //! reading is not; an estimate from these readings alone was tried and ran away behind
-//! slow batteries. So this only detects, and hands the battery back: when, under a
-//! discharge setpoint, the reading's excess over it has stood steady, and the grid below
+//! slow batteries. So this only detects, and hands the battery back: when the reading's
+//! excess over the setpoint (over 0 kW under a charge setpoint) has stood steady, and the grid below
 //! its floor, for [`READINGS`] readings over [`SPAN`], the event is not followed again
 //! until another event governs (it would export again the moment it resumed; a revision
 //! of the same event with a new kW is the same case). The setpoint
