@@ -232,6 +232,15 @@ impl Running {
             }
         };
         let old = self.app.config();
+        // The broker link is built once, at the start: a reload that took a new [mqtt]
+        // would log "reloaded" while every MQTT part kept failing on the old settings
+        // (or on none).
+        if old.mqtt != new.mqtt {
+            tracing::error!(
+                "reload refused: [mqtt] changed, which takes a restart (`systemctl restart leap-edge-relay`); keeping the old configuration"
+            );
+            return;
+        }
         let changed: Vec<String> = new
             .gateways
             .iter()

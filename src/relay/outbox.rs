@@ -256,12 +256,41 @@ pub(crate) fn reroute_all(
         rows.collect::<Result<_, _>>()?
     };
     ids.extend(missing_a_gateway(&tx, routes, replay_since)?);
+    settle_old_unrouted(&tx, routes, replay_since)?;
     let now = Utc::now();
     for id in &ids {
         route_notification(&tx, *id, routes, now)?;
     }
     tx.commit()?;
     Ok(ids.len())
+}
+
+/// Entries no gateway served, received before the replay window, whose meter a gateway
+/// serves now: not replayed (their timeslots have ended), and no longer unrouted either,
+/// so `relay status` and the metric do not go on counting a meter that is served. They are
+/// kept until the retention, as delivered ones are.
+fn settle_old_unrouted(
+    tx: &Transaction,
+    routes: &Routes,
+    since: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let old: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT e.id, e.meter_ids FROM relay_entries e
+             JOIN relay_notifications n ON n.id = e.notification_id
+             WHERE e.unrouted = 1 AND n.received_at < ?1",
+        )?;
+        let rows = stmt.query_map([ts(since)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (id, meters) in old {
+        let meters: Vec<String> = serde_json::from_str(&meters)
+            .map_err(|e| StoreError::Corrupt(format!("entry {id} meters: {e}")))?;
+        if !routes.gateways_for(&meters).is_empty() {
+            tx.execute("UPDATE relay_entries SET unrouted = 0 WHERE id = ?1", [id])?;
+        }
+    }
+    Ok(())
 }
 
 /// Notifications with an entry that some gateway serves under `routes` and has no delivery
@@ -432,12 +461,12 @@ fn set_error(tx: &Transaction, gateway: &str, error: &str, now: &str) -> Result<
 }
 
 /// Forget what is settled and older than the retention (SPEC §2.5): notifications with no
-/// pending delivery and no dead letter. An entry no gateway served is history by then (its
-/// timeslots ended long before; a reload replays only recent ones).
+/// pending delivery, no dead letter and no unrouted entry (SPEC §2.12: kept and shown).
 pub(crate) fn prune(conn: &mut Connection, before: DateTime<Utc>) -> Result<usize, StoreError> {
     let n = conn.execute(
         "DELETE FROM relay_notifications WHERE received_at < ?1
-         AND id NOT IN (SELECT notification_id FROM relay_deliveries WHERE state != 'delivered')",
+         AND id NOT IN (SELECT notification_id FROM relay_deliveries WHERE state != 'delivered')
+         AND id NOT IN (SELECT notification_id FROM relay_entries WHERE unrouted = 1)",
         [ts(before)],
     )?;
     Ok(n)

@@ -202,8 +202,9 @@ fn a_moved_meter_is_not_sent_notifications_older_than_any_live_timeslot() {
 }
 
 /// The same for a meter no gateway served before (enrolled at Leap before its site was
-/// added to the relay): before, every unrouted notification was replayed, however old, and
-/// never pruned.
+/// added to the relay): before, every unrouted notification was replayed, however old. The
+/// old one is no longer counted as unrouted (its meter is served) and is kept until the
+/// retention; one whose meter nobody serves is kept past it (SPEC §2.12).
 #[test]
 fn a_newly_served_meter_is_not_sent_old_unrouted_notifications() {
     let mut c = db();
@@ -216,11 +217,27 @@ fn a_newly_served_meter_is_not_sent_old_unrouted_notifications() {
     let recent = commit(&mut c, &incoming(body("recent")), &before)
         .unwrap()
         .notification_id;
+    let mut nobody = incoming(
+        json!({"meter_dispatches": [{"meter_id": "x", "timeslots": [{"event_id": "x"}]}]}),
+    );
+    nobody.received_at = Utc::now() - chrono::Duration::days(60);
+    commit(&mut c, &nobody, &before).unwrap();
     let after = Routes::new(&[gw("a", &["m"])]);
     reroute_all(&mut c, &after, Utc::now() - chrono::Duration::days(33)).unwrap();
     assert_eq!(queue(&mut c, "a"), [recent]);
+    let unrouted: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM relay_entries WHERE unrouted = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unrouted, 1, "only the entry of the meter nobody serves");
     let pruned = prune(&mut c, Utc::now() - chrono::Duration::days(30)).unwrap();
-    assert_eq!(pruned, 1, "the old unrouted notification is kept for ever");
+    assert_eq!(
+        pruned, 1,
+        "the settled old one goes at the retention, the unrouted one stays"
+    );
 }
 
 /// SPEC §2.12 "in order": a requeued dead letter goes out with what was delivered after it,

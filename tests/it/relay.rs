@@ -616,3 +616,24 @@ fn one_relay_per_outbox_and_status_says_whether_it_runs() {
     relay.restart();
     assert_eq!(relay.status()["process"]["running"], true);
 }
+
+/// The broker link is built at the start: a reload that adds or changes `[mqtt]` is
+/// refused, named, and the old configuration stays. Before, it logged "reloaded" and every
+/// MQTT part then failed on the old settings (or on none), retried for ever.
+#[test]
+fn a_reload_that_changes_mqtt_is_refused_and_says_restart() {
+    let a = Gateway::start();
+    let relay = Relay::start(&[spec("site-a", &a, &["A1"])]);
+    let mut text = std::fs::read_to_string(relay.p.config_path()).unwrap();
+    text.push_str("\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"relay\"\n");
+    std::fs::write(relay.p.config_path(), text).unwrap();
+    relay.reload();
+    wait_for("the refusal in the log", Duration::from_secs(10), || {
+        relay.p.log().contains("reload refused: [mqtt] changed")
+    });
+    assert!(
+        !relay.p.log().contains("relay configuration reloaded"),
+        "{}",
+        relay.p.log()
+    );
+}
