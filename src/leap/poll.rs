@@ -208,9 +208,10 @@ fn usable_entries(
             Ok(_) => usable.push(entry),
             Err(e) => {
                 let why = format!(
-                    "{} search, page {} entry {i}: {e}",
+                    "{} search, page {} entry {i} ({}): {e}",
                     level.path(),
-                    report.pages
+                    report.pages,
+                    named(&entry)
                 );
                 tracing::warn!(reason = %why, "leap poll: a search entry left out (not the shape of a dispatch)");
                 report.skipped_entries.push(why);
@@ -218,6 +219,31 @@ fn usable_entries(
         }
     }
     usable
+}
+
+/// What identifies a search entry to Leap's support: its meter or group id as sent, and
+/// its timeslots' event ids.
+fn named(entry: &SearchEntry) -> String {
+    let id = ["meter_id", "market_group_id"]
+        .iter()
+        .find_map(|k| entry.get(*k).map(|v| format!("{k} {v}")))
+        .unwrap_or_else(|| "no meter or group id".into());
+    let events: Vec<String> = entry
+        .get("timeslots")
+        .and_then(|t| t.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            ["meter_event_id", "market_group_event_id"]
+                .iter()
+                .find_map(|k| t.get(*k)?.as_str().map(str::to_string))
+        })
+        .collect();
+    if events.is_empty() {
+        id
+    } else {
+        format!("{id}, events {}", events.join(", "))
+    }
 }
 
 /// One page as one notification: the same parser as a push (so every rule of SPEC §2.2
@@ -355,7 +381,7 @@ mod tests {
             _ => unreachable!(),
         };
         let results = vec![
-            entry(serde_json::json!({"meter_id": 5, "timeslots": []})),
+            entry(serde_json::json!({"meter_id": 5, "timeslots": [{"meter_event_id": "e-1"}]})),
             entry(serde_json::json!({"meter_id": "m-1", "timeslots": []})),
         ];
         let mut report = PollReport::default();
@@ -365,7 +391,7 @@ mod tests {
         assert_eq!(usable[0]["meter_id"], "m-1");
         assert_eq!(report.skipped_entries.len(), 1, "{report:?}");
         assert!(
-            report.skipped_entries[0].contains("meter_id"),
+            report.skipped_entries[0].contains("(meter_id 5, events e-1)"),
             "{:?}",
             report.skipped_entries
         );
