@@ -100,7 +100,7 @@ removed meter's records stay in the database).
 \fBstatus\fR and \fBrelay status\fR only: the daemon (or the relay) is not running (as LSB status scripts use).
 .TP
 78
-A start that a restart cannot fix (EX_CONFIG): the configuration is invalid (the message names the file, line and key), the database is newer than this binary or read-only, or another daemon already runs on the database.
+A start that a restart cannot fix (EX_CONFIG): the configuration is invalid (the message names the file, line and key), the database is newer than this binary or read-only, or another daemon already runs on the database. Other commands exit 78 on a configuration they cannot use; \fBstatus\fR, \fBoverride\fR and \fBrelease\fR need only a file that parses and print its other problems as warnings.
 .SH FILES
 .TP
 /etc/leap-edge/config.toml

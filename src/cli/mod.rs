@@ -159,6 +159,36 @@ fn with_config(
     }
 }
 
+/// For `status` and `override`, which talk to the running daemon or read its database:
+/// the daemon keeps the configuration it read, so a file edited since (a key rotation half
+/// done, a renewed TLS key with loose permissions) must not lock the technician out of the
+/// site or out of stopping a dispatch. Its problems are warnings; only a file that cannot
+/// be read or parsed stops the command.
+fn with_running_config(
+    path: &std::path::Path,
+    f: impl FnOnce(&Config) -> anyhow::Result<u8>,
+) -> anyhow::Result<u8> {
+    match Config::load_for_release(path) {
+        Ok((c, mut problems)) => {
+            if problems.is_empty() {
+                problems = crate::preflight::problems(&c);
+            }
+            for p in problems {
+                eprintln!(
+                    "leap-edge: warning: {}: {} (the running daemon keeps what it read; fix it before its next start or reload)",
+                    path.display(),
+                    text::clean(&p)
+                );
+            }
+            f(&c)
+        }
+        Err(e) => {
+            eprintln!("leap-edge: {e}");
+            Ok(exit::CONFIG)
+        }
+    }
+}
+
 /// Where the configuration is when `--config` is not given.
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/leap-edge/config.toml";
 
@@ -203,8 +233,8 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
             note_if_down(c);
             events::run(c, &args)
         }),
-        Command::Status(args) => with_config(&cli.config, |c| status::run(c, &args)),
-        Command::Override(cmd) => with_config(&cli.config, |c| overrides::run(c, &cmd)),
+        Command::Status(args) => with_running_config(&cli.config, |c| status::run(c, &args)),
+        Command::Override(cmd) => with_running_config(&cli.config, |c| overrides::run(c, &cmd)),
         Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
         Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
         Command::Reload(args) => with_config(&cli.config, |c| reload(c, &args)),

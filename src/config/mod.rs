@@ -85,7 +85,8 @@ impl Config {
     /// [`Config::load`] for `leap-edge release` (the unit's `ExecStopPost`): only a file
     /// that cannot be read or parsed is an error. Every other problem is returned beside
     /// the configuration, because releasing the batteries needs only `[devices]`, and a
-    /// half-finished key rotation must not leave a battery under remote control.
+    /// half-finished key rotation must not leave a battery under remote control. `status`
+    /// and `override` use it too: they need only the socket, the meters and the database.
     pub fn load_for_release(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let cfg = Config::read(path)?;
         let problems = cfg.check().err().unwrap_or_default();

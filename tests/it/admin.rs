@@ -361,3 +361,27 @@ fn an_override_is_in_force_exactly_when_the_cli_says_so_while_the_database_is_he
         ),
     }
 }
+
+/// The file edited while the daemon runs (a value it would refuse at its next start):
+/// `status` and `override` still work, with the problem as a warning, because the daemon
+/// keeps what it read. Before, both exited 78, and a technician could neither see the site
+/// nor stop a dispatch through the daemon.
+#[test]
+fn status_and_override_work_while_the_file_has_a_problem() {
+    let d = Daemon::start_with(&with_meter());
+    let text = std::fs::read_to_string(d.config_path()).unwrap().replace(
+        "timeout_ms = 200\n",
+        "timeout_ms = 200\nmax_discharge_kw = -5\n",
+    );
+    std::fs::write(d.config_path(), text).unwrap();
+    let (code, out, err) = d.cli(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning") && err.contains("max_discharge_kw"),
+        "{err}"
+    );
+    let (code, _, err) = d.cli(&["override", "hold", "--for", "1m"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = d.cli(&["config", "check"]);
+    assert_eq!(code, 78, "config check still refuses it");
+}
