@@ -39,7 +39,7 @@ pub(crate) struct HistoryArgs {
 pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
     super::note_unconfigured_meter(config, args.meter.as_deref());
     let conn = store::open_gateway_read_only(&config.storage.path)?;
-    let mut filter = audit::AuditFilter {
+    let filter = audit::AuditFilter {
         meter: args.meter.clone(),
         event: args.event.clone(),
         since: args.since,
@@ -77,17 +77,49 @@ pub(super) fn run(config: &Config, args: &HistoryArgs) -> anyhow::Result<u8> {
     if !args.follow {
         return Ok(exit::OK);
     }
-    // SPEC §3: the daemon writes, the CLI only reads; poll the read-only connection.
-    let mut last = rows.last().map_or(newest, |r| r.id.max(newest));
+    drop(conn);
+    let last = rows.last().map_or(newest, |r| r.id.max(newest));
+    follow(config, filter, last, args.json, zone)
+}
+
+/// SPEC §3: the daemon writes, the CLI only reads; poll a read-only connection, a new one
+/// each time: one opened while the daemon was stopped may read the file as immutable (no
+/// WAL index it may create), and would never see what the daemon writes once it starts.
+fn follow(
+    config: &Config,
+    mut filter: audit::AuditFilter,
+    mut last: i64,
+    json: bool,
+    zone: Zone,
+) -> anyhow::Result<u8> {
     filter.since = None;
     // Everything written since: `--limit` sized the table, not what a poll may show.
     filter.limit = None;
+    let mut said: Option<String> = None;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(500));
         filter.after_id = Some(last);
-        let new = audit::query(&conn, &filter)?;
+        let new = match store::open_gateway_read_only(&config.storage.path)
+            .and_then(|c| audit::query(&c, &filter))
+        {
+            Ok(new) => new,
+            // A database being migrated or replaced by a starting daemon: say so once, and
+            // go on following.
+            Err(e) => {
+                let e = e.to_string();
+                if said.as_ref() != Some(&e) {
+                    eprintln!(
+                        "leap-edge: cannot read the database now ({}); still following",
+                        super::text::clean(&e)
+                    );
+                    said = Some(e);
+                }
+                continue;
+            }
+        };
+        said = None;
         for r in &new {
-            if args.json {
+            if json {
                 crate::outln!("{}", serde_json::to_string(r)?);
             } else {
                 let cells = super::status_view::table_lines(HEADERS, &[row(r, zone)]);

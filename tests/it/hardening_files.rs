@@ -247,6 +247,53 @@ fn read_only_commands_work_after_a_clean_stop_in_a_folder_they_cannot_write() {
     }
 }
 
+/// `history --follow` started in that state reads the file as immutable; once the daemon
+/// runs again, what it writes must still be printed. Before, the follow loop kept that
+/// first connection and never showed a new entry.
+#[test]
+#[ignore = "needs root (chattr +i)"]
+fn history_follow_started_while_stopped_shows_what_the_daemon_writes_later() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 0o600);
+    run_and_stop_cleanly(dir.path(), &cfg);
+    let state = dir.path().join("state");
+    let frozen = Immutable::set(&folder_and_files(&state));
+    let mut follow = Command::new(common::bin())
+        .args(["--config", cfg.to_str().unwrap(), "history", "-f", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(frozen);
+    let log = dir.path().join("log2");
+    let mut daemon = under_umask_000(&cfg, "run", &log);
+    wait_for(&log, "listening for Leap notifications");
+    // A reload that applies something writes an audit row.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let rotated = text.replace(common::KEY, "rotated-key-0123456789-abcdefghijklmnop");
+    std::fs::write(&cfg, rotated).unwrap();
+    let reload = Command::new(common::bin())
+        .args(["--config", cfg.to_str().unwrap(), "reload"])
+        .output()
+        .unwrap();
+    assert!(reload.status.success(), "{reload:?}");
+    let seen = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    let _ = daemon.wait();
+    assert!(seen.contains("reload"), "history -f printed {seen:?}");
+}
+
 /// 10.4: a database file that becomes read-only while the daemon runs (its folder still
 /// writable) makes /healthz unhealthy, and healthy again once writable.
 #[tokio::test]
