@@ -139,7 +139,7 @@ impl Walk<'_> {
     fn scalar<E: serde::de::Error>(mut self, is_str: bool) -> Result<(), E> {
         self.count()?;
         if matches!(self.at, At::MeterId) && is_str {
-            self.t.entry_ids = 1;
+            self.t.entry_ids = self.t.entry_ids.max(1);
         }
         Ok(())
     }
@@ -195,7 +195,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
         }
         match self.at {
             At::Timeslots => self.t.entry_slots = n,
-            At::MeterIds => self.t.entry_ids = n,
+            At::MeterIds => self.t.entry_ids = self.t.entry_ids.max(n),
             _ => {}
         }
         Ok(())
@@ -280,6 +280,13 @@ mod tests {
         let product =
             json!({"group_dispatches": [{"meter_ids": ["b", "c"], "timeslots": [{}, {}]}]});
         assert!(check_counts(&b(product), &limits).is_err());
+        // A `meter_id` beside the list (before or after it) does not make it count as one.
+        for product in [
+            json!({"group_dispatches": [{"meter_ids": ["b", "c"], "meter_id": "x", "timeslots": [{}, {}]}]}),
+            json!({"group_dispatches": [{"meter_id": "x", "meter_ids": ["b", "c"], "timeslots": [{}, {}]}]}),
+        ] {
+            assert!(check_counts(&b(product), &limits).is_err());
+        }
         assert_eq!(check_counts(&b(ok), &limits), Ok(()));
         let ids =
             json!({"group_dispatches": [{"meter_ids": ["a", "b"]}, {"meter_ids": ["c", "d"]}]});
