@@ -97,6 +97,20 @@ impl Config {
                 p.push(format!("limits.{key} must be at least 1"));
             }
         }
+        // Added to the clock at every push: a value meant as "no limit" overflowed it and
+        // panicked the request. Ten years is past any dispatch Leap schedules.
+        if l.max_start_ahead_days > 3660 {
+            p.push(format!(
+                "limits.max_start_ahead_days = {} is more than 3660 (ten years); Leap dispatches days ahead, not decades",
+                l.max_start_ahead_days
+            ));
+        }
+        if l.max_timeslot_hours > 87_840 {
+            p.push(format!(
+                "limits.max_timeslot_hours = {} is more than 87840 (ten years)",
+                l.max_timeslot_hours
+            ));
+        }
     }
 
     fn check_auth(&self, p: &mut Vec<String>) {

@@ -235,6 +235,22 @@ mod tests {
         assert!(msg.contains("5"), "{msg}");
     }
 
+    /// A start-ahead limit meant as "no limit" overflowed the clock and panicked every push:
+    /// refused by the check instead.
+    #[test]
+    fn an_enormous_start_ahead_limit_is_refused() {
+        let text = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[limits]\nmax_start_ahead_days = 4294967295\n";
+        let p = Config::parse_str(text, Path::new("c.toml"))
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .join("\n");
+        assert!(
+            p.contains("limits.max_start_ahead_days = 4294967295"),
+            "{p}"
+        );
+    }
+
     /// The repository's development key works on loopback; on a listener Leap can reach it
     /// is refused, naming the key by position only.
     #[test]
