@@ -172,6 +172,7 @@ mod tests {
                 r#"{"meter_event_id":"E2","cancelled":false,"energy_kw":0}"#,
             ),
             ("E3", r#"{"meter_event_id":"E3","cancelled":"true"}"#),
+            ("E4", r#"{"meter_event_id":"E4","cancelled":1}"#),
         ];
         for (id, raw) in rows {
             conn.execute(
@@ -190,7 +191,7 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        let want = [("E1", true), ("E2", false), ("E3", false)];
+        let want = [("E1", true), ("E2", false), ("E3", false), ("E4", false)];
         let want: Vec<(String, bool)> = want.iter().map(|(e, c)| (e.to_string(), *c)).collect();
         assert_eq!(cancels, want, "only a JSON true cancels, as at ingest");
     }

@@ -3,7 +3,8 @@
 -- retries it after the cancellation), there is nothing stored yet to cancel; this column
 -- keeps the cancellation, so the original, when it comes, is stored cancelled.
 ALTER TABLE rejected_timeslots ADD COLUMN cancels INTEGER NOT NULL DEFAULT 0;
+-- json_type, not json_extract: a JSON true, never the number 1 (ingest rejects that).
 UPDATE rejected_timeslots SET cancels = 1
- WHERE event_id IS NOT NULL AND json_valid(raw) AND json_extract(raw, '$.cancelled') IS 1;
+ WHERE event_id IS NOT NULL AND json_valid(raw) AND json_type(raw, '$.cancelled') = 'true';
 -- Looked up for every new timeslot: only the rare cancelling rows are in it.
 CREATE INDEX rejected_cancels ON rejected_timeslots (kind, event_id) WHERE cancels = 1;
