@@ -530,11 +530,21 @@ fn render_store(store: &Store, out: &mut String) {
     );
 }
 
+/// How long `/healthz` waits for the database writer (under the connection's 10 s).
+const HEALTH_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn healthz(app: &App) -> Resp {
     let mut problems = Vec::new();
     // Writable means the write lock can be taken and the disk takes a transaction's worth.
-    if let Err(e) = app.store.check_writable().await {
-        problems.push(format!("database not writable: {e}"));
+    // Bounded: the check queues behind the one writer, and a health check that gets no
+    // answer before its connection's deadline learns nothing.
+    match tokio::time::timeout(HEALTH_DB_WAIT, app.store.check_writable()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("database not writable: {e}")),
+        Err(_) => problems.push(format!(
+            "database writer busy: the check waited {} s behind it",
+            HEALTH_DB_WAIT.as_secs()
+        )),
     }
     problems.extend(app.status.health_problems());
     if problems.is_empty() {
