@@ -87,20 +87,64 @@ impl Config {
     /// the configuration, because releasing the batteries needs only `[devices]`, and a
     /// half-finished key rotation must not leave a battery under remote control. `status`
     /// and `override` use it too: they need only the socket, the meters and the database.
+    /// A key this version does not know (an upgrade that refused the file, a typo) is
+    /// left out with a warning rather than refused: the unit's `ExecStopPost` must still
+    /// hand the batteries back after any stop.
     pub fn load_for_release(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
-        let cfg = Config::read(path)?;
-        let problems = cfg.check().err().unwrap_or_default();
+        let text = Config::read_text(path)?;
+        let (cfg, mut problems) = Config::from_text_skipping_unknown(&text, path)?;
+        problems.extend(cfg.check().err().unwrap_or_default());
         Ok((cfg, problems))
+    }
+
+    /// [`Config::from_text`], with each line that names an unknown key commented out and
+    /// named (at most 20; a key whose value spans lines is not skipped: its error stands).
+    fn from_text_skipping_unknown(
+        text: &str,
+        path: &Path,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut skipped = Vec::new();
+        let first = match Config::from_text(text, path) {
+            Ok(cfg) => return Ok((cfg, skipped)),
+            Err(e) => e,
+        };
+        let mut err = first;
+        while skipped.len() < 20 {
+            let line = match &err {
+                ConfigError::Parse { line, message, .. }
+                    if *line > 0 && message.contains("unknown field") =>
+                {
+                    *line
+                }
+                _ => break,
+            };
+            skipped.push(format!("{err} (that line is ignored here)"));
+            lines[line - 1] = format!("# {}", lines[line - 1]);
+            match Config::from_text(&lines.join("\n"), path) {
+                Ok(cfg) => return Ok((cfg, skipped)),
+                Err(e) => err = e,
+            }
+        }
+        Err(err)
+    }
+
+    fn read_text(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Read and parse the file, with its relative paths resolved against its own folder; no
     /// semantic check yet.
     fn read(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg = Config::parse_str(&text, path)?;
+        Config::from_text(&Config::read_text(path)?, path)
+    }
+
+    /// [`Config::read`] of text already read from `path`.
+    fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg = Config::parse_str(text, path)?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
