@@ -37,6 +37,11 @@ pub(crate) fn problems(config: &Config) -> Vec<String> {
         let path = config.devices_dir.join(format!("{}.toml", d.profile));
         profile_points(name, &d.profile, &path, &mut p);
     }
+    // The broker's CA and client certificate are read at start: a missing or empty file
+    // is the file's problem, not one for a restart loop to find.
+    if let Some(Err(e)) = config.uplink.mqtt.as_ref().map(|m| m.options()) {
+        p.push(format!("uplink.mqtt: {e}"));
+    }
     p
 }
 
@@ -161,6 +166,27 @@ mod tests {
         let mut p = c.check().err().unwrap_or_default();
         p.extend(problems(c));
         p
+    }
+
+    /// The broker's CA file missing, or without a certificate: named by `config check`.
+    /// Before, the check passed and the start failed with exit 1, restarted every 5 s.
+    #[test]
+    fn an_unusable_broker_ca_is_a_problem() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        for (ca, says) in [
+            (dir.path().join("absent.pem"), "absent.pem"),
+            (empty, "no PEM certificate"),
+        ] {
+            let site = format!(
+                "[uplink.mqtt]\nurl = \"mqtts://broker.example:8883\"\nclient_id = \"gw-1\"\nca = {:?}\n",
+                ca.display().to_string()
+            );
+            let p = problems(&config(&shipped, "sunspec", &site)).join("\n");
+            assert!(p.contains("uplink.mqtt: ca") && p.contains(says), "{p}");
+        }
     }
 
     /// A site without its grid connection's size, and a device that would hold a dead

@@ -491,12 +491,21 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
 }
 
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Before anything that takes time (migrations after an upgrade, the first bindings):
+    // a SIGHUP or SIGTERM meanwhile is kept for after the start, not the default action
+    // that ends the process on the spot.
+    let signals = Signals::new()?;
     // First, before binding anything: a second daemon on this database says so plainly.
     let _lock = crate::runlock::acquire(
         crate::runlock::Role::Gateway,
         &config.storage.path,
         config.source.as_deref(),
     )?;
+    // What `config check` warns of, in the journal too: a site started with
+    // `systemctl start` alone must still say that a device cannot revert by itself.
+    for w in crate::preflight::warnings(&config) {
+        tracing::warn!(warning = %w, "configuration");
+    }
     // Development and dry runs: the simulator lives inside the daemon, so one command shows
     // the whole chain. It is dropped (stopped) only after dispatch has released the meters.
     let _sim = if config.sim.autostart {
@@ -541,7 +550,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = crate::systemd::notify_ready() {
         tracing::warn!(error = %e, "cannot tell systemd the daemon is ready");
     }
-    wait_for_stop(&running).await?;
+    wait_for_stop(&running, signals).await;
     let _ = crate::systemd::notify_stopping();
     running.stop().await;
     // Dispatch has released every meter; make sure the loops wrote it before exiting.
@@ -549,20 +558,34 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// The daemon's signal streams, taken at the very start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let take = |k| signal(k).map_err(DaemonError::Signals);
+        Ok(Signals {
+            term: take(SignalKind::terminate())?,
+            int: take(SignalKind::interrupt())?,
+            hup: take(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Until SIGTERM or SIGINT. SIGHUP reloads, as `leap-edge reload` and the relay do: its
 /// default action ended the daemon on the spot, battery not handed back — a technician's
 /// SSH session closing on a daemon run by hand sends exactly that.
-async fn wait_for_stop(running: &Running) -> Result<(), DaemonError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+async fn wait_for_stop(running: &Running, mut s: Signals) {
     loop {
         tokio::select! {
-            _ = term.recv() => break tracing::info!(signal = "SIGTERM", "signal received"),
-            _ = int.recv() => break tracing::info!(signal = "SIGINT", "signal received"),
-            _ = hup.recv() => running.reload_on_hangup().await,
+            _ = s.term.recv() => break tracing::info!(signal = "SIGTERM", "signal received"),
+            _ = s.int.recv() => break tracing::info!(signal = "SIGINT", "signal received"),
+            _ = s.hup.recv() => running.reload_on_hangup().await,
         }
     }
-    Ok(())
 }

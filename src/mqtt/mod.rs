@@ -93,6 +93,12 @@ impl MqttConfig {
                 .add(c)
                 .map_err(|e| format!("ca {}: {e}", ca.display()))?;
         }
+        if roots.is_empty() {
+            return Err(format!(
+                "ca {}: no PEM certificate in it (the broker's CA certificate goes there)",
+                ca.display()
+            ));
+        }
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
