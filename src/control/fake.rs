@@ -26,6 +26,8 @@ pub(crate) struct FakeState {
     pub(crate) down: bool,
     /// Calls never answer (a device that accepted the connection and went silent).
     pub(crate) hang: bool,
+    /// Setpoints get exception 0x03 (a device refusing the value); releases still work.
+    pub(crate) refuse: bool,
     pub(crate) calls: Vec<(Instant, Call)>,
     updated: Instant,
 }
@@ -91,6 +93,7 @@ impl FakeBattery {
                 reversions: 0,
                 down: false,
                 hang: false,
+                refuse: false,
                 calls: Vec::new(),
                 updated: Instant::now(),
             })),
@@ -146,6 +149,15 @@ impl Battery for FakeBattery {
         kw: f64,
         reversion_secs: u32,
     ) -> BoxFuture<'_, Result<(), DeviceError>> {
+        if self.state.lock().unwrap().refuse {
+            return Box::pin(async {
+                Err(DeviceError::Exception {
+                    device: "fake".into(),
+                    op: "write".into(),
+                    code: "0x03".into(),
+                })
+            });
+        }
         self.op(Call::Set { kw, reversion_secs }, |s| {
             s.battery_kw = kw.clamp(-s.max_kw, s.max_kw);
             s.remote_until = Some(Instant::now() + Duration::from_secs(reversion_secs.into()));

@@ -313,3 +313,19 @@ async fn a_new_event_does_not_inherit_the_last_decision_or_blindness() {
         "the next event got no blind row of its own"
     );
 }
+
+/// SPEC §2.13 "says why": a refused setpoint hands the battery back with a `refused` row,
+/// once (not at every retry), and a `resumed` row when the device takes it again. Before,
+/// only the first step's outcome reached dispatch's row; a refusal mid-event left nothing.
+#[tokio::test(start_paused = true)]
+async fn a_refused_setpoint_is_recorded_once_and_its_end_too() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    st.lock().unwrap().refuse = true;
+    let _ = cc.apply(METER, &command(12.0)).await;
+    sleep(super::meter_loop::REFUSED_RETRY * 3).await;
+    st.lock().unwrap().refuse = false;
+    sleep(super::meter_loop::REFUSED_RETRY + Duration::from_secs(2)).await;
+    let what: Vec<&str> = cc.status().take_events().iter().map(|e| e.what).collect();
+    assert_eq!(what, ["refused", "resumed"]);
+}

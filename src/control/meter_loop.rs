@@ -109,7 +109,7 @@ pub(crate) struct MeterLoop {
 }
 
 /// How long a refused setpoint waits before it is tried again.
-const REFUSED_RETRY: Duration = Duration::from_secs(30);
+pub(crate) const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// At start, how long the loop waits for dispatch's first word before it hands the battery
 /// back on its own: a restart mid-timeslot must not pass the battery through normal
 /// operation for the moment before the first plan re-applies the command.
@@ -350,10 +350,10 @@ impl MeterLoop {
         if !self.write_due(held) {
             return Ok(());
         }
-        self.write(&d, held).await
+        self.write(cmd, &d, held).await
     }
 
-    async fn write(&mut self, d: &Decision, held: f64) -> Result<(), DeviceError> {
+    async fn write(&mut self, cmd: &Command, d: &Decision, held: f64) -> Result<(), DeviceError> {
         if let Some((until, e)) = &self.refused
             && Instant::now() < *until
             && self.pending.is_none()
@@ -361,7 +361,7 @@ impl MeterLoop {
             // Still handed back: say why, without another refused write and hand-back.
             return Err(e.clone());
         }
-        self.refused = None;
+        let was_refused = self.refused.take().is_some();
         self.released = false;
         self.lock().released = false;
         if let Err(e) = self
@@ -376,6 +376,17 @@ impl MeterLoop {
                 // now instead of leaving it under remote control on a half-written command.
                 tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device, error = %e,
                     "control: the device refused the setpoint; handing the battery back");
+                // SPEC §2.13 "says why": in the audit log once, not at every retry.
+                if !was_refused {
+                    self.push_event(
+                        cmd,
+                        "refused",
+                        &format!(
+                            "the device refused the setpoint ({e}); battery handed back, tried again every {} s",
+                            REFUSED_RETRY.as_secs()
+                        ),
+                    );
+                }
                 if let Err(r) = self.ensure_released().await {
                     tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
                         error = %r, "control: hand-back after a refused setpoint failed");
@@ -387,6 +398,9 @@ impl MeterLoop {
         tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device,
             kw = d.setpoint_kw, limited_by = ?d.bound, site_load_kw = d.site_load_kw,
             "control: setpoint written");
+        if was_refused {
+            self.push_event(cmd, "resumed", "the device takes the setpoint again");
+        }
         self.last_write = Some(LastWrite {
             at: Instant::now(),
             setpoint_kw: d.setpoint_kw,
