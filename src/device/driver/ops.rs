@@ -129,10 +129,16 @@ impl ModbusBattery {
                         "grid-setpoint control needs grid and battery power readings".into(),
                     ));
                 };
-                let g = regs::read_value(&mut self.client, &g).await?.unwrap_or(0.0);
-                let bt = regs::read_value(&mut self.client, &bt)
-                    .await?
-                    .unwrap_or(0.0);
+                // A reading the device does not give (not implemented) is not 0 W: the
+                // target would be off by the site's whole load.
+                let g = regs::read_value(&mut self.client, &g).await?;
+                let bt = regs::read_value(&mut self.client, &bt).await?;
+                let (Some(g), Some(bt)) = (g, bt) else {
+                    let what = if g.is_none() { "grid" } else { "battery" };
+                    return Err(self.profile_err(format!(
+                        "grid-setpoint control: no {what} reading at the write; not written"
+                    )));
+                };
                 vec![(r, g + bt - target_kw * 1000.0)]
             }
         })
