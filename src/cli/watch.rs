@@ -21,8 +21,28 @@ pub(crate) fn status(
     let every = Duration::from_secs(args.interval);
     let terminal = std::io::stdout().is_terminal() && !args.json;
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut failing: Option<String> = None;
     loop {
-        let report = rt.block_on(status::gather(config))?;
+        // A daemon shutting down, busy past the socket's 10 s, or at its connection limit:
+        // one line when it starts and the watch goes on (a piped log must not end there).
+        let report = match rt.block_on(status::gather(config)) {
+            Ok(r) => {
+                failing = None;
+                r
+            }
+            Err(e) => {
+                let e = super::text::clean(&e.to_string());
+                if failing.as_ref() != Some(&e) {
+                    eprintln!(
+                        "{} leap-edge: the daemon does not answer: {e}; still watching",
+                        zone.time(chrono::Utc::now())
+                    );
+                    failing = Some(e);
+                }
+                std::thread::sleep(every);
+                continue;
+            }
+        };
         if args.json {
             // One compact document per refresh: a stream a script can read line by line.
             crate::outln!("{}", serde_json::to_string(&report)?);
