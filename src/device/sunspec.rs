@@ -205,10 +205,12 @@ pub(crate) async fn discover(
 ) -> Result<SunSpecMap, DeviceError> {
     let bases: Vec<u16> = base.map_or(BASES.to_vec(), |b| vec![b]);
     let mut timed_out = None;
+    let mut refused = Vec::new();
     for b in &bases {
         match client.read(None, Function::Holding, *b, 2).await {
             Ok(w) if w == MARKER => return walk(client, *b).await,
-            Ok(_) | Err(DeviceError::Exception { .. }) => continue,
+            Ok(_) => continue,
+            Err(DeviceError::Exception { code, .. }) => refused.push(code),
             // Some devices never answer a read of an address they lack; the client has
             // dropped the connection and reconnects for the next base.
             Err(e @ DeviceError::Timeout { .. }) => timed_out = Some(e),
@@ -218,9 +220,19 @@ pub(crate) async fn discover(
     if let Some(e) = timed_out {
         return Err(e);
     }
+    // Every base refused with an exception: most often not "no SunSpec here" but nobody
+    // answering at that unit id (a Modbus gateway answers 0x0A/0x0B for it).
+    let hint = if refused.len() == bases.len() {
+        format!(
+            "; every read there got exception {}: check the unit id and that the Modbus gateway reaches the device (a device without SunSpec needs a copy of devices/generic.toml)",
+            refused.join("/")
+        )
+    } else {
+        "; a device without SunSpec needs its own profile (a copy of devices/generic.toml)".into()
+    };
     Err(DeviceError::Profile {
         device: client.device().to_string(),
-        reason: format!("no SunSpec marker 'SunS' at {bases:?}"),
+        reason: format!("no SunSpec marker 'SunS' at {bases:?}{hint}"),
     })
 }
 

@@ -241,7 +241,9 @@ async fn base_address_and_unit_id_follow_the_configuration() {
     let sim = start_sim_with(cfg, SimOptions::default()).await;
     // Wrong unit: the simulator answers with an exception, discovery finds nothing.
     let mut wrong = battery(sim.local_addr());
-    assert!(wrong.read().await.is_err());
+    let e = wrong.read().await.unwrap_err().to_string();
+    // What to check, not only what is missing.
+    assert!(e.contains("check the unit id"), "{e}");
     let mut dcfg = device_cfg("sunspec", sim.local_addr(), 1000);
     dcfg.unit_id = 7;
     let mut bat = leap_edge::device::open("bess", &dcfg, &devices_dir()).unwrap();
