@@ -60,6 +60,9 @@ pub(crate) struct RelayStatus {
     pub(crate) dead_letter_count: u64,
     pub(crate) unrouted: Vec<Unrouted>,
     pub(crate) dead_letters: Vec<DeadLetter>,
+    /// When this status was read (the ages below count to it).
+    #[serde(skip)]
+    pub(crate) at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +95,7 @@ pub(super) fn query(
     last_outcomes(conn, &mut gws)?;
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0).map(|n| n as u64));
     Ok(RelayStatus {
+        at: now,
         process: None,
         broker: None,
         notifications: count("SELECT COUNT(*) FROM relay_notifications")?,
@@ -241,8 +245,64 @@ impl RelayStatus {
                     g.name, g.dead_letters, g.name
                 ));
             }
+            out.extend(self.mqtt_problems(g, max_age_secs));
+        }
+        out.extend(self.broker_problem(max_age_secs));
+        out
+    }
+
+    /// Over MQTT a part counts as delivered at the broker's PUBACK: a gateway offline for
+    /// days, or refusing what it gets, leaves its queue empty. Said here instead.
+    fn mqtt_problems(&self, g: &GatewayStatus, max_age_secs: u64) -> Vec<String> {
+        let Some(m) = g.mqtt.as_ref().filter(|_| g.configured) else {
+            return Vec::new();
+        };
+        let age = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| crate::store::parse_ts(t).ok())
+                .map(|t| (self.at - t).num_seconds())
+        };
+        let mut out = Vec::new();
+        if !m.online {
+            match age(&m.last_status_at) {
+                Some(a) if a > max_age_secs as i64 => out.push(format!(
+                    "gateway {}: offline for {a} s (its dispatches wait in its broker session)",
+                    g.name
+                )),
+                None => out.push(format!(
+                    "gateway {}: never seen on the broker (is it configured with transport mqtt and this broker?)",
+                    g.name
+                )),
+                Some(_) => {}
+            }
+        }
+        if m.refused_total.is_some_and(|n| n > 0)
+            && age(&m.last_refused_at).is_some_and(|a| a < 86_400)
+        {
+            out.push(format!(
+                "gateway {}: refused {} message(s), the last {} s ago ({}): those dispatches did not reach it; its log says why",
+                g.name,
+                m.refused_total.unwrap_or(0),
+                age(&m.last_refused_at).unwrap_or(0),
+                m.last_refused_error.as_deref().unwrap_or("no reason given")
+            ));
         }
         out
+    }
+
+    /// `relay status` only (its `/healthz` asks the live link): the broker connection the
+    /// running relay last recorded, down longer than the undelivered age allows.
+    fn broker_problem(&self, max_age_secs: u64) -> Option<String> {
+        let running = self.process.as_ref().is_some_and(|p| p.running);
+        let b = self.broker.as_ref().filter(|b| running && !b.connected)?;
+        let down = (self.at - b.since).num_seconds();
+        (down > max_age_secs as i64).then(|| {
+            format!(
+                "mqtt: not connected to the broker {} for {down} s ({})",
+                b.url,
+                b.last_error.as_deref().unwrap_or("no answer yet")
+            )
+        })
     }
 
     pub(crate) fn render_metrics(&self, out: &mut String) {
@@ -316,5 +376,64 @@ mod current_error_tests {
         );
         assert!(g(None, Some(early)).current_error().is_some());
         assert_eq!(g(Some(late), None).current_error(), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::mqtt::MqttSeen;
+
+    fn with(mqtt: MqttSeen, at: DateTime<Utc>) -> RelayStatus {
+        RelayStatus {
+            at,
+            process: None,
+            broker: None,
+            notifications: 0,
+            gateways: vec![GatewayStatus {
+                name: "site-a".into(),
+                configured: true,
+                mqtt: Some(mqtt),
+                ..GatewayStatus::default()
+            }],
+            unrouted_count: 0,
+            dead_letter_count: 0,
+            unrouted: vec![],
+            dead_letters: vec![],
+        }
+    }
+
+    /// Over MQTT the queue empties at the broker's PUBACK: an offline gateway, one never
+    /// seen, and one refusing what it gets were all "healthy" before.
+    #[test]
+    fn an_mqtt_gateway_offline_or_refusing_is_a_problem() {
+        let at = Utc::now();
+        let ago = |s: i64| Some(crate::store::ts(at - chrono::Duration::seconds(s)));
+        let online = MqttSeen {
+            online: true,
+            last_status_at: ago(10),
+            ..MqttSeen::default()
+        };
+        assert!(with(online.clone(), at).problems(300).is_empty());
+        let offline = MqttSeen {
+            online: false,
+            last_status_at: ago(3600),
+            ..MqttSeen::default()
+        };
+        let p = with(offline, at).problems(300).join("\n");
+        assert!(p.contains("site-a: offline for 3600 s"), "{p}");
+        let p = with(MqttSeen::default(), at).problems(300).join("\n");
+        assert!(p.contains("never seen"), "{p}");
+        let refusing = MqttSeen {
+            refused_total: Some(2),
+            last_refused_at: ago(60),
+            last_refused_error: Some("over max_body_bytes".into()),
+            ..online
+        };
+        let p = with(refusing, at).problems(300).join("\n");
+        assert!(
+            p.contains("refused 2 message(s)") && p.contains("over max_body_bytes"),
+            "{p}"
+        );
     }
 }
