@@ -122,15 +122,7 @@ impl ScheduleConfig {
         if meter_ids.is_empty() {
             return;
         }
-        let mut ids: Vec<String> = meter_ids.iter().map(|m| m.to_ascii_lowercase()).collect();
-        ids.sort();
-        // FNV-1a: stable across builds and platforms, unlike std's hasher.
-        let h = ids
-            .join(",")
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
+        let h = site_hash(meter_ids);
         let (second, minute) = (h % 60, (h / 60) % 5);
         if self.poll == default_poll_cron() {
             self.poll = format!("{second} {minute}-59/5 * * * *");
@@ -139,6 +131,28 @@ impl ScheduleConfig {
             self.upload = format!("{second} {} 2 * * *", 15 + (h / 300) % 30);
         }
     }
+}
+
+/// A number fixed by the site's meter ids, the same on every start: what spreads a fleet's
+/// calls to Leap over the minute.
+fn site_hash(meter_ids: &[String]) -> u64 {
+    let mut ids: Vec<String> = meter_ids.iter().map(|m| m.to_ascii_lowercase()).collect();
+    ids.sort();
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    ids.join(",")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
+/// This site's second of the minute (0–59), as its scheduled poll uses: for polls that
+/// every gateway of a fleet starts at the same moment (a relay or broker restart).
+pub(crate) fn site_second(meter_ids: &[String]) -> u64 {
+    if meter_ids.is_empty() {
+        return 0;
+    }
+    site_hash(meter_ids) % 60
 }
 
 pub(crate) fn default_poll_cron() -> String {
@@ -153,4 +167,29 @@ pub(crate) fn default_upload_cron() -> String {
 
 pub(crate) fn default_integrity_cron() -> String {
     "0 47 3 * * *".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fleet-wide polls (after a relay or broker restart) spread over the minute by
+    /// site, the same second at every start, and the same second the scheduled poll uses.
+    #[test]
+    fn each_site_has_its_own_fixed_second() {
+        let site = |n: usize| vec![format!("meter-{n:04}")];
+        let seconds: std::collections::HashSet<u64> =
+            (0..100).map(|n| site_second(&site(n))).collect();
+        assert!(seconds.len() > 30, "100 sites on {} seconds", seconds.len());
+        assert!(seconds.iter().all(|s| *s < 60));
+        assert_eq!(site_second(&site(7)), site_second(&site(7)));
+        let mut s = ScheduleConfig::default();
+        s.spread(&site(7));
+        assert!(
+            s.poll.starts_with(&format!("{} ", site_second(&site(7)))),
+            "{}",
+            s.poll
+        );
+        assert_eq!(site_second(&[]), 0);
+    }
 }

@@ -125,7 +125,7 @@ impl Backstop {
                 r = rx.recv() => match r { Some(r) => r, None => return },
                 _ = stop.wait_for(|s| *s) => return,
             };
-            let gap = self.wait_needed().await;
+            let gap = self.wait_needed().await.max(self.fleet_offset(reason));
             if !gap.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(gap) => {}
@@ -141,6 +141,24 @@ impl Backstop {
                 }
             }
         }
+    }
+
+    /// A relay or broker restart reconnects every gateway of a fleet within seconds, and
+    /// Leap's rate limit is per account: such a poll first waits this site's own number of
+    /// seconds (0–59, its scheduled poll's second), so the fleet's polls spread over a
+    /// minute.
+    fn fleet_offset(&self, reason: &str) -> Duration {
+        if !matches!(reason, TUNNEL_RECONNECTED | MQTT_SESSION_LOST) {
+            return Duration::ZERO;
+        }
+        let ids: Vec<String> = self
+            .config
+            .get()
+            .meters
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        Duration::from_secs(crate::config::leap::site_second(&ids))
     }
 
     async fn wait_needed(&self) -> Duration {
@@ -230,7 +248,7 @@ impl Backstop {
                     tracing::info!(
                         "tunnel reconnected; polling Leap for dispatches pushed meanwhile"
                     );
-                    self.trigger("tunnel reconnected");
+                    self.trigger(TUNNEL_RECONNECTED);
                 }
                 tunnel = now;
             }
@@ -239,7 +257,7 @@ impl Backstop {
                 tracing::warn!(
                     "the MQTT broker lost this gateway's session; polling Leap for dispatches it held"
                 );
-                self.trigger("mqtt session lost");
+                self.trigger(MQTT_SESSION_LOST);
             }
             sessions = n;
             let r = (self.refusals)();
@@ -259,6 +277,10 @@ impl Backstop {
         }
     }
 }
+
+/// Triggers that every gateway of a fleet sees at once.
+const TUNNEL_RECONNECTED: &str = "tunnel reconnected";
+const MQTT_SESSION_LOST: &str = "mqtt session lost";
 
 fn log_report(reason: &str, r: &PollReport) {
     if r.new > 0 {

@@ -205,9 +205,12 @@ impl LeapClient {
                 (Err(e), Retry::IfNotSent) if !unsent(e) => None,
                 (Ok(a), Retry::IfNotSent) if a.status != StatusCode::TOO_MANY_REQUESTS => None,
                 (Err(e), _) => retry_after_transport(e),
-                (Ok(a), _) => retry_after_status(a),
+                (Ok(a), _) => retry_after_status(a, attempt),
             };
             match wait {
+                // Leap asks for longer than this call can wait: retrying sooner would only
+                // be refused again; the next poll or upload comes later anyway.
+                Some(Some(hint)) if hint > MAX_BACKOFF => return finish(&method, path, got),
                 Some(hint) if attempt < self.retries => {
                     let delay = hint.unwrap_or_else(|| self.backoff * 2u32.pow(attempt.min(16)));
                     let delay = delay.min(MAX_BACKOFF);
@@ -248,7 +251,7 @@ fn retry_after_transport(_e: &TransportError) -> Option<Option<Duration>> {
     Some(None)
 }
 
-fn retry_after_status(a: &Answer) -> Option<Option<Duration>> {
+fn retry_after_status(a: &Answer, attempt: u32) -> Option<Option<Duration>> {
     if a.status == StatusCode::TOO_MANY_REQUESTS {
         let hinted = a
             .headers
@@ -256,8 +259,10 @@ fn retry_after_status(a: &Answer) -> Option<Option<Duration>> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        // Without a hint, wait longer than for a 5XX: the limit is per minute.
-        return Some(Some(hinted.unwrap_or(Duration::from_secs(5))));
+        // Without a hint, wait longer than for a 5XX, and longer each time: the limit is
+        // per minute and per account, which the gateways of a fleet share.
+        let unhinted = Duration::from_secs(5) * 2u32.pow(attempt.min(4));
+        return Some(Some(hinted.unwrap_or(unhinted)));
     }
     a.status.is_server_error().then_some(None)
 }
