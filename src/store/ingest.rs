@@ -215,6 +215,19 @@ fn upsert(
     source: Source,
 ) -> Result<SlotResult, StoreError> {
     let existing = find(tx, slot)?;
+    // A push of a timeslot a poll found first: the push path works after all (the poll
+    // beat a relay's retry, or ran at start). It no longer counts as a push that never
+    // arrived (`status`: PUSHES MISSED), and `events` still tells how it came.
+    if let Some(e) = existing
+        .as_ref()
+        .filter(|e| source == Source::Push && e.first_source == "poll")
+    {
+        exec(
+            tx,
+            "UPDATE timeslots SET first_source = 'poll+push' WHERE rowid = ?1",
+            params![e.row],
+        )?;
+    }
     let own;
     let form = match (&existing, ready) {
         (Some(e), _) if source == Source::Poll || e.first_source != "push" => {

@@ -83,6 +83,18 @@ async fn backstop_pages_finds_unpushed_honours_cancel_and_counts_once() {
     assert_eq!(timeslot_row(&d, "pushed-1"), ("push".into(), 1, false));
     assert_eq!(timeslot_row(&d, "polled-0007"), ("poll".into(), 2, true));
     assert_eq!(status(&d)["leap"]["backstop"]["first_seen_by_poll"], 1202);
+    // Found by polling first, then pushed (a relay's retry after the poll): the push did
+    // arrive, so it is not one that never did.
+    let late = fake.state.lock().unwrap().meter_results[3]["timeslots"][0].clone();
+    let resp = d
+        .client()
+        .post(&common::meter_notification(METER, vec![late]))
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    assert_eq!(timeslot_row(&d, "polled-0003").0, "poll+push");
+    // `status` counts them at each poll.
+    assert_eq!(cli(&d, &["leap", "poll"]).0, 0);
+    assert_eq!(status(&d)["leap"]["backstop"]["first_seen_by_poll"], 1201);
 
     // Cancellation is final: a later search answer without it does not re-arm the timeslot.
     cancelled["timeslots"][0]["cancelled"] = json!(false);
