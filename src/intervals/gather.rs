@@ -144,9 +144,12 @@ pub(crate) fn audit_ended(
 ) -> Result<usize, StoreError> {
     let all = query::timeslots_ending_after(conn, now - chrono::Duration::days(2))?;
     let mut written = 0;
+    // A timeslot for no meter of this site (a fleet posted to one gateway) never gets a
+    // report: not looked up at all.
     for st in all
         .iter()
         .filter(|s| wanted(s, None, now - chrono::Duration::seconds(AUDIT_AFTER_SECS)))
+        .filter(|s| !local_shares(config, s.timeslot.kind, &s.timeslot.meter_ids).is_empty())
     {
         let done: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM audit WHERE action = 'report' AND event_id = ?1 AND kind = ?2)",

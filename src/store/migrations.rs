@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_revisions_by_slot.sql")),
     (8, include_str!("migrations/0008_rejected_cancels.sql")),
     (9, include_str!("migrations/0009_overrides.sql")),
+    (10, include_str!("migrations/0010_audit_reports.sql")),
 ];
 
 /// The schema version this build writes and reads.
@@ -151,6 +152,22 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    /// The event summary's lookup of its `report` row uses migration 10's index, not a
+    /// scan of the whole audit log (on the writer thread, every 15 s of readings).
+    #[test]
+    fn the_report_lookup_uses_its_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare("EXPLAIN QUERY PLAN SELECT EXISTS (SELECT 1 FROM audit WHERE action = 'report' AND event_id = ?1 AND kind = ?2)")
+            .unwrap()
+            .query_map(["e", "meter"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(plan.iter().any(|d| d.contains("audit_reports")), "{plan:?}");
     }
 
     /// Migration 8 marks the rejected revisions stored before it that cancel an event, so
