@@ -87,12 +87,7 @@ fn down(config: &Config) -> StatusReport {
     let now = Utc::now();
     let path = &config.storage.path;
     // A database that exists but cannot be read must not look like an empty one.
-    let unreadable = |e: &dyn std::fmt::Display| {
-        eprintln!(
-            "leap-edge: cannot read {}: {e}; what follows lacks the database (run with sudo or as a member of the leap-edge group)",
-            path.display()
-        );
-    };
+    let unreadable = |e: &dyn std::fmt::Display| say_unreadable(path, e);
     let conn = match store::open_read_only(path) {
         Ok(c) => Some(c),
         Err(e) if path.exists() => {
@@ -112,12 +107,18 @@ fn down(config: &Config) -> StatusReport {
         });
     let slots = conn
         .as_ref()
-        .and_then(|c| query::all_timeslots(c).ok())
+        .and_then(|c| match query::all_timeslots(c) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                unreadable(&e);
+                None
+            }
+        })
         .unwrap_or_default();
     let meters = config
         .meters
         .iter()
-        .map(|m| down_meter(m, &slots, conn.as_ref(), now))
+        .map(|m| down_meter(m, &slots, conn.as_ref(), now, &unreadable))
         .collect();
     StatusReport {
         daemon: DaemonState::NotRunning,
@@ -144,12 +145,29 @@ fn down(config: &Config) -> StatusReport {
     }
 }
 
+/// A database that exists but cannot be read must not look like an empty one.
+fn say_unreadable(path: &std::path::Path, e: &dyn std::fmt::Display) {
+    let e = e.to_string();
+    // The group hint only where it can help: a busy file or another schema needs
+    // something else, which the error itself names.
+    let hint = if e.contains("ermission") || e.contains("unable to open") {
+        " (run with sudo or as a member of the leap-edge group)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "leap-edge: cannot read {}: {e}; what follows lacks it, so \"none\" there means unknown{hint}",
+        path.display()
+    );
+}
+
 /// One configured meter as the database sees it: a timeslot active now, the last audit entry.
 fn down_meter(
     m: &crate::config::MeterConfig,
     slots: &[crate::model::StoredTimeslot],
     conn: Option<&rusqlite::Connection>,
     now: chrono::DateTime<Utc>,
+    unreadable: &dyn Fn(&dyn std::fmt::Display),
 ) -> MeterReport {
     let active = slots
         .iter()
@@ -175,7 +193,13 @@ fn down_meter(
         ..Default::default()
     };
     let last_audit = conn
-        .and_then(|c| audit::query(c, &filter).ok())
+        .and_then(|c| match audit::query(c, &filter) {
+            Ok(rows) => Some(rows),
+            Err(e) => {
+                unreadable(&e);
+                None
+            }
+        })
         .and_then(|rows| rows.into_iter().next())
         .map(|r| AuditSummary {
             at: r.at,

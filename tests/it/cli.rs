@@ -336,3 +336,23 @@ fn status_json_on_a_terminal_has_no_colour() {
     let doc: serde_json::Value = serde_json::from_str(json.trim()).expect("plain JSON");
     assert_eq!(doc["daemon"], "not-running", "{doc:#}");
 }
+
+/// The daemon down and a database `status` cannot query (here: no tables, as after a
+/// failed restore): said on stderr, and "none" is not passed off as the truth. Before,
+/// the timeslot and audit queries failed silently and the screen read "none"; the one
+/// error shown told a root user to run with sudo.
+#[test]
+fn status_says_when_the_database_cannot_be_queried() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::TestConfig::default().write(dir.path());
+    let db = rusqlite::Connection::open(dir.path().join("leap-edge.db")).unwrap();
+    db.pragma_update(None, "user_version", 10).unwrap();
+    drop(db);
+    let (code, out, err) = common::cli_with(&cfg, &["status"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("cannot read") && err.contains("means unknown"),
+        "{err}"
+    );
+    assert!(!err.contains("sudo"), "{err}");
+}
