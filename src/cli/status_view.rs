@@ -277,7 +277,29 @@ fn down_lines(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
                 .into(),
         ),
     }
+    out.extend(no_reversion(config, v));
     out
+}
+
+/// Devices that cannot hand the battery back by themselves: a daemon that stopped
+/// mid-dispatch without its release (run by hand, killed) left them on their setpoint.
+fn no_reversion(config: &Config, v: &View) -> Vec<String> {
+    config
+        .devices
+        .iter()
+        .filter(|(_, d)| {
+            let path = config.devices_dir.join(format!("{}.toml", d.profile));
+            crate::device::profile::load(&path).is_ok_and(|p| !p.reverts_by_itself())
+        })
+        .map(|(name, _)| {
+            alarm(
+                v,
+                &format!(
+                    "device {name} has no reversion timeout: if the daemon stopped mid-dispatch without handing back, it holds its last setpoint until `leap-edge release`"
+                ),
+            )
+        })
+        .collect()
 }
 
 fn meters(r: &StatusReport, stale_secs: i64, v: &View) -> Vec<String> {
