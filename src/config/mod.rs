@@ -113,7 +113,9 @@ impl Config {
         while skipped.len() < 20 {
             let line = match &err {
                 ConfigError::Parse { line, message, .. }
-                    if *line > 0 && message.contains("unknown field") =>
+                    if *line > 0
+                        && message.contains("unknown field")
+                        && plain_key_line(&lines[*line - 1]) =>
                 {
                     *line
                 }
@@ -223,6 +225,17 @@ fn redact_secret(text: &str, span: Option<std::ops::Range<usize>>, message: Stri
     out
 }
 
+/// A `key = value` line on its own, inside a table: the only kind that is safe to leave
+/// out. A table header would move its keys into the table above; an inline table would
+/// take its other keys (a whole device) with it.
+fn plain_key_line(line: &str) -> bool {
+    let t = line.trim_start();
+    let key_len = t
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .unwrap_or(0);
+    key_len > 0 && t[key_len..].trim_start().starts_with('=') && !t.contains('{')
+}
+
 /// 1-based line and column of a byte offset, for `file:line:col` errors (config and profiles).
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -277,6 +290,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("5"), "{msg}");
+    }
+
+    /// Only a plain `key = value` line is left out: an unknown inline-table key or table
+    /// header stays an error (leaving out its line would drop a whole device, or move a
+    /// table's keys into the one above it).
+    #[test]
+    fn only_a_plain_unknown_key_line_is_skipped() {
+        let base = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
+        let skip = |extra: &str| {
+            Config::from_text_skipping_unknown(&format!("{base}{extra}"), Path::new("c.toml"))
+        };
+        let (_, warned) =
+            skip("[devices.b]\nprofile = \"sunspec\"\nhost = \"h\"\nreversion_sec = 60\n").unwrap();
+        assert!(warned[0].contains("reversion_sec"), "{warned:?}");
+        assert!(
+            skip("[devices]\nb = { profile = \"sunspec\", host = \"h\", reversion_sec = 60 }\n")
+                .is_err()
+        );
+        assert!(
+            skip("[devices.b]\nprofile = \"sunspec\"\nhost = \"h\"\n[simm]\nunit_id = 3\n")
+                .is_err()
+        );
     }
 
     /// A start-ahead limit meant as "no limit" overflowed the clock and panicked every push:
