@@ -37,12 +37,22 @@ pub(crate) fn problems(config: &Config) -> Vec<String> {
         let path = config.devices_dir.join(format!("{}.toml", d.profile));
         profile_points(name, &d.profile, &path, &mut p);
     }
-    // The broker's CA and client certificate are read at start: a missing or empty file
-    // is the file's problem, not one for a restart loop to find.
-    if let Some(Err(e)) = config.uplink.mqtt.as_ref().map(|m| m.options()) {
-        p.push(format!("uplink.mqtt: {e}"));
-    }
     p
+}
+
+/// [`load`] for `run` and `config check`: also reads the files the daemon reads at start
+/// (the broker's CA and client certificate and key: a missing or empty one is the file's
+/// problem, not one for a restart loop to find). Other commands do not read them: a
+/// technician who may not read the client key must still be able to run `history`.
+pub(crate) fn load_for_start(path: &Path) -> Result<Config, ConfigError> {
+    let config = load(path)?;
+    match config.uplink.mqtt.as_ref().map(|m| m.options()) {
+        Some(Err(e)) => Err(ConfigError::invalid(
+            path,
+            vec![format!("uplink.mqtt: {e}")],
+        )),
+        _ => Ok(config),
+    }
 }
 
 /// SPEC §2.13: every decision needs the state of charge, the site meter and the battery's
@@ -184,8 +194,13 @@ mod tests {
                 "[uplink.mqtt]\nurl = \"mqtts://broker.example:8883\"\nclient_id = \"gw-1\"\nca = {:?}\n",
                 ca.display().to_string()
             );
-            let p = problems(&config(&shipped, "sunspec", &site)).join("\n");
-            assert!(p.contains("uplink.mqtt: ca") && p.contains(says), "{p}");
+            let c = config(&shipped, "sunspec", &site);
+            assert!(
+                problems(&c).is_empty(),
+                "only `run` and `config check` read them"
+            );
+            let p = c.uplink.mqtt.as_ref().unwrap().options().unwrap_err();
+            assert!(p.starts_with("ca") && p.contains(says), "{p}");
         }
     }
 

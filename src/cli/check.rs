@@ -4,7 +4,7 @@ use super::exit;
 use std::path::Path;
 
 pub(super) fn run(path: &Path) -> u8 {
-    let config = match crate::preflight::load(path) {
+    let config = match crate::preflight::load_for_start(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("leap-edge: {e}");

@@ -143,10 +143,12 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, u8> {
-    crate::preflight::load(path).map_err(|e| {
-        eprintln!("leap-edge: {e}");
-        exit::CONFIG
-    })
+    crate::preflight::load(path).map_err(|e| config_refused(&e))
+}
+
+fn config_refused(e: &crate::config::ConfigError) -> u8 {
+    eprintln!("leap-edge: {e}");
+    exit::CONFIG
 }
 
 fn with_config(
@@ -218,9 +220,9 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
         },
         Command::Config(ConfigCommand::Check) => Ok(check::run(&cli.config)),
         Command::Run => {
-            let config = match load_config(&cli.config) {
+            let config = match crate::preflight::load_for_start(&cli.config) {
                 Ok(c) => c,
-                Err(code) => return Ok(code),
+                Err(e) => return Ok(config_refused(&e)),
             };
             crate::alloc::tune();
             logging::init();
