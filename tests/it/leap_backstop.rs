@@ -146,32 +146,6 @@ async fn backstop_retries_503_and_backs_off_on_429() {
     assert!(d.log().contains("Leap API call failed; retrying"));
 }
 
-/// A Retry-After longer than a call may wait (60 s) ends the call at once with Leap's
-/// answer; before, it was shortened to 60 s and retried into another 429.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_after_beyond_the_call_is_final_not_shortened() {
-    let fake = FakeLeap::start().await;
-    fake.state.lock().unwrap().meter_results = meter_results(1);
-    let d = Daemon::start_with(&site(&fake, ""));
-    wait_first_poll(&d).await;
-    let before = fake.requests("/search").len();
-    fake.state.lock().unwrap().faults = [(429, Some(120))].into();
-    let asked = std::time::Instant::now();
-    let (code, out, err) = cli(&d, &["leap", "poll"]);
-    assert_ne!(code, 0, "{out}{err}");
-    assert!(format!("{out}{err}").contains("429"), "{out}{err}");
-    assert!(
-        asked.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        asked.elapsed()
-    );
-    assert_eq!(
-        fake.requests("/search").len() - before,
-        1,
-        "retried into the limit"
-    );
-}
-
 /// The admin socket's 10 s bound is for reading and answering; a poll of a slow Leap is
 /// bounded by the Leap client's own timeouts instead, so the technician gets its report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
