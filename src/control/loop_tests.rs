@@ -329,3 +329,30 @@ async fn a_refused_setpoint_is_recorded_once_and_its_end_too() {
     let what: Vec<&str> = cc.status().take_events().iter().map(|e| e.what).collect();
     assert_eq!(what, ["refused", "resumed"]);
 }
+
+/// The refusal belongs to its event: the next event refused too gets its own row, and
+/// one that is taken gets no `resumed` row for the event before it.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_does_not_carry_over_to_the_next_event() {
+    let (cc, st) = start(60);
+    st.lock().unwrap().refuse = true;
+    let _ = cc.apply(METER, &command(10.0)).await;
+    let next = Command::award("ev-2", 10.0, t0() + chrono::Duration::hours(1));
+    let _ = cc.apply(METER, &next).await;
+    st.lock().unwrap().refuse = false;
+    let third = Command::award("ev-3", 10.0, t0() + chrono::Duration::hours(1));
+    cc.apply(METER, &third).await.unwrap();
+    let seen: Vec<(String, &str)> = cc
+        .status()
+        .take_events()
+        .iter()
+        .map(|e| (e.event_id.clone(), e.what))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ev-1".to_string(), "refused"),
+            ("ev-2".to_string(), "refused")
+        ]
+    );
+}

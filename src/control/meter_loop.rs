@@ -199,6 +199,11 @@ impl MeterLoop {
             st.last_decision = None;
             st.last_decision_at = None;
         }
+        // A refusal is about one event's setpoints: another event is tried at once and gets
+        // its own `refused` row (and no `resumed` one for the event before it).
+        if req.desired == Desired::Normal || other_event {
+            self.refused = None;
+        }
         self.desired = req.desired;
         self.pending = Some(req.seq);
         self.awaiting_first = None;
