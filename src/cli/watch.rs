@@ -30,6 +30,9 @@ pub(crate) fn status(
                 failing = None;
                 r
             }
+            // What waiting cannot fix ends the watch, as before: no permission on the
+            // socket, a daemon of another version.
+            Err(e) if !passing(&e) => return Err(e),
             Err(e) => {
                 let e = super::text::clean(&e.to_string());
                 if failing.as_ref() != Some(&e) {
@@ -72,6 +75,16 @@ pub(crate) fn status(
             }
         }
         std::thread::sleep(every);
+    }
+}
+
+/// A daemon that does not answer now (busy, at its connection limit, shutting down).
+fn passing(e: &anyhow::Error) -> bool {
+    use crate::admin::ClientError;
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Timeout | ClientError::Io { .. }) => true,
+        Some(ClientError::Refused(why)) => why.contains("busy"),
+        _ => false,
     }
 }
 
