@@ -86,31 +86,7 @@ impl Config {
     }
 
     fn check_limits(&self, p: &mut Vec<String>) {
-        let l = &self.limits;
-        for (key, v) in [
-            ("max_meter_ids", l.max_meter_ids),
-            ("max_timeslots", l.max_timeslots),
-            ("max_timeslot_hours", l.max_timeslot_hours as usize),
-            ("max_start_ahead_days", l.max_start_ahead_days as usize),
-        ] {
-            if v == 0 {
-                p.push(format!("limits.{key} must be at least 1"));
-            }
-        }
-        // Added to the clock at every push: a value meant as "no limit" overflowed it and
-        // panicked the request. Ten years is past any dispatch Leap schedules.
-        if l.max_start_ahead_days > 3660 {
-            p.push(format!(
-                "limits.max_start_ahead_days = {} is more than 3660 (ten years); Leap dispatches days ahead, not decades",
-                l.max_start_ahead_days
-            ));
-        }
-        if l.max_timeslot_hours > 87_840 {
-            p.push(format!(
-                "limits.max_timeslot_hours = {} is more than 87840 (ten years)",
-                l.max_timeslot_hours
-            ));
-        }
+        p.extend(self.limits.problems());
     }
 
     fn check_auth(&self, p: &mut Vec<String>) {
@@ -268,5 +244,37 @@ impl Config {
                 ));
             }
         }
+    }
+}
+
+impl super::LimitsConfig {
+    /// `[limits]` problems, for the gateway's file and the relay's.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (key, v) in [
+            ("max_meter_ids", self.max_meter_ids),
+            ("max_timeslots", self.max_timeslots),
+            ("max_timeslot_hours", self.max_timeslot_hours as usize),
+            ("max_start_ahead_days", self.max_start_ahead_days as usize),
+        ] {
+            if v == 0 {
+                p.push(format!("limits.{key} must be at least 1"));
+            }
+        }
+        // Added to the clock at every push and at the relay's start: a value meant as "no
+        // limit" overflowed it and panicked. Ten years is past any dispatch Leap schedules.
+        if self.max_start_ahead_days > 3660 {
+            p.push(format!(
+                "limits.max_start_ahead_days = {} is more than 3660 (ten years); Leap dispatches days ahead, not decades",
+                self.max_start_ahead_days
+            ));
+        }
+        if self.max_timeslot_hours > 87_840 {
+            p.push(format!(
+                "limits.max_timeslot_hours = {} is more than 87840 (ten years)",
+                self.max_timeslot_hours
+            ));
+        }
+        p
     }
 }

@@ -167,17 +167,7 @@ impl RelayConfig {
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut p = Vec::new();
         self.check_server(&mut p);
-        let l = &self.limits;
-        for (key, v) in [
-            ("max_meter_ids", l.max_meter_ids),
-            ("max_timeslots", l.max_timeslots),
-            ("max_timeslot_hours", l.max_timeslot_hours as usize),
-            ("max_start_ahead_days", l.max_start_ahead_days as usize),
-        ] {
-            if v == 0 {
-                p.push(format!("limits.{key} must be at least 1"));
-            }
-        }
+        p.extend(self.limits.problems());
         if self.auth.keys.is_empty() {
             p.push("auth.keys is empty: add the key Leap sends in auth.header".into());
         }
@@ -344,6 +334,18 @@ mod tests {
         let text =
             format!("[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n{gateways}");
         toml::from_str::<RelayConfig>(&text).unwrap().check()
+    }
+
+    /// The relay's replay window adds the start-ahead limit to the clock at its start: a
+    /// value meant as "no limit" panicked it into a restart loop.
+    #[test]
+    fn an_enormous_start_ahead_limit_is_refused() {
+        let err = parse("[limits]\nmax_start_ahead_days = 4294967295\n").unwrap_err();
+        assert!(
+            err.iter()
+                .any(|e| e.contains("limits.max_start_ahead_days")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -212,8 +212,15 @@ impl RelayApp {
 
     async fn healthz(&self) -> Response {
         let mut problems = Vec::new();
-        if let Err(e) = self.store.check_writable().await {
-            problems.push(format!("outbox not writable: {e}"));
+        // Bounded as the gateway's is: behind a long write the check would get no answer.
+        let wait = crate::server::HEALTH_DB_WAIT;
+        match tokio::time::timeout(wait, self.store.check_writable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => problems.push(format!("outbox not writable: {e}")),
+            Err(_) => problems.push(format!(
+                "outbox writer busy: the check waited {} s behind it",
+                wait.as_secs()
+            )),
         }
         match self.status().await {
             Ok(s) => problems.extend(s.problems(self.config().relay.max_undelivered_age_secs)),

@@ -80,7 +80,10 @@ fn save_seen(conn: &Connection, gateway: &str, s: &Seen) -> Result<(), StoreErro
         "INSERT INTO relay_mqtt_status (gateway, online, status_at, received_at, last_commit_at,
            refused_total, last_refused_at, last_refused_error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (gateway) DO UPDATE SET online = ?2, status_at = ?3, received_at = ?4,
+         ON CONFLICT (gateway) DO UPDATE SET online = ?2, status_at = ?3,
+         -- An offline gateway's retained will comes again at every reconnect of the relay:
+         -- offline since the first time it was seen, not since the reconnect.
+         received_at = CASE WHEN ?2 = 0 AND online = 0 THEN received_at ELSE ?4 END,
          last_commit_at = ?5, refused_total = COALESCE(?6, refused_total),
          last_refused_at = COALESCE(?7, last_refused_at),
          last_refused_error = COALESCE(?8, last_refused_error)",
@@ -417,6 +420,36 @@ mod tests {
         let bad = "[mqtt]\nurl = \"mqtt://10.0.0.1:1883\"\nclient_id = \"relay\"\n";
         let err = check(&format!("{gw}{bad}")).unwrap_err();
         assert!(err.iter().any(|e| e.starts_with("mqtt.url")), "{err:?}");
+    }
+
+    /// A gateway's retained will is received again at every reconnect of the relay: it
+    /// stays offline since the first time, so `relay status` can say for how long.
+    #[test]
+    fn an_offline_gateway_stays_offline_since_it_was_first_seen_so() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in [
+            include_str!("schema.sql"),
+            include_str!("schema_mqtt.sql"),
+            include_str!("schema_broker.sql"),
+            include_str!("schema_refused.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        let at = |s| parse_ts(s).unwrap();
+        let seen = |online, t| Seen {
+            online,
+            status_at: None,
+            received_at: at(t),
+            last_commit_at: None,
+            refused: None,
+        };
+        let since = |conn: &Connection| load_seen(conn).unwrap()["gw"].last_status_at.clone();
+        save_seen(&conn, "gw", &seen(false, "2026-11-30T05:00:00.000Z")).unwrap();
+        save_seen(&conn, "gw", &seen(false, "2026-11-30T06:00:00.000Z")).unwrap();
+        assert_eq!(since(&conn).as_deref(), Some("2026-11-30T05:00:00.000Z"));
+        save_seen(&conn, "gw", &seen(true, "2026-11-30T07:00:00.000Z")).unwrap();
+        assert_eq!(since(&conn).as_deref(), Some("2026-11-30T07:00:00.000Z"));
     }
 
     /// `relay status` on an outbox a relay has not migrated yet (the new version refused

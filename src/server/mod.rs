@@ -11,7 +11,7 @@ pub(crate) mod tls;
 
 pub(crate) use conn::ConnState;
 pub(crate) use quiet::QuietLog;
-pub(crate) use routes::{App, Role, WebhookSettings};
+pub(crate) use routes::{App, HEALTH_DB_WAIT, Role, WebhookSettings};
 pub(crate) use routes::{
     Ingested, Intake, Received, error_response, ingest_body, json_response, receive_notification,
     refuse_ambiguous, unavailable,

@@ -531,7 +531,7 @@ fn render_store(store: &Store, out: &mut String) {
 }
 
 /// How long `/healthz` waits for the database writer (under the connection's 10 s).
-const HEALTH_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const HEALTH_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn healthz(app: &App) -> Resp {
     let mut problems = Vec::new();
