@@ -59,6 +59,7 @@ pub(crate) fn for_timeslot(
         };
         let intervals = db::list(conn, &range)?;
         let (lateness, dry_run) = first_setpoint(conn, &m.id, &ts.event_id)?;
+        let overlapping = overlapping(st, all, &m.id);
         out.push(report::build(&Input {
             timeslot: ts,
             meter_id: &m.id,
@@ -67,9 +68,32 @@ pub(crate) fn for_timeslot(
             event_days: &event_days,
             first_setpoint_lateness_ms: lateness,
             dry_run,
+            overlapping: &overlapping,
         }));
     }
     Ok(out)
+}
+
+/// Other live timeslots for `meter` whose time overlaps `st`'s: interval data cannot tell
+/// which of them the battery's energy in the common intervals was for.
+fn overlapping(st: &StoredTimeslot, all: &[StoredTimeslot], meter: &str) -> Vec<String> {
+    let ts = &st.timeslot;
+    let mut ids: Vec<String> = all
+        .iter()
+        .filter(|o| !o.cancelled_final && !o.timeslot.cancelled)
+        .filter(|o| (o.timeslot.kind, &o.timeslot.event_id) != (ts.kind, &ts.event_id))
+        .filter(|o| o.timeslot.start_time < ts.end_time && o.timeslot.end_time > ts.start_time)
+        .filter(|o| {
+            o.timeslot
+                .meter_ids
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(meter))
+        })
+        .map(|o| o.timeslot.event_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// Each configured meter among `meter_ids` with its share of the award. SPEC §2.7: a

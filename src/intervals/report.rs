@@ -54,6 +54,9 @@ pub struct EventReport {
     pub first_setpoint_lateness_ms: Option<i64>,
     /// A dry run here (SPEC §2.6): audited as would-apply only, so not judged.
     pub dry_run: bool,
+    /// Other timeslots on this meter that overlap this one: each is credited the battery's
+    /// whole energy of the common intervals, so a sum over them counts it twice.
+    pub overlapping: Vec<String>,
     pub gaps: usize,
     /// Intervals only partly inside the event (see [`IntervalReport::partial`]).
     pub partial_intervals: usize,
@@ -74,6 +77,8 @@ pub(crate) struct Input<'a> {
     pub(crate) first_setpoint_lateness_ms: Option<i64>,
     /// Only audited as would-apply (a dry run under the policy): not judged.
     pub(crate) dry_run: bool,
+    /// Other timeslots on this meter whose time overlaps this one's (SCENARIOS 3).
+    pub(crate) overlapping: &'a [String],
 }
 
 pub(crate) fn build(i: &Input<'_>) -> EventReport {
@@ -176,6 +181,7 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
         min_soc_pct: min_soc,
         first_setpoint_lateness_ms: i.first_setpoint_lateness_ms,
         dry_run: i.dry_run,
+        overlapping: i.overlapping.to_vec(),
         gaps,
         partial_intervals,
         baseline_days,
@@ -224,8 +230,17 @@ pub(crate) fn verdict(r: &EventReport) -> String {
     } else {
         String::new()
     };
+    // Only the audit log knows which one governed when; interval data does not.
+    let shared = if r.overlapping.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; approximate: overlaps {} on this meter, and each is credited the battery's whole energy of the common intervals",
+            r.overlapping.join(", ")
+        )
+    };
     format!(
-        "{outcome}: event {} meter {} delivered {award}, {} s of export, {soc}, {late}{gaps}{partial}",
+        "{outcome}: event {} meter {} delivered {award}, {} s of export, {soc}, {late}{gaps}{partial}{shared}",
         r.event_id, r.meter_id, r.export_seconds
     )
 }

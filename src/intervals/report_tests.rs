@@ -65,6 +65,7 @@ fn baseline_is_the_mean_of_ten_previous_non_event_days_and_delivery_is_judged() 
         event_days: &event_days,
         first_setpoint_lateness_ms: Some(4),
         dry_run: false,
+        overlapping: &[],
     };
     let r = build(&input);
     assert_eq!(r.baseline_days, 10);
@@ -126,6 +127,7 @@ fn an_interval_short_of_battery_readings_is_not_judged() {
             event_days: &HashSet::new(),
             first_setpoint_lateness_ms: Some(4),
             dry_run: false,
+            overlapping: &[],
         })
     };
     assert!(
@@ -155,6 +157,33 @@ fn a_dry_run_is_not_judged() {
         event_days: &HashSet::new(),
         first_setpoint_lateness_ms: Some(4),
         dry_run: true,
+        overlapping: &[],
     });
     assert!(r.verdict.starts_with("DRY RUN"), "{}", r.verdict);
+}
+
+/// SCENARIOS 3: a DRAM hour inside an ELRP afternoon on one meter. Interval data cannot
+/// split the battery's energy between them, so each verdict says it is shared.
+#[test]
+fn an_overlapped_event_says_its_delivery_is_shared() {
+    let start = Utc.with_ymd_and_hms(2026, 11, 20, 17, 0, 0).unwrap();
+    let t0 = start.timestamp();
+    let ivs = vec![interval(t0, 1.0, 5.0), interval(t0 + 900, 1.2, 5.0)];
+    let ts = timeslot(start, 30);
+    let others = ["elrp-1".to_string()];
+    let r = build(&Input {
+        timeslot: &ts,
+        meter_id: "m1",
+        award_kw: Some(20.0),
+        intervals: &ivs,
+        event_days: &HashSet::new(),
+        first_setpoint_lateness_ms: Some(4),
+        dry_run: false,
+        overlapping: &others,
+    });
+    assert!(
+        r.verdict.contains("approximate: overlaps elrp-1"),
+        "{}",
+        r.verdict
+    );
 }
