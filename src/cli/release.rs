@@ -42,7 +42,20 @@ pub(super) fn run(config: &Config, args: &ReleaseArgs) -> anyhow::Result<u8> {
         .build()?;
     let limit = Duration::from_secs(args.timeout_secs.max(1));
     let results = rt.block_on(release_all(config, limit));
+    // A meter whose device is not in the file as read (its line left out above, as one a
+    // newer version wrote): its battery is not released, and that is a failure.
     let mut failed = 0;
+    for m in config
+        .meters
+        .iter()
+        .filter(|m| !config.devices.contains_key(&m.device))
+    {
+        failed += 1;
+        eprintln!(
+            "leap-edge: meter {}: its device {} is not in the configuration as read: NOT released",
+            m.id, m.device
+        );
+    }
     for (name, r) in results {
         match r {
             Ok(()) => crate::outln!("{name}: released to normal operation"),

@@ -97,8 +97,9 @@ impl Config {
         Ok((cfg, problems))
     }
 
-    /// [`Config::from_text`], with each line that names an unknown key commented out and
-    /// named (at most 20; a key whose value spans lines is not skipped: its error stands).
+    /// [`Config::from_text`], with what names an unknown key commented out and named (at
+    /// most 20; see [`unknown_span`]; a key whose value spans lines is not skipped: its
+    /// error stands).
     fn from_text_skipping_unknown(
         text: &str,
         path: &Path,
@@ -111,18 +112,19 @@ impl Config {
         };
         let mut err = first;
         while skipped.len() < 20 {
-            let line = match &err {
+            let span = match &err {
                 ConfigError::Parse { line, message, .. }
-                    if *line > 0
-                        && message.contains("unknown field")
-                        && plain_key_line(&lines[*line - 1]) =>
+                    if *line > 0 && message.contains("unknown field") =>
                 {
-                    *line
+                    unknown_span(&lines, *line - 1)
                 }
-                _ => break,
+                _ => None,
             };
-            skipped.push(format!("{err} (that line is ignored here)"));
-            lines[line - 1] = format!("# {}", lines[line - 1]);
+            let Some((span, what)) = span else { break };
+            skipped.push(format!("{err} ({what} is ignored here)"));
+            for l in &mut lines[span] {
+                *l = format!("# {l}");
+            }
             match Config::from_text(&lines.join("\n"), path) {
                 Ok(cfg) => return Ok((cfg, skipped)),
                 Err(e) => err = e,
@@ -225,15 +227,27 @@ fn redact_secret(text: &str, span: Option<std::ops::Range<usize>>, message: Stri
     out
 }
 
-/// A `key = value` line on its own, inside a table: the only kind that is safe to leave
-/// out. A table header would move its keys into the table above; an inline table would
-/// take its other keys (a whole device) with it.
-fn plain_key_line(line: &str) -> bool {
-    let t = line.trim_start();
+/// The lines to leave out for an unknown key on line `at` (0-based), and what they are: a
+/// table header with its whole table (its keys must not join the table above), or a
+/// `key = value` line (one that holds an inline table takes all of it: a whole device, which
+/// `release` then names as not released). None for anything else.
+fn unknown_span(lines: &[String], at: usize) -> Option<(std::ops::Range<usize>, &'static str)> {
+    let t = lines[at].trim_start();
+    if t.starts_with('[') {
+        let end = (at + 1..lines.len())
+            .find(|i| lines[*i].trim_start().starts_with('['))
+            .unwrap_or(lines.len());
+        return Some((at..end, "that table"));
+    }
     let key_len = t
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         .unwrap_or(0);
-    key_len > 0 && t[key_len..].trim_start().starts_with('=') && !t.contains('{')
+    let key_line = key_len > 0 && t[key_len..].trim_start().starts_with('=');
+    match (key_line, t.contains('{')) {
+        (true, false) => Some((at..at + 1, "that line")),
+        (true, true) => Some((at..at + 1, "that line, and all it holds,")),
+        (false, _) => None,
+    }
 }
 
 /// 1-based line and column of a byte offset, for `file:line:col` errors (config and profiles).
@@ -292,11 +306,11 @@ mod tests {
         assert!(msg.contains("5"), "{msg}");
     }
 
-    /// Only a plain `key = value` line is left out: an unknown inline-table key or table
-    /// header stays an error (leaving out its line would drop a whole device, or move a
-    /// table's keys into the one above it).
+    /// An unknown key's line is left out; an unknown table with all its lines (its keys
+    /// must not join the table above: `unit_id` of a `[simm]` would land in a device); an
+    /// inline table whole (the device is then missing, which `release` reports).
     #[test]
-    fn only_a_plain_unknown_key_line_is_skipped() {
+    fn unknown_keys_and_tables_are_left_out_whole() {
         let base = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
         let skip = |extra: &str| {
             Config::from_text_skipping_unknown(&format!("{base}{extra}"), Path::new("c.toml"))
@@ -304,14 +318,20 @@ mod tests {
         let (_, warned) =
             skip("[devices.b]\nprofile = \"sunspec\"\nhost = \"h\"\nreversion_sec = 60\n").unwrap();
         assert!(warned[0].contains("reversion_sec"), "{warned:?}");
-        assert!(
+        let (c, warned) = skip(
+            "[devices.b]\nprofile = \"sunspec\"\nhost = \"h\"\n[simm]\nunit_id = 3\n[devices.c]\nprofile = \"sunspec\"\nhost = \"i\"\n",
+        )
+        .unwrap();
+        assert!(warned[0].contains("that table"), "{warned:?}");
+        assert_ne!(
+            c.devices["b"].unit_id, 3,
+            "a key moved into the table above"
+        );
+        assert!(c.devices.contains_key("c"));
+        let (c, _) =
             skip("[devices]\nb = { profile = \"sunspec\", host = \"h\", reversion_sec = 60 }\n")
-                .is_err()
-        );
-        assert!(
-            skip("[devices.b]\nprofile = \"sunspec\"\nhost = \"h\"\n[simm]\nunit_id = 3\n")
-                .is_err()
-        );
+                .unwrap();
+        assert!(!c.devices.contains_key("b"));
     }
 
     /// A start-ahead limit meant as "no limit" overflowed the clock and panicked every push:
