@@ -1,8 +1,9 @@
 //! The checks of a configuration that need other modules' rules: Leap's URL and cron
 //! rules, the control loop's needs, the TLS key's safety, what the device profiles hold.
 //! `config` checks only what it can see by itself; this module sits above the modules
-//! whose rules it applies, and `config check`, `leap-edge run` and `reload` go through
-//! [`load`].
+//! whose rules it applies. Every command goes through [`load`]; `config check`,
+//! `leap-edge run` and the daemon's `reload` through [`load_for_start`], which also reads
+//! the files the daemon reads at start.
 
 use crate::config::{Config, ConfigError};
 use std::path::Path;

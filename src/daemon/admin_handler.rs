@@ -181,7 +181,7 @@ impl Handler {
         let Some(path) = current.source.clone() else {
             return Response::err("this daemon was not started from a file; restart it instead");
         };
-        let new = match crate::preflight::load(&path) {
+        let new = match crate::preflight::load_for_start(&path) {
             Ok(c) => c,
             Err(e) => return Response::err(format!("configuration not reloaded: {e}")),
         };
