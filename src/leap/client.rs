@@ -12,8 +12,10 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Longest single back-off, whatever Retry-After says: the caller's window is minutes.
+/// Longest back-off of our own (connection errors, 5XX).
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest Retry-After waited out: the callers' windows are minutes.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct LeapClient {
@@ -208,9 +210,14 @@ impl LeapClient {
                 (Ok(a), _) => retry_after_status(a, attempt),
             };
             match wait {
+                // Leap asks for longer than a call may sit waiting: the next poll or upload
+                // tries again (sending sooner would only be refused again).
+                Some(Some(hint)) if hint > MAX_RETRY_AFTER => return finish(&method, path, got),
                 Some(hint) if attempt < self.retries => {
-                    let delay = hint.unwrap_or_else(|| self.backoff * 2u32.pow(attempt.min(16)));
-                    let delay = delay.min(MAX_BACKOFF);
+                    // Leap's own wait is honoured whole; ours is capped.
+                    let delay = hint.unwrap_or_else(|| {
+                        (self.backoff * 2u32.pow(attempt.min(16))).min(MAX_BACKOFF)
+                    });
                     tracing::warn!(
                         %method, path, attempt = attempt + 1, retry_in_ms = delay.as_millis() as u64,
                         problem = %describe(&got),
