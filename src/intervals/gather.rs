@@ -44,7 +44,13 @@ pub(crate) fn for_timeslot(
     for (m, share) in local_shares(config, ts.kind, &ts.meter_ids) {
         let event_days: HashSet<NaiveDate> = all
             .iter()
-            .filter(|o| o.timeslot.meter_ids.contains(&m.id) && !o.cancelled_final)
+            .filter(|o| {
+                !o.cancelled_final
+                    && o.timeslot
+                        .meter_ids
+                        .iter()
+                        .any(|x| x.eq_ignore_ascii_case(&m.id))
+            })
             .flat_map(|o| {
                 [
                     o.timeslot.start_time.date_naive(),
@@ -104,8 +110,9 @@ fn local_shares<'a>(
     kind: Kind,
     meter_ids: &[String],
 ) -> Vec<(&'a crate::config::MeterConfig, f64)> {
-    let mut ids: Vec<&String> = Vec::new();
-    for id in meter_ids {
+    // SPEC §2.7: Leap's meter ids whatever their case, as the plan matches them.
+    let mut ids: Vec<String> = Vec::new();
+    for id in meter_ids.iter().map(|i| i.to_ascii_lowercase()) {
         if !ids.contains(&id) {
             ids.push(id);
         }
@@ -113,7 +120,7 @@ fn local_shares<'a>(
     let local: Vec<&crate::config::MeterConfig> = config
         .meters
         .iter()
-        .filter(|m| ids.contains(&&m.id))
+        .filter(|m| ids.contains(&m.id.to_ascii_lowercase()))
         .collect();
     let weights: Vec<f64> = local.iter().map(|m| m.weight).collect();
     let total = crate::plan::group_weight(&weights, ids.len() - local.len());
