@@ -87,7 +87,13 @@ fn down(config: &Config) -> StatusReport {
     let now = Utc::now();
     let path = &config.storage.path;
     // A database that exists but cannot be read must not look like an empty one.
-    let unreadable = |e: &dyn std::fmt::Display| say_unreadable(path, e);
+    // Said once: a database that cannot be read fails every query alike.
+    let said = std::cell::Cell::new(false);
+    let unreadable = |e: &dyn std::fmt::Display| {
+        if !said.replace(true) {
+            say_unreadable(path, e);
+        }
+    };
     let conn = match store::open_read_only(path) {
         Ok(c) => Some(c),
         Err(e) if path.exists() => {
@@ -98,22 +104,10 @@ fn down(config: &Config) -> StatusReport {
     };
     let last = conn
         .as_ref()
-        .and_then(|c| match query::last_notification(c) {
-            Ok(l) => l,
-            Err(e) => {
-                unreadable(&e);
-                None
-            }
-        });
+        .and_then(|c| said_if_err(query::last_notification(c), &unreadable).flatten());
     let slots = conn
         .as_ref()
-        .and_then(|c| match query::all_timeslots(c) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                unreadable(&e);
-                None
-            }
-        })
+        .and_then(|c| said_if_err(query::all_timeslots(c), &unreadable))
         .unwrap_or_default();
     let meters = config
         .meters
@@ -143,6 +137,14 @@ fn down(config: &Config) -> StatusReport {
         leap: None,
         uplink: None,
     }
+}
+
+/// The value, or None with the error said.
+fn said_if_err<T>(
+    r: Result<T, store::StoreError>,
+    unreadable: &dyn Fn(&dyn std::fmt::Display),
+) -> Option<T> {
+    r.map_err(|e| unreadable(&e)).ok()
 }
 
 /// A database that exists but cannot be read must not look like an empty one.
@@ -193,13 +195,7 @@ fn down_meter(
         ..Default::default()
     };
     let last_audit = conn
-        .and_then(|c| match audit::query(c, &filter) {
-            Ok(rows) => Some(rows),
-            Err(e) => {
-                unreadable(&e);
-                None
-            }
-        })
+        .and_then(|c| said_if_err(audit::query(c, &filter), unreadable))
         .and_then(|rows| rows.into_iter().next())
         .map(|r| AuditSummary {
             at: r.at,

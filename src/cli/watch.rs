@@ -82,7 +82,9 @@ pub(crate) fn status(
 fn passing(e: &anyhow::Error) -> bool {
     use crate::admin::ClientError;
     match e.downcast_ref::<ClientError>() {
-        Some(ClientError::Timeout | ClientError::Io { .. }) => true,
+        Some(ClientError::Timeout) => true,
+        // An answer that does not decode is another version's, not a busy daemon.
+        Some(ClientError::Io { error, .. }) => error.kind() != std::io::ErrorKind::InvalidData,
         Some(ClientError::Refused(why)) => why.contains("busy"),
         _ => false,
     }
