@@ -222,9 +222,13 @@ impl RelayApp {
                 wait.as_secs()
             )),
         }
-        match self.status().await {
-            Ok(s) => problems.extend(s.problems(self.config().relay.max_undelivered_age_secs)),
-            Err(e) => problems.push(format!("cannot read the outbox: {e}")),
+        match tokio::time::timeout(wait, self.status()).await {
+            Ok(Ok(s)) => problems.extend(s.problems(self.config().relay.max_undelivered_age_secs)),
+            Ok(Err(e)) => problems.push(format!("cannot read the outbox: {e}")),
+            Err(_) => problems.push(format!(
+                "outbox reader busy: the status waited {} s behind it",
+                wait.as_secs()
+            )),
         }
         if let Some(link) = self.fleet.link() {
             problems.extend(link.broker.health_problem("mqtt"));
