@@ -262,16 +262,17 @@ impl super::LimitsConfig {
             }
         }
         // Added to the clock at every push and at the relay's start: a value meant as "no
-        // limit" overflowed it and panicked. Ten years is past any dispatch Leap schedules.
-        if self.max_start_ahead_days > 3660 {
+        // limit" (4294967295) overflowed it and panicked. A century is the bound (tests and
+        // replays of old samples use decades); Leap dispatches days ahead.
+        if self.max_start_ahead_days > 36_600 {
             p.push(format!(
-                "limits.max_start_ahead_days = {} is more than 3660 (ten years); Leap dispatches days ahead, not decades",
+                "limits.max_start_ahead_days = {} is more than 36600 (a century); Leap dispatches days ahead",
                 self.max_start_ahead_days
             ));
         }
-        if self.max_timeslot_hours > 87_840 {
+        if self.max_timeslot_hours > 876_600 {
             p.push(format!(
-                "limits.max_timeslot_hours = {} is more than 87840 (ten years)",
+                "limits.max_timeslot_hours = {} is more than 876600 (a century)",
                 self.max_timeslot_hours
             ));
         }
