@@ -289,7 +289,11 @@ where
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match rt.block_on(role) {
+    let result = rt.block_on(role);
+    // A blocking task still running (an integrity check started just before a stop) must
+    // not hold the exit past the unit's TimeoutStopSec: the stages are bounded already.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => Ok(exit::OK),
         Err(e) if is_config(&e) => {
             // Once, on stderr (the journal under systemd), as any other start error.

@@ -91,6 +91,15 @@ pub fn check_config(cfg: &crate::config::Config, p: &mut Vec<String>) {
             "leap.api_key is empty: give the partner API key from Leap, or remove the key".into(),
         );
     }
+    // It goes into the Authorization header: a character a header cannot carry (a pasted
+    // newline) failed every call as "Leap could not be reached", the key never named.
+    if l.api_key.as_ref().is_some_and(|k| {
+        hyper::header::HeaderValue::from_str(&format!("Bearer {}", k.expose())).is_err()
+    }) {
+        p.push(
+            "leap.api_key holds a character an HTTP header cannot carry (a line break or control character pasted with it): copy the key again".into(),
+        );
+    }
     if !(1..=300).contains(&l.timeout_secs) {
         p.push("leap.timeout_secs must be between 1 and 300".into());
     }
@@ -129,6 +138,26 @@ pub fn check_config(cfg: &crate::config::Config, p: &mut Vec<String>) {
 mod tests {
     use super::*;
     use crate::config::leap::default_poll_cron;
+
+    /// A key pasted with a line break: named by `config check`, not "Leap could not be
+    /// reached" at every call.
+    #[test]
+    fn an_api_key_a_header_cannot_carry_is_a_problem() {
+        let text = |key: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[leap]\napi_key = {key:?}\n"
+            )
+        };
+        let problems = |key: &str| {
+            let c = crate::config::Config::parse_str(&text(key), std::path::Path::new("c.toml"))
+                .unwrap();
+            let mut p = Vec::new();
+            check_config(&c, &mut p);
+            p.join("\n")
+        };
+        assert!(problems("sk_live_abc123\n").contains("leap.api_key holds a character"));
+        assert!(!problems("sk_live_abc123").contains("leap.api_key"));
+    }
 
     #[test]
     fn base_url_names_and_loopback_rule() {
