@@ -112,6 +112,7 @@ pub(crate) fn warnings(config: &Config) -> Vec<String> {
         ));
     }
     w.extend(uplink_identity(config));
+    w.extend(crate::leap::api_key_warning(&config.leap));
     if config.site.service_kw.is_none() && !config.meters.is_empty() {
         w.push(
             "site.service_kw is not set: a stuck or misscaled site-meter reading is then caught \

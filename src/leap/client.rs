@@ -15,7 +15,7 @@ use std::time::Duration;
 /// Longest back-off of our own (connection errors, 5XX).
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest Retry-After waited out: the callers' windows are minutes.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct LeapClient {
@@ -188,7 +188,11 @@ impl LeapClient {
         retry: Retry,
     ) -> Result<Option<R>, LeapError> {
         let uri = self.url(path)?;
-        let mut auth = vec![("authorization", format!("Bearer {}", self.key.expose()))];
+        // Trimmed: a key pasted with a line break at its end is the key.
+        let mut auth = vec![(
+            "authorization",
+            format!("Bearer {}", self.key.expose().trim()),
+        )];
         if body.is_some() {
             auth.push(("content-type", content_type.to_string()));
         }

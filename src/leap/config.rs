@@ -11,11 +11,13 @@ pub(crate) const MAX_WINDOW_DAYS: u32 = 31;
 pub(crate) const MIN_POLL_GAP_SECS: i64 = 60;
 
 /// How long one poll may take at most: every call may use each attempt's full timeout plus
-/// the longest back-off, and a poll makes a few calls (pages, meters and groups). The
-/// daemon bounds a requested poll by this; the CLI waits a little longer for its answer.
+/// the longest wait between attempts (a Retry-After Leap asks for), and a poll makes a few
+/// calls (pages, meters and groups). The daemon bounds a requested poll by this; the CLI
+/// waits a little longer for its answer.
 pub(crate) fn poll_time_limit(l: &crate::config::leap::LeapConfig) -> std::time::Duration {
     let attempts = u64::from(l.retries) + 1;
-    std::time::Duration::from_secs(attempts * (l.timeout_secs + 60) * 2 + 30)
+    let wait = super::client::MAX_RETRY_AFTER.as_secs();
+    std::time::Duration::from_secs(attempts * (l.timeout_secs + wait) * 2 + 30)
 }
 
 /// Parse a `[schedule]` cron expression (six fields: seconds required).
@@ -77,6 +79,17 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The key goes into the Authorization header (trimmed): a character a header cannot carry
+/// (a control character pasted inside it) fails every call to Leap, as "Leap could not be
+/// reached". A warning, not a problem: webhook pushes do not need the key, so the daemon
+/// must still start.
+pub(crate) fn api_key_warning(l: &crate::config::leap::LeapConfig) -> Option<String> {
+    let k = l.api_key.as_ref()?;
+    hyper::header::HeaderValue::from_str(&format!("Bearer {}", k.expose().trim()))
+        .is_err()
+        .then(|| "leap.api_key holds a character an HTTP header cannot carry (a control character pasted with it): every call to Leap fails until the key is copied again".into())
+}
+
 /// `config check` for `[leap]` and `[schedule]`: each problem names its key.
 pub fn check_config(cfg: &crate::config::Config, p: &mut Vec<String>) {
     let l = &cfg.leap;
@@ -89,15 +102,6 @@ pub fn check_config(cfg: &crate::config::Config, p: &mut Vec<String>) {
     {
         p.push(
             "leap.api_key is empty: give the partner API key from Leap, or remove the key".into(),
-        );
-    }
-    // It goes into the Authorization header: a character a header cannot carry (a pasted
-    // newline) failed every call as "Leap could not be reached", the key never named.
-    if l.api_key.as_ref().is_some_and(|k| {
-        hyper::header::HeaderValue::from_str(&format!("Bearer {}", k.expose())).is_err()
-    }) {
-        p.push(
-            "leap.api_key holds a character an HTTP header cannot carry (a line break or control character pasted with it): copy the key again".into(),
         );
     }
     if !(1..=300).contains(&l.timeout_secs) {
@@ -139,24 +143,23 @@ mod tests {
     use super::*;
     use crate::config::leap::default_poll_cron;
 
-    /// A key pasted with a line break: named by `config check`, not "Leap could not be
-    /// reached" at every call.
+    /// A key pasted with a line break at its end is trimmed; one with a control character
+    /// inside is named (a warning), not "Leap could not be reached" at every call.
     #[test]
-    fn an_api_key_a_header_cannot_carry_is_a_problem() {
+    fn an_api_key_a_header_cannot_carry_is_named() {
         let text = |key: &str| {
             format!(
-                "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[leap]\napi_key = {key:?}\n"
+                "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[leap]\napi_key = \"{key}\"\n"
             )
         };
-        let problems = |key: &str| {
+        let warning = |key: &str| {
             let c = crate::config::Config::parse_str(&text(key), std::path::Path::new("c.toml"))
                 .unwrap();
-            let mut p = Vec::new();
-            check_config(&c, &mut p);
-            p.join("\n")
+            api_key_warning(&c.leap)
         };
-        assert!(problems("sk_live_abc123\n").contains("leap.api_key holds a character"));
-        assert!(!problems("sk_live_abc123").contains("leap.api_key"));
+        assert!(warning("sk_live_abc\\u0007123").is_some());
+        assert_eq!(warning("sk_live_abc123\\n"), None);
+        assert_eq!(warning("sk_live_abc123"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub(crate) mod types;
 
 pub(crate) use crate::config::LeapConfig;
 pub use client::LeapClient;
-pub(crate) use config::{MAX_WINDOW_DAYS, MIN_POLL_GAP_SECS, poll_time_limit};
+pub(crate) use config::{MAX_WINDOW_DAYS, MIN_POLL_GAP_SECS, api_key_warning, poll_time_limit};
 pub use config::{check_config, next_fire};
 
 /// What a call to Leap can end in, each with what to do about it.
