@@ -32,7 +32,7 @@ pub(crate) fn status(
             }
             // What waiting cannot fix ends the watch, as before: no permission on the
             // socket, a daemon of another version.
-            Err(e) if !passing(&e) => return Err(e),
+            Err(e) if !passing(&e) => return Err(why_not(e)),
             Err(e) => {
                 let e = super::text::clean(&e.to_string());
                 if failing.as_ref() != Some(&e) {
@@ -75,6 +75,18 @@ pub(crate) fn status(
             }
         }
         std::thread::sleep(every);
+    }
+}
+
+/// An answer that does not decode comes from another version: said so, as for a one-shot
+/// `status`, rather than as a socket error.
+fn why_not(e: anyhow::Error) -> anyhow::Error {
+    use crate::admin::ClientError;
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Io { error, .. }) if error.kind() == std::io::ErrorKind::InvalidData => {
+            anyhow::Error::new(ClientError::Mismatch("status"))
+        }
+        _ => e,
     }
 }
 

@@ -130,7 +130,15 @@ impl Config {
                 Err(e) => err = e,
             }
         }
-        Err(err)
+        // Left out and still not read (a value over several lines): the key's own error
+        // says what to fix, not the line the leaving out broke.
+        let unknown =
+            matches!(&err, ConfigError::Parse { message, .. } if message.contains("unknown field"));
+        if unknown {
+            Err(err)
+        } else {
+            Err(Config::from_text(text, path).err().unwrap_or(err))
+        }
     }
 
     fn read_text(path: &Path) -> Result<String, ConfigError> {
