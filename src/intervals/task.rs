@@ -22,13 +22,32 @@ struct Meter {
     /// The last reading's wall time and when it arrived (monotonic): a clock step shows as
     /// the two gaps disagreeing.
     seen: Option<(i64, std::time::Instant)>,
+    /// Finished intervals a failed store write did not keep: saved with the next ones.
+    unsaved: Vec<Acc>,
 }
+
+/// A day of quarter hours: what a store that keeps failing may hold back in memory.
+const MAX_UNSAVED: usize = 96;
 
 /// Wall and monotonic time between two readings may differ by this much (delivery jitter)
 /// before it counts as a clock step.
 const STEP_MS: i64 = 5_000;
 
 impl Meter {
+    /// What the next write saves: the intervals a failed write left, then `done`.
+    fn batch(&mut self, done: Vec<Acc>) -> Vec<Acc> {
+        let mut all = std::mem::take(&mut self.unsaved);
+        all.extend(done);
+        all
+    }
+
+    /// A write of `batch` failed: keep it for the next one (the newest day of it).
+    fn keep_unsaved(&mut self, mut batch: Vec<Acc>) {
+        let over = batch.len().saturating_sub(MAX_UNSAVED);
+        batch.drain(..over);
+        self.unsaved = batch;
+    }
+
     /// Compares capture stamps, not arrival: a recorder busy with the store, readings
     /// queued meanwhile, is not a clock step.
     fn check_clock(&mut self, meter_id: &str, at_ms: i64, taken: Option<std::time::Instant>) {
@@ -109,6 +128,7 @@ async fn resume(store: &Store, meter_id: &str, at_ms: i64, period: Option<Durati
         },
         saved_at_ms: at_ms,
         seen: None,
+        unsaved: Vec::new(),
     };
     if untrusted {
         tracing::warn!(
@@ -145,12 +165,14 @@ async fn take(
     for acc in &done {
         log_done(&reading.meter_id, acc);
     }
+    let batch = m.batch(done);
     let id = reading.meter_id.clone();
     let open = m.rec.open.clone();
+    let kept = batch.clone();
     let saved = store
         .call(move |c| {
             let tx = c.transaction()?;
-            for acc in &done {
+            for acc in &kept {
                 db::save(&tx, &id, acc, false)?;
             }
             if let Some(o) = &open {
@@ -161,7 +183,9 @@ async fn take(
         })
         .await;
     if let Err(e) = saved {
-        tracing::error!(meter_id = %reading.meter_id, error = %e, "intervals: cannot store intervals");
+        tracing::error!(meter_id = %reading.meter_id, error = %e, intervals = batch.len(),
+            "intervals: cannot store intervals; kept to be saved with the next ones");
+        m.keep_unsaved(batch);
     }
     true
 }
@@ -211,5 +235,33 @@ async fn save_open(store: &Store, meters: &HashMap<String, Meter>) {
         .await;
     if let Err(e) = saved {
         tracing::warn!(error = %e, "intervals: cannot save the open interval");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store write that failed loses no finished interval: they go with the next write,
+    /// the newest day of them if the store keeps failing. Before, they were dropped, and
+    /// their row stayed `open` ("recording") for ever.
+    #[test]
+    fn finished_intervals_a_failed_write_left_go_with_the_next() {
+        let mut m = Meter {
+            rec: Recorder::default(),
+            saved_at_ms: 0,
+            seen: None,
+            unsaved: Vec::new(),
+        };
+        let acc = |n: i64| Acc::new(n * 900);
+        let first = m.batch(vec![acc(1), acc(2)]);
+        m.keep_unsaved(first);
+        let next = m.batch(vec![acc(3)]);
+        let starts: Vec<i64> = next.iter().map(|a| a.start).collect();
+        assert_eq!(starts, [900, 1800, 2700]);
+        m.keep_unsaved((0..200).map(acc).collect());
+        assert_eq!(m.unsaved.len(), MAX_UNSAVED);
+        assert_eq!(m.unsaved.last().unwrap().start, 199 * 900);
+        assert!(m.batch(vec![]).len() == MAX_UNSAVED && m.unsaved.is_empty());
     }
 }
