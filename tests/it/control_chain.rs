@@ -117,21 +117,7 @@ async fn a_silent_device_does_not_delay_another_meters_boundary() {
         device("silent", silent.local_addr().port()),
         device("sim", sim.local_addr().port()),
     );
-    common::TestConfig {
-        tail,
-        ..Default::default()
-    }
-    .write(dir.path());
-    let config = Config::load(&dir.path().join("config.toml")).unwrap();
-    let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
-    let status = cc.status();
-    let parts = Parts {
-        commander: cc.clone(),
-        clock: Arc::new(SystemClock),
-        live: Arc::new(move || status.snapshot()),
-    };
-    let running = daemon::start(config, parts).await.unwrap();
-    let client = common::Client::new(running.addr, cert);
+    let (cc, running, client) = chain(&dir, cert, tail).await;
     // Both devices bound and idle before the device goes silent.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     silent.set_fault(leap_edge::sim::Fault::Silent);
@@ -200,21 +186,7 @@ async fn revisions_queued_behind_a_slow_device_send_only_the_newest() {
          [devices.silent]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {}\nreversion_secs = 10\n",
         silent.local_addr().port()
     );
-    common::TestConfig {
-        tail,
-        ..Default::default()
-    }
-    .write(dir.path());
-    let config = Config::load(&dir.path().join("config.toml")).unwrap();
-    let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
-    let status = cc.status();
-    let parts = Parts {
-        commander: cc.clone(),
-        clock: Arc::new(SystemClock),
-        live: Arc::new(move || status.snapshot()),
-    };
-    let running = daemon::start(config, parts).await.unwrap();
-    let client = common::Client::new(running.addr, cert);
+    let (cc, running, client) = chain(&dir, cert, tail).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     silent.set_fault(leap_edge::sim::Fault::Silent);
     let start = Utc::now() + Duration::milliseconds(1000);
@@ -263,4 +235,29 @@ async fn revisions_queued_behind_a_slow_device_send_only_the_newest() {
     );
     running.stop().await;
     cc.shutdown(std::time::Duration::from_secs(3)).await;
+}
+
+/// The daemon with the real control loops on `tail` (its `[site]`, meters and devices),
+/// and a client for its webhook.
+async fn chain(
+    dir: &tempfile::TempDir,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    tail: String,
+) -> (Arc<ControlCommander>, daemon::Running, common::Client) {
+    common::TestConfig {
+        tail,
+        ..Default::default()
+    }
+    .write(dir.path());
+    let config = Config::load(&dir.path().join("config.toml")).unwrap();
+    let cc = Arc::new(ControlCommander::start_modbus(&config, Arc::new(SystemClock)).unwrap());
+    let status = cc.status();
+    let parts = Parts {
+        commander: cc.clone(),
+        clock: Arc::new(SystemClock),
+        live: Arc::new(move || status.snapshot()),
+    };
+    let running = daemon::start(config, parts).await.unwrap();
+    let client = common::Client::new(running.addr, cert);
+    (cc, running, client)
 }
