@@ -238,6 +238,11 @@ async fn group_dispatches_are_searched_for_groups_seen_before() {
     let push = json!({"integration_test_notification": false, "communication_test": false,
         "group_dispatches": [{"market_group_id": QUIET_GROUP, "meter_ids": [METER], "timeslots": [quiet]}]});
     assert_eq!(d.client().post(&push.to_string()).await.status, 200);
+    // `leap test --group` without a configured group makes one up: not the account's.
+    let test = json!({"integration_test_notification": true, "communication_test": false,
+        "group_dispatches": [{"market_group_id": "made-up-test-group", "meter_ids": [METER],
+                              "timeslots": [group_slot("g-integration-test")]}]});
+    assert_eq!(d.client().post(&test.to_string()).await.status, 200);
     fake.state.lock().unwrap().group_results = vec![
         json!({"market_group_id": GROUP, "meter_ids": [METER], "timeslots": [pushed, group_slot("g-missed")]}),
     ];
