@@ -15,6 +15,22 @@ pub(crate) fn is_placeholder(key: &str) -> bool {
     k.contains("change-me") || k.contains("changeme") || k.contains("change_me")
 }
 
+/// What in a value written into a CSV column would break the row (Leap's interval data
+/// has no quoting), named for the error; `None` when the value is safe.
+fn csv_breaking(v: &str) -> Option<&'static str> {
+    if v.contains(',') {
+        Some("a comma")
+    } else if v.contains('"') {
+        Some("a double quote")
+    } else if v.contains(['\n', '\r']) {
+        Some("a line break")
+    } else if v != v.trim() {
+        Some("spaces at its start or end")
+    } else {
+        None
+    }
+}
+
 impl Config {
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut p = Vec::new();
@@ -24,6 +40,13 @@ impl Config {
         self.check_site(&mut p);
         self.check_meters(&mut p);
         self.check_devices(&mut p);
+        if let Some(c) = csv_breaking(&self.intervals.region) {
+            p.push(format!(
+                "intervals.region = {:?} contains {c}, which would split every row of the \
+                 interval data sent to Leap: give one region name such as \"CAISO\"",
+                self.intervals.region
+            ));
+        }
         if let Some(m) = &self.uplink.mqtt {
             p.extend(m.problems("uplink.mqtt"));
             if m.session_expiry_secs < super::mqtt::MIN_SESSION_EXPIRY_SECS {
@@ -185,6 +208,13 @@ impl Config {
         for (i, m) in self.meters.iter().enumerate() {
             if m.id.trim().is_empty() {
                 p.push(format!("meters[{i}].id is empty: give Leap's meter id"));
+            }
+            if let Some(c) = csv_breaking(&m.id) {
+                p.push(format!(
+                    "meters[{i}].id = {:?} contains {c}: Leap's meter ids are UUIDs (and the \
+                     id is a column of the interval data sent to Leap); copy it again from Leap",
+                    m.id
+                ));
             }
             if !seen.insert(m.id.to_ascii_lowercase()) {
                 p.push(format!("meters[{i}].id = \"{}\" appears twice", m.id));

@@ -358,6 +358,25 @@ mod tests {
         );
     }
 
+    /// A meter id or region that would split the interval data's CSV rows is refused.
+    #[test]
+    fn csv_breaking_meter_id_and_region_are_refused() {
+        let text = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[intervals]\nregion = \"CAISO, NP15\"\n[[meters]]\nid = \"aa, bb\"\ndevice = \"x\"\n";
+        let p = Config::parse_str(text, Path::new("c.toml"))
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .join("\n");
+        assert!(
+            p.contains("meters[0].id = \"aa, bb\" contains a comma"),
+            "{p}"
+        );
+        assert!(
+            p.contains("intervals.region = \"CAISO, NP15\" contains a comma"),
+            "{p}"
+        );
+    }
+
     /// The repository's development key works on loopback; on a listener Leap can reach it
     /// is refused, naming the key by position only.
     #[test]
