@@ -62,8 +62,14 @@ impl LeapClient {
         let path = format!("/v2/dispatch/{}/webhook", level.path());
         match self.call::<(), Webhook>(Method::GET, &path, None).await {
             Ok(w) => Ok(w),
-            // No webhook registered yet.
-            Err(LeapError::Api { status: 404, .. }) => Ok(None),
+            // No webhook registered yet: Leap's own 404, with its error envelope. A 404
+            // without it comes from something else at that address (a wrong `base_url`),
+            // and "nothing registered" would then be a guess that hides the mistake.
+            Err(LeapError::Api {
+                status: 404,
+                ref code,
+                ..
+            }) if code == "NOT_FOUND" => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -81,9 +87,20 @@ impl LeapClient {
 
     pub(crate) async fn delete_webhook(&self, level: Level) -> Result<(), LeapError> {
         let path = format!("/v2/dispatch/{}/webhook", level.path());
-        self.call::<(), serde_json::Value>(Method::DELETE, &path, None)
+        match self
+            .call::<(), serde_json::Value>(Method::DELETE, &path, None)
             .await
-            .map(|_| ())
+        {
+            // Gone is what was asked: a retry after a 204 that was lost on the way back
+            // finds nothing left to delete.
+            Ok(_) => Ok(()),
+            Err(LeapError::Api {
+                status: 404,
+                ref code,
+                ..
+            }) if code == "NOT_FOUND" => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Ask Leap to post a test notification to the registered URL; the body is
@@ -94,9 +111,18 @@ impl LeapClient {
         body: &B,
     ) -> Result<IntegrationTestAnswer, LeapError> {
         let path = format!("/v2/dispatch/{}/webhook/integration_test", level.path());
-        self.call(Method::POST, &path, Some(body))
-            .await?
-            .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
+        let body = serde_json::to_vec(body).map_err(|e| LeapError::BadAnswer(e.to_string()))?;
+        // Each POST makes Leap post a test notification: a timeout after Leap took it is
+        // not retried, so one command gives one test, and its answer is the one shown.
+        self.call_bytes(
+            Method::POST,
+            &path,
+            Some(body),
+            "application/json",
+            Retry::IfNotSent,
+        )
+        .await?
+        .ok_or_else(|| LeapError::BadAnswer(format!("POST {path}: empty answer")))
     }
 
     pub(crate) async fn search<R: DeserializeOwned>(
