@@ -55,7 +55,9 @@ impl DaemonError {
         matches!(
             self,
             DaemonError::Store(
-                crate::store::StoreError::ReadOnly { .. } | crate::store::StoreError::TooNew { .. }
+                crate::store::StoreError::ReadOnly { .. }
+                    | crate::store::StoreError::TooNew { .. }
+                    | crate::store::StoreError::OrphanedWal { .. }
             ) | DaemonError::Server(server::ServerError::Tls { .. })
         ) || matches!(self, DaemonError::Lock(e) if e.is_config())
             || matches!(self, DaemonError::Admin(e) if e.is_config())

@@ -92,3 +92,68 @@ pub(crate) fn check_still_writable(db: &Path) -> Result<(), StoreError> {
         Err(e) => Err(StoreError::BecameReadOnly(format!("{}: {e}", db.display()))),
     }
 }
+
+/// Which file the daemon opened: the path may later name another (a backup restored with
+/// `mv`) or nothing (`rm`), while SQLite goes on writing to the file it holds open, which
+/// no later run or reader sees.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    pub(crate) fn of(path: &Path) -> io::Result<Identity> {
+        let m = std::fs::metadata(path)?;
+        Ok(Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// `Err` when the path no longer names the opened file: whatever were written now
+    /// would be acknowledged and lost (SPEC §2.1).
+    pub(crate) fn check(&self, path: &Path) -> Result<(), StoreError> {
+        let what = match Identity::of(path) {
+            Ok(now) if now == *self => return Ok(()),
+            Ok(_) => "replaced by another file",
+            Err(e) if e.kind() == io::ErrorKind::NotFound => "deleted",
+            // Not knowable now (permissions on a parent): the write itself will tell.
+            Err(_) => return Ok(()),
+        };
+        Err(StoreError::Replaced {
+            path: path.to_path_buf(),
+            what,
+        })
+    }
+}
+
+/// A database missing while its write-ahead log is still there: the database was
+/// deleted or moved after an earlier run. Creating an empty one would make SQLite throw
+/// that log (acknowledged notifications) away.
+pub(crate) fn orphaned_wal(db: &Path) -> Option<std::path::PathBuf> {
+    let mut name = db.as_os_str().to_os_string();
+    name.push("-wal");
+    let wal = std::path::PathBuf::from(name);
+    let has_frames = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    (has_frames && !db.exists()).then_some(wal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database gone while its WAL holds frames is not silently recreated empty (SQLite
+    /// would then drop the log and the notifications in it).
+    #[test]
+    fn a_missing_database_with_its_wal_left_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("leap-edge.db");
+        std::fs::write(dir.path().join("leap-edge.db-wal"), b"frames").unwrap();
+        let e = crate::store::Store::open(&db).err().expect("refused");
+        let text = e.to_string();
+        assert!(matches!(e, StoreError::OrphanedWal { .. }), "{text}");
+        assert!(text.contains("leap-edge.db-wal is still there"), "{text}");
+        assert!(!db.exists(), "no empty database was created");
+    }
+}

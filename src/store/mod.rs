@@ -77,6 +77,22 @@ pub enum StoreError {
         found: i64,
         needed: i64,
     },
+    /// The file the daemon opened was deleted or replaced under it while it ran.
+    #[error(
+        "database {path} was {what} while the daemon ran: notifications are refused (503) \
+         because what the daemon writes now would be lost. Put the file back where it was \
+         (or move the new one away), then restart the daemon; a backup is restored with the \
+         daemon stopped"
+    )]
+    Replaced { path: PathBuf, what: &'static str },
+    /// Start: the database is gone but its write-ahead log is still there.
+    #[error(
+        "database {path} is missing but its write-ahead log {wal} is still there (the \
+         database was deleted or moved after the last run): starting would create an empty \
+         database and SQLite would discard that log with the notifications in it. Put the \
+         database back, or if it is truly lost, move {wal} aside to keep it, then start again"
+    )]
+    OrphanedWal { path: PathBuf, wal: PathBuf },
     #[error("database writer has stopped")]
     Stopped,
     #[error("database: the batch holding this notification was not committed: {0}")]
@@ -94,6 +110,8 @@ pub struct Store {
     /// replan never delays the commit (and the ack) of the next notification.
     reads: mpsc::Sender<ReadJob>,
     path: PathBuf,
+    /// The file opened at start; checked before each ingest batch and by `/healthz`.
+    opened: files::Identity,
     stats: std::sync::Arc<BatchStats>,
 }
 
@@ -134,47 +152,17 @@ impl Store {
         path: &Path,
         migrate: fn(&mut Connection) -> Result<(), StoreError>,
     ) -> Result<(Store, StoreThread), StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            files::create_state_dir(dir).map_err(|e| {
-                open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
-                    "{}: {e}",
-                    dir.display()
-                ))))
-            })?;
-        }
-        files::prepare_db_file(path).map_err(|e| {
-            open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
-                "{}: {e}",
-                path.display()
-            ))))
-        })?;
-        let mut conn = Connection::open(path).map_err(open_err)?;
-        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
-            return Err(files::read_only_error(path));
-        }
-        let locked = |e| busy_is_locked(e, path);
-        configure(&conn).map_err(open_err).map_err(locked)?;
-        files::tighten_journal_files(path);
-        migrate(&mut conn).map_err(locked)?;
-        conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            checkpoint::WRITER_CHECKPOINT_FRAMES,
-        )
-        .map_err(open_err)?;
+        let (mut conn, opened) = open_writer(path, migrate)?;
         let (nudge, checkpointer) = checkpoint::spawn(path)?;
         let (tx, mut rx) = mpsc::channel::<writer::Work>(1024);
         let stats = std::sync::Arc::new(BatchStats::default());
         let writer_stats = stats.clone();
+        let writer_file = (path.to_path_buf(), opened);
         let (reader_closed, reader_gone) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("leap-edge-store".into())
             .spawn(move || {
-                writer::run(&mut conn, &mut rx, &writer_stats, &nudge);
+                writer::run(&mut conn, &mut rx, &writer_stats, &nudge, &writer_file);
                 drop(nudge);
                 let _ = checkpointer.join();
                 // Only the last connection to close checkpoints the WAL and removes it, and
@@ -189,6 +177,7 @@ impl Store {
                 jobs: tx,
                 reads: rtx,
                 path: path.to_path_buf(),
+                opened,
                 stats,
             },
             StoreThread(thread, read_thread),
@@ -270,7 +259,9 @@ impl Store {
     pub(crate) async fn check_writable(&self) -> Result<(), StoreError> {
         let probe = probe_path(&self.path);
         let db = self.path.clone();
+        let opened = self.opened;
         self.call(move |c| {
+            opened.check(&db)?;
             c.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
             // Issue 10.4: the file itself may have become read-only (chattr, a read-only
             // remount, a restore with the wrong owner) while its folder still takes files.
@@ -294,6 +285,59 @@ impl Store {
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
+}
+
+/// The writer's connection: folder and file made (modes), pragmas set, migrated; and
+/// which file it is, to notice it being deleted or replaced later.
+fn open_writer(
+    path: &Path,
+    migrate: fn(&mut Connection) -> Result<(), StoreError>,
+) -> Result<(Connection, files::Identity), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        files::create_state_dir(dir).map_err(|e| {
+            open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                "{}: {e}",
+                dir.display()
+            ))))
+        })?;
+    }
+    if let Some(wal) = files::orphaned_wal(path) {
+        return Err(StoreError::OrphanedWal {
+            path: path.to_path_buf(),
+            wal,
+        });
+    }
+    files::prepare_db_file(path).map_err(|e| {
+        open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+            "{}: {e}",
+            path.display()
+        ))))
+    })?;
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+        return Err(files::read_only_error(path));
+    }
+    let locked = |e| busy_is_locked(e, path);
+    configure(&conn).map_err(open_err).map_err(locked)?;
+    files::tighten_journal_files(path);
+    migrate(&mut conn).map_err(locked)?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        checkpoint::WRITER_CHECKPOINT_FRAMES,
+    )
+    .map_err(open_err)?;
+    let opened = files::Identity::of(path).map_err(|e| {
+        open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+            "{}: {e}",
+            path.display()
+        ))))
+    })?;
+    Ok((conn, opened))
 }
 
 /// The reader connection and its thread (planning and status reads, beside the writer).

@@ -5,6 +5,7 @@
 //! every request of the batch with an error (503, so Leap retries).
 
 use super::checkpoint::Nudge;
+use super::files::Identity;
 use super::ingest::{self, IngestOutcome, Prepared};
 use super::{Job, StoreError};
 use crate::seam::ChangeSignal;
@@ -49,6 +50,7 @@ pub(super) fn run(
     rx: &mut mpsc::Receiver<Work>,
     stats: &BatchStats,
     nudge: &Nudge,
+    file: &(std::path::PathBuf, Identity),
 ) {
     let mut next = rx.blocking_recv();
     while let Some(work) = next.take() {
@@ -57,7 +59,10 @@ pub(super) fn run(
             Work::Ingest(rec, reply) => {
                 let mut batch = vec![(rec, reply)];
                 next = fill(&mut batch, rx);
-                commit_batch(conn, batch, stats);
+                match file.1.check(&file.0) {
+                    Ok(()) => commit_batch(conn, batch, stats),
+                    Err(e) => refuse(batch, &e),
+                }
             }
         }
         // The WAL is copied into the database by another thread (`checkpoint.rs`).
@@ -141,12 +146,15 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Box<Prepared>, Reply)>, stats
                 let _ = reply.send(result);
             }
         }
-        Err(e) => {
-            let why = e.to_string();
-            tracing::error!(notifications = batch.len(), error = %why, "batch not committed; every request in it is answered 503");
-            for (_, reply) in batch {
-                let _ = reply.send(Err(StoreError::BatchFailed(why.clone())));
-            }
-        }
+        Err(e) => refuse(batch, &e),
+    }
+}
+
+/// Answer every request of a batch that was not committed (503, so Leap retries).
+fn refuse(batch: Vec<(Box<Prepared>, Reply)>, e: &StoreError) {
+    let why = e.to_string();
+    tracing::error!(notifications = batch.len(), error = %why, "batch not committed; every request in it is answered 503");
+    for (_, reply) in batch {
+        let _ = reply.send(Err(StoreError::BatchFailed(why.clone())));
     }
 }

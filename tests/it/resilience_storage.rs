@@ -231,3 +231,49 @@ async fn read_only_database_gives_503_stores_nothing_and_recovers_without_restar
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// The database deleted or replaced under a running daemon: SQLite would go on writing to
+/// the file it holds open, which nothing will ever read again, so a 200 would be a lie.
+/// Every notification is refused (503) and `/healthz` names the file and what happened;
+/// once the file is put back, the same daemon acks again. Needs no root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_deleted_or_replaced_while_running_is_refused_not_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("leap-edge.db");
+    let aside = dir.path().join("moved-away.db");
+    let (config, cert) = common::inproc_config(dir.path(), db.to_str().unwrap(), &[M1], "");
+    let running = common::start_inproc(&config, Arc::new(RecordingCommander::default())).await;
+    let client = common::Client::new(running.addr, cert);
+    let metrics_addr = running.metrics_addr;
+    let healthz = async || common::local_get(metrics_addr, "/healthz").await;
+    assert_eq!(client.post(&note(0)).await.status, 200);
+
+    std::fs::rename(&db, &aside).unwrap();
+    let r = client.post(&note(1)).await;
+    assert_eq!(r.status, 503, "acked into a deleted file: {}", r.text);
+    let h = healthz().await;
+    assert_eq!(h.status, 503, "{}", h.text);
+    assert!(
+        h.text.contains("was deleted while the daemon ran"),
+        "{}",
+        h.text
+    );
+
+    // Another file at the path (a backup restored with the daemon running).
+    std::fs::copy(&aside, &db).unwrap();
+    let r = client.post(&note(2)).await;
+    assert_eq!(r.status, 503, "acked into a replaced file: {}", r.text);
+    let h = healthz().await;
+    assert!(
+        h.text.contains("was replaced by another file"),
+        "{}",
+        h.text
+    );
+
+    // The opened file put back: acks again, no restart.
+    std::fs::rename(&aside, &db).unwrap();
+    assert_eq!(client.post(&note(1)).await.status, 200);
+    assert_eq!(healthz().await.status, 200);
+    running.stop().await;
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM notifications"), 2);
+}
