@@ -90,8 +90,11 @@ impl RelayError {
     pub(crate) fn is_config(&self) -> bool {
         matches!(
             self,
-            RelayError::Store(crate::store::StoreError::ReadOnly { .. })
-                | RelayError::Server(server::ServerError::Tls { .. })
+            RelayError::Store(
+                crate::store::StoreError::ReadOnly { .. }
+                    | crate::store::StoreError::TooNew { .. }
+                    | crate::store::StoreError::OrphanedWal { .. }
+            ) | RelayError::Server(server::ServerError::Tls { .. })
         ) || matches!(self, RelayError::Lock(e) if e.is_config())
     }
 }
