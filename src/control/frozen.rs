@@ -37,6 +37,9 @@ struct Unchanged {
 #[derive(Default)]
 pub(crate) struct FrozenMeter {
     run: Option<Unchanged>,
+    /// The current run was found frozen: it stays so until the value changes, whatever
+    /// command comes next (a revision or the next event must not drive on it again).
+    found: bool,
 }
 
 impl FrozenMeter {
@@ -48,7 +51,7 @@ impl FrozenMeter {
         at: Instant,
     ) -> Option<String> {
         let (Some(g), Some(b)) = (grid_kw, battery_kw) else {
-            self.run = None;
+            self.reset();
             return None;
         };
         match &mut self.run {
@@ -59,6 +62,7 @@ impl FrozenMeter {
                 u.battery_max = u.battery_max.max(b);
             }
             _ => {
+                self.found = false;
                 self.run = Some(Unchanged {
                     grid_kw: g,
                     since: at,
@@ -72,7 +76,9 @@ impl FrozenMeter {
         let u = self.run.as_ref()?;
         let moved = u.battery_max - u.battery_min;
         let span = at.saturating_duration_since(u.since);
-        (u.readings >= READINGS && span >= SPAN && moved >= MOVED_KW).then(|| {
+        let frozen = self.found || (u.readings >= READINGS && span >= SPAN && moved >= MOVED_KW);
+        self.found = frozen;
+        frozen.then(|| {
             format!(
                 "site meter has read exactly {g:.3} kW for {} s while the battery moved {moved:.1} kW: frozen, or not measuring the battery's circuit",
                 span.as_secs()
@@ -83,6 +89,16 @@ impl FrozenMeter {
     /// Readings are not being followed (normal operation): start again at the next one.
     pub(crate) fn reset(&mut self) {
         self.run = None;
+        self.found = false;
+    }
+
+    /// A new command: its own run starts, unless the meter was found frozen and still
+    /// shows that same value (then the finding holds at once, not after another 5 s of
+    /// driving the battery on it).
+    pub(crate) fn new_command(&mut self) {
+        if !self.found {
+            self.run = None;
+        }
     }
 }
 
@@ -141,5 +157,39 @@ mod tests {
         assert_eq!(feed(&mut f, t0, &r), None);
         // No reading: nothing to compare.
         assert_eq!(f.observe(None, Some(1.0), t0), None);
+    }
+
+    /// A revision or the next event does not clear a finding on a meter that still reads
+    /// the frozen value; another value does.
+    #[test]
+    fn a_finding_outlives_a_new_command_until_the_value_changes() {
+        let t0 = Instant::now();
+        let mut f = FrozenMeter::default();
+        let r = [
+            (0, 20.0, 0.0),
+            (1000, 20.0, 19.5),
+            (2000, 20.0, 19.5),
+            (5000, 20.0, 19.5),
+        ];
+        assert!(feed(&mut f, t0, &r).is_some());
+        f.new_command();
+        assert!(
+            f.observe(Some(20.0), Some(0.0), t0 + Duration::from_secs(6))
+                .is_some(),
+            "the first reading under the new command is still frozen"
+        );
+        f.new_command();
+        assert_eq!(
+            f.observe(Some(3.2), Some(0.0), t0 + Duration::from_secs(7)),
+            None
+        );
+        // Without a finding, a new command starts a run of its own.
+        let mut f = FrozenMeter::default();
+        let _ = feed(&mut f, t0, &r[..3]);
+        f.new_command();
+        assert_eq!(
+            f.observe(Some(20.0), Some(19.5), t0 + Duration::from_secs(5)),
+            None
+        );
     }
 }

@@ -210,7 +210,7 @@ impl MeterLoop {
         // A new command starts its own flag transitions and violation accounting.
         self.last_flags = Flags::default();
         self.last_read = None;
-        self.frozen.reset();
+        self.frozen.new_command();
         self.unheld.start(event(&self.desired));
         self.lock().command = summary;
     }

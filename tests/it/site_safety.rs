@@ -483,6 +483,13 @@ async fn a_meter_frozen_at_a_plausible_value_hands_the_battery_back() {
     assert!(blind.contains("exactly 20.000 kW"), "{blind}");
     let audit = s.safety_audit("blind").await;
     assert!(audit.iter().any(|d| d.contains("frozen")), "{audit:?}");
+    // A revision of the event is a new command on the same frozen meter: the finding holds
+    // (it used to be forgotten, and the battery was driven on the frozen value for 5 s).
+    s.award("frozen-1", 29.0, start, 30).await;
+    let now = Utc::now();
+    let (revised_secs, _) = export_between(&s.sim, now, now + Duration::seconds(4)).await;
+    assert_eq!(revised_secs, 0.0, "exported after the revision");
+    assert_eq!(s.sim.snapshot().mode, Mode::Normal);
     // The meter measures again: the loop resumes by itself.
     s.sim.set_meter_fault(None);
     assert!(
