@@ -61,6 +61,10 @@ pub struct StatusReport {
     /// The MQTT uplink's broker connection (`[uplink.mqtt]`); absent without one or when down.
     #[serde(default)]
     pub(crate) uplink: Option<BrokerConnection>,
+    /// Why the last notification could not be stored (answered 503), or why the database
+    /// could not be read for this report; absent when storage works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) storage_error: Option<String>,
 }
 
 /// A connection to an MQTT broker (`[uplink.mqtt]`), as `status` shows it.

@@ -136,6 +136,7 @@ fn down(config: &Config) -> StatusReport {
         meters,
         leap: None,
         uplink: None,
+        storage_error: None,
     }
 }
 

@@ -83,6 +83,13 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
         ),
         None => "last notification: none stored".into(),
     });
+    if let Some(e) = &r.storage_error {
+        out.push(format!(
+            "{}: {} (see the journal: `journalctl -u leap-edge`)",
+            alarm(v, "STORAGE FAILING"),
+            clean(e)
+        ));
+    }
     if let Some(t) = r.next_boundary {
         out.push(format!(
             "next plan boundary: {} (in {})",
@@ -734,6 +741,7 @@ mod uplink_tests {
             meters: Vec::new(),
             leap: None,
             uplink: None,
+            storage_error: None,
         };
         let lines = super::render(&report, &parse(&format!("{base}{mqtt}")), &view());
         assert!(
@@ -745,6 +753,18 @@ mod uplink_tests {
         let lines = super::render(&report, &parse(base), &view());
         assert!(
             lines.contains(&"reverse tunnel: not installed".into()),
+            "{lines:#?}"
+        );
+        // A storage failure is said on its own line, not hidden behind the last one stored.
+        let failing = StatusReport {
+            storage_error: Some("the last notification could not be stored: disk full".into()),
+            ..report
+        };
+        let lines = super::render(&failing, &parse(base), &view());
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "STORAGE FAILING: the last notification could not be stored: disk full"
+            )),
             "{lines:#?}"
         );
     }

@@ -185,6 +185,7 @@ mod tests {
             meters: Vec::new(),
             leap: None,
             uplink,
+            storage_error: None,
         }
     }
 

@@ -74,13 +74,11 @@ impl AdminHandler for Handler {
 
 impl Handler {
     async fn status(&self) -> Response {
-        let last = self
-            .app
-            .store
-            .read(query::last_notification)
-            .await
-            .ok()
-            .flatten();
+        // A database that cannot be read is said, not shown as "none stored".
+        let (last, unreadable) = match self.app.store.read(query::last_notification).await {
+            Ok(last) => (last, None),
+            Err(e) => (None, Some(format!("the database could not be read: {e}"))),
+        };
         let config = self.config.get();
         let report = report::build(report::Inputs {
             config: &config,
@@ -96,6 +94,17 @@ impl Handler {
         let report = crate::admin::state::StatusReport {
             leap: Some(self.leap_status(&config, self.clock.now())),
             uplink: self.uplink.as_ref().map(|w| w.snapshot()),
+            storage_error: self
+                .app
+                .store
+                .batch_stats()
+                .failure()
+                .map(|e| {
+                    format!(
+                        "the last notification could not be stored (answered 503 so Leap retries): {e}"
+                    )
+                })
+                .or(unreadable),
             ..report
         };
         Response::ok(Reply::Status(Box::new(report)))

@@ -75,6 +75,7 @@ pub(super) fn build(i: Inputs<'_>) -> StatusReport {
         meters,
         leap: None,
         uplink: None,
+        storage_error: None,
     }
 }
 

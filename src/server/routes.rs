@@ -546,6 +546,11 @@ async fn healthz(app: &App) -> Resp {
             HEALTH_DB_WAIT.as_secs()
         )),
     }
+    if let Some(why) = app.store.batch_stats().failure() {
+        problems.push(format!(
+            "the last notification could not be stored, so it was answered 503: {why}"
+        ));
+    }
     problems.extend(app.status.health_problems());
     if problems.is_empty() {
         json_response(StatusCode::OK, json!({"status": "ok"}))

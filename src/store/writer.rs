@@ -24,6 +24,23 @@ pub struct BatchStats {
     /// client hung up before its answer (its future dropped while the batch committed)
     /// must still wake dispatch, not leave the change to the next periodic replan.
     pub(crate) changes: ChangeSignal,
+    /// Why the last notification that could not be stored was not, and when; cleared by
+    /// the next one stored. `/healthz` and `status` report it: a database that refuses
+    /// every ingest (full, corrupt, replaced) may still pass the writability probe.
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl BatchStats {
+    /// The standing storage failure, if the last notification could not be stored.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn set_failure(&self, why: Option<&str>) {
+        if let Ok(mut f) = self.failure.lock() {
+            *f = why.map(|w| format!("{} at {}", w, crate::store::ts(chrono::Utc::now())));
+        }
+    }
 }
 
 /// Most notifications in one transaction: bounds the time a commit keeps the write lock
@@ -61,7 +78,7 @@ pub(super) fn run(
                 next = fill(&mut batch, rx);
                 match file.1.check(&file.0) {
                     Ok(()) => commit_batch(conn, batch, stats),
-                    Err(e) => refuse(batch, &e),
+                    Err(e) => refuse(batch, &e, stats),
                 }
             }
         }
@@ -138,6 +155,8 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Box<Prepared>, Reply)>, stats
             {
                 stats.changes.bump();
             }
+            let failed = results.iter().find_map(|r| r.as_ref().err());
+            stats.set_failure(failed.map(ToString::to_string).as_deref());
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
                 .notifications
@@ -146,13 +165,14 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Box<Prepared>, Reply)>, stats
                 let _ = reply.send(result);
             }
         }
-        Err(e) => refuse(batch, &e),
+        Err(e) => refuse(batch, &e, stats),
     }
 }
 
 /// Answer every request of a batch that was not committed (503, so Leap retries).
-fn refuse(batch: Vec<(Box<Prepared>, Reply)>, e: &StoreError) {
+fn refuse(batch: Vec<(Box<Prepared>, Reply)>, e: &StoreError, stats: &BatchStats) {
     let why = e.to_string();
+    stats.set_failure(Some(&why));
     tracing::error!(notifications = batch.len(), error = %why, "batch not committed; every request in it is answered 503");
     for (_, reply) in batch {
         let _ = reply.send(Err(StoreError::BatchFailed(why.clone())));

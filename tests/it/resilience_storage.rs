@@ -258,6 +258,11 @@ async fn a_database_deleted_or_replaced_while_running_is_refused_not_acked() {
         "{}",
         h.text
     );
+    assert!(
+        h.text.contains("the last notification could not be stored"),
+        "{}",
+        h.text
+    );
 
     // Another file at the path (a backup restored with the daemon running).
     std::fs::copy(&aside, &db).unwrap();
