@@ -141,10 +141,7 @@ fn fields(
     // Issue 9: from here on every field is optional: a wrong one is read as absent (or
     // clamped) and flagged on the timeslot, never a reason to refuse the dispatch.
     let mut w = Warnings(ctx.warnings.clone());
-    let nomination_kw = match obj.get("nomination_kw") {
-        None | Some(Value::Null) => None,
-        Some(v) => w.keep(kw(v, "nomination_kw").map(Some), None, "read as absent"),
-    };
+    let nomination_kw = nomination(obj, &mut w);
     let communication_test = communication_test(obj, &mut w);
     let priority = w.keep(priority(obj), None, "read as absent (the lowest, 10)");
     let priority = priority.map(|p| {
@@ -199,6 +196,23 @@ impl Warnings {
             self.0.push(format!("{e}; {how}"));
             fallback
         })
+    }
+}
+
+/// `nomination_kw`: a wrong one is read as absent, except zero or less, which says nothing
+/// is paid under up-to-nomination: read as absent, the bound would fall back to the award,
+/// or to none at all.
+fn nomination(obj: &Map<String, Value>, w: &mut Warnings) -> Option<f64> {
+    match obj.get("nomination_kw") {
+        None | Some(Value::Null) => None,
+        Some(v) if v.as_f64().is_some_and(|n| n <= 0.0) => {
+            w.0.push(format!(
+                "nomination_kw = {v} is outside Leap's range 0.01–100000 kW; read as 0 kW \
+                 (nothing beyond it is paid under up-to-nomination)"
+            ));
+            Some(0.0)
+        }
+        Some(v) => w.keep(kw(v, "nomination_kw").map(Some), None, "read as absent"),
     }
 }
 
@@ -362,5 +376,24 @@ mod tests {
         let note = json!({"meter_dispatches": [{"timeslots": [ok]}]});
         let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
         assert_eq!(p.rejected[0].code, RejectReason::MissingMeterId);
+    }
+
+    /// A zero nomination under up-to-nomination bounds the reduction at 0, with a warning;
+    /// read as absent it fell back to no bound at all (the award being null).
+    #[test]
+    fn a_zero_nomination_is_a_zero_bound_not_none() {
+        let now = chrono::Utc::now();
+        let t = |h: i64| (now + chrono::Duration::hours(h)).to_rfc3339();
+        let slot = json!({"meter_event_id": "x", "start_time": t(1), "end_time": t(2),
+            "energy_kw": null, "nomination_kw": 0, "performance_compensation_cap": "up-to-nomination"});
+        let note = json!({"meter_dispatches": [{"meter_id": "m1", "timeslots": [slot]}]});
+        let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
+        let ts = &p.timeslots[0];
+        assert_eq!(ts.nomination_kw, Some(0.0));
+        assert!(
+            ts.warnings.iter().any(|w| w.contains("nomination_kw = 0")),
+            "{:?}",
+            ts.warnings
+        );
     }
 }
