@@ -83,25 +83,68 @@ fn kernel_synchronised() -> Option<bool> {
     (state >= 0).then_some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
 }
 
+/// How long `timedatectl` may take: a wedged D-Bus or timedated would otherwise hold the
+/// caller (a runtime worker, `status`) for D-Bus's own 25 s timeout.
+const TIMEDATECTL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn timedated_synchronised() -> Option<bool> {
-    let out = std::process::Command::new("timedatectl")
-        .args(["show", "--property=NTPSynchronized", "--value"])
+    let mut cmd = std::process::Command::new("timedatectl");
+    cmd.args(["show", "--property=NTPSynchronized", "--value"])
         // systemd tools report their exit to $NOTIFY_SOCKET ("ERRNO=..."); under our unit
         // systemd would log each as a rejected message from a foreign PID.
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    match String::from_utf8_lossy(&out.stdout).trim() {
+        .env_remove("NOTIFY_SOCKET");
+    match bounded_output(cmd, TIMEDATECTL_WAIT)?.trim() {
         "yes" => Some(true),
         "no" => Some(false),
         _ => None,
     }
 }
 
+/// A short command's standard output, or None when it cannot run or takes longer than
+/// `wait` (then it is killed).
+fn bounded_output(mut cmd: std::process::Command, wait: std::time::Duration) -> Option<String> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + wait;
+    while child.try_wait().ok()?.is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // A line or two fits the pipe, so it could not block the child's exit.
+    let mut out = String::new();
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
+    /// A command that hangs is killed at the bound and reads as unknown.
+    #[test]
+    fn a_hanging_command_is_cut_off() {
+        use std::time::{Duration, Instant};
+        let mut echo = std::process::Command::new("echo");
+        echo.arg("yes");
+        let out = super::bounded_output(echo, Duration::from_secs(2));
+        assert_eq!(out.as_deref().map(str::trim), Some("yes"));
+        let mut sleep = std::process::Command::new("sleep");
+        sleep.arg("30");
+        let t0 = Instant::now();
+        assert_eq!(
+            super::bounded_output(sleep, Duration::from_millis(300)),
+            None
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
     /// The kernel answers a read-only `adjtimex` outside a seccomp sandbox, and the answer
     /// agrees with the raw status bits (checked independently through the same call).
     #[test]

@@ -120,7 +120,10 @@ async fn resume(store: &Store, meter_id: &str, at_ms: i64, period: Option<Durati
         .as_ref()
         .and_then(|o| o.last)
         .is_some_and(|l| l.at_ms > at_ms)
-        || crate::clock::synchronised() == Some(false);
+        // On a blocking thread: it may run `timedatectl` (up to 2 s).
+        || tokio::task::spawn_blocking(crate::clock::synchronised)
+            .await
+            .is_ok_and(|s| s == Some(false));
     let mut m = Meter {
         rec: match period {
             Some(p) => Recorder::resume(open).with_period(p),
