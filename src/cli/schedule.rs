@@ -6,6 +6,7 @@ use super::{exit, table};
 use crate::config::Config;
 use crate::model::{Command, ExecMode, Kind, Target};
 use crate::plan::{self, Interval, PlanConfig, PlanInput};
+use crate::store::overrides::SavedOverride;
 use crate::store::{self, query};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -44,6 +45,9 @@ pub(super) fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
     let from = args.from.unwrap_or_else(Utc::now);
     let to = from + Duration::hours(args.hours);
     let slots = query::timeslots_ending_after(&conn, from)?;
+    // A manual override in force displaces what the plan shows (dispatch audits Leap's
+    // as `overridden`): said above the meter's table.
+    let overrides = store::overrides::active(&conn, Utc::now())?;
     let pc = PlanConfig::from_config(config);
     let plan = plan::plan(&PlanInput {
         timeslots: &slots,
@@ -52,9 +56,9 @@ pub(super) fn run(config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
         to,
     });
     if args.json {
-        print_json(config, args.meter.as_deref(), &plan)?;
+        print_json(config, args.meter.as_deref(), &plan, &overrides)?;
     } else {
-        print_text(config, args.meter.as_deref(), &plan);
+        print_text(config, args.meter.as_deref(), &plan, &overrides);
     }
     Ok(exit::OK)
 }
@@ -70,12 +74,42 @@ fn selected<'a>(
         .filter(move |m| meter.is_none_or(|x| x.eq_ignore_ascii_case(&m.id)))
 }
 
-fn print_json(config: &Config, meter: Option<&str>, plan: &plan::Plan) -> anyhow::Result<()> {
+/// The saved manual override of a meter that is still in force at the window's start.
+fn override_of<'a>(
+    overrides: &'a [SavedOverride],
+    meter_id: &str,
+    from: DateTime<Utc>,
+) -> Option<&'a SavedOverride> {
+    overrides
+        .iter()
+        .find(|o| o.meter_id.eq_ignore_ascii_case(meter_id) && o.until > from)
+}
+
+fn override_text(o: &SavedOverride) -> String {
+    let kw = o.kw.map_or(String::new(), |k| format!(" {k} kW"));
+    format!(
+        "MANUAL OVERRIDE {}{kw} until {}: the battery follows it, not the rows before then \
+         (Leap's dispatches are audited as overridden); `leap-edge override clear` ends it",
+        o.action,
+        Zone::Utc.time(o.until)
+    )
+}
+
+fn print_json(
+    config: &Config,
+    meter: Option<&str>,
+    plan: &plan::Plan,
+    overrides: &[SavedOverride],
+) -> anyhow::Result<()> {
     let (from, to) = (plan.from, plan.to);
     let meters: Vec<Value> = selected(config, meter)
         .map(|m| {
             let ivs = plan.meters.get(&m.id).map(Vec::as_slice).unwrap_or(&[]);
+            let manual = override_of(overrides, &m.id, from).map(
+                |o| json!({"action": o.action, "kw": o.kw, "until": crate::textfmt::ts(o.until)}),
+            );
             json!({"meter_id": m.id, "name": m.name, "device": m.device,
+                   "manual_override": manual,
                    "intervals": ivs.iter().map(interval_json).collect::<Vec<_>>()})
         })
         .collect();
@@ -84,7 +118,12 @@ fn print_json(config: &Config, meter: Option<&str>, plan: &plan::Plan) -> anyhow
     Ok(())
 }
 
-fn print_text(config: &Config, meter: Option<&str>, plan: &plan::Plan) {
+fn print_text(
+    config: &Config,
+    meter: Option<&str>,
+    plan: &plan::Plan,
+    overrides: &[SavedOverride],
+) {
     let (from, to) = (plan.from, plan.to);
     crate::outln!("Schedule {} → {}", Zone::Utc.time(from), Zone::Utc.time(to));
     for m in selected(config, meter) {
@@ -93,6 +132,9 @@ fn print_text(config: &Config, meter: Option<&str>, plan: &plan::Plan) {
             .as_deref()
             .map_or(String::new(), |n| format!(" ({n})"));
         crate::outln!("\nMeter {}{label}, device {}", m.id, m.device);
+        if let Some(o) = override_of(overrides, &m.id, from) {
+            crate::outln!("{}", override_text(o));
+        }
         print_meter(
             plan.meters.get(&m.id).map(Vec::as_slice).unwrap_or(&[]),
             from,
@@ -154,7 +196,7 @@ fn print_meter(ivs: &[Interval], from: DateTime<Utc>, to: DateTime<Utc>) {
                 "-".into(),
                 "-".into(),
                 "-".into(),
-                "self-consumption".into(),
+                "the device's own operation".into(),
             ]);
         }
         let c = &iv.command;
@@ -182,7 +224,7 @@ fn print_meter(ivs: &[Interval], from: DateTime<Utc>, to: DateTime<Utc>) {
             "-".into(),
             "-".into(),
             "-".into(),
-            "self-consumption".into(),
+            "the device's own operation".into(),
         ]);
     }
     table::print(

@@ -54,7 +54,12 @@ pub(super) fn select<'a>(input: &PlanInput<'a>) -> Selection<'a> {
                 sel.excluded.push(Excluded {
                     kind: ts.kind,
                     event_id: ts.event_id.clone(),
-                    meter_id: None,
+                    // A meter dispatch names its one meter (an id typo shows next to the
+                    // config's); a group's list may hold thousands, not one to show.
+                    meter_id: match ts.kind {
+                        Kind::Meter => ts.meter_ids.first().cloned(),
+                        Kind::Group => None,
+                    },
                     reason,
                 });
                 continue;

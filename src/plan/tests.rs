@@ -396,4 +396,7 @@ fn scenario_13_unmapped_meter_and_foreign_group() {
         vec![ExcludeReason::NoLocalMeterInGroup]
     );
     assert_eq!(reason_of(&p, "u")[0].to_string(), "unmapped meter");
+    // The id is named, to compare with the configuration's.
+    let u = p.excluded.iter().find(|e| e.event_id == "u").unwrap();
+    assert_eq!(u.meter_id.as_deref(), Some(FOREIGN));
 }

@@ -73,6 +73,16 @@ async fn status_override_and_daemon_down() {
     assert_eq!(s["meters"][0]["override"]["action"]["action"], "discharge");
     let (_, table, _) = d.cli(&["status"]);
     assert!(table.contains("manual discharge 3 kW"), "{table}");
+    // `schedule` says the plan is displaced, not only `status`.
+    let (code, plan, err) = d.cli(&["schedule"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        plan.contains("MANUAL OVERRIDE discharge 3 kW until"),
+        "{plan}"
+    );
+    let (_, plan, _) = d.cli(&["schedule", "--json"]);
+    let plan: Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["meters"][0]["manual_override"]["action"], "discharge");
     // Bad input is refused with a reason, not applied. The CLI's parser already refuses a
     // negative power, so the daemon's own check is reached through the socket directly.
     refused_by_the_daemon(&d).await;
