@@ -22,6 +22,40 @@ pub(crate) fn num(x: f64) -> String {
     format!("{r}")
 }
 
+/// `91 s`, `2 min 5 s`, `3 h 20 min`, `2 d 4 h`.
+pub(crate) fn duration(secs: i64) -> String {
+    let sign = if secs < 0 { "-" } else { "" };
+    let s = secs.unsigned_abs();
+    let (d, h, m, r) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let body = if d > 0 {
+        pair(d, "d", h, "h")
+    } else if h > 0 {
+        pair(h, "h", m, "min")
+    } else if m > 0 {
+        pair(m, "min", r, "s")
+    } else {
+        format!("{r} s")
+    };
+    format!("{sign}{body}")
+}
+
+fn pair(a: u64, ua: &str, b: u64, ub: &str) -> String {
+    if b == 0 {
+        format!("{a} {ua}")
+    } else {
+        format!("{a} {ua} {b} {ub}")
+    }
+}
+
+/// Milliseconds as a person reads them: `4 ms` below a second, else [`duration`].
+pub(crate) fn millis(ms: i64) -> String {
+    if ms.abs() < 1000 {
+        format!("{ms} ms")
+    } else {
+        duration(ms / 1000)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,7 +155,7 @@ fn print_device(d: &Value) {
                 .map_or("-".into(), |v| format!("{v:.2} {unit}"))
         };
         crate::outln!(
-            "  connected; SoC {}  battery {}  grid {}  capacity {}",
+            "  connected; SoC {}  battery {} (discharge +)  grid {} (import +)  capacity {}",
             f("soc_pct", "%"),
             f("battery_kw", "kW"),
             f("grid_kw", "kW"),

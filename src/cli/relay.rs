@@ -117,10 +117,13 @@ fn requeue(config: &RelayConfig, gateway: Option<&str>) -> anyhow::Result<u8> {
 
 fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
     if !config.storage.path.exists() {
-        anyhow::bail!(
-            "no relay outbox at {} yet: `leap-edge relay run` creates it on first start (is storage.path right?)",
+        // Never run here (or storage.path is wrong): "not running", as the README's exit
+        // codes say, not a failure of the command.
+        eprintln!(
+            "leap-edge: relay: not running; no relay outbox at {} yet: `leap-edge relay run` creates it on first start (is storage.path right?)",
             config.storage.path.display()
         );
+        return Ok(super::status::NOT_RUNNING);
     }
     let s = crate::relay::read_status(config, chrono::Utc::now())?;
     let max_age = config.relay.max_undelivered_age_secs;

@@ -38,12 +38,14 @@ pub(super) fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
         );
         return Ok(exit::OK);
     }
+    // An asked-for event that has no report is a failure in both forms (scripts use --json).
+    let missing = args.event.is_some() && reports.is_empty();
     if args.json {
         crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"reports": reports}))?
         );
-        return Ok(exit::OK);
+        return Ok(if missing { exit::FAILURE } else { exit::OK });
     }
     if reports.is_empty() {
         crate::outln!(
@@ -52,11 +54,7 @@ pub(super) fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
                 .as_ref()
                 .map_or(String::new(), |e| format!(" with id {e}"))
         );
-        return Ok(if args.event.is_some() {
-            exit::FAILURE
-        } else {
-            exit::OK
-        });
+        return Ok(if missing { exit::FAILURE } else { exit::OK });
     }
     for (n, r) in reports.iter().enumerate() {
         if n > 0 {

@@ -128,7 +128,7 @@ pub(crate) fn list(conn: &Connection, range: &Range) -> Result<Vec<Interval>, St
             covered_ms, export_ms, min_soc_pct
          FROM intervals
          WHERE (?1 IS NULL OR start_ts >= ?1) AND (?2 IS NULL OR start_ts < ?2)
-           AND (?3 IS NULL OR meter_id = ?3)
+           AND (?3 IS NULL OR meter_id = ?3 COLLATE NOCASE)
          ORDER BY start_ts, meter_id",
     )?;
     let rows = stmt.query_map(params![range.from, range.to, range.meter], |r| {

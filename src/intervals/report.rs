@@ -214,7 +214,7 @@ pub(crate) fn verdict(r: &EventReport) -> String {
     let late = r
         .first_setpoint_lateness_ms
         .map_or("no setpoint recorded".into(), |l| {
-            format!("first setpoint {l} ms late")
+            format!("first setpoint {} late", crate::textfmt::millis(l))
         });
     let gaps = if r.gaps > 0 {
         format!(", {} interval(s) without complete data", r.gaps)

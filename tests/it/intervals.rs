@@ -324,6 +324,33 @@ async fn a_simulated_day_gives_a_csv_that_passes_leaps_rules() {
     // The battery pushed the site into export at 17:30–18:00: generated energy is reported.
     let export: f64 = rows.iter().filter(|r| r.0 == METERED).map(|r| r.3).sum();
     assert!(export > 1.0, "export recorded: {export} kWh");
+    // A meter id typed in capitals finds the same rows (as every other command's --meter).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leap-edge"))
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "intervals",
+            "--csv",
+            "--from",
+            "2026-11-20T00:00:00Z",
+            "--to",
+        ])
+        .args(["2026-11-21T00:00:00Z", "--meter", &METERED.to_uppercase()])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 92, "{csv}");
+    // `report` for an event that does not exist fails in --json as in text.
+    for json in [false, true] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_leap-edge"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["report", "--event", "no-such-event"])
+            .args(json.then_some("--json"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "--json {json}");
+    }
 }
 
 /// The whole chain on the simulator: a 20 kW, 40 s event over HTTPS → dispatch → control

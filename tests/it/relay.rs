@@ -615,6 +615,20 @@ fn one_relay_per_outbox_and_status_says_whether_it_runs() {
     // The lock died with the process: a new relay starts on the same outbox.
     relay.restart();
     assert_eq!(relay.status()["process"]["running"], true);
+    // Pointed at an outbox that was never made (never run there, or a wrong path): not
+    // running (3), said, not an error exit.
+    let cfg = std::fs::read_to_string(relay.p.config_path()).unwrap();
+    let elsewhere = relay.p.dir.path().join("elsewhere.toml");
+    std::fs::write(&elsewhere, cfg.replace("relay.db", "never-run.db")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leap-edge"))
+        .arg("--config")
+        .arg(&elsewhere)
+        .args(["relay", "status"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("no relay outbox at"), "{err}");
 }
 
 /// The broker link is built at the start: a reload that adds or changes `[mqtt]` is
