@@ -28,6 +28,20 @@ pub(crate) struct Target {
 const ANSWER_LIMIT: usize = 4096;
 
 impl Target {
+    /// Where posts go, whatever the spelling: two gateways with the same one would send
+    /// one site's dispatches to the other, which accepts them (unmapped meters are stored).
+    pub(crate) fn destination(&self) -> String {
+        match &self.unix {
+            Some(sock) => format!("unix:{}{}", sock.display(), self.path),
+            None => format!(
+                "{}:{}{}",
+                self.host.to_ascii_lowercase(),
+                self.port,
+                self.path
+            ),
+        }
+    }
+
     pub(crate) fn parse(g: &GatewayConfig) -> Result<Target, String> {
         if let Some(sock) = g.url.strip_prefix("unix:") {
             if !sock.starts_with('/') {

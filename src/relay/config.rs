@@ -197,8 +197,16 @@ impl RelayConfig {
         if let Some(m) = &self.mqtt {
             p.extend(m.problems("mqtt"));
         }
-        if self.storage.retention_days == 0 {
-            p.push("storage.retention_days must be at least 1".into());
+        // Kept at least as long as a replay reaches back: a gateway added later must find
+        // every dispatch it could still act on (`replay_since`).
+        let replay_days = (super::replay_window_hours(&self.limits) + 23) / 24;
+        if i64::from(self.storage.retention_days) < replay_days {
+            p.push(format!(
+                "storage.retention_days = {} is shorter than the {replay_days} days a gateway \
+                 added later is sent what it missed ([limits] max_start_ahead_days and \
+                 max_timeslot_hours, a day to spare): give at least {replay_days}",
+                self.storage.retention_days
+            ));
         }
         self.check_gateways(&mut p);
         if p.is_empty() { Ok(()) } else { Err(p) }
@@ -252,6 +260,7 @@ impl RelayConfig {
         }
         let mut names = HashMap::new();
         let mut meters: HashMap<String, &str> = HashMap::new();
+        let mut urls: HashMap<String, String> = HashMap::new();
         for (i, g) in self.gateways.iter().enumerate() {
             let at = format!("gateways[{i}]");
             let valid_name = !g.name.is_empty()
@@ -269,18 +278,8 @@ impl RelayConfig {
             }
             if g.transport == Transport::Mqtt {
                 self.check_mqtt_gateway(g, &at, p);
-            } else if let Err(e) = super::client::Target::parse(g) {
-                p.push(format!("{at}.url = \"{}\": {e}", g.url));
-            }
-            if g.transport == Transport::Http && is_placeholder(g.key.expose()) {
-                p.push(format!(
-                    "{at}.key is an example's placeholder (it says change-me): generate one with `openssl rand -hex 24` and put it in that gateway's [auth] keys too"
-                ));
-            }
-            if g.transport == Transport::Http && short(&g.key) {
-                p.push(format!(
-                    "{at}.key must be at least {MIN_KEY_CHARS} characters (the key that gateway accepts)"
-                ));
+            } else {
+                check_http_gateway(g, &at, &mut urls, p);
             }
             if g.meters.is_empty() {
                 p.push(format!(
@@ -302,6 +301,37 @@ impl RelayConfig {
                 }
             }
         }
+    }
+}
+
+/// An HTTP gateway's url (and that no other gateway has it) and key.
+fn check_http_gateway(
+    g: &GatewayConfig,
+    at: &str,
+    urls: &mut HashMap<String, String>,
+    p: &mut Vec<String>,
+) {
+    match super::client::Target::parse(g) {
+        Err(e) => p.push(format!("{at}.url = \"{}\": {e}", g.url)),
+        Ok(t) => {
+            if let Some(other) = urls.insert(t.destination(), g.name.clone()) {
+                p.push(format!(
+                    "{at}.url = \"{}\" is also gateway \"{other}\"'s: each site's gateway has \
+                     its own address (a copied entry?)",
+                    g.url
+                ));
+            }
+        }
+    }
+    if is_placeholder(g.key.expose()) {
+        p.push(format!(
+            "{at}.key is an example's placeholder (it says change-me): generate one with `openssl rand -hex 24` and put it in that gateway's [auth] keys too"
+        ));
+    }
+    if short(&g.key) {
+        p.push(format!(
+            "{at}.key must be at least {MIN_KEY_CHARS} characters (the key that gateway accepts)"
+        ));
     }
 }
 
@@ -380,6 +410,33 @@ mod tests {
             "[[gateways]]\nname = \"a\"\nurl = \"http://127.0.0.1:8443/x\"\nkey = \"{KEY}\"\nmeters = [\"M1\"]\n"
         ))
         .is_ok());
+    }
+
+    /// A copied gateway entry still pointing at the first site, and an outbox kept for
+    /// less time than a replay reaches back, are refused.
+    #[test]
+    fn a_shared_gateway_address_and_a_short_retention_are_refused() {
+        let err = parse(&format!(
+            "[storage]\nretention_days = 7\n\
+             [[gateways]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/x\"\nkey = \"{KEY}\"\nmeters = [\"M1\"]\n\
+             [[gateways]]\nname = \"b\"\nurl = \"http://127.0.0.1:2/y\"\nkey = \"{KEY}\"\nmeters = [\"M2\"]\n\
+             [[gateways]]\nname = \"c\"\nurl = \"http://127.0.0.1:1/x\"\nkey = \"{KEY}\"\nmeters = [\"M3\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.iter()
+                .any(|e| e.starts_with("gateways[2].url") && e.contains("gateway \"a\"'s")),
+            "{err:?}"
+        );
+        assert!(
+            !err.iter().any(|e| e.starts_with("gateways[1].url")),
+            "{err:?}"
+        );
+        assert!(
+            err.iter()
+                .any(|e| e.starts_with("storage.retention_days = 7 is shorter than the 33 days")),
+            "{err:?}"
+        );
     }
 
     #[test]

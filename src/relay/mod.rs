@@ -43,9 +43,11 @@ pub(crate) fn read_status(
 /// gateway accepts from an older notification has ended (it starts at most
 /// `max_start_ahead_days` after it and lasts at most `max_timeslot_hours`), a day to spare.
 fn replay_since(config: &RelayConfig) -> chrono::DateTime<chrono::Utc> {
-    let l = &config.limits;
-    let hours = i64::from(l.max_start_ahead_days) * 24 + i64::from(l.max_timeslot_hours) + 24;
-    chrono::Utc::now() - chrono::Duration::hours(hours)
+    chrono::Utc::now() - chrono::Duration::hours(replay_window_hours(&config.limits))
+}
+
+pub(crate) fn replay_window_hours(l: &crate::config::LimitsConfig) -> i64 {
+    i64::from(l.max_start_ahead_days) * 24 + i64::from(l.max_timeslot_hours) + 24
 }
 
 /// `relay requeue`: dead letters of `gateways` back to pending (the operator fixed what the
