@@ -283,18 +283,38 @@ impl Run {
                     "gateway refused the delivery: kept as a dead letter (check its key and url)");
             }
         }
-        let name = self.name.clone();
-        let id = p.id;
-        let recorded = self
-            .store
-            .call(move |c| outbox::record(c, &name, id, &outcome, Utc::now()))
-            .await;
-        if let Err(e) = recorded {
-            // The delivery stays pending and is sent again: the gateway counts a duplicate.
-            tracing::error!(gateway = %self.name, error = %e, "cannot record the delivery outcome");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        self.record(p.id, outcome).await;
         self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// Write an attempt's outcome, trying again with back-off until it is written or the
+    /// relay stops. Not sending again meanwhile: each resend of an unrecorded delivery is
+    /// another copy for the gateway, and for an offline MQTT gateway another message
+    /// queued in its broker session, until the broker's queue limit drops newer ones.
+    async fn record(&self, id: i64, outcome: Attempt) {
+        let mut stop = self.stop.clone();
+        let mut failures = 0u32;
+        loop {
+            let (name, outcome) = (self.name.clone(), outcome.clone());
+            let recorded = self
+                .store
+                .call(move |c| outbox::record(c, &name, id, &outcome, Utc::now()))
+                .await;
+            let Err(e) = recorded else { return };
+            failures += 1;
+            if *stop.borrow() {
+                // Left pending: sent again after the restart (the gateway counts a duplicate).
+                tracing::error!(gateway = %self.name, error = %e, "cannot record the delivery outcome; stopping");
+                return;
+            }
+            let wait = backoff(failures);
+            tracing::error!(gateway = %self.name, error = %e, retry_in_s = wait.as_secs(),
+                "cannot record the delivery outcome; not sending more until it is recorded");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
     }
 }
 
