@@ -127,6 +127,12 @@ async fn follow_up(
                 uploaded_at,
                 "upload: Leap's list never showed this job; its rows go out again"
             );
+        } else if st != "COMPLETED" && st != "FAILED" && unseen(&uploaded_at, now).is_some() {
+            // QUEUED or PROCESSING for days: not waited for for ever, or its rows would
+            // never go out again, even when Leap names them missing.
+            tracing::warn!(job_id, uploaded_at, leap_status = %st,
+                "upload: Leap has not finished this job in two days; its rows go out again");
+            st = format!("STUCK ({st})");
         }
         let errors = if st == "COMPLETED" || st == "FAILED" {
             let Some(errors) = job_errors(client, &job_id, &uploaded_at, &mut st, now).await else {
@@ -158,6 +164,17 @@ async fn job_errors(
     now: DateTime<Utc>,
 ) -> Option<Vec<RowError>> {
     match client.upload_job(job_id).await {
+        Ok(job) if !job.errors_complete() && status == "COMPLETED" => {
+            // Which rows were refused cannot be told: none is taken as accepted, so every
+            // row goes out again rather than a refused one never again.
+            tracing::warn!(
+                job_id,
+                listed = job.errors.len(),
+                "upload: Leap counts more row errors than it lists; no row of this job is taken as accepted, they go out again"
+            );
+            *status = "COMPLETED (errors not all listed)".to_string();
+            Some(job.errors)
+        }
         Ok(job) => Some(job.errors),
         Err(e) => match unseen(uploaded_at, now) {
             Some(u) => {

@@ -128,6 +128,24 @@ pub(crate) struct UploadJob {
     pub(crate) job_id: String,
     #[serde(default)]
     pub(crate) errors: Vec<RowError>,
+    /// Errors counted by column and code: more than `errors` lists means the list was cut
+    /// short, and a row missing from it may still have been refused.
+    #[serde(default)]
+    pub(crate) error_summary: Vec<ErrorCount>,
+}
+
+impl UploadJob {
+    /// Every refused row is listed in `errors` (as far as Leap's own counts tell).
+    pub(crate) fn errors_complete(&self) -> bool {
+        let counted: u64 = self.error_summary.iter().map(|c| c.count).sum();
+        counted <= self.errors.len() as u64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct ErrorCount {
+    #[serde(default)]
+    pub(crate) count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -242,6 +242,69 @@ async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
     );
 }
 
+/// A finished job whose row errors Leap lists only in part (its `error_summary` counts
+/// more) accepts no row: which were refused cannot be told, so all go again rather than a
+/// refused one never again. A job Leap leaves QUEUED or PROCESSING for over two days is not
+/// waited for for ever: its rows go again (before, they were held back for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_listed_in_part_or_left_unfinished_does_not_hold_its_rows() {
+    let (fake, _dir, config, client) = one_site().await;
+    let now = Utc::now();
+    let q = now.timestamp().div_euclid(900) * 900;
+    let (store, thread) = Store::open(&config.storage.path).unwrap();
+    store
+        .call(move |c| {
+            db::save(c, KNOWN, &complete(q - 900, 2_500.0), false)?;
+            db::save(c, UNKNOWN, &complete(q - 900, 1_000.0), false)
+        })
+        .await
+        .unwrap();
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.intervals.known_meters = vec![KNOWN.into()];
+        s.intervals.errors_listed_max = Some(0);
+    }
+    let s1 = upload::run_once(&client, &store, &config, now)
+        .await
+        .unwrap();
+    assert_eq!(s1.sent_rows, 2, "{s1:?}");
+    let s2 = upload::run_once(&client, &store, &config, now)
+        .await
+        .unwrap();
+    assert_eq!((s2.jobs_followed, s2.rows_accepted), (1, 0), "{s2:?}");
+    assert_eq!(s2.sent_rows, 2, "both rows go again: {s2:?}");
+    fake.state.lock().unwrap().intervals.jobs[1].1 = "PROCESSING".into();
+    let s3 = upload::run_once(&client, &store, &config, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        s3.sent_rows, 0,
+        "a job still processing holds its rows: {s3:?}"
+    );
+    let later = now + chrono::Duration::days(3);
+    let s4 = upload::run_once(&client, &store, &config, later)
+        .await
+        .unwrap();
+    assert_eq!((s4.jobs_followed, s4.sent_rows), (1, 2), "{s4:?}");
+    drop(store);
+    thread.closed().await;
+    let c = rusqlite::Connection::open(&config.storage.path).unwrap();
+    let mut st = c.prepare("SELECT status FROM interval_uploads").unwrap();
+    let statuses: Vec<String> = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        statuses.contains(&"COMPLETED (errors not all listed)".to_string()),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&"STUCK (PROCESSING)".to_string()),
+        "{statuses:?}"
+    );
+}
+
 /// Each upload POST creates a job at Leap: one that failed after it may have arrived (a
 /// 503) is not sent again in the same run, where a retry could put the same rows in a
 /// second job; they go with the next run. A 429 (not processed) is retried.

@@ -20,6 +20,9 @@ pub struct IntervalData {
     pub jobs: Vec<(String, String, Vec<Value>, String)>,
     /// Rows Leap accepted: (meter id, interval start).
     pub accepted: Vec<(String, DateTime<Utc>)>,
+    /// At most this many row errors listed in a job's answer (its `error_summary` still
+    /// counts them all), as a long list cut short would be.
+    pub errors_listed_max: Option<usize>,
 }
 
 pub fn handle(
@@ -54,10 +57,26 @@ pub fn handle(
         }
         ("GET", ["v1.1", "jobs", "interval-data-uploads", id]) => {
             match d.jobs.iter().find(|j| j.0 == *id) {
-                Some((id, _, errors, _)) => reply(
-                    200,
-                    Some(json!({"job_id": id, "errors": errors, "error_summary": []})),
-                ),
+                Some((id, _, errors, _)) => {
+                    let mut summary: Vec<Value> = Vec::new();
+                    for e in errors {
+                        match summary
+                            .iter_mut()
+                            .find(|c| c["column"] == e["column"] && c["code"] == e["code"])
+                        {
+                            Some(c) => c["count"] = json!(c["count"].as_u64().unwrap() + 1),
+                            None => summary.push(
+                                json!({"column": e["column"], "code": e["code"], "count": 1}),
+                            ),
+                        }
+                    }
+                    let listed =
+                        &errors[..errors.len().min(d.errors_listed_max.unwrap_or(usize::MAX))];
+                    reply(
+                        200,
+                        Some(json!({"job_id": id, "errors": listed, "error_summary": summary})),
+                    )
+                }
                 None => super::envelope(404, "NOT_FOUND", "NOT_FOUND", "no such job"),
             }
         }
