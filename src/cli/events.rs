@@ -111,6 +111,9 @@ pub(crate) fn timeslot_json(
         "cancel_conflict": s.conflict,
         "first_received": crate::textfmt::ts(s.first_received),
         "last_received": crate::textfmt::ts(s.last_received),
+        // What was read differently from what Leap sent (a field of the wrong type read as
+        // absent, a priority clamped): the reason behind a `-` in a column.
+        "warnings": t.warnings,
     });
     match t.kind {
         Kind::Meter => {
@@ -262,6 +265,7 @@ fn print_table(slots: &[Value], rejected: &[Value], zone: Zone) {
         crate::outln!("No timeslots stored.");
     } else {
         table::print(&SLOT_HEADERS, &rows);
+        print_warnings(slots);
     }
     if !rejected.is_empty() {
         print_rejected(rejected);
@@ -278,6 +282,9 @@ fn slot_row(v: &Value, zone: Zone) -> Vec<String> {
     if v["cancel_conflict"] == json!(true) {
         status.push_str(" (un-cancel ignored)");
     }
+    if v["warnings"].as_array().is_some_and(|w| !w.is_empty()) {
+        status.push_str(" !");
+    }
     vec![
         status,
         s(id),
@@ -291,6 +298,25 @@ fn slot_row(v: &Value, zone: Zone) -> Vec<String> {
         s(&v["programs"]),
         format!("{}/{}", s(&v["revisions"]), s(&v["duplicates"])),
     ]
+}
+
+/// The `!` rows: what of each timeslot was read differently from what Leap sent.
+fn print_warnings(slots: &[Value]) {
+    let mut first = true;
+    for v in slots {
+        let Some(w) = v["warnings"].as_array().filter(|w| !w.is_empty()) else {
+            continue;
+        };
+        if first {
+            crate::outln!(
+                "\n! Read differently from what Leap sent (the raw notification keeps what it sent):"
+            );
+            first = false;
+        }
+        for line in w {
+            crate::outln!("  {}: {}", clean(&s(&event_id(v))), clean(&s(line)));
+        }
+    }
 }
 
 fn print_rejected(rejected: &[Value]) {

@@ -237,6 +237,39 @@ async fn update_keeps_earlier_revision_and_cancel_is_final() {
     assert!(table.contains("un-cancel ignored"), "{table}");
 }
 
+/// A field read differently from what Leap sent (a priority clamped) is shown by `events`:
+/// a `!` on the row and the reason below the table, and `warnings` in `--json`. It used to
+/// be visible only deep in one event's revision history.
+#[tokio::test]
+async fn events_show_what_was_read_differently() {
+    let d = Daemon::start();
+    let start = chrono::Utc::now() + chrono::Duration::hours(1);
+    let body = meter_notification(
+        "m-1",
+        vec![timeslot_json(
+            "m-1",
+            "odd-prio",
+            start,
+            3600,
+            Some(5.0),
+            json!({"priority": 99}),
+        )],
+    );
+    assert_eq!(d.client().post(&body).await.status, 200);
+    let (_, table, _) = d.cli(&["events"]);
+    assert!(table.contains("unmapped-meter !"), "{table}");
+    assert!(
+        table.contains("odd-prio: priority = 99 is outside 1–10; clamped to 10"),
+        "{table}"
+    );
+    let ev: Value = serde_json::from_str(&d.cli(&["events", "--json"]).1).unwrap();
+    let t = find(&ev, "odd-prio");
+    assert!(
+        t["warnings"][0].as_str().unwrap().contains("clamped"),
+        "{t}"
+    );
+}
+
 #[tokio::test]
 async fn one_bad_timeslot_does_not_sink_the_rest() {
     let d = Daemon::start();
