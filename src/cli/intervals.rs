@@ -3,6 +3,7 @@
 //! and `--json` also show gaps, so an analyst sees what will never be sent.
 
 use super::schedule::parse_time;
+use super::text::clean;
 use super::{exit, table};
 use crate::config::Config;
 use crate::intervals::{INTERVAL_SECS, Interval, Range, Source, csv, db};
@@ -189,7 +190,9 @@ fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
     }
     if jobs.is_empty() {
         crate::outln!(
-            "No interval data uploaded to Leap yet (schedule.upload, default 02:15 UTC)."
+            "No interval data uploaded to Leap yet: the daily upload ([schedule] upload, by \
+             default once a day between 02:15 and 02:44 UTC) needs [leap] api_key; an upload \
+             that failed is logged (`journalctl -u leap-edge | grep upload`)."
         );
         return Ok(exit::OK);
     }
@@ -208,9 +211,9 @@ fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
     table::print(&["UPLOADED", "JOB", "ROWS", "STATUS", "FAILED ROWS"], &rows);
     for j in jobs.iter().filter(|j| !j.errors.is_empty()) {
         crate::outln!();
-        crate::outln!("Job {}: rows Leap refused", j.job_id);
+        crate::outln!("Job {}: rows Leap refused", clean(&j.job_id));
         for e in &j.errors {
-            crate::outln!("  {e}");
+            crate::outln!("  {}", clean(e));
         }
     }
     Ok(exit::OK)

@@ -129,7 +129,7 @@ async fn webhook(config: &Config, client: &LeapClient, cmd: &WebhookCommand) -> 
                 &format!(
                     "deleted: Leap no longer posts {} dispatches to {}",
                     lv.path(),
-                    current.url
+                    super::text::clean(&current.url)
                 ),
             );
             Ok(exit::OK)
@@ -299,7 +299,7 @@ fn print_hook(config: &Config, a: &WebhookArgs, hook: Option<&Webhook>) {
         crate::outln!("{}", serde_json::json!({"url": h.url, "headers": headers}));
         return;
     }
-    crate::outln!("  url:    {}", h.url);
+    crate::outln!("  url:    {}", super::text::clean(&h.url));
     for x in &headers {
         let m = x["matches"]
             .as_str()

@@ -4,6 +4,7 @@
 
 use super::exit;
 use super::leap::TestArgs;
+use super::text::clean;
 use crate::config::Config;
 use crate::leap::LeapClient;
 use crate::leap::types::{IntegrationTestAnswer, Level};
@@ -185,10 +186,13 @@ fn print(answer: &IntegrationTestAnswer, ids: &[String], stored: &[Value], ok: b
     crate::outln!("  sent:      {}", or_dash(&answer.sent_time));
     crate::outln!("  received:  {}", or_dash(&answer.received_time));
     if let Some(e) = &answer.error_message {
-        crate::outln!("  error:     {e}");
+        crate::outln!("  error:     {}", clean(e));
     }
     if let Some(b) = &answer.body {
-        crate::outln!("  answer:    {}", b.chars().take(300).collect::<String>());
+        crate::outln!(
+            "  answer:    {}",
+            clean(&b.chars().take(300).collect::<String>())
+        );
     }
     crate::outln!("What the daemon stored");
     for (id, s) in ids.iter().zip(stored) {
