@@ -303,21 +303,39 @@ impl Handler {
         now: DateTime<Utc>,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<Option<String>, String> {
+        use crate::store::overrides as saved_rows;
+        let late = move || expires_at.is_some_and(|t| Utc::now() > t);
         let ids: Vec<String> = saved.iter().map(|s| s.meter_id.clone()).collect();
+        // The rows these replace, to put back if the save ends after the client gave up:
+        // withdrawing by deleting would also take away an earlier override still in force.
         let stored = self
             .app
             .store
-            .call(move |c| crate::store::overrides::save(c, &saved, now))
+            .call(move |c| {
+                let before: Vec<_> = saved_rows::active(c, now)?
+                    .into_iter()
+                    .filter(|o| ids.contains(&o.meter_id))
+                    .collect();
+                // Queued past the client's wait: nothing is saved at all.
+                if !late() {
+                    saved_rows::save(c, &saved, now)?;
+                }
+                Ok((before, ids))
+            })
             .await;
-        if expires_at.is_some_and(|t| Utc::now() > t) {
-            let _ = self
-                .app
-                .store
-                .call(move |c| {
-                    ids.iter()
-                        .try_for_each(|id| crate::store::overrides::delete(c, Some(id)).map(drop))
-                })
-                .await;
+        if late() {
+            if let Ok((before, ids)) = stored {
+                let _ = self
+                    .app
+                    .store
+                    .call(move |c| {
+                        for id in &ids {
+                            saved_rows::delete(c, Some(id))?;
+                        }
+                        saved_rows::save(c, &before, now)
+                    })
+                    .await;
+            }
             tracing::warn!("override saved after its client gave up: withdrawn, not applied");
             return Err("the daemon was too slow to answer in time; nothing was changed".into());
         }
