@@ -97,12 +97,10 @@ impl Handler {
             storage_error: self
                 .app
                 .store
-                .batch_stats()
-                .failure()
-                .map(|e| {
-                    format!(
-                        "the last notification could not be stored (answered 503 so Leap retries): {e}"
-                    )
+                .file_problem()
+                .or_else(|| {
+                    let failed = self.app.store.batch_stats().failure();
+                    failed.map(|e| format!("the last notification could not be stored: {e}"))
                 })
                 .or(unreadable),
             ..report

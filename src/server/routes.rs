@@ -547,9 +547,7 @@ async fn healthz(app: &App) -> Resp {
         )),
     }
     if let Some(why) = app.store.batch_stats().failure() {
-        problems.push(format!(
-            "the last notification could not be stored, so it was answered 503: {why}"
-        ));
+        problems.push(format!("the last notification could not be stored: {why}"));
     }
     problems.extend(app.status.health_problems());
     if problems.is_empty() {

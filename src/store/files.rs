@@ -114,17 +114,53 @@ impl Identity {
     /// `Err` when the path no longer names the opened file: whatever were written now
     /// would be acknowledged and lost (SPEC §2.1).
     pub(crate) fn check(&self, path: &Path) -> Result<(), StoreError> {
-        let what = match Identity::of(path) {
+        let deleted = match Identity::of(path) {
             Ok(now) if now == *self => return Ok(()),
-            Ok(_) => "replaced by another file",
-            Err(e) if e.kind() == io::ErrorKind::NotFound => "deleted",
+            Ok(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             // Not knowable now (permissions on a parent): the write itself will tell.
             Err(_) => return Ok(()),
         };
-        Err(StoreError::Replaced {
-            path: path.to_path_buf(),
-            what,
-        })
+        Err(StoreError::Replaced(replaced_text(path, deleted)))
+    }
+}
+
+/// What happened and how to get out of it without losing what only the open file holds:
+/// a clean stop copies the WAL into that unnamed file and deletes the WAL by name.
+fn replaced_text(path: &Path, deleted: bool) -> String {
+    let p = path.display();
+    let pid = std::process::id();
+    let head = format!(
+        "database {p} was {} while the daemon ran: notifications are refused (503, Leap \
+         retries for 50 minutes), because what the daemon writes goes to the file it opened, \
+         which no one will read again.",
+        if deleted {
+            "deleted"
+        } else {
+            "replaced by another file"
+        }
+    );
+    let fix = if deleted {
+        format!(
+            "If it was renamed, rename it back: the daemon resumes at once. If it was \
+             deleted, copy it out of the daemon before stopping it: `ls -l /proc/{pid}/fd | \
+             grep deleted` names it, `cp /proc/{pid}/fd/N {p}.rescued`; then stop the \
+             daemon, move the copy to {p} and start it."
+        )
+    } else {
+        format!(
+            "Rename the file the daemon opened back to {p} and it resumes at once. To \
+             restore a backup, stop the daemon first (a clean stop, not a kill), then put \
+             the backup in place and start it."
+        )
+    };
+    format!("{head} {fix}")
+}
+
+impl Identity {
+    /// The same check as a status line: None when the path still names the opened file.
+    pub(crate) fn problem(&self, path: &Path) -> Option<String> {
+        self.check(path).err().map(|e| e.to_string())
     }
 }
 

@@ -77,14 +77,10 @@ pub enum StoreError {
         found: i64,
         needed: i64,
     },
-    /// The file the daemon opened was deleted or replaced under it while it ran.
-    #[error(
-        "database {path} was {what} while the daemon ran: notifications are refused (503) \
-         because what the daemon writes now would be lost. Put the file back where it was \
-         (or move the new one away), then restart the daemon; a backup is restored with the \
-         daemon stopped"
-    )]
-    Replaced { path: PathBuf, what: &'static str },
+    /// The file the daemon opened was deleted or replaced under it while it ran: the
+    /// message says which, and how to recover without losing what the open file holds.
+    #[error("{0}")]
+    Replaced(String),
     /// Start: the database is gone but its write-ahead log is still there.
     #[error(
         "database {path} is missing but its write-ahead log {wal} is still there (the \
@@ -188,6 +184,11 @@ impl Store {
         &self.path
     }
 
+    /// Why the database path no longer names the file the daemon opened, if it does not.
+    pub(crate) fn file_problem(&self) -> Option<String> {
+        self.opened.problem(&self.path)
+    }
+
     /// Group-commit counters (issue 17): commits and the notifications they held.
     pub fn batch_stats(&self) -> &BatchStats {
         &self.stats
@@ -226,8 +227,11 @@ impl Store {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let (opened, path) = (self.opened, self.path.clone());
+        // Nothing is written to a file that the path no longer names (the relay's outbox
+        // commits, overrides, audit rows): it would be answered as saved and lost.
         let job: Job = Box::new(move |conn| {
-            let _ = tx.send(f(conn));
+            let _ = tx.send(opened.check(&path).and_then(|()| f(conn)));
         });
         self.jobs
             .send(writer::Work::Job(job))

@@ -155,7 +155,9 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Box<Prepared>, Reply)>, stats
             {
                 stats.changes.bump();
             }
-            let failed = results.iter().find_map(|r| r.as_ref().err());
+            // The batch's last result stands (a later notification stored clears an
+            // earlier one's failure, as the next batch would).
+            let failed = results.last().and_then(|r| r.as_ref().err());
             stats.set_failure(failed.map(ToString::to_string).as_deref());
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats

@@ -274,6 +274,16 @@ async fn a_database_deleted_or_replaced_while_running_is_refused_not_acked() {
         "{}",
         h.text
     );
+    // `status`, which a technician reads, says it too (its reads still find the old file).
+    let (_, status, err) = common::cli_with(&config, &["status"]);
+    assert!(
+        status.contains("STORAGE FAILING") && status.contains("replaced by another file"),
+        "{status}{err}"
+    );
+    // An override is not answered as saved into the file no one reads: it holds, with
+    // the warning a failed save gives.
+    let (_, _, err) = common::cli_with(&config, &["override", "hold", "--for", "10m"]);
+    assert!(err.contains("not saved in the database"), "{err}");
 
     // The opened file put back: acks again, no restart.
     std::fs::rename(&aside, &db).unwrap();
