@@ -320,14 +320,13 @@ pub(crate) fn known_groups(
     let mut out: Vec<String> = configured.to_vec();
     // A group seen only in an integration test (`leap test --group` makes up an id when
     // none is configured) is not the account's: searched for 400 days, it could make Leap
-    // refuse every group search.
+    // refuse every group search. The flag is read from the timeslot itself, which outlives
+    // the notification rows' retention.
     let mut stmt = c.prepare(
         "SELECT DISTINCT json_extract(t.content, '$.market_group_id') FROM timeslots t
          WHERE t.kind='group' AND t.end_time >= ?1
            AND json_extract(t.content, '$.market_group_id') IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM timeslot_revisions r
-                           JOIN notifications n ON n.id = r.notification_id
-                           WHERE r.slot = t.rowid AND n.integration_test = 1)",
+           AND COALESCE(json_extract(t.content, '$.integration_test_notification'), 0) = 0",
     )?;
     let rows = stmt.query_map([crate::store::ts(since)], |r| r.get::<_, String>(0))?;
     for g in rows {
