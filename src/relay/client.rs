@@ -33,11 +33,15 @@ impl Target {
     pub(crate) fn destination(&self) -> String {
         match &self.unix {
             Some(sock) => format!("unix:{}{}", sock.display(), self.path),
+            // Behind one TLS front, sites are told apart by the name they are reached as.
             None => format!(
-                "{}:{}{}",
+                "{}:{}{} {}",
                 self.host.to_ascii_lowercase(),
                 self.port,
-                self.path
+                self.path,
+                self.tls
+                    .as_ref()
+                    .map_or(String::new(), |(_, n)| format!("{n:?}"))
             ),
         }
     }

@@ -197,17 +197,6 @@ impl RelayConfig {
         if let Some(m) = &self.mqtt {
             p.extend(m.problems("mqtt"));
         }
-        // Kept at least as long as a replay reaches back: a gateway added later must find
-        // every dispatch it could still act on (`replay_since`).
-        let replay_days = (super::replay_window_hours(&self.limits) + 23) / 24;
-        if i64::from(self.storage.retention_days) < replay_days {
-            p.push(format!(
-                "storage.retention_days = {} is shorter than the {replay_days} days a gateway \
-                 added later is sent what it missed ([limits] max_start_ahead_days and \
-                 max_timeslot_hours, a day to spare): give at least {replay_days}",
-                self.storage.retention_days
-            ));
-        }
         self.check_gateways(&mut p);
         if p.is_empty() { Ok(()) } else { Err(p) }
     }
@@ -412,13 +401,11 @@ mod tests {
         .is_ok());
     }
 
-    /// A copied gateway entry still pointing at the first site, and an outbox kept for
-    /// less time than a replay reaches back, are refused.
+    /// A copied gateway entry still pointing at the first site is refused.
     #[test]
-    fn a_shared_gateway_address_and_a_short_retention_are_refused() {
+    fn a_shared_gateway_address_is_refused() {
         let err = parse(&format!(
-            "[storage]\nretention_days = 7\n\
-             [[gateways]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/x\"\nkey = \"{KEY}\"\nmeters = [\"M1\"]\n\
+            "[[gateways]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/x\"\nkey = \"{KEY}\"\nmeters = [\"M1\"]\n\
              [[gateways]]\nname = \"b\"\nurl = \"http://127.0.0.1:2/y\"\nkey = \"{KEY}\"\nmeters = [\"M2\"]\n\
              [[gateways]]\nname = \"c\"\nurl = \"http://127.0.0.1:1/x\"\nkey = \"{KEY}\"\nmeters = [\"M3\"]\n"
         ))
@@ -430,11 +417,6 @@ mod tests {
         );
         assert!(
             !err.iter().any(|e| e.starts_with("gateways[1].url")),
-            "{err:?}"
-        );
-        assert!(
-            err.iter()
-                .any(|e| e.starts_with("storage.retention_days = 7 is shorter than the 33 days")),
             "{err:?}"
         );
     }

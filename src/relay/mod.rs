@@ -311,11 +311,22 @@ impl Running {
     }
 }
 
+/// Settled notifications received before this are forgotten: the retention, but never
+/// less than a replay reaches back, so a gateway added later is still sent every dispatch
+/// it could act on (`replay_since`), whatever `retention_days` says.
+fn prune_before(
+    config: &RelayConfig,
+    now: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
+    let hours =
+        (i64::from(config.storage.retention_days) * 24).max(replay_window_hours(&config.limits));
+    now - chrono::Duration::hours(hours)
+}
+
 /// Hourly: forget settled notifications older than the retention.
 async fn prune_loop(app: Arc<RelayApp>, mut stop: watch::Receiver<bool>) {
     loop {
-        let days = i64::from(app.config().storage.retention_days);
-        let before = chrono::Utc::now() - chrono::Duration::days(days);
+        let before = prune_before(&app.config(), chrono::Utc::now());
         match app.store.call(move |c| outbox::prune(c, before)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -362,4 +373,27 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
     let _ = crate::systemd::notify_stopping();
     running.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A retention shorter than the replay window does not forget what a gateway added
+    /// later is still to be sent; a longer one is kept as set.
+    #[test]
+    fn pruning_keeps_at_least_the_replay_window() {
+        let config = |days: u32| -> RelayConfig {
+            toml::from_str(&format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[storage]\nretention_days = {days}\n"
+            ))
+            .unwrap()
+        };
+        let now = chrono::Utc::now();
+        let kept = |days| now - prune_before(&config(days), now);
+        let replay = replay_window_hours(&config(7).limits);
+        assert_eq!(kept(7), chrono::Duration::hours(replay));
+        assert!(replay > 7 * 24, "{replay}");
+        assert_eq!(kept(400), chrono::Duration::days(400));
+    }
 }
