@@ -141,7 +141,7 @@ fn fields(
     // Issue 9: from here on every field is optional: a wrong one is read as absent (or
     // clamped) and flagged on the timeslot, never a reason to refuse the dispatch.
     let mut w = Warnings(ctx.warnings.clone());
-    let nomination_kw = nomination(obj, &mut w);
+    let nomination_kw = nomination(obj, energy_kw, &mut w);
     let communication_test = communication_test(obj, &mut w);
     let priority = w.keep(priority(obj), None, "read as absent (the lowest, 10)");
     let priority = priority.map(|p| {
@@ -199,20 +199,25 @@ impl Warnings {
     }
 }
 
-/// `nomination_kw`: a wrong one is read as absent, except zero or less, which says nothing
-/// is paid under up-to-nomination: read as absent, the bound would fall back to the award,
-/// or to none at all.
-fn nomination(obj: &Map<String, Value>, w: &mut Warnings) -> Option<f64> {
-    match obj.get("nomination_kw") {
-        None | Some(Value::Null) => None,
-        Some(v) if v.as_f64().is_some_and(|n| n <= 0.0) => {
+/// `nomination_kw`: a wrong one is read as absent, and under up-to-nomination the award
+/// then bounds the reduction, as before. Without an award (`energy_kw` null or absent: the
+/// most that can be delivered) a nomination below Leap's 0.01 kW says next to nothing is
+/// paid: read as absent, there would be no bound at all, so it is kept (at least 0).
+fn nomination(obj: &Map<String, Value>, energy_kw: EnergyKw, w: &mut Warnings) -> Option<f64> {
+    let v = obj.get("nomination_kw").filter(|v| !v.is_null())?;
+    let tiny = v
+        .as_f64()
+        .filter(|n| n.is_finite() && *n < *KW_RANGE.start());
+    match (tiny, energy_kw) {
+        (Some(n), EnergyKw::Absent | EnergyKw::Null) => {
+            let bound = n.max(0.0);
             w.0.push(format!(
-                "nomination_kw = {v} is outside Leap's range 0.01–100000 kW; read as 0 kW \
-                 (nothing beyond it is paid under up-to-nomination)"
+                "nomination_kw = {v} is below Leap's range 0.01–100000 kW and there is no \
+                 award; read as {bound} kW (nothing beyond it is paid under up-to-nomination)"
             ));
-            Some(0.0)
+            Some(bound)
         }
-        Some(v) => w.keep(kw(v, "nomination_kw").map(Some), None, "read as absent"),
+        _ => w.keep(kw(v, "nomination_kw").map(Some), None, "read as absent"),
     }
 }
 
@@ -395,5 +400,17 @@ mod tests {
             "{:?}",
             ts.warnings
         );
+        // With an award, the award bounds it as before (the nomination read as absent);
+        // a tiny one without an award is kept as it is.
+        let mut with_award = slot.clone();
+        with_award["energy_kw"] = json!(10.0);
+        let mut tiny = slot.clone();
+        tiny["nomination_kw"] = json!(0.005);
+        tiny["meter_event_id"] = json!("y");
+        let note =
+            json!({"meter_dispatches": [{"meter_id": "m1", "timeslots": [with_award, tiny]}]});
+        let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
+        assert_eq!(p.timeslots[0].nomination_kw, None);
+        assert_eq!(p.timeslots[1].nomination_kw, Some(0.005));
     }
 }
