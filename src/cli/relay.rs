@@ -119,10 +119,24 @@ fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
     if !config.storage.path.exists() {
         // Never run here (or storage.path is wrong): "not running", as the README's exit
         // codes say, not a failure of the command.
-        eprintln!(
-            "leap-edge: relay: not running; no relay outbox at {} yet: `leap-edge relay run` creates it on first start (is storage.path right?)",
-            config.storage.path.display()
-        );
+        let why = match crate::store::files::orphaned_wal(&config.storage.path) {
+            Some(wal) => format!(
+                "the relay outbox {} is missing but its {} is still there: it was deleted or \
+                 moved after the last run, and `relay run` refuses to start over it",
+                config.storage.path.display(),
+                wal.display()
+            ),
+            None => format!(
+                "no relay outbox at {} yet: `leap-edge relay run` creates it on first start (is storage.path right?)",
+                config.storage.path.display()
+            ),
+        };
+        if json {
+            let doc = serde_json::json!({"process": {"running": false}, "problem": why});
+            crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            eprintln!("leap-edge: relay: not running; {why}");
+        }
         return Ok(super::status::NOT_RUNNING);
     }
     let s = crate::relay::read_status(config, chrono::Utc::now())?;

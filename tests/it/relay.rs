@@ -629,6 +629,16 @@ fn one_relay_per_outbox_and_status_says_whether_it_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("no relay outbox at"), "{err}");
+    // Scripts read --json: one document there too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leap-edge"))
+        .arg("--config")
+        .arg(&elsewhere)
+        .args(["relay", "status", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["process"]["running"], false, "{doc}");
 }
 
 /// The broker link is built at the start: a reload that adds or changes `[mqtt]` is
