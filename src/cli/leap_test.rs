@@ -27,7 +27,18 @@ pub(super) async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
     let start = chrono::Utc::now() + chrono::Duration::from_std(a.start_in)?;
     let end = start + chrono::Duration::minutes(5);
     let (level, body, ids) = build(config, a, start, end);
-    let mut answer = client.integration_test(level, &body).await?;
+    let mut answer = match client.integration_test(level, &body).await {
+        Ok(a) => a,
+        Err(e) if e.maybe_delivered() => {
+            eprintln!(
+                "leap-edge: {e}\nThe request may have reached Leap, and its test notification may \
+                 have been posted: check `leap-edge events` (an integration test) before running \
+                 the test again."
+            );
+            return Ok(exit::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
     mask_credentials(&mut answer, &config.auth.header);
     let delivered = answer.http_status.is_some_and(|s| (200..300).contains(&s));
     let stored = match stored_soon(config, level, &ids, delivered).await {

@@ -273,7 +273,7 @@ enum Retry {
 }
 
 /// The request never left: nothing at Leap can have acted on it.
-fn unsent(e: &TransportError) -> bool {
+pub(crate) fn unsent(e: &TransportError) -> bool {
     matches!(
         e,
         TransportError::Connect { .. } | TransportError::Tls { .. }

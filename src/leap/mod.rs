@@ -31,7 +31,7 @@ pub enum LeapError {
     },
     #[error("{call}: Leap answered {status} {code}{}: {message}{}",
         if error_code.is_empty() { String::new() } else { format!(" ({error_code})") },
-        hint(*status))]
+        hint(*status, code))]
     Api {
         call: String,
         status: u16,
@@ -43,8 +43,20 @@ pub enum LeapError {
     BadAnswer(String),
 }
 
-fn hint(status: u16) -> &'static str {
+impl LeapError {
+    /// The request may have reached Leap before the exchange failed (a timeout, a
+    /// connection cut after sending): a call that creates something may have done so.
+    pub(crate) fn maybe_delivered(&self) -> bool {
+        matches!(self, LeapError::Transport { source, .. } if !client::unsent(source))
+    }
+}
+
+fn hint(status: u16, code: &str) -> &'static str {
     match status {
+        // Leap's own 404s carry its error envelope; a bare one comes from elsewhere.
+        404 if code.is_empty() => {
+            " — not Leap's answer (no Leap error body): check leap.base_url (https://api.leap.energy or https://api.staging.leap.energy)"
+        }
         401 => " — check [leap] api_key (expired or for the other environment? see leap.base_url)",
         403 => " — this API key has no access to that resource; ask Leap to enable it",
         429 => " — Leap's rate limit; try again in a minute",
@@ -72,5 +84,14 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("api_key"), "{s}");
+        // A 404 without Leap's error body is not Leap's: the base URL is named.
+        let e = LeapError::Api {
+            call: "GET /v2/dispatch/meter/webhook".into(),
+            status: 404,
+            code: String::new(),
+            error_code: String::new(),
+            message: "<html>Not Found</html>".into(),
+        };
+        assert!(e.to_string().contains("check leap.base_url"), "{e}");
     }
 }
