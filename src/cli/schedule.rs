@@ -88,8 +88,9 @@ fn override_of<'a>(
 fn override_text(o: &SavedOverride) -> String {
     let kw = o.kw.map_or(String::new(), |k| format!(" {k} kW"));
     format!(
-        "MANUAL OVERRIDE {}{kw} until {}: the battery follows it, not the rows before then \
-         (Leap's dispatches are audited as overridden); `leap-edge override clear` ends it",
+        "MANUAL OVERRIDE {}{kw} in force now, until {}: until then the battery follows it, \
+         not the rows below (Leap's dispatches are audited as overridden); `leap-edge override \
+         clear` ends it",
         o.action,
         Zone::Utc.time(o.until)
     )
