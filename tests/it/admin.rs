@@ -77,7 +77,7 @@ async fn status_override_and_daemon_down() {
     let (code, plan, err) = d.cli(&["schedule"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        plan.contains("MANUAL OVERRIDE discharge 3 kW until"),
+        plan.contains("MANUAL OVERRIDE discharge 3 kW in force now, until"),
         "{plan}"
     );
     let (_, plan, _) = d.cli(&["schedule", "--json"]);
