@@ -661,3 +661,40 @@ fn a_reload_that_changes_mqtt_is_refused_and_says_restart() {
         relay.p.log()
     );
 }
+
+/// An attempt's outcome that cannot be written (the outbox refuses updates) is written
+/// again with back-off before anything more is sent: the gateway gets one copy, not one a
+/// second (each a duplicate there, and for an MQTT gateway a message queued at the broker).
+#[test]
+fn an_outcome_that_cannot_be_written_is_not_sent_again() {
+    let a = Gateway::start();
+    let relay = Relay::start(&[spec("site-a", &a, &["A1"])]);
+    let outbox = rusqlite::Connection::open(relay.p.dir.path().join("relay.db")).unwrap();
+    outbox
+        .execute_batch(
+            "CREATE TRIGGER hold_outcomes BEFORE UPDATE ON relay_deliveries
+             BEGIN SELECT RAISE(ABORT, 'held by the test'); END;",
+        )
+        .unwrap();
+    let note = json!({"integration_test_notification": false, "communication_test": false,
+        "meter_dispatches": [meter_entry("A1", &["m-held"])]});
+    let (status, answer) = rt().block_on(relay.client().post_until_ok(&note.to_string()));
+    assert_eq!(status, 200, "{answer}");
+    wait_for("the first delivery", Duration::from_secs(15), || {
+        a.event_ids() == ["m-held"]
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let duplicates = || {
+        let v = a.0.cli_json(&["events", "--json"]);
+        v["timeslots"][0]["duplicates"].as_i64().unwrap()
+    };
+    assert_eq!(
+        duplicates(),
+        0,
+        "sent again while its outcome was unwritten"
+    );
+    outbox.execute_batch("DROP TRIGGER hold_outcomes").unwrap();
+    let s = relay.wait_drained(Duration::from_secs(30));
+    assert_eq!(s["gateways"][0]["delivered"], 1, "{s:#}");
+    assert_eq!(duplicates(), 0);
+}
