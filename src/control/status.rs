@@ -177,6 +177,26 @@ impl ControlStatus {
         out
     }
 
+    /// Events [`Self::take_events`] took that could not be written: back in front of the
+    /// ones queued since, for the next try (still bounded: the oldest go first).
+    pub(crate) fn put_back(&self, events: Vec<ControlEvent>) {
+        for m in &self.meters {
+            let mut st = m.lock().expect("meter status lock");
+            let mine: Vec<ControlEvent> = events
+                .iter()
+                .filter(|e| e.meter_id == st.meter_id)
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let newer = std::mem::take(&mut st.pending_events);
+            for e in mine.into_iter().chain(newer) {
+                st.push_event(e);
+            }
+        }
+    }
+
     pub fn meter(&self, meter_id: &str) -> Option<MeterStatus> {
         self.snapshot().into_iter().find(|m| m.meter_id == meter_id)
     }
@@ -332,5 +352,39 @@ impl StatusSource for ControlStatus {
             })
             .chain(blind)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(meter: &str, n: i64) -> ControlEvent {
+        ControlEvent {
+            at: DateTime::from_timestamp(1_800_000_000 + n, 0).unwrap(),
+            meter_id: meter.into(),
+            event_id: format!("ev-{n}"),
+            what: "blind",
+            detail: String::new(),
+        }
+    }
+
+    /// Events that could not be written come back for the next try, each to its meter,
+    /// with the ones queued since; the bound still holds.
+    #[test]
+    fn events_not_written_are_put_back() {
+        let mut all = ControlStatus::default();
+        let (a, b) = (all.add("m-a", "d"), all.add("m-b", "d"));
+        a.lock().unwrap().push_event(event("m-a", 1));
+        b.lock().unwrap().push_event(event("m-b", 2));
+        let taken = all.take_events();
+        assert!(all.take_events().is_empty());
+        a.lock().unwrap().push_event(event("m-a", 3));
+        all.put_back(taken);
+        let again: Vec<String> = all.take_events().into_iter().map(|e| e.event_id).collect();
+        assert_eq!(again, ["ev-1", "ev-2", "ev-3"]);
+        let many: Vec<ControlEvent> = (0..100).map(|n| event("m-a", n)).collect();
+        all.put_back(many);
+        assert_eq!(all.take_events().len(), MAX_PENDING_EVENTS);
     }
 }

@@ -30,18 +30,23 @@ pub(crate) async fn flush(store: &Store, status: &ControlStatus) {
     if events.is_empty() {
         return;
     }
-    let entries: Vec<AuditEntry> = events.into_iter().map(entry).collect();
+    let entries: Vec<AuditEntry> = events.iter().cloned().map(entry).collect();
     let n = entries.len();
+    // All or none, and kept for the next try when none: a `blind` row written without
+    // its `resumed` (or lost with it) tells a wrong story of the event.
     let r = store
         .call(move |c| {
+            let tx = c.transaction()?;
             for e in &entries {
-                audit::insert(c, e)?;
+                audit::insert(&tx, e)?;
             }
+            tx.commit()?;
             Ok(())
         })
         .await;
     if let Err(e) = r {
-        tracing::error!(error = %e, events = n, "cannot write control events to the audit log");
+        tracing::error!(error = %e, events = n, "cannot write control events to the audit log; tried again with the next ones");
+        status.put_back(events);
     }
 }
 

@@ -28,7 +28,9 @@ pub(super) async fn watch(status: ControlStatus, store: Store, stop: Cancellatio
             if let Some(entry) = change(&mut seen, &m) {
                 let r = store.call(move |c| audit::insert(c, &entry)).await;
                 if let Err(e) = r {
-                    tracing::error!(meter_id = %m.meter_id, error = %e, "cannot audit a limit");
+                    tracing::error!(meter_id = %m.meter_id, error = %e, "cannot audit a limit; tried again next second");
+                    // Not recorded, so not seen: the next look writes it again.
+                    seen.remove(&m.meter_id);
                 }
             }
         }
