@@ -78,13 +78,60 @@ impl DeviceError {
     /// that differs, a value out of range, a profile that cannot command it), as opposed to
     /// a connection that failed: writing the same again next period will not help.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            Self::Exception { .. }
-                | Self::ReadBack { .. }
-                | Self::Range { .. }
-                | Self::Profile { .. }
-        )
+        match self {
+            Self::Exception { .. } => !self.is_passing(),
+            Self::ReadBack { .. } | Self::Range { .. } | Self::Profile { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A Modbus exception that says "not now" rather than "no": 0x05 acknowledge (still
+    /// working), 0x06 server busy, 0x0A/0x0B a gateway's path or target not answering (an
+    /// RTU device behind a TCP gateway, a passing bus fault). Tried again next period like
+    /// a timeout, not treated as a refusal that hands the battery back for 30 s.
+    pub fn is_passing(&self) -> bool {
+        match self {
+            Self::Exception { code, .. } => ["0x05", "0x06", "0x0A", "0x0B"]
+                .iter()
+                .any(|p| code.starts_with(p)),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeviceError;
+
+    #[test]
+    fn a_busy_or_unreachable_target_is_not_a_refusal() {
+        let e = |code: &str| DeviceError::Exception {
+            device: "bess".into(),
+            op: "write".into(),
+            code: code.into(),
+        };
+        for passing in [
+            "0x06 (ServerDeviceBusy)",
+            "0x0B (GatewayTargetDevice)",
+            "0x0A (GatewayPathUnavailable)",
+            "0x05 (Acknowledge)",
+        ] {
+            assert!(
+                !e(passing).is_refusal() && e(passing).is_passing(),
+                "{passing}"
+            );
+        }
+        for refused in [
+            "0x01 (IllegalFunction)",
+            "0x02 (IllegalDataAddress)",
+            "0x03 (IllegalDataValue)",
+            "0x04 (ServerDeviceFailure)",
+        ] {
+            assert!(
+                e(refused).is_refusal() && !e(refused).is_passing(),
+                "{refused}"
+            );
+        }
     }
 }
 

@@ -50,7 +50,7 @@ impl ModbusBattery {
                 // Control does not need the counters: a device refusing them leaves the
                 // interval to its estimate instead of failing the reading (which would hand
                 // the battery back). A lost connection still fails it.
-                Err(err) if err.is_refusal() => {
+                Err(err) if err.is_refusal() || err.is_passing() => {
                     tracing::debug!(device = %self.name, error = %err, "energy counters unreadable");
                 }
                 Err(err) => return Err(err),
