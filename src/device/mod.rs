@@ -99,42 +99,6 @@ impl DeviceError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::DeviceError;
-
-    #[test]
-    fn a_busy_or_unreachable_target_is_not_a_refusal() {
-        let e = |code: &str| DeviceError::Exception {
-            device: "bess".into(),
-            op: "write".into(),
-            code: code.into(),
-        };
-        for passing in [
-            "0x06 (ServerDeviceBusy)",
-            "0x0B (GatewayTargetDevice)",
-            "0x0A (GatewayPathUnavailable)",
-            "0x05 (Acknowledge)",
-        ] {
-            assert!(
-                !e(passing).is_refusal() && e(passing).is_passing(),
-                "{passing}"
-            );
-        }
-        for refused in [
-            "0x01 (IllegalFunction)",
-            "0x02 (IllegalDataAddress)",
-            "0x03 (IllegalDataValue)",
-            "0x04 (ServerDeviceFailure)",
-        ] {
-            assert!(
-                e(refused).is_refusal() && !e(refused).is_passing(),
-                "{refused}"
-            );
-        }
-    }
-}
-
 /// What the control loop needs from a battery. Implementations put every call under a
 /// timeout and reconnect after a failure; the loop just retries on its next period.
 pub trait Battery: Send {
@@ -170,5 +134,41 @@ pub trait Battery: Send {
     /// itself (Victron ESS): its battery then moves while the grid stays put, by design.
     fn regulates_grid(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeviceError;
+
+    #[test]
+    fn a_busy_or_unreachable_target_is_not_a_refusal() {
+        let e = |code: &str| DeviceError::Exception {
+            device: "bess".into(),
+            op: "write".into(),
+            code: code.into(),
+        };
+        for passing in [
+            "0x06 (ServerDeviceBusy)",
+            "0x0B (GatewayTargetDevice)",
+            "0x0A (GatewayPathUnavailable)",
+            "0x05 (Acknowledge)",
+        ] {
+            assert!(
+                !e(passing).is_refusal() && e(passing).is_passing(),
+                "{passing}"
+            );
+        }
+        for refused in [
+            "0x01 (IllegalFunction)",
+            "0x02 (IllegalDataAddress)",
+            "0x03 (IllegalDataValue)",
+            "0x04 (ServerDeviceFailure)",
+        ] {
+            assert!(
+                e(refused).is_refusal() && !e(refused).is_passing(),
+                "{refused}"
+            );
+        }
     }
 }
