@@ -304,17 +304,12 @@ fn refuse_head(
         return Some((r, RequestResult::Unauthorized));
     }
     conn.authorize();
-    let is_json = req
+    let may_be_json = req
         .headers()
         .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || m.ends_with("+json")
-        })
-        .unwrap_or(false);
-    (!is_json).then(|| {
+        .map(|v| v.to_str().ok().and_then(|v| v.split(';').next()))
+        .is_none_or(|m| m.is_some_and(json_or_unlabelled));
+    (!may_be_json).then(|| {
         (
             error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -323,6 +318,17 @@ fn refuse_head(
             RequestResult::UnsupportedMediaType,
         )
     })
+}
+
+/// SPEC §2.2: only a body that is not a Leap notification is refused, and Leap's guide
+/// names no media type. A body sent without one, or as plain text or bytes, is read and
+/// refused (400) only if it is not JSON; a type that says another format (a form, XML,
+/// multipart) is refused unread (415).
+fn json_or_unlabelled(media_type: &str) -> bool {
+    let m = media_type.trim().to_ascii_lowercase();
+    m == "application/json"
+        || m.ends_with("+json")
+        || matches!(m.as_str(), "" | "text/plain" | "application/octet-stream")
 }
 
 /// The body, within the size limit and the read timeout.

@@ -318,6 +318,38 @@ async fn one_bad_timeslot_does_not_sink_the_rest() {
     }
 }
 
+/// SPEC §2.2: Leap's guide names no media type, so a notification sent without one, or
+/// as plain text, is read (and refused 400 only if it is not JSON); it was refused 415,
+/// and every retry for 50 minutes with it.
+#[tokio::test]
+async fn a_notification_without_a_json_content_type_is_read() {
+    let d = Daemon::start();
+    let c = d.client();
+    let start = chrono::Utc::now() + chrono::Duration::hours(1);
+    for (n, ct) in [
+        None,
+        Some("text/plain; charset=utf-8"),
+        Some("application/octet-stream"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("untyped-{n}");
+        let body = meter_notification(
+            "m-1",
+            vec![timeslot_json("m-1", &id, start, 3600, Some(5.0), json!({}))],
+        );
+        let mut headers = vec![("x-api-key", KEY)];
+        headers.extend(ct.map(|ct| ("content-type", ct)));
+        let r = c.request("POST", PATH, &headers, body.into_bytes()).await;
+        assert_eq!(r.status, 200, "{ct:?}: {}", r.text);
+    }
+    let r = c
+        .request("POST", PATH, &[("x-api-key", KEY)], b"{not json".to_vec())
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}
+
 #[tokio::test]
 async fn bad_requests_get_their_status_and_change_nothing() {
     let d = Daemon::start();
@@ -364,7 +396,10 @@ async fn bad_requests_get_their_status_and_change_nothing() {
         (
             "form body",
             "POST",
-            vec![("x-api-key", KEY), ("content-type", "text/plain")],
+            vec![
+                ("x-api-key", KEY),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
             good.clone().into_bytes(),
             415,
         ),
