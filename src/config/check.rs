@@ -76,6 +76,14 @@ impl Config {
                 s.path
             ));
         }
+        if s.path.contains(['?', '#']) {
+            // A request's path never holds its query: every push would be a 404.
+            p.push(format!(
+                "server.path = \"{}\" holds a query ('?') or fragment ('#'): give the path \
+                 only; the key goes in the [auth] header, not the URL",
+                s.path.split(['?', '#']).next().unwrap_or_default()
+            ));
+        }
         if matches!(s.path.as_str(), "/healthz" | "/metrics") {
             p.push(format!(
                 "server.path = \"{}\" is reserved; choose another path",

@@ -377,6 +377,25 @@ mod tests {
         );
     }
 
+    /// A query in server.path (every push would be a 404) and a broker URL holding a
+    /// password (printed wherever the URL is) are refused; the password is not echoed.
+    #[test]
+    fn a_query_in_the_path_and_credentials_in_a_broker_url_are_refused() {
+        let text = "[server]\nlisten = \"127.0.0.1:8443\"\npath = \"/leap/dispatch?key=abc\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[uplink.mqtt]\nurl = \"mqtts://site-a:s3cret-pw@broker.example:8883\"\nclient_id = \"site-a\"\nca = \"ca.pem\"\n";
+        let p = Config::parse_str(text, Path::new("c.toml"))
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .join("\n");
+        assert!(
+            p.contains("server.path = \"/leap/dispatch\" holds a query"),
+            "{p}"
+        );
+        assert!(!p.contains("key=abc"), "{p}");
+        assert!(p.contains("uplink.mqtt.url holds credentials"), "{p}");
+        assert!(!p.contains("s3cret"), "the password is never shown: {p}");
+    }
+
     /// The repository's development key works on loopback; on a listener Leap can reach it
     /// is refused, naming the key by position only.
     #[test]

@@ -60,6 +60,10 @@ pub(crate) struct BrokerUrl {
     pub(crate) port: u16,
 }
 
+/// The error for a URL with credentials in it, said without echoing the URL.
+const USER_INFO: &str =
+    "holds credentials ('user:password@'): give them as username and password instead";
+
 pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, String> {
     let (tls, rest, default_port) = if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r, 8883)
@@ -69,6 +73,10 @@ pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, String> {
         return Err("must start with mqtts:// (or mqtt:// to a loopback broker)".into());
     };
     let authority = rest.trim_end_matches('/');
+    if authority.contains('@') {
+        // Credentials in the URL would be printed wherever the URL is (logs, status).
+        return Err(USER_INFO.into());
+    }
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().map_err(|_| format!("bad port {p:?}"))?),
         None => (authority, default_port),
@@ -101,6 +109,8 @@ impl MqttConfig {
                 "{table}.ca is missing: mqtts needs the broker's certificate or CA (PEM)"
             )),
             Ok(_) => {}
+            // Never the URL itself when it holds a password.
+            Err(e) if e == USER_INFO => p.push(format!("{table}.url {e}")),
             Err(e) => p.push(format!("{table}.url = \"{}\": {e}", self.url)),
         }
         if !valid_name(&self.client_id) {
