@@ -247,6 +247,25 @@ impl Config {
     }
 
     fn check_devices(&self, p: &mut Vec<String>) {
+        // One battery commanded by two loops (a copied table): each overwrites the other's
+        // setpoint and reversion. Only devices a meter uses are driven.
+        let mut at: std::collections::HashMap<(String, u16, u8), &str> =
+            std::collections::HashMap::new();
+        for name in self.meters.iter().map(|m| m.device.as_str()) {
+            let Some(d) = self.devices.get(name) else {
+                continue;
+            };
+            let key = (d.host.trim().to_ascii_lowercase(), d.port, d.unit_id);
+            match at.insert(key, name) {
+                Some(other) if other != name => p.push(format!(
+                    "devices.{name} and devices.{other} are the same device ({}:{} unit {}): \
+                     two control loops would command one battery; give each meter its own \
+                     device, or fix the copied host, port or unit_id",
+                    d.host, d.port, d.unit_id
+                )),
+                _ => {}
+            }
+        }
         for (name, d) in &self.devices {
             if d.host.trim().is_empty() {
                 p.push(format!("devices.{name}.host is empty"));

@@ -396,6 +396,23 @@ mod tests {
         assert!(!p.contains("s3cret"), "the password is never shown: {p}");
     }
 
+    /// Two device tables naming the same battery, each driven by its own meter, are
+    /// refused (two loops would overwrite each other's setpoint).
+    #[test]
+    fn two_tables_for_one_device_are_refused() {
+        let text = "[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[devices.a]\nprofile = \"sunspec\"\nhost = \"10.0.0.5\"\n[devices.b]\nprofile = \"sunspec\"\nhost = \"10.0.0.5\"\n[devices.c]\nprofile = \"sunspec\"\nhost = \"10.0.0.5\"\nunit_id = 2\n[[meters]]\nid = \"m1\"\ndevice = \"a\"\n[[meters]]\nid = \"m2\"\ndevice = \"b\"\n[[meters]]\nid = \"m3\"\ndevice = \"c\"\n";
+        let p = Config::parse_str(text, Path::new("c.toml"))
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .join("\n");
+        assert!(
+            p.contains("devices.b and devices.a are the same device (10.0.0.5:502 unit 1)"),
+            "{p}"
+        );
+        assert!(!p.contains("devices.c and"), "{p}");
+    }
+
     /// The repository's development key works on loopback; on a listener Leap can reach it
     /// is refused, naming the key by position only.
     #[test]

@@ -511,7 +511,8 @@ impl TestConfig {
         );
         for (i, m) in self.meters.iter().enumerate() {
             text.push_str(&format!(
-                "[[meters]]\nid = \"{m}\"\ndevice = \"bat{i}\"\n[devices.bat{i}]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n"
+                "[[meters]]\nid = \"{m}\"\ndevice = \"bat{i}\"\n[devices.bat{i}]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nunit_id = {}\n",
+                i + 1
             ));
         }
         text
