@@ -430,11 +430,15 @@ fn row(m: &MeterReport, r: &StatusReport, v: &View) -> Vec<String> {
 
 /// Time of day when within a day, else the full time.
 fn until_text(t: chrono::DateTime<chrono::Utc>, r: &StatusReport, v: &View) -> String {
+    let short = v.zone.short(t, r.now);
     if v.wide || (t - r.now).num_hours() >= 24 {
         v.zone.time(t)
+    } else if short.len() <= 8 {
+        short
     } else {
-        // The date appears when it is not today's: `--for 23h` must not read as past.
-        v.zone.short(t, r.now)
+        // Tomorrow: the weekday says so (`--for 23h` must not read as past) and keeps the
+        // table in 80 columns, which the full date and zone did not.
+        v.zone.weekday_time(t)
     }
 }
 
@@ -755,8 +759,56 @@ mod uplink_tests {
             lines.contains(&"reverse tunnel: not installed".into()),
             "{lines:#?}"
         );
+    }
+
+    fn running_report(now: chrono::DateTime<Utc>) -> crate::admin::state::StatusReport {
+        use crate::admin::state::{DaemonState, StatusReport};
+        StatusReport {
+            daemon: DaemonState::Running,
+            version: None,
+            pid: Some(42),
+            started_at: Some(now),
+            uptime_secs: Some(0),
+            now,
+            clock_synchronised: Some(true),
+            last_notification: None,
+            listen: None,
+            next_boundary: None,
+            plan_error: None,
+            unmapped_meters: Vec::new(),
+            tunnel: Some("not installed".into()),
+            last_run: None,
+            meters: Vec::new(),
+            leap: None,
+            uplink: None,
+            storage_error: None,
+        }
+    }
+
+    #[test]
+    fn an_end_tomorrow_fits_and_a_storage_failure_is_said() {
+        let base = "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
+        let parse =
+            |t: &str| crate::config::Config::parse_str(t, std::path::Path::new("t.toml")).unwrap();
+        let report = running_report(Utc::now());
+        // An end tomorrow fits the narrow column: weekday and time, not the full date.
+        let late = Utc.with_ymd_and_hms(2026, 11, 30, 23, 50, 0).unwrap();
+        let at_late = crate::admin::state::StatusReport {
+            now: late,
+            ..report.clone()
+        };
+        let narrow = View {
+            wide: false,
+            ..view()
+        };
+        let t = late + chrono::Duration::hours(1);
+        assert_eq!(super::until_text(t, &at_late, &narrow), "Tue 00:50:00");
+        assert_eq!(
+            super::until_text(late + chrono::Duration::minutes(5), &at_late, &narrow),
+            "23:55:00"
+        );
         // A storage failure is said on its own line, not hidden behind the last one stored.
-        let failing = StatusReport {
+        let failing = crate::admin::state::StatusReport {
             storage_error: Some("the last notification could not be stored: disk full".into()),
             ..report
         };

@@ -66,6 +66,15 @@ impl Zone {
         }
     }
 
+    /// Weekday and time of day (`Tue 00:55:00`): a time within the next day in a narrow
+    /// column, where the full date and zone would not fit.
+    pub(crate) fn weekday_time(self, t: DateTime<Utc>) -> String {
+        match self {
+            Zone::Utc => t.format("%a %H:%M:%S").to_string(),
+            Zone::Local => t.with_timezone(&Local).format("%a %H:%M:%S").to_string(),
+        }
+    }
+
     /// A stored RFC 3339 text time, shown like [`Zone::time`]; unparsable text is shown
     /// escaped as it is.
     pub(crate) fn text(self, s: &str) -> String {
