@@ -301,7 +301,7 @@ impl Running {
         self.stages.intake.stop(Duration::from_secs(10)).await;
         self.stages.delivery.stop(Duration::from_secs(10)).await;
         drop(self.app);
-        // Awaited, never joined on a runtime thread; bounded under TimeoutStopSec=30s.
+        // Awaited, never joined on a runtime thread; bounded (with the runtime's 5 s) under TimeoutStopSec=40s.
         if tokio::time::timeout(Duration::from_secs(8), self.store_thread.closed())
             .await
             .is_err()
