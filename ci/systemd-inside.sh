@@ -46,6 +46,8 @@ echo "MainPID=$(prop MainPID) WatchdogUSec=$(prop WatchdogUSec) User=$(prop User
 check "runs as leap-edge" bash -c "[[ \$(ps -o user= -p $(prop MainPID)) == leap-edge ]]"
 check "database in the state directory" test -f /var/lib/leap-edge/leap-edge.db
 check "admin socket in the runtime directory" test -S /run/leap-edge/admin.sock
+check "the configuration it runs with is kept for the release after a stop" \
+  grep -q '^\[server\]' /run/leap-edge/running-config.toml
 
 step "a Leap notification through the listener"
 code=$(curl -sS -o /tmp/reply -w '%{http_code}' -H "x-api-key: $KEY" \

@@ -226,6 +226,7 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
             };
             crate::alloc::tune();
             logging::init();
+            write_running_snapshot(&config);
             serve(
                 crate::daemon::run(config),
                 crate::daemon::DaemonError::is_config,
@@ -240,12 +241,12 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
         Command::SendTest(args) => with_config(&cli.config, |c| send_test::run(c, &args)),
         Command::Devices(args) => with_config(&cli.config, |c| devices::run(c, &args)),
         Command::Reload(args) => with_config(&cli.config, |c| reload(c, &args)),
-        Command::Release(args) => match Config::load_for_release(&cli.config) {
-            Ok((c, problems)) => {
+        Command::Release(args) => match release_config(&cli.config) {
+            Ok((c, from, problems)) => {
                 for p in problems {
                     eprintln!(
                         "leap-edge: warning: {}: {p} (release goes on: it needs only [devices])",
-                        cli.config.display()
+                        from.display()
                     );
                 }
                 release::run(&c, &args)
@@ -377,4 +378,57 @@ fn note_if_down(config: &Config) {
             config.admin.socket.display()
         );
     }
+}
+
+/// Where systemd keeps the daemon's runtime files (`RuntimeDirectory=`): set for the
+/// daemon and for the unit's `ExecStopPost` release, not in a technician's shell.
+fn running_snapshot_path() -> Option<PathBuf> {
+    let dirs = std::env::var_os("RUNTIME_DIRECTORY")?;
+    let first = std::env::split_paths(&dirs).next()?;
+    Some(first.join("running-config.toml"))
+}
+
+/// Under systemd, keep the configuration as loaded for the release after the stop.
+fn write_running_snapshot(config: &Config) {
+    let Some(path) = running_snapshot_path() else {
+        return;
+    };
+    let written = config
+        .running_snapshot()
+        .and_then(|text| std::fs::write(&path, text).map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e,
+            "cannot keep the running configuration for the release after a stop; it will read the file on disk");
+    }
+}
+
+/// The configuration `release` uses: the one the stopped daemon ran with when systemd
+/// kept it (the file on disk may be broken or edited since: its devices are not
+/// necessarily the ones left under remote control), else the file on disk.
+fn release_config(
+    file: &std::path::Path,
+) -> Result<(Config, PathBuf, Vec<String>), crate::config::ConfigError> {
+    if let Some(snap) = running_snapshot_path().filter(|p| p.is_file()) {
+        match Config::load_for_release(&snap) {
+            Ok((c, problems)) => {
+                eprintln!(
+                    "leap-edge: release: the devices of the configuration the daemon ran with ({})",
+                    snap.display()
+                );
+                // The snapshot's masked keys are not a problem of the release.
+                let problems = problems
+                    .into_iter()
+                    .filter(|p| !p.starts_with("auth."))
+                    .collect();
+                return Ok((c, snap, problems));
+            }
+            Err(e) => eprintln!(
+                "leap-edge: warning: {}: {e}; using {} instead",
+                snap.display(),
+                file.display()
+            ),
+        }
+    }
+    let (c, problems) = Config::load_for_release(file)?;
+    Ok((c, file.to_path_buf(), problems))
 }

@@ -90,6 +90,17 @@ impl Config {
     /// A key this version does not know (an upgrade that refused the file, a typo) is
     /// left out with a warning rather than refused: the unit's `ExecStopPost` must still
     /// hand the batteries back after any stop.
+    /// What `release` needs to hand back the batteries of the daemon that wrote it, as
+    /// that daemon loaded it (paths absolute, secrets masked): the file on disk may have
+    /// been edited or broken since, and `release` runs after a crash too (SPEC §2.10).
+    pub fn running_snapshot(&self) -> Result<String, String> {
+        let body = toml::to_string(self).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "# The configuration this leap-edge daemon started with (secrets masked), for\n\
+             # `leap-edge release` after it stops; written at start, removed with /run.\n{body}"
+        ))
+    }
+
     pub fn load_for_release(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let text = Config::read_text(path)?;
         let (cfg, mut problems) = Config::from_text_skipping_unknown(&text, path)?;
@@ -411,6 +422,25 @@ mod tests {
             "{p}"
         );
         assert!(!p.contains("devices.c and"), "{p}");
+    }
+
+    /// The snapshot `release` reads after a stop loads back with the same devices.
+    #[test]
+    fn the_running_snapshot_loads_back_for_release() {
+        let text = "devices_dir = \"/usr/share/leap-edge/devices\"\n[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[storage]\npath = \"/var/lib/leap-edge/leap-edge.db\"\n[devices.bess]\nprofile = \"sunspec\"\nhost = \"10.0.0.5\"\nport = 1502\nunit_id = 3\n[[meters]]\nid = \"m1\"\ndevice = \"bess\"\n";
+        let c = Config::parse_str(text, Path::new("c.toml")).unwrap();
+        let snap = c.running_snapshot().unwrap();
+        assert!(!snap.contains("0123456789abcdef"), "secrets masked: {snap}");
+        // What the systemd check in CI looks for.
+        assert!(snap.contains("\n[server]\n"), "{snap}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("running-config.toml");
+        std::fs::write(&path, snap).unwrap();
+        let (back, _) = Config::load_for_release(&path).unwrap();
+        let d = &back.devices["bess"];
+        assert_eq!((d.host.as_str(), d.port, d.unit_id), ("10.0.0.5", 1502, 3));
+        assert_eq!(back.devices_dir, c.devices_dir);
+        assert_eq!(back.storage.path, c.storage.path);
     }
 
     /// The repository's development key works on loopback; on a listener Leap can reach it

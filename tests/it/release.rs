@@ -13,6 +13,22 @@ async fn release_hands_a_battery_left_under_remote_control_back() {
     released_by_the_cli(None, common::KEY, "").await;
 }
 
+/// Under systemd the daemon keeps the configuration it ran with in its runtime folder;
+/// the unit's release after a crash uses it, so a file on disk broken (or whose devices
+/// were edited) since still hands back the batteries the daemon drove. Before, a syntax
+/// error in the file left the battery on the dead daemon's setpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_after_a_crash_uses_the_configuration_the_daemon_ran_with() {
+    let stderr = released_by_the_cli(None, common::KEY, BREAK_THE_FILE).await;
+    assert!(
+        stderr.contains("the configuration the daemon ran with"),
+        "{stderr}"
+    );
+}
+
+/// Marks a run whose file on disk is broken after the daemon kept its snapshot.
+const BREAK_THE_FILE: &str = "<break the file>";
+
 /// A key rotation half done (a new key too short, with a stray space) makes the file
 /// invalid for the daemon. The release after a crash must still hand the battery back:
 /// it needs only `[devices]`, and says what else is wrong.
@@ -68,26 +84,40 @@ async fn released_by_the_cli(
     sim.set_meter_fault(meter_fault);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}[auth]\nkeys = [\"{key}\"]\n\
-             [storage]\npath = \"leap-edge.db\"\n[admin]\nsocket = \"admin.sock\"\n\
-             [[meters]]\nid = \"m1\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\ntimeout_ms = 300\n",
-            devices = device_common::devices_dir(),
-            port = sim.local_addr().port(),
-        ),
-    )
-    .unwrap();
-    let run = |config: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(common::bin())
-                .args(["--config", config.to_str().unwrap(), "release"])
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap()
+    let snapshot = server_extra == BREAK_THE_FILE;
+    let server_extra = if snapshot { "" } else { server_extra };
+    let text = format!(
+        "devices_dir = {devices:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}[auth]\nkeys = [\"{key}\"]\n\
+         [storage]\npath = {db:?}\n[admin]\nsocket = {sock:?}\n\
+         [[meters]]\nid = \"m1\"\ndevice = \"sim\"\n[devices.sim]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = {port}\ntimeout_ms = 300\n",
+        devices = device_common::devices_dir(),
+        port = sim.local_addr().port(),
+        db = dir.path().join("leap-edge.db"),
+        sock = dir.path().join("admin.sock"),
+    );
+    let runtime = dir.path().join("run");
+    if snapshot {
+        // What the daemon kept at start; the file on disk broken since.
+        std::fs::create_dir(&runtime).unwrap();
+        std::fs::write(runtime.join("running-config.toml"), &text).unwrap();
+        std::fs::write(&config, "[server\nlisten = ").unwrap();
+    } else {
+        std::fs::write(&config, &text).unwrap();
+    }
+    let run = |config: std::path::PathBuf| {
+        let runtime = runtime.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut cmd = std::process::Command::new(common::bin());
+                cmd.args(["--config", config.to_str().unwrap(), "release"]);
+                if snapshot {
+                    cmd.env("RUNTIME_DIRECTORY", &runtime);
+                }
+                cmd.output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
     };
     // A daemon holding the database's run lock (one run by hand while systemd's start was
     // refused): the release leaves its batteries alone.
