@@ -179,14 +179,29 @@ pub(crate) struct SunSpecMap {
     pub(crate) models: Vec<ModelEntry>,
 }
 
+/// SunSpec meter models (single/split/three phase, integer and float).
+const METER_MODELS: [u16; 8] = [201, 202, 203, 204, 211, 212, 213, 214];
+
 impl SunSpecMap {
     pub(crate) fn model(&self, id: u16) -> Option<&ModelEntry> {
         self.models.iter().find(|m| m.id == id)
     }
 
+    /// Several devices in one chain (each opens with a common model 1) and more than one
+    /// meter model among them: an inverter with its export meter and a consumption or
+    /// production meter. Which one is the site's grid meter cannot be told from the map, and
+    /// taking the first could follow a PV meter's reading into export.
+    pub(crate) fn meters_ambiguous(&self) -> bool {
+        let count = |f: &dyn Fn(u16) -> bool| self.models.iter().filter(|m| f(m.id)).count();
+        count(&|id| id == 1) > 1 && count(&|id| METER_MODELS.contains(&id)) > 1
+    }
+
     /// The absolute address of a point, if the device has its model and the model is long
-    /// enough to hold it.
+    /// enough to hold it. None for a meter point when the chain's meters are ambiguous.
     pub(crate) fn address(&self, def: &PointDef) -> Option<u16> {
+        if METER_MODELS.contains(&def.model) && self.meters_ambiguous() {
+            return None;
+        }
         let m = self.model(def.model)?;
         let end = def.offset + def.ty.words();
         (end <= m.len + 2).then(|| m.addr.wrapping_add(def.offset))
@@ -281,6 +296,33 @@ pub(crate) fn encode_string(s: &str, regs: usize) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chain of an inverter and two meters (as some inverters expose their export and
+    /// consumption meters): no meter point is taken; one device with one meter is read.
+    #[test]
+    fn meters_of_several_devices_in_one_chain_are_not_guessed() {
+        let entry = |id, addr| ModelEntry { id, addr, len: 105 };
+        let w = point(203, "W").unwrap();
+        let one = SunSpecMap {
+            base: 40000,
+            models: vec![entry(1, 40002), entry(103, 40070), entry(203, 40200)],
+        };
+        assert!(one.address(w).is_some());
+        let several = SunSpecMap {
+            base: 40000,
+            models: vec![
+                entry(1, 40002),
+                entry(103, 40070),
+                entry(1, 40121),
+                entry(203, 40188),
+                entry(1, 40295),
+                entry(203, 40362),
+            ],
+        };
+        assert!(several.meters_ambiguous());
+        assert_eq!(several.address(w), None);
+        assert!(several.address(point(103, "W").unwrap()).is_some());
+    }
 
     #[test]
     fn strings_round_trip() {

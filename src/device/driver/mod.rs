@@ -172,6 +172,11 @@ impl ModbusBattery {
             Addressing::Fixed => None,
         };
         let m = map.as_ref();
+        if m.is_some_and(SunSpecMap::meters_ambiguous) {
+            tracing::warn!(device = %self.name,
+                "the SunSpec chain holds several devices with meters (models {:?}): which is the site's grid meter cannot be told, so no meter point is read and dispatches are not followed; give the site meter a fixed-address profile",
+                m.map(SunSpecMap::ids).unwrap_or_default());
+        }
         let c = &mut self.client;
         let read = self.profile.read.clone();
         let soc = regs::resolve_first(c, addressing, m, &read.soc).await?;
