@@ -87,12 +87,15 @@ impl ModbusBattery {
         }
         let reversion = ctl.reversion.clone();
         let enter = ctl.enter.clone();
+        let window = matches!(ctl.power, Power::Window { .. });
         let power = self.power_writes(ctl.power.clone(), target).await?;
         // The power first: when the device refuses it, the reversion timer is not re-armed
         // (its own countdown hands the battery back) and remote control is not entered.
+        self.window_kw = None;
         for (r, v) in power {
             regs::write_value(&mut self.client, &r, v).await?;
         }
+        self.window_kw = window.then_some(target);
         // Before `enter`: a device never runs under remote control without its timeout.
         if let Some(r) = reversion {
             regs::write_value(&mut self.client, &r, reversion_secs as f64).await?;
@@ -120,7 +123,15 @@ impl ModbusBattery {
                 full_scale_w,
             } => {
                 let pct = (target_kw * 1000.0 / full_scale_w * 100.0).clamp(-100.0, 100.0);
-                vec![(discharge, pct), (charge, -pct)]
+                // The window is [-charge, discharge]. Moving it down, the discharge bound
+                // written first would fall below the old lower bound (an empty window a
+                // device may refuse): the lower bound moves first then, the upper first
+                // when it moves up.
+                if self.window_kw.is_some_and(|last| target_kw < last) {
+                    vec![(charge, -pct), (discharge, pct)]
+                } else {
+                    vec![(discharge, pct), (charge, -pct)]
+                }
             }
             Power::Watts(r) => vec![(r, target_kw * 1000.0)],
             Power::Grid(r) => {
@@ -149,6 +160,8 @@ impl ModbusBattery {
     /// device was bound, its release registers are known. Before that, the binding's; and
     /// when it fails or fits no control method, every control method's.
     pub(crate) async fn release_control(&mut self) -> Result<(), DeviceError> {
+        // Whatever the release writes, the window is not the last setpoint's any more.
+        self.window_kw = None;
         let leave = match self.last_leave.clone() {
             Some(leave) => leave,
             None => match self.bind().await.map(|b| {
