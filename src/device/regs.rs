@@ -254,10 +254,10 @@ pub(crate) async fn resolve_first(
         };
         match read_value(client, &r).await {
             Ok(Some(v)) => return Ok(Some((r, v))),
-            // "Not now" (busy, a gateway's target not answering) says nothing about
-            // whether the point exists: binding fails and is tried again, rather than the
-            // next alternative (another meter, another sign) bound for a minute.
-            Err(e) if e.is_passing() => return Err(e),
+            // "Busy" says nothing about whether the point exists: binding fails and is
+            // tried again, rather than the next alternative (another meter, another sign)
+            // bound for a minute.
+            Err(e) if e.is_busy() => return Err(e),
             Ok(None) | Err(DeviceError::Exception { .. }) => continue,
             Err(e) => return Err(e),
         }
