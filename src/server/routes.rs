@@ -313,7 +313,7 @@ fn refuse_head(
         (
             error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Content-Type must be application/json",
+                "Content-Type names a format other than JSON: send application/json",
             ),
             RequestResult::UnsupportedMediaType,
         )

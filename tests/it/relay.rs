@@ -108,7 +108,7 @@ fn bad_input_is_answered_exactly_as_a_gateway_answers_and_nothing_is_queued() {
             "application/json",
             &good,
         ),
-        ("", "text/plain", &good),
+        ("", "application/xml", &good),
         ("", "application/json", "{not json"),
         ("", "application/json", "{\"hello\": 1}"),
         (
