@@ -366,7 +366,8 @@ impl MeterLoop {
             // Still handed back: say why, without another refused write and hand-back.
             return Err(e.clone());
         }
-        let was_refused = self.refused.take().is_some();
+        let taken = self.refused.take();
+        let was_refused = taken.is_some();
         self.released = false;
         self.lock().released = false;
         if let Err(e) = self
@@ -397,6 +398,10 @@ impl MeterLoop {
                         error = %r, "control: hand-back after a refused setpoint failed");
                 }
                 self.refused = Some((Instant::now() + REFUSED_RETRY, e.clone()));
+            } else {
+                // Not an answer (a timeout, a busy device): still handed back after the
+                // refusal, tried again next period, and its `resumed` row still due.
+                self.refused = taken;
             }
             return Err(e);
         }
