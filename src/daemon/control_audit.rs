@@ -15,17 +15,25 @@ const EVERY: Duration = Duration::from_millis(500);
 pub async fn run(store: Store, status: ControlStatus, stop: CancellationToken) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut said = None;
     loop {
         tokio::select! {
-            _ = tick.tick() => flush(&store, &status).await,
+            _ = tick.tick() => flush(&store, &status, &mut said).await,
             _ = stop.cancelled() => break,
         }
     }
-    flush(&store, &status).await;
+    flush(&store, &status, &mut None).await;
 }
 
-/// Write what is pending now.
-pub(crate) async fn flush(store: &Store, status: &ControlStatus) {
+/// A failing write is logged at most this often (it is retried every tick).
+const SAY_AGAIN: Duration = Duration::from_secs(60);
+
+/// Write what is pending now; `said` is when a failure was last logged.
+pub(crate) async fn flush(
+    store: &Store,
+    status: &ControlStatus,
+    said: &mut Option<std::time::Instant>,
+) {
     let events = status.take_events();
     if events.is_empty() {
         return;
@@ -44,9 +52,19 @@ pub(crate) async fn flush(store: &Store, status: &ControlStatus) {
             Ok(())
         })
         .await;
-    if let Err(e) = r {
-        tracing::error!(error = %e, events = n, "cannot write control events to the audit log; tried again with the next ones");
-        status.put_back(events);
+    match r {
+        Err(e) => {
+            if said.is_none_or(|t| t.elapsed() >= SAY_AGAIN) {
+                tracing::error!(error = %e, events = n, "cannot write control events to the audit log; kept and tried again every 0.5 s (said once a minute)");
+                *said = Some(std::time::Instant::now());
+            }
+            status.put_back(events);
+        }
+        Ok(()) => {
+            if said.take().is_some() {
+                tracing::info!(events = n, "control events written to the audit log again");
+            }
+        }
     }
 }
 

@@ -15,9 +15,13 @@ use tokio_util::sync::CancellationToken;
 /// (event id, limit) last audited per meter.
 type Seen = HashMap<String, (String, Option<Limit>)>;
 
+/// A failing write is logged at most this often (it is retried every second).
+const SAY_AGAIN: Duration = Duration::from_secs(60);
+
 /// Runs until `stop`, looking at the loops once a second.
 pub(super) async fn watch(status: ControlStatus, store: Store, stop: CancellationToken) {
     let mut seen = Seen::new();
+    let mut said: Option<std::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -25,12 +29,20 @@ pub(super) async fn watch(status: ControlStatus, store: Store, stop: Cancellatio
             _ = stop.cancelled() => return,
         }
         for m in status.snapshot() {
+            let before = seen.get(&m.meter_id).cloned();
             if let Some(entry) = change(&mut seen, &m) {
                 let r = store.call(move |c| audit::insert(c, &entry)).await;
                 if let Err(e) = r {
-                    tracing::error!(meter_id = %m.meter_id, error = %e, "cannot audit a limit; tried again next second");
-                    // Not recorded, so not seen: the next look writes it again.
-                    seen.remove(&m.meter_id);
+                    if said.is_none_or(|t: std::time::Instant| t.elapsed() >= SAY_AGAIN) {
+                        tracing::error!(meter_id = %m.meter_id, error = %e, "cannot audit a limit; tried again every second (said once a minute)");
+                        said = Some(std::time::Instant::now());
+                    }
+                    // Not recorded, so what was seen before stands: the next look writes
+                    // the same row again.
+                    match before {
+                        Some(b) => seen.insert(m.meter_id.clone(), b),
+                        None => seen.remove(&m.meter_id),
+                    };
                 }
             }
         }
