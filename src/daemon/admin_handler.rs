@@ -315,22 +315,29 @@ impl Handler {
                     .filter(|o| ids.contains(&o.meter_id))
                     .collect();
                 // Queued past the client's wait: nothing is saved at all.
-                if !late() {
+                let save = !late();
+                if save {
                     saved_rows::save(c, &saved, now)?;
                 }
-                Ok((before, ids))
+                Ok((before, ids, save))
             })
             .await;
         if late() {
-            if let Ok((before, ids)) = stored {
+            if let Ok((before, ids, true)) = stored {
+                // The rows it replaced come back first (one transaction); only the ids that
+                // had none are then deleted, so a failure keeps the earlier override.
                 let _ = self
                     .app
                     .store
                     .call(move |c| {
-                        for id in &ids {
+                        saved_rows::save(c, &before, now)?;
+                        for id in ids
+                            .iter()
+                            .filter(|id| !before.iter().any(|b| b.meter_id == **id))
+                        {
                             saved_rows::delete(c, Some(id))?;
                         }
-                        saved_rows::save(c, &before, now)
+                        Ok(())
                     })
                     .await;
             }
