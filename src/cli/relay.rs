@@ -116,6 +116,15 @@ fn requeue(config: &RelayConfig, gateway: Option<&str>) -> anyhow::Result<u8> {
 }
 
 fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
+    if !config.storage.path.exists() && crate::runlock::held(&config.storage.path) {
+        // Running, its outbox deleted or moved under it: it answers 503 until put back.
+        eprintln!(
+            "leap-edge: relay: running, but its outbox {} was deleted or moved while it runs: \
+             it refuses notifications (503) until the file is renamed back",
+            config.storage.path.display()
+        );
+        return Ok(exit::FAILURE);
+    }
     if !config.storage.path.exists() {
         // Never run here (or storage.path is wrong): "not running", as the README's exit
         // codes say, not a failure of the command.
