@@ -226,7 +226,7 @@ fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
             };
             crate::alloc::tune();
             logging::init();
-            write_running_snapshot(&config);
+            write_running_snapshot(&config, &cli.config);
             serve(
                 crate::daemon::run(config),
                 crate::daemon::DaemonError::is_config,
@@ -388,14 +388,27 @@ fn running_snapshot_path() -> Option<PathBuf> {
     Some(first.join("running-config.toml"))
 }
 
+/// The snapshot's first line names the configuration file it was loaded from.
+const SNAPSHOT_OF: &str = "# snapshot of ";
+
+/// A file's path as written in the snapshot: resolved, so two spellings of one file match.
+fn same_file_key(file: &std::path::Path) -> String {
+    std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// Under systemd, keep the configuration as loaded for the release after the stop.
-fn write_running_snapshot(config: &Config) {
+fn write_running_snapshot(config: &Config, file: &std::path::Path) {
     let Some(path) = running_snapshot_path() else {
         return;
     };
-    let written = config
-        .running_snapshot()
-        .and_then(|text| std::fs::write(&path, text).map_err(|e| e.to_string()));
+    // Tied to its file: a release for another configuration does not take it.
+    let written = config.running_snapshot().and_then(|text| {
+        let text = format!("{SNAPSHOT_OF}{}\n{text}", same_file_key(file));
+        std::fs::write(&path, text).map_err(|e| e.to_string())
+    });
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e,
             "cannot keep the running configuration for the release after a stop; it will read the file on disk");
@@ -408,7 +421,12 @@ fn write_running_snapshot(config: &Config) {
 fn release_config(
     file: &std::path::Path,
 ) -> Result<(Config, PathBuf, Vec<String>), crate::config::ConfigError> {
-    if let Some(snap) = running_snapshot_path().filter(|p| p.is_file()) {
+    let of_this_file = |p: &PathBuf| {
+        std::fs::read_to_string(p).is_ok_and(|t| {
+            t.lines().next() == Some(&format!("{SNAPSHOT_OF}{}", same_file_key(file)))
+        })
+    };
+    if let Some(snap) = running_snapshot_path().filter(of_this_file) {
         match Config::load_for_release(&snap) {
             Ok((c, problems)) => {
                 eprintln!(

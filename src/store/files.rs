@@ -144,8 +144,9 @@ fn replaced_text(path: &Path, deleted: bool) -> String {
         format!(
             "If it was renamed, rename it back: the daemon resumes at once. If it was \
              deleted, copy it out of the daemon before stopping it: `ls -l /proc/{pid}/fd | \
-             grep deleted` names it, `cp /proc/{pid}/fd/N {p}.rescued`; then stop the \
-             daemon, move the copy to {p} and start it."
+             grep deleted` names it, `cp /proc/{pid}/fd/N {p}.rescued` and `cp {p}-wal \
+             {p}.rescued-wal`; then stop the daemon, move the copies to {p} and {p}-wal and \
+             start it."
         )
     } else {
         format!(

@@ -99,8 +99,11 @@ async fn released_by_the_cli(
     if snapshot {
         // What the daemon kept at start; the file on disk broken since.
         std::fs::create_dir(&runtime).unwrap();
-        std::fs::write(runtime.join("running-config.toml"), &text).unwrap();
         std::fs::write(&config, "[server\nlisten = ").unwrap();
+        let of = std::fs::canonicalize(&config).unwrap();
+        // The snapshot names the file it was loaded from.
+        let snap = format!("# snapshot of {}\n{text}", of.display());
+        std::fs::write(runtime.join("running-config.toml"), snap).unwrap();
     } else {
         std::fs::write(&config, &text).unwrap();
     }
