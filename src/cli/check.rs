@@ -27,6 +27,11 @@ pub(super) fn run(path: &Path) -> u8 {
             problems.push(e.to_string());
         }
     }
+    // A downgrade: the daemon would refuse this database at start (and the package would
+    // have restarted it into that refusal, leaving the site without a daemon).
+    if let Some(e) = crate::store::newer_than_this_build(&config.storage.path) {
+        problems.push(format!("{}: {e}", config.storage.path.display()));
+    }
     // Allowed, but a technician must know (issue 9: devices without reversion).
     for w in crate::preflight::warnings(&config) {
         eprintln!("leap-edge: {}: warning: {w}", path.display());

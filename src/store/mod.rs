@@ -424,6 +424,18 @@ fn write_probe(path: &Path) -> std::io::Result<()> {
 }
 
 /// A read-only connection for the CLI, usable while the daemon writes.
+/// Whether the gateway database at `path` was written by a newer build (a package
+/// downgrade): this build would refuse to start on it (exit 78). None when it is not, or
+/// cannot be told (no file yet, not readable by this user).
+pub(crate) fn newer_than_this_build(path: &Path) -> Option<StoreError> {
+    let conn = open_read_only(path).ok()?;
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .ok()?;
+    let supported = migrations::latest();
+    (found > supported).then_some(StoreError::TooNew { found, supported })
+}
+
 pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     if !path.exists() {
         return Err(StoreError::Missing(path.to_path_buf()));

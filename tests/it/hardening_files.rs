@@ -308,3 +308,26 @@ async fn healthz_reports_a_database_that_became_read_only() {
     drop(frozen);
     assert_eq!(local_get(d.metrics_addr, "/healthz").await.status, 200);
 }
+
+/// A package downgrade: the database was written by a newer build. `config check` (which
+/// the package runs before restarting the daemon) refuses, so the previous daemon keeps the
+/// site instead of being restarted into a start that exits 78.
+#[test]
+fn config_check_refuses_a_database_from_a_newer_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = common::inproc_config(dir.path(), "leap-edge.db", &[], "");
+    let db = dir.path().join("leap-edge.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.pragma_update(None, "user_version", 999).unwrap();
+    drop(c);
+    let out = Command::new(common::bin())
+        .args(["--config", cfg.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("schema version 999 is newer than this build"),
+        "{err}"
+    );
+}
