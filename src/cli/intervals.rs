@@ -6,7 +6,7 @@ use super::schedule::parse_time;
 use super::text::clean;
 use super::{exit, table};
 use crate::config::Config;
-use crate::intervals::{INTERVAL_SECS, Interval, Range, Source, csv, db};
+use crate::intervals::{INTERVAL_SECS, Interval, Range, Source, csv, db, upload};
 use crate::store;
 use chrono::{DateTime, Utc};
 
@@ -204,13 +204,26 @@ fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
                 j.job_id.clone(),
                 j.rows.to_string(),
                 j.status.clone(),
-                j.errors.len().to_string(),
+                if j.status == upload::NOT_SENT {
+                    "-".into()
+                } else {
+                    j.errors.len().to_string()
+                },
             ]
         })
         .collect();
     table::print(&["UPLOADED", "JOB", "ROWS", "STATUS", "FAILED ROWS"], &rows);
     for j in jobs.iter().filter(|j| !j.errors.is_empty()) {
         crate::outln!();
+        if j.status == upload::NOT_SENT {
+            // Its rows go with the next upload.
+            crate::outln!(
+                "Upload at {} not sent: {}",
+                j.uploaded_at,
+                clean(&j.errors.join(" "))
+            );
+            continue;
+        }
         crate::outln!("Job {}: rows Leap refused", clean(&j.job_id));
         for e in &j.errors {
             crate::outln!("  {}", clean(e));

@@ -75,7 +75,19 @@ pub async fn run_once(
         return Ok(sum);
     }
     let body = csv::render(&rows, &config.intervals.region);
-    let job = client.upload_load_csv(body).await?;
+    let job = match client.upload_load_csv(body).await {
+        Ok(job) => job,
+        Err(e) => {
+            // Kept where `intervals uploads` shows it: a failing upload (a wrong key, Leap
+            // down) must not read as "nothing uploaded yet". Its rows stay candidates.
+            let (why, n) = (e.to_string(), rows.len());
+            let noted = store.call(move |c| record_not_sent(c, n, &why, now)).await;
+            if let Err(se) = noted {
+                tracing::warn!(error = %se, "upload: cannot note the failed upload");
+            }
+            return Err(e.into());
+        }
+    };
     sum.sent_rows = rows.len();
     sum.job_id = Some(job.job_id.clone());
     tracing::info!(job_id = %job.job_id, rows = rows.len(), "upload: interval data sent to Leap");
@@ -393,6 +405,26 @@ fn candidates(
         .into_iter()
         .filter(|i| i.start >= recent || missing.contains(&(i.meter_id.clone(), i.start)))
         .collect())
+}
+
+/// Status of an upload that did not reach Leap (or that Leap refused whole).
+pub(crate) const NOT_SENT: &str = "NOT SENT";
+
+/// An upload that failed, for `intervals uploads`; its rows are in no job, so they go
+/// with the next upload.
+fn record_not_sent(
+    c: &Connection,
+    rows: usize,
+    why: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let at = crate::store::ts(now);
+    c.execute(
+        "INSERT OR REPLACE INTO interval_uploads (job_id, uploaded_at, rows, status, errors)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![format!("not sent {at}"), at, rows as i64, NOT_SENT, why],
+    )?;
+    Ok(())
 }
 
 fn record_job(

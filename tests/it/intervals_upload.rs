@@ -44,7 +44,7 @@ fn write_config(fake: &FakeLeap, dir: &std::path::Path) -> std::path::PathBuf {
     let cfg_text = format!(
         "devices_dir = {:?}\n[server]\nlisten = \"127.0.0.1:8443\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n[storage]\npath = {:?}\n\
          [[meters]]\nid = \"{KNOWN}\"\ndevice = \"d1\"\n[[meters]]\nid = \"{UNKNOWN}\"\ndevice = \"d2\"\n\
-         [devices.d1]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n[devices.d2]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n{}",
+         [devices.d1]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\n[devices.d2]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nunit_id = 2\n{}",
         concat!(env!("CARGO_MANIFEST_DIR"), "/devices"),
         db_path.display().to_string(),
         fake.config()
@@ -330,4 +330,17 @@ async fn an_upload_post_is_retried_only_when_leap_did_not_take_it() {
     assert_eq!(posts(&fake), 3, "the 429 was retried");
     drop(store);
     thread.closed().await;
+    // The failed upload is listed, with why, so it does not read as "nothing yet".
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leap-edge"))
+        .arg("--config")
+        .arg(_dir.path().join("config.toml"))
+        .args(["intervals", "uploads"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("NOT SENT") && text.contains("not sent: "),
+        "{text}"
+    );
+    assert!(text.contains("503"), "{text}");
 }
