@@ -83,9 +83,10 @@ pub struct ModbusBattery {
     /// The registers that hand the battery back, from the last successful binding: a
     /// release must not depend on a rebinding that a dead meter point can fail.
     last_leave: Option<Vec<ResolvedReg>>,
-    /// The setpoint a charge/discharge window was last set to (None: unknown or opened by
-    /// a release), to order the next two writes so the window is never empty between them.
-    window_kw: Option<f64>,
+    /// The discharge bound (%) a charge/discharge window was last set to (None: unknown,
+    /// then read from the device), to order the next two writes so the window is never
+    /// empty between them. A release leaves the rates as they were.
+    window_pct: Option<f64>,
 }
 
 /// Build the battery for `[devices.NAME]`. Loads and checks the profile now; connects on
@@ -135,7 +136,7 @@ impl ModbusBattery {
             client,
             bound: None,
             last_leave: None,
-            window_kw: None,
+            window_pct: None,
         }
     }
 

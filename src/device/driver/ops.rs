@@ -87,15 +87,21 @@ impl ModbusBattery {
         }
         let reversion = ctl.reversion.clone();
         let enter = ctl.enter.clone();
-        let window = matches!(ctl.power, Power::Window { .. });
+        let discharge_label = match &ctl.power {
+            Power::Window { discharge, .. } => Some(discharge.label.clone()),
+            _ => None,
+        };
         let power = self.power_writes(ctl.power.clone(), target).await?;
         // The power first: when the device refuses it, the reversion timer is not re-armed
         // (its own countdown hands the battery back) and remote control is not entered.
-        self.window_kw = None;
+        let window =
+            discharge_label.and_then(|l| power.iter().find(|(r, _)| r.label == l).map(|(_, v)| *v));
+        // Unknown while written: half a window may have been taken.
+        self.window_pct = None;
         for (r, v) in power {
             regs::write_value(&mut self.client, &r, v).await?;
         }
-        self.window_kw = window.then_some(target);
+        self.window_pct = window;
         // Before `enter`: a device never runs under remote control without its timeout.
         if let Some(r) = reversion {
             regs::write_value(&mut self.client, &r, reversion_secs as f64).await?;
@@ -126,8 +132,17 @@ impl ModbusBattery {
                 // The window is [-charge, discharge]. Moving it down, the discharge bound
                 // written first would fall below the old lower bound (an empty window a
                 // device may refuse): the lower bound moves first then, the upper first
-                // when it moves up.
-                if self.window_kw.is_some_and(|last| target_kw < last) {
+                // when it moves up. Not known (a start, a failed write): the device's
+                // charge bound says where the lower bound is.
+                let lower = match self.window_pct {
+                    Some(last) => Some(last),
+                    None => regs::read_value(&mut self.client, &charge)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|c| -c),
+                };
+                if lower.is_some_and(|low| pct < low) {
                     vec![(charge, -pct), (discharge, pct)]
                 } else {
                     vec![(discharge, pct), (charge, -pct)]
@@ -160,8 +175,6 @@ impl ModbusBattery {
     /// device was bound, its release registers are known. Before that, the binding's; and
     /// when it fails or fits no control method, every control method's.
     pub(crate) async fn release_control(&mut self) -> Result<(), DeviceError> {
-        // Whatever the release writes, the window is not the last setpoint's any more.
-        self.window_kw = None;
         let leave = match self.last_leave.clone() {
             Some(leave) => leave,
             None => match self.bind().await.map(|b| {
