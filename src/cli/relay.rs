@@ -48,6 +48,13 @@ pub(super) fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
     };
     match cmd {
         RelayCommand::Check => {
+            // A downgrade: the relay would refuse this outbox at start (the package runs
+            // this check before restarting it).
+            let newest = crate::relay::outbox_latest();
+            if let Some(e) = crate::store::newer_than(&config.storage.path, newest) {
+                eprintln!("leap-edge: {}: {e}", config.storage.path.display());
+                return Ok(exit::CONFIG);
+            }
             crate::outln!(
                 "{}: OK ({} gateways, {} meters)",
                 path.display(),
@@ -118,11 +125,17 @@ fn requeue(config: &RelayConfig, gateway: Option<&str>) -> anyhow::Result<u8> {
 fn status(config: &RelayConfig, json: bool) -> anyhow::Result<u8> {
     if !config.storage.path.exists() && crate::runlock::held(&config.storage.path) {
         // Running, its outbox deleted or moved under it: it answers 503 until put back.
-        eprintln!(
-            "leap-edge: relay: running, but its outbox {} was deleted or moved while it runs: \
-             it refuses notifications (503) until the file is renamed back",
+        let why = format!(
+            "its outbox {} was deleted or moved while it runs: it refuses notifications (503) \
+             until the file is renamed back",
             config.storage.path.display()
         );
+        if json {
+            let doc = serde_json::json!({"process": {"running": true}, "problem": why});
+            crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            eprintln!("leap-edge: relay: running, but {why}");
+        }
         return Ok(exit::FAILURE);
     }
     if !config.storage.path.exists() {

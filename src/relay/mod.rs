@@ -50,6 +50,11 @@ pub(crate) fn replay_window_hours(l: &crate::config::LimitsConfig) -> i64 {
     i64::from(l.max_start_ahead_days) * 24 + i64::from(l.max_timeslot_hours) + 24
 }
 
+/// The outbox schema version this build reads (`relay check` refuses a newer outbox).
+pub(crate) fn outbox_latest() -> i64 {
+    outbox::latest()
+}
+
 /// `relay requeue`: dead letters of `gateways` back to pending (the operator fixed what the
 /// gateway refused), with what was delivered after them.
 pub(crate) fn requeue_dead(

@@ -16,6 +16,11 @@ const SCHEMA: &[(i64, &str)] = &[
     (4, include_str!("schema_refused.sql")),
 ];
 
+/// The outbox schema version this build writes and reads.
+pub(crate) fn latest() -> i64 {
+    SCHEMA.last().map_or(0, |m| m.0)
+}
+
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let latest = SCHEMA.last().map_or(0, |m| m.0);

@@ -428,11 +428,15 @@ fn write_probe(path: &Path) -> std::io::Result<()> {
 /// downgrade): this build would refuse to start on it (exit 78). None when it is not, or
 /// cannot be told (no file yet, not readable by this user).
 pub(crate) fn newer_than_this_build(path: &Path) -> Option<StoreError> {
+    newer_than(path, migrations::latest())
+}
+
+/// [`newer_than_this_build`] for a database of another schema (the relay's outbox).
+pub(crate) fn newer_than(path: &Path, supported: i64) -> Option<StoreError> {
     let conn = open_read_only(path).ok()?;
     let found: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .ok()?;
-    let supported = migrations::latest();
     (found > supported).then_some(StoreError::TooNew { found, supported })
 }
 

@@ -698,3 +698,28 @@ fn an_outcome_that_cannot_be_written_is_not_sent_again() {
     assert_eq!(s["gateways"][0]["delivered"], 1, "{s:#}");
     assert_eq!(duplicates(), 0);
 }
+
+/// A package downgrade: the outbox was written by a newer build. `relay check` (run by the
+/// package before restarting the relay) refuses it, so the running relay keeps the fleet
+/// instead of being restarted into a start that exits 78.
+#[test]
+fn relay_check_refuses_an_outbox_from_a_newer_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{RELAY_KEY}\"]\n[storage]\npath = \"relay.db\"\n\
+             [[gateways]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/x\"\nkey = \"{GATEWAY_KEY}\"\nmeters = [\"M\"]\n"
+        ),
+    )
+    .unwrap();
+    let c = rusqlite::Connection::open(dir.path().join("relay.db")).unwrap();
+    c.pragma_update(None, "user_version", 999).unwrap();
+    drop(c);
+    let err = refused_by_relay_check(&path);
+    assert!(
+        err.contains("schema version 999 is newer than this build"),
+        "{err}"
+    );
+}
