@@ -204,7 +204,7 @@ fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
                 j.job_id.clone(),
                 j.rows.to_string(),
                 j.status.clone(),
-                if j.status == upload::NOT_SENT {
+                if j.status == upload::NOT_SENT || j.status == upload::ANSWER_LOST {
                     "-".into()
                 } else {
                     j.errors.len().to_string()
@@ -215,10 +215,15 @@ fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
     table::print(&["UPLOADED", "JOB", "ROWS", "STATUS", "FAILED ROWS"], &rows);
     for j in jobs.iter().filter(|j| !j.errors.is_empty()) {
         crate::outln!();
-        if j.status == upload::NOT_SENT {
+        if j.status == upload::NOT_SENT || j.status == upload::ANSWER_LOST {
             // Its rows go with the next upload.
+            let what = if j.status == upload::NOT_SENT {
+                "not sent"
+            } else {
+                "failed after sending (Leap may have it; its rows go again)"
+            };
             crate::outln!(
-                "Upload at {} not sent: {}",
+                "Upload at {} {what}: {}",
                 j.uploaded_at,
                 clean(&j.errors.join(" "))
             );

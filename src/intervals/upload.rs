@@ -81,7 +81,20 @@ pub async fn run_once(
             // Kept where `intervals uploads` shows it: a failing upload (a wrong key, Leap
             // down) must not read as "nothing uploaded yet". Its rows stay candidates.
             let (why, n) = (e.to_string(), rows.len());
-            let noted = store.call(move |c| record_not_sent(c, n, &why, now)).await;
+            // Refused by Leap (4XX) or never left: not sent. Otherwise (a timeout after
+            // sending, a 5XX, an answer that did not read) Leap may hold a job with them.
+            let status = match &e {
+                LeapError::Api { status, .. } if *status < 500 => NOT_SENT,
+                e if !e.maybe_delivered()
+                    && !matches!(e, LeapError::Api { .. } | LeapError::BadAnswer(_)) =>
+                {
+                    NOT_SENT
+                }
+                _ => ANSWER_LOST,
+            };
+            let noted = store
+                .call(move |c| record_not_sent(c, n, status, &why, now))
+                .await;
             if let Err(se) = noted {
                 tracing::warn!(error = %se, "upload: cannot note the failed upload");
             }
@@ -409,12 +422,15 @@ fn candidates(
 
 /// Status of an upload that did not reach Leap (or that Leap refused whole).
 pub(crate) const NOT_SENT: &str = "NOT SENT";
+/// Status of an upload whose answer was lost: Leap may have taken it.
+pub(crate) const ANSWER_LOST: &str = "ANSWER LOST (may have arrived)";
 
 /// An upload that failed, for `intervals uploads`; its rows are in no job, so they go
 /// with the next upload.
 fn record_not_sent(
     c: &Connection,
     rows: usize,
+    status: &str,
     why: &str,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -422,7 +438,7 @@ fn record_not_sent(
     c.execute(
         "INSERT OR REPLACE INTO interval_uploads (job_id, uploaded_at, rows, status, errors)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![format!("not sent {at}"), at, rows as i64, NOT_SENT, why],
+        params![format!("no job {at}"), at, rows as i64, status, why],
     )?;
     Ok(())
 }
