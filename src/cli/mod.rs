@@ -393,7 +393,9 @@ const SNAPSHOT_OF: &str = "# snapshot of ";
 
 /// A file's path as written in the snapshot: resolved, so two spellings of one file match.
 fn same_file_key(file: &std::path::Path) -> String {
+    // A file missing now (replaced while the daemon ran) still names its path.
     std::fs::canonicalize(file)
+        .or_else(|_| std::path::absolute(file))
         .unwrap_or_else(|_| file.to_path_buf())
         .display()
         .to_string()
