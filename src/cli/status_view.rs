@@ -721,32 +721,11 @@ mod uplink_tests {
 
     #[test]
     fn a_gateway_on_a_broker_says_why_it_has_no_tunnel() {
-        use crate::admin::state::{DaemonState, StatusReport};
         let base = "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"0123456789abcdef0123456789abcdef\"]\n";
         let mqtt = "[uplink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"site-a\"\n";
         let parse =
             |t: &str| crate::config::Config::parse_str(t, std::path::Path::new("t.toml")).unwrap();
-        let now = Utc::now();
-        let report = StatusReport {
-            daemon: DaemonState::Running,
-            version: None,
-            pid: Some(42),
-            started_at: Some(now),
-            uptime_secs: Some(0),
-            now,
-            clock_synchronised: Some(true),
-            last_notification: None,
-            listen: None,
-            next_boundary: None,
-            plan_error: None,
-            unmapped_meters: Vec::new(),
-            tunnel: Some("not installed".into()),
-            last_run: None,
-            meters: Vec::new(),
-            leap: None,
-            uplink: None,
-            storage_error: None,
-        };
+        let report = running_report(Utc::now());
         let lines = super::render(&report, &parse(&format!("{base}{mqtt}")), &view());
         assert!(
             lines.contains(
