@@ -192,7 +192,7 @@ fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
         crate::outln!(
             "No interval data uploaded to Leap yet: the daily upload ([schedule] upload, by \
              default once a day between 02:15 and 02:44 UTC) needs [leap] api_key; an upload \
-             that failed is logged (`journalctl -u leap-edge | grep upload`)."
+             that was tried and failed is listed here (and in `journalctl -u leap-edge`)."
         );
         return Ok(exit::OK);
     }
