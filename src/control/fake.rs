@@ -28,6 +28,8 @@ pub(crate) struct FakeState {
     pub(crate) hang: bool,
     /// Setpoints get exception 0x03 (a device refusing the value); releases still work.
     pub(crate) refuse: bool,
+    /// Releases get exception 0x04 (a device that also refuses the hand-back).
+    pub(crate) refuse_release: bool,
     pub(crate) calls: Vec<(Instant, Call)>,
     updated: Instant,
 }
@@ -94,6 +96,7 @@ impl FakeBattery {
                 down: false,
                 hang: false,
                 refuse: false,
+                refuse_release: false,
                 calls: Vec::new(),
                 updated: Instant::now(),
             })),
@@ -165,6 +168,15 @@ impl Battery for FakeBattery {
     }
 
     fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>> {
+        if self.state.lock().unwrap().refuse_release {
+            return Box::pin(async {
+                Err(DeviceError::Exception {
+                    device: "fake".into(),
+                    op: "release".into(),
+                    code: "0x04".into(),
+                })
+            });
+        }
         self.op(Call::Release, |s| {
             s.battery_kw = 0.0;
             s.remote_until = None;

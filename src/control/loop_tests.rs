@@ -356,3 +356,32 @@ async fn a_refusal_does_not_carry_over_to_the_next_event() {
         ]
     );
 }
+
+/// A refused setpoint whose hand-back fails too: the hand-back is tried again every period,
+/// not only when the setpoint is retried 30 s later. Until then the battery holds the last
+/// setpoint it accepted whatever the load does (on a Victron, with no reversion, for good).
+#[tokio::test(start_paused = true)]
+async fn a_failed_hand_back_after_a_refusal_is_retried_every_period() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    {
+        let mut s = st.lock().unwrap();
+        s.refuse = true;
+        s.refuse_release = true;
+    }
+    let _ = cc.apply(METER, &command(12.0)).await;
+    assert!(st.lock().unwrap().remote(), "the release was refused");
+    st.lock().unwrap().refuse_release = false;
+    sleep(Duration::from_secs(3)).await;
+    assert!(
+        !st.lock().unwrap().remote(),
+        "still under remote control 3 s after the device took releases again"
+    );
+    let events = cc.status().take_events();
+    let refused = events.iter().find(|e| e.what == "refused").expect("row");
+    assert!(
+        refused.detail.contains("hand-back failed too"),
+        "{}",
+        refused.detail
+    );
+}

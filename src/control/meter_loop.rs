@@ -363,8 +363,17 @@ impl MeterLoop {
             && Instant::now() < *until
             && self.pending.is_none()
         {
-            // Still handed back: say why, without another refused write and hand-back.
-            return Err(e.clone());
+            // Still handed back: say why, without another refused write. A hand-back that
+            // failed is tried again every period: until it is taken, the battery holds the
+            // last setpoint it accepted whatever the load does.
+            let e = e.clone();
+            if !self.released
+                && let Err(r) = self.ensure_released().await
+            {
+                tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
+                    error = %r, "control: hand-back after a refused setpoint failed again");
+            }
+            return Err(e);
         }
         let taken = self.refused.take();
         let was_refused = taken.is_some();
@@ -382,20 +391,25 @@ impl MeterLoop {
                 // now instead of leaving it under remote control on a half-written command.
                 tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device, error = %e,
                     "control: the device refused the setpoint; handing the battery back");
-                // SPEC §2.13 "says why": in the audit log once, not at every retry.
+                let handed_back = match self.ensure_released().await {
+                    Ok(()) => "battery handed back".to_string(),
+                    Err(r) => {
+                        tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
+                            error = %r, "control: hand-back after a refused setpoint failed");
+                        format!("hand-back failed too ({r}), tried again every period")
+                    }
+                };
+                // SPEC §2.13 "says why": in the audit log once, not at every retry, and
+                // what became of the hand-back.
                 if !was_refused {
                     self.push_event(
                         cmd,
                         "refused",
                         &format!(
-                            "the device refused the setpoint ({e}); battery handed back, tried again every {} s",
+                            "the device refused the setpoint ({e}); {handed_back}; the setpoint is tried again every {} s",
                             REFUSED_RETRY.as_secs()
                         ),
                     );
-                }
-                if let Err(r) = self.ensure_released().await {
-                    tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
-                        error = %r, "control: hand-back after a refused setpoint failed");
                 }
                 self.refused = Some((Instant::now() + REFUSED_RETRY, e.clone()));
             } else {
