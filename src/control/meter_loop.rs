@@ -387,31 +387,7 @@ impl MeterLoop {
             // Unknown what the device holds now: write again next period.
             self.last_write = None;
             if e.is_refusal() {
-                // SPEC §2.13: the device answers but does not hold what we ask; hand it back
-                // now instead of leaving it under remote control on a half-written command.
-                tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device, error = %e,
-                    "control: the device refused the setpoint; handing the battery back");
-                let handed_back = match self.ensure_released().await {
-                    Ok(()) => "battery handed back".to_string(),
-                    Err(r) => {
-                        tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
-                            error = %r, "control: hand-back after a refused setpoint failed");
-                        format!("hand-back failed too ({r}), tried again every period")
-                    }
-                };
-                // SPEC §2.13 "says why": in the audit log once, not at every retry, and
-                // what became of the hand-back.
-                if !was_refused {
-                    self.push_event(
-                        cmd,
-                        "refused",
-                        &format!(
-                            "the device refused the setpoint ({e}); {handed_back}; the setpoint is tried again every {} s",
-                            REFUSED_RETRY.as_secs()
-                        ),
-                    );
-                }
-                self.refused = Some((Instant::now() + REFUSED_RETRY, e.clone()));
+                self.refused_now(cmd, &e, was_refused).await;
             } else {
                 // Not an answer (a timeout, a busy device): still handed back after the
                 // refusal, tried again next period, and its `resumed` row still due.
@@ -435,6 +411,34 @@ impl MeterLoop {
         st.last_written_kw = Some(d.setpoint_kw);
         st.writes += 1;
         Ok(())
+    }
+
+    /// SPEC §2.13: the device answers but does not hold what we ask; hand it back now
+    /// instead of leaving it under remote control on a half-written command.
+    async fn refused_now(&mut self, cmd: &Command, e: &DeviceError, was_refused: bool) {
+        tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device, error = %e,
+            "control: the device refused the setpoint; handing the battery back");
+        let handed_back = match self.ensure_released().await {
+            Ok(()) => "battery handed back".to_string(),
+            Err(r) => {
+                tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
+                    error = %r, "control: hand-back after a refused setpoint failed");
+                format!("hand-back failed too ({r}), tried again every period")
+            }
+        };
+        // SPEC §2.13 "says why": in the audit log once, not at every retry, and what
+        // became of the hand-back.
+        if !was_refused {
+            self.push_event(
+                cmd,
+                "refused",
+                &format!(
+                    "the device refused the setpoint ({e}); {handed_back}; the setpoint is tried again every {} s",
+                    REFUSED_RETRY.as_secs()
+                ),
+            );
+        }
+        self.refused = Some((Instant::now() + REFUSED_RETRY, e.clone()));
     }
 
     /// SPEC §2.13 blind is not safe: a reading the decision depends on failed, is stale or
