@@ -121,6 +121,13 @@ pub(crate) fn warnings(config: &Config) -> Vec<String> {
                 .into(),
         );
     }
+    w.extend(device_warnings(config));
+    w
+}
+
+/// Per device: how long a fault can leave the battery on a setpoint.
+fn device_warnings(config: &Config) -> Vec<String> {
+    let mut w = Vec::new();
     for (name, d) in &config.devices {
         if d.reversion_secs > MAX_QUIET_REVERSION_SECS {
             w.push(format!(
@@ -128,6 +135,18 @@ pub(crate) fn warnings(config: &Config) -> Vec<String> {
                  battery on its last setpoint that long (SunSpec 124 holds at most 65535 s); \
                  a minute or two is usual",
                 d.reversion_secs
+            ));
+        }
+        // A reading that took over two periods is stale (control/sanity.rs), but one that
+        // never answers is only given up after the request's own timeout.
+        let periods = 2 * config.site.control_period_ms;
+        if d.timeout_ms > periods {
+            w.push(format!(
+                "devices.{name}.timeout_ms = {} is more than two control periods ({periods} ms, \
+                 site.control_period_ms): a meter or battery that stops answering mid-dispatch \
+                 is handed back only after {} ms, holding its setpoint meanwhile; lower it (a \
+                 device on the LAN answers in tens of ms) or raise site.control_period_ms",
+                d.timeout_ms, d.timeout_ms
             ));
         }
         let path = config.devices_dir.join(format!("{}.toml", d.profile));
@@ -213,13 +232,18 @@ mod tests {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
         let mut c = config(&shipped, "sunspec", "");
         c.devices.get_mut("bess").unwrap().reversion_secs = 3600;
+        c.devices.get_mut("bess").unwrap().timeout_ms = 5000;
         let w = warnings(&c).join("\n");
         assert!(w.contains("site.service_kw is not set"), "{w}");
+        assert!(
+            w.contains("devices.bess.timeout_ms = 5000 is more than two control periods (2000 ms"),
+            "{w}"
+        );
         assert!(w.contains("devices.bess.reversion_secs = 3600"), "{w}");
         let c = config(&shipped, "sunspec", "[site]\nservice_kw = 200");
         let w = warnings(&c).join("\n");
         assert!(
-            !w.contains("service_kw") && !w.contains("reversion_secs"),
+            !w.contains("service_kw") && !w.contains("reversion_secs") && !w.contains("timeout_ms"),
             "{w}"
         );
         // A retention shorter than a timeslot may wait to run would prune its audit first.
