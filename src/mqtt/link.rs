@@ -138,11 +138,21 @@ impl Link {
         // A stop seen once stays seen (`changed` would wait for another), and a dropped
         // sender is a stop: the shutdown must not sit out a reconnect back-off.
         while !*stop.borrow() && stop.has_changed().is_ok() {
+            // The TLS files are read again at each connection (a renewed certificate is
+            // taken without a restart), so one caught mid-replacement is retried like a
+            // broker that does not answer, never given up on.
             let mut opts = match self.config.options() {
                 Ok(o) => o,
                 Err(e) => {
-                    tracing::error!(error = %e, "mqtt: broker settings unusable");
-                    return;
+                    failures += 1;
+                    let why = format!("broker settings unusable: {e}");
+                    self.broker.lost(&why);
+                    tracing::error!(error = %e, "mqtt: broker settings unusable; tried again after the back-off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(reconnect_delay(failures, &self.config.client_id)) => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                    continue;
                 }
             };
             opts.set_clean_start(true);
@@ -172,7 +182,7 @@ impl Link {
             // Dropping the session fails every waiter: the outbox keeps those parts.
             *self.session.lock().expect("mqtt session") = None;
             tokio::select! {
-                _ = tokio::time::sleep(reconnect_delay(failures)) => {}
+                _ = tokio::time::sleep(reconnect_delay(failures, &self.config.client_id)) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
         }

@@ -121,9 +121,18 @@ impl MqttConfig {
     }
 }
 
-/// Reconnect delay after `n` failed connection attempts: 1, 2, 4 … capped at 30 s.
-pub(crate) fn reconnect_delay(n: u32) -> Duration {
-    Duration::from_secs((1u64 << n.min(5)).min(30))
+/// Reconnect delay after `n` failed connection attempts: 1, 2, 4 … capped at 30 s, each
+/// stretched by up to half by the client's id. A broker restart drops a whole fleet at one
+/// instant; without the spread every gateway would retry its TLS handshake at the same
+/// moments, and those that time out together retry together again.
+pub(crate) fn reconnect_delay(n: u32, client_id: &str) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let base = Duration::from_secs((1u64 << n.min(5)).min(30));
+    // DefaultHasher::new() has fixed keys: the same id keeps the same place in the spread.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client_id.hash(&mut h);
+    let spread = (h.finish() % 1000) as f64 / 2000.0;
+    base.mul_f64(1.0 + spread)
 }
 
 #[cfg(test)]
@@ -133,6 +142,27 @@ mod tests {
 
     fn cfg(url: &str) -> MqttConfig {
         toml::from_str(&format!("url = \"{url}\"\nclient_id = \"site-1\"\n")).unwrap()
+    }
+
+    #[test]
+    fn reconnect_delays_grow_to_30_s_and_differ_between_clients() {
+        for id in ["site-1", "site-2", "relay"] {
+            let d = reconnect_delay(1, id);
+            assert!(
+                d >= Duration::from_secs(2) && d < Duration::from_secs(3),
+                "{d:?}"
+            );
+            let d = reconnect_delay(9, id);
+            assert!(
+                d >= Duration::from_secs(30) && d < Duration::from_secs(45),
+                "{d:?}"
+            );
+            assert_eq!(d, reconnect_delay(9, id), "the same id, the same delay");
+        }
+        let spread: std::collections::BTreeSet<_> = (0..50)
+            .map(|i| reconnect_delay(5, &format!("site-{i}")).as_millis())
+            .collect();
+        assert!(spread.len() > 40, "{spread:?}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl Uplink {
                     out.backlog.clear();
                     out.retry = None;
                     self.broker.lost(&e.to_string());
-                    let wait = reconnect_delay(failures);
+                    let wait = reconnect_delay(failures, &self.config.client_id);
                     tracing::warn!(url = %self.config.url, error = %e, retry_in_secs = wait.as_secs(), "mqtt uplink: broker unreachable");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -182,7 +182,8 @@ impl Uplink {
                 }
                 None => {
                     let failures = out.retry.map_or(1, |r| r.1 + 1);
-                    let at = tokio::time::Instant::now() + reconnect_delay(failures);
+                    let at = tokio::time::Instant::now()
+                        + reconnect_delay(failures, &self.config.client_id);
                     out.retry = Some((at, failures));
                     return;
                 }

@@ -306,6 +306,44 @@ async fn sigkill_between_receipt_and_commit_means_redelivery_stored_once() {
     relay.running.stop().await;
 }
 
+/// The relay reads its TLS files again at each connection. One caught mid-replacement (here
+/// the CA left empty while the broker is down) is retried like an unreachable broker; before,
+/// the link gave up for good and every later part waited in the outbox until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn a_tls_file_unreadable_at_a_reconnection_is_retried() {
+    let mut broker = Broker::start_with(&["leap-edge-relay", "site-a"], true);
+    let gw = gateway(&broker, "site-a");
+    let relay = relay(&broker, &[("site-a", "meter-a")]).await;
+    let ca = broker.dir.path().join("broker.pem");
+    let pem = std::fs::read(&ca).unwrap();
+    broker.stop();
+    std::fs::write(&ca, b"").unwrap();
+    let metrics = relay.running.metrics_addr;
+    tokio::task::block_in_place(|| {
+        wait_for("relay status naming the empty CA file", || {
+            relay.status_json()["broker"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("broker settings unusable") && e.contains("ca"))
+        })
+    });
+    assert!(
+        http_get(metrics, "/metrics")
+            .1
+            .lines()
+            .any(|l| l == "leap_edge_relay_mqtt_connected 0")
+    );
+    std::fs::write(&ca, &pem).unwrap();
+    broker.spawn();
+    let r = relay.post(&notification(&[("meter-a", "ev-after")])).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for("the part sent after the CA file was back", || {
+        !stored(&gw).is_empty()
+    });
+    assert_eq!(stored(&gw), once(&["ev-after"]));
+    relay.running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto"]
 async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
