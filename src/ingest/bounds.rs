@@ -23,7 +23,18 @@ pub enum BoundedError {
         found: usize,
         limit: usize,
     },
+    /// → 413, nothing stored. Each parsed timeslot holds its entry's ids, references and
+    /// warnings: a long text in an entry of many timeslots is copied that many times.
+    #[error(
+        "the notification's dispatch entries hold {found} bytes of ids, references and other entry fields once copied into each of their timeslots, over the limit of {limit}; nothing was stored: Leap's ids are 36 characters, so an entry field this long is not Leap's"
+    )]
+    OverCopied { found: usize, limit: usize },
 }
+
+/// Most bytes of entry-level text (meter ids, references, other entry fields) times the
+/// entry's timeslots: bounds what parsing one notification can allocate. A 1,000-meter group
+/// with 420-character references and 48 half-hour timeslots copies about 22 MB.
+pub(crate) const MAX_COPIED_BYTES: usize = 64 * 1024 * 1024;
 
 /// Meter ids, timeslots and JSON values in the whole notification, against the limits.
 /// Counted while reading the bytes, before any JSON tree is built: a 1 MiB body of tiny
@@ -39,9 +50,16 @@ pub(crate) fn check_counts(body: &[u8], limits: &LimitsConfig) -> Result<(), Bou
     // Not JSON (or nested too deep) is reported by the parse that follows, by its own words.
     let _ = Walk {
         at: At::Root,
+        copied: false,
         t: &mut t,
     }
     .deserialize(&mut de);
+    if t.copied > MAX_COPIED_BYTES {
+        return Err(BoundedError::OverCopied {
+            found: t.copied,
+            limit: MAX_COPIED_BYTES,
+        });
+    }
     let over = |what, key, found, limit| {
         (found > limit).then_some(BoundedError::OverLimit {
             what,
@@ -108,6 +126,10 @@ struct Tally {
     timeslots: usize,
     entry_ids: usize,
     entry_slots: usize,
+    /// Bytes of text in the current entry outside its timeslots.
+    entry_text: usize,
+    /// Sum over entries of `entry_text` × their timeslots.
+    copied: usize,
 }
 
 /// Where in a notification the walk is.
@@ -124,6 +146,8 @@ enum At {
 
 struct Walk<'a> {
     at: At,
+    /// Inside a dispatch entry but not in its timeslots: copied into each timeslot.
+    copied: bool,
     t: &'a mut Tally,
 }
 
@@ -170,7 +194,10 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
     fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
         self.scalar(false)
     }
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        if self.copied {
+            self.t.entry_text = self.t.entry_text.saturating_add(v.len());
+        }
         self.scalar(true)
     }
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
@@ -187,6 +214,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
         while seq
             .next_element_seed(Walk {
                 at: child,
+                copied: self.copied,
                 t: &mut *self.t,
             })?
             .is_some()
@@ -209,7 +237,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
         }
         let entry = matches!(self.at, At::Entry);
         if entry {
-            (self.t.entry_ids, self.t.entry_slots) = (0, 0);
+            (self.t.entry_ids, self.t.entry_slots, self.t.entry_text) = (0, 0, 0);
         }
         while let Some(key) = map.next_key::<String>()? {
             let child = match (self.at, key.as_str()) {
@@ -221,6 +249,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
             };
             map.next_value_seed(Walk {
                 at: child,
+                copied: self.copied || (entry && !matches!(child, At::Timeslots)),
                 t: &mut *self.t,
             })?;
         }
@@ -233,6 +262,9 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
             t.meter_ids = t
                 .meter_ids
                 .saturating_add(t.entry_ids.saturating_mul(t.entry_slots.max(1)));
+            t.copied = t
+                .copied
+                .saturating_add(t.entry_text.saturating_mul(t.entry_slots));
         }
         Ok(())
     }
@@ -265,6 +297,44 @@ pub(crate) fn timeslot_problem(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A 1 MB meter id in an entry of 2,000 timeslots would be copied into each of them
+    /// (2 GB while parsing); refused before any timeslot is built. Text in the timeslots
+    /// themselves is held once and does not count.
+    #[test]
+    fn entry_text_copied_into_every_timeslot_is_bounded() {
+        let limits = LimitsConfig::default();
+        let long = "x".repeat(1_000_000);
+        let slots: Vec<_> = (0..100).map(|_| json!({})).collect();
+        let body = json!({"meter_dispatches": [{"meter_id": long, "timeslots": slots}]});
+        let e = check_counts(body.to_string().as_bytes(), &limits).unwrap_err();
+        assert!(
+            matches!(e, BoundedError::OverCopied { found, .. } if found >= 100_000_000),
+            "{e}"
+        );
+        assert!(e.to_string().contains("not Leap's"), "{e}");
+        // References in a wrong-typed field count too (parse.rs repeats it in a warning).
+        let refs = json!({"group_dispatches": [{"meter_ids": ["a"], "partner_references": {"x": long},
+                          "timeslots": slots}]});
+        assert!(check_counts(refs.to_string().as_bytes(), &limits).is_err());
+        let inside: Vec<_> = (0..100).map(|_| json!({"note": long})).collect();
+        let ok = json!({"meter_dispatches": [{"meter_id": "a", "timeslots": inside}]});
+        assert_eq!(check_counts(ok.to_string().as_bytes(), &limits), Ok(()));
+        // Leap's largest: a 1,000-meter group with long references, a day of half-hours.
+        let ids: Vec<String> = (0..1000)
+            .map(|i| format!("{i:08x}-e392-4f00-b0cf-32e716204f78"))
+            .collect();
+        let refs: Vec<String> = (0..1000)
+            .map(|i| format!("ref-{i:06}-{}", "y".repeat(400)))
+            .collect();
+        let day: Vec<_> = (0..48).map(|_| json!({})).collect();
+        let big = json!({"group_dispatches": [{"meter_ids": ids, "partner_references": refs, "timeslots": day}]});
+        let limits = LimitsConfig {
+            max_meter_ids: 100_000,
+            ..LimitsConfig::default()
+        };
+        assert_eq!(check_counts(big.to_string().as_bytes(), &limits), Ok(()));
+    }
 
     #[test]
     fn counts_every_dispatch_entry() {

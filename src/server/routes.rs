@@ -264,8 +264,10 @@ pub(crate) async fn receive_notification(
                 RequestResult::BadRequest,
             ));
         }
-        Err(e @ ingest::BoundedError::OverLimit { .. }) => {
-            tracing::warn!(%peer, error = %e, "notification over a configured limit; nothing stored");
+        Err(
+            e @ (ingest::BoundedError::OverLimit { .. } | ingest::BoundedError::OverCopied { .. }),
+        ) => {
+            tracing::warn!(%peer, error = %e, "notification over a limit; nothing stored");
             return Err((
                 error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
                 RequestResult::OverLimit,
@@ -493,7 +495,8 @@ pub(crate) async fn ingest_body(app: &App, origin: &str, body: Bytes) -> Ingeste
         Err(e) => {
             let label = match e {
                 ingest::BoundedError::Invalid(_) => RequestResult::BadRequest,
-                ingest::BoundedError::OverLimit { .. } => RequestResult::OverLimit,
+                ingest::BoundedError::OverLimit { .. }
+                | ingest::BoundedError::OverCopied { .. } => RequestResult::OverLimit,
             };
             app.metrics.requests.inc(label, 1);
             return Ingested::Refused(e.to_string());
