@@ -149,6 +149,7 @@ fn with_gaps(rows: Vec<Interval>) -> Vec<Interval> {
                     energy: None,
                     battery_wh: 0.0,
                     covered_ms: 0,
+                    battery_ms: 0,
                     export_ms: 0,
                     min_soc_pct: None,
                     open: false,

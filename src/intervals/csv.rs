@@ -70,6 +70,7 @@ mod tests {
             }),
             battery_wh: 0.0,
             covered_ms: 900_000,
+            battery_ms: 900_000,
             export_ms: 0,
             min_soc_pct: None,
             open: false,

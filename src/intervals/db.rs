@@ -15,6 +15,8 @@ pub(crate) struct Interval {
     pub(crate) energy: Option<Energy>,
     pub(crate) battery_wh: f64,
     pub(crate) covered_ms: i64,
+    /// Of `covered_ms`, the time `battery_wh` was read for (migration 11).
+    pub(crate) battery_ms: i64,
     pub(crate) export_ms: i64,
     pub(crate) min_soc_pct: Option<f64>,
     pub(crate) open: bool,
@@ -34,9 +36,9 @@ pub fn save(conn: &Connection, meter_id: &str, acc: &Acc, open: bool) -> Result<
             export_wh, imp_start_wh, exp_start_wh, imp_end_wh, exp_end_wh, est_import_wh,
             est_export_wh, battery_wh, covered_ms, export_ms, min_soc_pct, metered,
             last_at_ms, last_grid_kw, last_battery_kw, last_soc_pct, last_imp_wh, last_exp_wh,
-            updated_at)
+            updated_at, battery_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         params![
             meter_id,
             acc.start,
@@ -62,6 +64,7 @@ pub fn save(conn: &Connection, meter_id: &str, acc: &Acc, open: bool) -> Result<
             l.and_then(|s| s.imp_wh),
             l.and_then(|s| s.exp_wh),
             crate::store::ts(chrono::Utc::now()),
+            acc.battery_ms,
         ],
     )?;
     Ok(())
@@ -74,7 +77,7 @@ pub(crate) fn load_open(conn: &Connection, meter_id: &str) -> Result<Option<Acc>
             "SELECT start_ts, imp_start_wh, exp_start_wh, imp_end_wh, exp_end_wh,
                 est_import_wh, est_export_wh, battery_wh, covered_ms, export_ms, min_soc_pct,
                 metered, last_at_ms, last_grid_kw, last_battery_kw, last_soc_pct,
-                last_imp_wh, last_exp_wh
+                last_imp_wh, last_exp_wh, coalesce(battery_ms, covered_ms)
              FROM intervals WHERE meter_id = ?1 AND state = 'open'
              ORDER BY start_ts DESC LIMIT 1",
             params![meter_id],
@@ -106,6 +109,7 @@ fn acc_from_row(r: &Row<'_>) -> rusqlite::Result<Acc> {
         est_exp_wh: r.get(6)?,
         battery_wh: r.get(7)?,
         covered_ms: r.get(8)?,
+        battery_ms: r.get(18)?,
         export_ms: r.get(9)?,
         min_soc: r.get(10)?,
         metered: r.get(11)?,
@@ -125,7 +129,7 @@ pub(crate) struct Range {
 pub(crate) fn list(conn: &Connection, range: &Range) -> Result<Vec<Interval>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT meter_id, start_ts, state, source, import_wh, export_wh, battery_wh,
-            covered_ms, export_ms, min_soc_pct
+            covered_ms, export_ms, min_soc_pct, coalesce(battery_ms, covered_ms)
          FROM intervals
          WHERE (?1 IS NULL OR start_ts >= ?1) AND (?2 IS NULL OR start_ts < ?2)
            AND (?3 IS NULL OR meter_id = ?3 COLLATE NOCASE)
@@ -152,6 +156,7 @@ pub(crate) fn list(conn: &Connection, range: &Range) -> Result<Vec<Interval>, St
             energy,
             battery_wh: r.get(6)?,
             covered_ms: r.get(7)?,
+            battery_ms: r.get(10)?,
             export_ms: r.get(8)?,
             min_soc_pct: r.get(9)?,
             open: state == "open",

@@ -72,6 +72,8 @@ pub struct Acc {
     pub est_exp_wh: f64,
     pub battery_wh: f64,
     pub covered_ms: i64,
+    /// Of `covered_ms`, the time with a battery power reading (what `battery_wh` covers).
+    pub battery_ms: i64,
     pub export_ms: i64,
     pub min_soc: Option<f64>,
     /// Some reading in this interval carried accumulators.
@@ -127,7 +129,10 @@ impl Acc {
         } else {
             self.est_exp_wh -= wh;
         }
-        self.battery_wh += held.battery_kw.unwrap_or(0.0) * ms as f64 / 3600.0;
+        if let Some(kw) = held.battery_kw {
+            self.battery_wh += kw * ms as f64 / 3600.0;
+            self.battery_ms += ms;
+        }
         self.covered_ms += ms;
         if held.grid_kw < -EXPORT_KW {
             self.export_ms += ms;

@@ -46,6 +46,30 @@ fn power_is_integrated_and_marked_estimated() {
     assert!((done[1].battery_wh - 250.0).abs() < 1e-6);
 }
 
+/// Readings whose battery power was dropped (out of range, not implemented) still cover the
+/// grid, but not the battery: its energy is known for that part only.
+#[test]
+fn battery_coverage_counts_only_readings_with_battery_power() {
+    let mut r = Recorder::default();
+    let done: Vec<Acc> = (-1..901)
+        .flat_map(|s| {
+            let mut x = sample(T0 + s * 1000, 4.0, false);
+            if s >= 450 {
+                x.battery_kw = None;
+            }
+            r.push(x)
+        })
+        .collect();
+    let acc = &done[1];
+    assert_eq!(acc.covered_ms, 900_000);
+    assert!(
+        (acc.battery_ms - 450_000).abs() <= 1000,
+        "{}",
+        acc.battery_ms
+    );
+    assert!(acc.energy().is_some(), "the grid's energy is still known");
+}
+
 #[test]
 fn an_outage_leaves_gaps_and_never_fills_them() {
     for metered in [true, false] {

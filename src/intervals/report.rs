@@ -125,7 +125,8 @@ fn data_of(rec: Option<&Interval>) -> &'static str {
         Some(r) if r.open => "recording",
         Some(r) => match r.energy {
             None => "gap",
-            Some(_) if r.covered_ms < whole => "readings missing",
+            // Delivered energy is integrated from the battery's own power reading.
+            Some(_) if r.covered_ms < whole || r.battery_ms < whole => "readings missing",
             Some(e) => e.source.as_str(),
         },
         None => "gap",

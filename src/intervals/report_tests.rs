@@ -38,6 +38,7 @@ fn interval(start: i64, net_kwh: f64, battery_kwh: f64) -> Interval {
         }),
         battery_wh: battery_kwh * 1000.0,
         covered_ms: 900_000,
+        battery_ms: 900_000,
         export_ms: 0,
         min_soc_pct: Some(50.0),
         open: false,
@@ -136,6 +137,14 @@ fn an_interval_short_of_battery_readings_is_not_judged() {
         input(&ivs).verdict
     );
     ivs[1].covered_ms = 600_000;
+    let r = input(&ivs);
+    assert_eq!(r.intervals[1].data, "readings missing");
+    assert!(r.verdict.starts_with("INCOMPLETE DATA"), "{}", r.verdict);
+    // The grid read all along but the battery's power point did not (stuck, out of range):
+    // the delivered energy is unknown, not zero. Before, this read MISSED.
+    ivs[1].covered_ms = 900_000;
+    ivs[1].battery_ms = 0;
+    ivs[1].battery_wh = 0.0;
     let r = input(&ivs);
     assert_eq!(r.intervals[1].data, "readings missing");
     assert!(r.verdict.starts_with("INCOMPLETE DATA"), "{}", r.verdict);

@@ -408,6 +408,7 @@ fn candidates(
             }),
             battery_wh: 0.0,
             covered_ms: 0,
+            battery_ms: 0,
             export_ms: 0,
             min_soc_pct: None,
             open: false,

@@ -15,6 +15,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/0008_rejected_cancels.sql")),
     (9, include_str!("migrations/0009_overrides.sql")),
     (10, include_str!("migrations/0010_audit_reports.sql")),
+    (
+        11,
+        include_str!("migrations/0011_interval_battery_coverage.sql"),
+    ),
 ];
 
 /// The schema version this build writes and reads.

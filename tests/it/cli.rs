@@ -346,7 +346,7 @@ fn status_says_when_the_database_cannot_be_queried() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::TestConfig::default().write(dir.path());
     let db = rusqlite::Connection::open(dir.path().join("leap-edge.db")).unwrap();
-    db.pragma_update(None, "user_version", 10).unwrap();
+    db.pragma_update(None, "user_version", 11).unwrap();
     drop(db);
     let (code, out, err) = common::cli_with(&cfg, &["status"]);
     assert_eq!(code, 3, "{out}{err}");
