@@ -64,7 +64,15 @@ pub(crate) fn for_timeslot(
             meter: Some(m.id.clone()),
         };
         let intervals = db::list(conn, &range)?;
-        let (lateness, dry_run) = first_setpoint(conn, &m.id, &ts.event_id)?;
+        let (lateness, dry_run, untouched) = first_setpoint(conn, &m.id, &ts.event_id)?;
+        // SPEC §2.6: a test the policy ignores was never meant to move the battery; judging
+        // it would write a false MISSED to the audit log. Only when nothing was audited for
+        // it: a policy changed since does not excuse a test that did run.
+        let ignored = untouched
+            && matches!(
+                crate::plan::test_policy(ts, &config.policy).0,
+                crate::config::TestPolicy::Ignore
+            );
         let overlapping = overlapping(st, all, &m.id);
         out.push(report::build(&Input {
             timeslot: ts,
@@ -74,6 +82,7 @@ pub(crate) fn for_timeslot(
             event_days: &event_days,
             first_setpoint_lateness_ms: lateness,
             dry_run,
+            ignored_by_policy: ignored,
             overlapping: &overlapping,
         }));
     }
@@ -136,13 +145,14 @@ fn local_shares<'a>(
         .collect()
 }
 
-/// The first setpoint's lateness, and whether the event was only a dry run here (SPEC
-/// §2.6: audited as would-apply, never applied): nothing was due from the battery then.
+/// The first setpoint's lateness, whether the event was only a dry run here (SPEC §2.6:
+/// audited as would-apply, never applied): nothing was due from the battery then; and
+/// whether nothing at all was audited for it (its own report aside).
 fn first_setpoint(
     conn: &Connection,
     meter: &str,
     event: &str,
-) -> Result<(Option<i64>, bool), StoreError> {
+) -> Result<(Option<i64>, bool, bool), StoreError> {
     let rows = audit::query(
         conn,
         &audit::AuditFilter {
@@ -159,7 +169,8 @@ fn first_setpoint(
         .filter(|r| r.action == "apply" || r.action == "would-apply")
         .min_by(|a, b| a.at.cmp(&b.at))
         .and_then(|r| r.lateness_ms);
-    Ok((lateness, dry_run))
+    let untouched = rows.iter().all(|r| r.action == "report");
+    Ok((lateness, dry_run, untouched))
 }
 
 /// A timeslot's summary goes to the audit log this long after it ended: the readings up to

@@ -54,6 +54,8 @@ pub struct EventReport {
     pub first_setpoint_lateness_ms: Option<i64>,
     /// A dry run here (SPEC §2.6): audited as would-apply only, so not judged.
     pub dry_run: bool,
+    /// A Leap test the site's `[policy]` ignores, never commanded here: not judged.
+    pub ignored_by_policy: bool,
     /// Other timeslots on this meter that overlap this one: each is credited the battery's
     /// whole energy of the common intervals, so a sum over them counts it twice.
     pub overlapping: Vec<String>,
@@ -77,6 +79,8 @@ pub(crate) struct Input<'a> {
     pub(crate) first_setpoint_lateness_ms: Option<i64>,
     /// Only audited as would-apply (a dry run under the policy): not judged.
     pub(crate) dry_run: bool,
+    /// A test the policy ignores, with nothing audited for it: not judged.
+    pub(crate) ignored_by_policy: bool,
     /// Other timeslots on this meter whose time overlaps this one's (SCENARIOS 3).
     pub(crate) overlapping: &'a [String],
 }
@@ -182,6 +186,7 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
         min_soc_pct: min_soc,
         first_setpoint_lateness_ms: i.first_setpoint_lateness_ms,
         dry_run: i.dry_run,
+        ignored_by_policy: i.ignored_by_policy,
         overlapping: i.overlapping.to_vec(),
         gaps,
         partial_intervals,
@@ -199,6 +204,7 @@ pub(crate) fn verdict(r: &EventReport) -> String {
         // Leap's integration tests under the default policy: the battery was not asked
         // to move, so "MISSED" would be a false alarm in the audit log.
         _ if r.dry_run => "DRY RUN (battery not commanded)",
+        _ if r.ignored_by_policy => "IGNORED BY POLICY (a Leap test; battery not commanded)",
         _ if r.gaps > 0 => "INCOMPLETE DATA",
         Some(p) if p >= 98.0 => "MET",
         Some(p) if p >= 80.0 => "SHORT",

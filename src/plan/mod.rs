@@ -15,7 +15,7 @@
 
 mod command;
 mod select;
-pub(crate) use select::group_weight;
+pub(crate) use select::{group_weight, test_policy};
 mod timeline;
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ fn invalid(ts: &Timeslot) -> Option<String> {
 
 /// SPEC §2.6: the policy that applies to this timeslot, and which test kind chose it
 /// (None: a real dispatch). When both test kinds apply, the more restrictive policy wins.
-pub(super) fn test_policy(
+pub(crate) fn test_policy(
     ts: &Timeslot,
     policy: &crate::config::PolicyConfig,
 ) -> (TestPolicy, Option<TestKind>) {

@@ -489,3 +489,32 @@ async fn report_on_a_simulated_event_shows_the_award_delivered() {
 fn gather_delay() -> i64 {
     leap_edge::intervals::gather::AUDIT_AFTER_SECS
 }
+
+/// SPEC §2.6: an integration test the site's `[policy]` ignores was never meant to move the
+/// battery. Its report says so instead of judging it; before, the verdict (in the audit log
+/// too) was "MISSED … no setpoint recorded". A real dispatch with no data is still judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ignored_test_is_not_judged_as_missed() {
+    let d = common::Daemon::start_with(&format!(
+        "[policy]\nintegration_test = \"ignore\"\n\
+         [[meters]]\nid = \"{METERED}\"\ndevice = \"bat\"\n[devices.bat]\nprofile = \"sunspec\"\nhost = \"127.0.0.1\"\nport = 9\ntimeout_ms = 200\n"
+    ));
+    let start = Utc::now() - CDuration::hours(2);
+    for (event, test) in [("it-ignored", true), ("real-1", false)] {
+        let body = serde_json::json!({"integration_test_notification": test, "communication_test": false,
+            "meter_dispatches": [{"meter_id": METERED, "timeslots": [
+                common::timeslot_json(METERED, event, start, 1800, Some(5.0), serde_json::json!({}))]}]});
+        let r = d.client().post(&body.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let verdict = |event: &str| {
+        let (code, out, err) = d.cli(&["report", "--event", event, "--json"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["reports"][0]["verdict"].as_str().unwrap().to_string()
+    };
+    let v = verdict("it-ignored");
+    assert!(v.starts_with("IGNORED BY POLICY"), "{v}");
+    let v = verdict("real-1");
+    assert!(v.starts_with("INCOMPLETE DATA"), "{v}");
+}
