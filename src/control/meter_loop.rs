@@ -6,6 +6,7 @@
 use super::frozen::FrozenMeter;
 use super::law::{Decision, Flags, Limits, decide, grid_floor_kw};
 use super::sanity::{blind_reason, recordable, stale_reason};
+use super::signs::SignCheck;
 use super::status::{CommandSummary, ControlEvent, MeterStatus};
 use super::unheld::{Observed, UnheldSetpoint};
 use crate::clock::Clock;
@@ -100,6 +101,8 @@ pub(crate) struct MeterLoop {
     frozen: FrozenMeter,
     /// Whether the battery holds its setpoint where that matters for export (`unheld.rs`).
     unheld: UnheldSetpoint,
+    /// Whether the site meter moves against the battery, as it must (`signs.rs`).
+    signs: SignCheck,
     last_logged_error: Option<(String, Instant)>,
     /// A setpoint the device refused, and until when it is not written again (unless the
     /// command changes): each attempt is a refused write, a hand-back write and a log line.
@@ -137,6 +140,7 @@ impl MeterLoop {
             last_flags: Flags::default(),
             frozen: FrozenMeter::default(),
             unheld: UnheldSetpoint::default(),
+            signs: SignCheck::default(),
             last_logged_error: None,
             refused: None,
             awaiting_first: Some(Instant::now()),
@@ -212,6 +216,7 @@ impl MeterLoop {
         self.last_read = None;
         self.frozen.new_command();
         self.unheld.start(event(&self.desired));
+        self.signs.start(event(&self.desired));
         self.lock().command = summary;
     }
 
@@ -560,9 +565,10 @@ impl MeterLoop {
     }
 
     /// SPEC §2.13, the checks that need the readings before this one: a site meter frozen
-    /// at a plausible value (`frozen.rs`) and a battery that does not hold its setpoint
-    /// while the site exports (`unheld.rs`). Neither applies to a device that holds the
-    /// grid itself (Victron ESS): its battery moves precisely to keep the grid still.
+    /// at a plausible value (`frozen.rs`), a battery that does not hold its setpoint while
+    /// the site exports (`unheld.rs`) and a reversed sign (`signs.rs`). None applies to a
+    /// device that holds the grid itself (Victron ESS): its battery moves precisely to keep
+    /// the grid still.
     fn doubt(&mut self, cmd: &Command, tel: &Telemetry) -> Option<String> {
         if self.battery.regulates_grid() {
             return None;
@@ -578,7 +584,8 @@ impl MeterLoop {
             floor_kw: grid_floor_kw(cmd),
         };
         let unheld = self.unheld.observe(&seen, now);
-        frozen.or(unheld)
+        let reversed = self.signs.observe(tel.grid_kw, tel.battery_kw, now);
+        frozen.or(unheld).or(reversed)
     }
 
     /// Issue 14: the interval recorder gets every reading the loop takes.

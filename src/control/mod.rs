@@ -14,6 +14,7 @@ pub(crate) mod law;
 pub(crate) mod loops;
 pub(crate) mod meter_loop;
 mod sanity;
+mod signs;
 pub(crate) mod status;
 mod unheld;
 

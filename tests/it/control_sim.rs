@@ -464,3 +464,63 @@ async fn scenario_20_an_unreachable_device_gets_the_command_when_it_returns() {
     assert!(eventually(LONG, || cc.status().health_problems().is_empty()).await);
     cc.shutdown(Duration::from_secs(3)).await;
 }
+
+/// A site meter whose sign is reversed (a CT clamp turned over; here a copy of the SunSpec
+/// profile with `negate` on grid power, against the simulator's import-positive meter) on
+/// a site with 30 kW of PV over a 20 kW load. The law then reads the surplus as import and
+/// discharges into it: the simulated site exported throughout an up-to-site-load event
+/// with nothing noticing. Now the meter moving with the battery gives it away, the battery
+/// is handed back within a few periods, and the reason says what to check.
+#[tokio::test]
+async fn a_site_meter_with_its_sign_reversed_is_handed_back() {
+    let sim = start_sim_with(
+        SimConfig {
+            load: "constant:20".into(),
+            pv: "constant:30".into(),
+            initial_soc_pct: 50.0,
+            ..sim_cfg()
+        },
+        SimOptions::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(devices_dir().join("sunspec.toml")).unwrap();
+    let (head, rest) = shipped.split_once("grid_power = [").unwrap();
+    let (list, tail) = rest.split_once(']').unwrap();
+    let reversed = format!(
+        "{head}grid_power = [{}]{tail}",
+        list.replace("point = \"W\" }", "point = \"W\", negate = true }")
+    );
+    assert!(reversed.contains("negate = true"));
+    std::fs::write(dir.path().join("sunspec-reversed.toml"), reversed).unwrap();
+    let mut c = config(&sim);
+    c.devices_dir = dir.path().to_path_buf();
+    c.devices.get_mut("bess").unwrap().profile = "sunspec-reversed".into();
+    let cc = commander_for(c);
+    let _ = cc.apply(METER, &command(10.0, 60)).await;
+    let status = cc.status();
+    let t0 = Instant::now();
+    let found = eventually(LONG, || {
+        status
+            .meter(METER)
+            .and_then(|m| m.blind)
+            .is_some_and(|b| b.contains("sign is reversed"))
+    })
+    .await;
+    assert!(found, "{:?}", status.meter(METER).map(|m| m.blind));
+    eprintln!(
+        "REVERSED METER: found {} ms after the command",
+        t0.elapsed().as_millis()
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || sim.snapshot().mode
+            == Mode::Normal)
+        .await,
+        "{:?}",
+        sim.snapshot()
+    );
+    // Not taken again in this event.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.snapshot().mode, Mode::Normal);
+    cc.shutdown(Duration::from_secs(3)).await;
+}

@@ -1,0 +1,234 @@
+//! SPEC §2.9 no export and §2.13 blind is not safe, for a site meter (or a battery power
+//! point) whose sign is the wrong way round: a CT clamp turned over, a profile without the
+//! `negate` that meter needs. Its values are plausible, so the range checks in `sanity.rs`
+//! pass; the law's site load (grid + battery) is then wrong by twice the battery's power,
+//! and it drives the battery the wrong way: with PV beyond the load it discharges into an
+//! export the meter shows as import, and without PV it charges from the grid during a
+//! discharge dispatch.
+//!
+//! What gives it away is physics: grid import = load − PV − battery discharge, so when the
+//! battery's power moves, the grid moves the other way by about as much. With either sign
+//! reversed the two readings move the same way. Only moves of the battery of at least
+//! [`STEP_KW`] between two readings at most [`WITHIN`] apart are judged, and only by which
+//! way the grid went. A load that changes as fast as the battery steps can mislead one
+//! step, and the battery often makes a single step (to its target, then it holds), so the
+//! first step the wrong way hands the battery back on suspicion: the hand-back is itself a
+//! step, and shows which way the meter moves. A second step the wrong way is a finding, for
+//! the rest of the event; a step the right way proves the signs for the rest of the event
+//! (wiring does not change mid-event) and the loop resumes. A suspicion that no step
+//! settles within [`WITHIN`] lapses. The next event checks again.
+//!
+//! Not caught: both signs reversed (the law's site load is then wrong too, but the two
+//! readings agree), or a battery that never moves by [`STEP_KW`].
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The battery must move at least this much between the two readings compared…
+const STEP_KW: f64 = 2.0;
+/// …which are at most this far apart (a load drifts more over a longer time).
+const WITHIN: Duration = Duration::from_secs(10);
+/// The grid moved "the same way" when it moved by more than this share of the battery's
+/// step in its direction, "the other way" beyond this share against it; in between the
+/// load moved too and the step says nothing.
+const SHARE: f64 = 0.5;
+/// Steps with the grid moving the same way, before any the other way, that make a finding
+/// (the first only hands the battery back on suspicion).
+const CONTRARY: u32 = 2;
+
+#[derive(Default)]
+pub(crate) struct SignCheck {
+    /// The reading steps are measured from: (battery kW, grid kW, when).
+    anchor: Option<(f64, f64, Instant)>,
+    contrary: u32,
+    /// Since when, and why, the battery is handed back on one step the wrong way.
+    suspect: Option<(Instant, String)>,
+    /// A step the right way was seen in this event: the signs are right.
+    proven: bool,
+    found: Option<String>,
+    /// The event (kind and id) the state belongs to.
+    event: Option<String>,
+}
+
+impl SignCheck {
+    /// One reading. Returns why the readings cannot be trusted, or None.
+    pub(crate) fn observe(
+        &mut self,
+        grid_kw: Option<f64>,
+        battery_kw: Option<f64>,
+        at: Instant,
+    ) -> Option<String> {
+        if self.found.is_some() || self.proven {
+            return self.found.clone();
+        }
+        let (Some(g), Some(b)) = (grid_kw, battery_kw) else {
+            self.anchor = None;
+            return self.suspicion(at);
+        };
+        let Some((b0, g0, since)) = self.anchor else {
+            self.anchor = Some((b, g, at));
+            return self.suspicion(at);
+        };
+        if at.saturating_duration_since(since) > WITHIN {
+            self.anchor = Some((b, g, at));
+            return self.suspicion(at);
+        }
+        let (db, dg) = (b - b0, g - g0);
+        if db.abs() < STEP_KW {
+            return self.suspicion(at);
+        }
+        self.anchor = Some((b, g, at));
+        // Right: the grid moved against the battery (dg ≈ −db); reversed: with it.
+        let along = dg / db;
+        let moves = format!("battery {b0:.1} → {b:.1} kW, grid {g0:.1} → {g:.1} kW");
+        if along < -SHARE {
+            self.proven = true;
+            self.suspect = None;
+            return None;
+        }
+        if along > SHARE {
+            self.contrary += 1;
+            if self.contrary >= CONTRARY {
+                self.found = Some(format!(
+                    "the site meter moved with the battery instead of against it, {} times (last: {moves}): the site meter's or the battery power's sign is reversed (a CT clamp turned over, or a profile point without `negate`); not followed again in this event. Check with `leap-edge devices`: the grid must read import positive, the battery discharge positive",
+                    self.contrary
+                ));
+                return self.found.clone();
+            }
+            self.suspect = Some((
+                at,
+                format!(
+                    "the site meter moved with the battery instead of against it ({moves}): its sign or the battery power's may be reversed; handed back to see which way the meter moves when the battery does"
+                ),
+            ));
+        }
+        self.suspicion(at)
+    }
+
+    /// The standing suspicion, until it lapses.
+    fn suspicion(&mut self, at: Instant) -> Option<String> {
+        match &self.suspect {
+            Some((since, why)) if at.saturating_duration_since(*since) <= WITHIN => {
+                Some(why.clone())
+            }
+            _ => {
+                self.suspect = None;
+                None
+            }
+        }
+    }
+
+    /// A new command: a finding, a suspicion and a proof hold for the rest of their event.
+    pub(crate) fn start(&mut self, event: Option<String>) {
+        self.anchor = None;
+        if event != self.event {
+            self.found = None;
+            self.suspect = None;
+            self.proven = false;
+            self.contrary = 0;
+            self.event = event;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(s: &mut SignCheck, t0: Instant, readings: &[(u64, f64, f64)]) -> Option<String> {
+        let mut last = None;
+        for &(ms, g, b) in readings {
+            last = s.observe(Some(g), Some(b), t0 + Duration::from_millis(ms));
+        }
+        last
+    }
+
+    /// SCENARIOS' PV site with a meter reading export as import: 20 kW load, 30 kW PV. The
+    /// battery goes from charging 5 kW to discharging 9.5 kW while the meter, reversed,
+    /// reads 5 → 10 → 19.5 kW "import".
+    #[test]
+    fn a_meter_moving_with_the_battery_is_reversed() {
+        let t0 = Instant::now();
+        let mut s = SignCheck::default();
+        let why = feed(&mut s, t0, &[(0, 5.0, -5.0), (1000, 10.0, 0.0)]).expect("suspect");
+        assert!(why.contains("may be reversed"), "{why}");
+        let why = feed(&mut s, t0, &[(2000, 19.5, 9.5)]).expect("reversed");
+        assert!(
+            why.contains("sign is reversed") && why.contains("grid 10.0 → 19.5 kW"),
+            "{why}"
+        );
+        // It holds for the rest of the event, whatever comes.
+        assert!(feed(&mut s, t0, &[(3000, 0.0, 19.5)]).is_some());
+        s.start(Some("meter ev-1".into()));
+        s.start(Some("meter ev-2".into()));
+        assert_eq!(feed(&mut s, t0, &[(4000, 0.0, 0.0)]), None, "next event");
+    }
+
+    /// One step the wrong way, then the hand-back: the battery goes back to 0 and the meter
+    /// follows it down (reversed) or goes up (a load step misled the first).
+    #[test]
+    fn the_hand_back_after_a_suspicion_settles_it() {
+        let t0 = Instant::now();
+        let mut s = SignCheck::default();
+        let r = [(0, 10.0, 0.0), (1000, 20.0, 10.0), (2000, 20.0, 10.0)];
+        assert!(feed(&mut s, t0, &r).is_some(), "suspect while it holds");
+        assert!(
+            feed(&mut s, t0, &[(3000, 10.0, 0.0)]).is_some_and(|w| w.contains("sign is reversed"))
+        );
+        let mut s = SignCheck::default();
+        let r = [(0, 10.0, 0.0), (1000, 20.0, 10.0), (3000, 30.0, 0.0)];
+        assert_eq!(
+            feed(&mut s, t0, &r),
+            None,
+            "proven by the hand-back: resumes"
+        );
+        // A suspicion nothing settles lapses.
+        let mut s = SignCheck::default();
+        let r = [(0, 10.0, 0.0), (1000, 20.0, 10.0), (5000, 20.0, 10.0)];
+        assert!(feed(&mut s, t0, &r).is_some());
+        assert_eq!(feed(&mut s, t0, &[(12_000, 20.0, 10.5)]), None);
+    }
+
+    #[test]
+    fn right_signs_noise_and_small_steps_are_not() {
+        let t0 = Instant::now();
+        // Right signs: the grid goes down as the battery discharges.
+        let mut s = SignCheck::default();
+        let r: Vec<_> = (0..10)
+            .map(|i| (i * 1000, 30.0 - 3.0 * i as f64, 3.0 * i as f64))
+            .collect();
+        assert_eq!(feed(&mut s, t0, &r), None);
+        // Proven once, a load step afterwards that looks reversed does not count.
+        let r = [
+            (11_000, 40.0, 30.0),
+            (12_000, 50.0, 33.0),
+            (13_000, 60.0, 36.0),
+        ];
+        assert_eq!(feed(&mut s, t0, &r), None);
+        // Meter noise while a rising load takes up the battery's ramp: nothing to judge.
+        let mut s = SignCheck::default();
+        let r: Vec<_> = (0..20)
+            .map(|i| (i * 1000, 10.0 + 0.3 * (i % 2) as f64, 0.5 * i as f64))
+            .collect();
+        assert_eq!(feed(&mut s, t0, &r), None);
+        // Steps far apart in time are not compared (the load drifts).
+        let mut s = SignCheck::default();
+        let r = [(0, 5.0, 0.0), (11_000, 10.0, 5.0), (22_000, 15.0, 10.0)];
+        assert_eq!(feed(&mut s, t0, &r), None);
+        // A missing reading restarts the comparison.
+        let mut s = SignCheck::default();
+        assert_eq!(s.observe(None, Some(1.0), t0), None);
+    }
+
+    /// A load that rises with the battery's step only once, then a step the right way:
+    /// the signs are proven, the suspicion is over and later steps do not count.
+    #[test]
+    fn one_misleading_load_step_then_a_right_one_proves_the_signs() {
+        let t0 = Instant::now();
+        let mut s = SignCheck::default();
+        let r = [(0, 10.0, 0.0), (1000, 15.0, 5.0)];
+        assert!(feed(&mut s, t0, &r).is_some(), "suspect");
+        let r = [(2000, 10.0, 10.0), (3000, 20.0, 15.0), (4000, 30.0, 20.0)];
+        assert_eq!(feed(&mut s, t0, &r), None);
+    }
+}
