@@ -30,6 +30,8 @@ pub(crate) struct FakeState {
     pub(crate) refuse: bool,
     /// Releases get exception 0x04 (a device that also refuses the hand-back).
     pub(crate) refuse_release: bool,
+    /// Readings come without the site meter's power (a meter point that stopped answering).
+    pub(crate) no_grid: bool,
     pub(crate) calls: Vec<(Instant, Call)>,
     updated: Instant,
 }
@@ -97,6 +99,7 @@ impl FakeBattery {
                 hang: false,
                 refuse: false,
                 refuse_release: false,
+                no_grid: false,
                 calls: Vec::new(),
                 updated: Instant::now(),
             })),
@@ -139,7 +142,7 @@ impl Battery for FakeBattery {
         self.op(Call::Read, |s| Telemetry {
             soc_pct: Some(s.soc_pct),
             battery_kw: Some(s.battery_kw),
-            grid_kw: Some(s.load_kw - s.battery_kw),
+            grid_kw: (!s.no_grid).then_some(s.load_kw - s.battery_kw),
             capacity_kwh: Some(s.capacity_kwh),
             max_discharge_kw: Some(s.max_kw),
             max_charge_kw: Some(s.max_kw),

@@ -385,3 +385,25 @@ async fn a_failed_hand_back_after_a_refusal_is_retried_every_period() {
         refused.detail
     );
 }
+
+/// A command whose first step finds the readings untrusted hands the battery back instead:
+/// dispatch is told it was not applied (its audit row said `apply ok` before), and once
+/// the readings are back the loop follows it by itself.
+#[tokio::test(start_paused = true)]
+async fn a_command_handed_back_at_its_first_step_is_not_reported_applied() {
+    let (cc, st) = start(60);
+    st.lock().unwrap().no_grid = true;
+    let e = cc
+        .apply(METER, &command(10.0))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not applied") && e.contains("site-meter"), "{e}");
+    assert!(!st.lock().unwrap().remote());
+    st.lock().unwrap().no_grid = false;
+    sleep(Duration::from_secs(3)).await;
+    assert!(
+        st.lock().unwrap().remote(),
+        "followed once readings returned"
+    );
+}

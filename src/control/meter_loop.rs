@@ -245,9 +245,23 @@ impl MeterLoop {
             let result = if done {
                 Ok(())
             } else {
-                result.map_err(|e| e.to_string())
+                result
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| self.handed_back_on_first_step())
             };
             self.ch.outcomes.send_replace(Outcome { seq, result });
+        }
+    }
+
+    /// A command whose first step found the readings untrusted was not applied: the battery
+    /// was handed back instead. Dispatch's audit row must say so, not `ok` (and the event
+    /// report must not take its time as the first setpoint's).
+    fn handed_back_on_first_step(&self) -> Result<(), String> {
+        match (&self.desired, self.lock().blind.clone()) {
+            (Desired::Follow(_), Some(why)) => Err(format!(
+                "not applied: {why}; battery handed back, followed once the readings are trusted"
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -164,9 +164,11 @@ fn first_setpoint(
     let applied = |r: &&audit::AuditRow| r.action == "apply" || r.action == "resumed";
     let dry_run =
         !rows.iter().any(|r| applied(&r)) && rows.iter().any(|r| r.action == "would-apply");
+    // A row with an error was not a setpoint (the device did not answer, or the loop
+    // found the readings untrusted and handed the battery back instead).
     let lateness = rows
         .iter()
-        .filter(|r| r.action == "apply" || r.action == "would-apply")
+        .filter(|r| (r.action == "apply" || r.action == "would-apply") && r.error.is_none())
         .min_by(|a, b| a.at.cmp(&b.at))
         .and_then(|r| r.lateness_ms);
     let untouched = rows.iter().all(|r| r.action == "report");
