@@ -53,7 +53,7 @@ pub(crate) fn status(
             let view = View {
                 wide: args.wide,
                 zone,
-                color: true,
+                color: super::output::stdout_colour(super::output::Format::Text),
             };
             let mut screen = String::from("\x1b[H\x1b[2J");
             for line in status_view::render(&report, config, &view) {
@@ -114,6 +114,44 @@ fn print_raw(s: &str) {
     }
 }
 
+/// The site-wide alarms `status` shows in red, each as a state (its text changes with every
+/// retry): a pipe must record when the site cannot store or dispatch Leap's notifications.
+fn site_problems(r: &StatusReport) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut say = |key: &str, problem: bool, text: &str| {
+        let state = if problem { text } else { "ok" };
+        out.push((key.to_string(), format!("{key}: {state}")));
+    };
+    say(
+        "storage",
+        r.storage_error.is_some(),
+        "FAILING: notifications are not stored (see status)",
+    );
+    say("plan", r.plan_error.is_some(), "ERROR (see status)");
+    say(
+        "clock",
+        r.clock_synchronised == Some(false),
+        "NOT SYNCHRONISED (see status)",
+    );
+    if let Some(t) = r.tunnel.as_deref() {
+        let down = t.starts_with("DOWN") || t.starts_with("up?");
+        say("reverse tunnel", down, "DOWN (see status)");
+    }
+    let unmapped = if r.unmapped_meters.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "NOT DISPATCHED, no [[meters]] entry: {}",
+            r.unmapped_meters.join(", ")
+        )
+    };
+    out.push((
+        "unmapped".to_string(),
+        super::text::clean(&format!("unmapped meter ids: {unmapped}")),
+    ));
+    out
+}
+
 /// One line per daemon and per meter, without the values that move every second (readings,
 /// uptime), so a pipe sees a line only when something a technician cares about changes.
 fn summary(r: &StatusReport) -> Vec<(String, String)> {
@@ -125,6 +163,7 @@ fn summary(r: &StatusReport) -> Vec<(String, String)> {
         DaemonState::NotRunning => "daemon NOT RUNNING".into(),
     };
     let mut out = vec![("".to_string(), daemon)];
+    out.extend(site_problems(r));
     if let Some(u) = &r.uplink {
         // Connected or not, not since when: the duration moves every second.
         let state = if u.connected {
@@ -191,7 +230,13 @@ mod tests {
 
     #[test]
     fn a_piped_watch_prints_the_uplink_when_it_connects_or_drops_not_every_second() {
-        assert_eq!(summary(&report(None)).len(), 1, "no uplink, no line");
+        let line = |r: &StatusReport, key: &str| {
+            summary(r)
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, l)| l)
+        };
+        assert_eq!(line(&report(None), "uplink"), None, "no uplink, no line");
         let mut u = BrokerConnection {
             url: "mqtts://broker:8883".into(),
             connected: true,
@@ -203,11 +248,8 @@ mod tests {
         };
         let up = summary(&report(Some(u.clone())));
         assert_eq!(
-            up[1],
-            (
-                "uplink".into(),
-                "MQTT uplink connected: mqtts://broker:8883".into()
-            )
+            line(&report(Some(u.clone())), "uplink").unwrap(),
+            "MQTT uplink connected: mqtts://broker:8883"
         );
         u.since -= Duration::seconds(90);
         assert_eq!(
@@ -217,10 +259,47 @@ mod tests {
         );
         u.connected = false;
         u.last_error = Some("connection reset".into());
-        let down = summary(&report(Some(u)));
         assert_eq!(
-            down[1].1,
+            line(&report(Some(u)), "uplink").unwrap(),
             "MQTT uplink NOT CONNECTED (see status): mqtts://broker:8883"
         );
+    }
+
+    /// The site-wide alarms reach a piped watch when they start and when they end. Before,
+    /// `status --watch | tee site.log` recorded nothing while no notification was stored.
+    #[test]
+    fn a_piped_watch_prints_storage_plan_clock_tunnel_and_unmapped_alarms() {
+        let mut r = report(None);
+        r.tunnel = Some("active".into());
+        let ok: Vec<String> = summary(&r).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            ok[1..],
+            [
+                "storage: ok",
+                "plan: ok",
+                "clock: ok",
+                "reverse tunnel: ok",
+                "unmapped meter ids: none"
+            ]
+        );
+        r.storage_error = Some("disk full at 10:00".into());
+        r.plan_error = Some("bad".into());
+        r.clock_synchronised = Some(false);
+        r.tunnel = Some("DOWN (failed)".into());
+        r.unmapped_meters = vec!["m9".into()];
+        let bad: Vec<String> = summary(&r).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            bad[1..],
+            [
+                "storage: FAILING: notifications are not stored (see status)",
+                "plan: ERROR (see status)",
+                "clock: NOT SYNCHRONISED (see status)",
+                "reverse tunnel: DOWN (see status)",
+                "unmapped meter ids: NOT DISPATCHED, no [[meters]] entry: m9"
+            ]
+        );
+        // The error's text changes with every retry; the line does not.
+        r.storage_error = Some("disk full at 10:01".into());
+        assert_eq!(summary(&r)[1].1, bad[1]);
     }
 }
