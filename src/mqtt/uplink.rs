@@ -10,7 +10,7 @@ use crate::dispatch::DispatchStatus;
 use crate::server::{App, Ingested, ingest_body};
 use chrono::{DateTime, Utc};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAckReason, Publish};
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -122,6 +122,7 @@ impl Uplink {
                     out = self.connected(ack.session_present);
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => self.check_subscription(&s),
+                Ok(Event::Incoming(Packet::PubAck(a))) => self.check_status_ack(a.reason),
                 Ok(Event::Incoming(Packet::Publish(p))) => out.backlog.push_back(p),
                 Ok(_) => {}
                 Err(e) => {
@@ -189,6 +190,24 @@ impl Uplink {
                 }
             }
         }
+    }
+
+    /// The gateway's only publish is its retained status. Mosquitto grants a subscription its
+    /// ACL forbids and then drops every message on delivery, so a refused status publish is
+    /// the one sign a gateway gets that its username or ACL is wrong: relayed dispatches
+    /// would be counted delivered by the relay and never arrive.
+    fn check_status_ack(&self, reason: PubAckReason) {
+        if matches!(
+            reason,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        ) {
+            return;
+        }
+        let topic = status_topic(&self.config.topic_prefix, &self.config.client_id);
+        tracing::error!(?reason, %topic, "mqtt uplink: the broker refused the status publish (check its ACL and that username is client_id)");
+        self.broker.error(&format!(
+            "the broker refused the status publish to {topic} ({reason:?}): its ACL does not grant this client's topics, so relayed dispatches are dropped too; check the ACL and that uplink.mqtt.username is the client_id"
+        ));
     }
 
     fn check_subscription(&self, s: &rumqttc::v5::mqttbytes::v5::SubAck) {

@@ -233,6 +233,31 @@ async fn a_part_over_the_brokers_packet_limit_leaves_the_link_to_the_others() {
     relay.running.stop().await;
 }
 
+/// A gateway whose username is not its client id, under the shipped ACL (topics by
+/// username): Mosquitto grants its subscription and then drops every dispatch on delivery,
+/// so the relay counts them delivered. The refused status publish is the sign the gateway
+/// gets; `status` now shows it. Before, the gateway said "connected" and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto"]
+async fn a_gateway_the_acl_does_not_cover_says_so_in_status() {
+    let broker = Broker::start(&["leap-edge-relay", "site-a"]);
+    let config =
+        uplink(&broker, "site-a").replace("client_id = \"site-a\"", "client_id = \"site_a\"");
+    assert!(config.contains("site_a"));
+    let gw = Daemon::start_with(&config);
+    wait_log(&gw, "mqtt uplink connected", 1);
+    wait_for("status naming the refused status publish", || {
+        status_json(&gw)["uplink"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused the status publish") && e.contains("ACL"))
+    });
+    let (_, text, _) = gw.cli(&["status", "--wide"]);
+    assert!(
+        text.contains("MQTT uplink: connected") && text.contains("but the broker refused"),
+        "{text}"
+    );
+}
+
 /// SPEC §2.5/§2.12: a relayed message the gateway cannot store (here over its own
 /// `max_body_bytes`) is acknowledged — redelivery cannot fix it — but not silently: the
 /// relay had counted it delivered, so the gateway's status, its retained status and
