@@ -151,8 +151,13 @@ fn entry_context(
             (meters, group, refs)
         }
     };
+    // SPEC §1: a group entry's `meter_ids` is required. Absent or null, its timeslots are
+    // rejected (a cancellation still cancels): read as an empty list, a revision of a
+    // running group event would release its batteries with no word of why.
+    let meters_missing = kind == Kind::Group && entry.get("meter_ids").is_none_or(Value::is_null);
     Ok(EntryContext {
         kind,
+        meters_missing,
         meter_ids,
         market_group_id: group_id,
         partner_references: refs,

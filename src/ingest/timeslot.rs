@@ -70,6 +70,8 @@ impl std::fmt::Display for Fault {
 /// What a timeslot inherits from its dispatch entry and notification.
 pub(crate) struct EntryContext {
     pub(crate) kind: Kind,
+    /// A group entry without its (required) `meter_ids`.
+    pub(crate) meters_missing: bool,
     pub(crate) meter_ids: Vec<String>,
     pub(crate) market_group_id: Option<String>,
     pub(crate) partner_references: Vec<String>,
@@ -116,6 +118,10 @@ pub(crate) fn parse_timeslot(
     };
     if ctx.kind == Kind::Meter && ctx.meter_ids.is_empty() {
         let text = "its meter dispatch has no meter_id";
+        return Err(reject(Fault(RejectReason::MissingMeterId, text.into())));
+    }
+    if ctx.meters_missing {
+        let text = "its group dispatch has no meter_ids (absent or null; an empty list is read as no meters)";
         return Err(reject(Fault(RejectReason::MissingMeterId, text.into())));
     }
     fields(ctx, obj, event_id).map_err(reject)
@@ -381,6 +387,42 @@ mod tests {
         let note = json!({"meter_dispatches": [{"timeslots": [ok]}]});
         let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
         assert_eq!(p.rejected[0].code, RejectReason::MissingMeterId);
+    }
+
+    /// SPEC §1: a group entry names its meters. Without `meter_ids` (absent or null) its
+    /// timeslots are rejected, saying so; a cancellation among them still cancels. Before,
+    /// they were stored with no meters, and a revision released the group's batteries.
+    #[test]
+    fn a_group_entry_without_meter_ids_is_rejected_and_still_cancels() {
+        let now = chrono::Utc::now();
+        let t = |h: i64| (now + chrono::Duration::hours(h)).to_rfc3339();
+        let slot = |id: &str, cancelled: bool| {
+            json!({"market_group_event_id": id, "start_time": t(1), "end_time": t(2),
+                   "energy_kw": 5.0, "cancelled": cancelled})
+        };
+        for meters in [None, Some(json!(null))] {
+            let mut entry = json!({"market_group_id": "g1",
+                                   "timeslots": [slot("g-1", false), slot("g-2", true)]});
+            if let Some(m) = meters {
+                entry["meter_ids"] = m;
+            }
+            let note = json!({"group_dispatches": [entry]});
+            let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
+            assert!(p.timeslots.is_empty(), "{:?}", p.timeslots);
+            assert_eq!(p.rejected.len(), 2);
+            assert!(p.rejected.iter().all(
+                |r| r.code == RejectReason::MissingMeterId && r.reason.contains("no meter_ids")
+            ));
+            assert_eq!(
+                p.rejected.iter().map(|r| r.cancels).collect::<Vec<_>>(),
+                [false, true]
+            );
+        }
+        // An empty list is Leap's to send: read as a group with no meters.
+        let note =
+            json!({"group_dispatches": [{"meter_ids": [], "timeslots": [slot("g-3", false)]}]});
+        let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
+        assert_eq!(p.timeslots.len(), 1);
     }
 
     /// A zero nomination under up-to-nomination bounds the reduction at 0, with a warning;
