@@ -125,15 +125,18 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Box<Prepared>, Reply)>, stats
             return Ok(());
         }
         for (rec, _) in &batch {
-            let sp = tx.savepoint()?;
+            let mut sp = tx.savepoint()?;
             match ingest::ingest(&sp, rec) {
                 Ok(outcome) => {
                     sp.commit()?;
                     results.push(Ok(outcome));
                 }
                 Err(e) => {
-                    // Dropping the savepoint rolls its writes back (rusqlite's default).
-                    drop(sp);
+                    // Rolled back explicitly, not by dropping the savepoint (which ignores
+                    // a failure): if its rows cannot be undone, the whole batch fails rather
+                    // than commit a refused notification's timeslots without its raw row.
+                    sp.rollback()?;
+                    sp.commit()?;
                     // An I/O error can make SQLite abandon the whole transaction; then
                     // nothing of the batch is safe to acknowledge.
                     if tx.is_autocommit() {

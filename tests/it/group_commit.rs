@@ -110,6 +110,53 @@ async fn queued_ingests_share_one_commit_and_stay_exact() {
     thread.closed().await;
 }
 
+/// One notification of a batch that fails (here a trigger refuses its timeslot, as a full
+/// index or a constraint would) is rolled back alone: none of its rows stay, it is answered
+/// with an error, and the others in the batch commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_that_fails_inside_a_batch_is_rolled_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leap-edge.db");
+    let (store, thread) = Store::open(&path).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON timeslot_revisions
+             WHEN (SELECT event_id FROM timeslots WHERE rowid = NEW.slot) = 'BAD'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let go = hold_writer(&store).await;
+    let a = queue(&store, note("A", 5.0)).await;
+    let bad = queue(&store, note("BAD", 5.0)).await;
+    let b = queue(&store, note("B", 5.0)).await;
+    go.send(()).unwrap();
+    assert_eq!(a.await.unwrap().unwrap().new, 1);
+    let e = bad.await.unwrap().unwrap_err().to_string();
+    assert!(e.contains("refused by the test"), "{e}");
+    assert_eq!(b.await.unwrap().unwrap().new, 1);
+    assert_eq!(store.batch_stats().commits.load(Ordering::Relaxed), 1);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let ids: Vec<String> = db
+        .prepare("SELECT event_id FROM timeslots ORDER BY event_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        ids,
+        ["A", "B"],
+        "the refused notification left its timeslot"
+    );
+    let raw: i64 = db
+        .query_row("SELECT COUNT(*) FROM notifications", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(raw, 2);
+    drop(store);
+    thread.closed().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_cannot_commit_answers_each_request_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
