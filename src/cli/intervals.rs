@@ -3,7 +3,7 @@
 //! and `--json` also show gaps, so an analyst sees what will never be sent.
 
 use super::schedule::parse_time;
-use super::text::clean;
+use super::text::{Zone, clean};
 use super::{exit, table};
 use crate::config::Config;
 use crate::intervals::{INTERVAL_SECS, Interval, Range, Source, csv, db, upload};
@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 pub(crate) struct IntervalsArgs {
     #[command(subcommand)]
     pub(crate) command: Option<IntervalsCommand>,
-    /// Intervals starting at or after this time (RFC 3339; default 24 hours ago).
+    /// Intervals starting at or after this time (RFC 3339; default 24 hours before --to).
     #[arg(long, value_parser = parse_time)]
     pub(crate) from: Option<DateTime<Utc>>,
     /// Intervals starting before this time (RFC 3339; default now).
@@ -48,7 +48,14 @@ pub(super) fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
     if let Some(IntervalsCommand::Uploads { json }) = &args.command {
         return uploads(&conn, *json);
     }
-    let rows = db::list(&conn, &range(args, Utc::now()))?;
+    let range = match range(args, Utc::now()) {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("leap-edge: {why}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let rows = db::list(&conn, &range)?;
     if args.csv {
         crate::outln!(
             "{}",
@@ -71,17 +78,23 @@ pub(super) fn run(config: &Config, args: &IntervalsArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// The range asked for: by default the last 24 hours, all meters.
-fn range(args: &IntervalsArgs, now: DateTime<Utc>) -> Range {
-    Range {
-        from: Some(
-            args.from
-                .unwrap_or(now - chrono::Duration::hours(24))
-                .timestamp(),
-        ),
-        to: Some(args.to.unwrap_or(now).timestamp()),
-        meter: args.meter.clone(),
+/// The range asked for: by default the 24 hours before `--to` (now), all meters. An empty
+/// or inverted range is refused: it would read as "no intervals recorded".
+fn range(args: &IntervalsArgs, now: DateTime<Utc>) -> Result<Range, String> {
+    let to = args.to.unwrap_or(now);
+    let from = args.from.unwrap_or(to - chrono::Duration::hours(24));
+    if from >= to {
+        return Err(format!(
+            "--from {} is not before --to {}: give a --from earlier than --to",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
     }
+    Ok(Range {
+        from: Some(from.timestamp()),
+        to: Some(to.timestamp()),
+        meter: args.meter.clone(),
+    })
 }
 
 fn print_table(rows: &[Interval]) {
@@ -201,8 +214,8 @@ fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
         .iter()
         .map(|j| {
             vec![
-                j.uploaded_at.clone(),
-                j.job_id.clone(),
+                Zone::Utc.text(&j.uploaded_at),
+                clean(&j.job_id),
                 j.rows.to_string(),
                 j.status.clone(),
                 if j.status == upload::NOT_SENT || j.status == upload::ANSWER_LOST {
@@ -225,7 +238,7 @@ fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
             };
             crate::outln!(
                 "Upload at {} {what}: {}",
-                j.uploaded_at,
+                Zone::Utc.text(&j.uploaded_at),
                 clean(&j.errors.join(" "))
             );
             continue;
@@ -236,4 +249,41 @@ fn uploads(conn: &rusqlite::Connection, json: bool) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn args(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> IntervalsArgs {
+        IntervalsArgs {
+            command: None,
+            from,
+            to,
+            meter: None,
+            csv: false,
+            json: false,
+        }
+    }
+
+    /// `--to` alone is the day before it (it was from "24 h ago" to a time before that: an
+    /// inverted range that printed "No intervals recorded"); an empty range is refused.
+    #[test]
+    fn the_range_follows_to_and_refuses_an_empty_one() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let to = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
+        let r = range(&args(None, Some(to)), now).unwrap();
+        assert_eq!(
+            (r.from, r.to),
+            (Some(to.timestamp() - 86_400), Some(to.timestamp()))
+        );
+        let r = range(&args(None, None), now).unwrap();
+        assert_eq!(r.to, Some(now.timestamp()));
+        let e = range(&args(Some(now), Some(to)), now).unwrap_err();
+        assert!(
+            e.contains("--from 2026-12-01T12:00:00Z is not before --to"),
+            "{e}"
+        );
+    }
 }
