@@ -259,7 +259,7 @@ impl MeterLoop {
     fn handed_back_on_first_step(&self) -> Result<(), String> {
         match (&self.desired, self.lock().blind.clone()) {
             (Desired::Follow(_), Some(why)) => Err(format!(
-                "not applied: {why}; battery handed back, followed once the readings are trusted"
+                "not applied: {why}; battery handed back (`status` shows when the loop follows the command again)"
             )),
             _ => Ok(()),
         }
@@ -598,7 +598,15 @@ impl MeterLoop {
             floor_kw: grid_floor_kw(cmd),
         };
         let unheld = self.unheld.observe(&seen, now);
-        let reversed = self.signs.observe(tel.grid_kw, tel.battery_kw, now);
+        let reversed = self
+            .signs
+            .observe(tel.grid_kw, tel.battery_kw, now, !self.released);
+        if self.signs.take_new_finding()
+            && let Some(why) = &reversed
+        {
+            // The suspicion before it had the `blind` row; the finding gets its own.
+            self.push_event(cmd, "blind", why);
+        }
         frozen.or(unheld).or(reversed)
     }
 

@@ -9,14 +9,16 @@
 //! What gives it away is physics: grid import = load − PV − battery discharge, so when the
 //! battery's power moves, the grid moves the other way by about as much. With either sign
 //! reversed the two readings move the same way. Only moves of the battery of at least
-//! [`STEP_KW`] between two readings at most [`WITHIN`] apart are judged, and only by which
-//! way the grid went. A load that changes as fast as the battery steps can mislead one
+//! [`STEP_KW`] between two consecutive readings (at most [`WITHIN`] apart) while the loop
+//! drives the battery are judged, and only by which way the grid went. A load that changes as fast as the battery steps can mislead one
 //! step, and the battery often makes a single step (to its target, then it holds), so the
 //! first step the wrong way hands the battery back on suspicion: the hand-back is itself a
 //! step, and shows which way the meter moves. A second step the wrong way is a finding, for
 //! the rest of the event; a step the right way proves the signs for the rest of the event
 //! (wiring does not change mid-event) and the loop resumes. A suspicion that no step
-//! settles within [`WITHIN`] lapses. The next event checks again.
+//! settles within [`WITHIN`] lapses (a battery whose own logic holds about the same power);
+//! the third step the wrong way in an event with none the right way is then a finding. The
+//! next event checks again.
 //!
 //! Not caught: both signs reversed (the law's site load is then wrong too, but the two
 //! readings agree), or a battery that never moves by [`STEP_KW`].
@@ -24,7 +26,7 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The battery must move at least this much between the two readings compared…
+/// The battery must move at least this much between two consecutive readings…
 const STEP_KW: f64 = 2.0;
 /// …which are at most this far apart (a load drifts more over a longer time).
 const WITHIN: Duration = Duration::from_secs(10);
@@ -41,6 +43,10 @@ pub(crate) struct SignCheck {
     /// The reading steps are measured from: (battery kW, grid kW, when).
     anchor: Option<(f64, f64, Instant)>,
     contrary: u32,
+    /// Suspicions in this event that no step settled.
+    lapsed: u32,
+    /// A finding made by the last reading, not yet written to the audit log.
+    new_finding: bool,
     /// Since when, and why, the battery is handed back on one step the wrong way.
     suspect: Option<(Instant, String)>,
     /// A step the right way was seen in this event: the signs are right.
@@ -51,12 +57,14 @@ pub(crate) struct SignCheck {
 }
 
 impl SignCheck {
-    /// One reading. Returns why the readings cannot be trusted, or None.
+    /// One reading; `driving`: the loop holds the battery on a setpoint now. Returns why
+    /// the readings cannot be trusted, or None.
     pub(crate) fn observe(
         &mut self,
         grid_kw: Option<f64>,
         battery_kw: Option<f64>,
         at: Instant,
+        driving: bool,
     ) -> Option<String> {
         if self.found.is_some() || self.proven {
             return self.found.clone();
@@ -65,19 +73,21 @@ impl SignCheck {
             self.anchor = None;
             return self.suspicion(at);
         };
-        let Some((b0, g0, since)) = self.anchor else {
-            self.anchor = Some((b, g, at));
+        // Each reading against the one before it only: against an older one, the law's
+        // catch-up after a load step (the load in the grid first, the battery a period
+        // later) would look like the two moving together.
+        let Some((b0, g0, since)) = self.anchor.replace((b, g, at)) else {
             return self.suspicion(at);
         };
-        if at.saturating_duration_since(since) > WITHIN {
-            self.anchor = Some((b, g, at));
-            return self.suspicion(at);
-        }
         let (db, dg) = (b - b0, g - g0);
-        if db.abs() < STEP_KW {
+        // Handed back, the battery follows its own logic: judged only when that step is
+        // the hand-back a suspicion asked for.
+        let judged = (driving || self.suspect.is_some())
+            && at.saturating_duration_since(since) <= WITHIN
+            && db.abs() >= STEP_KW;
+        if !judged {
             return self.suspicion(at);
         }
-        self.anchor = Some((b, g, at));
         // Right: the grid moved against the battery (dg ≈ −db); reversed: with it.
         let along = dg / db;
         let moves = format!("battery {b0:.1} → {b:.1} kW, grid {g0:.1} → {g:.1} kW");
@@ -88,11 +98,14 @@ impl SignCheck {
         }
         if along > SHARE {
             self.contrary += 1;
-            if self.contrary >= CONTRARY {
+            // Settled by the hand-back, or the third such step in an event that never
+            // showed the right way (hand-backs that did not move the battery enough).
+            if self.contrary >= CONTRARY || self.lapsed >= CONTRARY {
                 self.found = Some(format!(
                     "the site meter moved with the battery instead of against it, {} times (last: {moves}): the site meter's or the battery power's sign is reversed (a CT clamp turned over, or a profile point without `negate`); not followed again in this event. Check with `leap-edge devices`: the grid must read import positive, the battery discharge positive",
-                    self.contrary
+                    self.contrary + self.lapsed
                 ));
+                self.new_finding = true;
                 return self.found.clone();
             }
             self.suspect = Some((
@@ -105,16 +118,26 @@ impl SignCheck {
         self.suspicion(at)
     }
 
+    /// Whether the last reading turned a suspicion into a finding (once): the audit log
+    /// gets a row of its own for it.
+    pub(crate) fn take_new_finding(&mut self) -> bool {
+        std::mem::take(&mut self.new_finding)
+    }
+
     /// The standing suspicion, until it lapses.
     fn suspicion(&mut self, at: Instant) -> Option<String> {
         match &self.suspect {
             Some((since, why)) if at.saturating_duration_since(*since) <= WITHIN => {
                 Some(why.clone())
             }
-            _ => {
+            Some(_) => {
+                // Unsettled: it does not count towards a finding as a settled one would.
                 self.suspect = None;
+                self.contrary = 0;
+                self.lapsed += 1;
                 None
             }
+            None => None,
         }
     }
 
@@ -126,6 +149,7 @@ impl SignCheck {
             self.suspect = None;
             self.proven = false;
             self.contrary = 0;
+            self.lapsed = 0;
             self.event = event;
         }
     }
@@ -138,7 +162,7 @@ mod tests {
     fn feed(s: &mut SignCheck, t0: Instant, readings: &[(u64, f64, f64)]) -> Option<String> {
         let mut last = None;
         for &(ms, g, b) in readings {
-            last = s.observe(Some(g), Some(b), t0 + Duration::from_millis(ms));
+            last = s.observe(Some(g), Some(b), t0 + Duration::from_millis(ms), true);
         }
         last
     }
@@ -217,7 +241,58 @@ mod tests {
         assert_eq!(feed(&mut s, t0, &r), None);
         // A missing reading restarts the comparison.
         let mut s = SignCheck::default();
-        assert_eq!(s.observe(None, Some(1.0), t0), None);
+        assert_eq!(s.observe(None, Some(1.0), t0, true), None);
+    }
+
+    /// A load step first shows in the grid alone, then the battery (ramp-limited) catches
+    /// up a period later: judged reading by reading, that is the right way round. Against a
+    /// reading from before the load step it looked like the two moving together.
+    #[test]
+    fn the_loops_catch_up_after_a_load_step_is_not_reversed() {
+        let t0 = Instant::now();
+        let mut s = SignCheck::default();
+        let r = [
+            (0, 10.0, 0.0),
+            (1000, 20.0, 0.0),
+            (2000, 17.0, 3.0),
+            (3000, 14.0, 6.0),
+        ];
+        assert_eq!(feed(&mut s, t0, &r), None);
+        assert!(s.proven);
+    }
+
+    /// Handed back for another reason (or not yet written), the battery's own moves are not
+    /// judged; and three wrong-way steps in an event with none the right way are a finding
+    /// even when no hand-back settled the first two.
+    #[test]
+    fn only_driven_steps_count_and_unsettled_suspicions_add_up() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = SignCheck::default();
+        assert_eq!(s.observe(Some(10.0), Some(0.0), at(0), false), None);
+        assert_eq!(s.observe(Some(20.0), Some(10.0), at(1000), false), None);
+        assert_eq!(s.contrary, 0);
+        let mut s = SignCheck::default();
+        let mut t = 0;
+        for round in 0..3 {
+            let _ = s.observe(Some(10.0), Some(0.0), at(t), true);
+            let why = s.observe(Some(20.0), Some(10.0), at(t + 1000), true);
+            if round < 2 {
+                assert!(why.is_some_and(|w| w.contains("may be reversed")));
+                assert!(!s.take_new_finding());
+                // The hand-back does not move the battery: the suspicion lapses.
+                let _ = s.observe(Some(20.0), Some(10.0), at(t + 12_000), false);
+                assert_eq!(
+                    s.observe(Some(20.0), Some(10.0), at(t + 13_000), false),
+                    None
+                );
+            } else {
+                assert!(why.is_some_and(|w| w.contains("sign is reversed")));
+                assert!(s.take_new_finding());
+                assert!(!s.take_new_finding(), "said once");
+            }
+            t += 30_000;
+        }
     }
 
     /// A load that rises with the battery's step only once, then a step the right way:

@@ -308,6 +308,33 @@ async fn a_slow_battery_ramping_down_is_not_handed_back() {
     s.stop().await;
 }
 
+/// A battery that ramps 3 kW/s in self-consumption (no step at the event's start), under a
+/// load that steps up and down: each step shows in the grid first and the battery catches
+/// up a period later. The sign check must read that as the right way round, not hand the
+/// battery back: judged against a reading from before the load step, the catch-up looked
+/// like grid and battery moving together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_steps_behind_a_ramping_battery_are_not_a_reversed_meter() {
+    let cfg = SimConfig {
+        load: "steps:12@0,24@6,12@12,26@18".into(),
+        ramp_kw_per_s: 3.0,
+        ..device_common::sim_cfg()
+    };
+    let s = site_timed(cfg, "", None, (1000, 200)).await;
+    let start = Utc::now() + Duration::milliseconds(500);
+    s.award("steps-1", 40.0, start, 24).await;
+    let until = Instant::now() + StdDuration::from_secs(23);
+    let mut worst = None;
+    while Instant::now() < until {
+        if let Some(b) = s.cc.status().meter(M1).and_then(|m| m.blind) {
+            worst = Some(b);
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    assert_eq!(worst, None, "handed back while following the load");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_battery_cannot_absorb_the_surplus_and_says_so() {
     let s = site(pv_site(100.0), "").await;
