@@ -204,9 +204,14 @@ impl Uplink {
             return;
         }
         let topic = status_topic(&self.config.topic_prefix, &self.config.client_id);
-        tracing::error!(?reason, %topic, "mqtt uplink: the broker refused the status publish (check its ACL and that username is client_id)");
+        let why = if reason == PubAckReason::NotAuthorized {
+            "its ACL does not grant this client's topics, so relayed dispatches are dropped too; check the ACL and that uplink.mqtt.username is the client_id"
+        } else {
+            "the relay cannot see this gateway's state"
+        };
+        tracing::error!(?reason, %topic, "mqtt uplink: the broker refused the status publish");
         self.broker.error(&format!(
-            "the broker refused the status publish to {topic} ({reason:?}): its ACL does not grant this client's topics, so relayed dispatches are dropped too; check the ACL and that uplink.mqtt.username is the client_id"
+            "the broker refused the status publish to {topic} ({reason:?}): {why}"
         ));
     }
 
