@@ -26,15 +26,18 @@ pub enum BoundedError {
     /// → 413, nothing stored. Each parsed timeslot holds its entry's ids, references and
     /// warnings: a long text in an entry of many timeslots is copied that many times.
     #[error(
-        "the notification's dispatch entries hold {found} bytes of ids, references and other entry fields once copied into each of their timeslots, over the limit of {limit}; nothing was stored: Leap's ids are 36 characters, so an entry field this long is not Leap's"
+        "the notification's dispatch entries hold {found} bytes of ids, references and other entry fields once copied into each of their timeslots, over the limit of {limit} (limits.max_meter_ids × {COPIED_BYTES_PER_ID} bytes); nothing was stored: raise limits.max_meter_ids for larger groups, but Leap's ids are 36 characters, so an entry field of kilobytes is not Leap's"
     )]
     OverCopied { found: usize, limit: usize },
 }
 
-/// Most bytes of entry-level text (meter ids, references, other entry fields) times the
-/// entry's timeslots: bounds what parsing one notification can allocate. A 1,000-meter group
-/// with 420-character references and 48 half-hour timeslots copies about 22 MB.
-pub(crate) const MAX_COPIED_BYTES: usize = 64 * 1024 * 1024;
+/// Entry-level text (meter ids, references, other entry fields) times the entry's
+/// timeslots may be this many bytes per allowed meter id (`max_meter_ids` counts ids the same
+/// way): it bounds what parsing one notification can allocate, and scales with the groups a
+/// site or relay is set up for. A 36-character id with a 420-character reference is about
+/// 460 bytes: 1,600 meters × 96 quarter hours of those copy 70 MB, within the default's
+/// 100 MB.
+pub(crate) const COPIED_BYTES_PER_ID: usize = 512;
 
 /// Meter ids, timeslots and JSON values in the whole notification, against the limits.
 /// Counted while reading the bytes, before any JSON tree is built: a 1 MiB body of tiny
@@ -54,12 +57,7 @@ pub(crate) fn check_counts(body: &[u8], limits: &LimitsConfig) -> Result<(), Bou
         t: &mut t,
     }
     .deserialize(&mut de);
-    if t.copied > MAX_COPIED_BYTES {
-        return Err(BoundedError::OverCopied {
-            found: t.copied,
-            limit: MAX_COPIED_BYTES,
-        });
-    }
+    copies_within(&t, limits)?;
     let over = |what, key, found, limit| {
         (found > limit).then_some(BoundedError::OverLimit {
             what,
@@ -100,6 +98,17 @@ pub(crate) fn check_counts(body: &[u8], limits: &LimitsConfig) -> Result<(), Bou
         objects_cap,
     ) {
         return Err(e);
+    }
+    Ok(())
+}
+
+fn copies_within(t: &Tally, limits: &LimitsConfig) -> Result<(), BoundedError> {
+    let limit = limits.max_meter_ids.saturating_mul(COPIED_BYTES_PER_ID);
+    if t.copied > limit {
+        return Err(BoundedError::OverCopied {
+            found: t.copied,
+            limit,
+        });
     }
     Ok(())
 }
@@ -305,14 +314,17 @@ mod tests {
     fn entry_text_copied_into_every_timeslot_is_bounded() {
         let limits = LimitsConfig::default();
         let long = "x".repeat(1_000_000);
-        let slots: Vec<_> = (0..100).map(|_| json!({})).collect();
+        let slots: Vec<_> = (0..200).map(|_| json!({})).collect();
         let body = json!({"meter_dispatches": [{"meter_id": long, "timeslots": slots}]});
         let e = check_counts(body.to_string().as_bytes(), &limits).unwrap_err();
         assert!(
-            matches!(e, BoundedError::OverCopied { found, .. } if found >= 100_000_000),
+            matches!(e, BoundedError::OverCopied { found, limit } if found >= 200_000_000 && limit == 200_000 * 512),
             "{e}"
         );
-        assert!(e.to_string().contains("not Leap's"), "{e}");
+        assert!(
+            e.to_string().contains("limits.max_meter_ids × 512 bytes"),
+            "{e}"
+        );
         // References in a wrong-typed field count too (parse.rs repeats it in a warning).
         let refs = json!({"group_dispatches": [{"meter_ids": ["a"], "partner_references": {"x": long},
                           "timeslots": slots}]});
@@ -320,19 +332,16 @@ mod tests {
         let inside: Vec<_> = (0..100).map(|_| json!({"note": long})).collect();
         let ok = json!({"meter_dispatches": [{"meter_id": "a", "timeslots": inside}]});
         assert_eq!(check_counts(ok.to_string().as_bytes(), &limits), Ok(()));
-        // Leap's largest: a 1,000-meter group with long references, a day of half-hours.
-        let ids: Vec<String> = (0..1000)
+        // A large real group: 1,600 meters with long references, a day of quarter hours
+        // (153,600 ids counted, within the default max_meter_ids; 70 MB of copies).
+        let ids: Vec<String> = (0..1600)
             .map(|i| format!("{i:08x}-e392-4f00-b0cf-32e716204f78"))
             .collect();
-        let refs: Vec<String> = (0..1000)
+        let refs: Vec<String> = (0..1600)
             .map(|i| format!("ref-{i:06}-{}", "y".repeat(400)))
             .collect();
-        let day: Vec<_> = (0..48).map(|_| json!({})).collect();
+        let day: Vec<_> = (0..96).map(|_| json!({})).collect();
         let big = json!({"group_dispatches": [{"meter_ids": ids, "partner_references": refs, "timeslots": day}]});
-        let limits = LimitsConfig {
-            max_meter_ids: 100_000,
-            ..LimitsConfig::default()
-        };
         assert_eq!(check_counts(big.to_string().as_bytes(), &limits), Ok(()));
     }
 

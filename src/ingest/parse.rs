@@ -128,6 +128,7 @@ fn entry_context(
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(v) => {
+                let v = shown(v);
                 warnings.push(format!("{field}.{f} = {v} is not a string; read as absent"));
                 None
             }
@@ -190,12 +191,26 @@ fn partner_references(
         }
         Some(v) => {
             warnings.push(format!(
-                "{field}.partner_references = {v} is not an array of strings; read as empty"
+                "{field}.partner_references = {} is not an array of strings; read as empty",
+                shown(v)
             ));
             Vec::new()
         }
     }
 }
+
+/// A wrong entry value as a warning shows it: at most [`SHOWN_CHARS`] of it. Entry
+/// warnings are copied into every timeslot of the entry, so a value shown whole (650 KB of
+/// zeros in 2,000 timeslots) would cost what `bounds.rs` refuses for text.
+fn shown(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text,
+    }
+}
+
+const SHOWN_CHARS: usize = 120;
 
 /// A required list of strings; None when it has the wrong type.
 fn str_list(entry: &Map<String, Value>, f: &str) -> Option<Vec<String>> {
@@ -280,6 +295,24 @@ fn opt_array<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wrong entry value of 650 KB (numbers, which the copy bound in `bounds.rs` does not
+    /// count) is shown in its warning cut short, not copied whole into every timeslot.
+    #[test]
+    fn a_long_wrong_entry_value_is_shown_cut_short() {
+        let zeros = vec![0; 300_000];
+        let slot = serde_json::json!({"meter_event_id": "e1", "start_time": "2030-06-05T00:00:00Z",
+            "end_time": "2030-06-05T01:00:00Z", "energy_kw": 5.0});
+        let body = serde_json::json!({"meter_dispatches": [
+            {"meter_id": "m1", "partner_reference": zeros, "timeslots": [slot]}]});
+        let n = parse_notification(body.to_string().as_bytes()).unwrap();
+        let w = &n.timeslots[0].warnings[0];
+        assert!(w.len() < 300, "{} bytes", w.len());
+        assert!(
+            w.contains("[0,0,0") && w.contains("… (600001 bytes)"),
+            "{w}"
+        );
+    }
 
     /// A sender that writes empty lists as `null`: the other entries' timeslots still count.
     #[test]

@@ -50,8 +50,22 @@ async fn oversized_notifications_are_refused_naming_the_limit() {
     let r = c.post(&body).await;
     assert_eq!(r.status, 413, "{}", r.text);
     assert!(r.text.contains("limits.max_timeslots"), "{}", r.text);
+    // A 1 MB meter id in an entry of 200 timeslots: each timeslot would hold a copy of it
+    // (200 MB while parsing, 2 GB with 2,000 timeslots).
+    let long = "x".repeat(1_000_000);
+    let slots = vec![serde_json::json!({}); 200];
+    let body = serde_json::json!({"meter_dispatches": [{"meter_id": long, "timeslots": slots}]})
+        .to_string();
+    assert!(body.len() < 1024 * 1024, "{}", body.len());
+    let r = c.post(&body).await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert!(
+        r.text.contains("limits.max_meter_ids × 512 bytes"),
+        "{}",
+        r.text
+    );
     let after = rss_kb(pid);
-    eprintln!("RSS {before} kB -> {after} kB (peak) while refusing both");
+    eprintln!("RSS {before} kB -> {after} kB (peak) while refusing all three");
     assert!(
         after < before + 48 * 1024,
         "RSS grew from {before} to {after} kB"
