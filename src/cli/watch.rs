@@ -118,37 +118,49 @@ fn print_raw(s: &str) {
 /// retry): a pipe must record when the site cannot store or dispatch Leap's notifications.
 fn site_problems(r: &StatusReport) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut say = |key: &str, problem: bool, text: &str| {
-        let state = if problem { text } else { "ok" };
+    // With the daemon down, what it reports is unknown, not fine.
+    let running = r.daemon == DaemonState::Running;
+    let mut say = |key: &str, problem: Option<bool>, text: &str| {
+        let state = match problem {
+            _ if !running => "unknown (daemon not running)",
+            None => "unknown",
+            Some(true) => text,
+            Some(false) => "ok",
+        };
         out.push((key.to_string(), format!("{key}: {state}")));
     };
     say(
         "storage",
-        r.storage_error.is_some(),
+        Some(r.storage_error.is_some()),
         "FAILING: notifications are not stored (see status)",
     );
-    say("plan", r.plan_error.is_some(), "ERROR (see status)");
+    say("plan", Some(r.plan_error.is_some()), "ERROR (see status)");
     say(
         "clock",
-        r.clock_synchronised == Some(false),
+        r.clock_synchronised.map(|s| !s),
         "NOT SYNCHRONISED (see status)",
     );
-    if let Some(t) = r.tunnel.as_deref() {
-        let down = t.starts_with("DOWN") || t.starts_with("up?");
-        say("reverse tunnel", down, "DOWN (see status)");
-    }
-    let unmapped = if r.unmapped_meters.is_empty() {
-        "none".to_string()
-    } else {
-        format!(
-            "NOT DISPATCHED, no [[meters]] entry: {}",
-            r.unmapped_meters.join(", ")
-        )
+    let unmapped = match (running, r.unmapped_meters.as_slice()) {
+        (false, _) => "unknown (daemon not running)".to_string(),
+        (true, []) => "none".to_string(),
+        (true, ids) => format!("NOT DISPATCHED, no [[meters]] entry: {}", ids.join(", ")),
     };
     out.push((
         "unmapped".to_string(),
         super::text::clean(&format!("unmapped meter ids: {unmapped}")),
     ));
+    // From systemd, whether or not the daemon runs; its "up" names a duration that moves.
+    if let Some(t) = r.tunnel.as_deref() {
+        let state = if t.starts_with("DOWN") || t.starts_with("up?") {
+            "DOWN (see status)"
+        } else if t.starts_with("up") {
+            "up"
+        } else {
+            t
+        };
+        let line = format!("reverse tunnel: {state}");
+        out.push(("reverse tunnel".to_string(), super::text::clean(&line)));
+    }
     out
 }
 
@@ -269,37 +281,54 @@ mod tests {
     /// `status --watch | tee site.log` recorded nothing while no notification was stored.
     #[test]
     fn a_piped_watch_prints_storage_plan_clock_tunnel_and_unmapped_alarms() {
+        let lines = |r: &StatusReport| -> Vec<String> {
+            summary(r).into_iter().skip(1).map(|(_, l)| l).collect()
+        };
         let mut r = report(None);
-        r.tunnel = Some("active".into());
-        let ok: Vec<String> = summary(&r).into_iter().map(|(_, l)| l).collect();
+        r.clock_synchronised = Some(true);
+        r.tunnel = Some("up (ssh connected 3 min)".into());
         assert_eq!(
-            ok[1..],
+            lines(&r),
             [
                 "storage: ok",
                 "plan: ok",
                 "clock: ok",
-                "reverse tunnel: ok",
-                "unmapped meter ids: none"
+                "unmapped meter ids: none",
+                "reverse tunnel: up"
             ]
         );
         r.storage_error = Some("disk full at 10:00".into());
         r.plan_error = Some("bad".into());
         r.clock_synchronised = Some(false);
-        r.tunnel = Some("DOWN (failed)".into());
+        r.tunnel = Some("DOWN, leap-edge-tunnel.service failed: Leap cannot reach us".into());
         r.unmapped_meters = vec!["m9".into()];
-        let bad: Vec<String> = summary(&r).into_iter().map(|(_, l)| l).collect();
+        let bad = lines(&r);
         assert_eq!(
-            bad[1..],
+            bad,
             [
                 "storage: FAILING: notifications are not stored (see status)",
                 "plan: ERROR (see status)",
                 "clock: NOT SYNCHRONISED (see status)",
-                "reverse tunnel: DOWN (see status)",
-                "unmapped meter ids: NOT DISPATCHED, no [[meters]] entry: m9"
+                "unmapped meter ids: NOT DISPATCHED, no [[meters]] entry: m9",
+                "reverse tunnel: DOWN (see status)"
             ]
         );
         // The error's text changes with every retry; the line does not.
         r.storage_error = Some("disk full at 10:01".into());
-        assert_eq!(summary(&r)[1].1, bad[1]);
+        assert_eq!(lines(&r), bad);
+        // The daemon stopped: what it reported is unknown now, not "ok".
+        r.daemon = DaemonState::NotRunning;
+        r.storage_error = None;
+        r.tunnel = Some("not installed".into());
+        assert_eq!(
+            lines(&r),
+            [
+                "storage: unknown (daemon not running)",
+                "plan: unknown (daemon not running)",
+                "clock: unknown (daemon not running)",
+                "unmapped meter ids: unknown (daemon not running)",
+                "reverse tunnel: not installed"
+            ]
+        );
     }
 }
