@@ -65,14 +65,10 @@ pub(crate) fn for_timeslot(
         };
         let intervals = db::list(conn, &range)?;
         let (lateness, dry_run, untouched) = first_setpoint(conn, &m.id, &ts.event_id)?;
-        // SPEC §2.6: a test the policy ignores was never meant to move the battery; judging
-        // it would write a false MISSED to the audit log. Only when nothing was audited for
-        // it: a policy changed since does not excuse a test that did run.
-        let ignored = untouched
-            && matches!(
-                crate::plan::test_policy(ts, &config.policy).0,
-                crate::config::TestPolicy::Ignore
-            );
+        // SPEC §2.6: a Leap test with nothing audited for it was not commanded here (the
+        // policy ignored it then, whatever it says now, or it never ran): judging it would
+        // write a false MISSED to the audit log. A test that did run is judged.
+        let ignored = untouched && crate::plan::test_policy(ts, &config.policy).1.is_some();
         let overlapping = overlapping(st, all, &m.id);
         out.push(report::build(&Input {
             timeslot: ts,
@@ -161,6 +157,11 @@ fn first_setpoint(
             ..Default::default()
         },
     )?;
+    Ok(setpoint_facts(&rows))
+}
+
+/// [`first_setpoint`] from the event's audit rows.
+fn setpoint_facts(rows: &[audit::AuditRow]) -> (Option<i64>, bool, bool) {
     let applied = |r: &&audit::AuditRow| r.action == "apply" || r.action == "resumed";
     let dry_run =
         !rows.iter().any(|r| applied(&r)) && rows.iter().any(|r| r.action == "would-apply");
@@ -170,9 +171,33 @@ fn first_setpoint(
         .iter()
         .filter(|r| (r.action == "apply" || r.action == "would-apply") && r.error.is_none())
         .min_by(|a, b| a.at.cmp(&b.at))
-        .and_then(|r| r.lateness_ms);
+        .and_then(|r| r.lateness_ms)
+        .or_else(|| resumed_lateness(rows));
     let untouched = rows.iter().all(|r| r.action == "report");
-    Ok((lateness, dry_run, untouched))
+    (lateness, dry_run, untouched)
+}
+
+/// A first apply that failed, followed by the loop by itself when the device or readings
+/// came back: the first setpoint is that `resumed` safety row, late from the apply's
+/// boundary.
+fn resumed_lateness(rows: &[audit::AuditRow]) -> Option<i64> {
+    let time = |t: &str| DateTime::parse_from_rfc3339(t).ok();
+    let failed = rows
+        .iter()
+        .filter(|r| r.action == "apply" && r.error.is_some())
+        .min_by(|a, b| a.at.cmp(&b.at))?;
+    let boundary = time(failed.boundary.as_deref()?)?;
+    let resumed = rows
+        .iter()
+        .filter(|r| {
+            r.action == "safety"
+                && r.at >= failed.at
+                && r.detail
+                    .as_deref()
+                    .is_some_and(|d| d.starts_with("resumed:"))
+        })
+        .min_by(|a, b| a.at.cmp(&b.at))?;
+    Some((time(&resumed.at)? - boundary).num_milliseconds())
 }
 
 /// A timeslot's summary goes to the audit log this long after it ended: the readings up to
@@ -232,6 +257,50 @@ pub(crate) fn audit_ended(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(at: &str, action: &str, error: Option<&str>, detail: Option<&str>) -> audit::AuditRow {
+        audit::AuditRow {
+            id: 0,
+            at: at.into(),
+            meter_id: "m1".into(),
+            action: action.into(),
+            kind: Some("meter".into()),
+            event_id: Some("e1".into()),
+            performance_compensation_cap: None,
+            target: None,
+            boundary: Some("2026-11-20T17:00:00.000Z".into()),
+            lateness_ms: Some(12),
+            outcome: if error.is_some() { "error" } else { "ok" }.into(),
+            error: error.map(Into::into),
+            detail: detail.map(Into::into),
+        }
+    }
+
+    /// The first apply found the readings untrusted (or the device silent) and the loop
+    /// followed by itself 1.2 s later: that is the first setpoint, not "none recorded", and
+    /// not a revision's row later on.
+    #[test]
+    fn a_failed_first_apply_takes_its_lateness_from_the_loops_resumed_row() {
+        let rows = [
+            row(
+                "2026-11-20T17:00:00.012Z",
+                "apply",
+                Some("not applied: stale"),
+                None,
+            ),
+            row(
+                "2026-11-20T17:00:01.200Z",
+                "safety",
+                None,
+                Some("resumed: readings trustworthy again (was: stale)"),
+            ),
+        ];
+        assert_eq!(setpoint_facts(&rows).0, Some(1200));
+        let ok = [row("2026-11-20T17:00:00.012Z", "apply", None, None)];
+        assert_eq!(setpoint_facts(&ok).0, Some(12));
+        // Never followed: no setpoint.
+        assert_eq!(setpoint_facts(&rows[..1]).0, None);
+    }
 
     #[test]
     fn a_group_share_is_the_plans_with_a_foreign_meter_and_unequal_weights() {

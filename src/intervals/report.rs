@@ -54,7 +54,8 @@ pub struct EventReport {
     pub first_setpoint_lateness_ms: Option<i64>,
     /// A dry run here (SPEC §2.6): audited as would-apply only, so not judged.
     pub dry_run: bool,
-    /// A Leap test the site's `[policy]` ignores, never commanded here: not judged.
+    /// A Leap test with nothing audited for it (the `[policy]` ignored it, or it never
+    /// ran): not judged.
     pub ignored_by_policy: bool,
     /// Other timeslots on this meter that overlap this one: each is credited the battery's
     /// whole energy of the common intervals, so a sum over them counts it twice.
@@ -204,7 +205,9 @@ pub(crate) fn verdict(r: &EventReport) -> String {
         // Leap's integration tests under the default policy: the battery was not asked
         // to move, so "MISSED" would be a false alarm in the audit log.
         _ if r.dry_run => "DRY RUN (battery not commanded)",
-        _ if r.ignored_by_policy => "IGNORED BY POLICY (a Leap test; battery not commanded)",
+        _ if r.ignored_by_policy => {
+            "NOT COMMANDED (a Leap test with nothing in the audit log: [policy] ignored it, or it never ran)"
+        }
         _ if r.gaps > 0 => "INCOMPLETE DATA",
         Some(p) if p >= 98.0 => "MET",
         Some(p) if p >= 80.0 => "SHORT",
