@@ -386,11 +386,14 @@ impl MeterLoop {
             // failed is tried again every period: until it is taken, the battery holds the
             // last setpoint it accepted whatever the load does.
             let e = e.clone();
-            if !self.released
-                && let Err(r) = self.ensure_released().await
-            {
-                tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device,
-                    error = %r, "control: hand-back after a refused setpoint failed again");
+            if !self.released {
+                // Warned of once at the refusal; the step's own error is `e` meanwhile.
+                match self.ensure_released().await {
+                    Ok(()) => tracing::info!(meter_id = %self.s.meter_id, device = %self.s.device,
+                        "control: hand-back after the refused setpoint taken at last"),
+                    Err(r) => tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device,
+                        error = %r, "control: hand-back after a refused setpoint failed again"),
+                }
             }
             return Err(e);
         }
