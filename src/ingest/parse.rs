@@ -202,7 +202,7 @@ fn partner_references(
 /// A wrong entry value as a warning shows it: at most [`SHOWN_CHARS`] of it. Entry
 /// warnings are copied into every timeslot of the entry, so a value shown whole (650 KB of
 /// zeros in 2,000 timeslots) would cost what `bounds.rs` refuses for text.
-fn shown(v: &Value) -> String {
+pub(super) fn shown(v: &Value) -> String {
     let text = v.to_string();
     match text.char_indices().nth(SHOWN_CHARS) {
         Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),

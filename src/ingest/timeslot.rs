@@ -113,7 +113,11 @@ pub(crate) fn parse_timeslot(
         reject(Fault(RejectReason::NotAnObject, text.into()))
     })?;
     let Some(event_id) = event_id.clone() else {
-        let text = format!("missing {id_field}");
+        let text = match obj.get(id_field) {
+            None | Some(Value::Null) => format!("missing {id_field}"),
+            Some(Value::String(_)) => format!("{id_field} is empty"),
+            Some(v) => format!("{id_field} = {} is not a string", super::parse::shown(v)),
+        };
         return Err(reject(Fault(RejectReason::MissingEventId, text)));
     };
     if ctx.kind == Kind::Meter && ctx.meter_ids.is_empty() {
@@ -243,10 +247,16 @@ fn communication_test(obj: &Map<String, Value>, w: &mut Warnings) -> Option<bool
 
 fn time(obj: &Map<String, Value>, field: &str) -> Result<DateTime<Utc>, Fault> {
     let bad = |text| Fault(RejectReason::BadTime, text);
-    let s = obj
-        .get(field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(format!("missing {field} (an RFC 3339 time)")))?;
+    let s = match obj.get(field) {
+        Some(Value::String(s)) => s,
+        None | Some(Value::Null) => return Err(bad(format!("missing {field} (an RFC 3339 time)"))),
+        Some(v) => {
+            return Err(bad(format!(
+                "{field} = {} is not an RFC 3339 time (a string such as \"2026-06-05T17:00:00Z\")",
+                super::parse::shown(v)
+            )));
+        }
+    };
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| bad(format!("{field} = {s:?} is not an RFC 3339 time: {e}")))
@@ -387,6 +397,31 @@ mod tests {
         let note = json!({"meter_dispatches": [{"timeslots": [ok]}]});
         let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
         assert_eq!(p.rejected[0].code, RejectReason::MissingMeterId);
+    }
+
+    /// A field present with the wrong type is named with its value, not called missing:
+    /// the reader looks at the raw JSON and sees the field there.
+    #[test]
+    fn a_wrong_type_is_not_called_missing() {
+        let slot = json!({"meter_event_id": 12345, "start_time": "2030-06-05T00:00:00Z",
+            "end_time": "2030-06-05T01:00:00Z"});
+        let note = json!({"meter_dispatches": [{"meter_id": "m1", "timeslots": [slot]}]});
+        let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            p.rejected[0].reason,
+            "meter_event_id = 12345 is not a string"
+        );
+        let slot = json!({"meter_event_id": "e1", "start_time": 1_717_545_600,
+            "end_time": "2030-06-05T01:00:00Z"});
+        let note = json!({"meter_dispatches": [{"meter_id": "m1", "timeslots": [slot]}]});
+        let p = crate::ingest::parse_notification(note.to_string().as_bytes()).unwrap();
+        assert!(
+            p.rejected[0]
+                .reason
+                .starts_with("start_time = 1717545600 is not an RFC 3339 time"),
+            "{}",
+            p.rejected[0].reason
+        );
     }
 
     /// SPEC §1: a group entry names its meters. Without `meter_ids` (absent or null) its
