@@ -46,6 +46,11 @@ pub struct RejectedTimeslot {
 pub enum NotificationError {
     #[error("body is not JSON: {0}")]
     NotJson(String),
+    /// Valid JSON this parser cannot hold (`1e400`).
+    #[error(
+        "body is JSON, but the number at line {line} column {column} is too large to read (beyond a 64-bit float); Leap's kW values and priorities are small numbers: send it as one"
+    )]
+    NumberTooLarge { line: usize, column: usize },
     #[error(
         "body is JSON but not an object; a Leap notification is an object with meter_dispatches or group_dispatches"
     )]

@@ -9,8 +9,7 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 
 pub fn parse_notification(body: &[u8]) -> Result<ParsedNotification, NotificationError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| NotificationError::NotJson(e.to_string()))?;
+    let value: Value = serde_json::from_slice(body).map_err(not_json)?;
     parse_value(&value, &|_| None)
 }
 
@@ -33,11 +32,23 @@ pub fn parse_limited(
     limits: &crate::config::LimitsConfig,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<ParsedNotification, NotificationError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| NotificationError::NotJson(e.to_string()))?;
+    let value: Value = serde_json::from_slice(body).map_err(not_json)?;
     parse_value(&value, &|ts| {
         super::bounds::timeslot_problem(ts, limits, now)
     })
+}
+
+/// Why the body did not read. A number beyond a 64-bit float (`1e400`) is valid JSON that
+/// this parser cannot hold: said as such, with where it is, not as "not JSON".
+fn not_json(e: serde_json::Error) -> NotificationError {
+    let text = e.to_string();
+    if text.starts_with("number out of range") {
+        return NotificationError::NumberTooLarge {
+            line: e.line(),
+            column: e.column(),
+        };
+    }
+    NotificationError::NotJson(text)
 }
 
 /// `check` may reject a well-formed timeslot with a reason (a configured limit).
@@ -295,6 +306,21 @@ fn opt_array<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A number too large for a float is named as such, with where it is.
+    #[test]
+    fn a_number_too_large_is_named_with_its_place() {
+        let e = parse_notification(
+            br#"{"meter_dispatches": [{"meter_id": "m", "timeslots": [{"energy_kw": 1e400}]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("body is JSON, but the number at line 1 column")
+                && e.contains("too large"),
+            "{e}"
+        );
+    }
 
     /// A wrong entry value of 650 KB (numbers, which the copy bound in `bounds.rs` does not
     /// count) is shown in its warning cut short, not copied whole into every timeslot.
