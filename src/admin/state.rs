@@ -81,6 +81,10 @@ pub(crate) struct BrokerConnection {
     /// Messages acknowledged without being stored (see [`RefusedMessages`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) refused: Option<RefusedMessages>,
+    /// The last connection on which the broker had no session for this client: whatever it
+    /// held for us (parts the relay counted delivered) is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) session_lost_at: Option<DateTime<Utc>>,
 }
 
 /// SPEC §2.5/§2.12 over MQTT: messages the gateway acknowledged without storing them (not a

@@ -71,6 +71,9 @@ fn header(r: &StatusReport, config: &Config, v: &View) -> Vec<String> {
     out.push(tunnel_line(r, config, v));
     if let Some(u) = &r.uplink {
         out.push(uplink_line(u, r.now, v));
+        if let Some(at) = u.session_lost_at {
+            out.push(session_lost_line(at, config.leap.api_key.is_some(), v));
+        }
         if let Some(refused) = &u.refused {
             out.push(refused_line(refused, v));
         }
@@ -171,6 +174,23 @@ fn uplink_line(
         )
     };
     alarm(v, &if v.wide { line } else { fit(&line, 80) })
+}
+
+/// The broker had no session for this gateway (its first connection, a session that
+/// expired while the gateway was away, a broker that lost its state): parts it held for us,
+/// which the relay counted delivered, are gone. Only Leap's poll finds them again.
+fn session_lost_line(at: chrono::DateTime<chrono::Utc>, polls: bool, v: &View) -> String {
+    let line = format!(
+        "MQTT: broker had no session for us at {}: dispatches it held are gone; {}",
+        v.zone.time(at),
+        if polls {
+            "the Leap poll looks for them"
+        } else {
+            "set [leap] api_key so the poll can find them"
+        }
+    );
+    let line = if v.wide { line } else { fit(&line, 80) };
+    if polls { line } else { alarm(v, &line) }
 }
 
 /// Relayed messages this gateway acknowledged without storing: dispatches Leap got a 200
@@ -667,7 +687,7 @@ mod wrap_tests {
 
 #[cfg(test)]
 mod uplink_tests {
-    use super::{View, uplink_line};
+    use super::{View, session_lost_line, uplink_line};
     use crate::admin::state::BrokerConnection;
     use crate::cli::text::Zone;
     use chrono::{Duration, TimeZone, Utc};
@@ -678,6 +698,27 @@ mod uplink_tests {
             zone: Zone::Utc,
             color: false,
         }
+    }
+
+    /// A broker that kept no session for the gateway: what it held is gone, and only Leap's
+    /// poll finds it again. Before, only a log line said so.
+    #[test]
+    fn a_lost_broker_session_says_what_recovers_it() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 30, 5, 20, 1).unwrap();
+        assert_eq!(
+            session_lost_line(at, true, &view()),
+            "MQTT: broker had no session for us at 2026-11-30 05:20:01 UTC: dispatches it held are gone; the Leap poll looks for them"
+        );
+        let without = session_lost_line(at, false, &view());
+        assert!(
+            without.ends_with("set [leap] api_key so the poll can find them"),
+            "{without}"
+        );
+        let narrow = View {
+            wide: false,
+            ..view()
+        };
+        assert!(session_lost_line(at, false, &narrow).chars().count() <= 80);
     }
 
     #[test]
@@ -692,6 +733,7 @@ mod uplink_tests {
             last_error_at: Some(since - Duration::seconds(10)),
             connections: 2,
             refused: None,
+            session_lost_at: None,
         };
         assert_eq!(
             uplink_line(&u, now, &view()),

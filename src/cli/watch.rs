@@ -257,6 +257,7 @@ mod tests {
             last_error_at: None,
             connections: 1,
             refused: None,
+            session_lost_at: None,
         };
         let up = summary(&report(Some(u.clone())));
         assert_eq!(

@@ -33,6 +33,7 @@ impl BrokerWatch {
                 last_error_at: None,
                 connections: 0,
                 refused: None,
+                session_lost_at: None,
             }),
             new_sessions: std::sync::atomic::AtomicU64::new(0),
             metric,
@@ -60,6 +61,8 @@ impl BrokerWatch {
     pub(crate) fn new_session(&self) {
         self.new_sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().session_lost_at = Some(Utc::now());
+        self.changed();
     }
 
     pub(crate) fn new_sessions(&self) -> u64 {

@@ -157,6 +157,7 @@ fn load_link(conn: &Connection) -> Result<Option<BrokerConnection>, StoreError> 
         last_error_at: last_error_at.as_deref().map(parse_ts).transpose()?,
         connections: connections.max(0) as u64,
         refused: None,
+        session_lost_at: None,
     }))
 }
 
@@ -480,6 +481,7 @@ mod tests {
             last_error_at: None,
             connections: 1,
             refused: None,
+            session_lost_at: None,
         };
         save_link(&conn, &link).unwrap();
         link.connected = false;
