@@ -605,9 +605,11 @@ impl MeterLoop {
             .signs
             .observe(tel.grid_kw, tel.battery_kw, now, !self.released);
         if self.signs.take_new_finding()
+            && self.lock().blind.is_some()
             && let Some(why) = &reversed
         {
-            // The suspicion before it had the `blind` row; the finding gets its own.
+            // Already handed back on the suspicion, whose `blind` row that was: the finding
+            // gets its own. Otherwise `blind()` writes the finding's row itself.
             self.push_event(cmd, "blind", why);
         }
         frozen.or(unheld).or(reversed)

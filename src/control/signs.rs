@@ -9,8 +9,10 @@
 //! What gives it away is physics: grid import = load − PV − battery discharge, so when the
 //! battery's power moves, the grid moves the other way by about as much. With either sign
 //! reversed the two readings move the same way. Only moves of the battery of at least
-//! [`STEP_KW`] between two consecutive readings (at most [`WITHIN`] apart) while the loop
-//! drives the battery are judged, and only by which way the grid went. A load that changes as fast as the battery steps can mislead one
+//! [`STEP_KW`] (built up over readings at most [`WITHIN`] apart) while the loop drives the
+//! battery are judged, and only by which way the grid went. A grid move the battery's own
+//! move does not explain (a load step) starts the measure again after it, so the loop's
+//! catch-up a period later is judged on its own: the right way round. A load that changes as fast as the battery steps can mislead one
 //! step, and the battery often makes a single step (to its target, then it holds), so the
 //! first step the wrong way hands the battery back on suspicion: the hand-back is itself a
 //! step, and shows which way the meter moves. A second step the wrong way is a finding, for
@@ -26,7 +28,7 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The battery must move at least this much between two consecutive readings…
+/// The battery must move at least this much…
 const STEP_KW: f64 = 2.0;
 /// …which are at most this far apart (a load drifts more over a longer time).
 const WITHIN: Duration = Duration::from_secs(10);
@@ -42,6 +44,8 @@ const CONTRARY: u32 = 2;
 pub(crate) struct SignCheck {
     /// The reading steps are measured from: (battery kW, grid kW, when).
     anchor: Option<(f64, f64, Instant)>,
+    /// The reading before this one: (battery kW, grid kW).
+    prev: Option<(f64, f64)>,
     contrary: u32,
     /// Suspicions in this event that no step settled.
     lapsed: u32,
@@ -69,25 +73,38 @@ impl SignCheck {
         if self.found.is_some() || self.proven {
             return self.found.clone();
         }
+        self.expire(at);
         let (Some(g), Some(b)) = (grid_kw, battery_kw) else {
             self.anchor = None;
+            self.prev = None;
             return self.suspicion(at);
         };
-        // Each reading against the one before it only: against an older one, the law's
-        // catch-up after a load step (the load in the grid first, the battery a period
-        // later) would look like the two moving together.
-        let Some((b0, g0, since)) = self.anchor.replace((b, g, at)) else {
+        let prev = self.prev.replace((b, g));
+        let Some((b0, g0, since)) = self.anchor else {
+            self.anchor = Some((b, g, at));
             return self.suspicion(at);
         };
+        // A grid move the battery's own move does not explain is the load (or PV): the
+        // battery's answer to it is measured from here. Measured from before it, the loop's
+        // catch-up a period later would look like the two moving together.
+        if let Some((pb, pg)) = prev {
+            let (sb, sg) = (b - pb, g - pg);
+            if sg.abs() >= STEP_KW && sg.abs() > 2.0 * sb.abs() {
+                self.anchor = Some((b, g, at));
+                return self.suspicion(at);
+            }
+        }
+        if at.saturating_duration_since(since) > WITHIN {
+            self.anchor = Some((b, g, at));
+            return self.suspicion(at);
+        }
         let (db, dg) = (b - b0, g - g0);
         // Handed back, the battery follows its own logic: judged only when that step is
         // the hand-back a suspicion asked for.
-        let judged = (driving || self.suspect.is_some())
-            && at.saturating_duration_since(since) <= WITHIN
-            && db.abs() >= STEP_KW;
-        if !judged {
+        if !(driving || self.suspect.is_some()) || db.abs() < STEP_KW {
             return self.suspicion(at);
         }
+        self.anchor = Some((b, g, at));
         // Right: the grid moved against the battery (dg ≈ −db); reversed: with it.
         let along = dg / db;
         let moves = format!("battery {b0:.1} → {b:.1} kW, grid {g0:.1} → {g:.1} kW");
@@ -126,24 +143,28 @@ impl SignCheck {
 
     /// The standing suspicion, until it lapses.
     fn suspicion(&mut self, at: Instant) -> Option<String> {
-        match &self.suspect {
-            Some((since, why)) if at.saturating_duration_since(*since) <= WITHIN => {
-                Some(why.clone())
-            }
-            Some(_) => {
-                // Unsettled: it does not count towards a finding as a settled one would.
-                self.suspect = None;
-                self.contrary = 0;
-                self.lapsed += 1;
-                None
-            }
-            None => None,
+        self.expire(at);
+        self.suspect.as_ref().map(|(_, why)| why.clone())
+    }
+
+    /// A suspicion no step settled within [`WITHIN`] lapses, before the next step is judged:
+    /// it does not count towards a finding as a settled one would.
+    fn expire(&mut self, at: Instant) {
+        if self
+            .suspect
+            .as_ref()
+            .is_some_and(|(since, _)| at.saturating_duration_since(*since) > WITHIN)
+        {
+            self.suspect = None;
+            self.contrary = 0;
+            self.lapsed += 1;
         }
     }
 
     /// A new command: a finding, a suspicion and a proof hold for the rest of their event.
     pub(crate) fn start(&mut self, event: Option<String>) {
         self.anchor = None;
+        self.prev = None;
         if event != self.event {
             self.found = None;
             self.suspect = None;
@@ -256,6 +277,36 @@ mod tests {
             (1000, 20.0, 0.0),
             (2000, 17.0, 3.0),
             (3000, 14.0, 6.0),
+        ];
+        assert_eq!(feed(&mut s, t0, &r), None);
+        assert!(s.proven);
+    }
+
+    /// A reversed meter behind a battery that ramps 1 kW per reading: the move builds up
+    /// over readings (judged reading by reading, no step would ever reach 2 kW).
+    #[test]
+    fn a_slow_ramp_is_judged_over_several_readings() {
+        let t0 = Instant::now();
+        let mut s = SignCheck::default();
+        let r: Vec<_> = (0..6)
+            .map(|i| (i * 1000, 10.0 + i as f64, i as f64))
+            .collect();
+        assert!(feed(&mut s, t0, &r).is_some_and(|w| w.contains("sign is reversed")));
+        // The same ramp with the meter the right way round proves the signs.
+        let mut s = SignCheck::default();
+        let r: Vec<_> = (0..6)
+            .map(|i| (i * 1000, 10.0 - i as f64, i as f64))
+            .collect();
+        assert_eq!(feed(&mut s, t0, &r), None);
+        assert!(s.proven);
+        // A load step in the middle of a slow ramp (right signs) is measured around.
+        let mut s = SignCheck::default();
+        let r = [
+            (0, 10.0, 0.0),
+            (1000, 9.0, 1.0),
+            (2000, 18.0, 2.0),
+            (3000, 17.0, 3.0),
+            (4000, 16.0, 4.0),
         ];
         assert_eq!(feed(&mut s, t0, &r), None);
         assert!(s.proven);

@@ -332,6 +332,11 @@ async fn load_steps_behind_a_ramping_battery_are_not_a_reversed_meter() {
         tokio::time::sleep(StdDuration::from_millis(100)).await;
     }
     assert_eq!(worst, None, "handed back while following the load");
+    assert_eq!(
+        s.sim.snapshot().mode,
+        Mode::Remote124,
+        "the award was followed"
+    );
     s.stop().await;
 }
 
