@@ -132,14 +132,17 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Box<Prepared>, Reply)>, stats
                     results.push(Ok(outcome));
                 }
                 Err(e) => {
+                    // An I/O error or a full disk can make SQLite abandon the whole
+                    // transaction; then nothing of the batch is safe to acknowledge, and
+                    // `e` is the cause to report (the savepoint is gone with it).
+                    if sp.is_autocommit() {
+                        return Err(e);
+                    }
                     // Rolled back explicitly, not by dropping the savepoint (which ignores
                     // a failure): if its rows cannot be undone, the whole batch fails rather
                     // than commit a refused notification's timeslots without its raw row.
-                    sp.rollback()?;
-                    sp.commit()?;
-                    // An I/O error can make SQLite abandon the whole transaction; then
-                    // nothing of the batch is safe to acknowledge.
-                    if tx.is_autocommit() {
+                    if let Err(undo) = sp.rollback().and_then(|()| sp.commit()) {
+                        tracing::error!(error = %undo, "cannot roll back a notification that failed inside a batch; the batch is not committed");
                         return Err(e);
                     }
                     results.push(Err(e));
