@@ -122,19 +122,25 @@ fn site_problems(r: &StatusReport) -> Vec<(String, String)> {
     let running = r.daemon == DaemonState::Running;
     let mut say = |key: &str, problem: Option<bool>, text: &str| {
         let state = match problem {
-            _ if !running => "unknown (daemon not running)",
+            None if !running => "unknown (daemon not running)",
             None => "unknown",
             Some(true) => text,
             Some(false) => "ok",
         };
         out.push((key.to_string(), format!("{key}: {state}")));
     };
+    let from_daemon = |problem: bool| running.then_some(problem);
     say(
         "storage",
-        Some(r.storage_error.is_some()),
+        from_daemon(r.storage_error.is_some()),
         "FAILING: notifications are not stored (see status)",
     );
-    say("plan", Some(r.plan_error.is_some()), "ERROR (see status)");
+    say(
+        "plan",
+        from_daemon(r.plan_error.is_some()),
+        "ERROR (see status)",
+    );
+    // Known on this machine whether or not the daemon runs.
     say(
         "clock",
         r.clock_synchronised.map(|s| !s),
@@ -321,12 +327,13 @@ mod tests {
         r.daemon = DaemonState::NotRunning;
         r.storage_error = None;
         r.tunnel = Some("not installed".into());
+        r.clock_synchronised = Some(true);
         assert_eq!(
             lines(&r),
             [
                 "storage: unknown (daemon not running)",
                 "plan: unknown (daemon not running)",
-                "clock: unknown (daemon not running)",
+                "clock: ok",
                 "unmapped meter ids: unknown (daemon not running)",
                 "reverse tunnel: not installed"
             ]

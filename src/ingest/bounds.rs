@@ -26,7 +26,7 @@ pub enum BoundedError {
     /// → 413, nothing stored. Each parsed timeslot holds its entry's ids, references and
     /// warnings: a long text in an entry of many timeslots is copied that many times.
     #[error(
-        "the notification's dispatch entries hold {found} bytes of ids, references and other entry fields once copied into each of their timeslots, over the limit of {limit} (limits.max_meter_ids × {COPIED_BYTES_PER_ID} bytes); nothing was stored: raise limits.max_meter_ids for larger groups, but Leap's ids are 36 characters, so an entry field of kilobytes is not Leap's"
+        "the notification's dispatch entries hold {found} bytes of ids, references and other entry fields once copied into each of their timeslots, over the limit of {limit} (limits.max_meter_ids × {COPIED_BYTES_PER_ID} bytes, at least 64 MiB); nothing was stored: raise limits.max_meter_ids for larger groups, but Leap's ids are 36 characters, so an entry field of kilobytes is not Leap's"
     )]
     OverCopied { found: usize, limit: usize },
 }
@@ -38,6 +38,8 @@ pub enum BoundedError {
 /// 460 bytes: 1,600 meters × 96 quarter hours of those copy 70 MB, within the default's
 /// 100 MB.
 pub(crate) const COPIED_BYTES_PER_ID: usize = 512;
+/// Whatever `max_meter_ids` a small site sets: Leap puts no length on `partner_reference`.
+const MIN_COPIED_BYTES: usize = 64 * 1024 * 1024;
 
 /// Meter ids, timeslots and JSON values in the whole notification, against the limits.
 /// Counted while reading the bytes, before any JSON tree is built: a 1 MiB body of tiny
@@ -103,7 +105,10 @@ pub(crate) fn check_counts(body: &[u8], limits: &LimitsConfig) -> Result<(), Bou
 }
 
 fn copies_within(t: &Tally, limits: &LimitsConfig) -> Result<(), BoundedError> {
-    let limit = limits.max_meter_ids.saturating_mul(COPIED_BYTES_PER_ID);
+    let limit = limits
+        .max_meter_ids
+        .saturating_mul(COPIED_BYTES_PER_ID)
+        .max(MIN_COPIED_BYTES);
     if t.copied > limit {
         return Err(BoundedError::OverCopied {
             found: t.copied,

@@ -78,7 +78,7 @@ pub(crate) fn for_timeslot(
             event_days: &event_days,
             first_setpoint_lateness_ms: lateness,
             dry_run,
-            ignored_by_policy: ignored,
+            test_not_commanded: ignored,
             overlapping: &overlapping,
         }));
     }

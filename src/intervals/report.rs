@@ -56,7 +56,7 @@ pub struct EventReport {
     pub dry_run: bool,
     /// A Leap test with nothing audited for it (the `[policy]` ignored it, or it never
     /// ran): not judged.
-    pub ignored_by_policy: bool,
+    pub test_not_commanded: bool,
     /// Other timeslots on this meter that overlap this one: each is credited the battery's
     /// whole energy of the common intervals, so a sum over them counts it twice.
     pub overlapping: Vec<String>,
@@ -81,7 +81,7 @@ pub(crate) struct Input<'a> {
     /// Only audited as would-apply (a dry run under the policy): not judged.
     pub(crate) dry_run: bool,
     /// A test the policy ignores, with nothing audited for it: not judged.
-    pub(crate) ignored_by_policy: bool,
+    pub(crate) test_not_commanded: bool,
     /// Other timeslots on this meter whose time overlaps this one's (SCENARIOS 3).
     pub(crate) overlapping: &'a [String],
 }
@@ -187,7 +187,7 @@ fn summarise(i: &Input<'_>, rows: Vec<IntervalReport>, baseline_days: usize) -> 
         min_soc_pct: min_soc,
         first_setpoint_lateness_ms: i.first_setpoint_lateness_ms,
         dry_run: i.dry_run,
-        ignored_by_policy: i.ignored_by_policy,
+        test_not_commanded: i.test_not_commanded,
         overlapping: i.overlapping.to_vec(),
         gaps,
         partial_intervals,
@@ -205,7 +205,7 @@ pub(crate) fn verdict(r: &EventReport) -> String {
         // Leap's integration tests under the default policy: the battery was not asked
         // to move, so "MISSED" would be a false alarm in the audit log.
         _ if r.dry_run => "DRY RUN (battery not commanded)",
-        _ if r.ignored_by_policy => {
+        _ if r.test_not_commanded => {
             "NOT COMMANDED (a Leap test with nothing in the audit log: [policy] ignored it, or it never ran)"
         }
         _ if r.gaps > 0 => "INCOMPLETE DATA",

@@ -66,7 +66,7 @@ fn baseline_is_the_mean_of_ten_previous_non_event_days_and_delivery_is_judged() 
         event_days: &event_days,
         first_setpoint_lateness_ms: Some(4),
         dry_run: false,
-        ignored_by_policy: false,
+        test_not_commanded: false,
         overlapping: &[],
     };
     let r = build(&input);
@@ -129,7 +129,7 @@ fn an_interval_short_of_battery_readings_is_not_judged() {
             event_days: &HashSet::new(),
             first_setpoint_lateness_ms: Some(4),
             dry_run: false,
-            ignored_by_policy: false,
+            test_not_commanded: false,
             overlapping: &[],
         })
     };
@@ -168,7 +168,7 @@ fn a_dry_run_is_not_judged() {
         event_days: &HashSet::new(),
         first_setpoint_lateness_ms: Some(4),
         dry_run: true,
-        ignored_by_policy: false,
+        test_not_commanded: false,
         overlapping: &[],
     });
     assert!(r.verdict.starts_with("DRY RUN"), "{}", r.verdict);
@@ -191,7 +191,7 @@ fn an_overlapped_event_says_its_delivery_is_shared() {
         event_days: &HashSet::new(),
         first_setpoint_lateness_ms: Some(4),
         dry_run: false,
-        ignored_by_policy: false,
+        test_not_commanded: false,
         overlapping: &others,
     });
     assert!(

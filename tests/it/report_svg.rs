@@ -39,7 +39,7 @@ fn event() -> EventReport {
         min_soc_pct: Some(40.0),
         first_setpoint_lateness_ms: Some(3),
         dry_run: false,
-        ignored_by_policy: false,
+        test_not_commanded: false,
         overlapping: vec![],
         gaps: 0,
         partial_intervals: 0,
