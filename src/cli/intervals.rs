@@ -85,7 +85,7 @@ fn range(args: &IntervalsArgs, now: DateTime<Utc>) -> Result<Range, String> {
     let from = args.from.unwrap_or(to - chrono::Duration::hours(24));
     if from >= to {
         return Err(format!(
-            "--from {} is not before --to {}: give a --from earlier than --to",
+            "--from {} is not before --to {} (--to is now unless given): give a --from earlier than --to",
             from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ));

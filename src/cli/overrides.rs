@@ -87,8 +87,13 @@ pub(super) fn run(config: &Config, cmd: &OverrideCommand) -> anyhow::Result<u8> 
         eprintln!("leap-edge: {e}");
         return Ok(exit::USAGE);
     }
+    // The id as configured: ids are matched without regard to case everywhere else.
+    let meter = c
+        .meter
+        .as_deref()
+        .map(|m| config.meter(m).map_or(m, |x| x.id.as_str()).to_string());
     let r = rt.block_on(client.set_override(OverrideRequest {
-        meter: c.meter.clone(),
+        meter,
         action,
         seconds: c.duration.as_secs(),
         expires_at: None,
@@ -146,7 +151,7 @@ fn check(config: &Config, c: &Common) -> Result<(), String> {
         ));
     }
     if let Some(m) = &c.meter
-        && !config.meters.iter().any(|x| &x.id == m)
+        && config.meter(m).is_none()
     {
         let ids: Vec<&str> = config.meters.iter().map(|m| m.id.as_str()).collect();
         return Err(format!(

@@ -167,37 +167,56 @@ fn setpoint_facts(rows: &[audit::AuditRow]) -> (Option<i64>, bool, bool) {
         !rows.iter().any(|r| applied(&r)) && rows.iter().any(|r| r.action == "would-apply");
     // A row with an error was not a setpoint (the device did not answer, or the loop
     // found the readings untrusted and handed the battery back instead).
-    let lateness = rows
+    let applied = rows
         .iter()
         .filter(|r| (r.action == "apply" || r.action == "would-apply") && r.error.is_none())
         .min_by(|a, b| a.at.cmp(&b.at))
-        .and_then(|r| r.lateness_ms)
-        .or_else(|| resumed_lateness(rows));
+        .map(|r| (r.at.as_str(), r.lateness_ms));
+    // The earlier of the first applied row and the loop's own resumption after a first
+    // apply that failed (a revision applied later is not the first setpoint).
+    let lateness = match (applied, resumed_lateness(rows)) {
+        (Some((at, late)), Some((resumed_at, resumed))) => {
+            if resumed_at < at {
+                Some(resumed)
+            } else {
+                late
+            }
+        }
+        (Some((_, late)), None) => late,
+        (None, resumed) => resumed.map(|(_, l)| l),
+    };
     let untouched = rows.iter().all(|r| r.action == "report");
     (lateness, dry_run, untouched)
 }
 
-/// A first apply that failed, followed by the loop by itself when the device or readings
-/// came back: the first setpoint is that `resumed` safety row, late from the apply's
-/// boundary.
-fn resumed_lateness(rows: &[audit::AuditRow]) -> Option<i64> {
+/// A first apply the loop handed back at once (its `blind` or `refused` safety row within a
+/// few seconds of it), followed by the loop by itself when the readings or the device came
+/// back: that `resumed` row is the first setpoint, late from the apply's boundary. Returns
+/// (when, lateness ms).
+fn resumed_lateness(rows: &[audit::AuditRow]) -> Option<(&str, i64)> {
     let time = |t: &str| DateTime::parse_from_rfc3339(t).ok();
     let failed = rows
         .iter()
         .filter(|r| r.action == "apply" && r.error.is_some())
         .min_by(|a, b| a.at.cmp(&b.at))?;
     let boundary = time(failed.boundary.as_deref()?)?;
-    let resumed = rows
+    let mut safety: Vec<&audit::AuditRow> = rows
         .iter()
-        .filter(|r| {
-            r.action == "safety"
-                && r.at >= failed.at
-                && r.detail
-                    .as_deref()
-                    .is_some_and(|d| d.starts_with("resumed:"))
-        })
-        .min_by(|a, b| a.at.cmp(&b.at))?;
-    Some((time(&resumed.at)? - boundary).num_milliseconds())
+        .filter(|r| r.action == "safety" && r.at >= failed.at)
+        .collect();
+    safety.sort_by(|a, b| a.at.cmp(&b.at));
+    let says =
+        |r: &audit::AuditRow, what: &str| r.detail.as_deref().is_some_and(|d| d.starts_with(what));
+    let handed_back = safety.first()?;
+    let soon = (time(&handed_back.at)? - time(&failed.at)?).num_seconds() <= 5;
+    if !soon || !(says(handed_back, "blind:") || says(handed_back, "refused:")) {
+        return None;
+    }
+    let resumed = safety.iter().find(|r| says(r, "resumed:"))?;
+    Some((
+        resumed.at.as_str(),
+        (time(&resumed.at)? - boundary).num_milliseconds(),
+    ))
 }
 
 /// A timeslot's summary goes to the audit log this long after it ended: the readings up to
@@ -281,12 +300,18 @@ mod tests {
     /// not a revision's row later on.
     #[test]
     fn a_failed_first_apply_takes_its_lateness_from_the_loops_resumed_row() {
-        let rows = [
+        let mut rows = vec![
             row(
                 "2026-11-20T17:00:00.012Z",
                 "apply",
                 Some("not applied: stale"),
                 None,
+            ),
+            row(
+                "2026-11-20T17:00:00.013Z",
+                "safety",
+                None,
+                Some("blind: stale"),
             ),
             row(
                 "2026-11-20T17:00:01.200Z",
@@ -299,7 +324,28 @@ mod tests {
         let ok = [row("2026-11-20T17:00:00.012Z", "apply", None, None)];
         assert_eq!(setpoint_facts(&ok).0, Some(12));
         // Never followed: no setpoint.
-        assert_eq!(setpoint_facts(&rows[..1]).0, None);
+        assert_eq!(setpoint_facts(&rows[..2]).0, None);
+        // A revision applied later is not the first setpoint.
+        rows.push(row("2026-11-20T17:05:00.012Z", "apply", None, None));
+        assert_eq!(setpoint_facts(&rows).0, Some(1200));
+        // A failed apply the loop did not hand back at once (a write timeout): a blind and
+        // resumed 20 minutes later say nothing about its first setpoint.
+        let late = [
+            row("2026-11-20T17:00:00.012Z", "apply", Some("timeout"), None),
+            row(
+                "2026-11-20T17:20:00.000Z",
+                "safety",
+                None,
+                Some("blind: stale"),
+            ),
+            row(
+                "2026-11-20T17:20:03.000Z",
+                "safety",
+                None,
+                Some("resumed: readings trustworthy again"),
+            ),
+        ];
+        assert_eq!(setpoint_facts(&late).0, None);
     }
 
     #[test]

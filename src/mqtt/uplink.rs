@@ -209,7 +209,7 @@ impl Uplink {
         } else {
             "the relay cannot see this gateway's state"
         };
-        tracing::error!(?reason, %topic, "mqtt uplink: the broker refused the status publish");
+        tracing::error!(?reason, %topic, why, "mqtt uplink: the broker refused the status publish");
         self.broker.error(&format!(
             "the broker refused the status publish to {topic} ({reason:?}): {why}"
         ));
