@@ -210,11 +210,43 @@ fn optional_config(given: Option<&std::path::Path>) -> Result<Option<Config>, u8
     }
 }
 
+/// The simulator needs only `[sim]`: the gateway's own file, not finished yet during
+/// commissioning (no keys, no certificate), must not stop it. A file named with `--config`
+/// is checked as every command checks it.
+fn sim_config(given: Option<&std::path::Path>) -> Result<Option<Config>, u8> {
+    sim_config_at(given, std::path::Path::new(DEFAULT_CONFIG))
+}
+
+fn sim_config_at(
+    given: Option<&std::path::Path>,
+    default: &std::path::Path,
+) -> Result<Option<Config>, u8> {
+    let path = match given {
+        Some(_) => return optional_config(given),
+        None if default.exists() && std::fs::File::open(default).is_ok() => default,
+        None => return optional_config(None),
+    };
+    match Config::load_for_release(path) {
+        Ok((config, problems)) => {
+            if !problems.is_empty() {
+                eprintln!(
+                    "leap-edge: note: {} has {} problem(s) (`leap-edge config check` lists them); the simulator uses its [sim] table",
+                    path.display(),
+                    problems.len()
+                );
+            }
+            Ok(Some(config))
+        }
+        // Unreadable or not TOML: said the way every command says it.
+        Err(_) => load_config(path).map(Some),
+    }
+}
+
 fn run(cli: Cli, config_named: bool) -> anyhow::Result<u8> {
     let given = config_named.then(|| cli.config.clone());
     match cli.command {
         Command::Devices(args) if args.probe.is_some() => devices::probe(&args),
-        Command::Sim(args) => match optional_config(given.as_deref()) {
+        Command::Sim(args) => match sim_config(given.as_deref()) {
             Ok(c) => sim::run(c.as_ref().map(|c| &c.sim), &args),
             Err(code) => Ok(code),
         },
@@ -451,4 +483,28 @@ fn release_config(
     }
     let (c, problems) = Config::load_for_release(file)?;
     Ok((c, file.to_path_buf(), problems))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The packaged file as installed (no keys yet, a certificate not made yet) does not stop
+    /// `leap-edge sim` during commissioning; its `[sim]` table is used.
+    #[test]
+    fn sim_runs_on_an_unfinished_gateway_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let packaged = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml"),
+        )
+        .unwrap();
+        std::fs::write(&path, format!("{packaged}\n[sim]\nunit_id = 7\n")).unwrap();
+        let config = super::sim_config_at(None, &path)
+            .expect("not refused")
+            .expect("read");
+        assert_eq!(config.sim.unit_id, 7);
+        assert!(
+            crate::config::Config::load(&path).is_err(),
+            "unfinished indeed"
+        );
+    }
 }

@@ -82,14 +82,6 @@ impl Config {
         Ok(cfg)
     }
 
-    /// [`Config::load`] for `leap-edge release` (the unit's `ExecStopPost`): only a file
-    /// that cannot be read or parsed is an error. Every other problem is returned beside
-    /// the configuration, because releasing the batteries needs only `[devices]`, and a
-    /// half-finished key rotation must not leave a battery under remote control. `status`
-    /// and `override` use it too: they need only the socket, the meters and the database.
-    /// A key this version does not know (an upgrade that refused the file, a typo) is
-    /// left out with a warning rather than refused: the unit's `ExecStopPost` must still
-    /// hand the batteries back after any stop.
     /// What `release` needs to hand back the batteries of the daemon that wrote it, as
     /// that daemon loaded it (paths absolute, secrets masked): the file on disk may have
     /// been edited or broken since, and `release` runs after a crash too (SPEC §2.10).
@@ -101,6 +93,14 @@ impl Config {
         ))
     }
 
+    /// [`Config::load`] for `leap-edge release` (the unit's `ExecStopPost`): only a file
+    /// that cannot be read or parsed is an error. Every other problem is returned beside
+    /// the configuration, because releasing the batteries needs only `[devices]`, and a
+    /// half-finished key rotation must not leave a battery under remote control. `status`
+    /// and `override` use it too: they need only the socket, the meters and the database.
+    /// A key this version does not know (an upgrade that refused the file, a typo) is
+    /// left out with a warning rather than refused: the unit's `ExecStopPost` must still
+    /// hand the batteries back after any stop.
     pub fn load_for_release(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let text = Config::read_text(path)?;
         let (cfg, mut problems) = Config::from_text_skipping_unknown(&text, path)?;
