@@ -198,7 +198,23 @@ impl RelayConfig {
             p.extend(m.problems("mqtt"));
         }
         self.check_gateways(&mut p);
+        self.check_mqtt_size(&mut p);
         if p.is_empty() { Ok(()) } else { Err(p) }
+    }
+
+    /// An MQTT gateway tells the broker it takes packets up to `MAX_PACKET_BYTES`; a broker
+    /// drops a larger one on delivery after answering the relay's publish with success, so
+    /// the part would count as delivered and never arrive.
+    fn check_mqtt_size(&self, p: &mut Vec<String>) {
+        let max = crate::mqtt::MAX_PACKET_BYTES as usize - MQTT_HEADROOM;
+        if self.server.max_body_bytes > max
+            && self.gateways.iter().any(|g| g.transport == Transport::Mqtt)
+        {
+            p.push(format!(
+                "server.max_body_bytes = {} is more than an MQTT gateway takes ({max} bytes: its maximum packet size less the topic and headers); a part that large would be dropped by the broker after the relay counted it delivered: set at most {max}",
+                self.server.max_body_bytes
+            ));
+        }
     }
 
     /// The public listener: HTTPS unless loopback, the webhook path, the size and time
@@ -339,6 +355,9 @@ impl RelayConfig {
     }
 }
 
+/// Room in an MQTT packet for its fixed header, topic and properties beside the body.
+const MQTT_HEADROOM: usize = 4096;
+
 fn short(k: &Secret) -> bool {
     k.expose().trim().chars().count() < MIN_KEY_CHARS
 }
@@ -353,6 +372,35 @@ mod tests {
         let text =
             format!("[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nkeys = [\"{KEY}\"]\n{gateways}");
         toml::from_str::<RelayConfig>(&text).unwrap().check()
+    }
+
+    /// A body limit above what an MQTT gateway takes is refused only when a gateway is on
+    /// MQTT: its parts would be dropped by the broker after a successful PUBACK.
+    #[test]
+    fn a_body_limit_over_the_mqtt_packet_size_is_refused_with_mqtt_gateways() {
+        let text = |body: usize, transport: &str| {
+            let gw = if transport == "mqtt" {
+                "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"relay\"\n\
+                 [[gateways]]\nname = \"a\"\ntransport = \"mqtt\"\nmeters = [\"m1\"]\n"
+                    .to_string()
+            } else {
+                format!(
+                    "[[gateways]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/x\"\nkey = \"{KEY}\"\nmeters = [\"m1\"]\n"
+                )
+            };
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {body}\n[auth]\nkeys = [\"{KEY}\"]\n{gw}"
+            )
+        };
+        let check = |t: String| toml::from_str::<RelayConfig>(&t).unwrap().check();
+        let err = check(text(16 << 20, "mqtt")).unwrap_err();
+        assert!(
+            err.iter().any(|e| e
+                .contains("server.max_body_bytes = 16777216 is more than an MQTT gateway takes")),
+            "{err:?}"
+        );
+        assert_eq!(check(text(1 << 20, "mqtt")), Ok(()));
+        assert_eq!(check(text(16 << 20, "http")), Ok(()));
     }
 
     /// The relay's replay window adds the start-ahead limit to the clock at its start: a
