@@ -103,6 +103,8 @@ pub(crate) struct MeterLoop {
     unheld: UnheldSetpoint,
     /// Whether the site meter moves against the battery, as it must (`signs.rs`).
     signs: SignCheck,
+    /// A reversed-sign finding made at this reading, whose `blind` row is due.
+    finding_due: Option<String>,
     last_logged_error: Option<(String, Instant)>,
     /// A setpoint the device refused, and until when it is not written again (unless the
     /// command changes): each attempt is a refused write, a hand-back write and a log line.
@@ -141,6 +143,7 @@ impl MeterLoop {
             frozen: FrozenMeter::default(),
             unheld: UnheldSetpoint::default(),
             signs: SignCheck::default(),
+            finding_due: None,
             last_logged_error: None,
             refused: None,
             awaiting_first: Some(Instant::now()),
@@ -348,6 +351,15 @@ impl MeterLoop {
         let untrusted = stale_reason(took, self.s.period)
             .or_else(|| blind_reason(cmd, &tel, limits, &self.s.site))
             .or(doubt);
+        if let Some(finding) = self.finding_due.take() {
+            // `blind()` writes a row only for the first reason of a hand-back: the finding
+            // gets its own unless it is that first reason.
+            let blind_writes_it =
+                self.lock().blind.is_none() && untrusted.as_ref() == Some(&finding);
+            if !blind_writes_it {
+                self.push_event(cmd, "blind", &finding);
+            }
+        }
         if let Some(why) = untrusted {
             {
                 let mut st = self.lock();
@@ -604,13 +616,8 @@ impl MeterLoop {
         let reversed = self
             .signs
             .observe(tel.grid_kw, tel.battery_kw, now, !self.released);
-        if self.signs.take_new_finding()
-            && self.lock().blind.is_some()
-            && let Some(why) = &reversed
-        {
-            // Already handed back on the suspicion, whose `blind` row that was: the finding
-            // gets its own. Otherwise `blind()` writes the finding's row itself.
-            self.push_event(cmd, "blind", why);
+        if self.signs.take_new_finding() {
+            self.finding_due.clone_from(&reversed);
         }
         frozen.or(unheld).or(reversed)
     }

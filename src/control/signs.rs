@@ -19,7 +19,8 @@
 //! the rest of the event; a step the right way proves the signs for the rest of the event
 //! (wiring does not change mid-event) and the loop resumes. A suspicion that no step
 //! settles within [`WITHIN`] lapses (a battery whose own logic holds about the same power);
-//! the third step the wrong way in an event with none the right way is then a finding. The
+//! after [`LAPSES`] of them in an event with no step the right way, the next step the wrong
+//! way is a finding. The
 //! next event checks again.
 //!
 //! Not caught: both signs reversed (the law's site load is then wrong too, but the two
@@ -39,6 +40,12 @@ const SHARE: f64 = 0.5;
 /// Steps with the grid moving the same way, before any the other way, that make a finding
 /// (the first only hands the battery back on suspicion).
 const CONTRARY: u32 = 2;
+/// Suspicions no hand-back settled, in an event with no step the right way, after which the
+/// next wrong-way step is a finding: a load that ramps faster than the battery can mislead
+/// one step, not this many.
+const LAPSES: u32 = 5;
+/// A battery move under this between two readings is holding still (meter noise).
+const STILL_KW: f64 = 0.3;
 
 #[derive(Default)]
 pub(crate) struct SignCheck {
@@ -87,9 +94,12 @@ impl SignCheck {
         // A grid move the battery's own move does not explain is the load (or PV): the
         // battery's answer to it is measured from here. Measured from before it, the loop's
         // catch-up a period later would look like the two moving together.
+        // Only the battery's own movement builds up: while it holds still (or the loop does
+        // not drive it) the measure follows the load's drift.
         if let Some((pb, pg)) = prev {
             let (sb, sg) = (b - pb, g - pg);
-            if sg.abs() >= STEP_KW && sg.abs() > 2.0 * sb.abs() {
+            let still = sb.abs() < STILL_KW || !(driving || self.suspect.is_some());
+            if still || (sg.abs() >= STEP_KW && sg.abs() > 2.0 * sb.abs()) {
                 self.anchor = Some((b, g, at));
                 return self.suspicion(at);
             }
@@ -117,7 +127,7 @@ impl SignCheck {
             self.contrary += 1;
             // Settled by the hand-back, or the third such step in an event that never
             // showed the right way (hand-backs that did not move the battery enough).
-            if self.contrary >= CONTRARY || self.lapsed >= CONTRARY {
+            if self.contrary >= CONTRARY || self.lapsed >= LAPSES {
                 self.found = Some(format!(
                     "the site meter moved with the battery instead of against it, {} times (last: {moves}): the site meter's or the battery power's sign is reversed (a CT clamp turned over, or a profile point without `negate`); not followed again in this event. Check with `leap-edge devices`: the grid must read import positive, the battery discharge positive",
                     self.contrary + self.lapsed
@@ -312,6 +322,21 @@ mod tests {
         assert!(s.proven);
     }
 
+    /// The load drifts up under 2 kW a reading while the battery holds, then the battery
+    /// steps up 3 kW and the grid goes down by as much: the right way. Measured from a
+    /// reading before the drift, the grid looked to move with the battery.
+    #[test]
+    fn load_drift_while_the_battery_holds_is_not_built_up() {
+        let t0 = Instant::now();
+        let mut s = SignCheck::default();
+        let mut r: Vec<_> = (0..8)
+            .map(|i| (i * 1000, 10.0 + 0.8 * i as f64, 0.0))
+            .collect();
+        r.push((8000, 10.0 + 0.8 * 7.0 - 3.0, 3.0));
+        assert_eq!(feed(&mut s, t0, &r), None);
+        assert!(s.proven);
+    }
+
     /// Handed back for another reason (or not yet written), the battery's own moves are not
     /// judged; and three wrong-way steps in an event with none the right way are a finding
     /// even when no hand-back settled the first two.
@@ -325,10 +350,10 @@ mod tests {
         assert_eq!(s.contrary, 0);
         let mut s = SignCheck::default();
         let mut t = 0;
-        for round in 0..3 {
+        for round in 0..=LAPSES {
             let _ = s.observe(Some(10.0), Some(0.0), at(t), true);
             let why = s.observe(Some(20.0), Some(10.0), at(t + 1000), true);
-            if round < 2 {
+            if round < LAPSES {
                 assert!(why.is_some_and(|w| w.contains("may be reversed")));
                 assert!(!s.take_new_finding());
                 // The hand-back does not move the battery: the suspicion lapses.

@@ -61,8 +61,14 @@ impl BrokerWatch {
     pub(crate) fn new_session(&self) {
         self.new_sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().session_lost_at = Some(Utc::now());
-        self.changed();
+        // The first connection of a run has no session to lose at commissioning, and cannot
+        // tell one lost while the gateway was down from none: only later ones are shown.
+        let mut s = self.lock();
+        if s.connections > 1 {
+            s.session_lost_at = Some(Utc::now());
+            drop(s);
+            self.changed();
+        }
     }
 
     pub(crate) fn new_sessions(&self) -> u64 {
