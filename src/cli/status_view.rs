@@ -531,7 +531,7 @@ fn notes(
         .as_ref()
         .filter(|d| d.consecutive_errors > 0)
         .and_then(|d| d.last_error.as_ref());
-    let err = m.last_error.as_ref().or(device_err);
+    let err = standing_dispatch_error(m).or(device_err);
     if let Some(e) = err {
         out.push(fit(
             &format!("{label}: {} {}", alarm(v, "error:"), clean(e)),
@@ -539,6 +539,22 @@ fn notes(
         ));
     }
     out
+}
+
+/// The meter's dispatch error, unless it is a command the loop handed back at its first
+/// step ("not applied: …", the readings untrusted then) and follows by itself now: that
+/// error stays on the apply row until the next dispatch row, and shown in red for the rest
+/// of the timeslot it would say the battery is not following while it is.
+pub(crate) fn standing_dispatch_error(m: &crate::admin::state::MeterReport) -> Option<&String> {
+    let following = m
+        .device_state
+        .as_ref()
+        .is_some_and(|d| !d.released && d.blind.is_none());
+    standing(m.last_error.as_ref(), following)
+}
+
+fn standing(error: Option<&String>, following: bool) -> Option<&String> {
+    error.filter(|e| !(following && e.contains("not applied: ")))
 }
 
 /// Readings older than this, or three control periods if longer, are marked: the loop reads
@@ -682,6 +698,25 @@ mod wrap_tests {
         assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:?}");
         assert!(lines[1].starts_with("          upload"), "{lines:?}");
         assert_eq!(lines.join(" ").split_whitespace().count(), "schedule: poll in 4 min 38 s, prune in 6 h 56 min, integrity in 7 h 26 min, upload in 5 h 55 min".split_whitespace().count());
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    /// A first step handed back ("not applied") is history once the loop follows the
+    /// command; while it does not, and any other dispatch error, is shown.
+    #[test]
+    fn a_not_applied_first_step_is_not_shown_once_the_loop_follows() {
+        let not_applied =
+            "device bess for meter m1: not applied: no site-meter reading".to_string();
+        let other = "device bess for meter m1: no answer within 5000 ms".to_string();
+        assert_eq!(super::standing(Some(&not_applied), true), None);
+        assert_eq!(
+            super::standing(Some(&not_applied), false),
+            Some(&not_applied)
+        );
+        assert_eq!(super::standing(Some(&other), true), Some(&other));
+        assert_eq!(super::standing(None, false), None);
     }
 }
 

@@ -203,7 +203,7 @@ fn summary(r: &StatusReport) -> Vec<(String, String)> {
             line.push_str(&format!("; limited by {}", l.describe()));
         }
         // The state, not the message: an error's text changes with every retry.
-        if m.last_error.is_some() {
+        if super::status_view::standing_dispatch_error(m).is_some() {
             line.push_str("; dispatch ERROR (see status)");
         }
         if m.device_state
