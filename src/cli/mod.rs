@@ -228,14 +228,9 @@ fn sim_config_at(
     };
     match Config::load_for_release(path) {
         Ok((config, problems)) => {
-            // Its own table's problems (a key left out as unknown, a bad value) are said
-            // whole: the simulator would otherwise run on defaults without a word.
-            for p in problems.iter().filter(|p| p.contains("sim")) {
-                eprintln!("leap-edge: warning: {}", text::clean(p));
-            }
             if !problems.is_empty() {
                 eprintln!(
-                    "leap-edge: note: {} has {} problem(s) (`leap-edge config check` lists them); the simulator uses its [sim] table",
+                    "leap-edge: note: {} has {} problem(s) (`leap-edge config check` lists them; a key in [sim] it does not know is left out); the simulator uses its [sim] table",
                     path.display(),
                     problems.len()
                 );
