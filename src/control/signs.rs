@@ -24,8 +24,11 @@
 //! next event checks again.
 //!
 //! Not caught: both signs reversed (the law's site load is then wrong too, but the two
-//! readings agree), or a battery that never moves by [`STEP_KW`].
+//! readings agree), a battery that never moves by [`STEP_KW`] within [`WITHIN`], or a
+//! battery register that refreshes more slowly than the site meter (the grid's answer
+//! comes first and reads as a load step).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -44,8 +47,13 @@ const CONTRARY: u32 = 2;
 /// next wrong-way step is a finding: a load that ramps faster than the battery can mislead
 /// one step, not this many.
 const LAPSES: u32 = 5;
-/// A battery move under this between two readings is holding still (meter noise).
-const STILL_KW: f64 = 0.3;
+/// A battery that moved less than this over the last [`LOOKBACK`] holds still (noise, or
+/// its own wobble around a setpoint). The slowest ramp that reaches [`STEP_KW`] within
+/// [`WITHIN`] moves 0.2 kW a second, so half that still counts as moving.
+const STILL_KW: f64 = 0.1;
+/// Stillness is judged over at least this much time, not reading by reading: at a
+/// sub-second control period a slow ramp moves less between two readings than the noise.
+const LOOKBACK: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub(crate) struct SignCheck {
@@ -53,6 +61,8 @@ pub(crate) struct SignCheck {
     anchor: Option<(f64, f64, Instant)>,
     /// The reading before this one: (battery kW, grid kW).
     prev: Option<(f64, f64)>,
+    /// Recent battery readings, back to the newest one at least [`LOOKBACK`] old.
+    recent: VecDeque<(Instant, f64)>,
     contrary: u32,
     /// Suspicions in this event that no step settled.
     lapsed: u32,
@@ -84,9 +94,11 @@ impl SignCheck {
         let (Some(g), Some(b)) = (grid_kw, battery_kw) else {
             self.anchor = None;
             self.prev = None;
+            self.recent.clear();
             return self.suspicion(at);
         };
         let prev = self.prev.replace((b, g));
+        let moved = self.moved(b, at);
         let Some((b0, g0, since)) = self.anchor else {
             self.anchor = Some((b, g, at));
             return self.suspicion(at);
@@ -98,7 +110,7 @@ impl SignCheck {
         // not drive it) the measure follows the load's drift.
         if let Some((pb, pg)) = prev {
             let (sb, sg) = (b - pb, g - pg);
-            let still = sb.abs() < STILL_KW || !(driving || self.suspect.is_some());
+            let still = moved < STILL_KW || !(driving || self.suspect.is_some());
             if still || (sg.abs() >= STEP_KW && sg.abs() > 2.0 * sb.abs()) {
                 self.anchor = Some((b, g, at));
                 return self.suspicion(at);
@@ -145,6 +157,23 @@ impl SignCheck {
         self.suspicion(at)
     }
 
+    /// How far the battery moved over the last [`LOOKBACK`] (or since the previous reading,
+    /// when that is older).
+    fn moved(&mut self, b: f64, at: Instant) -> f64 {
+        self.recent.push_back((at, b));
+        while self
+            .recent
+            .get(1)
+            .is_some_and(|(t, _)| at.saturating_duration_since(*t) >= LOOKBACK)
+        {
+            self.recent.pop_front();
+        }
+        // The oldest kept: about LOOKBACK ago, or the previous reading at a longer period
+        // (or less than LOOKBACK ago in the first readings after a restart of the measure).
+        let (_, b0) = self.recent[0];
+        (b - b0).abs()
+    }
+
     /// Whether the last reading turned a suspicion into a finding (once): the audit log
     /// gets a row of its own for it.
     pub(crate) fn take_new_finding(&mut self) -> bool {
@@ -175,6 +204,7 @@ impl SignCheck {
     pub(crate) fn start(&mut self, event: Option<String>) {
         self.anchor = None;
         self.prev = None;
+        self.recent.clear();
         if event != self.event {
             self.found = None;
             self.suspect = None;
@@ -381,5 +411,55 @@ mod tests {
         assert!(feed(&mut s, t0, &r).is_some(), "suspect");
         let r = [(2000, 10.0, 10.0), (3000, 20.0, 15.0), (4000, 30.0, 20.0)];
         assert_eq!(feed(&mut s, t0, &r), None);
+    }
+
+    /// A battery that ramps at 0.25 kW/s (under 0.3 kW a reading at the default period, or
+    /// 0.06 kW a reading at 200 ms) behind a reversed meter: its move builds up over the
+    /// readings, and the hand-back settles it. The same ramps the right way round prove
+    /// the signs.
+    #[test]
+    fn a_ramp_slower_than_the_noise_of_one_reading_is_judged() {
+        let t0 = Instant::now();
+        for (period, per_reading, last) in [(1000, 0.25, 9), (200, 0.05, 44)] {
+            let ramp = |dir: f64| -> Vec<(u64, f64, f64)> {
+                (0..=last)
+                    .map(|i: u32| {
+                        let b = (per_reading * f64::from(i)).min(2.2);
+                        (u64::from(i) * period, 10.0 + dir * b, b)
+                    })
+                    .collect()
+            };
+            let mut s = SignCheck::default();
+            let why = feed(&mut s, t0, &ramp(1.0)).expect("suspect");
+            assert!(why.contains("may be reversed"), "{period} ms: {why}");
+            // Handed back: the battery drops to 0 and the reversed meter follows it down.
+            let t = u64::from(last + 1) * period;
+            let why = s.observe(Some(10.0), Some(0.0), t0 + Duration::from_millis(t), false);
+            assert!(
+                why.is_some_and(|w| w.contains("sign is reversed")),
+                "{period} ms"
+            );
+            let mut s = SignCheck::default();
+            assert_eq!(feed(&mut s, t0, &ramp(-1.0)), None, "{period} ms");
+            assert!(s.proven, "{period} ms");
+        }
+    }
+
+    /// A battery that wobbles around its setpoint by less than the stillness bound while
+    /// the load drifts up 0.5 kW/s for 6 s (200 ms readings): the drift is followed, so
+    /// the step that comes after it is judged on its own, the right way round.
+    #[test]
+    fn a_wobbling_battery_holding_its_setpoint_follows_the_load_drift() {
+        let t0 = Instant::now();
+        let mut s = SignCheck::default();
+        let mut r: Vec<(u64, f64, f64)> = (0..30)
+            .map(|i| {
+                let wobble = if i % 2 == 0 { 0.04 } else { -0.04 };
+                (i * 200, 10.0 + 0.1 * i as f64, wobble)
+            })
+            .collect();
+        r.push((6000, 10.0 + 0.1 * 29.0 - 3.0, 3.0));
+        assert_eq!(feed(&mut s, t0, &r), None);
+        assert!(s.proven);
     }
 }
