@@ -386,10 +386,16 @@ impl MeterLoop {
         if !self.write_due(held) {
             return Ok(());
         }
-        self.write(cmd, &d, held).await
+        self.write(cmd, &d, held, &tel).await
     }
 
-    async fn write(&mut self, cmd: &Command, d: &Decision, held: f64) -> Result<(), DeviceError> {
+    async fn write(
+        &mut self,
+        cmd: &Command,
+        d: &Decision,
+        held: f64,
+        tel: &Telemetry,
+    ) -> Result<(), DeviceError> {
         if let Some((until, e)) = &self.refused
             && Instant::now() < *until
             && self.pending.is_none()
@@ -415,7 +421,7 @@ impl MeterLoop {
         self.lock().released = false;
         if let Err(e) = self
             .battery
-            .set_power(d.setpoint_kw, self.s.reversion_secs)
+            .set_power_on(d.setpoint_kw, self.s.reversion_secs, tel)
             .await
         {
             // Unknown what the device holds now: write again next period.

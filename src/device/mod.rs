@@ -129,6 +129,20 @@ pub trait Battery: Send {
     fn set_power(&mut self, kw: f64, reversion_secs: u32)
     -> BoxFuture<'_, Result<(), DeviceError>>;
 
+    /// `set_power` from the control loop, with the reading it has just checked (SPEC
+    /// §2.13). A device steered through a grid target (Victron ESS) works that target out
+    /// from this reading: a fresh one, taken at the write, would pass no range check, and
+    /// a glitch in it (a stuck register's −32 kW) would be written as the grid target the
+    /// device then holds — an export the law never chose. Others ignore the reading.
+    fn set_power_on(
+        &mut self,
+        kw: f64,
+        reversion_secs: u32,
+        _reading: &Telemetry,
+    ) -> BoxFuture<'_, Result<(), DeviceError>> {
+        self.set_power(kw, reversion_secs)
+    }
+
     /// Leave remote control: the battery returns to its own (self-consumption) mode.
     fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>>;
 

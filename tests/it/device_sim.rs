@@ -227,6 +227,21 @@ async fn victron_profile_drives_the_simulators_victron_face() {
     );
     assert_eq!(sim.snapshot().mode, Mode::VictronSetpoint);
     assert!((sim.snapshot().grid_kw - 18.0).abs() < 0.01);
+    // From the control loop, the grid target comes from the reading the loop checked, not
+    // from another one taken at the write: that reading said 8 kW grid with 12 kW from
+    // the battery (20 kW net), so the GX is told to hold the grid at 8 kW, whatever the
+    // site reads now (30 kW net: the battery then gives 22 kW).
+    let checked = leap_edge::device::Telemetry {
+        grid_kw: Some(8.0),
+        battery_kw: Some(12.0),
+        ..t
+    };
+    bat.set_power_on(12.0, 60, &checked).await.unwrap();
+    assert!(
+        eventually(LONG, || (sim.snapshot().grid_kw - 8.0).abs() < 0.01).await,
+        "{:?}",
+        sim.snapshot()
+    );
     bat.release().await.unwrap();
     assert!(eventually(LONG, || sim.snapshot().mode == Mode::Normal).await);
 }

@@ -62,6 +62,17 @@ impl ModbusBattery {
     /// SPEC §2.10: the reversion timeout is written with every command so the device hands
     /// the battery back by itself if the daemon stops refreshing.
     pub async fn command(&mut self, kw: f64, reversion_secs: u32) -> Result<(), DeviceError> {
+        self.command_on(kw, reversion_secs, None).await
+    }
+
+    /// `command`, with a grid target worked out from `basis` (grid and battery kW of a
+    /// reading the caller has checked) instead of from a fresh reading.
+    async fn command_on(
+        &mut self,
+        kw: f64,
+        reversion_secs: u32,
+        basis: Option<(f64, f64)>,
+    ) -> Result<(), DeviceError> {
         if !kw.is_finite() {
             return Err(DeviceError::Range {
                 device: self.name.clone(),
@@ -91,7 +102,7 @@ impl ModbusBattery {
             Power::Window { discharge, .. } => Some(discharge.label.clone()),
             _ => None,
         };
-        let power = self.power_writes(ctl.power.clone(), target).await?;
+        let power = self.power_writes(ctl.power.clone(), target, basis).await?;
         // The power first: when the device refuses it, the reversion timer is not re-armed
         // (its own countdown hands the battery back) and remote control is not entered.
         let window =
@@ -114,11 +125,13 @@ impl ModbusBattery {
     }
 
     /// The register writes that ask the bound profile's power control for `target_kw`
-    /// (already within the battery's limits). A grid setpoint reads the site first.
+    /// (already within the battery's limits). A grid setpoint is worked out from `basis`
+    /// when given, else from a reading taken now.
     async fn power_writes(
         &mut self,
         power: Power,
         target_kw: f64,
+        basis: Option<(f64, f64)>,
     ) -> Result<Vec<(ResolvedReg, f64)>, DeviceError> {
         let b = self.bound.as_ref().expect("bound");
         let (grid, bat) = (b.grid.clone(), b.battery.clone());
@@ -150,6 +163,9 @@ impl ModbusBattery {
             }
             Power::Watts(r) => vec![(r, target_kw * 1000.0)],
             Power::Grid(r) => {
+                if let Some((g, bt)) = basis {
+                    return Ok(vec![(r, (g + bt - target_kw) * 1000.0)]);
+                }
                 let (Some(g), Some(bt)) = (grid, bat) else {
                     return Err(self.profile_err(
                         "grid-setpoint control needs grid and battery power readings".into(),
@@ -223,6 +239,16 @@ impl Battery for ModbusBattery {
         reversion_secs: u32,
     ) -> BoxFuture<'_, Result<(), DeviceError>> {
         Box::pin(self.command(kw, reversion_secs))
+    }
+
+    fn set_power_on(
+        &mut self,
+        kw: f64,
+        reversion_secs: u32,
+        reading: &Telemetry,
+    ) -> BoxFuture<'_, Result<(), DeviceError>> {
+        let basis = reading.grid_kw.zip(reading.battery_kw);
+        Box::pin(self.command_on(kw, reversion_secs, basis))
     }
 
     fn release(&mut self) -> BoxFuture<'_, Result<(), DeviceError>> {
