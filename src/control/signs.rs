@@ -47,13 +47,14 @@ const CONTRARY: u32 = 2;
 /// next wrong-way step is a finding: a load that ramps faster than the battery can mislead
 /// one step, not this many.
 const LAPSES: u32 = 5;
-/// A battery that moved less than this over the last [`LOOKBACK`] holds still (noise, or
-/// its own wobble around a setpoint). The slowest ramp that reaches [`STEP_KW`] within
-/// [`WITHIN`] moves 0.2 kW a second, so half that still counts as moving.
-const STILL_KW: f64 = 0.1;
-/// Stillness is judged over at least this much time, not reading by reading: at a
-/// sub-second control period a slow ramp moves less between two readings than the noise.
-const LOOKBACK: Duration = Duration::from_secs(1);
+/// A battery whose reading moved less than this over the last [`LOOKBACK`] holds still
+/// (noise, or its own wobble around a setpoint): the measure then follows the load.
+const STILL_KW: f64 = 0.3;
+/// Stillness is the net move over this much time, not one reading's step: the slowest
+/// ramp that reaches [`STEP_KW`] within [`WITHIN`] (0.2 kW/s) moves 0.4 kW in it, while
+/// a wobble comes back. Reading by reading, a ramp under 0.3 kW a reading (or any slow
+/// ramp at a sub-second period) read as still and was never built up.
+const LOOKBACK: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub(crate) struct SignCheck {
@@ -157,19 +158,19 @@ impl SignCheck {
         self.suspicion(at)
     }
 
-    /// How far the battery moved over the last [`LOOKBACK`] (or since the previous reading,
-    /// when that is older).
+    /// How far the battery's reading moved over the last [`LOOKBACK`] (with a quarter's
+    /// slack for timer jitter), or since the previous reading when that is older.
     fn moved(&mut self, b: f64, at: Instant) -> f64 {
         self.recent.push_back((at, b));
-        while self
-            .recent
-            .get(1)
-            .is_some_and(|(t, _)| at.saturating_duration_since(*t) >= LOOKBACK)
+        let keep = LOOKBACK + LOOKBACK / 4;
+        while self.recent.len() > 2
+            && self
+                .recent
+                .front()
+                .is_some_and(|(t, _)| at.saturating_duration_since(*t) > keep)
         {
             self.recent.pop_front();
         }
-        // The oldest kept: about LOOKBACK ago, or the previous reading at a longer period
-        // (or less than LOOKBACK ago in the first readings after a restart of the measure).
         let (_, b0) = self.recent[0];
         (b - b0).abs()
     }
@@ -414,23 +415,24 @@ mod tests {
     }
 
     /// A battery that ramps at 0.25 kW/s (under 0.3 kW a reading at the default period, or
-    /// 0.06 kW a reading at 200 ms) behind a reversed meter: its move builds up over the
+    /// 0.05 kW a reading at 200 ms) behind a reversed meter: its move builds up over the
     /// readings, and the hand-back settles it. The same ramps the right way round prove
-    /// the signs.
+    /// the signs, and so does a ramp with ±0.08 kW of noise on the battery's reading.
     #[test]
     fn a_ramp_slower_than_the_noise_of_one_reading_is_judged() {
         let t0 = Instant::now();
-        for (period, per_reading, last) in [(1000, 0.25, 9), (200, 0.05, 44)] {
-            let ramp = |dir: f64| -> Vec<(u64, f64, f64)> {
+        for (period, per_reading, last) in [(1000, 0.25, 10), (200, 0.05, 50)] {
+            let ramp = |dir: f64, noise: f64| -> Vec<(u64, f64, f64)> {
                 (0..=last)
                     .map(|i: u32| {
-                        let b = (per_reading * f64::from(i)).min(2.2);
-                        (u64::from(i) * period, 10.0 + dir * b, b)
+                        let n = if i.is_multiple_of(2) { noise } else { -noise };
+                        let b = (per_reading * f64::from(i)).min(2.5);
+                        (u64::from(i) * period, 10.0 + dir * b, b + n)
                     })
                     .collect()
             };
             let mut s = SignCheck::default();
-            let why = feed(&mut s, t0, &ramp(1.0)).expect("suspect");
+            let why = feed(&mut s, t0, &ramp(1.0, 0.0)).expect("suspect");
             assert!(why.contains("may be reversed"), "{period} ms: {why}");
             // Handed back: the battery drops to 0 and the reversed meter follows it down.
             let t = u64::from(last + 1) * period;
@@ -440,25 +442,51 @@ mod tests {
                 "{period} ms"
             );
             let mut s = SignCheck::default();
-            assert_eq!(feed(&mut s, t0, &ramp(-1.0)), None, "{period} ms");
-            assert!(s.proven, "{period} ms");
+            assert!(feed(&mut s, t0, &ramp(1.0, 0.08)).is_some(), "{period} ms");
+            for noise in [0.0, 0.08] {
+                let mut s = SignCheck::default();
+                assert_eq!(feed(&mut s, t0, &ramp(-1.0, noise)), None, "{period} ms");
+                assert!(s.proven, "{period} ms");
+            }
         }
     }
 
-    /// A battery that wobbles around its setpoint by less than the stillness bound while
-    /// the load drifts up 0.5 kW/s for 6 s (200 ms readings): the drift is followed, so
-    /// the step that comes after it is judged on its own, the right way round.
+    /// A battery held on its award with its reading jittering by 0.15 kW while the load
+    /// falls 0.5 kW/s; at the import margin the law follows the load down. The drift
+    /// while it held is followed, so the battery's own move is judged alone (the grid
+    /// stays put: nothing to say). Built up from the first reading, the grid's 2.5 kW
+    /// fall would have looked like moving with the battery's 2 kW.
+    #[test]
+    fn a_jittering_battery_holding_its_award_follows_the_load_drift() {
+        let t0 = Instant::now();
+        let mut s = SignCheck::default();
+        let mut r: Vec<(u64, f64, f64)> = (0..6)
+            .map(|i| {
+                let b = if i % 2 == 0 { 10.0 } else { 10.15 };
+                (i * 1000, 3.0 - 0.5 * i as f64, b)
+            })
+            .collect();
+        r.extend((6..10).map(|i| (i * 1000, 0.5, 10.0 - 0.5 * (i - 5) as f64)));
+        for (i, reading) in r.iter().enumerate() {
+            assert_eq!(feed(&mut s, t0, &[*reading]), None, "reading {i}");
+        }
+    }
+
+    /// A battery that wobbles around its setpoint by 0.24 kW while the load drifts up
+    /// 0.5 kW/s for 6 s (200 ms readings): the drift is followed, so the 3 kW step that
+    /// comes after it is judged on its own, the right way round. Built up from the first
+    /// reading, the grid would have looked still (3 kW of drift against 3 kW of step).
     #[test]
     fn a_wobbling_battery_holding_its_setpoint_follows_the_load_drift() {
         let t0 = Instant::now();
         let mut s = SignCheck::default();
         let mut r: Vec<(u64, f64, f64)> = (0..30)
             .map(|i| {
-                let wobble = if i % 2 == 0 { 0.04 } else { -0.04 };
+                let wobble = if i % 2 == 0 { 0.12 } else { -0.12 };
                 (i * 200, 10.0 + 0.1 * i as f64, wobble)
             })
             .collect();
-        r.push((6000, 10.0 + 0.1 * 29.0 - 3.0, 3.0));
+        r.push((6000, 10.0 + 0.1 * 30.0 - 3.0, 3.0));
         assert_eq!(feed(&mut s, t0, &r), None);
         assert!(s.proven);
     }
