@@ -30,6 +30,8 @@ pub(crate) struct FakeState {
     pub(crate) refuse: bool,
     /// Releases get exception 0x04 (a device that also refuses the hand-back).
     pub(crate) refuse_release: bool,
+    /// Setpoints get exception 0x06 (busy: not a refusal); readings and releases work.
+    pub(crate) busy_writes: bool,
     /// Readings come without the site meter's power (a meter point that stopped answering).
     pub(crate) no_grid: bool,
     pub(crate) calls: Vec<(Instant, Call)>,
@@ -99,6 +101,7 @@ impl FakeBattery {
                 hang: false,
                 refuse: false,
                 refuse_release: false,
+                busy_writes: false,
                 no_grid: false,
                 calls: Vec::new(),
                 updated: Instant::now(),
@@ -155,12 +158,21 @@ impl Battery for FakeBattery {
         kw: f64,
         reversion_secs: u32,
     ) -> BoxFuture<'_, Result<(), DeviceError>> {
-        if self.state.lock().unwrap().refuse {
+        let (refuse, busy) = {
+            let s = self.state.lock().unwrap();
+            (s.refuse, s.busy_writes)
+        };
+        if refuse || busy {
+            let code = if refuse {
+                "0x03"
+            } else {
+                "0x06 (ServerDeviceBusy)"
+            };
             return Box::pin(async {
                 Err(DeviceError::Exception {
                     device: "fake".into(),
                     op: "write".into(),
-                    code: "0x03".into(),
+                    code: code.into(),
                 })
             });
         }

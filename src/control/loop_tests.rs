@@ -330,6 +330,39 @@ async fn a_refused_setpoint_is_recorded_once_and_its_end_too() {
     assert_eq!(what, ["refused", "resumed"]);
 }
 
+/// A device that answers "busy" to every setpoint (or times out, or whose scale factor went
+/// bad) is not refusing: one failure is tried again next period. But meanwhile it holds the
+/// last setpoint it took whatever the load does, so a second failure in a row hands the
+/// battery back like a refusal, with its row, and the loop resumes when writes are taken.
+#[tokio::test(start_paused = true)]
+async fn setpoint_writes_failing_twice_in_a_row_hand_the_battery_back() {
+    let (cc, st) = start(60);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    st.lock().unwrap().busy_writes = true;
+    let _ = cc.apply(METER, &command(12.0)).await;
+    assert!(st.lock().unwrap().remote(), "one busy answer is retried");
+    sleep(Duration::from_millis(1500)).await;
+    assert!(!st.lock().unwrap().remote(), "handed back after the second");
+    sleep(Duration::from_secs(5)).await;
+    assert!(
+        !st.lock().unwrap().remote(),
+        "not retaken while writes fail"
+    );
+    st.lock().unwrap().busy_writes = false;
+    sleep(super::meter_loop::REFUSED_RETRY + Duration::from_secs(2)).await;
+    assert!(st.lock().unwrap().remote(), "taken again");
+    let events = cc.status().take_events();
+    let what: Vec<&str> = events.iter().map(|e| e.what).collect();
+    assert_eq!(what, ["refused", "resumed"]);
+    assert!(
+        events[0]
+            .detail
+            .contains("did not take the setpoint 2 times in a row"),
+        "{}",
+        events[0].detail
+    );
+}
+
 /// The refusal belongs to its event: the next event refused too gets its own row, and
 /// one that is taken gets no `resumed` row for the event before it.
 #[tokio::test(start_paused = true)]

@@ -109,10 +109,18 @@ pub(crate) struct MeterLoop {
     /// A setpoint the device refused, and until when it is not written again (unless the
     /// command changes): each attempt is a refused write, a hand-back write and a log line.
     refused: Option<(Instant, DeviceError)>,
+    /// Setpoint writes in a row that failed without a refusal (a timeout, a busy device, a
+    /// scale factor gone bad): after [`UNWRITTEN_LIMIT`] the battery is handed back.
+    unwritten: u32,
     /// Until dispatch's first request (or `STARTUP_HOLD`): when this loop started.
     awaiting_first: Option<Instant>,
 }
 
+/// Failed setpoint writes in a row after which the battery is handed back as on a
+/// refusal: meanwhile the device holds the last setpoint it took, whatever the load does
+/// (until its own reversion timeout, a minute or more), which under a no-export cap is an
+/// export when the load falls. One failure is tried again next period.
+pub(crate) const UNWRITTEN_LIMIT: u32 = 2;
 /// How long a refused setpoint waits before it is tried again.
 pub(crate) const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// At start, how long the loop waits for dispatch's first word before it hands the battery
@@ -146,6 +154,7 @@ impl MeterLoop {
             finding_due: None,
             last_logged_error: None,
             refused: None,
+            unwritten: 0,
             awaiting_first: Some(Instant::now()),
         }
     }
@@ -210,6 +219,7 @@ impl MeterLoop {
         // its own `refused` row (and no `resumed` one for the event before it).
         if req.desired == Desired::Normal || other_event {
             self.refused = None;
+            self.unwritten = 0;
         }
         self.desired = req.desired;
         self.pending = Some(req.seq);
@@ -426,7 +436,8 @@ impl MeterLoop {
         {
             // Unknown what the device holds now: write again next period.
             self.last_write = None;
-            if e.is_refusal() {
+            self.unwritten += 1;
+            if e.is_refusal() || self.unwritten >= UNWRITTEN_LIMIT {
                 self.refused_now(cmd, &e, was_refused).await;
             } else {
                 // Not an answer (a timeout, a busy device): still handed back after the
@@ -435,6 +446,7 @@ impl MeterLoop {
             }
             return Err(e);
         }
+        self.unwritten = 0;
         tracing::debug!(meter_id = %self.s.meter_id, device = %self.s.device,
             kw = d.setpoint_kw, limited_by = ?d.bound, site_load_kw = d.site_load_kw,
             "control: setpoint written");
@@ -456,8 +468,16 @@ impl MeterLoop {
     /// SPEC §2.13: the device answers but does not hold what we ask; hand it back now
     /// instead of leaving it under remote control on a half-written command.
     async fn refused_now(&mut self, cmd: &Command, e: &DeviceError, was_refused: bool) {
+        let what = if e.is_refusal() {
+            "refused the setpoint".to_string()
+        } else {
+            format!(
+                "did not take the setpoint {} times in a row",
+                self.unwritten
+            )
+        };
         tracing::warn!(meter_id = %self.s.meter_id, device = %self.s.device, error = %e,
-            "control: the device refused the setpoint; handing the battery back");
+            "control: the device {what}; handing the battery back");
         let handed_back = match self.ensure_released().await {
             Ok(()) => "battery handed back".to_string(),
             Err(r) => {
@@ -473,7 +493,7 @@ impl MeterLoop {
                 cmd,
                 "refused",
                 &format!(
-                    "the device refused the setpoint ({e}); {handed_back}; the setpoint is tried again every {} s",
+                    "the device {what} ({e}); {handed_back}; the setpoint is tried again every {} s",
                     REFUSED_RETRY.as_secs()
                 ),
             );
