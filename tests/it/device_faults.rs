@@ -220,3 +220,28 @@ async fn a_scale_factor_changed_live_is_followed_at_once() {
     bat.set_power(12.0, 30).await.unwrap();
     assert_eq!(sim.point(124, "OutWRte"), Some(24.0));
 }
+
+/// A rebind that finds the bound control method unusable (124's rate scale factor reads
+/// "not implemented") binds the profile's next one (704). 124's remote mode is left
+/// before 704 is commanded, so two methods never hold the battery at once, and a release
+/// then hands back through 704. Before, 124 kept forcing its window until its own
+/// reversion timeout while `release` wrote only 704's enable.
+#[tokio::test]
+async fn a_control_method_replaced_at_a_rebind_is_left_first() {
+    let sim = start_sim().await;
+    let mut bat = battery(sim.local_addr());
+    bat.set_power(10.0, 30).await.unwrap();
+    assert_eq!(sim.point(124, "StorCtl_Mod"), Some(3.0));
+    sim.set_scale_factor(124, "InOutWRte_SF", i16::MIN);
+    // A dropped connection makes the next call bind again.
+    sim.set_fault(Fault::Offline);
+    let _ = bat.read().await;
+    sim.set_fault(Fault::None);
+    retry(LONG, async || bat.set_power(8.0, 30).await)
+        .await
+        .unwrap();
+    assert_eq!(sim.point(704, "WSetEna"), Some(1.0), "704 bound");
+    assert_eq!(sim.point(124, "StorCtl_Mod"), Some(0.0), "124 left");
+    bat.release().await.unwrap();
+    assert_eq!(sim.point(704, "WSetEna"), Some(0.0));
+}

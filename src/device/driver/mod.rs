@@ -83,6 +83,11 @@ pub struct ModbusBattery {
     /// The registers that hand the battery back, from the last successful binding: a
     /// release must not depend on a rebinding that a dead meter point can fail.
     last_leave: Option<Vec<ResolvedReg>>,
+    /// The release registers of a control method a rebind replaced (a point of it read as
+    /// unusable this time, so the next method in the profile fits): the battery may still
+    /// be under that method's remote control. Written before the next command and with
+    /// every release until one succeeds.
+    replaced_leave: Vec<ResolvedReg>,
     /// The discharge bound (%) a charge/discharge window was last set to (None: unknown,
     /// then read from the device), to order the next two writes so the window is never
     /// empty between them. A release leaves the rates as they were.
@@ -136,6 +141,7 @@ impl ModbusBattery {
             client,
             bound: None,
             last_leave: None,
+            replaced_leave: Vec::new(),
             window_pct: None,
         }
     }
@@ -161,6 +167,20 @@ impl ModbusBattery {
             self.bound = None;
             let b = self.discover_and_bind().await?;
             if let Ok(c) = &b.control {
+                let points = |l: &[ResolvedReg]| -> Vec<(Option<u8>, u16)> {
+                    l.iter().map(|r| (r.unit, r.addr)).collect()
+                };
+                if let Some(old) = self.last_leave.take()
+                    && points(&old) != points(&c.leave)
+                {
+                    tracing::warn!(device = %self.name, now = %c.label,
+                        "the control method changed at a rebind: the previous one's release registers are written before the next command");
+                    for r in old {
+                        if !points(&self.replaced_leave).contains(&(r.unit, r.addr)) {
+                            self.replaced_leave.push(r);
+                        }
+                    }
+                }
                 self.last_leave = Some(c.leave.clone());
             }
             self.bound = Some(b);

@@ -83,6 +83,9 @@ impl ModbusBattery {
             });
         }
         self.bind().await?;
+        // Never two methods under remote control at once: the one a rebind replaced is
+        // left first (a failure here is the command's, tried again next period).
+        self.leave_replaced().await?;
         let b = self.bound.as_ref().expect("bound");
         let ctl = match &b.control {
             Ok(c) => c,
@@ -215,7 +218,20 @@ impl ModbusBattery {
         for r in leave {
             regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
         }
+        self.leave_replaced().await?;
         tracing::info!(device = %self.name, "battery released to its own mode");
+        Ok(())
+    }
+
+    /// Write the release registers of a control method a rebind replaced, once.
+    async fn leave_replaced(&mut self) -> Result<(), DeviceError> {
+        for r in self.replaced_leave.clone() {
+            regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
+        }
+        if !self.replaced_leave.is_empty() {
+            tracing::info!(device = %self.name, "the replaced control method is released");
+            self.replaced_leave.clear();
+        }
         Ok(())
     }
 }
