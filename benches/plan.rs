@@ -6,6 +6,9 @@
 //!   a fifth of them group timeslots over 5 meters) — the worst case the planner can meet.
 //! - `store-30d`: the same count spread over 30 days around the window, as a store that
 //!   keeps history returns them; most are excluded (ended / after the window).
+//! - `group-2000`: one market group of 2,000 meters (100 of them local) with 96
+//!   quarter-hour timeslots — a day-ahead award as a relay delivers it whole to every
+//!   gateway: 192,000 meter ids walked by every plan.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use leap_edge::model::{EnergyKw, Kind, StoredTimeslot, Timeslot};
@@ -109,9 +112,41 @@ fn scenario(name: &str, origin: DateTime<Utc>, span_min: u64, from: DateTime<Utc
     let slots: Vec<StoredTimeslot> = (0..TIMESLOTS)
         .map(|i| timeslot(&mut rng, i, origin, span_min))
         .collect();
+    measure(name, &slots, from);
+}
+
+/// 96 quarter-hour timeslots of one group listing 2,000 meters, the local ones spread
+/// through the list.
+fn big_group(from: DateTime<Utc>) {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let ids: Vec<String> = (0..2_000)
+        .map(|k| {
+            if k % 20 == 0 {
+                meter_id(k / 20)
+            } else {
+                meter_id(METERS + k)
+            }
+        })
+        .collect();
+    let slots: Vec<StoredTimeslot> = (0..96)
+        .map(|i| {
+            let mut s = timeslot(&mut rng, i, from, 60);
+            s.timeslot.kind = Kind::Group;
+            s.timeslot.meter_ids = ids.clone();
+            s.timeslot.cancelled = false;
+            s.timeslot.start_time = from + Duration::minutes(15 * i as i64);
+            s.timeslot.end_time = s.timeslot.start_time + Duration::minutes(15);
+            s
+        })
+        .collect();
+    measure("group-2000", &slots, from);
+}
+
+fn measure(name: &str, slots: &[StoredTimeslot], from: DateTime<Utc>) {
+    let count = slots.len();
     let cfg = config();
     let input = PlanInput {
-        timeslots: &slots,
+        timeslots: slots,
         config: &cfg,
         from,
         to: from + Duration::hours(48),
@@ -128,7 +163,7 @@ fn scenario(name: &str, origin: DateTime<Utc>, span_min: u64, from: DateTime<Utc
     times.sort_by(f64::total_cmp);
     let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
     println!(
-        "{name:<10} {TIMESLOTS:>9} {METERS:>6} {intervals:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+        "{name:<10} {count:>9} {METERS:>6} {intervals:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
         warm.excluded.len(),
         pct(0.0),
         pct(0.5),
@@ -146,4 +181,5 @@ fn main() {
     );
     scenario("dense-48h", from, 48 * 60, from);
     scenario("store-30d", from - Duration::days(15), 30 * 24 * 60, from);
+    big_group(from);
 }

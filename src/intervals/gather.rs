@@ -116,12 +116,9 @@ fn local_shares<'a>(
     meter_ids: &[String],
 ) -> Vec<(&'a crate::config::MeterConfig, f64)> {
     // SPEC §2.7: Leap's meter ids whatever their case, as the plan matches them.
-    let mut ids: Vec<String> = Vec::new();
-    for id in meter_ids.iter().map(|i| i.to_ascii_lowercase()) {
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
+    // A set: a market group may list 10,000 meters.
+    let ids: std::collections::HashSet<String> =
+        meter_ids.iter().map(|i| i.to_ascii_lowercase()).collect();
     let local: Vec<&crate::config::MeterConfig> = config
         .meters
         .iter()

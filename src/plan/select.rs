@@ -5,7 +5,7 @@ use super::{ExcludeReason, Excluded, PlanConfig, PlanInput, TestKind};
 use crate::config::TestPolicy;
 use crate::model::{EnergyKw, ExecMode, Kind, StoredTimeslot, Timeslot};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// One timeslot on one local meter, clipped to the window.
 #[derive(Debug, Clone)]
@@ -90,17 +90,17 @@ pub(super) fn select<'a>(input: &PlanInput<'a>) -> Selection<'a> {
 }
 
 /// The timeslot's meters, each deduplicated case-insensitively: Some(local index) or None
-/// for a foreign meter.
+/// for a foreign meter. A set, not a list search: a market group may list 10,000 meters
+/// on each of its timeslots, and every plan walks them all.
 fn group_meters(ts: &Timeslot, local: &HashMap<String, usize>) -> Vec<Option<usize>> {
-    let mut seen: Vec<String> = Vec::with_capacity(ts.meter_ids.len());
+    let mut seen: HashSet<String> = HashSet::with_capacity(ts.meter_ids.len());
     let mut out = Vec::with_capacity(ts.meter_ids.len());
     for id in &ts.meter_ids {
         let id = id.to_ascii_lowercase();
-        if seen.contains(&id) {
-            continue;
+        let m = local.get(&id).copied();
+        if seen.insert(id) {
+            out.push(m);
         }
-        out.push(local.get(&id).copied());
-        seen.push(id);
     }
     out
 }
