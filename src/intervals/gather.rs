@@ -73,7 +73,8 @@ pub(crate) fn for_timeslot(
         out.push(report::build(&Input {
             timeslot: ts,
             meter_id: &m.id,
-            award_kw: ts.energy_kw.kw().map(|kw| kw * share),
+            // What the plan delivered: no more than the nomination under its cap.
+            award_kw: crate::plan::paid_share_kw(ts, share),
             intervals: &intervals,
             event_days: &event_days,
             first_setpoint_lateness_ms: lateness,

@@ -44,7 +44,9 @@ pub struct EventReport {
     pub start_time: DateTime<Utc>,
     pub end_time: DateTime<Utc>,
     pub programs: Vec<String>,
-    /// This meter's share of `energy_kw`; `None` when Leap asked for the maximum.
+    /// This meter's share of `energy_kw`, no more than its share of `nomination_kw` under
+    /// up-to-nomination (what is paid, and what the plan delivers); `None` when Leap asked
+    /// for the maximum.
     pub award_kw: Option<f64>,
     pub award_kwh: Option<f64>,
     pub delivered_kwh: f64,

@@ -21,12 +21,14 @@ pub(super) fn build(gov: &Candidate, runner_up: Option<&Candidate>, cfg: &PlanCo
         Cap::GridExportsAllowed => cfg.export_limit_kw.max(0.0),
         Cap::UpToNomination | Cap::UpToSiteLoad => 0.0,
     };
-    let target = match (strategy, gov.energy_share) {
+    let target = match (
+        strategy,
+        paid_kw(cap, gov.energy_share, gov.nomination_share),
+    ) {
         // `maximize` over-performs up to the cap where that is paid; `limit_kw` still
         // bounds it (SCENARIOS 22: never above the nomination).
         (Strategy::Maximize, _) | (Strategy::Award, None) => Target::Maximum,
-        // An award above the nomination is not paid beyond it: deliver up to the limit.
-        (Strategy::Award, Some(kw)) => Target::Kw(limit_kw.map_or(kw, |l| kw.min(l))),
+        (Strategy::Award, Some(kw)) => Target::Kw(kw),
     };
     Command {
         kind: ts.kind,
@@ -46,6 +48,25 @@ pub(super) fn build(gov: &Candidate, runner_up: Option<&Candidate>, cfg: &PlanCo
         reason: reason(gov, runner_up, cfg),
         known_since: Some(gov.known_since),
     }
+}
+
+/// SPEC §2.9: what of an award (a meter's share of `energy_kw`) is paid, which `award`
+/// delivers and the event report judges against: under up-to-nomination an award above
+/// the nomination is not paid beyond it. None: Leap asked for the maximum.
+pub(crate) fn paid_kw(cap: Cap, energy: Option<f64>, nomination: Option<f64>) -> Option<f64> {
+    match cap {
+        Cap::UpToNomination => energy.map(|e| nomination.map_or(e, |n| e.min(n))),
+        Cap::UpToSiteLoad | Cap::GridExportsAllowed => energy,
+    }
+}
+
+/// [`paid_kw`] for one meter's `share` of a timeslot (the event report's award).
+pub(crate) fn paid_share_kw(ts: &crate::model::Timeslot, share: f64) -> Option<f64> {
+    paid_kw(
+        ts.cap(),
+        ts.energy_kw.kw().map(|kw| kw * share),
+        ts.nomination_kw.map(|kw| kw * share),
+    )
 }
 
 /// "p1 commitment over p3 voluntary 33cfced0…: lower priority number".

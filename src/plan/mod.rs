@@ -15,6 +15,7 @@
 
 mod command;
 mod select;
+pub(crate) use command::paid_share_kw;
 pub(crate) use select::{group_weight, test_policy};
 mod timeline;
 

@@ -400,3 +400,22 @@ fn scenario_13_unmapped_meter_and_foreign_group() {
     let u = p.excluded.iter().find(|e| e.event_id == "u").unwrap();
     assert_eq!(u.meter_id.as_deref(), Some(FOREIGN));
 }
+
+/// SPEC §2.9: under up-to-nomination an award above the nomination is paid, delivered and
+/// judged (the event report) only up to it; the other caps pay the award.
+#[test]
+fn the_paid_award_stops_at_the_nomination_only_under_up_to_nomination() {
+    let t = slot("E1", M1, at(10), at(11));
+    let t = with(t, |t| {
+        t.energy_kw = EnergyKw::Kw(20.0);
+        t.nomination_kw = Some(10.0);
+        t.performance_compensation_cap = Some("up-to-nomination".into());
+    });
+    assert_eq!(super::paid_share_kw(&t, 0.5), Some(5.0));
+    let site = with(t.clone(), |t| {
+        t.performance_compensation_cap = Some("up-to-site-load".into());
+    });
+    assert_eq!(super::paid_share_kw(&site, 0.5), Some(10.0));
+    let max = with(t, |t| t.energy_kw = EnergyKw::Null);
+    assert_eq!(super::paid_share_kw(&max, 1.0), None);
+}
