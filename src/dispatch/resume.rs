@@ -6,8 +6,29 @@ use crate::store::Store;
 use crate::store::audit::{self, AuditFilter};
 
 /// On the first wake-up only: why `meter`'s governing interval `iv` resumes, when the
-/// audit log shows its event applied before (by an earlier life of the daemon).
+/// audit log shows the meter following its event when the daemon stopped (its last
+/// dispatch row applies or resumes it, or hands it back at a shutdown). An event applied
+/// earlier but displaced before the stop (a higher-priority timeslot, an override) is not
+/// resumed: its interval starting while the daemon was down is a late start.
 pub(crate) async fn after_restart(store: &Store, meter: &str, iv: &Interval) -> Option<String> {
+    let who = meter.to_string();
+    let last = store
+        .read(move |c| audit::last_dispatch(c, &who))
+        .await
+        .ok()??;
+    let same = last.kind.as_deref() == Some(iv.command.kind.as_str())
+        && last.event_id.as_deref() == Some(iv.command.event_id.as_str());
+    let following = match last.action.as_str() {
+        "apply" | "resumed" => true,
+        "release" => last
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("shutdown")),
+        _ => false,
+    };
+    if !(same && following) {
+        return None;
+    }
     let filter = AuditFilter {
         meter: Some(meter.to_string()),
         event: Some(iv.command.event_id.clone()),

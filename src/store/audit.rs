@@ -3,7 +3,7 @@
 
 use super::{StoreError, ts};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -138,22 +138,48 @@ pub(crate) fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRow>,
     ])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push(AuditRow {
-            id: r.get(0)?,
-            at: r.get(1)?,
-            meter_id: r.get(2)?,
-            action: r.get(3)?,
-            kind: r.get(4)?,
-            event_id: r.get(5)?,
-            performance_compensation_cap: r.get(6)?,
-            target: r.get(7)?,
-            boundary: r.get(8)?,
-            lateness_ms: r.get(9)?,
-            outcome: r.get(10)?,
-            error: r.get(11)?,
-            detail: r.get(12)?,
-        });
+        out.push(row(r)?);
     }
     out.reverse();
     Ok(out)
+}
+
+/// The columns of [`query`]'s SELECT, in order.
+fn row(r: &rusqlite::Row) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        meter_id: r.get(2)?,
+        action: r.get(3)?,
+        kind: r.get(4)?,
+        event_id: r.get(5)?,
+        performance_compensation_cap: r.get(6)?,
+        target: r.get(7)?,
+        boundary: r.get(8)?,
+        lateness_ms: r.get(9)?,
+        outcome: r.get(10)?,
+        error: r.get(11)?,
+        detail: r.get(12)?,
+    })
+}
+
+/// The last row in which dispatch gave `meter` something to do (apply, resume, release,
+/// override, manual command, dry run): what the meter was doing when the daemon stopped.
+/// The control loop's own rows (`limited`, `safety`) and reports are not dispatch's.
+pub(crate) fn last_dispatch(
+    conn: &Connection,
+    meter: &str,
+) -> Result<Option<AuditRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, at, meter_id, action, kind, event_id, cap, target, boundary, lateness_ms,
+                    outcome, error, detail
+             FROM audit
+             WHERE meter_id = ?1 COLLATE NOCASE
+               AND action IN ('apply', 'resumed', 'release', 'overridden', 'manual', 'would-apply')
+             ORDER BY id DESC LIMIT 1",
+            [meter],
+            row,
+        )
+        .optional()?)
 }

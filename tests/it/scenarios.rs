@@ -595,6 +595,37 @@ async fn s14_integration_test_is_dry_run_by_default() {
     s.stop().await;
 }
 
+/// A restart resumes only what the meter was following when the daemon stopped. Here a
+/// p1 timeslot displaced the long p3 one and governed until the stop; the p3 one governs
+/// again from the p1 one's end, while the daemon is down: that is a late start, with its
+/// lateness from that end, not a "resumed" row late by nothing (its event was applied
+/// once, before the p1 one, which used to be enough).
+#[tokio::test]
+async fn s15_a_restart_does_not_resume_an_event_displaced_before_the_stop() {
+    let mut s = site("").await;
+    let p3 = json!({"priority": 3});
+    s.post(meter_note(
+        M1,
+        vec![
+            slot("long", at(200), at(60_000), Some(10.0), p3),
+            slot("short", at(1200), at(2500), Some(5.0), json!({})),
+        ],
+    ))
+    .await;
+    assert_eq!(s.wait_calls(M1, 2, 10).await.len(), 2, "long, then short");
+    s.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    s.start().await;
+    let is_long = |a: &Value| a["event"] == "long" && a["action"] != "release";
+    let audit = s
+        .audit_when(|a| a.iter().filter(|a| is_long(a)).count() >= 2)
+        .await;
+    let again = audit.iter().rev().find(|a| is_long(a)).unwrap();
+    assert_eq!(again["action"], "apply", "{again}");
+    assert!(again["lateness_ms"].as_i64().unwrap() >= 1000, "{again}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn s15_restart_mid_timeslot_reapplies_with_lateness() {
     let mut s = site("").await;
