@@ -31,6 +31,8 @@ struct Binding {
     max_charge_kw: Option<f64>,
     max_discharge_kw: Option<f64>,
     control: Result<Control, String>,
+    /// The SunSpec chain as discovered (None: fixed addresses).
+    map: Option<SunSpecMap>,
 }
 
 struct Control {
@@ -176,7 +178,11 @@ impl ModbusBattery {
                     tracing::warn!(device = %self.name, now = %c.label,
                         "the control method changed at a rebind: the previous one's release registers are written before the next command");
                     for r in old {
-                        if !points(&self.replaced_leave).contains(&(r.unit, r.addr)) {
+                        // Only where the chain still has that point: a model that moved
+                        // would put the write into another model's register.
+                        if still_there(&r, b.map.as_ref())
+                            && !points(&self.replaced_leave).contains(&(r.unit, r.addr))
+                        {
                             self.replaced_leave.push(r);
                         }
                     }
@@ -243,9 +249,10 @@ impl ModbusBattery {
             max_charge_kw,
             max_discharge_kw,
             control,
+            map: None,
         };
         self.publish(&bound, map.as_ref());
-        Ok(bound)
+        Ok(Binding { map, ..bound })
     }
 
     fn publish(&self, b: &Binding, map: Option<&SunSpecMap>) {
@@ -374,4 +381,16 @@ impl ModbusBattery {
             power,
         })
     }
+}
+
+/// Whether a register bound from an earlier discovery is still that point in `map` (the
+/// chain now discovered): a SunSpec point ("124.StorCtl_Mod") at the same address, or any
+/// fixed-address register.
+fn still_there(r: &ResolvedReg, map: Option<&SunSpecMap>) -> bool {
+    let Some(map) = map else { return true };
+    r.label
+        .split_once('.')
+        .and_then(|(m, p)| sunspec::point(m.parse().ok()?, p))
+        .and_then(|def| map.address(def))
+        == Some(r.addr)
 }

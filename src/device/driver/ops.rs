@@ -84,8 +84,8 @@ impl ModbusBattery {
         }
         self.bind().await?;
         // Never two methods under remote control at once: the one a rebind replaced is
-        // left first (a failure here is the command's, tried again next period).
-        self.leave_replaced().await?;
+        // left first.
+        self.leave_replaced().await;
         let b = self.bound.as_ref().expect("bound");
         let ctl = match &b.control {
             Ok(c) => c,
@@ -218,21 +218,23 @@ impl ModbusBattery {
         for r in leave {
             regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
         }
-        self.leave_replaced().await?;
+        self.leave_replaced().await;
         tracing::info!(device = %self.name, "battery released to its own mode");
         Ok(())
     }
 
-    /// Write the release registers of a control method a rebind replaced, once.
-    async fn leave_replaced(&mut self) -> Result<(), DeviceError> {
-        for r in self.replaced_leave.clone() {
-            regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await?;
+    /// Write the release registers of a control method a rebind replaced: once, and never
+    /// at the cost of the command or release it comes with (the method that replaced it
+    /// works; the old one reverts by itself when the timeout last written to it lapses).
+    async fn leave_replaced(&mut self) {
+        for r in std::mem::take(&mut self.replaced_leave) {
+            match regs::write_value(&mut self.client, &r, r.value.unwrap_or(0.0)).await {
+                Ok(_) => tracing::info!(device = %self.name, point = %r.label,
+                    "the replaced control method is released"),
+                Err(e) => tracing::warn!(device = %self.name, point = %r.label, error = %e,
+                    "cannot release the replaced control method; it reverts by itself when the timeout last written to it lapses"),
+            }
         }
-        if !self.replaced_leave.is_empty() {
-            tracing::info!(device = %self.name, "the replaced control method is released");
-            self.replaced_leave.clear();
-        }
-        Ok(())
     }
 }
 
