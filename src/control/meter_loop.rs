@@ -528,6 +528,8 @@ impl MeterLoop {
         }
         // What happened while blind is unknown: no violation accounting across the gap.
         self.last_read = None;
+        // A write that failed before the hand-back is not the first of a row after it.
+        self.unwritten = 0;
         if self.released {
             return Ok(());
         }

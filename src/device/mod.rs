@@ -88,7 +88,8 @@ impl DeviceError {
     /// A Modbus exception that says "not now" rather than "no": 0x05 acknowledge (still
     /// working), 0x06 server busy, 0x0A/0x0B a gateway's path or target not answering (an
     /// RTU device behind a TCP gateway, a passing bus fault). Tried again next period like
-    /// a timeout, not treated as a refusal that hands the battery back for 30 s.
+    /// a timeout, not treated as a refusal that hands the battery back for 30 s (unless
+    /// the next write fails too: the control loop's `UNWRITTEN_LIMIT`).
     /// 0x05/0x06: the device is there and busy. Unlike a gateway's 0x0A/0x0B, which may
     /// also mean that nobody answers at that unit id (a point listed on a unit the site
     /// does not have), this says nothing about whether a point exists.
