@@ -60,6 +60,9 @@ impl DaemonError {
                     | crate::store::StoreError::OrphanedWal { .. }
             ) | DaemonError::Server(server::ServerError::Tls { .. })
         ) || matches!(self, DaemonError::Lock(e) if e.is_config())
+            // Every control-loop start problem is in the configuration or a profile it
+            // names (opening a device connects to nothing): a restart cannot fix it.
+            || matches!(self, DaemonError::Control(_))
             || matches!(self, DaemonError::Admin(e) if e.is_config())
     }
 }

@@ -120,6 +120,16 @@ fn a_read_only_setpoint_is_refused_by_config_check() {
         err.contains("readonly.toml"),
         "names the profile file: {err}"
     );
+    // The daemon refuses to start on it with the same exit code, which systemd does not
+    // restart (it exited 1 and was restarted every 5 s, forever).
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["--config", "c.toml", "run"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let run_err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{run_err}");
+    assert!(run_err.contains("readonly.toml"), "{run_err}");
     assert!(
         err.contains("power.setpoint: SunSpec point 704.WSetRvrtRem is read-only"),
         "{err}"
