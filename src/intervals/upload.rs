@@ -359,7 +359,9 @@ async fn missing(
         {
             let mut s = m.start_date_time_utc.timestamp().div_euclid(INTERVAL_SECS) * INTERVAL_SECS;
             while s < m.end_date_time_utc.timestamp() {
-                out.insert((m.meter_id.clone(), s));
+                // Leap's id may differ in case from the configured one (matched
+                // case-insensitively everywhere else).
+                out.insert((m.meter_id.to_ascii_lowercase(), s));
                 s += INTERVAL_SECS;
             }
         }
@@ -375,16 +377,16 @@ async fn missing(
     }
 }
 
-/// Complete intervals to send: ended, not accepted, not in a pending job, and recent or
-/// named missing by Leap.
+/// Complete intervals to send: ended, not in a pending job, and either recent and not
+/// accepted, or named missing by Leap (whatever was believed accepted: Leap's word wins).
 fn candidates(
     c: &mut Connection,
     now: i64,
     missing: &HashSet<(String, i64)>,
 ) -> Result<Vec<Interval>, StoreError> {
     let mut st = c.prepare(&format!(
-        "SELECT meter_id, start_ts, source, import_wh, export_wh FROM intervals i
-         WHERE state = 'complete' AND accepted = 0 AND start_ts + ?1 <= ?2 AND start_ts >= ?3
+        "SELECT meter_id, start_ts, source, import_wh, export_wh, accepted FROM intervals i
+         WHERE state = 'complete' AND start_ts + ?1 <= ?2 AND start_ts >= ?3
            AND NOT EXISTS (SELECT 1 FROM interval_upload_rows r JOIN interval_uploads u
                 ON u.job_id = r.job_id
                 WHERE r.meter_id = i.meter_id AND r.start_ts = i.start_ts AND u.status IN {PENDING})
@@ -394,30 +396,38 @@ fn candidates(
     let oldest = now - MISSING_DAYS * 86_400;
     let rows = st.query_map(params![INTERVAL_SECS, now, oldest], |r| {
         let source: String = r.get(2)?;
-        Ok(Interval {
-            meter_id: r.get(0)?,
-            start: r.get(1)?,
-            energy: Some(Energy {
-                import_wh: r.get(3)?,
-                export_wh: r.get(4)?,
-                source: if source == "meter" {
-                    Source::Meter
-                } else {
-                    Source::Estimated
-                },
-            }),
-            battery_wh: 0.0,
-            covered_ms: 0,
-            battery_ms: 0,
-            export_ms: 0,
-            min_soc_pct: None,
-            open: false,
-        })
+        let accepted: bool = r.get(5)?;
+        Ok((
+            accepted,
+            Interval {
+                meter_id: r.get(0)?,
+                start: r.get(1)?,
+                energy: Some(Energy {
+                    import_wh: r.get(3)?,
+                    export_wh: r.get(4)?,
+                    source: if source == "meter" {
+                        Source::Meter
+                    } else {
+                        Source::Estimated
+                    },
+                }),
+                battery_wh: 0.0,
+                covered_ms: 0,
+                battery_ms: 0,
+                export_ms: 0,
+                min_soc_pct: None,
+                open: false,
+            },
+        ))
     })?;
-    let all: Vec<Interval> = rows.collect::<Result<_, _>>()?;
+    let all: Vec<(bool, Interval)> = rows.collect::<Result<_, _>>()?;
     Ok(all
         .into_iter()
-        .filter(|i| i.start >= recent || missing.contains(&(i.meter_id.clone(), i.start)))
+        .filter(|(accepted, i)| {
+            (!accepted && i.start >= recent)
+                || missing.contains(&(i.meter_id.to_ascii_lowercase(), i.start))
+        })
+        .map(|(_, i)| i)
         .collect())
 }
 

@@ -93,6 +93,53 @@ async fn a_refused_missing_interval_search_does_not_stop_the_upload() {
     thread.closed().await;
 }
 
+/// Leap names missing an interval the gateway believed accepted, with the meter id in
+/// another case than the configuration's: Leap's word wins and the interval goes again.
+/// Before, an accepted row was never sent again, and the case made no id match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_leap_names_missing_goes_again_even_if_believed_accepted() {
+    let (fake, _dir, config, client) = one_site().await;
+    let now = Utc::now();
+    let q = now.timestamp().div_euclid(900) * 900;
+    let old = q - 20 * 86_400;
+    let (store, thread) = Store::open(&config.storage.path).unwrap();
+    store
+        .call(move |c| {
+            db::save(c, KNOWN, &complete(old, 1_234.0), false)?;
+            c.execute("UPDATE intervals SET accepted = 1", [])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let iso = |s: i64| {
+        DateTime::from_timestamp(s, 0)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.intervals.known_meters = vec![KNOWN.into()];
+        s.intervals.missing = vec![
+            json!({"meter_id": KNOWN.to_uppercase(), "data_type": "LOAD_DATA",
+            "start_date_time_utc": iso(old), "end_date_time_utc": iso(old + 900),
+            "submission_deadline_date_time_utc": iso(q + 86_400), "status": "OPEN"}),
+        ];
+    }
+    let sum = upload::run_once(&client, &store, &config, now)
+        .await
+        .unwrap();
+    assert_eq!((sum.sent_rows, sum.missing_named), (1, 1), "{sum:?}");
+    let rows = csv_rows(&fake, 0);
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with(&format!("{KNOWN},{}", iso(old)))),
+        "{rows:?}"
+    );
+    drop(store);
+    thread.closed().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_follow_up_failed_rows_missing_resend_and_never_twice() {
     let fake = FakeLeap::start().await;

@@ -88,7 +88,11 @@ pub fn handle(
             let found: Vec<Value> = d
                 .missing
                 .iter()
-                .filter(|m| wanted.contains(&m["meter_id"].as_str().unwrap_or_default()))
+                // UUIDs match whatever their case (RFC 4122); the answer keeps Leap's.
+                .filter(|m| {
+                    let id = m["meter_id"].as_str().unwrap_or_default();
+                    wanted.iter().any(|w| w.eq_ignore_ascii_case(id))
+                })
                 .cloned()
                 .collect();
             reply(
@@ -123,7 +127,9 @@ fn upload(d: &mut IntervalData, text: &str) -> Resp {
     };
     for (meter, start) in &good {
         d.missing.retain(|m| {
-            !(m["meter_id"] == json!(meter)
+            !(m["meter_id"]
+                .as_str()
+                .is_some_and(|id| id.eq_ignore_ascii_case(meter))
                 && m["start_date_time_utc"]
                     == json!(start.format("%Y-%m-%dT%H:%M:%SZ").to_string()))
         });
