@@ -27,6 +27,7 @@ pub(super) async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
     let start = chrono::Utc::now() + chrono::Duration::from_std(a.start_in)?;
     let end = start + chrono::Duration::minutes(5);
     let (level, body, ids) = build(config, a, start, end);
+    say_policy(config, a.kw, start);
     let mut answer = match client.integration_test(level, &body).await {
         Ok(a) => a,
         Err(e) if e.maybe_delivered() => {
@@ -62,6 +63,22 @@ pub(super) async fn run(config: &Config, a: &TestArgs) -> anyhow::Result<u8> {
         print(&answer, &ids, &stored, ok);
     }
     Ok(if ok { exit::OK } else { exit::FAILURE })
+}
+
+/// SPEC §2.6: whether Leap's test notification moves the battery is the `[policy]`'s
+/// call; a technician starting one should know before it starts.
+fn say_policy(config: &Config, kw: f64, start: chrono::DateTime<chrono::Utc>) {
+    let what = match config.policy.integration_test {
+        crate::config::TestPolicy::Execute => format!(
+            "\"execute\": this test DISCHARGES the battery ({kw} kW for 5 minutes from {})",
+            start.format("%H:%M:%S UTC")
+        ),
+        crate::config::TestPolicy::DryRun => {
+            "\"dry-run\": the battery does not move (`history` shows a would-apply)".into()
+        }
+        crate::config::TestPolicy::Ignore => "\"ignore\": nothing is dispatched".into(),
+    };
+    eprintln!("leap-edge: note: [policy] integration_test = {what}");
 }
 
 /// Leap's account may echo the headers of the exchange: a credential among them is never

@@ -119,6 +119,8 @@ async fn leap_test_round_trip_through_the_daemon() {
 
     let (code, out, err) = cli(&d, &["leap", "test", "--json", "--in", "2m", "--kw", "5"]);
     assert_eq!(code, 0, "{out}{err}");
+    // Whether the test moves the battery is said before it is sent (the site's policy).
+    assert!(err.contains("note: [policy] integration_test = "), "{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["leap"]["http_status"], 200, "{r}");
     assert!(
