@@ -314,11 +314,11 @@ impl Handler {
                     .into_iter()
                     .filter(|o| ids.contains(&o.meter_id))
                     .collect();
-                // Queued past the client's wait: nothing is saved at all.
-                let save = !late();
-                if save {
-                    saved_rows::save(c, &saved, now)?;
-                }
+                // Past the client's wait, queued or waiting for the database's lock:
+                // nothing is saved at all. Checked again just before the commit: this job
+                // runs to its end even when the request's handler was dropped at its own
+                // timeout, and nothing after this call would withdraw the rows then.
+                let save = !late() && saved_rows::save_if(c, &saved, now, || !late())?;
                 Ok((before, ids, save))
             })
             .await;

@@ -21,6 +21,17 @@ pub(crate) fn save(
     all: &[SavedOverride],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    save_if(c, all, now, || true).map(|_| ())
+}
+
+/// [`save`], committed only if `still_wanted()` says so once the rows are written (the
+/// writes may have waited seconds for the database's lock); false: nothing was saved.
+pub(crate) fn save_if(
+    c: &mut Connection,
+    all: &[SavedOverride],
+    now: DateTime<Utc>,
+    still_wanted: impl FnOnce() -> bool,
+) -> Result<bool, StoreError> {
     let tx = c.transaction()?;
     // Ended ones are tidied here, not when read: a restart must restore overrides from a
     // database it cannot write.
@@ -32,8 +43,11 @@ pub(crate) fn save(
             params![o.meter_id, o.action, o.kw, ts(o.until), ts(now)],
         )?;
     }
+    if !still_wanted() {
+        return Ok(false);
+    }
     tx.commit()?;
-    Ok(())
+    Ok(true)
 }
 
 /// Forget one meter's override, or every one.
@@ -82,4 +96,35 @@ pub(crate) fn active(c: &Connection, now: DateTime<Utc>) -> Result<Vec<SavedOver
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guard is asked after the rows are written (they may have waited for the lock):
+    /// a save no longer wanted then leaves nothing, not even its tidying of ended rows.
+    #[test]
+    fn a_save_no_longer_wanted_at_its_commit_leaves_nothing() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(include_str!("migrations/0009_overrides.sql"))
+            .unwrap();
+        let now = Utc::now();
+        let o = SavedOverride {
+            meter_id: "m1".into(),
+            action: "hold".into(),
+            kw: None,
+            until: now + chrono::Duration::minutes(10),
+        };
+        let mut asked = false;
+        let saved = save_if(&mut c, std::slice::from_ref(&o), now, || {
+            asked = true;
+            false
+        })
+        .unwrap();
+        assert!(asked && !saved);
+        assert!(active(&c, now).unwrap().is_empty());
+        assert!(save_if(&mut c, &[o], now, || true).unwrap());
+        assert_eq!(active(&c, now).unwrap().len(), 1);
+    }
 }
