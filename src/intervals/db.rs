@@ -70,6 +70,15 @@ pub fn save(conn: &Connection, meter_id: &str, acc: &Acc, open: bool) -> Result<
     Ok(())
 }
 
+/// Forget a stored open interval that never happened (opened while the clock ran ahead).
+pub(crate) fn drop_open(conn: &Connection, meter_id: &str, start: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM intervals WHERE meter_id = ?1 AND start_ts = ?2 AND state = 'open'",
+        params![meter_id, start],
+    )?;
+    Ok(())
+}
+
 /// The interval a previous run was recording for `meter_id`, to resume it.
 pub(crate) fn load_open(conn: &Connection, meter_id: &str) -> Result<Option<Acc>, StoreError> {
     let acc = conn

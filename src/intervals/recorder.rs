@@ -168,6 +168,10 @@ pub struct Recorder {
     /// long `control_period_ms` must not make every gap between two readings uncovered
     /// time (an estimated interval would then always be a gap).
     period_slack_ms: i64,
+    /// The start of an open interval dropped because the clock went back before it (it was
+    /// opened while the clock ran ahead): its stored row must go too, or a restart would
+    /// resume it (see [`Recorder::take_dropped`]).
+    dropped: Option<i64>,
 }
 
 impl Recorder {
@@ -176,7 +180,13 @@ impl Recorder {
         Recorder {
             open,
             period_slack_ms: 0,
+            dropped: None,
         }
+    }
+
+    /// The start of an open interval dropped since the last call (its stored row is stale).
+    pub(crate) fn take_dropped(&mut self) -> Option<i64> {
+        self.dropped.take()
     }
 
     /// Readings come every `period`: hold and bridge at least three of them.
@@ -205,6 +215,21 @@ impl Recorder {
     /// Take one reading; returns the intervals it closed, oldest first.
     pub(crate) fn push(&mut self, s: Sample) -> Vec<Acc> {
         let mut done = Vec::new();
+        // After a step back (or an untrusted restart) to before the open interval: that
+        // interval was opened while the clock ran ahead and has not happened. Recording
+        // goes on in the reading's own quarter hour; kept, the future one would take every
+        // reading until the clock caught up with it, and close nothing meanwhile.
+        if let Some(cur) = self
+            .open
+            .as_mut()
+            .filter(|c| c.last.is_none() && s.at_ms < c.start * 1000)
+        {
+            self.dropped = Some(cur.start);
+            *cur = Acc {
+                metered: cur.metered,
+                ..Acc::new(interval_start(s.at_ms))
+            };
+        }
         let cur = self
             .open
             .get_or_insert_with(|| Acc::new(interval_start(s.at_ms)));

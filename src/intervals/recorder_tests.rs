@@ -240,3 +240,30 @@ fn a_clock_step_back_does_not_count_estimated_time_twice() {
     let again = at(&record(700), 0).expect("lived again whole");
     assert!((again.import_wh - 1000.0).abs() < 1e-6, "{again:?}");
 }
+
+/// The clock runs 3 days ahead for a while, then NTP steps it back: the interval opened
+/// 3 days ahead never happened. Recording goes on in the real quarter hours (the next one
+/// closes complete, at its real time), and the future one is reported dropped so its
+/// stored row goes too. Before, it took every reading until the clock caught up with it,
+/// and no interval closed for 3 days, not even as a gap.
+#[test]
+fn a_step_back_after_a_step_ahead_records_the_real_quarter_hours_again() {
+    let mut r = Recorder::default();
+    run(&mut r, 0, 300, 4.0, true);
+    let ahead = 3 * 86_400;
+    r.clock_stepped();
+    let closed = run(&mut r, ahead + 300, ahead + 310, 4.0, true);
+    assert_eq!(closed.len(), 1, "the real interval closed at the step");
+    let future = r.open.as_ref().unwrap().start;
+    assert_eq!(future, T0 / 1000 + ahead);
+    r.clock_stepped();
+    let done = run(&mut r, 320, 1801, 4.0, true);
+    assert_eq!(r.take_dropped(), Some(future));
+    assert_eq!(r.take_dropped(), None, "once");
+    let starts: Vec<i64> = done.iter().map(|a| a.start).collect();
+    assert_eq!(starts, [T0 / 1000, T0 / 1000 + 900]);
+    let e = done[1]
+        .energy()
+        .expect("the next real interval is complete");
+    assert!((e.import_wh - 1000.0).abs() < 1e-6, "{e:?}");
+}

@@ -172,9 +172,13 @@ async fn take(
     let id = reading.meter_id.clone();
     let open = m.rec.open.clone();
     let kept = batch.clone();
+    let dropped = m.rec.take_dropped();
     let saved = store
         .call(move |c| {
             let tx = c.transaction()?;
+            if let Some(start) = dropped {
+                db::drop_open(&tx, &id, start)?;
+            }
             for acc in &kept {
                 db::save(&tx, &id, acc, false)?;
             }
