@@ -158,16 +158,18 @@ impl SignCheck {
         self.suspicion(at)
     }
 
-    /// How far the battery's reading moved over the last [`LOOKBACK`] (with a quarter's
-    /// slack for timer jitter), or since the previous reading when that is older.
+    /// How far the battery's reading moved since the newest reading at least
+    /// [`LOOKBACK`] old (the previous one, at a longer period); after a silence of more
+    /// than twice that, since the previous reading.
     fn moved(&mut self, b: f64, at: Instant) -> f64 {
         self.recent.push_back((at, b));
-        let keep = LOOKBACK + LOOKBACK / 4;
-        while self.recent.len() > 2
-            && self
-                .recent
-                .front()
-                .is_some_and(|(t, _)| at.saturating_duration_since(*t) > keep)
+        let age = |t: &Instant| at.saturating_duration_since(*t);
+        while self.recent.get(1).is_some_and(|(t, _)| age(t) >= LOOKBACK)
+            || (self.recent.len() > 2
+                && self
+                    .recent
+                    .front()
+                    .is_some_and(|(t, _)| age(t) > 2 * LOOKBACK))
         {
             self.recent.pop_front();
         }
@@ -421,7 +423,7 @@ mod tests {
     #[test]
     fn a_ramp_slower_than_the_noise_of_one_reading_is_judged() {
         let t0 = Instant::now();
-        for (period, per_reading, last) in [(1000, 0.25, 10), (200, 0.05, 50)] {
+        for (period, per_reading, last) in [(1000, 0.25, 10), (200, 0.05, 50), (1300, 0.325, 8)] {
             let ramp = |dir: f64, noise: f64| -> Vec<(u64, f64, f64)> {
                 (0..=last)
                     .map(|i: u32| {
