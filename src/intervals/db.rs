@@ -22,7 +22,44 @@ pub(crate) struct Interval {
     pub(crate) open: bool,
 }
 
-/// Store `acc`; `open` while it is still being recorded.
+/// [`save`]'s statement: a complete row stays as it is (see there).
+const SAVE: &str = "INSERT INTO intervals (meter_id, start_ts, state, source, import_wh,
+        export_wh, imp_start_wh, exp_start_wh, imp_end_wh, exp_end_wh, est_import_wh,
+        est_export_wh, battery_wh, covered_ms, export_ms, min_soc_pct, metered,
+        last_at_ms, last_grid_kw, last_battery_kw, last_soc_pct, last_imp_wh, last_exp_wh,
+        updated_at, battery_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+        ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
+     ON CONFLICT (meter_id, start_ts) DO UPDATE SET
+        state = excluded.state,
+        source = excluded.source,
+        import_wh = excluded.import_wh,
+        export_wh = excluded.export_wh,
+        imp_start_wh = excluded.imp_start_wh,
+        exp_start_wh = excluded.exp_start_wh,
+        imp_end_wh = excluded.imp_end_wh,
+        exp_end_wh = excluded.exp_end_wh,
+        est_import_wh = excluded.est_import_wh,
+        est_export_wh = excluded.est_export_wh,
+        battery_wh = excluded.battery_wh,
+        covered_ms = excluded.covered_ms,
+        export_ms = excluded.export_ms,
+        min_soc_pct = excluded.min_soc_pct,
+        metered = excluded.metered,
+        last_at_ms = excluded.last_at_ms,
+        last_grid_kw = excluded.last_grid_kw,
+        last_battery_kw = excluded.last_battery_kw,
+        last_soc_pct = excluded.last_soc_pct,
+        last_imp_wh = excluded.last_imp_wh,
+        last_exp_wh = excluded.last_exp_wh,
+        updated_at = excluded.updated_at,
+        battery_ms = excluded.battery_ms
+     WHERE intervals.state != 'complete'";
+
+/// Store `acc`; `open` while it is still being recorded. A complete interval already
+/// stored is kept, whatever comes for the same quarter hour (it is lived again only after
+/// the clock stepped back, and its readings then belong to another real time), and so is
+/// whether Leap accepted it.
 pub fn save(conn: &Connection, meter_id: &str, acc: &Acc, open: bool) -> Result<(), StoreError> {
     let energy = if open { None } else { acc.energy() };
     let state = match (open, energy) {
@@ -32,13 +69,7 @@ pub fn save(conn: &Connection, meter_id: &str, acc: &Acc, open: bool) -> Result<
     };
     let l = acc.last;
     conn.execute(
-        "INSERT OR REPLACE INTO intervals (meter_id, start_ts, state, source, import_wh,
-            export_wh, imp_start_wh, exp_start_wh, imp_end_wh, exp_end_wh, est_import_wh,
-            est_export_wh, battery_wh, covered_ms, export_ms, min_soc_pct, metered,
-            last_at_ms, last_grid_kw, last_battery_kw, last_soc_pct, last_imp_wh, last_exp_wh,
-            updated_at, battery_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+        SAVE,
         params![
             meter_id,
             acc.start,
@@ -172,4 +203,41 @@ pub(crate) fn list(conn: &Connection, range: &Range) -> Result<Vec<Interval>, St
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A quarter hour lived again after the clock stepped back (its readings from another
+    /// real time) never overwrites the complete interval stored for it, nor whether Leap
+    /// accepted it; a gap stored for it may still become complete.
+    #[test]
+    fn a_complete_interval_is_never_overwritten() {
+        let mut c = Connection::open_in_memory().unwrap();
+        crate::store::migrations::apply(&mut c).unwrap();
+        let start = 1_795_910_400;
+        let mut whole = Acc::new(start);
+        whole.imp_start = Some(1000.0);
+        whole.exp_start = Some(0.0);
+        whole.imp_end = Some(2000.0);
+        whole.exp_end = Some(0.0);
+        let gap = Acc::new(start);
+        let state = |c: &Connection| -> (String, bool) {
+            c.query_row(
+                "SELECT state, accepted FROM intervals WHERE start_ts = ?1",
+                [start],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        save(&c, "m", &gap, false).unwrap();
+        assert_eq!(state(&c).0, "incomplete");
+        save(&c, "m", &whole, false).unwrap();
+        assert_eq!(state(&c).0, "complete", "a gap may become whole");
+        c.execute("UPDATE intervals SET accepted = 1", []).unwrap();
+        save(&c, "m", &gap, false).unwrap();
+        save(&c, "m", &gap, true).unwrap();
+        assert_eq!(state(&c), ("complete".to_string(), true));
+    }
 }

@@ -189,6 +189,11 @@ impl Recorder {
         self.dropped.take()
     }
 
+    /// A dropped interval whose stored row could not be deleted: tried with the next save.
+    pub(crate) fn keep_dropped(&mut self, start: i64) {
+        self.dropped.get_or_insert(start);
+    }
+
     /// Readings come every `period`: hold and bridge at least three of them.
     pub(crate) fn with_period(mut self, period: std::time::Duration) -> Recorder {
         self.period_slack_ms = 3 * i64::try_from(period.as_millis()).unwrap_or(i64::MAX / 3);
@@ -215,14 +220,17 @@ impl Recorder {
     /// Take one reading; returns the intervals it closed, oldest first.
     pub(crate) fn push(&mut self, s: Sample) -> Vec<Acc> {
         let mut done = Vec::new();
-        // After a step back (or an untrusted restart) to before the open interval: that
-        // interval was opened while the clock ran ahead and has not happened. Recording
-        // goes on in the reading's own quarter hour; kept, the future one would take every
-        // reading until the clock caught up with it, and close nothing meanwhile.
+        // After a step back (or an untrusted restart) to a whole quarter hour or more before
+        // the open interval: that interval was opened while the clock ran ahead and has not
+        // happened. Recording goes on in the reading's own quarter hour; kept, the future
+        // one would take every reading until the clock caught up with it, and close nothing
+        // meanwhile. A smaller step back (NTP's seconds across a boundary) keeps the open
+        // interval, which is real. A complete interval stored before is never overwritten
+        // by a quarter hour lived again (`db::save`).
         if let Some(cur) = self
             .open
             .as_mut()
-            .filter(|c| c.last.is_none() && s.at_ms < c.start * 1000)
+            .filter(|c| c.last.is_none() && interval_start(s.at_ms) + INTERVAL_SECS < c.start)
         {
             self.dropped = Some(cur.start);
             *cur = Acc {

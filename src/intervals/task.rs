@@ -193,6 +193,9 @@ async fn take(
         tracing::error!(meter_id = %reading.meter_id, error = %e, intervals = batch.len(),
             "intervals: cannot store intervals; kept to be saved with the next ones");
         m.keep_unsaved(batch);
+        if let Some(start) = dropped {
+            m.rec.keep_dropped(start);
+        }
     }
     true
 }

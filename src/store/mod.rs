@@ -8,7 +8,7 @@ mod checkpoint;
 pub(crate) mod files;
 mod groups;
 mod ingest;
-mod migrations;
+pub(crate) mod migrations;
 pub(crate) mod overrides;
 pub mod query;
 mod writer;
