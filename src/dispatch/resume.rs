@@ -7,9 +7,10 @@ use crate::store::audit::{self, AuditFilter};
 
 /// On the first wake-up only: why `meter`'s governing interval `iv` resumes, when the
 /// audit log shows the meter following its event when the daemon stopped (its last
-/// dispatch row applies or resumes it, or hands it back at a shutdown). An event applied
-/// earlier but displaced before the stop (a higher-priority timeslot, an override) is not
-/// resumed: its interval starting while the daemon was down is a late start.
+/// dispatch row applies or resumes it, or hands it back at a shutdown; a manual override
+/// in between is passed over). An event applied earlier but displaced before the stop by a
+/// higher-priority timeslot is not resumed: its interval starting while the daemon was
+/// down is a late start.
 pub(crate) async fn after_restart(store: &Store, meter: &str, iv: &Interval) -> Option<String> {
     let who = meter.to_string();
     let last = store

@@ -163,9 +163,11 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<AuditRow> {
     })
 }
 
-/// The last row in which dispatch gave `meter` something to do (apply, resume, release,
-/// override, manual command, dry run): what the meter was doing when the daemon stopped.
-/// The control loop's own rows (`limited`, `safety`) and reports are not dispatch's.
+/// The last row in which dispatch gave `meter` a plan's dispatch to do (apply, resume,
+/// release, dry run): what the plan had the meter follow when the daemon stopped. A manual
+/// override's rows (`manual`, `overridden`) are passed over: the dispatch they displaced
+/// governs again when the override ends, a resumption. The control loop's own rows
+/// (`limited`, `safety`) and reports are not dispatch's.
 pub(crate) fn last_dispatch(
     conn: &Connection,
     meter: &str,
@@ -176,7 +178,7 @@ pub(crate) fn last_dispatch(
                     outcome, error, detail
              FROM audit
              WHERE meter_id = ?1 COLLATE NOCASE
-               AND action IN ('apply', 'resumed', 'release', 'overridden', 'manual', 'would-apply')
+               AND action IN ('apply', 'resumed', 'release', 'would-apply')
              ORDER BY id DESC LIMIT 1",
             [meter],
             row,
