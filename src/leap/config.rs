@@ -113,11 +113,6 @@ pub fn check_config(cfg: &crate::config::Config, p: &mut Vec<String>) {
     if !(10..=60_000).contains(&l.retry_base_ms) {
         p.push("leap.retry_base_ms must be between 10 and 60000".into());
     }
-    if l.poll_days_back == 0 {
-        // Leap's search is by start date: a timeslot already running when its push was
-        // lost (an outage past Leap's retry window) starts before "now".
-        p.push("leap.poll_days_back must be at least 1: a search from today on misses a timeslot already running whose push was lost".into());
-    }
     let days = l.poll_days_back + l.poll_days_ahead;
     if days == 0 || days > MAX_WINDOW_DAYS {
         p.push(format!(

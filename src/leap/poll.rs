@@ -32,8 +32,11 @@ pub(crate) struct Window {
 
 impl Window {
     /// `back` days before `now` to `ahead` days after, shortened ahead to Leap's 31 days.
+    /// At least a day back: Leap searches by start date, and a timeslot already running
+    /// when its push was lost (an outage past Leap's retry window) started before now
+    /// (`leap.poll_days_back = 0` is read as 1).
     pub(crate) fn around(now: DateTime<Utc>, back: u32, ahead: u32) -> Window {
-        let back = back.min(super::MAX_WINDOW_DAYS);
+        let back = back.clamp(1, super::MAX_WINDOW_DAYS);
         let ahead = ahead.min(super::MAX_WINDOW_DAYS - back);
         Window {
             start: now - Duration::days(i64::from(back)),
