@@ -297,7 +297,12 @@ pub(crate) async fn write_value(
         min: elo,
         max: ehi,
     })?;
-    client.write(r.unit, r.addr, &words).await?;
+    // The error names the point and the value, not only raw words at an address: it goes
+    // into the audit log's `refused` row and `status`, which technicians read.
+    client
+        .write(r.unit, r.addr, &words)
+        .await
+        .map_err(|e| naming(e, &format!("write {} = {clamped}", r.label)))?;
     let back = client
         .read(r.unit, r.function, r.addr, r.ty.words())
         .await?;
@@ -323,4 +328,26 @@ fn eng_range(r: &ResolvedReg, scale: f64, lo: f64, hi: f64) -> (f64, f64) {
     let (a, b) = if r.negate { (-b, -a) } else { (a, b) };
     let (a, b) = (a.min(b), a.max(b));
     (r.min.map_or(a, |m| m.max(a)), r.max.map_or(b, |m| m.min(b)))
+}
+
+/// `e` with `what` (the point and value) in front of its operation.
+fn naming(e: DeviceError, what: &str) -> DeviceError {
+    match e {
+        DeviceError::Timeout { device, op, ms } => DeviceError::Timeout {
+            device,
+            op: format!("{what} ({op})"),
+            ms,
+        },
+        DeviceError::Io { device, op, reason } => DeviceError::Io {
+            device,
+            op: format!("{what} ({op})"),
+            reason,
+        },
+        DeviceError::Exception { device, op, code } => DeviceError::Exception {
+            device,
+            op: format!("{what} ({op})"),
+            code,
+        },
+        other => other,
+    }
 }

@@ -89,6 +89,9 @@ async fn modbus_exception_on_write_is_an_error_and_keeps_the_connection() {
         DeviceError::Exception { code, .. } => assert!(code.starts_with("0x04"), "{e}"),
         other => panic!("expected an exception, got {other}"),
     }
+    // Named as a technician reads it (the audit log's `refused` row): the point and the
+    // value, not only raw words at an address.
+    assert!(e.to_string().contains("write 124.OutWRte = 20"), "{e}");
     sim.set_fault(Fault::None);
     bat.set_power(10.0, 30).await.unwrap();
     assert_eq!(
