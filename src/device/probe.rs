@@ -192,9 +192,14 @@ impl fmt::Display for ProbeReport {
                 m.id, m.address, m.length, m.name
             )?;
         }
-        match &self.control {
-            Some(c) => writeln!(f, "  control: {c}")?,
-            None => writeln!(
+        match (&self.control, &self.telemetry_error) {
+            (Some(c), _) => writeln!(f, "  control: {c}")?,
+            // The binding stopped before it judged the control methods: not "none fits".
+            (None, Some(_)) => writeln!(
+                f,
+                "  control: NOT KNOWN: the binding failed before the control methods were checked (the reading's error is below); probe again"
+            )?,
+            (None, None) => writeln!(
                 f,
                 "  control: NONE: no control method of devices/sunspec.toml fits (needs model 124 or 704)"
             )?,
@@ -232,5 +237,27 @@ mod tests {
         assert_eq!(split_host_port("10.0.0.5:1502"), ("10.0.0.5".into(), 1502));
         assert_eq!(split_host_port("[::1]:1502"), ("::1".into(), 1502));
         assert_eq!(split_host_port("::1"), ("::1".into(), 502));
+    }
+
+    /// A binding that failed (a point timed out) never judged the control methods: the
+    /// report must not tell a technician that an inverter with model 124 cannot be driven.
+    #[test]
+    fn a_failed_binding_is_not_reported_as_no_control_method() {
+        let mut r = ProbeReport {
+            address: "10.0.0.5:502".into(),
+            unit_id: 1,
+            sunspec_base: 40000,
+            models: vec![],
+            identity: None,
+            control: None,
+            points: vec![],
+            telemetry: None,
+            telemetry_error: Some("probe: read 2 register(s) at 40100 timed out".into()),
+        };
+        let text = r.to_string();
+        assert!(text.contains("control: NOT KNOWN"), "{text}");
+        assert!(!text.contains("NONE"), "{text}");
+        r.telemetry_error = None;
+        assert!(r.to_string().contains("control: NONE"));
     }
 }
