@@ -145,7 +145,9 @@ impl fmt::Display for ExcludeReason {
             },
             ExcludeReason::Ended => f.write_str("ended before the window"),
             ExcludeReason::AfterWindow => f.write_str("starts after the window"),
-            ExcludeReason::Overridden => f.write_str("overridden for its whole duration"),
+            ExcludeReason::Overridden => {
+                f.write_str("overridden throughout the planned window (it may govern outside it)")
+            }
         }
     }
 }
