@@ -24,17 +24,19 @@ pub(crate) fn latest() -> i64 {
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let latest = SCHEMA.last().map_or(0, |m| m.0);
-    if current > latest {
-        return Err(StoreError::TooNew {
-            found: current,
-            supported: latest,
-        });
-    }
+    // Which database it is comes first: a gateway's has more migrations than the relay's,
+    // and "newer than this build, install the newer one" would send the operator astray.
     if current > 0 && !is_relay_db(conn)? {
         return Err(StoreError::Corrupt(
             "this is a gateway database, not a relay outbox: give the relay its own storage.path"
                 .into(),
         ));
+    }
+    if current > latest {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: latest,
+        });
     }
     for (version, sql) in SCHEMA.iter().filter(|(v, _)| *v > current) {
         let tx = conn.transaction()?;
@@ -454,6 +456,20 @@ fn record_tx(
         }
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// A gateway the worker cannot deliver to at all (its address or TLS files unusable):
+/// `relay status` and `/healthz` show why, as for a failed attempt.
+pub(crate) fn gateway_error(
+    conn: &Connection,
+    gateway: &str,
+    error: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE relay_gateways SET last_error = ?2, last_error_at = ?3 WHERE name = ?1",
+        params![gateway, error, ts(Utc::now())],
+    )?;
     Ok(())
 }
 

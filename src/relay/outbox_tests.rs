@@ -282,4 +282,9 @@ fn a_gateway_database_is_refused() {
         .unwrap();
     let e = migrate(&mut c).unwrap_err().to_string();
     assert!(e.contains("not a relay outbox"), "{e}");
+    // A real gateway database has more migrations than the relay's: still named for what
+    // it is, not as an outbox from a newer build to upgrade for.
+    c.execute_batch("PRAGMA user_version = 11;").unwrap();
+    let e = migrate(&mut c).unwrap_err().to_string();
+    assert!(e.contains("not a relay outbox"), "{e}");
 }
