@@ -16,10 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
+/// The longest wait between two attempts at one delivery.
+const MAX_BACKOFF_SECS: u64 = 60;
+
 /// Delay before attempt `n + 1` after `n` failed attempts: 1, 2, 4, … capped at 60 s.
 pub(crate) fn backoff(failed_attempts: u32) -> Duration {
     let exp = failed_attempts.saturating_sub(1).min(6);
-    Duration::from_secs((1u64 << exp).min(60))
+    Duration::from_secs((1u64 << exp).min(MAX_BACKOFF_SECS))
 }
 
 /// What the gateway's answer means for the delivery.
@@ -179,6 +182,14 @@ impl Run {
                     Ok(t) => target = Some((cfg.clone(), t)),
                     Err(e) => {
                         tracing::error!(gateway = %self.name, error = %e, "gateway url unusable; fix it and reload");
+                        let (name, why) = (self.name.clone(), format!("not sent: {e}"));
+                        if let Err(w) = self
+                            .store
+                            .call(move |c| outbox::gateway_error(c, &name, &why))
+                            .await
+                        {
+                            tracing::warn!(gateway = %self.name, error = %w, "cannot record the gateway's error");
+                        }
                         self.pause(Duration::from_secs(60)).await;
                         continue;
                     }
@@ -192,9 +203,17 @@ impl Run {
                     Duration::from_secs(1)
                 }
                 Ok(None) => Duration::from_secs(30),
-                Ok(Some(p)) if p.next_attempt_at > Utc::now() => (p.next_attempt_at - Utc::now())
-                    .to_std()
-                    .unwrap_or_default(),
+                // Further ahead than the back-off's ceiling only when the clock stepped
+                // back since it was stored: due now, or it would hold the whole queue.
+                Ok(Some(p))
+                    if p.next_attempt_at > Utc::now()
+                        && p.next_attempt_at - Utc::now()
+                            <= chrono::Duration::seconds(MAX_BACKOFF_SECS.cast_signed()) =>
+                {
+                    (p.next_attempt_at - Utc::now())
+                        .to_std()
+                        .unwrap_or_default()
+                }
                 Ok(Some(p)) if cfg.transport == Transport::Mqtt => {
                     let outcome = self.publish(&cfg, &p).await;
                     self.settle(p, outcome).await;
