@@ -55,6 +55,22 @@ pub(super) fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
                 eprintln!("leap-edge: {}: {e}", config.storage.path.display());
                 return Ok(exit::CONFIG);
             }
+            // What `relay run` loads: its TLS pair, and each gateway's address and CA
+            // (a file the check can read but the pair does not match, or a typo in a
+            // path, is found here, not by a start that exits 78 or a worker that waits).
+            let mut problems = Vec::new();
+            if let Some(tls) = &config.server.tls
+                && let Err(e) = crate::server::tls::ReloadableTls::load(&tls.cert, &tls.key)
+            {
+                problems.push(e.to_string());
+            }
+            problems.extend(crate::relay::target_problems(&config));
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("leap-edge: {}: {p}", path.display());
+                }
+                return Ok(exit::CONFIG);
+            }
             crate::outln!(
                 "{}: OK ({} gateways, {} meters)",
                 path.display(),

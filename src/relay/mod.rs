@@ -55,6 +55,21 @@ pub(crate) fn outbox_latest() -> i64 {
     outbox::latest()
 }
 
+/// `relay check`: each HTTP gateway's address and TLS files as the delivery worker loads
+/// them (it would otherwise log and wait, with nothing in `relay status`).
+pub(crate) fn target_problems(config: &RelayConfig) -> Vec<String> {
+    config
+        .gateways
+        .iter()
+        .filter(|g| g.transport == config::Transport::Http)
+        .filter_map(|g| {
+            client::Target::parse(g)
+                .err()
+                .map(|e| format!("gateways \"{}\": {e}", g.name))
+        })
+        .collect()
+}
+
 /// `relay requeue`: dead letters of `gateways` back to pending (the operator fixed what the
 /// gateway refused), with what was delivered after them.
 pub(crate) fn requeue_dead(

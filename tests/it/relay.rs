@@ -464,13 +464,39 @@ fn relay_check_exits_78_naming_the_key() {
         .collect::<Vec<_>>()
         .join("\n");
     let filled = dir.path().join("filled.toml");
-    std::fs::write(&filled, real).unwrap();
+    // Its TLS pair is loaded as `relay run` would: absent, the check says so.
+    std::fs::write(&filled, &real).unwrap();
+    let out = check(&filled);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("/etc/leap-edge-relay/cert.pem"), "{err}");
+    crate::common::write_cert(dir.path());
+    let here = |f: &str| dir.path().join(f).display().to_string();
+    let real = real
+        .replace("/etc/leap-edge-relay/cert.pem", &here("cert.pem"))
+        .replace("/etc/leap-edge-relay/key.pem", &here("key.pem"));
+    std::fs::write(&filled, &real).unwrap();
     let out = check(&filled);
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // A gateway's CA file that cannot be loaded: refused naming the gateway, not left to
+    // a worker that logs and waits.
+    let https = format!(
+        "{real}\n[[gateways]]\nname = \"tls-site\"\nurl = \"https://127.0.0.1:9/leap/dispatch\"\n\
+         key = \"k9-0123456789abcdef0123456789abcdef\"\nca = \"/nonexistent/ca.pem\"\n\
+         meters = [\"tls-meter\"]\n"
+    );
+    std::fs::write(&filled, https).unwrap();
+    let out = check(&filled);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("gateways[2]") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
     );
 }
 
