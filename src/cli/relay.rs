@@ -51,6 +51,12 @@ pub(super) fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
             // A downgrade: the relay would refuse this outbox at start (the package runs
             // this check before restarting it).
             let newest = crate::relay::outbox_latest();
+            // What the file is comes first: a gateway's database has more migrations than
+            // the relay's, and "newer than this build" would send the operator astray.
+            if let Some(why) = not_an_outbox(&config.storage.path) {
+                eprintln!("leap-edge: {}: {why}", config.storage.path.display());
+                return Ok(exit::CONFIG);
+            }
             if let Some(e) = crate::store::newer_than(&config.storage.path, newest) {
                 eprintln!("leap-edge: {}: {e}", config.storage.path.display());
                 return Ok(exit::CONFIG);
@@ -97,6 +103,24 @@ pub(super) fn run(global: &Path, cmd: &RelayCommand) -> anyhow::Result<u8> {
 
 /// Dead letters back to pending, in their order. Written beside a running relay (SQLite
 /// serialises the two writers); its idle workers look at their queues every 30 s.
+/// Why the file at `storage.path` is not a relay outbox (a gateway's database), if so.
+fn not_an_outbox(path: &Path) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .ok()?;
+    (version > 0 && !crate::relay::is_outbox(&conn).ok()?).then(|| {
+        "a gateway database, not a relay outbox: give the relay its own storage.path".into()
+    })
+}
+
 fn requeue(config: &RelayConfig, gateway: Option<&str>) -> anyhow::Result<u8> {
     let names: Vec<String> = config.gateways.iter().map(|g| g.name.clone()).collect();
     let chosen = match gateway {
@@ -125,7 +149,7 @@ fn requeue(config: &RelayConfig, gateway: Option<&str>) -> anyhow::Result<u8> {
             config.storage.path.display()
         );
     }
-    let n = crate::relay::requeue_dead(&mut conn, &chosen)?;
+    let n = crate::relay::requeue_dead(&mut conn, config, &chosen)?;
     crate::outln!(
         "requeued {} dead letter(s) for {}, and {} notification(s) delivered after them, sent again behind them so the gateway ends on the latest (it counts those as duplicates)",
         n.dead,

@@ -74,9 +74,10 @@ pub(crate) fn target_problems(config: &RelayConfig) -> Vec<String> {
 /// gateway refused), with what was delivered after them.
 pub(crate) fn requeue_dead(
     conn: &mut rusqlite::Connection,
+    config: &RelayConfig,
     gateways: &[String],
 ) -> Result<outbox::Requeued, crate::store::StoreError> {
-    outbox::requeue_dead(conn, gateways)
+    outbox::requeue_dead(conn, gateways, replay_since(config), true)
 }
 
 pub(crate) fn is_outbox(conn: &rusqlite::Connection) -> Result<bool, crate::store::StoreError> {
@@ -283,7 +284,7 @@ impl Running {
             .app
             .store
             .call(move |c| {
-                let requeued = outbox::requeue_dead(c, &changed)?;
+                let requeued = outbox::requeue_dead(c, &changed, since, false)?;
                 Ok((requeued, outbox::reroute_all(c, &routes, since)?))
             })
             .await;

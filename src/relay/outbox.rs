@@ -467,7 +467,8 @@ pub(crate) fn gateway_error(
     error: &str,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE relay_gateways SET last_error = ?2, last_error_at = ?3 WHERE name = ?1",
+        "INSERT INTO relay_gateways (name, last_error, last_error_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET last_error = ?2, last_error_at = ?3",
         params![gateway, error, ts(Utc::now())],
     )?;
     Ok(())
@@ -506,11 +507,18 @@ pub(crate) struct Requeued {
 /// delivered after the oldest of them, in arrival order. A gateway keeps the last revision
 /// it receives: a dead letter sent alone after newer notifications would bring back an
 /// older one. The gateway counts what it already had as duplicates.
+/// Only what was received since `since` (the replay window: older notifications hold
+/// only ended timeslots) is sent again, so one old dead letter does not queue months of
+/// duplicates ahead of live dispatches; `all_dead`: every dead letter itself too (the
+/// operator's explicit `relay requeue`), else only those in the window (a reload).
 pub(crate) fn requeue_dead(
     conn: &mut Connection,
     gateways: &[String],
+    since: DateTime<Utc>,
+    all_dead: bool,
 ) -> Result<Requeued, StoreError> {
     let now = ts(Utc::now());
+    let since = ts(since);
     let tx = conn.transaction()?;
     let mut n = Requeued::default();
     for g in gateways {
@@ -518,13 +526,16 @@ pub(crate) fn requeue_dead(
             "UPDATE relay_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2,
              finished_at = NULL WHERE gateway = ?1 AND state = 'delivered'
              AND notification_id > (SELECT MIN(notification_id) FROM relay_deliveries
-                                    WHERE gateway = ?1 AND state = 'dead')",
-            params![g, now],
+                                    WHERE gateway = ?1 AND state = 'dead')
+             AND notification_id IN (SELECT id FROM relay_notifications WHERE received_at >= ?3)",
+            params![g, now, since],
         )?;
         n.dead += tx.execute(
             "UPDATE relay_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2,
-             finished_at = NULL WHERE gateway = ?1 AND state = 'dead'",
-            params![g, now],
+             finished_at = NULL WHERE gateway = ?1 AND state = 'dead'
+             AND (?4 OR notification_id IN
+                  (SELECT id FROM relay_notifications WHERE received_at >= ?3))",
+            params![g, now, since, all_dead],
         )?;
     }
     tx.commit()?;

@@ -740,7 +740,19 @@ fn relay_check_refuses_an_outbox_from_a_newer_build() {
         ),
     )
     .unwrap();
+    // A gateway's database given by mistake (more migrations than the relay's): named for
+    // what it is, not as an outbox to upgrade for.
     let c = rusqlite::Connection::open(dir.path().join("relay.db")).unwrap();
+    c.execute_batch("CREATE TABLE notifications (id INTEGER);")
+        .unwrap();
+    c.pragma_update(None, "user_version", 11).unwrap();
+    drop(c);
+    let err = refused_by_relay_check(&path);
+    assert!(err.contains("a gateway database"), "{err}");
+    std::fs::remove_file(dir.path().join("relay.db")).unwrap();
+    let c = rusqlite::Connection::open(dir.path().join("relay.db")).unwrap();
+    c.execute_batch("CREATE TABLE relay_deliveries (id INTEGER);")
+        .unwrap();
     c.pragma_update(None, "user_version", 999).unwrap();
     drop(c);
     let err = refused_by_relay_check(&path);
