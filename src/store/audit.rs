@@ -166,7 +166,8 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<AuditRow> {
 /// The last row in which dispatch gave `meter` a plan's dispatch to do (apply, resume,
 /// release, dry run): what the plan had the meter follow when the daemon stopped. A manual
 /// override's rows (`manual`, `overridden`) are passed over: the dispatch they displaced
-/// governs again when the override ends, a resumption. The control loop's own rows
+/// governs again when the override ends, a resumption; so are the override's own apply
+/// and release rows (event `manual-override`). The control loop's own rows
 /// (`limited`, `safety`) and reports are not dispatch's.
 pub(crate) fn last_dispatch(
     conn: &Connection,
@@ -179,9 +180,46 @@ pub(crate) fn last_dispatch(
              FROM audit
              WHERE meter_id = ?1 COLLATE NOCASE
                AND action IN ('apply', 'resumed', 'release', 'would-apply')
+               AND coalesce(event_id, '') != 'manual-override'
              ORDER BY id DESC LIMIT 1",
             [meter],
             row,
         )
         .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(c: &Connection, action: &str, event: &str) {
+        c.execute(
+            "INSERT INTO audit (at, meter_id, action, kind, event_id, outcome)
+             VALUES ('2026-12-01T10:00:00.000Z', 'm1', ?1, 'meter', ?2, 'ok')",
+            params![action, event],
+        )
+        .unwrap();
+    }
+
+    /// What the plan had the meter follow: a manual override's own rows and the control
+    /// loop's are passed over.
+    #[test]
+    fn the_last_dispatch_passes_over_overrides_and_the_control_loop() {
+        let mut c = Connection::open_in_memory().unwrap();
+        crate::store::migrations::apply(&mut c).unwrap();
+        row(&c, "apply", "E");
+        row(&c, "manual", "manual-override");
+        row(&c, "overridden", "E");
+        row(&c, "apply", "manual-override");
+        row(&c, "safety", "E");
+        row(&c, "release", "manual-override");
+        let last = last_dispatch(&c, "M1").unwrap().unwrap();
+        assert_eq!(
+            (last.action.as_str(), last.event_id.as_deref()),
+            ("apply", Some("E"))
+        );
+        row(&c, "apply", "F");
+        let last = last_dispatch(&c, "m1").unwrap().unwrap();
+        assert_eq!(last.event_id.as_deref(), Some("F"));
+    }
 }
