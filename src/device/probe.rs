@@ -192,14 +192,15 @@ impl fmt::Display for ProbeReport {
                 m.id, m.address, m.length, m.name
             )?;
         }
-        match (&self.control, &self.telemetry_error) {
+        // No points published: the binding stopped before it judged the control methods.
+        let unbound = self.points.is_empty() && self.telemetry_error.is_some();
+        match (&self.control, unbound) {
             (Some(c), _) => writeln!(f, "  control: {c}")?,
-            // The binding stopped before it judged the control methods: not "none fits".
-            (None, Some(_)) => writeln!(
+            (None, true) => writeln!(
                 f,
                 "  control: NOT KNOWN: the binding failed before the control methods were checked (the reading's error is below); probe again"
             )?,
-            (None, None) => writeln!(
+            (None, false) => writeln!(
                 f,
                 "  control: NONE: no control method of devices/sunspec.toml fits (needs model 124 or 704)"
             )?,
@@ -257,6 +258,9 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("control: NOT KNOWN"), "{text}");
         assert!(!text.contains("NONE"), "{text}");
+        // Bound (its points published), no method fits, and the reading failed after.
+        r.points = vec!["soc=124.ChaState".into()];
+        assert!(r.to_string().contains("control: NONE"));
         r.telemetry_error = None;
         assert!(r.to_string().contains("control: NONE"));
     }
