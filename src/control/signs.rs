@@ -164,13 +164,12 @@ impl SignCheck {
     fn moved(&mut self, b: f64, at: Instant) -> f64 {
         self.recent.push_back((at, b));
         let age = |t: &Instant| at.saturating_duration_since(*t);
-        while self.recent.get(1).is_some_and(|(t, _)| age(t) >= LOOKBACK)
-            || (self.recent.len() > 2
-                && self
-                    .recent
-                    .front()
-                    .is_some_and(|(t, _)| age(t) > 2 * LOOKBACK))
-        {
+        // A silence of more than twice the lookback between the two oldest: what came
+        // before it says nothing about the battery now.
+        let silence = |r: &VecDeque<(Instant, f64)>| {
+            r.len() > 2 && r[1].0.saturating_duration_since(r[0].0) > 2 * LOOKBACK
+        };
+        while self.recent.get(1).is_some_and(|(t, _)| age(t) >= LOOKBACK) || silence(&self.recent) {
             self.recent.pop_front();
         }
         let (_, b0) = self.recent[0];
