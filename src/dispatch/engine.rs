@@ -339,14 +339,25 @@ impl Dispatcher {
     /// One wake-up: every meter's decision first (with the audit rows it owes before any
     /// device is called), then the device calls, answered in the background.
     async fn turn(&mut self, plan: &Plan, m: Moment) {
-        let steps = self.decide(plan, m).await;
+        let (steps, rows) = self.decide(plan, m).await;
         self.hand_over(steps, m);
+        // Written after every meter has its device call: a row waits for the one database
+        // writer (behind an ingest batch's fsync, or a lock another process holds), and no
+        // meter's boundary may wait for another meter's audit row.
+        for (meter, row) in rows {
+            self.audit.write(&meter, row, m).await;
+        }
     }
 
-    /// Each meter's step, from its plan interval and its override; the rows due before the
-    /// device calls (overridden, would-apply) are written here.
-    async fn decide(&mut self, plan: &Plan, m: Moment) -> Vec<(String, Step)> {
+    /// Each meter's step, from its plan interval and its override, and the rows that say
+    /// what was not sent to a device (overridden, would-apply).
+    async fn decide(
+        &mut self,
+        plan: &Plan,
+        m: Moment,
+    ) -> (Vec<(String, Step)>, Vec<(String, Record)>) {
         let mut steps = Vec::new();
+        let mut rows = Vec::new();
         for (meter, state) in &mut self.meters {
             let active = self.overrides.active(meter, m.now);
             let planned = plan.command_at(meter, m.now).cloned();
@@ -360,9 +371,7 @@ impl Dispatcher {
             };
             let turn = state.turn(r, restart, m);
             self.status.set_dry_run(meter, turn.dry.as_ref());
-            for row in turn.rows {
-                self.audit.write(meter, row, m).await;
-            }
+            rows.extend(turn.rows.into_iter().map(|r| (meter.clone(), r)));
             match turn.step {
                 // Nothing changes on the device: no call, no row; but `status` shows the
                 // interval's new end (a higher-priority timeslot cut it short, or its
@@ -372,7 +381,7 @@ impl Dispatcher {
                 Some(step) => steps.push((meter.clone(), step)),
             }
         }
-        steps
+        (steps, rows)
     }
 
     /// No plan could be read: every command keeps running, but none past the end of its
