@@ -77,7 +77,15 @@ impl AuditWriter {
         if matches!(m.wake, Wake::Boundary(_)) && rec.action != Action::WouldApply {
             self.status.observe_lateness(lateness as f64 / 1000.0);
         }
-        self.status.set_error(meter, error.clone());
+        // Only a row that answers a device call says whether the meter's command was taken:
+        // an overridden or would-apply row, written after the turn's device calls, must not
+        // clear the error of a call that failed meanwhile.
+        if matches!(
+            rec.action,
+            Action::Apply | Action::Release | Action::Resumed
+        ) {
+            self.status.set_error(meter, error.clone());
+        }
         let cmd = rec.command.as_ref();
         let entry = AuditEntry {
             at: m.now,
