@@ -156,6 +156,13 @@ fn requeue(config: &RelayConfig, gateway: Option<&str>) -> anyhow::Result<u8> {
         chosen.join(", "),
         n.later
     );
+    if n.left > 0 {
+        crate::outln!(
+            "{} dead letter(s) received before the replay window ({} h) left as they are: their timeslots have ended, and sent now they would put the gateway back on revisions it had superseded",
+            n.left,
+            crate::relay::replay_window_hours(&config.limits)
+        );
+    }
     crate::outln!(
         "a running relay sends them within a minute; `leap-edge relay status` shows whether it runs"
     );

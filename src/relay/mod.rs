@@ -77,7 +77,7 @@ pub(crate) fn requeue_dead(
     config: &RelayConfig,
     gateways: &[String],
 ) -> Result<outbox::Requeued, crate::store::StoreError> {
-    outbox::requeue_dead(conn, gateways, replay_since(config), true)
+    outbox::requeue_dead(conn, gateways, replay_since(config))
 }
 
 pub(crate) fn is_outbox(conn: &rusqlite::Connection) -> Result<bool, crate::store::StoreError> {
@@ -284,7 +284,7 @@ impl Running {
             .app
             .store
             .call(move |c| {
-                let requeued = outbox::requeue_dead(c, &changed, since, false)?;
+                let requeued = outbox::requeue_dead(c, &changed, since)?;
                 Ok((requeued, outbox::reroute_all(c, &routes, since)?))
             })
             .await;

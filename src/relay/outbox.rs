@@ -501,6 +501,8 @@ pub(crate) struct Requeued {
     /// Delivered after the oldest dead letter: sent again behind it (SPEC §2.12 "in
     /// order"), so the gateway does not end on an older revision than it had.
     pub(crate) later: usize,
+    /// Dead letters received before the replay window, left as they are.
+    pub(crate) left: usize,
 }
 
 /// Queue a gateway's dead letters again (its url or key was fixed), and everything it was
@@ -508,35 +510,45 @@ pub(crate) struct Requeued {
 /// it receives: a dead letter sent alone after newer notifications would bring back an
 /// older one. The gateway counts what it already had as duplicates.
 /// Only what was received since `since` (the replay window: older notifications hold
-/// only ended timeslots) is sent again, so one old dead letter does not queue months of
-/// duplicates ahead of live dispatches; `all_dead`: every dead letter itself too (the
-/// operator's explicit `relay requeue`), else only those in the window (a reload).
+/// only ended timeslots) is sent again, dead letters and what followed them alike: one
+/// old dead letter must not queue months of duplicates ahead of live dispatches, and one
+/// sent alone would leave the gateway on a revision it had superseded. Older dead letters
+/// stay (counted in `left`).
 pub(crate) fn requeue_dead(
     conn: &mut Connection,
     gateways: &[String],
     since: DateTime<Utc>,
-    all_dead: bool,
 ) -> Result<Requeued, StoreError> {
     let now = ts(Utc::now());
     let since = ts(since);
     let tx = conn.transaction()?;
     let mut n = Requeued::default();
     for g in gateways {
+        let recent =
+            "notification_id IN (SELECT id FROM relay_notifications WHERE received_at >= ?3)";
         n.later += tx.execute(
-            "UPDATE relay_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2,
-             finished_at = NULL WHERE gateway = ?1 AND state = 'delivered'
-             AND notification_id > (SELECT MIN(notification_id) FROM relay_deliveries
-                                    WHERE gateway = ?1 AND state = 'dead')
-             AND notification_id IN (SELECT id FROM relay_notifications WHERE received_at >= ?3)",
+            &format!(
+                "UPDATE relay_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2,
+                 finished_at = NULL WHERE gateway = ?1 AND state = 'delivered'
+                 AND notification_id > (SELECT MIN(notification_id) FROM relay_deliveries
+                                        WHERE gateway = ?1 AND state = 'dead' AND {recent})
+                 AND {recent}"
+            ),
             params![g, now, since],
         )?;
         n.dead += tx.execute(
-            "UPDATE relay_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2,
-             finished_at = NULL WHERE gateway = ?1 AND state = 'dead'
-             AND (?4 OR notification_id IN
-                  (SELECT id FROM relay_notifications WHERE received_at >= ?3))",
-            params![g, now, since, all_dead],
+            &format!(
+                "UPDATE relay_deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2,
+                 finished_at = NULL WHERE gateway = ?1 AND state = 'dead' AND {recent}"
+            ),
+            params![g, now, since],
         )?;
+        let left: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM relay_deliveries WHERE gateway = ?1 AND state = 'dead'",
+            [g],
+            |r| r.get(0),
+        )?;
+        n.left += usize::try_from(left).unwrap_or_default();
     }
     tx.commit()?;
     Ok(n)

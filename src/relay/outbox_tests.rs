@@ -270,14 +270,27 @@ fn a_requeued_dead_letter_is_followed_by_what_was_delivered_after_it() {
         settle(&mut c, "a", Attempt::Delivered { status: 200 }),
         ids[2]
     );
-    // Received before the replay window: a reload's requeue sends nothing again (an
-    // explicit one would send the dead letter alone).
+    // Received before the replay window: nothing is sent again, the dead letter stays.
     let window = Utc::now() + chrono::Duration::hours(1);
-    let n = requeue_dead(&mut c, &["a".into()], window, false).unwrap();
-    assert_eq!(n, Requeued { dead: 0, later: 0 });
+    let n = requeue_dead(&mut c, &["a".into()], window).unwrap();
+    assert_eq!(
+        n,
+        Requeued {
+            dead: 0,
+            later: 0,
+            left: 1
+        }
+    );
     let since = Utc::now() - chrono::Duration::hours(1);
-    let n = requeue_dead(&mut c, &["a".into()], since, false).unwrap();
-    assert_eq!(n, Requeued { dead: 1, later: 1 });
+    let n = requeue_dead(&mut c, &["a".into()], since).unwrap();
+    assert_eq!(
+        n,
+        Requeued {
+            dead: 1,
+            later: 1,
+            left: 0
+        }
+    );
     assert_eq!(queue(&mut c, "a"), [ids[1], ids[2]]);
 }
 
