@@ -338,6 +338,19 @@ fn check_http_gateway(
             "{at}.key must be at least {MIN_KEY_CHARS} characters (the key that gateway accepts)"
         ));
     }
+    // What no HTTP request can carry: every delivery would fail before it is sent, retried
+    // every minute for ever, never a dead letter an operator is shown.
+    if hyper::header::HeaderName::from_bytes(g.header.as_bytes()).is_err() {
+        p.push(format!(
+            "{at}.header = \"{}\" is not an HTTP header name (letters, digits and - only, e.g. x-api-key)",
+            g.header.escape_debug()
+        ));
+    }
+    if hyper::header::HeaderValue::from_str(g.key.expose()).is_err() {
+        p.push(format!(
+            "{at}.key holds a character an HTTP header cannot carry (a control character or non-ASCII): generate one with `openssl rand -hex 24`"
+        ));
+    }
 }
 
 impl RelayConfig {

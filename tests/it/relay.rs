@@ -429,6 +429,18 @@ fn relay_check_exits_78_naming_the_key() {
         "{err}"
     );
     assert!(err.contains("lists meter \"N\" twice"), "{err}");
+    // A header name no HTTP request can carry: refused here, not retried every minute.
+    let spaced = std::fs::read_to_string(&path).unwrap().replacen(
+        "meters = [\"n\", \"N\"]",
+        "meters = [\"n\"]\nheader = \"x api key\"",
+        1,
+    );
+    std::fs::write(&path, spaced).unwrap();
+    let err = refused_by_relay_check(&path);
+    assert!(
+        err.contains("gateways[1].header = \"x api key\" is not an HTTP header name"),
+        "{err}"
+    );
     // The packaged example is complete but for its keys: placeholders printed in every
     // .deb, refused on a public listener until replaced; with real keys it passes.
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/relay.toml");
