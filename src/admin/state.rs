@@ -286,4 +286,8 @@ pub(crate) struct ReloadReply {
     /// re-read from its files on every reload, for certificate renewals).
     #[serde(default)]
     pub(crate) tls_fingerprint: Option<String>,
+    /// What `config check` would warn about in the configuration now in force (a lowered
+    /// retention shorter than a timeslot can wait to run, ...).
+    #[serde(default)]
+    pub(crate) warnings: Vec<String>,
 }

@@ -342,6 +342,9 @@ fn reload(config: &Config, args: &ReloadArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()?;
     let r = rt.block_on(crate::admin::AdminClient::new(&config.admin.socket).reload())?;
+    for w in &r.warnings {
+        eprintln!("leap-edge: warning: {}", text::clean(w));
+    }
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(exit::OK);

@@ -215,6 +215,12 @@ impl Handler {
         merged.strategy = new.strategy;
         merged.limits = new.limits;
         merged.storage.retention_days = new.storage.retention_days;
+        // Said at start and by `config check`; a reload applies them at once (the next
+        // prune uses a lowered retention), so it says them too.
+        let warnings = crate::preflight::warnings(&merged);
+        for w in &warnings {
+            tracing::warn!(warning = %w, "configuration warning after reload");
+        }
         self.app.set_settings(WebhookSettings::of(&merged));
         self.config.set(Arc::new(merged));
         self.changes.bump();
@@ -230,6 +236,7 @@ impl Handler {
             applied,
             restart_needed_for: restart,
             tls_fingerprint: tls,
+            warnings,
         }))
     }
 

@@ -173,6 +173,22 @@ async fn reload_rotates_keys_without_restart() {
         )
         .await;
     assert_eq!(new.status, 200, "{}", new.text);
+    // A retention lowered below what a stored timeslot can wait is applied at once (the
+    // next prune uses it): the reload says so, as `config check` would.
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(
+        d.config_path(),
+        text.replace("[storage]", "[storage]\nretention_days = 3"),
+    )
+    .unwrap();
+    let (code, out, err) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied storage.retention_days"), "{out}");
+    assert!(
+        err.contains("warning: storage.retention_days = 3 is shorter"),
+        "{err}"
+    );
+    std::fs::write(d.config_path(), text).unwrap();
     // A broken file is refused and the running configuration stays.
     let good = std::fs::read_to_string(d.config_path()).unwrap();
     std::fs::write(
