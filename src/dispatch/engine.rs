@@ -312,7 +312,7 @@ impl Dispatcher {
                 tracing::warn!(planned_at = %planned_at, now = %now,
                     step_ms = (planned_at - now).num_milliseconds(),
                     "dispatch: wall clock stepped back, recomputing the plan");
-                return Wake::Periodic;
+                return Wake::ClockBack((planned_at - now).num_milliseconds());
             }
             let nap = next
                 .and_then(|b| (b - now).to_std().ok())

@@ -17,6 +17,8 @@ pub(crate) enum Wake {
     Boundary(DateTime<Utc>),
     Change(DateTime<Utc>),
     Periodic,
+    /// The wall clock stepped back by this many ms since the plan was made (Issue 9).
+    ClockBack(i64),
     Shutdown,
 }
 
@@ -45,6 +47,12 @@ impl Wake {
             Wake::Boundary(_) => None,
             Wake::Periodic if late => Some(format!("late start by {} s", lateness_ms / 1000)),
             Wake::Periodic => None,
+            // The audit row says why it happened then: a release and an apply mid-event,
+            // or a late start, would otherwise give no reason.
+            Wake::ClockBack(ms) => Some(format!(
+                "the wall clock stepped back about {} s; plan recomputed",
+                crate::textfmt::num(ms as f64 / 1000.0)
+            )),
             Wake::Shutdown => Some("shutdown: back to normal operation".into()),
         }
     }

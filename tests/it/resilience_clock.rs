@@ -273,6 +273,29 @@ async fn a_one_hour_backward_step_during_an_active_timeslot_is_honoured_at_once(
     assert_eq!(calls[2].1, Call::Release, "{calls:?}");
     assert!(calls[2].0 < a_start, "{calls:?}");
     assert!(took.as_secs() < 5, "not at once: {took:?}");
+    // The audit row of that release says why it happened mid-event.
+    let detail = || -> Option<String> {
+        let c = rusqlite::Connection::open(&r.db).ok()?;
+        c.query_row(
+            "SELECT detail FROM audit WHERE action = 'release' ORDER BY id DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .ok()?
+    };
+    let mut said = None;
+    for _ in 0..50 {
+        said = detail();
+        if said.is_some() {
+            break;
+        }
+        nap(100).await;
+    }
+    assert!(
+        said.as_deref()
+            .is_some_and(|d| d.starts_with("the wall clock stepped back about 3")),
+        "{said:?}"
+    );
     // The clock is corrected forward again: A applies again, once.
     clock.step(3600);
     let calls = wait_calls(&rec, 4).await;
