@@ -440,3 +440,31 @@ async fn a_command_handed_back_at_its_first_step_is_not_reported_applied() {
         "followed once readings returned"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_device_back_from_an_outage_whose_hand_back_failed_is_commanded_at_once() {
+    // A long reversion: the refresh alone would come ~5 minutes after the last write.
+    let (cc, st) = start(600);
+    cc.apply(METER, &command(10.0)).await.unwrap();
+    sleep(Duration::from_secs(3)).await;
+    // The inverter reboots: reads and the hand-back fail, and it comes back in its own mode.
+    st.lock().unwrap().down = true;
+    sleep(Duration::from_secs(5)).await;
+    {
+        let mut s = st.lock().unwrap();
+        s.down = false;
+        s.remote_until = None;
+        s.battery_kw = 0.0;
+    }
+    let back = Instant::now();
+    sleep(Duration::from_secs(3)).await;
+    let s = st.lock().unwrap();
+    let after: Vec<_> = s.writes().into_iter().filter(|(t, _)| *t >= back).collect();
+    assert!(
+        after
+            .first()
+            .is_some_and(|(t, kw)| *kw == 10.0 && *t - back <= Duration::from_secs(1)),
+        "the setpoint was not written again within a period of the device's return: {after:?}"
+    );
+    assert!(s.remote(), "the battery is not under the command again");
+}

@@ -533,9 +533,12 @@ impl MeterLoop {
         if self.released {
             return Ok(());
         }
+        // Forgotten before the release is tried: if it fails (the device is rebooting),
+        // what the device holds when it answers again is unknown, and the first period
+        // that trusts the readings again must write, not wait for the refresh.
+        self.last_write = None;
         self.battery.release().await?;
         self.released = true;
-        self.last_write = None;
         let mut st = self.lock();
         st.released = true;
         st.last_release_at = Some(self.clock.now());

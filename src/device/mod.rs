@@ -100,6 +100,12 @@ impl DeviceError {
         }
     }
 
+    /// 0x04 "server device failure": the device could not read or write that point now,
+    /// which does not say it has no such point.
+    pub(crate) fn is_device_failure(&self) -> bool {
+        matches!(self, Self::Exception { code, .. } if code.starts_with("0x04"))
+    }
+
     pub fn is_passing(&self) -> bool {
         match self {
             Self::Exception { code, .. } => ["0x05", "0x06", "0x0A", "0x0B"]

@@ -242,11 +242,16 @@ async fn read_single(
 }
 
 /// First alternative the device offers and answers with an implemented value.
+/// `unsure` is set when an alternative was passed over for an exception that may pass
+/// (0x04 device failure, a gateway's 0x0A/0x0B): that point may be there after all, and
+/// the binding should be tried again soon rather than hold the next alternative (or none)
+/// for a minute.
 pub(crate) async fn resolve_first(
     client: &mut ModbusClient,
     addressing: Addressing,
     map: Option<&SunSpecMap>,
     specs: &[RegSpec],
+    unsure: &mut bool,
 ) -> Result<Option<(ResolvedReg, f64)>, DeviceError> {
     for spec in specs {
         let Some(r) = resolve(client, addressing, map, spec).await? else {
@@ -258,7 +263,10 @@ pub(crate) async fn resolve_first(
             // tried again, rather than the next alternative (another meter, another sign)
             // bound for a minute.
             Err(e) if e.is_busy() => return Err(e),
-            Ok(None) | Err(DeviceError::Exception { .. }) => continue,
+            Err(e @ DeviceError::Exception { .. }) => {
+                *unsure |= e.is_passing() || e.is_device_failure();
+            }
+            Ok(None) => {}
             Err(e) => return Err(e),
         }
     }

@@ -431,6 +431,56 @@ async fn a_meter_answering_with_exception_0x0b_hands_the_battery_back() {
     );
 }
 
+/// The device reconnects (and so binds its points again) while the meter behind it answers
+/// 0x0B: that point is not taken as absent for a minute. Once the meter answers again the
+/// loop resumes within seconds, as after a shorter outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_point_failing_through_a_rebind_is_bound_again_within_seconds() {
+    let s = site(device_common::sim_cfg(), "service_kw = 100").await;
+    s.award(
+        "blind-3",
+        10.0,
+        Utc::now() + Duration::milliseconds(1000),
+        120,
+    )
+    .await;
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            s.sim.snapshot().mode == Mode::Remote124
+        })
+        .await
+    );
+    s.sim.set_meter_fault(Some(MeterFault::Exception(0x0B)));
+    // Connections dropped: the driver reconnects and binds again during the meter fault.
+    s.sim.set_fault(leap_edge::sim::Fault::Offline);
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    s.sim.set_fault(leap_edge::sim::Fault::None);
+    // Handed back over the new connection: it was bound while the meter answered 0x0B.
+    assert!(
+        device_common::eventually(StdDuration::from_secs(10), || {
+            s.sim.snapshot().mode == Mode::Normal
+        })
+        .await,
+        "not handed back after the reconnect: {:?}",
+        s.sim.snapshot()
+    );
+    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    s.sim.set_meter_fault(None);
+    let back = Instant::now();
+    assert!(
+        device_common::eventually(StdDuration::from_secs(20), || {
+            s.sim.snapshot().mode == Mode::Remote124
+        })
+        .await,
+        "did not resume: {:?}",
+        s.sim.snapshot()
+    );
+    let took = back.elapsed();
+    eprintln!("resumed {took:?} after the meter answered again");
+    assert!(took < StdDuration::from_secs(10), "resumed after {took:?}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meter_that_times_out_hands_the_battery_back() {
     assert_eq!(meter_fault_mid_event(MeterFault::Timeout).await, 0.0);

@@ -17,11 +17,17 @@ use std::time::Duration;
 /// SPEC §2.13: scale factors (and the rest of the binding) are re-read at least this
 /// often, not only after a reconnect: a device may change a scale factor at run time.
 const REBIND_EVERY: Duration = Duration::from_secs(60);
+/// How soon a binding that passed over a point for an exception that may pass (a meter
+/// behind a gateway answering 0x0B for a while) is tried again: the point may answer by
+/// then, and until it is bound the loop cannot read it even when the meter is back.
+const REBIND_UNSURE: Duration = Duration::from_secs(5);
 
 /// The registers a connected device was bound to (scale factors resolved), and when.
 struct Binding {
     generation: u64,
     at: std::time::Instant,
+    /// A point was passed over for an exception that may pass: rebind after `REBIND_UNSURE`.
+    unsure: bool,
     soc: Option<ResolvedReg>,
     battery: Option<ResolvedReg>,
     grid: Option<ResolvedReg>,
@@ -163,7 +169,12 @@ impl ModbusBattery {
     async fn bind(&mut self) -> Result<&Binding, DeviceError> {
         let fresh = self.client.is_connected()
             && self.bound.as_ref().is_some_and(|b| {
-                b.generation == self.client.generation() && b.at.elapsed() < REBIND_EVERY
+                let every = if b.unsure {
+                    REBIND_UNSURE
+                } else {
+                    REBIND_EVERY
+                };
+                b.generation == self.client.generation() && b.at.elapsed() < every
             });
         if !fresh {
             self.bound = None;
@@ -210,36 +221,27 @@ impl ModbusBattery {
         }
         let c = &mut self.client;
         let read = self.profile.read.clone();
-        let soc = regs::resolve_first(c, addressing, m, &read.soc).await?;
-        let battery = regs::resolve_first(c, addressing, m, &read.battery_power).await?;
-        let grid = regs::resolve_first(c, addressing, m, &read.grid_power).await?;
-        let grid_import = regs::resolve_first(c, addressing, m, &read.grid_import_energy).await?;
-        let grid_export = regs::resolve_first(c, addressing, m, &read.grid_export_energy).await?;
-        let capacity = regs::resolve_first(c, addressing, m, &read.capacity).await?;
-        let max_ch = regs::resolve_first(c, addressing, m, &read.max_charge).await?;
-        let max_dis = regs::resolve_first(c, addressing, m, &read.max_discharge).await?;
+        let mut unsure = false;
+        let u = &mut unsure;
+        let soc = regs::resolve_first(c, addressing, m, &read.soc, u).await?;
+        let battery = regs::resolve_first(c, addressing, m, &read.battery_power, u).await?;
+        let grid = regs::resolve_first(c, addressing, m, &read.grid_power, u).await?;
+        let grid_import =
+            regs::resolve_first(c, addressing, m, &read.grid_import_energy, u).await?;
+        let grid_export =
+            regs::resolve_first(c, addressing, m, &read.grid_export_energy, u).await?;
+        let capacity = regs::resolve_first(c, addressing, m, &read.capacity, u).await?;
+        let max_ch = regs::resolve_first(c, addressing, m, &read.max_charge, u).await?;
+        let max_dis = regs::resolve_first(c, addressing, m, &read.max_discharge, u).await?;
         let positive_kw =
             |v: Option<(ResolvedReg, f64)>, div: f64| v.map(|(_, x)| x / div).filter(|x| *x > 0.0);
         let max_charge_kw = positive_kw(max_ch, 1000.0).or(self.cfg.max_charge_kw);
         let max_discharge_kw = positive_kw(max_dis, 1000.0).or(self.cfg.max_discharge_kw);
-        let mut control = Err("the profile lists no control method".to_string());
-        let mut why = Vec::new();
-        for spec in self.profile.control.clone() {
-            match self.bind_control(m, &spec, max_charge_kw).await {
-                Ok(ctl) => {
-                    control = Ok(ctl);
-                    break;
-                }
-                Err(BindFail::Unfit(reason)) => why.push(format!("{}: {reason}", spec.label)),
-                Err(BindFail::Device(e)) => return Err(e),
-            }
-        }
-        if control.is_err() && !why.is_empty() {
-            control = Err(why.join("; "));
-        }
+        let control = self.first_control(m, max_charge_kw).await?;
         let bound = Binding {
             generation: self.client.generation(),
             at: std::time::Instant::now(),
+            unsure,
             soc: soc.map(|x| x.0),
             battery: battery.map(|x| x.0),
             grid: grid.map(|x| x.0),
@@ -253,6 +255,26 @@ impl ModbusBattery {
         };
         self.publish(&bound, map.as_ref());
         Ok(Binding { map, ..bound })
+    }
+
+    /// The first of the profile's control methods the device offers, or why none fits.
+    async fn first_control(
+        &mut self,
+        m: Option<&SunSpecMap>,
+        max_charge_kw: Option<f64>,
+    ) -> Result<Result<Control, String>, DeviceError> {
+        let mut why = Vec::new();
+        for spec in self.profile.control.clone() {
+            match self.bind_control(m, &spec, max_charge_kw).await {
+                Ok(ctl) => return Ok(Ok(ctl)),
+                Err(BindFail::Unfit(reason)) => why.push(format!("{}: {reason}", spec.label)),
+                Err(BindFail::Device(e)) => return Err(e),
+            }
+        }
+        if why.is_empty() {
+            return Ok(Err("the profile lists no control method".to_string()));
+        }
+        Ok(Err(why.join("; ")))
     }
 
     fn publish(&self, b: &Binding, map: Option<&SunSpecMap>) {
@@ -349,7 +371,8 @@ impl ModbusBattery {
             } => {
                 let discharge = need(c, addressing, map, discharge).await?;
                 let charge = need(c, addressing, map, charge).await?;
-                let dev_w = regs::resolve_first(c, addressing, map, reference)
+                // Not counted as unsure: without it the configured maximum stands in.
+                let dev_w = regs::resolve_first(c, addressing, map, reference, &mut false)
                     .await?
                     .map(|x| x.1)
                     .filter(|w| *w > 0.0);
