@@ -131,6 +131,7 @@ impl Timeslot {
         self.notification_communication_test || self.communication_test.unwrap_or(false)
     }
 
+    #[cfg(test)]
     pub(crate) fn is_active_at(&self, t: DateTime<Utc>) -> bool {
         self.start_time <= t && t < self.end_time
     }

@@ -11,6 +11,7 @@ use crate::admin::state::{
 };
 use crate::admin::{AdminClient, ClientError};
 use crate::config::Config;
+use crate::plan::{self, PlanConfig, PlanInput};
 use crate::store::{self, audit, query};
 use chrono::Utc;
 
@@ -109,10 +110,19 @@ fn down(config: &Config) -> StatusReport {
         .as_ref()
         .and_then(|c| said_if_err(query::all_timeslots(c), &unreadable))
         .unwrap_or_default();
+    // What governs now is what the daemon would follow: the plan's precedence (SPEC §2.8),
+    // test policies and cancellations, not a rule of its own here.
+    let pc = PlanConfig::from_config(config);
+    let plan = plan::plan(&PlanInput {
+        timeslots: &slots,
+        config: &pc,
+        from: now,
+        to: now + chrono::Duration::seconds(1),
+    });
     let meters = config
         .meters
         .iter()
-        .map(|m| down_meter(m, &slots, conn.as_ref(), now, &unreadable))
+        .map(|m| down_meter(m, &slots, &plan, conn.as_ref(), now, &unreadable))
         .collect();
     StatusReport {
         daemon: DaemonState::NotRunning,
@@ -168,20 +178,18 @@ fn say_unreadable(path: &std::path::Path, e: &dyn std::fmt::Display) {
 fn down_meter(
     m: &crate::config::MeterConfig,
     slots: &[crate::model::StoredTimeslot],
+    plan: &plan::Plan,
     conn: Option<&rusqlite::Connection>,
     now: chrono::DateTime<Utc>,
     unreadable: &dyn Fn(&dyn std::fmt::Display),
 ) -> MeterReport {
-    let active = slots
-        .iter()
-        .filter(|s| !s.is_cancelled() && s.timeslot.is_active_at(now))
-        .filter(|s| {
-            s.timeslot
-                .meter_ids
+    let governing = plan.command_at(&m.id, now).map(|iv| &iv.command);
+    let active = governing
+        .and_then(|c| {
+            slots
                 .iter()
-                .any(|x| x.eq_ignore_ascii_case(&m.id))
+                .find(|s| s.timeslot.kind == c.kind && s.timeslot.event_id == c.event_id)
         })
-        .max_by_key(|s| s.timeslot.plan_priority())
         .map(|s| ActiveTimeslot {
             kind: s.timeslot.kind,
             event_id: s.timeslot.event_id.clone(),

@@ -228,9 +228,18 @@ async fn second_daemon_refused_and_status_when_down() {
         Some(7.0),
         serde_json::json!({}),
     );
+    // Weaker (a higher priority number, SPEC §2.8): the down status must not show it.
+    let weaker = timeslot_json(
+        METER,
+        "ev-weaker",
+        now - chrono::Duration::seconds(5),
+        3600,
+        Some(3.0),
+        serde_json::json!({"priority": 3}),
+    );
     assert_eq!(
         d.client()
-            .post(&meter_notification(METER, vec![slot]))
+            .post(&meter_notification(METER, vec![slot, weaker]))
             .await
             .status,
         200
