@@ -24,6 +24,19 @@ pub(super) async fn run(config: &Config, a: &PollArgs) -> anyhow::Result<u8> {
         .await
     {
         Ok(r) => r,
+        Err(ClientError::NotRunning(_)) if crate::runlock::held(&config.storage.path) => {
+            // A daemon runs on this database but not on this socket (a changed `[admin]
+            // socket` not yet restarted, another --config): what a direct poll stored would
+            // not be planned until something else woke that daemon.
+            let pid = crate::runlock::read(&crate::runlock::path_for(&config.storage.path))
+                .map_or("unknown".to_string(), |r| r.pid.to_string());
+            eprintln!(
+                "leap-edge: a daemon (pid {pid}) runs on {} but does not answer on {}: nothing polled. Run this with the configuration that daemon was started with, or restart it (`systemctl restart leap-edge`) after changing [admin] socket",
+                config.storage.path.display(),
+                config.admin.socket.display()
+            );
+            return Ok(exit::FAILURE);
+        }
         Err(ClientError::NotRunning(_)) => {
             eprintln!(
                 "leap-edge: note: the daemon is not running; polling into the database directly"
@@ -96,7 +109,7 @@ fn print(r: &PollReport, json: bool) -> anyhow::Result<()> {
         r.conflict
     );
     for id in &r.new_event_ids {
-        crate::outln!("  first seen by polling: {id}");
+        crate::outln!("  first seen by polling: {}", super::text::clean(id));
     }
     for why in &r.skipped_entries {
         crate::outln!(

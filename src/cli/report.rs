@@ -25,7 +25,12 @@ pub(super) fn run(config: &Config, args: &ReportArgs) -> anyhow::Result<u8> {
     let reports = gather::reports(&conn, config, args.event.as_deref(), chrono::Utc::now())?;
     if let Some(path) = &args.svg {
         let Some(r) = reports.iter().max_by_key(|r| r.end_time) else {
-            eprintln!("leap-edge: no ended event to draw (see `leap-edge events`)");
+            let which = args.event.as_deref().map_or(String::new(), |e| {
+                format!(" with id {}", super::text::clean(e))
+            });
+            eprintln!(
+                "leap-edge: no ended event{which} for the configured meters to draw (an event is drawn once it has ended; see `leap-edge events`)"
+            );
             return Ok(exit::FAILURE);
         };
         std::fs::write(path, crate::intervals::svg::render(r))

@@ -192,8 +192,12 @@ fn summary(r: &StatusReport) -> Vec<(String, String)> {
         let line = format!("MQTT uplink {state}: {}", u.url);
         out.push(("uplink".to_string(), super::text::clean(&line)));
     }
+    let down = r.daemon == DaemonState::NotRunning;
     for m in &r.meters {
         let command = match (&m.manual_override, &m.command) {
+            // Nobody commands it, but the battery may hold its last setpoint until its
+            // reversion timeout (or, without one, until `leap-edge release`).
+            _ if down => "unknown (daemon not running)".into(),
             (Some(o), _) => override_words(o),
             (None, Some(c)) => format!("{} (event {})", command_words(c), c.event_id),
             (None, None) => "normal".into(),
@@ -337,6 +341,32 @@ mod tests {
                 "unmapped meter ids: unknown (daemon not running)",
                 "reverse tunnel: not installed"
             ]
+        );
+    }
+
+    /// Nobody commands the battery while the daemon is down, but it may still hold its
+    /// last setpoint (until its reversion timeout, or `leap-edge release`): not "normal".
+    #[test]
+    fn a_piped_watch_does_not_call_a_meter_normal_while_the_daemon_is_down() {
+        let lines = |r: &StatusReport| -> Vec<String> {
+            summary(r).into_iter().skip(1).map(|(_, l)| l).collect()
+        };
+        let mut r = report(None);
+        r.daemon = DaemonState::NotRunning;
+        r.meters.push(crate::admin::state::MeterReport {
+            meter_id: "m1".into(),
+            name: None,
+            device: "bess".into(),
+            command: None,
+            manual_override: None,
+            device_state: None,
+            last_error: None,
+            active_timeslot: None,
+            last_audit: None,
+        });
+        assert_eq!(
+            lines(&r).last().unwrap(),
+            "meter m1: unknown (daemon not running)"
         );
     }
 }
